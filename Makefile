@@ -1,0 +1,36 @@
+# Two commands for a fresh clone: `make up` (venv, install, start the default mesh)
+# and `make test` (test extras, the whole suite). Nothing else needs to be installed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: up down status install test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+
+up: $(VENV)/.installed
+	$(BIN)/agentmesh up
+
+down: $(VENV)/.installed
+	$(BIN)/agentmesh down
+
+status: $(VENV)/.installed
+	$(BIN)/agentmesh status
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) supervisor.d/*.ini supervisor.d/supervisord.conf .pytest_cache

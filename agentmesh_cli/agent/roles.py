@@ -1,0 +1,187 @@
+"""The built-in e-commerce demo roles and the lookup of user roles by import path.
+
+Traffic is uneven on purpose, so the SlimeMold topology has something to adapt to:
+Sales opens orders and asks Inventory (check_stock) and Fraud (risk_assessment), who
+answer back; Support asks Sales a question now and then (Sales answers a third of them);
+the other pairs never talk.
+Rates come from mesh.yaml `workload`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+
+from agentmesh_cli.agent.base import Role
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import RoleError
+
+CATALOGUE = {"keyboard": 40, "monitor": 180, "laptop": 1200, "cable": 8, "chair": 150}
+RESTOCK_EVERY_S = 30.0
+RESTOCK_UNITS = 5
+
+
+def next_gap(rate: float, uniform: float) -> float:
+    """Seconds to the next event of a Poisson flow at `rate`/s (inf when switched off)."""
+    if rate <= 0:
+        return math.inf
+    return -math.log(1.0 - uniform) / rate
+
+
+@dataclass
+class Order:
+    order_id: str
+    items: dict[str, int]
+    amount: float
+    answers: dict[str, bool] = field(default_factory=dict)
+
+
+class SalesRole(Role):
+    """Opens orders, asks Inventory and Fraud, confirms when both approve; answers Support."""
+
+    def on_start(self) -> None:
+        self.open_orders: dict[str, Order] = {}
+        self.count = 0
+        self.confirmed = 0
+        self.declined = 0
+        self.next_order_at = 0.0
+
+    def on_tick(self, now: float) -> None:
+        rate = self.ctx.config.workload.order_rate
+        if now < self.next_order_at or rate <= 0:
+            return
+        self.next_order_at = now + next_gap(rate, self.ctx.rng.random())
+        inventory, fraud = self.ctx.peers("inventory"), self.ctx.peers("fraud")
+        if not inventory or not fraud:
+            return  # nobody to ask yet; orders start once the team is present
+        self.count += 1
+        items = {
+            name: self.ctx.rng.randint(1, 3)
+            for name in self.ctx.rng.sample(sorted(CATALOGUE), self.ctx.rng.randint(1, 3))
+        }
+        amount = float(sum(CATALOGUE[name] * qty for name, qty in items.items()))
+        order = Order(f"{self.ctx.name}-{self.count}", items, amount)
+        self.open_orders[order.order_id] = order
+        body = {"order_id": order.order_id, "items": items, "amount": amount}
+        self.ctx.send(self.ctx.rng.choice(inventory), "check_stock", body)
+        self.ctx.send(self.ctx.rng.choice(fraud), "risk_assessment", body)
+
+    def on_message(self, message: Envelope) -> None:
+        if message.type == "customer_question":
+            # only order questions need an answer; leads and product notes are just noted
+            if message.payload.get("topic") == "order status":
+                answer = {"question_id": message.payload.get("question_id"),
+                          "open_orders": len(self.open_orders)}
+                self.ctx.send(message.from_agent_id, "answer", answer)
+            return
+        if message.type not in ("stock_result", "risk_result"):
+            return
+        order = self.open_orders.get(str(message.payload.get("order_id")))
+        if order is None:
+            return
+        order.answers[message.type] = bool(message.payload.get("approved"))
+        if len(order.answers) == 2:
+            del self.open_orders[order.order_id]
+            if all(order.answers.values()):
+                self.confirmed += 1
+                self.ctx.log.info("order %s confirmed (%.0f)", order.order_id, order.amount)
+            else:
+                self.declined += 1
+                self.ctx.log.info("order %s declined: %s", order.order_id, order.answers)
+
+
+class InventoryRole(Role):
+    """Tracks stock; reserves what an order needs when it can, restocks slowly."""
+
+    def on_start(self) -> None:
+        self.stock = {name: 20 for name in CATALOGUE}
+        self.next_restock = 0.0
+
+    def on_tick(self, now: float) -> None:
+        if now >= self.next_restock:
+            self.next_restock = now + RESTOCK_EVERY_S
+            for name in self.stock:
+                self.stock[name] += RESTOCK_UNITS
+
+    def on_message(self, message: Envelope) -> None:
+        if message.type != "check_stock":
+            return
+        items = message.payload.get("items") or {}
+        approved = isinstance(items, dict) and all(
+            self.stock.get(str(name), 0) >= int(qty) for name, qty in items.items()
+        )
+        if approved:
+            for name, qty in items.items():
+                self.stock[str(name)] -= int(qty)
+        reply = {"order_id": message.payload.get("order_id"), "approved": approved}
+        self.ctx.send(message.from_agent_id, "stock_result", reply)
+
+
+class FraudRole(Role):
+    """Scores orders by amount; refuses the risky ones."""
+
+    RISK_LIMIT = 0.8
+
+    def on_message(self, message: Envelope) -> None:
+        if message.type != "risk_assessment":
+            return
+        amount = float(message.payload.get("amount") or 0.0)
+        risk = round(min(1.0, math.log10(amount + 1) / 5), 3)
+        reply = {"order_id": message.payload.get("order_id"), "risk": risk,
+                 "approved": risk < self.RISK_LIMIT}
+        self.ctx.send(message.from_agent_id, "risk_result", reply)
+
+
+QUESTION_TOPICS = ("order status", "upsell lead", "product info")
+
+
+class SupportRole(Role):
+    """Asks Sales about a customer now and then; Sales answers only order questions."""
+
+    def on_start(self) -> None:
+        self.count = 0
+        self.next_question_at = 0.0
+
+    def on_tick(self, now: float) -> None:
+        rate = self.ctx.config.workload.question_rate
+        if now < self.next_question_at or rate <= 0:
+            return
+        first = self.next_question_at == 0.0
+        self.next_question_at = now + next_gap(rate, self.ctx.rng.random())
+        sales = self.ctx.peers("sales")
+        if first or not sales:
+            return
+        self.count += 1
+        question = {"question_id": f"{self.ctx.name}-q{self.count}",
+                    "topic": self.ctx.rng.choice(QUESTION_TOPICS)}
+        self.ctx.send(self.ctx.rng.choice(sales), "customer_question", question)
+
+    def on_message(self, message: Envelope) -> None:
+        if message.type == "answer":
+            self.ctx.log.info("answer to %s received", message.payload.get("question_id"))
+
+
+BUILTIN: dict[str, type[Role]] = {
+    "sales": SalesRole,
+    "support": SupportRole,
+    "inventory": InventoryRole,
+    "fraud": FraudRole,
+}
+
+
+def resolve_role(role: str) -> type[Role]:
+    """A built-in role name, or `package.module:Class` naming a Role subclass."""
+    if role in BUILTIN:
+        return BUILTIN[role]
+    module_name, _, class_name = role.partition(":")
+    if not class_name:
+        raise RoleError(f"unknown role {role!r}: use a built-in role or 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RoleError(f"role {role!r}: cannot import {module_name}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Role)):
+        raise RoleError(f"role {role!r}: {module_name} has no Role subclass named {class_name}")
+    return cls

@@ -1,0 +1,177 @@
+"""One agent process: join, read the inbox partition, run the role, heartbeat, leave.
+
+The loop is single-threaded: poll a batch from the inbox partition, hand the agent's
+own messages to the role, commit the next offsets (at least once: a restarted agent
+resumes after the last handled batch), tick the role, heartbeat when due.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.agent.base import AgentContext, Role
+from agentmesh_cli.bus import Bus, Reader, Record, ensure_topics, hostname
+from agentmesh_cli.config import AgentSpec, Mesh
+from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.store import Store
+
+TICK_S = 0.1
+COUNTER_FLUSH_S = 1.0
+PEERS_REFRESH_S = 2.0
+
+
+class AgentRuntime:
+    def __init__(self, mesh: Mesh, spec: AgentSpec, role_cls: type[Role]) -> None:
+        self.mesh = mesh
+        self.spec = spec
+        self.name = spec.name
+        self.program = C.agent_program(spec.name)
+        self.log = logging.getLogger(f"agent.{spec.name}")
+        self.counts: Counter[str] = Counter()
+        self.stopping = False
+        cfg = mesh.config
+        self.partition = C.inbox_partition(self.name, cfg.kafka.partitions)
+        self.store = Store(cfg.redis.resolved_url, cfg.mesh)
+        self.bus = Bus(cfg.kafka, client_id=self.program)
+        self._peers: dict[str, dict[str, Any]] = {}
+        self._peers_at = 0.0
+        seed = cfg.workload.seed
+        rng = random.Random(None if seed is None else f"{seed}:{self.name}")
+        ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
+                           self._send, self._registry)
+        self.role = role_cls(ctx)
+
+    # what the role uses --------------------------------------------------------
+    def _send(self, envelope: Envelope) -> None:
+        self.bus.send_message(envelope)
+        self.counts[C.COUNTER_OUT] += 1
+
+    def _registry(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        if now - self._peers_at > PEERS_REFRESH_S:
+            try:
+                self._peers = self.store.agents()
+            except AgentMeshError as exc:
+                self.log.warning("registry unavailable, using the last known peers: %s", exc)
+            self._peers_at = now
+        return self._peers
+
+    # life cycle ----------------------------------------------------------------
+    def _record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.spec.role,
+            "capabilities": list(self.spec.capabilities),
+            "pid": os.getpid(),
+            "host": hostname(),
+            "partition": self.partition,
+            "last_heartbeat": now_ms(),
+        }
+
+    def _announce(self, event: str) -> None:
+        envelope = Envelope(type=event, from_agent_id=self.name,
+                            payload={"role": self.spec.role, "capabilities": list(self.spec.capabilities)})
+        self.bus.send(C.TOPIC_TOPOLOGY, envelope, key=self.name)
+
+    def _heartbeat(self) -> None:
+        self._announce(C.EVENT_HEARTBEAT)
+        try:
+            self.store.register_agent(self.name, self._record())
+        except AgentMeshError as exc:
+            self.log.warning("heartbeat not recorded in Redis: %s", exc)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.log.info("signal %s: leaving the mesh", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        cfg = self.mesh.config
+        ensure_topics(cfg.kafka)
+        group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
+        reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None)], self.program)
+        self.store.register_agent(self.name, self._record())
+        self._announce(C.EVENT_JOINED)
+        self.bus.flush(10)
+        self.role.on_start()
+        self.store.mark_ready(self.program, os.getpid())
+        self.log.info("joined as %s (role %s), inbox partition %d", self.name, self.spec.role,
+                      self.partition)
+        next_heartbeat = time.monotonic() + cfg.heartbeat.interval
+        next_flush = time.monotonic() + COUNTER_FLUSH_S
+        try:
+            while not self.stopping:
+                records = reader.poll_batch(timeout=TICK_S)
+                if records:
+                    for record in records:
+                        self._handle(record)
+                    last = records[-1]
+                    reader.commit({(last.topic, last.partition): last.offset + 1})
+                now = time.monotonic()
+                self._safely("on_tick", self.role.on_tick, now)
+                if now >= next_heartbeat:
+                    next_heartbeat = now + cfg.heartbeat.interval
+                    self._heartbeat()
+                if now >= next_flush:
+                    next_flush = now + COUNTER_FLUSH_S
+                    self._flush_counters()
+                self.bus.poll()
+        finally:
+            self._leave(reader)
+        return 0
+
+    def _leave(self, reader: Reader) -> None:
+        self._safely("on_stop", self.role.on_stop)
+        self._announce(C.EVENT_LEFT)
+        left = self.bus.flush(5)
+        try:
+            self.store.unregister_agent(self.name)
+        except AgentMeshError as exc:
+            self.log.warning("could not remove the registry entry: %s", exc)
+        self._flush_counters()
+        reader.close()
+        self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
+
+    def _handle(self, record: Record) -> None:
+        try:
+            envelope = Envelope.decode(record.value)
+        except InvalidEnvelope as exc:
+            self.log.warning("dead letter at %s/%d@%d: %s", record.topic, record.partition,
+                             record.offset, exc)
+            self.bus.dead_letter(record, str(exc))
+            self.counts[C.COUNTER_DEAD] += 1
+            return
+        if envelope.to_agent_id != self.name:
+            self.counts[C.COUNTER_SKIPPED] += 1  # another agent shares this partition
+            return
+        self.counts[C.COUNTER_IN] += 1
+        if not self._safely("on_message", self.role.on_message, envelope):
+            self.bus.dead_letter(record, f"handler error in role {self.spec.role}")
+            self.counts[C.COUNTER_DEAD] += 1
+
+    def _safely(self, hook: str, fn: Any, *args: Any) -> bool:
+        try:
+            fn(*args)
+        except Exception:  # a role's bug must not stop the agent
+            self.log.exception("%s raised", hook)
+            return False
+        return True
+
+    def _flush_counters(self) -> None:
+        if not self.counts:
+            return
+        try:
+            self.store.add_counters(self.name, self.counts)
+            self.counts = Counter()
+        except AgentMeshError as exc:
+            self.log.warning("counters kept for later, Redis unavailable: %s", exc)

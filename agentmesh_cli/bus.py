@@ -1,0 +1,240 @@
+"""The Kafka layer: confluent-kafka inside, our envelope and our errors outside.
+
+- `ensure_topics` creates every topic idempotently.
+- `Bus.send` produces envelopes; `Bus.send_message` routes to the recipient's inbox
+  partition, crc32(recipient) % partitions, computed here, not by the client.
+- `Reader` is a manually assigned consumer (no group rebalancing) that commits
+  explicit offsets, so a restarted reader resumes where it stopped.
+- `Bus.dead_letter` sends a record that cannot be handled to the `dlq` topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import BusError
+
+log = logging.getLogger(__name__)
+
+RAW_PREVIEW_BYTES = 4096  # how much of a dead record travels with its dead letter
+
+
+def _client_config(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
+    return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id, **kafka.client}
+
+
+def topic_partitions(kafka: KafkaConfig, short: str) -> int:
+    return 1 if short in C.SINGLE_PARTITION_TOPICS else kafka.partitions
+
+
+def ensure_topics(kafka: KafkaConfig, timeout: float = 10.0) -> list[str]:
+    """Create every mesh topic that does not exist yet; return the names created."""
+    admin = AdminClient(_client_config(kafka, "agentmesh-admin"))
+    wanted = [
+        NewTopic(f"{kafka.topic_prefix}.{short}", topic_partitions(kafka, short), 1)
+        for short in C.ALL_TOPICS
+    ]
+    created: list[str] = []
+    try:
+        futures = admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
+    except KafkaException as exc:
+        raise BusError(f"cannot create topics on {kafka.bootstrap}: {exc}") from exc
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BusError(f"cannot create topic {name} on {kafka.bootstrap}: {exc}") from exc
+        except Exception as exc:  # a future that timed out raises concurrent.futures errors
+            raise BusError(f"cannot create topic {name} on {kafka.bootstrap}: {exc!r}") from exc
+    return created
+
+
+def broker_reachable(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
+    """True when the broker answers a metadata request."""
+    admin = AdminClient(_client_config(kafka, "agentmesh-probe"))
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record; `topic` is the short name (messages, topology, ...)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Bus:
+    """Producer side of one process, plus the dead-letter path."""
+
+    def __init__(self, kafka: KafkaConfig, client_id: str) -> None:
+        self.kafka = kafka
+        self.client_id = client_id
+        self.delivery_failures = 0
+        conf = _client_config(kafka, client_id)
+        conf.setdefault("linger.ms", 2)
+        conf.setdefault("enable.idempotence", False)
+        try:
+            self._producer = Producer(conf)
+        except KafkaException as exc:
+            raise BusError(f"cannot create a Kafka producer: {exc}") from exc
+
+    def topic(self, short: str) -> str:
+        return f"{self.kafka.topic_prefix}.{short}"
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        # The callback hands us a KafkaError, not an exception: count and log it.
+        if err is not None:
+            self.delivery_failures += 1
+            log.error("delivery to %s failed: %s", msg.topic(), err.str())
+
+    def send(
+        self, short_topic: str, envelope: Envelope, key: str | None = None, partition: int | None = None
+    ) -> None:
+        self.produce_raw(short_topic, envelope.encode(), key, partition)
+
+    def produce_raw(
+        self, short_topic: str, value: bytes, key: str | None = None, partition: int | None = None
+    ) -> None:
+        kwargs: dict[str, Any] = {"value": value, "on_delivery": self._on_delivery}
+        if key is not None:
+            kwargs["key"] = key.encode("utf-8")
+        if partition is not None:
+            kwargs["partition"] = partition
+        try:
+            self._producer.produce(self.topic(short_topic), **kwargs)
+        except BufferError:
+            self._producer.poll(0.5)  # queue full: let deliveries drain, then try once more
+            try:
+                self._producer.produce(self.topic(short_topic), **kwargs)
+            except (BufferError, KafkaException) as exc:
+                raise BusError(f"cannot produce to {self.topic(short_topic)}: {exc}") from exc
+        except KafkaException as exc:
+            raise BusError(f"cannot produce to {self.topic(short_topic)}: {exc}") from exc
+        self._producer.poll(0)
+
+    def send_message(self, envelope: Envelope) -> int:
+        """Send an agent-to-agent message to the recipient's inbox partition; return it."""
+        partition = C.inbox_partition(envelope.to_agent_id, self.kafka.partitions)
+        self.send(C.TOPIC_MESSAGES, envelope, key=envelope.to_agent_id, partition=partition)
+        return partition
+
+    def dead_letter(self, record: Record, reason: str) -> None:
+        value = record.value or b""
+        payload = {
+            "reason": reason,
+            "topic": self.topic(record.topic),
+            "partition": record.partition,
+            "offset": record.offset,
+            "size": len(value),
+            "raw_base64": base64.b64encode(value[:RAW_PREVIEW_BYTES]).decode("ascii"),
+        }
+        letter = Envelope(type=C.EVENT_DEAD_LETTER, from_agent_id=self.client_id, payload=payload)
+        self.send(C.TOPIC_DLQ, letter)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for queued records; return how many are still undelivered."""
+        return int(self._producer.flush(timeout))
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+
+class Reader:
+    """A consumer with manual partition assignment and explicit offset commits."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        group_id: str,
+        assignments: Iterable[tuple[str, int, int | None]],
+        client_id: str = "",
+    ) -> None:
+        """`assignments`: (short topic, partition, start offset); None = committed, else earliest."""
+        conf = _client_config(kafka, client_id or group_id)
+        conf.update(
+            {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+            }
+        )
+        self._prefix = kafka.topic_prefix + "."
+        try:
+            self._consumer = Consumer(conf)
+            self._consumer.assign(
+                [
+                    TopicPartition(
+                        self._prefix + short, partition, OFFSET_STORED if start is None else start
+                    )
+                    for short, partition, start in assignments
+                ]
+            )
+        except KafkaException as exc:
+            raise BusError(f"cannot create a Kafka consumer for {group_id}: {exc}") from exc
+
+    def poll_batch(self, max_records: int = 500, timeout: float = 0.1) -> list[Record]:
+        try:
+            messages = self._consumer.consume(max_records, timeout)
+        except KafkaException as exc:
+            raise BusError(f"consume failed: {exc}") from exc
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err.str())
+                continue
+            records.append(
+                Record(
+                    msg.topic().removeprefix(self._prefix),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.key(),
+                    msg.value(),
+                )
+            )
+        return records
+
+    def commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        """Commit (short topic, partition) -> next offset to read, synchronously."""
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(self._prefix + t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise BusError(f"offset commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def beginning() -> int:
+    return int(OFFSET_BEGINNING)
+
+
+def hostname() -> str:
+    return socket.gethostname()

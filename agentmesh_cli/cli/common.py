@@ -1,0 +1,27 @@
+"""Options and consoles shared by the command modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from agentmesh_cli.config import Mesh, load_mesh
+
+console = Console()
+console_err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c",
+        help="mesh.yaml to use (default: $AGENTMESH_CONFIG or ./mesh.yaml).",
+        show_default=False,
+    ),
+]
+
+
+def mesh_from(config: Path | None) -> Mesh:
+    return load_mesh(config)

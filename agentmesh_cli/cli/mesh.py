@@ -1,0 +1,139 @@
+"""Commands that run and inspect a whole mesh: up, down, status, send."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from agentmesh_cli import lifecycle
+from agentmesh_cli.cli.common import ConfigOption, console, console_err, mesh_from
+from agentmesh_cli.dashboard.views import render_status, up_table
+from agentmesh_cli.errors import ConfigError, NotReadyError
+
+
+def up(
+    config: ConfigOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every program to be ready.")] = 60.0,
+) -> None:
+    """Start the mesh (or apply a changed mesh.yaml) and wait until every program is ready.
+
+    Example: agentmesh up --config mesh.yaml --timeout 90
+    """
+    mesh = mesh_from(config)
+    live = Live(console=console_err, transient=False, auto_refresh=False)
+    seen: dict[str, bool] = {}
+
+    def progress(states: list[lifecycle.ProgramState]) -> None:
+        if console_err.is_terminal:
+            live.update(up_table(states), refresh=True)
+            return
+        for s in states:  # not a terminal: one line when a program becomes ready
+            if s.ready and not seen.get(s.name):
+                console_err.print(f"ready  {s.name} (pid {s.pid})", highlight=False)
+            seen[s.name] = s.ready
+
+    try:
+        with live if console_err.is_terminal else _null():
+            states, changes = lifecycle.up(mesh, timeout, progress)
+    except NotReadyError as exc:
+        console_err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        if exc.log_tail:
+            console_err.rule(f"last lines of logs/{exc.program}.log")
+            console_err.print(exc.log_tail.rstrip(), highlight=False, markup=False)
+        raise typer.Exit(1) from exc
+    summary = ", ".join(f"{k} {len(v)}" for k, v in changes.items() if v) or "no changes"
+    console.print(
+        f"[green]mesh {mesh.config.mesh} is up[/]: {len(states)} programs ready ({summary}). "
+        f"See `agentmesh status` or `supervisorctl -c {mesh.supervisord_conf} status`.",
+        highlight=False,
+    )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def down(
+    config: ConfigOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each tier to stop.")] = 30.0,
+) -> None:
+    """Stop agents first, then managers, services and infra, then supervisord itself.
+
+    Example: agentmesh down
+    """
+    mesh = mesh_from(config)
+
+    def progress(tier: str, names: list[str]) -> None:
+        console_err.print(f"stopping {tier}: {', '.join(names)}", highlight=False)
+
+    if lifecycle.down(mesh, timeout, progress):
+        console.print(f"[green]mesh {mesh.config.mesh} is down[/]", highlight=False)
+    else:
+        console.print(f"mesh {mesh.config.mesh} is not running", highlight=False)
+
+
+def status(
+    config: ConfigOption = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and exit.")] = False,
+) -> None:
+    """Programs, agents and topology of the mesh. Exit code 1 when a program is not RUNNING.
+
+    Example: agentmesh status --json | jq .topology.stats
+    """
+    from agentmesh_cli.status import all_running, collect
+
+    mesh = mesh_from(config)
+    data = collect(mesh)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(render_status(data))
+    if not all_running(data):
+        raise typer.Exit(1)
+
+
+def send(
+    sender: Annotated[str, typer.Argument(metavar="FROM", help="Sending agent's name.")],
+    recipient: Annotated[str, typer.Argument(metavar="TO", help="Recipient agent's name.")],
+    payload: Annotated[str, typer.Argument(help="JSON object: the message payload.")] = "{}",
+    type_: Annotated[str, typer.Option("--type", help="Message type.")] = "message",
+    config: ConfigOption = None,
+) -> None:
+    """Inject one agent-to-agent message (for demos and scripts).
+
+    Example: agentmesh send Sales Inventory '{"order_id": "o-1", "items": {"cable": 2}}' --type check_stock
+    """
+    from agentmesh_cli.bus import Bus
+    from agentmesh_cli.envelope import Envelope
+
+    mesh = mesh_from(config)
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise ConfigError(f"payload is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ConfigError("payload must be a JSON object")
+    bus = Bus(mesh.config.kafka, client_id="agentmesh-send")
+    envelope = Envelope(type=type_, from_agent_id=sender, to_agent_id=recipient, payload=body,
+                        meta={"injected": True})
+    partition = bus.send_message(envelope)
+    if bus.flush(10) or bus.delivery_failures:
+        from agentmesh_cli.errors import BusError
+
+        raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
+    console.print(f"sent {envelope.id} to {recipient} (partition {partition})", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command()(send)

@@ -1,0 +1,279 @@
+"""The mesh.yaml model: typed, validated before anything starts, errors name the key path.
+
+`load_mesh(path)` returns a `Mesh`: the validated `MeshConfig` plus the folders that
+`up` uses (supervisor.d/, logs/, the state folder), all relative to mesh.yaml's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.errors import ConfigError
+
+EMBEDDED = "embedded"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
+
+
+def parse_duration(value: Any) -> float:
+    """`5s`, `250ms`, `2m`, `1h` or a bare number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 5s, 250ms or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 2m)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than 0")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = EMBEDDED
+    topic_prefix: str = Field("agentmesh", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(16, ge=1, le=1024)
+    port: Port = C.DEFAULT_EMBEDDED_KAFKA_PORT  # used only by the embedded broker
+    client: dict[str, str | int | float | bool] = {}  # passed to librdkafka as is
+
+    @property
+    def embedded(self) -> bool:
+        return self.bootstrap_servers == EMBEDDED
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}" if self.embedded else self.bootstrap_servers
+
+
+class RedisConfig(_Section):
+    url: str = EMBEDDED
+    port: Port = C.DEFAULT_EMBEDDED_REDIS_PORT  # used only by the embedded Valkey
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if url != EMBEDDED and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("use 'embedded' or a URL redis://[:password@]host:port/db (or rediss://)")
+        return url
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == EMBEDDED
+
+    @property
+    def resolved_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0" if self.embedded else self.url
+
+
+class TopologyConfig(_Section):
+    initial_weight: Fraction = 0.5
+    reinforcement: Fraction = 0.1
+    max_weight: float = Field(1.0, gt=0.0)
+    decay: Fraction = 0.05
+    decay_interval: Duration = 5.0
+    prune_threshold: Fraction = 0.1
+    snapshot_interval: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _weights(self) -> TopologyConfig:
+        if not self.prune_threshold < self.initial_weight <= self.max_weight:
+            raise ValueError("need prune_threshold < initial_weight <= max_weight")
+        return self
+
+
+class ConsensusConfig(_Section):
+    quorum: float = Field(0.6, gt=0.0, le=1.0)
+    proposal_timeout: Duration = 30.0
+    min_intensity: Fraction = 0.3
+
+
+class HeartbeatConfig(_Section):
+    interval: Duration = 30.0
+    missed: int = Field(3, ge=1)
+
+
+class ServiceConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port
+
+
+class ServicesConfig(_Section):
+    memory: ServiceConfig = ServiceConfig(port=9000)
+    cognition: ServiceConfig = ServiceConfig(port=9100)
+
+
+class WorkloadConfig(_Section):
+    """Rates of the built-in e-commerce demo roles (0 switches a flow off)."""
+
+    order_rate: float = Field(0.5, ge=0.0)  # orders per second that a sales agent opens
+    question_rate: float = Field(0.1, ge=0.0)  # questions per second that support asks sales
+    seed: int | None = None  # fixed seed for a repeatable demo
+
+
+class AgentSpec(_Section):
+    name: str = Field(pattern=_NAME)
+    role: str
+    capabilities: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = []
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role in C.BUILTIN_ROLES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", role):
+            return role
+        raise ValueError(
+            f"unknown role {role!r}: use one of {', '.join(C.BUILTIN_ROLES)} "
+            "or a class as 'package.module:Class'"
+        )
+
+
+class MeshConfig(_Section):
+    mesh: str = Field(pattern=_NAME)
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    topology: TopologyConfig = TopologyConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    services: ServicesConfig = ServicesConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    agents: list[AgentSpec] = []
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> MeshConfig:
+        if self.kafka.embedded and self.redis.embedded and self.kafka.port == self.redis.port:
+            raise ValueError("kafka.port and redis.port must differ")
+        return self
+
+    def agent(self, name: str) -> AgentSpec:
+        for spec in self.agents:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"agents: no agent named {name!r} in this mesh")
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A validated config plus where its files live."""
+
+    config: MeshConfig
+    config_file: Path
+
+    @property
+    def root(self) -> Path:
+        return self.config_file.parent
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.root / C.SUPERVISOR_DIR
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / C.LOGS_DIR
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / C.STATE_DIR
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.supervisor_dir / C.SUPERVISORD_CONF
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / C.SUPERVISOR_SOCKET
+
+    @property
+    def keys(self) -> C.Keys:
+        return C.Keys(self.config.mesh)
+
+    def topic(self, short: str) -> str:
+        return f"{self.config.kafka.topic_prefix}.{short}"
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("AGENTMESH_CONFIG", "mesh.yaml"))
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith(("function-", "function_")):  # validator names are not keys
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def parse_config(data: Any, source: str = "mesh.yaml") -> MeshConfig:
+    """Validate already-parsed YAML; raise ConfigError naming the key path of each problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must be a mapping of keys (mesh, kafka, agents, ...)")
+    try:
+        config = MeshConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from exc
+    first_index: dict[str, int] = {}
+    for index, agent in enumerate(config.agents):
+        if agent.name in first_index:
+            raise ConfigError(
+                f"{source}: agents[{index}].name: duplicate agent name {agent.name!r} "
+                f"(also agents[{first_index[agent.name]}])"
+            )
+        first_index[agent.name] = index
+    return config
+
+
+def load_mesh(path: Path | str | None = None) -> Mesh:
+    """Read and validate mesh.yaml."""
+    file = Path(path) if path is not None else default_config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{file}: no such file (pass --config or run where mesh.yaml is)") from exc
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{file}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    return Mesh(parse_config(data, source=file.name), file.resolve())

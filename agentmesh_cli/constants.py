@@ -1,0 +1,104 @@
+"""Every topic name, Redis key, program name and default in one place.
+
+No other module spells a topic or a key as a string literal.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+ENVELOPE_VERSION = 1
+
+# Topic short names; the full name is "<topic_prefix>.<name>".
+TOPIC_TOPOLOGY = "topology"  # join, leave, heartbeat; key = agent id
+TOPIC_MESSAGES = "messages"  # agent -> agent; partition = crc32(recipient) % partitions
+TOPIC_PROPOSALS = "proposals"
+TOPIC_VOTES = "votes"  # key = proposal id
+TOPIC_CONSENSUS = "consensus"  # opened and decided proposals, broadcast
+TOPIC_DLQ = "dlq"  # dead letters
+ALL_TOPICS = (
+    TOPIC_TOPOLOGY,
+    TOPIC_MESSAGES,
+    TOPIC_PROPOSALS,
+    TOPIC_VOTES,
+    TOPIC_CONSENSUS,
+    TOPIC_DLQ,
+)
+# Broadcast topics keep one partition so every reader sees one order.
+SINGLE_PARTITION_TOPICS = frozenset({TOPIC_CONSENSUS, TOPIC_DLQ})
+
+# Envelope types on the topology topic.
+EVENT_JOINED = "agent_joined"
+EVENT_LEFT = "agent_left"
+EVENT_HEARTBEAT = "heartbeat"
+EVENT_DEAD_LETTER = "dead_letter"
+
+# Program names (supervisord) and their start priorities: infra -> services -> managers -> agents.
+PROGRAM_KAFKA = "kafka"
+PROGRAM_REDIS = "redis"
+PROGRAM_TOPOLOGY = "topology-manager"
+AGENT_PROGRAM_PREFIX = "agent-"
+PRIORITY_INFRA = 10
+PRIORITY_SERVICES = 20
+PRIORITY_MANAGERS = 30
+PRIORITY_AGENTS = 40
+
+# Default loopback ports of the embedded infra: far from Kafka's 9092 and Redis's 6379.
+DEFAULT_EMBEDDED_KAFKA_PORT = 29092
+DEFAULT_EMBEDDED_REDIS_PORT = 26379
+
+# Files, relative to the folder that holds mesh.yaml.
+SUPERVISOR_DIR = "supervisor.d"
+LOGS_DIR = "logs"
+STATE_DIR = ".agentmesh"
+SUPERVISORD_CONF = "supervisord.conf"
+SUPERVISOR_SOCKET = "supervisor.sock"
+SUPERVISORD_PID = "supervisord.pid"
+
+# Counter fields (per role, in one Redis hash each).
+COUNTER_IN = "messages_in"
+COUNTER_OUT = "messages_out"
+COUNTER_DEAD = "dead_letters"
+COUNTER_SKIPPED = "skipped"
+
+
+def inbox_partition(agent_id: str, partitions: int) -> int:
+    """The messages partition agent `agent_id` reads: crc32(UTF-8 id) mod partitions."""
+    return zlib.crc32(agent_id.encode("utf-8")) % partitions
+
+
+def agent_program(name: str) -> str:
+    return f"{AGENT_PROGRAM_PREFIX}{name}"
+
+
+class Keys:
+    """Redis keys of one mesh; every key starts `agentmesh:<mesh>:`."""
+
+    def __init__(self, mesh: str) -> None:
+        self.prefix = f"agentmesh:{mesh}:"
+
+    @property
+    def agents(self) -> str:
+        """Hash: agent id -> JSON registry record (role, capabilities, pid, host, heartbeat)."""
+        return self.prefix + "agents"
+
+    @property
+    def topology_snapshot(self) -> str:
+        """String: JSON of the graph plus the Kafka offsets it covers."""
+        return self.prefix + "topology:snapshot"
+
+    def ready(self, program: str) -> str:
+        """String: JSON {pid, ts} written by a program once it is ready."""
+        return self.prefix + "ready:" + program
+
+    def counters(self, owner: str) -> str:
+        """Hash: counter name -> integer, for one role or agent."""
+        return self.prefix + "counters:" + owner
+
+    @property
+    def counter_owners(self) -> str:
+        """Set: every owner that has a counters hash."""
+        return self.prefix + "counters"
+
+# Roles that ship with agentmesh (the e-commerce demo); any other role is "package.module:Class".
+BUILTIN_ROLES = ("sales", "support", "inventory", "fraud")

@@ -1,0 +1,1 @@
+"""The operator's view: functions from status data to rich renderables."""

@@ -1,0 +1,91 @@
+"""Views: status data (the dict of `status.collect`) -> rich renderables. No I/O here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from agentmesh_cli.lifecycle import ProgramState
+
+STATE_STYLE = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
+               "FATAL": "bold red", "EXITED": "red", "STOPPED": "dim", "UNKNOWN": "red"}
+MAX_EDGES = 20
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def up_table(states: list[ProgramState]) -> Table:
+    table = Table(title="agentmesh up", title_justify="left")
+    table.add_column("program")
+    table.add_column("state")
+    table.add_column("pid", justify="right")
+    table.add_column("ready")
+    for s in states:
+        table.add_row(s.name, Text(s.state, STATE_STYLE.get(s.state, "")), str(s.pid or ""),
+                      Text("ready", "green") if s.ready else Text("waiting", "yellow"))
+    return table
+
+
+def programs_table(data: dict[str, Any]) -> RenderableType:
+    if not data["supervisord"]["running"]:
+        return Text("supervisord is not running (start the mesh with `agentmesh up`)", "red")
+    table = Table(title="programs", title_justify="left")
+    for col in ("program", "state", "pid", "uptime"):
+        table.add_column(col, justify="right" if col in ("pid", "uptime") else "left")
+    for p in data["programs"]:
+        table.add_row(p["name"], Text(p["state"], STATE_STYLE.get(p["state"], "")),
+                      str(p["pid"] or ""), _duration(p["uptime_s"]) if p["pid"] else "")
+    return table
+
+
+def agents_table(data: dict[str, Any]) -> RenderableType:
+    table = Table(title="agents", title_justify="left")
+    for col in ("agent", "role", "pid", "heartbeat", "in", "out", "dead"):
+        table.add_column(col, justify="left" if col in ("agent", "role") else "right")
+    for a in data["agents"]:
+        c = a["counters"]
+        beat = Text(f"{_duration(a['heartbeat_age_s'])} ago", "green" if a["alive"] else "red")
+        table.add_row(a["name"], a["role"] or "", str(a["pid"] or ""), beat,
+                      str(c.get("messages_in", 0)), str(c.get("messages_out", 0)),
+                      str(c.get("dead_letters", 0)))
+    return table
+
+
+def topology_view(data: dict[str, Any]) -> RenderableType:
+    topo = data["topology"]
+    if topo is None:
+        return Text("topology: no snapshot yet (topology-manager not running?)", "yellow")
+    s = topo["stats"]
+    head = Text(
+        f"topology: {s['agents']} agents, {s['edges']}/{s['possible']} edges, "
+        f"reduction {s['reduction_percent']:.1f}%, weight min/avg/max "
+        f"{s['min_weight']:.2f}/{s['avg_weight']:.2f}/{s['max_weight']:.2f} "
+        f"(snapshot {_duration(topo['snapshot_age_s'])} old)"
+    )
+    table = Table(title_justify="left")
+    for col in ("edge", "weight", "usage"):
+        table.add_column(col, justify="left" if col == "edge" else "right")
+    for e in topo["edges"][:MAX_EDGES]:
+        table.add_row(f"{e['source']} -> {e['target']}", f"{e['weight']:.2f}", str(e["usage"]))
+    return Group(head, table)
+
+
+def render_status(data: dict[str, Any]) -> RenderableType:
+    parts: list[RenderableType] = [
+        Text(f"mesh {data['mesh']}", "bold"),
+        programs_table(data),
+        agents_table(data),
+        topology_view(data),
+    ]
+    parts += [Text(f"error: {e}", "red") for e in data["errors"]]
+    return Group(*parts)

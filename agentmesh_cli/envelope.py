@@ -1,0 +1,67 @@
+"""The one message envelope of every topic (DESIGN section 3), pure: encode, decode, validate."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agentmesh_cli.constants import ENVELOPE_VERSION
+from agentmesh_cli.errors import InvalidEnvelope
+
+_STR_FIELDS = ("id", "type", "from_agent_id", "to_agent_id")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    from_agent_id: str
+    to_agent_id: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    ts: int = field(default_factory=now_ms)
+    v: int = ENVELOPE_VERSION
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Envelope:
+        """Parse and check a record value; raise InvalidEnvelope saying what is wrong."""
+        if raw is None:
+            raise InvalidEnvelope("empty record (no value)")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidEnvelope(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidEnvelope(f"not a JSON object but {type(data).__name__}")
+        if data.get("v") != ENVELOPE_VERSION:
+            raise InvalidEnvelope(f"unsupported envelope version {data.get('v')!r}")
+        for name in _STR_FIELDS:
+            if not isinstance(data.get(name), str):
+                raise InvalidEnvelope(f"field {name!r} missing or not a string")
+        if not data["id"] or not data["type"]:
+            raise InvalidEnvelope("fields 'id' and 'type' must not be empty")
+        ts = data.get("ts")
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+            raise InvalidEnvelope("field 'ts' missing or not a non-negative integer (epoch ms)")
+        for name in ("payload", "meta"):
+            if not isinstance(data.get(name, {}), dict):
+                raise InvalidEnvelope(f"field {name!r} is not an object")
+        return cls(
+            type=data["type"],
+            from_agent_id=data["from_agent_id"],
+            to_agent_id=data["to_agent_id"],
+            payload=data.get("payload", {}),
+            meta=data.get("meta", {}),
+            id=data["id"],
+            ts=ts,
+        )

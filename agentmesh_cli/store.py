@@ -1,0 +1,99 @@
+"""The Redis layer: every key from `constants.Keys`, redis-py errors wrapped in StoreError."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+
+from agentmesh_cli.constants import Keys
+from agentmesh_cli.errors import StoreError
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis {action} failed: {exc}") from exc
+
+
+class Store:
+    """Typed access to one mesh's keys."""
+
+    def __init__(self, url: str, mesh: str, timeout: float = 5.0) -> None:
+        self.keys = Keys(mesh)
+        self.url = url
+        with _wrapped("connect"):
+            self.redis = redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+            )
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        with _wrapped(action):
+            return fn()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    # registry ------------------------------------------------------------------
+    def register_agent(self, name: str, record: dict[str, Any]) -> None:
+        self._call("register", lambda: self.redis.hset(self.keys.agents, name, json.dumps(record)))
+
+    def unregister_agent(self, name: str) -> None:
+        self._call("unregister", lambda: self.redis.hdel(self.keys.agents, name))
+
+    def agents(self) -> dict[str, dict[str, Any]]:
+        raw = self._call("read registry", lambda: self.redis.hgetall(self.keys.agents))
+        return {name: json.loads(value) for name, value in raw.items()}
+
+    # readiness -----------------------------------------------------------------
+    def mark_ready(self, program: str, pid: int) -> None:
+        record = json.dumps({"pid": pid, "ts": time.time()})
+        self._call("mark ready", lambda: self.redis.set(self.keys.ready(program), record))
+
+    def ready_pid(self, program: str) -> int | None:
+        raw = self._call("read readiness", lambda: self.redis.get(self.keys.ready(program)))
+        return int(json.loads(raw)["pid"]) if raw else None
+
+    # counters ------------------------------------------------------------------
+    def add_counters(self, owner: str, counts: Counter[str]) -> None:
+        """Add a batch of counts in one round trip (roles batch, never one call a message)."""
+        if not counts:
+            return
+        with _wrapped("count"):
+            pipe = self.redis.pipeline(transaction=False)
+            for name, value in counts.items():
+                pipe.hincrby(self.keys.counters(owner), name, value)
+            pipe.sadd(self.keys.counter_owners, owner)
+            pipe.execute()
+
+    def counters(self, owner: str) -> dict[str, int]:
+        raw = self._call("read counters", lambda: self.redis.hgetall(self.keys.counters(owner)))
+        return {name: int(value) for name, value in raw.items()}
+
+    def all_counters(self) -> dict[str, dict[str, int]]:
+        owners = self._call("read counters", lambda: self.redis.smembers(self.keys.counter_owners))
+        return {owner: self.counters(owner) for owner in sorted(owners)}
+
+    # topology snapshot ---------------------------------------------------------
+    def save_snapshot(self, snapshot: dict[str, Any]) -> None:
+        data = json.dumps(snapshot, separators=(",", ":"))
+        self._call("save snapshot", lambda: self.redis.set(self.keys.topology_snapshot, data))
+
+    def load_snapshot(self) -> dict[str, Any] | None:
+        raw = self._call("load snapshot", lambda: self.redis.get(self.keys.topology_snapshot))
+        return json.loads(raw) if raw else None
+
+    def close(self) -> None:
+        self.redis.close()

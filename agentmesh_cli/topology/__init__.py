@@ -1,0 +1,1 @@
+"""SlimeMold topology: the pure graph core and the manager process."""

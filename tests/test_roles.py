@@ -1,0 +1,147 @@
+"""Role processes (agent, topology manager) run for real against the session broker and
+Valkey, without supervisord: join, inbox, dead letters, resume, heartbeat, leave, snapshots."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bus import Bus, Reader, Record, beginning
+from agentmesh_cli.config import Mesh
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.store import Store
+from tests.conftest import spawn_role, stop_process, wait_for
+
+
+def read_topic(mesh: Mesh, topic: str, partitions: int, settle: float = 1.5,
+               limit: float = 6.0) -> list[Record]:
+    """The records of a topic: read until nothing new arrives for `settle` seconds
+    (or `limit` seconds in all, for a topic that never goes quiet)."""
+    started = time.monotonic()
+    reader = Reader(mesh.config.kafka, f"t-{uuid.uuid4().hex}",
+                    [(topic, p, beginning()) for p in range(partitions)])
+    got: list[Record] = []
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < settle and time.monotonic() - started < limit:
+            batch = reader.poll_batch(timeout=0.1)
+            if batch:
+                got += batch
+                quiet_since = time.monotonic()
+    finally:
+        reader.close()
+    return got
+
+
+def counters(store: Store, owner: str) -> dict[str, int]:
+    return store.counters(owner)
+
+
+def test_agent_inbox_dead_letters_and_resume(external_mesh: Any, tmp_path: Path) -> None:
+    mesh: Mesh = external_mesh(
+        agents=[{"name": "Inventory", "role": "inventory"}],
+        heartbeat={"interval": "500ms", "missed": 3},
+    )
+    cfg = mesh.config
+    store = Store(cfg.redis.resolved_url, cfg.mesh)
+    args = ("agent", "--name", "Inventory", "--config", str(mesh.config_file))
+    proc = spawn_role(*args, log=tmp_path / "agent.log")
+    try:
+        wait_for(lambda: store.ready_pid("agent-Inventory") == proc.pid, 30, "agent ready")
+        record = store.agents()["Inventory"]
+        assert record["role"] == "inventory" and record["pid"] == proc.pid
+        assert record["partition"] == C.inbox_partition("Inventory", 4)
+
+        bus = Bus(cfg.kafka, "test")
+        partition = C.inbox_partition("Inventory", 4)
+        bus.produce_raw(C.TOPIC_MESSAGES, b"\x00\x01 not an envelope", partition=partition)
+        ask = Envelope(type="check_stock", from_agent_id="Sales", to_agent_id="Inventory",
+                       payload={"order_id": "o-1", "items": {"cable": 2}})
+        bus.send_message(ask)
+        bus.flush()
+        # the agent keeps working after the garbage: it answers the order that follows it
+        wait_for(lambda: counters(store, "Inventory").get("messages_in") == 1, 20, "handled")
+        assert counters(store, "Inventory").get("dead_letters") == 1
+        (letter,) = [Envelope.decode(r.value) for r in read_topic(mesh, C.TOPIC_DLQ, 1)]
+        assert letter.payload["reason"].startswith("not JSON")
+        assert letter.payload["partition"] == partition and letter.payload["offset"] == 0
+        replies = [Envelope.decode(r.value) for r in
+                   read_topic(mesh, C.TOPIC_MESSAGES, 4) if r.partition == C.inbox_partition("Sales", 4)]
+        assert [(e.type, e.payload) for e in replies] == [
+            ("stock_result", {"order_id": "o-1", "approved": True})]
+
+        # heartbeats reach the topology topic and the registry
+        wait_for(lambda: any(Envelope.decode(r.value).type == C.EVENT_HEARTBEAT
+                             for r in read_topic(mesh, C.TOPIC_TOPOLOGY, 4)), 10, "a heartbeat")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "Inventory" not in store.agents()
+        events = [Envelope.decode(r.value).type for r in read_topic(mesh, C.TOPIC_TOPOLOGY, 4)]
+        assert events[0] == C.EVENT_JOINED and events[-1] == C.EVENT_LEFT
+
+        # sent while the agent is down: a restarted agent resumes from its committed offset
+        bus.send_message(Envelope(type="check_stock", from_agent_id="Sales", to_agent_id="Inventory",
+                                  payload={"order_id": "o-2", "items": {"laptop": 1}}))
+        bus.flush()
+        proc = spawn_role(*args, log=tmp_path / "agent2.log")
+        wait_for(lambda: counters(store, "Inventory").get("messages_in") == 2, 30, "resumed")
+        assert counters(store, "Inventory").get("dead_letters") == 1  # nothing re-read
+    finally:
+        stop_process(proc)
+        store.close()
+
+
+def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path: Path) -> None:
+    mesh: Mesh = external_mesh(topology={"snapshot_interval": "200ms", "decay_interval": "1h"})
+    cfg = mesh.config
+    store = Store(cfg.redis.resolved_url, cfg.mesh)
+    bus = Bus(cfg.kafka, "test")
+    for name in ("A", "B", "C", "D"):
+        bus.send(C.TOPIC_TOPOLOGY, Envelope(type=C.EVENT_JOINED, from_agent_id=name), key=name)
+    for _ in range(3):
+        bus.send_message(Envelope(type="m", from_agent_id="A", to_agent_id="B"))
+    bus.produce_raw(C.TOPIC_TOPOLOGY, b"garbage", key="A")
+    bus.flush()
+    args = ("topology", "--config", str(mesh.config_file))
+    proc = spawn_role(*args, log=tmp_path / "topo.log")
+
+    def usage(source: str, target: str) -> int | None:
+        snap = store.load_snapshot()
+        if not snap:
+            return None
+        for s, t, _w, u, _lu in snap["graph"]["edges"]:
+            if (s, t) == (source, target):
+                return int(u)
+        return None
+
+    try:
+        wait_for(lambda: usage("A", "B") == 3, 30, "3 reinforcements of A->B")
+        snap = store.load_snapshot()
+        assert snap is not None
+        assert snap["stats"]["agents"] == 4 and snap["stats"]["edges"] == 12
+        assert sum(snap["offsets"]["topology"].values()) == 5  # 4 joins + the garbage
+        dlq = [Envelope.decode(r.value).payload for r in read_topic(mesh, C.TOPIC_DLQ, 1)]
+        assert [d["reason"][:8] for d in dlq] == ["not JSON"]
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for _ in range(2):
+            bus.send_message(Envelope(type="m", from_agent_id="A", to_agent_id="B"))
+        bus.send(C.TOPIC_TOPOLOGY, Envelope(type=C.EVENT_LEFT, from_agent_id="D"), key="D")
+        bus.flush()
+        proc = spawn_role(*args, log=tmp_path / "topo2.log")
+        wait_for(lambda: usage("A", "B") == 5, 30, "5 reinforcements after the restart")
+        wait_for(lambda: (store.load_snapshot() or {}).get("stats", {}).get("edges") == 6, 10,
+                 "D's edges removed")
+        assert "resumed from snapshot" in (tmp_path / "topo2.log").read_text()
+        assert len(read_topic(mesh, C.TOPIC_DLQ, 1)) == 1  # the garbage is not re-read
+        assert json.loads(json.dumps(store.load_snapshot()))["graph"]["agents"] == ["A", "B", "C"]
+    finally:
+        stop_process(proc)
+        store.close()
