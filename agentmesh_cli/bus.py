@@ -179,6 +179,8 @@ class Reader:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
+                # low fetch wait: a role reacts within ~50 ms even on a quiet topic
+                "fetch.wait.max.ms": 50,
             }
         )
         self._prefix = kafka.topic_prefix + "."

@@ -172,11 +172,21 @@ class MeshConfig(_Section):
             raise ValueError("kafka.port and redis.port must differ")
         return self
 
-    def agent(self, name: str) -> AgentSpec:
-        for spec in self.agents:
-            if spec.name == name:
-                return spec
-        raise ConfigError(f"agents: no agent named {name!r} in this mesh")
+    def agent_spec(self, name: str, role: str | None, capabilities: list[str] | None) -> AgentSpec:
+        """The spec of agent `name`: mesh.yaml's entry, with command-line overrides."""
+        base = next((a for a in self.agents if a.name == name), None)
+        if base is None and not role:
+            raise ConfigError(f"agent {name!r} is not in mesh.yaml: pass --role")
+        data = {
+            "name": name,
+            "role": role or (base.role if base else ""),
+            "capabilities": capabilities if capabilities is not None else (base.capabilities if base else []),
+        }
+        try:
+            return AgentSpec.model_validate(data)
+        except ValidationError as exc:
+            lines = [f"agent {name!r}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+            raise ConfigError("\n".join(lines)) from exc
 
 
 @dataclass(frozen=True)

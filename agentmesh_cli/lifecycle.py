@@ -22,6 +22,7 @@ from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, write_configs
 
+FORMED_ROW = "(topology)"  # the last gate: every agent has joined the graph
 FAILED_STATES = frozenset({"FATAL", "EXITED", "STOPPED", "UNKNOWN"})
 TIERS = ("agents", "managers", "services", "infra")  # stop order
 
@@ -67,9 +68,19 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
 class Readiness:
     """Answers 'is this program ready?' from its own signal."""
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, topology_expected: bool = False) -> None:
         self.mesh = mesh
+        self.topology_expected = topology_expected
         self._store: Store | None = None
+
+    def joined(self) -> set[str]:
+        """The mesh's agents that the topology manager's latest snapshot holds."""
+        try:
+            snapshot = self.store().load_snapshot() or {}
+        except AgentMeshError:
+            return set()
+        present = set(snapshot.get("graph", {}).get("agents", []))
+        return present & {a.name for a in self.mesh.config.agents}
 
     def store(self) -> Store:
         if self._store is None:
@@ -90,32 +101,44 @@ class Readiness:
 def wait_ready(
     sup: Supervisor, mesh: Mesh, specs: list[ProgramSpec], timeout: float, progress: Progress
 ) -> list[ProgramState]:
-    ready_check = Readiness(mesh)
-    names = [s.name for s in specs]
+    """Wait until every program is RUNNING and ready, then until every agent has joined
+    the topology (when this mesh runs a topology manager). Returns the program states."""
+    check = Readiness(mesh, topology_expected=any(s.name == C.PROGRAM_TOPOLOGY for s in specs))
+    agents = {a.name for a in mesh.config.agents}
     ready: set[str] = set()
     deadline = time.monotonic() + timeout
     while True:
         info = {p["name"]: p for p in sup.processes()}
         states = []
-        for name in names:
-            p = info.get(name, {"statename": "UNKNOWN", "pid": 0})
-            if name not in ready and p["statename"] == "RUNNING" and ready_check(name, p["pid"]):
-                ready.add(name)
+        for spec in specs:
+            p = info.get(spec.name, {"statename": "UNKNOWN", "pid": 0})
             if p["statename"] != "RUNNING":
-                ready.discard(name)  # restarted or died since it was ready
-            states.append(ProgramState(name, p["statename"], p["pid"], name in ready))
-        progress(states)
+                ready.discard(spec.name)  # restarted or died since it was ready
+            elif spec.name not in ready and check(spec.name, p["pid"]):
+                ready.add(spec.name)
+            states.append(ProgramState(spec.name, p["statename"], p["pid"], spec.name in ready))
         for s in states:
             if s.state in FAILED_STATES:
+                progress(states)
                 raise NotReadyError(f"{s.name} is {s.state}", s.name, sup.log_tail(s.name))
-        if len(ready) == len(names):
+        shown = states
+        formed = True
+        if all(s.ready for s in states) and check.topology_expected:
+            joined = check.joined()
+            formed = joined >= agents
+            shown = [*states, ProgramState(FORMED_ROW, f"{len(joined)}/{len(agents)} agents joined",
+                                           0, formed)]
+        progress(shown)
+        if formed and all(s.ready for s in states):
             return states
         if time.monotonic() > deadline:
-            late = next(s for s in states if not s.ready)
-            raise NotReadyError(
-                f"{late.name} not ready after {timeout:.0f}s (state {late.state})",
-                late.name, sup.log_tail(late.name),
-            )
+            late = next((s for s in states if not s.ready), None)
+            if late is None:
+                missing = ", ".join(sorted(agents - check.joined()))
+                raise NotReadyError(f"agents {missing} did not join the topology in {timeout:.0f}s",
+                                    C.PROGRAM_TOPOLOGY, sup.log_tail(C.PROGRAM_TOPOLOGY))
+            raise NotReadyError(f"{late.name} not ready after {timeout:.0f}s (state {late.state})",
+                                late.name, sup.log_tail(late.name))
         time.sleep(0.2)
 
 

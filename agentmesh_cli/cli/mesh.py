@@ -32,7 +32,8 @@ def up(
             return
         for s in states:  # not a terminal: one line when a program becomes ready
             if s.ready and not seen.get(s.name):
-                console_err.print(f"ready  {s.name} (pid {s.pid})", highlight=False)
+                detail = f"pid {s.pid}" if s.pid else s.state
+                console_err.print(f"ready  {s.name} ({detail})", highlight=False)
             seen[s.name] = s.ready
 
     try:

@@ -23,16 +23,10 @@ def agent(
     """
     from agentmesh_cli.agent.roles import resolve_role
     from agentmesh_cli.agent.runtime import AgentRuntime
-    from agentmesh_cli.config import AgentSpec
 
     mesh = mesh_from(config)
-    known = {a.name: a for a in mesh.config.agents}
-    base = known.get(name)
-    spec = AgentSpec(
-        name=name,
-        role=role or (base.role if base else "") or "",
-        capabilities=(capabilities.split(",") if capabilities else (base.capabilities if base else [])),
-    )
+    caps = [c for c in capabilities.split(",") if c] if capabilities is not None else None
+    spec = mesh.config.agent_spec(name, role, caps)
     raise typer.Exit(AgentRuntime(mesh, spec, resolve_role(spec.role)).run())
 
 

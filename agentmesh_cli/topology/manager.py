@@ -51,6 +51,10 @@ class TopologyState:
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.counts: Counter[str] = Counter()
 
+    @property
+    def membership_changes(self) -> int:
+        return self.counts["joins"] + self.counts["leaves"]
+
     def apply(self, record: Record) -> str | None:
         """Apply one record; return a dead-letter reason for a bad topology event."""
         self.offsets[(record.topic, record.partition)] = record.offset + 1
@@ -174,12 +178,15 @@ class TopologyManager:
         next_snapshot = time.monotonic() + self.cfg.snapshot_interval
         try:
             while not self.stopping:
+                members_before = state.membership_changes
                 for record in reader.poll_batch(max_records=2000, timeout=0.1):
                     reason = state.apply(record)
                     if reason:
                         bus.dead_letter(record, reason)
                         state.counts[C.COUNTER_DEAD] += 1
                 now = time.monotonic()
+                if state.membership_changes != members_before:
+                    next_snapshot = now  # joins and leaves show up in status at once
                 if now >= next_decay:
                     next_decay += self.cfg.decay_interval
                     state.tick(now_ms())
