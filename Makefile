@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: up down status install test clean
+.PHONY: up down status install test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ down: $(VENV)/.installed
 status: $(VENV)/.installed
 	$(BIN)/agentmesh status
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check agentmesh_cli tests
+	$(BIN)/mypy agentmesh_cli
 
 clean:
 	rm -rf $(VENV) supervisor.d/*.ini supervisor.d/supervisord.conf .pytest_cache

@@ -17,14 +17,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, KafkaError, KafkaException
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import BusError
+from agentmesh_cli.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,22 @@ def ensure_topics(kafka: KafkaConfig, timeout: float = 10.0) -> list[str]:
         except Exception as exc:  # a future that timed out raises concurrent.futures errors
             raise BusError(f"cannot create topic {name} on {kafka.bootstrap}: {exc!r}") from exc
     return created
+
+
+def prepare_topics(kafka: KafkaConfig, store: Store) -> str:
+    """Create the topics; return the broker epoch, a new one when the broker was empty.
+
+    Kafka offsets stored in Redis (the topology snapshot) are only valid for the broker
+    incarnation they were read from. Creating the topology topic means the broker had
+    no mesh data (a fresh or restarted in-memory broker), so the epoch changes and
+    older snapshots are not resumed from.
+    """
+    created = ensure_topics(kafka)
+    epoch = store.kafka_epoch()
+    if f"{kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}" in created or epoch is None:
+        epoch = store.new_kafka_epoch()
+        log.info("broker had no mesh topics: new Kafka epoch %s", epoch)
+    return epoch
 
 
 def broker_reachable(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
@@ -211,9 +235,9 @@ class Reader:
                 continue
             records.append(
                 Record(
-                    msg.topic().removeprefix(self._prefix),
-                    msg.partition(),
-                    msg.offset(),
+                    (msg.topic() or "").removeprefix(self._prefix),
+                    msg.partition() or 0,
+                    msg.offset() or 0,
                     msg.key(),
                     msg.value(),
                 )

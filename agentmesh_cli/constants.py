@@ -83,6 +83,11 @@ class Keys:
         return self.prefix + "agents"
 
     @property
+    def kafka_epoch(self) -> str:
+        """String: id of the broker incarnation the mesh's Kafka offsets belong to."""
+        return self.prefix + "kafka:epoch"
+
+    @property
     def topology_snapshot(self) -> str:
         """String: JSON of the graph plus the Kafka offsets it covers."""
         return self.prefix + "topology:snapshot"

@@ -1,5 +1,10 @@
 """`up` and `down` as library calls: render, start or update supervisord, gate on readiness.
 
+Programs are rendered with autostart off: `up` starts them tier by tier (infra,
+services, managers, agents) and waits for each tier to be ready before the next, and
+between infra and the rest it creates the topics (and a new broker epoch when the
+broker was empty, see bus.prepare_topics).
+
 Ready means a program's own signal, not just a live process: the broker answers a
 metadata request, Redis answers PING, and every agentmesh role has written its
 readiness key with the pid that supervisord reports for it.
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.roles import resolve_role
-from agentmesh_cli.bus import broker_reachable
+from agentmesh_cli.bus import broker_reachable, prepare_topics
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError
 from agentmesh_cli.store import Store
@@ -68,10 +73,14 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
 class Readiness:
     """Answers 'is this program ready?' from its own signal."""
 
-    def __init__(self, mesh: Mesh, topology_expected: bool = False) -> None:
+    def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.topology_expected = topology_expected
         self._store: Store | None = None
+
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.mesh.config.redis.resolved_url, self.mesh.config.mesh, timeout=1.0)
+        return self._store
 
     def joined(self) -> set[str]:
         """The mesh's agents that the topology manager's latest snapshot holds."""
@@ -81,11 +90,6 @@ class Readiness:
             return set()
         present = set(snapshot.get("graph", {}).get("agents", []))
         return present & {a.name for a in self.mesh.config.agents}
-
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.mesh.config.redis.resolved_url, self.mesh.config.mesh, timeout=1.0)
-        return self._store
 
     def __call__(self, name: str, pid: int) -> bool:
         try:
@@ -98,52 +102,74 @@ class Readiness:
             return False
 
 
-def wait_ready(
-    sup: Supervisor, mesh: Mesh, specs: list[ProgramSpec], timeout: float, progress: Progress
-) -> list[ProgramState]:
-    """Wait until every program is RUNNING and ready, then until every agent has joined
-    the topology (when this mesh runs a topology manager). Returns the program states."""
-    check = Readiness(mesh, topology_expected=any(s.name == C.PROGRAM_TOPOLOGY for s in specs))
-    agents = {a.name for a in mesh.config.agents}
-    ready: set[str] = set()
-    deadline = time.monotonic() + timeout
-    while True:
-        info = {p["name"]: p for p in sup.processes()}
+class Gate:
+    """Starts programs tier by tier and waits for each tier to be ready before the next."""
+
+    def __init__(self, sup: Supervisor, mesh: Mesh, specs: list[ProgramSpec], timeout: float,
+                 progress: Progress) -> None:
+        self.sup, self.mesh, self.specs, self.progress = sup, mesh, specs, progress
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.check = Readiness(mesh)
+        self.ready: set[str] = set()
+        self.started: set[str] = set()
+
+    def states(self) -> list[ProgramState]:
+        info = {p["name"]: p for p in self.sup.processes()}
         states = []
-        for spec in specs:
+        for spec in self.specs:
             p = info.get(spec.name, {"statename": "UNKNOWN", "pid": 0})
             if p["statename"] != "RUNNING":
-                ready.discard(spec.name)  # restarted or died since it was ready
-            elif spec.name not in ready and check(spec.name, p["pid"]):
-                ready.add(spec.name)
-            states.append(ProgramState(spec.name, p["statename"], p["pid"], spec.name in ready))
-        for s in states:
-            if s.state in FAILED_STATES:
-                progress(states)
-                raise NotReadyError(f"{s.name} is {s.state}", s.name, sup.log_tail(s.name))
-        shown = states
-        formed = True
-        if all(s.ready for s in states) and check.topology_expected:
-            joined = check.joined()
+                self.ready.discard(spec.name)  # restarted or died since it was ready
+            elif spec.name not in self.ready and self.check(spec.name, p["pid"]):
+                self.ready.add(spec.name)
+            states.append(ProgramState(spec.name, p["statename"], p["pid"], spec.name in self.ready))
+        return states
+
+    def start_tier(self, tier: str) -> None:
+        members = [s.name for s in self.specs if s.tier == tier]
+        if not members:
+            return
+        self.sup.start_programs(members)
+        self.started.update(members)
+        while True:
+            states = self.states()
+            self.progress(states)
+            for s in states:
+                if s.name in self.started and s.state in FAILED_STATES:
+                    raise NotReadyError(f"{s.name} is {s.state}", s.name, self.sup.log_tail(s.name))
+            waiting = [s for s in states if s.name in members and not s.ready]
+            if not waiting:
+                return
+            if time.monotonic() > self.deadline:
+                late = waiting[0]
+                raise NotReadyError(
+                    f"{tier} gate: {late.name} not ready after {self.timeout:.0f}s (state {late.state})",
+                    late.name, self.sup.log_tail(late.name))
+            time.sleep(0.1)
+
+    def wait_formed(self) -> list[ProgramState]:
+        """The last gate: the topology snapshot holds every agent of mesh.yaml."""
+        agents = {a.name for a in self.mesh.config.agents}
+        while True:
+            states = self.states()
+            joined = self.check.joined()
             formed = joined >= agents
-            shown = [*states, ProgramState(FORMED_ROW, f"{len(joined)}/{len(agents)} agents joined",
-                                           0, formed)]
-        progress(shown)
-        if formed and all(s.ready for s in states):
-            return states
-        if time.monotonic() > deadline:
-            late = next((s for s in states if not s.ready), None)
-            if late is None:
-                missing = ", ".join(sorted(agents - check.joined()))
-                raise NotReadyError(f"agents {missing} did not join the topology in {timeout:.0f}s",
-                                    C.PROGRAM_TOPOLOGY, sup.log_tail(C.PROGRAM_TOPOLOGY))
-            raise NotReadyError(f"{late.name} not ready after {timeout:.0f}s (state {late.state})",
-                                late.name, sup.log_tail(late.name))
-        time.sleep(0.2)
+            self.progress([*states, ProgramState(
+                FORMED_ROW, f"{len(joined)}/{len(agents)} agents joined", 0, formed)])
+            if formed:
+                return states
+            if time.monotonic() > self.deadline:
+                missing = ", ".join(sorted(agents - joined))
+                raise NotReadyError(
+                    f"topology gate: agents {missing} did not join in {self.timeout:.0f}s",
+                    C.PROGRAM_TOPOLOGY, self.sup.log_tail(C.PROGRAM_TOPOLOGY))
+            time.sleep(0.1)
 
 
 def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramState], dict[str, list[str]]]:
-    """Render configs, start or update supervisord, wait until every program is ready."""
+    """Render configs, start or update supervisord, then start the tiers in order, each
+    gated on the readiness of the one before: infra, (topics), services, managers, agents."""
     sup = Supervisor(mesh)
     running_sup = sup.is_running()
     running = (
@@ -157,7 +183,14 @@ def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramStat
     else:
         sup.start()
         changes = {"added": [s.name for s in specs], "changed": [], "removed": []}
-    return wait_ready(sup, mesh, specs, timeout, progress), changes
+    gate = Gate(sup, mesh, specs, timeout, progress)
+    gate.start_tier("infra")
+    prepare_topics(mesh.config.kafka, gate.check.store())
+    for tier in ("services", "managers", "agents"):
+        gate.start_tier(tier)
+    if any(s.name == C.PROGRAM_TOPOLOGY for s in specs):
+        return gate.wait_formed(), changes
+    return gate.states(), changes
 
 
 def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +56,7 @@ class Store:
 
     def agents(self) -> dict[str, dict[str, Any]]:
         raw = self._call("read registry", lambda: self.redis.hgetall(self.keys.agents))
-        return {name: json.loads(value) for name, value in raw.items()}
+        return {str(name): json.loads(value) for name, value in raw.items()}
 
     # readiness -----------------------------------------------------------------
     def mark_ready(self, program: str, pid: int) -> None:
@@ -65,6 +66,16 @@ class Store:
     def ready_pid(self, program: str) -> int | None:
         raw = self._call("read readiness", lambda: self.redis.get(self.keys.ready(program)))
         return int(json.loads(raw)["pid"]) if raw else None
+
+    # broker epoch ----------------------------------------------------------------
+    def kafka_epoch(self) -> str | None:
+        epoch = self._call("read epoch", lambda: self.redis.get(self.keys.kafka_epoch))
+        return None if epoch is None else str(epoch)
+
+    def new_kafka_epoch(self) -> str:
+        epoch = uuid.uuid4().hex
+        self._call("write epoch", lambda: self.redis.set(self.keys.kafka_epoch, epoch))
+        return epoch
 
     # counters ------------------------------------------------------------------
     def add_counters(self, owner: str, counts: Counter[str]) -> None:
@@ -80,11 +91,11 @@ class Store:
 
     def counters(self, owner: str) -> dict[str, int]:
         raw = self._call("read counters", lambda: self.redis.hgetall(self.keys.counters(owner)))
-        return {name: int(value) for name, value in raw.items()}
+        return {str(name): int(value) for name, value in raw.items()}
 
     def all_counters(self) -> dict[str, dict[str, int]]:
         owners = self._call("read counters", lambda: self.redis.smembers(self.keys.counter_owners))
-        return {owner: self.counters(owner) for owner in sorted(owners)}
+        return {str(owner): self.counters(str(owner)) for owner in sorted(owners)}
 
     # topology snapshot ---------------------------------------------------------
     def save_snapshot(self, snapshot: dict[str, Any]) -> None:

@@ -343,3 +343,16 @@ def test_round_trip() -> None:
 def test_from_dict_rejects_malformed(data: dict) -> None:
     with pytest.raises(ValueError):
         SlimeMoldGraph.from_dict(data)
+
+
+@pytest.mark.parametrize("agents", [[], ["A"], ["A", "B"]])
+def test_round_trip_of_small_graphs(agents: list[str]) -> None:
+    graph = SlimeMoldGraph()
+    for agent in agents:
+        graph.add_agent(agent)
+    for agent in agents:  # emptied again: the snapshot a manager saves after everyone left
+        graph.remove_agent(agent)
+    assert SlimeMoldGraph.from_dict(graph.to_dict()).to_dict() == {"agents": [], "edges": []}
+    rebuilt = SlimeMoldGraph.from_dict({"agents": agents, "edges": []})
+    assert rebuilt.agents() == sorted(agents)
+    assert rebuilt.add_agent("Z") and rebuilt.stats().edges == 2 * len(agents)

@@ -137,11 +137,25 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
         bus.flush()
         proc = spawn_role(*args, log=tmp_path / "topo2.log")
         wait_for(lambda: usage("A", "B") == 5, 30, "5 reinforcements after the restart")
+        time.sleep(1.0)
+        assert usage("A", "B") == 5
         wait_for(lambda: (store.load_snapshot() or {}).get("stats", {}).get("edges") == 6, 10,
                  "D's edges removed")
         assert "resumed from snapshot" in (tmp_path / "topo2.log").read_text()
         assert len(read_topic(mesh, C.TOPIC_DLQ, 1)) == 1  # the garbage is not re-read
         assert json.loads(json.dumps(store.load_snapshot()))["graph"]["agents"] == ["A", "B", "C"]
+
+        # a snapshot of another broker incarnation is not resumed from: the manager
+        # rebuilds from the beginning of the topics, and counts each message once
+        stop_process(proc)
+        store.new_kafka_epoch()
+        proc = spawn_role(*args, log=tmp_path / "topo3.log")
+        wait_for(lambda: "earlier broker" in (tmp_path / "topo3.log").read_text(), 30, "rebuild")
+        wait_for(lambda: (store.load_snapshot() or {}).get("epoch") == store.kafka_epoch(), 30,
+                 "a snapshot of the new epoch")
+        wait_for(lambda: usage("A", "B") == 5, 30, "5 reinforcements after the rebuild")
+        time.sleep(1.0)  # five more snapshots: still exactly 5, nothing applied twice
+        assert usage("A", "B") == 5
     finally:
         stop_process(proc)
         store.close()

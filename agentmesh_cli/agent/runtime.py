@@ -18,7 +18,7 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.base import AgentContext, Role
-from agentmesh_cli.bus import Bus, Reader, Record, ensure_topics, hostname
+from agentmesh_cli.bus import Bus, Reader, Record, hostname, prepare_topics
 from agentmesh_cli.config import AgentSpec, Mesh
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
@@ -97,7 +97,7 @@ class AgentRuntime:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
-        ensure_topics(cfg.kafka)
+        prepare_topics(cfg.kafka, self.store)
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None)], self.program)
         self.store.register_agent(self.name, self._record())

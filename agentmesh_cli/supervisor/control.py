@@ -96,6 +96,17 @@ class Supervisor:
             if "NOT_RUNNING" not in exc.faultString and "BAD_NAME" not in exc.faultString:
                 raise SupervisorError(f"cannot stop {name}: {exc.faultString}") from exc
 
+    def start_programs(self, names: Iterable[str]) -> None:
+        """Ask supervisord to start every named program that is not already up."""
+        for name in names:
+            try:
+                self.rpc.startProcess(name, False)
+            except xmlrpc.client.Fault as exc:
+                if "ALREADY_STARTED" not in exc.faultString:
+                    raise SupervisorError(f"cannot start {name}: {exc.faultString}") from exc
+            except OSError as exc:
+                raise SupervisorError(f"supervisord unreachable (start {name}): {exc}") from exc
+
     def processes(self) -> list[dict[str, Any]]:
         return list(self._call("getAllProcessInfo", self.rpc.getAllProcessInfo))
 

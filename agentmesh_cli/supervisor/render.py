@@ -91,7 +91,8 @@ def render_program(spec: ProgramSpec, directory: Path, logs_dir: Path) -> str:
         f"command={percent_escape(shlex.join(spec.command))}",
         f"directory={percent_escape(str(directory))}",
         f"priority={spec.priority}",
-        "autostart=true",
+        # `agentmesh up` starts the tiers in order, each gated on the one before
+        "autostart=false",
         "autorestart=true",
         f"startsecs={spec.startsecs}",
         "startretries=5",

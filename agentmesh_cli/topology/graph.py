@@ -126,7 +126,7 @@ class SlimeMoldGraph:
         found = [
             Edge(names[s], names[t], w, u, last)
             for (s, t), w, u, last in zip(
-                self._g.get_edgelist(), es["weight"], es["usage"], es["last_used"]
+                self._g.get_edgelist(), es["weight"], es["usage"], es["last_used"], strict=True
             )
         ]
         return sorted(found, key=lambda e: (-e.weight, -e.usage, e.source, e.target))
@@ -235,7 +235,9 @@ class SlimeMoldGraph:
     # -- internals ------------------------------------------------------------
 
     def _reindex(self) -> None:
-        self._index = {name: i for i, name in enumerate(self._g.vs["name"])}
+        # an igraph graph that never had a vertex has no "name" attribute at all
+        names = self._g.vs["name"] if self._g.vcount() else []
+        self._index = {name: i for i, name in enumerate(names)}
 
     def _eid(self, source: str, target: str) -> int:
         src, dst = self._index.get(source), self._index.get(target)

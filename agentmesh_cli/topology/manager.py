@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, Record, beginning, ensure_topics, topic_partitions
+from agentmesh_cli.bus import Bus, Reader, Record, beginning, prepare_topics, topic_partitions
 from agentmesh_cli.config import Mesh, TopologyConfig
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
@@ -42,8 +42,9 @@ def rules_from(cfg: TopologyConfig) -> SlimeMoldRules:
 class TopologyState:
     """The graph plus the bookkeeping a snapshot needs; no I/O (fed records, returns snapshots)."""
 
-    def __init__(self, rules: SlimeMoldRules, heartbeat_timeout_ms: int) -> None:
+    def __init__(self, rules: SlimeMoldRules, heartbeat_timeout_ms: int, epoch: str = "") -> None:
         self.graph = SlimeMoldGraph(rules)
+        self.epoch = epoch
         self.rules = rules
         self.offsets: dict[tuple[str, int], int] = {}
         self.last_seen: dict[str, int] = {}
@@ -107,6 +108,7 @@ class TopologyState:
         return {
             "v": SNAPSHOT_VERSION,
             "ts": now,
+            "epoch": self.epoch,
             "graph": self.graph.to_dict(),
             "offsets": offsets,
             "last_seen": self.last_seen,
@@ -116,7 +118,7 @@ class TopologyState:
 
     @classmethod
     def restore(cls, data: dict[str, Any], rules: SlimeMoldRules, timeout_ms: int) -> TopologyState:
-        state = cls(rules, timeout_ms)
+        state = cls(rules, timeout_ms, str(data.get("epoch", "")))
         state.graph = SlimeMoldGraph.from_dict(data["graph"], rules)
         state.offsets = {
             (topic, int(partition)): int(offset)
@@ -141,17 +143,23 @@ class TopologyManager:
         log.info("signal %s: saving a last snapshot and stopping", signal.Signals(signum).name)
         self.stopping = True
 
-    def _load(self, store: Any) -> TopologyState:
+    def _load(self, store: Any, epoch: str) -> TopologyState:
         data = store.load_snapshot()
+        fresh = TopologyState(self.rules, self.timeout_ms, epoch)
         if not data:
             log.info("no snapshot: reading every partition from the beginning")
-            return TopologyState(self.rules, self.timeout_ms)
+            return fresh
+        if data.get("epoch") != epoch:
+            # its offsets belong to a broker incarnation whose data is gone
+            log.info("snapshot is from an earlier broker (epoch %s, now %s): rebuilding from the "
+                     "beginning", data.get("epoch"), epoch)
+            return fresh
         try:
             state = TopologyState.restore(data, self.rules, self.timeout_ms)
         except (ValueError, KeyError, TypeError) as exc:
             # a snapshot we cannot read is not fatal: rebuild from the start of the topics
             log.error("snapshot unreadable (%s): rebuilding from the beginning", exc)
-            return TopologyState(self.rules, self.timeout_ms)
+            return fresh
         log.info("resumed from snapshot of %d agents, %d edges at offsets %s",
                  len(state.graph), state.graph.stats().edges, data.get("offsets"))
         return state
@@ -162,10 +170,10 @@ class TopologyManager:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
-        ensure_topics(cfg.kafka)
         store = Store(cfg.redis.resolved_url, cfg.mesh)
+        epoch = prepare_topics(cfg.kafka, store)
         bus = Bus(cfg.kafka, client_id=OWNER)
-        state = self._load(store)
+        state = self._load(store, epoch)
         assignments = [
             (topic, p, state.offsets.get((topic, p), beginning()))
             for topic in (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES)
