@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +30,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.errors import ConfigError
 
 EMBEDDED = "embedded"
+MAX_SOCKET_PATH = 100
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
@@ -135,7 +138,7 @@ class WorkloadConfig(_Section):
     """Rates of the built-in e-commerce demo roles (0 switches a flow off)."""
 
     order_rate: float = Field(0.5, ge=0.0)  # orders per second that a sales agent opens
-    question_rate: float = Field(0.1, ge=0.0)  # questions per second that support asks sales
+    lead_rate: float = Field(0.15, ge=0.0)  # upsell leads per second that support passes to sales
     seed: int | None = None  # fixed seed for a repeatable demo
 
 
@@ -218,7 +221,12 @@ class Mesh:
 
     @property
     def socket(self) -> Path:
-        return self.state_dir / C.SUPERVISOR_SOCKET
+        path = self.state_dir / C.SUPERVISOR_SOCKET
+        if len(str(path)) <= MAX_SOCKET_PATH:
+            return path
+        # unix socket paths are limited to ~107 bytes: use a short one, unique per mesh folder
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"agentmesh-{digest}.sock"
 
     @property
     def keys(self) -> C.Keys:

@@ -111,7 +111,7 @@ def external_mesh(tmp_path: Path, broker: str, valkey: str) -> Any:
             "mesh": f"t{tag}",
             "kafka": {"bootstrap_servers": broker, "topic_prefix": f"t{tag}", "partitions": 4},
             "redis": {"url": valkey},
-            "workload": {"order_rate": 0, "question_rate": 0},
+            "workload": {"order_rate": 0, "lead_rate": 0},
             "agents": [],
         }
         for key, value in overrides.items():

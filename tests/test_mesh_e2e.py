@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agentmesh_cli.constants import inbox_partition
 from agentmesh_cli.supervisor.control import _alive
 from tests.conftest import agentmesh, free_port, wait_for
 
@@ -30,7 +31,7 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
         "redis": {"port": free_port()},
         "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
         "heartbeat": {"interval": "1s", "missed": 5},
-        "workload": {"order_rate": 0, "question_rate": 0},
+        "workload": {"order_rate": 0, "lead_rate": 0},
         "agents": [{"name": a, "role": roles.get(a, a)} for a in agents],
         **extra,
     }
@@ -105,6 +106,12 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
     data = wait_for(lambda: (d := status(config)) and (edge(d, "Sales", "Inventory") or {})
                     .get("usage") == 3 and d, 30, "3 reinforcements")
     assert edge(data, "Sales", "Inventory")["weight"] == 0.8  # type: ignore[index]
+    tailed = agentmesh("tail", "messages", "--config", str(config))
+    assert tailed.returncode == 0, tailed.stderr
+    lines = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert [(x["envelope"]["from_agent_id"], x["envelope"]["to_agent_id"]) for x in lines] == [
+        ("Sales", "Inventory")] * 3
+    assert {x["partition"] for x in lines} == {inbox_partition("Inventory", 4)}
     inventory = next(a for a in data["agents"] if a["name"] == "Inventory")
     wait_for(lambda: next(a for a in status(config)["agents"] if a["name"] == "Inventory")
              ["counters"].get("messages_in") == 3, 20, "Inventory to handle 3 messages")

@@ -2,8 +2,8 @@
 
 Traffic is uneven on purpose, so the SlimeMold topology has something to adapt to:
 Sales opens orders and asks Inventory (check_stock) and Fraud (risk_assessment), who
-answer back; Support asks Sales a question now and then (Sales answers a third of them);
-the other pairs never talk.
+answer back; Support passes an upsell lead to Sales now and then (one way); the
+other pairs never talk. With the default rates the graph settles at those 5 edges.
 Rates come from mesh.yaml `workload`.
 """
 
@@ -38,13 +38,14 @@ class Order:
 
 
 class SalesRole(Role):
-    """Opens orders, asks Inventory and Fraud, confirms when both approve; answers Support."""
+    """Opens orders, asks Inventory and Fraud, confirms when both approve; takes leads."""
 
     def on_start(self) -> None:
         self.open_orders: dict[str, Order] = {}
         self.count = 0
         self.confirmed = 0
         self.declined = 0
+        self.leads = 0
         self.next_order_at = 0.0
 
     def on_tick(self, now: float) -> None:
@@ -68,12 +69,10 @@ class SalesRole(Role):
         self.ctx.send(self.ctx.rng.choice(fraud), "risk_assessment", body)
 
     def on_message(self, message: Envelope) -> None:
-        if message.type == "customer_question":
-            # only order questions need an answer; leads and product notes are just noted
-            if message.payload.get("topic") == "order status":
-                answer = {"question_id": message.payload.get("question_id"),
-                          "open_orders": len(self.open_orders)}
-                self.ctx.send(message.from_agent_id, "answer", answer)
+        if message.type == "upsell_lead":
+            self.leads += 1  # followed up with the customer directly, not with Support
+            self.ctx.log.info("lead %s: offer %s", message.payload.get("lead_id"),
+                              message.payload.get("product"))
             return
         if message.type not in ("stock_result", "risk_result"):
             return
@@ -133,33 +132,27 @@ class FraudRole(Role):
         self.ctx.send(message.from_agent_id, "risk_result", reply)
 
 
-QUESTION_TOPICS = ("order status", "upsell lead", "product info")
-
-
 class SupportRole(Role):
-    """Asks Sales about a customer now and then; Sales answers only order questions."""
+    """Handles tickets; now and then a ticket is an upsell chance, passed to Sales as a lead."""
 
     def on_start(self) -> None:
         self.count = 0
-        self.next_question_at = 0.0
+        self.next_lead_at = 0.0
 
     def on_tick(self, now: float) -> None:
-        rate = self.ctx.config.workload.question_rate
-        if now < self.next_question_at or rate <= 0:
+        rate = self.ctx.config.workload.lead_rate
+        if now < self.next_lead_at or rate <= 0:
             return
-        first = self.next_question_at == 0.0
-        self.next_question_at = now + next_gap(rate, self.ctx.rng.random())
+        first = self.next_lead_at == 0.0
+        self.next_lead_at = now + next_gap(rate, self.ctx.rng.random())
         sales = self.ctx.peers("sales")
         if first or not sales:
             return
         self.count += 1
-        question = {"question_id": f"{self.ctx.name}-q{self.count}",
-                    "topic": self.ctx.rng.choice(QUESTION_TOPICS)}
-        self.ctx.send(self.ctx.rng.choice(sales), "customer_question", question)
-
-    def on_message(self, message: Envelope) -> None:
-        if message.type == "answer":
-            self.ctx.log.info("answer to %s received", message.payload.get("question_id"))
+        product = self.ctx.rng.choice(sorted(CATALOGUE))
+        lead = {"lead_id": f"{self.ctx.name}-l{self.count}", "ticket": f"T-{self.count}",
+                "product": product}
+        self.ctx.send(self.ctx.rng.choice(sales), "upsell_lead", lead)
 
 
 BUILTIN: dict[str, type[Role]] = {

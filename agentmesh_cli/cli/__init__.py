@@ -9,6 +9,7 @@ import typer
 
 from agentmesh_cli.cli import mesh as mesh_commands
 from agentmesh_cli.cli import roles as role_commands
+from agentmesh_cli.cli import topics as topic_commands
 from agentmesh_cli.cli.common import console_err
 from agentmesh_cli.errors import AgentMeshError
 
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 mesh_commands.register(app)
 role_commands.register(app)
+topic_commands.register(app)
 
 
 def main() -> None:

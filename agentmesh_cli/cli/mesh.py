@@ -10,8 +10,9 @@ from rich.live import Live
 
 from agentmesh_cli import lifecycle
 from agentmesh_cli.cli.common import ConfigOption, console, console_err, mesh_from
+from agentmesh_cli.config import Mesh
 from agentmesh_cli.dashboard.views import render_status, up_table
-from agentmesh_cli.errors import ConfigError, NotReadyError
+from agentmesh_cli.errors import AgentMeshError, ConfigError, NotReadyError
 
 
 def up(
@@ -122,6 +123,7 @@ def send(
         raise ConfigError(f"payload is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ConfigError("payload must be a JSON object")
+    _warn_if_unknown(mesh, recipient)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-send")
     envelope = Envelope(type=type_, from_agent_id=sender, to_agent_id=recipient, payload=body,
                         meta={"injected": True})
@@ -131,6 +133,21 @@ def send(
 
         raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
     console.print(f"sent {envelope.id} to {recipient} (partition {partition})", highlight=False)
+
+
+def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
+    """A message to an agent that is not registered is still sent (it may come later)."""
+    from agentmesh_cli.store import Store
+
+    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+    try:
+        if recipient not in store.agents():
+            console_err.print(f"[yellow]warning:[/] {recipient} is not a registered agent; "
+                              "the message waits in its inbox partition", highlight=False)
+    except AgentMeshError:
+        pass  # Redis down: sending does not need it
+    finally:
+        store.close()
 
 
 def register(app: typer.Typer) -> None:
