@@ -26,8 +26,9 @@ topic_commands.register(app)
 
 
 def main() -> None:
+    # user commands log warnings only; role processes raise this to INFO (cli.common)
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

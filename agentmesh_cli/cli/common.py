@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -25,3 +26,8 @@ ConfigOption = Annotated[
 
 def mesh_from(config: Path | None) -> Mesh:
     return load_mesh(config)
+
+
+def role_logging() -> None:
+    """A role process logs one INFO line per event to stdout (supervisord's log file)."""
+    logging.getLogger().setLevel(logging.INFO)

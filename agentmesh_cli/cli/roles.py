@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from agentmesh_cli.cli.common import ConfigOption, console, mesh_from
+from agentmesh_cli.cli.common import ConfigOption, console, mesh_from, role_logging
 
 topology_app = typer.Typer(help="The topology manager, and queries on its graph.")
 
@@ -24,6 +24,7 @@ def agent(
     from agentmesh_cli.agent.roles import resolve_role
     from agentmesh_cli.agent.runtime import AgentRuntime
 
+    role_logging()
     mesh = mesh_from(config)
     caps = [c for c in capabilities.split(",") if c] if capabilities is not None else None
     spec = mesh.config.agent_spec(name, role, caps)
@@ -40,6 +41,7 @@ def topology(ctx: typer.Context, config: ConfigOption = None) -> None:
         return
     from agentmesh_cli.topology.manager import TopologyManager
 
+    role_logging()
     raise typer.Exit(TopologyManager(mesh_from(config)).run())
 
 
