@@ -115,8 +115,11 @@ class Bus:
         self.kafka = kafka
         self.client_id = client_id
         self.delivery_failures = 0
+        self.delivered: dict[tuple[str, int], int] = {}  # (short topic, partition) -> last offset
         conf = _client_config(kafka, client_id)
-        conf.setdefault("linger.ms", 2)
+        # no lingering: a lone record leaves at once; under load librdkafka still batches
+        # whatever queues while a request is in flight
+        conf.setdefault("linger.ms", 0)
         conf.setdefault("enable.idempotence", False)
         try:
             self._producer = Producer(conf)
@@ -131,6 +134,9 @@ class Bus:
         if err is not None:
             self.delivery_failures += 1
             log.error("delivery to %s failed: %s", msg.topic(), err.str())
+            return
+        where = ((msg.topic() or "").removeprefix(self.kafka.topic_prefix + "."), msg.partition() or 0)
+        self.delivered[where] = max(self.delivered.get(where, -1), msg.offset() or 0)
 
     def send(
         self, short_topic: str, envelope: Envelope, key: str | None = None, partition: int | None = None
@@ -222,8 +228,11 @@ class Reader:
             raise BusError(f"cannot create a Kafka consumer for {group_id}: {exc}") from exc
 
     def poll_batch(self, max_records: int = 500, timeout: float = 0.1) -> list[Record]:
+        """Wait up to `timeout` for the first record, then take what is already fetched."""
         try:
-            messages = self._consumer.consume(max_records, timeout)
+            # consume() alone would wait for max_records or the whole timeout
+            first = self._consumer.poll(timeout)
+            messages = [] if first is None else [first, *self._consumer.consume(max_records - 1, 0)]
         except KafkaException as exc:
             raise BusError(f"consume failed: {exc}") from exc
         records = []

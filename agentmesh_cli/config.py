@@ -117,6 +117,7 @@ class ConsensusConfig(_Section):
     quorum: float = Field(0.6, gt=0.0, le=1.0)
     proposal_timeout: Duration = 30.0
     min_intensity: Fraction = 0.3
+    snapshot_interval: Duration = 1.0
 
 
 class HeartbeatConfig(_Section):
@@ -139,6 +140,8 @@ class WorkloadConfig(_Section):
 
     order_rate: float = Field(0.5, ge=0.0)  # orders per second that a sales agent opens
     lead_rate: float = Field(0.15, ge=0.0)  # upsell leads per second that support passes to sales
+    discount_threshold: float = Field(1000.0, ge=0.0)  # sales proposes a discount from this amount
+    refund_rate: float = Field(0.1, ge=0.0)  # refunds per second that support proposes
     seed: int | None = None  # fixed seed for a repeatable demo
 
 

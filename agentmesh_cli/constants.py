@@ -33,10 +33,18 @@ EVENT_LEFT = "agent_left"
 EVENT_HEARTBEAT = "heartbeat"
 EVENT_DEAD_LETTER = "dead_letter"
 
+# Envelope types of Bee consensus.
+EVENT_PROPOSAL = "proposal"  # proposals topic: an agent (or the CLI) proposes
+EVENT_VOTE = "vote"  # votes topic
+EVENT_OPENED = "proposal_opened"  # consensus topic: the manager opened it (waggle, electorate)
+EVENT_DECIDED = "proposal_decided"  # consensus topic: accepted | rejected | expired, exactly once
+EVENT_MANAGER_MARK = "manager_mark"  # consensus topic: a restarted manager's reconcile marker
+
 # Program names (supervisord) and their start priorities: infra -> services -> managers -> agents.
 PROGRAM_KAFKA = "kafka"
 PROGRAM_REDIS = "redis"
 PROGRAM_TOPOLOGY = "topology-manager"
+PROGRAM_CONSENSUS = "consensus-manager"
 AGENT_PROGRAM_PREFIX = "agent-"
 PRIORITY_INFRA = 10
 PRIORITY_SERVICES = 20
@@ -81,6 +89,20 @@ class Keys:
     def agents(self) -> str:
         """Hash: agent id -> JSON registry record (role, capabilities, pid, host, heartbeat)."""
         return self.prefix + "agents"
+
+    @property
+    def consensus_snapshot(self) -> str:
+        """String: JSON of the pending proposals plus the Kafka offsets they cover."""
+        return self.prefix + "consensus:snapshot"
+
+    def proposal(self, proposal_id: str) -> str:
+        """String: JSON of one proposal (content, waggle, electorate, votes, status, tally)."""
+        return self.prefix + "proposal:" + proposal_id
+
+    @property
+    def proposals(self) -> str:
+        """Sorted set: proposal id scored by created_at (ms), the time index."""
+        return self.prefix + "proposals"
 
     @property
     def kafka_epoch(self) -> str:

@@ -15,6 +15,7 @@ from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 
 STATUS_VERSION = 1
+RECENT_PROPOSALS = 20
 
 
 def _programs(sup: Supervisor) -> tuple[bool, list[dict[str, Any]]]:
@@ -45,6 +46,7 @@ def collect(mesh: Mesh) -> dict[str, Any]:
         "programs": programs,
         "agents": [],
         "topology": None,
+        "proposals": [],
         "errors": [],
     }
     store = Store(cfg.redis.resolved_url, cfg.mesh, timeout=1.0)
@@ -52,6 +54,7 @@ def collect(mesh: Mesh) -> dict[str, Any]:
         registry = store.agents()
         counters = store.all_counters()
         snapshot = store.load_snapshot()
+        proposals = store.recent_proposals(RECENT_PROPOSALS)
     except AgentMeshError as exc:
         result["errors"].append(f"redis: {exc}")
         return result
@@ -83,7 +86,26 @@ def collect(mesh: Mesh) -> dict[str, Any]:
             ],
             "counters": counters.get("topology-manager", {}),
         }
+    result["proposals"] = [_proposal(p, now) for p in proposals]
     return result
+
+
+def _proposal(p: dict[str, Any], now: float) -> dict[str, Any]:
+    t = p["tally"]
+    decided = p.get("decided_at")
+    return {
+        "id": p["id"],
+        "proposer": p["proposer_id"],
+        "type": p["type"],
+        "intensity": p["waggle"]["intensity"],
+        "for": t["for"],
+        "against": t["against"],
+        "needed": t["needed"],
+        "electorate": t["electorate"],
+        "status": p["status"],
+        "age_s": round(max(0.0, now - p["created_at"] / 1000), 1),
+        "decision_ms": None if decided is None else decided - p["created_at"],
+    }
 
 
 def all_running(status: dict[str, Any]) -> bool:

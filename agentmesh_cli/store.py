@@ -17,6 +17,9 @@ from agentmesh_cli.errors import StoreError
 
 T = TypeVar("T")
 
+PROPOSALS_KEPT = 1000  # proposals listed in the time index
+PROPOSAL_TTL_S = 86_400  # a proposal record lives a day
+
 
 @contextmanager
 def _wrapped(action: str) -> Iterator[None]:
@@ -99,12 +102,45 @@ class Store:
 
     # topology snapshot ---------------------------------------------------------
     def save_snapshot(self, snapshot: dict[str, Any]) -> None:
-        data = json.dumps(snapshot, separators=(",", ":"))
-        self._call("save snapshot", lambda: self.redis.set(self.keys.topology_snapshot, data))
+        self.save_json(self.keys.topology_snapshot, snapshot)
 
     def load_snapshot(self) -> dict[str, Any] | None:
-        raw = self._call("load snapshot", lambda: self.redis.get(self.keys.topology_snapshot))
+        return self.load_json(self.keys.topology_snapshot)
+
+    def save_json(self, key: str, value: Any) -> None:
+        data = json.dumps(value, separators=(",", ":"))
+        self._call(f"write {key}", lambda: self.redis.set(key, data))
+
+    def load_json(self, key: str) -> Any:
+        raw = self._call(f"read {key}", lambda: self.redis.get(key))
         return json.loads(raw) if raw else None
+
+    # proposals -----------------------------------------------------------------
+    def save_consensus(self, snapshot: dict[str, Any] | None, proposals: list[dict[str, Any]]) -> None:
+        """Write proposal records (and their time index) and the manager's snapshot in one
+        round trip; the index keeps the newest PROPOSALS_KEPT."""
+        with _wrapped("save proposals"):
+            pipe = self.redis.pipeline(transaction=False)
+            for record in proposals:
+                key = self.keys.proposal(record["id"])
+                pipe.set(key, json.dumps(record, separators=(",", ":")), ex=PROPOSAL_TTL_S)
+                pipe.zadd(self.keys.proposals, {record["id"]: record["created_at"]})
+            if proposals:
+                pipe.zremrangebyrank(self.keys.proposals, 0, -PROPOSALS_KEPT - 1)
+            if snapshot is not None:
+                pipe.set(self.keys.consensus_snapshot, json.dumps(snapshot, separators=(",", ":")))
+            pipe.execute()
+
+    def proposal(self, proposal_id: str) -> dict[str, Any] | None:
+        return self.load_json(self.keys.proposal(proposal_id))  # type: ignore[no-any-return]
+
+    def recent_proposals(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest proposals first."""
+        ids = self._call("read proposals", lambda: self.redis.zrevrange(self.keys.proposals, 0, limit - 1))
+        if not ids:
+            return []
+        raw = self._call("read proposals", lambda: self.redis.mget([self.keys.proposal(str(i)) for i in ids]))
+        return [json.loads(r) for r in raw if r]
 
     def close(self) -> None:
         self.redis.close()

@@ -18,28 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
-from agentmesh_cli.bus import broker_reachable
-from agentmesh_cli.config import KafkaConfig, Mesh, load_mesh
-from agentmesh_cli.supervisor.render import tansu_binary, valkey_binary
+from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli.embedded import start_broker, start_valkey, stop
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -57,47 +45,22 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("broker") / "tansu.log").open("wb")
-    proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    bootstrap = f"127.0.0.1:{port}"
+    with (tmp_path_factory.mktemp("broker") / "tansu.log").open("wb") as log:
+        proc = start_broker(port, log)
     try:
-        wait_for(lambda: broker_reachable(KafkaConfig(bootstrap_servers=bootstrap), 1.0), 20,
-                 "the embedded broker")
-        yield bootstrap
+        yield f"127.0.0.1:{port}"
     finally:
-        stop_process(proc)
-        log.close()
+        stop(proc)
 
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    data = tmp_path_factory.mktemp("valkey")
-    proc = subprocess.Popen(
-        [valkey_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-         "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def ping() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
+    proc = start_valkey(port, tmp_path_factory.mktemp("valkey"))
     try:
-        wait_for(ping, 20, "valkey")
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
-        client.close()
-        stop_process(proc)
+        stop(proc)
 
 
 @pytest.fixture
@@ -111,7 +74,7 @@ def external_mesh(tmp_path: Path, broker: str, valkey: str) -> Any:
             "mesh": f"t{tag}",
             "kafka": {"bootstrap_servers": broker, "topic_prefix": f"t{tag}", "partitions": 4},
             "redis": {"url": valkey},
-            "workload": {"order_rate": 0, "lead_rate": 0},
+            "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
             "agents": [],
         }
         for key, value in overrides.items():

@@ -36,16 +36,18 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
         ("kafka", 10, "infra"),
         ("redis", 10, "infra"),
         ("topology-manager", 30, "managers"),
+        ("consensus-manager", 30, "managers"),
         ("agent-Sales", 40, "agents"),
         ("agent-Fraud", 40, "agents"),
     ]
-    kafka, redis, topo, sales, fraud = specs
+    kafka, redis, topo, consensus, sales, fraud = specs
     assert kafka.command == ["/bin/tansu", "broker", "--listener-url", "tcp://127.0.0.1:29092",
                              "--advertised-listener-url", "tcp://127.0.0.1:29092",
                              "--storage-engine", "memory://tansu/"]
     assert redis.command[:5] == ["/bin/valkey", "--bind", "127.0.0.1", "--port", "26379"]
     assert str(tmp_path / ".agentmesh" / "valkey") in redis.command
     assert topo.command == ["/py", "-m", "agentmesh_cli", "topology", "--config", str(tmp_path / "mesh.yaml")]
+    assert consensus.command[3:5] == ["consensus", "--config"]
     assert sales.command == ["/py", "-m", "agentmesh_cli", "agent", "--name", "Sales", "--role", "sales",
                              "--capabilities", "a,b", "--config", str(tmp_path / "mesh.yaml")]
     assert "--capabilities" not in fraud.command
@@ -54,7 +56,7 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
 def test_external_infra_starts_nothing_embedded(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path, kafka={"bootstrap_servers": "k1:9092"}, redis={"url": "redis://r:6379/0"})
     names = [s.name for s in program_specs(mesh, "/py")]
-    assert names == ["topology-manager", "agent-Sales", "agent-Fraud"]
+    assert names == ["topology-manager", "consensus-manager", "agent-Sales", "agent-Fraud"]
 
 
 def test_program_section_parses_back(tmp_path: Path) -> None:
@@ -77,8 +79,8 @@ def test_program_section_parses_back(tmp_path: Path) -> None:
 def test_render_all_files(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path)
     files = render_all(mesh, program_specs(mesh, "/py", tansu="/t", valkey="/v"))
-    assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "kafka.ini", "redis.ini",
-                             "supervisord.conf", "topology-manager.ini"]
+    assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "consensus-manager.ini", "kafka.ini",
+                             "redis.ini", "supervisord.conf", "topology-manager.ini"]
     conf = configparser.RawConfigParser()
     conf.read_string(files["supervisord.conf"])
     assert conf["unix_http_server"]["file"] == str(tmp_path / ".agentmesh" / "supervisor.sock")

@@ -13,9 +13,10 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus, Reader, Record, beginning
 from agentmesh_cli.config import Mesh
+from agentmesh_cli.embedded import stop
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.store import Store
-from tests.conftest import spawn_role, stop_process, wait_for
+from tests.conftest import spawn_role, wait_for
 
 
 def read_topic(mesh: Mesh, topic: str, partitions: int, settle: float = 1.5,
@@ -93,7 +94,7 @@ def test_agent_inbox_dead_letters_and_resume(external_mesh: Any, tmp_path: Path)
         wait_for(lambda: counters(store, "Inventory").get("messages_in") == 2, 30, "resumed")
         assert counters(store, "Inventory").get("dead_letters") == 1  # nothing re-read
     finally:
-        stop_process(proc)
+        stop(proc)
         store.close()
 
 
@@ -147,7 +148,7 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
 
         # a snapshot of another broker incarnation is not resumed from: the manager
         # rebuilds from the beginning of the topics, and counts each message once
-        stop_process(proc)
+        stop(proc)
         store.new_kafka_epoch()
         proc = spawn_role(*args, log=tmp_path / "topo3.log")
         wait_for(lambda: "earlier broker" in (tmp_path / "topo3.log").read_text(), 30, "rebuild")
@@ -157,5 +158,5 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
         time.sleep(1.0)  # five more snapshots: still exactly 5, nothing applied twice
         assert usage("A", "B") == 5
     finally:
-        stop_process(proc)
+        stop(proc)
         store.close()

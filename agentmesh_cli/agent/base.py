@@ -13,6 +13,12 @@ agent, `on_tick(now)` about every 100 ms (monotonic seconds, for timers and work
 `on_stop()` once on SIGTERM/SIGINT before `agent_left` is published. An exception in a
 hook is logged; in `on_message` it also sends the message to the dead-letter topic, so
 one bad message never stops the agent.
+
+Bee consensus: `evaluate(proposal)` is called for every open proposal whose electorate
+holds this agent and returns a `Vote` (or None to abstain); the default supports when
+the waggle intensity reaches `consensus.min_intensity`, with the role's `confidence` as
+vote intensity. `on_decision(proposal)` is called for every decided proposal (the
+proposer learns its outcome here). `self.ctx.propose(type, content)` opens one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentmesh_cli.config import MeshConfig
+from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
+
+
+@dataclass(frozen=True)
+class Vote:
+    support: bool
+    intensity: float
 
 
 @dataclass
@@ -39,6 +52,7 @@ class AgentContext:
     rng: random.Random
     _send: Callable[[Envelope], None] = field(repr=False)
     _peers: Callable[[], dict[str, dict[str, Any]]] = field(repr=False)
+    _propose: Callable[[str, dict[str, Any]], str] = field(repr=False)
 
     def send(
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
@@ -48,6 +62,10 @@ class AgentContext:
                             meta=meta or {})
         self._send(envelope)
         return envelope
+
+    def propose(self, type: str, content: dict[str, Any]) -> str:
+        """Open a Bee consensus proposal (decision | action | topology); returns its id."""
+        return self._propose(type, content)
 
     def peers(self, role: str | None = None) -> list[str]:
         """Names of the other registered agents (optionally of one role), sorted."""
@@ -61,8 +79,18 @@ class AgentContext:
 class Role:
     """Base class of every agent role; override the hooks you need."""
 
+    confidence = 0.8  # the intensity of this role's votes
+
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
+
+    def evaluate(self, proposal: Proposal) -> Vote | None:
+        """This agent's vote on an open proposal; None abstains."""
+        support = proposal.waggle.intensity >= self.ctx.config.consensus.min_intensity
+        return Vote(support, self.confidence)
+
+    def on_decision(self, proposal: Proposal) -> None:
+        """Called for every decided proposal (accepted, rejected or expired)."""
 
     def on_start(self) -> None:
         """Called once, after the agent has joined the mesh."""

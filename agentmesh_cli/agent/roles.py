@@ -4,6 +4,11 @@ Traffic is uneven on purpose, so the SlimeMold topology has something to adapt t
 Sales opens orders and asks Inventory (check_stock) and Fraud (risk_assessment), who
 answer back; Support passes an upsell lead to Sales now and then (one way); the
 other pairs never talk. With the default rates the graph settles at those 5 edges.
+
+Bee consensus: Sales proposes a discount for every order from `discount_threshold`;
+Support proposes refunds. Fraud opposes large discounts, refunds and risky content;
+Inventory opposes discounts on orders it cannot fill from its stock; Sales opposes large
+refunds. Everyone else votes by the waggle intensity, so decisions go both ways.
 Rates come from mesh.yaml `workload`.
 """
 
@@ -13,13 +18,17 @@ import importlib
 import math
 from dataclasses import dataclass, field
 
-from agentmesh_cli.agent.base import Role
+from agentmesh_cli.agent.base import Role, Vote
+from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import RoleError
 
 CATALOGUE = {"keyboard": 40, "monitor": 180, "laptop": 1200, "cable": 8, "chair": 150}
 RESTOCK_EVERY_S = 30.0
 RESTOCK_UNITS = 5
+SALES_REFUND_LIMIT = 1000.0  # Sales opposes refunds above this
+FRAUD_REFUND_LIMIT = 500.0  # Fraud opposes refunds above this
+FRAUD_DISCOUNT_LIMIT = 2500.0  # Fraud opposes discounts on orders above this
 
 
 def next_gap(rate: float, uniform: float) -> float:
@@ -67,6 +76,20 @@ class SalesRole(Role):
         body = {"order_id": order.order_id, "items": items, "amount": amount}
         self.ctx.send(self.ctx.rng.choice(inventory), "check_stock", body)
         self.ctx.send(self.ctx.rng.choice(fraud), "risk_assessment", body)
+        if amount >= self.ctx.config.workload.discount_threshold:
+            # a large order earns a discount, if the team agrees
+            self.ctx.propose("decision", {"type": "approval", "kind": "discount", **body,
+                                          "discount": 0.1, "priority": "medium"})
+
+    def evaluate(self, proposal: Proposal) -> Vote | None:
+        if proposal.content.get("kind") == "refund" and _amount(proposal) > SALES_REFUND_LIMIT:
+            return Vote(False, self.confidence)  # large refunds hurt revenue
+        return super().evaluate(proposal)
+
+    def on_decision(self, proposal: Proposal) -> None:
+        if proposal.proposer_id == self.ctx.name:
+            self.ctx.log.info("discount for %s %s", proposal.content.get("order_id"),
+                              proposal.status.value)
 
     def on_message(self, message: Envelope) -> None:
         if message.type == "upsell_lead":
@@ -91,7 +114,8 @@ class SalesRole(Role):
 
 
 class InventoryRole(Role):
-    """Tracks stock; reserves what an order needs when it can, restocks slowly."""
+    """Tracks stock; reserves what an order needs when it can, restocks slowly; opposes
+    discounts on orders it cannot fill."""
 
     def on_start(self) -> None:
         self.stock = {name: 20 for name in CATALOGUE}
@@ -103,13 +127,21 @@ class InventoryRole(Role):
             for name in self.stock:
                 self.stock[name] += RESTOCK_UNITS
 
+    def can_fill(self, items: object) -> bool:
+        return isinstance(items, dict) and all(
+            self.stock.get(str(name), 0) >= int(qty) for name, qty in items.items()
+        )
+
+    def evaluate(self, proposal: Proposal) -> Vote | None:
+        if "items" in proposal.content and not self.can_fill(proposal.content["items"]):
+            return Vote(False, self.confidence)
+        return super().evaluate(proposal)
+
     def on_message(self, message: Envelope) -> None:
         if message.type != "check_stock":
             return
         items = message.payload.get("items") or {}
-        approved = isinstance(items, dict) and all(
-            self.stock.get(str(name), 0) >= int(qty) for name, qty in items.items()
-        )
+        approved = self.can_fill(items)
         if approved:
             for name, qty in items.items():
                 self.stock[str(name)] -= int(qty)
@@ -118,9 +150,19 @@ class InventoryRole(Role):
 
 
 class FraudRole(Role):
-    """Scores orders by amount; refuses the risky ones."""
+    """Scores orders by amount; refuses the risky ones; opposes large discounts and refunds."""
 
     RISK_LIMIT = 0.8
+    confidence = 0.9
+
+    def evaluate(self, proposal: Proposal) -> Vote | None:
+        amount, kind = _amount(proposal), proposal.content.get("kind")
+        risk = proposal.content.get("risk")
+        if (kind == "discount" and amount > FRAUD_DISCOUNT_LIMIT) or (
+            kind == "refund" and amount > FRAUD_REFUND_LIMIT
+        ) or (isinstance(risk, int | float) and risk >= self.RISK_LIMIT):
+            return Vote(False, self.confidence)
+        return super().evaluate(proposal)
 
     def on_message(self, message: Envelope) -> None:
         if message.type != "risk_assessment":
@@ -133,13 +175,39 @@ class FraudRole(Role):
 
 
 class SupportRole(Role):
-    """Handles tickets; now and then a ticket is an upsell chance, passed to Sales as a lead."""
+    """Handles tickets; now and then a ticket is an upsell chance, passed to Sales as a
+    lead, or a complaint, for which Support proposes a refund."""
 
     def on_start(self) -> None:
         self.count = 0
+        self.refunds = 0
         self.next_lead_at = 0.0
+        self.next_refund_at = 0.0
 
     def on_tick(self, now: float) -> None:
+        self._maybe_refund(now)
+        self._maybe_lead(now)
+
+    def _maybe_refund(self, now: float) -> None:
+        rate = self.ctx.config.workload.refund_rate
+        if now < self.next_refund_at or rate <= 0:
+            return
+        first = self.next_refund_at == 0.0
+        self.next_refund_at = now + next_gap(rate, self.ctx.rng.random())
+        if first:
+            return
+        self.refunds += 1
+        amount = float(self.ctx.rng.choice((25, 80, 180, 400, 750, 1200, 2400)))
+        self.ctx.propose("action", {"type": "action", "kind": "refund",
+                                    "ticket": f"{self.ctx.name}-r{self.refunds}", "amount": amount,
+                                    "urgent": amount < 100})
+
+    def on_decision(self, proposal: Proposal) -> None:
+        if proposal.proposer_id == self.ctx.name:
+            self.ctx.log.info("refund %s of %s: %s", proposal.content.get("ticket"),
+                              proposal.content.get("amount"), proposal.status.value)
+
+    def _maybe_lead(self, now: float) -> None:
         rate = self.ctx.config.workload.lead_rate
         if now < self.next_lead_at or rate <= 0:
             return
@@ -153,6 +221,11 @@ class SupportRole(Role):
         lead = {"lead_id": f"{self.ctx.name}-l{self.count}", "ticket": f"T-{self.count}",
                 "product": product}
         self.ctx.send(self.ctx.rng.choice(sales), "upsell_lead", lead)
+
+
+def _amount(proposal: Proposal) -> float:
+    amount = proposal.content.get("amount")
+    return float(amount) if isinstance(amount, int | float) and not isinstance(amount, bool) else 0.0
 
 
 BUILTIN: dict[str, type[Role]] = {

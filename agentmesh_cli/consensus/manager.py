@@ -1,0 +1,307 @@
+"""The consensus manager process: proposals and votes in, decisions out, exactly once.
+
+It reads every partition of `proposals` and `votes` by manual assignment. A proposal is
+opened (waggle dance, electorate = the agents registered with a fresh heartbeat),
+stored and broadcast on `consensus`; votes are counted by the pure `ProposalBook`; each
+decision is broadcast on `consensus` and stored in Redis.
+
+Exactly once across a SIGKILL: the snapshot holds the book and the next offset of every
+partition. A restarted manager writes a marker to `consensus` and reads that topic from
+the snapshot's position up to its marker: every proposal the dead manager opened or
+decided after the snapshot is taken from there, so replaying proposals and votes from
+the snapshot's offsets neither re-opens nor re-decides (nor re-broadcasts) anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bus import Bus, Reader, Record, beginning, prepare_topics, topic_partitions
+from agentmesh_cli.config import Mesh
+from agentmesh_cli.consensus.core import PROPOSAL_TYPES, Proposal, ProposalBook, Status
+from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.store import Store
+
+OWNER = C.PROGRAM_CONSENSUS
+SNAPSHOT_VERSION = 1
+ELECTORATE_CACHE_S = 0.25
+KEEP_DECIDED_MS = 120_000  # decided proposals stay in memory this long, to count late votes
+MARKER_TIMEOUT_S = 30.0
+
+log = logging.getLogger("consensus")
+
+
+def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
+    """(proposal_id, type, content) of a proposal event; InvalidEnvelope if it does not fit."""
+    p = event.payload
+    pid, ptype, content = p.get("proposal_id"), p.get("type"), p.get("content", {})
+    if event.type != C.EVENT_PROPOSAL:
+        raise InvalidEnvelope(f"unexpected type {event.type!r} on the proposals topic")
+    if not isinstance(pid, str) or not pid or len(pid) > 200:
+        raise InvalidEnvelope("proposal_id missing, empty or longer than 200 characters")
+    if ptype not in PROPOSAL_TYPES:
+        raise InvalidEnvelope(f"proposal type {ptype!r} is not one of {', '.join(PROPOSAL_TYPES)}")
+    if not isinstance(content, dict):
+        raise InvalidEnvelope("proposal content is not an object")
+    return pid, ptype, content
+
+
+def parse_vote(event: Envelope) -> tuple[str, bool, float]:
+    """(proposal_id, support, intensity) of a vote event; InvalidEnvelope if it does not fit."""
+    p = event.payload
+    pid, support, intensity = p.get("proposal_id"), p.get("support"), p.get("intensity", 1.0)
+    if event.type != C.EVENT_VOTE:
+        raise InvalidEnvelope(f"unexpected type {event.type!r} on the votes topic")
+    if not isinstance(pid, str) or not pid:
+        raise InvalidEnvelope("vote without a proposal_id")
+    if not isinstance(support, bool):
+        raise InvalidEnvelope("vote 'support' is not true or false")
+    if isinstance(intensity, bool) or not isinstance(intensity, int | float) or not math.isfinite(intensity):
+        raise InvalidEnvelope("vote 'intensity' is not a number")
+    return pid, support, float(intensity)
+
+
+def record_of(proposal: Proposal) -> dict[str, Any]:
+    """What Redis and the consensus topic carry: the proposal plus its tally."""
+    return {**proposal.to_dict(), "tally": proposal.tally()}
+
+
+class ConsensusManager:
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        cfg = mesh.config
+        self.cfg = cfg.consensus
+        self.book = ProposalBook(cfg.consensus.quorum, int(cfg.consensus.proposal_timeout * 1000))
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.consensus_offset = 0  # next offset of the consensus topic not yet reconciled
+        self.dirty: dict[str, Proposal] = {}  # pending proposals whose Redis record is behind
+        self.decided: list[Proposal] = []  # decided in this loop turn, stored at its end
+        self.counts: Counter[str] = Counter()
+        self.stale_after_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
+        self.stopping = False
+        self._electorate: list[str] = []
+        self._electorate_at = 0.0
+        self.epoch = ""
+
+    # wiring ----------------------------------------------------------------------
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: saving a last snapshot and stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        cfg = self.mesh.config
+        self.store = Store(cfg.redis.resolved_url, cfg.mesh)
+        self.epoch = prepare_topics(cfg.kafka, self.store)
+        self.bus = Bus(cfg.kafka, client_id=OWNER)
+        self._load()
+        self._reconcile()
+        assignments = [
+            (topic, p, self.offsets.get((topic, p), beginning()))
+            for topic in (C.TOPIC_PROPOSALS, C.TOPIC_VOTES)
+            for p in range(topic_partitions(cfg.kafka, topic))
+        ]
+        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER)
+        self._save()
+        self.store.mark_ready(OWNER, os.getpid())
+        log.info("ready: %d pending proposals, %d partitions", len(self.book.pending()), len(assignments))
+        next_snapshot = time.monotonic() + self.cfg.snapshot_interval
+        try:
+            while not self.stopping:
+                for record in reader.poll_batch(max_records=5000, timeout=0.05):
+                    self.apply(record)
+                for proposal in self.book.expire(now_ms()):
+                    self._decided(proposal)
+                self.bus.poll()
+                if self.decided:
+                    self._store_decided()
+                if time.monotonic() >= next_snapshot:
+                    next_snapshot = time.monotonic() + self.cfg.snapshot_interval
+                    self._save()
+                elif self.dirty and len(self.dirty) >= 500:
+                    self._save()
+        finally:
+            self.bus.flush(10)
+            self._save()
+            reader.close()
+        return 0
+
+    # events ------------------------------------------------------------------------
+    def apply(self, record: Record) -> None:
+        self.offsets[(record.topic, record.partition)] = record.offset + 1
+        try:
+            event = Envelope.decode(record.value)
+            if record.topic == C.TOPIC_PROPOSALS:
+                self._open(event, *parse_proposal(event))
+            else:
+                self._vote(event, *parse_vote(event))
+        except InvalidEnvelope as exc:
+            self.bus.dead_letter(record, str(exc))
+            self.counts[C.COUNTER_DEAD] += 1
+
+    def _open(self, event: Envelope, pid: str, ptype: str, content: dict[str, Any]) -> None:
+        now = now_ms()
+        proposal = self.book.open(pid, event.from_agent_id, ptype, content, self.electorate(), now)
+        if proposal is None:
+            self.counts["duplicates"] += 1
+            return
+        log.info("opened %s from %s: %s, intensity %.3f, electorate %s", pid, event.from_agent_id,
+                 ptype, proposal.waggle.intensity, ",".join(proposal.electorate) or "(none)")
+        self._broadcast(C.EVENT_OPENED, proposal)
+        if proposal.status is not Status.PENDING:  # an empty electorate decides at once
+            self._decided(proposal)
+        else:
+            self.dirty[pid] = proposal
+
+    def _vote(self, event: Envelope, pid: str, support: bool, intensity: float) -> None:
+        result, decided = self.book.vote(pid, event.from_agent_id, support, intensity, now_ms())
+        self.counts[f"votes_{result.value}"] += 1
+        if decided is not None:
+            self._decided(decided)
+        elif (proposal := self.book.get(pid)) is not None and proposal.status is Status.PENDING:
+            self.dirty[pid] = proposal
+
+    def _decided(self, proposal: Proposal) -> None:
+        # broadcast first (the latency that matters), the Redis record follows in a batch
+        self._broadcast(C.EVENT_DECIDED, proposal)
+        self.decided.append(proposal)
+        self.dirty.pop(proposal.id, None)
+        self.counts[f"decided_{proposal.status.value}"] += 1
+        t = proposal.tally()
+        log.info("decided %s: %s (%d for, %d against, %d needed of %d)", proposal.id,
+                 proposal.status.value, t["for"], t["against"], t["needed"], t["electorate"])
+
+    def _broadcast(self, kind: str, proposal: Proposal) -> None:
+        envelope = Envelope(type=kind, from_agent_id=OWNER, payload=record_of(proposal),
+                            id=f"{kind}:{proposal.id}")
+        self.bus.send(C.TOPIC_CONSENSUS, envelope, key=proposal.id)
+
+    def electorate(self) -> list[str]:
+        """Agents registered with a fresh heartbeat (a SIGKILLed agent stays until stale)."""
+        if time.monotonic() - self._electorate_at > ELECTORATE_CACHE_S:
+            now = now_ms()
+            try:
+                registry = self.store.agents()
+                self._electorate = sorted(
+                    name for name, rec in registry.items()
+                    if now - int(rec.get("last_heartbeat", 0)) <= self.stale_after_ms
+                )
+                self._electorate_at = time.monotonic()
+            except AgentMeshError as exc:
+                log.warning("registry unavailable, using the last electorate: %s", exc)
+        return self._electorate
+
+    # persistence -------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        offsets: dict[str, dict[str, int]] = {}
+        for (topic, partition), offset in sorted(self.offsets.items()):
+            offsets.setdefault(topic, {})[str(partition)] = offset
+        return {
+            "v": SNAPSHOT_VERSION,
+            "ts": now_ms(),
+            "epoch": self.epoch,
+            "offsets": offsets,
+            "consensus_offset": self.consensus_offset,
+            "proposals": [p.to_dict() for p in self.book.all()],
+        }
+
+    def _store_decided(self) -> None:
+        """Decisions reach Redis at the end of the loop turn that made them (one round trip)."""
+        try:
+            self.store.save_consensus(None, [record_of(p) for p in self.decided])
+            self.decided.clear()
+        except AgentMeshError as exc:
+            log.warning("decisions not stored yet, will retry: %s", exc)
+
+    def _save(self) -> None:
+        self.book.forget_decided(now_ms() - KEEP_DECIDED_MS)
+        # the snapshot may only claim what the consensus topic already holds
+        if self.bus.flush(10):
+            log.warning("broadcasts still queued; snapshot postponed")
+            return
+        delivered = self.bus.delivered.get((C.TOPIC_CONSENSUS, 0))
+        if delivered is not None:  # everything up to here is ours and reflected in the book
+            self.consensus_offset = max(self.consensus_offset, delivered + 1)
+        records = [record_of(p) for p in [*self.dirty.values(), *self.decided]]
+        try:
+            self.store.save_consensus(self._snapshot(), records)
+            self.store.add_counters(OWNER, self.counts + self.book_counts())
+            self.dirty.clear()
+            self.decided.clear()
+            self.counts = Counter()
+        except AgentMeshError as exc:
+            log.warning("snapshot not saved, will retry: %s", exc)
+
+    def book_counts(self) -> Counter[str]:
+        counts = Counter({f"book_{k}": v for k, v in self.book.counts.items()})
+        self.book.counts.clear()
+        return counts
+
+    def _load(self) -> None:
+        data = self.store.load_json(self.mesh.keys.consensus_snapshot)
+        if not data:
+            log.info("no snapshot: reading proposals and votes from the beginning")
+            return
+        if data.get("epoch") != self.epoch:
+            log.info("snapshot is from an earlier broker: starting from the beginning")
+            return
+        for item in data.get("proposals", []):
+            self.book.restore(Proposal.from_dict(item))
+        self.offsets = {
+            (topic, int(p)): int(o)
+            for topic, parts in data.get("offsets", {}).items()
+            for p, o in parts.items()
+        }
+        self.consensus_offset = int(data.get("consensus_offset", 0))
+        log.info("resumed from snapshot: %d proposals in memory", len(data.get("proposals", [])))
+
+    def _reconcile(self) -> None:
+        """Learn what an earlier run broadcast after its last snapshot (see module doc)."""
+        marker_id = f"mark:{uuid.uuid4()}"
+        self.bus.send(C.TOPIC_CONSENSUS, Envelope(type=C.EVENT_MANAGER_MARK, from_agent_id=OWNER,
+                                                  id=marker_id))
+        if self.bus.flush(10):
+            raise AgentMeshError("cannot write the reconcile marker to the consensus topic")
+        reader = Reader(self.mesh.config.kafka, f"{self.mesh.config.kafka.topic_prefix}.{OWNER}.reconcile",
+                        [(C.TOPIC_CONSENSUS, 0, self.consensus_offset)], OWNER)
+        deadline = time.monotonic() + MARKER_TIMEOUT_S
+        learned = 0
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise AgentMeshError("reconcile marker not seen on the consensus topic in time")
+                for record in reader.poll_batch(max_records=5000, timeout=0.1):
+                    self.consensus_offset = record.offset + 1
+                    try:
+                        event = Envelope.decode(record.value)
+                    except InvalidEnvelope:
+                        continue
+                    if event.id == marker_id:
+                        log.info("reconciled: %d broadcasts learned from the consensus topic", learned)
+                        return
+                    if event.type in (C.EVENT_OPENED, C.EVENT_DECIDED):
+                        learned += self._learn(Proposal.from_dict(event.payload))
+        finally:
+            reader.close()
+
+    def _learn(self, broadcast: Proposal) -> int:
+        known = self.book.get(broadcast.id)
+        if known is not None and (known.status is not Status.PENDING or broadcast.status is Status.PENDING):
+            return 0
+        self.book.restore(broadcast)
+        if broadcast.status is Status.PENDING:
+            self.dirty[broadcast.id] = broadcast
+        else:
+            self.decided.append(broadcast)
+        return 1
