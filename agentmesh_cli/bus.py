@@ -40,7 +40,9 @@ RAW_PREVIEW_BYTES = 4096  # how much of a dead record travels with its dead lett
 
 
 def _client_config(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
-    return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id, **kafka.client}
+    # small records must not wait for Nagle's algorithm
+    return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id,
+            "socket.nagle.disable": True, **kafka.client}
 
 
 def topic_partitions(kafka: KafkaConfig, short: str) -> int:
@@ -111,7 +113,7 @@ class Record:
 class Bus:
     """Producer side of one process, plus the dead-letter path."""
 
-    def __init__(self, kafka: KafkaConfig, client_id: str) -> None:
+    def __init__(self, kafka: KafkaConfig, client_id: str, linger_ms: float = 0.0) -> None:
         self.kafka = kafka
         self.client_id = client_id
         self.delivery_failures = 0
@@ -119,7 +121,7 @@ class Bus:
         conf = _client_config(kafka, client_id)
         # no lingering: a lone record leaves at once; under load librdkafka still batches
         # whatever queues while a request is in flight
-        conf.setdefault("linger.ms", 0)
+        conf.setdefault("linger.ms", linger_ms)
         conf.setdefault("enable.idempotence", False)
         try:
             self._producer = Producer(conf)
@@ -199,8 +201,10 @@ class Reader:
         group_id: str,
         assignments: Iterable[tuple[str, int, int | None]],
         client_id: str = "",
+        fetch_wait: float | None = None,
     ) -> None:
-        """`assignments`: (short topic, partition, start offset); None = committed, else earliest."""
+        """`assignments`: (short topic, partition, start offset); None = committed, else earliest.
+        `fetch_wait` (seconds) defaults to `kafka.fetch_wait`."""
         conf = _client_config(kafka, client_id or group_id)
         conf.update(
             {
@@ -209,8 +213,7 @@ class Reader:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
-                # low fetch wait: a role reacts within ~50 ms even on a quiet topic
-                "fetch.wait.max.ms": 50,
+                "fetch.wait.max.ms": max(1, round((fetch_wait or kafka.fetch_wait) * 1000)),
             }
         )
         self._prefix = kafka.topic_prefix + "."

@@ -66,6 +66,10 @@ class KafkaConfig(_Section):
     topic_prefix: str = Field("agentmesh", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(16, ge=1, le=1024)
     port: Port = C.DEFAULT_EMBEDDED_KAFKA_PORT  # used only by the embedded broker
+    # how long an idle reader's fetch waits at the broker: lower is faster, costs idle CPU
+    # (the embedded broker does not answer a waiting fetch when data arrives)
+    fetch_wait: Duration = 0.01
+    manager_fetch_wait: Duration = 0.002  # the same for the topology and consensus managers
     client: dict[str, str | int | float | bool] = {}  # passed to librdkafka as is
 
     @property

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from agentmesh_cli.constants import ENVELOPE_VERSION
 from agentmesh_cli.errors import InvalidEnvelope
@@ -30,7 +31,11 @@ class Envelope:
     v: int = ENVELOPE_VERSION
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # a plain dict, not dataclasses.asdict: that deep-copies the payload (the hot path)
+        data = {"v": self.v, "id": self.id, "type": self.type, "from_agent_id": self.from_agent_id,
+                "to_agent_id": self.to_agent_id, "ts": self.ts, "payload": self.payload,
+                "meta": self.meta}
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Envelope:
@@ -38,8 +43,8 @@ class Envelope:
         if raw is None:
             raise InvalidEnvelope("empty record (no value)")
         try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise InvalidEnvelope(f"not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise InvalidEnvelope(f"not a JSON object but {type(data).__name__}")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import orjson
 import redis
 
 from agentmesh_cli.constants import Keys
@@ -123,7 +124,7 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for record in proposals:
                 key = self.keys.proposal(record["id"])
-                pipe.set(key, json.dumps(record, separators=(",", ":")), ex=PROPOSAL_TTL_S)
+                pipe.set(key, orjson.dumps(record), ex=PROPOSAL_TTL_S)
                 pipe.zadd(self.keys.proposals, {record["id"]: record["created_at"]})
             if proposals:
                 pipe.zremrangebyrank(self.keys.proposals, 0, -PROPOSALS_KEPT - 1)

@@ -139,3 +139,14 @@ def test_manager_sigkill_decides_each_proposal_exactly_once(mesh: Mesh) -> None:
     log = (mesh.logs_dir / "consensus-manager.log").read_text()
     assert "reconciled:" in log
     store.close()
+
+
+def test_bench_consensus_reports_every_field() -> None:
+    result = agentmesh("bench", "consensus", "--proposals", "200", "--samples", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["scenario"] == "consensus" and data["votes"] == 600
+    assert data["votes_per_s"] > 0 and data["manager_cpu_share"] >= 0
+    for key in ("decision_latency", "raw_round_trip"):
+        assert set(data[key]) == {"p50_ms", "p99_ms", "max_ms", "mean_ms"}
+        assert 0 < data[key]["p50_ms"] <= data[key]["p99_ms"] <= data[key]["max_ms"]

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from agentmesh_cli.cli import bench as bench_commands
 from agentmesh_cli.cli import consensus as consensus_commands
 from agentmesh_cli.cli import mesh as mesh_commands
 from agentmesh_cli.cli import roles as role_commands
@@ -24,6 +25,7 @@ app = typer.Typer(
 mesh_commands.register(app)
 role_commands.register(app)
 consensus_commands.register(app)
+bench_commands.register(app)
 topic_commands.register(app)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -45,7 +45,9 @@ class Waggle:
     repetitions: int
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies, and this runs for every broadcast
+        return {"intensity": self.intensity, "duration_ms": self.duration_ms, "angle": self.angle,
+                "repetitions": self.repetitions}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Waggle:
@@ -156,7 +158,8 @@ class Proposal:
             "content": dict(self.content), "waggle": self.waggle.as_dict(),
             "electorate": list(self.electorate), "quorum": self.quorum,
             "created_at": self.created_at, "expires_at": self.expires_at,
-            "votes": {v: asdict(b) for v, b in self.votes.items()},
+            "votes": {v: {"support": b.support, "intensity": b.intensity, "ts": b.ts}
+                      for v, b in self.votes.items()},
             "status": self.status.value, "decided_at": self.decided_at, "late_votes": self.late_votes,
         }
 

@@ -37,6 +37,7 @@ SNAPSHOT_VERSION = 1
 ELECTORATE_CACHE_S = 0.25
 KEEP_DECIDED_MS = 120_000  # decided proposals stay in memory this long, to count late votes
 MARKER_TIMEOUT_S = 30.0
+MAX_EARLY_PROPOSALS = 10_000  # bound on proposals with votes held before they open
 
 log = logging.getLogger("consensus")
 
@@ -85,7 +86,9 @@ class ConsensusManager:
         self.offsets: dict[tuple[str, int], int] = {}
         self.consensus_offset = 0  # next offset of the consensus topic not yet reconciled
         self.dirty: dict[str, Proposal] = {}  # pending proposals whose Redis record is behind
-        self.decided: list[Proposal] = []  # decided in this loop turn, stored at its end
+        self.decided: list[dict[str, Any]] = []  # records decided in this loop turn, stored at its end
+        # votes read before their proposal: id -> [(voter, support, intensity, ts)]
+        self.early: dict[str, list[tuple[str, bool, float, int]]] = {}
         self.counts: Counter[str] = Counter()
         self.stale_after_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
@@ -112,7 +115,8 @@ class ConsensusManager:
             for topic in (C.TOPIC_PROPOSALS, C.TOPIC_VOTES)
             for p in range(topic_partitions(cfg.kafka, topic))
         ]
-        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER)
+        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
+                        fetch_wait=cfg.kafka.manager_fetch_wait)
         self._save()
         self.store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d pending proposals, %d partitions", len(self.book.pending()), len(assignments))
@@ -161,11 +165,25 @@ class ConsensusManager:
         self._broadcast(C.EVENT_OPENED, proposal)
         if proposal.status is not Status.PENDING:  # an empty electorate decides at once
             self._decided(proposal)
-        else:
-            self.dirty[pid] = proposal
+            return
+        self.dirty[pid] = proposal
+        for voter, support, intensity, _ts in self.early.pop(pid, []):
+            self._count(pid, voter, support, intensity)
 
     def _vote(self, event: Envelope, pid: str, support: bool, intensity: float) -> None:
-        result, decided = self.book.vote(pid, event.from_agent_id, support, intensity, now_ms())
+        if self.book.get(pid) is None:
+            # proposals and votes are different topics: after a restart a vote can be read
+            # before its proposal; hold it (bounded) until the proposal opens
+            if len(self.early) < MAX_EARLY_PROPOSALS:
+                self.early.setdefault(pid, []).append((event.from_agent_id, support, intensity, now_ms()))
+                self.counts["votes_early"] += 1
+            else:
+                self.counts["votes_unknown"] += 1
+            return
+        self._count(pid, event.from_agent_id, support, intensity)
+
+    def _count(self, pid: str, voter: str, support: bool, intensity: float) -> None:
+        result, decided = self.book.vote(pid, voter, support, intensity, now_ms())
         self.counts[f"votes_{result.value}"] += 1
         if decided is not None:
             self._decided(decided)
@@ -174,18 +192,20 @@ class ConsensusManager:
 
     def _decided(self, proposal: Proposal) -> None:
         # broadcast first (the latency that matters), the Redis record follows in a batch
-        self._broadcast(C.EVENT_DECIDED, proposal)
-        self.decided.append(proposal)
+        self.decided.append(self._broadcast(C.EVENT_DECIDED, proposal))
         self.dirty.pop(proposal.id, None)
         self.counts[f"decided_{proposal.status.value}"] += 1
         t = proposal.tally()
         log.info("decided %s: %s (%d for, %d against, %d needed of %d)", proposal.id,
                  proposal.status.value, t["for"], t["against"], t["needed"], t["electorate"])
 
-    def _broadcast(self, kind: str, proposal: Proposal) -> None:
-        envelope = Envelope(type=kind, from_agent_id=OWNER, payload=record_of(proposal),
+    def _broadcast(self, kind: str, proposal: Proposal) -> dict[str, Any]:
+        """Broadcast a proposal on the consensus topic; returns its record (for Redis)."""
+        record = record_of(proposal)
+        envelope = Envelope(type=kind, from_agent_id=OWNER, payload=record,
                             id=f"{kind}:{proposal.id}")
         self.bus.send(C.TOPIC_CONSENSUS, envelope, key=proposal.id)
+        return record
 
     def electorate(self) -> list[str]:
         """Agents registered with a fresh heartbeat (a SIGKILLed agent stays until stale)."""
@@ -213,19 +233,25 @@ class ConsensusManager:
             "epoch": self.epoch,
             "offsets": offsets,
             "consensus_offset": self.consensus_offset,
-            "proposals": [p.to_dict() for p in self.book.all()],
+            # pending only: decided ones are in Redis and on the topic, and the offsets are
+            # past their proposal records, so a restart cannot open them again
+            "proposals": [p.to_dict() for p in self.book.pending()],
+            "early_votes": self.early,
         }
 
     def _store_decided(self) -> None:
         """Decisions reach Redis at the end of the loop turn that made them (one round trip)."""
         try:
-            self.store.save_consensus(None, [record_of(p) for p in self.decided])
+            self.store.save_consensus(None, self.decided)
             self.decided.clear()
         except AgentMeshError as exc:
             log.warning("decisions not stored yet, will retry: %s", exc)
 
     def _save(self) -> None:
         self.book.forget_decided(now_ms() - KEEP_DECIDED_MS)
+        oldest = now_ms() - int(self.cfg.proposal_timeout * 1000)
+        for pid in [pid for pid, votes in self.early.items() if votes[-1][3] < oldest]:
+            self.counts["votes_unknown"] += len(self.early.pop(pid))  # its proposal never came
         # the snapshot may only claim what the consensus topic already holds
         if self.bus.flush(10):
             log.warning("broadcasts still queued; snapshot postponed")
@@ -233,7 +259,7 @@ class ConsensusManager:
         delivered = self.bus.delivered.get((C.TOPIC_CONSENSUS, 0))
         if delivered is not None:  # everything up to here is ours and reflected in the book
             self.consensus_offset = max(self.consensus_offset, delivered + 1)
-        records = [record_of(p) for p in [*self.dirty.values(), *self.decided]]
+        records = [*(record_of(p) for p in self.dirty.values()), *self.decided]
         try:
             self.store.save_consensus(self._snapshot(), records)
             self.store.add_counters(OWNER, self.counts + self.book_counts())
@@ -258,6 +284,8 @@ class ConsensusManager:
             return
         for item in data.get("proposals", []):
             self.book.restore(Proposal.from_dict(item))
+        self.early = {pid: [(str(v), bool(s), float(i), int(t)) for v, s, i, t in votes]
+                      for pid, votes in data.get("early_votes", {}).items()}
         self.offsets = {
             (topic, int(p)): int(o)
             for topic, parts in data.get("offsets", {}).items()
@@ -303,5 +331,5 @@ class ConsensusManager:
         if broadcast.status is Status.PENDING:
             self.dirty[broadcast.id] = broadcast
         else:
-            self.decided.append(broadcast)
+            self.decided.append(record_of(broadcast))
         return 1

@@ -179,7 +179,8 @@ class TopologyManager:
             for topic in (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES)
             for p in range(topic_partitions(cfg.kafka, topic))
         ]
-        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER)
+        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
+                        fetch_wait=cfg.kafka.manager_fetch_wait)
         store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d partitions assigned", len(assignments))
         next_decay = time.monotonic() + self.cfg.decay_interval
