@@ -274,5 +274,29 @@ def beginning() -> int:
     return int(OFFSET_BEGINNING)
 
 
+Offsets = dict[tuple[str, int], int]  # (short topic, partition) -> next offset to read
+
+
+def resume_assignments(kafka: KafkaConfig, topics: Iterable[str], offsets: Offsets
+                       ) -> list[tuple[str, int, int | None]]:
+    """Every partition of `topics`, from its stored next offset or from the beginning."""
+    return [
+        (topic, p, offsets.get((topic, p), beginning()))
+        for topic in topics
+        for p in range(topic_partitions(kafka, topic))
+    ]
+
+
+def offsets_to_json(offsets: Offsets) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (topic, partition), offset in sorted(offsets.items()):
+        out.setdefault(topic, {})[str(partition)] = offset
+    return out
+
+
+def offsets_from_json(data: dict[str, dict[str, Any]]) -> Offsets:
+    return {(topic, int(p)): int(o) for topic, parts in data.items() for p, o in parts.items()}
+
+
 def hostname() -> str:
     return socket.gethostname()

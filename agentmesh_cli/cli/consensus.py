@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Annotated, Any
 
 import typer
 
-from agentmesh_cli.cli.common import ConfigOption, console, console_err, mesh_from, role_logging
+from agentmesh_cli.cli.common import (
+    ConfigOption,
+    console,
+    console_err,
+    json_object,
+    mesh_from,
+    role_logging,
+)
 from agentmesh_cli.errors import ConfigError
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_EXPIRED = 0, 1, 3
@@ -52,12 +58,7 @@ def propose(
     mesh = mesh_from(config)
     if type_ not in PROPOSAL_TYPES:
         raise ConfigError(f"--type must be one of {', '.join(PROPOSAL_TYPES)}, not {type_!r}")
-    try:
-        body = json.loads(content)
-    except ValueError as exc:
-        raise ConfigError(f"--content is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ConfigError("--content must be a JSON object")
+    body = json_object(content, "--content")
     proposal_id = f"{sender}-{uuid.uuid4().hex[:12]}"
     bus = Bus(mesh.config.kafka, client_id="agentmesh-propose")
     event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=sender,

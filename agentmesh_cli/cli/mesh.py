@@ -9,10 +9,10 @@ import typer
 from rich.live import Live
 
 from agentmesh_cli import lifecycle
-from agentmesh_cli.cli.common import ConfigOption, console, console_err, mesh_from
+from agentmesh_cli.cli.common import ConfigOption, console, console_err, json_object, mesh_from
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.dashboard.views import render_status, up_table
-from agentmesh_cli.errors import AgentMeshError, ConfigError, NotReadyError
+from agentmesh_cli.errors import AgentMeshError, NotReadyError
 
 
 def up(
@@ -117,12 +117,7 @@ def send(
     from agentmesh_cli.envelope import Envelope
 
     mesh = mesh_from(config)
-    try:
-        body = json.loads(payload)
-    except ValueError as exc:
-        raise ConfigError(f"payload is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ConfigError("payload must be a JSON object")
+    body = json_object(payload, "payload")
     _warn_if_unknown(mesh, recipient)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-send")
     envelope = Envelope(type=type_, from_agent_id=sender, to_agent_id=recipient, payload=body,

@@ -25,7 +25,15 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, Record, beginning, prepare_topics, topic_partitions
+from agentmesh_cli.bus import (
+    Bus,
+    Reader,
+    Record,
+    offsets_from_json,
+    offsets_to_json,
+    prepare_topics,
+    resume_assignments,
+)
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES, Proposal, ProposalBook, Status
 from agentmesh_cli.envelope import Envelope, now_ms
@@ -110,11 +118,7 @@ class ConsensusManager:
         self.bus = Bus(cfg.kafka, client_id=OWNER)
         self._load()
         self._reconcile()
-        assignments = [
-            (topic, p, self.offsets.get((topic, p), beginning()))
-            for topic in (C.TOPIC_PROPOSALS, C.TOPIC_VOTES)
-            for p in range(topic_partitions(cfg.kafka, topic))
-        ]
+        assignments = resume_assignments(cfg.kafka, (C.TOPIC_PROPOSALS, C.TOPIC_VOTES), self.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
                         fetch_wait=cfg.kafka.manager_fetch_wait)
         self._save()
@@ -224,14 +228,11 @@ class ConsensusManager:
 
     # persistence -------------------------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:
-        offsets: dict[str, dict[str, int]] = {}
-        for (topic, partition), offset in sorted(self.offsets.items()):
-            offsets.setdefault(topic, {})[str(partition)] = offset
         return {
             "v": SNAPSHOT_VERSION,
             "ts": now_ms(),
             "epoch": self.epoch,
-            "offsets": offsets,
+            "offsets": offsets_to_json(self.offsets),
             "consensus_offset": self.consensus_offset,
             # pending only: decided ones are in Redis and on the topic, and the offsets are
             # past their proposal records, so a restart cannot open them again
@@ -286,11 +287,7 @@ class ConsensusManager:
             self.book.restore(Proposal.from_dict(item))
         self.early = {pid: [(str(v), bool(s), float(i), int(t)) for v, s, i, t in votes]
                       for pid, votes in data.get("early_votes", {}).items()}
-        self.offsets = {
-            (topic, int(p)): int(o)
-            for topic, parts in data.get("offsets", {}).items()
-            for p, o in parts.items()
-        }
+        self.offsets = offsets_from_json(data.get("offsets", {}))
         self.consensus_offset = int(data.get("consensus_offset", 0))
         log.info("resumed from snapshot: %d proposals in memory", len(data.get("proposals", [])))
 

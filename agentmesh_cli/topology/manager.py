@@ -17,7 +17,15 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, Record, beginning, prepare_topics, topic_partitions
+from agentmesh_cli.bus import (
+    Bus,
+    Reader,
+    Record,
+    offsets_from_json,
+    offsets_to_json,
+    prepare_topics,
+    resume_assignments,
+)
 from agentmesh_cli.config import Mesh, TopologyConfig
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
@@ -102,15 +110,12 @@ class TopologyState:
         return pruned
 
     def snapshot(self, now: int) -> dict[str, Any]:
-        offsets: dict[str, dict[str, int]] = {}
-        for (topic, partition), offset in sorted(self.offsets.items()):
-            offsets.setdefault(topic, {})[str(partition)] = offset
         return {
             "v": SNAPSHOT_VERSION,
             "ts": now,
             "epoch": self.epoch,
             "graph": self.graph.to_dict(),
-            "offsets": offsets,
+            "offsets": offsets_to_json(self.offsets),
             "last_seen": self.last_seen,
             "roles": self.roles,
             "stats": self.graph.stats().as_dict(),
@@ -120,11 +125,7 @@ class TopologyState:
     def restore(cls, data: dict[str, Any], rules: SlimeMoldRules, timeout_ms: int) -> TopologyState:
         state = cls(rules, timeout_ms, str(data.get("epoch", "")))
         state.graph = SlimeMoldGraph.from_dict(data["graph"], rules)
-        state.offsets = {
-            (topic, int(partition)): int(offset)
-            for topic, parts in data.get("offsets", {}).items()
-            for partition, offset in parts.items()
-        }
+        state.offsets = offsets_from_json(data.get("offsets", {}))
         state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
         state.roles = dict(data.get("roles", {}))
         return state
@@ -174,11 +175,7 @@ class TopologyManager:
         epoch = prepare_topics(cfg.kafka, store)
         bus = Bus(cfg.kafka, client_id=OWNER)
         state = self._load(store, epoch)
-        assignments = [
-            (topic, p, state.offsets.get((topic, p), beginning()))
-            for topic in (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES)
-            for p in range(topic_partitions(cfg.kafka, topic))
-        ]
+        assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
                         fetch_wait=cfg.kafka.manager_fetch_wait)
         store.mark_ready(OWNER, os.getpid())
