@@ -32,6 +32,7 @@ from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 
 SNAPSHOT_VERSION = 1
+MAX_HELD = 100_000  # bound on messages waiting for their agents' joins
 OWNER = C.PROGRAM_TOPOLOGY
 
 log = logging.getLogger("topology")
@@ -59,6 +60,10 @@ class TopologyState:
         self.roles: dict[str, str] = {}
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.counts: Counter[str] = Counter()
+        # messages read before their sender's or recipient's join (joins and messages are
+        # two topics, so a replay can read them in either order): absent agent -> messages
+        self.held: dict[str, list[tuple[str, str, int]]] = {}
+        self.held_count = 0
 
     @property
     def membership_changes(self) -> int:
@@ -74,16 +79,14 @@ class TopologyState:
             # the recipient agent dead-letters bad messages; we own only the topology topic
             return str(exc) if record.topic == C.TOPIC_TOPOLOGY else None
         if record.topic == C.TOPIC_MESSAGES:
-            if self.graph.reinforce(event.from_agent_id, event.to_agent_id, event.ts) is None:
-                self.counts["unrouted"] += 1
-            else:
-                self.counts["reinforcements"] += 1
+            self._reinforce(event.from_agent_id, event.to_agent_id, event.ts)
             return None
         agent = event.from_agent_id
         if event.type in (C.EVENT_JOINED, C.EVENT_HEARTBEAT):
             if self.graph.add_agent(agent):
                 self.counts["joins"] += 1
                 log.info("agent %s joined (%s)", agent, event.type)
+                self._release(agent)
             self.last_seen[agent] = max(event.ts, self.last_seen.get(agent, 0))
             self.roles[agent] = str(event.payload.get("role", self.roles.get(agent, "")))
         elif event.type == C.EVENT_LEFT:
@@ -92,6 +95,34 @@ class TopologyState:
             self.counts["invalid"] += 1
             return f"unknown topology event type {event.type!r}"
         return None
+
+    def _reinforce(self, source: str, target: str, ts: int) -> None:
+        if self.graph.reinforce(source, target, ts) is not None:
+            self.counts["reinforcements"] += 1
+            return
+        absent = next((a for a in (source, target) if not self.graph.has_agent(a)), None)
+        if absent is None or source == target or self.held_count >= MAX_HELD:
+            self.counts["unrouted"] += 1
+            return
+        self.held.setdefault(absent, []).append((source, target, ts))
+        self.held_count += 1
+
+    def _release(self, agent: str) -> None:
+        """Apply the messages that waited for `agent` to join, in their order."""
+        waiting = self.held.pop(agent, [])
+        self.held_count -= len(waiting)
+        for source, target, ts in waiting:
+            self._reinforce(source, target, ts)
+
+    def _expire_held(self, now: int) -> None:
+        for agent in list(self.held):
+            kept = [m for m in self.held[agent] if now - m[2] <= self.heartbeat_timeout_ms]
+            self.counts["unrouted"] += len(self.held[agent]) - len(kept)
+            self.held_count -= len(self.held[agent]) - len(kept)
+            if kept:
+                self.held[agent] = kept
+            else:
+                del self.held[agent]
 
     def _remove(self, agent: str, reason: str) -> None:
         if self.graph.remove_agent(agent):
@@ -104,6 +135,7 @@ class TopologyState:
         """One decay interval: decay and prune, then drop agents whose heartbeats stopped."""
         pruned = self.graph.decay()
         self.counts["prunes"] += pruned
+        self._expire_held(now)
         for agent, seen in list(self.last_seen.items()):
             if now - seen > self.heartbeat_timeout_ms:
                 self._remove(agent, "timeout")
@@ -118,6 +150,7 @@ class TopologyState:
             "offsets": offsets_to_json(self.offsets),
             "last_seen": self.last_seen,
             "roles": self.roles,
+            "held": [[s, t, ts] for msgs in self.held.values() for s, t, ts in msgs],
             "stats": self.graph.stats().as_dict(),
         }
 
@@ -128,6 +161,8 @@ class TopologyState:
         state.offsets = offsets_from_json(data.get("offsets", {}))
         state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
         state.roles = dict(data.get("roles", {}))
+        for source, target, ts in data.get("held", []):
+            state._reinforce(str(source), str(target), int(ts))
         return state
 
 
