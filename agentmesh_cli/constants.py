@@ -132,5 +132,33 @@ class Keys:
         """Set: every owner that has a counters hash."""
         return self.prefix + "counters"
 
+    # Memory service: ids are checked by the service (1..128 of [A-Za-z0-9_.:@-]) before
+    # they reach a key; "/" is not in that set, so the pair key below is unambiguous.
+    def memory_message(self, message_id: str) -> str:
+        """String: JSON of one stored message (item fields plus its insertion seq)."""
+        return self.prefix + "memory:message:" + message_id
+
+    def memory_user(self, user_id: str) -> str:
+        """Sorted set: one user's messages ("<seq>:<message id>") scored by timestamp."""
+        return self.prefix + "memory:user:" + user_id
+
+    def memory_conversation(self, conversation_id: str) -> str:
+        """Sorted set: one conversation's messages ("<seq>:<message id>") scored by timestamp."""
+        return self.prefix + "memory:conversation:" + conversation_id
+
+    def memory_conversation_user(self, conversation_id: str, user_id: str) -> str:
+        """Sorted set: one user's messages in one conversation, scored by timestamp."""
+        return self.prefix + "memory:conversation-user:" + conversation_id + "/" + user_id
+
+    @property
+    def memory_seq(self) -> str:
+        """String: counter that orders messages stored with the same timestamp."""
+        return self.prefix + "memory:seq"
+
+    @property
+    def memory_events(self) -> str:
+        """Pub/sub channel: JSON {event: stored|updated|deleted, item} of every change."""
+        return self.prefix + "memory:events"
+
 # Roles that ship with agentmesh (the e-commerce demo); any other role is "package.module:Class".
 BUILTIN_ROLES = ("sales", "support", "inventory", "fraud")

@@ -9,7 +9,16 @@
     │   └── InvalidEnvelope        a record that does not parse or fit the schema
     ├── StoreError                 the Redis layer (redis-py errors, wrapped)
     ├── RoleError                  a role cannot be found, imported or built
-    └── TopologyError              a graph query that has no answer (unknown agent, no route)
+    ├── TopologyError              a graph query that has no answer (unknown agent, no route)
+    └── ServiceError               an HTTP service of the mesh (memory, cognition); `.service`
+        ├── ServiceUnavailableError    not reachable after retries (connection error, 503)
+        │   └── ServiceTimeoutError    no answer in time after retries (httpx timeouts)
+        ├── CircuitOpenError           the client's breaker is open: failed fast, nothing sent
+        ├── ServiceProtocolError       an answer that does not fit the protocol (bad JSON, no SSE)
+        └── ServiceHTTPError           an error answer: `.status`, `.code`, `.message`, `.details`
+            ├── ServiceBadRequestError     400
+            ├── ServiceAuthError           401, 403
+            └── ServiceNotFoundError       404
 """
 
 from __future__ import annotations
@@ -62,3 +71,68 @@ class RoleError(AgentMeshError):
 
 class TopologyError(AgentMeshError):
     """A topology query that cannot be answered (unknown agent, no path)."""
+
+
+class ServiceError(AgentMeshError):
+    """A call to an HTTP service of the mesh failed; `service` names it, `attempts` counts
+    the requests made (more than 1 when it was retried)."""
+
+    def __init__(self, message: str, service: str = "") -> None:
+        super().__init__(message)
+        self.service = service
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (after {self.attempts} attempts)" if self.attempts > 1 else text
+
+
+class ServiceUnavailableError(ServiceError):
+    """The service could not be reached or said 503, still after the retries. For a 503
+    answer `status`, `code`, `message`, `details` are as in ServiceHTTPError; for a
+    connection failure or a timeout `status` is None."""
+
+    def __init__(self, text: str, service: str = "", status: int | None = None, code: str = "",
+                 message: str = "", details: object = None) -> None:
+        super().__init__(text, service)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class ServiceTimeoutError(ServiceUnavailableError):
+    """The service did not connect or answer within the timeout, still after the retries."""
+
+
+class CircuitOpenError(ServiceError):
+    """The client's circuit breaker is open: the call failed fast without a request."""
+
+
+class ServiceProtocolError(ServiceError):
+    """The service answered, but not as the protocol says (no JSON, no `result`, no SSE)."""
+
+
+class ServiceHTTPError(ServiceError):
+    """The service answered with an error status; `code`, `message` and `details` come from
+    its JSON body `{"error": {...}}` (or from the status when the body has none)."""
+
+    def __init__(self, text: str, service: str = "", status: int = 0, code: str = "",
+                 message: str = "", details: object = None) -> None:
+        super().__init__(text, service)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class ServiceBadRequestError(ServiceHTTPError):
+    """400: the call's arguments were refused (the caller's fault; never retried)."""
+
+
+class ServiceAuthError(ServiceHTTPError):
+    """401 or 403: the caller is not authenticated or not allowed."""
+
+
+class ServiceNotFoundError(ServiceHTTPError):
+    """404: no such tool or resource."""

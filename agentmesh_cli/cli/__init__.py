@@ -11,6 +11,7 @@ from agentmesh_cli.cli import bench as bench_commands
 from agentmesh_cli.cli import consensus as consensus_commands
 from agentmesh_cli.cli import mesh as mesh_commands
 from agentmesh_cli.cli import roles as role_commands
+from agentmesh_cli.cli import services as service_commands
 from agentmesh_cli.cli import topics as topic_commands
 from agentmesh_cli.cli.common import console_err
 from agentmesh_cli.errors import AgentMeshError
@@ -27,6 +28,7 @@ role_commands.register(app)
 consensus_commands.register(app)
 bench_commands.register(app)
 topic_commands.register(app)
+service_commands.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""HTTP services of the mesh (memory, cognition) and the resilient client that calls them."""

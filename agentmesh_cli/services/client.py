@@ -1,0 +1,573 @@
+"""The network client of the mesh's HTTP services (memory, cognition): one policy, sync and async.
+
+The services speak a small protocol: `POST /tool/{name}` with `{"arguments": {...}}` answers
+`{"result": ...}`; an error answer is `{"error": {"code", "message", "details"}}`;
+`GET /resource/{path}` streams server-sent events (`message` items, then one `end`);
+`GET /health` answers 200 `{"status": "healthy"}` or 503 with details.
+
+`ServiceClient` (agents are single-threaded sync processes) and `AsyncServiceClient` (an async
+service that calls another) share one policy:
+
+- one pooled httpx client per service client (20 connections); timeouts connect 1 s, read 5 s
+  (an event stream may be silent up to `stream_read_timeout`, 30 s, between events);
+- retries with tenacity: at most 3 more attempts, exponential backoff from 0.1 s with jitter,
+  capped at 10 s, only on connection errors, timeouts, 408, 429 and 5xx; never on another 4xx;
+- a circuit breaker: 5 consecutive failed calls (failed still after their retries, with a
+  connection error, a timeout, 408, 429 or 5xx) open it for 30 s; then one probe call goes
+  through: success closes it, failure opens it again. While open, calls raise
+  CircuitOpenError without touching the network. A 4xx answer is the caller's fault: it is
+  no failure and resets nothing.
+
+Every httpx error leaves as one of the ServiceError tree (agentmesh_cli.errors), `from` the
+httpx error. `from_mesh` finds a service from mesh.yaml and the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
+from contextlib import AsyncExitStack, ExitStack, contextmanager
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+import orjson
+from httpx_sse import EventSource, SSEError, aconnect_sse, connect_sse
+from purgatory import ContextChanged
+from purgatory.domain.model import HALF_OPENED, OPENED, Context, OpenedState
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from agentmesh_cli.config import Mesh
+from agentmesh_cli.errors import (
+    CircuitOpenError,
+    ConfigError,
+    ServiceAuthError,
+    ServiceBadRequestError,
+    ServiceError,
+    ServiceHTTPError,
+    ServiceNotFoundError,
+    ServiceProtocolError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ServiceName = Literal["memory", "cognition"]
+SERVICES: tuple[str, ...] = ("memory", "cognition")
+END_EVENT = "end"
+
+_HTTP_ERRORS: dict[int, type[ServiceHTTPError]] = {
+    400: ServiceBadRequestError,
+    401: ServiceAuthError,
+    403: ServiceAuthError,
+    404: ServiceNotFoundError,
+}
+_BREAKER_STATES = {"closed": "closed", "opened": "open", "half-opened": "half_open"}
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+def service_url(mesh: Mesh, service: str, environ: Mapping[str, str] | None = None) -> str:
+    """Base URL of `service`: `<SERVICE>_SERVICE_URL` if set, else mesh.yaml's
+    `services.<service>.host` with `<SERVICE>_SERVICE_PORT` or the configured port."""
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
+    env = os.environ if environ is None else environ
+    prefix = service.upper()
+    url = env.get(f"{prefix}_SERVICE_URL", "").strip()
+    if url:
+        return _checked_url(url, f"{prefix}_SERVICE_URL")
+    configured = getattr(mesh.config.services, service)
+    port = configured.port
+    raw_port = env.get(f"{prefix}_SERVICE_PORT", "").strip()
+    if raw_port:
+        port = _checked_port(raw_port, f"{prefix}_SERVICE_PORT")
+    host = configured.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal needs brackets in a URL
+    return f"http://{host}:{port}"
+
+
+def _checked_url(url: str, variable: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{variable}={url!r} is not an http(s) URL like http://host:9000")
+    return url.rstrip("/")
+
+
+def _checked_port(raw: str, variable: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f"{variable}={raw!r} is not a port (1-65535)")
+    return int(raw)
+
+
+# -- classification ---------------------------------------------------------------------------
+
+def _transient(exc: BaseException) -> bool:
+    """Worth a retry, and a breaker failure once the retries are spent: the service (or the
+    way to it) is in trouble, not the request."""
+    if isinstance(exc, ServiceUnavailableError):
+        return True
+    return isinstance(exc, ServiceHTTPError) and (exc.status in (408, 429) or exc.status >= 500)
+
+
+@contextmanager
+def _translated(service: str, what: str) -> Iterator[None]:
+    """httpx errors of one request or stream -> the ServiceError tree."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ServiceTimeoutError(f"{service}: {what}: timed out ({type(exc).__name__})",
+                                  service) from exc
+    except SSEError as exc:  # before TransportError, which httpx-sse derives it from
+        raise ServiceProtocolError(f"{service}: {what}: {exc}", service) from exc
+    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+        # our request cannot be sent as it is: retrying or blaming the service would not help
+        raise ServiceError(f"{service}: {what}: {exc}", service) from exc
+    except httpx.TransportError as exc:
+        raise ServiceUnavailableError(f"{service}: {what}: {exc or type(exc).__name__}",
+                                      service) from exc
+    except httpx.InvalidURL as exc:
+        raise ServiceError(f"{service}: {what}: {exc}", service) from exc
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str, Any]:
+    """(code, message, details) of an error answer's `{"error": {...}}` body."""
+    try:
+        error = orjson.loads(response.content)["error"]
+        return (str(error.get("code") or f"http_{response.status_code}"),
+                str(error.get("message") or response.reason_phrase),
+                error.get("details", {}))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        # not the services' error body (a proxy, a crash page): describe it by its status
+        return f"http_{response.status_code}", response.reason_phrase or response.text[:200], {}
+
+
+def _answer_error(response: httpx.Response, service: str, what: str) -> ServiceError:
+    status = response.status_code
+    code, message, details = _error_fields(response)
+    text = f"{service}: {what} -> {status} {code}: {message}"
+    if status == 503:
+        return ServiceUnavailableError(text, service, status=status, code=code, message=message,
+                                       details=details)
+    cls = _HTTP_ERRORS.get(status, ServiceHTTPError)
+    return cls(text, service, status=status, code=code, message=message, details=details)
+
+
+def _check_answer(response: httpx.Response, service: str, what: str) -> httpx.Response:
+    if not response.is_success:
+        raise _answer_error(response, service, what)
+    return response
+
+
+def _check_stream(response: httpx.Response, service: str, what: str) -> None:
+    """An opened stream is usable: 2xx and really an event stream (its body read if not)."""
+    _check_answer(response, service, what)
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise ServiceProtocolError(f"{service}: {what}: expected an event stream, got "
+                                   f"{content_type or 'no content type'!r}", service)
+
+
+def _result(response: httpx.Response, service: str, what: str) -> Any:
+    try:
+        return orjson.loads(response.content)["result"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ServiceProtocolError(f"{service}: {what}: the answer has no JSON 'result'",
+                                   service) from exc
+
+
+def _health_body(response: httpx.Response, service: str, what: str) -> dict[str, Any]:
+    """200 and 503 are both health answers (healthy, not healthy); anything else is an error."""
+    if response.status_code not in (200, 503):
+        raise _answer_error(response, service, what)
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceProtocolError(f"{service}: {what}: the answer is not JSON", service) from exc
+    if not isinstance(body, dict):
+        raise ServiceProtocolError(f"{service}: {what}: the answer is not a JSON object", service)
+    body.setdefault("status", "healthy" if response.status_code == 200 else "unhealthy")
+    return body
+
+
+def _event_data(data: str) -> Any:
+    """An event's data as JSON, or the text itself when it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+
+
+def _tool_path(name: str) -> str:
+    return f"/tool/{quote(name, safe='')}"
+
+
+def _resource_path(path: str) -> str:
+    return f"/resource/{quote(path.lstrip('/'), safe='/')}"
+
+
+# -- circuit breaker --------------------------------------------------------------------------
+
+# The state machine is purgatory's documented domain model, `purgatory.domain.model.Context`
+# (closed -> opened after `threshold` failures -> half-opened once `ttl` passed -> closed on
+# a success, opened again on a failure), driven directly. Why this and not another way in:
+# - pybreaker is sync only (its call_async needs Tornado, not asyncio);
+# - both pybreaker's `exclude` and purgatory's count an excluded error as a success, so a
+#   4xx would reset the failure count; reporting nothing at all for a 4xx, as the policy
+#   wants, takes the Context's own entry points;
+# - purgatory's factories add a message bus and a repository that one process does not
+#   need; the Context does no I/O, so the sync and async clients share this class and
+#   behave exactly alike.
+# purgatory's half-open state admits every call; the single probe is the one thing added
+# here (`_probing`): it matters for concurrent async calls and for a sync caller that holds
+# a stream open while calling.
+class _Breaker:
+    def __init__(self, service: str, threshold: int, reset_timeout: float) -> None:
+        self.service = service
+        self._context = Context(service, threshold, reset_timeout)
+        self._probing = False
+        # a sync client may be shared by threads; the lock is never held across I/O
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        return _BREAKER_STATES[self._context.state]
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """One call under the breaker: fail fast when open, report the outcome after."""
+        probe = self._admit()
+        try:
+            yield
+        except BaseException as exc:
+            self._settle(probe, exc)
+            raise
+        self._settle(probe, None)
+
+    def report_failure(self, exc: BaseException) -> None:
+        """A failure after the call was admitted and settled (a stream that broke)."""
+        if _transient(exc):
+            with self._lock:
+                self._context.handle_exception(exc)
+                self._drain()
+
+    def _admit(self) -> bool:
+        """Let a call through (True: it is the half-open probe) or raise CircuitOpenError."""
+        with self._lock:
+            if self._context.state == HALF_OPENED and self._probing:
+                raise CircuitOpenError(f"{self.service}: circuit breaker half open, its probe "
+                                       "call is in flight", self.service)
+            try:
+                self._context.handle_new_request()
+            except OpenedState as exc:
+                raise CircuitOpenError(f"{self.service}: circuit breaker open, next probe in "
+                                       f"{self._retry_in():.1f}s", self.service) from exc
+            finally:
+                self._drain()
+            self._probing = self._context.state == HALF_OPENED
+            return self._probing
+
+    def _settle(self, probe: bool, exc: BaseException | None) -> None:
+        with self._lock:
+            if probe:
+                self._probing = False
+            if exc is None:
+                self._context.handle_end_request()
+            elif _transient(exc):
+                self._context.handle_exception(exc)
+            # anything else (a 4xx, a protocol error, a cancelled call) reports nothing: the
+            # count stays, and a neutral probe leaves the breaker half open for the next call
+            self._drain()
+
+    def _retry_in(self) -> float:
+        opened_at = self._context.opened_at or time.time()
+        return max(0.0, opened_at + self._context.ttl - time.time())  # purgatory's clock
+
+    def _drain(self) -> None:
+        # the Context queues events for purgatory's message bus, which does not run here:
+        # log the state changes, drop the rest so that the list does not grow
+        for event in self._context.messages:
+            if isinstance(event, ContextChanged):
+                level = logging.WARNING if event.state == OPENED else logging.INFO
+                log.log(level, "%s: circuit breaker %s", self.service, _BREAKER_STATES[event.state])
+        self._context.messages.clear()
+
+
+# -- the clients ------------------------------------------------------------------------------
+
+class _ClientBase:
+    """Settings, breaker and discovery shared by the sync and the async client."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service: str = "",
+        connect_timeout: float = 1.0,
+        read_timeout: float = 5.0,
+        stream_read_timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        backoff_max: float = 10.0,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        max_connections: int = 20,
+    ) -> None:
+        if retries < 0 or failure_threshold < 1 or max_connections < 1:
+            raise ValueError("retries >= 0, failure_threshold >= 1, max_connections >= 1")
+        if min(connect_timeout, read_timeout, stream_read_timeout, reset_timeout) <= 0:
+            raise ValueError("timeouts must be greater than 0")
+        self.base_url = base_url.rstrip("/")
+        self.service = service or urlsplit(self.base_url).netloc or self.base_url
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.last_health: dict[str, Any] | None = None
+        # write and pool waits get the read timeout: a call never waits longer on any step
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        # a stream waits between events; a service pings an idle stream well inside this
+        self._stream_timeout = httpx.Timeout(stream_read_timeout, connect=connect_timeout)
+        self._limits = httpx.Limits(max_connections=max_connections,
+                                    max_keepalive_connections=max_connections)
+        self._breaker = _Breaker(self.service, failure_threshold, reset_timeout)
+        self._connect()
+
+    def _connect(self) -> None:
+        """Create the pooled httpx client (`self._http`) of the concrete client."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_mesh(cls, mesh: Mesh, service: ServiceName, **options: Any) -> Self:
+        """The client of `service` as mesh.yaml and the environment place it (`service_url`)."""
+        return cls(service_url(mesh, service), service=service, **options)
+
+    @property
+    def breaker_state(self) -> str:
+        """"closed", "open" or "half_open" (open stays open until a call arrives after the
+        reset timeout; that call is the probe)."""
+        return self._breaker.state
+
+    def _retry_policy(self) -> dict[str, Any]:
+        # a fresh Retrying per call: tenacity keeps per-run state on the object, which
+        # concurrent async calls must not share
+        return {
+            "stop": stop_after_attempt(self.retries + 1),
+            "wait": wait_exponential_jitter(multiplier=self.backoff, max=self.backoff_max,
+                                            jitter=self.backoff),
+            "retry": retry_if_exception(_transient),
+            "before_sleep": self._log_retry,
+            "reraise": True,
+        }
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
+        log.info("%s: attempt %d failed (%s); retrying in %.2fs", self.service,
+                 state.attempt_number, error, pause)
+
+    def _record_health(self, body: dict[str, Any] | None, exc: ServiceError | None) -> None:
+        if exc is None:
+            self.last_health = body
+        else:
+            status = "unreachable" if isinstance(exc, ServiceUnavailableError) else "error"
+            self.last_health = {"status": status, "error": str(exc)}
+
+
+def _count_attempts(exc: ServiceError, retrying: Retrying | AsyncRetrying) -> None:
+    exc.attempts = int(retrying.statistics.get("attempt_number", 1))
+
+
+class ServiceClient(_ClientBase):
+    """Sync client of one service: pooled, retried, behind a circuit breaker.
+
+    `ServiceClient("http://127.0.0.1:9000")` or `ServiceClient.from_mesh(mesh, "memory")`;
+    use it as a context manager or call `close()`.
+    """
+
+    _http: httpx.Client
+
+    def _connect(self) -> None:
+        self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout,
+                                  limits=self._limits)
+
+    def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Call tool `name` and return its `result`."""
+        path = _tool_path(name)
+        with self._breaker.guard():
+            response = self._retried(self._post, path, {"arguments": dict(arguments or {})})
+        return _result(response, self.service, f"POST {path}")
+
+    def stream_resource(self, path: str, params: Mapping[str, Any] | None = None
+                        ) -> Generator[tuple[str, Any], None, None]:
+        """Yield `(event, data)` of the resource's event stream as the events arrive, the
+        `end` event last. Opening the stream is retried and judged by the breaker; a stream
+        that breaks later raises (no retry: events were already handed out) and counts as
+        one breaker failure. Nothing is sent before the first `next()`."""
+        resource = _resource_path(path)
+        what = f"GET {resource}"
+        with ExitStack() as stack:
+            with self._breaker.guard():
+                source = self._retried(self._open_stream, stack, resource, params)
+            try:
+                with _translated(self.service, what):
+                    for sse in source.iter_sse():
+                        yield sse.event, _event_data(sse.data)
+                        if sse.event == END_EVENT:
+                            return
+                raise ServiceUnavailableError(f"{self.service}: {what}: the stream closed "
+                                              "before its end event", self.service)
+            except ServiceError as exc:
+                self._breaker.report_failure(exc)
+                raise
+
+    def health(self) -> dict[str, Any]:
+        """`GET /health` once (no retry, no breaker: it must work while the breaker is
+        open): the service's answer, 200 or 503, as a dict; kept in `last_health`."""
+        try:
+            with _translated(self.service, "GET /health"):
+                response = self._http.get("/health")
+            body = _health_body(response, self.service, "GET /health")
+        except ServiceError as exc:
+            self._record_health(None, exc)
+            raise
+        self._record_health(body, None)
+        return body
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _retried(self, fn: Callable[..., T], *args: Any) -> T:
+        retrying = Retrying(**self._retry_policy())
+        try:
+            return retrying(fn, *args)
+        except ServiceError as exc:
+            _count_attempts(exc, retrying)
+            raise
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        with _translated(self.service, f"POST {path}"):
+            response = self._http.post(path, json=body)
+        return _check_answer(response, self.service, f"POST {path}")
+
+    def _open_stream(self, stack: ExitStack, path: str, params: Mapping[str, Any] | None
+                     ) -> EventSource:
+        what = f"GET {path}"
+        with ExitStack() as attempt:
+            with _translated(self.service, what):
+                source = attempt.enter_context(connect_sse(
+                    self._http, "GET", path, params=params, timeout=self._stream_timeout))
+                if not source.response.is_success:
+                    source.response.read()  # the error body names the problem
+            _check_stream(source.response, self.service, what)
+            stack.push(attempt.pop_all())  # the caller's stack closes the response now
+            return source
+
+
+class AsyncServiceClient(_ClientBase):
+    """Async client of one service, with the same policy and methods as ServiceClient.
+
+    Close a stream that you leave early: `async with contextlib.aclosing(client.stream_resource(p))`.
+    """
+
+    _http: httpx.AsyncClient
+
+    def _connect(self) -> None:
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout,
+                                       limits=self._limits)
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Call tool `name` and return its `result`."""
+        path = _tool_path(name)
+        with self._breaker.guard():
+            response = await self._retried(self._post, path, {"arguments": dict(arguments or {})})
+        return _result(response, self.service, f"POST {path}")
+
+    async def stream_resource(self, path: str, params: Mapping[str, Any] | None = None
+                              ) -> AsyncGenerator[tuple[str, Any], None]:
+        """Yield `(event, data)` as the events arrive, `end` last (see ServiceClient)."""
+        resource = _resource_path(path)
+        what = f"GET {resource}"
+        async with AsyncExitStack() as stack:
+            with self._breaker.guard():
+                source = await self._retried(self._open_stream, stack, resource, params)
+            try:
+                with _translated(self.service, what):
+                    async for sse in source.aiter_sse():
+                        yield sse.event, _event_data(sse.data)
+                        if sse.event == END_EVENT:
+                            return
+                raise ServiceUnavailableError(f"{self.service}: {what}: the stream closed "
+                                              "before its end event", self.service)
+            except ServiceError as exc:
+                self._breaker.report_failure(exc)
+                raise
+
+    async def health(self) -> dict[str, Any]:
+        """`GET /health` once, no retry, no breaker (see ServiceClient.health)."""
+        try:
+            with _translated(self.service, "GET /health"):
+                response = await self._http.get("/health")
+            body = _health_body(response, self.service, "GET /health")
+        except ServiceError as exc:
+            self._record_health(None, exc)
+            raise
+        self._record_health(body, None)
+        return body
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def _retried(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        # fn must be a coroutine function: AsyncRetrying awaits only those
+        retrying = AsyncRetrying(**self._retry_policy())
+        try:
+            return await retrying(fn, *args)
+        except ServiceError as exc:
+            _count_attempts(exc, retrying)
+            raise
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        with _translated(self.service, f"POST {path}"):
+            response = await self._http.post(path, json=body)
+        return _check_answer(response, self.service, f"POST {path}")
+
+    async def _open_stream(self, stack: AsyncExitStack, path: str,
+                           params: Mapping[str, Any] | None) -> EventSource:
+        what = f"GET {path}"
+        async with AsyncExitStack() as attempt:
+            with _translated(self.service, what):
+                source = await attempt.enter_async_context(aconnect_sse(
+                    self._http, "GET", path, params=params, timeout=self._stream_timeout))
+                if not source.response.is_success:
+                    await source.response.aread()  # the error body names the problem
+            _check_stream(source.response, self.service, what)
+            stack.push_async_exit(attempt.pop_all())  # the caller's stack closes it now
+            return source

@@ -1,0 +1,648 @@
+"""The Memory service (seed protocol): users' messages kept in Redis, served over HTTP.
+
+    POST /tool/{name}        {"arguments": {...}} -> {"result": ...}
+                             store_input, get_message, update_message, delete_message
+    GET  /resource/{path}    history/{user}, history/{user}/limit/{n}, conversation/{cid},
+                             conversation/{cid}/user/{user}: items newest first, as SSE
+                             (Accept: text/event-stream; ?follow=true keeps streaming
+                             changes) or as JSON {"items": [...]}
+    GET  /health             {"status": "healthy"} or 503 with what failed
+
+A user reads, changes and deletes only their own messages; another user's message answers
+404 like a missing one, so its existence does not leak. Lists hold at most MAX_ITEMS.
+
+Storage (every key from constants.Keys): one JSON string per message, and sorted sets
+scored by timestamp per user, per conversation and per (conversation, user). Members are
+"<seq>:<message id>" with a zero-padded insertion counter, so equal timestamps list the
+later insertion first. Every change is one MULTI that also publishes {event, item} on the
+events channel, which is what follow streams read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import orjson
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Query, Request, Response
+from pydantic import BaseModel, Field
+from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from sse_starlette import ServerSentEvent
+
+from agentmesh_cli.constants import Keys
+from agentmesh_cli.errors import StoreError
+from agentmesh_cli.services.http import (
+    EVENT_STREAM,
+    BadRequest,
+    BodyLimitMiddleware,
+    Conflict,
+    ErrorBoundaryMiddleware,
+    Health,
+    InvalidBody,
+    NotFound,
+    OrjsonResponse,
+    error_responses,
+    event_stream,
+    finite_number,
+    install_error_handlers,
+    read_json,
+    serve,
+    sse_comment,
+    sse_json,
+    wants_event_stream,
+)
+
+log = logging.getLogger(__name__)
+
+PROGRAM = "memory"  # the supervisord program name; readiness goes to Keys.ready(PROGRAM)
+MAX_ITEMS = 1000  # the largest list a resource answers (and the highest /limit/{n})
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+HEALTH_TIMEOUT_S = 0.5
+CONNECT_TIMEOUT_S = 1.0
+COMMAND_TIMEOUT_S = 5.0
+EVENT_POLL_S = 0.5  # a follow stream wakes this often when nothing happens (to see shutdown)
+READY_RETRY_S = 1.0
+WATCH_ATTEMPTS = 5  # optimistic retries of an update or delete racing another change
+SEQ_WIDTH = 16  # digits of the insertion counter in index members
+
+
+# errors of this service ---------------------------------------------------------------
+class UnknownTool(NotFound):
+    code = "unknown_tool"
+
+
+class UnknownResource(NotFound):
+    code = "unknown_resource"
+
+
+class MessageNotFound(NotFound):
+    code = "message_not_found"
+
+
+# argument checks ----------------------------------------------------------------------
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _bad(argument: str, problem: str) -> BadRequest:
+    return BadRequest(f"argument {argument!r} {problem}", {"argument": argument})
+
+
+def _path(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
+def check_fields(value: Any, where: str, required: tuple[str, ...],
+                 optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An object with all of `required`, some of `optional` and nothing else.
+    `where` is its argument path ("" for the top level)."""
+    if not isinstance(value, dict):
+        raise _bad(where or "arguments", f"must be an object, not {_json_type(value)}")
+    unknown = sorted(set(value) - set(required) - set(optional))
+    if unknown:
+        raise _bad(_path(where, unknown[0]), "is not known here")
+    for name in required:
+        if name not in value:
+            raise _bad(_path(where, name), "is required")
+    return value
+
+
+def check_id(value: Any, argument: str) -> str:
+    """A user, conversation or message id: safe inside a Redis key, no path tricks."""
+    if not isinstance(value, str):
+        raise _bad(argument, f"must be a string, not {_json_type(value)}")
+    if not ID_PATTERN.fullmatch(value):
+        raise _bad(argument, "must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -")
+    return value
+
+
+def check_content(value: Any, argument: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(argument, f"must be a string, not {_json_type(value)}")
+    if not value:
+        raise _bad(argument, "must not be empty")
+    return value
+
+
+def check_metadata(value: Any, argument: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(argument, f"must be an object, not {_json_type(value)}")
+    return value
+
+
+def check_timestamp(value: Any, argument: str) -> float:
+    """Epoch seconds, from a number or an ISO-8601 string (no zone means UTC); default now."""
+    if value is None:
+        return time.time()
+    if finite_number(value):
+        return float(value)
+    if not isinstance(value, str):
+        raise _bad(argument, f"must be epoch seconds or an ISO-8601 string, not {_json_type(value)}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(argument, f"is not an ISO-8601 date-time: {value!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def check_limit(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ITEMS:
+        raise _bad("limit", f"must be an integer from 1 to {MAX_ITEMS}, not {text!r}")
+    return int(text)
+
+
+# resources ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resource:
+    """One list: the index it reads, how many, and which changes a follower sees."""
+
+    key: str
+    limit: int
+    user_id: str | None = None
+    conversation_id: str | None = None
+
+    def matches(self, item: dict[str, Any]) -> bool:
+        return ((self.user_id is None or item.get("user_id") == self.user_id)
+                and (self.conversation_id is None or item.get("conversation_id") == self.conversation_id))
+
+
+def parse_resource(path: str, keys: Keys) -> Resource:
+    match path.split("/"):
+        case ["history", user]:
+            uid = check_id(user, "user_id")
+            return Resource(keys.memory_user(uid), MAX_ITEMS, user_id=uid)
+        case ["history", user, "limit", n]:
+            uid = check_id(user, "user_id")
+            return Resource(keys.memory_user(uid), check_limit(n), user_id=uid)
+        case ["conversation", conversation]:
+            cid = check_id(conversation, "conversation_id")
+            return Resource(keys.memory_conversation(cid), MAX_ITEMS, conversation_id=cid)
+        case ["conversation", conversation, "user", user]:
+            cid, uid = check_id(conversation, "conversation_id"), check_id(user, "user_id")
+            return Resource(keys.memory_conversation_user(cid, uid), MAX_ITEMS, uid, cid)
+    raise UnknownResource(
+        f"no resource {path!r}: use history/{{user_id}}, history/{{user_id}}/limit/{{n}}, "
+        "conversation/{conversation_id} or conversation/{conversation_id}/user/{user_id}",
+        {"path": path})
+
+
+# Redis --------------------------------------------------------------------------------
+@contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis {action} failed: {exc}") from exc
+
+
+def _member(seq: int, message_id: str) -> str:
+    return f"{seq:0{SEQ_WIDTH}d}:{message_id}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """The item as the protocol shows it (the stored record also holds its seq)."""
+    return {name: value for name, value in record.items() if name != "seq"}
+
+
+def _event(kind: str, item: dict[str, Any]) -> bytes:
+    return orjson.dumps({"event": kind, "item": item})
+
+
+class MemoryStore:
+    """The service's Redis: messages, their three indexes and the change channel."""
+
+    def __init__(self, redis_url: str, mesh: str) -> None:
+        self.keys = Keys(mesh)
+        # one quick retry re-dials a pooled connection that Redis closed; no backoff and no
+        # retry of a timeout, so a Redis that is down or hung answers 503 within one timeout
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        with _wrapped("connect"):
+            self.redis = aioredis.Redis.from_url(
+                redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=COMMAND_TIMEOUT_S, retry=retry)
+
+    def _indexes(self, item: dict[str, Any]) -> list[str]:
+        keys = [self.keys.memory_user(item["user_id"])]
+        if item["conversation_id"] is not None:
+            keys.append(self.keys.memory_conversation(item["conversation_id"]))
+            keys.append(self.keys.memory_conversation_user(item["conversation_id"], item["user_id"]))
+        return keys
+
+    async def add(self, item: dict[str, Any]) -> None:
+        with _wrapped("store"):
+            seq = int(await self.redis.incr(self.keys.memory_seq))
+            member = _member(seq, item["message_id"])
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.memory_message(item["message_id"]), orjson.dumps({**item, "seq": seq}))
+                for key in self._indexes(item):
+                    pipe.zadd(key, {member: item["timestamp"]})
+                pipe.publish(self.keys.memory_events, _event("stored", item))
+                await pipe.execute()
+
+    @staticmethod
+    def _owned(raw: bytes | str | None, message_id: str, user_id: str) -> dict[str, Any]:
+        record = orjson.loads(raw) if raw is not None else None
+        if record is None or record.get("user_id") != user_id:
+            # the same answer for "missing" and "someone else's": nothing leaks
+            raise MessageNotFound(f"no message {message_id} for user {user_id}",
+                                  {"message_id": message_id, "user_id": user_id})
+        return dict(record)
+
+    async def get(self, message_id: str, user_id: str) -> dict[str, Any]:
+        with _wrapped("read message"):
+            raw = await self.redis.get(self.keys.memory_message(message_id))
+        return _public(self._owned(raw, message_id, user_id))
+
+    async def _change(self, message_id: str, user_id: str,
+                      write: Callable[[Pipeline, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Read-check-write under WATCH: `write` queues the commands of the MULTI and returns
+        the result; a concurrent change to the message makes us read it again."""
+        key = self.keys.memory_message(message_id)
+        with _wrapped("change message"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for _ in range(WATCH_ATTEMPTS):
+                    await pipe.watch(key)
+                    record = self._owned(await pipe.get(key), message_id, user_id)
+                    pipe.multi()
+                    result = write(pipe, record)
+                    try:
+                        await pipe.execute()
+                    except redis.WatchError:
+                        continue
+                    return result
+        raise Conflict(f"message {message_id} kept changing; try again", {"message_id": message_id})
+
+    async def update(self, message_id: str, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        def write(pipe: Pipeline, record: dict[str, Any]) -> dict[str, Any]:
+            record.update(changes)
+            pipe.set(self.keys.memory_message(message_id), orjson.dumps(record))
+            pipe.publish(self.keys.memory_events, _event("updated", _public(record)))
+            return _public(record)
+
+        return await self._change(message_id, user_id, write)
+
+    async def delete(self, message_id: str, user_id: str) -> dict[str, Any]:
+        def write(pipe: Pipeline, record: dict[str, Any]) -> dict[str, Any]:
+            item = _public(record)
+            member = _member(int(record["seq"]), message_id)
+            pipe.delete(self.keys.memory_message(message_id))
+            for key in self._indexes(item):
+                pipe.zrem(key, member)
+            pipe.publish(self.keys.memory_events, _event("deleted", item))
+            return item
+
+        return await self._change(message_id, user_id, write)
+
+    async def items(self, resource: Resource) -> list[dict[str, Any]]:
+        """Newest first: one ZREVRANGE, then one MGET."""
+        with _wrapped("read list"):
+            members = await self.redis.zrevrange(resource.key, 0, resource.limit - 1)
+            if not members:
+                return []
+            ids = [_text(m).split(":", 1)[1] for m in members]
+            raws = await self.redis.mget([self.keys.memory_message(i) for i in ids])
+        # a message deleted between the two reads is simply not listed
+        return [_public(orjson.loads(raw)) for raw in raws if raw is not None]
+
+    async def subscribe(self) -> PubSub:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            with _wrapped("subscribe"):
+                await pubsub.subscribe(self.keys.memory_events)
+        except StoreError:
+            await close_pubsub(pubsub)
+            raise
+        return pubsub
+
+    @staticmethod
+    async def next_event(pubsub: PubSub) -> tuple[str, dict[str, Any]] | None:
+        """The next change (event, item), or None after EVENT_POLL_S without one."""
+        with _wrapped("read events"):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=EVENT_POLL_S)
+        if not message or message.get("type") != "message":
+            return None
+        try:
+            data = orjson.loads(message["data"])
+            kind, item = data["event"], data["item"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignored a foreign message on the events channel")
+            return None
+        return (kind, item) if isinstance(kind, str) and isinstance(item, dict) else None
+
+    async def ping(self, timeout: float) -> str | None:
+        """None when Redis answers PING within `timeout`, else what failed."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout)
+        except TimeoutError:
+            return f"no answer to PING within {timeout} s"
+        except redis.RedisError as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+    async def mark_ready(self, program: str, pid: int) -> None:
+        """The same record Store.mark_ready writes: JSON {pid, ts}."""
+        record = json.dumps({"pid": pid, "ts": time.time()})
+        with _wrapped("mark ready"):
+            await self.redis.set(self.keys.ready(program), record)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+async def close_pubsub(pubsub: PubSub) -> None:
+    """Give the subscription's connection back; shielded, since this runs while a stream
+    is being cancelled, and bounded, since Redis may be gone."""
+    with anyio.move_on_after(1.0, shield=True):
+        try:
+            await pubsub.aclose()
+        except (redis.RedisError, OSError) as exc:
+            log.debug("closing a subscription: %s", exc)
+
+
+# tools --------------------------------------------------------------------------------
+Tool = Callable[[MemoryStore, dict[str, Any]], Awaitable[Any]]
+
+
+async def store_input(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any]:
+    check_fields(args, "", ("user_id", "input_data"))
+    user_id = check_id(args["user_id"], "user_id")
+    data = check_fields(args["input_data"], "input_data", ("content",),
+                        ("conversation_id", "timestamp", "metadata"))
+    conversation = data.get("conversation_id")
+    item = {
+        "message_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "conversation_id": None if conversation is None
+        else check_id(conversation, "input_data.conversation_id"),
+        "timestamp": check_timestamp(data.get("timestamp"), "input_data.timestamp"),
+        "content": check_content(data["content"], "input_data.content"),
+        "metadata": check_metadata(data.get("metadata"), "input_data.metadata"),
+    }
+    await store.add(item)
+    return item
+
+
+def _owner_and_message(args: dict[str, Any], *more: str) -> tuple[str, str]:
+    check_fields(args, "", ("user_id", "message_id", *more))
+    return check_id(args["user_id"], "user_id"), check_id(args["message_id"], "message_id")
+
+
+async def get_message(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any]:
+    user_id, message_id = _owner_and_message(args)
+    return await store.get(message_id, user_id)
+
+
+async def update_message(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any]:
+    user_id, message_id = _owner_and_message(args, "updates")
+    updates = check_fields(args["updates"], "updates", (), ("content", "metadata"))
+    if not updates:
+        raise _bad("updates", "must change content or metadata (or both)")
+    changes: dict[str, Any] = {}
+    if "content" in updates:
+        changes["content"] = check_content(updates["content"], "updates.content")
+    if "metadata" in updates:
+        changes["metadata"] = check_metadata(updates["metadata"], "updates.metadata")
+    return await store.update(message_id, user_id, changes)
+
+
+async def delete_message(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any]:
+    user_id, message_id = _owner_and_message(args)
+    await store.delete(message_id, user_id)
+    return {"deleted": True, "message_id": message_id}
+
+
+TOOLS: dict[str, Tool] = {
+    "store_input": store_input,
+    "get_message": get_message,
+    "update_message": update_message,
+    "delete_message": delete_message,
+}
+
+
+def tool_arguments(body: Any) -> dict[str, Any]:
+    """The `arguments` object of a tool call body `{"arguments": {...}}`."""
+    if not isinstance(body, dict) or set(body) != {"arguments"}:
+        raise InvalidBody('the body must be a JSON object {"arguments": {...}}',
+                          {"argument": "arguments"})
+    arguments = body["arguments"]
+    if not isinstance(arguments, dict):
+        raise _bad("arguments", f"must be an object, not {_json_type(arguments)}")
+    return arguments
+
+
+# streams ------------------------------------------------------------------------------
+async def _event_stream(store: MemoryStore, resource: Resource, items: list[dict[str, Any]],
+                        pubsub: PubSub | None, shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
+    """The backlog, then `end`; or, following, the backlog and then every matching change
+    until the server shuts down."""
+    try:
+        for item in items:
+            yield sse_json("message", item)
+        if pubsub is None:
+            yield sse_json("end", {"count": len(items)})
+            return
+        yield sse_comment("following")  # the backlog is out; what comes now is live
+        listed = {item["message_id"] for item in items}
+        while not shutdown.is_set():
+            change = await store.next_event(pubsub)
+            if change is None or not resource.matches(change[1]):
+                continue
+            kind, item = change
+            # stored after we subscribed but before the backlog read: already sent
+            if kind == "stored" and item.get("message_id") in listed:
+                continue
+            yield sse_json(kind, item)
+    except StoreError as exc:
+        # the 200 is out; say what broke in the stream's own terms, then end it
+        yield sse_json("error", {"error": {"code": "store_unavailable", "message": str(exc),
+                                           "details": {"redis": str(exc.__cause__ or exc)}}})
+    finally:
+        if pubsub is not None:
+            await close_pubsub(pubsub)
+
+
+# OpenAPI models -----------------------------------------------------------------------
+class ToolCall(BaseModel):
+    arguments: dict[str, Any] = Field(description="The tool's arguments by name.")
+
+
+class ToolResult(BaseModel):
+    result: Any = Field(description="What the tool returns (an item, or {deleted, message_id}).")
+
+
+class Item(BaseModel):
+    message_id: str
+    user_id: str
+    conversation_id: str | None
+    timestamp: float = Field(description="Epoch seconds.")
+    content: str
+    metadata: dict[str, Any]
+
+
+class ItemList(BaseModel):
+    items: list[Item]
+
+
+TOOL_CALL_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": ToolCall.model_json_schema()}}}}
+RESOURCE_200 = {"model": ItemList, "description": "The items, newest first.", "content": {
+    EVENT_STREAM: {"schema": {"type": "string"}, "description": (
+        "With Accept: text/event-stream: one `message` event per item (data: item JSON), "
+        "then `end` (data: {\"count\": N}); with ?follow=true no `end`, but `stored`, "
+        "`updated` and `deleted` events as changes happen, and a comment as keep-alive.")}}}
+
+
+def _without_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.get("responses", {}).pop("422", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# the app ------------------------------------------------------------------------------
+def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
+               keepalive_s: float = 15.0) -> FastAPI:
+    """The Memory service for mesh `mesh` on Redis `redis_url` (nothing connects until the
+    first request). `app.state.store` is its MemoryStore."""
+    store = MemoryStore(redis_url, mesh)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(title="agentmesh memory", version="1", lifespan=lifespan,
+                  description="Users' messages: tools to store and change them, resources to list them.")
+    app.state.store = store
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
+
+    @app.post("/tool/{name}", summary="Call a tool", openapi_extra=TOOL_CALL_BODY,
+              responses={200: {"model": ToolResult, "description": "The tool's result."},
+                         **error_responses(400, 404, 409, 413, 415, 503)})
+    async def call_tool(name: str, request: Request) -> Response:
+        tool = TOOLS.get(name)
+        if tool is None:
+            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(TOOLS)}",
+                              {"tool": name, "tools": list(TOOLS)})
+        arguments = tool_arguments(await read_json(request))
+        return OrjsonResponse({"result": await tool(store, arguments)})
+
+    @app.get("/resource/{path:path}", summary="List messages (JSON or Server-Sent Events)",
+             responses={200: RESOURCE_200, **error_responses(400, 404, 503)})
+    async def read_resource(
+        path: str, request: Request,
+        follow: Annotated[bool, Query(description="SSE only: keep streaming changes.")] = False,
+    ) -> Response:
+        resource = parse_resource(path, store.keys)
+        if not wants_event_stream(request):
+            return OrjsonResponse({"items": await store.items(resource)})
+        # subscribe before reading the backlog, so nothing falls between the two
+        pubsub = await store.subscribe() if follow else None
+        try:
+            items = await store.items(resource)
+        except BaseException:
+            if pubsub is not None:
+                await close_pubsub(pubsub)
+            raise
+        shutdown = anyio.Event()
+        return event_stream(_event_stream(store, resource, items, pubsub, shutdown), keepalive_s,
+                            shutdown=shutdown,
+                            on_close=partial(close_pubsub, pubsub) if pubsub is not None else None)
+
+    @app.get("/health", summary="Is Redis answering?",
+             responses={200: {"model": Health, "description": "Healthy."},
+                        503: {"model": Health, "description": "Redis does not answer."}})
+    async def health() -> Response:
+        failure = await store.ping(HEALTH_TIMEOUT_S)
+        if failure is None:
+            return OrjsonResponse({"status": "healthy"})
+        return OrjsonResponse({"status": "unhealthy", "details": {"redis": failure}}, status_code=503)
+
+    _without_422(app)
+    return app
+
+
+# the process --------------------------------------------------------------------------
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _announce(store: MemoryStore, where: str, stopping: Callable[[], bool]) -> None:
+    """Once serving: one INFO line, then the readiness record (retried while Redis is
+    down, so `up`'s gate passes as soon as it answers)."""
+    log.info("serving on %s", where)
+    failures = 0
+    while not stopping():
+        try:
+            await store.mark_ready(PROGRAM, os.getpid())
+        except StoreError as exc:
+            if failures == 0:
+                log.warning("not ready yet, retrying every %.0f s: %s", READY_RETRY_S, exc)
+            failures += 1
+            await asyncio.sleep(READY_RETRY_S)
+            continue
+        if failures:
+            log.info("ready: Redis answers again")
+        return
+
+
+def run(redis_url: str, mesh: str, host: str, port: int) -> None:
+    """Serve the Memory service until SIGTERM or SIGINT (the `agentmesh memory` process)."""
+    app = create_app(redis_url, mesh)
+    where = f"{_http_url(host, port)} (mesh {mesh}, redis {_redacted(redis_url)})"
+
+    async def on_started(stopping: Callable[[], bool]) -> None:
+        await _announce(app.state.store, where, stopping)
+
+    serve(app, host, port, on_started)

@@ -1,0 +1,546 @@
+"""The Memory service as a real process (`python -m agentmesh_cli memory`), spoken to over
+real HTTP with httpx, on the session's real Valkey: tools, ownership, resources as SSE and
+JSON, a follow stream, every error status, health, readiness, OpenAPI, and SIGTERM.
+
+A second process points at a Redis port where nothing listens, for the 503s. No mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from agentmesh_cli.constants import Keys
+from agentmesh_cli.embedded import stop
+from tests.conftest import free_port, wait_for
+
+SSE = {"Accept": "text/event-stream"}
+LIMIT = 1_048_576  # create_app's default max_body_bytes, what the CLI serves
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    url: str
+    mesh: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def start_service(folder: Path, redis_url: str, *, port_flag: bool = True) -> Service:
+    """Write a mesh.yaml and start the service on a free port: by --port, or else by
+    $MEMORY_SERVICE_PORT over a different services.memory.port in mesh.yaml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mesh = f"mem{uuid.uuid4().hex[:8]}"
+    port, yaml_port = free_port(), free_port()
+    config = {"mesh": mesh, "redis": {"url": redis_url}, "agents": [],
+              "services": {"memory": {"port": yaml_port}}}
+    (folder / "mesh.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    args = [sys.executable, "-m", "agentmesh_cli", "memory", "--config", str(folder / "mesh.yaml")]
+    env = {key: value for key, value in os.environ.items() if key != "MEMORY_SERVICE_PORT"}
+    if port_flag:
+        args += ["--port", str(port)]
+    else:
+        env["MEMORY_SERVICE_PORT"] = str(port)
+    log = folder / "memory.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return Service(proc, f"http://127.0.0.1:{port}", mesh, log)
+
+
+def answering(service: Service) -> bool:
+    if service.proc.poll() is not None:
+        raise AssertionError(f"the service exited {service.proc.returncode}:\n{service.log_text()}")
+    try:
+        httpx.get(service.url + "/health", timeout=1.0)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def service(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = start_service(tmp_path_factory.mktemp("memory"), valkey)
+    try:
+        wait_for(lambda: answering(svc), 20, "the memory service")
+        yield svc
+    finally:
+        stop(svc.proc)
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=10.0) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def store(valkey: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(valkey)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def dead_redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = start_service(tmp_path_factory.mktemp("memory-dead"), f"redis://127.0.0.1:{free_port()}/0",
+                        port_flag=False)
+    try:
+        wait_for(lambda: answering(svc), 20, "the memory service without Redis")
+        yield svc
+    finally:
+        stop(svc.proc)
+
+
+# helpers ------------------------------------------------------------------------------
+def new_id(what: str) -> str:
+    return f"{what}-{uuid.uuid4().hex[:10]}"
+
+
+def call(client: httpx.Client, tool: str, **arguments: Any) -> httpx.Response:
+    return client.post(f"/tool/{tool}", json={"arguments": arguments})
+
+
+def result(client: httpx.Client, tool: str, **arguments: Any) -> Any:
+    response = call(client, tool, **arguments)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"result"}
+    return body["result"]
+
+
+def store_input(client: httpx.Client, user_id: str, content: str = "hello", **data: Any) -> dict[str, Any]:
+    item: dict[str, Any] = result(client, "store_input", user_id=user_id,
+                                  input_data={"content": content, **data})
+    return item
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The error body, after checking status, content type and the exact shape."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """(event, parsed JSON data) per event; (":", text) per comment line."""
+    event = "message"
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):
+            yield ":", line[1:].strip()
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+
+
+def read_sse(client: httpx.Client, path: str) -> list[tuple[str, Any]]:
+    with client.stream("GET", f"/resource/{path}", headers=SSE) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [(kind, data) for kind, data in sse_events(response) if kind != ":"]
+
+
+# startup ------------------------------------------------------------------------------
+def test_ready_record_health_and_one_info_line(service: Service, store: redis.Redis,
+                                               client: httpx.Client) -> None:
+    raw = wait_for(lambda: store.get(Keys(service.mesh).ready("memory")), 10, "the ready record")
+    record = json.loads(raw)
+    assert set(record) == {"pid", "ts"}
+    assert record["pid"] == service.proc.pid
+    assert abs(record["ts"] - time.time()) < 60
+    info = [line for line in service.log_text().splitlines() if " INFO " in line]
+    assert len(info) == 1 and "serving on " + service.url in info[0], service.log_text()
+    response = client.get("/health")
+    assert response.status_code == 200 and response.json() == {"status": "healthy"}
+
+
+# tools --------------------------------------------------------------------------------
+def test_store_input_returns_the_stored_item(client: httpx.Client) -> None:
+    user = new_id("u")
+    item = store_input(client, user, "first words", conversation_id="conv-1",
+                       timestamp="2024-01-02T03:04:05Z", metadata={"lang": "en", "n": [1, 2]})
+    assert set(item) == {"message_id", "user_id", "conversation_id", "timestamp", "content", "metadata"}
+    assert uuid.UUID(item["message_id"]).version == 4
+    assert item["user_id"] == user and item["conversation_id"] == "conv-1"
+    assert item["timestamp"] == 1704164645.0 and item["content"] == "first words"
+    assert item["metadata"] == {"lang": "en", "n": [1, 2]}
+
+    before = time.time()
+    plain = store_input(client, user, "no extras")
+    assert plain["conversation_id"] is None and plain["metadata"] == {}
+    assert isinstance(plain["timestamp"], float) and before - 5 < plain["timestamp"] < time.time() + 5
+    assert store_input(client, user, "epoch", timestamp=1700000000)["timestamp"] == 1700000000.0
+    assert result(client, "get_message", message_id=item["message_id"], user_id=user) == item
+
+
+def test_update_and_delete_keep_the_indexes(client: httpx.Client, service: Service,
+                                            store: redis.Redis) -> None:
+    user = new_id("u")
+    item = store_input(client, user, "draft", conversation_id="c-upd", metadata={"v": 1})
+    mid = item["message_id"]
+
+    changed = result(client, "update_message", user_id=user, message_id=mid, updates={"content": "final"})
+    assert changed == {**item, "content": "final"}
+    changed = result(client, "update_message", user_id=user, message_id=mid, updates={"metadata": {"v": 2}})
+    assert changed == {**item, "content": "final", "metadata": {"v": 2}}
+    assert result(client, "get_message", user_id=user, message_id=mid) == changed
+    assert client.get(f"/resource/history/{user}").json() == {"items": [changed]}
+
+    deleted = result(client, "delete_message", user_id=user, message_id=mid)
+    assert deleted == {"deleted": True, "message_id": mid}
+    error = error_of(call(client, "get_message", user_id=user, message_id=mid), 404, "message_not_found")
+    assert error["message"] == f"no message {mid} for user {user}"
+    keys = Keys(service.mesh)
+    assert store.exists(keys.memory_message(mid)) == 0
+    for index in (keys.memory_user(user), keys.memory_conversation("c-upd"),
+                  keys.memory_conversation_user("c-upd", user)):
+        assert store.zcard(index) == 0, index
+    assert client.get(f"/resource/conversation/c-upd/user/{user}").json() == {"items": []}
+    error_of(call(client, "delete_message", user_id=user, message_id=mid), 404, "message_not_found")
+
+
+def test_another_users_message_is_not_found(client: httpx.Client) -> None:
+    alice, bob = new_id("alice"), new_id("bob")
+    item = store_input(client, alice, "alice's secret", metadata={"k": "v"})
+    mid = item["message_id"]
+    refusals = [
+        call(client, "get_message", user_id=bob, message_id=mid),
+        call(client, "update_message", user_id=bob, message_id=mid, updates={"content": "hacked"}),
+        call(client, "delete_message", user_id=bob, message_id=mid),
+    ]
+    for response in refusals:
+        error = error_of(response, 404, "message_not_found")
+        assert error["message"] == f"no message {mid} for user {bob}"
+        assert error["details"] == {"message_id": mid, "user_id": bob}
+    # the same answer as for a message that never existed: existence does not leak
+    missing = error_of(call(client, "get_message", user_id=bob, message_id="no-such-id"), 404,
+                       "message_not_found")
+    assert missing["message"] == f"no message no-such-id for user {bob}"
+    assert result(client, "get_message", user_id=alice, message_id=mid) == item
+    assert client.get(f"/resource/history/{alice}").json() == {"items": [item]}
+
+
+BAD_ARGUMENTS = [
+    ("store_input", {"input_data": {"content": "x"}}, "user_id"),
+    ("store_input", {"user_id": 42, "input_data": {"content": "x"}}, "user_id"),
+    ("store_input", {"user_id": "a/b", "input_data": {"content": "x"}}, "user_id"),
+    ("store_input", {"user_id": "a b", "input_data": {"content": "x"}}, "user_id"),
+    ("store_input", {"user_id": "u" * 129, "input_data": {"content": "x"}}, "user_id"),
+    ("store_input", {"user_id": "u"}, "input_data"),
+    ("store_input", {"user_id": "u", "input_data": "text"}, "input_data"),
+    ("store_input", {"user_id": "u", "input_data": {"content": ""}}, "input_data.content"),
+    ("store_input", {"user_id": "u", "input_data": {"content": 7}}, "input_data.content"),
+    ("store_input", {"user_id": "u", "input_data": {}}, "input_data.content"),
+    ("store_input", {"user_id": "u", "input_data": {"content": "x", "color": "red"}}, "input_data.color"),
+    ("store_input", {"user_id": "u", "input_data": {"content": "x", "timestamp": "yesterday"}},
+     "input_data.timestamp"),
+    ("store_input", {"user_id": "u", "input_data": {"content": "x", "timestamp": True}},
+     "input_data.timestamp"),
+    ("store_input", {"user_id": "u", "input_data": {"content": "x", "metadata": [1]}}, "input_data.metadata"),
+    ("store_input", {"user_id": "u", "input_data": {"content": "x", "conversation_id": "c#1"}},
+     "input_data.conversation_id"),
+    ("store_input", {"user_id": "u", "input_data": {"content": "x"}, "priority": 1}, "priority"),
+    ("get_message", {"user_id": "u"}, "message_id"),
+    ("get_message", {"user_id": "u", "message_id": "../../etc"}, "message_id"),
+    ("update_message", {"user_id": "u", "message_id": "m", "updates": {}}, "updates"),
+    ("update_message", {"user_id": "u", "message_id": "m", "updates": {"user_id": "v"}}, "updates.user_id"),
+    ("update_message", {"user_id": "u", "message_id": "m", "updates": {"content": ""}}, "updates.content"),
+    ("update_message", {"user_id": "u", "message_id": "m"}, "updates"),
+    ("delete_message", {"message_id": "m"}, "user_id"),
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments", "argument"), BAD_ARGUMENTS,
+                         ids=[f"{t}-{a}-{i}" for i, (t, _, a) in enumerate(BAD_ARGUMENTS)])
+def test_bad_arguments_are_400_naming_the_argument(client: httpx.Client, tool: str,
+                                                    arguments: dict[str, Any], argument: str) -> None:
+    error = error_of(call(client, tool, **arguments), 400, "invalid_argument")
+    assert error["details"]["argument"] == argument
+    assert repr(argument) in error["message"]
+
+
+def test_bodies_that_are_not_a_tool_call(client: httpx.Client) -> None:
+    error_of(client.post("/tool/get_message", content=b"{not json",
+                         headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    error_of(client.post("/tool/get_message", content=b"user_id=u",
+                         headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
+    error_of(client.post("/tool/get_message", json={"user_id": "u"}), 400, "invalid_body")
+    error = error_of(client.post("/tool/get_message", json={"arguments": [1]}), 400, "invalid_argument")
+    assert error["details"] == {"argument": "arguments"}
+
+
+def test_unknown_tool_resource_and_endpoint_are_404(client: httpx.Client) -> None:
+    error = error_of(call(client, "forget_everything", user_id="u"), 404, "unknown_tool")
+    assert error["details"]["tool"] == "forget_everything"
+    for path in ("history", "history/u/limit", "history/u/page/2", "messages/u", "conversation/c/user"):
+        error = error_of(client.get(f"/resource/{path}"), 404, "unknown_resource")
+        assert error["details"] == {"path": path}
+    error_of(client.get("/resource/nope/x", headers=SSE), 404, "unknown_resource")
+    error_of(client.get("/nothing/here"), 404, "not_found")
+
+
+@pytest.mark.parametrize(("path", "argument"), [
+    ("history/u/limit/0", "limit"),
+    ("history/u/limit/1001", "limit"),
+    ("history/u/limit/ten", "limit"),
+    ("history/a%20b", "user_id"),
+    ("conversation/c%21/user/u", "conversation_id"),
+    ("conversation/c/user/" + "u" * 129, "user_id"),
+])
+def test_bad_resource_segments_are_400(client: httpx.Client, path: str, argument: str) -> None:
+    for headers in ({}, SSE):
+        error = error_of(client.get(f"/resource/{path}", headers=headers), 400, "invalid_argument")
+        assert error["details"] == {"argument": argument}
+
+
+def test_follow_must_be_a_boolean(client: httpx.Client) -> None:
+    error = error_of(client.get("/resource/history/u", params={"follow": "maybe"}, headers=SSE),
+                     400, "invalid_argument")
+    assert error["details"] == {"argument": "follow"}
+
+
+def test_wrong_method_is_405(client: httpx.Client) -> None:
+    for method, path in (("GET", "/tool/store_input"), ("POST", "/health"),
+                         ("DELETE", "/resource/history/u")):
+        response = client.request(method, path)
+        error_of(response, 405, "method_not_allowed")
+        assert method not in response.headers["allow"]
+
+
+def test_body_over_the_limit_is_413(client: httpx.Client) -> None:
+    over = json.dumps({"arguments": {"user_id": "u", "input_data": {"content": "x" * LIMIT}}}).encode()
+    error = error_of(client.post("/tool/store_input", content=over,
+                                 headers={"Content-Type": "application/json"}), 413, "payload_too_large")
+    assert error["details"] == {"max_bytes": LIMIT}
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes read are counted
+        for start in range(0, len(over), 65536):
+            yield over[start:start + 65536]
+
+    chunked = client.post("/tool/store_input", content=chunks(), headers={"Content-Type": "application/json"})
+    assert "content-length" not in chunked.request.headers
+    error_of(chunked, 413, "payload_too_large")
+    # just under the limit is fine
+    big = store_input(client, new_id("u"), "y" * (LIMIT - 200))
+    assert len(big["content"]) == LIMIT - 200
+
+
+def test_unexpected_error_is_a_json_500_and_a_log_line(client: httpx.Client, service: Service,
+                                                       store: redis.Redis) -> None:
+    mid = new_id("corrupt")
+    store.set(Keys(service.mesh).memory_message(mid), b"\x00 not json")
+    error = error_of(call(client, "get_message", user_id="u", message_id=mid), 500, "internal_error")
+    assert "Traceback" not in error["message"]
+    wait_for(lambda: "internal error on POST /tool/get_message" in service.log_text(), 5, "the log line")
+
+
+# resources ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def history(client: httpx.Client) -> dict[str, Any]:
+    """Messages of user u (and one of v) in conversation c, stored out of time order."""
+    u, v, c = new_id("u"), new_id("v"), new_id("c")
+    m1 = store_input(client, u, "one", conversation_id=c, timestamp=100)
+    m2 = store_input(client, u, "two", conversation_id=c, timestamp=300)
+    m3 = store_input(client, u, "three", timestamp=200)
+    m4 = store_input(client, u, "four", conversation_id=c, timestamp=300)  # same time, stored later
+    m5 = store_input(client, v, "five", conversation_id=c, timestamp=250)
+    return {"u": u, "v": v, "c": c, "expect": {
+        f"history/{u}": [m4, m2, m3, m1],
+        f"history/{u}/limit/2": [m4, m2],
+        f"history/{u}/limit/1000": [m4, m2, m3, m1],
+        f"conversation/{c}": [m4, m2, m5, m1],
+        f"conversation/{c}/user/{u}": [m4, m2, m1],
+        f"conversation/{c}/user/{v}": [m5],
+        f"history/{new_id('nobody')}": [],
+    }}
+
+
+def test_resources_as_sse_newest_first_then_end(client: httpx.Client, history: dict[str, Any]) -> None:
+    for path, expected in history["expect"].items():
+        events = read_sse(client, path)
+        assert events == [("message", item) for item in expected] + [("end", {"count": len(expected)})], path
+
+
+def test_resources_as_json(client: httpx.Client, history: dict[str, Any]) -> None:
+    for path, expected in history["expect"].items():
+        for headers in ({}, {"Accept": "application/json"}):
+            response = client.get(f"/resource/{path}", headers=headers)
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"].startswith("application/json")
+            assert response.json() == {"items": expected}, path
+
+
+def test_follow_stream_pushes_changes_made_after_it_opened(service: Service, client: httpx.Client) -> None:
+    user = new_id("follower")
+    before = store_input(client, user, "before the stream")
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def reader() -> None:
+        try:
+            with httpx.Client(base_url=service.url, timeout=10.0) as http, http.stream(
+                    "GET", f"/resource/history/{user}", params={"follow": "true"}, headers=SSE) as response:
+                events.put(("status", response.status_code))
+                for kind, data in sse_events(response):
+                    events.put((kind, data))
+                    if kind == "deleted":
+                        return
+        except Exception as exc:  # reported to the test, never lost in the thread
+            events.put(("exception", repr(exc)))
+
+    def next_event() -> tuple[str, Any]:
+        while True:
+            kind, data = events.get(timeout=5)
+            if not (kind == ":" and str(data).startswith("ping")):
+                return kind, data
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    assert next_event() == ("status", 200)
+    assert next_event() == ("message", before)
+    assert next_event() == (":", "following")  # live from here on
+
+    store_input(client, new_id("someone-else"), "not for this stream")
+    started = time.monotonic()
+    after = store_input(client, user, "after the stream opened")
+    assert next_event() == ("stored", after)
+    assert time.monotonic() - started < 3
+    updated = result(client, "update_message", user_id=user, message_id=after["message_id"],
+                     updates={"content": "edited"})
+    assert next_event() == ("updated", updated)
+    result(client, "delete_message", user_id=user, message_id=after["message_id"])
+    assert next_event() == ("deleted", updated)
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+# without Redis ------------------------------------------------------------------------
+def test_redis_down_is_503_never_500(dead_redis_service: Service) -> None:
+    with httpx.Client(base_url=dead_redis_service.url, timeout=10.0) as http:
+        health = http.get("/health")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "unhealthy" and set(body) == {"status", "details"}
+        assert set(body["details"]) == {"redis"} and body["details"]["redis"]
+
+        error = error_of(call(http, "store_input", user_id="u", input_data={"content": "x"}),
+                         503, "store_unavailable")
+        assert error["details"]["redis"]
+        error_of(call(http, "get_message", user_id="u", message_id="m"), 503, "store_unavailable")
+        error_of(http.get("/resource/history/u"), 503, "store_unavailable")
+        error_of(http.get("/resource/history/u", headers=SSE), 503, "store_unavailable")
+        error_of(http.get("/resource/history/u", params={"follow": "true"}, headers=SSE), 503,
+                 "store_unavailable")
+        # arguments are checked before Redis is asked
+        error_of(call(http, "store_input", user_id="u", input_data={"content": ""}), 400, "invalid_argument")
+    log = dead_redis_service.log_text()
+    assert "Traceback" not in log and "not ready yet" in log, log
+
+
+# OpenAPI and shutdown -----------------------------------------------------------------
+def test_openapi_describes_the_protocol(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert {"/tool/{name}", "/resource/{path}", "/health"} <= set(paths)
+    tool = paths["/tool/{name}"]["post"]
+    body_schema = tool["requestBody"]["content"]["application/json"]["schema"]
+    assert "arguments" in body_schema["properties"] and body_schema["required"] == ["arguments"]
+    for status in ("400", "404", "413", "415", "503"):
+        ref = tool["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/ErrorResponse"
+    assert "422" not in tool["responses"]
+    resource = paths["/resource/{path}"]["get"]
+    assert "text/event-stream" in resource["responses"]["200"]["content"]
+    assert {p["name"] for p in resource["parameters"]} == {"path", "follow"}
+    health = paths["/health"]["get"]["responses"]
+    assert health["503"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Health"
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["ErrorResponse"]["properties"]) == {"error"}
+    assert {"code", "message", "details"} <= set(schemas["ErrorBody"]["properties"])
+
+
+def test_sigterm_ends_follow_streams_and_the_process(valkey: str, tmp_path: Path) -> None:
+    svc = start_service(tmp_path, valkey)
+    try:
+        wait_for(lambda: answering(svc), 20, "the memory service")
+        with httpx.Client(base_url=svc.url, timeout=10.0) as http, http.stream(
+                "GET", "/resource/history/u", params={"follow": "true"}, headers=SSE) as response:
+            seen = []
+            for kind, data in sse_events(response):
+                seen.append((kind, data))
+                if (kind, data) == (":", "following"):
+                    started = time.monotonic()
+                    os.kill(svc.proc.pid, signal.SIGTERM)
+            # the loop ends because the server closed the stream properly (no read error)
+            assert seen == [(":", "following")]
+        svc.proc.wait(8)
+        assert time.monotonic() - started < 8
+        assert svc.proc.returncode in (0, -signal.SIGTERM)
+        assert "ERROR" not in svc.log_text(), svc.log_text()
+    finally:
+        stop(svc.proc)
+
+
+def test_create_app_keepalive_and_body_limit(valkey: str) -> None:
+    """The factory's knobs, on a real uvicorn in this process (the CLI serves the defaults)."""
+    import uvicorn
+
+    from agentmesh_cli.services.memory import create_app
+
+    port = free_port()
+    app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", max_body_bytes=200, keepalive_s=0.3)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 10, "uvicorn")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+            small = call(http, "store_input", user_id="u", input_data={"content": "fits"})
+            assert small.status_code == 200, small.text
+            error_of(call(http, "store_input", user_id="u", input_data={"content": "z" * 200}),
+                     413, "payload_too_large")
+            comments = []
+            with http.stream("GET", "/resource/history/u", params={"follow": "true"},
+                             headers=SSE) as response:
+                for kind, data in sse_events(response):
+                    if kind == ":":
+                        comments.append(data)
+                    if len(comments) == 3:
+                        break
+            assert comments[0] == "following" and all(c.startswith("ping") for c in comments[1:])
+    finally:
+        server.should_exit = True
+        thread.join(10)
