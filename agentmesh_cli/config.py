@@ -137,6 +137,10 @@ class ServiceConfig(_Section):
 class ServicesConfig(_Section):
     memory: ServiceConfig = ServiceConfig(port=9000)
     cognition: ServiceConfig = ServiceConfig(port=9100)
+    health_interval: Duration = 30.0  # each client checks its service's /health this often
+    breaker_failures: int = Field(5, ge=1)  # consecutive failed calls that open a client's breaker
+    breaker_reset: Duration = 30.0  # an open breaker lets one probe through after this
+    pending_limit: int = Field(10_000, ge=1)  # memory writes an agent buffers while memory is down
 
 
 class WorkloadConfig(_Section):
@@ -178,8 +182,17 @@ class MeshConfig(_Section):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> MeshConfig:
-        if self.kafka.embedded and self.redis.embedded and self.kafka.port == self.redis.port:
-            raise ValueError("kafka.port and redis.port must differ")
+        ports = {"services.memory.port": self.services.memory.port,
+                 "services.cognition.port": self.services.cognition.port}
+        if self.kafka.embedded:
+            ports["kafka.port"] = self.kafka.port
+        if self.redis.embedded:
+            ports["redis.port"] = self.redis.port
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {key} must differ (both are {port})")
+            seen[port] = key
         return self
 
     def agent_spec(self, name: str, role: str | None, capabilities: list[str] | None) -> AgentSpec:

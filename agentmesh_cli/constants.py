@@ -50,6 +50,9 @@ PROGRAM_KAFKA = "kafka"
 PROGRAM_REDIS = "redis"
 PROGRAM_TOPOLOGY = "topology-manager"
 PROGRAM_CONSENSUS = "consensus-manager"
+PROGRAM_MEMORY = "memory"
+PROGRAM_COGNITION = "cognition"
+SERVICE_PROGRAMS = (PROGRAM_MEMORY, PROGRAM_COGNITION)  # service name == program name
 AGENT_PROGRAM_PREFIX = "agent-"
 PRIORITY_INFRA = 10
 PRIORITY_SERVICES = 20
@@ -131,6 +134,12 @@ class Keys:
     def counter_owners(self) -> str:
         """Set: every owner that has a counters hash."""
         return self.prefix + "counters"
+
+    @property
+    def service_clients(self) -> str:
+        """Hash: owner (agent) -> JSON {ts, memory: {breaker, health, pending}, cognition: {...}},
+        the state of that owner's service clients, for `status`."""
+        return self.prefix + "service-clients"
 
     # Memory service: ids are checked by the service (1..128 of [A-Za-z0-9_.:@-]) before
     # they reach a key; "/" is not in that set, so the pair key below is unambiguous.

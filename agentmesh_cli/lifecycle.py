@@ -6,7 +6,8 @@ between infra and the rest it creates the topics (and a new broker epoch when th
 broker was empty, see bus.prepare_topics).
 
 Ready means a program's own signal, not just a live process: the broker answers a
-metadata request, Redis answers PING, and every agentmesh role has written its
+metadata request, Redis answers PING, a service's /health answers 200 (memory: Redis
+answers; cognition: memory answers), and every other agentmesh role has written its
 readiness key with the pid that supervisord reports for it.
 """
 
@@ -68,6 +69,28 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
                 f"port {port} on 127.0.0.1 is already in use, so the embedded {program} cannot "
                 f"start; stop what holds it or set {key} in {mesh.config_file.name}"
             )
+    for service in C.SERVICE_PROGRAMS:
+        settings = getattr(cfg.services, service)
+        if service not in running and not port_free(settings.port, settings.host):
+            raise PortInUseError(
+                f"port {settings.port} on {settings.host} is already in use, so the {service} "
+                f"service cannot start; stop what holds it or set services.{service}.port in "
+                f"{mesh.config_file.name}"
+            )
+
+
+def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None, float]:
+    """(HTTP status of GET /health or None when unreachable, seconds it took)."""
+    import httpx
+
+    from agentmesh_cli.services.client import service_url
+
+    started = time.monotonic()
+    try:
+        status = httpx.get(service_url(mesh, service) + "/health", timeout=timeout).status_code
+    except httpx.HTTPError:
+        status = None
+    return status, time.monotonic() - started
 
 
 class Readiness:
@@ -97,6 +120,8 @@ class Readiness:
                 return broker_reachable(self.mesh.config.kafka, timeout=1.0)
             if name == C.PROGRAM_REDIS:
                 return self.store().ping()
+            if name in C.SERVICE_PROGRAMS:
+                return service_health(self.mesh, name, timeout=1.0)[0] == 200
             return self.store().ready_pid(name) == pid
         except AgentMeshError:
             return False

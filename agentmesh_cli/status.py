@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
@@ -16,6 +17,8 @@ from agentmesh_cli.supervisor.control import Supervisor
 
 STATUS_VERSION = 1
 RECENT_PROPOSALS = 20
+HEALTH_TIMEOUT_S = 0.5
+HEALTH_WORDS = {200: "healthy", 503: "unhealthy"}
 
 
 def _programs(sup: Supervisor) -> tuple[bool, list[dict[str, Any]]]:
@@ -47,6 +50,7 @@ def collect(mesh: Mesh) -> dict[str, Any]:
         "agents": [],
         "topology": None,
         "proposals": [],
+        "services": _services(mesh),
         "errors": [],
     }
     store = Store(cfg.redis.resolved_url, cfg.mesh, timeout=1.0)
@@ -55,6 +59,7 @@ def collect(mesh: Mesh) -> dict[str, Any]:
         counters = store.all_counters()
         snapshot = store.load_snapshot()
         proposals = store.recent_proposals(RECENT_PROPOSALS)
+        clients = store.service_clients()
     except AgentMeshError as exc:
         result["errors"].append(f"redis: {exc}")
         return result
@@ -87,7 +92,31 @@ def collect(mesh: Mesh) -> dict[str, Any]:
             "counters": counters.get("topology-manager", {}),
         }
     result["proposals"] = [_proposal(p, now) for p in proposals]
+    for service in result["services"]:
+        service["clients"] = [
+            {"owner": owner, **state[service["name"]]}
+            for owner, state in sorted(clients.items())
+            if owner in registry and isinstance(state.get(service["name"]), dict)
+        ]
     return result
+
+
+def _services(mesh: Mesh) -> list[dict[str, Any]]:
+    """Each service's own answer to GET /health, and how long it took."""
+    from agentmesh_cli.lifecycle import service_health
+    from agentmesh_cli.services.client import service_url
+
+    services: list[dict[str, Any]] = []
+    for name in C.SERVICE_PROGRAMS:
+        code, took = service_health(mesh, name, timeout=HEALTH_TIMEOUT_S)
+        services.append({
+            "name": name,
+            "url": service_url(mesh, name),
+            "health": "unreachable" if code is None else HEALTH_WORDS.get(code, f"http {code}"),
+            "latency_ms": None if code is None else round(took * 1000, 1),
+            "clients": [],
+        })
+    return services
 
 
 def _proposal(p: dict[str, Any], now: float) -> dict[str, Any]:

@@ -101,6 +101,15 @@ class Store:
         owners = self._call("read counters", lambda: self.redis.smembers(self.keys.counter_owners))
         return {str(owner): self.counters(str(owner)) for owner in sorted(owners)}
 
+    # service clients -------------------------------------------------------------
+    def set_service_clients(self, owner: str, state: dict[str, Any]) -> None:
+        data = orjson.dumps(state)
+        self._call("write service clients", lambda: self.redis.hset(self.keys.service_clients, owner, data))
+
+    def service_clients(self) -> dict[str, dict[str, Any]]:
+        raw = self._call("read service clients", lambda: self.redis.hgetall(self.keys.service_clients))
+        return {str(owner): json.loads(value) for owner, value in raw.items()}
+
     # topology snapshot ---------------------------------------------------------
     def save_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.save_json(self.keys.topology_snapshot, snapshot)

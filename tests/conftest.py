@@ -74,6 +74,9 @@ def external_mesh(tmp_path: Path, broker: str, valkey: str) -> Any:
             "mesh": f"t{tag}",
             "kafka": {"bootstrap_servers": broker, "topic_prefix": f"t{tag}", "partitions": 4},
             "redis": {"url": valkey},
+            # nothing listens there unless a test starts the services: agents' clients
+            # fail fast behind their breakers instead of reaching someone else's service
+            "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
             "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
             "agents": [],
         }

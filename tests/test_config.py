@@ -77,6 +77,10 @@ BAD_CASES = [
      "mesh.yaml: agents[0].name: String should match pattern"),
     ({**GOOD, "topology": {"prune_threshold": 0.6}},
      "mesh.yaml: topology: need prune_threshold < initial_weight"),
+    ({**GOOD, "services": {"cognition": {"port": 9000}}},
+     "mesh.yaml: (top level): services.memory.port and services.cognition.port must differ (both are 9000)"),
+    ({**GOOD, "services": {"memory": {"port": 26379}}},
+     "mesh.yaml: (top level): services.memory.port and redis.port must differ (both are 26379)"),
 ]
 
 

@@ -29,12 +29,14 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
         "mesh": "e2e",
         "kafka": {"port": free_port(), "partitions": 4},
         "redis": {"port": free_port()},
+        "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
         "heartbeat": {"interval": "1s", "missed": 5},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
         "agents": [{"name": a, "role": roles.get(a, a)} for a in agents],
-        **extra,
     }
+    for key, value in extra.items():  # sections merge, so a test keeps the free ports
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

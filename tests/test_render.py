@@ -35,12 +35,16 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
     assert [(s.name, s.priority, s.tier) for s in specs] == [
         ("kafka", 10, "infra"),
         ("redis", 10, "infra"),
+        ("memory", 20, "services"),
+        ("cognition", 20, "services"),
         ("topology-manager", 30, "managers"),
         ("consensus-manager", 30, "managers"),
         ("agent-Sales", 40, "agents"),
         ("agent-Fraud", 40, "agents"),
     ]
-    kafka, redis, topo, consensus, sales, fraud = specs
+    kafka, redis, memory, cognition, topo, consensus, sales, fraud = specs
+    assert memory.command == ["/py", "-m", "agentmesh_cli", "memory", "--config", str(tmp_path / "mesh.yaml")]
+    assert cognition.command[3:5] == ["cognition", "--config"]
     assert kafka.command == ["/bin/tansu", "broker", "--listener-url", "tcp://127.0.0.1:29092",
                              "--advertised-listener-url", "tcp://127.0.0.1:29092",
                              "--storage-engine", "memory://tansu/"]
@@ -56,7 +60,8 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
 def test_external_infra_starts_nothing_embedded(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path, kafka={"bootstrap_servers": "k1:9092"}, redis={"url": "redis://r:6379/0"})
     names = [s.name for s in program_specs(mesh, "/py")]
-    assert names == ["topology-manager", "consensus-manager", "agent-Sales", "agent-Fraud"]
+    assert names == ["memory", "cognition", "topology-manager", "consensus-manager", "agent-Sales",
+                     "agent-Fraud"]
 
 
 def test_program_section_parses_back(tmp_path: Path) -> None:
@@ -79,8 +84,9 @@ def test_program_section_parses_back(tmp_path: Path) -> None:
 def test_render_all_files(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path)
     files = render_all(mesh, program_specs(mesh, "/py", tansu="/t", valkey="/v"))
-    assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "consensus-manager.ini", "kafka.ini",
-                             "redis.ini", "supervisord.conf", "topology-manager.ini"]
+    assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "cognition.ini", "consensus-manager.ini",
+                             "kafka.ini", "memory.ini", "redis.ini", "supervisord.conf",
+                             "topology-manager.ini"]
     conf = configparser.RawConfigParser()
     conf.read_string(files["supervisord.conf"])
     assert conf["unix_http_server"]["file"] == str(tmp_path / ".agentmesh" / "supervisor.sock")

@@ -19,6 +19,9 @@ holds this agent and returns a `Vote` (or None to abstain); the default supports
 the waggle intensity reaches `consensus.min_intensity`, with the role's `confidence` as
 vote intensity. `on_decision(proposal)` is called for every decided proposal (the
 proposer learns its outcome here). `self.ctx.propose(type, content)` opens one.
+
+Services: `self.ctx.remember(user, text, conversation_id)` keeps history in Memory (in
+the background), `self.ctx.context(user, query)` asks Cognition for ranked context.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
+
+if TYPE_CHECKING:
+    from agentmesh_cli.agent.services import AgentServices
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class AgentContext:
     _send: Callable[[Envelope], None] = field(repr=False)
     _peers: Callable[[], dict[str, dict[str, Any]]] = field(repr=False)
     _propose: Callable[[str, dict[str, Any]], str] = field(repr=False)
+    _services: AgentServices | None = field(default=None, repr=False)
 
     def send(
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
@@ -66,6 +73,20 @@ class AgentContext:
     def propose(self, type: str, content: dict[str, Any]) -> str:
         """Open a Bee consensus proposal (decision | action | topology); returns its id."""
         return self._propose(type, content)
+
+    def remember(self, user_id: str, content: str, conversation_id: str | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        """Store an item of `user_id`'s history in the Memory service. It never blocks: the
+        write is queued, and kept while Memory is down."""
+        if self._services is not None:
+            self._services.remember(user_id, content, conversation_id, metadata)
+
+    def context(self, user_id: str, query: str | None = None, limit: int = 5) -> list[dict[str, Any]] | None:
+        """The Cognition service's most relevant and recent items of `user_id`'s history
+        for `query`; None when Cognition cannot answer (the role goes on without)."""
+        if self._services is None:
+            return None
+        return self._services.context(user_id, query, limit)
 
     def peers(self, role: str | None = None) -> list[str]:
         """Names of the other registered agents (optionally of one role), sorted."""

@@ -10,12 +10,17 @@ Support proposes refunds. Fraud opposes large discounts, refunds and risky conte
 Inventory opposes discounts on orders it cannot fill from its stock; Sales opposes large
 refunds. Everyone else votes by the waggle intensity, so decisions go both ways.
 Rates come from mesh.yaml `workload`.
+
+Services: every agent keeps what it handles as the customer's history in Memory, as a
+conversation keyed by the order or ticket id; Support asks Cognition for the customer's
+context before it answers a ticket. When a service is down the roles go on without it.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import random
 from dataclasses import dataclass, field
 
 from agentmesh_cli.agent.base import Role, Vote
@@ -29,6 +34,15 @@ RESTOCK_UNITS = 5
 SALES_REFUND_LIMIT = 1000.0  # Sales opposes refunds above this
 FRAUD_REFUND_LIMIT = 500.0  # Fraud opposes refunds above this
 FRAUD_DISCOUNT_LIMIT = 2500.0  # Fraud opposes discounts on orders above this
+CUSTOMERS = 40  # the demo's customers: customer-1 .. customer-40
+
+
+def pick_customer(rng: random.Random) -> str:
+    return f"customer-{rng.randint(1, CUSTOMERS)}"
+
+
+def describe(items: dict[str, int]) -> str:
+    return ", ".join(f"{qty} {name}" for name, qty in sorted(items.items()))
 
 
 def next_gap(rate: float, uniform: float) -> float:
@@ -43,6 +57,7 @@ class Order:
     order_id: str
     items: dict[str, int]
     amount: float
+    customer: str = ""
     answers: dict[str, bool] = field(default_factory=dict)
 
 
@@ -71,9 +86,12 @@ class SalesRole(Role):
             for name in self.ctx.rng.sample(sorted(CATALOGUE), self.ctx.rng.randint(1, 3))
         }
         amount = float(sum(CATALOGUE[name] * qty for name, qty in items.items()))
-        order = Order(f"{self.ctx.name}-{self.count}", items, amount)
+        customer = pick_customer(self.ctx.rng)
+        order = Order(f"{self.ctx.name}-{self.count}", items, amount, customer)
         self.open_orders[order.order_id] = order
-        body = {"order_id": order.order_id, "items": items, "amount": amount}
+        body = {"order_id": order.order_id, "customer": customer, "items": items, "amount": amount}
+        self.ctx.remember(customer, f"order {order.order_id}: {describe(items)} for {amount:.0f}",
+                          order.order_id, {"kind": "order", "amount": amount})
         self.ctx.send(self.ctx.rng.choice(inventory), "check_stock", body)
         self.ctx.send(self.ctx.rng.choice(fraud), "risk_assessment", body)
         if amount >= self.ctx.config.workload.discount_threshold:
@@ -94,8 +112,12 @@ class SalesRole(Role):
     def on_message(self, message: Envelope) -> None:
         if message.type == "upsell_lead":
             self.leads += 1  # followed up with the customer directly, not with Support
-            self.ctx.log.info("lead %s: offer %s", message.payload.get("lead_id"),
-                              message.payload.get("product"))
+            lead, product = message.payload.get("lead_id"), message.payload.get("product")
+            self.ctx.log.info("lead %s: offer %s", lead, product)
+            customer, ticket = message.payload.get("customer"), message.payload.get("ticket")
+            if isinstance(customer, str) and isinstance(ticket, str):
+                self.ctx.remember(customer, f"sales offered the {product} (lead {lead})", ticket,
+                                  {"kind": "lead"})
             return
         if message.type not in ("stock_result", "risk_result"):
             return
@@ -107,10 +129,14 @@ class SalesRole(Role):
             del self.open_orders[order.order_id]
             if all(order.answers.values()):
                 self.confirmed += 1
+                outcome = "confirmed"
                 self.ctx.log.info("order %s confirmed (%.0f)", order.order_id, order.amount)
             else:
                 self.declined += 1
+                outcome = "declined"
                 self.ctx.log.info("order %s declined: %s", order.order_id, order.answers)
+            self.ctx.remember(order.customer, f"order {order.order_id} {outcome}", order.order_id,
+                              {"kind": "order_" + outcome})
 
 
 class InventoryRole(Role):
@@ -145,8 +171,14 @@ class InventoryRole(Role):
         if approved:
             for name, qty in items.items():
                 self.stock[str(name)] -= int(qty)
-        reply = {"order_id": message.payload.get("order_id"), "approved": approved}
+        order_id = message.payload.get("order_id")
+        reply = {"order_id": order_id, "approved": approved}
         self.ctx.send(message.from_agent_id, "stock_result", reply)
+        customer = message.payload.get("customer")
+        if isinstance(customer, str) and isinstance(order_id, str):
+            note = "reserved" if approved else "out of stock for"
+            self.ctx.remember(customer, f"stock check: {note} {describe(items)}", order_id,
+                              {"kind": "stock_check", "approved": approved})
 
 
 class FraudRole(Role):
@@ -169,18 +201,27 @@ class FraudRole(Role):
             return
         amount = float(message.payload.get("amount") or 0.0)
         risk = round(min(1.0, math.log10(amount + 1) / 5), 3)
-        reply = {"order_id": message.payload.get("order_id"), "risk": risk,
-                 "approved": risk < self.RISK_LIMIT}
+        order_id = message.payload.get("order_id")
+        approved = risk < self.RISK_LIMIT
+        reply = {"order_id": order_id, "risk": risk, "approved": approved}
         self.ctx.send(message.from_agent_id, "risk_result", reply)
+        customer = message.payload.get("customer")
+        if isinstance(customer, str) and isinstance(order_id, str):
+            verdict = "cleared" if approved else "refused as risky"
+            self.ctx.remember(customer, f"risk assessment {risk}: payment {verdict}", order_id,
+                              {"kind": "risk_assessment", "risk": risk})
 
 
 class SupportRole(Role):
     """Handles tickets; now and then a ticket is an upsell chance, passed to Sales as a
-    lead, or a complaint, for which Support proposes a refund."""
+    lead, or a complaint, for which Support proposes a refund. Before answering a
+    ticket it asks Cognition for the customer's context."""
 
     def on_start(self) -> None:
         self.count = 0
         self.refunds = 0
+        self.tickets = 0
+        self.with_context = 0
         self.next_lead_at = 0.0
         self.next_refund_at = 0.0
 
@@ -198,14 +239,21 @@ class SupportRole(Role):
             return
         self.refunds += 1
         amount = float(self.ctx.rng.choice((25, 80, 180, 400, 750, 1200, 2400)))
-        self.ctx.propose("action", {"type": "action", "kind": "refund",
-                                    "ticket": f"{self.ctx.name}-r{self.refunds}", "amount": amount,
-                                    "urgent": amount < 100})
+        product = self.ctx.rng.choice(sorted(CATALOGUE))
+        ticket = f"{self.ctx.name}-r{self.refunds}"
+        customer = pick_customer(self.ctx.rng)
+        self.ticket(customer, ticket, f"complaint: the {product} arrived damaged, refund {amount:.0f} asked")
+        self.ctx.propose("action", {"type": "action", "kind": "refund", "ticket": ticket,
+                                    "customer": customer, "amount": amount, "urgent": amount < 100})
 
     def on_decision(self, proposal: Proposal) -> None:
         if proposal.proposer_id == self.ctx.name:
-            self.ctx.log.info("refund %s of %s: %s", proposal.content.get("ticket"),
-                              proposal.content.get("amount"), proposal.status.value)
+            ticket, customer = proposal.content.get("ticket"), proposal.content.get("customer")
+            amount, outcome = proposal.content.get("amount"), proposal.status.value
+            self.ctx.log.info("refund %s of %s: %s", ticket, amount, outcome)
+            if isinstance(customer, str) and isinstance(ticket, str):
+                self.ctx.remember(customer, f"refund of {amount} {outcome}", ticket,
+                                  {"kind": "refund", "status": outcome})
 
     def _maybe_lead(self, now: float) -> None:
         rate = self.ctx.config.workload.lead_rate
@@ -218,9 +266,21 @@ class SupportRole(Role):
             return
         self.count += 1
         product = self.ctx.rng.choice(sorted(CATALOGUE))
+        customer = pick_customer(self.ctx.rng)
         lead = {"lead_id": f"{self.ctx.name}-l{self.count}", "ticket": f"T-{self.count}",
-                "product": product}
+                "product": product, "customer": customer}
+        self.ticket(customer, lead["ticket"], f"question: does the {product} come in other sizes")
         self.ctx.send(self.ctx.rng.choice(sales), "upsell_lead", lead)
+
+    def ticket(self, customer: str, ticket: str, text: str) -> None:
+        """Answer a customer's ticket: look at their history first, then keep the ticket."""
+        self.tickets += 1
+        context = self.ctx.context(customer, query=text, limit=5)
+        if context:
+            self.with_context += 1
+        self.ctx.log.info("ticket %s from %s: %s (%s)", ticket, customer, text,
+                          "no context" if context is None else f"{len(context)} items of context")
+        self.ctx.remember(customer, text, ticket, {"kind": "ticket"})
 
 
 def _amount(proposal: Proposal) -> float:

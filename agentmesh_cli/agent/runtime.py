@@ -19,6 +19,7 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.base import AgentContext, Role, Vote
+from agentmesh_cli.agent.services import AgentServices
 from agentmesh_cli.bus import Bus, Reader, Record, hostname, prepare_topics
 from agentmesh_cli.config import AgentSpec, Mesh
 from agentmesh_cli.consensus.core import Proposal
@@ -48,8 +49,11 @@ class AgentRuntime:
         self._peers_at = 0.0
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
+        self.services = AgentServices(mesh, self.name, self.log)
+        self._services_state: dict[str, Any] = {}
+        self._services_published = 0.0
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
-                           self._send, self._registry, self._propose)
+                           self._send, self._registry, self._propose, self.services)
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
@@ -153,6 +157,9 @@ class AgentRuntime:
             self.store.unregister_agent(self.name)
         except AgentMeshError as exc:
             self.log.warning("could not remove the registry entry: %s", exc)
+        unsaved = self.services.stop()
+        if unsaved:
+            self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
         self._flush_counters()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
@@ -203,6 +210,20 @@ class AgentRuntime:
         self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
         self.counts["votes"] += 1
 
+    def _publish_services(self) -> None:
+        """The clients' state for `status`: when it changes, and with every heartbeat."""
+        state = self.services.state()
+        now = time.monotonic()
+        fresh = now - self._services_published < self.mesh.config.heartbeat.interval
+        if state == self._services_state and fresh:
+            return
+        try:
+            self.store.set_service_clients(self.name, {"ts": now_ms(), **state})
+        except AgentMeshError as exc:
+            self.log.warning("service client state not recorded in Redis: %s", exc)
+            return
+        self._services_state, self._services_published = state, now
+
     def _safely(self, hook: str, fn: Any, *args: Any) -> bool:
         try:
             fn(*args)
@@ -212,6 +233,8 @@ class AgentRuntime:
         return True
 
     def _flush_counters(self) -> None:
+        self.counts.update(self.services.take_counts())
+        self._publish_services()
         if not self.counts:
             return
         try:

@@ -33,6 +33,8 @@ def mesh_from(config: Path | None) -> Mesh:
 def role_logging() -> None:
     """A role process logs one INFO line per event to stdout (supervisord's log file)."""
     logging.getLogger().setLevel(logging.INFO)
+    # the service clients' every request would be a line: only their problems are events
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:

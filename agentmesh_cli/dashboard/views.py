@@ -98,6 +98,30 @@ def proposals_table(data: dict[str, Any]) -> RenderableType:
     return table
 
 
+HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "unreachable": "red"}
+BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
+
+
+def services_table(data: dict[str, Any]) -> RenderableType:
+    """Each service's health and latency, and the breaker of every agent's client of it."""
+    table = Table(title="services", title_justify="left")
+    for col in ("service", "url", "health", "latency", "client breakers (agent: state, pending)"):
+        table.add_column(col, justify="right" if col == "latency" else "left")
+    for s in data.get("services", []):
+        clients = Text()
+        for c in s["clients"]:
+            if clients:
+                clients.append(", ")
+            clients.append(f"{c['owner']}: ")
+            clients.append(c.get("breaker", "?"), BREAKER_STYLE.get(c.get("breaker", ""), ""))
+            if c.get("pending"):
+                clients.append(f" ({c['pending']} pending)", "yellow")
+        latency = "" if s["latency_ms"] is None else f"{s['latency_ms']:.1f} ms"
+        table.add_row(s["name"], s["url"], Text(s["health"], HEALTH_STYLE.get(s["health"], "yellow")),
+                      latency, clients)
+    return table
+
+
 def render_status(data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [
         Text(f"mesh {data['mesh']}", "bold"),
@@ -105,6 +129,7 @@ def render_status(data: dict[str, Any]) -> RenderableType:
         agents_table(data),
         topology_view(data),
         proposals_table(data),
+        services_table(data),
     ]
     parts += [Text(f"error: {e}", "red") for e in data["errors"]]
     return Group(*parts)

@@ -7,6 +7,10 @@
                              (Accept: text/event-stream; ?follow=true keeps streaming
                              changes) or as JSON {"items": [...]}
     GET  /health             {"status": "healthy"} or 503 with what failed
+    /mcp                     the same tools and resources (memory://...) over the Model
+                             Context Protocol (services/mcp.py)
+
+Both protocols dispatch through the service's Catalogue (`app.state.catalogue`).
 
 A user reads, changes and deletes only their own messages; another user's message answers
 404 like a missing one, so its existence does not leak. Lists hold at most MAX_ITEMS.
@@ -27,7 +31,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,6 +72,8 @@ from agentmesh_cli.services.http import (
     sse_json,
     wants_event_stream,
 )
+from agentmesh_cli.services.mcp import install_mcp, served_hosts
+from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +456,76 @@ TOOLS: dict[str, Tool] = {
 }
 
 
+# the catalogue ------------------------------------------------------------------------
+# JSON Schemas of the tools' arguments: what the check_* functions above accept, no more
+ID_SCHEMA = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$",
+             "description": "1 to 128 characters of A-Z a-z 0-9 _ . : @ -"}
+CONTENT_SCHEMA = {"type": "string", "minLength": 1, "description": "The message text."}
+METADATA_SCHEMA = {"type": ["object", "null"], "description": "Free-form JSON object (null: {})."}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...], **more: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": False, **more}
+
+
+def _id(description: str) -> dict[str, Any]:
+    return {**ID_SCHEMA, "description": f"{description} ({ID_SCHEMA['description']})."}
+
+
+OWNER_AND_MESSAGE = {"user_id": _id("The owner of the message"),
+                     "message_id": _id("The message_id that store_input returned")}
+TOOL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+    "store_input": (
+        "Store a user's message; returns the item with its new message_id.",
+        _object({
+            "user_id": _id("The user the message belongs to"),
+            "input_data": _object({
+                "content": CONTENT_SCHEMA,
+                "conversation_id": {**_id("The conversation it is part of"),
+                                    "type": ["string", "null"]},
+                "timestamp": {"type": ["number", "string", "null"], "description": (
+                    "Epoch seconds, or an ISO-8601 date-time string (no zone means UTC); "
+                    "default: now.")},
+                "metadata": METADATA_SCHEMA,
+            }, ("content",)),
+        }, ("user_id", "input_data"))),
+    "get_message": (
+        "One of the user's messages by id (another user's message is not found).",
+        _object(OWNER_AND_MESSAGE, ("user_id", "message_id"))),
+    "update_message": (
+        "Change the content and/or metadata of one of the user's messages; returns the item.",
+        _object({**OWNER_AND_MESSAGE, "updates": _object(
+            {"content": CONTENT_SCHEMA, "metadata": METADATA_SCHEMA}, (), minProperties=1)},
+            ("user_id", "message_id", "updates"))),
+    "delete_message": (
+        "Delete one of the user's messages; returns {deleted: true, message_id}.",
+        _object(OWNER_AND_MESSAGE, ("user_id", "message_id"))),
+}
+RESOURCES = (
+    ResourceSpec("history/{user_id}", "history", "A user's messages, newest first."),
+    ResourceSpec("history/{user_id}/limit/{n}", "history_limited",
+                 f"A user's n newest messages (n from 1 to {MAX_ITEMS}), newest first."),
+    ResourceSpec("conversation/{conversation_id}", "conversation",
+                 "A conversation's messages from every user, newest first."),
+    ResourceSpec("conversation/{conversation_id}/user/{user_id}", "conversation_user",
+                 "A user's messages in one conversation, newest first."),
+)
+
+
+def build_catalogue(store: MemoryStore) -> Catalogue:
+    """What the service offers, bound to `store`: the seed endpoints and /mcp use it."""
+    tools = [ToolSpec(name, description, schema, partial(TOOLS[name], store))
+             for name, (description, schema) in TOOL_SPECS.items()]
+
+    async def read_resource(path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        return {"items": await store.items(parse_resource(path, store.keys))}
+
+    return Catalogue(PROGRAM, catalogue_of(tools), RESOURCES, read_resource,
+                     instructions="Users' messages: tools to store and change them, "
+                                  "resources (memory://...) to list them newest first.")
+
+
 def tool_arguments(body: Any) -> dict[str, Any]:
     """The `arguments` object of a tool call body `{"arguments": {...}}`."""
     if not isinstance(body, dict) or set(body) != {"arguments"}:
@@ -540,10 +616,12 @@ def _without_422(app: FastAPI) -> None:
 
 # the app ------------------------------------------------------------------------------
 def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
-               keepalive_s: float = 15.0) -> FastAPI:
+               keepalive_s: float = 15.0, mcp_hosts: Sequence[str] = ()) -> FastAPI:
     """The Memory service for mesh `mesh` on Redis `redis_url` (nothing connects until the
-    first request). `app.state.store` is its MemoryStore."""
+    first request). `app.state.store` is its MemoryStore, `app.state.catalogue` what it
+    offers; /mcp accepts loopback Hosts and `mcp_hosts`."""
     store = MemoryStore(redis_url, mesh)
+    catalogue = build_catalogue(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -555,6 +633,7 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
     app = FastAPI(title="agentmesh memory", version="1", lifespan=lifespan,
                   description="Users' messages: tools to store and change them, resources to list them.")
     app.state.store = store
+    app.state.catalogue = catalogue
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
@@ -563,12 +642,12 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
               responses={200: {"model": ToolResult, "description": "The tool's result."},
                          **error_responses(400, 404, 409, 413, 415, 503)})
     async def call_tool(name: str, request: Request) -> Response:
-        tool = TOOLS.get(name)
+        tool = catalogue.tool(name)
         if tool is None:
-            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(TOOLS)}",
-                              {"tool": name, "tools": list(TOOLS)})
+            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(catalogue.tools)}",
+                              {"tool": name, "tools": list(catalogue.tools)})
         arguments = tool_arguments(await read_json(request))
-        return OrjsonResponse({"result": await tool(store, arguments)})
+        return OrjsonResponse({"result": await tool.handler(arguments)})
 
     @app.get("/resource/{path:path}", summary="List messages (JSON or Server-Sent Events)",
              responses={200: RESOURCE_200, **error_responses(400, 404, 503)})
@@ -576,9 +655,9 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
         path: str, request: Request,
         follow: Annotated[bool, Query(description="SSE only: keep streaming changes.")] = False,
     ) -> Response:
-        resource = parse_resource(path, store.keys)
         if not wants_event_stream(request):
-            return OrjsonResponse({"items": await store.items(resource)})
+            return OrjsonResponse(await catalogue.read_resource(path, request.query_params))
+        resource = parse_resource(path, store.keys)
         # subscribe before reading the backlog, so nothing falls between the two
         pubsub = await store.subscribe() if follow else None
         try:
@@ -602,6 +681,7 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
         return OrjsonResponse({"status": "unhealthy", "details": {"redis": failure}}, status_code=503)
 
     _without_422(app)
+    install_mcp(app, catalogue, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
     return app
 
 
@@ -639,7 +719,7 @@ async def _announce(store: MemoryStore, where: str, stopping: Callable[[], bool]
 
 def run(redis_url: str, mesh: str, host: str, port: int) -> None:
     """Serve the Memory service until SIGTERM or SIGINT (the `agentmesh memory` process)."""
-    app = create_app(redis_url, mesh)
+    app = create_app(redis_url, mesh, mcp_hosts=served_hosts(host))
     where = f"{_http_url(host, port)} (mesh {mesh}, redis {_redacted(redis_url)})"
 
     async def on_started(stopping: Callable[[], bool]) -> None:

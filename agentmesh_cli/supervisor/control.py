@@ -26,9 +26,19 @@ STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 class Supervisor:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        transport = SupervisorTransport(None, None, f"unix://{mesh.socket}")
+        self._transport = SupervisorTransport(None, None, f"unix://{mesh.socket}")
         # the host part is ignored by the unix-socket transport
-        self._proxy: Any = xmlrpc.client.ServerProxy("http://agentmesh", transport=transport)
+        self._proxy: Any = xmlrpc.client.ServerProxy("http://agentmesh", transport=self._transport)
+
+    def close(self) -> None:
+        """Close the connection to supervisord's socket (it is kept open between calls)."""
+        self._transport.close()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def rpc(self) -> Any:

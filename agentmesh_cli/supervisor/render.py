@@ -51,6 +51,9 @@ def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") ->
     if cfg.redis.embedded:
         command = valkey_command(cfg.redis.port, mesh.state_dir / "valkey", valkey)
         specs.append(ProgramSpec(C.PROGRAM_REDIS, command, C.PRIORITY_INFRA, stopwaitsecs=5))
+    for service in C.SERVICE_PROGRAMS:  # memory first: cognition reads through it
+        specs.append(ProgramSpec(service, [*me, service, *config_arg], C.PRIORITY_SERVICES,
+                                 dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_TOPOLOGY, [*me, "topology", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],

@@ -1,0 +1,734 @@
+"""The Cognition service (seed protocol): context, search and analysis over users' messages,
+which it reads from the Memory service through the network client (it has no store).
+
+    POST /tool/{name}        {"arguments": {...}} -> {"result": ...}
+                             get_context, search_history, analyze_conversation
+    GET  /resource/{path}    context/{user_id}?query=&limit=&recency_weight=,
+                             conversation_analysis/{conversation_id}/{type}?user_id=
+                             as JSON, or as SSE (Accept: text/event-stream): `message`
+                             events (one per item of a list, else one), then `end`
+    GET  /health             {"status": "healthy"} while memory is healthy, else 503
+                             {"status": "degraded", "details": {"memory": ...}}
+
+Ranking: relevance is BM25 (bm25s, Lucene variant) of the query's content words over each
+message, divided by the best score so it lies in [0, 1]; recency is 2 ** (-age / half-life)
+with a half-life of RECENCY_HALF_LIFE_S; score = (1 - w) * relevance + w * recency. Without
+a query the score is the recency alone. With a query and w = 0, messages sharing no word
+with it are left out (their score is 0 and their order would mean nothing). Ties: newer first.
+
+A user analyses only conversations they wrote in; any other answers 404
+conversation_not_found, the same as a conversation that does not exist. Memory down,
+timing out or behind an open breaker is a 503 dependency_unavailable naming memory; an
+answer from memory that breaks the protocol is a 502 dependency_error.
+
+The text cores (tokenise, rank_items, search_items, summary, topics, sentiment) are pure
+functions of item dicts, with the clock as an argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import bm25s
+from fastapi import FastAPI, Query, Request, Response
+from pydantic import BaseModel, Field
+from sse_starlette import ServerSentEvent
+
+from agentmesh_cli.config import Mesh
+from agentmesh_cli.errors import (
+    CircuitOpenError,
+    ServiceBadRequestError,
+    ServiceError,
+    ServiceHTTPError,
+    ServiceNotFoundError,
+    ServiceProtocolError,
+    ServiceUnavailableError,
+)
+from agentmesh_cli.services.client import AsyncServiceClient, service_url
+from agentmesh_cli.services.http import (
+    EVENT_STREAM,
+    ApiError,
+    BadRequest,
+    BodyLimitMiddleware,
+    ErrorBoundaryMiddleware,
+    NotFound,
+    OrjsonResponse,
+    error_responses,
+    event_stream,
+    finite_number,
+    install_error_handlers,
+    read_json,
+    serve,
+    sse_json,
+    wants_event_stream,
+)
+from agentmesh_cli.services.mcp import install_mcp, served_hosts
+from agentmesh_cli.services.memory import (
+    ID_PATTERN,
+    MAX_ITEMS,
+    UnknownResource,
+    UnknownTool,
+    check_fields,
+    check_id,
+    check_limit,
+    tool_arguments,
+)
+from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG on import
+
+SERVICE = "cognition"
+RECENCY_HALF_LIFE_S = 7 * 86400.0  # a week-old message counts half as recent as a new one
+DEFAULT_LIMIT = 10
+DEFAULT_RECENCY_WEIGHT = 0.5
+ANALYSIS_TYPES = ("summary", "topics", "sentiment")
+TOP_TERMS = 10  # topics listed by `topics`
+KEY_TERMS = 5  # terms listed by `summary`
+NEGATION_SCOPE = 3  # a negator flips sentiment words up to this many words after it
+SENTIMENT_THRESHOLD = 0.2  # |score| below this is neutral
+HEALTH_TIMEOUT_S = 1.5
+CONVERSATION_FETCHES = 8  # concurrent conversation reads of one search_history call
+DIGITS = 6  # scores are rounded to this many decimals (stable orders, exact tests)
+
+
+# text -----------------------------------------------------------------------------------
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_CLAUSE_BREAK = re.compile(r"[.!?;:,\n]+")
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before
+being below between both but by can could did do does doing down during each either else
+even ever few for from further get got had has have having he her here hers herself him
+himself his how i if in into is it its itself just let me more most much must my myself
+of off on once only or other our ours ourselves out over own really same shall she should
+so some such than that the their theirs them themselves then there these they this those
+through to too under until up upon us very was we were what when where which while who whom
+why will with would yet you your yours yourself yourselves
+i'm i've i'll i'd you're you've you'll you'd he's she's it's we're we've we'll they're
+they've they'll that's there's what's let's
+don't doesn't didn't isn't aren't wasn't weren't won't wouldn't can't couldn't shouldn't
+haven't hasn't hadn't
+""".split())
+NEGATORS = frozenset({"not", "no", "never", "none", "nobody", "nothing", "neither", "nor",
+                      "cannot", "without", "hardly", "barely"})
+POSITIVE = frozenset("""
+good great excellent amazing awesome wonderful fantastic perfect brilliant superb nice
+love loved loves lovely like liked likes enjoy enjoyed enjoys happy glad pleased delighted
+excited thanks thank grateful helpful useful best better beautiful fun cool easy fine
+satisfied recommend impressive fast reliable works worked correct
+""".split())
+NEGATIVE = frozenset("""
+bad terrible awful horrible poor worst worse hate hated hates dislike disliked dislikes
+sad angry annoyed annoying upset unhappy disappointed disappointing frustrated frustrating
+broken fail failed fails failure problem problems wrong error errors slow ugly useless
+difficult confusing crash crashed crashes painful sucks
+""".split())
+
+
+def tokenise(text: str) -> list[str]:
+    """Lower-case words (letters and digits, inner apostrophes kept: "don't")."""
+    return _WORD.findall(text.replace("\u2019", "'").lower())
+
+
+def _term(token: str) -> str:
+    return token[:-2] if token.endswith("'s") and token not in STOPWORDS else token
+
+
+def index_terms(text: str) -> list[str]:
+    """The words of a message as BM25 indexes them (possessive 's dropped)."""
+    return [_term(token) for token in tokenise(text)]
+
+
+def _informative(term: str) -> bool:
+    return (len(term) > 1 and term not in STOPWORDS and term not in NEGATORS
+            and any(ch.isalpha() for ch in term))
+
+
+def content_terms(text: str) -> list[str]:
+    """The words that say what a text is about: no stopwords, negators or bare numbers."""
+    return [term for term in index_terms(text) if _informative(term)]
+
+
+def query_terms(query: str) -> list[str]:
+    """A query's distinct content words; all its distinct words if it has none ("the who")."""
+    return list(dict.fromkeys(content_terms(query) or index_terms(query)))
+
+
+# ranking --------------------------------------------------------------------------------
+def bm25_scores(documents: list[list[str]], terms: list[str]) -> list[float]:
+    """BM25 of `terms` against each document (lists of index terms); 0.0 where none occur."""
+    if not terms or not any(documents):
+        return [0.0] * len(documents)
+    retriever = bm25s.BM25()
+    retriever.index(documents, show_progress=False)
+    ids = retriever.get_tokens_ids(terms)
+    if not ids:
+        return [0.0] * len(documents)
+    return [float(score) for score in retriever.get_scores_from_ids(ids)]
+
+
+def relevance_scores(items: list[dict[str, Any]], terms: list[str]) -> list[float]:
+    """BM25 over the items' contents divided by the best, so in [0, 1] (all 0 without a match)."""
+    raw = bm25_scores([index_terms(str(item.get("content", ""))) for item in items], terms)
+    best = max(raw, default=0.0)
+    return [score / best if best > 0 else 0.0 for score in raw]
+
+
+def recency_score(timestamp: float, now: float, half_life: float = RECENCY_HALF_LIFE_S) -> float:
+    """1.0 for now (or a future time), halving every `half_life` seconds of age."""
+    return float(0.5 ** (max(0.0, now - timestamp) / half_life))
+
+
+def _ranked(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best score first; equal scores newer first (the sort is stable beyond that)."""
+    return sorted(entries, key=lambda e: (-e["score"], -float(e["item"].get("timestamp", 0.0))))
+
+
+def rank_items(items: list[dict[str, Any]], terms: list[str], now: float, recency_weight: float,
+               limit: int, half_life: float = RECENCY_HALF_LIFE_S) -> list[dict[str, Any]]:
+    """get_context's ranking: [{item, score, relevance, recency}] best first, at most `limit`.
+    Without terms, relevance is None and the score is the recency."""
+    relevance: list[float | None] = (list(relevance_scores(items, terms)) if terms
+                                     else [None] * len(items))
+    entries = []
+    for item, rel in zip(items, relevance, strict=True):
+        rec = recency_score(float(item.get("timestamp", 0.0)), now, half_life)
+        if rel is None:
+            score = rec
+        elif recency_weight == 0 and rel == 0:
+            continue  # relevance only, and this one shares no word with the query
+        else:
+            score = (1 - recency_weight) * rel + recency_weight * rec
+        entries.append({"item": item, "score": round(score, DIGITS),
+                        "relevance": None if rel is None else round(rel, DIGITS),
+                        "recency": round(rec, DIGITS)})
+    return _ranked(entries)[:limit]
+
+
+def search_items(items: list[dict[str, Any]], terms: list[str], limit: int) -> list[dict[str, Any]]:
+    """search_history's ranking: the items sharing a word with the query, [{item, score}]
+    (BM25 relative to the best match), best first, at most `limit`."""
+    entries = [{"item": item, "score": round(rel, DIGITS)}
+               for item, rel in zip(items, relevance_scores(items, terms), strict=True) if rel > 0]
+    return _ranked(entries)[:limit]
+
+
+# analysis -------------------------------------------------------------------------------
+def _chronological(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(items, key=lambda item: float(item.get("timestamp", 0.0)))
+
+
+def term_counts(items: list[dict[str, Any]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for item in items:
+        counts.update(content_terms(str(item.get("content", ""))))
+    return counts
+
+
+def topics(items: list[dict[str, Any]], top: int = TOP_TERMS) -> dict[str, Any]:
+    """The most frequent content words, weight = share of all content words."""
+    counts = term_counts(items)
+    total = sum(counts.values())
+    best = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))[:top]
+    return {"message_count": len(items), "term_count": total,
+            "topics": [{"term": term, "count": count, "weight": round(count / total, DIGITS)}
+                       for term, count in best]}
+
+
+def summary(items: list[dict[str, Any]], key_terms: int = KEY_TERMS) -> dict[str, Any]:
+    """Counts, participants (most messages first), time span, first and last message, key words."""
+    ordered = _chronological(items)
+    senders = Counter(str(item.get("user_id")) for item in items)
+    participants = sorted(senders.items(), key=lambda pair: (-pair[1], pair[0]))
+    first, last = (ordered[0], ordered[-1]) if ordered else (None, None)
+    start = float(first["timestamp"]) if first else None
+    end = float(last["timestamp"]) if last else None
+    return {
+        "message_count": len(items),
+        "participants": [{"user_id": user, "message_count": n} for user, n in participants],
+        "time_span": {"start": start, "end": end,
+                      "seconds": (end - start) if start is not None and end is not None else 0.0},
+        "first_message": first,
+        "last_message": last,
+        "key_terms": [t["term"] for t in topics(items, key_terms)["topics"]],
+    }
+
+
+def _negates(token: str) -> bool:
+    return token in NEGATORS or token.endswith("n't")
+
+
+def polarity_counts(text: str) -> tuple[int, int, int]:
+    """(positive, negative, negated) sentiment words of a text. A negator flips the sentiment
+    words up to NEGATION_SCOPE words after it within its clause ("not good" is negative)."""
+    positive = negative = negated = 0
+    for clause in _CLAUSE_BREAK.split(text):
+        scope = 0
+        for token in tokenise(clause):
+            if _negates(token):
+                scope = NEGATION_SCOPE
+                continue
+            polarity = 1 if token in POSITIVE else -1 if token in NEGATIVE else 0
+            if polarity and scope:
+                polarity, negated = -polarity, negated + 1
+            positive += polarity > 0
+            negative += polarity < 0
+            scope = max(0, scope - 1)
+    return positive, negative, negated
+
+
+def _score_and_label(positive: int, negative: int) -> tuple[float, str]:
+    score = (positive - negative) / (positive + negative) if positive + negative else 0.0
+    label = ("positive" if score >= SENTIMENT_THRESHOLD
+             else "negative" if score <= -SENTIMENT_THRESHOLD else "neutral")
+    return round(score, DIGITS), label
+
+
+def sentiment(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Positive and negative word counts, score (pos - neg) / (pos + neg) in [-1, 1], a label;
+    the same per message (in the given order)."""
+    totals = [0, 0, 0]
+    messages = []
+    for item in items:
+        counts = polarity_counts(str(item.get("content", "")))
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        score, label = _score_and_label(counts[0], counts[1])
+        messages.append({"message_id": item.get("message_id"), "user_id": item.get("user_id"),
+                         "score": score, "label": label})
+    score, label = _score_and_label(totals[0], totals[1])
+    return {"message_count": len(items), "positive": totals[0], "negative": totals[1],
+            "negated": totals[2], "score": score, "label": label, "messages": messages}
+
+
+ANALYSES: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
+    "summary": summary, "topics": topics, "sentiment": sentiment,
+}
+
+
+def takes_part(items: list[dict[str, Any]], user_id: str) -> bool:
+    return any(item.get("user_id") == user_id for item in items)
+
+
+# errors and argument checks ---------------------------------------------------------------
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
+
+
+class DependencyUnavailable(ApiError):
+    status, code = 503, "dependency_unavailable"
+
+
+class DependencyError(ApiError):
+    status, code = 502, "dependency_error"
+
+
+def _bad(argument: str, problem: str) -> BadRequest:
+    return BadRequest(f"argument {argument!r} {problem}", {"argument": argument})
+
+
+def check_count(value: Any, argument: str = "limit") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITEMS:
+        raise _bad(argument, f"must be an integer from 1 to {MAX_ITEMS}, not {value!r}")
+    return value
+
+
+def check_weight(value: Any, argument: str = "recency_weight") -> float:
+    if not finite_number(value) or not 0 <= value <= 1:
+        raise _bad(argument, f"must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
+def _json_type(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "boolean"
+    if isinstance(value, int | float | str):
+        return "string" if isinstance(value, str) else "number"
+    return "array" if isinstance(value, list) else "object"
+
+
+def check_query(value: Any) -> str:
+    """A search text with at least one word."""
+    if not isinstance(value, str):
+        raise _bad("query", f"must be a string, not {_json_type(value)}")
+    if not tokenise(value):
+        raise _bad("query", "must contain at least one word")
+    return value
+
+
+def check_optional_query(value: Any) -> str | None:
+    """get_context's query: absent, null or without words means none (recency only)."""
+    if value is None or (isinstance(value, str) and not tokenise(value)):
+        return None
+    return check_query(value)
+
+
+def check_flag(value: Any, argument: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(argument, f"must be true or false, not {value!r}")
+    return value
+
+
+def check_analysis_type(value: Any) -> str:
+    if value not in ANALYSIS_TYPES:
+        raise _bad("analysis_type", f"must be one of {', '.join(ANALYSIS_TYPES)}, not {value!r}")
+    return str(value)
+
+
+def _weight_text(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _bad("recency_weight", f"must be a number from 0 to 1, not {text!r}") from None
+    return check_weight(value)
+
+
+# memory -------------------------------------------------------------------------------------
+@contextmanager
+def _memory_errors() -> Iterator[None]:
+    """The client's ServiceError tree -> this service's answers, naming memory."""
+    try:
+        yield
+    except (ServiceUnavailableError, CircuitOpenError) as exc:
+        raise DependencyUnavailable(f"the memory service is unavailable: {exc}",
+                                    {"memory": str(exc)}) from exc
+    except ServiceNotFoundError as exc:
+        raise NotFound(f"memory: {exc.message}", {"memory": exc.code}) from exc
+    except ServiceBadRequestError as exc:
+        details = exc.details if isinstance(exc.details, dict) else {}
+        raise BadRequest(f"memory: {exc.message}", {**details, "memory": exc.code}) from exc
+    except (ServiceHTTPError, ServiceProtocolError) as exc:
+        raise DependencyError(f"the memory service answered wrongly: {exc}", {"memory": str(exc)}) from exc
+    except ServiceError as exc:
+        raise DependencyUnavailable(f"the memory service cannot be called: {exc}",
+                                    {"memory": str(exc)}) from exc
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """A pure core in a worker thread: 1000 messages take tens of ms, which would stall
+    every other request (and /health) if run on the event loop."""
+    return await anyio.to_thread.run_sync(partial(fn, *args))
+
+
+class Cognition:
+    """The tools and resources, over a memory client and a clock."""
+
+    def __init__(self, memory: AsyncServiceClient, clock: Callable[[], float] = time.time) -> None:
+        self.memory = memory
+        self.clock = clock
+
+    async def items(self, path: str) -> list[dict[str, Any]]:
+        """A memory resource's items (newest first), read from its event stream."""
+        items: list[dict[str, Any]] = []
+        with _memory_errors():
+            async with aclosing(self.memory.stream_resource(path)) as events:
+                async for event, data in events:
+                    if event == "message" and isinstance(data, dict):
+                        items.append(data)
+                    elif event == "error":  # memory's store failed after its 200
+                        raise ServiceUnavailableError(f"memory: GET /resource/{path}: {data}", "memory")
+                    elif event == "end":
+                        break
+        return items
+
+    async def get_context(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_fields(args, "", ("user_id",), ("query", "limit", "recency_weight"))
+        user_id = check_id(args["user_id"], "user_id")
+        query = check_optional_query(args.get("query"))
+        limit = check_count(args.get("limit", DEFAULT_LIMIT))
+        weight = check_weight(args.get("recency_weight", DEFAULT_RECENCY_WEIGHT))
+        history = await self.items(f"history/{user_id}")
+        terms = query_terms(query) if query else []
+        ranked = await _off_loop(rank_items, history, terms, self.clock(), weight, limit)
+        return {"user_id": user_id, "query": query, "terms": terms, "recency_weight": weight,
+                "items": ranked}
+
+    async def search_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_fields(args, "", ("user_id", "query"), ("limit", "include_conversations"))
+        user_id = check_id(args["user_id"], "user_id")
+        query = check_query(args["query"])
+        limit = check_count(args.get("limit", DEFAULT_LIMIT))
+        include = check_flag(args.get("include_conversations", True), "include_conversations")
+        terms = query_terms(query)
+        matches = await _off_loop(search_items, await self.items(f"history/{user_id}"), terms, limit)
+        conversations = await self._conversations(matches) if include else []
+        return {"user_id": user_id, "query": query, "terms": terms, "items": matches,
+                "conversations": conversations}
+
+    async def _conversations(self, matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The whole conversations (every participant) of the matches, best match first: the
+        user wrote in each, so they saw it all."""
+        matched: dict[str, list[str]] = {}
+        for entry in matches:
+            cid = entry["item"].get("conversation_id")
+            if cid is not None:
+                matched.setdefault(cid, []).append(entry["item"]["message_id"])
+        gate = asyncio.Semaphore(CONVERSATION_FETCHES)
+
+        async def fetch(cid: str) -> list[dict[str, Any]]:
+            async with gate:
+                return await self.items(f"conversation/{cid}")
+
+        lists = await asyncio.gather(*(fetch(cid) for cid in matched))
+        return [{"conversation_id": cid, "matched": ids, "items": items}
+                for (cid, ids), items in zip(matched.items(), lists, strict=True)]
+
+    async def analyze_conversation(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_fields(args, "", ("user_id", "conversation_id"), ("analysis_type",))
+        user_id = check_id(args["user_id"], "user_id")
+        cid = check_id(args["conversation_id"], "conversation_id")
+        kind = check_analysis_type(args.get("analysis_type", "summary"))
+        items = await self.items(f"conversation/{cid}")
+        # the user's own index settles it when their messages are older than the newest MAX_ITEMS
+        if not takes_part(items, user_id) and not await self.items(f"conversation/{cid}/user/{user_id}"):
+            # the same answer for "no such conversation" and "not yours": nothing leaks
+            raise ConversationNotFound(f"no conversation {cid} for user {user_id}",
+                                       {"conversation_id": cid, "user_id": user_id})
+        analysis = await _off_loop(ANALYSES[kind], items)
+        return {"conversation_id": cid, "analysis_type": kind, **analysis}
+
+    async def read_resource(self, path: str, params: Mapping[str, str]) -> Any:
+        match path.split("/"):
+            case ["context", user]:
+                _only(params, ("query", "limit", "recency_weight"))
+                args: dict[str, Any] = {"user_id": user, "query": params.get("query")}
+                if "limit" in params:
+                    args["limit"] = check_limit(params["limit"])
+                if "recency_weight" in params:
+                    args["recency_weight"] = _weight_text(params["recency_weight"])
+                return await self.get_context(args)
+            case ["conversation_analysis", cid, kind]:
+                _only(params, ("user_id",))
+                if "user_id" not in params:
+                    raise _bad("user_id", "is required (the query parameter ?user_id=)")
+                return await self.analyze_conversation(
+                    {"user_id": params["user_id"], "conversation_id": cid, "analysis_type": kind})
+        raise UnknownResource(
+            f"no resource {path!r}: use context/{{user_id}} or "
+            "conversation_analysis/{conversation_id}/{analysis_type}", {"path": path})
+
+    async def memory_failure(self) -> str | None:
+        """None when memory's /health answers healthy in time, else what is wrong."""
+        try:
+            body = await asyncio.wait_for(self.memory.health(), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            return f"no answer from /health within {HEALTH_TIMEOUT_S} s"
+        except ServiceError as exc:
+            return str(exc)
+        if body.get("status") == "healthy":
+            return None
+        details = body.get("details")
+        return f"{body.get('status')}: {details}" if details else str(body.get("status"))
+
+
+def _only(params: Mapping[str, str], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise _bad(unknown[0], "is not a parameter of this resource")
+
+
+# the catalogue ------------------------------------------------------------------------------
+_ID_SCHEMA = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$"}
+_LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_ITEMS, "default": DEFAULT_LIMIT}
+
+
+def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required,
+            "additionalProperties": False}
+
+
+def build_catalogue(cognition: Cognition) -> Catalogue:
+    """What the service offers, bound to `cognition`: the seed endpoints dispatch through it."""
+    tools = [
+        ToolSpec("get_context", "The user's messages ranked by relevance to `query` (BM25) and "
+                 "recency: score = (1 - recency_weight) * relevance + recency_weight * recency.",
+                 _schema({"user_id": {**_ID_SCHEMA, "description": "Whose history."},
+                          "query": {"type": ["string", "null"],
+                                    "description": "Optional; without it, newest first."},
+                          "limit": _LIMIT_SCHEMA,
+                          "recency_weight": {"type": "number", "minimum": 0, "maximum": 1,
+                                             "default": DEFAULT_RECENCY_WEIGHT}}, ["user_id"]),
+                 cognition.get_context),
+        ToolSpec("search_history", "The user's messages that share words with `query`, best "
+                 "first; with include_conversations, the whole conversations they belong to.",
+                 _schema({"user_id": _ID_SCHEMA, "query": {"type": "string", "minLength": 1},
+                          "limit": _LIMIT_SCHEMA,
+                          "include_conversations": {"type": "boolean", "default": True}},
+                         ["user_id", "query"]),
+                 cognition.search_history),
+        ToolSpec("analyze_conversation", "A summary, the topics or the sentiment of a "
+                 "conversation the user wrote in.",
+                 _schema({"user_id": _ID_SCHEMA, "conversation_id": _ID_SCHEMA,
+                          "analysis_type": {"enum": list(ANALYSIS_TYPES), "default": "summary"}},
+                         ["user_id", "conversation_id"]),
+                 cognition.analyze_conversation),
+    ]
+    resources = (
+        ResourceSpec("context/{user_id}", "context",
+                     "get_context with ?query=, ?limit= and ?recency_weight= as parameters."),
+        ResourceSpec("conversation_analysis/{conversation_id}/{analysis_type}",
+                     "conversation_analysis",
+                     "analyze_conversation; ?user_id= (required) names who asks."),
+    )
+    return Catalogue(SERVICE, catalogue_of(tools), resources, cognition.read_resource,
+                     instructions="Context, search and analysis over users' stored messages.")
+
+
+# OpenAPI models -----------------------------------------------------------------------------
+class ToolCall(BaseModel):
+    arguments: dict[str, Any] = Field(description="The tool's arguments by name.")
+
+
+class ToolResult(BaseModel):
+    result: Any = Field(description="What the tool returns: a dict with `items` (ranked "
+                                    "entries) or a conversation analysis.")
+
+
+class CognitionHealth(BaseModel):
+    status: str = Field(description="healthy | degraded")
+    details: dict[str, str] | None = Field(None, description="{'memory': what is wrong}, when degraded.")
+
+
+RESOURCE_200 = {"description": "The resource's JSON value.", "content": {
+    "application/json": {"schema": {"type": "object"}},
+    EVENT_STREAM: {"schema": {"type": "string"}, "description": (
+        "With Accept: text/event-stream: a `message` event per ranked entry (context) or one "
+        "with the analysis, then `end` (data: {\"count\": N}).")}}}
+
+
+TOOL_EXAMPLES = {
+    "get_context": {"user_id": "alice", "query": "delivery of my order", "limit": 5,
+                    "recency_weight": 0.3},
+    "search_history": {"user_id": "alice", "query": "refund", "include_conversations": True},
+    "analyze_conversation": {"user_id": "alice", "conversation_id": "order-42",
+                             "analysis_type": "sentiment"},
+}
+
+
+def _tool_call_body(tools: Mapping[str, ToolSpec]) -> dict[str, Any]:
+    examples = {name: {"summary": spec.description, "value": {"arguments": TOOL_EXAMPLES[name]}}
+                for name, spec in tools.items()}
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": ToolCall.model_json_schema(), "examples": examples}}}}
+
+
+def _without_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.get("responses", {}).pop("422", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _resource_events(value: Any) -> AsyncIterator[ServerSentEvent]:
+    """A value with an `items` list: one event per item; any other value: one event."""
+    entries = value["items"] if isinstance(value, dict) and isinstance(value.get("items"), list) else [value]
+    for entry in entries:
+        yield sse_json("message", entry)
+    yield sse_json("end", {"count": len(entries)})
+
+
+# the app ------------------------------------------------------------------------------------
+def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
+               clock: Callable[[], float] = time.time, max_body_bytes: int = 1_048_576,
+               keepalive_s: float = 15.0, client_options: Mapping[str, Any] | None = None,
+               mcp_hosts: Sequence[str] = ()) -> FastAPI:
+    """The Cognition service, reading memory at `memory_url`, or where mesh.yaml and the
+    environment place it. `app.state.catalogue` is its Catalogue."""
+    options: dict[str, Any] = {}
+    if mesh is not None:
+        services = mesh.config.services
+        options = {"failure_threshold": services.breaker_failures, "reset_timeout": services.breaker_reset}
+        memory_url = memory_url or service_url(mesh, "memory")
+    if memory_url is None:
+        raise ValueError("create_app needs a mesh or a memory_url")
+    client = AsyncServiceClient(memory_url, service="memory", **{**options, **(client_options or {})})
+    cognition = Cognition(client, clock)
+    tools = build_catalogue(cognition)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(title="agentmesh cognition", version="1", lifespan=lifespan,
+                  description="Context, search and analysis over users' messages, read from memory.")
+    app.state.catalogue = tools
+    app.state.memory_url = memory_url
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
+
+    @app.post("/tool/{name}", summary="Call a tool", openapi_extra=_tool_call_body(tools.tools),
+              description="Tools: " + ", ".join(tools.tools) + ".",
+              responses={200: {"model": ToolResult, "description": "The tool's result."},
+                         **error_responses(400, 404, 413, 415, 502, 503)})
+    async def call_tool(name: str, request: Request) -> Response:
+        tool = tools.tool(name)
+        if tool is None:
+            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(tools.tools)}",
+                              {"tool": name, "tools": list(tools.tools)})
+        arguments = tool_arguments(await read_json(request))
+        return OrjsonResponse({"result": await tool.handler(arguments)})
+
+    @app.get("/resource/{path:path}", summary="Read a resource (JSON or Server-Sent Events)",
+             description="Resources: " + ", ".join(r.template for r in tools.resources) + ".",
+             responses={200: RESOURCE_200, **error_responses(400, 404, 502, 503)})
+    async def read_resource(
+        path: str, request: Request,
+        query: Annotated[str | None, Query(description="context: the search text.")] = None,
+        limit: Annotated[str | None, Query(description="context: 1 to 1000 entries.")] = None,
+        recency_weight: Annotated[str | None, Query(description="context: 0 to 1.")] = None,
+        user_id: Annotated[str | None, Query(description="conversation_analysis: who asks.")] = None,
+    ) -> Response:
+        value = await tools.read_resource(path, dict(request.query_params))
+        if not wants_event_stream(request):
+            return OrjsonResponse(value)
+        return event_stream(_resource_events(value), keepalive_s)
+
+    @app.get("/health", summary="Is memory answering?",
+             responses={200: {"model": CognitionHealth, "description": "Healthy."},
+                        503: {"model": CognitionHealth, "description": "Memory is not healthy."}})
+    async def health() -> Response:
+        failure = await cognition.memory_failure()
+        if failure is None:
+            return OrjsonResponse({"status": "healthy"})
+        return OrjsonResponse({"status": "degraded", "details": {"memory": failure}}, status_code=503)
+
+    install_mcp(app, tools, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
+    _without_422(app)
+    return app
+
+
+# the process --------------------------------------------------------------------------------
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run(mesh: Mesh, host: str, port: int) -> None:
+    """Serve the Cognition service until SIGTERM or SIGINT (the `agentmesh cognition` process)."""
+    app = create_app(mesh, mcp_hosts=served_hosts(host))
+    where = f"{_http_url(host, port)} (mesh {mesh.config.mesh}, memory {app.state.memory_url})"
+
+    async def on_started(stopping: Callable[[], bool]) -> None:
+        log.info("serving on %s", where)
+
+    serve(app, host, port, on_started)
