@@ -191,19 +191,24 @@ def _fail_fast(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def test_five_failed_calls_open_the_breaker_and_the_sixth_fails_fast(
+def test_five_failed_requests_open_the_breaker_mid_call_and_later_calls_fail_fast(
         server: Scripted, client: Callable[..., ServiceClient]) -> None:
-    service = client()  # 3 retries: each failed call is 4 requests
-    for _ in range(5):
-        assert service.breaker_state == "closed"
-        with pytest.raises(ServiceHTTPError):
-            service.call_tool("fail500", {})
+    """The breaker judges every request, retries included (retry around breaker, as in
+    resilience4j): a call's 4 failed requests, then the next call's first request is the
+    5th failure and opens it; that call's retry is refused without a request."""
+    service = client()  # 3 retries: a failed call is 4 requests
+    with pytest.raises(ServiceHTTPError) as first:
+        service.call_tool("fail500", {})
+    assert first.value.attempts == 4 and service.breaker_state == "closed"
+    with pytest.raises(CircuitOpenError) as second:
+        service.call_tool("fail500", {})
+    assert second.value.attempts == 2
     assert service.breaker_state == "open"
-    assert server.hits("fail500") == 20
+    assert server.hits("fail500") == 5
     assert _fail_fast(lambda: service.call_tool("fail500", {})) < 0.05
     assert _fail_fast(lambda: service.call_tool("ok", {})) < 0.05
     assert _fail_fast(lambda: list(service.stream_resource("feed"))) < 0.05
-    assert server.hits("fail500") == 20 and server.hits("ok") == 0
+    assert server.hits("fail500") == 5 and server.hits("ok") == 0
 
 
 def test_after_the_reset_timeout_a_successful_probe_closes_the_breaker(

@@ -34,7 +34,7 @@ RESTOCK_UNITS = 5
 SALES_REFUND_LIMIT = 1000.0  # Sales opposes refunds above this
 FRAUD_REFUND_LIMIT = 500.0  # Fraud opposes refunds above this
 FRAUD_DISCOUNT_LIMIT = 2500.0  # Fraud opposes discounts on orders above this
-CUSTOMERS = 40  # the demo's customers: customer-1 .. customer-40
+CUSTOMERS = 20  # the demo's customers: customer-1 .. customer-20
 
 
 def pick_customer(rng: random.Random) -> str:

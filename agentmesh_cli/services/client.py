@@ -12,11 +12,14 @@ service that calls another) share one policy:
   (an event stream may be silent up to `stream_read_timeout`, 30 s, between events);
 - retries with tenacity: at most 3 more attempts, exponential backoff from 0.1 s with jitter,
   capped at 10 s, only on connection errors, timeouts, 408, 429 and 5xx; never on another 4xx;
-- a circuit breaker: 5 consecutive failed calls (failed still after their retries, with a
-  connection error, a timeout, 408, 429 or 5xx) open it for 30 s; then one probe call goes
-  through: success closes it, failure opens it again. While open, calls raise
-  CircuitOpenError without touching the network. A 4xx answer is the caller's fault: it is
-  no failure and resets nothing.
+- a circuit breaker inside the retries, so it judges every request (the order resilience4j
+  uses): 5 consecutive failed requests (a connection error, a timeout, 408, 429 or 5xx)
+  open it for 30 s; a call whose retry meets the open breaker stops there with
+  CircuitOpenError. After the 30 s one probe request goes through: success closes it,
+  failure opens it again. While open, calls raise CircuitOpenError without touching the
+  network. A 4xx answer is the caller's fault: it is no failure and resets nothing. So a
+  service that dies is noticed within about a second (a call's 4 requests and the next
+  one's first), even if supervisord has it back two seconds later.
 
 Every httpx error leaves as one of the ServiceError tree (agentmesh_cli.errors), `from` the
 httpx error. `from_mesh` finds a service from mesh.yaml and the environment.
@@ -407,8 +410,7 @@ class ServiceClient(_ClientBase):
     def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` and return its `result`."""
         path = _tool_path(name)
-        with self._breaker.guard():
-            response = self._retried(self._post, path, {"arguments": dict(arguments or {})})
+        response = self._retried(self._post, path, {"arguments": dict(arguments or {})})
         return _result(response, self.service, f"POST {path}")
 
     def stream_resource(self, path: str, params: Mapping[str, Any] | None = None
@@ -420,8 +422,7 @@ class ServiceClient(_ClientBase):
         resource = _resource_path(path)
         what = f"GET {resource}"
         with ExitStack() as stack:
-            with self._breaker.guard():
-                source = self._retried(self._open_stream, stack, resource, params)
+            source = self._retried(self._open_stream, stack, resource, params)
             try:
                 with _translated(self.service, what):
                     for sse in source.iter_sse():
@@ -460,10 +461,14 @@ class ServiceClient(_ClientBase):
     def _retried(self, fn: Callable[..., T], *args: Any) -> T:
         retrying = Retrying(**self._retry_policy())
         try:
-            return retrying(fn, *args)
+            return retrying(self._guarded, fn, *args)
         except ServiceError as exc:
             _count_attempts(exc, retrying)
             raise
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._breaker.guard():
+            return fn(*args)
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         with _translated(self.service, f"POST {path}"):
@@ -499,8 +504,7 @@ class AsyncServiceClient(_ClientBase):
     async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` and return its `result`."""
         path = _tool_path(name)
-        with self._breaker.guard():
-            response = await self._retried(self._post, path, {"arguments": dict(arguments or {})})
+        response = await self._retried(self._post, path, {"arguments": dict(arguments or {})})
         return _result(response, self.service, f"POST {path}")
 
     async def stream_resource(self, path: str, params: Mapping[str, Any] | None = None
@@ -509,8 +513,7 @@ class AsyncServiceClient(_ClientBase):
         resource = _resource_path(path)
         what = f"GET {resource}"
         async with AsyncExitStack() as stack:
-            with self._breaker.guard():
-                source = await self._retried(self._open_stream, stack, resource, params)
+            source = await self._retried(self._open_stream, stack, resource, params)
             try:
                 with _translated(self.service, what):
                     async for sse in source.aiter_sse():
@@ -549,10 +552,14 @@ class AsyncServiceClient(_ClientBase):
         # fn must be a coroutine function: AsyncRetrying awaits only those
         retrying = AsyncRetrying(**self._retry_policy())
         try:
-            return await retrying(fn, *args)
+            return await retrying(self._guarded, fn, *args)
         except ServiceError as exc:
             _count_attempts(exc, retrying)
             raise
+
+    async def _guarded(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        with self._breaker.guard():
+            return await fn(*args)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         with _translated(self.service, f"POST {path}"):

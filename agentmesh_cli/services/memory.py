@@ -78,6 +78,7 @@ from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, c
 log = logging.getLogger(__name__)
 
 PROGRAM = "memory"  # the supervisord program name; readiness goes to Keys.ready(PROGRAM)
+MAX_METADATA_DEPTH = 32  # JSON nesting of metadata (the codec refuses 255; nobody needs 32)
 MAX_ITEMS = 1000  # the largest list a resource answers (and the highest /limit/{n})
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 HEALTH_TIMEOUT_S = 0.5
@@ -155,11 +156,28 @@ def check_content(value: Any, argument: str) -> str:
     return value
 
 
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Do arrays and objects nest more than `limit` levels in this JSON value? (No
+    recursion: a body may nest 1,024 levels, beyond Python's recursion limit.)"""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def check_metadata(value: Any, argument: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise _bad(argument, f"must be an object, not {_json_type(value)}")
+    if _nests_deeper(value, MAX_METADATA_DEPTH):
+        raise _bad(argument, f"nests deeper than {MAX_METADATA_DEPTH} levels")
     return value
 
 
