@@ -45,13 +45,19 @@ def _client_config(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
             "socket.nagle.disable": True, **kafka.client}
 
 
+def _admin_config(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
+    # librdkafka prints its informational lines (level 6, e.g. "Purging 1 unserved events
+    # from background queue" when a short-lived admin client ends) to stderr: not events
+    return {"log_level": 5, **_client_config(kafka, client_id)}
+
+
 def topic_partitions(kafka: KafkaConfig, short: str) -> int:
     return 1 if short in C.SINGLE_PARTITION_TOPICS else kafka.partitions
 
 
 def ensure_topics(kafka: KafkaConfig, timeout: float = 10.0) -> list[str]:
     """Create every mesh topic that does not exist yet; return the names created."""
-    admin = AdminClient(_client_config(kafka, "agentmesh-admin"))
+    admin = AdminClient(_admin_config(kafka, "agentmesh-admin"))
     wanted = [
         NewTopic(f"{kafka.topic_prefix}.{short}", topic_partitions(kafka, short), 1)
         for short in C.ALL_TOPICS
@@ -91,7 +97,7 @@ def prepare_topics(kafka: KafkaConfig, store: Store) -> str:
 
 def broker_reachable(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
     """True when the broker answers a metadata request."""
-    admin = AdminClient(_client_config(kafka, "agentmesh-probe"))
+    admin = AdminClient(_admin_config(kafka, "agentmesh-probe"))
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:

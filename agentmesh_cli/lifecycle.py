@@ -80,17 +80,18 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
 
 
 def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None, float]:
-    """(HTTP status of GET /health or None when unreachable, seconds it took)."""
+    """(HTTP status of GET /health or None when unreachable, seconds the request took)."""
     import httpx
 
     from agentmesh_cli.services.client import service_url
 
-    started = time.monotonic()
-    try:
-        status = httpx.get(service_url(mesh, service) + "/health", timeout=timeout).status_code
-    except httpx.HTTPError:
-        status = None
-    return status, time.monotonic() - started
+    with httpx.Client(timeout=timeout) as http:  # made first: its setup is not the service's time
+        started = time.monotonic()
+        try:
+            status: int | None = http.get(service_url(mesh, service) + "/health").status_code
+        except httpx.HTTPError:
+            status = None
+        return status, time.monotonic() - started
 
 
 class Readiness:

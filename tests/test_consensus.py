@@ -16,12 +16,11 @@ import pytest
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli.config import Mesh
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.store import Store
-from agentmesh_cli.supervisor.control import _alive
 from tests.conftest import agentmesh, wait_for
-from tests.test_mesh_e2e import write_mesh
+from tests.test_mesh_e2e import running_mesh, write_mesh
 
 AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
 
@@ -30,15 +29,8 @@ AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("consensus")
     config = write_mesh(root, AGENTS, consensus={"proposal_timeout": "4s", "snapshot_interval": "200ms"})
-    up = agentmesh("up", "--config", str(config), "--timeout", "60")
-    assert up.returncode == 0, up.stderr
-    try:
-        yield load_mesh(config)
-    finally:
-        agentmesh("down", "--config", str(config), timeout=60)
-        pidfile = root / ".agentmesh" / "supervisord.pid"
-        if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
-            os.kill(pid, signal.SIGTERM)
+    with running_mesh(config, timeout=60) as running:
+        yield running
 
 
 def program_pids(mesh: Mesh) -> dict[str, int]:

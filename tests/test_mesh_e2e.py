@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.constants import inbox_partition
 from agentmesh_cli.supervisor.control import _alive
 from tests.conftest import agentmesh, free_port, wait_for
@@ -40,6 +42,21 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+@contextmanager
+def running_mesh(config: Path, timeout: float = 90) -> Iterator[Mesh]:
+    """`agentmesh up` of `config`; afterwards `down`, and supervisord ended by pid if
+    `down` could not."""
+    up = agentmesh("up", "--config", str(config), "--timeout", str(int(timeout)))
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield load_mesh(config)
+    finally:
+        agentmesh("down", "--config", str(config), timeout=60)
+        pidfile = config.parent / ".agentmesh" / "supervisord.pid"
+        if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGTERM)
 
 
 def status(config: Path) -> dict[str, Any]:

@@ -15,12 +15,12 @@ import httpx
 import pytest
 import redis
 
-from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli.config import Mesh
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.services.client import service_url
-from agentmesh_cli.supervisor.control import Supervisor, _alive
+from agentmesh_cli.supervisor.control import Supervisor
 from tests.conftest import agentmesh, wait_for
-from tests.test_mesh_e2e import write_mesh
+from tests.test_mesh_e2e import running_mesh, write_mesh
 
 AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
 
@@ -34,16 +34,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         workload={"order_rate": 4, "lead_rate": 2, "refund_rate": 1, "seed": 7},
         services={"breaker_reset": "1500ms", "health_interval": "1s"},
     )
-    # write_mesh picked free service ports; keep them
-    up = agentmesh("up", "--config", str(config), "--timeout", "90")
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        yield load_mesh(config)
-    finally:
-        agentmesh("down", "--config", str(config), timeout=60)
-        pidfile = root / ".agentmesh" / "supervisord.pid"
-        if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
-            os.kill(pid, signal.SIGTERM)
+    with running_mesh(config) as running:
+        yield running
 
 
 def status(mesh: Mesh) -> dict[str, Any]:
