@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.roles import resolve_role
@@ -79,8 +80,9 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
             )
 
 
-def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None, float]:
-    """(HTTP status of GET /health or None when unreachable, seconds the request took)."""
+def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None, float, dict[str, Any]]:
+    """(HTTP status of GET /health or None when unreachable, seconds the request took,
+    the JSON body or {})."""
     import httpx
 
     from agentmesh_cli.services.client import service_url
@@ -88,10 +90,15 @@ def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None
     with httpx.Client(timeout=timeout) as http:  # made first: its setup is not the service's time
         started = time.monotonic()
         try:
-            status: int | None = http.get(service_url(mesh, service) + "/health").status_code
+            response = http.get(service_url(mesh, service) + "/health")
         except httpx.HTTPError:
-            status = None
-        return status, time.monotonic() - started
+            return None, time.monotonic() - started, {}
+        took = time.monotonic() - started
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    return response.status_code, took, body if isinstance(body, dict) else {}
 
 
 class Readiness:

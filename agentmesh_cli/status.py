@@ -18,7 +18,7 @@ from agentmesh_cli.supervisor.control import Supervisor
 STATUS_VERSION = 1
 RECENT_PROPOSALS = 20
 HEALTH_TIMEOUT_S = 0.5
-HEALTH_WORDS = {200: "healthy", 503: "unhealthy"}
+HEALTH_WORDS = {200: "healthy"}  # else the service's own word (unhealthy, degraded)
 
 
 def _programs(sup: Supervisor) -> tuple[bool, list[dict[str, Any]]]:
@@ -93,7 +93,7 @@ def collect(mesh: Mesh) -> dict[str, Any]:
         }
     result["proposals"] = [_proposal(p, now) for p in proposals]
     for service in result["services"]:
-        service["clients"] = [
+        service["clients"] += [
             {"owner": owner, **state[service["name"]]}
             for owner, state in sorted(clients.items())
             if owner in registry and isinstance(state.get(service["name"]), dict)
@@ -107,15 +107,22 @@ def _services(mesh: Mesh) -> list[dict[str, Any]]:
     from agentmesh_cli.services.client import service_url
 
     services: list[dict[str, Any]] = []
+    callers: dict[str, list[dict[str, Any]]] = {}  # service -> other services' clients of it
     for name in C.SERVICE_PROGRAMS:
-        code, took = service_health(mesh, name, timeout=HEALTH_TIMEOUT_S)
+        code, took, body = service_health(mesh, name, timeout=HEALTH_TIMEOUT_S)
         services.append({
             "name": name,
             "url": service_url(mesh, name),
-            "health": "unreachable" if code is None else HEALTH_WORDS.get(code, f"http {code}"),
+            "health": "unreachable" if code is None
+            else HEALTH_WORDS.get(code, str(body.get("status", f"http {code}"))),
             "latency_ms": None if code is None else round(took * 1000, 1),
             "clients": [],
         })
+        for target, state in (body.get("clients") or {}).items():
+            if isinstance(state, dict):
+                callers.setdefault(str(target), []).append({"owner": name, **state})
+    for service in services:  # other services' clients first; the agents' are added later
+        service["clients"] = callers.get(service["name"], [])
     return services
 
 

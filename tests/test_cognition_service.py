@@ -361,7 +361,8 @@ def ids(entries: list[dict[str, Any]]) -> list[str]:
 
 def test_health_and_one_info_line(pair: Pair, cog: httpx.Client) -> None:
     response = cog.get("/health")
-    assert response.status_code == 200 and response.json() == {"status": "healthy"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "healthy", "clients": {"memory": {"breaker": "closed"}}}
     info = [line for line in pair.cognition.log_text().splitlines() if " INFO " in line]
     assert len(info) == 1, pair.cognition.log_text()
     assert f"serving on {pair.cognition.url}" in info[0] and pair.memory.url in info[0]
@@ -608,14 +609,17 @@ def test_memory_down_is_503_and_recovers(valkey: str, tmp_path: Path) -> None:
             health = cog.get("/health")
             assert health.status_code == 503
             body = health.json()
-            assert body["status"] == "degraded" and set(body) == {"status", "details"}
+            assert body["status"] == "degraded" and set(body) == {"status", "details", "clients"}
             assert set(body["details"]) == {"memory"} and body["details"]["memory"]
+            assert body["clients"] == {"memory": {"breaker": "open"}}
 
             memory = spawn("memory", config, memory_port)
             wait_for(lambda: cog.get("/health").status_code == 200, 30, "cognition healthy again")
-            assert cog.get("/health").json() == {"status": "healthy"}
+            assert cog.get("/health").json()["status"] == "healthy"
             wait_for(lambda: call(cog, "get_context", user_id=user).status_code == 200, 10,
                      "the breaker's probe to close it")
+            healthy = {"status": "healthy", "clients": {"memory": {"breaker": "closed"}}}
+            assert cog.get("/health").json() == healthy
             assert len(result(cog, "get_context", user_id=user)["items"]) == 1
 
         stop(cognition.proc)

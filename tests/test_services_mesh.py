@@ -81,10 +81,11 @@ def stored_in_redis(mesh: Mesh) -> int:
 
 def test_agents_keep_history_and_support_asks_for_context(mesh: Mesh) -> None:
     data = status_when(mesh, lambda d: all(
-        service(d, s)["health"] == "healthy" and set(breakers(d, s)) == set(AGENTS)
+        service(d, s)["health"] == "healthy" and set(breakers(d, s)) >= set(AGENTS)
         for s in ("memory", "cognition")) and totals(d, "memory_stored") > 20
         and totals(d, "context_calls") > 0, 60, "agents to use both services")
     assert set(breakers(data, "memory").values()) == {"closed"}
+    assert set(breakers(data, "memory")) == {*AGENTS, "cognition"}  # cognition's own client too
     assert all(s["latency_ms"] is not None for s in data["services"])
     # every agent stores what it handles
     data = status_when(mesh, lambda d: all(a["counters"].get("memory_stored", 0) > 0 for a in d["agents"]),
@@ -132,7 +133,7 @@ def memory_outage(mesh: Mesh, sup: Supervisor) -> None:
         down = status_when(mesh, lambda d: "open" in breakers(d, "memory").values(), 60,
                            "a memory breaker to open")
         assert service(down, "memory")["health"] == "unreachable"
-        wait_for(lambda: service(status(mesh), "cognition")["health"] == "unhealthy", 10,
+        wait_for(lambda: service(status(mesh), "cognition")["health"] == "degraded", 10,
                  "cognition to report memory down")
         handled = totals(down, "messages_in")
         wait_for(lambda: totals(status(mesh), "messages_in") > handled + 10, 30,

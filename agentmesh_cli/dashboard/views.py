@@ -98,14 +98,14 @@ def proposals_table(data: dict[str, Any]) -> RenderableType:
     return table
 
 
-HEALTH_STYLE = {"healthy": "green", "unhealthy": "red", "unreachable": "red"}
+HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unreachable": "red"}
 BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 
 
 def services_table(data: dict[str, Any]) -> RenderableType:
     """Each service's health and latency, and the breaker of every agent's client of it."""
     table = Table(title="services", title_justify="left")
-    for col in ("service", "url", "health", "latency", "client breakers (agent: state, pending)"):
+    for col in ("service", "url", "health", "latency", "client breakers (caller: state, pending)"):
         table.add_column(col, justify="right" if col == "latency" else "left")
     for s in data.get("services", []):
         clients = Text()

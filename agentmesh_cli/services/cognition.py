@@ -593,9 +593,14 @@ class ToolResult(BaseModel):
                                     "entries) or a conversation analysis.")
 
 
+class ClientState(BaseModel):
+    breaker: str = Field(description="closed | open | half_open")
+
+
 class CognitionHealth(BaseModel):
     status: str = Field(description="healthy | degraded")
     details: dict[str, str] | None = Field(None, description="{'memory': what is wrong}, when degraded.")
+    clients: dict[str, ClientState] = Field(description="{'memory': its client's breaker state}.")
 
 
 RESOURCE_200 = {"description": "The resource's JSON value.", "content": {
@@ -709,9 +714,11 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
                         503: {"model": CognitionHealth, "description": "Memory is not healthy."}})
     async def health() -> Response:
         failure = await cognition.memory_failure()
+        clients = {"memory": {"breaker": client.breaker_state}}
         if failure is None:
-            return OrjsonResponse({"status": "healthy"})
-        return OrjsonResponse({"status": "degraded", "details": {"memory": failure}}, status_code=503)
+            return OrjsonResponse({"status": "healthy", "clients": clients})
+        return OrjsonResponse({"status": "degraded", "details": {"memory": failure}, "clients": clients},
+                              status_code=503)
 
     install_mcp(app, tools, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
     _without_422(app)
