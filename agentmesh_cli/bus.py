@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -95,14 +96,29 @@ def prepare_topics(kafka: KafkaConfig, store: Store) -> str:
     return epoch
 
 
-def broker_reachable(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
-    """True when the broker answers a metadata request."""
-    admin = AdminClient(_admin_config(kafka, "agentmesh-probe"))
+_quiet = logging.getLogger("agentmesh.bus.probe")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def broker_latency(kafka: KafkaConfig, timeout: float = 2.0) -> float | None:
+    """Seconds the broker took to answer a metadata request; None when it did not."""
+    # librdkafka would print every refused connection to stderr: for a probe (readiness
+    # gates, status's live screen) an unreachable broker is the answer, not an event
+    conf = _admin_config(kafka, "agentmesh-probe")
+    conf["logger"] = _quiet
+    admin = AdminClient(conf)
+    started = time.monotonic()
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:
-        return False
-    return True
+        return None
+    return time.monotonic() - started
+
+
+def broker_reachable(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
+    """True when the broker answers a metadata request."""
+    return broker_latency(kafka, timeout) is not None
 
 
 @dataclass(frozen=True)

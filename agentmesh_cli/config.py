@@ -12,7 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -153,6 +153,18 @@ class WorkloadConfig(_Section):
     seed: int | None = None  # fixed seed for a repeatable demo
 
 
+class LoggingConfig(_Section):
+    """How every role process logs: one line per event, as text or as JSON objects."""
+
+    json_lines: bool = Field(False, alias="json")  # one JSON object per line instead of text
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, level: Any) -> Any:
+        return level.upper() if isinstance(level, str) else level
+
+
 class AgentSpec(_Section):
     name: str = Field(pattern=_NAME)
     role: str
@@ -178,6 +190,7 @@ class MeshConfig(_Section):
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     services: ServicesConfig = ServicesConfig()
     workload: WorkloadConfig = WorkloadConfig()
+    logging: LoggingConfig = LoggingConfig()
     agents: list[AgentSpec] = []
 
     @model_validator(mode="after")

@@ -76,6 +76,18 @@ COUNTER_IN = "messages_in"
 COUNTER_OUT = "messages_out"
 COUNTER_DEAD = "dead_letters"
 COUNTER_SKIPPED = "skipped"
+# Every sender counts what it sends per recipient, "sent_to:<name>": status computes an
+# inbox backlog from these (the embedded broker's watermarks are wrong, DESIGN section 8).
+COUNTER_SENT_TO_PREFIX = "sent_to:"
+CLI_COUNTER_OWNER = "cli"  # `agentmesh send` counts under this owner
+
+# topology:history, for the trend in `status`: a point at most this often, this many kept
+TOPOLOGY_HISTORY_EVERY_S = 10.0
+TOPOLOGY_HISTORY_KEPT = 90  # 15 minutes
+
+
+def sent_to_counter(recipient: str) -> str:
+    return COUNTER_SENT_TO_PREFIX + recipient
 
 
 def inbox_partition(agent_id: str, partitions: int) -> int:
@@ -121,6 +133,12 @@ class Keys:
     def topology_snapshot(self) -> str:
         """String: JSON of the graph plus the Kafka offsets it covers."""
         return self.prefix + "topology:snapshot"
+
+    @property
+    def topology_history(self) -> str:
+        """List: JSON stats points {ts, agents, edges, possible, reduction_percent}, newest
+        first, capped at TOPOLOGY_HISTORY_KEPT (the trend in `status`)."""
+        return self.prefix + "topology:history"
 
     def ready(self, program: str) -> str:
         """String: JSON {pid, ts} written by a program once it is ready."""

@@ -1,104 +1,299 @@
-"""Collect the mesh's state for `agentmesh status`: supervisord, registry, topology, counters.
+"""Collect the mesh's state for `agentmesh status`: programs, agents, topology, proposals,
+services and infra, as one versioned JSON-able dict (STATUS_VERSION, docs/status.schema.json).
 
-Everything comes from supervisord's XML-RPC and Redis; status never joins a consumer
-group. The result is one versioned JSON-able dict (STATUS_VERSION); views render it.
+Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts),
+psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters, snapshots,
+proposals), each service's GET /health, and a metadata request to the broker. Status never
+joins a consumer group and never reads the broker's watermarks (they are wrong, DESIGN 8):
+an agent's inbox backlog comes from our own counters. `StatusCollector` keeps what spans
+frames (CPU samples, the main log's offset) for the live dashboard.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
+from agentmesh_cli.supervisor.restarts import SpawnLog
 
-STATUS_VERSION = 1
+STATUS_VERSION = 2
 RECENT_PROPOSALS = 20
 HEALTH_TIMEOUT_S = 0.5
+PROBE_TIMEOUT_S = 0.5  # the broker's metadata request
+CPU_WINDOW_S = 0.3  # one-shot status: CPU% over at least this long
 HEALTH_WORDS = {200: "healthy"}  # else the service's own word (unhealthy, degraded)
 
 
-def _programs(sup: Supervisor) -> tuple[bool, list[dict[str, Any]]]:
-    if not sup.is_running():
-        return False, []
-    programs = []
-    for p in sup.processes():
+class ProcessSampler:
+    """CPU% (between two samples of a pid's CPU times) and RSS of pids, with psutil."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        self._sampled_at: float | None = None
+
+    def prime(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            self._process(pid)
+
+    def window(self) -> float | None:
+        """Seconds since the previous sample round (what a CPU% is averaged over)."""
+        now = time.monotonic()
+        window = None if self._sampled_at is None else now - self._sampled_at
+        self._sampled_at = now
+        return window
+
+    def _process(self, pid: int) -> tuple[psutil.Process | None, bool]:
+        """The process (None when gone) and whether it was first seen just now."""
+        if pid in self._procs:
+            return self._procs[pid], False
+        try:
+            proc = psutil.Process(pid)
+            proc.cpu_percent(None)  # the first sample: the next call measures from here
+        except psutil.Error:
+            return None, True
+        self._procs[pid] = proc
+        self._sampled_at = self._sampled_at or time.monotonic()
+        return proc, True
+
+    def sample(self, pid: int) -> tuple[float | None, int | None]:
+        """(CPU% since the last sample, None on a first sight; RSS bytes), None when gone."""
+        proc, first = self._process(pid)
+        if proc is None:
+            return None, None
+        try:
+            with proc.oneshot():
+                cpu, rss = proc.cpu_percent(None), proc.memory_info().rss
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return None, None
+        return (None if first else round(cpu, 1)), int(rss)
+
+    def keep_only(self, pids: Iterable[int]) -> None:
+        alive = set(pids)
+        for pid in [p for p in self._procs if p not in alive]:
+            del self._procs[pid]
+
+
+class StatusCollector:
+    """One status frame per `collect()`; keeps CPU samples and the log offset between frames."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.sampler = ProcessSampler()
+        self.spawns = SpawnLog()
+        self.store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> StatusCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def collect(self, cpu_window: float = 0.0) -> dict[str, Any]:
+        """A frame. With `cpu_window`, CPU% is sampled over at least that long (one-shot);
+        without, over the time since the previous frame (the first frame has none)."""
+        now = time.time()
+        redis = self._redis_probe()
+        errors: list[str] = []
+        # Redis before supervisord: a registered pid is then never newer than the pid
+        # supervisord reports, so a re-joined agent is not taken for a stale one
+        stored = self._read_redis(errors) if redis["reachable"] else None
+        sup_running, infos = self._supervisor(errors)
+        primed = time.monotonic()
+        if cpu_window:
+            self.sampler.prime(p["pid"] for p in infos if p["pid"])
+        result: dict[str, Any] = {
+            "v": STATUS_VERSION,
+            "mesh": self.mesh.config.mesh,
+            "ts": round(now, 3),
+            "supervisord": {"running": sup_running, "socket": str(self.mesh.socket)},
+            "cpu_window_s": None,
+            "programs": [],
+            "agents": [],
+            "topology": None,
+            "proposals": [],
+            "services": _services(self.mesh),
+            "infra": {"broker": self._broker_probe(), "redis": redis},
+            "errors": errors,
+        }
+        if not redis["reachable"]:
+            errors.append(f"redis: no answer from {redis['address']}")
+        elif stored is not None:
+            self._add_stored(result, stored, {p["name"]: p["pid"] for p in infos}, now)
+        if cpu_window:
+            time.sleep(max(0.0, cpu_window - (time.monotonic() - primed)))
+        window = self.sampler.window()
+        result["cpu_window_s"] = None if window is None else round(window, 2)
+        result["programs"] = [self._program(p) for p in infos]
+        self.sampler.keep_only(p["pid"] for p in infos if p["pid"])
+        return result
+
+    def _supervisor(self, errors: list[str]) -> tuple[bool, list[dict[str, Any]]]:
+        with Supervisor(self.mesh) as sup:
+            if not sup.is_running():
+                return False, []
+            try:
+                infos = sup.processes()
+                self.spawns.update(sup.read_main_log)
+            except AgentMeshError as exc:
+                errors.append(f"supervisord: {exc}")
+                return True, []
+        return True, infos
+
+    def _program(self, p: dict[str, Any]) -> dict[str, Any]:
         running = p["statename"] == "RUNNING"
-        programs.append({
+        cpu, rss = self.sampler.sample(p["pid"]) if p["pid"] else (None, None)
+        return {
             "name": p["name"],
             "state": p["statename"],
             "pid": p["pid"] or None,
             "uptime_s": max(0, p["now"] - p["start"]) if running else 0,
+            "restarts": self.spawns.restarts(p["name"]),
+            "cpu_percent": cpu,
+            "rss_bytes": rss,
             "description": p["description"],
-        })
-    return True, programs
-
-
-def collect(mesh: Mesh) -> dict[str, Any]:
-    now = time.time()
-    cfg = mesh.config
-    sup_running, programs = _programs(Supervisor(mesh))
-    result: dict[str, Any] = {
-        "v": STATUS_VERSION,
-        "mesh": cfg.mesh,
-        "ts": round(now, 3),
-        "supervisord": {"running": sup_running, "socket": str(mesh.socket)},
-        "programs": programs,
-        "agents": [],
-        "topology": None,
-        "proposals": [],
-        "services": _services(mesh),
-        "errors": [],
-    }
-    store = Store(cfg.redis.resolved_url, cfg.mesh, timeout=1.0)
-    try:
-        registry = store.agents()
-        counters = store.all_counters()
-        snapshot = store.load_snapshot()
-        proposals = store.recent_proposals(RECENT_PROPOSALS)
-        clients = store.service_clients()
-    except AgentMeshError as exc:
-        result["errors"].append(f"redis: {exc}")
-        return result
-    finally:
-        store.close()
-    stale_after = cfg.heartbeat.interval * cfg.heartbeat.missed
-    for name, rec in sorted(registry.items()):
-        age = max(0.0, now - rec.get("last_heartbeat", 0) / 1000)
-        result["agents"].append({
-            "name": name,
-            "role": rec.get("role"),
-            "capabilities": rec.get("capabilities", []),
-            "pid": rec.get("pid"),
-            "host": rec.get("host"),
-            "heartbeat_age_s": round(age, 1),
-            "alive": age <= stale_after,
-            "counters": counters.get(name, {}),
-        })
-    if snapshot:
-        g = snapshot["graph"]
-        edges = sorted(g["edges"], key=lambda e: (-e[2], -e[3], e[0], e[1]))
-        result["topology"] = {
-            "snapshot_age_s": round(max(0.0, now - snapshot["ts"] / 1000), 1),
-            "agents": g["agents"],
-            "stats": snapshot["stats"],
-            "edges": [
-                {"source": s, "target": t, "weight": w, "usage": u, "last_used": lu}
-                for s, t, w, u, lu in edges
-            ],
-            "counters": counters.get("topology-manager", {}),
         }
-    result["proposals"] = [_proposal(p, now) for p in proposals]
-    for service in result["services"]:
-        service["clients"] += [
-            {"owner": owner, **state[service["name"]]}
-            for owner, state in sorted(clients.items())
-            if owner in registry and isinstance(state.get(service["name"]), dict)
-        ]
-    return result
+
+    def _broker_probe(self) -> dict[str, Any]:
+        from agentmesh_cli.bus import broker_latency
+
+        kafka = self.mesh.config.kafka
+        return _reachability(kafka.bootstrap, broker_latency(kafka, PROBE_TIMEOUT_S))
+
+    def _redis_probe(self) -> dict[str, Any]:
+        started = time.monotonic()
+        pong = self.store.ping()
+        address = _redis_address(self.mesh.config.redis.resolved_url)
+        return _reachability(address, time.monotonic() - started if pong else None)
+
+    def _read_redis(self, errors: list[str]) -> dict[str, Any] | None:
+        try:
+            return {
+                "registry": self.store.agents(),
+                "counters": self.store.all_counters(),
+                "snapshot": self.store.load_snapshot(),
+                "history": self.store.topology_history(C.TOPOLOGY_HISTORY_KEPT),
+                "proposals": self.store.recent_proposals(RECENT_PROPOSALS),
+                "clients": self.store.service_clients(),
+            }
+        except AgentMeshError as exc:
+            errors.append(f"redis: {exc}")
+            return None
+
+    def _add_stored(self, result: dict[str, Any], stored: dict[str, Any], supervised: dict[str, int],
+                    now: float) -> None:
+        registry, counters = stored["registry"], stored["counters"]
+        result["agents"] = _agents(self.mesh, registry, counters, supervised, now)
+        if stored["snapshot"]:
+            result["topology"] = _topology(self.mesh, stored["snapshot"], stored["history"], counters, now)
+        result["proposals"] = [_proposal(p, now) for p in stored["proposals"]]
+        for service in result["services"]:
+            service["clients"] += [
+                {"owner": owner, **state[service["name"]]}
+                for owner, state in sorted(stored["clients"].items())
+                if owner in registry and isinstance(state.get(service["name"]), dict)
+            ]
+
+
+def collect(mesh: Mesh, cpu_window: float = CPU_WINDOW_S) -> dict[str, Any]:
+    """One status frame (`status --once` and `--json`)."""
+    with StatusCollector(mesh) as collector:
+        return collector.collect(cpu_window)
+
+
+def _reachability(address: str, took: float | None) -> dict[str, Any]:
+    return {"address": address, "reachable": took is not None,
+            "latency_ms": None if took is None else round(took * 1000, 1)}
+
+
+def _redis_address(url: str) -> str:
+    """host:port (or the socket path) of a Redis URL, without its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+def _sent_to(counters: dict[str, dict[str, int]]) -> dict[str, int]:
+    """recipient -> messages every sender (agents, the CLI) counted as sent to it."""
+    totals: dict[str, int] = {}
+    for owned in counters.values():
+        for name, value in owned.items():
+            if name.startswith(C.COUNTER_SENT_TO_PREFIX):
+                recipient = name[len(C.COUNTER_SENT_TO_PREFIX):]
+                totals[recipient] = totals.get(recipient, 0) + value
+    return totals
+
+
+def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str, dict[str, int]],
+            supervised: dict[str, int], now: float) -> list[dict[str, Any]]:
+    """Every agent of mesh.yaml or the registry. Stale: its heartbeat is older than
+    `interval * missed`, or supervisord runs another pid than the one it registered (it
+    died and its replacement has not joined yet). Not running: not in the registry."""
+    cfg = mesh.config
+    stale_after = cfg.heartbeat.interval * cfg.heartbeat.missed
+    configured = {a.name: a for a in cfg.agents}
+    sent = _sent_to(counters)
+    agents = []
+    for name in sorted(set(configured) | set(registry)):
+        rec = registry.get(name)
+        own = counters.get(name, {})
+        program = C.agent_program(name)
+        age = None if rec is None else round(max(0.0, now - rec.get("last_heartbeat", 0) / 1000), 1)
+        pid_gone = rec is not None and program in supervised and supervised[program] != rec.get("pid")
+        state = ("not running" if age is None
+                 else "stale" if age > stale_after or pid_gone else "alive")
+        spec = configured.get(name)
+        handled = own.get(C.COUNTER_IN, 0)
+        agents.append({
+            "name": name,
+            "role": (rec or {}).get("role") or (spec.role if spec else None),
+            "capabilities": (rec or {}).get("capabilities", list(spec.capabilities) if spec else []),
+            "program": program,
+            "pid": (rec or {}).get("pid"),
+            "host": (rec or {}).get("host"),
+            "state": state,
+            "alive": state == "alive",
+            "heartbeat_age_s": age,
+            "messages_in": handled,
+            "messages_out": own.get(C.COUNTER_OUT, 0),
+            "dead_letters": own.get(C.COUNTER_DEAD, 0),
+            "sent_to": sent.get(name, 0),
+            # handler failures are in messages_in too (and in dead_letters): not subtracted twice
+            "backlog": max(0, sent.get(name, 0) - handled),
+            "counters": own,
+        })
+    return agents
+
+
+def _topology(mesh: Mesh, snapshot: dict[str, Any], history: list[dict[str, Any]],
+              counters: dict[str, dict[str, int]], now: float) -> dict[str, Any]:
+    g = snapshot["graph"]
+    edges = sorted(g["edges"], key=lambda e: (-e[2], -e[3], e[0], e[1]))
+    return {
+        "snapshot_age_s": round(max(0.0, now - snapshot["ts"] / 1000), 1),
+        "agents": g["agents"],
+        "stats": snapshot["stats"],
+        "max_weight": mesh.config.topology.max_weight,
+        "edges": [
+            {"source": s, "target": t, "weight": w, "usage": u, "last_used": lu}
+            for s, t, w, u, lu in edges
+        ],
+        "history": history,
+        "counters": counters.get(C.PROGRAM_TOPOLOGY, {}),
+    }
 
 
 def _services(mesh: Mesh) -> list[dict[str, Any]]:
@@ -129,6 +324,7 @@ def _services(mesh: Mesh) -> list[dict[str, Any]]:
 def _proposal(p: dict[str, Any], now: float) -> dict[str, Any]:
     t = p["tally"]
     decided = p.get("decided_at")
+    pending = p["status"] == "pending"
     return {
         "id": p["id"],
         "proposer": p["proposer_id"],
@@ -141,6 +337,7 @@ def _proposal(p: dict[str, Any], now: float) -> dict[str, Any]:
         "status": p["status"],
         "age_s": round(max(0.0, now - p["created_at"] / 1000), 1),
         "decision_ms": None if decided is None else decided - p["created_at"],
+        "expires_in_s": round(max(0.0, p["expires_at"] / 1000 - now), 1) if pending else None,
     }
 
 

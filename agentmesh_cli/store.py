@@ -117,6 +117,20 @@ class Store:
     def load_snapshot(self) -> dict[str, Any] | None:
         return self.load_json(self.keys.topology_snapshot)
 
+    def push_topology_point(self, point: dict[str, Any], keep: int) -> None:
+        """Add a stats point to the front of topology:history, keeping the newest `keep`."""
+        with _wrapped("write topology history"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(self.keys.topology_history, orjson.dumps(point))
+            pipe.ltrim(self.keys.topology_history, 0, keep - 1)
+            pipe.execute()
+
+    def topology_history(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` stats points, oldest first."""
+        raw = self._call("read topology history",
+                         lambda: self.redis.lrange(self.keys.topology_history, 0, limit - 1))
+        return [json.loads(r) for r in reversed(raw)]
+
     def save_json(self, key: str, value: Any) -> None:
         data = json.dumps(value, separators=(",", ":"))
         self._call(f"write {key}", lambda: self.redis.set(key, data))

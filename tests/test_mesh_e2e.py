@@ -96,7 +96,7 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
     assert "ready  agent-Sales" in up.stderr
 
     data = status(config)
-    assert data["v"] == 1 and data["supervisord"]["running"]
+    assert data["v"] == 2 and data["supervisord"]["running"]
     assert sorted(p["name"] for p in data["programs"]) == [
         "agent-Fraud", "agent-Inventory", "agent-Sales", "cognition", "consensus-manager", "kafka",
         "memory", "redis", "topology-manager"]

@@ -60,6 +60,7 @@ class AgentRuntime:
     def _send(self, envelope: Envelope) -> None:
         self.bus.send_message(envelope)
         self.counts[C.COUNTER_OUT] += 1
+        self.counts[C.sent_to_counter(envelope.to_agent_id)] += 1  # backlog in status
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
         proposal_id = f"{self.name}-{uuid.uuid4().hex[:12]}"

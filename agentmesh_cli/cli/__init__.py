@@ -9,16 +9,20 @@ import typer
 
 from agentmesh_cli.cli import bench as bench_commands
 from agentmesh_cli.cli import consensus as consensus_commands
+from agentmesh_cli.cli import init as init_commands
+from agentmesh_cli.cli import logs as log_commands
 from agentmesh_cli.cli import mesh as mesh_commands
 from agentmesh_cli.cli import roles as role_commands
 from agentmesh_cli.cli import services as service_commands
 from agentmesh_cli.cli import topics as topic_commands
 from agentmesh_cli.cli.common import console_err
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program
 
 app = typer.Typer(
     name="agentmesh",
     help="Run a multi-agent mesh as supervised OS processes over Kafka and Redis.",
+    epilog="Example: agentmesh init && agentmesh up && agentmesh logs -f",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -29,17 +33,22 @@ consensus_commands.register(app)
 bench_commands.register(app)
 topic_commands.register(app)
 service_commands.register(app)
+log_commands.register(app)
+init_commands.register(app)
 
 
 def main() -> None:
-    # user commands log warnings only; role processes raise this to INFO (cli.common)
+    # user commands log warnings only; role processes set their own level and format (cli.common)
     logging.basicConfig(
         level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=TEXT_FORMAT,
         stream=sys.stderr,
     )
     try:
         app()
     except AgentMeshError as exc:
+        if role_program():  # a role process: its error is one more line of its log
+            logging.getLogger(UNCAUGHT_LOGGER).error("%s", exc)
+            sys.exit(exc.exit_code)
         console_err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from rich.console import Console
 
 from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.errors import ConfigError
+from agentmesh_cli.logformat import configure_role_logging
 
 console = Console()
 console_err = Console(stderr=True)
@@ -30,11 +30,10 @@ def mesh_from(config: Path | None) -> Mesh:
     return load_mesh(config)
 
 
-def role_logging() -> None:
-    """A role process logs one INFO line per event to stdout (supervisord's log file)."""
-    logging.getLogger().setLevel(logging.INFO)
-    # the service clients' every request would be a line: only their problems are events
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def role_logging(mesh: Mesh, program: str) -> None:
+    """A role process logs one line per event (text, or JSON with mesh.yaml's
+    `logging.json`) to stderr, which supervisord writes to logs/<program>.log."""
+    configure_role_logging(program, mesh.config.logging.json_lines, mesh.config.logging.level)
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.cli.common import (
     ConfigOption,
     console,
@@ -29,8 +30,9 @@ def consensus(config: ConfigOption = None) -> None:
     """
     from agentmesh_cli.consensus.manager import ConsensusManager
 
-    role_logging()
-    raise typer.Exit(ConsensusManager(mesh_from(config)).run())
+    mesh = mesh_from(config)
+    role_logging(mesh, C.PROGRAM_CONSENSUS)
+    raise typer.Exit(ConsensusManager(mesh).run())
 
 
 def propose(
@@ -48,7 +50,6 @@ def propose(
 
     Example: agentmesh propose --type decision --content '{"type": "approval", "priority": "high"}' --wait
     """
-    from agentmesh_cli import constants as C
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
     from agentmesh_cli.envelope import Envelope

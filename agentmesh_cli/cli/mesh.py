@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.live import Live
@@ -84,21 +84,31 @@ def down(
 def status(
     config: ConfigOption = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and exit.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (docs/status.schema.json) and exit.")] = False,
+    interval: Annotated[float, typer.Option(
+        min=0.1, help="Seconds between frames of the live dashboard.")] = 1.0,
 ) -> None:
-    """Programs, agents and topology of the mesh. Exit code 1 when a program is not RUNNING.
+    """Processes, agents, topology, proposals, services and infra of the mesh: a live
+    dashboard on a terminal (Ctrl+C quits), else one frame. Exit code 1 when a program is
+    not RUNNING.
 
     Example: agentmesh status --json | jq .topology.stats
     """
     from agentmesh_cli.status import all_running, collect
 
     mesh = mesh_from(config)
-    data = collect(mesh)
     if as_json:
+        data: dict[str, Any] | None = collect(mesh)
         print(json.dumps(data, indent=2))
-    else:
+    elif once or not console.is_terminal:
+        data = collect(mesh)
         console.print(render_status(data))
-    if not all_running(data):
+    else:
+        from agentmesh_cli.dashboard.live import watch
+
+        data = watch(mesh, console, interval)
+    if data is None or not all_running(data):
         raise typer.Exit(1)
 
 
@@ -127,6 +137,7 @@ def send(
         from agentmesh_cli.errors import BusError
 
         raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
+    _count_sent(mesh, recipient)
     console.print(f"sent {envelope.id} to {recipient} (partition {partition})", highlight=False)
 
 
@@ -141,6 +152,23 @@ def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
                               "the message waits in its inbox partition", highlight=False)
     except AgentMeshError:
         pass  # Redis down: sending does not need it
+    finally:
+        store.close()
+
+
+def _count_sent(mesh: Mesh, recipient: str) -> None:
+    """Count the message as the agents count theirs, for the inbox backlog in `status`."""
+    from collections import Counter
+
+    from agentmesh_cli import constants as C
+    from agentmesh_cli.store import Store
+
+    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+    try:
+        store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(recipient): 1}))
+    except AgentMeshError:
+        console_err.print(f"[yellow]warning:[/] not counted (Redis unavailable): {recipient}'s "
+                          "backlog in `agentmesh status` is one too low", highlight=False)
     finally:
         store.close()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.cli.common import ConfigOption, console, mesh_from, role_logging
+from agentmesh_cli.topology.export import ExportFormat
 
-topology_app = typer.Typer(help="The topology manager, and queries on its graph.")
+# its help is the callback's docstring, so `agentmesh topology --help` shows the example
+topology_app = typer.Typer()
 
 
 def agent(
@@ -24,8 +28,8 @@ def agent(
     from agentmesh_cli.agent.roles import resolve_role
     from agentmesh_cli.agent.runtime import AgentRuntime
 
-    role_logging()
     mesh = mesh_from(config)
+    role_logging(mesh, C.agent_program(name))
     caps = [c for c in capabilities.split(",") if c] if capabilities is not None else None
     spec = mesh.config.agent_spec(name, role, caps)
     raise typer.Exit(AgentRuntime(mesh, spec, resolve_role(spec.role)).run())
@@ -33,7 +37,7 @@ def agent(
 
 @topology_app.callback(invoke_without_command=True)
 def topology(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """Run the topology manager (without a subcommand).
+    """The topology manager, and queries on its graph. Without a subcommand: run the manager.
 
     Example: agentmesh topology --config mesh.yaml
     """
@@ -41,8 +45,9 @@ def topology(ctx: typer.Context, config: ConfigOption = None) -> None:
         return
     from agentmesh_cli.topology.manager import TopologyManager
 
-    role_logging()
-    raise typer.Exit(TopologyManager(mesh_from(config)).run())
+    mesh = mesh_from(config)
+    role_logging(mesh, C.PROGRAM_TOPOLOGY)
+    raise typer.Exit(TopologyManager(mesh).run())
 
 
 @topology_app.command()
@@ -67,6 +72,39 @@ def route(
     graph = SlimeMoldGraph.from_dict(snapshot["graph"], rules_from(mesh.config.topology))
     path, cost = graph.route(source, target)
     console.print(f"{' -> '.join(path)}  (cost {cost:.3f})", highlight=False)
+
+
+@topology_app.command()
+def export(
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = ExportFormat.svg,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File to write (default: stdout).", show_default=False)] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the latest topology snapshot as a picture (SVG) or a graph file (GraphML, DOT).
+
+    Edge width follows the weight; nodes are labelled with name and role.
+
+    Example: agentmesh topology export -o topology.svg
+    """
+    from agentmesh_cli.errors import AgentMeshError, TopologyError
+    from agentmesh_cli.store import Store
+    from agentmesh_cli.topology.export import export_text, view_from_snapshot
+
+    mesh = mesh_from(config)
+    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    snapshot = store.load_snapshot()
+    if not snapshot:
+        raise TopologyError("no topology snapshot yet: is the topology manager running?")
+    registry = {name: str(record.get("role", "")) for name, record in store.agents().items()}
+    text = export_text(view_from_snapshot(snapshot, mesh.config.mesh, registry), fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise AgentMeshError(f"cannot write {output}: {exc.strerror or exc}") from exc
 
 
 def register(app: typer.Typer) -> None:

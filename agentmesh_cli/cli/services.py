@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
 
 
@@ -24,8 +25,8 @@ def memory(
     """
     from agentmesh_cli.services.memory import run
 
-    role_logging()
     mesh = mesh_from(config)
+    role_logging(mesh, C.PROGRAM_MEMORY)
     settings = mesh.config.services.memory
     run(mesh.config.redis.resolved_url, mesh.config.mesh, host or settings.host, port or settings.port)
 
@@ -45,8 +46,8 @@ def cognition(
     """
     from agentmesh_cli.services.cognition import run
 
-    role_logging()
     mesh = mesh_from(config)
+    role_logging(mesh, C.PROGRAM_COGNITION)
     settings = mesh.config.services.cognition
     run(mesh, host or settings.host, port or settings.port)
 

@@ -1,10 +1,16 @@
-"""Views: status data (the dict of `status.collect`) -> rich renderables. No I/O here."""
+"""Views: status data (the dict of `status.collect`) -> rich renderables. No I/O here.
+
+Every panel renders from the dict alone (times are relative to its `ts`), and says "not
+running" or "no data" instead of failing when a role, a service or Redis is absent.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -12,7 +18,15 @@ from agentmesh_cli.lifecycle import ProgramState
 
 STATE_STYLE = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
                "FATAL": "bold red", "EXITED": "red", "STOPPED": "dim", "UNKNOWN": "red"}
-MAX_EDGES = 20
+AGENT_STYLE = {"alive": "green", "stale": "bold red", "not running": "dim"}
+PROPOSAL_STYLE = {"accepted": "green", "rejected": "red", "expired": "yellow", "pending": "cyan"}
+HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unreachable": "red"}
+BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
+MAX_EDGES = 8  # the strongest edges shown
+MAX_PROPOSALS = 8  # the newest proposals shown
+BAR_CELLS = 10
+SPARKS = "▁▂▃▄▅▆▇█"
+TWO_COLUMNS_FROM = 150  # console width from which panels sit in two columns
 
 
 def _duration(seconds: float) -> str:
@@ -22,6 +36,40 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
+
+
+def bar(fraction: float, cells: int = BAR_CELLS) -> str:
+    """A horizontal bar of `cells` characters, `fraction` (0..1) of it filled."""
+    filled = round(max(0.0, min(1.0, fraction)) * cells)
+    return "█" * filled + "·" * (cells - filled)
+
+
+def sparkline(values: list[float], top: float = 100.0) -> str:
+    """One character per value, from ▁ (0) to █ (`top`)."""
+    last = len(SPARKS) - 1
+    return "".join(SPARKS[round(max(0.0, min(1.0, v / top)) * last)] for v in values) if top else ""
+
+
+def _table(title: str | None, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left")
+    return table
+
+
+def _absent(title: str, why: str) -> Group:
+    return Group(Text(title, "bold"), Text(why, "dim"), Text(""))
 
 
 def up_table(states: list[ProgramState]) -> Table:
@@ -36,100 +84,182 @@ def up_table(states: list[ProgramState]) -> Table:
     return table
 
 
-def programs_table(data: dict[str, Any]) -> RenderableType:
+def processes_panel(data: dict[str, Any]) -> RenderableType:
     if not data["supervisord"]["running"]:
-        return Text("supervisord is not running (start the mesh with `agentmesh up`)", "red")
-    table = Table(title="programs", title_justify="left")
-    for col in ("program", "state", "pid", "uptime"):
-        table.add_column(col, justify="right" if col in ("pid", "uptime") else "left")
+        return _absent("processes", "supervisord is not running (start the mesh with `agentmesh up`)")
+    if not data["programs"]:
+        return _absent("processes", "no data")
+    window = data.get("cpu_window_s")
+    title = "processes" + ("" if window is None else f" (cpu over {window:.1f}s)")
+    table = _table(title, "program", "state", "pid", "uptime", "restarts", "cpu%", "rss",
+                   right=("pid", "uptime", "restarts", "cpu%", "rss"))
+    table.columns[0].no_wrap = True
     for p in data["programs"]:
-        table.add_row(p["name"], Text(p["state"], STATE_STYLE.get(p["state"], "")),
-                      str(p["pid"] or ""), _duration(p["uptime_s"]) if p["pid"] else "")
+        running = p["state"] == "RUNNING"
+        state = Text(p["state"], STATE_STYLE.get(p["state"], ""))
+        if not running and p["description"]:
+            state.append(f" {p['description']}", "dim")
+        restarts = Text(str(p["restarts"]), "yellow" if p["restarts"] else "")
+        cpu = "-" if p["cpu_percent"] is None else f"{p['cpu_percent']:.1f}"
+        table.add_row(p["name"], state, str(p["pid"] or "-"),
+                      _duration(p["uptime_s"]) if running else "-", restarts, cpu, _bytes(p["rss_bytes"]))
     return table
 
 
-def agents_table(data: dict[str, Any]) -> RenderableType:
-    table = Table(title="agents", title_justify="left")
-    for col in ("agent", "role", "pid", "heartbeat", "in", "out", "dead"):
-        table.add_column(col, justify="left" if col in ("agent", "role") else "right")
+def agents_panel(data: dict[str, Any]) -> RenderableType:
+    if not data["agents"]:
+        return _absent("agents", "no data (Redis unreachable)" if _redis_down(data) else "no agents")
+    table = _table("agents", "agent", "role", "state", "pid", "heartbeat", "in", "out", "backlog",
+                   "dead", right=("pid", "heartbeat", "in", "out", "backlog", "dead"))
     for a in data["agents"]:
-        c = a["counters"]
-        beat = Text(f"{_duration(a['heartbeat_age_s'])} ago", "green" if a["alive"] else "red")
-        table.add_row(a["name"], a["role"] or "", str(a["pid"] or ""), beat,
-                      str(c.get("messages_in", 0)), str(c.get("messages_out", 0)),
-                      str(c.get("dead_letters", 0)))
+        age = a["heartbeat_age_s"]
+        backlog = Text(str(a["backlog"]), "yellow" if a["backlog"] else "")
+        dead = Text(str(a["dead_letters"]), "red" if a["dead_letters"] else "")
+        table.add_row(a["name"], a["role"] or "", Text(a["state"], AGENT_STYLE.get(a["state"], "")),
+                      str(a["pid"] or "-"), "-" if age is None else f"{_duration(age)} ago",
+                      str(a["messages_in"]), str(a["messages_out"]), backlog, dead)
     return table
 
 
-def topology_view(data: dict[str, Any]) -> RenderableType:
+def _redis_down(data: dict[str, Any]) -> bool:
+    return not data.get("infra", {}).get("redis", {}).get("reachable", True)
+
+
+def _trend(history: list[dict[str, Any]]) -> str:
+    if len(history) < 2:
+        return ""
+    values = [float(h["reduction_percent"]) for h in history]
+    span = (history[-1]["ts"] - history[0]["ts"]) / 1000
+    return f" {sparkline(values)} {values[-1] - values[0]:+.1f} over {_duration(span)}"
+
+
+def topology_panel(data: dict[str, Any]) -> RenderableType:
     topo = data["topology"]
     if topo is None:
-        return Text("topology: no snapshot yet (topology-manager not running?)", "yellow")
+        why = "no data (Redis unreachable)" if _redis_down(data) else \
+            "no snapshot yet (topology-manager not running?)"
+        return _absent("topology", why)
     s = topo["stats"]
-    head = Text(
-        f"topology: {s['agents']} agents, {s['edges']}/{s['possible']} edges, "
-        f"reduction {s['reduction_percent']:.1f}%, weight min/avg/max "
-        f"{s['min_weight']:.2f}/{s['avg_weight']:.2f}/{s['max_weight']:.2f} "
-        f"(snapshot {_duration(topo['snapshot_age_s'])} old)"
-    )
-    table = Table(title_justify="left")
-    for col in ("edge", "weight", "usage"):
-        table.add_column(col, justify="left" if col == "edge" else "right")
+    head = Text(f"{s['agents']} agents, {s['edges']}/{s['possible']} edges, reduction "
+                f"{s['reduction_percent']:.1f}%{_trend(topo['history'])} "
+                f"(snapshot {_duration(topo['snapshot_age_s'])} old)")
+    table = _table(None, "strongest edges", "weight", "", "usage", "last use",
+                   right=("weight", "usage", "last use"))
     for e in topo["edges"][:MAX_EDGES]:
-        table.add_row(f"{e['source']} -> {e['target']}", f"{e['weight']:.2f}", str(e["usage"]))
-    return Group(head, table)
+        last = "never" if not e["usage"] else f"{_duration(data['ts'] - e['last_used'] / 1000)} ago"
+        table.add_row(f"{e['source']} -> {e['target']}", f"{e['weight']:.2f}",
+                      Text(bar(e["weight"] / topo["max_weight"]), "cyan"), str(e["usage"]), last)
+    more = len(topo["edges"]) - MAX_EDGES
+    parts: list[RenderableType] = [Text("topology", "bold"), head, table]
+    if more > 0:
+        parts.append(Text(f"... and {more} weaker edges", "dim"))
+    return Group(*parts, Text(""))
 
 
-PROPOSAL_STYLE = {"accepted": "green", "rejected": "red", "expired": "yellow", "pending": "cyan"}
-
-
-def proposals_table(data: dict[str, Any]) -> RenderableType:
+def proposals_panel(data: dict[str, Any]) -> RenderableType:
     if not data["proposals"]:
-        return Text("proposals: none yet", "dim")
-    table = Table(title="proposals (newest first)", title_justify="left")
-    for col in ("id", "proposer", "type", "waggle", "for/against", "status", "time"):
-        table.add_column(col, justify="right" if col in ("waggle", "for/against", "time") else "left")
-    for p in data["proposals"]:
-        when = (f"{p['decision_ms']} ms" if p["decision_ms"] is not None
-                else f"{_duration(p['age_s'])} open")
-        table.add_row(p["id"], p["proposer"], p["type"], f"{p['intensity']:.2f}",
-                      f"{p['for']}/{p['against']} of {p['needed']}/{p['electorate']}",
+        return _absent("proposals", "no data (Redis unreachable)" if _redis_down(data) else "none yet")
+    table = _table("proposals (newest first)", "id", "type", "waggle", "for/against", "quorum",
+                   "status", "decision", right=("for/against", "decision"))
+    table.columns[0].no_wrap = True
+    table.columns[1].max_width = 10
+    for p in data["proposals"][:MAX_PROPOSALS]:
+        if p["decision_ms"] is not None:
+            when = f"{p['decision_ms']} ms"
+        elif p["expires_in_s"] is not None:
+            when = f"in {_duration(p['expires_in_s'])}"
+        else:
+            when = "-"
+        votes = Text.assemble((str(p["for"]), "green"), "/", (str(p["against"]), "red"))
+        table.add_row(p["id"], Text(p["type"], no_wrap=True, overflow="ellipsis"),
+                      Text(f"{sparkline([p['intensity']], 1.0)} {p['intensity']:.2f}", "magenta"), votes,
+                      f"{p['needed']} of {p['electorate']}",
                       Text(p["status"], PROPOSAL_STYLE.get(p["status"], "")), when)
     return table
 
 
-HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unreachable": "red"}
-BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
+def _breakers(clients: list[dict[str, Any]]) -> Text:
+    """`closed 3`, then every other state with its callers; pending writes per caller."""
+    by_state: dict[str, list[dict[str, Any]]] = {}
+    for c in clients:
+        by_state.setdefault(str(c.get("breaker", "?")), []).append(c)
+    text = Text()
+    for state in sorted(by_state, key=lambda s: (s == "closed", s)):
+        if text:
+            text.append(", ")
+        text.append(state, BREAKER_STYLE.get(state, "yellow"))
+        if state == "closed":
+            text.append(f" {len(by_state[state])}")
+        else:
+            text.append(": " + " ".join(c["owner"] for c in by_state[state]))
+    pending = [f"{c['owner']} {c['pending']}" for c in clients if c.get("pending")]
+    if pending:
+        text.append(f" (pending: {', '.join(pending)})", "yellow")
+    return text
 
 
-def services_table(data: dict[str, Any]) -> RenderableType:
-    """Each service's health and latency, and the breaker of every agent's client of it."""
-    table = Table(title="services", title_justify="left")
-    for col in ("service", "url", "health", "latency", "client breakers (caller: state, pending)"):
-        table.add_column(col, justify="right" if col == "latency" else "left")
-    for s in data.get("services", []):
-        clients = Text()
-        for c in s["clients"]:
-            if clients:
-                clients.append(", ")
-            clients.append(f"{c['owner']}: ")
-            clients.append(c.get("breaker", "?"), BREAKER_STYLE.get(c.get("breaker", ""), ""))
-            if c.get("pending"):
-                clients.append(f" ({c['pending']} pending)", "yellow")
-        latency = "" if s["latency_ms"] is None else f"{s['latency_ms']:.1f} ms"
+def services_panel(data: dict[str, Any]) -> RenderableType:
+    """Each service's health and latency, and the breakers of the clients of it."""
+    if not data["services"]:
+        return _absent("services", "no data")
+    table = _table("services", "service", "url", "health", "latency", "client breakers",
+                   right=("latency",))
+    for s in data["services"]:
+        latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f} ms"
         table.add_row(s["name"], s["url"], Text(s["health"], HEALTH_STYLE.get(s["health"], "yellow")),
-                      latency, clients)
+                      latency, _breakers(s["clients"]))
     return table
 
 
-def render_status(data: dict[str, Any]) -> RenderableType:
-    parts: list[RenderableType] = [
-        Text(f"mesh {data['mesh']}", "bold"),
-        programs_table(data),
-        agents_table(data),
-        topology_view(data),
-        proposals_table(data),
-        services_table(data),
-    ]
-    parts += [Text(f"error: {e}", "red") for e in data["errors"]]
-    return Group(*parts)
+def infra_panel(data: dict[str, Any]) -> RenderableType:
+    table = _table("infra", "", "address", "reachable", "latency", right=("latency",))
+    for name in ("broker", "redis"):
+        probe = data["infra"][name]
+        answer = Text("yes", "green") if probe["reachable"] else Text("no answer", "bold red")
+        table.add_row(name, probe["address"], answer,
+                      "-" if probe["latency_ms"] is None else f"{probe['latency_ms']:.1f} ms")
+    return table
+
+
+def errors_view(data: dict[str, Any]) -> RenderableType:
+    return Group(*[Text(f"error: {e}", "red") for e in data["errors"]])
+
+
+class Dashboard:
+    """All panels: one column, or two when the console is wide enough."""
+
+    def __init__(self, data: dict[str, Any], footer: str = "") -> None:
+        self.data = data
+        self.footer = footer
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        d = self.data
+        head = Text(f"mesh {d['mesh']}", "bold")
+        if self.footer:
+            head.append(f"  {self.footer}", "dim")
+        left = [processes_panel(d), agents_panel(d), infra_panel(d)]
+        right = [topology_panel(d), proposals_panel(d), services_panel(d)]
+        yield head
+        if options.max_width >= TWO_COLUMNS_FROM:
+            # the left panels keep their natural width; the right ones get the rest
+            left_width = min(options.max_width // 2,
+                             max(Measurement.get(console, options, r).maximum for r in left))
+            grid = Table.grid(padding=(0, 3), expand=True)
+            grid.add_column(width=left_width)
+            grid.add_column(ratio=1)
+            grid.add_row(Group(*_spaced(left)), Group(*_spaced(right)))
+            yield grid
+        else:
+            yield from _spaced(left + right)
+        yield errors_view(d)
+
+
+def _spaced(parts: list[RenderableType]) -> list[RenderableType]:
+    out: list[RenderableType] = []
+    for part in parts:
+        out += [part, Text("")] if isinstance(part, Table) else [part]
+    return out
+
+
+def render_status(data: dict[str, Any], footer: str = "") -> RenderableType:
+    return Dashboard(data, footer)

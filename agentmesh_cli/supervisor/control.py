@@ -147,6 +147,10 @@ class Supervisor:
                 raise SupervisorError(f"supervisord (pid {pid}) did not exit in {timeout:.0f}s")
             time.sleep(0.1)
 
+    def read_main_log(self, offset: int) -> str:
+        """supervisord's own log from byte `offset` to its end (readLog)."""
+        return str(self._call("readLog", self.rpc.readLog, offset, 0))
+
     def log_tail(self, name: str, length: int = 2000) -> str:
         try:
             text, _offset, _overflow = self.rpc.tailProcessStdoutLog(name, 0, length)

@@ -174,6 +174,7 @@ class TopologyManager:
         self.rules = rules_from(cfg.topology)
         self.timeout_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
+        self._next_point = 0.0  # monotonic time of the next topology:history point
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: saving a last snapshot and stopping", signal.Signals(signum).name)
@@ -243,8 +244,19 @@ class TopologyManager:
 
     def _save(self, store: Any, state: TopologyState) -> None:
         try:
-            store.save_snapshot(state.snapshot(now_ms()))
+            snapshot = state.snapshot(now_ms())
+            store.save_snapshot(snapshot)
             store.add_counters(OWNER, state.counts)
             state.counts = Counter()
+            if time.monotonic() >= self._next_point:
+                store.push_topology_point(history_point(snapshot), C.TOPOLOGY_HISTORY_KEPT)
+                self._next_point = time.monotonic() + C.TOPOLOGY_HISTORY_EVERY_S
         except AgentMeshError as exc:
             log.warning("snapshot not saved, will retry: %s", exc)
+
+
+def history_point(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers of a snapshot that `status` draws as the topology's trend."""
+    stats = snapshot["stats"]
+    return {"ts": snapshot["ts"], **{k: stats[k] for k in ("agents", "edges", "possible",
+                                                            "reduction_percent")}}

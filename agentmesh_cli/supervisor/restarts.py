@@ -1,0 +1,60 @@
+"""Restart counts from supervisord's main log (pure: text in, counts out).
+
+supervisord logs `spawned: '<program>' with pid N` every time it starts a program, and
+`supervisord started with pid N` when it starts itself (the log is appended to across
+incarnations). So the starts of a program since supervisord started are the spawn lines
+after the last such line, and its restarts are those starts less the first: crashes
+restarted by `autorestart`, BACKOFF retries, `supervisorctl restart`, and programs
+replaced by `agentmesh up` after a mesh.yaml change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+
+SPAWNED = re.compile(r" spawned: '([^']+)' with pid \d+")
+SUPERVISORD_STARTED = " supervisord started with pid "
+ANCHOR_CHARS = 64  # how much of the text already read proves the log was not rotated
+
+
+class SpawnLog:
+    """Reads the main log incrementally; `read(offset)` is supervisord's readLog."""
+
+    def __init__(self) -> None:
+        self.spawns: Counter[str] = Counter()
+        self.offset = 0  # bytes of the log consumed
+        self._anchor = ""  # the last ANCHOR_CHARS characters consumed
+        self._partial = ""  # a line not yet complete
+
+    def restarts(self, program: str) -> int:
+        return max(0, self.spawns[program] - 1)
+
+    def update(self, read: Callable[[int], str]) -> None:
+        """Read what the log gained since the last call. When the text before our offset
+        is no longer what we read (supervisord rotated the log at 10 MB), the new file is
+        read from its start and counted on top of what was counted before."""
+        anchor_bytes = len(self._anchor.encode("utf-8"))
+        text = str(read(self.offset - anchor_bytes)) if self.offset else str(read(0))
+        if self.offset:
+            if not text.startswith(self._anchor):
+                self.offset, self._anchor, self._partial = 0, "", ""
+                text = str(read(0))
+            else:
+                text = text[len(self._anchor):]
+        self.feed(text)
+
+    def feed(self, text: str) -> None:
+        """Count the spawn lines of `text`, the log's continuation."""
+        if not text:
+            return
+        self.offset += len(text.encode("utf-8"))
+        self._anchor = (self._anchor + text)[-ANCHOR_CHARS:]
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if SUPERVISORD_STARTED in line:
+                self.spawns.clear()
+            elif match := SPAWNED.search(line):
+                self.spawns[match.group(1)] += 1
