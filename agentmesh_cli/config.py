@@ -143,6 +143,13 @@ class ServicesConfig(_Section):
     pending_limit: int = Field(10_000, ge=1)  # memory writes an agent buffers while memory is down
 
 
+class MetricsConfig(_Section):
+    """The Prometheus exporter (`agentmesh metrics`): one scrape URL for the whole mesh."""
+
+    host: str = "127.0.0.1"  # loopback: expose it wider on purpose, e.g. 0.0.0.0
+    port: Port = C.DEFAULT_METRICS_PORT
+
+
 class WorkloadConfig(_Section):
     """Rates of the built-in e-commerce demo roles (0 switches a flow off)."""
 
@@ -189,6 +196,7 @@ class MeshConfig(_Section):
     consensus: ConsensusConfig = ConsensusConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     services: ServicesConfig = ServicesConfig()
+    metrics: MetricsConfig = MetricsConfig()
     workload: WorkloadConfig = WorkloadConfig()
     logging: LoggingConfig = LoggingConfig()
     agents: list[AgentSpec] = []
@@ -196,7 +204,8 @@ class MeshConfig(_Section):
     @model_validator(mode="after")
     def _distinct_ports(self) -> MeshConfig:
         ports = {"services.memory.port": self.services.memory.port,
-                 "services.cognition.port": self.services.cognition.port}
+                 "services.cognition.port": self.services.cognition.port,
+                 "metrics.port": self.metrics.port}
         if self.kafka.embedded:
             ports["kafka.port"] = self.kafka.port
         if self.redis.embedded:

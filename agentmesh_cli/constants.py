@@ -53,6 +53,8 @@ PROGRAM_CONSENSUS = "consensus-manager"
 PROGRAM_MEMORY = "memory"
 PROGRAM_COGNITION = "cognition"
 SERVICE_PROGRAMS = (PROGRAM_MEMORY, PROGRAM_COGNITION)  # service name == program name
+PROGRAM_METRICS = "metrics"  # the Prometheus exporter (services tier)
+MANAGER_PROGRAMS = (PROGRAM_TOPOLOGY, PROGRAM_CONSENSUS)
 AGENT_PROGRAM_PREFIX = "agent-"
 PRIORITY_INFRA = 10
 PRIORITY_SERVICES = 20
@@ -62,6 +64,7 @@ PRIORITY_AGENTS = 40
 # Default loopback ports of the embedded infra: far from Kafka's 9092 and Redis's 6379.
 DEFAULT_EMBEDDED_KAFKA_PORT = 29092
 DEFAULT_EMBEDDED_REDIS_PORT = 26379
+DEFAULT_METRICS_PORT = 9464  # the Prometheus exporter (the port OpenTelemetry's exporter uses)
 
 # Files, relative to the folder that holds mesh.yaml.
 SUPERVISOR_DIR = "supervisor.d"
@@ -80,6 +83,13 @@ COUNTER_SKIPPED = "skipped"
 # inbox backlog from these (the embedded broker's watermarks are wrong, DESIGN section 8).
 COUNTER_SENT_TO_PREFIX = "sent_to:"
 CLI_COUNTER_OWNER = "cli"  # `agentmesh send` counts under this owner
+# Latency histograms kept as counters (metrics/histogram.py): "<name>:bucket:<bound ms>",
+# "<name>:sum_us", "<name>:count". The consensus manager's decisions (created -> decided):
+COUNTER_DECISION_MS = "decision_ms"
+# Agents' calls of a service, "service_calls:<service>:<ok|error|circuit_open>", and their
+# latency histogram "service_call_ms:<service>".
+COUNTER_SERVICE_CALLS_PREFIX = "service_calls:"
+COUNTER_SERVICE_CALL_MS_PREFIX = "service_call_ms:"
 
 # topology:history, for the trend in `status`: a point at most this often, this many kept
 TOPOLOGY_HISTORY_EVERY_S = 10.0
@@ -88,6 +98,14 @@ TOPOLOGY_HISTORY_KEPT = 90  # 15 minutes
 
 def sent_to_counter(recipient: str) -> str:
     return COUNTER_SENT_TO_PREFIX + recipient
+
+
+def service_calls_counter(service: str, outcome: str) -> str:
+    return f"{COUNTER_SERVICE_CALLS_PREFIX}{service}:{outcome}"
+
+
+def service_call_histogram(service: str) -> str:
+    return COUNTER_SERVICE_CALL_MS_PREFIX + service
 
 
 def inbox_partition(agent_id: str, partitions: int) -> int:

@@ -7,8 +7,9 @@ broker was empty, see bus.prepare_topics).
 
 Ready means a program's own signal, not just a live process: the broker answers a
 metadata request, Redis answers PING, a service's /health answers 200 (memory: Redis
-answers; cognition: memory answers), and every other agentmesh role has written its
-readiness key with the pid that supervisord reports for it.
+answers; cognition: memory answers), the metrics exporter answers GET /metrics with 200,
+and every other agentmesh role has written its readiness key with the pid that
+supervisord reports for it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
                 f"service cannot start; stop what holds it or set services.{service}.port in "
                 f"{mesh.config_file.name}"
             )
+    if C.PROGRAM_METRICS not in running and not port_free(cfg.metrics.port, cfg.metrics.host):
+        raise PortInUseError(
+            f"port {cfg.metrics.port} on {cfg.metrics.host} is already in use, so the metrics "
+            f"exporter cannot start; stop what holds it or set metrics.port in {mesh.config_file.name}"
+        )
 
 
 def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None, float, dict[str, Any]]:
@@ -99,6 +105,18 @@ def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None
     except ValueError:
         body = {}
     return response.status_code, took, body if isinstance(body, dict) else {}
+
+
+def metrics_answers(mesh: Mesh, timeout: float) -> bool:
+    """The exporter answers GET /metrics with 200 (it does so even while Redis is down)."""
+    import httpx
+
+    from agentmesh_cli.metrics.exporter import metrics_url
+
+    try:
+        return httpx.get(metrics_url(mesh), timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class Readiness:
@@ -130,6 +148,8 @@ class Readiness:
                 return self.store().ping()
             if name in C.SERVICE_PROGRAMS:
                 return service_health(self.mesh, name, timeout=1.0)[0] == 200
+            if name == C.PROGRAM_METRICS:
+                return metrics_answers(self.mesh, timeout=1.0)
             return self.store().ready_pid(name) == pid
         except AgentMeshError:
             return False

@@ -57,6 +57,8 @@ services:                       # HTTP services, supervised programs on loopback
   health_interval: 30s          # each client checks its service's /health this often
   pending_limit: 10000          # memory writes an agent buffers while memory is down
 
+metrics: {host: 127.0.0.1, port: 9464}   # Prometheus: every role's counters at http://host:port/metrics
+
 workload:                       # the built-in demo roles (0 switches a flow off)
   order_rate: 0.5               # orders per second Sales opens (-> Inventory, Fraud and back)
   lead_rate: 0.15               # upsell leads per second Support passes to Sales (one way)

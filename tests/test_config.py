@@ -48,6 +48,7 @@ def test_defaults_fill_in() -> None:
     assert cfg.kafka.bootstrap == "127.0.0.1:29092"
     assert cfg.redis.resolved_url == "redis://127.0.0.1:26379/0"
     assert cfg.agents[0].capabilities == []
+    assert (cfg.metrics.host, cfg.metrics.port) == ("127.0.0.1", 9464)  # loopback by default
 
 
 def test_external_infra() -> None:
@@ -81,6 +82,10 @@ BAD_CASES = [
      "mesh.yaml: (top level): services.memory.port and services.cognition.port must differ (both are 9000)"),
     ({**GOOD, "services": {"memory": {"port": 26379}}},
      "mesh.yaml: (top level): services.memory.port and redis.port must differ (both are 26379)"),
+    ({**GOOD, "metrics": {"port": 9100}},
+     "mesh.yaml: (top level): services.cognition.port and metrics.port must differ (both are 9100)"),
+    ({**GOOD, "metrics": {"port": 70000}},
+     "mesh.yaml: metrics.port: Input should be less than or equal to 65535"),
 ]
 
 

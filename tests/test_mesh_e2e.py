@@ -32,6 +32,7 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
         "kafka": {"port": free_port(), "partitions": 4},
         "redis": {"port": free_port()},
         "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
+        "metrics": {"port": free_port()},
         "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
         "heartbeat": {"interval": "1s", "missed": 5},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
@@ -99,7 +100,7 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
     assert data["v"] == 2 and data["supervisord"]["running"]
     assert sorted(p["name"] for p in data["programs"]) == [
         "agent-Fraud", "agent-Inventory", "agent-Sales", "cognition", "consensus-manager", "kafka",
-        "memory", "redis", "topology-manager"]
+        "memory", "metrics", "redis", "topology-manager"]
     assert {p["state"] for p in data["programs"]} == {"RUNNING"}
     seen_pids = set(pids(data).values())
     supervisord_pid = int((mesh_dir / ".agentmesh" / "supervisord.pid").read_text())
@@ -110,7 +111,7 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
                           str(mesh_dir / "supervisor.d" / "supervisord.conf"), "status"],
                          capture_output=True, text=True, timeout=30)
     assert ctl.returncode == 0, ctl.stdout
-    assert len([line for line in ctl.stdout.splitlines() if " RUNNING " in line]) == 9
+    assert len([line for line in ctl.stdout.splitlines() if " RUNNING " in line]) == 10
 
     # agents registered with the pids supervisord reports; a full mesh of 6 edges at 0.5
     data = wait_for(lambda: (d := status(config))["topology"] and
@@ -171,7 +172,7 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
     data = status(config)
     assert sorted(p["name"] for p in data["programs"]) == [
         "agent-Inventory", "agent-Sales", "agent-Support", "cognition", "consensus-manager", "kafka",
-        "memory", "redis", "topology-manager"]
+        "memory", "metrics", "redis", "topology-manager"]
     assert not _alive(fraud_pid)
     assert not (mesh_dir / "supervisor.d" / "agent-Fraud.ini").exists()
     seen_pids.update(pids(data).values())

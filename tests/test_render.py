@@ -37,14 +37,17 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
         ("redis", 10, "infra"),
         ("memory", 20, "services"),
         ("cognition", 20, "services"),
+        ("metrics", 20, "services"),
         ("topology-manager", 30, "managers"),
         ("consensus-manager", 30, "managers"),
         ("agent-Sales", 40, "agents"),
         ("agent-Fraud", 40, "agents"),
     ]
-    kafka, redis, memory, cognition, topo, consensus, sales, fraud = specs
+    kafka, redis, memory, cognition, metrics, topo, consensus, sales, fraud = specs
     assert memory.command == ["/py", "-m", "agentmesh_cli", "memory", "--config", str(tmp_path / "mesh.yaml")]
     assert cognition.command[3:5] == ["cognition", "--config"]
+    assert metrics.command == ["/py", "-m", "agentmesh_cli", "metrics", "--config",
+                               str(tmp_path / "mesh.yaml")]
     assert kafka.command == ["/bin/tansu", "broker", "--listener-url", "tcp://127.0.0.1:29092",
                              "--advertised-listener-url", "tcp://127.0.0.1:29092",
                              "--storage-engine", "memory://tansu/"]
@@ -60,7 +63,7 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
 def test_external_infra_starts_nothing_embedded(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path, kafka={"bootstrap_servers": "k1:9092"}, redis={"url": "redis://r:6379/0"})
     names = [s.name for s in program_specs(mesh, "/py")]
-    assert names == ["memory", "cognition", "topology-manager", "consensus-manager", "agent-Sales",
+    assert names == ["memory", "cognition", "metrics", "topology-manager", "consensus-manager", "agent-Sales",
                      "agent-Fraud"]
 
 
@@ -85,7 +88,7 @@ def test_render_all_files(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path)
     files = render_all(mesh, program_specs(mesh, "/py", tansu="/t", valkey="/v"))
     assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "cognition.ini", "consensus-manager.ini",
-                             "kafka.ini", "memory.ini", "redis.ini", "supervisord.conf",
+                             "kafka.ini", "memory.ini", "metrics.ini", "redis.ini", "supervisord.conf",
                              "topology-manager.ini"]
     conf = configparser.RawConfigParser()
     conf.read_string(files["supervisord.conf"])

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -163,27 +162,24 @@ def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: Memory
         assert client.breaker_state == "closed"
 
         memory.kill()
-        failed: list[float] = []
         for _ in range(5):
             assert client.breaker_state == "closed"
-            took, error = timed(lambda: client.call_tool("get_message", get), ServiceUnavailableError)
+            _, error = timed(lambda: client.call_tool("get_message", get), ServiceUnavailableError)
             assert error.attempts == 1 and error.status is None, error  # refused: nothing listens
-            failed.append(took)
         opened_at = time.monotonic()
         assert client.breaker_state == "open"
 
-        # the sixth call fails fast: nothing connects to the port (the proof), and it is
-        # quicker than a refused connection (a loose check of the same thing)
+        # the sixth call fails fast: something listens on the port again, and nothing
+        # connects to it (no timing: the listener is the proof)
         listener = Listener(memory.port)
         try:
-            took, refused = timed(lambda: client.call_tool("get_message", get), CircuitOpenError)
+            _, refused = timed(lambda: client.call_tool("get_message", get), CircuitOpenError)
             assert refused.attempts == 1 and "circuit breaker open" in str(refused)
-            fast = [timed(lambda: client.call_tool("get_message", get), CircuitOpenError)[0]
-                    for _ in range(20)]
+            for _ in range(20):
+                timed(lambda: client.call_tool("get_message", get), CircuitOpenError)
             assert listener.connections() == 0
         finally:
             listener.close()
-        assert statistics.median([took, *fast]) < statistics.median(failed) / 2, (took, fast, failed)
         assert client.breaker_state == "open"
 
         memory.start()
@@ -248,12 +244,9 @@ def test_async_client_opens_fails_fast_and_probes_back_to_closed(memory: MemoryP
             item = await client.call_tool("store_input", store_args(user, "async"))
             get = {"user_id": user, "message_id": item["message_id"]}
             memory.kill()
-            failed = []
             for _ in range(5):
-                started = time.perf_counter()
                 with pytest.raises(ServiceUnavailableError) as caught:
                     await client.call_tool("get_message", get)
-                failed.append(time.perf_counter() - started)
                 assert caught.value.attempts == 1
             opened_at = time.monotonic()
             assert client.breaker_state == "open"
@@ -261,15 +254,12 @@ def test_async_client_opens_fails_fast_and_probes_back_to_closed(memory: MemoryP
             listener = Listener(memory.port)
             try:
                 # many calls at once while open: all fail fast, none connects
-                started = time.perf_counter()
                 outcomes = await asyncio.gather(*(client.call_tool("get_message", get) for _ in range(10)),
                                                 return_exceptions=True)
-                took = time.perf_counter() - started
                 assert all(isinstance(o, CircuitOpenError) for o in outcomes), outcomes
                 assert listener.connections() == 0
             finally:
                 listener.close()
-            assert took < sum(failed) / 2, (took, failed)  # ten fail-fast calls, under half of five refused
 
             await asyncio.to_thread(memory.start)
             sleep = max(0.0, opened_at + RESET_S - time.monotonic()) + 0.1

@@ -13,6 +13,9 @@ asks Cognition for context, without ever stalling or crashing because a service 
 - the same thread checks each service's /health every `services.health_interval`.
 - `state()` is what `status` shows: per service the breaker state, the last health,
   and the writes pending.
+- every tool call is counted by outcome (ok, error, circuit_open) and its latency, as
+  the caller waited it (retries included), goes into a histogram: in memory, flushed
+  with the agent's other counters (`agentmesh metrics`).
 
 `CORTEX_DISTRIBUTED_MODE=false` (the seed's switch) gives in-process clients with the
 same interface instead of HTTP ones (services.local).
@@ -27,8 +30,10 @@ import time
 from collections import Counter, deque
 from typing import Any, Protocol
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.config import Mesh
-from agentmesh_cli.errors import ServiceError, ServiceHTTPError, ServiceProtocolError
+from agentmesh_cli.errors import CircuitOpenError, ServiceError, ServiceHTTPError, ServiceProtocolError
+from agentmesh_cli.metrics.histogram import SERVICE_CALL_BUCKETS
 
 RETRY_PAUSE_S = 0.5  # a failed write waits this long before it is tried again
 STOP_FLUSH_S = 2.0  # on stop, the writer gets this long to empty its queue
@@ -109,7 +114,7 @@ class AgentServices:
         if query:
             arguments["query"] = query
         try:
-            result = self.cognition.call_tool("get_context", arguments)
+            result = self._call(C.PROGRAM_COGNITION, self.cognition, "get_context", arguments)
         except ServiceError as exc:
             self._count("context_failed")
             self.log.warning("no context for %s (cognition %s): %s", user_id,
@@ -152,6 +157,23 @@ class AgentServices:
         with self._lock:
             self._counts[key] += n
 
+    def _call(self, service: str, client: Client, tool: str, arguments: dict[str, Any]) -> Any:
+        """One tool call, counted by outcome and timed (in memory: no Redis round trip)."""
+        outcome = "error"
+        started = time.monotonic()
+        try:
+            result = client.call_tool(tool, arguments)
+            outcome = "ok"
+            return result
+        except CircuitOpenError:
+            outcome = "circuit_open"
+            raise
+        finally:
+            ms = (time.monotonic() - started) * 1000
+            with self._lock:
+                self._counts[C.service_calls_counter(service, outcome)] += 1
+                SERVICE_CALL_BUCKETS.observe(self._counts, C.service_call_histogram(service), ms)
+
     def _run(self) -> None:
         next_health = time.monotonic()
         while True:
@@ -174,7 +196,7 @@ class AgentServices:
     def _write(self, item: dict[str, Any]) -> bool:
         """Send the oldest pending write; False when Memory cannot take it now."""
         try:
-            self.memory.call_tool("store_input", item)
+            self._call(C.PROGRAM_MEMORY, self.memory, "store_input", item)
         except ServiceError as exc:
             if not _refused(exc):
                 return self._failed(exc)

@@ -12,6 +12,7 @@ from agentmesh_cli.cli import consensus as consensus_commands
 from agentmesh_cli.cli import init as init_commands
 from agentmesh_cli.cli import logs as log_commands
 from agentmesh_cli.cli import mesh as mesh_commands
+from agentmesh_cli.cli import metrics as metrics_commands
 from agentmesh_cli.cli import roles as role_commands
 from agentmesh_cli.cli import services as service_commands
 from agentmesh_cli.cli import topics as topic_commands
@@ -33,6 +34,7 @@ consensus_commands.register(app)
 bench_commands.register(app)
 topic_commands.register(app)
 service_commands.register(app)
+metrics_commands.register(app)
 log_commands.register(app)
 init_commands.register(app)
 

@@ -38,8 +38,8 @@ def _complete_program(ctx: typer.Context, incomplete: str) -> list[str]:
 def logs(
     programs: Annotated[list[str] | None, typer.Argument(
         metavar="PROGRAM", show_default=False, autocompletion=_complete_program,
-        help="Programs to show (memory, cognition, kafka, redis, topology-manager, consensus-manager, "
-             "agent-<Name>, supervisord); default: every program of the mesh.")] = None,
+        help="Programs to show (memory, cognition, metrics, kafka, redis, topology-manager, "
+             "consensus-manager, agent-<Name>, supervisord); default: every program of the mesh.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option(
         "--lines", "-n", min=0, help="Show the last N lines of the merged log (0: none).")] = DEFAULT_LINES,

@@ -38,6 +38,7 @@ from agentmesh_cli.config import Mesh
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES, Proposal, ProposalBook, Status
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
 from agentmesh_cli.store import Store
 
 OWNER = C.PROGRAM_CONSENSUS
@@ -199,6 +200,9 @@ class ConsensusManager:
         self.decided.append(self._broadcast(C.EVENT_DECIDED, proposal))
         self.dirty.pop(proposal.id, None)
         self.counts[f"decided_{proposal.status.value}"] += 1
+        if proposal.decided_at is not None:  # the latency histogram of `agentmesh metrics`
+            DECISION_BUCKETS.observe(self.counts, C.COUNTER_DECISION_MS,
+                                     proposal.decided_at - proposal.created_at)
         t = proposal.tally()
         log.info("decided %s: %s (%d for, %d against, %d needed of %d)", proposal.id,
                  proposal.status.value, t["for"], t["against"], t["needed"], t["electorate"])

@@ -54,6 +54,8 @@ def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") ->
     for service in C.SERVICE_PROGRAMS:  # memory first: cognition reads through it
         specs.append(ProgramSpec(service, [*me, service, *config_arg], C.PRIORITY_SERVICES,
                                  dict(AGENTMESH_ENV)))
+    specs.append(ProgramSpec(C.PROGRAM_METRICS, [*me, "metrics", *config_arg], C.PRIORITY_SERVICES,
+                             dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_TOPOLOGY, [*me, "topology", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],

@@ -1,0 +1,209 @@
+"""What one scrape read (`Reading`) -> Prometheus metric families (pure: no I/O, no clock).
+
+Every family is listed in docs/metrics.md. Counters come from the roles' `counters:<owner>`
+hashes, so they count since the mesh's Redis was new (a role's restart loses at most its
+last second). Families that come from Redis are left out when Redis did not answer, and
+those from supervisord when it did not: Prometheus then marks them stale instead of
+recording zeros; `agentmesh_up{source}` says which source answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, observed
+
+PREFIX = "agentmesh_"
+SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION)
+CALL_OUTCOMES = ("ok", "error", "circuit_open")
+DECIDED = ("accepted", "rejected", "expired")
+# the consensus manager's votes_<result> counters (consensus.core.VoteResult, plus the
+# votes it held before their proposal opened)
+VOTE_RESULTS = ("counted", "replaced", "not_member", "unknown", "late", "early")
+BREAKER_STATES = ("closed", "open", "half_open")
+NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.CLI_COUNTER_OWNER})
+
+
+@dataclass
+class Reading:
+    """One scrape's view of the mesh; a source that did not answer leaves its part empty."""
+
+    ts: float  # epoch seconds of the reading
+    agents: list[str]  # mesh.yaml's agents (listed even before they count anything)
+    redis_up: bool = False
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # owner -> counters
+    registered: set[str] = field(default_factory=set)  # agents in the registry now
+    service_clients: dict[str, dict[str, Any]] = field(default_factory=dict)  # the hash
+    topology: dict[str, Any] | None = None  # {ts (ms), stats} of the topology snapshot
+    pending_proposals: int | None = None  # in the consensus manager's snapshot
+    supervisord_up: bool = False
+    programs: dict[str, str] = field(default_factory=dict)  # program -> supervisord state
+    restarts: dict[str, int] = field(default_factory=dict)  # program -> restarts
+
+
+def families(reading: Reading) -> list[Metric]:
+    """Every metric family of one scrape, in a fixed order."""
+    out = list(_sources(reading))
+    if reading.supervisord_up:
+        out += _programs(reading)
+    if reading.redis_up:
+        out += [*_agents(reading), *_topology(reading), *_consensus(reading), *_services(reading)]
+    return out
+
+
+def _name(short: str) -> str:
+    return PREFIX + short
+
+
+def _sources(r: Reading) -> Iterator[Metric]:
+    up = GaugeMetricFamily(_name("up"), "1 if this scrape could read the source (redis, "
+                           "supervisord), else 0", labels=["source"])
+    up.add_metric(["redis"], int(r.redis_up))
+    up.add_metric(["supervisord"], int(r.supervisord_up))
+    yield up
+
+
+def _programs(r: Reading) -> Iterator[Metric]:
+    up = GaugeMetricFamily(_name("program_up"), "1 if supervisord reports the program "
+                           "RUNNING, else 0", labels=["program"])
+    restarts = CounterMetricFamily(_name("program_restarts"), "Starts of the program less the "
+                                   "first, since supervisord started", labels=["program"])
+    for program, state in sorted(r.programs.items()):
+        up.add_metric([program], int(state == "RUNNING"))
+        restarts.add_metric([program], r.restarts.get(program, 0))
+    yield up
+    yield restarts
+
+
+def agent_names(r: Reading) -> list[str]:
+    """mesh.yaml's agents plus every other owner of counters that is an agent."""
+    return sorted(set(r.agents) | {owner for owner in r.counters if owner not in NOT_AGENTS})
+
+
+def _agents(r: Reading) -> Iterator[Metric]:
+    sent = CounterMetricFamily(_name("messages_sent"), "Messages the agent sent to other "
+                               "agents", labels=["agent"])
+    received = CounterMetricFamily(_name("messages_received"), "Messages the agent read from "
+                                   "its inbox and handled", labels=["agent"])
+    backlog = GaugeMetricFamily(_name("inbox_backlog"), "Messages sent to the agent and not "
+                                "yet handled (every sender's count less the agent's)",
+                                labels=["agent"])
+    sent_to = _sent_to(r.counters)
+    for agent in agent_names(r):
+        own = r.counters.get(agent, {})
+        sent.add_metric([agent], own.get(C.COUNTER_OUT, 0))
+        received.add_metric([agent], own.get(C.COUNTER_IN, 0))
+        backlog.add_metric([agent], max(0, sent_to.get(agent, 0) - own.get(C.COUNTER_IN, 0)))
+    dead = CounterMetricFamily(_name("dead_letters"), "Records the owner sent to the dead "
+                               "letter topic", labels=["owner"])
+    for owner, own in sorted(r.counters.items()):
+        if owner != C.CLI_COUNTER_OWNER:
+            dead.add_metric([owner], own.get(C.COUNTER_DEAD, 0))
+    yield from (sent, received, backlog, dead)
+
+
+def _sent_to(counters: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for own in counters.values():
+        for key, value in own.items():
+            if key.startswith(C.COUNTER_SENT_TO_PREFIX):
+                recipient = key[len(C.COUNTER_SENT_TO_PREFIX):]
+                totals[recipient] = totals.get(recipient, 0) + value
+    return totals
+
+
+def _topology(r: Reading) -> Iterator[Metric]:
+    manager = r.counters.get(C.PROGRAM_TOPOLOGY, {})
+    yield CounterMetricFamily(_name("topology_reinforcements"), "Messages that reinforced an "
+                              "edge", value=manager.get("reinforcements", 0))
+    yield CounterMetricFamily(_name("topology_prunes"), "Edges pruned after decaying below the "
+                              "prune threshold", value=manager.get("prunes", 0))
+    if r.topology is None:
+        return
+    stats = r.topology.get("stats", {})
+    for short, key, text in (
+        ("topology_agents", "agents", "Agents in the graph"),
+        ("topology_edges", "edges", "Edges in the graph"),
+        ("topology_possible_edges", "possible", "Edges of a full mesh of these agents, n(n-1)"),
+    ):
+        yield GaugeMetricFamily(_name(short), text, value=stats.get(key, 0))
+    yield GaugeMetricFamily(_name("topology_reduction_ratio"), "1 - edges / possible edges "
+                            "(0 when there are none)", value=stats.get("reduction_percent", 0) / 100)
+    age = max(0.0, r.ts - r.topology.get("ts", 0) / 1000)
+    yield GaugeMetricFamily(_name("topology_snapshot_age_seconds"), "Age of the topology "
+                            "manager's latest snapshot, where the gauges above come from", value=age)
+
+
+def _consensus(r: Reading) -> Iterator[Metric]:
+    manager = r.counters.get(C.PROGRAM_CONSENSUS, {})
+    yield CounterMetricFamily(_name("proposals_opened"), "Proposals the consensus manager "
+                              "opened", value=manager.get("book_opened", 0))
+    decided = CounterMetricFamily(_name("proposals_decided"), "Proposals decided, by outcome",
+                                  labels=["status"])
+    for status in DECIDED:
+        decided.add_metric([status], manager.get(f"decided_{status}", 0))
+    yield decided
+    if r.pending_proposals is not None:
+        yield GaugeMetricFamily(_name("proposals_pending"), "Proposals open and not yet decided "
+                                "(as of the manager's latest snapshot)", value=r.pending_proposals)
+    votes = CounterMetricFamily(_name("votes"), "Votes the consensus manager read, by what it "
+                                "did with them", labels=["result"])
+    for result in VOTE_RESULTS:
+        votes.add_metric([result], manager.get(f"votes_{result}", 0))
+    yield votes
+    latency = HistogramMetricFamily(_name("proposal_decision_seconds"), "Time from a proposal's "
+                                    "opening to its decision", labels=[])
+    buckets, total = DECISION_BUCKETS.read(manager, C.COUNTER_DECISION_MS)
+    latency.add_metric([], _le(buckets), total)
+    yield latency
+
+
+def _le(buckets: list[tuple[float, int]]) -> list[tuple[str, float]]:
+    return [(floatToGoString(bound), count) for bound, count in buckets]
+
+
+def _services(r: Reading) -> Iterator[Metric]:
+    calls = CounterMetricFamily(_name("service_requests"), "Tool calls of a service by an "
+                                "agent, by outcome", labels=["caller", "service", "outcome"])
+    latency = HistogramMetricFamily(_name("service_request_duration_seconds"), "How long an "
+                                    "agent waited for a tool call, retries included",
+                                    labels=["caller", "service"])
+    for caller in agent_names(r):
+        own = r.counters.get(caller, {})
+        for service in SERVICES:
+            histogram = C.service_call_histogram(service)
+            if not observed(own, histogram):  # this agent never called this service
+                continue
+            for outcome in CALL_OUTCOMES:
+                calls.add_metric([caller, service, outcome],
+                                 own.get(C.service_calls_counter(service, outcome), 0))
+            buckets, total = SERVICE_CALL_BUCKETS.read(own, histogram)
+            latency.add_metric([caller, service], _le(buckets), total)
+    yield calls
+    yield latency
+    breaker = GaugeMetricFamily(_name("service_breaker_state"), "1 for the state the caller's "
+                                "circuit breaker of the service is in, 0 for the others",
+                                labels=["caller", "service", "state"])
+    pending = GaugeMetricFamily(_name("service_pending_writes"), "Memory writes the agent "
+                                "holds until the memory service takes them",
+                                labels=["caller", "service"])
+    for caller, state in sorted(r.service_clients.items()):
+        if caller not in r.registered:  # it left: its last report is stale
+            continue
+        for service in SERVICES:
+            client = state.get(service)
+            if not isinstance(client, dict):
+                continue
+            for name in BREAKER_STATES:
+                breaker.add_metric([caller, service, name], int(client.get("breaker") == name))
+            if "pending" in client:
+                pending.add_metric([caller, service], client["pending"])
+    yield breaker
+    yield pending

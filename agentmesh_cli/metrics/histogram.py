@@ -1,0 +1,62 @@
+"""Latency histograms kept as counters, so that they ride the roles' batched counters.
+
+A role observes a latency into its in-memory Counter (one increment of the bucket it falls
+in, plus sum and count); the Counter reaches Redis with the role's other counters once a
+second. The exporter reads the fields back and cumulates them into a Prometheus histogram.
+
+Fields of histogram `<name>`: `<name>:bucket:<bound>` observations in (previous bound,
+bound] milliseconds (`inf` for the rest), `<name>:sum_us` the sum in microseconds (Redis
+adds integers only), `<name>:count` the number of observations.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+INF = "inf"
+
+
+def bound_label(bound: float) -> str:
+    """5 -> "5", 2.5 -> "2.5": the bound as it appears in a field name."""
+    return f"{bound:g}"
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Fixed upper bounds in milliseconds, ascending (the +Inf bucket is implied)."""
+
+    bounds_ms: tuple[float, ...]
+
+    def observe(self, counts: Counter[str], name: str, ms: float) -> None:
+        """Count one observation of `ms` milliseconds under histogram `name`."""
+        index = bisect.bisect_left(self.bounds_ms, ms)
+        bucket = bound_label(self.bounds_ms[index]) if index < len(self.bounds_ms) else INF
+        counts[f"{name}:bucket:{bucket}"] += 1
+        counts[f"{name}:sum_us"] += max(0, round(ms * 1000))
+        counts[f"{name}:count"] += 1
+
+    def read(self, counters: Mapping[str, int], name: str) -> tuple[list[tuple[float, int]], float]:
+        """(cumulative [(upper bound in seconds, count)] ending with +Inf, sum in seconds) of
+        histogram `name` (all zero when `counters` has none of its fields)."""
+        cumulative: list[tuple[float, int]] = []
+        total = 0
+        for bound in self.bounds_ms:
+            total += counters.get(f"{name}:bucket:{bound_label(bound)}", 0)
+            cumulative.append((bound / 1000, total))
+        total += counters.get(f"{name}:bucket:{INF}", 0)
+        cumulative.append((float("inf"), total))
+        return cumulative, counters.get(f"{name}:sum_us", 0) / 1e6
+
+
+def observed(counters: Mapping[str, int], name: str) -> bool:
+    """Whether histogram `name` has had an observation."""
+    return counters.get(f"{name}:count", 0) > 0
+
+
+# decided_at - created_at of a proposal (the timeout bounds it, 30 s by default)
+DECISION_BUCKETS = Buckets((5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000))
+# one call of a service as the agent sees it, retries included (loopback calls take ~1 ms)
+SERVICE_CALL_BUCKETS = Buckets((1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
