@@ -7,17 +7,20 @@ A second process points at a Redis port where nothing listens, for the 503s. No 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import httpx
 import pytest
 import redis
 import yaml
+from httpx_sse import aconnect_sse
 
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.embedded import stop
@@ -541,6 +545,181 @@ def test_create_app_keepalive_and_body_limit(valkey: str) -> None:
                     if len(comments) == 3:
                         break
             assert comments[0] == "following" and all(c.startswith("ping") for c in comments[1:])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# the follow fan-out -------------------------------------------------------------------
+Storer = Callable[[httpx.AsyncClient], Awaitable[None]]
+
+
+async def follow_many(url: str, user: str, streams: int, stored: int,
+                      then: Storer) -> list[list[tuple[str, Any]]]:
+    """`streams` follow streams on `user`'s history; once every one has its 200 (sent
+    after the stream registered with the feed), `then` runs; each stream's events are
+    collected until it has seen `stored` stored events."""
+    opened = 0
+    all_open = asyncio.Event()
+    seen: list[list[tuple[str, Any]]] = [[] for _ in range(streams)]
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as http:
+
+        async def follow(n: int) -> None:
+            nonlocal opened
+            async with aconnect_sse(http, "GET", f"/resource/history/{user}",
+                                    params={"follow": "true"}) as source:
+                assert source.response.status_code == 200, await source.response.aread()
+                opened += 1
+                if opened == streams:
+                    all_open.set()
+                async for event in source.aiter_sse():
+                    seen[n].append((event.event, event.json()))
+                    if sum(kind == "stored" for kind, _ in seen[n]) == stored:
+                        return
+
+        tasks = [asyncio.create_task(follow(n)) for n in range(streams)]
+        try:
+            opening = asyncio.create_task(all_open.wait())
+            await asyncio.wait([opening, *tasks], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done():
+                    task.result()  # a stream that failed to open: its error, not a timeout
+            assert opening.done(), f"only {opened} of {streams} streams opened"
+            await then(http)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return seen
+
+
+def test_a_hundred_follow_streams_get_every_change_and_sigterm_still_ends_them(
+        valkey: str, tmp_path: Path) -> None:
+    """Each stream used to hold its own Redis connection (about 50 could open); now one
+    subscription per process serves them all, and the service keeps answering."""
+    svc = start_service(tmp_path, valkey)
+    user = new_id("crowd")
+    stored: list[dict[str, Any]] = []
+
+    async def store_three(http: httpx.AsyncClient) -> None:
+        assert (await http.get("/health")).status_code == 200  # the pool is not exhausted
+        for n in range(3):
+            answer = await http.post("/tool/store_input", json={"arguments": {
+                "user_id": user, "input_data": {"content": f"to everyone {n}"}}})
+            assert answer.status_code == 200, answer.text
+            stored.append(answer.json()["result"])
+        other = await http.post("/tool/store_input", json={"arguments": {
+            "user_id": new_id("bystander"), "input_data": {"content": "not for them"}}})
+        assert other.status_code == 200
+
+    try:
+        wait_for(lambda: answering(svc), 20, "the memory service")
+        seen = asyncio.run(follow_many(svc.url, user, 100, 3, store_three))
+        assert all(events == [("stored", item) for item in stored] for events in seen), seen[0]
+        # SIGTERM with 100 streams open: they end and the process exits in time
+        with httpx.Client(base_url=svc.url, timeout=10.0) as http:
+            streams = [http.stream("GET", f"/resource/history/{user}", params={"follow": "true"},
+                                   headers=SSE) for _ in range(100)]
+            responses = [stream.__enter__() for stream in streams]
+            assert all(response.status_code == 200 for response in responses)
+            started = time.monotonic()
+            os.kill(svc.proc.pid, signal.SIGTERM)
+            for response in responses:
+                events = [kind for kind, _ in sse_events(response) if kind != ":"]
+                assert events == ["message"] * 3  # the backlog, then a proper end of stream
+            for stream in streams:
+                stream.__exit__(None, None, None)
+        svc.proc.wait(8)
+        assert time.monotonic() - started < 8
+        assert svc.proc.returncode in (0, -signal.SIGTERM)
+        assert "ERROR" not in svc.log_text() and "Traceback" not in svc.log_text(), svc.log_text()
+    finally:
+        stop(svc.proc)
+
+
+def pubsub_client_ids(store: redis.Redis) -> set[int]:
+    return {int(entry["id"]) for entry in store.client_list(_type="pubsub")}
+
+
+def test_a_broken_subscription_ends_open_streams_with_an_error_and_new_ones_work(
+        valkey: str, store: redis.Redis, tmp_path: Path) -> None:
+    svc = start_service(tmp_path, valkey)
+    user = new_id("cut")
+    try:
+        wait_for(lambda: answering(svc), 20, "the memory service")
+        before = pubsub_client_ids(store)
+        with httpx.Client(base_url=svc.url, timeout=10.0) as http:
+            streams = [http.stream("GET", f"/resource/history/{user}", params={"follow": "true"},
+                                   headers=SSE) for _ in range(3)]
+            responses = [stream.__enter__() for stream in streams]
+            (subscription,) = pubsub_client_ids(store) - before  # one for the three streams
+            store.client_kill_filter(_id=subscription)
+            for response in responses:
+                events = [(kind, data) for kind, data in sse_events(response) if kind != ":"]
+                assert [kind for kind, _ in events] == ["error"], events
+                assert events[0][1]["error"]["code"] == "store_unavailable"
+            for stream in streams:
+                stream.__exit__(None, None, None)
+        # the next stream is served by a subscription that is whole again
+        seen = asyncio.run(follow_many(svc.url, user, 2, 1, partial(store_one, user)))
+        assert [kind for kind, _ in seen[0]] == ["stored"]
+        assert "Traceback" not in svc.log_text(), svc.log_text()
+    finally:
+        stop(svc.proc)
+
+
+async def store_one(user: str, http: httpx.AsyncClient) -> None:
+    answer = await http.post("/tool/store_input", json={"arguments": {
+        "user_id": user, "input_data": {"content": "after the break"}}})
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_stream_that_stops_reading_does_not_stall_the_others(valkey: str) -> None:
+    """On a real uvicorn in this process with a follow buffer of 4: a client that reads
+    nothing (its socket buffers fill, then its queue) is ended with `fell_behind`, while
+    a reading stream gets every change at once."""
+    import uvicorn
+
+    from agentmesh_cli.services.memory import create_app
+
+    port = free_port()
+    app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", follow_buffer=4)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    user, big = new_id("slow"), "z" * 200_000
+    count = 80  # 16 MB of events: more than the socket buffers of a client that reads nothing
+    try:
+        wait_for(lambda: server.started, 10, "uvicorn")
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(f"GET /resource/history/{user}?follow=true HTTP/1.1\r\nHost: x\r\n"
+                        "Accept: text/event-stream\r\n\r\n".encode())
+        head = b""
+        while b": following" not in head:
+            head += stalled.recv(4096)
+
+        async def store_all(http: httpx.AsyncClient) -> None:
+            for n in range(count):
+                answer = await http.post("/tool/store_input", json={"arguments": {
+                    "user_id": user, "input_data": {"content": big, "metadata": {"n": n}}}})
+                assert answer.status_code == 200, answer.text
+
+        seen = asyncio.run(follow_many(f"http://127.0.0.1:{port}", user, 1, count, store_all))
+        assert [data["metadata"]["n"] for _, data in seen[0]] == list(range(count))
+        # the stalled client, reading at last: some changes, then the error that ended it
+        stalled.settimeout(10)
+        rest = head
+        while chunk := stalled.recv(1 << 20):
+            rest += chunk
+            if b"event: error" in rest and rest.endswith(b"\r\n\r\n"):
+                break
+        stalled.close()
+        error_line = rest.split(b"event: error", 1)[1].split(b"data: ", 1)[1].split(b"\r\n", 1)[0]
+        error = json.loads(error_line)["error"]
+        assert error["code"] == "fell_behind" and error["details"] == {"buffer": 4}
+        assert rest.count(b"event: stored") < count
     finally:
         server.should_exit = True
         thread.join(10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import math
 import socket
@@ -364,6 +365,10 @@ async def _serve(server: uvicorn.Server, sock: socket.socket,
             if server.should_exit:
                 return
             await asyncio.sleep(0.01)
+        # what exists now (modules, the app, the MCP SDK) lives as long as the process:
+        # frozen, a full collection no longer walks it (measured: 161 -> 64 ms longest pause)
+        gc.collect()
+        gc.freeze()
         await on_started(stopping)
 
     task = asyncio.create_task(after_start())

@@ -18,8 +18,12 @@ A user reads, changes and deletes only their own messages; another user's messag
 Storage (every key from constants.Keys): one JSON string per message, and sorted sets
 scored by timestamp per user, per conversation and per (conversation, user). Members are
 "<seq>:<message id>" with a zero-padded insertion counter, so equal timestamps list the
-later insertion first. Every change is one MULTI that also publishes {event, item} on the
-events channel, which is what follow streams read.
+later insertion first. Storing is one Lua script (STORE_SCRIPT: the counter, the writes
+and the event in one round trip); an update or delete is one MULTI under WATCH. Each
+change publishes {event, item} on the events channel. The process subscribes to it once
+(services/feed.py) and fans the changes out to its follow streams, each through a queue
+of FOLLOW_BUFFER changes: a stream that falls further behind ends with an `error` event
+(`fell_behind`), and so do all streams (`store_unavailable`) when the subscription breaks.
 """
 
 from __future__ import annotations
@@ -45,13 +49,14 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
-from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sse_starlette import ServerSentEvent
 
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
     BadRequest,
@@ -84,7 +89,9 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 HEALTH_TIMEOUT_S = 0.5
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 5.0
+REDIS_CONNECTIONS = 64  # the pool's bound: a request beyond waits (up to the command timeout)
 EVENT_POLL_S = 0.5  # a follow stream wakes this often when nothing happens (to see shutdown)
+FOLLOW_BUFFER = 1000  # changes queued for one follow stream before it is ended as too slow
 READY_RETRY_S = 1.0
 WATCH_ATTEMPTS = 5  # optimistic retries of an update or delete racing another change
 SEQ_WIDTH = 16  # digits of the insertion counter in index members
@@ -250,6 +257,23 @@ def _member(seq: int, message_id: str) -> str:
     return f"{seq:0{SEQ_WIDTH}d}:{message_id}"
 
 
+# Storing a message in one round trip (atomic like a MULTI, and the counter is taken inside
+# it, so insertion order is also the order of the writes and of the `stored` events).
+# KEYS: the counter, the message, its indexes. ARGV: message id, timestamp (the score),
+# the item's JSON, the events channel, the `stored` event. The record is the item's JSON
+# with "seq" appended: the bytes orjson gives for {**item, "seq": seq}.
+STORE_SCRIPT = f"""
+local seq = redis.call('INCR', KEYS[1])
+local member = string.format('%0{SEQ_WIDTH}d:%s', seq, ARGV[1])
+redis.call('SET', KEYS[2], string.sub(ARGV[3], 1, -2) .. string.format(',"seq":%d}}', seq))
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[2], member)
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return seq
+"""
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -263,18 +287,46 @@ def _event(kind: str, item: dict[str, Any]) -> bytes:
     return orjson.dumps({"event": kind, "item": item})
 
 
+@dataclass(frozen=True)
+class Change:
+    """One message of the events channel, decoded once for every follow stream."""
+
+    kind: str
+    item: dict[str, Any]
+    data: str  # the item as compact JSON: the SSE data of every stream that gets it
+
+
+def decode_change(raw: bytes) -> Change | None:
+    try:
+        data = orjson.loads(raw)
+        kind, item = data["event"], data["item"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        kind = item = None
+    if not isinstance(kind, str) or not isinstance(item, dict):
+        log.warning("ignored a foreign message on the events channel")
+        return None
+    return Change(kind, item, orjson.dumps(item).decode())
+
+
 class MemoryStore:
     """The service's Redis: messages, their three indexes and the change channel."""
 
-    def __init__(self, redis_url: str, mesh: str) -> None:
+    def __init__(self, redis_url: str, mesh: str, follow_buffer: int = FOLLOW_BUFFER) -> None:
         self.keys = Keys(mesh)
         # one quick retry re-dials a pooled connection that Redis closed; no backoff and no
-        # retry of a timeout, so a Redis that is down or hung answers 503 within one timeout
+        # retry of a timeout, so a Redis that is down or hung answers 503 within one timeout.
+        # A blocking pool: a burst of requests (100 streams reading their backlog at once)
+        # waits for a connection instead of failing with "Too many connections"
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
         with _wrapped("connect"):
-            self.redis = aioredis.Redis.from_url(
-                redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                socket_timeout=COMMAND_TIMEOUT_S, retry=retry)
+            pool = aioredis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=REDIS_CONNECTIONS, timeout=COMMAND_TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
+                retry=retry)
+            self.redis = aioredis.Redis.from_pool(pool)  # closes the pool when it closes
+        self._store_script = self.redis.register_script(STORE_SCRIPT)
+        # every follow stream of the process reads this one subscription
+        self.feed = ChannelFeed(self.redis, self.keys.memory_events, decode_change, follow_buffer)
 
     def _indexes(self, item: dict[str, Any]) -> list[str]:
         keys = [self.keys.memory_user(item["user_id"])]
@@ -284,15 +336,14 @@ class MemoryStore:
         return keys
 
     async def add(self, item: dict[str, Any]) -> None:
+        """One round trip: STORE_SCRIPT numbers, writes, indexes and publishes the item."""
+        encoded = orjson.dumps(item)
+        keys = [self.keys.memory_seq, self.keys.memory_message(item["message_id"]),
+                *self._indexes(item)]
+        args = [item["message_id"], repr(item["timestamp"]), encoded, self.keys.memory_events,
+                b'{"event":"stored","item":' + encoded + b"}"]  # what _event("stored", item) gives
         with _wrapped("store"):
-            seq = int(await self.redis.incr(self.keys.memory_seq))
-            member = _member(seq, item["message_id"])
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.keys.memory_message(item["message_id"]), orjson.dumps({**item, "seq": seq}))
-                for key in self._indexes(item):
-                    pipe.zadd(key, {member: item["timestamp"]})
-                pipe.publish(self.keys.memory_events, _event("stored", item))
-                await pipe.execute()
+            await self._store_script(keys=keys, args=args)
 
     @staticmethod
     def _owned(raw: bytes | str | None, message_id: str, user_id: str) -> dict[str, Any]:
@@ -359,31 +410,6 @@ class MemoryStore:
         # a message deleted between the two reads is simply not listed
         return [_public(orjson.loads(raw)) for raw in raws if raw is not None]
 
-    async def subscribe(self) -> PubSub:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            with _wrapped("subscribe"):
-                await pubsub.subscribe(self.keys.memory_events)
-        except StoreError:
-            await close_pubsub(pubsub)
-            raise
-        return pubsub
-
-    @staticmethod
-    async def next_event(pubsub: PubSub) -> tuple[str, dict[str, Any]] | None:
-        """The next change (event, item), or None after EVENT_POLL_S without one."""
-        with _wrapped("read events"):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=EVENT_POLL_S)
-        if not message or message.get("type") != "message":
-            return None
-        try:
-            data = orjson.loads(message["data"])
-            kind, item = data["event"], data["item"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning("ignored a foreign message on the events channel")
-            return None
-        return (kind, item) if isinstance(kind, str) and isinstance(item, dict) else None
-
     async def ping(self, timeout: float) -> str | None:
         """None when Redis answers PING within `timeout`, else what failed."""
         try:
@@ -400,18 +426,13 @@ class MemoryStore:
         with _wrapped("mark ready"):
             await self.redis.set(self.keys.ready(program), record)
 
+    async def follow(self, resource: Resource) -> Follower[Change]:
+        """Register for `resource`'s changes; read its backlog only after this returns."""
+        return await self.feed.follow(lambda change: resource.matches(change.item))
+
     async def close(self) -> None:
+        await self.feed.close()
         await self.redis.aclose()
-
-
-async def close_pubsub(pubsub: PubSub) -> None:
-    """Give the subscription's connection back; shielded, since this runs while a stream
-    is being cancelled, and bounded, since Redis may be gone."""
-    with anyio.move_on_after(1.0, shield=True):
-        try:
-            await pubsub.aclose()
-        except (redis.RedisError, OSError) as exc:
-            log.debug("closing a subscription: %s", exc)
 
 
 # tools --------------------------------------------------------------------------------
@@ -556,34 +577,44 @@ def tool_arguments(body: Any) -> dict[str, Any]:
 
 
 # streams ------------------------------------------------------------------------------
-async def _event_stream(store: MemoryStore, resource: Resource, items: list[dict[str, Any]],
-                        pubsub: PubSub | None, shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
+def _stream_error(code: str, exc: Exception, details: dict[str, Any]) -> ServerSentEvent:
+    return sse_json("error", {"error": {"code": code, "message": str(exc), "details": details}})
+
+
+async def _event_stream(items: list[dict[str, Any]], follower: Follower[Change] | None,
+                        shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
     """The backlog, then `end`; or, following, the backlog and then every matching change
-    until the server shuts down."""
+    until the server shuts down (or the stream falls behind, or Redis breaks: then an
+    `error` event ends it)."""
     try:
         for item in items:
             yield sse_json("message", item)
-        if pubsub is None:
+        if follower is None:
             yield sse_json("end", {"count": len(items)})
             return
         yield sse_comment("following")  # the backlog is out; what comes now is live
         listed = {item["message_id"] for item in items}
         while not shutdown.is_set():
-            change = await store.next_event(pubsub)
-            if change is None or not resource.matches(change[1]):
+            change = await follower.next(EVENT_POLL_S)
+            if change is None:
                 continue
-            kind, item = change
-            # stored after we subscribed but before the backlog read: already sent
-            if kind == "stored" and item.get("message_id") in listed:
+            # stored after we registered but before the backlog read: already sent
+            if change.kind == "stored" and change.item.get("message_id") in listed:
+                listed.discard(change.item["message_id"])
                 continue
-            yield sse_json(kind, item)
+            yield ServerSentEvent(data=change.data, event=change.kind)
     except StoreError as exc:
         # the 200 is out; say what broke in the stream's own terms, then end it
-        yield sse_json("error", {"error": {"code": "store_unavailable", "message": str(exc),
-                                           "details": {"redis": str(exc.__cause__ or exc)}}})
+        yield _stream_error("store_unavailable", exc, {"redis": str(exc.__cause__ or exc)})
+    except FellBehind as exc:
+        yield _stream_error("fell_behind", exc, {"buffer": exc.limit})
     finally:
-        if pubsub is not None:
-            await close_pubsub(pubsub)
+        if follower is not None:
+            follower.close()
+
+
+async def _leave(follower: Follower[Change]) -> None:
+    follower.close()  # also when the stream was never iterated
 
 
 # OpenAPI models -----------------------------------------------------------------------
@@ -634,11 +665,13 @@ def _without_422(app: FastAPI) -> None:
 
 # the app ------------------------------------------------------------------------------
 def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
-               keepalive_s: float = 15.0, mcp_hosts: Sequence[str] = ()) -> FastAPI:
+               keepalive_s: float = 15.0, follow_buffer: int = FOLLOW_BUFFER,
+               mcp_hosts: Sequence[str] = ()) -> FastAPI:
     """The Memory service for mesh `mesh` on Redis `redis_url` (nothing connects until the
     first request). `app.state.store` is its MemoryStore, `app.state.catalogue` what it
-    offers; /mcp accepts loopback Hosts and `mcp_hosts`."""
-    store = MemoryStore(redis_url, mesh)
+    offers; /mcp accepts loopback Hosts and `mcp_hosts`; a follow stream more than
+    `follow_buffer` changes behind is ended."""
+    store = MemoryStore(redis_url, mesh, follow_buffer)
     catalogue = build_catalogue(store)
 
     @asynccontextmanager
@@ -676,18 +709,17 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
         if not wants_event_stream(request):
             return OrjsonResponse(await catalogue.read_resource(path, request.query_params))
         resource = parse_resource(path, store.keys)
-        # subscribe before reading the backlog, so nothing falls between the two
-        pubsub = await store.subscribe() if follow else None
+        # register with the feed before reading the backlog, so nothing falls between
+        follower = await store.follow(resource) if follow else None
         try:
             items = await store.items(resource)
         except BaseException:
-            if pubsub is not None:
-                await close_pubsub(pubsub)
+            if follower is not None:
+                follower.close()
             raise
         shutdown = anyio.Event()
-        return event_stream(_event_stream(store, resource, items, pubsub, shutdown), keepalive_s,
-                            shutdown=shutdown,
-                            on_close=partial(close_pubsub, pubsub) if pubsub is not None else None)
+        return event_stream(_event_stream(items, follower, shutdown), keepalive_s, shutdown=shutdown,
+                            on_close=partial(_leave, follower) if follower is not None else None)
 
     @app.get("/health", summary="Is Redis answering?",
              responses={200: {"model": Health, "description": "Healthy."},
