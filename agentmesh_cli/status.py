@@ -118,7 +118,8 @@ class StatusCollector:
             "v": STATUS_VERSION,
             "mesh": self.mesh.config.mesh,
             "ts": round(now, 3),
-            "supervisord": {"running": sup_running, "socket": str(self.mesh.socket)},
+            "supervisord": {"running": sup_running, "pid": self._supervisord_pid,
+                            "socket": str(self.mesh.socket)},
             "cpu_window_s": None,
             "programs": [],
             "agents": [],
@@ -141,10 +142,12 @@ class StatusCollector:
         return result
 
     def _supervisor(self, errors: list[str]) -> tuple[bool, list[dict[str, Any]]]:
+        self._supervisord_pid: int | None = None
         with Supervisor(self.mesh) as sup:
             if not sup.is_running():
                 return False, []
             try:
+                self._supervisord_pid = sup.pid()
                 infos = sup.processes()
                 self.spawns.update(sup.read_main_log)
             except AgentMeshError as exc:

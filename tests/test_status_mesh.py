@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text(encoding="utf-8"))
 TMUX = "/usr/bin/tmux"
 # a title or header of each panel, and a row of the processes and agents panels
-PANEL_MARKS = ("processes (cpu over", "agent-Sales  ", "heartbeat", "infra", "reachable", "topology",
-               "strongest edges", "proposals", "services", "client breakers")
+PANEL_MARKS = ("processes of supervisord", "(cpu over", "agent-Sales  ", "heartbeat", "infra", "reachable",
+               "topology", "strongest edges", "proposals", "services", "client breakers")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,12 @@ Figures: store_input calls/s with `concurrency` calls in flight and their latenc
 at a paced rate (measured from each call's scheduled start, so a stall is not hidden);
 reading a history of `history` items; get_context over that history; and SSE fan-out, the
 delay from a store call's return to each follower's `stored` event.
+
+The service figures come from a lean load generator (`LeanLoad`: keep-alive HTTP/1.1
+connections sending pre-encoded requests, parsing only the status line and
+Content-Length), which spends well under a tenth of the service's CPU per call; through
+httpx the generator itself (~1 ms of CPU per call) would be the limit. store_input is
+also measured through httpx, as the figure a Python client library gets.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,13 +197,274 @@ async def loaded(call: Call, concurrency: int, rate: int, duration: float,
     before, own, wall = (cpu_seconds(cpu_pid) if cpu_pid else 0.0), time.process_time(), time.perf_counter()
     result = await closed_loop(call, concurrency, duration)
     elapsed = time.perf_counter() - wall
-    result["client_cpu_share"] = round((time.process_time() - own) / elapsed, 2)
+    spent, calls = time.process_time() - own, max(1, result["calls_per_s"] * elapsed)
+    result["client_cpu_share"] = round(spent / elapsed, 2)
+    result["client_cpu_ms_per_call"] = round(spent * 1000 / calls, 3)
     if cpu_pid:
-        result["server_cpu_share"] = round((cpu_seconds(cpu_pid) - before) / elapsed, 2)
+        served = cpu_seconds(cpu_pid) - before
+        result["server_cpu_share"] = round(served / elapsed, 2)
+        result["server_cpu_ms_per_call"] = round(served * 1000 / calls, 3)
     # pacing above what the closed loop reached only measures a growing queue: then pace
     # at half the capacity instead (the result says which rate was used)
     capacity = result["calls_per_s"]
     result["paced"] = await paced(call, rate if capacity >= rate else max(1, capacity // 2), duration)
+    return result
+
+
+# -- the lean load generator ------------------------------------------------------------------------
+
+SAMPLE_EVERY = 50  # every n-th 200 answer is decoded and checked (the rest: status line only)
+CONTENTS = ("the parcel arrived late but the support was quick",
+            "my invoice shows the wrong address, can you fix it",
+            "thanks, the replacement works fine now",
+            "how long does a refund take to reach my card")
+
+
+def http_request(host: str, method: str, path: str, body: Any = None) -> bytes:
+    """One HTTP/1.1 keep-alive request, encoded once."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    data = orjson.dumps(body)
+    return (head + f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def store_requests(host: str, users: int = 16) -> list[bytes]:
+    """store_input requests for `users` users and a few contents, taken in turn: the
+    service does real work (a new message, five keys, an event) on every one."""
+    return [http_request(host, "POST", "/tool/store_input", {"arguments": {
+        "user_id": f"bench-writer-{n % users}", "input_data": {
+            "content": CONTENTS[n % len(CONTENTS)], "conversation_id": CONVERSATION,
+            "metadata": {"channel": "chat"}}}}) for n in range(users * len(CONTENTS))]
+
+
+class LeanConnection(asyncio.Protocol):
+    """One keep-alive connection, one request in flight. Parses only the status line and
+    Content-Length, then skips the body (decoding one in `SAMPLE_EVERY`)."""
+
+    def __init__(self, load: LeanLoad) -> None:
+        self.load = load
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.started = -1.0  # perf_counter the latency of the request in flight counts from
+        self.end = -1  # bytes of the answer being read (headers + body), once its headers are in
+        self.body_at = 0
+        self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, started: float) -> None:
+        load, transport = self.load, self.transport
+        if transport is None:  # lost: the call fails, it is not sent elsewhere
+            load.finish(self, 0, b"", started)
+            return
+        self.started = started
+        transport.write(load.requests[load.turn % len(load.requests)])
+        load.turn += 1
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            if self.end < 0:
+                at = buffer.find(b"\r\n\r\n")
+                if at < 0:
+                    return
+                head = bytes(buffer[:at]).lower()
+                length = head.find(b"\r\ncontent-length:")
+                if not head.startswith(b"http/1.1 ") or length < 0:
+                    self.load.note(f"unparsed answer: {head[:120]!r}")
+                    self.close()
+                    return
+                stop_at = head.find(b"\r\n", length + 2)
+                self.status = int(head[9:12])
+                self.body_at = at + 4
+                self.end = self.body_at + int(head[length + 17:stop_at if stop_at > 0 else len(head)])
+            if len(buffer) < self.end:
+                return
+            body = bytes(buffer[self.body_at:self.end]) if self.load.wants_body(self.status) else b""
+            del buffer[:self.end]
+            self.end = -1
+            started, self.started = self.started, -1.0
+            self.load.finish(self, self.status, body, started)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.load.lost(self)
+        if self.started >= 0:
+            started, self.started = self.started, -1.0
+            self.load.finish(self, 0, b"", started)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class LeanLoad:
+    """A wrk-like load generator: `connections` keep-alive HTTP/1.1 connections on
+    loopback sending pre-encoded `requests` in turn. Latency is time.perf_counter from
+    the send (closed loop) or from the scheduled start (paced). Only 200 answers count as
+    calls; anything else, a lost connection, or a sampled body without `expect` is an error."""
+
+    def __init__(self, host: str, port: int, requests: list[bytes], connections: int, expect: str) -> None:
+        self.host, self.port, self.requests, self.connections = host, port, requests, connections
+        self.expect = expect
+        self.turn = self.answers = self.errors = self.outstanding = self.live = 0
+        self.took: list[float] = []
+        self.error_samples: list[str] = []
+        self.conns: list[LeanConnection] = []
+        self.idle: deque[LeanConnection] = deque()
+        self.backlog: deque[float] = deque()
+        self.deadline = 0.0
+        self.closed_loop = True
+        self.drained: asyncio.Future[None] | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self.connections):
+            _, conn = await loop.create_connection(lambda: LeanConnection(self), self.host, self.port)
+            self.conns.append(conn)
+            self.live += 1
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+    def note(self, error: str) -> None:
+        if len(self.error_samples) < 3:
+            self.error_samples.append(error)
+
+    def wants_body(self, status: int) -> bool:
+        return status != 200 or (self.answers + 1) % SAMPLE_EVERY == 0
+
+    def lost(self, conn: LeanConnection) -> None:
+        self.live -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if self.live == 0 and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)  # what is still waiting will never be sent
+
+    def finish(self, conn: LeanConnection, status: int, body: bytes, started: float) -> None:
+        now = time.perf_counter()
+        self.outstanding -= 1
+        if status == 200:
+            self.answers += 1
+            if body and self.expect not in orjson.loads(body):
+                self.errors += 1
+                self.note(f"200 without {self.expect!r}: {body[:120]!r}")
+            else:
+                self.took.append((now - started) * 1000)
+        else:
+            self.errors += 1
+            self.note(f"{status or 'connection lost'}: {body[:160]!r}")
+        if conn.transport is None:
+            pass
+        elif self.closed_loop:
+            if now < self.deadline:
+                self.outstanding += 1
+                conn.send(now)
+        elif self.backlog:
+            self.outstanding += 1
+            conn.send(self.backlog.popleft())
+        else:
+            self.idle.append(conn)
+        if self.outstanding == 0 and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait for every call in flight to answer (or fail)."""
+        if self.outstanding > 0:
+            self.drained = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(self.drained, timeout)
+        self.drained = None
+
+    async def run_closed(self, duration: float) -> dict[str, Any]:
+        """Every connection calls back to back for `duration` seconds."""
+        self.took, self.errors, self.answers, self.closed_loop = [], 0, 0, True
+        with no_gc():
+            started = time.perf_counter()
+            self.deadline = started + duration
+            for conn in [conn for conn in self.conns if conn.transport is not None]:
+                self.outstanding += 1
+                conn.send(time.perf_counter())
+            await self._drain(duration + 30)
+            elapsed = time.perf_counter() - started
+        return {"calls_per_s": round(len(self.took) / elapsed), "errors": self.errors,
+                **percentiles(self.took or [0.0])}
+
+    async def run_paced(self, rate: int, duration: float) -> dict[str, Any]:
+        """`rate` calls/s on a fixed schedule; a call with no free connection waits in a
+        backlog, and its latency still counts from its scheduled start."""
+        self.took, self.errors, self.answers, self.closed_loop = [], 0, 0, False
+        self.backlog.clear()
+        self.idle = deque(conn for conn in self.conns if conn.transport is not None)
+        total = int(rate * duration)
+        with no_gc():
+            begin = time.perf_counter() + 0.05
+            n = 0
+            while n < total:
+                now = time.perf_counter()
+                due = begin + n / rate
+                if due > now:
+                    await asyncio.sleep(due - now)
+                    continue
+                while n < total and begin + n / rate <= now:
+                    self.outstanding += 1
+                    if self.idle:
+                        self.idle.popleft().send(begin + n / rate)
+                    else:
+                        self.backlog.append(begin + n / rate)
+                    n += 1
+                if self.live == 0:
+                    break  # every connection lost: the rest would never be sent
+            if self.live > 0:
+                await self._drain(duration + 30)
+        unsent = len(self.backlog) + total - n  # scheduled but never sent (connections lost)
+        self.errors += unsent
+        self.outstanding -= len(self.backlog)
+        self.backlog.clear()
+        if unsent:
+            self.note(f"{unsent} calls never sent: every connection was lost")
+        return {"rate": rate, "errors": self.errors, **percentiles(self.took or [0.0])}
+
+
+async def lean_loaded(url: str, requests: list[bytes], expect: str, concurrency: int, rate: int,
+                      duration: float, cpu_pid: int | None = None) -> dict[str, Any]:
+    """`loaded` with the lean generator: the closed loop and the paced phase on fresh
+    connections each, and both sides' CPU per call."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    load = LeanLoad(host, int(port), requests, concurrency, expect)
+    await load.open()
+    try:
+        before = cpu_seconds(cpu_pid) if cpu_pid else 0.0
+        own, wall = time.process_time(), time.perf_counter()
+        result = await load.run_closed(duration)
+        elapsed, spent = time.perf_counter() - wall, time.process_time() - own
+        served = (cpu_seconds(cpu_pid) - before) if cpu_pid else 0.0
+    finally:
+        load.close()
+    result["generator"] = f"lean: {concurrency} keep-alive HTTP/1.1 connections, pre-encoded requests"
+    calls = max(1, result["calls_per_s"] * elapsed)
+    result["client_cpu_share"] = round(spent / elapsed, 2)
+    result["client_cpu_ms_per_call"] = round(spent * 1000 / calls, 3)
+    if cpu_pid:
+        result["server_cpu_share"] = round(served / elapsed, 2)
+        result["server_cpu_ms_per_call"] = round(served * 1000 / calls, 3)
+    capacity = result["calls_per_s"]
+    samples = load.error_samples
+    load = LeanLoad(host, int(port), requests, concurrency, expect)
+    await load.open()
+    try:
+        own, wall = time.process_time(), time.perf_counter()
+        paced_rate = rate if capacity >= rate else max(1, capacity // 2)
+        result["paced"] = await load.run_paced(paced_rate, duration)
+        spent, elapsed = time.process_time() - own, time.perf_counter() - wall
+        result["paced"]["client_cpu_share"] = round(spent / elapsed, 2)
+    finally:
+        load.close()
+    if samples or load.error_samples:
+        result["error_samples"] = (samples + load.error_samples)[:4]
     return result
 
 
@@ -234,13 +502,6 @@ def raw_store_call(store: aioredis.Redis, keys: Keys, user: str) -> Call:
                            keys.memory_conversation_user(CONVERSATION, user)],
                      args=[message_id, repr(now), encoded, keys.memory_events,
                            b'{"event":"stored","item":' + encoded + b"}"])
-
-    return call
-
-
-def history_call(http: Clients, user: str, limit: int) -> Call:
-    async def call() -> None:
-        _checked(await http.next().get(f"/resource/history/{user}/limit/{limit}"))
 
     return call
 
@@ -344,10 +605,13 @@ async def get_context_scenario(rig_: Rig, concurrency: int, rate: int, duration:
     """get_context over the seeded history, loaded like store_input; None without cognition."""
     if "cognition" not in rig_.procs:
         return None
-    async with Clients(rig_.urls["cognition"], concurrency) as http:
+    url = rig_.urls["cognition"]
+    async with Clients(url, 1) as http:
         await context_call(http, USER)()  # fails loudly if cognition cannot answer at all
-        return await loaded(context_call(http, USER), concurrency, rate, duration,
-                            cpu_pid=rig_.procs["cognition"].pid)
+    request = http_request(url.removeprefix("http://"), "POST", "/tool/get_context",
+                           {"arguments": {"user_id": USER, "query": "late parcel support", "limit": 10}})
+    return await lean_loaded(url, [request], "result", concurrency, rate, duration,
+                             cpu_pid=rig_.procs["cognition"].pid)
 
 
 def _machine() -> dict[str, Any]:
@@ -371,12 +635,18 @@ async def _measure(rig_: Rig, duration: float, concurrency: int, rate: int, foll
         async with Clients(rig_.urls["memory"], concurrency) as http:
             seed = store_call(http, USER)
             await asyncio.gather(*(seed() for _ in range(history)))
-            result["store_input"] = await loaded(store_call(http, "bench-writer"), concurrency, rate,
-                                                 duration, cpu_pid=memory_pid)
+            url = rig_.urls["memory"]
+            host = url.removeprefix("http://")
+            result["store_input"] = await lean_loaded(url, store_requests(host), "result", concurrency,
+                                                      rate, duration, cpu_pid=memory_pid)
+            # the same calls through a client library, as an application would make them
+            result["store_input_httpx"] = await loaded(store_call(http, "bench-writer"), concurrency, rate,
+                                                       duration, cpu_pid=memory_pid)
             result["raw_store"] = await loaded(raw_store_call(store, raw_keys, "bench-writer"), concurrency,
                                                rate, duration, cpu_pid=valkey_pid)
-            result["history_read"] = await loaded(history_call(http, USER, history), concurrency, rate,
-                                                  duration, cpu_pid=memory_pid)
+            read = http_request(host, "GET", f"/resource/history/{USER}/limit/{history}")
+            result["history_read"] = await lean_loaded(url, [read], "items", concurrency, rate, duration,
+                                                       cpu_pid=memory_pid)
             result["raw_history_read"] = await loaded(raw_history_call(store, keys, USER, history),
                                                       concurrency, rate, duration, cpu_pid=valkey_pid)
         result["get_context"] = await get_context_scenario(rig_, concurrency, rate, duration)

@@ -76,7 +76,8 @@ def _latency(figures: dict[str, Any]) -> str:
 def services_table(result: dict[str, Any]) -> Table:
     settings = result["settings"]
     table = Table(title=f"agentmesh bench services ({settings['concurrency']} in flight, "
-                  f"paced at {settings['paced_rate']}/s)", title_justify="left")
+                  f"paced at {settings['paced_rate']}/s; service figures from the lean load "
+                  "generator unless marked httpx)", title_justify="left")
     table.add_column("figure")
     table.add_column("service", justify="right")
     table.add_column("raw redis-py (same run)", justify="right")
@@ -92,6 +93,20 @@ def services_table(result: dict[str, Any]) -> Table:
                       f"{raw['server_cpu_share']:.0%}")
         table.add_row(f"{label} CPU: load generator", f"{service['client_cpu_share']:.0%}",
                       f"{raw['client_cpu_share']:.0%}")
+        table.add_row(f"{label} CPU per call: server / load generator",
+                      f"{service['server_cpu_ms_per_call']:.2f} / {service['client_cpu_ms_per_call']:.2f} ms",
+                      f"{raw['server_cpu_ms_per_call']:.2f} / {raw['client_cpu_ms_per_call']:.2f} ms")
+        errors = service["errors"] + service["paced"]["errors"]
+        if errors:
+            table.add_row(f"{label} failed calls (not counted)", f"[red]{errors:,}[/]",
+                          f"{raw['errors'] + raw['paced']['errors']:,}")
+        lib = result.get(f"{key}_httpx")
+        if lib:
+            table.add_row(f"{label} through httpx: calls/s", f"{lib['calls_per_s']:,}", "")
+            table.add_row(f"{label} through httpx: paced p50 / p99 at {lib['paced']['rate']}/s",
+                          _latency(lib["paced"]), "")
+            table.add_row(f"{label} through httpx: CPU per call server / httpx",
+                          f"{lib['server_cpu_ms_per_call']:.2f} / {lib['client_cpu_ms_per_call']:.2f} ms", "")
     context = result.get("get_context")
     if context:
         table.add_row("get_context calls/s", f"{context['calls_per_s']:,}", "")

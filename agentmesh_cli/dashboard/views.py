@@ -90,7 +90,9 @@ def processes_panel(data: dict[str, Any]) -> RenderableType:
     if not data["programs"]:
         return _absent("processes", "no data")
     window = data.get("cpu_window_s")
-    title = "processes" + ("" if window is None else f" (cpu over {window:.1f}s)")
+    sup_pid = data["supervisord"].get("pid")
+    title = "processes" + ("" if sup_pid is None else f" of supervisord {sup_pid}") + (
+        "" if window is None else f" (cpu over {window:.1f}s)")
     table = _table(title, "program", "state", "pid", "uptime", "restarts", "cpu%", "rss",
                    right=("pid", "uptime", "restarts", "cpu%", "rss"))
     table.columns[0].no_wrap = True
