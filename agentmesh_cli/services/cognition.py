@@ -33,7 +33,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from contextlib import aclosing, contextmanager
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -58,15 +58,11 @@ from agentmesh_cli.services.http import (
     EVENT_STREAM,
     ApiError,
     BadRequest,
-    BodyLimitMiddleware,
-    ErrorBoundaryMiddleware,
     NotFound,
     OrjsonResponse,
     error_responses,
     event_stream,
     finite_number,
-    install_error_handlers,
-    read_json,
     serve,
     sse_json,
     wants_event_stream,
@@ -75,14 +71,20 @@ from agentmesh_cli.services.mcp import install_mcp, served_hosts
 from agentmesh_cli.services.memory import (
     ID_PATTERN,
     MAX_ITEMS,
-    UnknownResource,
-    UnknownTool,
     check_fields,
     check_id,
     check_limit,
-    tool_arguments,
 )
 from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
+from agentmesh_cli.services.seed import (
+    UnknownResource,
+    bad_argument,
+    http_url,
+    json_type,
+    service_app,
+    tool_call_body,
+    without_422,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -332,36 +334,24 @@ class DependencyError(ApiError):
     status, code = 502, "dependency_error"
 
 
-def _bad(argument: str, problem: str) -> BadRequest:
-    return BadRequest(f"argument {argument!r} {problem}", {"argument": argument})
-
-
 def check_count(value: Any, argument: str = "limit") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITEMS:
-        raise _bad(argument, f"must be an integer from 1 to {MAX_ITEMS}, not {value!r}")
+        raise bad_argument(argument, f"must be an integer from 1 to {MAX_ITEMS}, not {value!r}")
     return value
 
 
 def check_weight(value: Any, argument: str = "recency_weight") -> float:
     if not finite_number(value) or not 0 <= value <= 1:
-        raise _bad(argument, f"must be a number from 0 to 1, not {value!r}")
+        raise bad_argument(argument, f"must be a number from 0 to 1, not {value!r}")
     return float(value)
-
-
-def _json_type(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else "boolean"
-    if isinstance(value, int | float | str):
-        return "string" if isinstance(value, str) else "number"
-    return "array" if isinstance(value, list) else "object"
 
 
 def check_query(value: Any) -> str:
     """A search text with at least one word."""
     if not isinstance(value, str):
-        raise _bad("query", f"must be a string, not {_json_type(value)}")
+        raise bad_argument("query", f"must be a string, not {json_type(value)}")
     if not tokenise(value):
-        raise _bad("query", "must contain at least one word")
+        raise bad_argument("query", "must contain at least one word")
     return value
 
 
@@ -374,13 +364,13 @@ def check_optional_query(value: Any) -> str | None:
 
 def check_flag(value: Any, argument: str) -> bool:
     if not isinstance(value, bool):
-        raise _bad(argument, f"must be true or false, not {value!r}")
+        raise bad_argument(argument, f"must be true or false, not {value!r}")
     return value
 
 
 def check_analysis_type(value: Any) -> str:
     if value not in ANALYSIS_TYPES:
-        raise _bad("analysis_type", f"must be one of {', '.join(ANALYSIS_TYPES)}, not {value!r}")
+        raise bad_argument("analysis_type", f"must be one of {', '.join(ANALYSIS_TYPES)}, not {value!r}")
     return str(value)
 
 
@@ -388,7 +378,7 @@ def _weight_text(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _bad("recency_weight", f"must be a number from 0 to 1, not {text!r}") from None
+        raise bad_argument("recency_weight", f"must be a number from 0 to 1, not {text!r}") from None
     return check_weight(value)
 
 
@@ -509,7 +499,7 @@ class Cognition:
             case ["conversation_analysis", cid, kind]:
                 _only(params, ("user_id",))
                 if "user_id" not in params:
-                    raise _bad("user_id", "is required (the query parameter ?user_id=)")
+                    raise bad_argument("user_id", "is required (the query parameter ?user_id=)")
                 return await self.analyze_conversation(
                     {"user_id": params["user_id"], "conversation_id": cid, "analysis_type": kind})
         raise UnknownResource(
@@ -533,7 +523,7 @@ class Cognition:
 def _only(params: Mapping[str, str], known: tuple[str, ...]) -> None:
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise _bad(unknown[0], "is not a parameter of this resource")
+        raise bad_argument(unknown[0], "is not a parameter of this resource")
 
 
 # the catalogue ------------------------------------------------------------------------------
@@ -584,10 +574,6 @@ def build_catalogue(cognition: Cognition) -> Catalogue:
 
 
 # OpenAPI models -----------------------------------------------------------------------------
-class ToolCall(BaseModel):
-    arguments: dict[str, Any] = Field(description="The tool's arguments by name.")
-
-
 class ToolResult(BaseModel):
     result: Any = Field(description="What the tool returns: a dict with `items` (ranked "
                                     "entries) or a conversation analysis.")
@@ -620,25 +606,8 @@ TOOL_EXAMPLES = {
 
 
 def _tool_call_body(tools: Mapping[str, ToolSpec]) -> dict[str, Any]:
-    examples = {name: {"summary": spec.description, "value": {"arguments": TOOL_EXAMPLES[name]}}
-                for name, spec in tools.items()}
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": ToolCall.model_json_schema(), "examples": examples}}}}
-
-
-def _without_422(app: FastAPI) -> None:
-    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                if isinstance(operation, dict):
-                    operation.get("responses", {}).pop("422", None)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    return tool_call_body({name: {"summary": spec.description, "value": {"arguments": TOOL_EXAMPLES[name]}}
+                           for name, spec in tools.items()})
 
 
 async def _resource_events(value: Any) -> AsyncIterator[ServerSentEvent]:
@@ -667,32 +636,12 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
     cognition = Cognition(client, clock)
     tools = build_catalogue(cognition)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await client.close()
-
-    app = FastAPI(title="agentmesh cognition", version="1", lifespan=lifespan,
-                  description="Context, search and analysis over users' messages, read from memory.")
-    app.state.catalogue = tools
+    app = service_app(tools, title="agentmesh cognition",
+                      description="Context, search and analysis over users' messages, read from memory.",
+                      close=client.close, max_body_bytes=max_body_bytes,
+                      tool_body=_tool_call_body(tools.tools), tool_result=ToolResult,
+                      tool_errors=(400, 404, 413, 415, 502, 503))
     app.state.memory_url = memory_url
-    install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
-
-    @app.post("/tool/{name}", summary="Call a tool", openapi_extra=_tool_call_body(tools.tools),
-              description="Tools: " + ", ".join(tools.tools) + ".",
-              responses={200: {"model": ToolResult, "description": "The tool's result."},
-                         **error_responses(400, 404, 413, 415, 502, 503)})
-    async def call_tool(name: str, request: Request) -> Response:
-        tool = tools.tool(name)
-        if tool is None:
-            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(tools.tools)}",
-                              {"tool": name, "tools": list(tools.tools)})
-        arguments = tool_arguments(await read_json(request))
-        return OrjsonResponse({"result": await tool.handler(arguments)})
 
     @app.get("/resource/{path:path}", summary="Read a resource (JSON or Server-Sent Events)",
              description="Resources: " + ", ".join(r.template for r in tools.resources) + ".",
@@ -721,19 +670,15 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
                               status_code=503)
 
     install_mcp(app, tools, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
-    _without_422(app)
+    without_422(app)
     return app
 
 
 # the process --------------------------------------------------------------------------------
-def _http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def run(mesh: Mesh, host: str, port: int) -> None:
     """Serve the Cognition service until SIGTERM or SIGINT (the `agentmesh cognition` process)."""
     app = create_app(mesh, mcp_hosts=served_hosts(host))
-    where = f"{_http_url(host, port)} (mesh {mesh.config.mesh}, memory {app.state.memory_url})"
+    where = f"{http_url(host, port)} (mesh {mesh.config.mesh}, memory {app.state.memory_url})"
 
     async def on_started(stopping: Callable[[], bool]) -> None:
         log.info("serving on %s", where)

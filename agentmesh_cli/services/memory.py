@@ -36,7 +36,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -59,19 +59,13 @@ from agentmesh_cli.errors import StoreError
 from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
-    BadRequest,
-    BodyLimitMiddleware,
     Conflict,
-    ErrorBoundaryMiddleware,
     Health,
-    InvalidBody,
     NotFound,
     OrjsonResponse,
     error_responses,
     event_stream,
     finite_number,
-    install_error_handlers,
-    read_json,
     serve,
     sse_comment,
     sse_json,
@@ -79,6 +73,15 @@ from agentmesh_cli.services.http import (
 )
 from agentmesh_cli.services.mcp import install_mcp, served_hosts
 from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
+from agentmesh_cli.services.seed import (
+    UnknownResource,
+    bad_argument,
+    http_url,
+    json_type,
+    service_app,
+    tool_call_body,
+    without_422,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,35 +101,11 @@ SEQ_WIDTH = 16  # digits of the insertion counter in index members
 
 
 # errors of this service ---------------------------------------------------------------
-class UnknownTool(NotFound):
-    code = "unknown_tool"
-
-
-class UnknownResource(NotFound):
-    code = "unknown_resource"
-
-
 class MessageNotFound(NotFound):
     code = "message_not_found"
 
 
 # argument checks ----------------------------------------------------------------------
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def _bad(argument: str, problem: str) -> BadRequest:
-    return BadRequest(f"argument {argument!r} {problem}", {"argument": argument})
-
-
 def _path(parent: str, name: str) -> str:
     return f"{parent}.{name}" if parent else name
 
@@ -136,30 +115,30 @@ def check_fields(value: Any, where: str, required: tuple[str, ...],
     """An object with all of `required`, some of `optional` and nothing else.
     `where` is its argument path ("" for the top level)."""
     if not isinstance(value, dict):
-        raise _bad(where or "arguments", f"must be an object, not {_json_type(value)}")
+        raise bad_argument(where or "arguments", f"must be an object, not {json_type(value)}")
     unknown = sorted(set(value) - set(required) - set(optional))
     if unknown:
-        raise _bad(_path(where, unknown[0]), "is not known here")
+        raise bad_argument(_path(where, unknown[0]), "is not known here")
     for name in required:
         if name not in value:
-            raise _bad(_path(where, name), "is required")
+            raise bad_argument(_path(where, name), "is required")
     return value
 
 
 def check_id(value: Any, argument: str) -> str:
     """A user, conversation or message id: safe inside a Redis key, no path tricks."""
     if not isinstance(value, str):
-        raise _bad(argument, f"must be a string, not {_json_type(value)}")
+        raise bad_argument(argument, f"must be a string, not {json_type(value)}")
     if not ID_PATTERN.fullmatch(value):
-        raise _bad(argument, "must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -")
+        raise bad_argument(argument, "must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -")
     return value
 
 
 def check_content(value: Any, argument: str) -> str:
     if not isinstance(value, str):
-        raise _bad(argument, f"must be a string, not {_json_type(value)}")
+        raise bad_argument(argument, f"must be a string, not {json_type(value)}")
     if not value:
-        raise _bad(argument, "must not be empty")
+        raise bad_argument(argument, "must not be empty")
     return value
 
 
@@ -182,9 +161,9 @@ def check_metadata(value: Any, argument: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _bad(argument, f"must be an object, not {_json_type(value)}")
+        raise bad_argument(argument, f"must be an object, not {json_type(value)}")
     if _nests_deeper(value, MAX_METADATA_DEPTH):
-        raise _bad(argument, f"nests deeper than {MAX_METADATA_DEPTH} levels")
+        raise bad_argument(argument, f"nests deeper than {MAX_METADATA_DEPTH} levels")
     return value
 
 
@@ -195,17 +174,17 @@ def check_timestamp(value: Any, argument: str) -> float:
     if finite_number(value):
         return float(value)
     if not isinstance(value, str):
-        raise _bad(argument, f"must be epoch seconds or an ISO-8601 string, not {_json_type(value)}")
+        raise bad_argument(argument, f"must be epoch seconds or an ISO-8601 string, not {json_type(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise _bad(argument, f"is not an ISO-8601 date-time: {value!r}") from None
+        raise bad_argument(argument, f"is not an ISO-8601 date-time: {value!r}") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def check_limit(text: str) -> int:
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ITEMS:
-        raise _bad("limit", f"must be an integer from 1 to {MAX_ITEMS}, not {text!r}")
+        raise bad_argument("limit", f"must be an integer from 1 to {MAX_ITEMS}, not {text!r}")
     return int(text)
 
 
@@ -472,7 +451,7 @@ async def update_message(store: MemoryStore, args: dict[str, Any]) -> dict[str, 
     user_id, message_id = _owner_and_message(args, "updates")
     updates = check_fields(args["updates"], "updates", (), ("content", "metadata"))
     if not updates:
-        raise _bad("updates", "must change content or metadata (or both)")
+        raise bad_argument("updates", "must change content or metadata (or both)")
     changes: dict[str, Any] = {}
     if "content" in updates:
         changes["content"] = check_content(updates["content"], "updates.content")
@@ -565,17 +544,6 @@ def build_catalogue(store: MemoryStore) -> Catalogue:
                                   "resources (memory://...) to list them newest first.")
 
 
-def tool_arguments(body: Any) -> dict[str, Any]:
-    """The `arguments` object of a tool call body `{"arguments": {...}}`."""
-    if not isinstance(body, dict) or set(body) != {"arguments"}:
-        raise InvalidBody('the body must be a JSON object {"arguments": {...}}',
-                          {"argument": "arguments"})
-    arguments = body["arguments"]
-    if not isinstance(arguments, dict):
-        raise _bad("arguments", f"must be an object, not {_json_type(arguments)}")
-    return arguments
-
-
 # streams ------------------------------------------------------------------------------
 def _stream_error(code: str, exc: Exception, details: dict[str, Any]) -> ServerSentEvent:
     return sse_json("error", {"error": {"code": code, "message": str(exc), "details": details}})
@@ -618,10 +586,6 @@ async def _leave(follower: Follower[Change]) -> None:
 
 
 # OpenAPI models -----------------------------------------------------------------------
-class ToolCall(BaseModel):
-    arguments: dict[str, Any] = Field(description="The tool's arguments by name.")
-
-
 class ToolResult(BaseModel):
     result: Any = Field(description="What the tool returns (an item, or {deleted, message_id}).")
 
@@ -639,28 +603,12 @@ class ItemList(BaseModel):
     items: list[Item]
 
 
-TOOL_CALL_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": ToolCall.model_json_schema()}}}}
+TOOL_CALL_BODY = tool_call_body()
 RESOURCE_200 = {"model": ItemList, "description": "The items, newest first.", "content": {
     EVENT_STREAM: {"schema": {"type": "string"}, "description": (
         "With Accept: text/event-stream: one `message` event per item (data: item JSON), "
         "then `end` (data: {\"count\": N}); with ?follow=true no `end`, but `stored`, "
         "`updated` and `deleted` events as changes happen, and a comment as keep-alive.")}}}
-
-
-def _without_422(app: FastAPI) -> None:
-    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                if isinstance(operation, dict):
-                    operation.get("responses", {}).pop("422", None)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # the app ------------------------------------------------------------------------------
@@ -673,32 +621,11 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
     `follow_buffer` changes behind is ended."""
     store = MemoryStore(redis_url, mesh, follow_buffer)
     catalogue = build_catalogue(store)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await store.close()
-
-    app = FastAPI(title="agentmesh memory", version="1", lifespan=lifespan,
-                  description="Users' messages: tools to store and change them, resources to list them.")
+    app = service_app(catalogue, title="agentmesh memory",
+                      description="Users' messages: tools to store and change them, resources to list them.",
+                      close=store.close, max_body_bytes=max_body_bytes, tool_body=TOOL_CALL_BODY,
+                      tool_result=ToolResult, tool_errors=(400, 404, 409, 413, 415, 503))
     app.state.store = store
-    app.state.catalogue = catalogue
-    install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
-
-    @app.post("/tool/{name}", summary="Call a tool", openapi_extra=TOOL_CALL_BODY,
-              responses={200: {"model": ToolResult, "description": "The tool's result."},
-                         **error_responses(400, 404, 409, 413, 415, 503)})
-    async def call_tool(name: str, request: Request) -> Response:
-        tool = catalogue.tool(name)
-        if tool is None:
-            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(catalogue.tools)}",
-                              {"tool": name, "tools": list(catalogue.tools)})
-        arguments = tool_arguments(await read_json(request))
-        return OrjsonResponse({"result": await tool.handler(arguments)})
 
     @app.get("/resource/{path:path}", summary="List messages (JSON or Server-Sent Events)",
              responses={200: RESOURCE_200, **error_responses(400, 404, 503)})
@@ -730,7 +657,7 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
             return OrjsonResponse({"status": "healthy"})
         return OrjsonResponse({"status": "unhealthy", "details": {"redis": failure}}, status_code=503)
 
-    _without_422(app)
+    without_422(app)
     install_mcp(app, catalogue, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
     return app
 
@@ -742,10 +669,6 @@ def _redacted(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
-
-
-def _http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _announce(store: MemoryStore, where: str, stopping: Callable[[], bool]) -> None:
@@ -770,7 +693,7 @@ async def _announce(store: MemoryStore, where: str, stopping: Callable[[], bool]
 def run(redis_url: str, mesh: str, host: str, port: int) -> None:
     """Serve the Memory service until SIGTERM or SIGINT (the `agentmesh memory` process)."""
     app = create_app(redis_url, mesh, mcp_hosts=served_hosts(host))
-    where = f"{_http_url(host, port)} (mesh {mesh}, redis {_redacted(redis_url)})"
+    where = f"{http_url(host, port)} (mesh {mesh}, redis {_redacted(redis_url)})"
 
     async def on_started(stopping: Callable[[], bool]) -> None:
         await _announce(app.state.store, where, stopping)

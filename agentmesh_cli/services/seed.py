@@ -1,0 +1,132 @@
+"""The seed protocol's skeleton, shared by memory and cognition: the app with its error
+handling and body limit, `POST /tool/{name}` dispatching through the service's Catalogue,
+argument errors that name the argument, and the OpenAPI without FastAPI's 422s.
+
+Each service adds its own `GET /resource/{path}` and `GET /health` to the app this makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
+
+from agentmesh_cli.services.http import (
+    BadRequest,
+    BodyLimitMiddleware,
+    ErrorBoundaryMiddleware,
+    InvalidBody,
+    NotFound,
+    OrjsonResponse,
+    error_responses,
+    install_error_handlers,
+    read_json,
+)
+from agentmesh_cli.services.protocol import Catalogue
+
+
+class UnknownTool(NotFound):
+    code = "unknown_tool"
+
+
+class UnknownResource(NotFound):
+    code = "unknown_resource"
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def bad_argument(argument: str, problem: str) -> BadRequest:
+    """A 400 naming the argument: `argument 'limit' must be ...`, details {argument}."""
+    return BadRequest(f"argument {argument!r} {problem}", {"argument": argument})
+
+
+def tool_arguments(body: Any) -> dict[str, Any]:
+    """The `arguments` object of a tool call body `{"arguments": {...}}`."""
+    if not isinstance(body, dict) or set(body) != {"arguments"}:
+        raise InvalidBody('the body must be a JSON object {"arguments": {...}}',
+                          {"argument": "arguments"})
+    arguments = body["arguments"]
+    if not isinstance(arguments, dict):
+        raise bad_argument("arguments", f"must be an object, not {json_type(arguments)}")
+    return arguments
+
+
+class ToolCall(BaseModel):
+    arguments: dict[str, Any] = Field(description="The tool's arguments by name.")
+
+
+def tool_call_body(examples: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAPI `requestBody` of POST /tool/{name}, with named examples if given."""
+    content: dict[str, Any] = {"schema": ToolCall.model_json_schema()}
+    if examples:
+        content["examples"] = examples
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}
+
+
+def without_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.get("responses", {}).pop("422", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def service_app(catalogue: Catalogue, *, title: str, description: str,
+                close: Callable[[], Awaitable[None]], max_body_bytes: int,
+                tool_body: dict[str, Any], tool_result: type[BaseModel],
+                tool_errors: tuple[int, ...]) -> FastAPI:
+    """The app of a service: `close` runs at shutdown, `app.state.catalogue` is set, errors
+    answer in the services' JSON shape, bodies over `max_body_bytes` get 413, and
+    POST /tool/{name} runs the catalogue's tool (404 for an unknown one)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await close()
+
+    app = FastAPI(title=title, version="1", lifespan=lifespan, description=description)
+    app.state.catalogue = catalogue
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
+
+    @app.post("/tool/{name}", summary="Call a tool", openapi_extra=tool_body,
+              description="Tools: " + ", ".join(catalogue.tools) + ".",
+              responses={200: {"model": tool_result, "description": "The tool's result."},
+                         **error_responses(*tool_errors)})
+    async def call_tool(name: str, request: Request) -> Response:
+        tool = catalogue.tool(name)
+        if tool is None:
+            raise UnknownTool(f"no tool {name!r}; tools: {', '.join(catalogue.tools)}",
+                              {"tool": name, "tools": list(catalogue.tools)})
+        arguments = tool_arguments(await read_json(request))
+        return OrjsonResponse({"result": await tool.handler(arguments)})
+
+    return app
