@@ -153,7 +153,7 @@ class MetricsConfig(_Section):
 class WorkloadConfig(_Section):
     """Rates of the built-in e-commerce demo roles (0 switches a flow off)."""
 
-    order_rate: float = Field(0.5, ge=0.0)  # orders per second that a sales agent opens
+    order_rate: float = Field(1.0, ge=0.0)  # orders per second that a sales agent opens
     lead_rate: float = Field(0.15, ge=0.0)  # upsell leads per second that support passes to sales
     discount_threshold: float = Field(1000.0, ge=0.0)  # sales proposes a discount from this amount
     refund_rate: float = Field(0.1, ge=0.0)  # refunds per second that support proposes

@@ -47,7 +47,12 @@ Progress = Callable[[list[ProgramState]], None]
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Can a server listen on host:port? Bound the way servers bind (SO_REUSEADDR), so the
+    TIME_WAIT connections a just-stopped mesh leaves behind do not count as taken; a
+    listening socket does."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -60,7 +60,7 @@ services:                       # HTTP services, supervised programs on loopback
 metrics: {host: 127.0.0.1, port: 9464}   # Prometheus: every role's counters at http://host:port/metrics
 
 workload:                       # the built-in demo roles (0 switches a flow off)
-  order_rate: 0.5               # orders per second Sales opens (-> Inventory, Fraud and back)
+  order_rate: 1.0               # orders per second Sales opens (-> Inventory, Fraud and back)
   lead_rate: 0.15               # upsell leads per second Support passes to Sales (one way)
   discount_threshold: 1000      # Sales proposes a discount for orders from this amount
   refund_rate: 0.1              # refunds per second Support proposes

@@ -213,3 +213,19 @@ def test_failing_program_shows_its_log_tail(mesh_dir: Path, monkeypatch: pytest.
     assert "agent-Broken" in result.stderr
     assert "last lines of logs/agent-Broken.log" in result.stderr
     assert "RuntimeError: this role cannot start" in result.stderr
+
+
+def test_port_free_ignores_time_wait_but_not_a_listener() -> None:
+    """`down` then `up` at once: the connections the stopped services closed linger in
+    TIME_WAIT on their ports, which must not read as "port in use"."""
+    from agentmesh_cli.lifecycle import port_free
+
+    port = free_port()
+    server = socket.create_server(("127.0.0.1", port))
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    assert not port_free(port)  # listening
+    accepted.close()  # the server side closes first: its end of the connection is TIME_WAIT
+    client.close()
+    server.close()
+    assert port_free(port)
