@@ -29,11 +29,10 @@ import pytest
 import yaml
 
 from agentmesh_cli.embedded import stop
-from agentmesh_cli.services.cognition import (
-    TOOL_EXAMPLES,
+from agentmesh_cli.services.cognition import TOOL_EXAMPLES, create_app
+from agentmesh_cli.services.text import (
     bm25_scores,
     content_terms,
-    create_app,
     index_terms,
     polarity_counts,
     query_terms,
