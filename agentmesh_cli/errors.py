@@ -87,10 +87,11 @@ class ServiceError(AgentMeshError):
         return f"{text} (after {self.attempts} attempts)" if self.attempts > 1 else text
 
 
-class ServiceUnavailableError(ServiceError):
-    """The service could not be reached or said 503, still after the retries. For a 503
-    answer `status`, `code`, `message`, `details` are as in ServiceHTTPError; for a
-    connection failure or a timeout `status` is None."""
+class _AnsweredError(ServiceError):
+    """A ServiceError that may carry the service's error answer: `status`, and `code`,
+    `message`, `details` from its JSON body `{"error": {...}}`."""
+
+    status: int | None
 
     def __init__(self, text: str, service: str = "", status: int | None = None, code: str = "",
                  message: str = "", details: object = None) -> None:
@@ -99,6 +100,12 @@ class ServiceUnavailableError(ServiceError):
         self.code = code
         self.message = message
         self.details = details
+
+
+class ServiceUnavailableError(_AnsweredError):
+    """The service could not be reached or said 503, still after the retries. For a 503
+    answer `status`, `code`, `message`, `details` are as in ServiceHTTPError; for a
+    connection failure or a timeout `status` is None."""
 
 
 class ServiceTimeoutError(ServiceUnavailableError):
@@ -113,17 +120,11 @@ class ServiceProtocolError(ServiceError):
     """The service answered, but not as the protocol says (no JSON, no `result`, no SSE)."""
 
 
-class ServiceHTTPError(ServiceError):
+class ServiceHTTPError(_AnsweredError):
     """The service answered with an error status; `code`, `message` and `details` come from
     its JSON body `{"error": {...}}` (or from the status when the body has none)."""
 
-    def __init__(self, text: str, service: str = "", status: int = 0, code: str = "",
-                 message: str = "", details: object = None) -> None:
-        super().__init__(text, service)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
+    status: int
 
 
 class ServiceBadRequestError(ServiceHTTPError):

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.roles import resolve_role
@@ -29,6 +29,9 @@ from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, write_configs
+
+if TYPE_CHECKING:
+    import httpx  # imported where a client is made: most commands never need it
 
 FORMED_ROW = "(topology)"  # the last gate: every agent has joined the graph
 FAILED_STATES = frozenset({"FATAL", "EXITED", "STOPPED", "UNKNOWN"})
@@ -91,20 +94,20 @@ def preflight(mesh: Mesh, running: set[str]) -> None:
         )
 
 
-def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None, float, dict[str, Any]]:
+def service_health(mesh: Mesh, service: str, http: httpx.Client) -> tuple[int | None, float, dict[str, Any]]:
     """(HTTP status of GET /health or None when unreachable, seconds the request took,
-    the JSON body or {})."""
+    the JSON body or {}). `http` is the caller's client, kept across calls: making one
+    costs more than the request."""
     import httpx
 
     from agentmesh_cli.services.client import service_url
 
-    with httpx.Client(timeout=timeout) as http:  # made first: its setup is not the service's time
-        started = time.monotonic()
-        try:
-            response = http.get(service_url(mesh, service) + "/health")
-        except httpx.HTTPError:
-            return None, time.monotonic() - started, {}
-        took = time.monotonic() - started
+    started = time.monotonic()
+    try:
+        response = http.get(service_url(mesh, service) + "/health")
+    except httpx.HTTPError:
+        return None, time.monotonic() - started, {}
+    took = time.monotonic() - started
     try:
         body = response.json()
     except ValueError:
@@ -112,14 +115,14 @@ def service_health(mesh: Mesh, service: str, timeout: float) -> tuple[int | None
     return response.status_code, took, body if isinstance(body, dict) else {}
 
 
-def metrics_answers(mesh: Mesh, timeout: float) -> bool:
+def metrics_answers(mesh: Mesh, http: httpx.Client) -> bool:
     """The exporter answers GET /metrics with 200 (it does so even while Redis is down)."""
     import httpx
 
     from agentmesh_cli.metrics.exporter import metrics_url
 
     try:
-        return httpx.get(metrics_url(mesh), timeout=timeout).status_code == 200
+        return http.get(metrics_url(mesh)).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -130,6 +133,20 @@ class Readiness:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
         self._store: Store | None = None
+        self._http: httpx.Client | None = None
+
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.Client(timeout=1.0)
+        return self._http
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if self._http is not None:
+            self._http.close()
 
     def store(self) -> Store:
         if self._store is None:
@@ -152,9 +169,9 @@ class Readiness:
             if name == C.PROGRAM_REDIS:
                 return self.store().ping()
             if name in C.SERVICE_PROGRAMS:
-                return service_health(self.mesh, name, timeout=1.0)[0] == 200
+                return service_health(self.mesh, name, self.http())[0] == 200
             if name == C.PROGRAM_METRICS:
-                return metrics_answers(self.mesh, timeout=1.0)
+                return metrics_answers(self.mesh, self.http())
             return self.store().ready_pid(name) == pid
         except AgentMeshError:
             return False
@@ -242,13 +259,16 @@ def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramStat
         sup.start()
         changes = {"added": [s.name for s in specs], "changed": [], "removed": []}
     gate = Gate(sup, mesh, specs, timeout, progress)
-    gate.start_tier("infra")
-    prepare_topics(mesh.config.kafka, gate.check.store())
-    for tier in ("services", "managers", "agents"):
-        gate.start_tier(tier)
-    if any(s.name == C.PROGRAM_TOPOLOGY for s in specs):
-        return gate.wait_formed(), changes
-    return gate.states(), changes
+    try:
+        gate.start_tier("infra")
+        prepare_topics(mesh.config.kafka, gate.check.store())
+        for tier in ("services", "managers", "agents"):
+            gate.start_tier(tier)
+        if any(s.name == C.PROGRAM_TOPOLOGY for s in specs):
+            return gate.wait_formed(), changes
+        return gate.states(), changes
+    finally:
+        gate.check.close()
 
 
 def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None]) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import psutil
 
 from agentmesh_cli import constants as C
@@ -91,9 +92,11 @@ class StatusCollector:
         self.sampler = ProcessSampler()
         self.spawns = SpawnLog()
         self.store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+        self.http = httpx.Client(timeout=HEALTH_TIMEOUT_S)  # every frame's /health requests
 
     def close(self) -> None:
         self.store.close()
+        self.http.close()
 
     def __enter__(self) -> StatusCollector:
         return self
@@ -125,7 +128,7 @@ class StatusCollector:
             "agents": [],
             "topology": None,
             "proposals": [],
-            "services": _services(self.mesh),
+            "services": _services(self.mesh, self.http),
             "infra": {"broker": self._broker_probe(), "redis": redis},
             "errors": errors,
         }
@@ -299,7 +302,7 @@ def _topology(mesh: Mesh, snapshot: dict[str, Any], history: list[dict[str, Any]
     }
 
 
-def _services(mesh: Mesh) -> list[dict[str, Any]]:
+def _services(mesh: Mesh, http: httpx.Client) -> list[dict[str, Any]]:
     """Each service's own answer to GET /health, and how long it took."""
     from agentmesh_cli.lifecycle import service_health
     from agentmesh_cli.services.client import service_url
@@ -307,7 +310,7 @@ def _services(mesh: Mesh) -> list[dict[str, Any]]:
     services: list[dict[str, Any]] = []
     callers: dict[str, list[dict[str, Any]]] = {}  # service -> other services' clients of it
     for name in C.SERVICE_PROGRAMS:
-        code, took, body = service_health(mesh, name, timeout=HEALTH_TIMEOUT_S)
+        code, took, body = service_health(mesh, name, http)
         services.append({
             "name": name,
             "url": service_url(mesh, name),

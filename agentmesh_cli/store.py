@@ -23,7 +23,8 @@ PROPOSAL_TTL_S = 86_400  # a proposal record lives a day
 
 
 @contextmanager
-def _wrapped(action: str) -> Iterator[None]:
+def redis_errors(action: str) -> Iterator[None]:
+    """A redis-py error inside becomes a StoreError naming `action`."""
     try:
         yield
     except redis.RedisError as exc:
@@ -36,13 +37,13 @@ class Store:
     def __init__(self, url: str, mesh: str, timeout: float = 5.0) -> None:
         self.keys = Keys(mesh)
         self.url = url
-        with _wrapped("connect"):
+        with redis_errors("connect"):
             self.redis = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
             )
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
-        with _wrapped(action):
+        with redis_errors(action):
             return fn()
 
     def ping(self) -> bool:
@@ -86,7 +87,7 @@ class Store:
         """Add a batch of counts in one round trip (roles batch, never one call a message)."""
         if not counts:
             return
-        with _wrapped("count"):
+        with redis_errors("count"):
             pipe = self.redis.pipeline(transaction=False)
             for name, value in counts.items():
                 pipe.hincrby(self.keys.counters(owner), name, value)
@@ -119,7 +120,7 @@ class Store:
 
     def push_topology_point(self, point: dict[str, Any], keep: int) -> None:
         """Add a stats point to the front of topology:history, keeping the newest `keep`."""
-        with _wrapped("write topology history"):
+        with redis_errors("write topology history"):
             pipe = self.redis.pipeline(transaction=False)
             pipe.lpush(self.keys.topology_history, orjson.dumps(point))
             pipe.ltrim(self.keys.topology_history, 0, keep - 1)
@@ -143,7 +144,7 @@ class Store:
     def save_consensus(self, snapshot: dict[str, Any] | None, proposals: list[dict[str, Any]]) -> None:
         """Write proposal records (and their time index) and the manager's snapshot in one
         round trip; the index keeps the newest PROPOSALS_KEPT."""
-        with _wrapped("save proposals"):
+        with redis_errors("save proposals"):
             pipe = self.redis.pipeline(transaction=False)
             for record in proposals:
                 key = self.keys.proposal(record["id"])

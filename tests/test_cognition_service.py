@@ -45,6 +45,7 @@ from agentmesh_cli.services.text import (
     topics,
 )
 from tests.conftest import free_port, wait_for
+from tests.test_memory_service import call, error_of, new_id, result
 
 SSE = {"Accept": "text/event-stream"}
 LIMIT = 1_048_576  # create_app's default max_body_bytes, what the CLI serves
@@ -281,33 +282,6 @@ def mem(pair: Pair) -> Iterator[httpx.Client]:
 def cog(pair: Pair) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=pair.cognition.url, timeout=20.0) as http:
         yield http
-
-
-def new_id(what: str) -> str:
-    return f"{what}-{uuid.uuid4().hex[:10]}"
-
-
-def call(client: httpx.Client, tool: str, **arguments: Any) -> httpx.Response:
-    return client.post(f"/tool/{tool}", json={"arguments": arguments})
-
-
-def result(client: httpx.Client, tool: str, **arguments: Any) -> Any:
-    response = call(client, tool, **arguments)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert set(body) == {"result"}
-    return body["result"]
-
-
-def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    error: dict[str, Any] = body["error"]
-    return error
 
 
 def read_sse(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> list[tuple[str, Any]]:

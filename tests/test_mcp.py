@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, ListToolsR
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.services.memory import TOOL_SPECS
 from tests.conftest import free_port, wait_for
-from tests.test_memory_service import Service, answering, start_service
+from tests.test_memory_service import Service, answering, new_id, start_service
 
 T = TypeVar("T")
 SCENARIO_TIMEOUT_S = 15.0
@@ -66,10 +65,6 @@ def run(url: str, scenario: Callable[[ClientSession], Awaitable[T]]) -> T:
                 return await scenario(session)
 
     return asyncio.run(main())
-
-
-def new_id(what: str) -> str:
-    return f"{what}-{uuid.uuid4().hex[:10]}"
 
 
 def json_of(result: CallToolResult) -> Any:

@@ -160,8 +160,12 @@ def _error_fields(response: httpx.Response) -> tuple[str, str, Any]:
 
 
 def _answer_error(response: httpx.Response, service: str, what: str) -> ServiceError:
-    status = response.status_code
-    code, message, details = _error_fields(response)
+    return error_answer(service, what, response.status_code, *_error_fields(response))
+
+
+def error_answer(service: str, what: str, status: int, code: str, message: str,
+                 details: Any) -> ServiceError:
+    """The ServiceError for a service's error answer (over HTTP, or in process: local.py)."""
     text = f"{service}: {what} -> {status} {code}: {message}"
     if status == 503:
         return ServiceUnavailableError(text, service, status=status, code=code, message=message,

@@ -23,7 +23,7 @@ from agentmesh_cli.errors import (
     ServiceUnavailableError,
     StoreError,
 )
-from agentmesh_cli.services.client import _HTTP_ERRORS
+from agentmesh_cli.services.client import error_answer
 from agentmesh_cli.services.http import ApiError
 from agentmesh_cli.services.protocol import Catalogue
 
@@ -56,13 +56,7 @@ class _Loop:
 
 def _translated(service: str, what: str, exc: BaseException) -> ServiceError:
     if isinstance(exc, ApiError):
-        text = f"{service}: {what} -> {exc.status} {exc.code}: {exc.message}"
-        if exc.status == 503:
-            return ServiceUnavailableError(text, service, status=503, code=exc.code,
-                                           message=exc.message, details=exc.details)
-        cls = _HTTP_ERRORS.get(exc.status, ServiceHTTPError)
-        return cls(text, service, status=exc.status, code=exc.code, message=exc.message,
-                   details=exc.details)
+        return error_answer(service, what, exc.status, exc.code, exc.message, exc.details)
     if isinstance(exc, StoreError | TimeoutError | OSError):
         return ServiceUnavailableError(f"{service}: {what}: {exc}", service)
     return ServiceError(f"{service}: {what}: {type(exc).__name__}: {exc}", service)

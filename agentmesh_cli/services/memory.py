@@ -35,8 +35,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -82,6 +81,7 @@ from agentmesh_cli.services.seed import (
     tool_call_body,
     without_422,
 )
+from agentmesh_cli.store import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -224,14 +224,6 @@ def parse_resource(path: str, keys: Keys) -> Resource:
 
 
 # Redis --------------------------------------------------------------------------------
-@contextmanager
-def _wrapped(action: str) -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreError(f"Redis {action} failed: {exc}") from exc
-
-
 def _member(seq: int, message_id: str) -> str:
     return f"{seq:0{SEQ_WIDTH}d}:{message_id}"
 
@@ -297,7 +289,7 @@ class MemoryStore:
         # A blocking pool: a burst of requests (100 streams reading their backlog at once)
         # waits for a connection instead of failing with "Too many connections"
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        with _wrapped("connect"):
+        with redis_errors("connect"):
             pool = aioredis.BlockingConnectionPool.from_url(
                 redis_url, max_connections=REDIS_CONNECTIONS, timeout=COMMAND_TIMEOUT_S,
                 socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
@@ -321,7 +313,7 @@ class MemoryStore:
                 *self._indexes(item)]
         args = [item["message_id"], repr(item["timestamp"]), encoded, self.keys.memory_events,
                 b'{"event":"stored","item":' + encoded + b"}"]  # what _event("stored", item) gives
-        with _wrapped("store"):
+        with redis_errors("store"):
             await self._store_script(keys=keys, args=args)
 
     @staticmethod
@@ -334,7 +326,7 @@ class MemoryStore:
         return dict(record)
 
     async def get(self, message_id: str, user_id: str) -> dict[str, Any]:
-        with _wrapped("read message"):
+        with redis_errors("read message"):
             raw = await self.redis.get(self.keys.memory_message(message_id))
         return _public(self._owned(raw, message_id, user_id))
 
@@ -343,7 +335,7 @@ class MemoryStore:
         """Read-check-write under WATCH: `write` queues the commands of the MULTI and returns
         the result; a concurrent change to the message makes us read it again."""
         key = self.keys.memory_message(message_id)
-        with _wrapped("change message"):
+        with redis_errors("change message"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for _ in range(WATCH_ATTEMPTS):
                     await pipe.watch(key)
@@ -380,7 +372,7 @@ class MemoryStore:
 
     async def items(self, resource: Resource) -> list[dict[str, Any]]:
         """Newest first: one ZREVRANGE, then one MGET."""
-        with _wrapped("read list"):
+        with redis_errors("read list"):
             members = await self.redis.zrevrange(resource.key, 0, resource.limit - 1)
             if not members:
                 return []
@@ -402,7 +394,7 @@ class MemoryStore:
     async def mark_ready(self, program: str, pid: int) -> None:
         """The same record Store.mark_ready writes: JSON {pid, ts}."""
         record = json.dumps({"pid": pid, "ts": time.time()})
-        with _wrapped("mark ready"):
+        with redis_errors("mark ready"):
             await self.redis.set(self.keys.ready(program), record)
 
     async def follow(self, resource: Resource) -> Follower[Change]:
