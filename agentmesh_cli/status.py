@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
@@ -232,17 +233,6 @@ def _redis_address(url: str) -> str:
     return f"{parts.hostname}:{parts.port or 6379}"
 
 
-def _sent_to(counters: dict[str, dict[str, int]]) -> dict[str, int]:
-    """recipient -> messages every sender (agents, the CLI) counted as sent to it."""
-    totals: dict[str, int] = {}
-    for owned in counters.values():
-        for name, value in owned.items():
-            if name.startswith(C.COUNTER_SENT_TO_PREFIX):
-                recipient = name[len(C.COUNTER_SENT_TO_PREFIX):]
-                totals[recipient] = totals.get(recipient, 0) + value
-    return totals
-
-
 def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str, dict[str, int]],
             supervised: dict[str, int], now: float) -> list[dict[str, Any]]:
     """Every agent of mesh.yaml or the registry. Stale: its heartbeat is older than
@@ -251,7 +241,7 @@ def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str,
     cfg = mesh.config
     stale_after = cfg.heartbeat.interval * cfg.heartbeat.missed
     configured = {a.name: a for a in cfg.agents}
-    sent = _sent_to(counters)
+    sent = sent_totals(counters)
     agents = []
     for name in sorted(set(configured) | set(registry)):
         rec = registry.get(name)
@@ -277,8 +267,7 @@ def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str,
             "messages_out": own.get(C.COUNTER_OUT, 0),
             "dead_letters": own.get(C.COUNTER_DEAD, 0),
             "sent_to": sent.get(name, 0),
-            # handler failures are in messages_in too (and in dead_letters): not subtracted twice
-            "backlog": max(0, sent.get(name, 0) - handled),
+            "backlog": backlog(sent, counters, name),
             "counters": own,
         })
     return agents

@@ -9,7 +9,7 @@ recording zeros; `agentmesh_up{source}` says which source answered.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, observed
 
 PREFIX = "agentmesh_"
@@ -92,31 +93,21 @@ def _agents(r: Reading) -> Iterator[Metric]:
                                "agents", labels=["agent"])
     received = CounterMetricFamily(_name("messages_received"), "Messages the agent read from "
                                    "its inbox and handled", labels=["agent"])
-    backlog = GaugeMetricFamily(_name("inbox_backlog"), "Messages sent to the agent and not "
+    backlogs = GaugeMetricFamily(_name("inbox_backlog"), "Messages sent to the agent and not "
                                 "yet handled (every sender's count less the agent's)",
                                 labels=["agent"])
-    sent_to = _sent_to(r.counters)
+    sent_to = sent_totals(r.counters)
     for agent in agent_names(r):
         own = r.counters.get(agent, {})
         sent.add_metric([agent], own.get(C.COUNTER_OUT, 0))
         received.add_metric([agent], own.get(C.COUNTER_IN, 0))
-        backlog.add_metric([agent], max(0, sent_to.get(agent, 0) - own.get(C.COUNTER_IN, 0)))
+        backlogs.add_metric([agent], backlog(sent_to, r.counters, agent))
     dead = CounterMetricFamily(_name("dead_letters"), "Records the owner sent to the dead "
                                "letter topic", labels=["owner"])
     for owner, own in sorted(r.counters.items()):
         if owner != C.CLI_COUNTER_OWNER:
             dead.add_metric([owner], own.get(C.COUNTER_DEAD, 0))
-    yield from (sent, received, backlog, dead)
-
-
-def _sent_to(counters: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for own in counters.values():
-        for key, value in own.items():
-            if key.startswith(C.COUNTER_SENT_TO_PREFIX):
-                recipient = key[len(C.COUNTER_SENT_TO_PREFIX):]
-                totals[recipient] = totals.get(recipient, 0) + value
-    return totals
+    yield from (sent, received, backlogs, dead)
 
 
 def _topology(r: Reading) -> Iterator[Metric]:
