@@ -14,6 +14,7 @@ import base64
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -140,11 +141,16 @@ class Bus:
         self.client_id = client_id
         self.delivery_failures = 0
         self.delivered: dict[tuple[str, int], int] = {}  # (short topic, partition) -> last offset
+        self.delivered_to: Counter[str] = Counter()  # recipient -> messages the broker confirmed
+        self._messages_topic = f"{kafka.topic_prefix}.{C.TOPIC_MESSAGES}"
         conf = _client_config(kafka, client_id)
         # no lingering: a lone record leaves at once; under load librdkafka still batches
         # whatever queues while a request is in flight
         conf.setdefault("linger.ms", linger_ms)
         conf.setdefault("enable.idempotence", False)
+        # never let a produce create a topic: after a restart the embedded broker would make
+        # it with its own partition count; records wait in the queue until `prepare_topics`
+        conf.setdefault("allow.auto.create.topics", False)
         try:
             self._producer = Producer(conf)
         except KafkaException as exc:
@@ -159,7 +165,10 @@ class Bus:
             self.delivery_failures += 1
             log.error("delivery to %s failed: %s", msg.topic(), err.str())
             return
-        where = ((msg.topic() or "").removeprefix(self.kafka.topic_prefix + "."), msg.partition() or 0)
+        topic = msg.topic() or ""
+        if topic == self._messages_topic and (key := msg.key()) is not None:
+            self.delivered_to[key.decode("utf-8", "replace")] += 1
+        where = (topic.removeprefix(self.kafka.topic_prefix + "."), msg.partition() or 0)
         self.delivered[where] = max(self.delivered.get(where, -1), msg.offset() or 0)
 
     def send(
@@ -239,6 +248,7 @@ class Reader:
             }
         )
         self._prefix = kafka.topic_prefix + "."
+        self._assigned = [(short, partition) for short, partition, _ in assignments]
         try:
             self._consumer = Consumer(conf)
             self._consumer.assign(
@@ -251,6 +261,15 @@ class Reader:
             )
         except KafkaException as exc:
             raise BusError(f"cannot create a Kafka consumer for {group_id}: {exc}") from exc
+
+    def rewind(self) -> None:
+        """Read every assigned partition again from its beginning (a new broker epoch: the
+        embedded broker restarted empty and does not report our old position out of range)."""
+        try:
+            self._consumer.assign([TopicPartition(self._prefix + short, partition, OFFSET_BEGINNING)
+                                   for short, partition in self._assigned])
+        except KafkaException as exc:
+            raise BusError(f"cannot rewind the consumer: {exc}") from exc
 
     def poll_batch(self, max_records: int = 500, timeout: float = 0.1) -> list[Record]:
         """Wait up to `timeout` for the first record, then take what is already fetched."""

@@ -70,6 +70,8 @@ class KafkaConfig(_Section):
     # (the embedded broker does not answer a waiting fetch when data arrives)
     fetch_wait: Duration = 0.01
     manager_fetch_wait: Duration = 0.002  # the same for the topology and consensus managers
+    # a record bigger than this is a dead letter, never handed to a role
+    max_record_bytes: int = Field(262_144, ge=1024)
     client: dict[str, str | int | float | bool] = {}  # passed to librdkafka as is
 
     @property
@@ -127,6 +129,12 @@ class ConsensusConfig(_Section):
 class HeartbeatConfig(_Section):
     interval: Duration = 30.0
     missed: int = Field(3, ge=1)
+
+
+class RecoveryConfig(_Section):
+    # ids of the newest messages each agent handled, kept in its Redis ledger and in its
+    # memory: a redelivered or repeated message within this window is not handled again
+    dedup_window: int = Field(20_000, ge=100, le=1_000_000)
 
 
 class ServiceConfig(_Section):
@@ -195,6 +203,7 @@ class MeshConfig(_Section):
     topology: TopologyConfig = TopologyConfig()
     consensus: ConsensusConfig = ConsensusConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     services: ServicesConfig = ServicesConfig()
     metrics: MetricsConfig = MetricsConfig()
     workload: WorkloadConfig = WorkloadConfig()

@@ -83,6 +83,13 @@ COUNTER_SKIPPED = "skipped"
 # inbox backlog from these (the embedded broker's watermarks are wrong, DESIGN section 8).
 COUNTER_SENT_TO_PREFIX = "sent_to:"
 CLI_COUNTER_OWNER = "cli"  # `agentmesh send` counts under this owner
+# What an agent handled, exactly: written in one Redis transaction with its ledger of ids.
+COUNTER_HANDLED_FROM_PREFIX = "handled_from:"
+COUNTER_DUPLICATES = "duplicates"  # redelivered records recognised by id and not handled again
+COUNTER_HANDLED_TWICE = "handled_twice"  # ids the ledger already held when recorded: must stay 0
+# Senders that may message agents without having joined: the CLI (`agentmesh send`) and
+# the fault-injection suite's probes. Any other sender must have joined once.
+OPERATOR_SENDERS = frozenset({"cli", "chaos"})
 # Latency histograms kept as counters (metrics/histogram.py): "<name>:bucket:<bound ms>",
 # "<name>:sum_us", "<name>:count". The consensus manager's decisions (created -> decided):
 COUNTER_DECISION_MS = "decision_ms"
@@ -141,6 +148,16 @@ class Keys:
     def proposals(self) -> str:
         """Sorted set: proposal id scored by created_at (ms), the time index."""
         return self.prefix + "proposals"
+
+    @property
+    def members(self) -> str:
+        """Set: every agent that ever joined (a message from anybody else is a dead letter)."""
+        return self.prefix + "members"
+
+    def handled(self, agent: str) -> str:
+        """Sorted set: ids of the messages an agent handled, the newest `recovery.dedup_window`,
+        scored by the order of handling (its dedup ledger)."""
+        return self.prefix + "handled:" + agent
 
     @property
     def kafka_epoch(self) -> str:

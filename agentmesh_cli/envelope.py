@@ -38,10 +38,14 @@ class Envelope:
         return orjson.dumps(data)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> Envelope:
-        """Parse and check a record value; raise InvalidEnvelope saying what is wrong."""
+    def decode(cls, raw: bytes | None, max_bytes: int | None = None) -> Envelope:
+        """Parse and check a record value; raise InvalidEnvelope saying what is wrong.
+        `max_bytes`: a longer record is refused before it is parsed."""
         if raw is None:
             raise InvalidEnvelope("empty record (no value)")
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise InvalidEnvelope(f"record of {len(raw)} bytes is over the limit of {max_bytes} "
+                                  "bytes (kafka.max_record_bytes)")
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

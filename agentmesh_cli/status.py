@@ -288,6 +288,7 @@ def _topology(mesh: Mesh, snapshot: dict[str, Any], history: list[dict[str, Any]
         ],
         "history": history,
         "counters": counters.get(C.PROGRAM_TOPOLOGY, {}),
+        "departed": snapshot.get("departed", {}),
     }
 
 

@@ -18,6 +18,31 @@ from agentmesh_cli.errors import StoreError
 
 T = TypeVar("T")
 
+# Record a batch of handled message ids in an agent's ledger and count them, atomically:
+# an id the ledger already holds is counted as handled twice, not as handled.
+# KEYS: ledger, counters, counter owners; ARGV: owner, window, first score, then id, sender pairs.
+_RECORD_HANDLED = """
+local new, twice, from = 0, 0, {}
+local score = tonumber(ARGV[3])
+for i = 4, #ARGV, 2 do
+  if redis.call('ZADD', KEYS[1], 'NX', score, ARGV[i]) == 1 then
+    new = new + 1
+    from[ARGV[i + 1]] = (from[ARGV[i + 1]] or 0) + 1
+  else
+    twice = twice + 1
+  end
+  score = score + 1
+end
+for sender, n in pairs(from) do
+  redis.call('HINCRBY', KEYS[2], 'handled_from:' .. sender, n)
+end
+if new > 0 then redis.call('HINCRBY', KEYS[2], 'messages_in', new) end
+if twice > 0 then redis.call('HINCRBY', KEYS[2], 'handled_twice', twice) end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
+redis.call('SADD', KEYS[3], ARGV[1])
+return {new, twice}
+"""
+
 PROPOSALS_KEPT = 1000  # proposals listed in the time index
 PROPOSAL_TTL_S = 86_400  # a proposal record lives a day
 
@@ -41,6 +66,7 @@ class Store:
             self.redis = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
             )
+        self._record_handled = self.redis.register_script(_RECORD_HANDLED)
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         with redis_errors(action):
@@ -58,6 +84,18 @@ class Store:
 
     def unregister_agent(self, name: str) -> None:
         self._call("unregister", lambda: self.redis.hdel(self.keys.agents, name))
+
+    def join(self, name: str, record: dict[str, Any]) -> None:
+        """Register an agent and remember, for good, that it joined."""
+        with redis_errors("join"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(self.keys.agents, name, json.dumps(record))
+            pipe.sadd(self.keys.members, name)
+            pipe.execute()
+
+    def members(self) -> set[str]:
+        """Every agent that ever joined."""
+        return {str(m) for m in self._call("read members", lambda: self.redis.smembers(self.keys.members))}
 
     def agents(self) -> dict[str, dict[str, Any]]:
         raw = self._call("read registry", lambda: self.redis.hgetall(self.keys.agents))
@@ -101,6 +139,28 @@ class Store:
     def all_counters(self) -> dict[str, dict[str, int]]:
         owners = self._call("read counters", lambda: self.redis.smembers(self.keys.counter_owners))
         return {str(owner): self.counters(str(owner)) for owner in sorted(owners)}
+
+    # an agent's ledger of handled messages ---------------------------------------
+    def record_handled(self, agent: str, handled: list[tuple[str, str]], first_score: int,
+                       window: int) -> tuple[int, int]:
+        """Add (message id, sender) pairs to the agent's ledger and count them in one atomic
+        step; return (newly recorded, already recorded = handled twice)."""
+        if not handled:
+            return 0, 0
+        args: list[Any] = [agent, window, first_score]
+        for message_id, sender in handled:
+            args += [message_id, sender]
+        keys = [self.keys.handled(agent), self.keys.counters(agent), self.keys.counter_owners]
+        with redis_errors("record handled messages"):
+            result = self._record_handled(keys=keys, args=args)
+        return int(result[0]), int(result[1])
+
+    def handled_ids(self, agent: str, window: int) -> tuple[list[str], int]:
+        """The newest `window` ids of the agent's ledger, oldest first, and the last score."""
+        raw: list[Any] = self._call(
+            "read handled messages",
+            lambda: list(self.redis.zrange(self.keys.handled(agent), -window, -1, withscores=True)))
+        return [str(pair[0]) for pair in raw], int(raw[-1][1]) if raw else 0
 
     # service clients -------------------------------------------------------------
     def set_service_clients(self, owner: str, state: dict[str, Any]) -> None:

@@ -56,7 +56,7 @@ class AgentContext:
     config: MeshConfig
     log: logging.Logger
     rng: random.Random
-    _send: Callable[[Envelope], None] = field(repr=False)
+    _send: Callable[[Envelope], Envelope] = field(repr=False)
     _peers: Callable[[], dict[str, dict[str, Any]]] = field(repr=False)
     _propose: Callable[[str, dict[str, Any]], str] = field(repr=False)
     _services: AgentServices | None = field(default=None, repr=False)
@@ -67,8 +67,7 @@ class AgentContext:
         """Send a message to agent `to`; returns the envelope sent."""
         envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
                             meta=meta or {})
-        self._send(envelope)
-        return envelope
+        return self._send(envelope)
 
     def propose(self, type: str, content: dict[str, Any]) -> str:
         """Open a Bee consensus proposal (decision | action | topology); returns its id."""

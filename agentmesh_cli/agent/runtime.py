@@ -1,8 +1,10 @@
 """One agent process: join, read the inbox partition, run the role, heartbeat, leave.
 
 The loop is single-threaded: poll a batch from the inbox partition, hand the agent's
-own messages to the role, commit the next offsets (at least once: a restarted agent
-resumes after the last handled batch), tick the role, heartbeat when due.
+own messages to the role, settle the batch (what the handlers sent is delivered, the
+message ids are recorded in the agent's ledger, then the offsets are committed: see
+agent/ledger.py), tick the role, heartbeat when due. A restarted agent resumes after the
+last committed batch; a redelivered message the ledger holds is not handled again.
 """
 
 from __future__ import annotations
@@ -14,22 +16,28 @@ import signal
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.base import AgentContext, Role, Vote
+from agentmesh_cli.agent.ledger import Ledger, derived_id
 from agentmesh_cli.agent.services import AgentServices
-from agentmesh_cli.bus import Bus, Reader, Record, hostname, prepare_topics
+from agentmesh_cli.bus import Bus, Reader, Record, hostname
 from agentmesh_cli.config import AgentSpec, Mesh
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope, now_ms
-from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.errors import AgentMeshError, BusError, InvalidEnvelope
+from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.store import Store
 
 TICK_S = 0.1
 COUNTER_FLUSH_S = 1.0
 PEERS_REFRESH_S = 2.0
+SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
+SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried again
+WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
 
 
 class AgentRuntime:
@@ -45,6 +53,13 @@ class AgentRuntime:
         self.partition = C.inbox_partition(self.name, cfg.kafka.partitions)
         self.store = Store(cfg.redis.resolved_url, cfg.mesh)
         self.bus = Bus(cfg.kafka, client_id=self.program)
+        self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
+        self._members: set[str] = set()  # agents known to have joined (senders we accept)
+        self._handling: str | None = None  # id of the message whose handler is running
+        self._derived = 0  # envelopes sent by that handler so far
+        self._sent_in_batch = 0
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._next_settle = 0.0
         self._peers: dict[str, dict[str, Any]] = {}
         self._peers_at = 0.0
         seed = cfg.workload.seed
@@ -57,13 +72,24 @@ class AgentRuntime:
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
-    def _send(self, envelope: Envelope) -> None:
-        self.bus.send_message(envelope)
-        self.counts[C.COUNTER_OUT] += 1
-        self.counts[C.sent_to_counter(envelope.to_agent_id)] += 1  # backlog in status
+    def _next_id(self) -> str | None:
+        """While a handler runs, the id of the next envelope it sends (see ledger.derived_id)."""
+        if self._handling is None:
+            return None
+        self._derived += 1
+        self._sent_in_batch += 1
+        return derived_id(self._handling, self._derived)
+
+    def _send(self, envelope: Envelope) -> Envelope:
+        if (same_every_run := self._next_id()) is not None:
+            envelope = replace(envelope, id=same_every_run)
+        self.bus.send_message(envelope)  # counted as sent when the broker confirms it
+        return envelope
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
-        proposal_id = f"{self.name}-{uuid.uuid4().hex[:12]}"
+        same_every_run = self._next_id()
+        suffix = uuid.uuid4().hex if same_every_run is None else same_every_run.replace("-", "")
+        proposal_id = f"{self.name}-{suffix[:12]}"
         event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=self.name,
                          payload={"proposal_id": proposal_id, "type": type, "content": content})
         self.bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
@@ -112,32 +138,36 @@ class AgentRuntime:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
-        prepare_topics(cfg.kafka, self.store)
+        epoch = wait_for_infra(cfg.kafka, self.store, self.program)
+        watch = BrokerWatch(cfg.kafka, self.store, epoch, self.program, topics_every=WATCH_TOPICS_S)
+        loaded = self.ledger.load()
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
                                            (C.TOPIC_CONSENSUS, 0, None)], self.program)
-        self.store.register_agent(self.name, self._record())
+        self.store.join(self.name, self._record())
+        self._members = self.store.members()
         self._announce(C.EVENT_JOINED)
         self.bus.flush(10)
         self.role.on_start()
         self.store.mark_ready(self.program, os.getpid())
-        self.log.info("joined as %s (role %s), inbox partition %d", self.name, self.spec.role,
-                      self.partition)
+        self.log.info("joined as %s (role %s), inbox partition %d, %d handled ids in the ledger",
+                      self.name, self.spec.role, self.partition, loaded)
         next_heartbeat = time.monotonic() + cfg.heartbeat.interval
         next_flush = time.monotonic() + COUNTER_FLUSH_S
         try:
             while not self.stopping:
                 records = reader.poll_batch(timeout=TICK_S)
-                if records:
-                    done: dict[tuple[str, int], int] = {}
-                    for record in records:
-                        if record.topic == C.TOPIC_CONSENSUS:
-                            self._consensus(record)
-                        else:
-                            self._handle(record)
-                        done[(record.topic, record.partition)] = record.offset + 1
-                    reader.commit(done)
+                for record in records:
+                    if record.topic == C.TOPIC_CONSENSUS:
+                        self._consensus(record)
+                    else:
+                        self._handle(record)
+                    self._uncommitted[(record.topic, record.partition)] = record.offset + 1
                 now = time.monotonic()
+                if records or (self._uncommitted and now >= self._next_settle):
+                    self._settle(reader, now)
+                if watch.check(now) is not None:
+                    self._new_epoch(reader)
                 self._safely("on_tick", self.role.on_tick, now)
                 if now >= next_heartbeat:
                     next_heartbeat = now + cfg.heartbeat.interval
@@ -150,6 +180,50 @@ class AgentRuntime:
             self._leave(reader)
         return 0
 
+    def _settle(self, reader: Reader, now: float) -> None:
+        """Make a handled batch durable in the order that neither loses nor doubles: what the
+        handlers sent is delivered, the ids are recorded (with the exact counts), and only
+        then are the offsets committed. While Redis is down the offsets wait."""
+        if self._sent_in_batch:
+            undelivered = self.bus.flush(SETTLE_FLUSH_S)
+            if undelivered:
+                self.log.warning("%d sent records not yet confirmed by the broker", undelivered)
+            self._sent_in_batch = 0
+        if not self.ledger.record():
+            if now >= self._next_settle:
+                self.log.warning("handled messages not recorded yet (Redis unavailable): %d "
+                                 "waiting, offsets not committed", self.ledger.pending)
+            self._next_settle = now + SETTLE_RETRY_S
+            return
+        try:
+            reader.commit(self._uncommitted)
+            self._uncommitted.clear()
+        except BusError as exc:
+            self._next_settle = now + SETTLE_RETRY_S
+            self.log.warning("offsets not committed yet: %s", exc)
+
+    def _new_epoch(self, reader: Reader) -> None:
+        """The broker restarted empty: read from its beginning again, announce ourselves."""
+        self._uncommitted.clear()  # offsets of the old broker mean nothing to the new one
+        reader.rewind()
+        self._announce(C.EVENT_JOINED)
+        try:
+            self.store.join(self.name, self._record())
+        except AgentMeshError as exc:
+            self.log.warning("registry not updated: %s", exc)
+
+    def _joined(self, sender: str) -> bool:
+        """Has `sender` ever joined the mesh (or is it an operator's tool)?"""
+        if sender in self._members or sender in C.OPERATOR_SENDERS:
+            return True
+        try:
+            if sender in self.store.members():
+                self._members.add(sender)
+                return True
+        except AgentMeshError:
+            return True  # Redis cannot tell now: do not drop what may be a real message
+        return False
+
     def _leave(self, reader: Reader) -> None:
         self._safely("on_stop", self.role.on_stop)
         self._announce(C.EVENT_LEFT)
@@ -161,26 +235,40 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
+        self._settle(reader, time.monotonic())
         self._flush_counters()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
 
+    def _dead_letter(self, record: Record, reason: str) -> None:
+        self.log.warning("dead letter at %s/%d@%d: %s", record.topic, record.partition,
+                         record.offset, reason)
+        self.bus.dead_letter(record, reason)
+        self.counts[C.COUNTER_DEAD] += 1
+
     def _handle(self, record: Record) -> None:
         try:
-            envelope = Envelope.decode(record.value)
+            envelope = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
         except InvalidEnvelope as exc:
-            self.log.warning("dead letter at %s/%d@%d: %s", record.topic, record.partition,
-                             record.offset, exc)
-            self.bus.dead_letter(record, str(exc))
-            self.counts[C.COUNTER_DEAD] += 1
+            self._dead_letter(record, str(exc))
             return
         if envelope.to_agent_id != self.name:
             self.counts[C.COUNTER_SKIPPED] += 1  # another agent shares this partition
             return
-        self.counts[C.COUNTER_IN] += 1
-        if not self._safely("on_message", self.role.on_message, envelope):
-            self.bus.dead_letter(record, f"handler error in role {self.spec.role}")
-            self.counts[C.COUNTER_DEAD] += 1
+        if self.ledger.seen(envelope.id):
+            self.counts[C.COUNTER_DUPLICATES] += 1  # a redelivery, or a copy sent after a crash
+            return
+        if not self._joined(envelope.from_agent_id):
+            self._dead_letter(record, f"sender {envelope.from_agent_id} has not joined")
+            return
+        self._handling, self._derived = envelope.id, 0
+        try:
+            ok = self._safely("on_message", self.role.on_message, envelope)
+        finally:
+            self._handling = None
+        self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
+        if not ok:
+            self._dead_letter(record, f"handler error in role {self.spec.role}")
 
     def _consensus(self, record: Record) -> None:
         """Vote on opened proposals this agent may vote on; tell the role of decisions."""
@@ -235,6 +323,11 @@ class AgentRuntime:
 
     def _flush_counters(self) -> None:
         self.counts.update(self.services.take_counts())
+        if self.bus.delivered_to:
+            for recipient, n in self.bus.delivered_to.items():
+                self.counts[C.sent_to_counter(recipient)] += n  # backlog in status
+                self.counts[C.COUNTER_OUT] += n
+            self.bus.delivered_to.clear()
         self._publish_services()
         if not self.counts:
             return

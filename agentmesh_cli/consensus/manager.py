@@ -31,7 +31,6 @@ from agentmesh_cli.bus import (
     Record,
     offsets_from_json,
     offsets_to_json,
-    prepare_topics,
     resume_assignments,
 )
 from agentmesh_cli.config import Mesh
@@ -39,6 +38,7 @@ from agentmesh_cli.consensus.core import PROPOSAL_TYPES, Proposal, ProposalBook,
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
+from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.store import Store
 
 OWNER = C.PROGRAM_CONSENSUS
@@ -115,7 +115,8 @@ class ConsensusManager:
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
         self.store = Store(cfg.redis.resolved_url, cfg.mesh)
-        self.epoch = prepare_topics(cfg.kafka, self.store)
+        self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER)
+        watch = BrokerWatch(cfg.kafka, self.store, self.epoch, OWNER)
         self.bus = Bus(cfg.kafka, client_id=OWNER)
         self._load()
         self._reconcile()
@@ -133,6 +134,9 @@ class ConsensusManager:
                 for proposal in self.book.expire(now_ms()):
                     self._decided(proposal)
                 self.bus.poll()
+                if (epoch := watch.check(time.monotonic())) is not None:
+                    self._new_epoch(epoch)
+                    reader.rewind()
                 if self.decided:
                     self._store_decided()
                 if time.monotonic() >= next_snapshot:
@@ -284,16 +288,30 @@ class ConsensusManager:
         if not data:
             log.info("no snapshot: reading proposals and votes from the beginning")
             return
-        if data.get("epoch") != self.epoch:
-            log.info("snapshot is from an earlier broker: starting from the beginning")
-            return
         for item in data.get("proposals", []):
             self.book.restore(Proposal.from_dict(item))
+        if data.get("epoch") != self.epoch:
+            # the broker restarted empty: the pending proposals stand (each still gets its
+            # one decision, by votes or expiry); the old offsets mean nothing now
+            log.info("snapshot is from an earlier broker: %d pending proposals kept, reading the "
+                     "new topics from the beginning", len(data.get("proposals", [])))
+            return
         self.early = {pid: [(str(v), bool(s), float(i), int(t)) for v, s, i, t in votes]
                       for pid, votes in data.get("early_votes", {}).items()}
         self.offsets = offsets_from_json(data.get("offsets", {}))
         self.consensus_offset = int(data.get("consensus_offset", 0))
         log.info("resumed from snapshot: %d proposals in memory", len(data.get("proposals", [])))
+
+    def _new_epoch(self, epoch: str) -> None:
+        """The broker restarted empty while we ran: keep the book, read the new topics from
+        their beginning (votes held for unknown proposals went with the old broker)."""
+        self.epoch = epoch
+        self.offsets = {}
+        self.consensus_offset = 0
+        self.bus.delivered.pop((C.TOPIC_CONSENSUS, 0), None)
+        self.counts["votes_unknown"] += sum(len(v) for v in self.early.values())
+        self.early = {}
+        self._save()
 
     def _reconcile(self) -> None:
         """Learn what an earlier run broadcast after its last snapshot (see module doc)."""

@@ -23,15 +23,16 @@ from agentmesh_cli.bus import (
     Record,
     offsets_from_json,
     offsets_to_json,
-    prepare_topics,
     resume_assignments,
 )
 from agentmesh_cli.config import Mesh, TopologyConfig
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 
 SNAPSHOT_VERSION = 1
+LIVENESS_CHECK_S = 0.5  # how often silent agents are looked for
 MAX_HELD = 100_000  # bound on messages waiting for their agents' joins
 OWNER = C.PROGRAM_TOPOLOGY
 
@@ -64,6 +65,9 @@ class TopologyState:
         # two topics, so a replay can read them in either order): absent agent -> messages
         self.held: dict[str, list[tuple[str, str, int]]] = {}
         self.held_count = 0
+        # agents removed from the graph: name -> {reason: left | timeout, ts}; kept until
+        # they join again (their counters in Redis are never reset)
+        self.departed: dict[str, dict[str, Any]] = {}
 
     @property
     def membership_changes(self) -> int:
@@ -85,12 +89,13 @@ class TopologyState:
         if event.type in (C.EVENT_JOINED, C.EVENT_HEARTBEAT):
             if self.graph.add_agent(agent):
                 self.counts["joins"] += 1
-                log.info("agent %s joined (%s)", agent, event.type)
+                log.info("agent %s joined (%s)%s", agent, event.type,
+                         " again: its edges start fresh" if self.departed.pop(agent, None) else "")
                 self._release(agent)
             self.last_seen[agent] = max(event.ts, self.last_seen.get(agent, 0))
             self.roles[agent] = str(event.payload.get("role", self.roles.get(agent, "")))
         elif event.type == C.EVENT_LEFT:
-            self._remove(agent, "left")
+            self._remove(agent, "left", event.ts)
         else:
             self.counts["invalid"] += 1
             return f"unknown topology event type {event.type!r}"
@@ -124,9 +129,18 @@ class TopologyState:
             else:
                 del self.held[agent]
 
-    def _remove(self, agent: str, reason: str) -> None:
+    def new_epoch(self, epoch: str) -> None:
+        """The broker restarted empty: keep the graph and who was seen when, forget the
+        offsets (the new topics are read from their beginning) and the held messages."""
+        self.epoch = epoch
+        self.offsets = {}
+        self.counts["unrouted"] += self.held_count
+        self.held, self.held_count = {}, 0
+
+    def _remove(self, agent: str, reason: str, ts: int) -> None:
         if self.graph.remove_agent(agent):
             self.counts["leaves"] += 1
+            self.departed[agent] = {"reason": reason, "ts": ts}
             log.info("agent %s removed: %s", agent, reason)
         self.last_seen.pop(agent, None)
         self.roles.pop(agent, None)
@@ -136,10 +150,16 @@ class TopologyState:
         pruned = self.graph.decay()
         self.counts["prunes"] += pruned
         self._expire_held(now)
-        for agent, seen in list(self.last_seen.items()):
-            if now - seen > self.heartbeat_timeout_ms:
-                self._remove(agent, "timeout")
+        self.drop_silent(now)
         return pruned
+
+    def drop_silent(self, now: int) -> list[str]:
+        """Remove the agents whose heartbeats stopped `heartbeat_timeout_ms` ago."""
+        silent = [agent for agent, seen in self.last_seen.items()
+                  if now - seen > self.heartbeat_timeout_ms]
+        for agent in silent:
+            self._remove(agent, "timeout", now)
+        return silent
 
     def snapshot(self, now: int) -> dict[str, Any]:
         return {
@@ -150,6 +170,7 @@ class TopologyState:
             "offsets": offsets_to_json(self.offsets),
             "last_seen": self.last_seen,
             "roles": self.roles,
+            "departed": self.departed,
             "held": [[s, t, ts] for msgs in self.held.values() for s, t, ts in msgs],
             "stats": self.graph.stats().as_dict(),
         }
@@ -161,6 +182,7 @@ class TopologyState:
         state.offsets = offsets_from_json(data.get("offsets", {}))
         state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
         state.roles = dict(data.get("roles", {}))
+        state.departed = dict(data.get("departed", {}))
         for source, target, ts in data.get("held", []):
             state._reinforce(str(source), str(target), int(ts))
         return state
@@ -186,17 +208,19 @@ class TopologyManager:
         if not data:
             log.info("no snapshot: reading every partition from the beginning")
             return fresh
-        if data.get("epoch") != epoch:
-            # its offsets belong to a broker incarnation whose data is gone
-            log.info("snapshot is from an earlier broker (epoch %s, now %s): rebuilding from the "
-                     "beginning", data.get("epoch"), epoch)
-            return fresh
         try:
             state = TopologyState.restore(data, self.rules, self.timeout_ms)
         except (ValueError, KeyError, TypeError) as exc:
             # a snapshot we cannot read is not fatal: rebuild from the start of the topics
             log.error("snapshot unreadable (%s): rebuilding from the beginning", exc)
             return fresh
+        if data.get("epoch") != epoch:
+            # the broker restarted empty: the graph stands, its offsets mean nothing now
+            log.info("snapshot is from an earlier broker (epoch %s, now %s): keeping its graph of "
+                     "%d agents, reading the new topics from the beginning", data.get("epoch"),
+                     epoch, len(state.graph))
+            state.new_epoch(epoch)
+            return state
         log.info("resumed from snapshot of %d agents, %d edges at offsets %s",
                  len(state.graph), state.graph.stats().edges, data.get("offsets"))
         return state
@@ -208,7 +232,8 @@ class TopologyManager:
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
         store = Store(cfg.redis.resolved_url, cfg.mesh)
-        epoch = prepare_topics(cfg.kafka, store)
+        epoch = wait_for_infra(cfg.kafka, store, OWNER)
+        watch = BrokerWatch(cfg.kafka, store, epoch, OWNER)
         bus = Bus(cfg.kafka, client_id=OWNER)
         state = self._load(store, epoch)
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
@@ -217,6 +242,7 @@ class TopologyManager:
         store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d partitions assigned", len(assignments))
         next_decay = time.monotonic() + self.cfg.decay_interval
+        next_liveness = time.monotonic() + LIVENESS_CHECK_S
         next_snapshot = time.monotonic() + self.cfg.snapshot_interval
         try:
             while not self.stopping:
@@ -227,11 +253,18 @@ class TopologyManager:
                         bus.dead_letter(record, reason)
                         state.counts[C.COUNTER_DEAD] += 1
                 now = time.monotonic()
+                if (new_epoch := watch.check(now)) is not None:
+                    state.new_epoch(new_epoch)
+                    reader.rewind()
+                    next_snapshot = now
                 if state.membership_changes != members_before:
                     next_snapshot = now  # joins and leaves show up in status at once
                 if now >= next_decay:
                     next_decay += self.cfg.decay_interval
                     state.tick(now_ms())
+                elif now >= next_liveness:  # failure detection does not wait for the decay
+                    next_liveness = now + LIVENESS_CHECK_S
+                    state.drop_silent(now_ms())
                 if now >= next_snapshot:
                     next_snapshot = now + self.cfg.snapshot_interval
                     self._save(store, state)

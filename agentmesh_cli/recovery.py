@@ -1,0 +1,107 @@
+"""Riding out restarts of the infrastructure, for every long-running role.
+
+- `wait_for_infra`: a role started while Redis or the broker is restarting waits for them
+  (logging what it waits for) instead of crashing; supervisord would otherwise count
+  each quick crash as a failed start and end the program FATAL.
+- `BrokerWatch`: the embedded broker keeps its data in memory, so a restarted one is
+  empty. The watch notices (the mesh's topology topic is gone), re-creates the topics,
+  which writes a new `kafka:epoch`, and tells its role when the epoch changed, whoever
+  changed it: the role then reads its partitions again from the beginning (the broker
+  does not report old positions as out of range) and announces itself again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bus import _admin_config, _quiet, prepare_topics
+from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.store import Store
+
+log = logging.getLogger(__name__)
+
+WAIT_LOG_EVERY_S = 5.0
+
+
+def _admin(kafka: KafkaConfig, client_id: str) -> AdminClient:
+    conf = _admin_config(kafka, client_id)
+    conf["logger"] = _quiet  # a broker that is down is what we are watching for, not noise
+    return AdminClient(conf)
+
+
+def _topics(admin: AdminClient, timeout: float) -> set[str] | None:
+    """The broker's topic names; None when it does not answer."""
+    try:
+        return set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException:
+        return None
+
+
+def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | None = None) -> str:
+    """Wait until Redis answers PING and the broker answers metadata, then create the
+    topics; return the broker epoch. Raises AgentMeshError only after `timeout` seconds."""
+    started = time.monotonic()
+    next_log = started + WAIT_LOG_EVERY_S
+    admin = _admin(kafka, f"{who}-start")
+    while True:
+        redis_up = store.ping()
+        broker_up = redis_up and _topics(admin, 1.0) is not None
+        if redis_up and broker_up:
+            try:
+                return prepare_topics(kafka, store)
+            except AgentMeshError as exc:  # it went away again between the checks
+                log.warning("could not prepare the topics yet: %s", exc)
+        now = time.monotonic()
+        missing = "Redis" if not redis_up else f"the Kafka broker at {kafka.bootstrap}"
+        if timeout is not None and now - started > timeout:
+            raise AgentMeshError(f"{who}: {missing} did not answer within {timeout:.0f} s")
+        if now >= next_log:
+            log.warning("%s: waiting for %s (%.0f s so far)", who, missing, now - started)
+            next_log = now + WAIT_LOG_EVERY_S
+        time.sleep(0.2)
+
+
+class BrokerWatch:
+    """Notice a new broker epoch; re-create the topics when the broker lost them."""
+
+    def __init__(self, kafka: KafkaConfig, store: Store, epoch: str, who: str,
+                 every: float = 1.0, topics_every: float = 1.0) -> None:
+        self.kafka = kafka
+        self.store = store
+        self.epoch = epoch
+        self.every = every
+        self.topics_every = topics_every
+        self._admin = _admin(kafka, f"{who}-watch")
+        self._topology_topic = f"{kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
+        self._next = time.monotonic() + every
+        self._next_topics = time.monotonic() + topics_every
+
+    def check(self, now: float) -> str | None:
+        """The new epoch when the broker changed since the last call, else None (cheap:
+        one Redis GET a second, a metadata request every `topics_every`)."""
+        if now < self._next:
+            return None
+        self._next = now + self.every
+        try:
+            if now >= self._next_topics:
+                self._next_topics = now + self.topics_every
+                topics = _topics(self._admin, 0.5)
+                if topics is not None and self._topology_topic not in topics:
+                    log.warning("the broker lost the mesh's topics (restarted empty): creating them")
+                    prepare_topics(self.kafka, self.store)
+            epoch = self.store.kafka_epoch()
+        except AgentMeshError as exc:
+            log.warning("broker watch: %s", exc)
+            return None
+        if epoch is None or epoch == self.epoch:
+            return None
+        log.warning("new broker epoch %s (was %s): reading the topics again from the beginning",
+                    epoch, self.epoch)
+        self.epoch = epoch
+        return epoch
