@@ -259,3 +259,11 @@ def test_dashboard_has_every_panel_in_one_or_two_columns() -> None:
     assert wide[0] == "mesh demo  every 1s"
     assert wide[1].startswith("processes (cpu over 0.3s)") and wide[1].rstrip().endswith("topology")
     assert max(len(line) for line in wide) <= 160
+
+
+def test_removed_agents_show_why_and_when() -> None:
+    data = frame()
+    data["topology"]["departed"] = {"Fraud": {"reason": "timeout", "ts": MS - 12_000},
+                                    "Dave": {"reason": "left", "ts": MS - 125_000}}
+    assert text(views.topology_panel(data)).splitlines()[-2] == (
+        "removed: Dave (left, 2m05s ago), Fraud (timeout, 12s ago)")

@@ -155,6 +155,11 @@ def topology_panel(data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [Text("topology", "bold"), head, table]
     if more > 0:
         parts.append(Text(f"... and {more} weaker edges", "dim"))
+    departed = sorted(topo.get("departed", {}).items())
+    if departed:
+        parts.append(Text("removed: " + ", ".join(
+            f"{name} ({d['reason']}, {_duration(data['ts'] - d['ts'] / 1000)} ago)"
+            for name, d in departed), "yellow"))
     return Group(*parts, Text(""))
 
 
