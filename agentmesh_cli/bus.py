@@ -215,6 +215,13 @@ class Bus:
         letter = Envelope(type=C.EVENT_DEAD_LETTER, from_agent_id=self.client_id, payload=payload)
         self.send(C.TOPIC_DLQ, letter)
 
+    def topics(self, timeout: float = 0.5) -> set[str] | None:
+        """The broker's topic names (one metadata request); None when it does not answer."""
+        try:
+            return set(self._producer.list_topics(timeout=timeout).topics)
+        except KafkaException:
+            return None
+
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for queued records; return how many are still undelivered."""
         return int(self._producer.flush(timeout))

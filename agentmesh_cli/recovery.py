@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import _admin_config, _quiet, prepare_topics
+from agentmesh_cli.bus import Bus, _admin_config, _quiet, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
@@ -70,15 +70,15 @@ def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | 
 class BrokerWatch:
     """Notice a new broker epoch; re-create the topics when the broker lost them."""
 
-    def __init__(self, kafka: KafkaConfig, store: Store, epoch: str, who: str,
-                 every: float = 1.0, topics_every: float = 1.0) -> None:
-        self.kafka = kafka
+    def __init__(self, bus: Bus, store: Store, epoch: str, every: float = 1.0,
+                 topics_every: float = 1.0) -> None:
+        self.kafka = bus.kafka
+        self.bus = bus  # its producer answers the metadata requests: no extra client
         self.store = store
         self.epoch = epoch
         self.every = every
         self.topics_every = topics_every
-        self._admin = _admin(kafka, f"{who}-watch")
-        self._topology_topic = f"{kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
+        self._topology_topic = f"{self.kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
         self._next = time.monotonic() + every
         self._next_topics = time.monotonic() + topics_every
 
@@ -91,7 +91,7 @@ class BrokerWatch:
         try:
             if now >= self._next_topics:
                 self._next_topics = now + self.topics_every
-                topics = _topics(self._admin, 0.5)
+                topics = self.bus.topics(0.5)
                 if topics is not None and self._topology_topic not in topics:
                     log.warning("the broker lost the mesh's topics (restarted empty): creating them")
                     prepare_topics(self.kafka, self.store)

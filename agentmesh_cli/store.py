@@ -97,6 +97,10 @@ class Store:
         """Every agent that ever joined."""
         return {str(m) for m in self._call("read members", lambda: self.redis.smembers(self.keys.members))}
 
+    def is_member(self, name: str) -> bool:
+        """Has `name` ever joined?"""
+        return bool(self._call("read members", lambda: self.redis.sismember(self.keys.members, name)))
+
     def agents(self) -> dict[str, dict[str, Any]]:
         raw = self._call("read registry", lambda: self.redis.hgetall(self.keys.agents))
         return {str(name): json.loads(value) for name, value in raw.items()}

@@ -139,7 +139,7 @@ class AgentRuntime:
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
         epoch = wait_for_infra(cfg.kafka, self.store, self.program)
-        watch = BrokerWatch(cfg.kafka, self.store, epoch, self.program, topics_every=WATCH_TOPICS_S)
+        watch = BrokerWatch(self.bus, self.store, epoch, topics_every=WATCH_TOPICS_S)
         loaded = self.ledger.load()
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
@@ -217,7 +217,7 @@ class AgentRuntime:
         if sender in self._members or sender in C.OPERATOR_SENDERS:
             return True
         try:
-            if sender in self.store.members():
+            if self.store.is_member(sender):
                 self._members.add(sender)
                 return True
         except AgentMeshError:
@@ -273,13 +273,17 @@ class AgentRuntime:
     def _consensus(self, record: Record) -> None:
         """Vote on opened proposals this agent may vote on; tell the role of decisions."""
         try:
-            event = Envelope.decode(record.value)
-            if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
+            event = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
+            if event.type == C.EVENT_MANAGER_MARK:
                 return
+            if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
+                raise InvalidEnvelope(f"unexpected type {event.type!r} on the consensus topic")
             proposal = Proposal.from_dict(event.payload)
-        except (InvalidEnvelope, KeyError, TypeError, ValueError) as exc:
-            self.counts["consensus_invalid"] += 1  # the manager is the only writer; count, go on
-            self.log.warning("unreadable consensus record at offset %d: %s", record.offset, exc)
+        except Exception as exc:  # whatever a hostile record makes from_dict raise
+            # the manager is the only writer: whatever else is here is dead-lettered by
+            # every agent that reads it (the dead letter names the agent)
+            self.counts["consensus_invalid"] += 1
+            self._dead_letter(record, f"not a consensus broadcast: {exc}")
             return
         if event.type == C.EVENT_DECIDED:
             self._safely("on_decision", self.role.on_decision, proposal)

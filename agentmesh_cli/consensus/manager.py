@@ -116,8 +116,8 @@ class ConsensusManager:
         cfg = self.mesh.config
         self.store = Store(cfg.redis.resolved_url, cfg.mesh)
         self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER)
-        watch = BrokerWatch(cfg.kafka, self.store, self.epoch, OWNER)
         self.bus = Bus(cfg.kafka, client_id=OWNER)
+        watch = BrokerWatch(self.bus, self.store, self.epoch)
         self._load()
         self._reconcile()
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_PROPOSALS, C.TOPIC_VOTES), self.offsets)

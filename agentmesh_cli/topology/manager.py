@@ -233,8 +233,8 @@ class TopologyManager:
         cfg = self.mesh.config
         store = Store(cfg.redis.resolved_url, cfg.mesh)
         epoch = wait_for_infra(cfg.kafka, store, OWNER)
-        watch = BrokerWatch(cfg.kafka, store, epoch, OWNER)
         bus = Bus(cfg.kafka, client_id=OWNER)
+        watch = BrokerWatch(bus, store, epoch)
         state = self._load(store, epoch)
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
