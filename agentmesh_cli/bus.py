@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,9 @@ from agentmesh_cli.store import Store
 log = logging.getLogger(__name__)
 
 RAW_PREVIEW_BYTES = 4096  # how much of a dead record travels with its dead letter
+MISSING_TOPIC_WAIT_S = 30.0  # how long a send waits for a lost topic to be re-created
+MAX_SENT_AGAIN = 100_000  # records kept to send again after their topic was lost
+_TOPIC_GONE = (KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 def _client_config(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
@@ -143,6 +146,9 @@ class Bus:
         self.delivered: dict[tuple[str, int], int] = {}  # (short topic, partition) -> last offset
         self.delivered_to: Counter[str] = Counter()  # recipient -> messages the broker confirmed
         self._messages_topic = f"{kafka.topic_prefix}.{C.TOPIC_MESSAGES}"
+        # called while a send waits for a topic the broker lost (roles: re-create the topics)
+        self._again: list[tuple[str, bytes | None, bytes | None, int]] = []
+        self.on_missing_topic: Callable[[], None] | None = None
         conf = _client_config(kafka, client_id)
         # no lingering: a lone record leaves at once; under load librdkafka still batches
         # whatever queues while a request is in flight
@@ -162,6 +168,11 @@ class Bus:
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         # The callback hands us a KafkaError, not an exception: count and log it.
         if err is not None:
+            if err.code() in _TOPIC_GONE and len(self._again) < MAX_SENT_AGAIN:
+                # the broker lost the topic under queued records (an embedded broker
+                # restarted empty): send them again once it is back (same ids: no doubles)
+                self._again.append((msg.topic(), msg.value(), msg.key(), msg.partition()))
+                return
             self.delivery_failures += 1
             log.error("delivery to %s failed: %s", msg.topic(), err.str())
             return
@@ -184,16 +195,35 @@ class Bus:
             kwargs["key"] = key.encode("utf-8")
         if partition is not None:
             kwargs["partition"] = partition
-        try:
-            self._producer.produce(self.topic(short_topic), **kwargs)
-        except BufferError:
-            self._producer.poll(0.5)  # queue full: let deliveries drain, then try once more
+        topic = self.topic(short_topic)
+        missing_since: float | None = None
+        while True:
             try:
-                self._producer.produce(self.topic(short_topic), **kwargs)
-            except (BufferError, KafkaException) as exc:
-                raise BusError(f"cannot produce to {self.topic(short_topic)}: {exc}") from exc
-        except KafkaException as exc:
-            raise BusError(f"cannot produce to {self.topic(short_topic)}: {exc}") from exc
+                try:
+                    self._producer.produce(topic, **kwargs)
+                except BufferError:
+                    self._producer.poll(0.5)  # queue full: let deliveries drain, then try once more
+                    self._producer.produce(topic, **kwargs)
+                break
+            except BufferError as exc:
+                raise BusError(f"cannot produce to {topic}: {exc}") from exc
+            except KafkaException as exc:
+                if exc.args[0].code() not in (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
+                    raise BusError(f"cannot produce to {topic}: {exc}") from exc
+                # the broker lost the topic (the embedded one restarted empty) and the roles'
+                # broker watch re-creates it: wait for that, asking for fresh metadata
+                now = time.monotonic()
+                missing_since = now if missing_since is None else missing_since
+                if now - missing_since > MISSING_TOPIC_WAIT_S:
+                    raise BusError(f"topic {topic} (partition {partition}) does not exist on "
+                                   f"{self.kafka.bootstrap}; is the mesh up?") from exc
+                if self.on_missing_topic is not None:
+                    self.on_missing_topic()
+                try:
+                    self._producer.list_topics(topic=topic, timeout=1.0)
+                except KafkaException:
+                    pass
+                self._producer.poll(0.2)
         self._producer.poll(0)
 
     def send_message(self, envelope: Envelope) -> int:
@@ -202,14 +232,15 @@ class Bus:
         self.send(C.TOPIC_MESSAGES, envelope, key=envelope.to_agent_id, partition=partition)
         return partition
 
-    def dead_letter(self, record: Record, reason: str) -> None:
+    def dead_letter(self, record: Record, reason: str, size: int | None = None) -> None:
+        """`size`: the record's size when `record.value` holds only its start (a held record)."""
         value = record.value or b""
         payload = {
             "reason": reason,
             "topic": self.topic(record.topic),
             "partition": record.partition,
             "offset": record.offset,
-            "size": len(value),
+            "size": len(value) if size is None else size,
             "raw_base64": base64.b64encode(value[:RAW_PREVIEW_BYTES]).decode("ascii"),
         }
         letter = Envelope(type=C.EVENT_DEAD_LETTER, from_agent_id=self.client_id, payload=payload)
@@ -224,10 +255,23 @@ class Bus:
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for queued records; return how many are still undelivered."""
-        return int(self._producer.flush(timeout))
+        deadline = time.monotonic() + timeout
+        left = int(self._producer.flush(timeout))
+        while self._again and time.monotonic() < deadline:
+            self._send_again()
+            left = int(self._producer.flush(max(0.0, deadline - time.monotonic())))
+        return left + len(self._again)
 
     def poll(self) -> None:
         self._producer.poll(0)
+        if self._again:
+            self._send_again()
+
+    def _send_again(self) -> None:
+        again, self._again = self._again, []
+        for topic, value, key, partition in again:
+            self.produce_raw(topic.removeprefix(self.kafka.topic_prefix + "."), value or b"",
+                             None if key is None else key.decode("utf-8", "replace"), partition)
 
 
 class Reader:

@@ -81,6 +81,19 @@ class BrokerWatch:
         self._topology_topic = f"{self.kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
         self._next = time.monotonic() + every
         self._next_topics = time.monotonic() + topics_every
+        self._next_recreate = 0.0
+        bus.on_missing_topic = self.recreate  # a send that finds its topic gone waits on this
+
+    def recreate(self) -> None:
+        """Create the mesh's topics (at most once a second); a new epoch if they were gone."""
+        now = time.monotonic()
+        if now < self._next_recreate:
+            return
+        self._next_recreate = now + 1.0
+        try:
+            prepare_topics(self.kafka, self.store)
+        except AgentMeshError as exc:
+            log.warning("could not re-create the topics yet: %s", exc)
 
     def check(self, now: float) -> str | None:
         """The new epoch when the broker changed since the last call, else None (cheap:
@@ -94,7 +107,7 @@ class BrokerWatch:
                 topics = self.bus.topics(0.5)
                 if topics is not None and self._topology_topic not in topics:
                     log.warning("the broker lost the mesh's topics (restarted empty): creating them")
-                    prepare_topics(self.kafka, self.store)
+                    self.recreate()
             epoch = self.store.kafka_epoch()
         except AgentMeshError as exc:
             log.warning("broker watch: %s", exc)
