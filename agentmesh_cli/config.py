@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,12 +28,13 @@ from pydantic import (
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.errors import ConfigError
+from agentmesh_cli.hosts import check_hosts, choose_host
 
 EMBEDDED = "embedded"
 MAX_SOCKET_PATH = 100
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
+_NAME = C.NAME_PATTERN
 
 
 def parse_duration(value: Any) -> float:
@@ -137,6 +138,15 @@ class RecoveryConfig(_Section):
     dedup_window: int = Field(20_000, ge=100, le=1_000_000)
 
 
+class SupervisorConfig(_Section):
+    """supervisord's restart policy for every program (see docs/architecture.md)."""
+
+    # a program that exits sooner than this after its start is a failed start
+    startsecs: int = Field(3, ge=1, le=60)
+    # failed starts in a row retried (after 1, 2, 3 ... s) before the program is FATAL
+    startretries: int = Field(5, ge=0, le=100)
+
+
 class ServiceConfig(_Section):
     host: str = "127.0.0.1"
     port: Port
@@ -208,7 +218,10 @@ class MeshConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     workload: WorkloadConfig = WorkloadConfig()
     logging: LoggingConfig = LoggingConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     agents: list[AgentSpec] = []
+    # host name -> the programs it runs (names or fnmatch globs like agent-*); see hosts.py
+    hosts: dict[str, list[str]] = {}
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> MeshConfig:
@@ -245,10 +258,24 @@ class MeshConfig(_Section):
 
 @dataclass(frozen=True)
 class Mesh:
-    """A validated config plus where its files live."""
+    """A validated config plus where its files live.
+
+    `host` is set when mesh.yaml spreads its programs over `hosts`: the mesh as that host
+    runs its share, with its own supervisord (configs, socket, pid file and logs in
+    sub-folders named after the host, so several hosts can share one folder)."""
 
     config: MeshConfig
     config_file: Path
+    host: str | None = None
+
+    def for_host(self, name: str | None, required: bool = True) -> tuple[Mesh, str]:
+        """(this mesh as host `name` runs it, why that host). None: $AGENTMESH_HOST, else
+        the host named like this machine (hosts.choose_host); no hosts: the mesh as is."""
+        host, why = choose_host(self.config.hosts, name, required)
+        return replace(self, host=host), why
+
+    def _per_host(self, folder: str) -> Path:
+        return self.root / folder / self.host if self.host else self.root / folder
 
     @property
     def root(self) -> Path:
@@ -256,15 +283,15 @@ class Mesh:
 
     @property
     def supervisor_dir(self) -> Path:
-        return self.root / C.SUPERVISOR_DIR
+        return self._per_host(C.SUPERVISOR_DIR)
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / C.LOGS_DIR
+        return self._per_host(C.LOGS_DIR)
 
     @property
     def state_dir(self) -> Path:
-        return self.root / C.STATE_DIR
+        return self._per_host(C.STATE_DIR)
 
     @property
     def supervisord_conf(self) -> Path:
@@ -276,7 +303,8 @@ class Mesh:
         if len(str(path)) <= MAX_SOCKET_PATH:
             return path
         # unix socket paths are limited to ~107 bytes: use a short one, unique per mesh folder
-        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        where = str(self.root) + (f"/{self.host}" if self.host else "")
+        digest = hashlib.sha256(where.encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"agentmesh-{digest}.sock"
 
     @property
@@ -327,6 +355,9 @@ def parse_config(data: Any, source: str = "mesh.yaml") -> MeshConfig:
                 f"(also agents[{first_index[agent.name]}])"
             )
         first_index[agent.name] = index
+    problems = check_hosts(config)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     return config
 
 

@@ -9,7 +9,12 @@ Ready means a program's own signal, not just a live process: the broker answers 
 metadata request, Redis answers PING, a service's /health answers 200 (memory: Redis
 answers; cognition: memory answers), the metrics exporter answers GET /metrics with 200,
 and every other agentmesh role has written its readiness key with the pid that
-supervisord reports for it.
+supervisord reports for it. A ready program may still be STARTING (supervisord calls it
+RUNNING only once it stayed up `supervisor.startsecs`): the tiers go on at readiness,
+and the last gate also waits until every program is RUNNING.
+
+On a mesh spread over `hosts`, `up` and `down` act on one host's share (`mesh.host`):
+its own supervisord, its programs only; infra is external there.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 
 FORMED_ROW = "(topology)"  # the last gate: every agent has joined the graph
 FAILED_STATES = frozenset({"FATAL", "EXITED", "STOPPED", "UNKNOWN"})
+LIVE_STATES = frozenset({"STARTING", "RUNNING"})
 TIERS = ("agents", "managers", "services", "infra")  # stop order
 
 
@@ -63,35 +69,25 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def preflight(mesh: Mesh, running: set[str]) -> None:
-    """Refuse to start what cannot work: unknown role classes, ports already taken."""
+def preflight(mesh: Mesh, running: set[str], specs: list[ProgramSpec]) -> None:
+    """Refuse to start what cannot work: unknown role classes, ports already taken (of
+    the programs in `specs`: on a mesh spread over hosts, this host's)."""
+    mine = {spec.name for spec in specs} - running  # ours, and not already listening
     for agent in mesh.config.agents:
-        resolve_role(agent.role)
-    cfg = mesh.config
-    wanted = []
-    if cfg.kafka.embedded:
-        wanted.append((C.PROGRAM_KAFKA, cfg.kafka.port, "kafka.port"))
-    if cfg.redis.embedded:
-        wanted.append((C.PROGRAM_REDIS, cfg.redis.port, "redis.port"))
-    for program, port, key in wanted:
-        if program not in running and not port_free(port):
-            raise PortInUseError(
-                f"port {port} on 127.0.0.1 is already in use, so the embedded {program} cannot "
-                f"start; stop what holds it or set {key} in {mesh.config_file.name}"
-            )
-    for service in C.SERVICE_PROGRAMS:
-        settings = getattr(cfg.services, service)
-        if service not in running and not port_free(settings.port, settings.host):
-            raise PortInUseError(
-                f"port {settings.port} on {settings.host} is already in use, so the {service} "
-                f"service cannot start; stop what holds it or set services.{service}.port in "
-                f"{mesh.config_file.name}"
-            )
-    if C.PROGRAM_METRICS not in running and not port_free(cfg.metrics.port, cfg.metrics.host):
-        raise PortInUseError(
-            f"port {cfg.metrics.port} on {cfg.metrics.host} is already in use, so the metrics "
-            f"exporter cannot start; stop what holds it or set metrics.port in {mesh.config_file.name}"
-        )
+        if C.agent_program(agent.name) in mine:
+            resolve_role(agent.role)
+    cfg, file = mesh.config, mesh.config_file.name
+    wanted = [  # program, host, port, what cannot start, the key to change
+        (C.PROGRAM_KAFKA, "127.0.0.1", cfg.kafka.port, "the embedded kafka", "kafka.port"),
+        (C.PROGRAM_REDIS, "127.0.0.1", cfg.redis.port, "the embedded redis", "redis.port"),
+        *((service, getattr(cfg.services, service).host, getattr(cfg.services, service).port,
+           f"the {service} service", f"services.{service}.port") for service in C.SERVICE_PROGRAMS),
+        (C.PROGRAM_METRICS, cfg.metrics.host, cfg.metrics.port, "the metrics exporter", "metrics.port"),
+    ]
+    for program, host, port, what, key in wanted:
+        if program in mine and not port_free(port, host):
+            raise PortInUseError(f"port {port} on {host} is already in use, so {what} cannot "
+                                 f"start; stop what holds it or set {key} in {file}")
 
 
 def service_health(mesh: Mesh, service: str, http: httpx.Client) -> tuple[int | None, float, dict[str, Any]]:
@@ -186,7 +182,7 @@ class Gate:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.check = Readiness(mesh)
-        self.ready: set[str] = set()
+        self.ready: dict[str, int] = {}  # program -> the pid that was ready
         self.started: set[str] = set()
 
     def states(self) -> list[ProgramState]:
@@ -194,12 +190,18 @@ class Gate:
         states = []
         for spec in self.specs:
             p = info.get(spec.name, {"statename": "UNKNOWN", "pid": 0})
-            if p["statename"] != "RUNNING":
-                self.ready.discard(spec.name)  # restarted or died since it was ready
-            elif spec.name not in self.ready and self.check(spec.name, p["pid"]):
-                self.ready.add(spec.name)
+            live = p["statename"] in LIVE_STATES
+            if not live or self.ready.get(spec.name, p["pid"]) != p["pid"]:
+                self.ready.pop(spec.name, None)  # restarted or died since it was ready
+            if live and spec.name not in self.ready and self.check(spec.name, p["pid"]):
+                self.ready[spec.name] = p["pid"]
             states.append(ProgramState(spec.name, p["statename"], p["pid"], spec.name in self.ready))
         return states
+
+    def _fail_if_failed(self, states: list[ProgramState]) -> None:
+        for s in states:
+            if s.name in self.started and s.state in FAILED_STATES:
+                raise NotReadyError(f"{s.name} is {s.state}", s.name, self.sup.log_tail(s.name))
 
     def start_tier(self, tier: str) -> None:
         members = [s.name for s in self.specs if s.tier == tier]
@@ -210,9 +212,7 @@ class Gate:
         while True:
             states = self.states()
             self.progress(states)
-            for s in states:
-                if s.name in self.started and s.state in FAILED_STATES:
-                    raise NotReadyError(f"{s.name} is {s.state}", s.name, self.sup.log_tail(s.name))
+            self._fail_if_failed(states)
             waiting = [s for s in states if s.name in members and not s.ready]
             if not waiting:
                 return
@@ -223,35 +223,47 @@ class Gate:
                     late.name, self.sup.log_tail(late.name))
             time.sleep(0.1)
 
-    def wait_formed(self) -> list[ProgramState]:
-        """The last gate: the topology snapshot holds every agent of mesh.yaml."""
-        agents = {a.name for a in self.mesh.config.agents}
+    def wait_settled(self) -> list[ProgramState]:
+        """The last gate: every program RUNNING and, when the topology manager is one of
+        ours, its snapshot holds every agent we started (on a mesh spread over hosts,
+        this host's agents: the others may come up later, in any order)."""
+        names = {s.name for s in self.specs}
+        agents = ({a.name for a in self.mesh.config.agents if C.agent_program(a.name) in names}
+                  if C.PROGRAM_TOPOLOGY in names else set())
         while True:
             states = self.states()
-            joined = self.check.joined()
+            joined = self.check.joined() if agents else set()
             formed = joined >= agents
-            self.progress([*states, ProgramState(
-                FORMED_ROW, f"{len(joined)}/{len(agents)} agents joined", 0, formed)])
-            if formed:
+            rows = [ProgramState(FORMED_ROW, f"{len(joined & agents)}/{len(agents)} agents joined",
+                                 0, formed)] if agents else []
+            self.progress([*states, *rows])
+            self._fail_if_failed(states)
+            late = [s for s in states if s.state != "RUNNING"]
+            if formed and not late:
                 return states
             if time.monotonic() > self.deadline:
-                missing = ", ".join(sorted(agents - joined))
+                if not formed:
+                    missing = ", ".join(sorted(agents - joined))
+                    raise NotReadyError(
+                        f"topology gate: agents {missing} did not join in {self.timeout:.0f}s",
+                        C.PROGRAM_TOPOLOGY, self.sup.log_tail(C.PROGRAM_TOPOLOGY))
                 raise NotReadyError(
-                    f"topology gate: agents {missing} did not join in {self.timeout:.0f}s",
-                    C.PROGRAM_TOPOLOGY, self.sup.log_tail(C.PROGRAM_TOPOLOGY))
+                    f"running gate: {late[0].name} is {late[0].state} after {self.timeout:.0f}s",
+                    late[0].name, self.sup.log_tail(late[0].name))
             time.sleep(0.1)
 
 
 def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramState], dict[str, list[str]]]:
     """Render configs, start or update supervisord, then start the tiers in order, each
-    gated on the readiness of the one before: infra, (topics), services, managers, agents."""
+    gated on the readiness of the one before: infra, (topics), services, managers, agents.
+    With `mesh.host`, that host's programs only (its infra tier is empty: external)."""
     sup = Supervisor(mesh)
     running_sup = sup.is_running()
     running = (
-        {p["name"] for p in sup.processes() if p["statename"] == "RUNNING"} if running_sup else set()
+        {p["name"] for p in sup.processes() if p["statename"] in LIVE_STATES} if running_sup else set()
     )
-    preflight(mesh, running)
     specs = program_specs(mesh, sys.executable)
+    preflight(mesh, running, specs)
     write_configs(mesh, render_all(mesh, specs))
     if running_sup:
         changes = sup.apply()
@@ -264,15 +276,14 @@ def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramStat
         prepare_topics(mesh.config.kafka, gate.check.store())
         for tier in ("services", "managers", "agents"):
             gate.start_tier(tier)
-        if any(s.name == C.PROGRAM_TOPOLOGY for s in specs):
-            return gate.wait_formed(), changes
-        return gate.states(), changes
+        return gate.wait_settled(), changes
     finally:
         gate.check.close()
 
 
 def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None]) -> bool:
-    """Stop agents, then managers, services, infra, then supervisord. False if not running."""
+    """Stop agents, then managers, services, infra, then supervisord (with `mesh.host`:
+    that host's). False if not running."""
     sup = Supervisor(mesh)
     if not sup.is_running():
         return False

@@ -27,7 +27,9 @@ ConfigOption = Annotated[
 
 
 def mesh_from(config: Path | None) -> Mesh:
-    return load_mesh(config)
+    # a mesh spread over hosts: this host's share when $AGENTMESH_HOST (set for every
+    # supervised program) or this machine's name says which (hosts.choose_host)
+    return load_mesh(config).for_host(None, required=False)[0]
 
 
 def role_logging(mesh: Mesh, program: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,16 +15,32 @@ from agentmesh_cli.config import Mesh
 from agentmesh_cli.dashboard.views import render_status, up_table
 from agentmesh_cli.errors import AgentMeshError, NotReadyError
 
+HostOption = Annotated[str | None, typer.Option(
+    "--host", show_default=False,
+    help="With `hosts` in mesh.yaml: the host whose programs to act on (default: "
+         "$AGENTMESH_HOST, else the host named like this machine).")]
+
+
+def host_mesh(config: Path | None, host: str | None) -> Mesh:
+    """The mesh, as `host` runs it when mesh.yaml spreads programs over hosts; says
+    which host was chosen when --host was not given."""
+    mesh, why = mesh_from(config).for_host(host)
+    if why:
+        console_err.print(f"host {mesh.host} ({why})", highlight=False)
+    return mesh
+
 
 def up(
     config: ConfigOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every program to be ready.")] = 60.0,
+    host: HostOption = None,
 ) -> None:
     """Start the mesh (or apply a changed mesh.yaml) and wait until every program is ready.
+    With `hosts` in mesh.yaml: this host's programs only, under its own supervisord.
 
     Example: agentmesh up --config mesh.yaml --timeout 90
     """
-    mesh = mesh_from(config)
+    mesh = host_mesh(config, host)
     live = Live(console=console_err, transient=False, auto_refresh=False)
     seen: dict[str, bool] = {}
 
@@ -43,12 +60,13 @@ def up(
     except NotReadyError as exc:
         console_err.print(f"[bold red]error:[/] {exc}", highlight=False)
         if exc.log_tail:
-            console_err.rule(f"last lines of logs/{exc.program}.log")
+            log = (mesh.logs_dir / f"{exc.program}.log").relative_to(mesh.root)
+            console_err.rule(f"last lines of {log}")
             console_err.print(exc.log_tail.rstrip(), highlight=False, markup=False)
         raise typer.Exit(1) from exc
     summary = ", ".join(f"{k} {len(v)}" for k, v in changes.items() if v) or "no changes"
     console.print(
-        f"[green]mesh {mesh.config.mesh} is up[/]: {len(states)} programs ready ({summary}). "
+        f"[green]mesh {mesh.config.mesh} is up{_on(mesh)}[/]: {len(states)} programs ready ({summary}). "
         f"See `agentmesh status` or `supervisorctl -c {mesh.supervisord_conf} status`.",
         highlight=False,
     )
@@ -62,23 +80,29 @@ class _null:
         return None
 
 
+def _on(mesh: Mesh) -> str:
+    return f" on host {mesh.host}" if mesh.host else ""
+
+
 def down(
     config: ConfigOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each tier to stop.")] = 30.0,
+    host: HostOption = None,
 ) -> None:
     """Stop agents first, then managers, services and infra, then supervisord itself.
+    With `hosts` in mesh.yaml: this host's programs and supervisord only.
 
     Example: agentmesh down
     """
-    mesh = mesh_from(config)
+    mesh = host_mesh(config, host)
 
     def progress(tier: str, names: list[str]) -> None:
         console_err.print(f"stopping {tier}: {', '.join(names)}", highlight=False)
 
     if lifecycle.down(mesh, timeout, progress):
-        console.print(f"[green]mesh {mesh.config.mesh} is down[/]", highlight=False)
+        console.print(f"[green]mesh {mesh.config.mesh} is down{_on(mesh)}[/]", highlight=False)
     else:
-        console.print(f"mesh {mesh.config.mesh} is not running", highlight=False)
+        console.print(f"mesh {mesh.config.mesh} is not running{_on(mesh)}", highlight=False)
 
 
 def status(
@@ -88,16 +112,18 @@ def status(
         "--json", help="Print one JSON object (docs/status.schema.json) and exit.")] = False,
     interval: Annotated[float, typer.Option(
         min=0.1, help="Seconds between frames of the live dashboard.")] = 1.0,
+    host: HostOption = None,
 ) -> None:
     """Processes, agents, topology, proposals, services and infra of the mesh: a live
     dashboard on a terminal (Ctrl+C quits), else one frame. Exit code 1 when a program is
-    not RUNNING.
+    not RUNNING. With `hosts` in mesh.yaml the processes are this host's; the rest is
+    mesh-wide.
 
     Example: agentmesh status --json | jq .topology.stats
     """
     from agentmesh_cli.status import all_running, collect
 
-    mesh = mesh_from(config)
+    mesh = host_mesh(config, host)
     if as_json:
         data: dict[str, Any] | None = collect(mesh)
         print(json.dumps(data, indent=2))

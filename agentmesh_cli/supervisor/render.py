@@ -7,12 +7,13 @@ supervisord %-expands option values, so every value we write goes through
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.embedded import broker_command, valkey_command
+from agentmesh_cli.hosts import HOST_ENV, programs_on
 
 AGENTMESH_ENV = {"PYTHONUNBUFFERED": "1"}
 
@@ -24,7 +25,8 @@ class ProgramSpec:
     priority: int
     environment: dict[str, str] = field(default_factory=dict)
     stopwaitsecs: int = 10
-    startsecs: int = 1
+    startsecs: int = 3  # mesh.yaml supervisor.startsecs
+    startretries: int = 5  # mesh.yaml supervisor.startretries
 
     @property
     def tier(self) -> str:
@@ -40,7 +42,19 @@ def percent_escape(value: str) -> str:
 
 
 def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") -> list[ProgramSpec]:
-    """Every program of the mesh, in start order."""
+    """Every program of the mesh (of `mesh.host` only, when it has one), in start order."""
+    policy = mesh.config.supervisor
+    specs = [replace(spec, startsecs=policy.startsecs, startretries=policy.startretries)
+             for spec in _all_specs(mesh, python, tansu, valkey)]
+    if mesh.host is None:
+        return specs
+    mine = set(programs_on(mesh.config, mesh.host))
+    # a program finds its host's supervisord (the metrics exporter reads it) by this
+    return [replace(spec, environment={**spec.environment, HOST_ENV: mesh.host})
+            for spec in specs if spec.name in mine]
+
+
+def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[ProgramSpec]:
     cfg = mesh.config
     me = [python, "-m", "agentmesh_cli"]
     config_arg = ["--config", str(mesh.config_file)]
@@ -79,8 +93,10 @@ def render_program(spec: ProgramSpec, directory: Path, logs_dir: Path) -> str:
         # `agentmesh up` starts the tiers in order, each gated on the one before
         "autostart=false",
         "autorestart=true",
+        # a program that exits within startsecs is a failed start, retried after 1, 2, 3 ... s;
+        # after startretries failed starts in a row it is FATAL (no CPU spent on a crash loop)
         f"startsecs={spec.startsecs}",
-        "startretries=5",
+        f"startretries={spec.startretries}",
         "stopsignal=TERM",
         f"stopwaitsecs={spec.stopwaitsecs}",
         # signal the whole process group, so nothing a program forked outlives it
@@ -109,7 +125,7 @@ def render_supervisord(mesh: Mesh) -> str:
         f"pidfile={percent_escape(str(mesh.state_dir / C.SUPERVISORD_PID))}",
         f"childlogdir={percent_escape(str(mesh.logs_dir))}",
         f"directory={percent_escape(str(mesh.root))}",
-        f"identifier=agentmesh-{mesh.config.mesh}",
+        f"identifier=agentmesh-{mesh.config.mesh}{'-' + mesh.host if mesh.host else ''}",
         "logfile_maxbytes=10MB",
         "logfile_backups=3",
         "",
@@ -139,7 +155,8 @@ def write_configs(mesh: Mesh, files: dict[str, str]) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     mesh.logs_dir.mkdir(parents=True, exist_ok=True)
     mesh.state_dir.mkdir(parents=True, exist_ok=True)
-    (mesh.state_dir / "valkey").mkdir(exist_ok=True)
+    if mesh.config.redis.embedded:
+        (mesh.state_dir / "valkey").mkdir(exist_ok=True)
     changed = []
     for name, text in files.items():
         path = out / name
