@@ -74,6 +74,9 @@ SUPERVISORD_CONF = "supervisord.conf"
 SUPERVISOR_SOCKET = "supervisor.sock"
 SUPERVISORD_PID = "supervisord.pid"
 
+# Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
+
 # Counter fields (per role, in one Redis hash each).
 COUNTER_IN = "messages_in"
 COUNTER_OUT = "messages_out"
@@ -90,6 +93,11 @@ COUNTER_HANDLED_TWICE = "handled_twice"  # ids the ledger already held when reco
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
 # the fault-injection suite's probes. Any other sender must have joined once.
 OPERATOR_SENDERS = frozenset({"cli", "chaos"})
+# The managers count every record they read, "records:<topic>", and every dead letter they
+# write, "dead_letters:<topic>" (besides the total "dead_letters"), so that each topic's
+# records add up to its outcomes (docs/architecture.md, Dead letters).
+COUNTER_RECORDS_PREFIX = "records:"
+COUNTER_DEAD_FROM_PREFIX = "dead_letters:"
 # Latency histograms kept as counters (metrics/histogram.py): "<name>:bucket:<bound ms>",
 # "<name>:sum_us", "<name>:count". The consensus manager's decisions (created -> decided):
 COUNTER_DECISION_MS = "decision_ms"
@@ -105,6 +113,14 @@ TOPOLOGY_HISTORY_KEPT = 90  # 15 minutes
 
 def sent_to_counter(recipient: str) -> str:
     return COUNTER_SENT_TO_PREFIX + recipient
+
+
+def records_counter(topic: str) -> str:
+    return COUNTER_RECORDS_PREFIX + topic
+
+
+def dead_letters_counter(topic: str) -> str:
+    return COUNTER_DEAD_FROM_PREFIX + topic
 
 
 def service_calls_counter(service: str, outcome: str) -> str:

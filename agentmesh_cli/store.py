@@ -20,11 +20,16 @@ T = TypeVar("T")
 
 # Record a batch of handled message ids in an agent's ledger and count them, atomically:
 # an id the ledger already holds is counted as handled twice, not as handled.
-# KEYS: ledger, counters, counter owners; ARGV: owner, window, first score, then id, sender pairs.
+# A batch carries a token: a batch whose reply was lost (Redis killed mid-answer) and which
+# is sent again (by the agent or redis-py's retry) is recognised and not counted twice.
+# KEYS: ledger, counters, counter owners, last batch token;
+# ARGV: owner, window, first score, token, then id, sender pairs.
 _RECORD_HANDLED = """
+if redis.call('GET', KEYS[4]) == ARGV[4] then return {0, 0} end
+redis.call('SET', KEYS[4], ARGV[4])
 local new, twice, from = 0, 0, {}
 local score = tonumber(ARGV[3])
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   if redis.call('ZADD', KEYS[1], 'NX', score, ARGV[i]) == 1 then
     new = new + 1
     from[ARGV[i + 1]] = (from[ARGV[i + 1]] or 0) + 1
@@ -151,10 +156,11 @@ class Store:
         step; return (newly recorded, already recorded = handled twice)."""
         if not handled:
             return 0, 0
-        args: list[Any] = [agent, window, first_score]
+        args: list[Any] = [agent, window, first_score, f"{first_score}:{handled[0][0]}"]
         for message_id, sender in handled:
             args += [message_id, sender]
-        keys = [self.keys.handled(agent), self.keys.counters(agent), self.keys.counter_owners]
+        keys = [self.keys.handled(agent), self.keys.counters(agent), self.keys.counter_owners,
+                self.keys.handled(agent) + ":batch"]
         with redis_errors("record handled messages"):
             result = self._record_handled(keys=keys, args=args)
         return int(result[0]), int(result[1])

@@ -228,3 +228,17 @@ def agentmesh_propose(config: Path) -> dict[str, Any]:
     proposal_id = result.stdout.strip()
     store = store_of(load_mesh(config))
     return dict(wait_for(lambda: store.proposal(proposal_id), 20, "the proposal to open"))
+
+
+def test_a_ledger_batch_sent_again_is_counted_once(valkey: str) -> None:
+    store = Store(valkey, "ledger-" + os.urandom(4).hex())
+    batch = [("m1", "Sales"), ("m2", "Sales"), ("m3", "Fraud")]
+    assert store.record_handled("A", batch, 1000, 100) == (3, 0)
+    assert store.record_handled("A", batch, 1000, 100) == (0, 0)  # its answer was lost: sent again
+    assert store.counters("A") == {"messages_in": 3, "handled_from:Sales": 2, "handled_from:Fraud": 1}
+    assert store.record_handled("A", [("m3", "Fraud"), ("m4", "Fraud")], 1003, 100) == (1, 1)
+    assert store.counters("A") == {"messages_in": 4, "handled_from:Sales": 2, "handled_from:Fraud": 2,
+                                   "handled_twice": 1}
+    assert store.record_handled("A", [(f"n{i}", "S") for i in range(200)], 2000, 100) == (200, 0)
+    ids, last = store.handled_ids("A", 100)
+    assert ids == [f"n{i}" for i in range(100, 200)] and last == 2199  # the newest 100 kept

@@ -39,6 +39,7 @@ class Ledger:
         self.window = window
         self._recent: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
         self._pending: list[tuple[str, str]] = []  # (id, sender) handled, not yet recorded
+        self._inflight: tuple[int, list[tuple[str, str]]] | None = None  # a write that failed
         self._score = 0
         self.handled_twice = 0  # ids Redis already held when recorded (counted there too)
 
@@ -63,19 +64,27 @@ class Ledger:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + (len(self._inflight[1]) if self._inflight else 0)
 
     def record(self) -> bool:
-        """Write the pending ids to Redis; True when nothing is left pending."""
-        if not self._pending:
-            return True
-        # scores order the ledger (the trim keeps the newest): microseconds, never reused
-        first = max(self._score + 1, time.time_ns() // 1000)
+        """Write the pending ids to Redis; True when nothing is left pending.
+
+        A batch whose write failed is sent again as it was (same ids, same first score,
+        hence the same token) before anything newer: if Redis applied it and only its
+        answer was lost, the script recognises the token and counts nothing twice."""
+        if self._inflight is None:
+            if not self._pending:
+                return True
+            # scores order the ledger (the trim keeps the newest): microseconds, never reused
+            first = max(self._score + 1, time.time_ns() // 1000)
+            self._inflight = (first, self._pending)
+            self._pending = []
+        first, batch = self._inflight
         try:
-            _new, twice = self.store.record_handled(self.agent, self._pending, first, self.window)
+            _new, twice = self.store.record_handled(self.agent, batch, first, self.window)
         except AgentMeshError:
             return False
-        self._score = first + len(self._pending)
-        self._pending.clear()
+        self._inflight = None
+        self._score = first + len(batch)
         self.handled_twice += twice
-        return True
+        return not self._pending or self.record()

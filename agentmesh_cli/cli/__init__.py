@@ -8,6 +8,7 @@ import sys
 import typer
 
 from agentmesh_cli.cli import bench as bench_commands
+from agentmesh_cli.cli import chaos as chaos_commands
 from agentmesh_cli.cli import consensus as consensus_commands
 from agentmesh_cli.cli import init as init_commands
 from agentmesh_cli.cli import logs as log_commands
@@ -32,6 +33,7 @@ mesh_commands.register(app)
 role_commands.register(app)
 consensus_commands.register(app)
 bench_commands.register(app)
+chaos_commands.register(app)
 topic_commands.register(app)
 service_commands.register(app)
 metrics_commands.register(app)

@@ -1,0 +1,158 @@
+"""The faults of a chaos run: which there are, the plan `--faults` asks for, what one fault's
+outcome records, and what every fault may look at while it waits (`Context`).
+
+Kinds: `kill` (SIGKILL on the pid supervisord reports for a program; supervisord restarts
+it: for `redis` that is a Redis restart, its append-only file keeps the data; for `kafka`
+a broker restart, which comes back empty), `stall` (SIGSTOP an agent until the topology
+removes it, then SIGCONT: the time to detect a dead agent), `garbage` (records that are
+not envelopes, too big, or from a sender that never joined, written to every topic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.chaos.probes import ProbeSender, handled_after
+from agentmesh_cli.config import Mesh
+from agentmesh_cli.errors import AgentMeshError, ConfigError
+from agentmesh_cli.lifecycle import Readiness
+from agentmesh_cli.store import Store
+
+KILL, STALL, GARBAGE = "kill", "stall", "garbage"
+SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
+INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
+GROUPS = "all, agents, managers, services, infra, stall[:Agent], garbage, or program names"
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    target: str = ""  # the program (kill), the agent (stall)
+
+    @property
+    def label(self) -> str:
+        if self.kind == STALL:
+            return f"stall agent {self.target} (SIGSTOP)"
+        if self.kind == GARBAGE:
+            return "garbage to every topic"
+        if self.target == C.PROGRAM_REDIS:
+            return "restart redis (kill -9)"
+        if self.target == C.PROGRAM_KAFKA:
+            return "restart broker (kill -9)"
+        return f"kill -9 {self.target}"
+
+
+def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault]:
+    """The faults named by `--faults` (comma-separated, in order), against the programs
+    supervisord runs. `all` is every program in turn (agents, managers, services, Redis, the
+    broker), then a stalled agent, then garbage."""
+    order = ([C.agent_program(a) for a in agents] + list(C.MANAGER_PROGRAMS) + list(SERVICES)
+             + list(INFRA))
+    groups = {
+        "agents": [C.agent_program(a) for a in agents],
+        "managers": list(C.MANAGER_PROGRAMS),
+        "services": list(SERVICES),
+        "infra": list(INFRA),
+    }
+    faults: list[Fault] = []
+    for word in (w.strip() for w in spec.split(",")):
+        if not word:
+            continue
+        if word == "all":
+            faults += [Fault(KILL, p) for p in order if p in programs]
+            faults += [Fault(STALL, agents[-1]), Fault(GARBAGE)]
+        elif word in groups:
+            faults += [Fault(KILL, p) for p in groups[word] if p in programs]
+        elif word == GARBAGE:
+            faults.append(Fault(GARBAGE))
+        elif word == STALL or word.startswith(STALL + ":"):
+            agent = word.partition(":")[2] or agents[-1]
+            if agent not in agents:
+                raise ConfigError(f"--faults: {word}: no agent {agent!r} (agents: {', '.join(agents)})")
+            faults.append(Fault(STALL, agent))
+        elif word in programs:
+            faults.append(Fault(KILL, word))
+        else:
+            known = ", ".join(sorted(programs))
+            raise ConfigError(f"--faults: unknown fault {word!r}: use {GROUPS} ({known})")
+    if not faults:
+        raise ConfigError(f"--faults: no fault named: use {GROUPS}")
+    return faults
+
+
+@dataclass
+class Outcome:
+    """What became of one fault. Times in seconds: `at_s` since the run started, the
+    others since the fault (for a stall, `recover_s` since the SIGCONT)."""
+
+    fault: str
+    kind: str
+    target: str
+    phase: str  # "sequence" (each fault in turn) or "random"
+    at_s: float
+    detect_s: float | None = None
+    recover_s: float | None = None
+    detected_by: str = ""
+    recovered_by: str = ""
+    note: str = ""
+    lost: int = 0  # confirmed probes produced after this fault (before the next) never handled
+    started: float = field(default=0.0, repr=False)  # monotonic
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["started"]
+        return data
+
+
+class Context:
+    """What a fault may look at: the mesh, its Redis, readiness checks, the probe stream,
+    and the agents that are stopped right now (status must not show them alive)."""
+
+    def __init__(self, mesh: Mesh, probes: ProbeSender, run_started: float, timeout: float) -> None:
+        self.mesh = mesh
+        self.probes = probes
+        self.run_started = run_started
+        self.timeout = timeout  # a fault not recovered from by then is reported as such
+        self.agents = [a.name for a in mesh.config.agents]
+        self.store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+        self.readiness = Readiness(mesh)
+        self.frozen: dict[str, float] = {}
+
+    def close(self) -> None:
+        self.store.close()
+        self.readiness.close()
+
+    def agent_of(self, program: str) -> str | None:
+        name = program.removeprefix(C.AGENT_PROGRAM_PREFIX)
+        return name if program.startswith(C.AGENT_PROGRAM_PREFIX) and name in self.agents else None
+
+    def probe_marks(self) -> dict[str, int]:
+        """Per agent, the newest probe produced so far: handled later ones prove it works."""
+        return {a: self.probes.last_seq(a) for a in self.agents}
+
+    def handled_since(self, marks: dict[str, int], agents: list[str] | None = None) -> bool:
+        return all(handled_after(self.store, a, self.probes, marks[a]) for a in agents or self.agents)
+
+    def ready(self, program: str, pid: int) -> bool:
+        return self.readiness(program, pid)
+
+    def epoch(self) -> str | None:
+        try:
+            return self.store.kafka_epoch()
+        except AgentMeshError:
+            return None
+
+    def snapshot(self) -> dict[str, Any]:
+        try:
+            return self.store.load_snapshot() or {}
+        except AgentMeshError:
+            return {}
+
+    def dead_letters(self) -> int | None:
+        try:
+            counters = self.store.all_counters()
+        except AgentMeshError:
+            return None
+        return sum(c.get(C.COUNTER_DEAD, 0) for c in counters.values())

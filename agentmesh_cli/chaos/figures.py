@@ -1,0 +1,135 @@
+"""The figures of a finished chaos run, as one JSON-able dict (`RESULT_VERSION`).
+
+Probes: sent = confirmed by the broker; handled = the agents' exact `handled_from:chaos`;
+lost = sent and never handled. Each lost probe is also found by id (missing from its
+agent's ledger) and charged to the fault injected last before it was produced, or at most
+`CHARGE_AHEAD_S` after: a broker that dies takes the records it confirmed but nobody read yet.
+Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
+many were broadcast more than once; Redis's records of the run's proposals must all be
+decided, or pending and not yet past their `expires_at`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.chaos.probes import handled_seqs
+from agentmesh_cli.envelope import now_ms
+
+if TYPE_CHECKING:
+    from agentmesh_cli.chaos.runner import ChaosRun
+
+RESULT_VERSION = 1
+OVERDUE_GRACE_MS = 3000
+CHARGE_AHEAD_S = 1.0  # a pending proposal this far past expires_at was never decided
+
+
+def _delta(counters: dict[str, dict[str, int]], baseline: dict[str, dict[str, int]], owner: str,
+           field: str) -> int:
+    return counters.get(owner, {}).get(field, 0) - baseline.get(owner, {}).get(field, 0)
+
+
+def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: int) -> dict[str, Any]:
+    store, probes, agents = run.ctx.store, run.probes, run.ctx.agents
+    counters = store.all_counters()
+    handled = run.handled(baseline)
+    per_agent = {}
+    for a in agents:
+        per_agent[a] = {"sent": probes.sent[a], "handled": handled[a],
+                        "lost": max(0, probes.sent[a] - handled[a]),
+                        "handled_twice": _delta(counters, baseline, a, C.COUNTER_HANDLED_TWICE),
+                        "duplicates": _delta(counters, baseline, a, C.COUNTER_DUPLICATES)}
+    sent = sum(p["sent"] for p in per_agent.values())
+    messages_in = sum(_delta(counters, baseline, a, C.COUNTER_IN) for a in agents)
+    unattributed = _charge_lost(run)
+    result = {
+        "v": RESULT_VERSION,
+        "mesh": run.mesh.config.mesh,
+        "embedded": run.embedded,
+        "started_ms": run.started_ms,
+        "duration_s": round(time.monotonic() - run.started, 1),
+        "settings": {k: getattr(run.settings, k) for k in (
+            "rate", "pause", "faults", "rounds", "duration", "every", "seed", "timeout", "drain")},
+        "agents": agents,
+        "faults": [o.as_dict() for o in run.outcomes],
+        "probes": {
+            "produced": probes.produced,
+            "refused": probes.refused,
+            "unconfirmed": unconfirmed,
+            "sent": sent,
+            "handled": sum(handled.values()),
+            "lost": sum(p["lost"] for p in per_agent.values()),
+            "handled_unconfirmed": sum(max(0, p["handled"] - p["sent"]) for p in per_agent.values()),
+            "lost_before_first_fault": unattributed,
+            "per_agent": per_agent,
+        },
+        "duplicates_handled": sum(p["handled_twice"] for p in per_agent.values()),
+        "duplicates_recognised": sum(p["duplicates"] for p in per_agent.values()),
+        "messages_in": messages_in,
+        "demo_messages_in": messages_in - sum(handled.values()),
+        "dead_letters": sum(_delta(counters, baseline, owner, C.COUNTER_DEAD) for owner in counters),
+        "proposals": _proposals(run),
+        "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
+                   "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
+                   "examples": run.truth.examples},
+    }
+    result["ok"] = judge(result)
+    return result
+
+
+def judge(result: dict[str, Any]) -> bool:
+    """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
+    undecided past its time."""
+    p = result["proposals"]
+    return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
+            and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
+            and p["overdue"] == 0)
+
+
+def _charge_lost(run: ChaosRun) -> int:
+    """Charge each lost probe (by id, from the agents' ledgers) to the fault injected last
+    before it was produced (or just after); return those lost before any fault."""
+    probes, outcomes = run.probes, sorted(run.outcomes, key=lambda o: o.started)
+    starts = [o.started for o in outcomes]
+    window = run.mesh.config.recovery.dedup_window
+    before_faults = 0
+    n = len(probes.agents)
+    for i, agent in enumerate(probes.agents):
+        seqs, full = handled_seqs(run.ctx.store, agent, probes, window)
+        oldest = min(seqs, default=0) if full else 0
+        for seq in range(i, probes.produced, n):
+            if not probes.confirmed[seq] or seq in seqs or seq < oldest:
+                continue
+            at = probes.produced_at[seq]
+            where = bisect.bisect_right(starts, at + CHARGE_AHEAD_S) - 1 if not math.isnan(at) else -1
+            if where < 0:
+                before_faults += 1
+            else:
+                outcomes[where].lost += 1
+    return before_faults
+
+
+def _proposals(run: ChaosRun) -> dict[str, Any]:
+    opened, decided = run.tally.opened, run.tally.decided
+    records = [p for p in run.ctx.store.recent_proposals(1000) if p.get("created_at", 0) >= run.started_ms]
+    now = now_ms()
+    pending = [p for p in records if p.get("status") == "pending"]
+    overdue = [p["id"] for p in pending if now > p.get("expires_at", now) + OVERDUE_GRACE_MS]
+    done = {p["id"] for p in records if p.get("status") != "pending"}
+    return {
+        "opened": len(opened),
+        "decided": len(decided),
+        "opened_more_than_once": sum(1 for n in opened.values() if n > 1),
+        "decided_more_than_once": sum(1 for n in decided.values() if n > 1),
+        "in_redis": len(records),
+        "pending": len(pending),
+        "overdue": len(overdue),
+        "overdue_ids": overdue[:10],
+        "decided_not_broadcast": len(done - set(decided)),  # e.g. broadcast to a broker that then restarted
+        "topic_rereads": run.tally.rereads,
+        "unreadable_records": run.tally.unreadable,
+    }

@@ -1,0 +1,116 @@
+"""A throwaway mesh for a chaos run: embedded broker and Valkey, every program under a
+supervisord of its own in a temporary folder, on free loopback ports, with heartbeats
+short enough that a dead agent is noticed in about 3 s. Torn down by pid, also on Ctrl+C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentmesh_cli import lifecycle
+from agentmesh_cli.bench.infra import free_port
+from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.supervisor.control import Supervisor, _alive
+
+DEMO_AGENTS = (("Sales", "sales"), ("Support", "support"), ("Inventory", "inventory"),
+               ("Fraud", "fraud"))
+UP_TIMEOUT_S = 120.0
+DOWN_TIMEOUT_S = 30.0
+
+
+def agent_list(count: int) -> list[dict[str, str]]:
+    """`count` agents with the demo roles: Sales, Support, Inventory, Fraud, Sales2, ..."""
+    agents = []
+    for i in range(count):
+        name, role = DEMO_AGENTS[i % len(DEMO_AGENTS)]
+        agents.append({"name": name if i < len(DEMO_AGENTS) else f"{name}{i // len(DEMO_AGENTS) + 1}",
+                       "role": role})
+    return agents
+
+
+def mesh_data(agents: int) -> dict[str, Any]:
+    """mesh.yaml of a chaos mesh: free ports, heartbeat 1 s x 3, proposals time out in 10 s."""
+    return {
+        "mesh": "chaos",
+        "kafka": {"port": free_port(), "topic_prefix": "chaos", "partitions": 8},
+        "redis": {"port": free_port()},
+        "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
+        "metrics": {"port": free_port()},
+        "heartbeat": {"interval": "1s", "missed": 3},
+        "consensus": {"proposal_timeout": "10s"},
+        "agents": agent_list(agents),
+    }
+
+
+@contextmanager
+def embedded_mesh(agents: int, say: Callable[[str], None], workdir: Path | None = None) -> Iterator[Mesh]:
+    """`up` a chaos mesh in `workdir` (kept afterwards) or a temporary folder; `down` it at
+    the end, and end supervisord by its pid if `down` could not."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with _mesh_in(workdir, agents, say) as mesh:
+            yield mesh
+        return
+    with (tempfile.TemporaryDirectory(prefix="agentmesh-chaos-") as tmp,
+          _mesh_in(Path(tmp), agents, say) as mesh):
+        yield mesh
+
+
+@contextmanager
+def _mesh_in(root: Path, agents: int, say: Callable[[str], None]) -> Iterator[Mesh]:
+    path = root / "mesh.yaml"
+    path.write_text(yaml.safe_dump(mesh_data(agents), sort_keys=False), encoding="utf-8")
+    mesh = load_mesh(path)
+    say(f"starting a mesh of {agents} agents in {root} ...")
+    started = time.monotonic()
+    try:
+        lifecycle.up(mesh, UP_TIMEOUT_S, lambda _states: None)
+        say(f"mesh up in {time.monotonic() - started:.1f} s")
+        yield mesh
+    finally:
+        teardown(mesh, say)
+
+
+def teardown(mesh: Mesh, say: Callable[[str], None]) -> None:
+    """`down`; whatever is left (supervisord, then its programs) is ended by pid."""
+    say("stopping the mesh ...")
+    pids: list[int] = []
+    try:
+        with Supervisor(mesh) as sup:
+            if sup.is_running():
+                pids = [p["pid"] for p in sup.processes() if p["pid"]]
+        lifecycle.down(mesh, DOWN_TIMEOUT_S, lambda _tier, _members: None)
+    except AgentMeshError as exc:
+        say(f"down failed: {exc}")
+    pidfile = mesh.state_dir / "supervisord.pid"
+    sup_pid = int(pidfile.read_text().strip() or 0) if pidfile.exists() else 0
+    if sup_pid and _alive(sup_pid):
+        _end(sup_pid)
+    for pid in pids:
+        if _alive(pid):
+            _end(pid)
+
+
+def _end(pid: int, grace: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)  # a stalled program cannot act on TERM
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,156 @@
+"""The probe stream: messages from the operator sender "chaos" to every agent in turn, at a
+fixed rate, with ids the run chose (`chaos-<run>-<seq>`), so what was lost or handled twice
+can be told exactly.
+
+Sent means confirmed by the broker. Handled comes from the agents themselves: the exact
+`handled_from:chaos` counter, and the ledger of handled ids (which probe, not just how
+many), both written in one Redis transaction per handled batch (agent/ledger.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from array import array
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bus import Bus
+from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.store import Store
+
+log = logging.getLogger(__name__)
+
+SENDER = "chaos"  # an operator sender (constants.OPERATOR_SENDERS): accepted without a join
+PROBE_TYPE = "chaos_probe"
+HANDLED_FROM = C.COUNTER_HANDLED_FROM_PREFIX + SENDER
+TICK_S = 0.005
+RECENT_IDS = 200  # newest ledger ids read to see whether probes are being handled
+WHOLE_LEDGER = 10_000_000
+
+
+def quiet(kafka: KafkaConfig) -> KafkaConfig:
+    """The same Kafka settings with librdkafka's own log lines off: a broker that goes away
+    is what this tool does on purpose, not news for the terminal."""
+    return kafka.model_copy(update={"client": {"log_level": 2, **kafka.client}})
+
+
+class _ProbeBus(Bus):
+    """A Bus that also tells which probe the broker confirmed."""
+
+    def __init__(self, kafka: KafkaConfig, on_confirm: Any) -> None:
+        super().__init__(kafka, client_id="agentmesh-chaos")
+        self._on_confirm = on_confirm
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        super()._on_delivery(err, msg)
+        if err is None:
+            self._on_confirm(msg.value())
+
+
+class ProbeSender:
+    """Sends probes round-robin to `agents` at `rate` per second from its own thread."""
+
+    def __init__(self, kafka: KafkaConfig, agents: list[str], rate: float, run_id: str) -> None:
+        self.agents = agents
+        self.rate = rate
+        self.prefix = f"chaos-{run_id}-"
+        self.produced_at = array("d")  # seq -> monotonic time it was produced (nan: refused)
+        self.confirmed = bytearray()  # seq -> 1 once the broker confirmed it
+        self.sent: Counter[str] = Counter()  # agent -> probes confirmed
+        self.refused = 0  # produce calls the client refused (not sent)
+        self._bus = _ProbeBus(quiet(kafka), self._confirm)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-probes", daemon=True)
+
+    def agent_of(self, seq: int) -> str:
+        return self.agents[seq % len(self.agents)]
+
+    def seq_of(self, message_id: str) -> int | None:
+        if not message_id.startswith(self.prefix):
+            return None
+        try:
+            return int(message_id[len(self.prefix):])
+        except ValueError:
+            return None
+
+    @property
+    def produced(self) -> int:
+        return len(self.produced_at)
+
+    def last_seq(self, agent: str) -> int:
+        """The newest probe produced so far to `agent` (-1: none)."""
+        n, i = self.produced, self.agents.index(agent)
+        if n <= i:
+            return -1
+        return (n - 1 - i) // len(self.agents) * len(self.agents) + i
+
+    def _confirm(self, value: bytes | None) -> None:
+        try:
+            seq = self.seq_of(str(orjson.loads(value or b"{}").get("id", "")))
+        except orjson.JSONDecodeError:
+            return
+        if seq is not None and seq < len(self.confirmed) and not self.confirmed[seq]:
+            self.confirmed[seq] = 1
+            self.sent[self.agent_of(seq)] += 1
+
+    def _produce(self, seq: int) -> None:
+        agent = self.agent_of(seq)
+        probe = Envelope(type=PROBE_TYPE, from_agent_id=SENDER, to_agent_id=agent,
+                         payload={"seq": seq}, id=f"{self.prefix}{seq}")
+        self.confirmed.append(0)
+        try:
+            self._bus.send_message(probe)
+        except AgentMeshError:
+            self.refused += 1
+            self.produced_at.append(math.nan)
+            return
+        self.produced_at.append(time.monotonic())
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            due = int((time.monotonic() - started) * self.rate)
+            while self.produced < due and not self._stop.is_set():
+                self._produce(self.produced)
+            self._bus.poll()
+            self._stop.wait(TICK_S)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, flush_timeout: float) -> int:
+        """Stop sending; wait for confirmations; return how many are still unconfirmed."""
+        self._stop.set()
+        self._thread.join()
+        return self._bus.flush(flush_timeout)
+
+
+def newest_probe(store: Store, agent: str, probes: ProbeSender) -> int:
+    """The newest probe seq among the agent's most recently handled ids (-1: none)."""
+    ids, _score = store.handled_ids(agent, RECENT_IDS)
+    seqs = [s for s in map(probes.seq_of, ids) if s is not None]
+    return max(seqs, default=-1)
+
+
+def handled_after(store: Store, agent: str, probes: ProbeSender, seq: int) -> bool:
+    """Has the agent handled a probe newer than `seq`? (Its inbox is one partition, read in
+    order, so a newer probe handled means everything it was sent before was read.)"""
+    try:
+        return newest_probe(store, agent, probes) > seq
+    except AgentMeshError:
+        return False
+
+
+def handled_seqs(store: Store, agent: str, probes: ProbeSender, window: int) -> tuple[set[int], bool]:
+    """Probe seqs in the agent's whole ledger, and whether the ledger is full (it keeps the
+    newest `window` ids), so that probes older than its oldest cannot be judged."""
+    ids, _score = store.handled_ids(agent, WHOLE_LEDGER)
+    return {s for s in map(probes.seq_of, ids) if s is not None}, len(ids) >= window

@@ -1,0 +1,87 @@
+"""A chaos result as one rich table (pure: result dict -> renderable): a row per fault (the
+random phase folded into one row per program), then the summary figures with what each
+must be."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from rich.table import Table
+
+OK, BAD = "[green]ok[/]", "[bold red]FAILED[/]"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _check(good: bool, rule: str) -> str:
+    return f"{rule}: {OK if good else BAD}"
+
+
+def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """(fault, detect s, recover s, lost, note): one row per fault of the sequence, one per
+    program for the random phase (max detect, median / max recover)."""
+    rows = []
+    for f in faults:
+        if f["phase"] == "sequence":
+            note = f["note"] or f["recovered_by"]
+            rows.append((f["fault"], _s(f["detect_s"]), _s(f["recover_s"]), str(f["lost"]), note))
+    random: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in faults:
+        if f["phase"] == "random":
+            random[f["fault"]].append(f)
+    for label, group in sorted(random.items()):
+        detects = [f["detect_s"] for f in group if f["detect_s"] is not None]
+        recovers = [f["recover_s"] for f in group if f["recover_s"] is not None]
+        unrecovered = len(group) - len(recovers)
+        recover = (f"{statistics.median(recovers):.2f} / {max(recovers):.2f}" if recovers else "-")
+        note = f"max detect, median / max recover of {len(group)}"
+        if unrecovered:
+            note += f"; [red]{unrecovered} not recovered[/]"
+        rows.append((f"random: {label} x{len(group)}", _s(max(detects, default=None)), recover,
+                     str(sum(f["lost"] for f in group)), note))
+    return rows
+
+
+def chaos_table(result: dict[str, Any]) -> Table:
+    s, probes, props, status = result["settings"], result["probes"], result["proposals"], result["status"]
+    where = "embedded mesh" if result["embedded"] else f"mesh {result['mesh']}"
+    table = Table(title=f"agentmesh chaos: {where}, {len(result['agents'])} agents, probes at "
+                  f"{s['rate']:g}/s, {result['duration_s']:.0f} s", title_justify="left")
+    table.add_column("fault / figure")
+    table.add_column("detect s", justify="right")
+    table.add_column("recover s", justify="right")
+    table.add_column("lost / count", justify="right")
+    table.add_column("how it was judged / what it must be")
+    for row in fault_rows(result["faults"]):
+        table.add_row(*row)
+    table.add_section()
+    lost, twice = probes["lost"], result["duplicates_handled"]
+    figures = [
+        ("probes sent (confirmed by the broker)", probes["sent"],
+         f"of {probes['produced']:,} produced ({probes['refused']:,} refused by the client, "
+         f"{probes['unconfirmed']:,} never confirmed)"),
+        ("probes handled", probes["handled"], "the agents' exact handled_from:chaos"),
+        ("probes lost", lost, _check(lost == 0, "must be 0")),
+        ("duplicates handled", twice, _check(twice == 0, "must be 0")),
+        ("duplicates recognised and skipped", result["duplicates_recognised"], "redeliveries: dedup at work"),
+        ("proposals opened", props["opened"],
+         _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
+        ("proposals decided", props["decided"],
+         _check(props["decided_more_than_once"] == 0, f"{props['decided_more_than_once']} decided twice")),
+        ("proposals undecided past their timeout", props["overdue"],
+         _check(props["overdue"] == 0, f"must be 0 ({props['pending']} pending in time)")),
+        ("dead letters", result["dead_letters"], "garbage and unreadable records, counted"),
+        ("demo messages handled", result["demo_messages_in"], "the roles' own traffic"),
+        ("status frames contradicting supervisord", status["disagreements"],
+         _check(status["disagreements"] == 0 and status["failed"] == 0,
+                f"of {status['samples']} ({status['failed']} failed, slowest {status['slowest_s']:.1f} s)")),
+    ]
+    for name, value, rule in figures:
+        table.add_row(name, "", "", f"{value:,}", rule)
+    table.add_section()
+    table.add_row("[bold]result[/]", "", "", "", OK if result["ok"] else BAD)
+    return table

@@ -1,0 +1,83 @@
+"""`agentmesh chaos`: the fault-injection suite (agentmesh_cli/chaos)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from agentmesh_cli.cli.common import ConfigOption, console, console_err
+
+QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.recovery")  # faults make them talk
+
+
+def chaos(
+    faults: Annotated[str, typer.Option(
+        help="Comma-separated, in order: all, agents, managers, services, infra, stall[:Agent], "
+             "garbage, or program names (agent-Sales, topology-manager, redis, kafka, ...).")] = "all",
+    rate: Annotated[float, typer.Option(help="Probe messages per second, over all agents.", min=1)] = 200,
+    pause: Annotated[float, typer.Option(help="Seconds between a recovery and the next fault.",
+                                         min=0)] = 5,
+    rounds: Annotated[int, typer.Option(help="Times the fault sequence runs.", min=0)] = 1,
+    duration: Annotated[float, typer.Option(
+        help="Then, for this many seconds, kill -9 a random program every --every seconds.",
+        min=0)] = 0,
+    every: Annotated[float, typer.Option(help="Seconds between random kills.", min=0.5)] = 5,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random phase.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds a fault may take to be recovered from.",
+                                           min=1)] = 60,
+    drain: Annotated[float, typer.Option(help="Seconds to wait at the end for every probe to be "
+                                         "handled.", min=0)] = 60,
+    agents: Annotated[int, typer.Option(help="Agents of the embedded mesh (demo roles).",
+                                        min=4, max=16)] = 4,
+    workdir: Annotated[Path | None, typer.Option(
+        help="Run the embedded mesh in this folder and keep it (logs) instead of a temporary one.")] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Run a workload while killing each kind of program in turn, restarting Redis and the
+    broker, stalling an agent and writing garbage to every topic; print what was lost, handled
+    twice and decided twice, and how fast each fault was detected and recovered from. Without
+    --config on its own embedded mesh (in a temporary folder, stopped at the end); with
+    --config on that mesh, which must be up. Exit code 0 only when no probe was lost, none was
+    handled twice and no proposal was decided twice (docs/reliability.md).
+
+    Example: agentmesh chaos
+    Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
+    Example: agentmesh chaos --faults agents,infra --duration 300 --every 3 --seed 7
+    """
+    from agentmesh_cli.chaos.report import chaos_table
+    from agentmesh_cli.chaos.runner import Settings, run
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _interrupt)  # tear the mesh down as on Ctrl+C
+    settings = Settings(rate=rate, pause=pause, faults=faults, rounds=rounds, duration=duration,
+                        every=every, seed=seed, timeout=timeout, drain=drain, agents=agents)
+    try:
+        result = run(settings, config, workdir, _say)
+    except KeyboardInterrupt:
+        console_err.print("[yellow]interrupted[/]: the mesh was stopped")
+        raise typer.Exit(130) from None
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(chaos_table(result))
+    raise typer.Exit(0 if result["ok"] else 1)
+
+
+def _say(text: str) -> None:
+    console_err.print(text, highlight=False, soft_wrap=True)
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(chaos)
