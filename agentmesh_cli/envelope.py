@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -9,14 +10,29 @@ from typing import Any
 
 import orjson
 
-from agentmesh_cli.constants import ENVELOPE_VERSION
+from agentmesh_cli.constants import ENVELOPE_VERSION, NAME_PATTERN
 from agentmesh_cli.errors import InvalidEnvelope
 
 _STR_FIELDS = ("id", "type", "from_agent_id", "to_agent_id")
+_NAME = re.compile(NAME_PATTERN)
+SHOWN_CHARS = 64  # how much of a bad name a dead letter's reason quotes
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def is_agent_name(name: str) -> bool:
+    """Could an agent have this name (mesh.yaml's rule)? Any other name is nobody's."""
+    return _NAME.fullmatch(name) is not None
+
+
+def shown(name: str) -> str:
+    """A name as a dead letter's reason shows it: as is when it is a possible agent name,
+    else quoted and cut (a hostile record's name may be long, empty or hold anything)."""
+    if is_agent_name(name):
+        return name
+    return repr(name[:SHOWN_CHARS]) + ("..." if len(name) > SHOWN_CHARS else "")
 
 
 @dataclass(frozen=True)

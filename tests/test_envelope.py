@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from agentmesh_cli.constants import inbox_partition
-from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.envelope import Envelope, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
 
 
@@ -53,3 +53,24 @@ def test_bad_records(raw: bytes | None, reason: str) -> None:
 )
 def test_inbox_partition(agent: str, partitions: int, expected: int) -> None:
     assert inbox_partition(agent, partitions) == expected
+
+
+def test_a_record_over_the_limit_is_refused_before_it_is_parsed() -> None:
+    raw = b"\xff" * 2000  # not JSON either: the size is what is said
+    with pytest.raises(InvalidEnvelope) as caught:
+        Envelope.decode(raw, max_bytes=1024)
+    assert str(caught.value) == ("record of 2000 bytes is over the limit of 1024 bytes "
+                                 "(kafka.max_record_bytes)")
+    small = json.dumps(GOOD).encode()
+    assert Envelope.decode(small, max_bytes=len(small)).id == "x"  # the limit itself is allowed
+
+
+@pytest.mark.parametrize(
+    ("name", "valid", "as_shown"),
+    [("Sales", True, "Sales"), ("a.b-c_9", True, "a.b-c_9"), ("", False, "''"), ("9lives", False, "'9lives'"),
+     ("two words", False, "'two words'"), ("x" * 63, True, "x" * 63),
+     ("x" * 64, False, repr("x" * 64)), ("y" * 65, False, repr("y" * 64) + "...")],
+)
+def test_agent_names_and_how_reasons_show_them(name: str, valid: bool, as_shown: str) -> None:
+    assert is_agent_name(name) is valid
+    assert shown(name) == as_shown

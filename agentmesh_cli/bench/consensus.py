@@ -36,7 +36,8 @@ def _wait(reader: Reader, kind: str, want: set[str], timeout: float) -> None:
 
 
 def _propose(bus: Bus, pid: str) -> None:
-    bus.send(C.TOPIC_PROPOSALS, Envelope(type=C.EVENT_PROPOSAL, from_agent_id="bench", payload={
+    # proposed as the operator's CLI: a proposer that never joined is a dead letter
+    bus.send(C.TOPIC_PROPOSALS, Envelope(type=C.EVENT_PROPOSAL, from_agent_id=C.CLI_COUNTER_OWNER, payload={
         "proposal_id": pid, "type": "decision", "content": {"type": "approval"}}), key=pid)
 
 

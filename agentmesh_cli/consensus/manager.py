@@ -10,12 +10,15 @@ partition. A restarted manager writes a marker to `consensus` and reads that top
 the snapshot's position up to its marker: every proposal the dead manager opened or
 decided after the snapshot is taken from there, so replaying proposals and votes from
 the snapshot's offsets neither re-opens nor re-decides (nor re-broadcasts) anything.
+
+Every record read ends in one counted outcome (docs/architecture.md, Dead letters): a
+proposal opened, a duplicate, a vote counted, replaced or late, a vote held until its
+proposal opens, or a dead letter with its reason.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import time
@@ -34,8 +37,9 @@ from agentmesh_cli.bus import (
     resume_assignments,
 )
 from agentmesh_cli.config import Mesh
-from agentmesh_cli.consensus.core import PROPOSAL_TYPES, Proposal, ProposalBook, Status
-from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
+from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
+from agentmesh_cli.envelope import Envelope, is_agent_name, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
@@ -46,39 +50,10 @@ SNAPSHOT_VERSION = 1
 ELECTORATE_CACHE_S = 0.25
 KEEP_DECIDED_MS = 120_000  # decided proposals stay in memory this long, to count late votes
 MARKER_TIMEOUT_S = 30.0
-MAX_EARLY_PROPOSALS = 10_000  # bound on proposals with votes held before they open
 
 log = logging.getLogger("consensus")
 
-
-def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
-    """(proposal_id, type, content) of a proposal event; InvalidEnvelope if it does not fit."""
-    p = event.payload
-    pid, ptype, content = p.get("proposal_id"), p.get("type"), p.get("content", {})
-    if event.type != C.EVENT_PROPOSAL:
-        raise InvalidEnvelope(f"unexpected type {event.type!r} on the proposals topic")
-    if not isinstance(pid, str) or not pid or len(pid) > 200:
-        raise InvalidEnvelope("proposal_id missing, empty or longer than 200 characters")
-    if ptype not in PROPOSAL_TYPES:
-        raise InvalidEnvelope(f"proposal type {ptype!r} is not one of {', '.join(PROPOSAL_TYPES)}")
-    if not isinstance(content, dict):
-        raise InvalidEnvelope("proposal content is not an object")
-    return pid, ptype, content
-
-
-def parse_vote(event: Envelope) -> tuple[str, bool, float]:
-    """(proposal_id, support, intensity) of a vote event; InvalidEnvelope if it does not fit."""
-    p = event.payload
-    pid, support, intensity = p.get("proposal_id"), p.get("support"), p.get("intensity", 1.0)
-    if event.type != C.EVENT_VOTE:
-        raise InvalidEnvelope(f"unexpected type {event.type!r} on the votes topic")
-    if not isinstance(pid, str) or not pid:
-        raise InvalidEnvelope("vote without a proposal_id")
-    if not isinstance(support, bool):
-        raise InvalidEnvelope("vote 'support' is not true or false")
-    if isinstance(intensity, bool) or not isinstance(intensity, int | float) or not math.isfinite(intensity):
-        raise InvalidEnvelope("vote 'intensity' is not a number")
-    return pid, support, float(intensity)
+__all__ = ["ConsensusManager", "parse_proposal", "parse_vote", "record_of"]
 
 
 def record_of(proposal: Proposal) -> dict[str, Any]:
@@ -96,12 +71,13 @@ class ConsensusManager:
         self.consensus_offset = 0  # next offset of the consensus topic not yet reconciled
         self.dirty: dict[str, Proposal] = {}  # pending proposals whose Redis record is behind
         self.decided: list[dict[str, Any]] = []  # records decided in this loop turn, stored at its end
-        # votes read before their proposal: id -> [(voter, support, intensity, ts)]
-        self.early: dict[str, list[tuple[str, bool, float, int]]] = {}
+        self.early = EarlyVotes()  # votes read before their proposal
         self.counts: Counter[str] = Counter()
         self.stale_after_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
         self._electorate: list[str] = []
+        self._known: set[str] = set(C.OPERATOR_SENDERS)  # senders known to have joined
+        self._registered: set[str] = set()  # every name in the registry (fresh or not)
         self._electorate_at = 0.0
         self.epoch = ""
 
@@ -153,17 +129,30 @@ class ConsensusManager:
     # events ------------------------------------------------------------------------
     def apply(self, record: Record) -> None:
         self.offsets[(record.topic, record.partition)] = record.offset + 1
+        self.counts[C.records_counter(record.topic)] += 1
         try:
-            event = Envelope.decode(record.value)
+            event = Envelope.decode(record.value, self.mesh.config.kafka.max_record_bytes)
             if record.topic == C.TOPIC_PROPOSALS:
-                self._open(event, *parse_proposal(event))
+                self._open(record, event, *parse_proposal(event))
             else:
-                self._vote(event, *parse_vote(event))
+                self._vote(record, event, *parse_vote(event))
         except InvalidEnvelope as exc:
-            self.bus.dead_letter(record, str(exc))
-            self.counts[C.COUNTER_DEAD] += 1
+            self._dead_letter(record, str(exc))
+        except AgentMeshError:
+            raise  # Kafka or Redis trouble, not this record's fault
+        except Exception as exc:  # a bug one record triggers must not stop us on it again and again
+            log.exception("record %s/%d@%d raised", record.topic, record.partition, record.offset)
+            self._dead_letter(record, f"consensus manager error: {exc!r}")
 
-    def _open(self, event: Envelope, pid: str, ptype: str, content: dict[str, Any]) -> None:
+    def _dead_letter(self, record: Record, reason: str, size: int | None = None) -> None:
+        self.bus.dead_letter(record, reason, size)
+        self.counts[C.COUNTER_DEAD] += 1
+        self.counts[C.dead_letters_counter(record.topic)] += 1
+
+    def _open(self, record: Record, event: Envelope, pid: str, ptype: str, content: dict[str, Any]) -> None:
+        if not self._joined(event.from_agent_id):
+            self._dead_letter(record, f"proposer {shown(event.from_agent_id)} has not joined")
+            return
         now = now_ms()
         proposal = self.book.open(pid, event.from_agent_id, ptype, content, self.electorate(), now)
         if proposal is None:
@@ -174,22 +163,76 @@ class ConsensusManager:
         self._broadcast(C.EVENT_OPENED, proposal)
         if proposal.status is not Status.PENDING:  # an empty electorate decides at once
             self._decided(proposal)
-            return
-        self.dirty[pid] = proposal
-        for voter, support, intensity, _ts in self.early.pop(pid, []):
-            self._count(pid, voter, support, intensity)
+        else:
+            self.dirty[pid] = proposal
+        for vote in self.early.pop(pid):
+            self._ballot(proposal, vote.voter, vote.support, vote.intensity, vote.record, vote.size)
 
-    def _vote(self, event: Envelope, pid: str, support: bool, intensity: float) -> None:
-        if self.book.get(pid) is None:
+    def _vote(self, record: Record, event: Envelope, pid: str, support: bool, intensity: float) -> None:
+        proposal = self.book.get(pid)
+        if proposal is None:
             # proposals and votes are different topics: after a restart a vote can be read
             # before its proposal; hold it (bounded) until the proposal opens
-            if len(self.early) < MAX_EARLY_PROPOSALS:
-                self.early.setdefault(pid, []).append((event.from_agent_id, support, intensity, now_ms()))
+            if self.early.hold(pid, EarlyVote.of(record, event.from_agent_id, support, intensity, now_ms())):
                 self.counts["votes_early"] += 1
             else:
-                self.counts["votes_unknown"] += 1
+                self._unknown(pid, record)
             return
-        self._count(pid, event.from_agent_id, support, intensity)
+        self._ballot(proposal, event.from_agent_id, support, intensity, record)
+
+    def _ballot(self, proposal: Proposal, voter: str, support: bool, intensity: float,
+                record: Record, size: int | None = None) -> None:
+        # the electorate is frozen at opening: anybody else's vote, before or after the
+        # decision, claims a say it never had (a stranger's, or a forgery)
+        if voter not in proposal.electorate:
+            self._not_member(proposal.id, voter, record, size)
+            return
+        self._count(proposal.id, voter, support, intensity)
+
+    def _not_member(self, pid: str, voter: str, record: Record, size: int | None = None) -> None:
+        self.counts["votes_not_member"] += 1
+        self._dead_letter(record, f"voter {shown(voter)} is not in the electorate of {pid}", size)
+
+    def _unknown(self, pid: str, record: Record, size: int | None = None) -> None:
+        self.counts["votes_unknown"] += 1
+        self._dead_letter(record, f"vote for unknown proposal {pid}", size)
+
+    def _settle_early(self, votes: list[tuple[str, EarlyVote]]) -> None:
+        """Votes whose proposal did not open in time. A proposal decided before our snapshot
+        (a restart replays votes from the snapshot's offsets) has its record in Redis: its
+        votes are late. The others name a proposal nobody made: dead letters."""
+        records: dict[str, dict[str, Any] | None] = {}
+        try:
+            for pid in {pid for pid, _vote in votes}:
+                records[pid] = self.store.proposal(pid)
+        except AgentMeshError as exc:
+            log.warning("proposal records unavailable, votes held a while longer: %s", exc)
+            for pid, vote in votes:
+                self.early.hold(pid, vote)
+            return
+        for pid, vote in votes:
+            record = records[pid]
+            if record is None:
+                self._unknown(pid, vote.record, vote.size)
+            elif vote.voter not in record.get("electorate", []):
+                self._not_member(pid, vote.voter, vote.record, vote.size)
+            else:
+                self.counts["votes_late"] += 1
+
+    def _joined(self, sender: str) -> bool:
+        """Has `sender` joined the mesh (registered, or ever joined), or is it an operator's tool?"""
+        if sender in self._known:
+            return True
+        if not is_agent_name(sender):
+            return False
+        self.electorate()  # refreshes the registry's names
+        try:
+            if sender in self._registered or self.store.is_member(sender):
+                self._known.add(sender)
+                return True
+        except AgentMeshError:
+            return True  # Redis cannot tell now: do not drop what may be a real proposal
+        return False
 
     def _count(self, pid: str, voter: str, support: bool, intensity: float) -> None:
         result, decided = self.book.vote(pid, voter, support, intensity, now_ms())
@@ -225,6 +268,7 @@ class ConsensusManager:
             now = now_ms()
             try:
                 registry = self.store.agents()
+                self._registered = set(registry)
                 self._electorate = sorted(
                     name for name, rec in registry.items()
                     if now - int(rec.get("last_heartbeat", 0)) <= self.stale_after_ms
@@ -245,7 +289,7 @@ class ConsensusManager:
             # pending only: decided ones are in Redis and on the topic, and the offsets are
             # past their proposal records, so a restart cannot open them again
             "proposals": [p.to_dict() for p in self.book.pending()],
-            "early_votes": self.early,
+            "early_votes": self.early.to_json(),
         }
 
     def _store_decided(self) -> None:
@@ -258,9 +302,8 @@ class ConsensusManager:
 
     def _save(self) -> None:
         self.book.forget_decided(now_ms() - KEEP_DECIDED_MS)
-        oldest = now_ms() - int(self.cfg.proposal_timeout * 1000)
-        for pid in [pid for pid, votes in self.early.items() if votes[-1][3] < oldest]:
-            self.counts["votes_unknown"] += len(self.early.pop(pid))  # its proposal never came
+        # its proposal did not open (it could have until proposal_timeout after the vote)
+        self._settle_early(self.early.take_older(now_ms() - int(self.cfg.proposal_timeout * 1000)))
         # the snapshot may only claim what the consensus topic already holds
         if self.bus.flush(10):
             log.warning("broadcasts still queued; snapshot postponed")
@@ -290,27 +333,26 @@ class ConsensusManager:
             return
         for item in data.get("proposals", []):
             self.book.restore(Proposal.from_dict(item))
+        self.early = EarlyVotes.from_json(data.get("early_votes", {}))
         if data.get("epoch") != self.epoch:
+            self._settle_early(self.early.take_all())  # their proposals went with the old broker
             # the broker restarted empty: the pending proposals stand (each still gets its
             # one decision, by votes or expiry); the old offsets mean nothing now
             log.info("snapshot is from an earlier broker: %d pending proposals kept, reading the "
                      "new topics from the beginning", len(data.get("proposals", [])))
             return
-        self.early = {pid: [(str(v), bool(s), float(i), int(t)) for v, s, i, t in votes]
-                      for pid, votes in data.get("early_votes", {}).items()}
         self.offsets = offsets_from_json(data.get("offsets", {}))
         self.consensus_offset = int(data.get("consensus_offset", 0))
         log.info("resumed from snapshot: %d proposals in memory", len(data.get("proposals", [])))
 
     def _new_epoch(self, epoch: str) -> None:
         """The broker restarted empty while we ran: keep the book, read the new topics from
-        their beginning (votes held for unknown proposals went with the old broker)."""
+        their beginning (votes held for unknown proposals went with the old broker: dead letters)."""
         self.epoch = epoch
         self.offsets = {}
         self.consensus_offset = 0
         self.bus.delivered.pop((C.TOPIC_CONSENSUS, 0), None)
-        self.counts["votes_unknown"] += sum(len(v) for v in self.early.values())
-        self.early = {}
+        self._settle_early(self.early.take_all())
         self._save()
 
     def _reconcile(self) -> None:

@@ -17,23 +17,17 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import (
-    Bus,
-    Reader,
-    Record,
-    offsets_from_json,
-    offsets_to_json,
-    resume_assignments,
-)
+from agentmesh_cli.bus import Bus, Reader, Record, resume_assignments
 from agentmesh_cli.config import Mesh, TopologyConfig
-from agentmesh_cli.envelope import Envelope, now_ms
-from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.envelope import now_ms
+from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
-from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
+from agentmesh_cli.topology.graph import SlimeMoldRules
+from agentmesh_cli.topology.state import TopologyState
 
-SNAPSHOT_VERSION = 1
-LIVENESS_CHECK_S = 0.5  # how often silent agents are looked for
-MAX_HELD = 100_000  # bound on messages waiting for their agents' joins
+__all__ = ["TopologyManager", "TopologyState", "apply_safely", "history_point", "rules_from"]
+
+LIVENESS_CHECK_S = 0.5  # how often silent agents (and held records past their time) are looked for
 OWNER = C.PROGRAM_TOPOLOGY
 
 log = logging.getLogger("topology")
@@ -47,145 +41,6 @@ def rules_from(cfg: TopologyConfig) -> SlimeMoldRules:
         decay=cfg.decay,
         prune_threshold=cfg.prune_threshold,
     )
-
-
-class TopologyState:
-    """The graph plus the bookkeeping a snapshot needs; no I/O (fed records, returns snapshots)."""
-
-    def __init__(self, rules: SlimeMoldRules, heartbeat_timeout_ms: int, epoch: str = "") -> None:
-        self.graph = SlimeMoldGraph(rules)
-        self.epoch = epoch
-        self.rules = rules
-        self.offsets: dict[tuple[str, int], int] = {}
-        self.last_seen: dict[str, int] = {}
-        self.roles: dict[str, str] = {}
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.counts: Counter[str] = Counter()
-        # messages read before their sender's or recipient's join (joins and messages are
-        # two topics, so a replay can read them in either order): absent agent -> messages
-        self.held: dict[str, list[tuple[str, str, int]]] = {}
-        self.held_count = 0
-        # agents removed from the graph: name -> {reason: left | timeout, ts}; kept until
-        # they join again (their counters in Redis are never reset)
-        self.departed: dict[str, dict[str, Any]] = {}
-
-    @property
-    def membership_changes(self) -> int:
-        return self.counts["joins"] + self.counts["leaves"]
-
-    def apply(self, record: Record) -> str | None:
-        """Apply one record; return a dead-letter reason for a bad topology event."""
-        self.offsets[(record.topic, record.partition)] = record.offset + 1
-        try:
-            event = Envelope.decode(record.value)
-        except InvalidEnvelope as exc:
-            self.counts["invalid"] += 1
-            # the recipient agent dead-letters bad messages; we own only the topology topic
-            return str(exc) if record.topic == C.TOPIC_TOPOLOGY else None
-        if record.topic == C.TOPIC_MESSAGES:
-            self._reinforce(event.from_agent_id, event.to_agent_id, event.ts)
-            return None
-        agent = event.from_agent_id
-        if event.type in (C.EVENT_JOINED, C.EVENT_HEARTBEAT):
-            if self.graph.add_agent(agent):
-                self.counts["joins"] += 1
-                log.info("agent %s joined (%s)%s", agent, event.type,
-                         " again: its edges start fresh" if self.departed.pop(agent, None) else "")
-                self._release(agent)
-            self.last_seen[agent] = max(event.ts, self.last_seen.get(agent, 0))
-            self.roles[agent] = str(event.payload.get("role", self.roles.get(agent, "")))
-        elif event.type == C.EVENT_LEFT:
-            self._remove(agent, "left", event.ts)
-        else:
-            self.counts["invalid"] += 1
-            return f"unknown topology event type {event.type!r}"
-        return None
-
-    def _reinforce(self, source: str, target: str, ts: int) -> None:
-        if self.graph.reinforce(source, target, ts) is not None:
-            self.counts["reinforcements"] += 1
-            return
-        absent = next((a for a in (source, target) if not self.graph.has_agent(a)), None)
-        if absent is None or source == target or self.held_count >= MAX_HELD:
-            self.counts["unrouted"] += 1
-            return
-        self.held.setdefault(absent, []).append((source, target, ts))
-        self.held_count += 1
-
-    def _release(self, agent: str) -> None:
-        """Apply the messages that waited for `agent` to join, in their order."""
-        waiting = self.held.pop(agent, [])
-        self.held_count -= len(waiting)
-        for source, target, ts in waiting:
-            self._reinforce(source, target, ts)
-
-    def _expire_held(self, now: int) -> None:
-        for agent in list(self.held):
-            kept = [m for m in self.held[agent] if now - m[2] <= self.heartbeat_timeout_ms]
-            self.counts["unrouted"] += len(self.held[agent]) - len(kept)
-            self.held_count -= len(self.held[agent]) - len(kept)
-            if kept:
-                self.held[agent] = kept
-            else:
-                del self.held[agent]
-
-    def new_epoch(self, epoch: str) -> None:
-        """The broker restarted empty: keep the graph and who was seen when, forget the
-        offsets (the new topics are read from their beginning) and the held messages."""
-        self.epoch = epoch
-        self.offsets = {}
-        self.counts["unrouted"] += self.held_count
-        self.held, self.held_count = {}, 0
-
-    def _remove(self, agent: str, reason: str, ts: int) -> None:
-        if self.graph.remove_agent(agent):
-            self.counts["leaves"] += 1
-            self.departed[agent] = {"reason": reason, "ts": ts}
-            log.info("agent %s removed: %s", agent, reason)
-        self.last_seen.pop(agent, None)
-        self.roles.pop(agent, None)
-
-    def tick(self, now: int) -> int:
-        """One decay interval: decay and prune, then drop agents whose heartbeats stopped."""
-        pruned = self.graph.decay()
-        self.counts["prunes"] += pruned
-        self._expire_held(now)
-        self.drop_silent(now)
-        return pruned
-
-    def drop_silent(self, now: int) -> list[str]:
-        """Remove the agents whose heartbeats stopped `heartbeat_timeout_ms` ago."""
-        silent = [agent for agent, seen in self.last_seen.items()
-                  if now - seen > self.heartbeat_timeout_ms]
-        for agent in silent:
-            self._remove(agent, "timeout", now)
-        return silent
-
-    def snapshot(self, now: int) -> dict[str, Any]:
-        return {
-            "v": SNAPSHOT_VERSION,
-            "ts": now,
-            "epoch": self.epoch,
-            "graph": self.graph.to_dict(),
-            "offsets": offsets_to_json(self.offsets),
-            "last_seen": self.last_seen,
-            "roles": self.roles,
-            "departed": self.departed,
-            "held": [[s, t, ts] for msgs in self.held.values() for s, t, ts in msgs],
-            "stats": self.graph.stats().as_dict(),
-        }
-
-    @classmethod
-    def restore(cls, data: dict[str, Any], rules: SlimeMoldRules, timeout_ms: int) -> TopologyState:
-        state = cls(rules, timeout_ms, str(data.get("epoch", "")))
-        state.graph = SlimeMoldGraph.from_dict(data["graph"], rules)
-        state.offsets = offsets_from_json(data.get("offsets", {}))
-        state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
-        state.roles = dict(data.get("roles", {}))
-        state.departed = dict(data.get("departed", {}))
-        for source, target, ts in data.get("held", []):
-            state._reinforce(str(source), str(target), int(ts))
-        return state
 
 
 class TopologyManager:
@@ -236,6 +91,8 @@ class TopologyManager:
         bus = Bus(cfg.kafka, client_id=OWNER)
         watch = BrokerWatch(bus, store, epoch)
         state = self._load(store, epoch)
+        state.partitions, state.max_record_bytes = cfg.kafka.partitions, cfg.kafka.max_record_bytes
+        state.expected = frozenset(agent.name for agent in cfg.agents)
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
                         fetch_wait=cfg.kafka.manager_fetch_wait)
@@ -248,28 +105,29 @@ class TopologyManager:
             while not self.stopping:
                 members_before = state.membership_changes
                 for record in reader.poll_batch(max_records=2000, timeout=0.1):
-                    reason = state.apply(record)
-                    if reason:
-                        bus.dead_letter(record, reason)
-                        state.counts[C.COUNTER_DEAD] += 1
+                    apply_safely(state, record)
                 now = time.monotonic()
                 if (new_epoch := watch.check(now)) is not None:
                     state.new_epoch(new_epoch)
                     reader.rewind()
                     next_snapshot = now
-                if state.membership_changes != members_before:
-                    next_snapshot = now  # joins and leaves show up in status at once
                 if now >= next_decay:
                     next_decay += self.cfg.decay_interval
                     state.tick(now_ms())
                 elif now >= next_liveness:  # failure detection does not wait for the decay
                     next_liveness = now + LIVENESS_CHECK_S
                     state.drop_silent(now_ms())
+                if state.membership_changes != members_before:
+                    next_snapshot = now  # joins, leaves and timeouts show up in status at once
+                for record, reason, size in state.take_letters():
+                    bus.dead_letter(record, reason, size)
                 if now >= next_snapshot:
                     next_snapshot = now + self.cfg.snapshot_interval
                     self._save(store, state)
                 bus.poll()
         finally:
+            for record, reason, size in state.take_letters():
+                bus.dead_letter(record, reason, size)
             self._save(store, state)
             bus.flush(5)
             reader.close()
@@ -286,6 +144,16 @@ class TopologyManager:
                 self._next_point = time.monotonic() + C.TOPOLOGY_HISTORY_EVERY_S
         except AgentMeshError as exc:
             log.warning("snapshot not saved, will retry: %s", exc)
+
+
+def apply_safely(state: TopologyState, record: Record) -> None:
+    """Apply one record; a bug that one record triggers makes it a dead letter instead of
+    stopping the manager on it again after every restart."""
+    try:
+        state.apply(record, now_ms())
+    except Exception as exc:
+        log.exception("record %s/%d@%d raised", record.topic, record.partition, record.offset)
+        state.dead_letter(record, f"topology manager error: {exc!r}")
 
 
 def history_point(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,332 @@
+"""The topology manager's state machine, pure: records in; graph, counters, dead letters
+and snapshots out.
+
+Every record read ends in exactly one outcome, counted (see docs/architecture.md, Dead
+letters). `topology` records: an applied event (`events`) or a dead letter. `messages`
+records: a reinforcement, a self-message, an operator's message, a record that does not
+decode (`invalid`: the agent that reads its partition dead-letters it), a message from a
+sender that never joined (`unknown_sender`: its recipient dead-letters it), `unrouted`
+(both agents were in the mesh but one is gone), a dead letter of ours (what no agent will
+ever read: unknown recipients, misrouted records, garbage on a partition nobody reads),
+or held, for a while, until the agents it needs join.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
+from agentmesh_cli.envelope import Envelope, is_agent_name, shown
+from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
+
+SNAPSHOT_VERSION = 1
+MAX_HELD = 20_000  # bound on held records (each keeps at most RAW_PREVIEW_BYTES of itself)
+MAX_ROLE_CHARS = 200
+
+log = logging.getLogger("topology")
+
+
+@dataclass(frozen=True)
+class Held:
+    """A `messages` record waiting: an envelope for its agents' joins, or one that does not
+    decode (`reason`) for an agent that reads its partition. `record.value` is cut to
+    RAW_PREVIEW_BYTES (all a dead letter carries); `size` is the record's own size."""
+
+    record: Record
+    size: int
+    held_at: int  # when it was read (epoch ms): it waits heartbeat_timeout_ms from there
+    source: str = ""
+    target: str = ""
+    ts: int = 0
+    reason: str = ""
+
+    @classmethod
+    def of(cls, record: Record, now: int, **fields: Any) -> Held:
+        value = record.value or b""
+        return cls(replace(record, value=value[:RAW_PREVIEW_BYTES]), len(value), now, **fields)
+
+
+K = TypeVar("K")
+
+
+def _take_older(book: dict[K, list[Held]], before: int) -> list[Held]:
+    """Remove and return the held records read before `before` (epoch ms)."""
+    taken: list[Held] = []
+    for key, waiting in list(book.items()):
+        if any(m.held_at < before for m in waiting):
+            taken.extend(m for m in waiting if m.held_at < before)
+            kept = [m for m in waiting if m.held_at >= before]
+            if kept:
+                book[key] = kept
+            else:
+                del book[key]
+    return taken
+
+
+class TopologyState:
+    """The graph plus the bookkeeping a snapshot needs; no I/O (fed records, returns snapshots).
+
+    The manager sets `partitions`, `max_record_bytes` and `expected` (mesh.yaml's agents,
+    which will read their inbox once they start) from mesh.yaml; left unset, records are not
+    checked against them. Dead letters wait in `letters` for the manager to send."""
+
+    def __init__(self, rules: SlimeMoldRules, heartbeat_timeout_ms: int, epoch: str = "") -> None:
+        self.graph = SlimeMoldGraph(rules)
+        self.epoch = epoch
+        self.rules = rules
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.last_seen: dict[str, int] = {}
+        self.roles: dict[str, str] = {}
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.counts: Counter[str] = Counter()
+        self.partitions: int | None = None
+        self.max_record_bytes: int | None = None
+        self.expected: frozenset[str] = frozenset()
+        self.letters: list[tuple[Record, str, int]] = []  # (record, reason, size) to send
+        # messages read before their sender's or recipient's join (joins and messages are
+        # two topics, so a replay can read them in either order): absent agent -> messages
+        self.held: dict[str, list[Held]] = {}
+        # records that do not decode, on a partition no agent reads yet: partition -> records
+        self.held_invalid: dict[int, list[Held]] = {}
+        self.held_count = 0
+        # agents removed from the graph: name -> {reason: left | timeout, ts}; kept until
+        # they join again (their counters in Redis are never reset)
+        self.departed: dict[str, dict[str, Any]] = {}
+        # inbox partitions of the agents that read theirs (a cache, for these settings)
+        self._read: tuple[tuple[int | None, frozenset[str]], set[int]] | None = None
+
+    @property
+    def membership_changes(self) -> int:
+        return self.counts["joins"] + self.counts["leaves"]
+
+    def known(self, agent: str) -> bool:
+        """Has `agent` joined at some time (present, or removed since)?"""
+        return self.graph.has_agent(agent) or agent in self.departed
+
+    def reader(self, agent: str) -> bool:
+        """Will `agent` read its inbox: it joined at some time, or mesh.yaml runs it?"""
+        return self.known(agent) or agent in self.expected
+
+    def take_letters(self) -> list[tuple[Record, str, int]]:
+        letters, self.letters = self.letters, []
+        return letters
+
+    def dead_letter(self, record: Record, reason: str, size: int | None = None) -> str:
+        """Count a dead letter of ours and queue it for the manager to send."""
+        self.counts[C.COUNTER_DEAD] += 1
+        self.counts[C.dead_letters_counter(record.topic)] += 1
+        self.letters.append((record, reason, len(record.value or b"") if size is None else size))
+        return reason
+
+    # records -------------------------------------------------------------------------
+    def apply(self, record: Record, now: int) -> str | None:
+        """Apply one record read at `now` (epoch ms); return the reason when it became a dead
+        letter of ours at once (it is queued in `letters` too)."""
+        self.offsets[(record.topic, record.partition)] = record.offset + 1
+        self.counts[C.records_counter(record.topic)] += 1
+        try:
+            event = Envelope.decode(record.value, self.max_record_bytes)
+        except InvalidEnvelope as exc:
+            if record.topic == C.TOPIC_MESSAGES:
+                return self._bad_message(Held.of(record, now, reason=str(exc)))
+            return self.dead_letter(record, str(exc))
+        if record.topic == C.TOPIC_MESSAGES:
+            return self._message(record, event, now)
+        return self._event(record, event, now)
+
+    def _event(self, record: Record, event: Envelope, now: int) -> str | None:
+        agent = event.from_agent_id
+        if not is_agent_name(agent):
+            return self.dead_letter(record, f"agent id {shown(agent)} is not a valid agent name")
+        if event.type in (C.EVENT_JOINED, C.EVENT_HEARTBEAT):
+            role = event.payload.get("role")
+            if role is not None and (not isinstance(role, str) or len(role) > MAX_ROLE_CHARS):
+                return self.dead_letter(record, f"field 'payload.role' is not a string of at most "
+                                                f"{MAX_ROLE_CHARS} characters")
+            self.counts["events"] += 1
+            if self.graph.add_agent(agent):
+                self.counts["joins"] += 1
+                self._read = None  # a new reader
+                log.info("agent %s joined (%s)%s", agent, event.type,
+                         " again: its edges start fresh" if self.departed.pop(agent, None) else "")
+                self._release(agent)
+            # a time ahead of ours is taken as now: a forged future would keep it forever
+            self.last_seen[agent] = max(min(event.ts, now), self.last_seen.get(agent, 0))
+            self.roles[agent] = role if role is not None else self.roles.get(agent, "")
+        elif event.type == C.EVENT_LEFT:
+            if not self.known(agent):
+                return self.dead_letter(record, f"agent_left from {agent}, which never joined")
+            self.counts["events"] += 1
+            self._remove(agent, "left", event.ts)
+        else:
+            return self.dead_letter(record, f"unknown topology event type {shown(event.type)}")
+        return None
+
+    def _message(self, record: Record, event: Envelope, now: int) -> str | None:
+        target = event.to_agent_id
+        if not is_agent_name(target):  # nobody can ever have this name, nobody reads it
+            return self.dead_letter(record, f"unknown recipient {shown(target)}")
+        if self.partitions and record.partition != (inbox := C.inbox_partition(target, self.partitions)):
+            return self.dead_letter(record, f"message to {target} on partition {record.partition}, "
+                                            f"not its inbox partition {inbox}")
+        self._route(Held.of(record, now, source=event.from_agent_id, target=target, ts=event.ts))
+        return None
+
+    def _route(self, m: Held) -> None:
+        source, target = m.source, m.target
+        if source == target:
+            if self.reader(target):
+                self.counts["self_messages"] += 1  # not an edge; its agent handles it
+            else:
+                self._hold(target, m)
+        elif self.graph.reinforce(source, target, m.ts) is not None:
+            self.counts["reinforcements"] += 1
+        elif not self.graph.has_agent(target):
+            self._hold(target, m)
+        elif source in C.OPERATOR_SENDERS:
+            self.counts["operator_messages"] += 1  # `agentmesh send`: not an agent, not an edge
+        elif not is_agent_name(source):
+            self.counts["unknown_sender"] += 1  # can never join; its recipient dead-letters it
+        else:
+            self._hold(source, m)
+
+    def _hold(self, agent: str, m: Held) -> None:
+        if self.held_count >= MAX_HELD:
+            self._resolve(m)
+            return
+        self.held.setdefault(agent, []).append(m)
+        self.held_count += 1
+
+    def _bad_message(self, m: Held) -> str | None:
+        partition = m.record.partition
+        if self.partitions is None or partition in self._read_partitions():
+            self.counts["invalid"] += 1  # the agent that reads its partition dead-letters it
+            return None
+        if self.held_count >= MAX_HELD:
+            return self._resolve(m)
+        self.held_invalid.setdefault(partition, []).append(m)
+        self.held_count += 1
+        return None
+
+    def _read_partitions(self) -> set[int]:
+        settings = (self.partitions, self.expected)
+        if self._read is None or self._read[0] != settings:
+            agents = [*self.graph.agents(), *self.departed, *self.expected]
+            self._read = (settings, {C.inbox_partition(a, self.partitions or 1) for a in agents})
+        return self._read[1]
+
+    def _resolve(self, m: Held) -> str | None:
+        """The outcome of a record that waited long enough (or could wait no longer)."""
+        if m.reason:
+            if self.partitions is None or m.record.partition in self._read_partitions():
+                self.counts["invalid"] += 1
+                return None
+            return self.dead_letter(
+                m.record, f"{m.reason} (no agent reads partition {m.record.partition})", m.size)
+        if not self.reader(m.target):
+            return self.dead_letter(m.record, f"unknown recipient {m.target}", m.size)
+        if not self.known(m.source) and m.source not in C.OPERATOR_SENDERS:
+            self.counts["unknown_sender"] += 1  # its recipient dead-letters it
+        else:
+            self.counts["unrouted"] += 1  # both were in the mesh; one of them is gone
+        return None
+
+    def _release(self, agent: str) -> None:
+        """Apply the messages that waited for `agent` to join, in their order."""
+        waiting = self.held.pop(agent, [])
+        partition = C.inbox_partition(agent, self.partitions) if self.partitions else None
+        invalid = self.held_invalid.pop(partition, []) if partition is not None else []
+        self.held_count -= len(waiting) + len(invalid)
+        self.counts["invalid"] += len(invalid)  # it reads them now, and dead-letters them
+        for m in waiting:
+            self._route(m)
+
+    def _expire_held(self, now: int) -> None:
+        due = [*_take_older(self.held, now - self.heartbeat_timeout_ms),
+               *_take_older(self.held_invalid, now - self.heartbeat_timeout_ms)]
+        self.held_count -= len(due)
+        for m in due:
+            self._resolve(m)
+
+    def new_epoch(self, epoch: str) -> None:
+        """The broker restarted empty: keep the graph and who was seen when, forget the
+        offsets (the new topics are read from their beginning); held records are settled."""
+        self.epoch = epoch
+        self.offsets = {}
+        held = [m for book in (self.held, self.held_invalid) for ms in book.values() for m in ms]
+        self.held, self.held_invalid, self.held_count = {}, {}, 0
+        for m in held:
+            self._resolve(m)
+
+    def _remove(self, agent: str, reason: str, ts: int) -> None:
+        if self.graph.remove_agent(agent):
+            self.counts["leaves"] += 1
+            self.departed[agent] = {"reason": reason, "ts": ts}
+            log.info("agent %s removed: %s", agent, reason)
+        self.last_seen.pop(agent, None)
+        self.roles.pop(agent, None)
+
+    # time ------------------------------------------------------------------------------
+    def tick(self, now: int) -> int:
+        """One decay interval: decay and prune, then drop agents whose heartbeats stopped."""
+        pruned = self.graph.decay()
+        self.counts["prunes"] += pruned
+        self.drop_silent(now)
+        return pruned
+
+    def drop_silent(self, now: int) -> list[str]:
+        """Settle held records older than `heartbeat_timeout_ms`, and remove the agents whose
+        heartbeats stopped that long ago."""
+        self._expire_held(now)
+        silent = [agent for agent, seen in self.last_seen.items()
+                  if now - seen > self.heartbeat_timeout_ms]
+        for agent in silent:
+            self._remove(agent, "timeout", now)
+        return silent
+
+    # snapshots -------------------------------------------------------------------------
+    def snapshot(self, now: int) -> dict[str, Any]:
+        return {
+            "v": SNAPSHOT_VERSION,
+            "ts": now,
+            "epoch": self.epoch,
+            "graph": self.graph.to_dict(),
+            "offsets": offsets_to_json(self.offsets),
+            "last_seen": self.last_seen,
+            "roles": self.roles,
+            "departed": self.departed,
+            # the records' coordinates, not their bytes (a dead letter after a restart
+            # carries no preview)
+            "held": [[m.source, m.target, m.ts, m.held_at, m.record.partition, m.record.offset, m.size]
+                     for ms in self.held.values() for m in ms],
+            "held_invalid": [[m.record.partition, m.record.offset, m.size, m.held_at, m.reason]
+                             for ms in self.held_invalid.values() for m in ms],
+            "stats": self.graph.stats().as_dict(),
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], rules: SlimeMoldRules, timeout_ms: int) -> TopologyState:
+        state = cls(rules, timeout_ms, str(data.get("epoch", "")))
+        state.graph = SlimeMoldGraph.from_dict(data["graph"], rules)
+        state.offsets = offsets_from_json(data.get("offsets", {}))
+        state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
+        state.roles = dict(data.get("roles", {}))
+        state.departed = dict(data.get("departed", {}))
+        for item in data.get("held", []):
+            # [source, target, ts] before the records' coordinates were kept
+            source, target, ts, held_at, partition, offset, size = [*item, *[None] * 4][:7]
+            record = Record(C.TOPIC_MESSAGES, int(partition or 0), -1 if offset is None else int(offset),
+                            None, None)
+            state._route(Held(record, int(size or 0), int(ts if held_at is None else held_at),
+                              str(source), str(target), int(ts)))
+        for partition, offset, size, held_at, reason in data.get("held_invalid", []):
+            record = Record(C.TOPIC_MESSAGES, int(partition), int(offset), None, None)
+            state.held_invalid.setdefault(int(partition), []).append(
+                Held(record, int(size), int(held_at), reason=str(reason)))
+            state.held_count += 1
+        return state
