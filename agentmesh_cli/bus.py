@@ -146,6 +146,8 @@ class Bus:
         self.delivered: dict[tuple[str, int], int] = {}  # (short topic, partition) -> last offset
         self.delivered_to: Counter[str] = Counter()  # recipient -> messages the broker confirmed
         self._messages_topic = f"{kafka.topic_prefix}.{C.TOPIC_MESSAGES}"
+        # called with the value of every record the broker confirmed (the chaos probes)
+        self.on_delivered: Callable[[bytes | None], None] | None = None
         # called while a send waits for a topic the broker lost (roles: re-create the topics)
         self._again: list[tuple[str, bytes | None, bytes | None, int]] = []
         self.on_missing_topic: Callable[[], None] | None = None
@@ -181,6 +183,8 @@ class Bus:
             self.delivered_to[key.decode("utf-8", "replace")] += 1
         where = (topic.removeprefix(self.kafka.topic_prefix + "."), msg.partition() or 0)
         self.delivered[where] = max(self.delivered.get(where, -1), msg.offset() or 0)
+        if self.on_delivered is not None:
+            self.on_delivered(msg.value())
 
     def send(
         self, short_topic: str, envelope: Envelope, key: str | None = None, partition: int | None = None

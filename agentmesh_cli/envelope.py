@@ -35,6 +35,45 @@ def shown(name: str) -> str:
     return repr(name[:SHOWN_CHARS]) + ("..." if len(name) > SHOWN_CHARS else "")
 
 
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Do arrays and objects nest more than `limit` levels in this JSON value? (No
+    recursion: a body may nest 1,024 levels, beyond Python's recursion limit.)"""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class RecentIds:
+    """The newest `limit` envelope ids seen, to recognise copies (a redelivery, a record
+    sent again after a crash or a broker restart): the oldest are forgotten first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._ids: dict[str, None] = {}  # insertion-ordered
+
+    def __contains__(self, envelope_id: str) -> bool:
+        return envelope_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, envelope_id: str) -> bool:
+        """Remember an id; False when it was remembered already."""
+        if envelope_id in self._ids:
+            return False
+        self._ids[envelope_id] = None
+        if len(self._ids) > self.limit:
+            del self._ids[next(iter(self._ids))]
+        return True
+
+
 @dataclass(frozen=True)
 class Envelope:
     type: str

@@ -15,11 +15,8 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, _admin_config, _quiet, prepare_topics
+from agentmesh_cli.bus import Bus, broker_reachable, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
@@ -29,29 +26,14 @@ log = logging.getLogger(__name__)
 WAIT_LOG_EVERY_S = 5.0
 
 
-def _admin(kafka: KafkaConfig, client_id: str) -> AdminClient:
-    conf = _admin_config(kafka, client_id)
-    conf["logger"] = _quiet  # a broker that is down is what we are watching for, not noise
-    return AdminClient(conf)
-
-
-def _topics(admin: AdminClient, timeout: float) -> set[str] | None:
-    """The broker's topic names; None when it does not answer."""
-    try:
-        return set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException:
-        return None
-
-
 def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | None = None) -> str:
     """Wait until Redis answers PING and the broker answers metadata, then create the
     topics; return the broker epoch. Raises AgentMeshError only after `timeout` seconds."""
     started = time.monotonic()
     next_log = started + WAIT_LOG_EVERY_S
-    admin = _admin(kafka, f"{who}-start")
     while True:
         redis_up = store.ping()
-        broker_up = redis_up and _topics(admin, 1.0) is not None
+        broker_up = redis_up and broker_reachable(kafka, 1.0)
         if redis_up and broker_up:
             try:
                 return prepare_topics(kafka, store)

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import orjson
 import redis
 
-from agentmesh_cli.constants import Keys
+from agentmesh_cli.constants import OPERATOR_SENDERS, Keys
+from agentmesh_cli.envelope import is_agent_name
 from agentmesh_cli.errors import StoreError
 
 T = TypeVar("T")
@@ -85,26 +86,42 @@ class Store:
 
     # registry ------------------------------------------------------------------
     def register_agent(self, name: str, record: dict[str, Any]) -> None:
-        self._call("register", lambda: self.redis.hset(self.keys.agents, name, json.dumps(record)))
-
-    def unregister_agent(self, name: str) -> None:
-        self._call("unregister", lambda: self.redis.hdel(self.keys.agents, name))
-
-    def join(self, name: str, record: dict[str, Any]) -> None:
-        """Register an agent and remember, for good, that it joined."""
-        with redis_errors("join"):
+        """Write an agent's registry record (at join and every heartbeat) and remember, for
+        good, that it joined (`members`), in one round trip."""
+        with redis_errors("register"):
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(self.keys.agents, name, json.dumps(record))
             pipe.sadd(self.keys.members, name)
             pipe.execute()
 
-    def members(self) -> set[str]:
-        """Every agent that ever joined."""
-        return {str(m) for m in self._call("read members", lambda: self.redis.smembers(self.keys.members))}
+    def unregister_agent(self, name: str) -> None:
+        self._call("unregister", lambda: self.redis.hdel(self.keys.agents, name))
 
     def is_member(self, name: str) -> bool:
         """Has `name` ever joined?"""
         return bool(self._call("read members", lambda: self.redis.sismember(self.keys.members, name)))
+
+    def joined_check(self) -> Callable[[str], bool]:
+        """A check of senders for the roles that read what agents write: has the sender
+        joined once, or is it an operator's tool (`cli`, `chaos`)? Answers are cached; a
+        name that can never be an agent's costs no round trip; while Redis cannot tell,
+        the sender is let through rather than a real message dropped."""
+        known = set(OPERATOR_SENDERS)
+
+        def joined(sender: str) -> bool:
+            if sender in known:
+                return True
+            if not is_agent_name(sender):
+                return False
+            try:
+                member = self.is_member(sender)
+            except StoreError:
+                return True
+            if member:
+                known.add(sender)
+            return member
+
+        return joined
 
     def agents(self) -> dict[str, dict[str, Any]]:
         raw = self._call("read registry", lambda: self.redis.hgetall(self.keys.agents))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from agentmesh_cli.envelope import RecentIds
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
 
@@ -37,7 +38,7 @@ class Ledger:
         self.store = store
         self.agent = agent
         self.window = window
-        self._recent: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+        self._recent = RecentIds(window)
         self._pending: list[tuple[str, str]] = []  # (id, sender) handled, not yet recorded
         self._inflight: tuple[int, list[tuple[str, str]]] | None = None  # a write that failed
         self._score = 0
@@ -47,19 +48,14 @@ class Ledger:
         """Read the newest ids from Redis (after a restart); return how many."""
         ids, self._score = self.store.handled_ids(self.agent, self.window)
         for message_id in ids:
-            self._remember(message_id)
+            self._recent.add(message_id)
         return len(ids)
-
-    def _remember(self, message_id: str) -> None:
-        self._recent[message_id] = None
-        if len(self._recent) > self.window:
-            del self._recent[next(iter(self._recent))]
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._recent
 
     def handled(self, message_id: str, sender: str) -> None:
-        self._remember(message_id)
+        self._recent.add(message_id)
         self._pending.append((message_id, sender))
 
     @property

@@ -54,7 +54,7 @@ class AgentRuntime:
         self.store = Store(cfg.redis.resolved_url, cfg.mesh)
         self.bus = Bus(cfg.kafka, client_id=self.program)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
-        self._members: set[str] = set()  # agents known to have joined (senders we accept)
+        self._joined = self.store.joined_check()  # senders we accept
         self._handling: str | None = None  # id of the message whose handler is running
         self._derived = 0  # envelopes sent by that handler so far
         self._sent_in_batch = 0
@@ -144,8 +144,7 @@ class AgentRuntime:
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
                                            (C.TOPIC_CONSENSUS, 0, None)], self.program)
-        self.store.join(self.name, self._record())
-        self._members = self.store.members()
+        self.store.register_agent(self.name, self._record())
         self._announce(C.EVENT_JOINED)
         self.bus.flush(10)
         self.role.on_start()
@@ -208,21 +207,9 @@ class AgentRuntime:
         reader.rewind()
         self._announce(C.EVENT_JOINED)
         try:
-            self.store.join(self.name, self._record())
+            self.store.register_agent(self.name, self._record())
         except AgentMeshError as exc:
             self.log.warning("registry not updated: %s", exc)
-
-    def _joined(self, sender: str) -> bool:
-        """Has `sender` ever joined the mesh (or is it an operator's tool)?"""
-        if sender in self._members or sender in C.OPERATOR_SENDERS:
-            return True
-        try:
-            if self.store.is_member(sender):
-                self._members.add(sender)
-                return True
-        except AgentMeshError:
-            return True  # Redis cannot tell now: do not drop what may be a real message
-        return False
 
     def _leave(self, reader: Reader) -> None:
         self._safely("on_stop", self.role.on_stop)

@@ -15,7 +15,6 @@ import threading
 import time
 from array import array
 from collections import Counter
-from typing import Any
 
 import orjson
 
@@ -42,19 +41,6 @@ def quiet(kafka: KafkaConfig) -> KafkaConfig:
     return kafka.model_copy(update={"client": {"log_level": 2, **kafka.client}})
 
 
-class _ProbeBus(Bus):
-    """A Bus that also tells which probe the broker confirmed."""
-
-    def __init__(self, kafka: KafkaConfig, on_confirm: Any) -> None:
-        super().__init__(kafka, client_id="agentmesh-chaos")
-        self._on_confirm = on_confirm
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        super()._on_delivery(err, msg)
-        if err is None:
-            self._on_confirm(msg.value())
-
-
 class ProbeSender:
     """Sends probes round-robin to `agents` at `rate` per second from its own thread."""
 
@@ -66,7 +52,8 @@ class ProbeSender:
         self.confirmed = bytearray()  # seq -> 1 once the broker confirmed it
         self.sent: Counter[str] = Counter()  # agent -> probes confirmed
         self.refused = 0  # produce calls the client refused (not sent)
-        self._bus = _ProbeBus(quiet(kafka), self._confirm)
+        self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos")
+        self._bus.on_delivered = self._confirm
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-probes", daemon=True)
 

@@ -15,7 +15,7 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES
-from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.envelope import Envelope, nests_deeper
 from agentmesh_cli.errors import InvalidEnvelope
 
 MAX_ID_CHARS = 200
@@ -27,19 +27,6 @@ def _check_id(pid: Any, what: str) -> str:
     if not isinstance(pid, str) or not pid or len(pid) > MAX_ID_CHARS:
         raise InvalidEnvelope(f"{what} proposal_id missing, empty or longer than {MAX_ID_CHARS} characters")
     return pid
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
@@ -54,7 +41,7 @@ def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
         raise InvalidEnvelope(f"proposal type {shown} is not one of {', '.join(PROPOSAL_TYPES)}")
     if not isinstance(content, dict):
         raise InvalidEnvelope("proposal content is not an object")
-    if _deeper_than(content, MAX_CONTENT_DEPTH):
+    if nests_deeper(content, MAX_CONTENT_DEPTH):
         raise InvalidEnvelope(f"proposal content is nested deeper than {MAX_CONTENT_DEPTH} levels")
     return pid, ptype, content
 

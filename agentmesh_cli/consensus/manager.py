@@ -39,7 +39,7 @@ from agentmesh_cli.bus import (
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
 from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
-from agentmesh_cli.envelope import Envelope, is_agent_name, now_ms, shown
+from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
@@ -76,8 +76,6 @@ class ConsensusManager:
         self.stale_after_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
         self._electorate: list[str] = []
-        self._known: set[str] = set(C.OPERATOR_SENDERS)  # senders known to have joined
-        self._registered: set[str] = set()  # every name in the registry (fresh or not)
         self._electorate_at = 0.0
         self.epoch = ""
 
@@ -91,6 +89,7 @@ class ConsensusManager:
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
         self.store = Store(cfg.redis.resolved_url, cfg.mesh)
+        self._joined = self.store.joined_check()  # proposers we accept
         self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER)
         self.bus = Bus(cfg.kafka, client_id=OWNER)
         watch = BrokerWatch(self.bus, self.store, self.epoch)
@@ -219,21 +218,6 @@ class ConsensusManager:
             else:
                 self.counts["votes_late"] += 1
 
-    def _joined(self, sender: str) -> bool:
-        """Has `sender` joined the mesh (registered, or ever joined), or is it an operator's tool?"""
-        if sender in self._known:
-            return True
-        if not is_agent_name(sender):
-            return False
-        self.electorate()  # refreshes the registry's names
-        try:
-            if sender in self._registered or self.store.is_member(sender):
-                self._known.add(sender)
-                return True
-        except AgentMeshError:
-            return True  # Redis cannot tell now: do not drop what may be a real proposal
-        return False
-
     def _count(self, pid: str, voter: str, support: bool, intensity: float) -> None:
         result, decided = self.book.vote(pid, voter, support, intensity, now_ms())
         self.counts[f"votes_{result.value}"] += 1
@@ -268,7 +252,6 @@ class ConsensusManager:
             now = now_ms()
             try:
                 registry = self.store.agents()
-                self._registered = set(registry)
                 self._electorate = sorted(
                     name for name, rec in registry.items()
                     if now - int(rec.get("last_heartbeat", 0)) <= self.stale_after_ms

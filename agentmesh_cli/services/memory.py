@@ -54,6 +54,7 @@ from redis.backoff import NoBackoff
 from sse_starlette import ServerSentEvent
 
 from agentmesh_cli.constants import Keys
+from agentmesh_cli.envelope import nests_deeper
 from agentmesh_cli.errors import StoreError
 from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
 from agentmesh_cli.services.http import (
@@ -142,27 +143,12 @@ def check_content(value: Any, argument: str) -> str:
     return value
 
 
-def _nests_deeper(value: Any, limit: int) -> bool:
-    """Do arrays and objects nest more than `limit` levels in this JSON value? (No
-    recursion: a body may nest 1,024 levels, beyond Python's recursion limit.)"""
-    stack = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
-        if depth + 1 > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def check_metadata(value: Any, argument: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise bad_argument(argument, f"must be an object, not {json_type(value)}")
-    if _nests_deeper(value, MAX_METADATA_DEPTH):
+    if nests_deeper(value, MAX_METADATA_DEPTH):
         raise bad_argument(argument, f"nests deeper than {MAX_METADATA_DEPTH} levels")
     return value
 
