@@ -14,7 +14,7 @@ import base64
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 RAW_PREVIEW_BYTES = 4096  # how much of a dead record travels with its dead letter
 MISSING_TOPIC_WAIT_S = 30.0  # how long a send waits for a lost topic to be re-created
 MAX_SENT_AGAIN = 100_000  # records kept to send again after their topic was lost
+# What the broker confirmed this recently (at most this many bytes) is sent again when it
+# restarted empty (`replay`): an in-memory broker loses what nobody had read yet.
+REPLAY_S = 10.0
+REPLAY_BYTES = 4 << 20
+REPLAYED_TOPICS = (C.TOPIC_MESSAGES, C.TOPIC_PROPOSALS, C.TOPIC_VOTES, C.TOPIC_CONSENSUS)
 _TOPIC_GONE = (KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
@@ -150,6 +155,9 @@ class Bus:
         self.on_delivered: Callable[[bytes | None], None] | None = None
         # called while a send waits for a topic the broker lost (roles: re-create the topics)
         self._again: list[tuple[str, bytes | None, bytes | None, int]] = []
+        self._recent: deque[tuple[float, str, bytes, bytes | None, int]] = deque()
+        self._recent_bytes = 0
+        self._replayed = {self.topic(t) for t in REPLAYED_TOPICS}
         self.on_missing_topic: Callable[[], None] | None = None
         conf = _client_config(kafka, client_id)
         # no lingering: a lone record leaves at once; under load librdkafka still batches
@@ -183,6 +191,8 @@ class Bus:
             self.delivered_to[key.decode("utf-8", "replace")] += 1
         where = (topic.removeprefix(self.kafka.topic_prefix + "."), msg.partition() or 0)
         self.delivered[where] = max(self.delivered.get(where, -1), msg.offset() or 0)
+        if topic in self._replayed:
+            self._keep(topic, msg.value() or b"", msg.key(), msg.partition() or 0)
         if self.on_delivered is not None:
             self.on_delivered(msg.value())
 
@@ -270,6 +280,22 @@ class Bus:
         self._producer.poll(0)
         if self._again:
             self._send_again()
+
+    def _keep(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
+        now = time.monotonic()
+        self._recent.append((now, topic, value, key, partition))
+        self._recent_bytes += len(value)
+        while self._recent and (self._recent[0][0] < now - REPLAY_S or self._recent_bytes > REPLAY_BYTES):
+            self._recent_bytes -= len(self._recent.popleft()[2])
+
+    def replay(self) -> int:
+        """Send again what the broker confirmed in the last REPLAY_S seconds before it went
+        away (the broker restarted empty: what nobody had read is gone with it). Same bytes,
+        same ids: readers skip the copies of what they had read. Returns how many."""
+        recent, self._recent, self._recent_bytes = self._recent, deque(), 0
+        self._again.extend((topic, value, key, partition) for _, topic, value, key, partition in recent)
+        self._send_again()
+        return len(recent)
 
     def _send_again(self) -> None:
         again, self._again = self._again, []

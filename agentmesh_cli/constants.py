@@ -90,6 +90,7 @@ CLI_COUNTER_OWNER = "cli"  # `agentmesh send` counts under this owner
 COUNTER_HANDLED_FROM_PREFIX = "handled_from:"
 COUNTER_DUPLICATES = "duplicates"  # redelivered records recognised by id and not handled again
 COUNTER_HANDLED_TWICE = "handled_twice"  # ids the ledger already held when recorded: must stay 0
+COUNTER_HANDLER_ERRORS = "handler_errors"  # messages whose role handler raised (handled, and dead letters)
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
 # the fault-injection suite's probes. Any other sender must have joined once.
 OPERATOR_SENDERS = frozenset({"cli", "chaos"})

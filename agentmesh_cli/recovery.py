@@ -16,7 +16,7 @@ import logging
 import time
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, broker_reachable, prepare_topics
+from agentmesh_cli.bus import REPLAY_S, Bus, broker_reachable, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
@@ -96,7 +96,8 @@ class BrokerWatch:
             return None
         if epoch is None or epoch == self.epoch:
             return None
-        log.warning("new broker epoch %s (was %s): reading the topics again from the beginning",
-                    epoch, self.epoch)
         self.epoch = epoch
+        replayed = self.bus.replay()
+        log.warning("new broker epoch %s: reading the topics again from the beginning, %d records "
+                    "of the last %.0f s before it sent again", epoch, replayed, REPLAY_S)
         return epoch

@@ -8,7 +8,9 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus, Reader, Record, beginning, ensure_topics
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.embedded import start_broker, stop
 from agentmesh_cli.envelope import Envelope
+from tests.conftest import free_port
 
 
 def kafka(broker: str, partitions: int = 4) -> KafkaConfig:
@@ -16,11 +18,12 @@ def kafka(broker: str, partitions: int = 4) -> KafkaConfig:
                        partitions=partitions)
 
 
-def read_all(cfg: KafkaConfig, topic: str, partition: int, want: int, group: str = "") -> list[Record]:
+def read_all(cfg: KafkaConfig, topic: str, partition: int, want: int, group: str = "",
+             tries: int = 100) -> list[Record]:
     reader = Reader(cfg, group or f"reader-{uuid.uuid4().hex}", [(topic, partition, beginning())])
     got: list[Record] = []
     try:
-        for _ in range(100):
+        for _ in range(tries):
             got += reader.poll_batch(timeout=0.1)
             if len(got) >= want:
                 break
@@ -90,3 +93,29 @@ def test_dead_letter_carries_reason_and_origin(broker: str) -> None:
     assert payload["topic"] == f"{cfg.topic_prefix}.messages"
     assert (payload["partition"], payload["offset"], payload["size"]) == (2, 41, 8)
     assert payload["raw_base64"] == "AGdhcmJhZ2U="
+
+
+def test_what_a_restarted_empty_broker_lost_is_sent_again(tmp_path: Any) -> None:
+    """An in-memory broker restarts empty: the records it confirmed and nobody read are
+    gone, and `replay` sends them again (same bytes, same ids) once the topics exist."""
+    port = free_port()
+    cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="replay", partitions=4)
+    proc = start_broker(port)
+    try:
+        ensure_topics(cfg)
+        bus = Bus(cfg, client_id="test-replay")
+        sent = [Envelope(type="m", from_agent_id="A", to_agent_id="B", payload={"i": i}) for i in range(5)]
+        for envelope in sent:
+            bus.send_message(envelope)
+        assert bus.flush(10) == 0
+        stop(proc)  # nobody read them
+        proc = start_broker(port)
+        ensure_topics(cfg)
+        assert read_all(cfg, C.TOPIC_MESSAGES, C.inbox_partition("B", 4), want=1, tries=15) == []
+        assert bus.replay() == 5
+        assert bus.flush(10) == 0 and bus.delivery_failures == 0
+        got = read_all(cfg, C.TOPIC_MESSAGES, C.inbox_partition("B", 4), want=5)
+        assert [Envelope.decode(r.value).id for r in got] == [e.id for e in sent]
+        assert bus.replay() == 5  # what it confirmed again is kept for the next restart
+    finally:
+        stop(proc)

@@ -40,8 +40,8 @@ PARTITIONS = 4  # Sales reads partition 0; Ghost's inbox is 1; nobody reads 1, 2
 LIMIT = 16_384  # kafka.max_record_bytes of these meshes
 TOPOLOGY, CONSENSUS, AGENT_PROGRAM = C.PROGRAM_TOPOLOGY, C.PROGRAM_CONSENSUS, C.agent_program(AGENT)
 # what a `messages` record can end as in the topology manager (besides held)
-MESSAGE_OUTCOMES = ("reinforcements", "self_messages", "operator_messages", "invalid", "unknown_sender",
-                    "unrouted", C.dead_letters_counter(C.TOPIC_MESSAGES))
+MESSAGE_OUTCOMES = ("duplicates", "reinforcements", "self_messages", "operator_messages", "invalid",
+                    "unknown_sender", "unrouted", C.dead_letters_counter(C.TOPIC_MESSAGES))
 
 
 # -- the consensus manager's intake, pure ---------------------------------------------

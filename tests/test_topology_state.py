@@ -20,8 +20,8 @@ LIMIT = 2048
 T0 = 1_000_000
 LATER = T0 + TIMEOUT_MS + 1  # every record read at T0 is past its hold
 # what a messages record can end as (besides held)
-MESSAGE_OUTCOMES = ("reinforcements", "self_messages", "operator_messages", "invalid", "unknown_sender",
-                    "unrouted", C.dead_letters_counter(C.TOPIC_MESSAGES))
+MESSAGE_OUTCOMES = ("duplicates", "reinforcements", "self_messages", "operator_messages", "invalid",
+                    "unknown_sender", "unrouted", C.dead_letters_counter(C.TOPIC_MESSAGES))
 
 
 def feed(state: TopologyState, topic: str, offset: int, envelope: Envelope, now: int = T0,
@@ -248,3 +248,15 @@ def test_agents_of_mesh_yaml_read_their_inbox_even_before_they_first_join() -> N
     state.drop_silent(LATER)
     assert outcomes(state)["unrouted"] == 1 and outcomes(state)["invalid"] == 1
     assert reasons(state) == ["not a JSON object but list (no agent reads partition 2)"]
+
+
+def test_a_copy_of_a_message_already_read_is_not_reinforced_again() -> None:
+    """Copies carry their original's id: sent again after a broker restart, or by a
+    handler that ran again after its agent crashed."""
+    state = mesh_of("A", "B")
+    first, other = message("A", "B"), message("A", "B")
+    for offset, envelope in enumerate([first, first, other, first]):
+        assert feed(state, C.TOPIC_MESSAGES, offset, envelope) is None
+    assert outcomes(state) == {"reinforcements": 2, "duplicates": 2}
+    edge = state.graph.edge("A", "B")
+    assert edge is not None and edge.usage == 2

@@ -27,7 +27,7 @@ from agentmesh_cli.agent.services import AgentServices
 from agentmesh_cli.bus import Bus, Reader, Record, hostname
 from agentmesh_cli.config import AgentSpec, Mesh
 from agentmesh_cli.consensus.core import Proposal
-from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.envelope import Envelope, RecentIds, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, BusError, InvalidEnvelope
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.store import Store
@@ -37,6 +37,7 @@ COUNTER_FLUSH_S = 1.0
 PEERS_REFRESH_S = 2.0
 SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
 SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried again
+BROADCASTS_REMEMBERED = 10_000  # consensus broadcast ids kept to recognise copies
 WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
 
 
@@ -55,6 +56,7 @@ class AgentRuntime:
         self.bus = Bus(cfg.kafka, client_id=self.program)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         self._joined = self.store.joined_check()  # senders we accept
+        self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
         self._handling: str | None = None  # id of the message whose handler is running
         self._derived = 0  # envelopes sent by that handler so far
         self._sent_in_batch = 0
@@ -157,6 +159,7 @@ class AgentRuntime:
             while not self.stopping:
                 records = reader.poll_batch(timeout=TICK_S)
                 for record in records:
+                    self.counts[C.records_counter(record.topic)] += 1
                     if record.topic == C.TOPIC_CONSENSUS:
                         self._consensus(record)
                     else:
@@ -232,6 +235,7 @@ class AgentRuntime:
                          record.offset, reason)
         self.bus.dead_letter(record, reason)
         self.counts[C.COUNTER_DEAD] += 1
+        self.counts[C.dead_letters_counter(record.topic)] += 1
 
     def _handle(self, record: Record) -> None:
         try:
@@ -246,7 +250,7 @@ class AgentRuntime:
             self.counts[C.COUNTER_DUPLICATES] += 1  # a redelivery, or a copy sent after a crash
             return
         if not self._joined(envelope.from_agent_id):
-            self._dead_letter(record, f"sender {envelope.from_agent_id} has not joined")
+            self._dead_letter(record, f"sender {shown(envelope.from_agent_id)} has not joined")
             return
         self._handling, self._derived = envelope.id, 0
         try:
@@ -255,6 +259,7 @@ class AgentRuntime:
             self._handling = None
         self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
         if not ok:
+            self.counts[C.COUNTER_HANDLER_ERRORS] += 1
             self._dead_letter(record, f"handler error in role {self.spec.role}")
 
     def _consensus(self, record: Record) -> None:
@@ -266,6 +271,9 @@ class AgentRuntime:
             if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
                 raise InvalidEnvelope(f"unexpected type {event.type!r} on the consensus topic")
             proposal = Proposal.from_dict(event.payload)
+            if not self._broadcasts.add(event.id):  # sent again after a broker restart
+                self.counts["consensus_duplicates"] += 1
+                return
         except Exception as exc:  # whatever a hostile record makes from_dict raise
             # the manager is the only writer: whatever else is here is dead-lettered by
             # every agent that reads it (the dead letter names the agent)

@@ -23,6 +23,7 @@ from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.recovery import BrokerWatch
 from agentmesh_cli.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,12 @@ def quiet(kafka: KafkaConfig) -> KafkaConfig:
 
 
 class ProbeSender:
-    """Sends probes round-robin to `agents` at `rate` per second from its own thread."""
+    """Sends probes round-robin to `agents` at `rate` per second from its own thread. With
+    a `store` it rides out a broker restart as an agent does (BrokerWatch: re-create the
+    topics, send again what the dead broker had confirmed lately)."""
 
-    def __init__(self, kafka: KafkaConfig, agents: list[str], rate: float, run_id: str) -> None:
+    def __init__(self, kafka: KafkaConfig, agents: list[str], rate: float, run_id: str,
+                 store: Store | None = None) -> None:
         self.agents = agents
         self.rate = rate
         self.prefix = f"chaos-{run_id}-"
@@ -54,6 +58,8 @@ class ProbeSender:
         self.refused = 0  # produce calls the client refused (not sent)
         self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos")
         self._bus.on_delivered = self._confirm
+        self._watch = None if store is None else BrokerWatch(self._bus, store, store.kafka_epoch() or "",
+                                                             topics_every=5.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-probes", daemon=True)
 
@@ -108,6 +114,8 @@ class ProbeSender:
             while self.produced < due and not self._stop.is_set():
                 self._produce(self.produced)
             self._bus.poll()
+            if self._watch is not None:
+                self._watch.check(time.monotonic())
             self._stop.wait(TICK_S)
 
     def start(self) -> None:

@@ -3,12 +3,13 @@ and snapshots out.
 
 Every record read ends in exactly one outcome, counted (see docs/architecture.md, Dead
 letters). `topology` records: an applied event (`events`) or a dead letter. `messages`
-records: a reinforcement, a self-message, an operator's message, a record that does not
-decode (`invalid`: the agent that reads its partition dead-letters it), a message from a
-sender that never joined (`unknown_sender`: its recipient dead-letters it), `unrouted`
-(both agents were in the mesh but one is gone), a dead letter of ours (what no agent will
-ever read: unknown recipients, misrouted records, garbage on a partition nobody reads),
-or held, for a while, until the agents it needs join.
+records: a copy of a message already read (`duplicates`, by envelope id), a
+reinforcement, a self-message, an operator's message, a record that does not decode
+(`invalid`: the agent that reads its partition dead-letters it), a message from a sender
+that never joined (`unknown_sender`: its recipient dead-letters it), `unrouted` (both
+agents were in the mesh but one is gone), a dead letter of ours (what no agent will ever
+read: unknown recipients, misrouted records, garbage on a partition nobody reads), or
+held, for a while, until the agents it needs join.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any, TypeVar
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
-from agentmesh_cli.envelope import Envelope, is_agent_name, shown
+from agentmesh_cli.envelope import Envelope, RecentIds, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 
 SNAPSHOT_VERSION = 1
 MAX_HELD = 20_000  # bound on held records (each keeps at most RAW_PREVIEW_BYTES of itself)
 MAX_ROLE_CHARS = 200
+MESSAGE_IDS_REMEMBERED = 50_000
 
 log = logging.getLogger("topology")
 
@@ -97,6 +99,8 @@ class TopologyState:
         # agents removed from the graph: name -> {reason: left | timeout, ts}; kept until
         # they join again (their counters in Redis are never reset)
         self.departed: dict[str, dict[str, Any]] = {}
+        # ids of the newest messages read (not kept in snapshots): copies are not reinforced twice
+        self.seen = RecentIds(MESSAGE_IDS_REMEMBERED)
         # inbox partitions of the agents that read theirs (a cache, for these settings)
         self._read: tuple[tuple[int | None, frozenset[str]], set[int]] | None = None
 
@@ -168,6 +172,11 @@ class TopologyState:
         return None
 
     def _message(self, record: Record, event: Envelope, now: int) -> str | None:
+        if not self.seen.add(event.id):
+            # a copy: sent again after a broker restart, or by a handler that ran again
+            # after its agent crashed (same id); the recipient skips it too
+            self.counts["duplicates"] += 1
+            return None
         target = event.to_agent_id
         if not is_agent_name(target):  # nobody can ever have this name, nobody reads it
             return self.dead_letter(record, f"unknown recipient {shown(target)}")
