@@ -242,3 +242,31 @@ def test_a_ledger_batch_sent_again_is_counted_once(valkey: str) -> None:
     assert store.record_handled("A", [(f"n{i}", "S") for i in range(200)], 2000, 100) == (200, 0)
     ids, last = store.handled_ids("A", 100)
     assert ids == [f"n{i}" for i in range(100, 200)] and last == 2199  # the newest 100 kept
+
+
+def test_garbage_on_every_topic_is_dead_lettered_by_its_reader(mesh: Mesh) -> None:
+    """What the checkers do with a Kafka command-line client, under supervisord: bytes that
+    are no envelope, on every topic the roles read; every reader counts and dead-letters
+    them, and no program restarts."""
+    store = store_of(mesh)
+    before_pids = program_pids(mesh)
+    owners = {C.TOPIC_TOPOLOGY: [C.PROGRAM_TOPOLOGY], C.TOPIC_PROPOSALS: [C.PROGRAM_CONSENSUS],
+              C.TOPIC_VOTES: [C.PROGRAM_CONSENSUS], C.TOPIC_CONSENSUS: AGENTS,
+              C.TOPIC_MESSAGES: ["Inventory"]}
+
+    def dead(owner: str, topic: str) -> int:
+        return store.counters(owner).get(C.dead_letters_counter(topic), 0)
+
+    was = {(o, t): dead(o, t) for t, os_ in owners.items() for o in os_}
+    bus = Bus(mesh.config.kafka, client_id="test-garbage")
+    for topic in owners:
+        partition = C.inbox_partition("Inventory", mesh.config.kafka.partitions) \
+            if topic == C.TOPIC_MESSAGES else 0
+        for garbage in (b"\x00\xff not json", b"[1, 2]", b'{"v": 1, "id": 5}'):
+            bus.produce_raw(topic, garbage, partition=partition)
+    assert bus.flush(10) == 0
+    wait_for(lambda: all(dead(o, t) - n == 3 for (o, t), n in was.items()), 30,
+             "every reader to dead-letter its 3 records")
+    time.sleep(1.5)
+    assert {(o, t): dead(o, t) - n for (o, t), n in was.items()} == {k: 3 for k in was}
+    assert program_pids(mesh) == before_pids

@@ -71,7 +71,7 @@ class ConsensusTally:
             while not self._stop.is_set():
                 try:
                     for record in reader.poll_batch(timeout=0.2):
-                        self._count(record.value, record.offset)
+                        self._count(record.value)
                 except AgentMeshError as exc:
                     self.error = str(exc)
                     time.sleep(0.2)
@@ -94,7 +94,7 @@ class ConsensusTally:
         except AgentMeshError:
             return None
 
-    def _count(self, value: bytes | None, offset: int) -> None:
+    def _count(self, value: bytes | None) -> None:
         try:
             event = Envelope.decode(value)
         except InvalidEnvelope:
@@ -102,9 +102,12 @@ class ConsensusTally:
             return
         if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
             return
-        if (event.id, offset) in self._seen:  # the same record again, after a re-read
+        # the same broadcast again: re-read after a new epoch, or sent again by the manager
+        # (Bus.replay) to a broker that restarted empty. A decision made twice would be a
+        # new envelope, with its own time.
+        if (event.id, event.ts) in self._seen:
             return
-        self._seen.add((event.id, offset))
+        self._seen.add((event.id, event.ts))
         proposal_id, created = event.payload.get("id"), event.payload.get("created_at")
         if not isinstance(proposal_id, str) or not isinstance(created, int) or created < self.since_ms:
             return
