@@ -154,11 +154,13 @@ class Bus:
         # called with the value of every record the broker confirmed (the chaos probes)
         self.on_delivered: Callable[[bytes | None], None] | None = None
         # called while a send waits for a topic the broker lost (roles: re-create the topics)
+        self.on_missing_topic: Callable[[], None] | None = None
+        # records to send again: refused for a lost topic, or replayed after a broker restart
         self._again: list[tuple[str, bytes | None, bytes | None, int]] = []
+        # what the broker confirmed lately, for `replay`: (when, topic, value, key, partition)
         self._recent: deque[tuple[float, str, bytes, bytes | None, int]] = deque()
         self._recent_bytes = 0
         self._replayed = {self.topic(t) for t in REPLAYED_TOPICS}
-        self.on_missing_topic: Callable[[], None] | None = None
         conf = _client_config(kafka, client_id)
         # no lingering: a lone record leaves at once; under load librdkafka still batches
         # whatever queues while a request is in flight

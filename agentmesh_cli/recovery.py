@@ -50,7 +50,9 @@ def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | 
 
 
 class BrokerWatch:
-    """Notice a new broker epoch; re-create the topics when the broker lost them."""
+    """Notice a new broker epoch (whoever made it); re-create the topics when the broker
+    lost them; on a new epoch, send again what the role's producer had sent lately
+    (`Bus.replay`). The role itself rewinds its readers and announces itself."""
 
     def __init__(self, bus: Bus, store: Store, epoch: str, every: float = 1.0,
                  topics_every: float = 1.0) -> None:

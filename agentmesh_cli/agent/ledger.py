@@ -42,7 +42,6 @@ class Ledger:
         self._pending: list[tuple[str, str]] = []  # (id, sender) handled, not yet recorded
         self._inflight: tuple[int, list[tuple[str, str]]] | None = None  # a write that failed
         self._score = 0
-        self.handled_twice = 0  # ids Redis already held when recorded (counted there too)
 
     def load(self) -> int:
         """Read the newest ids from Redis (after a restart); return how many."""
@@ -77,10 +76,9 @@ class Ledger:
             self._pending = []
         first, batch = self._inflight
         try:
-            _new, twice = self.store.record_handled(self.agent, batch, first, self.window)
+            self.store.record_handled(self.agent, batch, first, self.window)
         except AgentMeshError:
             return False
         self._inflight = None
         self._score = first + len(batch)
-        self.handled_twice += twice
         return not self._pending or self.record()

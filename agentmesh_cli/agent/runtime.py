@@ -269,7 +269,7 @@ class AgentRuntime:
             if event.type == C.EVENT_MANAGER_MARK:
                 return
             if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
-                raise InvalidEnvelope(f"unexpected type {event.type!r} on the consensus topic")
+                raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the consensus topic")
             proposal = Proposal.from_dict(event.payload)
             if not self._broadcasts.add(event.id):  # sent again after a broker restart
                 self.counts["consensus_duplicates"] += 1
@@ -296,6 +296,7 @@ class AgentRuntime:
                           payload={"proposal_id": proposal.id, "support": bool(vote.support),
                                    "intensity": float(vote.intensity)})
         self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
+        self._sent_in_batch += 1  # delivered before the consensus offset is committed
         self.counts["votes"] += 1
 
     def _publish_services(self) -> None:
