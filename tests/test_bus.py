@@ -99,7 +99,9 @@ def test_what_a_restarted_empty_broker_lost_is_sent_again(tmp_path: Any) -> None
     """An in-memory broker restarts empty: the records it confirmed and nobody read are
     gone, and `replay` sends them again (same bytes, same ids) once the topics exist."""
     port = free_port()
-    cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="replay", partitions=4)
+    # log_level 2: the broker going away is the point here, not news for the test output
+    cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="replay", partitions=4,
+                      client={"log_level": 2})
     proc = start_broker(port)
     try:
         ensure_topics(cfg)
