@@ -139,7 +139,10 @@ def test_two_hosts_share_one_mesh(two_hosts: Path, valkey: str) -> None:
         assert "accepted" in proposed.stdout
         proposal = store.proposal(proposed.stdout.split()[0])
         assert proposal is not None and sorted(proposal["electorate"]) == sorted(AGENTS)
-        assert {"Sales", "Inventory"} <= set(proposal["votes"])
+        # accepted at 3 of 4 supporting votes (a fourth may come after the decision): the
+        # counted votes hold both hosts' agents, whichever three came first
+        voters = set(proposal["votes"])
+        assert len(voters) >= 3 and voters & {"Sales", "Support"} and voters & {"Inventory", "Fraud"}
 
         # alpha's metrics exporter reads alpha's supervisord ($AGENTMESH_HOST)
         scrape = httpx.get(f"http://127.0.0.1:{mesh.config.metrics.port}/metrics", timeout=5).text
