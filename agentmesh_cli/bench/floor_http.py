@@ -76,7 +76,8 @@ class FloorServer(asyncio.Protocol):
         item = {"message_id": str(uuid.uuid4()), "user_id": user, "conversation_id": conversation,
                 "timestamp": time.time(), "content": data["content"], "metadata": data.get("metadata", {})}
         encoded = orjson.dumps(item)
-        keys = [self.keys.memory_seq, self.keys.memory_message(item["message_id"]), self.keys.memory_user(user)]
+        keys = [self.keys.memory_seq, self.keys.memory_message(item["message_id"]),
+                self.keys.memory_user(user)]
         if conversation is not None:
             keys += [self.keys.memory_conversation(conversation),
                      self.keys.memory_conversation_user(conversation, user)]
