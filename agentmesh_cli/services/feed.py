@@ -111,6 +111,7 @@ class ChannelFeed(Generic[T]):
         self.followers: set[Follower[T]] = set()
         self.reader: asyncio.Task[None] | None = None
         self.live: asyncio.Future[None] | None = None
+        self.ending: set[asyncio.Task[None]] = set()  # broken readers still closing
 
     async def follow(self, wants: Callable[[T], bool]) -> Follower[T]:
         """A new follower, once the subscription is confirmed (StoreError if it cannot be)."""
@@ -130,10 +131,12 @@ class ChannelFeed(Generic[T]):
         """Stop reading and unsubscribe; any follower left ends with StoreError."""
         if self.live is not None and not self.live.done():
             self.live.set_exception(StoreError("the service is shutting down"))
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
-            self.reader = None
+        readers = [*self.ending, *([self.reader] if self.reader is not None else [])]
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        self.reader = None
+        self.ending.clear()
         self._fail_all(StoreError("the service is shutting down"))
 
     def _fail_all(self, error: AgentMeshError) -> None:
@@ -161,6 +164,13 @@ class ChannelFeed(Generic[T]):
             await _close_pubsub(pubsub)
 
     def _broken(self, live: asyncio.Future[None], error: StoreError) -> None:
+        # this reader is finished even while it still closes its connection: the next
+        # follow must subscribe afresh, not join a subscription that is going away
+        task = asyncio.current_task()
+        if task is not None and task is self.reader:
+            self.reader = None
+            self.ending.add(task)
+            task.add_done_callback(self.ending.discard)
         if live.done():
             log.warning("lost the subscription to %s: %s", self.channel, error.__cause__ or error)
         else:
