@@ -55,7 +55,8 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
     assert str(tmp_path / ".agentmesh" / "valkey") in redis.command
     assert topo.command == ["/py", "-m", "agentmesh_cli", "topology", "--config", str(tmp_path / "mesh.yaml")]
     assert consensus.command[3:5] == ["consensus", "--config"]
-    assert sales.command == ["/py", "-m", "agentmesh_cli", "agent", "--name", "Sales", "--role", "sales",
+    # agents run the lean entry (agent/__main__.py), not the whole Typer CLI
+    assert sales.command == ["/py", "-m", "agentmesh_cli.agent", "--name", "Sales", "--role", "sales",
                              "--capabilities", "a,b", "--config", str(tmp_path / "mesh.yaml")]
     assert "--capabilities" not in fraud.command
 
@@ -68,13 +69,13 @@ def test_external_infra_starts_nothing_embedded(tmp_path: Path) -> None:
 
 
 def test_program_section_parses_back(tmp_path: Path) -> None:
-    spec = ProgramSpec("agent-X", ["/py", "-m", "agentmesh_cli", "agent", "--name", "X", "--role", "a 50%"],
+    spec = ProgramSpec("agent-X", ["/py", "-m", "agentmesh_cli.agent", "--name", "X", "--role", "a 50%"],
                        40, {"K": "v%1"})
     text = render_program(spec, tmp_path, tmp_path / "logs")
     parser = configparser.RawConfigParser()
     parser.read_string(text)
     section = parser["program:agent-X"]
-    assert section["command"] == "/py -m agentmesh_cli agent --name X --role 'a 50%%'"
+    assert section["command"] == "/py -m agentmesh_cli.agent --name X --role 'a 50%%'"
     assert section["priority"] == "40"
     assert section["autorestart"] == "true"
     assert section["stopasgroup"] == "true" and section["killasgroup"] == "true"

@@ -25,14 +25,10 @@ def agent(
 
     Example: agentmesh agent --name Sales --role sales --capabilities order_processing,upselling
     """
-    from agentmesh_cli.agent.roles import resolve_role
-    from agentmesh_cli.agent.runtime import AgentRuntime
+    # the same body as the lean entry supervisord runs (`python -m agentmesh_cli.agent`)
+    from agentmesh_cli.agent.__main__ import run_agent
 
-    mesh = mesh_from(config)
-    role_logging(mesh, C.agent_program(name))
-    caps = [c for c in capabilities.split(",") if c] if capabilities is not None else None
-    spec = mesh.config.agent_spec(name, role, caps)
-    raise typer.Exit(AgentRuntime(mesh, spec, resolve_role(spec.role)).run())
+    raise typer.Exit(run_agent(name, role, capabilities, config))
 
 
 @topology_app.callback(invoke_without_command=True)

@@ -75,7 +75,9 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[Program
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     for agent in cfg.agents:
-        command = [*me, "agent", "--name", agent.name, "--role", agent.role]
+        # the lean entry, not `agentmesh agent`: an agent does not import the whole CLI
+        # (see agent/__main__.py); the options are the same
+        command = [python, "-m", "agentmesh_cli.agent", "--name", agent.name, "--role", agent.role]
         if agent.capabilities:
             command += ["--capabilities", ",".join(agent.capabilities)]
         specs.append(ProgramSpec(C.agent_program(agent.name), [*command, *config_arg],
