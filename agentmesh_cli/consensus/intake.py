@@ -9,7 +9,7 @@ each with enough of its record to become a dead letter if its proposal never com
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from agentmesh_cli import constants as C
@@ -75,7 +75,7 @@ class EarlyVote:
     @classmethod
     def of(cls, record: Record, voter: str, support: bool, intensity: float, now: int) -> EarlyVote:
         value = record.value or b""
-        return cls(voter, support, intensity, now, replace(record, value=value[:RAW_PREVIEW_BYTES]),
+        return cls(voter, support, intensity, now, record._replace(value=value[:RAW_PREVIEW_BYTES]),
                    len(value))
 
 

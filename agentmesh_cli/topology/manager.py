@@ -104,8 +104,8 @@ class TopologyManager:
         try:
             while not self.stopping:
                 members_before = state.membership_changes
-                for record in reader.poll_batch(max_records=2000, timeout=0.1):
-                    apply_safely(state, record)
+                # in one call: its messages' reinforcements are applied as one array update
+                state.apply_batch(reader.poll_batch(max_records=2000, timeout=0.1), now_ms())
                 now = time.monotonic()
                 if (new_epoch := watch.check(now)) is not None:
                     state.new_epoch(new_epoch)
@@ -149,11 +149,7 @@ class TopologyManager:
 def apply_safely(state: TopologyState, record: Record) -> None:
     """Apply one record; a bug that one record triggers makes it a dead letter instead of
     stopping the manager on it again after every restart."""
-    try:
-        state.apply(record, now_ms())
-    except Exception as exc:
-        log.exception("record %s/%d@%d raised", record.topic, record.partition, record.offset)
-        state.dead_letter(record, f"topology manager error: {exc!r}")
+    state.apply_safely(record, now_ms())
 
 
 def history_point(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import numpy as np
+import orjson
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
@@ -29,6 +33,8 @@ SNAPSHOT_VERSION = 1
 MAX_HELD = 20_000  # bound on held records (each keeps at most RAW_PREVIEW_BYTES of itself)
 MAX_ROLE_CHARS = 200
 MESSAGE_IDS_REMEMBERED = 50_000
+ANY_PARTITION = -1  # (`_inbox_of`) partitions are not checked
+_MESSAGES_RECORDS = C.records_counter(C.TOPIC_MESSAGES)
 
 log = logging.getLogger("topology")
 
@@ -50,10 +56,14 @@ class Held:
     @classmethod
     def of(cls, record: Record, now: int, **fields: Any) -> Held:
         value = record.value or b""
-        return cls(replace(record, value=value[:RAW_PREVIEW_BYTES]), len(value), now, **fields)
+        return cls(record._replace(value=value[:RAW_PREVIEW_BYTES]), len(value), now, **fields)
 
 
 K = TypeVar("K")
+
+
+_EMPTY: dict[str, Any] = {}  # (apply_batch) a field left out, as Envelope.decode reads it
+_UNSEEN = object()  # (apply_batch) a recipient not in the inbox cache yet
 
 
 def _take_older(book: dict[K, list[Held]], before: int) -> list[Held]:
@@ -103,6 +113,10 @@ class TopologyState:
         self.seen = RecentIds(MESSAGE_IDS_REMEMBERED)
         # inbox partitions of the agents that read theirs (a cache, for these settings)
         self._read: tuple[tuple[int | None, frozenset[str]], set[int]] | None = None
+        # (`apply_batch`) recipient -> the partition its messages must be on, or None for a
+        # name no agent can have; for the `partitions` it was made with
+        self._inbox: dict[str, int | None] = {}
+        self._inbox_for: int | None = None
 
     @property
     def membership_changes(self) -> int:
@@ -140,8 +154,145 @@ class TopologyState:
                 return self._bad_message(Held.of(record, now, reason=str(exc)))
             return self.dead_letter(record, str(exc))
         if record.topic == C.TOPIC_MESSAGES:
-            return self._message(record, event, now)
+            return self._message(record, event.id, event.from_agent_id, event.to_agent_id,
+                                 event.ts, now)
         return self._event(record, event, now)
+
+    def apply_safely(self, record: Record, now: int) -> str | None:
+        """`apply`, where a bug that one record triggers makes it a dead letter instead of
+        stopping the manager on it again after every restart."""
+        try:
+            return self.apply(record, now)
+        except Exception as exc:
+            log.exception("record %s/%d@%d raised", record.topic, record.partition, record.offset)
+            return self.dead_letter(record, f"topology manager error: {exc!r}")
+
+    def apply_batch(self, records: Iterable[Record], now: int) -> None:
+        """Apply records read at `now`, in order, each with the outcome `apply_safely` gives it.
+
+        The common record, a message between two present agents, is checked here as
+        `Envelope.decode` and `_message` would check it, without building an Envelope, and
+        its reinforcement waits in a batch for `SlimeMoldGraph.reinforce_many`. Only edge
+        weights wait: every other outcome depends on who is present, never on weights, and
+        the batch is applied before anything that changes who is present (a `topology`
+        record: a join also releases held messages onto the edges) and at the end.
+        Anything that is not that common record takes the one-by-one path, so dead-letter
+        reasons and counts stay those of `apply`."""
+        pending: list[Record] = []
+        sources: list[int] = []
+        targets: list[int] = []
+        times: list[int] = []
+        slots = self.graph.slots
+        remember = self.seen.add
+        loads = orjson.loads
+        limit = self.max_record_bytes
+        inbox = self._inbox_map()
+        # partition -> next offset of the messages taken here; written to `offsets` before
+        # any record goes the one-by-one way (which writes its own), so the last one wins
+        read: dict[int, int] = {}
+        messages = duplicates = 0
+        message_id: Any
+        source: Any
+        target: Any
+        ts: Any
+        try:
+            for record in records:
+                if record.topic != C.TOPIC_MESSAGES:
+                    self._note_offsets(read)
+                    self._flush(pending, sources, targets, times)
+                    self.apply_safely(record, now)
+                    continue
+                value = record.value
+                data: Any = None
+                if value is not None and (limit is None or len(value) <= limit):
+                    try:
+                        data = loads(value)
+                    except orjson.JSONDecodeError:
+                        pass
+                # Envelope.decode's checks, inline: this loop runs once per message
+                if type(data) is not dict or data.get("v") != C.ENVELOPE_VERSION:
+                    data = None
+                else:
+                    message_id, kind = data.get("id"), data.get("type")
+                    source, target = data.get("from_agent_id"), data.get("to_agent_id")
+                    ts = data.get("ts")
+                    if not (type(message_id) is str and type(kind) is str and type(source) is str
+                            and type(target) is str and message_id and kind
+                            and type(ts) is int and ts >= 0
+                            and type(data.get("payload", _EMPTY)) is dict
+                            and type(data.get("meta", _EMPTY)) is dict):
+                        data = None
+                if data is None:
+                    self._note_offsets(read)
+                    self.apply_safely(record, now)  # decoded again there, for its reason
+                    continue
+                read[record.partition] = record.offset + 1
+                messages += 1
+                try:
+                    src, dst = slots.get(source), slots.get(target)
+                    if src is not None and dst is not None and src != dst:
+                        partition = inbox.get(target, _UNSEEN)
+                        if partition is _UNSEEN:
+                            partition = self._inbox_of(target)
+                        if partition is not None and (partition == record.partition
+                                                      or partition == ANY_PARTITION):
+                            if remember(message_id):
+                                pending.append(record)
+                                sources.append(src)
+                                targets.append(dst)
+                                times.append(ts)
+                            else:
+                                duplicates += 1
+                            continue
+                    self._message(record, message_id, source, target, ts, now)
+                except Exception as exc:
+                    log.exception("record %s/%d@%d raised", record.topic, record.partition,
+                                  record.offset)
+                    self.dead_letter(record, f"topology manager error: {exc!r}")
+        finally:
+            self._note_offsets(read)
+            self.counts[_MESSAGES_RECORDS] += messages
+            self.counts["duplicates"] += duplicates
+            self._flush(pending, sources, targets, times)
+
+    def _note_offsets(self, read: dict[int, int]) -> None:
+        for partition, offset in read.items():
+            self.offsets[(C.TOPIC_MESSAGES, partition)] = offset
+        read.clear()
+
+    def _flush(self, pending: list[Record], sources: list[int], targets: list[int],
+               times: list[int]) -> None:
+        """Apply the waiting reinforcements (and empty the lists)."""
+        if not pending:
+            return
+        try:
+            self.counts["reinforcements"] += self.graph.reinforce_many(
+                np.array(sources, np.int64), np.array(targets, np.int64), np.array(times, np.int64))
+        except Exception as exc:
+            log.exception("a batch of %d reinforcements raised", len(pending))
+            for record in pending:
+                self.dead_letter(record, f"topology manager error: {exc!r}")
+        pending.clear()
+        sources.clear()
+        targets.clear()
+        times.clear()
+
+    def _inbox_map(self) -> dict[str, int | None]:
+        if self._inbox_for != self.partitions or len(self._inbox) > MESSAGE_IDS_REMEMBERED:
+            self._inbox, self._inbox_for = {}, self.partitions
+        return self._inbox
+
+    def _inbox_of(self, target: str) -> int | None:
+        """The partition a message to `target` must be on (ANY_PARTITION when partitions are
+        not checked), or None when no agent can have that name; remembered."""
+        if not is_agent_name(target):
+            partition = None
+        elif self.partitions:
+            partition = C.inbox_partition(target, self.partitions)
+        else:
+            partition = ANY_PARTITION
+        self._inbox[target] = partition
+        return partition
 
     def _event(self, record: Record, event: Envelope, now: int) -> str | None:
         agent = event.from_agent_id
@@ -171,19 +322,19 @@ class TopologyState:
             return self.dead_letter(record, f"unknown topology event type {shown(event.type)}")
         return None
 
-    def _message(self, record: Record, event: Envelope, now: int) -> str | None:
-        if not self.seen.add(event.id):
+    def _message(self, record: Record, message_id: str, source: str, target: str, ts: int,
+                 now: int) -> str | None:
+        if not self.seen.add(message_id):
             # a copy: sent again after a broker restart, or by a handler that ran again
             # after its agent crashed (same id); the recipient skips it too
             self.counts["duplicates"] += 1
             return None
-        target = event.to_agent_id
         if not is_agent_name(target):  # nobody can ever have this name, nobody reads it
             return self.dead_letter(record, f"unknown recipient {shown(target)}")
         if self.partitions and record.partition != (inbox := C.inbox_partition(target, self.partitions)):
             return self.dead_letter(record, f"message to {target} on partition {record.partition}, "
                                             f"not its inbox partition {inbox}")
-        self._route(Held.of(record, now, source=event.from_agent_id, target=target, ts=event.ts))
+        self._route(Held.of(record, now, source=source, target=target, ts=ts))
         return None
 
     def _route(self, m: Held) -> None:
