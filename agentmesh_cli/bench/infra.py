@@ -1,22 +1,28 @@
-"""A throwaway broker + Valkey + mesh.yaml for a benchmark run, and the raw baseline."""
+"""A throwaway broker + Valkey + mesh.yaml for a benchmark run (or a bench mesh of its own on
+the infra of a running mesh), and the small measuring helpers the scenarios share."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+import redis
 import yaml
 
 from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli.constants import ALL_TOPICS, Keys, agent_program
 from agentmesh_cli.embedded import start_broker, start_valkey, stop
 
 
@@ -32,14 +38,36 @@ class BenchMesh:
     root: Path
     procs: list[subprocess.Popen[bytes]]
 
-    def spawn(self, *args: str, name: str) -> subprocess.Popen[bytes]:
-        """Start a role process of this mesh (stopped with the mesh)."""
+    def spawn(self, *args: str, name: str, module: str = "agentmesh_cli") -> subprocess.Popen[bytes]:
+        """Start a role process of this mesh (stopped with the mesh): `python -m <module>
+        <args> --config <its mesh.yaml>`, output in `<root>/<name>.log`."""
         log = (self.root / f"{name}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "agentmesh_cli", *args, "--config",
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--config",
                                  str(self.mesh.config_file)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs.append(proc)
         return proc
+
+    def spawn_agent(self, name: str, role: str) -> subprocess.Popen[bytes]:
+        """Start agent `name` as supervisord does, through the lean agent entry when this
+        install has it (`python -m agentmesh_cli.agent`: no CLI libraries, so its RSS and
+        start time are an agent's), else through `agentmesh agent`."""
+        program = agent_program(name)
+        if importlib.util.find_spec("agentmesh_cli.agent.__main__") is not None:
+            return self.spawn("--name", name, "--role", role, name=program, module="agentmesh_cli.agent")
+        return self.spawn("agent", "--name", name, "--role", role, name=program)
+
+
+def _write_mesh(root: Path, kafka: dict[str, Any], redis_url: str, name: str,
+                sections: dict[str, Any]) -> Mesh:
+    data = {
+        "mesh": name,
+        "kafka": {**kafka, **sections.pop("kafka", {})},
+        "redis": {"url": redis_url},
+        **sections,
+    }
+    (root / "mesh.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    return load_mesh(root / "mesh.yaml")
 
 
 @contextmanager
@@ -53,18 +81,65 @@ def bench_mesh(**sections: Any) -> Iterator[BenchMesh]:
         procs = [broker]
         try:
             procs.append(start_valkey(redis_port, root))
-            data = {
-                "mesh": "bench",
-                "kafka": {"bootstrap_servers": f"127.0.0.1:{kafka_port}", "topic_prefix": "bench",
-                          "partitions": 4, **sections.pop("kafka", {})},
-                "redis": {"url": f"redis://127.0.0.1:{redis_port}/0"},
-                **sections,
-            }
-            (root / "mesh.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-            yield BenchMesh(load_mesh(root / "mesh.yaml"), root, procs)
+            kafka = {"bootstrap_servers": f"127.0.0.1:{kafka_port}", "topic_prefix": "bench", "partitions": 4}
+            mesh = _write_mesh(root, kafka, f"redis://127.0.0.1:{redis_port}/0", "bench", sections)
+            yield BenchMesh(mesh, root, procs)
         finally:
             for proc in reversed(procs):
                 stop(proc)
+
+
+@contextmanager
+def bench_mesh_on(config: Path | str, **sections: Any) -> Iterator[BenchMesh]:
+    """A bench mesh on the broker and Redis of a running mesh (its mesh.yaml at `config`),
+    under a mesh name and topic prefix of its own (`bench-<tag>`), so that the running mesh's
+    agents, keys and topics are not touched. On exit the role processes are stopped, and the
+    bench mesh's Redis keys and topics are deleted (best effort)."""
+    base = load_mesh(Path(config)).config
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
+        root = Path(tmp)
+        kafka = {"bootstrap_servers": base.kafka.bootstrap, "topic_prefix": tag,
+                 "partitions": base.kafka.partitions, "client": dict(base.kafka.client)}
+        mesh = _write_mesh(root, kafka, base.redis.resolved_url, tag, sections)
+        bench = BenchMesh(mesh, root, [])
+        try:
+            yield bench
+        finally:
+            for proc in reversed(bench.procs):
+                stop(proc)
+            _forget(mesh)
+
+
+def _forget(mesh: Mesh) -> None:
+    """Delete a bench mesh's Redis keys and topics from infra that outlives the bench."""
+    from confluent_kafka.admin import AdminClient
+
+    cfg = mesh.config
+    with suppress(Exception):
+        client = redis.Redis.from_url(cfg.redis.resolved_url, socket_timeout=5)
+        try:
+            keys = list(client.scan_iter(match=Keys(cfg.mesh).prefix + "*", count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start:start + 500])
+        finally:
+            client.close()
+    with suppress(Exception):
+        admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap, "log_level": 5, **cfg.kafka.client})
+        names = [f"{cfg.kafka.topic_prefix}.{short}" for short in ALL_TOPICS]
+        for future in admin.delete_topics(names, operation_timeout=10).values():
+            with suppress(Exception):
+                future.result(10)
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on loopback `port` (the broker of a running mesh),
+    when this machine runs it and we may see it; else None."""
+    with suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return int(conn.pid)
+    return None
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

@@ -1,0 +1,331 @@
+"""The two baselines every bench scenario stands next to, measured on the scenario's own
+broker in the same run:
+
+- raw: a confluent-kafka producer -> consumer pair moving records of the same bytes, the
+  physical limit of the broker and the client library (`raw_throughput`), and one record
+  produced and consumed at a time, the physical one-hop latency (`raw_latency`);
+- floor: bare Python loops, separate OS processes like agents, that receive the same
+  JSON envelope, decode it with orjson and send a reply to the other loop, with no
+  framework, no Redis, no ledger (`floor`): the best a Python agent could do.
+
+Each baseline creates its own topics (named `bench.baseline.<kind>-<tag>`, so a running
+mesh's topics are never touched), deletes them after, and stops every process it started.
+The worker processes run this module: `python -m agentmesh_cli.bench.baselines
+floor-worker|raw-consumer '<json settings>'`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from agentmesh_cli.bench.infra import percentiles
+from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.envelope import Envelope
+
+TOPIC_PREFIX = "bench.baseline."
+END = b"bench-baseline-end"  # the raw producer's last record: the consumer stops on it
+READY_TIMEOUT_S = 30.0  # a worker that is not fetching by then failed to start
+FLOOR_WARMUP_S = 0.5  # the floor loops run this long before their counted window
+FLOOR_HOPS = 10**9  # hops of a floor message: it circulates for the whole run
+DEFAULT_VALUE = b"x" * 100
+
+
+def default_envelope() -> bytes:
+    """An envelope shaped like the mesh scenario's (type, two agent names, a run id, a send
+    time and a hop count); scenarios pass their own when their records differ."""
+    return Envelope(type="bench", from_agent_id="floor-0", to_agent_id="floor-1",
+                    payload={"run": uuid.uuid4().hex[:12], "sent_ns": time.time_ns(),
+                             "hops": FLOOR_HOPS}).encode()
+
+
+# clients and topics -------------------------------------------------------------------
+def _client(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
+    # the settings every agentmesh client uses (bus._client_config), so that a baseline
+    # differs from a role by the framework only, never by the socket settings
+    return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id,
+            "socket.nagle.disable": True, "log_level": 5, **kafka.client}
+
+
+def linger(kafka: KafkaConfig) -> float:
+    """The `linger.ms` the mesh's producers get: mesh.yaml `kafka.client`, else the Bus's 0."""
+    return float(kafka.client.get("linger.ms", 0.0))
+
+
+def _producer(kafka: KafkaConfig, client_id: str, linger_ms: float) -> Producer:
+    return Producer({**_client(kafka, client_id), "linger.ms": linger_ms,
+                     "enable.idempotence": False, "allow.auto.create.topics": False,
+                     "queue.buffering.max.messages": 1_000_000})
+
+
+def _consumer(kafka: KafkaConfig, client_id: str, topic: str, partition: int,
+              fetch_wait: float | None = None) -> Consumer:
+    """Manually assigned from the beginning, like every agentmesh reader (no group joins)."""
+    wait = kafka.fetch_wait if fetch_wait is None else fetch_wait
+    consumer = Consumer({**_client(kafka, client_id), "group.id": f"{client_id}-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "enable.auto.offset.store": False,
+                         "enable.partition.eof": False, "auto.offset.reset": "earliest",
+                         "fetch.wait.max.ms": max(1, round(wait * 1000))})
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+    return consumer
+
+
+def create_topic(kafka: KafkaConfig, kind: str, partitions: int = 1, timeout: float = 10.0) -> str:
+    """A fresh baseline topic (the embedded broker's fetches slow down as a topic grows, so
+    every baseline starts on an empty one); returns its name."""
+    name = f"{TOPIC_PREFIX}{kind}-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(_client(kafka, "bench-baseline-admin"))
+    futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=timeout,
+                                  request_timeout=timeout)
+    futures[name].result(timeout=timeout)
+    return name
+
+
+def delete_topic(kafka: KafkaConfig, name: str, timeout: float = 10.0) -> None:
+    """Best effort: a broker that cannot delete keeps a small dead topic, nothing worse."""
+    admin = AdminClient(_client(kafka, "bench-baseline-admin"))
+    with suppress(Exception):
+        admin.delete_topics([name], operation_timeout=timeout, request_timeout=timeout)[name].result(timeout)
+
+
+def _start_worker(kind: str, settings: dict[str, Any]) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "agentmesh_cli.bench.baselines", kind, json.dumps(settings)]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _wait_ready(proc: subprocess.Popen[str], what: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the worker writes "ready" once it is fetching, or dies
+    if line.strip() != "ready":
+        raise RuntimeError(f"{what} did not start (exit code {proc.poll()}, said {line.strip()!r})")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a worker we started, by its pid (it ends by itself when all went well)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+# raw ------------------------------------------------------------------------------------
+def raw_throughput(kafka: KafkaConfig, seconds: float = 2.0, value: bytes = DEFAULT_VALUE,
+                   topic: str | None = None) -> dict[str, Any]:
+    """A producer (this process, batched as a perf tool would: linger 5 ms) and a consumer
+    (its own process) moving `value` records for `seconds`: records/s from the first
+    record produced to the last one consumed."""
+    name = topic or create_topic(kafka, "raw")
+    consumer = _start_worker("raw-consumer", {"kafka": kafka.model_dump(), "topic": name})
+    try:
+        producer = _producer(kafka, "bench-raw-producer", linger_ms=5)
+        producer.produce(name, b"warm-up", partition=0)  # the consumer says ready on it
+        producer.flush(10)
+        _wait_ready(consumer, "the raw consumer")
+        records = 0
+        started_ns = time.time_ns()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                try:
+                    producer.produce(name, value, partition=0)
+                except BufferError:  # the local queue is full: let the broker catch up
+                    producer.poll(0.001)
+                    continue
+                records += 1
+            producer.poll(0)
+        producer.produce(name, END, partition=0)
+        producer.flush(30)
+        out, _ = consumer.communicate(timeout=60)
+        got = json.loads(out)
+    finally:
+        _stop(consumer)
+        if topic is None:
+            delete_topic(kafka, name)
+    elapsed = max(1e-9, (got["last_ns"] - started_ns) / 1e9)
+    return {"records_per_s": round(got["records"] / elapsed), "mb_per_s": round(
+        got["records"] * len(value) / elapsed / 1e6, 1), "records": got["records"],
+        "produced": records, "value_bytes": len(value), "seconds": round(elapsed, 3)}
+
+
+def raw_latency(kafka: KafkaConfig, samples: int = 300, value: bytes = DEFAULT_VALUE,
+                fetch_wait: float | None = None) -> dict[str, Any]:
+    """One record produced (no lingering) and consumed by a consumer that is already
+    assigned and fetching, one at a time: the physical one-hop latency, with the agents'
+    `fetch_wait` unless told otherwise (the embedded broker answers a waiting fetch only
+    when the wait ends, so the wait decides most of this figure)."""
+    name = create_topic(kafka, "latency")
+    wait = kafka.fetch_wait if fetch_wait is None else fetch_wait
+    producer = _producer(kafka, "bench-latency-producer", linger_ms=0)
+    consumer = _consumer(kafka, "bench-latency-consumer", name, 0, wait)
+    took: list[float] = []
+    try:
+        for i in range(samples + 1):  # the first one warms the consumer up, not counted
+            started = time.perf_counter()
+            producer.produce(name, value, partition=0)
+            producer.poll(0)
+            deadline = time.monotonic() + 10
+            while (msg := consumer.poll(0.5)) is None or msg.error() is not None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"raw latency: record {i} not consumed within 10 s")
+            if i:
+                took.append((time.perf_counter() - started) * 1000)
+        producer.flush(5)
+    finally:
+        consumer.close()
+        delete_topic(kafka, name)
+    return {**percentiles(took), "samples": len(took), "fetch_wait_ms": wait * 1000,
+            "value_bytes": len(value)}
+
+
+def _raw_consumer(settings: dict[str, Any]) -> None:
+    """Worker: count records until END; print {records, last_ns}."""
+    kafka = KafkaConfig(**settings["kafka"])
+    consumer = _consumer(kafka, "bench-raw-consumer", settings["topic"], 0)
+    records, ready = 0, False
+    deadline = time.monotonic() + READY_TIMEOUT_S + 600
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.1):
+                if msg.error() is not None:
+                    continue
+                if not ready:  # the warm-up record: we are fetching
+                    ready = True
+                    print("ready", flush=True)
+                    continue
+                if msg.value() == END:
+                    print(json.dumps({"records": records, "last_ns": time.time_ns()}), flush=True)
+                    return
+                records += 1
+    finally:
+        consumer.close()
+
+
+# floor ----------------------------------------------------------------------------------
+def floor(kafka: KafkaConfig, seconds: float = 2.0, pairs: int = 1, window: int = 100,
+          envelope: bytes | None = None, linger_ms: float | None = None,
+          fetch_wait: float | None = None) -> dict[str, Any]:
+    """`pairs` pairs of bare loops (2 x pairs processes, one partition each) passing the
+    envelope back and forth, each loop keeping `window` messages in flight towards its
+    peer: replies/s of all loops together over `seconds` (after a short warm-up) and the
+    latency of a hop (reply sent -> decoded by the peer).
+
+    The loops use the clients' settings an agent of this mesh gets (`linger.ms` from
+    `kafka.client`, else 0 as the agents' Bus; `kafka.fetch_wait`), so the floor differs
+    from an agent by the framework only; `linger_ms` / `fetch_wait` override them."""
+    template = envelope or default_envelope()
+    loops = 2 * pairs
+    name = create_topic(kafka, "floor", partitions=loops)
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        for i in range(loops):
+            peer = i ^ 1  # 0 <-> 1, 2 <-> 3, ...
+            workers.append(_start_worker("floor-worker", {
+                "kafka": kafka.model_dump(), "topic": name, "me": i, "peer": peer,
+                "name": f"floor-{i}", "peer_name": f"floor-{peer}", "window": window,
+                "seconds": seconds, "warmup": FLOOR_WARMUP_S, "template": template.decode(),
+                "linger_ms": linger(kafka) if linger_ms is None else linger_ms,
+                "fetch_wait": fetch_wait}))
+        for worker in workers:
+            _wait_ready(worker, "a floor loop")
+        for worker in workers:  # all go at once; each counts its own window
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = [json.loads(worker.communicate(timeout=seconds + 60)[0]) for worker in workers]
+    finally:
+        for worker in workers:
+            _stop(worker)
+        delete_topic(kafka, name)
+    replies = sum(r["replies"] for r in results)
+    hops_ms = [us / 1000 for r in results for us in r["latencies_us"]]
+    cpu = sum(r["cpu_s"] for r in results)
+    return {"replies_per_s": round(replies / seconds), "replies": replies,
+            "linger_ms": linger(kafka) if linger_ms is None else linger_ms,
+            "fetch_wait_ms": (kafka.fetch_wait if fetch_wait is None else fetch_wait) * 1000,
+            "latency": percentiles(hops_ms) if hops_ms else {},
+            "cpu_share": round(cpu / seconds, 2),  # of one core, all loops together
+            "cpu_us_per_reply": round(cpu / max(1, replies) * 1e6, 1),
+            "loops": loops, "window": window, "envelope_bytes": len(template), "seconds": seconds}
+
+
+def _floor_worker(settings: dict[str, Any]) -> None:
+    """Worker: one bare loop. It reads its own partition, decodes every record with orjson,
+    takes the hop's latency from `payload.sent_ns`, and answers the peer with a copy that
+    has a fresh id and send time: what an agent must do at the least."""
+    kafka = KafkaConfig(**settings["kafka"])
+    topic, me, peer = settings["topic"], settings["me"], settings["peer"]
+    name, peer_name = settings["name"], settings["peer_name"]
+    key = peer_name.encode()
+    template = orjson.loads(settings["template"])
+    # an id as long as a uuid4 (36 characters), unique without uuid4's cost per message
+    base = uuid.uuid4().hex[:23]
+    consumer = _consumer(kafka, f"bench-floor-{me}", topic, me, settings["fetch_wait"])
+    producer = _producer(kafka, f"bench-floor-{me}", linger_ms=settings["linger_ms"])
+
+    def message(n: int, hops: int) -> bytes:
+        return orjson.dumps({**template, "id": f"{base}-{n:012x}", "from_agent_id": name,
+                             "to_agent_id": peer_name, "ts": time.time_ns() // 1_000_000,
+                             "payload": {**template["payload"], "sent_ns": time.time_ns(), "hops": hops}})
+
+    try:
+        producer.produce(topic, b"hello", partition=me)  # to ourselves: ready once it is back
+        producer.flush(10)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (msg := consumer.poll(0.1)) is None or msg.error() is not None:
+            if time.monotonic() > deadline:
+                return
+        print("ready", flush=True)
+        sys.stdin.readline()  # "go"
+        sent = 0
+        for _ in range(settings["window"]):
+            producer.produce(topic, message(sent, FLOOR_HOPS), key=key, partition=peer)
+            sent += 1
+        producer.poll(0)
+        start = time.monotonic() + settings["warmup"]
+        end = start + settings["seconds"]
+        counting, replies, latencies, cpu_start = False, 0, [], 0.0
+        while (now := time.monotonic()) < end:
+            if not counting and now >= start:
+                counting, cpu_start = True, time.process_time()
+            first = consumer.poll(0.1)
+            batch = [] if first is None else [first, *consumer.consume(499, 0)]
+            for msg in batch:
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                data = orjson.loads(value)
+                payload = data["payload"]
+                if counting:
+                    latencies.append((time.time_ns() - payload["sent_ns"]) // 1000)
+                producer.produce(topic, message(sent, payload["hops"] - 1), key=key, partition=peer)
+                sent += 1
+                if counting:
+                    replies += 1
+            producer.poll(0)
+        cpu = time.process_time() - cpu_start
+        print(json.dumps({"replies": replies, "latencies_us": latencies, "cpu_s": cpu}), flush=True)
+    finally:
+        consumer.close()
+        producer.flush(1)
+
+
+def main(argv: list[str]) -> int:
+    kind, settings = argv[0], json.loads(argv[1])
+    try:
+        {"floor-worker": _floor_worker, "raw-consumer": _raw_consumer}[kind](settings)
+    except (KafkaException, BrokenPipeError) as exc:
+        print(f"{kind}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

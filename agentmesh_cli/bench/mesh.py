@@ -1,0 +1,463 @@
+"""Mesh scenario: agent -> agent messages per second and send -> handler latency through
+real agent processes, next to the raw and floor baselines taken on the same broker.
+
+The mesh: the topology manager (`agentmesh topology`) and N agents (`agentmesh agent`)
+with the bench role `Relay` (bench/relay.py), each reading its own inbox partition. The
+bench steers the relays through one Redis key and reads their figures (exact counts, a
+latency histogram) from Redis; nothing is measured in the bench process but CPU and RSS.
+
+Phases, each measured over a window that starts after a warm-up:
+
+- peak, closed loop: `window` messages per agent are injected by an operator sender (the
+  first hop, not counted); each relay forwards what it gets to the next agent, so the
+  mesh keeps `agents x window` messages in flight. Messages delivered agent -> agent per
+  second, their latency, and the topology manager's backlog (start, middle, end).
+- paced at half the peak rate: the relays emit messages of one hop on a schedule.
+- one hop at a low rate (IDLE_RATE across the mesh): the p50 compared with the raw
+  one-hop latency.
+
+Then the traffic stops and the bench waits until the topology manager has read every
+message, to compare its reinforcements with the messages the relays sent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import redis
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bench import baselines
+from agentmesh_cli.bench.infra import (
+    BenchMesh,
+    bench_mesh,
+    bench_mesh_on,
+    cpu_seconds,
+    free_port,
+    listener_pid,
+)
+from agentmesh_cli.bench.relay import (
+    BENCH_TYPE,
+    Histogram,
+    bench_payload,
+    sample_envelope,
+    settings_key,
+    stats_key,
+)
+from agentmesh_cli.bus import Bus, prepare_topics
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.store import Store
+
+RELAY_ROLE = "agentmesh_cli.bench.relay:Relay"
+DEFAULT_WINDOW = 100  # messages in flight per agent in the peak phase
+HOPS = 10**9  # a peak message circulates until its run ends
+IDLE_RATE = 200  # messages/s across the mesh in the one-hop phase
+WARMUP_S = 1.0
+START_TIMEOUT_S = 60.0
+FOLLOW_TIMEOUT_S = 15.0  # relays read their settings about once a second
+DRAIN_TIMEOUT_S = 30.0
+BATCHED_LINGER_MS = 5.0  # the floor's second measure when the mesh's producers do not linger
+SNAPSHOT_INTERVAL = "1s"  # the topology manager's snapshots: its backlog is sampled from them
+TARGETS = {"msgs_per_s": 50_000, "floor_ratio": 0.7, "p50_to_raw": 1.5, "paced_p99_ms": 10.0}
+
+
+def relay_names(agents: int, partitions: int) -> list[str]:
+    """`agents` names whose inbox partitions differ (crc32 % partitions), so that every
+    agent reads a partition of its own."""
+    if partitions < agents:
+        raise ValueError(f"{agents} agents need at least {agents} partitions (got {partitions})")
+    names: list[str] = []
+    used: set[int] = set()
+    i = 0
+    while len(names) < agents:
+        name, i = f"relay-{i}", i + 1
+        partition = C.inbox_partition(name, partitions)
+        if partition not in used:
+            used.add(partition)
+            names.append(name)
+    return names
+
+
+class Relays:
+    """The bench's side of the relays: their settings key and their figures."""
+
+    def __init__(self, client: redis.Redis, mesh: str, names: list[str]) -> None:
+        self.client, self.mesh, self.names = client, mesh, names
+
+    def steer(self, run: str | None, rate: float = 0.0) -> None:
+        """Every relay follows this run (and emits `rate`/s each) from its next flush."""
+        self.client.set(settings_key(self.mesh), orjson.dumps({"run": run, "rate": rate}))
+
+    def read(self, run: str) -> dict[str, dict[str, Any]]:
+        raw: dict[bytes, bytes] = self.client.hgetall(stats_key(self.mesh, run))  # type: ignore[assignment]
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    def wait_following(self, run: str) -> dict[str, dict[str, Any]]:
+        """Until every relay reports that it follows `run` and knows all its peers."""
+        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+        while True:
+            stats = self.read(run)
+            if all(stats.get(n, {}).get("current") and stats[n]["peers"] == len(self.names) - 1
+                   for n in self.names):
+                return stats
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"relays not following run {run} after {FOLLOW_TIMEOUT_S:.0f}s: "
+                                   f"{ {n: stats.get(n, {}).get('peers') for n in self.names} }")
+            time.sleep(0.05)
+
+    def flushed_after(self, run: str, after: dict[str, float]) -> dict[str, dict[str, Any]]:
+        """Each relay's first figures flushed at or after its time in `after` (its own clock)."""
+        got: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + max(after.values(), default=0) - time.time() + 10
+        while len(got) < len(self.names):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"relays {sorted(set(self.names) - set(got))} stopped flushing")
+            for name, data in self.read(run).items():
+                if name not in got and name in after and data["ts"] >= after[name]:
+                    got[name] = data
+            time.sleep(0.05)
+        return got
+
+
+def _window_figures(start: dict[str, dict[str, Any]], end: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Messages/s and latency between two flushes of every relay (each over its own span)."""
+    rate, handled, windows = 0.0, 0, []
+    for name, last in end.items():
+        first = start[name]
+        span = max(1e-6, last["ts"] - first["ts"])
+        rate += (last["handled"] - first["handled"]) / span
+        handled += last["handled"] - first["handled"]
+        window_max = max((m for ts, m in last["maxes"] if first["ts"] < ts <= last["ts"]), default=0)
+        windows.append(Histogram.from_dict(last["latency"]).minus(Histogram.from_dict(first["latency"]),
+                                                                  window_max))
+    return {"msgs_per_s": round(rate), "handled": handled,
+            "latency": Histogram.merged(windows).percentiles()}
+
+
+class Sampler:
+    """CPU shares of the processes, and the topology manager's backlog, over a window."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids  # kind -> pids
+        self._cpu: dict[str, float] = {}
+        self._t = 0.0
+
+    def _cpu_now(self) -> dict[str, float]:
+        out = {}
+        for kind, pids in self.pids.items():
+            out[kind] = sum(cpu_seconds(pid) for pid in pids)
+        return out
+
+    def start(self) -> None:
+        self._t, self._cpu = time.monotonic(), self._cpu_now()
+
+    def shares(self) -> dict[str, float]:
+        """Share of one core per kind since `start`."""
+        elapsed = max(1e-6, time.monotonic() - self._t)
+        now = self._cpu_now()
+        return {kind: round((now[kind] - self._cpu[kind]) / elapsed, 3) for kind in now}
+
+
+def _produced_at(series: dict[str, list[tuple[float, int]]], ts: float) -> float:
+    """Messages the relays had sent at wall time `ts`, from each one's (flush time, sent
+    so far) points: linear between the points around `ts`, the last slope beyond them."""
+    total = 0.0
+    for points in series.values():
+        if not points:
+            continue
+        before = [p for p in points if p[0] <= ts]
+        after = [p for p in points if p[0] > ts]
+        if before and after:
+            (t0, n0), (t1, n1) = before[-1], after[0]
+        elif len(points) >= 2:
+            (t0, n0), (t1, n1) = (points[-2], points[-1]) if not after else (points[0], points[1])
+        else:
+            total += points[0][1]
+            continue
+        total += n0 + (n1 - n0) * (ts - t0) / max(1e-6, t1 - t0)
+    return total
+
+
+def _topology_read(store: Store) -> tuple[float, int]:
+    """(wall time of the manager's last snapshot, `messages` records it had read)."""
+    snapshot = store.load_snapshot() or {}
+    offsets = snapshot.get("offsets", {}).get(C.TOPIC_MESSAGES, {})
+    return snapshot.get("ts", 0) / 1000, sum(int(o) for o in offsets.values())
+
+
+class Backlog:
+    """The topology manager's backlog on `messages`: records produced up to the time of its
+    last snapshot (from the relays' counts, plus the injected ones) minus the records that
+    snapshot covers (its offsets; the topic is fresh, so offsets count records). The
+    embedded broker's high watermarks are wrong, so they are not used."""
+
+    def __init__(self, store: Store, relays: Relays, injected: int) -> None:
+        self.store, self.relays, self.injected = store, relays, injected
+        self.series: dict[str, list[tuple[float, int]]] = {n: [] for n in relays.names}
+
+    def note(self, stats: dict[str, dict[str, Any]]) -> None:
+        for name, data in stats.items():
+            points = self.series.setdefault(name, [])
+            if not points or data["ts"] > points[-1][0]:
+                points.append((data["ts"], data["sent_total"]))
+
+    def sample(self, run: str) -> int:
+        # the relays' next flush brackets the snapshot's time: wait for it
+        snapshot_ts, consumed = _topology_read(self.store)
+        self.note(self.relays.flushed_after(run, dict.fromkeys(self.relays.names, snapshot_ts)))
+        return max(0, round(self.injected + _produced_at(self.series, snapshot_ts) - consumed))
+
+
+@contextmanager
+def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None
+          ) -> Iterator[BenchMesh]:
+    kafka: dict[str, Any] = {"partitions": partitions}
+    if linger_ms is not None:
+        kafka["client"] = {"linger.ms": linger_ms}
+    sections: dict[str, Any] = {
+        "kafka": kafka,
+        "topology": {"snapshot_interval": SNAPSHOT_INTERVAL},
+        # no service is called by a relay; free ports keep their health checks off others'
+        "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
+        "metrics": {"port": free_port()},
+        "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
+        "agents": [{"name": name, "role": RELAY_ROLE} for name in names],
+    }
+    if config is None:
+        with bench_mesh(**sections) as bm:
+            yield bm
+    else:
+        if linger_ms is not None:
+            sections["kafka"]["client"] = {**_base_client(config), "linger.ms": linger_ms}
+        with bench_mesh_on(config, **sections) as bm:
+            yield bm
+
+
+def _base_client(config: str) -> dict[str, Any]:
+    from agentmesh_cli.config import load_mesh
+
+    return dict(load_mesh(Path(config)).config.kafka.client)
+
+
+def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
+    """Start the topology manager and the relays; wait until they are ready and the
+    manager's graph holds every relay. Returns the processes by kind."""
+    manager = bm.spawn("topology", name="topology-manager")
+    agents = [bm.spawn_agent(name, RELAY_ROLE) for name in names]
+    programs = {C.PROGRAM_TOPOLOGY: manager,
+                **{C.agent_program(n): p for n, p in zip(names, agents, strict=True)}}
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        waiting = [program for program, proc in programs.items() if store.ready_pid(program) != proc.pid]
+        snapshot = store.load_snapshot() or {}
+        in_graph = set(snapshot.get("graph", {}).get("agents", []))
+        if not waiting and in_graph >= set(names):
+            return {"manager": manager, "agents": agents}
+        dead = [program for program, proc in programs.items() if proc.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            why = f"exited: {', '.join(dead)}" if dead else f"waiting for {', '.join(waiting) or 'the graph'}"
+            raise RuntimeError(f"bench mesh did not start ({why}); logs in {bm.root}")
+        time.sleep(0.1)
+
+
+def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
+    for _ in range(window):
+        for name in names:
+            bus.send_message(Envelope(type=BENCH_TYPE, from_agent_id=C.CLI_COUNTER_OWNER, to_agent_id=name,
+                                      payload=bench_payload(run, HOPS)))
+    if bus.flush(30):
+        raise RuntimeError("injected messages not delivered to the broker within 30 s")
+    return window * len(names)
+
+
+def _paced(relays: Relays, run: str, seconds: float, rate: float) -> dict[str, Any]:
+    """Steer the relays to `run` at `rate`/s each; after the warm-up, the figures of a
+    window of `seconds`."""
+    relays.steer(run, rate)
+    following = relays.wait_following(run)
+    start = relays.flushed_after(run, {n: d["ts"] + WARMUP_S for n, d in following.items()})
+    end = relays.flushed_after(run, {n: d["ts"] + seconds for n, d in start.items()})
+    return _window_figures(start, end)
+
+
+def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict[str, Any]:
+    """Stop the traffic; wait until every relay has handled all that was sent and the
+    topology manager has read all of it; its counters then."""
+    relays.steer(None)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    sent = handled = consumed = 0
+    while time.monotonic() < deadline:
+        figures = [relays.read(run) for run in runs]
+        sent = sum(d["sent"] for f in figures for d in f.values())
+        handled = sum(d["handled"] for f in figures for d in f.values())
+        _, consumed = _topology_read(store)
+        counters = store.counters(C.PROGRAM_TOPOLOGY)
+        if sent == handled and consumed == sent + injected and counters.get(
+                C.records_counter(C.TOPIC_MESSAGES)) == consumed:
+            return {"drained": True, "sent": sent, "handled": handled, "counters": counters}
+        time.sleep(0.2)
+    return {"drained": False, "sent": sent, "handled": handled, "consumed": consumed,
+            "counters": store.counters(C.PROGRAM_TOPOLOGY)}
+
+
+def _rss_mb(pids: list[int]) -> dict[str, float]:
+    sizes = [psutil.Process(pid).memory_info().rss / 2**20 for pid in pids]
+    return {"max": round(max(sizes), 1), "mean": round(sum(sizes) / len(sizes), 1)}
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
+        config: str | None = None, linger_ms: float | None = None) -> dict[str, Any]:
+    """Run the mesh scenario; one dict in the bench result shape (see cli/bench.py).
+
+    `config`: the mesh.yaml of a running mesh whose broker and Redis are used, under a
+    mesh name and topic prefix of the bench's own. `linger_ms`: the producers' linger
+    (mesh.yaml `kafka.client` `linger.ms`) of the bench mesh, to measure its effect."""
+    partitions = partitions or agents
+    names = relay_names(agents, partitions)
+    notes: list[str] = []
+    load_start = round(os.getloadavg()[0], 2)
+    tag = uuid.uuid4().hex[:6]
+    runs = {phase: f"{phase}-{tag}" for phase in ("peak", "paced", "idle")}
+    with _mesh(names, partitions, config, linger_ms) as bm:
+        cfg = bm.mesh.config
+        if config is not None:
+            notes.append(f"on the broker and Redis of {config}, as mesh {cfg.mesh} with topic prefix "
+                         f"{cfg.kafka.topic_prefix} (its agents and topics are not touched; removed after)")
+        store = Store(cfg.redis.resolved_url, cfg.mesh)
+        client = redis.Redis.from_url(cfg.redis.resolved_url)
+        bus = Bus(cfg.kafka, "bench-injector", linger_ms=5)  # a load generator batches
+        try:
+            prepare_topics(cfg.kafka, store)
+            procs = _start(bm, store, names)
+            relays = Relays(client, cfg.mesh, names)
+            envelope = sample_envelope(runs["peak"], names[0], names[1], HOPS)
+            # baselines first, on the same broker with the agents idle
+            baseline_s = min(2.0, duration)
+            raw = {"throughput": baselines.raw_throughput(cfg.kafka, baseline_s, value=envelope),
+                   "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
+            floor = baselines.floor(cfg.kafka, baseline_s, pairs=max(1, agents // 2), window=window,
+                                    envelope=envelope)
+            if not floor["linger_ms"]:
+                # the same loops with batched producers: what the broker allows a Python
+                # agent once its records share requests (see notes)
+                batched = baselines.floor(cfg.kafka, baseline_s, pairs=max(1, agents // 2), window=window,
+                                          envelope=envelope, linger_ms=BATCHED_LINGER_MS)
+                floor["batched"] = {k: batched[k] for k in ("replies_per_s", "latency", "linger_ms",
+                                                            "cpu_us_per_reply")}
+            port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
+            broker = bm.procs[0].pid if config is None else listener_pid(port)
+            pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid]}
+            if broker is not None:
+                pids["broker"] = [broker]
+            else:
+                notes.append("broker CPU not measured: its process is not on this machine or not visible")
+            sampler = Sampler(pids)
+
+            # (a) peak, closed loop
+            relays.steer(runs["peak"])
+            relays.wait_following(runs["peak"])
+            injected = _inject(bus, names, runs["peak"], window)
+            backlog = Backlog(store, relays, injected)
+            time.sleep(WARMUP_S)
+            start = relays.flushed_after(runs["peak"], {n: time.time() for n in names})
+            backlog.note(start)
+            sampler.start()
+            topology_backlog = [backlog.sample(runs["peak"])]
+            mid = relays.flushed_after(runs["peak"], {n: d["ts"] + duration / 2 for n, d in start.items()})
+            backlog.note(mid)
+            topology_backlog.append(backlog.sample(runs["peak"]))
+            end = relays.flushed_after(runs["peak"], {n: d["ts"] + duration for n, d in start.items()})
+            backlog.note(end)
+            shares = sampler.shares()
+            topology_backlog.append(backlog.sample(runs["peak"]))
+            rss = _rss_mb(pids["agents"])
+            peak = _window_figures(start, end)
+
+            # (b) paced at half the peak rate, (c) one hop at a low rate
+            paced_rate = max(1.0, peak["msgs_per_s"] / 2)
+            paced = _paced(relays, runs["paced"], duration, paced_rate / agents)
+            idle = _paced(relays, runs["idle"], duration, IDLE_RATE / agents)
+
+            drained = _drain(store, relays, list(runs.values()), injected)
+            if not drained["drained"]:
+                notes.append(f"traffic did not drain within {DRAIN_TIMEOUT_S:.0f}s: {drained}")
+        finally:
+            bus.flush(5)
+            del bus  # its producer goes before the broker does (no "connection refused" lines)
+            client.close()
+            store.close()
+    rate = peak["msgs_per_s"]
+    counters = drained["counters"]
+    keeps_up = topology_backlog[-1] - topology_backlog[0] <= 0.25 * rate and topology_backlog[-1] <= rate
+    figures = {
+        "msgs_per_s": rate,
+        "peak_latency": peak["latency"],
+        "paced": {"rate": round(paced_rate), "msgs_per_s": paced["msgs_per_s"], "latency": paced["latency"]},
+        "one_hop": {"rate": IDLE_RATE, "msgs_per_s": idle["msgs_per_s"], **idle["latency"]},
+        "topology_backlog": topology_backlog,
+        "topology_keeps_up": keeps_up,
+        "topology_reinforcements": counters.get("reinforcements", 0),
+        "agent_messages_sent": drained["sent"],
+        "agent_messages_handled": drained["handled"],
+        "injected": injected,
+        "topology_operator_messages": counters.get("operator_messages", 0),
+        "topology_cpu_share": shares["topology"],
+        "broker_cpu_share": shares.get("broker", 0.0),
+        "agents_cpu_share": shares["agents"],
+        "agent_rss_mb": rss,
+    }
+    one_hop_p50 = raw["one_hop"]["p50_ms"]
+    paced_p99 = paced["latency"]["p99_ms"]
+    floor_ratio = _ratio(rate, floor["replies_per_s"])
+    p50_ratio = _ratio(idle["latency"]["p50_ms"], one_hop_p50)
+    notes += [
+        f"load average {load_start} at start, {round(os.getloadavg()[0], 2)} at end (2-core machine: "
+        "figures move with what else runs)",
+        f"floor: {floor['loops']} bare loops ({max(1, agents // 2)} pairs), window {window} each, "
+        f"linger.ms {floor['linger_ms']:g}, fetch wait {floor['fetch_wait_ms']:g} ms (the agents' settings)",
+        "topology_backlog: records on `messages` not yet read by the topology manager at its snapshots at "
+        "the start, middle and end of the peak window (produced counts interpolated from the relays' flushes "
+        "to the snapshot's time); it keeps up when the backlog grows by at most 0.25 s of traffic and ends "
+        "under 1 s of it",
+    ]
+    return {
+        "scenario": "mesh",
+        "settings": {"agents": agents, "duration_s": duration, "window": window, "partitions": partitions,
+                     "config": config, "mesh": cfg.mesh, "envelope_bytes": len(envelope),
+                     "fetch_wait_ms": cfg.kafka.fetch_wait * 1000,
+                     "linger_ms": baselines.linger(cfg.kafka), "warmup_s": WARMUP_S,
+                     "idle_rate": IDLE_RATE, "relays": names},
+        "figures": figures,
+        "raw": raw,
+        "floor": floor,
+        "ratios": {
+            "msgs_per_s_to_floor": floor_ratio,
+            "msgs_per_s_to_raw": _ratio(rate, raw["throughput"]["records_per_s"]),
+            "one_hop_p50_to_raw": p50_ratio,
+        },
+        "targets": {
+            "msgs_per_s": {"target": f">= {TARGETS['msgs_per_s']:,}/s", "value": rate,
+                           "met": rate >= TARGETS["msgs_per_s"]},
+            "topology_keeps_up": {"target": "no growing backlog at the peak rate", "value": keeps_up,
+                                  "met": keeps_up},
+            "msgs_per_s_to_floor": {"target": f">= {TARGETS['floor_ratio']}", "value": floor_ratio,
+                                    "met": floor_ratio >= TARGETS["floor_ratio"]},
+            "one_hop_p50_to_raw": {"target": f"<= {TARGETS['p50_to_raw']}", "value": p50_ratio,
+                                   "met": 0 < p50_ratio <= TARGETS["p50_to_raw"]},
+            "paced_p99_ms": {"target": f"< {TARGETS['paced_p99_ms']:g} ms at {round(paced_rate):,}/s",
+                             "value": paced_p99, "met": paced_p99 < TARGETS["paced_p99_ms"]},
+        },
+        "notes": notes,
+    }
