@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 import zlib
 
 import pytest
 
+from agentmesh_cli.agent.ledger import DERIVED, derived_id
 from agentmesh_cli.constants import inbox_partition
 from agentmesh_cli.envelope import Envelope, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
@@ -74,3 +76,12 @@ def test_a_record_over_the_limit_is_refused_before_it_is_parsed() -> None:
 def test_agent_names_and_how_reasons_show_them(name: str, valid: bool, as_shown: str) -> None:
     assert is_agent_name(name) is valid
     assert shown(name) == as_shown
+
+
+@pytest.mark.parametrize(("message_id", "n"), [
+    ("55783cb6-9d0c-4c3a-b54e-310136a6ea72", 1), ("55783cb6-9d0c-4c3a-b54e-310136a6ea72", 2),
+    ("o-1", 17), ("é/ü", 1), ("", 0),
+])
+def test_derived_ids_are_the_uuid5_of_the_message_and_rank(message_id: str, n: int) -> None:
+    # built by hand for speed (agent/ledger.py): exactly what uuid.uuid5 gives
+    assert derived_id(message_id, n) == str(uuid.uuid5(DERIVED, f"{message_id}/{n}"))

@@ -60,13 +60,21 @@ class AgentContext:
     _peers: Callable[[], dict[str, dict[str, Any]]] = field(repr=False)
     _propose: Callable[[str, dict[str, Any]], str] = field(repr=False)
     _services: AgentServices | None = field(default=None, repr=False)
+    # the id the next envelope sent must have (while a handler runs: one derived from the
+    # message handled, see agent/ledger.py), or None for a fresh one
+    _next_id: Callable[[], str | None] = field(default=lambda: None, repr=False)
 
     def send(
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
     ) -> Envelope:
         """Send a message to agent `to`; returns the envelope sent."""
-        envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
-                            meta=meta or {})
+        message_id = self._next_id()
+        if message_id is None:
+            envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
+                                meta=meta or {})
+        else:  # built once with its id (no uuid4 made and replaced: the hot path)
+            envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
+                                meta=meta or {}, id=message_id)
         return self._send(envelope)
 
     def propose(self, type: str, content: dict[str, Any]) -> str:

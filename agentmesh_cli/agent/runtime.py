@@ -1,10 +1,11 @@
 """One agent process: join, read the inbox partition, run the role, heartbeat, leave.
 
 The loop is single-threaded: poll a batch from the inbox partition, hand the agent's
-own messages to the role, settle the batch (what the handlers sent is delivered, the
-message ids are recorded in the agent's ledger, then the offsets are committed: see
-agent/ledger.py), tick the role, heartbeat when due. A restarted agent resumes after the
-last committed batch; a redelivered message the ledger holds is not handled again.
+own messages to the role, tick the role, settle (what the handlers and the tick sent is
+delivered in one flush, the message ids are recorded in the agent's ledger, then, at
+most every COMMIT_EVERY_S, the offsets are committed: see agent/ledger.py), heartbeat
+when due. A restarted agent resumes after the last committed offsets; a redelivered
+message the ledger holds is not handled again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -37,6 +37,11 @@ COUNTER_FLUSH_S = 1.0
 PEERS_REFRESH_S = 2.0
 SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
 SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried again
+# Offsets are committed at most this often, not after every batch: each commit is a
+# request the broker serves, and the ledger, not the offset, is what keeps a redelivered
+# message from being handled twice (a crash replays at most this long of traffic, which
+# the ledger's `recovery.dedup_window` ids cover up to 100,000 messages/s).
+COMMIT_EVERY_S = 0.2
 BROADCASTS_REMEMBERED = 10_000  # consensus broadcast ids kept to recognise copies
 WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
 
@@ -53,15 +58,16 @@ class AgentRuntime:
         cfg = mesh.config
         self.partition = C.inbox_partition(self.name, cfg.kafka.partitions)
         self.store = Store(cfg.redis.resolved_url, cfg.mesh)
-        self.bus = Bus(cfg.kafka, client_id=self.program)
+        self.bus = Bus(cfg.kafka, client_id=self.program, linger_ms=C.AGENT_LINGER_MS)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         self._joined = self.store.joined_check()  # senders we accept
         self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
         self._handling: str | None = None  # id of the message whose handler is running
         self._derived = 0  # envelopes sent by that handler so far
-        self._sent_in_batch = 0
+        self._unflushed = 0  # records sent since the last flush (handlers, ticks, votes)
         self._uncommitted: dict[tuple[str, int], int] = {}
         self._next_settle = 0.0
+        self._next_commit = 0.0
         self._peers: dict[str, dict[str, Any]] = {}
         self._peers_at = 0.0
         seed = cfg.workload.seed
@@ -70,7 +76,7 @@ class AgentRuntime:
         self._services_state: dict[str, Any] = {}
         self._services_published = 0.0
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
-                           self._send, self._registry, self._propose, self.services)
+                           self._send, self._registry, self._propose, self.services, self._next_id)
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
@@ -79,13 +85,12 @@ class AgentRuntime:
         if self._handling is None:
             return None
         self._derived += 1
-        self._sent_in_batch += 1
         return derived_id(self._handling, self._derived)
 
     def _send(self, envelope: Envelope) -> Envelope:
-        if (same_every_run := self._next_id()) is not None:
-            envelope = replace(envelope, id=same_every_run)
+        """Send what the role built (AgentContext.send, which took its id from `_next_id`)."""
         self.bus.send_message(envelope)  # counted as sent when the broker confirms it
+        self._unflushed += 1
         return envelope
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
@@ -95,6 +100,7 @@ class AgentRuntime:
         event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=self.name,
                          payload={"proposal_id": proposal_id, "type": type, "content": content})
         self.bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
+        self._unflushed += 1
         self.counts["proposals"] += 1
         return proposal_id
 
@@ -166,11 +172,13 @@ class AgentRuntime:
                         self._handle(record)
                     self._uncommitted[(record.topic, record.partition)] = record.offset + 1
                 now = time.monotonic()
-                if records or (self._uncommitted and now >= self._next_settle):
+                # before the settle step, so that what the tick sends leaves in the same
+                # request as what the handlers sent
+                self._safely("on_tick", self.role.on_tick, now)
+                if records or self._unflushed or (self._uncommitted and now >= self._next_settle):
                     self._settle(reader, now)
                 if watch.check(now) is not None:
                     self._new_epoch(reader)
-                self._safely("on_tick", self.role.on_tick, now)
                 if now >= next_heartbeat:
                     next_heartbeat = now + cfg.heartbeat.interval
                     self._heartbeat()
@@ -182,24 +190,32 @@ class AgentRuntime:
             self._leave(reader)
         return 0
 
-    def _settle(self, reader: Reader, now: float) -> None:
+    def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
         """Make a handled batch durable in the order that neither loses nor doubles: what the
         handlers sent is delivered, the ids are recorded (with the exact counts), and only
-        then are the offsets committed. While Redis is down the offsets wait."""
-        if self._sent_in_batch:
+        then are the offsets committed (every COMMIT_EVERY_S, and when the agent leaves).
+        While Redis is down the offsets wait."""
+        if self._unflushed:
+            # one produce request per partition for everything sent since the last flush
             undelivered = self.bus.flush(SETTLE_FLUSH_S)
             if undelivered:
                 self.log.warning("%d sent records not yet confirmed by the broker", undelivered)
-            self._sent_in_batch = 0
+            self._unflushed = 0
         if not self.ledger.record():
             if now >= self._next_settle:
                 self.log.warning("handled messages not recorded yet (Redis unavailable): %d "
                                  "waiting, offsets not committed", self.ledger.pending)
             self._next_settle = now + SETTLE_RETRY_S
             return
+        if not self._uncommitted:
+            return
+        if now < self._next_commit and not final:
+            self._next_settle = self._next_commit
+            return
         try:
             reader.commit(self._uncommitted)
             self._uncommitted.clear()
+            self._next_commit = now + COMMIT_EVERY_S
         except BusError as exc:
             self._next_settle = now + SETTLE_RETRY_S
             self.log.warning("offsets not committed yet: %s", exc)
@@ -225,7 +241,7 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
-        self._settle(reader, time.monotonic())
+        self._settle(reader, time.monotonic(), final=True)
         self._flush_counters()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
@@ -296,7 +312,7 @@ class AgentRuntime:
                           payload={"proposal_id": proposal.id, "support": bool(vote.support),
                                    "intensity": float(vote.intensity)})
         self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
-        self._sent_in_batch += 1  # delivered before the consensus offset is committed
+        self._unflushed += 1  # delivered before the consensus offset is committed
         self.counts["votes"] += 1
 
     def _publish_services(self) -> None:

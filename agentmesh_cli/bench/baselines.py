@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.constants import AGENT_LINGER_MS
 from agentmesh_cli.envelope import Envelope
 
 TOPIC_PREFIX = "bench.baseline."
@@ -57,8 +58,8 @@ def _client(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
 
 
 def linger(kafka: KafkaConfig) -> float:
-    """The `linger.ms` the mesh's producers get: mesh.yaml `kafka.client`, else the Bus's 0."""
-    return float(kafka.client.get("linger.ms", 0.0))
+    """The `linger.ms` an agent's producer gets: mesh.yaml `kafka.client`, else the runtime's."""
+    return float(kafka.client.get("linger.ms", AGENT_LINGER_MS))
 
 
 def _producer(kafka: KafkaConfig, client_id: str, linger_ms: float) -> Producer:
@@ -309,7 +310,10 @@ def _floor_worker(settings: dict[str, Any]) -> None:
                 sent += 1
                 if counting:
                     replies += 1
-            producer.poll(0)
+            if batch:
+                # the batch's replies leave now in one request, as an agent's settle step
+                # sends what its handlers sent (with linger, they would wait for it)
+                producer.flush(10)
         cpu = time.process_time() - cpu_start
         print(json.dumps({"replies": replies, "latencies_us": latencies, "cpu_s": cpu}), flush=True)
     finally:

@@ -64,7 +64,6 @@ WARMUP_S = 1.0
 START_TIMEOUT_S = 60.0
 FOLLOW_TIMEOUT_S = 15.0  # relays read their settings about once a second
 DRAIN_TIMEOUT_S = 30.0
-BATCHED_LINGER_MS = 5.0  # the floor's second measure when the mesh's producers do not linger
 SNAPSHOT_INTERVAL = "1s"  # the topology manager's snapshots: its backlog is sampled from them
 TARGETS = {"msgs_per_s": 50_000, "floor_ratio": 0.7, "p50_to_raw": 1.5, "paced_p99_ms": 10.0}
 
@@ -349,13 +348,6 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
             floor = baselines.floor(cfg.kafka, baseline_s, pairs=max(1, agents // 2), window=window,
                                     envelope=envelope)
-            if not floor["linger_ms"]:
-                # the same loops with batched producers: what the broker allows a Python
-                # agent once its records share requests (see notes)
-                batched = baselines.floor(cfg.kafka, baseline_s, pairs=max(1, agents // 2), window=window,
-                                          envelope=envelope, linger_ms=BATCHED_LINGER_MS)
-                floor["batched"] = {k: batched[k] for k in ("replies_per_s", "latency", "linger_ms",
-                                                            "cpu_us_per_reply")}
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker = bm.procs[0].pid if config is None else listener_pid(port)
             pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid]}
