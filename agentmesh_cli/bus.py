@@ -324,6 +324,7 @@ class Reader:
         assignments: Iterable[tuple[str, int, int | None]],
         client_id: str = "",
         fetch_wait: float | None = None,
+        fetch_min_bytes: int = 1,
     ) -> None:
         """`assignments`: (short topic, partition, start offset); None = committed, else earliest.
         `fetch_wait` (seconds) defaults to `kafka.fetch_wait`."""
@@ -336,6 +337,9 @@ class Reader:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
                 "fetch.wait.max.ms": max(1, round((fetch_wait or kafka.fetch_wait) * 1000)),
+                # a broker may hold a fetch until this much is there (up to the wait);
+                # the embedded one answers at the wait's end either way
+                "fetch.min.bytes": fetch_min_bytes,
             }
         )
         self._prefix = kafka.topic_prefix + "."

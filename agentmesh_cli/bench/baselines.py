@@ -210,27 +210,28 @@ def _raw_consumer(settings: dict[str, Any]) -> None:
 
 
 # floor ----------------------------------------------------------------------------------
-def floor(kafka: KafkaConfig, seconds: float = 2.0, pairs: int = 1, window: int = 100,
+def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int = 100,
           envelope: bytes | None = None, linger_ms: float | None = None,
           fetch_wait: float | None = None) -> dict[str, Any]:
-    """`pairs` pairs of bare loops (2 x pairs processes, one partition each) passing the
-    envelope back and forth, each loop keeping `window` messages in flight towards its
-    peer: replies/s of all loops together over `seconds` (after a short warm-up) and the
-    latency of a hop (reply sent -> decoded by the peer).
+    """`loops` bare loops (processes, one partition each) passing the envelope on, each to
+    the others in turn (the relays' traffic: a loop's sends spread over every other
+    partition, and every partition costs the broker a produce request per flush), each
+    loop keeping `window` messages in flight: replies/s of all loops together over
+    `seconds` (after a short warm-up) and the latency of a hop (sent -> decoded).
 
     The loops use the clients' settings an agent of this mesh gets (`linger.ms` from
     `kafka.client`, else 0 as the agents' Bus; `kafka.fetch_wait`), so the floor differs
     from an agent by the framework only; `linger_ms` / `fetch_wait` override them."""
+    if loops < 2:
+        raise ValueError("the floor needs at least 2 loops")
     template = envelope or default_envelope()
-    loops = 2 * pairs
     name = create_topic(kafka, "floor", partitions=loops)
     workers: list[subprocess.Popen[str]] = []
     try:
         for i in range(loops):
-            peer = i ^ 1  # 0 <-> 1, 2 <-> 3, ...
             workers.append(_start_worker("floor-worker", {
-                "kafka": kafka.model_dump(), "topic": name, "me": i, "peer": peer,
-                "name": f"floor-{i}", "peer_name": f"floor-{peer}", "window": window,
+                "kafka": kafka.model_dump(), "topic": name, "me": i,
+                "peers": [j for j in range(loops) if j != i], "window": window,
                 "seconds": seconds, "warmup": FLOOR_WARMUP_S, "template": template.decode(),
                 "linger_ms": linger(kafka) if linger_ms is None else linger_ms,
                 "fetch_wait": fetch_wait}))
@@ -259,22 +260,29 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, pairs: int = 1, window: int 
 
 def _floor_worker(settings: dict[str, Any]) -> None:
     """Worker: one bare loop. It reads its own partition, decodes every record with orjson,
-    takes the hop's latency from `payload.sent_ns`, and answers the peer with a copy that
-    has a fresh id and send time: what an agent must do at the least."""
+    takes the hop's latency from `payload.sent_ns`, and passes on a copy with a fresh id
+    and send time to the next of its peers in turn: what an agent must do at the least."""
     kafka = KafkaConfig(**settings["kafka"])
-    topic, me, peer = settings["topic"], settings["me"], settings["peer"]
-    name, peer_name = settings["name"], settings["peer_name"]
-    key = peer_name.encode()
+    topic, me, peers = settings["topic"], settings["me"], settings["peers"]
+    name = f"floor-{me}"
+    # (partition, recipient, key) of each peer, taken in turn
+    targets = [(p, f"floor-{p}", f"floor-{p}".encode()) for p in peers]
+    turn = 0
     template = orjson.loads(settings["template"])
     # an id as long as a uuid4 (36 characters), unique without uuid4's cost per message
     base = uuid.uuid4().hex[:23]
     consumer = _consumer(kafka, f"bench-floor-{me}", topic, me, settings["fetch_wait"])
     producer = _producer(kafka, f"bench-floor-{me}", linger_ms=settings["linger_ms"])
 
-    def message(n: int, hops: int) -> bytes:
-        return orjson.dumps({**template, "id": f"{base}-{n:012x}", "from_agent_id": name,
-                             "to_agent_id": peer_name, "ts": time.time_ns() // 1_000_000,
-                             "payload": {**template["payload"], "sent_ns": time.time_ns(), "hops": hops}})
+    def send(n: int, hops: int) -> None:
+        nonlocal turn
+        partition, recipient, key = targets[turn]
+        turn = (turn + 1) % len(targets)
+        producer.produce(topic, orjson.dumps({
+            **template, "id": f"{base}-{n:012x}", "from_agent_id": name, "to_agent_id": recipient,
+            "ts": time.time_ns() // 1_000_000,
+            "payload": {**template["payload"], "sent_ns": time.time_ns(), "hops": hops}}),
+            key=key, partition=partition)
 
     try:
         producer.produce(topic, b"hello", partition=me)  # to ourselves: ready once it is back
@@ -287,7 +295,7 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         sys.stdin.readline()  # "go"
         sent = 0
         for _ in range(settings["window"]):
-            producer.produce(topic, message(sent, FLOOR_HOPS), key=key, partition=peer)
+            send(sent, FLOOR_HOPS)
             sent += 1
         producer.poll(0)
         start = time.monotonic() + settings["warmup"]
@@ -306,7 +314,7 @@ def _floor_worker(settings: dict[str, Any]) -> None:
                 payload = data["payload"]
                 if counting:
                     latencies.append((time.time_ns() - payload["sent_ns"]) // 1000)
-                producer.produce(topic, message(sent, payload["hops"] - 1), key=key, partition=peer)
+                send(sent, payload["hops"] - 1)
                 sent += 1
                 if counting:
                     replies += 1

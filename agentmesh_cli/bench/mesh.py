@@ -128,16 +128,20 @@ class Relays:
 
 def _window_figures(start: dict[str, dict[str, Any]], end: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Messages/s and latency between two flushes of every relay (each over its own span)."""
-    rate, handled, windows = 0.0, 0, []
+    rate, handled, turns, windows = 0.0, 0, 0, []
     for name, last in end.items():
         first = start[name]
         span = max(1e-6, last["ts"] - first["ts"])
         rate += (last["handled"] - first["handled"]) / span
         handled += last["handled"] - first["handled"]
+        turns += last["ticks"] - first["ticks"]
         window_max = max((m for ts, m in last["maxes"] if first["ts"] < ts <= last["ts"]), default=0)
         windows.append(Histogram.from_dict(last["latency"]).minus(Histogram.from_dict(first["latency"]),
                                                                   window_max))
     return {"msgs_per_s": round(rate), "handled": handled,
+            # messages an agent handles per turn of its loop (one poll, one flush, one
+            # ledger write): the batch size that sets how many requests the broker serves
+            "msgs_per_loop_turn": round(handled / max(1, turns), 1),
             "latency": Histogram.merged(windows).percentiles()}
 
 
@@ -346,8 +350,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             baseline_s = min(2.0, duration)
             raw = {"throughput": baselines.raw_throughput(cfg.kafka, baseline_s, value=envelope),
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
-            floor = baselines.floor(cfg.kafka, baseline_s, pairs=max(1, agents // 2), window=window,
-                                    envelope=envelope)
+            floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope)
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker = bm.procs[0].pid if config is None else listener_pid(port)
             pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid]}
@@ -396,6 +399,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     figures = {
         "msgs_per_s": rate,
         "peak_latency": peak["latency"],
+        "msgs_per_loop_turn": peak["msgs_per_loop_turn"],
         "paced": {"rate": round(paced_rate), "msgs_per_s": paced["msgs_per_s"], "latency": paced["latency"]},
         "one_hop": {"rate": IDLE_RATE, "msgs_per_s": idle["msgs_per_s"], **idle["latency"]},
         "topology_backlog": topology_backlog,
@@ -417,8 +421,9 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     notes += [
         f"load average {load_start} at start, {round(os.getloadavg()[0], 2)} at end (2-core machine: "
         "figures move with what else runs)",
-        f"floor: {floor['loops']} bare loops ({max(1, agents // 2)} pairs), window {window} each, "
-        f"linger.ms {floor['linger_ms']:g}, fetch wait {floor['fetch_wait_ms']:g} ms (the agents' settings)",
+        f"floor: {floor['loops']} bare loops, each passing messages to the others in turn as the relays "
+        f"do, window {window} each, linger.ms {floor['linger_ms']:g} and a flush per batch, fetch wait "
+        f"{floor['fetch_wait_ms']:g} ms (the agents' settings)",
         "topology_backlog: records on `messages` not yet read by the topology manager at its snapshots at "
         "the start, middle and end of the peak window (produced counts interpolated from the relays' flushes "
         "to the snapshot's time); it keeps up when the backlog grows by at most 0.25 s of traffic and ends "

@@ -29,6 +29,7 @@ __all__ = ["TopologyManager", "TopologyState", "apply_safely", "history_point", 
 
 LIVENESS_CHECK_S = 0.5  # how often silent agents (and held records past their time) are looked for
 OWNER = C.PROGRAM_TOPOLOGY
+TOPOLOGY_FETCH_MIN_BYTES = 65_536  # with topology_fetch_wait: few, big fetches on a real Kafka too
 
 log = logging.getLogger("topology")
 
@@ -95,7 +96,7 @@ class TopologyManager:
         state.expected = frozenset(agent.name for agent in cfg.agents)
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
-                        fetch_wait=cfg.kafka.manager_fetch_wait)
+                        fetch_wait=cfg.kafka.topology_fetch_wait, fetch_min_bytes=TOPOLOGY_FETCH_MIN_BYTES)
         store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d partitions assigned", len(assignments))
         next_decay = time.monotonic() + self.cfg.decay_interval
