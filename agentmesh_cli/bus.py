@@ -16,6 +16,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, NamedTuple
 
 from confluent_kafka import (
@@ -42,6 +43,7 @@ MISSING_TOPIC_WAIT_S = 30.0  # how long a send waits for a lost topic to be re-c
 MAX_SENT_AGAIN = 100_000  # records kept to send again after their topic was lost
 # What the broker confirmed this recently (at most this many bytes) is sent again when it
 # restarted empty (`replay`): an in-memory broker loses what nobody had read yet.
+KICK_S = 0.001  # (Bus.kick) how long a flush runs to make the queued records leave
 REPLAY_S = 10.0
 REPLAY_BYTES = 4 << 20
 REPLAYED_TOPICS = (C.TOPIC_MESSAGES, C.TOPIC_PROPOSALS, C.TOPIC_VOTES, C.TOPIC_CONSENSUS)
@@ -163,8 +165,14 @@ class Bus:
         self.on_delivered: Callable[[bytes | None], None] | None = None
         # called while a send waits for a topic the broker lost (roles: re-create the topics)
         self.on_missing_topic: Callable[[], None] | None = None
-        # records to send again: refused for a lost topic, or replayed after a broker restart
-        self._again: list[tuple[str, bytes | None, bytes | None, int]] = []
+        # records to send again: refused for a lost topic, or replayed after a broker restart;
+        # with the generation they still count in (None: a replay, counted in the current one)
+        self._again: list[tuple[str, bytes | None, bytes | None, int, int | None]] = []
+        # Generations (see `close_generation`): what was sent in each is confirmed (or has
+        # failed) once its count of records in flight is back to 0
+        self._generation = 0
+        self._in_flight: Counter[int] = Counter()
+        self._callbacks: dict[int, Callable[[KafkaError | None, Any], None]] = {}
         # what the broker confirmed lately, for `replay`: (when, topic, value, key, partition)
         self._recent: deque[tuple[float, str, bytes, bytes | None, int]] = deque()
         self._recent_bytes = 0
@@ -185,17 +193,51 @@ class Bus:
     def topic(self, short: str) -> str:
         return f"{self.kafka.topic_prefix}.{short}"
 
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+    def close_generation(self) -> int:
+        """End the current generation of sends and return its number: what is sent from
+        now on belongs to the next one. `confirmed(n)` says when all of n has been answered.
+        (The agent runtime closes one per loop turn, so that a turn's ids are recorded once
+        what its handlers sent is confirmed, without waiting for it in a flush.)"""
+        closed = self._generation
+        self._generation += 1
+        return closed
+
+    def confirmed(self, generation: int) -> bool:
+        """True when every record of `generation` has been confirmed by the broker or has
+        failed for good (see `delivery_failures`); call `poll()` first to take the answers."""
+        if self._in_flight.get(generation, 0) > 0:
+            return False
+        self._in_flight.pop(generation, None)
+        if generation != self._generation:
+            self._callbacks.pop(generation, None)
+        return True
+
+    def kick(self) -> None:
+        """Send what is queued now rather than after `linger.ms`, waiting at most a
+        millisecond (a flush that does not wait for the answers: librdkafka's flush makes
+        its broker threads send at once while it runs)."""
+        self._producer.flush(KICK_S)
+
+    def _callback(self, generation: int) -> Callable[[KafkaError | None, Any], None]:
+        callback = self._callbacks.get(generation)
+        if callback is None:
+            callback = self._callbacks[generation] = partial(self._on_delivery, generation)
+        return callback
+
+    def _on_delivery(self, generation: int, err: KafkaError | None, msg: Any) -> None:
         # The callback hands us a KafkaError, not an exception: count and log it.
         if err is not None:
             if err.code() in _TOPIC_GONE and len(self._again) < MAX_SENT_AGAIN:
                 # the broker lost the topic under queued records (an embedded broker
-                # restarted empty): send them again once it is back (same ids: no doubles)
-                self._again.append((msg.topic(), msg.value(), msg.key(), msg.partition()))
+                # restarted empty): send them again once it is back (same ids: no doubles);
+                # they stay in flight in their generation until then
+                self._again.append((msg.topic(), msg.value(), msg.key(), msg.partition(), generation))
                 return
+            self._in_flight[generation] -= 1
             self.delivery_failures += 1
             log.error("delivery to %s failed: %s", msg.topic(), err.str())
             return
+        self._in_flight[generation] -= 1
         topic = msg.topic() or ""
         if topic == self._messages_topic and (key := msg.key()) is not None:
             self.delivered_to[key.decode("utf-8", "replace")] += 1
@@ -212,9 +254,12 @@ class Bus:
         self.produce_raw(short_topic, envelope.encode(), key, partition)
 
     def produce_raw(
-        self, short_topic: str, value: bytes, key: str | None = None, partition: int | None = None
+        self, short_topic: str, value: bytes, key: str | None = None, partition: int | None = None,
+        generation: int | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"value": value, "on_delivery": self._on_delivery}
+        """`generation`: the one the record counts in (default: the current one)."""
+        generation = self._generation if generation is None else generation
+        kwargs: dict[str, Any] = {"value": value, "on_delivery": self._callback(generation)}
         if key is not None:
             kwargs["key"] = key.encode("utf-8")
         if partition is not None:
@@ -248,6 +293,7 @@ class Bus:
                 except KafkaException:
                     pass
                 self._producer.poll(0.2)
+        self._in_flight[generation] += 1
         self._producer.poll(0)
 
     def send_message(self, envelope: Envelope) -> int:
@@ -303,15 +349,18 @@ class Bus:
         away (the broker restarted empty: what nobody had read is gone with it). Same bytes,
         same ids: readers skip the copies of what they had read. Returns how many."""
         recent, self._recent, self._recent_bytes = self._recent, deque(), 0
-        self._again.extend((topic, value, key, partition) for _, topic, value, key, partition in recent)
+        self._again.extend((topic, value, key, partition, None) for _, topic, value, key, partition in recent)
         self._send_again()
         return len(recent)
 
     def _send_again(self) -> None:
         again, self._again = self._again, []
-        for topic, value, key, partition in again:
+        for topic, value, key, partition, generation in again:
             self.produce_raw(topic.removeprefix(self.kafka.topic_prefix + "."), value or b"",
-                             None if key is None else key.decode("utf-8", "replace"), partition)
+                             None if key is None else key.decode("utf-8", "replace"), partition,
+                             generation)
+            if generation is not None:
+                self._in_flight[generation] -= 1  # it was still counted from its first send
 
 
 class Reader:

@@ -51,6 +51,7 @@ class Ledger:
         self.window = window
         self._recent = RecentIds(window)
         self._pending: list[tuple[str, str]] = []  # (id, sender) handled, not yet recorded
+        self._taken = 0  # ids handled before the first of `_pending` (for `mark`)
         self._inflight: tuple[int, list[tuple[str, str]]] | None = None  # a write that failed
         self._score = 0
 
@@ -68,23 +69,30 @@ class Ledger:
         self._recent.add(message_id)
         self._pending.append((message_id, sender))
 
+    def mark(self) -> int:
+        """How many ids have been handled so far: `record(up_to=mark)` records those."""
+        return self._taken + len(self._pending)
+
     @property
     def pending(self) -> int:
         return len(self._pending) + (len(self._inflight[1]) if self._inflight else 0)
 
-    def record(self) -> bool:
-        """Write the pending ids to Redis; True when nothing is left pending.
+    def record(self, up_to: int | None = None) -> bool:
+        """Write the pending ids to Redis (those handled before `mark()` said `up_to`, or
+        all); True when none of those is left pending.
 
         A batch whose write failed is sent again as it was (same ids, same first score,
         hence the same token) before anything newer: if Redis applied it and only its
         answer was lost, the script recognises the token and counts nothing twice."""
         if self._inflight is None:
-            if not self._pending:
+            count = len(self._pending) if up_to is None else min(len(self._pending), up_to - self._taken)
+            if count <= 0:
                 return True
             # scores order the ledger (the trim keeps the newest): microseconds, never reused
             first = max(self._score + 1, time.time_ns() // 1000)
-            self._inflight = (first, self._pending)
-            self._pending = []
+            self._inflight = (first, self._pending[:count])
+            del self._pending[:count]
+            self._taken += count
         first, batch = self._inflight
         try:
             self.store.record_handled(self.agent, batch, first, self.window)
@@ -92,4 +100,4 @@ class Ledger:
             return False
         self._inflight = None
         self._score = first + len(batch)
-        return not self._pending or self.record()
+        return self.record(up_to)

@@ -1,10 +1,12 @@
 """One agent process: join, read the inbox partition, run the role, heartbeat, leave.
 
 The loop is single-threaded: poll a batch from the inbox partition, hand the agent's
-own messages to the role, tick the role, settle (what the handlers and the tick sent is
-delivered in one flush, the message ids are recorded in the agent's ledger, then, at
-most every COMMIT_EVERY_S, the offsets are committed: see agent/ledger.py), heartbeat
-when due. A restarted agent resumes after the last committed offsets; a redelivered
+own messages to the role, tick the role, end the turn (what the handlers and the tick
+sent leaves at once, one request per partition), settle the turns whose sends the broker
+has confirmed (their message ids are recorded in the agent's ledger, then, at most every
+COMMIT_EVERY_S, their offsets are committed: see agent/ledger.py), heartbeat when due.
+The loop does not wait for the broker's answers; it runs at most TURNS_AHEAD turns ahead
+of them. A restarted agent resumes after the last committed offsets; a redelivered
 message the ledger holds is not handled again.
 """
 
@@ -16,7 +18,7 @@ import random
 import signal
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from types import FrameType
 from typing import Any
 
@@ -36,6 +38,7 @@ TICK_S = 0.1
 COUNTER_FLUSH_S = 1.0
 PEERS_REFRESH_S = 2.0
 SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
+TURNS_AHEAD = 8  # loop turns the agent may run ahead of the broker's confirmations
 SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried again
 # Offsets are committed at most this often, not after every batch: each commit is a
 # request the broker serves, and the ledger, not the offset, is what keeps a redelivered
@@ -64,7 +67,12 @@ class AgentRuntime:
         self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
         self._handling: str | None = None  # id of the message whose handler is running
         self._derived = 0  # envelopes sent by that handler so far
-        self._unflushed = 0  # records sent since the last flush (handlers, ticks, votes)
+        self._unflushed = 0  # records sent in this turn (handlers, tick, votes)
+        # turns whose sends the broker has not all confirmed yet: (the bus generation of
+        # their sends, the ledger's mark at their end, their next offsets)
+        self._turns: deque[tuple[int, int, dict[tuple[str, int], int]]] = deque()
+        self._confirmed_mark = 0  # the ledger's mark at the end of the last confirmed turn
+        # next offsets of the confirmed turns, committed once their ids are recorded
         self._uncommitted: dict[tuple[str, int], int] = {}
         self._next_settle = 0.0
         self._next_commit = 0.0
@@ -164,18 +172,21 @@ class AgentRuntime:
         try:
             while not self.stopping:
                 records = reader.poll_batch(timeout=TICK_S)
+                offsets: dict[tuple[str, int], int] = {}
                 for record in records:
                     self.counts[C.records_counter(record.topic)] += 1
                     if record.topic == C.TOPIC_CONSENSUS:
                         self._consensus(record)
                     else:
                         self._handle(record)
-                    self._uncommitted[(record.topic, record.partition)] = record.offset + 1
+                    offsets[(record.topic, record.partition)] = record.offset + 1
                 now = time.monotonic()
-                # before the settle step, so that what the tick sends leaves in the same
-                # request as what the handlers sent
+                # before the turn ends, so that what the tick sends leaves in the same
+                # requests as what the handlers sent
                 self._safely("on_tick", self.role.on_tick, now)
-                if records or self._unflushed or (self._uncommitted and now >= self._next_settle):
+                if records or self._unflushed:
+                    self._end_turn(offsets)
+                if self._turns or (self._uncommitted and now >= self._next_settle):
                     self._settle(reader, now)
                 if watch.check(now) is not None:
                     self._new_epoch(reader)
@@ -190,18 +201,31 @@ class AgentRuntime:
             self._leave(reader)
         return 0
 
-    def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
-        """Make a handled batch durable in the order that neither loses nor doubles: what the
-        handlers sent is delivered, the ids are recorded (with the exact counts), and only
-        then are the offsets committed (every COMMIT_EVERY_S, and when the agent leaves).
-        While Redis is down the offsets wait."""
+    def _end_turn(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Close the loop turn: what it sent leaves now (one request per partition), and its
+        handled ids and offsets wait in `_turns` until the broker has confirmed those sends."""
+        self._turns.append((self.bus.close_generation(), self.ledger.mark(), offsets))
         if self._unflushed:
-            # one produce request per partition for everything sent since the last flush
-            undelivered = self.bus.flush(SETTLE_FLUSH_S)
+            self.bus.kick()
+            self._unflushed = 0
+
+    def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
+        """Make handled turns durable in the order that neither loses nor doubles: what a
+        turn's handlers sent is confirmed by the broker, then its ids are recorded (with the
+        exact counts), and only then are its offsets committed (every COMMIT_EVERY_S, and
+        when the agent leaves). The loop does not wait for the broker's answers: it goes
+        on with the next turn while they come (up to TURNS_AHEAD turns). While Redis is
+        down the offsets wait."""
+        if final or len(self._turns) > TURNS_AHEAD:
+            undelivered = self.bus.flush(SETTLE_FLUSH_S)  # wait for the answers
             if undelivered:
                 self.log.warning("%d sent records not yet confirmed by the broker", undelivered)
-            self._unflushed = 0
-        if not self.ledger.record():
+        else:
+            self.bus.poll()  # take the answers that have come
+        while self._turns and self.bus.confirmed(self._turns[0][0]):
+            _, self._confirmed_mark, offsets = self._turns.popleft()
+            self._uncommitted.update(offsets)
+        if not self.ledger.record(self._confirmed_mark):
             if now >= self._next_settle:
                 self.log.warning("handled messages not recorded yet (Redis unavailable): %d "
                                  "waiting, offsets not committed", self.ledger.pending)
@@ -222,7 +246,9 @@ class AgentRuntime:
 
     def _new_epoch(self, reader: Reader) -> None:
         """The broker restarted empty: read from its beginning again, announce ourselves."""
-        self._uncommitted.clear()  # offsets of the old broker mean nothing to the new one
+        # offsets of the old broker mean nothing to the new one
+        self._uncommitted.clear()
+        self._turns = deque((generation, mark, {}) for generation, mark, _ in self._turns)
         reader.rewind()
         self._announce(C.EVENT_JOINED)
         try:
