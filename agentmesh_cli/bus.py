@@ -475,13 +475,17 @@ class Reader:
             return False
         return True
 
-    def commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
-        """Commit (short topic, partition) -> next offset to read, synchronously."""
+    def commit(self, next_offsets: dict[tuple[str, int], int], wait: bool = True) -> None:
+        """Commit (short topic, partition) -> next offset to read; `wait=False` sends the
+        commit without waiting for the broker's answer (a later commit covers one lost)."""
         if not next_offsets:
             return
         offsets = [TopicPartition(self._prefix + t, p, o) for (t, p), o in next_offsets.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            if wait:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             raise BusError(f"offset commit failed: {exc}") from exc
 

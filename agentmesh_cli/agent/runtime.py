@@ -237,7 +237,9 @@ class AgentRuntime:
             self._next_settle = self._next_commit
             return
         try:
-            reader.commit(self._uncommitted)
+            # not waited for but when leaving: the ledger, not the offset, keeps a message
+            # from being handled twice, and the next commit covers one that was lost
+            reader.commit(self._uncommitted, wait=final)
             self._uncommitted.clear()
             self._next_commit = now + COMMIT_EVERY_S
         except BusError as exc:
