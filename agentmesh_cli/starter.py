@@ -25,6 +25,7 @@ kafka:
   topic_prefix: agentmesh       # topics are <topic_prefix>.messages, .topology, ...
   partitions: 16                # of the messages topic: each agent reads one (its inbox)
   fetch_wait: 10ms              # an idle agent's fetch waits this long at the broker (latency vs idle CPU)
+  fetch_wait_per_agent: 1ms     # or this x the agents when more (up to 200ms): broker idle CPU stays flat
   manager_fetch_wait: 2ms       # the same for the consensus manager (decision latency)
   topology_fetch_wait: 100ms    # the topology manager's: it reads every message, nothing waits on it
   client: {}                    # passed to librdkafka as is (security.protocol, sasl.*, ssl.*)

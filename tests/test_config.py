@@ -122,3 +122,18 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_mesh(tmp_path / "nope.yaml")
     result = agentmesh("status", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+@pytest.mark.parametrize(("agents", "kafka", "wait"), [
+    (4, {}, 0.01),  # the least wait
+    (16, {}, 0.016),  # 1 ms per agent once that is more
+    (64, {}, 0.064),
+    (500, {}, 0.2),  # at most 200 ms
+    (500, {"fetch_wait": "500ms"}, 0.5),  # a longer wait set by hand stays
+    (64, {"fetch_wait_per_agent": "0.1ms"}, 0.01),  # less per agent: the least wait holds
+])
+def test_the_fetch_wait_grows_with_the_agents(agents: int, kafka: dict[str, object], wait: float) -> None:
+    # each idle agent costs the embedded broker a fetch per wait: the total stays bounded
+    names = [{"name": f"a{i}", "role": "sales"} for i in range(agents)]
+    cfg = parse_config({"mesh": "m", "kafka": kafka, "agents": names})
+    assert cfg.kafka.fetch_wait == pytest.approx(wait)
