@@ -137,8 +137,21 @@ def test_bench_consensus_reports_every_field() -> None:
     result = agentmesh("bench", "consensus", "--proposals", "200", "--samples", "20", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["scenario"] == "consensus" and data["votes"] == 600
-    assert data["votes_per_s"] > 0 and data["manager_cpu_share"] >= 0
-    for key in ("decision_latency", "raw_round_trip"):
-        assert set(data[key]) == {"p50_ms", "p99_ms", "max_ms", "mean_ms"}
-        assert 0 < data[key]["p50_ms"] <= data[key]["p99_ms"] <= data[key]["max_ms"]
+    assert set(data) >= {"scenario", "settings", "figures", "raw", "floor", "ratios", "targets", "notes"}
+    assert data["scenario"] == "consensus"
+    assert data["settings"]["proposals"] == 200 and data["settings"]["samples"] == 20
+    figures, raw, floor = data["figures"], data["raw"], data["floor"]
+    # every proposal got 3 supporting votes of 5 (quorum 0.6): all are accepted, each once
+    assert figures["votes"] == 600 == floor["votes"] and figures["accepted"] == 220
+    assert floor["decisions"] == 220 and floor["votes_counted"] == 600 + 3 * 20
+    assert figures["votes_per_s"] > 0 and floor["votes_per_s"] > 0 and figures["manager_cpu_share"] >= 0
+    assert raw["throughput"]["records_per_s"] > 0
+    assert raw["throughput"]["value_bytes"] == raw["one_hop"]["value_bytes"] == data["settings"]["vote_bytes"]
+    for latency in (figures["decision_latency"], floor["decision_latency"], raw["one_hop"]):
+        assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert set(data["ratios"]) == {"votes_per_s_to_floor", "votes_per_s_to_raw", "decision_p50_to_raw",
+                                   "decision_p50_to_floor"}
+    assert data["ratios"]["votes_per_s_to_floor"] == round(figures["votes_per_s"] / floor["votes_per_s"], 3)
+    assert all(isinstance(v, float) and v > 0 for v in data["ratios"].values())
+    assert data["targets"] == {}  # the issue names no numeric target for consensus
+    assert data["notes"] and all(isinstance(note, str) for note in data["notes"])
