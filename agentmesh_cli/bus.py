@@ -172,7 +172,6 @@ class Bus:
         # failed) once its count of records in flight is back to 0
         self._generation = 0
         self._in_flight: Counter[int] = Counter()
-        self._callbacks: dict[int, Callable[[KafkaError | None, Any], None]] = {}
         # what the broker confirmed lately, for `replay`: (when, topic, value, key, partition)
         self._recent: deque[tuple[float, str, bytes, bytes | None, int]] = deque()
         self._recent_bytes = 0
@@ -208,8 +207,6 @@ class Bus:
         if self._in_flight.get(generation, 0) > 0:
             return False
         self._in_flight.pop(generation, None)
-        if generation != self._generation:
-            self._callbacks.pop(generation, None)
         return True
 
     def kick(self) -> None:
@@ -217,12 +214,6 @@ class Bus:
         millisecond (a flush that does not wait for the answers: librdkafka's flush makes
         its broker threads send at once while it runs)."""
         self._producer.flush(KICK_S)
-
-    def _callback(self, generation: int) -> Callable[[KafkaError | None, Any], None]:
-        callback = self._callbacks.get(generation)
-        if callback is None:
-            callback = self._callbacks[generation] = partial(self._on_delivery, generation)
-        return callback
 
     def _on_delivery(self, generation: int, err: KafkaError | None, msg: Any) -> None:
         # The callback hands us a KafkaError, not an exception: count and log it.
@@ -259,7 +250,9 @@ class Bus:
     ) -> None:
         """`generation`: the one the record counts in (default: the current one)."""
         generation = self._generation if generation is None else generation
-        kwargs: dict[str, Any] = {"value": value, "on_delivery": self._callback(generation)}
+        # a callback per record, not one kept per generation on the Bus: that would be a
+        # reference cycle, and a dropped Bus's producer would live on until the next GC
+        kwargs: dict[str, Any] = {"value": value, "on_delivery": partial(self._on_delivery, generation)}
         if key is not None:
             kwargs["key"] = key.encode("utf-8")
         if partition is not None:

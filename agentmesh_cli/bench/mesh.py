@@ -62,6 +62,7 @@ HOPS = 10**9  # a peak message circulates until its run ends
 IDLE_RATE = 200  # messages/s across the mesh in the one-hop phase
 WARMUP_S = 1.0
 START_TIMEOUT_S = 60.0
+INJECT_TIMEOUT_S = 180.0
 FOLLOW_TIMEOUT_S = 15.0  # relays read their settings about once a second
 DRAIN_TIMEOUT_S = 30.0
 SNAPSHOT_INTERVAL = "1s"  # the topology manager's snapshots: its backlog is sampled from them
@@ -276,8 +277,9 @@ def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
         for name in names:
             bus.send_message(Envelope(type=BENCH_TYPE, from_agent_id=C.CLI_COUNTER_OWNER, to_agent_id=name,
                                       payload=bench_payload(run, HOPS)))
-    if bus.flush(30):
-        raise RuntimeError("injected messages not delivered to the broker within 30 s")
+    # a broker near its limit (64 agents and more on two cores) takes a minute for these
+    if bus.flush(INJECT_TIMEOUT_S):
+        raise RuntimeError(f"injected messages not delivered to the broker within {INJECT_TIMEOUT_S:.0f} s")
     return window * len(names)
 
 
