@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -329,14 +330,22 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         producer.flush(1)
 
 
-def main(argv: list[str]) -> int:
+def run_worker(workers: dict[str, Callable[[dict[str, Any]], None]], argv: list[str]) -> int:
+    """The entry of a worker process: `<kind> '<json settings>'`; its exit code."""
     kind, settings = argv[0], json.loads(argv[1])
+    if kind not in workers:
+        print(f"unknown worker {kind!r}; use {' or '.join(workers)}", file=sys.stderr)
+        return 2
     try:
-        {"floor-worker": _floor_worker, "raw-consumer": _raw_consumer}[kind](settings)
+        workers[kind](settings)
     except (KafkaException, BrokenPipeError) as exc:
         print(f"{kind}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_worker({"floor-worker": _floor_worker, "raw-consumer": _raw_consumer}, argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaException
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bench import baselines
@@ -391,16 +390,7 @@ def run(proposals: int = 4000, samples: int = 300, **kafka: Any) -> dict[str, An
 
 
 def main(argv: list[str]) -> int:
-    kind, settings = argv[0], json.loads(argv[1])
-    if kind != "floor-worker":
-        print(f"unknown worker {kind!r}; use floor-worker", file=sys.stderr)
-        return 2
-    try:
-        _floor_worker(settings)
-    except (KafkaException, BrokenPipeError) as exc:
-        print(f"{kind}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return baselines.run_worker({"floor-worker": _floor_worker}, argv)
 
 
 if __name__ == "__main__":
