@@ -201,6 +201,10 @@ class Bus:
         self._generation += 1
         return closed
 
+    def sent_unconfirmed(self) -> int:
+        """Records of the current generation the broker has not answered yet."""
+        return self._in_flight[self._generation]
+
     def confirmed(self, generation: int) -> bool:
         """True when every record of `generation` has been confirmed by the broker or has
         failed for good (see `delivery_failures`); call `poll()` first to take the answers."""
@@ -388,7 +392,8 @@ class Reader:
         self._assigned = [(short, partition) for short, partition, _ in assignments]
         # (full topic, partition) -> the offset the next record must have (see GAP_REREADS)
         self._expected: dict[tuple[str, int], int] = {}
-        self._rereads: dict[tuple[str, int, int], int] = {}  # (topic, partition, offset) -> tries
+        # (full topic, partition) -> (the offset being read again, how many times so far)
+        self._rereads: dict[tuple[str, int], tuple[int, int]] = {}
         self.gaps_reread = 0  # gaps closed by reading again
         self.gaps_accepted = 0  # gaps taken as real
         try:
@@ -448,19 +453,19 @@ class Reader:
     def _gap(self, topic: str, partition: int, want: int, got: int) -> bool:
         """Records `want`..`got - 1` were skipped: True when they are to be read again
         (the reader is moved back to `want`), False when the gap is taken as real."""
-        key = (topic, partition, want)
-        tries = self._rereads.get(key, 0)
+        where = (topic, partition)
+        gap_at, tries = self._rereads.get(where, (want, 0))
+        if gap_at != want:  # an earlier gap of this partition was closed: a new one
+            tries = 0
         if tries >= GAP_REREADS:
-            del self._rereads[key]
+            del self._rereads[where]
             self.gaps_accepted += 1
             log.warning("offsets %d-%d of %s/%d never arrived after %d reads; going on",
                         want, got - 1, topic, partition, tries)
             return False
         if tries == 0:
             self.gaps_reread += 1
-            if len(self._rereads) > 10_000:  # gaps closed long ago: never looked up again
-                self._rereads.clear()
-        self._rereads[key] = tries + 1
+        self._rereads[where] = (want, tries + 1)
         try:
             self._consumer.seek(TopicPartition(topic, partition, want))
         except KafkaException as exc:

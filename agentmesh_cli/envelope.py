@@ -51,6 +51,11 @@ def nests_deeper(value: Any, limit: int) -> bool:
     return False
 
 
+def new_id() -> str:
+    """A fresh envelope id (a uuid4)."""
+    return str(uuid.uuid4())
+
+
 class RecentIds:
     """The newest `limit` envelope ids seen, to recognise copies (a redelivery, a record
     sent again after a crash or a broker restart): the oldest are forgotten first."""
@@ -78,6 +83,31 @@ class RecentIds:
         return True
 
 
+_EMPTY: dict[str, Any] = {}
+
+
+def envelope_problem(data: Any) -> str | None:
+    """What is wrong with a parsed record value as an envelope, or None: the checks of
+    `Envelope.decode`, also run alone by the topology manager's batch path. `type() is`
+    rather than isinstance: JSON gives exact types, and a bool is no timestamp."""
+    if type(data) is not dict:
+        return f"not a JSON object but {type(data).__name__}"
+    if data.get("v") != ENVELOPE_VERSION:
+        return f"unsupported envelope version {data.get('v')!r}"
+    for name in _STR_FIELDS:
+        if type(data.get(name)) is not str:
+            return f"field {name!r} missing or not a string"
+    if not data["id"] or not data["type"]:
+        return "fields 'id' and 'type' must not be empty"
+    ts = data.get("ts")
+    if type(ts) is not int or ts < 0:
+        return "field 'ts' missing or not a non-negative integer (epoch ms)"
+    for name in ("payload", "meta"):
+        if type(data.get(name, _EMPTY)) is not dict:
+            return f"field {name!r} is not an object"
+    return None
+
+
 @dataclass(frozen=True)
 class Envelope:
     type: str
@@ -85,7 +115,7 @@ class Envelope:
     to_agent_id: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: new_id())
     ts: int = field(default_factory=now_ms)
     v: int = ENVELOPE_VERSION
 
@@ -109,21 +139,8 @@ class Envelope:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidEnvelope(f"not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidEnvelope(f"not a JSON object but {type(data).__name__}")
-        if data.get("v") != ENVELOPE_VERSION:
-            raise InvalidEnvelope(f"unsupported envelope version {data.get('v')!r}")
-        for name in _STR_FIELDS:
-            if not isinstance(data.get(name), str):
-                raise InvalidEnvelope(f"field {name!r} missing or not a string")
-        if not data["id"] or not data["type"]:
-            raise InvalidEnvelope("fields 'id' and 'type' must not be empty")
-        ts = data.get("ts")
-        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-            raise InvalidEnvelope("field 'ts' missing or not a non-negative integer (epoch ms)")
-        for name in ("payload", "meta"):
-            if not isinstance(data.get(name, {}), dict):
-                raise InvalidEnvelope(f"field {name!r} is not an object")
+        if (problem := envelope_problem(data)) is not None:
+            raise InvalidEnvelope(problem)
         return cls(
             type=data["type"],
             from_agent_id=data["from_agent_id"],
@@ -131,5 +148,5 @@ class Envelope:
             payload=data.get("payload", {}),
             meta=data.get("meta", {}),
             id=data["id"],
-            ts=ts,
+            ts=data["ts"],
         )

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal
-from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.envelope import Envelope, new_id
 
 if TYPE_CHECKING:
     from agentmesh_cli.agent.services import AgentServices
@@ -68,13 +68,8 @@ class AgentContext:
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
     ) -> Envelope:
         """Send a message to agent `to`; returns the envelope sent."""
-        message_id = self._next_id()
-        if message_id is None:
-            envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
-                                meta=meta or {})
-        else:  # built once with its id (no uuid4 made and replaced: the hot path)
-            envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
-                                meta=meta or {}, id=message_id)
+        envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
+                            meta=meta or {}, id=self._next_id() or new_id())
         return self._send(envelope)
 
     def propose(self, type: str, content: dict[str, Any]) -> str:

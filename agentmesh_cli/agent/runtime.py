@@ -67,7 +67,6 @@ class AgentRuntime:
         self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
         self._handling: str | None = None  # id of the message whose handler is running
         self._derived = 0  # envelopes sent by that handler so far
-        self._unflushed = 0  # records sent in this turn (handlers, tick, votes)
         # turns whose sends the broker has not all confirmed yet: (the bus generation of
         # their sends, the ledger's mark at their end, their next offsets)
         self._turns: deque[tuple[int, int, dict[tuple[str, int], int]]] = deque()
@@ -98,7 +97,6 @@ class AgentRuntime:
     def _send(self, envelope: Envelope) -> Envelope:
         """Send what the role built (AgentContext.send, which took its id from `_next_id`)."""
         self.bus.send_message(envelope)  # counted as sent when the broker confirms it
-        self._unflushed += 1
         return envelope
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
@@ -108,7 +106,6 @@ class AgentRuntime:
         event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=self.name,
                          payload={"proposal_id": proposal_id, "type": type, "content": content})
         self.bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
-        self._unflushed += 1
         self.counts["proposals"] += 1
         return proposal_id
 
@@ -184,7 +181,7 @@ class AgentRuntime:
                 # before the turn ends, so that what the tick sends leaves in the same
                 # requests as what the handlers sent
                 self._safely("on_tick", self.role.on_tick, now)
-                if records or self._unflushed:
+                if records or self.bus.sent_unconfirmed():
                     self._end_turn(offsets)
                 if self._turns or (self._uncommitted and now >= self._next_settle):
                     self._settle(reader, now)
@@ -204,10 +201,9 @@ class AgentRuntime:
     def _end_turn(self, offsets: dict[tuple[str, int], int]) -> None:
         """Close the loop turn: what it sent leaves now (one request per partition), and its
         handled ids and offsets wait in `_turns` until the broker has confirmed those sends."""
-        self._turns.append((self.bus.close_generation(), self.ledger.mark(), offsets))
-        if self._unflushed:
+        if self.bus.sent_unconfirmed():
             self.bus.kick()
-            self._unflushed = 0
+        self._turns.append((self.bus.close_generation(), self.ledger.mark(), offsets))
 
     def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
         """Make handled turns durable in the order that neither loses nor doubles: what a
@@ -340,7 +336,6 @@ class AgentRuntime:
                           payload={"proposal_id": proposal.id, "support": bool(vote.support),
                                    "intensity": float(vote.intensity)})
         self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
-        self._unflushed += 1  # delivered before the consensus offset is committed
         self.counts["votes"] += 1
 
     def _publish_services(self) -> None:

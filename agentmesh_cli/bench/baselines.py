@@ -259,6 +259,30 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             "loops": loops, "window": window, "envelope_bytes": len(template), "seconds": seconds}
 
 
+def poll_values(consumer: Consumer, max_records: int, timeout: float) -> list[bytes]:
+    """The values of what is fetched: up to `timeout` for the first record, then what is
+    already there (as bus.Reader.poll_batch reads); errors and empty records left out."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [value for msg in (first, *consumer.consume(max_records - 1, 0))
+            if msg.error() is None and (value := msg.value()) is not None]
+
+
+def worker_ready(producer: Producer, consumer: Consumer, topic: str, partition: int) -> bool:
+    """A worker's start: a record to its own partition, read back (so the producer and the
+    consumer are both connected and fetching), then "ready" on stdout for the parent.
+    False when it did not come back within READY_TIMEOUT_S."""
+    producer.produce(topic, b"hello", partition=partition)
+    producer.flush(10)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while (msg := consumer.poll(0.1)) is None or msg.error() is not None:
+        if time.monotonic() > deadline:
+            return False
+    print("ready", flush=True)
+    return True
+
+
 def _floor_worker(settings: dict[str, Any]) -> None:
     """Worker: one bare loop. It reads its own partition, decodes every record with orjson,
     takes the hop's latency from `payload.sent_ns`, and passes on a copy with a fresh id
@@ -286,13 +310,8 @@ def _floor_worker(settings: dict[str, Any]) -> None:
             key=key, partition=partition)
 
     try:
-        producer.produce(topic, b"hello", partition=me)  # to ourselves: ready once it is back
-        producer.flush(10)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while (msg := consumer.poll(0.1)) is None or msg.error() is not None:
-            if time.monotonic() > deadline:
-                return
-        print("ready", flush=True)
+        if not worker_ready(producer, consumer, topic, me):
+            return
         sys.stdin.readline()  # "go"
         sent = 0
         for _ in range(settings["window"]):
@@ -305,12 +324,8 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         while (now := time.monotonic()) < end:
             if not counting and now >= start:
                 counting, cpu_start = True, time.process_time()
-            first = consumer.poll(0.1)
-            batch = [] if first is None else [first, *consumer.consume(499, 0)]
-            for msg in batch:
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
+            batch = poll_values(consumer, 500, 0.1)
+            for value in batch:
                 data = orjson.loads(value)
                 payload = data["payload"]
                 if counting:

@@ -19,7 +19,6 @@ runs this module: `python -m agentmesh_cli.bench.consensus floor-worker '<json s
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ import orjson
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bench import baselines
-from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percentiles
+from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percentiles, ratio
 from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope, now_ms
@@ -147,11 +146,7 @@ def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
         store.close()
         bus.flush(5)
         load.flush(5)
-        # their producers must close before the broker stops: a Bus and its producer hold each
-        # other (the producer keeps the Bus's bound delivery callback), so `del` alone leaves
-        # them to the garbage collector, and the broker waits 5 s for their connections
-        del bus, load
-        gc.collect()
+        del bus, load  # their producers close before the broker stops (flushed: nothing holds them)
     return {
         "votes": len(votes),
         "votes_per_s": round(len(votes) / elapsed),
@@ -182,10 +177,8 @@ def floor(kafka: KafkaConfig, proposals: int, samples: int) -> dict[str, Any]:
     watcher = baselines._consumer(kafka, "bench-floor-watch", decided_topic, 0, kafka.fetch_wait)
     worker: subprocess.Popen[str] | None = None
 
-    def fetch() -> list[bytes | None]:
-        first = watcher.poll(0.5)
-        batch = [] if first is None else [first, *watcher.consume(9_999, 0)]
-        return [msg.value() for msg in batch if msg.error() is None]
+    def fetch() -> list[bytes]:
+        return baselines.poll_values(watcher, 10_000, 0.5)
 
     try:
         worker = _start_floor_worker({
@@ -269,21 +262,11 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     votes = decisions = size = 0
     base = uuid.uuid4().hex[:23]  # ids as long as a uuid4, unique without its cost per record
     try:
-        producer.produce(votes_topic, b"hello", partition=0)  # to ourselves: ready once it is back
-        producer.flush(10)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while (msg := consumer.poll(0.1)) is None or msg.error() is not None:
-            if time.monotonic() > deadline:
-                return
-        print("ready", flush=True)
+        if not baselines.worker_ready(producer, consumer, votes_topic, 0):
+            return
         deadline = time.monotonic() + READY_TIMEOUT_S + THROUGHPUT_TIMEOUT_S + 600
         while time.monotonic() < deadline:
-            first = consumer.poll(0.1)
-            batch = [] if first is None else [first, *consumer.consume(4999, 0)]
-            for msg in batch:
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
+            for value in baselines.poll_values(consumer, 5000, 0.1):
                 if value == baselines.END:
                     print(json.dumps({"votes": votes, "decisions": decisions, "decision_bytes": size}),
                           flush=True)
@@ -315,8 +298,6 @@ def _floor_worker(settings: dict[str, Any]) -> None:
 
 
 # the run ------------------------------------------------------------------------------
-def _ratio(value: float, baseline: float) -> float:
-    return round(value / baseline, 3) if baseline else 0.0
 
 
 def run(proposals: int = 4000, samples: int = 300, **kafka: Any) -> dict[str, Any]:
@@ -379,10 +360,10 @@ def run(proposals: int = 4000, samples: int = 300, **kafka: Any) -> dict[str, An
         "raw": raw,
         "floor": floor_figures,
         "ratios": {
-            "votes_per_s_to_floor": _ratio(figures["votes_per_s"], floor_figures["votes_per_s"]),
-            "votes_per_s_to_raw": _ratio(figures["votes_per_s"], raw["throughput"]["records_per_s"]),
-            "decision_p50_to_raw": _ratio(latency["p50_ms"], raw["one_hop"]["p50_ms"]),
-            "decision_p50_to_floor": _ratio(latency["p50_ms"], floor_figures["decision_latency"]["p50_ms"]),
+            "votes_per_s_to_floor": ratio(figures["votes_per_s"], floor_figures["votes_per_s"]),
+            "votes_per_s_to_raw": ratio(figures["votes_per_s"], raw["throughput"]["records_per_s"]),
+            "decision_p50_to_raw": ratio(latency["p50_ms"], raw["one_hop"]["p50_ms"]),
+            "decision_p50_to_floor": ratio(latency["p50_ms"], floor_figures["decision_latency"]["p50_ms"]),
         },
         "targets": {},
         "notes": notes,

@@ -152,6 +152,11 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ordered), 3)}
 
 
+def ratio(value: float, baseline: float) -> float:
+    """A figure over its baseline, to 3 digits; 0.0 when the baseline was not measured."""
+    return round(value / baseline, 3) if baseline else 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -43,6 +43,7 @@ from agentmesh_cli.bench.infra import (
     cpu_seconds,
     free_port,
     listener_pid,
+    ratio,
 )
 from agentmesh_cli.bench.relay import (
     BENCH_TYPE,
@@ -318,8 +319,6 @@ def _rss_mb(pids: list[int]) -> dict[str, float]:
     return {"max": round(max(sizes), 1), "mean": round(sum(sizes) / len(sizes), 1)}
 
 
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else 0.0
 
 
 def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
@@ -418,8 +417,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     }
     one_hop_p50 = raw["one_hop"]["p50_ms"]
     paced_p99 = paced["latency"]["p99_ms"]
-    floor_ratio = _ratio(rate, floor["replies_per_s"])
-    p50_ratio = _ratio(idle["latency"]["p50_ms"], one_hop_p50)
+    floor_ratio = ratio(rate, floor["replies_per_s"])
+    p50_ratio = ratio(idle["latency"]["p50_ms"], one_hop_p50)
     notes += [
         f"load average {load_start} at start, {round(os.getloadavg()[0], 2)} at end (2-core machine: "
         "figures move with what else runs)",
@@ -443,7 +442,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
         "floor": floor,
         "ratios": {
             "msgs_per_s_to_floor": floor_ratio,
-            "msgs_per_s_to_raw": _ratio(rate, raw["throughput"]["records_per_s"]),
+            "msgs_per_s_to_raw": ratio(rate, raw["throughput"]["records_per_s"]),
             "one_hop_p50_to_raw": p50_ratio,
         },
         "targets": {

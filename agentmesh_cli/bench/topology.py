@@ -39,7 +39,7 @@ import orjson
 import psutil
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds
+from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, ratio
 from agentmesh_cli.bus import Bus, Record, prepare_topics, topic_partitions
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.store import Store
@@ -278,8 +278,6 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
         }
 
 
-def _ratio(value: float, baseline: float) -> float:
-    return round(value / baseline, 3) if baseline else 0.0
 
 
 def run(events: int = 200_000, agents: int = 16, full_mesh_agents: int = 1000,
@@ -341,11 +339,11 @@ def run(events: int = 200_000, agents: int = 16, full_mesh_agents: int = 1000,
         "raw": raw,
         "floor": floor,
         "ratios": {
-            "bulk_to_floor": _ratio(figures["bulk_reinforcements_per_s"], floor["records_per_s"]),
-            "manager_to_raw": _ratio(figures["manager_reinforcements_per_s"], raw["records_per_s"]),
-            "manager_steady_to_raw": _ratio(figures["manager_steady_reinforcements_per_s"],
+            "bulk_to_floor": ratio(figures["bulk_reinforcements_per_s"], floor["records_per_s"]),
+            "manager_to_raw": ratio(figures["manager_reinforcements_per_s"], raw["records_per_s"]),
+            "manager_steady_to_raw": ratio(figures["manager_steady_reinforcements_per_s"],
                                             raw["records_per_s"]),
-            "manager_to_bulk": _ratio(figures["manager_reinforcements_per_s"],
+            "manager_to_bulk": ratio(figures["manager_reinforcements_per_s"],
                                       figures["bulk_reinforcements_per_s"]),
         },
         "targets": targets,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -128,15 +127,12 @@ def bench(
             console_err.print(f"[yellow]note:[/] {note}")
         results[name] = result
         if not as_json:
-            console.print(TABLES.get(name, result_table)(result))
+            console.print(result_table(result))
     document: dict[str, Any] = results[scenario] if scenario != ALL else {"scenarios": results}
     if out is not None:
         out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if as_json:
         print(json.dumps(document, indent=2))
-
-
-TABLES: dict[str, Callable[[dict[str, Any]], Table]] = {}
 
 
 def register(app: typer.Typer) -> None:

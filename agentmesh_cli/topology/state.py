@@ -25,7 +25,7 @@ import orjson
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
-from agentmesh_cli.envelope import Envelope, RecentIds, is_agent_name, shown
+from agentmesh_cli.envelope import Envelope, RecentIds, envelope_problem, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 
@@ -62,7 +62,6 @@ class Held:
 K = TypeVar("K")
 
 
-_EMPTY: dict[str, Any] = {}  # (apply_batch) a field left out, as Envelope.decode reads it
 _UNSEEN = object()  # (apply_batch) a recipient not in the inbox cache yet
 
 
@@ -191,10 +190,6 @@ class TopologyState:
         # any record goes the one-by-one way (which writes its own), so the last one wins
         read: dict[int, int] = {}
         messages = duplicates = 0
-        message_id: Any
-        source: Any
-        target: Any
-        ts: Any
         try:
             for record in records:
                 if record.topic != C.TOPIC_MESSAGES:
@@ -209,23 +204,13 @@ class TopologyState:
                         data = loads(value)
                     except orjson.JSONDecodeError:
                         pass
-                # Envelope.decode's checks, inline: this loop runs once per message
-                if type(data) is not dict or data.get("v") != C.ENVELOPE_VERSION:
-                    data = None
-                else:
-                    message_id, kind = data.get("id"), data.get("type")
-                    source, target = data.get("from_agent_id"), data.get("to_agent_id")
-                    ts = data.get("ts")
-                    if not (type(message_id) is str and type(kind) is str and type(source) is str
-                            and type(target) is str and message_id and kind
-                            and type(ts) is int and ts >= 0
-                            and type(data.get("payload", _EMPTY)) is dict
-                            and type(data.get("meta", _EMPTY)) is dict):
-                        data = None
-                if data is None:
+                # Envelope.decode's checks, without building an Envelope
+                if data is None or envelope_problem(data) is not None:
                     self._note_offsets(read)
                     self.apply_safely(record, now)  # decoded again there, for its reason
                     continue
+                message_id, source, target, ts = (data["id"], data["from_agent_id"],
+                                                  data["to_agent_id"], data["ts"])
                 read[record.partition] = record.offset + 1
                 messages += 1
                 try:
