@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.credentials import Credentials, load_credentials
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.hosts import check_hosts, choose_host
 
@@ -35,6 +37,31 @@ MAX_SOCKET_PATH = 100
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = C.NAME_PATTERN
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str, key: str) -> str:
+    """`value` with every ${NAME} replaced by environment variable NAME (unset: ConfigError
+    naming `key`, the mesh.yaml key that refers to it)."""
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{key} refers to ${{{name}}}, but the environment has no {name}")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(variable, value)
+
+
+def redact_url(url: str) -> str:
+    """A URL as safe to show: its password (if any) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def parse_duration(value: Any) -> float:
@@ -91,6 +118,13 @@ class KafkaConfig(_Section):
         return self.bootstrap_servers == EMBEDDED
 
     @property
+    def client_settings(self) -> dict[str, str | int | float | bool]:
+        """`client` with ${VAR} in its strings replaced from the environment, so a password
+        (sasl.password, ssl.key.password) need not be written into mesh.yaml."""
+        return {key: expand_env(value, f"kafka.client.{key}") if isinstance(value, str) else value
+                for key, value in self.client.items()}
+
+    @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}" if self.embedded else self.bootstrap_servers
 
@@ -112,7 +146,9 @@ class RedisConfig(_Section):
 
     @property
     def resolved_url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0" if self.embedded else self.url
+        """The address, as safe to show: an external URL's password is replaced by ***
+        (`Mesh.redis_url` is the one to connect with)."""
+        return f"redis://127.0.0.1:{self.port}/0" if self.embedded else redact_url(self.url)
 
 
 class TopologyConfig(_Section):
@@ -166,10 +202,40 @@ class ServiceConfig(_Section):
 class ServicesConfig(_Section):
     memory: ServiceConfig = ServiceConfig(port=9000)
     cognition: ServiceConfig = ServiceConfig(port=9100)
+    # HTTPS: both services serve TLS with this PEM certificate and key (files), and their
+    # clients verify it against tls_ca (a PEM CA bundle; empty: the system's store)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # browsers from these origins may call the services (CORS); none: CORS is off. The MCP
+    # endpoint also accepts requests with these Origin headers (and loopback ones)
+    cors_origins: list[str] = []
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # a bigger request body is a 413
     health_interval: Duration = 30.0  # each client checks its service's /health this often
     breaker_failures: int = Field(5, ge=1)  # consecutive failed calls that open a client's breaker
     breaker_reset: Duration = 30.0  # an open breaker lets one probe through after this
     pending_limit: int = Field(10_000, ge=1)  # memory writes an agent buffers while memory is down
+
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServicesConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+
+class SecurityConfig(_Section):
+    """Message-level integrity (docs/security.md). Transport and service secrets are in
+    the sections they secure (kafka.client, redis.url, services.tls_*)."""
+
+    # every record is signed with the mesh key (HMAC-SHA256, a Kafka header); an unsigned
+    # or forged record is a dead letter, so a process that reaches the broker without
+    # the key cannot speak for an agent or vote
+    sign_envelopes: bool = False
 
 
 class MetricsConfig(_Section):
@@ -230,6 +296,7 @@ class MeshConfig(_Section):
     workload: WorkloadConfig = WorkloadConfig()
     logging: LoggingConfig = LoggingConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    security: SecurityConfig = SecurityConfig()
     agents: list[AgentSpec] = []
     # host name -> the programs it runs (names or fnmatch globs like agent-*); see hosts.py
     hosts: dict[str, list[str]] = {}
@@ -330,6 +397,20 @@ class Mesh:
     @property
     def keys(self) -> C.Keys:
         return C.Keys(self.config.mesh)
+
+    @functools.cached_property
+    def credentials(self) -> Credentials:
+        """The mesh's generated secrets (agentmesh_cli.credentials), made on first use."""
+        return load_credentials(self.root)
+
+    @property
+    def redis_url(self) -> str:
+        """The URL to connect to Redis with (it may hold a password: never show it; show
+        `config.redis.resolved_url`). The embedded Valkey's password is the generated one."""
+        redis = self.config.redis
+        if redis.embedded:
+            return f"redis://:{self.credentials.redis_password}@127.0.0.1:{redis.port}/0"
+        return expand_env(redis.url, "redis.url")
 
     def topic(self, short: str) -> str:
         return f"{self.config.kafka.topic_prefix}.{short}"

@@ -73,6 +73,7 @@ STATE_DIR = ".agentmesh"
 SUPERVISORD_CONF = "supervisord.conf"
 SUPERVISOR_SOCKET = "supervisor.sock"
 SUPERVISORD_PID = "supervisord.pid"
+VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
 
 # Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"

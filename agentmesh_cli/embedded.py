@@ -6,6 +6,7 @@ benchmarks, which start the same binaries the same way.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -35,11 +36,29 @@ def broker_command(port: int, binary: str = "") -> list[str]:
             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
 
-def valkey_command(port: int, data_dir: Path, binary: str = "", persist: bool = True) -> list[str]:
-    """valkey-server on loopback, append-only file in `data_dir` when `persist`."""
-    return [binary or valkey_binary(), "--bind", "127.0.0.1", "--port", str(port),
+def valkey_command(port: int, data_dir: Path, binary: str = "", persist: bool = True,
+                   config_file: Path | None = None) -> list[str]:
+    """valkey-server on loopback, append-only file in `data_dir` when `persist`. The
+    password comes from `config_file` (see `write_valkey_secret`), never the command
+    line, which every local user can read in `ps`."""
+    first = [str(config_file)] if config_file is not None else []
+    return [binary or valkey_binary(), *first, "--bind", "127.0.0.1", "--port", str(port),
             "--dir", str(data_dir), "--appendonly", "yes" if persist else "no", "--save", "",
             "--protected-mode", "yes", "--daemonize", "no", "--logfile", ""]
+
+
+def write_valkey_secret(path: Path, password: str) -> None:
+    """The embedded Valkey's config file: just its password, mode 0600 (rewritten only
+    when it differs, so `up` does not touch it on every run)."""
+    text = f'requirepass "{password}"\n'
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    tmp.replace(path)
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -60,11 +79,16 @@ def start_broker(port: int, log: IO[bytes] | int = subprocess.DEVNULL) -> subpro
     return proc
 
 
-def start_valkey(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
-    """Start Valkey without persistence (for tests and benchmarks) and wait for PING."""
-    proc = subprocess.Popen(valkey_command(port, data_dir, persist=False),
+def start_valkey(port: int, data_dir: Path, password: str | None = None) -> subprocess.Popen[bytes]:
+    """Start Valkey without persistence (for tests and benchmarks) and wait for PING;
+    with `password`, it requires it (its config file goes into `data_dir`)."""
+    config_file = None
+    if password is not None:
+        config_file = data_dir / "valkey.conf"
+        write_valkey_secret(config_file, password)
+    proc = subprocess.Popen(valkey_command(port, data_dir, persist=False, config_file=config_file),
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
 
     def ping() -> bool:
         try:

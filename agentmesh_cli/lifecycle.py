@@ -135,7 +135,9 @@ class Readiness:
         if self._http is None:
             import httpx
 
-            self._http = httpx.Client(timeout=1.0)
+            from agentmesh_cli.services.client import tls_verify
+
+            self._http = httpx.Client(timeout=1.0, verify=tls_verify(self.mesh))  # services.tls_ca
         return self._http
 
     def close(self) -> None:
@@ -146,7 +148,7 @@ class Readiness:
 
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.mesh.config.redis.resolved_url, self.mesh.config.mesh, timeout=1.0)
+            self._store = Store(self.mesh.redis_url, self.mesh.config.mesh, timeout=1.0)
         return self._store
 
     def joined(self) -> set[str]:

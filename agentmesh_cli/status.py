@@ -23,6 +23,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.signing import refused_totals
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.restarts import SpawnLog
@@ -92,8 +93,12 @@ class StatusCollector:
         self.mesh = mesh
         self.sampler = ProcessSampler()
         self.spawns = SpawnLog()
-        self.store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
-        self.http = httpx.Client(timeout=HEALTH_TIMEOUT_S)  # every frame's /health requests
+        self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
+        self._redis_problem: str | None = None
+        from agentmesh_cli.services.client import tls_verify
+
+        # every frame's /health requests (https with services.tls_*, trusting services.tls_ca)
+        self.http = httpx.Client(timeout=HEALTH_TIMEOUT_S, verify=tls_verify(mesh))
 
     def close(self) -> None:
         self.store.close()
@@ -134,7 +139,7 @@ class StatusCollector:
             "errors": errors,
         }
         if not redis["reachable"]:
-            errors.append(f"redis: no answer from {redis['address']}")
+            errors.append(f"redis at {redis['address']}: {self._redis_problem}")
         elif stored is not None:
             self._add_stored(result, stored, {p["name"]: p["pid"] for p in infos}, now)
         if cpu_window:
@@ -181,9 +186,9 @@ class StatusCollector:
 
     def _redis_probe(self) -> dict[str, Any]:
         started = time.monotonic()
-        pong = self.store.ping()
+        self._redis_problem = self.store.problem()
         address = _redis_address(self.mesh.config.redis.resolved_url)
-        return _reachability(address, time.monotonic() - started if pong else None)
+        return _reachability(address, None if self._redis_problem else time.monotonic() - started)
 
     def _read_redis(self, errors: list[str]) -> dict[str, Any] | None:
         try:
@@ -203,6 +208,9 @@ class StatusCollector:
                     now: float) -> None:
         registry, counters = stored["registry"], stored["counters"]
         result["agents"] = _agents(self.mesh, registry, counters, supervised, now)
+        # records refused for their signature or sender, per owner (security.sign_envelopes)
+        result["signing"] = {"on": self.mesh.config.security.sign_envelopes,
+                             "refused": refused_totals(counters)}
         if stored["snapshot"]:
             result["topology"] = _topology(self.mesh, stored["snapshot"], stored["history"], counters, now)
         result["proposals"] = [_proposal(p, now) for p in stored["proposals"]]

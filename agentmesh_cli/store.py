@@ -53,12 +53,28 @@ PROPOSALS_KEPT = 1000  # proposals listed in the time index
 PROPOSAL_TTL_S = 86_400  # a proposal record lives a day
 
 
+AUTH_REFUSED = ("Redis refused the mesh's password: the embedded Valkey's is in the mesh's "
+                "secrets file (.agentmesh/secrets.json) unless AGENTMESH_REDIS_PASSWORD "
+                "overrides it; an external Redis takes it in redis.url")
+
+
+def auth_refused(exc: BaseException) -> bool:
+    """Is this redis-py error Redis refusing us for a missing or wrong password?"""
+    if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
+        return True
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS"))
+
+
 @contextmanager
 def redis_errors(action: str) -> Iterator[None]:
-    """A redis-py error inside becomes a StoreError naming `action`."""
+    """A redis-py error inside becomes a StoreError naming `action` (a refused password
+    says so, and how to fix it)."""
     try:
         yield
     except redis.RedisError as exc:
+        if auth_refused(exc):
+            raise StoreError(f"Redis {action} failed: {AUTH_REFUSED}") from exc
         raise StoreError(f"Redis {action} failed: {exc}") from exc
 
 
@@ -67,7 +83,6 @@ class Store:
 
     def __init__(self, url: str, mesh: str, timeout: float = 5.0) -> None:
         self.keys = Keys(mesh)
-        self.url = url
         with redis_errors("connect"):
             self.redis = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
@@ -79,10 +94,14 @@ class Store:
             return fn()
 
     def ping(self) -> bool:
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """None when Redis answers PING; else why not, in a few words."""
         try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
+            return None if self.redis.ping() else "no PONG"
+        except redis.RedisError as exc:
+            return AUTH_REFUSED if auth_refused(exc) else "no answer"
 
     # registry ------------------------------------------------------------------
     def register_agent(self, name: str, record: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ def run_agent(mesh: Mesh, name: str, log: Path, **env: str) -> tuple[list[str], 
     once it is ready: (its command, the native packages it maps, every module it imported
     by the time it left after SIGTERM)."""
     (spec,) = [s for s in program_specs(mesh, sys.executable) if s.name == C.agent_program(name)]
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     with log.open("wb") as out:
         proc = subprocess.Popen(spec.command, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **spec.environment, "PYTHONPROFILEIMPORTTIME": "1", **env})

@@ -12,6 +12,7 @@ from agentmesh_cli.bus import Bus, Reader, Record, beginning, ensure_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.embedded import start_broker, stop
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.signing import Signer, signing_key
 from tests.conftest import free_port
 
 
@@ -21,8 +22,9 @@ def kafka(broker: str, partitions: int = 4) -> KafkaConfig:
 
 
 def read_all(cfg: KafkaConfig, topic: str, partition: int, want: int, group: str = "",
-             tries: int = 100) -> list[Record]:
-    reader = Reader(cfg, group or f"reader-{uuid.uuid4().hex}", [(topic, partition, beginning())])
+             tries: int = 100, signer: Signer | None = None) -> list[Record]:
+    reader = Reader(cfg, group or f"reader-{uuid.uuid4().hex}", [(topic, partition, beginning())],
+                    signer=signer)
     got: list[Record] = []
     try:
         for _ in range(tries):
@@ -99,7 +101,8 @@ def test_dead_letter_carries_reason_and_origin(broker: str) -> None:
 
 def test_what_a_restarted_empty_broker_lost_is_sent_again(tmp_path: Any) -> None:
     """An in-memory broker restarts empty: the records it confirmed and nobody read are
-    gone, and `replay` sends them again (same bytes, same ids) once the topics exist."""
+    gone, and `replay` sends them again (same bytes, same ids) once the topics exist; signed
+    again, with security.sign_envelopes."""
     port = free_port()
     # log_level 2: the broker going away is the point here, not news for the test output
     cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="replay", partitions=4,
@@ -107,7 +110,8 @@ def test_what_a_restarted_empty_broker_lost_is_sent_again(tmp_path: Any) -> None
     proc = start_broker(port)
     try:
         ensure_topics(cfg)
-        bus = Bus(cfg, client_id="test-replay")
+        signer = Signer(signing_key("replay key"))
+        bus = Bus(cfg, client_id="test-replay", signer=signer)
         sent = [Envelope(type="m", from_agent_id="A", to_agent_id="B", payload={"i": i}) for i in range(5)]
         for envelope in sent:
             bus.send_message(envelope)
@@ -118,8 +122,9 @@ def test_what_a_restarted_empty_broker_lost_is_sent_again(tmp_path: Any) -> None
         assert read_all(cfg, C.TOPIC_MESSAGES, C.inbox_partition("B", 4), want=1, tries=15) == []
         assert bus.replay() == 5
         assert bus.flush(10) == 0 and bus.delivery_failures == 0
-        got = read_all(cfg, C.TOPIC_MESSAGES, C.inbox_partition("B", 4), want=5)
+        got = read_all(cfg, C.TOPIC_MESSAGES, C.inbox_partition("B", 4), want=5, signer=signer)
         assert [Envelope.decode(r.value).id for r in got] == [e.id for e in sent]
+        assert [r.forged for r in got] == [None] * 5
         assert bus.replay() == 5  # what it confirmed again is kept for the next restart
     finally:
         stop(proc)

@@ -45,7 +45,7 @@ from agentmesh_cli.services.text import (
     topics,
 )
 from tests.conftest import free_port, wait_for
-from tests.test_memory_service import call, error_of, new_id, result
+from tests.test_memory_service import AUTH, TOKEN, call, error_of, new_id, result
 
 SSE = {"Accept": "text/event-stream"}
 LIMIT = 1_048_576  # create_app's default max_body_bytes, what the CLI serves
@@ -231,7 +231,8 @@ def spawn(command: str, config: Path, port: int, *args: str, env: dict[str, str]
     log = config.parent / f"{command}-{uuid.uuid4().hex[:6]}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "agentmesh_cli", command, "--config", str(config),
-                                 *args], stdout=out, stderr=subprocess.STDOUT, env={**clean, **(env or {})})
+                                 *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**clean, "AGENTMESH_SERVICE_TOKEN": TOKEN, **(env or {})})
     return Proc(proc, f"http://127.0.0.1:{port}", log)
 
 
@@ -274,13 +275,13 @@ def pair(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair
 
 @pytest.fixture(scope="module")
 def mem(pair: Pair) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=pair.memory.url, timeout=10.0) as http:
+    with httpx.Client(headers=AUTH, base_url=pair.memory.url, timeout=10.0) as http:
         yield http
 
 
 @pytest.fixture(scope="module")
 def cog(pair: Pair) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=pair.cognition.url, timeout=20.0) as http:
+    with httpx.Client(headers=AUTH, base_url=pair.cognition.url, timeout=20.0) as http:
         yield http
 
 
@@ -535,7 +536,7 @@ def test_openapi_describes_the_protocol(cog: httpx.Client) -> None:
 
 
 def test_catalogue_describes_every_tool_and_resource() -> None:
-    app = create_app(memory_url="http://127.0.0.1:1")
+    app = create_app(memory_url="http://127.0.0.1:1", service_token=TOKEN)
     catalogue = app.state.catalogue
     assert catalogue.service == "cognition"
     assert list(catalogue.tools) == ["get_context", "search_history", "analyze_conversation"]
@@ -562,9 +563,9 @@ def test_memory_down_is_503_and_recovers(valkey: str, tmp_path: Path) -> None:
         cognition = started = spawn("cognition", config, cognition_port, "--port", str(cognition_port))
         wait_for(lambda: answering(memory), 30, "the memory service")
         wait_for(lambda: answering(started), 30, "the cognition service")
-        with httpx.Client(base_url=cognition.url, timeout=20.0) as cog:
+        with httpx.Client(headers=AUTH, base_url=cognition.url, timeout=20.0) as cog:
             user = new_id("u")
-            with httpx.Client(base_url=memory.url, timeout=10.0) as mem:
+            with httpx.Client(headers=AUTH, base_url=memory.url, timeout=10.0) as mem:
                 result(mem, "store_input", user_id=user, input_data={"content": "hello again"})
             assert len(result(cog, "get_context", user_id=user)["items"]) == 1
 
@@ -609,14 +610,14 @@ def test_breaker_and_timeouts_map_to_503_in_process() -> None:
     import uvicorn
 
     port = free_port()
-    app = create_app(memory_url=f"http://127.0.0.1:{free_port()}", max_body_bytes=300,
+    app = create_app(memory_url=f"http://127.0.0.1:{free_port()}", service_token=TOKEN, max_body_bytes=300,
                      client_options={"retries": 0, "failure_threshold": 1, "reset_timeout": 60.0})
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started, 10, "uvicorn")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+        with httpx.Client(headers=AUTH, base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
             first = error_of(call(http, "get_context", user_id="u"), 503, "dependency_unavailable")
             assert "circuit breaker" not in first["details"]["memory"]
             second = error_of(call(http, "get_context", user_id="u"), 503, "dependency_unavailable")
@@ -634,12 +635,15 @@ def test_official_mcp_client_stores_in_memory_then_gets_context_from_cognition(p
     store_input on memory's /mcp, get_context and a context resource on cognition's /mcp."""
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
     from mcp_types import TextResourceContents
 
     user = new_id("u")
 
     async def session_on(url: str, stack: AsyncExitStack) -> ClientSession:
-        read, write = (await stack.enter_async_context(streamable_http_client(url + "/mcp")))[:2]
+        http = await stack.enter_async_context(create_mcp_http_client(headers=AUTH))
+        streams = await stack.enter_async_context(streamable_http_client(url + "/mcp", http_client=http))
+        read, write = streams[:2]
         session = await stack.enter_async_context(ClientSession(read, write))
         await session.initialize()
         return session

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentmesh_cli.config import load_mesh, parse_config, parse_duration
+from agentmesh_cli.config import Mesh, load_mesh, parse_config, parse_duration
 from agentmesh_cli.errors import ConfigError
 from tests.conftest import agentmesh
 
@@ -55,7 +55,22 @@ def test_external_infra() -> None:
     cfg = parse_config({**GOOD, "kafka": {"bootstrap_servers": "k1:9092,k2:9092"},
                         "redis": {"url": "redis://:secret@r1:6379/2"}})
     assert not cfg.kafka.embedded and cfg.kafka.bootstrap == "k1:9092,k2:9092"
-    assert not cfg.redis.embedded and cfg.redis.resolved_url == "redis://:secret@r1:6379/2"
+    # shown masked; connected to as written
+    assert not cfg.redis.embedded and cfg.redis.resolved_url == "redis://:***@r1:6379/2"
+    assert Mesh(cfg, Path("/m/mesh.yaml")).redis_url == "redis://:secret@r1:6379/2"
+
+
+def test_env_references_in_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_config({**GOOD, "redis": {"url": "redis://:${RPW}@r1:6379/0"},
+                        "kafka": {"client": {"sasl.password": "${KPW}", "linger.ms": 5}}})
+    monkeypatch.setenv("RPW", "r-secret")
+    monkeypatch.setenv("KPW", "k-secret")
+    assert Mesh(cfg, Path("/m/mesh.yaml")).redis_url == "redis://:r-secret@r1:6379/0"
+    assert cfg.redis.resolved_url == "redis://:***@r1:6379/0"
+    assert cfg.kafka.client_settings == {"sasl.password": "k-secret", "linger.ms": 5}
+    monkeypatch.delenv("KPW")
+    with pytest.raises(ConfigError, match=r"kafka.client.sasl.password refers to \$\{KPW\}"):
+        cfg.kafka.client_settings
 
 
 BAD_CASES = [

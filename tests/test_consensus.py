@@ -102,7 +102,7 @@ def test_agent_down_stays_in_electorate(mesh: Mesh) -> None:
 
 
 def test_manager_sigkill_decides_each_proposal_exactly_once(mesh: Mesh) -> None:
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     bus = Bus(mesh.config.kafka, "test")
     ids = [f"kill-{i}" for i in range(300)]
     old = program_pids(mesh)["consensus-manager"]

@@ -51,6 +51,7 @@ from schemathesis.specs.openapi.checks import (
 
 from agentmesh_cli.embedded import stop
 from tests.conftest import free_port, wait_for
+from tests.test_memory_service import AUTH, TOKEN
 
 EXAMPLES = 100  # per operation and generation mode
 MUTATIONS = 100  # per tool, and per resource answer type
@@ -126,7 +127,7 @@ def _answers(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"{log.stem} exited {proc.returncode}:\n{log.read_text(errors='replace')}")
     try:
-        httpx.get(url + "/health", timeout=1.0)  # 200 or 503: it answers
+        httpx.get(url + "/health", timeout=1.0)  # 200 or 503: it answers (no token needed)
     except httpx.TransportError:
         return False
     return True
@@ -134,7 +135,8 @@ def _answers(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
 
 def _tools(url: str) -> list[str]:
     """The service's tool names, as its 404 for an unknown tool lists them."""
-    answer = httpx.post(f"{url}/tool/no-such-tool-{uuid.uuid4().hex[:6]}", json={"arguments": {}})
+    answer = httpx.post(f"{url}/tool/no-such-tool-{uuid.uuid4().hex[:6]}", json={"arguments": {}},
+                        headers=AUTH)
     assert answer.status_code == 404, answer.text
     tools = answer.json()["error"]["details"].get("tools", [])
     assert isinstance(tools, list) and tools, answer.text
@@ -145,7 +147,7 @@ def _seed(memory_url: str) -> list[str]:
     """Messages of a known user and conversation, for generated calls to find, change and
     delete (every service reads them: memory holds them, cognition reads memory)."""
     ids = []
-    with httpx.Client(base_url=memory_url, timeout=10.0) as http:
+    with httpx.Client(base_url=memory_url, timeout=10.0, headers=AUTH) as http:
         for n in range(12):
             answer = http.post("/tool/store_input", json={"arguments": {"user_id": OWNER, "input_data": {
                 "content": f"seed message {n}", "conversation_id": CONVERSATION, "metadata": {"n": n}}}})
@@ -169,6 +171,7 @@ def api(request: pytest.FixtureRequest, valkey: str,
     }), encoding="utf-8")
     env = {key: value for key, value in os.environ.items()
            if not key.endswith(("_SERVICE_PORT", "_SERVICE_URL"))}
+    env["AGENTMESH_SERVICE_TOKEN"] = TOKEN
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     try:
@@ -181,7 +184,7 @@ def api(request: pytest.FixtureRequest, valkey: str,
             wait_for(lambda: _answers(urls[service], procs[-1], logs[-1]), 30,  # noqa: B023
                      f"the {service} service")
         message_ids = _seed(urls["memory"])
-        schema = schemathesis.openapi.from_url(urls[name] + "/openapi.json", timeout=10)
+        schema = schemathesis.openapi.from_url(urls[name] + "/openapi.json", timeout=10, headers=AUTH)
         yield Api(name, urls[name], spec, schema, _tools(urls[name]), message_ids, logs)
     finally:
         for proc in reversed(procs):
@@ -196,7 +199,8 @@ def _send(case: Any, api: Api, seen: Counter[int], checks: list[Any] = CHECKS) -
     No shared session: a fresh connection per request, so that what one generated case
     does to a connection cannot change the next case's answer."""
     try:
-        response = case.call_and_validate(base_url=api.url, checks=checks, timeout=REQUEST_TIMEOUT_S)
+        response = case.call_and_validate(base_url=api.url, headers=AUTH, checks=checks,
+                                          timeout=REQUEST_TIMEOUT_S)
     except FailureGroup as exc:
         raise AssertionError(str(exc)) from None
     seen[response.status_code] += 1
@@ -430,12 +434,12 @@ def test_follow_without_an_event_stream_answers_json_at_once(api: Api, accept: s
     headers = {"Accept": accept} if accept else {}
     if not api.spec.follow:  # no resource to follow: the parameter is refused at once
         answer = httpx.get(f"{api.url}/resource/{api.spec.paths[0]}", params={"follow": "true"},
-                           headers=headers, timeout=5.0)
+                           headers={**AUTH, **headers}, timeout=5.0)
         assert answer.status_code == 400 and answer.json()["error"]["details"]["argument"] == "follow"
         return
     started = time.monotonic()
     answer = httpx.get(f"{api.url}/resource/{api.spec.follow}", params={"follow": "true"},
-                       headers=headers, timeout=5.0)
+                       headers={**AUTH, **headers}, timeout=5.0)
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("application/json")
     assert isinstance(answer.json()["items"], list)
@@ -453,6 +457,6 @@ def test_deeply_nested_json_arguments_are_a_400_not_a_500(api: Api) -> None:
         body = '{"arguments":{"user_id":"u","query":' + nested + "}}"
         tool, argument = "get_context", "query"
     answer = httpx.post(f"{api.url}/tool/{tool}", content=body,
-                        headers={"Content-Type": "application/json"}, timeout=10.0)
+                        headers={**AUTH, "Content-Type": "application/json"}, timeout=10.0)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["details"]["argument"] == argument

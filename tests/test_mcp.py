@@ -23,13 +23,14 @@ import pytest
 from jsonschema import Draft202012Validator
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, ListToolsResult, TextResourceContents
 
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.services.memory import TOOL_SPECS
 from tests.conftest import free_port, wait_for
-from tests.test_memory_service import Service, answering, new_id, start_service
+from tests.test_memory_service import AUTH, Service, answering, new_id, start_service
 
 T = TypeVar("T")
 SCENARIO_TIMEOUT_S = 15.0
@@ -50,18 +51,22 @@ def service(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @asynccontextmanager
-async def mcp_session(url: str) -> AsyncIterator[ClientSession]:
-    async with streamable_http_client(url + "/mcp") as (read, write), ClientSession(read, write) as session:
+async def mcp_session(url: str, headers: dict[str, str] = AUTH) -> AsyncIterator[ClientSession]:
+    """An initialized session of the SDK's client, sending `headers` (the bearer token)."""
+    async with (create_mcp_http_client(headers=headers) as http,
+                streamable_http_client(url + "/mcp", http_client=http) as (read, write),
+                ClientSession(read, write) as session):
         await session.initialize()
         yield session
 
 
-def run(url: str, scenario: Callable[[ClientSession], Awaitable[T]]) -> T:
+def run(url: str, scenario: Callable[[ClientSession], Awaitable[T]],
+        headers: dict[str, str] = AUTH) -> T:
     """Run `scenario` in an initialized MCP session with the service at `url`."""
 
     async def main() -> T:
         with anyio.fail_after(SCENARIO_TIMEOUT_S):
-            async with mcp_session(url) as session:
+            async with mcp_session(url, headers) as session:
                 return await scenario(session)
 
     return asyncio.run(main())
@@ -127,7 +132,7 @@ def test_store_then_get_over_mcp_and_the_seed_protocol_agrees(service: Service) 
     assert item["user_id"] == user and item["conversation_id"] == conversation
     assert item["content"] == "hello over mcp" and item["metadata"] == {"k": 1}
     assert json_of(stored) == item and got.structured_content == item and json_of(got) == item
-    seed = httpx.post(f"{service.url}/tool/get_message", timeout=10.0,
+    seed = httpx.post(f"{service.url}/tool/get_message", timeout=10.0, headers=AUTH,
                       json={"arguments": {"user_id": user, "message_id": item["message_id"]}})
     assert seed.json() == {"result": item}
 
@@ -255,7 +260,7 @@ def test_resource_templates_and_reads(service: Service) -> None:
     assert json.loads(full.contents[0].text) == {"items": items[::-1]}  # newest first
     assert isinstance(limited.contents[0], TextResourceContents)
     assert json.loads(limited.contents[0].text) == {"items": [items[1]]}
-    seed = httpx.get(f"{service.url}/resource/history/{user}", timeout=10.0)
+    seed = httpx.get(f"{service.url}/resource/history/{user}", timeout=10.0, headers=AUTH)
     assert seed.json() == json.loads(full.contents[0].text)
 
 
@@ -291,7 +296,7 @@ def test_bad_resource_uris_are_protocol_errors(service: Service, uri: str, code:
     ({"Host": "evil.example:80"}, 421),
 ])
 def test_origin_and_host_are_checked(service: Service, headers: dict[str, str], status: int) -> None:
-    with httpx.Client(base_url=service.url, timeout=10.0) as http:
+    with httpx.Client(base_url=service.url, timeout=10.0, headers=AUTH) as http:
         response = http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **headers})
         assert response.status_code == status, response.text
         session_id = response.headers.get("mcp-session-id")
@@ -304,7 +309,7 @@ def test_origin_and_host_are_checked(service: Service, headers: dict[str, str], 
 
 
 def test_mcp_is_not_in_openapi(service: Service) -> None:
-    paths = httpx.get(f"{service.url}/openapi.json", timeout=10.0).json()["paths"]
+    paths = httpx.get(f"{service.url}/openapi.json", timeout=10.0, headers=AUTH).json()["paths"]
     assert set(paths) == {"/tool/{name}", "/resource/{path}", "/health"}
 
 

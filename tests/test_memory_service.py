@@ -36,6 +36,8 @@ from tests.conftest import free_port, wait_for
 
 SSE = {"Accept": "text/event-stream"}
 LIMIT = 1_048_576  # create_app's default max_body_bytes, what the CLI serves
+TOKEN = f"test-service-token-{uuid.uuid4().hex}"  # the services started here let this in
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -60,6 +62,7 @@ def start_service(folder: Path, redis_url: str, *, port_flag: bool = True) -> Se
     (folder / "mesh.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     args = [sys.executable, "-m", "agentmesh_cli", "memory", "--config", str(folder / "mesh.yaml")]
     env = {key: value for key, value in os.environ.items() if key != "MEMORY_SERVICE_PORT"}
+    env["AGENTMESH_SERVICE_TOKEN"] = TOKEN
     if port_flag:
         args += ["--port", str(port)]
     else:
@@ -92,7 +95,7 @@ def service(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 @pytest.fixture(scope="module")
 def client(service: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=10.0) as http:
+    with httpx.Client(headers=AUTH, base_url=service.url, timeout=10.0) as http:
         yield http
 
 
@@ -415,7 +418,7 @@ def test_follow_stream_pushes_changes_made_after_it_opened(service: Service, cli
 
     def reader() -> None:
         try:
-            with httpx.Client(base_url=service.url, timeout=10.0) as http, http.stream(
+            with httpx.Client(headers=AUTH, base_url=service.url, timeout=10.0) as http, http.stream(
                     "GET", f"/resource/history/{user}", params={"follow": "true"}, headers=SSE) as response:
                 events.put(("status", response.status_code))
                 for kind, data in sse_events(response):
@@ -453,7 +456,7 @@ def test_follow_stream_pushes_changes_made_after_it_opened(service: Service, cli
 
 # without Redis ------------------------------------------------------------------------
 def test_redis_down_is_503_never_500(dead_redis_service: Service) -> None:
-    with httpx.Client(base_url=dead_redis_service.url, timeout=10.0) as http:
+    with httpx.Client(headers=AUTH, base_url=dead_redis_service.url, timeout=10.0) as http:
         health = http.get("/health")
         assert health.status_code == 503
         body = health.json()
@@ -500,7 +503,7 @@ def test_sigterm_ends_follow_streams_and_the_process(valkey: str, tmp_path: Path
     svc = start_service(tmp_path, valkey)
     try:
         wait_for(lambda: answering(svc), 20, "the memory service")
-        with httpx.Client(base_url=svc.url, timeout=10.0) as http, http.stream(
+        with httpx.Client(headers=AUTH, base_url=svc.url, timeout=10.0) as http, http.stream(
                 "GET", "/resource/history/u", params={"follow": "true"}, headers=SSE) as response:
             seen = []
             for kind, data in sse_events(response):
@@ -525,13 +528,14 @@ def test_create_app_keepalive_and_body_limit(valkey: str) -> None:
     from agentmesh_cli.services.memory import create_app
 
     port = free_port()
-    app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", max_body_bytes=200, keepalive_s=0.3)
+    app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", service_token=TOKEN, max_body_bytes=200,
+                     keepalive_s=0.3)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started, 10, "uvicorn")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+        with httpx.Client(headers=AUTH, base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
             small = call(http, "store_input", user_id="u", input_data={"content": "fits"})
             assert small.status_code == 200, small.text
             error_of(call(http, "store_input", user_id="u", input_data={"content": "z" * 200}),
@@ -563,7 +567,7 @@ async def follow_many(url: str, user: str, streams: int, stored: int,
     all_open = asyncio.Event()
     seen: list[list[tuple[str, Any]]] = [[] for _ in range(streams)]
     limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as http:
+    async with httpx.AsyncClient(headers=AUTH, base_url=url, timeout=30.0, limits=limits) as http:
 
         async def follow(n: int) -> None:
             nonlocal opened
@@ -619,7 +623,7 @@ def test_a_hundred_follow_streams_get_every_change_and_sigterm_still_ends_them(
         seen = asyncio.run(follow_many(svc.url, user, 100, 3, store_three))
         assert all(events == [("stored", item) for item in stored] for events in seen), seen[0]
         # SIGTERM with 100 streams open: they end and the process exits in time
-        with httpx.Client(base_url=svc.url, timeout=10.0) as http:
+        with httpx.Client(headers=AUTH, base_url=svc.url, timeout=10.0) as http:
             streams = [http.stream("GET", f"/resource/history/{user}", params={"follow": "true"},
                                    headers=SSE) for _ in range(100)]
             responses = [stream.__enter__() for stream in streams]
@@ -650,7 +654,7 @@ def test_a_broken_subscription_ends_open_streams_with_an_error_and_new_ones_work
     try:
         wait_for(lambda: answering(svc), 20, "the memory service")
         before = pubsub_client_ids(store)
-        with httpx.Client(base_url=svc.url, timeout=10.0) as http:
+        with httpx.Client(headers=AUTH, base_url=svc.url, timeout=10.0) as http:
             streams = [http.stream("GET", f"/resource/history/{user}", params={"follow": "true"},
                                    headers=SSE) for _ in range(3)]
             responses = [stream.__enter__() for stream in streams]
@@ -685,7 +689,7 @@ def test_a_stream_that_stops_reading_does_not_stall_the_others(valkey: str) -> N
     from agentmesh_cli.services.memory import create_app
 
     port = free_port()
-    app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", follow_buffer=4)
+    app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", service_token=TOKEN, follow_buffer=4)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -693,8 +697,9 @@ def test_a_stream_that_stops_reading_does_not_stall_the_others(valkey: str) -> N
     count = 80  # 16 MB of events: more than the socket buffers of a client that reads nothing
     try:
         wait_for(lambda: server.started, 10, "uvicorn")
-        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
         stalled.sendall(f"GET /resource/history/{user}?follow=true HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {TOKEN}\r\n"
                         "Accept: text/event-stream\r\n\r\n".encode())
         head = b""
         while b": following" not in head:

@@ -84,7 +84,7 @@ def fixed_reading() -> Reading:
             "cli": {"sent_to:Fraud": 1},
             C.PROGRAM_TOPOLOGY: {"reinforcements": 9, "prunes": 4, "joins": 2},
             C.PROGRAM_CONSENSUS: {"book_opened": 4, "decided_accepted": 2, "decided_expired": 1,
-                                  "votes_counted": 6, "votes_late": 1, **decision},
+                                  "votes_counted": 6, "votes_late": 1, "refused:unsigned": 2, **decision},
         },
         registered={"Sales"},
         service_clients={"Sales": {"ts": 1, "memory": {"breaker": "half_open", "health": "healthy",
@@ -108,6 +108,7 @@ FAMILIES = [
     ("agentmesh_messages_received", "counter"),
     ("agentmesh_inbox_backlog", "gauge"),
     ("agentmesh_dead_letters", "counter"),
+    ("agentmesh_refused_records", "counter"),
     ("agentmesh_topology_reinforcements", "counter"),
     ("agentmesh_topology_prunes", "counter"),
     ("agentmesh_topology_agents", "gauge"),
@@ -163,6 +164,10 @@ def test_values_of_a_fixed_reading() -> None:
         ("agentmesh_dead_letters_total", (("owner", owner),)): n
         for owner, n in (("Fraud", 0), ("Late", 0), ("Sales", 1), ("consensus-manager", 0),
                          ("topology-manager", 0))}
+    # only owners that refused a record (security.sign_envelopes, or a vote naming another voter)
+    assert samples(rendered, "agentmesh_refused_records") == {
+        ("agentmesh_refused_records_total", (("owner", "consensus-manager"), ("reason", reason))): n
+        for reason, n in (("bad_signature", 0), ("unsigned", 2), ("wrong_sender", 0))}
     found = samples(rendered)
     assert value(found, "agentmesh_topology_reinforcements_total") == 9
     assert value(found, "agentmesh_topology_prunes_total") == 4
@@ -229,7 +234,7 @@ def test_sources_that_do_not_answer_leave_their_families_out() -> None:
 
 def test_collector_reads_the_mesh_from_redis(external_mesh: Any) -> None:
     mesh: Mesh = external_mesh(agents=[{"name": "Sales", "role": "sales"}])
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     try:
         store.add_counters("Sales", Counter({"messages_out": 3, "sent_to:Sales": 1}))
         store.add_counters(C.PROGRAM_TOPOLOGY, Counter({"reinforcements": 3}))

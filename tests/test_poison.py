@@ -285,7 +285,7 @@ def assert_alive(procs: dict[str, subprocess.Popen[Any]], store: Store) -> None:
 
 def test_each_poison_case_is_a_dead_letter_of_its_reader(external_mesh: Any, tmp_path: Path) -> None:
     mesh = poison_mesh(external_mesh)
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     huge = b'{"v": 1, "pad": "' + b"x" * LIMIT + b'"}'
     big = f"record of {len(huge)} bytes is over the limit of {LIMIT} bytes (kafka.max_record_bytes)"
     bad_ts = json.loads(envelope(C.EVENT_HEARTBEAT, AGENT))
@@ -470,7 +470,7 @@ def batch() -> st.SearchStrategy[list[tuple[str, int, bytes]]]:
 
 def test_hypothesis_records_at_every_reader_are_all_accounted_for(external_mesh: Any, tmp_path: Path) -> None:
     mesh = poison_mesh(external_mesh)
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     with running_roles(mesh, tmp_path) as procs:
         thrower = Thrower(mesh)
 

@@ -34,7 +34,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def store_of(mesh: Mesh) -> Store:
-    return Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    return Store(mesh.redis_url, mesh.config.mesh)
 
 
 def config_of(mesh: Mesh) -> Path:

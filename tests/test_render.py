@@ -51,7 +51,9 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
     assert kafka.command == ["/bin/tansu", "broker", "--listener-url", "tcp://127.0.0.1:29092",
                              "--advertised-listener-url", "tcp://127.0.0.1:29092",
                              "--storage-engine", "memory://tansu/"]
-    assert redis.command[:5] == ["/bin/valkey", "--bind", "127.0.0.1", "--port", "26379"]
+    # the password comes from a private config file, never the command line (`ps` shows it)
+    assert redis.command[:6] == ["/bin/valkey", str(tmp_path / ".agentmesh" / "valkey.conf"),
+                                 "--bind", "127.0.0.1", "--port", "26379"]
     assert str(tmp_path / ".agentmesh" / "valkey") in redis.command
     assert topo.command == ["/py", "-m", "agentmesh_cli", "topology", "--config", str(tmp_path / "mesh.yaml")]
     assert consensus.command[3:5] == ["consensus", "--config"]

@@ -35,6 +35,7 @@ from agentmesh_cli.errors import (
 )
 from agentmesh_cli.services.client import AsyncServiceClient, ServiceClient
 from tests.conftest import free_port, wait_for
+from tests.test_memory_service import TOKEN
 
 E = TypeVar("E", bound=Exception)
 RESET_S = 1.5
@@ -63,6 +64,7 @@ class MemoryProcess:
         self.starts += 1
         log = self.folder / f"memory-{self.starts}.log"
         env = {key: value for key, value in os.environ.items() if key != "MEMORY_SERVICE_PORT"}
+        env["AGENTMESH_SERVICE_TOKEN"] = TOKEN
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agentmesh_cli", "memory", "--config", str(self.config),
@@ -155,7 +157,7 @@ class Listener:
 
 def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: MemoryProcess) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
-    with ServiceClient(memory.url, service="memory", **FAST) as client:
+    with ServiceClient(memory.url, service="memory", token=TOKEN, **FAST) as client:
         item = client.call_tool("store_input", store_args(user, "before the crash"))
         get = {"user_id": user, "message_id": item["message_id"]}
         assert client.call_tool("get_message", get) == item
@@ -193,7 +195,7 @@ def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: Memory
 
 def test_a_failed_probe_opens_the_breaker_again(memory: MemoryProcess) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
-    with ServiceClient(memory.url, service="memory", **FAST) as client:
+    with ServiceClient(memory.url, service="memory", token=TOKEN, **FAST) as client:
         client.call_tool("store_input", store_args(user))
         memory.kill()
         for _ in range(5):
@@ -210,15 +212,15 @@ def test_a_failed_probe_opens_the_breaker_again(memory: MemoryProcess) -> None:
 def test_400_is_not_retried_and_neither_counts_nor_resets_the_breaker(
         memory_without_redis: MemoryProcess) -> None:
     bad = {"user_id": "u", "input_data": {"content": ""}}
-    with ServiceClient(memory_without_redis.url, service="memory",
+    with ServiceClient(memory_without_redis.url, service="memory", token=TOKEN,
                        **{**FAST, "retries": RETRIES}) as retrying:
         _, down = timed(lambda: retrying.call_tool("store_input", store_args("u")), ServiceUnavailableError)
         assert down.attempts == RETRIES + 1  # Redis is down: 503, retried
         assert (down.status, down.code) == (503, "store_unavailable")
-    with ServiceClient(memory_without_redis.url, service="memory", **FAST) as client:
+    with ServiceClient(memory_without_redis.url, service="memory", token=TOKEN, **FAST) as client:
         for _ in range(4):  # four consecutive breaker failures
             timed(lambda: client.call_tool("store_input", store_args("u")), ServiceUnavailableError)
-        with ServiceClient(memory_without_redis.url, service="memory",
+        with ServiceClient(memory_without_redis.url, service="memory", token=TOKEN,
                            **{**FAST, "retries": RETRIES}) as retrying:
             for each in (client, retrying):  # the caller's fault: one request, even with retries
                 for _ in range(3):
@@ -240,7 +242,7 @@ def test_async_client_opens_fails_fast_and_probes_back_to_closed(memory: MemoryP
     user = f"u-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> None:
-        async with AsyncServiceClient(memory.url, service="memory", **FAST) as client:
+        async with AsyncServiceClient(memory.url, service="memory", token=TOKEN, **FAST) as client:
             item = await client.call_tool("store_input", store_args(user, "async"))
             get = {"user_id": user, "message_id": item["message_id"]}
             memory.kill()

@@ -72,7 +72,7 @@ def pid_of(mesh: Mesh, program: str) -> int:
 
 
 def stored_in_redis(mesh: Mesh) -> int:
-    client = redis.Redis.from_url(mesh.config.redis.resolved_url)
+    client = redis.Redis.from_url(mesh.redis_url)
     try:
         return sum(1 for _ in client.scan_iter(Keys(mesh.config.mesh).memory_message("*"), count=1000))
     finally:
@@ -94,7 +94,8 @@ def test_agents_keep_history_and_support_asks_for_context(mesh: Mesh) -> None:
     assert by_agent["Support"].get("context_calls", 0) > 0
 
     memory, cognition = service_url(mesh, "memory"), service_url(mesh, "cognition")
-    with httpx.Client(timeout=5) as http:
+    auth = {"Authorization": f"Bearer {mesh.credentials.service_token}"}
+    with httpx.Client(timeout=5, headers=auth) as http:
         # an order is one conversation written by Sales, Inventory and Fraud, under the customer
         items = []
         for n in range(1, 41):

@@ -159,7 +159,7 @@ def test_export_command_writes_the_snapshot_from_redis(external_mesh: Any, tmp_p
     assert missing.returncode == 1
     assert "no topology snapshot yet" in missing.stderr and missing.stdout == ""
 
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     store.save_snapshot(SNAPSHOT)
     store.register_agent("Support", {"role": "support", "pid": 1})
     out = tmp_path / "mesh.svg"

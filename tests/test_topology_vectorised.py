@@ -23,6 +23,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Record
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.signing import BAD_SIGNATURE, UNSIGNED
 from agentmesh_cli.topology.graph import Edge, SlimeMoldGraph, SlimeMoldRules, _rounded
 from agentmesh_cli.topology.state import TopologyState
 
@@ -203,14 +204,16 @@ T0 = 1_000_000
 
 def _stream(seed: int, length: int) -> list[Record]:
     """Records as a hostile, busy mesh has them: mostly messages, with joins, leaves,
-    heartbeats, copies, garbage, strangers, operators, misrouted and oversized records."""
+    heartbeats, copies, garbage, strangers, operators, misrouted and oversized records, and
+    records whose signature does not verify (security.sign_envelopes)."""
     rng = random.Random(seed)
     offsets = {C.TOPIC_MESSAGES: 0, C.TOPIC_TOPOLOGY: 0}
     sent: list[bytes] = []
     out: list[Record] = []
 
     def add(topic: str, value: bytes | None, partition: int) -> None:
-        out.append(Record(topic, partition, offsets[topic], None, value))
+        forged = rng.choice([UNSIGNED, BAD_SIGNATURE]) if rng.random() < 0.03 else None
+        out.append(Record(topic, partition, offsets[topic], None, value, forged))
         offsets[topic] += 1
 
     for i in range(length):

@@ -32,6 +32,7 @@ from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope, RecentIds, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, BusError, InvalidEnvelope
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
+from agentmesh_cli.signing import mesh_signer, refused_counter
 from agentmesh_cli.store import Store
 
 TICK_S = 0.1
@@ -60,8 +61,11 @@ class AgentRuntime:
         self.stopping = False
         cfg = mesh.config
         self.partition = C.inbox_partition(self.name, cfg.kafka.partitions)
-        self.store = Store(cfg.redis.resolved_url, cfg.mesh)
-        self.bus = Bus(cfg.kafka, client_id=self.program, linger_ms=C.AGENT_LINGER_MS)
+        self.store = Store(mesh.redis_url, cfg.mesh)
+        # with security.sign_envelopes: what it sends is signed, what it reads is checked
+        self.signer = mesh_signer(mesh)
+        self.bus = Bus(cfg.kafka, client_id=self.program, linger_ms=C.AGENT_LINGER_MS,
+                       signer=self.signer)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         self._joined = self.store.joined_check()  # senders we accept
         self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
@@ -156,7 +160,8 @@ class AgentRuntime:
         loaded = self.ledger.load()
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
-                                           (C.TOPIC_CONSENSUS, 0, None)], self.program)
+                                           (C.TOPIC_CONSENSUS, 0, None)], self.program,
+                        signer=self.signer)
         self.store.register_agent(self.name, self._record())
         self._announce(C.EVENT_JOINED)
         self.bus.flush(10)
@@ -277,7 +282,17 @@ class AgentRuntime:
         self.counts[C.COUNTER_DEAD] += 1
         self.counts[C.dead_letters_counter(record.topic)] += 1
 
+    def _refuse(self, record: Record, reason: str) -> None:
+        """A dead letter for a record that does not verify (counted as such too)."""
+        self.counts[refused_counter(reason)] += 1
+        self._dead_letter(record, reason)
+
     def _handle(self, record: Record) -> None:
+        if record.forged is not None:
+            # nothing in it is to be believed, its recipient neither: refused by every
+            # agent that reads its partition, like a record that does not decode
+            self._refuse(record, record.forged)
+            return
         try:
             envelope = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
         except InvalidEnvelope as exc:
@@ -304,6 +319,10 @@ class AgentRuntime:
 
     def _consensus(self, record: Record) -> None:
         """Vote on opened proposals this agent may vote on; tell the role of decisions."""
+        if record.forged is not None:  # not the manager's: a forged decision or opening
+            self.counts["consensus_invalid"] += 1
+            self._refuse(record, record.forged)
+            return
         try:
             event = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
             if event.type == C.EVENT_MANAGER_MARK:

@@ -17,6 +17,8 @@ asks Cognition for context, without ever stalling or crashing because a service 
   the caller waited it (retries included), goes into a histogram: in memory, flushed
   with the agent's other counters (`agentmesh metrics`).
 
+The HTTP clients send the mesh's service token (the agent acts for the users it serves)
+and trust `services.tls_ca` when the services speak HTTPS (ServiceClient.from_mesh).
 `CORTEX_DISTRIBUTED_MODE=false` (the seed's switch) gives in-process clients with the
 same interface instead of HTTP ones (services.local).
 """

@@ -55,7 +55,7 @@ def _client(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
     # the settings every agentmesh client uses (bus._client_config), so that a baseline
     # differs from a role by the framework only, never by the socket settings
     return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id,
-            "socket.nagle.disable": True, "log_level": 5, **kafka.client}
+            "socket.nagle.disable": True, "log_level": 5, **kafka.client_settings}
 
 
 def linger(kafka: KafkaConfig) -> float:

@@ -87,7 +87,7 @@ def _propose(bus: Bus, pid: str) -> None:
 def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
     """The consensus manager process on the bench mesh: throughput, then latency."""
     cfg = bm.mesh.config
-    store = Store(cfg.redis.resolved_url, cfg.mesh)
+    store = Store(bm.mesh.redis_url, cfg.mesh)
     bus = Bus(cfg.kafka, "bench")
     load = Bus(cfg.kafka, "bench-load", linger_ms=LOAD_LINGER_MS)
     watcher = Reader(cfg.kafka, f"bench-watch-{uuid.uuid4().hex[:6]}", [(C.TOPIC_CONSENSUS, 0, beginning())])
@@ -307,7 +307,7 @@ def run(proposals: int = 4000, samples: int = 300, **kafka: Any) -> dict[str, An
     raw_seconds = min(2.0, max(0.5, proposals / 2000))  # about as long as the manager's run
     with bench_mesh(consensus={"proposal_timeout": "10m"}, kafka=kafka) as bm:
         cfg = bm.mesh.config
-        store = Store(cfg.redis.resolved_url, cfg.mesh)
+        store = Store(bm.mesh.redis_url, cfg.mesh)
         try:
             prepare_topics(cfg.kafka, store)
         finally:

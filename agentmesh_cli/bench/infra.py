@@ -95,13 +95,15 @@ def bench_mesh_on(config: Path | str, **sections: Any) -> Iterator[BenchMesh]:
     under a mesh name and topic prefix of its own (`bench-<tag>`), so that the running mesh's
     agents, keys and topics are not touched. On exit the role processes are stopped, and the
     bench mesh's Redis keys and topics are deleted (best effort)."""
-    base = load_mesh(Path(config)).config
+    base_mesh = load_mesh(Path(config))
+    base = base_mesh.config
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
         root = Path(tmp)
         kafka = {"bootstrap_servers": base.kafka.bootstrap, "topic_prefix": tag,
                  "partitions": base.kafka.partitions, "client": dict(base.kafka.client)}
-        mesh = _write_mesh(root, kafka, base.redis.resolved_url, tag, sections)
+        # the running mesh's Redis URL may hold its password: the folder is private (0700)
+        mesh = _write_mesh(root, kafka, base_mesh.redis_url, tag, sections)
         bench = BenchMesh(mesh, root, [])
         try:
             yield bench
@@ -117,7 +119,7 @@ def _forget(mesh: Mesh) -> None:
 
     cfg = mesh.config
     with suppress(Exception):
-        client = redis.Redis.from_url(cfg.redis.resolved_url, socket_timeout=5)
+        client = redis.Redis.from_url(mesh.redis_url, socket_timeout=5)
         try:
             keys = list(client.scan_iter(match=Keys(cfg.mesh).prefix + "*", count=1000))
             for start in range(0, len(keys), 500):
@@ -125,7 +127,8 @@ def _forget(mesh: Mesh) -> None:
         finally:
             client.close()
     with suppress(Exception):
-        admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap, "log_level": 5, **cfg.kafka.client})
+        admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap, "log_level": 5,
+                             **cfg.kafka.client_settings})
         names = [f"{cfg.kafka.topic_prefix}.{short}" for short in ALL_TOPICS]
         for future in admin.delete_topics(names, operation_timeout=10).values():
             with suppress(Exception):

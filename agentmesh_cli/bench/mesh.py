@@ -55,6 +55,7 @@ from agentmesh_cli.bench.relay import (
 )
 from agentmesh_cli.bus import Bus, prepare_topics
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 
 RELAY_ROLE = "agentmesh_cli.bench.relay:Relay"
@@ -222,8 +223,8 @@ class Backlog:
 
 
 @contextmanager
-def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None
-          ) -> Iterator[BenchMesh]:
+def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None,
+          sign: bool = False) -> Iterator[BenchMesh]:
     kafka: dict[str, Any] = {"partitions": partitions}
     if linger_ms is not None:
         kafka["client"] = {"linger.ms": linger_ms}
@@ -235,6 +236,8 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
         "metrics": {"port": free_port()},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
         "agents": [{"name": name, "role": RELAY_ROLE} for name in names],
+        # signed as the running mesh signs (with a key of the bench mesh's own)
+        "security": {"sign_envelopes": sign or (config is not None and _base_signs(config))},
     }
     if config is None:
         with bench_mesh(**sections) as bm:
@@ -244,6 +247,12 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
             sections["kafka"]["client"] = {**_base_client(config), "linger.ms": linger_ms}
         with bench_mesh_on(config, **sections) as bm:
             yield bm
+
+
+def _base_signs(config: str) -> bool:
+    from agentmesh_cli.config import load_mesh
+
+    return load_mesh(Path(config)).config.security.sign_envelopes
 
 
 def _base_client(config: str) -> dict[str, Any]:
@@ -322,26 +331,29 @@ def _rss_mb(pids: list[int]) -> dict[str, float]:
 
 
 def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
-        config: str | None = None, linger_ms: float | None = None) -> dict[str, Any]:
+        config: str | None = None, linger_ms: float | None = None, sign: bool = False) -> dict[str, Any]:
     """Run the mesh scenario; one dict in the bench result shape (see cli/bench.py).
 
     `config`: the mesh.yaml of a running mesh whose broker and Redis are used, under a
     mesh name and topic prefix of the bench's own. `linger_ms`: the producers' linger
-    (mesh.yaml `kafka.client` `linger.ms`) of the bench mesh, to measure its effect."""
+    (mesh.yaml `kafka.client` `linger.ms`) of the bench mesh, to measure its effect. `sign`:
+    the bench mesh signs its records (security.sign_envelopes; on too when `config`'s mesh
+    signs), to measure what signing costs."""
     partitions = partitions or agents
     names = relay_names(agents, partitions)
     notes: list[str] = []
     load_start = round(os.getloadavg()[0], 2)
     tag = uuid.uuid4().hex[:6]
     runs = {phase: f"{phase}-{tag}" for phase in ("peak", "paced", "idle")}
-    with _mesh(names, partitions, config, linger_ms) as bm:
+    with _mesh(names, partitions, config, linger_ms, sign) as bm:
         cfg = bm.mesh.config
         if config is not None:
             notes.append(f"on the broker and Redis of {config}, as mesh {cfg.mesh} with topic prefix "
                          f"{cfg.kafka.topic_prefix} (its agents and topics are not touched; removed after)")
-        store = Store(cfg.redis.resolved_url, cfg.mesh)
-        client = redis.Redis.from_url(cfg.redis.resolved_url)
-        bus = Bus(cfg.kafka, "bench-injector", linger_ms=5)  # a load generator batches
+        store = Store(bm.mesh.redis_url, cfg.mesh)
+        client = redis.Redis.from_url(bm.mesh.redis_url)
+        # a load generator batches; it signs when the bench mesh does
+        bus = Bus(cfg.kafka, "bench-injector", linger_ms=5, signer=mesh_signer(bm.mesh))
         try:
             prepare_topics(cfg.kafka, store)
             procs = _start(bm, store, names)
@@ -436,6 +448,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
                      "config": config, "mesh": cfg.mesh, "envelope_bytes": len(envelope),
                      "fetch_wait_ms": cfg.kafka.fetch_wait * 1000,
                      "linger_ms": baselines.linger(cfg.kafka), "warmup_s": WARMUP_S,
+                     "sign_envelopes": cfg.security.sign_envelopes,
                      "idle_rate": IDLE_RATE, "relays": names},
         "figures": figures,
         "raw": raw,

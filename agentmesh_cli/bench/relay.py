@@ -30,6 +30,7 @@ import orjson
 import redis
 
 from agentmesh_cli.agent.base import Role
+from agentmesh_cli.config import expand_env
 from agentmesh_cli.constants import OPERATOR_SENDERS, Keys
 from agentmesh_cli.envelope import Envelope
 
@@ -158,8 +159,9 @@ class Relay(Role):
 
     def on_start(self) -> None:
         cfg = self.ctx.config
-        # a client of its own for the bench keys (the runtime's Store is not the role's)
-        self._redis = redis.Redis.from_url(cfg.redis.resolved_url, socket_timeout=2.0,
+        # a client of its own for the bench keys (the runtime's Store is not the role's); a
+        # bench mesh always names its Redis by URL (bench/infra.py), password included
+        self._redis = redis.Redis.from_url(expand_env(cfg.redis.url, "redis.url"), socket_timeout=2.0,
                                            socket_connect_timeout=2.0)
         self._settings_key = settings_key(cfg.mesh)
         self.run: str | None = None

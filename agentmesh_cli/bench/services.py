@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -43,6 +44,9 @@ from agentmesh_cli.embedded import start_valkey, stop, wait_until
 from agentmesh_cli.services.memory import STORE_SCRIPT
 
 SSE = {"Accept": "text/event-stream"}
+# the rig's services let this token in ($AGENTMESH_SERVICE_TOKEN); every request sends it
+TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 USER, CONVERSATION = "bench-user", "bench-conv"
 PER_CLIENT = 4  # connections per httpx client (see Clients)
 Call = Callable[[], Awaitable[None]]
@@ -56,7 +60,7 @@ class Clients:
 
     def __init__(self, base_url: str, connections: int) -> None:
         limits = httpx.Limits(max_connections=PER_CLIENT, max_keepalive_connections=PER_CLIENT)
-        self.clients = [httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0)
+        self.clients = [httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0, headers=AUTH)
                         for _ in range(max(1, -(-connections // PER_CLIENT)))]
         self.turn = 0
 
@@ -122,6 +126,7 @@ def rig(with_cognition: bool) -> Iterator[Rig]:
             "services": {name: {"host": "127.0.0.1", "port": port} for name, port in ports.items()},
         }), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.endswith(("_SERVICE_PORT", "_SERVICE_URL"))}
+        env["AGENTMESH_SERVICE_TOKEN"] = TOKEN
         procs: dict[str, subprocess.Popen[bytes]] = {"valkey": start_valkey(redis_port, root)}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         try:
@@ -241,7 +246,7 @@ CONTENTS = ("the parcel arrived late but the support was quick",
 
 def http_request(host: str, method: str, path: str, body: Any = None) -> bytes:
     """One HTTP/1.1 keep-alive request, encoded once."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
     if body is None:
         return (head + "\r\n").encode()
     data = orjson.dumps(body)
@@ -559,7 +564,7 @@ async def fan_out(memory_url: str, followers: int, rounds: int) -> dict[str, Any
     limits = httpx.Limits(max_connections=followers + 8, max_keepalive_connections=followers + 8)
     timeout = httpx.Timeout(30.0, connect=5.0)
     result: dict[str, Any] = {"followers": followers, "rounds": rounds}
-    async with httpx.AsyncClient(base_url=memory_url, limits=limits, timeout=timeout) as http:
+    async with httpx.AsyncClient(base_url=memory_url, limits=limits, timeout=timeout, headers=AUTH) as http:
 
         async def follow() -> None:
             async with http.stream("GET", f"/resource/history/{user}", params={"follow": "true"},

@@ -185,7 +185,7 @@ class Cycle:
         """From outside, once `up` returned: programs RUNNING, agents registered, pids."""
         with Supervisor(self.mesh) as sup:
             infos = sup.processes()
-        store = Store(self.mesh.config.redis.resolved_url, self.mesh.config.mesh, timeout=2.0)
+        store = Store(self.mesh.redis_url, self.mesh.config.mesh, timeout=2.0)
         try:
             registered = set(store.agents())
         finally:

@@ -210,7 +210,7 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
                 "heartbeat": {"interval": "10m"}, "kafka": {"partitions": partitions}}
     with bench_mesh(**sections) as bm:
         cfg = bm.mesh.config
-        store = Store(cfg.redis.resolved_url, cfg.mesh)
+        store = Store(bm.mesh.redis_url, cfg.mesh)
         prepare_topics(cfg.kafka, store)
         names = _names(agents)
         load = Bus(cfg.kafka, "bench-load", linger_ms=5)  # a load generator batches

@@ -116,7 +116,7 @@ class Context:
         self.run_started = run_started
         self.timeout = timeout  # a fault not recovered from by then is reported as such
         self.agents = [a.name for a in mesh.config.agents]
-        self.store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+        self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
         self.readiness = Readiness(mesh)
         self.frozen: dict[str, float] = {}
 

@@ -23,6 +23,7 @@ from agentmesh_cli.chaos.probes import quiet
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 
@@ -50,6 +51,7 @@ class ConsensusTally:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-consensus", daemon=True)
         self.error: str | None = None
+        self.signer = mesh_signer(mesh)  # a broadcast that does not verify is not the manager's
 
     def start(self) -> None:
         self._thread.start()
@@ -60,10 +62,10 @@ class ConsensusTally:
 
     def _reader(self) -> Reader:
         return Reader(quiet(self.mesh.config.kafka), f"agentmesh-chaos-{uuid.uuid4().hex[:8]}",
-                      [(C.TOPIC_CONSENSUS, 0, beginning())])
+                      [(C.TOPIC_CONSENSUS, 0, beginning())], signer=self.signer)
 
     def _run(self) -> None:
-        store = Store(self.mesh.config.redis.resolved_url, self.mesh.config.mesh, timeout=1.0)
+        store = Store(self.mesh.redis_url, self.mesh.config.mesh, timeout=1.0)
         reader = self._reader()
         epoch = self._epoch(store)
         next_check = time.monotonic() + EPOCH_CHECK_S
@@ -71,7 +73,10 @@ class ConsensusTally:
             while not self._stop.is_set():
                 try:
                     for record in reader.poll_batch(timeout=0.2):
-                        self._count(record.value)
+                        if record.forged is not None:
+                            self.unreadable += 1
+                        else:
+                            self._count(record.value)
                 except AgentMeshError as exc:
                     self.error = str(exc)
                     time.sleep(0.2)

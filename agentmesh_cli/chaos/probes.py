@@ -24,6 +24,7 @@ from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.recovery import BrokerWatch
+from agentmesh_cli.signing import Signer
 from agentmesh_cli.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ WHOLE_LEDGER = 10_000_000
 def quiet(kafka: KafkaConfig) -> KafkaConfig:
     """The same Kafka settings with librdkafka's own log lines off: a broker that goes away
     is what this tool does on purpose, not news for the terminal."""
-    return kafka.model_copy(update={"client": {"log_level": 2, **kafka.client}})
+    return kafka.model_copy(update={"client": {"log_level": 2, **kafka.client_settings}})
 
 
 class ProbeSender:
@@ -48,7 +49,8 @@ class ProbeSender:
     topics, send again what the dead broker had confirmed lately)."""
 
     def __init__(self, kafka: KafkaConfig, agents: list[str], rate: float, run_id: str,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, signer: Signer | None = None) -> None:
+        """`signer`: the mesh's (security.sign_envelopes), else the agents refuse the probes."""
         self.agents = agents
         self.rate = rate
         self.prefix = f"chaos-{run_id}-"
@@ -56,7 +58,7 @@ class ProbeSender:
         self.confirmed = bytearray()  # seq -> 1 once the broker confirmed it
         self.sent: Counter[str] = Counter()  # agent -> probes confirmed
         self.refused = 0  # produce calls the client refused (not sent)
-        self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos")
+        self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos", signer=signer)
         self._bus.on_delivered = self._confirm
         self._watch = None if store is None else BrokerWatch(self._bus, store, store.kafka_epoch() or "",
                                                              topics_every=5.0)

@@ -21,6 +21,7 @@ from agentmesh_cli.chaos.watches import FaultSkipped, Watch, inject
 from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError, SupervisorError
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 
@@ -69,8 +70,9 @@ class ChaosRun:
         agents = [a.name for a in mesh.config.agents]
         if not agents:
             raise AgentMeshError(f"{mesh.config_file.name} has no agents to send probes to")
-        store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
-        self.probes = ProbeSender(mesh.config.kafka, agents, settings.rate, uuid.uuid4().hex[:8], store)
+        store = Store(mesh.redis_url, mesh.config.mesh)
+        self.probes = ProbeSender(mesh.config.kafka, agents, settings.rate, uuid.uuid4().hex[:8], store,
+                                  mesh_signer(mesh))
         self.ctx = Context(mesh, self.probes, self.started, settings.timeout)
         self.tally = ConsensusTally(mesh, self.started_ms)
         self.truth = StatusTruth(mesh, self.ctx.frozen)

@@ -24,6 +24,7 @@ from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import quiet
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.signing import mesh_signer
 
 RUNNING = "RUNNING"
 GARBAGE_FLUSH_S = 10.0
@@ -178,7 +179,9 @@ class GarbageWatch(Watch):
         kafka = self.ctx.mesh.config.kafka
         bodies = [b"", b"\xff\xfe not json", b"[1, 2, 3]", b'{"v": 1, "id": "x"}',
                   b"{" + b"x" * kafka.max_record_bytes]
-        bus = Bus(quiet(kafka), client_id="agentmesh-chaos-garbage")
+        # signed when the mesh signs: garbage that verifies reaches the readers' parsers
+        # (unsigned, the signature check alone would stop it)
+        bus = Bus(quiet(kafka), client_id="agentmesh-chaos-garbage", signer=mesh_signer(self.ctx.mesh))
         written = expected = 0
         for topic in C.ALL_TOPICS:
             if topic == C.TOPIC_MESSAGES:

@@ -54,6 +54,7 @@ def propose(
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
     from agentmesh_cli.envelope import Envelope
     from agentmesh_cli.errors import BusError
+    from agentmesh_cli.signing import mesh_signer
     from agentmesh_cli.store import Store
 
     mesh = mesh_from(config)
@@ -61,7 +62,7 @@ def propose(
         raise ConfigError(f"--type must be one of {', '.join(PROPOSAL_TYPES)}, not {type_!r}")
     body = json_object(content, "--content")
     proposal_id = f"{sender}-{uuid.uuid4().hex[:12]}"
-    bus = Bus(mesh.config.kafka, client_id="agentmesh-propose")
+    bus = Bus(mesh.config.kafka, client_id="agentmesh-propose", signer=mesh_signer(mesh))
     event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=sender,
                      payload={"proposal_id": proposal_id, "type": type_, "content": body})
     started = time.monotonic()
@@ -72,7 +73,7 @@ def propose(
     if not wait:
         return
     limit = timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     record: dict[str, Any] | None = None
     while time.monotonic() - started < limit:
         record = store.proposal(proposal_id)

@@ -151,11 +151,12 @@ def send(
     """
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.envelope import Envelope
+    from agentmesh_cli.signing import mesh_signer
 
     mesh = mesh_from(config)
     body = json_object(payload, "payload")
     _warn_if_unknown(mesh, recipient)
-    bus = Bus(mesh.config.kafka, client_id="agentmesh-send")
+    bus = Bus(mesh.config.kafka, client_id="agentmesh-send", signer=mesh_signer(mesh))
     envelope = Envelope(type=type_, from_agent_id=sender, to_agent_id=recipient, payload=body,
                         meta={"injected": True})
     partition = bus.send_message(envelope)
@@ -171,7 +172,7 @@ def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
     """A message to an agent that is not registered is still sent (it may come later)."""
     from agentmesh_cli.store import Store
 
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+    store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
     try:
         if recipient not in store.agents():
             console_err.print(f"[yellow]warning:[/] {recipient} is not a registered agent; "
@@ -189,7 +190,7 @@ def _count_sent(mesh: Mesh, recipient: str) -> None:
     from agentmesh_cli import constants as C
     from agentmesh_cli.store import Store
 
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=1.0)
+    store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
     try:
         store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(recipient): 1}))
     except AgentMeshError:

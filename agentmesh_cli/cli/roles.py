@@ -62,7 +62,7 @@ def route(
     from agentmesh_cli.topology.manager import rules_from
 
     mesh = mesh_from(config)
-    snapshot = Store(mesh.config.redis.resolved_url, mesh.config.mesh).load_snapshot()
+    snapshot = Store(mesh.redis_url, mesh.config.mesh).load_snapshot()
     if not snapshot:
         raise TopologyError("no topology snapshot yet: is the topology manager running?")
     graph = SlimeMoldGraph.from_dict(snapshot["graph"], rules_from(mesh.config.topology))
@@ -88,7 +88,7 @@ def export(
     from agentmesh_cli.topology.export import export_text, view_from_snapshot
 
     mesh = mesh_from(config)
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     snapshot = store.load_snapshot()
     if not snapshot:
         raise TopologyError("no topology snapshot yet: is the topology manager running?")

@@ -1,4 +1,5 @@
-"""Commands that run the mesh's HTTP services (what supervisord starts): memory, cognition."""
+"""Commands of the mesh's HTTP services: run them (what supervisord starts: memory,
+cognition), and make a user token for them (token)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
+from agentmesh_cli.errors import ConfigError
 
 
 def memory(
@@ -28,7 +30,7 @@ def memory(
     mesh = mesh_from(config)
     role_logging(mesh, C.PROGRAM_MEMORY)
     settings = mesh.config.services.memory
-    run(mesh.config.redis.resolved_url, mesh.config.mesh, host or settings.host, port or settings.port)
+    run(mesh, host or settings.host, port or settings.port)
 
 
 def cognition(
@@ -52,6 +54,34 @@ def cognition(
     run(mesh, host or settings.host, port or settings.port)
 
 
+def token(
+    user: Annotated[str, typer.Option(
+        "--user", help="The user id the token acts for (1 to 128 of A-Z a-z 0-9 _ . : @ -).",
+        show_default=False)],
+    config: ConfigOption = None,
+) -> None:
+    """Print a bearer token that lets its holder use memory and cognition as USER only.
+
+    The token is derived from the mesh's service token (nothing is stored): both services
+    check it on every request, and a call that names another user answers 403. Rotating
+    the service token (AGENTMESH_SERVICE_TOKEN, or deleting .agentmesh/secrets.json and
+    restarting the mesh) invalidates every user token made before.
+
+    Send it as `Authorization: Bearer <token>`.
+
+    Example: agentmesh token --user alice --config mesh.yaml
+    """
+    from agentmesh_cli.services.auth import user_token
+    from agentmesh_cli.services.memory import ID_PATTERN
+
+    if not ID_PATTERN.fullmatch(user):
+        raise ConfigError(f"--user {user!r} is not a user id: use 1 to 128 characters of "
+                          "A-Z a-z 0-9 _ . : @ -")
+    mesh = mesh_from(config)
+    typer.echo(user_token(mesh.credentials.service_token, user))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(memory)
     app.command()(cognition)
+    app.command()(token)

@@ -24,17 +24,23 @@ def tail(
 ) -> None:
     """Print a topic's records from the beginning, one JSON line each, then exit (or follow).
 
+    With security.sign_envelopes on, each line says whether the record's signature is
+    "ok", "bad" or "none" (unsigned); every record is shown either way.
+
     Example: agentmesh tail dlq | jq .envelope.payload.reason
     """
     from agentmesh_cli.bus import Reader, beginning, topic_partitions
     from agentmesh_cli.envelope import Envelope
+    from agentmesh_cli.signing import mesh_signer, signed_state
 
     if topic not in C.ALL_TOPICS:
         raise ConfigError(f"unknown topic {topic!r}: use one of {', '.join(C.ALL_TOPICS)}")
     mesh = mesh_from(config)
     kafka = mesh.config.kafka
+    signer = mesh_signer(mesh)
     reader = Reader(kafka, f"agentmesh-tail-{uuid.uuid4().hex[:8]}",
-                    [(topic, p, beginning()) for p in range(topic_partitions(kafka, topic))])
+                    [(topic, p, beginning()) for p in range(topic_partitions(kafka, topic))],
+                    signer=signer)
     last_record = time.monotonic()
     count = 0
     try:
@@ -43,6 +49,8 @@ def tail(
                 last_record = time.monotonic()
                 count += 1
                 line: dict[str, Any] = {"partition": record.partition, "offset": record.offset}
+                if signer is not None:
+                    line["signed"] = signed_state(record.forged)
                 try:
                     line["envelope"] = json.loads(Envelope.decode(record.value).encode())
                 except InvalidEnvelope as exc:

@@ -1,9 +1,11 @@
 """What the consensus manager reads, checked, and the votes it holds; pure.
 
 `parse_proposal` and `parse_vote` turn an envelope into what the book needs or raise
-InvalidEnvelope saying what does not fit. `EarlyVotes` holds the votes read before their
-proposal (proposals and votes are two topics, so a replay can read a vote first), bounded,
-each with enough of its record to become a dead letter if its proposal never comes.
+InvalidEnvelope saying what does not fit (WrongSender when the record names another
+author than its sender: a vote counts for its sender only, a proposal is its sender's).
+`EarlyVotes` holds the votes read before their proposal (proposals and votes are two
+topics, so a replay can read a vote first), bounded, each with enough of its record to
+become a dead letter if its proposal never comes.
 """
 
 from __future__ import annotations
@@ -15,12 +17,25 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES
-from agentmesh_cli.envelope import Envelope, nests_deeper
+from agentmesh_cli.envelope import Envelope, nests_deeper, shown
 from agentmesh_cli.errors import InvalidEnvelope
 
 MAX_ID_CHARS = 200
 MAX_CONTENT_DEPTH = 32  # deeper content could not be broadcast (the encoder's nesting limit)
 MAX_EARLY_VOTES = 20_000  # held votes (each keeps at most RAW_PREVIEW_BYTES of its record)
+
+
+class WrongSender(InvalidEnvelope):
+    """A vote or proposal whose payload names someone else than the envelope's sender."""
+
+
+def _check_author(named: Any, event: Envelope, field: str) -> None:
+    """The optional `field` of the payload (the voter, the proposer) must be the sender:
+    identity is the envelope's `from_agent_id` (signed with the mesh key when
+    security.sign_envelopes is on), never what the payload says."""
+    if named is not None and named != event.from_agent_id:
+        raise WrongSender(f"{field} {shown(str(named))} is not the sender "
+                          f"{shown(event.from_agent_id)}")
 
 
 def _check_id(pid: Any, what: str) -> str:
@@ -30,15 +45,16 @@ def _check_id(pid: Any, what: str) -> str:
 
 
 def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
-    """(proposal_id, type, content) of a proposal event; InvalidEnvelope if it does not fit."""
+    """(proposal_id, type, content) of a proposal event; InvalidEnvelope if it does not fit.
+    The proposer is the sender; a payload `proposer_id` (optional) must name it."""
     p = event.payload
     ptype, content = p.get("type"), p.get("content", {})
     if event.type != C.EVENT_PROPOSAL:
         raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the proposals topic")
     pid = _check_id(p.get("proposal_id"), "proposal")
+    _check_author(p.get("proposer_id"), event, "proposal's proposer_id")
     if ptype not in PROPOSAL_TYPES:
-        shown = repr(ptype)[:80]
-        raise InvalidEnvelope(f"proposal type {shown} is not one of {', '.join(PROPOSAL_TYPES)}")
+        raise InvalidEnvelope(f"proposal type {repr(ptype)[:80]} is not one of {', '.join(PROPOSAL_TYPES)}")
     if not isinstance(content, dict):
         raise InvalidEnvelope("proposal content is not an object")
     if nests_deeper(content, MAX_CONTENT_DEPTH):
@@ -47,12 +63,14 @@ def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
 
 
 def parse_vote(event: Envelope) -> tuple[str, bool, float]:
-    """(proposal_id, support, intensity) of a vote event; InvalidEnvelope if it does not fit."""
+    """(proposal_id, support, intensity) of a vote event; InvalidEnvelope if it does not fit.
+    The voter is the sender; a payload `voter` (optional) must name it."""
     p = event.payload
     support, intensity = p.get("support"), p.get("intensity", 1.0)
     if event.type != C.EVENT_VOTE:
         raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the votes topic")
     pid = _check_id(p.get("proposal_id"), "vote")
+    _check_author(p.get("voter"), event, "vote's voter")
     if not isinstance(support, bool):
         raise InvalidEnvelope("vote 'support' is not true or false")
     if isinstance(intensity, bool) or not isinstance(intensity, int | float) or not math.isfinite(intensity):

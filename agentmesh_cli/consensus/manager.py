@@ -38,11 +38,12 @@ from agentmesh_cli.bus import (
 )
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
-from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
+from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, WrongSender, parse_proposal, parse_vote
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
+from agentmesh_cli.signing import WRONG_SENDER, mesh_signer, refused_counter
 from agentmesh_cli.store import Store
 
 OWNER = C.PROGRAM_CONSENSUS
@@ -78,6 +79,7 @@ class ConsensusManager:
         self._electorate: list[str] = []
         self._electorate_at = 0.0
         self.epoch = ""
+        self.signer = mesh_signer(mesh)  # security.sign_envelopes: sign, and check what is read
 
     # wiring ----------------------------------------------------------------------
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -88,16 +90,16 @@ class ConsensusManager:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
-        self.store = Store(cfg.redis.resolved_url, cfg.mesh)
+        self.store = Store(self.mesh.redis_url, cfg.mesh)
         self._joined = self.store.joined_check()  # proposers we accept
         self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER)
-        self.bus = Bus(cfg.kafka, client_id=OWNER)
+        self.bus = Bus(cfg.kafka, client_id=OWNER, signer=self.signer)
         watch = BrokerWatch(self.bus, self.store, self.epoch)
         self._load()
         self._reconcile()
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_PROPOSALS, C.TOPIC_VOTES), self.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
-                        fetch_wait=cfg.kafka.manager_fetch_wait)
+                        fetch_wait=cfg.kafka.manager_fetch_wait, signer=self.signer)
         self._save()
         self.store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d pending proposals, %d partitions", len(self.book.pending()), len(assignments))
@@ -129,12 +131,19 @@ class ConsensusManager:
     def apply(self, record: Record) -> None:
         self.offsets[(record.topic, record.partition)] = record.offset + 1
         self.counts[C.records_counter(record.topic)] += 1
+        if record.forged is not None:  # nobody's proposal or vote: not even parsed
+            self.counts[refused_counter(record.forged)] += 1
+            self._dead_letter(record, record.forged)
+            return
         try:
             event = Envelope.decode(record.value, self.mesh.config.kafka.max_record_bytes)
             if record.topic == C.TOPIC_PROPOSALS:
                 self._open(record, event, *parse_proposal(event))
             else:
                 self._vote(record, event, *parse_vote(event))
+        except WrongSender as exc:
+            self.counts[refused_counter(WRONG_SENDER)] += 1
+            self._dead_letter(record, str(exc))
         except InvalidEnvelope as exc:
             self._dead_letter(record, str(exc))
         except AgentMeshError:
@@ -346,7 +355,7 @@ class ConsensusManager:
         if self.bus.flush(10):
             raise AgentMeshError("cannot write the reconcile marker to the consensus topic")
         reader = Reader(self.mesh.config.kafka, f"{self.mesh.config.kafka.topic_prefix}.{OWNER}.reconcile",
-                        [(C.TOPIC_CONSENSUS, 0, self.consensus_offset)], OWNER)
+                        [(C.TOPIC_CONSENSUS, 0, self.consensus_offset)], OWNER, signer=self.signer)
         deadline = time.monotonic() + MARKER_TIMEOUT_S
         learned = 0
         try:
@@ -355,6 +364,10 @@ class ConsensusManager:
                     raise AgentMeshError("reconcile marker not seen on the consensus topic in time")
                 for record in reader.poll_batch(max_records=5000, timeout=0.1):
                     self.consensus_offset = record.offset + 1
+                    if record.forged is not None:  # not ours: the agents dead-letter it
+                        log.warning("reconcile: %s at consensus@%d, not learned", record.forged,
+                                    record.offset)
+                        continue
                     try:
                         event = Envelope.decode(record.value)
                     except InvalidEnvelope:

@@ -55,7 +55,7 @@ class MeshCollector(Collector):
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.store = Store(mesh.config.redis.resolved_url, mesh.config.mesh, timeout=READ_TIMEOUT_S)
+        self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=READ_TIMEOUT_S)
         self.spawns = SpawnLog()
         self._lock = threading.Lock()
         self._up: dict[str, bool] = {}

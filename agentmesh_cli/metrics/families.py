@@ -20,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 from agentmesh_cli import constants as C
 from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, observed
+from agentmesh_cli.signing import REFUSED_KINDS, REFUSED_PREFIX
 
 PREFIX = "agentmesh_"
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION)
@@ -104,10 +105,19 @@ def _agents(r: Reading) -> Iterator[Metric]:
         backlogs.add_metric([agent], backlog(sent_to, r.counters, agent))
     dead = CounterMetricFamily(_name("dead_letters"), "Records the owner sent to the dead "
                                "letter topic", labels=["owner"])
+    # only owners that refused something: a mesh that does not sign has none, and 3 series
+    # per agent for nothing would be most of a big mesh's scrape
+    refused = CounterMetricFamily(_name("refused_records"), "Records the owner refused and "
+                                  "dead-lettered for their signature (unsigned, bad_signature: "
+                                  "security.sign_envelopes) or for naming another voter or "
+                                  "proposer than their sender (wrong_sender)", labels=["owner", "reason"])
     for owner, own in sorted(r.counters.items()):
         if owner != C.CLI_COUNTER_OWNER:
             dead.add_metric([owner], own.get(C.COUNTER_DEAD, 0))
-    yield from (sent, received, backlogs, dead)
+            if any(key.startswith(REFUSED_PREFIX) for key in own):
+                for kind in sorted(set(REFUSED_KINDS.values())):
+                    refused.add_metric([owner, kind], own.get(REFUSED_PREFIX + kind, 0))
+    yield from (sent, received, backlogs, dead, refused)
 
 
 def _topology(r: Reading) -> Iterator[Metric]:

@@ -23,12 +23,20 @@ service that calls another) share one policy:
 
 Every httpx error leaves as one of the ServiceError tree (agentmesh_cli.errors), `from` the
 httpx error. `from_mesh` finds a service from mesh.yaml and the environment.
+
+Security (docs/security.md): a client made with `token` sends `Authorization: Bearer
+<token>` on every request (tool calls, event streams, health checks); `from_mesh` uses the
+mesh's service token. With `services.tls_cert` set the services speak HTTPS
+(`service_url` says https), and `verify` (from_mesh: `tls_verify`, the `services.tls_ca`
+bundle, else the system's store) checks their certificate. The token is a header of the
+httpx client only: no error message or log line of this module holds it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
@@ -101,7 +109,20 @@ def service_url(mesh: Mesh, service: str, environ: Mapping[str, str] | None = No
     host = configured.host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal needs brackets in a URL
-    return f"http://{host}:{port}"
+    return f"{mesh.config.services.scheme}://{host}:{port}"
+
+
+def tls_verify(mesh: Mesh) -> ssl.SSLContext | bool:
+    """How clients of the mesh's services check their certificate: an SSL context trusting
+    `services.tls_ca` when set, else True (the system's trust store; unused over http)."""
+    ca = mesh.config.services.tls_ca
+    if not ca:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"services.tls_ca {ca!r} cannot be used: {reason}") from exc
 
 
 def _checked_url(url: str, variable: str) -> str:
@@ -333,6 +354,8 @@ class _ClientBase:
         failure_threshold: int = 5,
         reset_timeout: float = 30.0,
         max_connections: int = 20,
+        token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if retries < 0 or failure_threshold < 1 or max_connections < 1:
             raise ValueError("retries >= 0, failure_threshold >= 1, max_connections >= 1")
@@ -351,6 +374,9 @@ class _ClientBase:
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=max_connections)
         self._breaker = _Breaker(self.service, failure_threshold, reset_timeout)
+        # sent with every request of the pooled client: calls, streams and health checks
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._verify = verify
         self._connect()
 
     def _connect(self) -> None:
@@ -359,8 +385,10 @@ class _ClientBase:
 
     @classmethod
     def from_mesh(cls, mesh: Mesh, service: ServiceName, **options: Any) -> Self:
-        """The client of `service` as mesh.yaml and the environment place it (`service_url`)."""
-        return cls(service_url(mesh, service), service=service, **options)
+        """The client of `service` as mesh.yaml and the environment place it (`service_url`),
+        with the mesh's service token and TLS trust (`tls_verify`)."""
+        settings = {"token": mesh.credentials.service_token, "verify": tls_verify(mesh), **options}
+        return cls(service_url(mesh, service), service=service, **settings)
 
     @property
     def breaker_state(self) -> str:
@@ -409,7 +437,7 @@ class ServiceClient(_ClientBase):
 
     def _connect(self) -> None:
         self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout,
-                                  limits=self._limits)
+                                  limits=self._limits, headers=self._headers, verify=self._verify)
 
     def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` and return its `result`."""
@@ -503,7 +531,8 @@ class AsyncServiceClient(_ClientBase):
 
     def _connect(self) -> None:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout,
-                                       limits=self._limits)
+                                       limits=self._limits, headers=self._headers,
+                                       verify=self._verify)
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` and return its `result`."""

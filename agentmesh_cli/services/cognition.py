@@ -16,7 +16,10 @@ with a half-life of RECENCY_HALF_LIFE_S; score = (1 - w) * relevance + w * recen
 a query the score is the recency alone. With a query and w = 0, messages sharing no word
 with it are left out (their score is 0 and their order would mean nothing). Ties: newer first.
 
-A user analyses only conversations they wrote in; any other answers 404
+Every request but /health needs a bearer token (services.auth): the service token acts for
+any user, a user token only for its user, on every tool and resource (403 otherwise;
+conversation_analysis names its user by ?user_id=). Cognition itself reads memory with the
+service token. A user analyses only conversations they wrote in; any other answers 404
 conversation_not_found, the same as a conversation that does not exist. Memory down,
 timing out or behind an open breaker is a 503 dependency_unavailable naming memory; an
 answer from memory that breaks the protocol is a 502 dependency_error.
@@ -50,7 +53,8 @@ from agentmesh_cli.errors import (
     ServiceProtocolError,
     ServiceUnavailableError,
 )
-from agentmesh_cli.services.client import AsyncServiceClient, service_url
+from agentmesh_cli.services.auth import check_service_token
+from agentmesh_cli.services.client import AsyncServiceClient, service_url, tls_verify
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
     ApiError,
@@ -71,6 +75,7 @@ from agentmesh_cli.services.memory import (
     check_fields,
     check_id,
     check_limit,
+    check_owner,
 )
 from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
 from agentmesh_cli.services.seed import (
@@ -100,6 +105,7 @@ DEFAULT_LIMIT = 10
 DEFAULT_RECENCY_WEIGHT = 0.5
 ANALYSIS_TYPES = ("summary", "topics", "sentiment")
 HEALTH_TIMEOUT_S = 1.5
+DEFAULT_MAX_BODY = 1_048_576  # services.max_body_bytes' default, for an app made without a mesh
 CONVERSATION_FETCHES = 8  # concurrent conversation reads of one search_history call
 
 
@@ -214,7 +220,7 @@ class Cognition:
 
     async def get_context(self, args: dict[str, Any]) -> dict[str, Any]:
         check_fields(args, "", ("user_id",), ("query", "limit", "recency_weight"))
-        user_id = check_id(args["user_id"], "user_id")
+        user_id = check_owner(args["user_id"])
         query = check_optional_query(args.get("query"))
         limit = check_count(args.get("limit", DEFAULT_LIMIT))
         weight = check_weight(args.get("recency_weight", DEFAULT_RECENCY_WEIGHT))
@@ -226,7 +232,7 @@ class Cognition:
 
     async def search_history(self, args: dict[str, Any]) -> dict[str, Any]:
         check_fields(args, "", ("user_id", "query"), ("limit", "include_conversations"))
-        user_id = check_id(args["user_id"], "user_id")
+        user_id = check_owner(args["user_id"])
         query = check_query(args["query"])
         limit = check_count(args.get("limit", DEFAULT_LIMIT))
         include = check_flag(args.get("include_conversations", True), "include_conversations")
@@ -256,7 +262,7 @@ class Cognition:
 
     async def analyze_conversation(self, args: dict[str, Any]) -> dict[str, Any]:
         check_fields(args, "", ("user_id", "conversation_id"), ("analysis_type",))
-        user_id = check_id(args["user_id"], "user_id")
+        user_id = check_owner(args["user_id"])
         cid = check_id(args["conversation_id"], "conversation_id")
         kind = check_analysis_type(args.get("analysis_type", "summary"))
         items = await self.items(f"conversation/{cid}")
@@ -402,32 +408,44 @@ async def _resource_events(value: Any) -> AsyncIterator[ServerSentEvent]:
 
 # the app ------------------------------------------------------------------------------------
 def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
-               clock: Callable[[], float] = time.time, max_body_bytes: int = 1_048_576,
-               keepalive_s: float = 15.0, client_options: Mapping[str, Any] | None = None,
-               mcp_hosts: Sequence[str] = ()) -> FastAPI:
+               service_token: str | None = None, clock: Callable[[], float] = time.time,
+               max_body_bytes: int | None = None, keepalive_s: float = 15.0,
+               client_options: Mapping[str, Any] | None = None, mcp_hosts: Sequence[str] = (),
+               cors_origins: Sequence[str] | None = None) -> FastAPI:
     """The Cognition service, reading memory at `memory_url`, or where mesh.yaml and the
-    environment place it. `app.state.catalogue` is its Catalogue."""
+    environment place it. It lets in `service_token` (default: the mesh's) and the user
+    tokens made from it, and calls memory with it. `max_body_bytes` and `cors_origins`
+    default to mesh.yaml's services section. `app.state.catalogue` is its Catalogue."""
     options: dict[str, Any] = {}
+    origins: Sequence[str] = ()
     if mesh is not None:
         services = mesh.config.services
-        options = {"failure_threshold": services.breaker_failures, "reset_timeout": services.breaker_reset}
+        options = {"failure_threshold": services.breaker_failures, "reset_timeout": services.breaker_reset,
+                   "verify": tls_verify(mesh)}
         memory_url = memory_url or service_url(mesh, "memory")
+        service_token = service_token or mesh.credentials.service_token
+        max_body_bytes = max_body_bytes or services.max_body_bytes
+        origins = services.cors_origins
     if memory_url is None:
         raise ValueError("create_app needs a mesh or a memory_url")
-    client = AsyncServiceClient(memory_url, service="memory", **{**options, **(client_options or {})})
+    origins = origins if cors_origins is None else cors_origins
+    token = check_service_token(service_token or "", SERVICE)
+    client = AsyncServiceClient(memory_url, service="memory", token=token,
+                                **{**options, **(client_options or {})})
     cognition = Cognition(client, clock)
     tools = build_catalogue(cognition)
 
     app = service_app(tools, title="agentmesh cognition",
                       description="Context, search and analysis over users' messages, read from memory.",
-                      close=client.close, max_body_bytes=max_body_bytes,
+                      close=client.close, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY,
                       tool_body=_tool_call_body(tools.tools), tool_result=ToolResult,
-                      tool_errors=(400, 404, 413, 415, 502, 503))
+                      tool_errors=(400, 401, 403, 404, 413, 415, 502, 503),
+                      service_token=token, cors_origins=origins)
     app.state.memory_url = memory_url
 
     @app.get("/resource/{path:path}", summary="Read a resource (JSON or Server-Sent Events)",
              description="Resources: " + ", ".join(r.template for r in tools.resources) + ".",
-             responses={200: RESOURCE_200, **error_responses(400, 404, 502, 503)})
+             responses={200: RESOURCE_200, **error_responses(400, 401, 403, 404, 502, 503)})
     async def read_resource(
         path: str, request: Request,
         query: Annotated[str | None, Query(description="context: the search text.")] = None,
@@ -451,7 +469,8 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
         return OrjsonResponse({"status": "degraded", "details": {"memory": failure}, "clients": clients},
                               status_code=503)
 
-    install_mcp(app, tools, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
+    install_mcp(app, tools, hosts=mcp_hosts, origins=origins,
+                max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY)
     without_422(app)
     return app
 
@@ -459,10 +478,12 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
 # the process --------------------------------------------------------------------------------
 def run(mesh: Mesh, host: str, port: int) -> None:
     """Serve the Cognition service until SIGTERM or SIGINT (the `agentmesh cognition` process)."""
+    settings = mesh.config.services
     app = create_app(mesh, mcp_hosts=served_hosts(host))
-    where = f"{http_url(host, port)} (mesh {mesh.config.mesh}, memory {app.state.memory_url})"
+    where = (f"{http_url(host, port, settings.scheme)} "
+             f"(mesh {mesh.config.mesh}, memory {app.state.memory_url})")
 
     async def on_started(stopping: Callable[[], bool]) -> None:
         log.info("serving on %s", where)
 
-    serve(app, host, port, on_started)
+    serve(app, host, port, on_started, certfile=settings.tls_cert, keyfile=settings.tls_key)

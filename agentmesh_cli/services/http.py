@@ -15,6 +15,7 @@ import gc
 import logging
 import math
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -339,18 +340,37 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_tls_files(certfile: str, keyfile: str) -> None:
+    """The certificate and key load (a readable PEM pair that matches), or a ConfigError
+    naming services.tls_cert / tls_key, before anything listens."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"services.tls_cert {certfile!r} / services.tls_key {keyfile!r} "
+                          f"cannot be used: {reason}") from exc
+
+
 def serve(app: FastAPI, host: str, port: int,
-          on_started: Callable[[Callable[[], bool]], Awaitable[None]]) -> None:
+          on_started: Callable[[Callable[[], bool]], Awaitable[None]], *,
+          certfile: str = "", keyfile: str = "") -> None:
     """Run `app` with uvicorn (one process) until SIGTERM/SIGINT. Once it accepts
     connections, `on_started(stopping)` runs as a task; `stopping()` turns True at shutdown.
+    With `certfile` and `keyfile` (PEM) it serves HTTPS only: a plain-HTTP request on the
+    port fails its TLS handshake.
 
     uvicorn's INFO lines are silenced (the service logs its own), and so is the access
     log (one line per request would drown the program's log).
     """
+    tls: dict[str, Any] = {}
+    if certfile:
+        check_tls_files(certfile, keyfile)
+        tls = {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
     sock = bind(host, port)
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
                             lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S))
+                            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S), **tls)
     server = uvicorn.Server(config)
     asyncio.run(_serve(server, sock, on_started))
 

@@ -149,7 +149,7 @@ def local_clients(mesh: Mesh) -> tuple[LocalClient, LocalClient]:
     from agentmesh_cli.services import cognition, memory
 
     loop = _Loop(users=2)
-    store = memory.MemoryStore(mesh.config.redis.resolved_url, mesh.config.mesh)
+    store = memory.MemoryStore(mesh.redis_url, mesh.config.mesh)
     memory_catalogue = memory.build_catalogue(store)
 
     async def memory_health() -> dict[str, Any]:

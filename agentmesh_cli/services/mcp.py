@@ -7,8 +7,12 @@ with the official `mcp` SDK (2.x lowlevel Server and its StreamableHTTPSessionMa
     resources/read                         `<service>://<path>?<query>`: the JSON of one read
     resources/list                         empty (every resource is templated)
 
-Only loopback Origins (and the hosts and origins a caller adds) get in, through the SDK's
-own DNS-rebinding protection: a foreign Origin answers 403, a foreign Host 421.
+Only loopback Origins (and the hosts and origins a caller adds: services.cors_origins) get
+in, through the SDK's own DNS-rebinding protection: a foreign Origin answers 403, a foreign
+Host 421. The app's bearer-token check (services.auth) runs before, so /mcp without a
+token is a 401; each tool call and resource read runs as the caller of its own HTTP
+request (`_caller`), so a user token reaches only its user's data, whichever session
+carries it.
 `install_mcp` mounts it on a FastAPI app, hidden from OpenAPI, and runs the SDK's session
 manager inside the app's own lifespan.
 """
@@ -50,6 +54,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from agentmesh_cli import __version__
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.services.auth import Caller, acting_as, caller_of_scope
 from agentmesh_cli.services.http import ApiError, Unavailable, error_response
 from agentmesh_cli.services.protocol import Catalogue
 
@@ -84,6 +89,13 @@ def _protocol_error(error: ApiError, uri: str) -> MCPError:
 
 
 # the MCP server -----------------------------------------------------------------------
+def _caller(ctx: ServerRequestContext[Any]) -> Caller:
+    """Who sent the HTTP request that carried this message. The handlers run in the
+    session's task, not the request's, so the middleware's context variable is not theirs;
+    the request's ASGI scope is."""
+    return caller_of_scope(getattr(ctx.request, "scope", None))
+
+
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -121,7 +133,8 @@ def build_server(catalogue: Catalogue) -> Server[Any]:
             raise MCPError(INVALID_PARAMS, f"no tool {params.name!r}; tools: {', '.join(catalogue.tools)}",
                            {"code": "unknown_tool", "tool": params.name, "tools": list(catalogue.tools)})
         try:
-            result = await spec.handler(params.arguments or {})
+            with acting_as(_caller(ctx)):
+                result = await spec.handler(params.arguments or {})
         except (ApiError, StoreError) as exc:
             return _tool_error(_as_api_error(exc))
         # structured content must be an object before protocol 2026-07-28
@@ -140,7 +153,8 @@ def build_server(catalogue: Catalogue) -> Server[Any]:
                             params: ReadResourceRequestParams) -> ReadResourceResult:
         path, query = resource_path(catalogue, params.uri)
         try:
-            value = await catalogue.read_resource(path, query)
+            with acting_as(_caller(ctx)):
+                value = await catalogue.read_resource(path, query)
         except (ApiError, StoreError) as exc:
             raise _protocol_error(_as_api_error(exc), params.uri) from exc
         return ReadResourceResult(contents=[

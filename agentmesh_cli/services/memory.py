@@ -12,8 +12,11 @@
 
 Both protocols dispatch through the service's Catalogue (`app.state.catalogue`).
 
-A user reads, changes and deletes only their own messages; another user's message answers
-404 like a missing one, so its existence does not leak. Lists hold at most MAX_ITEMS.
+Every request but /health needs a bearer token (services.auth): the mesh's service token
+acts for any user, a user token only for its user (403 otherwise; `conversation/{id}`, which
+holds every participant's messages, is the mesh's alone). A user reads, changes and deletes
+only their own messages; another user's message answers 404 like a missing one, so its
+existence does not leak. Lists hold at most MAX_ITEMS.
 
 Storage (every key from constants.Keys): one JSON string per message, and sorted sets
 scored by timestamp per user, per conversation and per (conversation, user). Members are
@@ -53,9 +56,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sse_starlette import ServerSentEvent
 
+from agentmesh_cli.config import Mesh
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import nests_deeper
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.services.auth import require_mesh, require_user
 from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
@@ -132,6 +137,10 @@ def check_id(value: Any, argument: str) -> str:
         raise bad_argument(argument, f"must be a string, not {json_type(value)}")
     if not ID_PATTERN.fullmatch(value):
         raise bad_argument(argument, "must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -")
+    if not value.strip("."):
+        # "." and ".." are path steps wherever an id goes into a URL (cognition reads
+        # memory's history/{user_id}): a client would normalise them away
+        raise bad_argument(argument, "must not be only dots")
     return value
 
 
@@ -189,19 +198,30 @@ class Resource:
                 and (self.conversation_id is None or item.get("conversation_id") == self.conversation_id))
 
 
+def check_owner(value: Any, argument: str = "user_id") -> str:
+    """A user id (check_id) that the caller may act for (services.auth.require_user: 403
+    when a user token names someone else)."""
+    return require_user(check_id(value, argument), argument)
+
+
 def parse_resource(path: str, keys: Keys) -> Resource:
+    """The list `path` names, every part checked before it goes into a key. A user token
+    reads only its own user's lists; `conversation/{id}` holds every participant's messages,
+    so it is the mesh's alone (403 for a user token, who reads their own part with
+    `conversation/{id}/user/{user_id}`)."""
     match path.split("/"):
         case ["history", user]:
-            uid = check_id(user, "user_id")
+            uid = check_owner(user)
             return Resource(keys.memory_user(uid), MAX_ITEMS, user_id=uid)
         case ["history", user, "limit", n]:
-            uid = check_id(user, "user_id")
+            uid = check_owner(user)
             return Resource(keys.memory_user(uid), check_limit(n), user_id=uid)
         case ["conversation", conversation]:
             cid = check_id(conversation, "conversation_id")
+            require_mesh(f"conversation/{cid}")
             return Resource(keys.memory_conversation(cid), MAX_ITEMS, conversation_id=cid)
         case ["conversation", conversation, "user", user]:
-            cid, uid = check_id(conversation, "conversation_id"), check_id(user, "user_id")
+            cid, uid = check_id(conversation, "conversation_id"), check_owner(user)
             return Resource(keys.memory_conversation_user(cid, uid), MAX_ITEMS, uid, cid)
     raise UnknownResource(
         f"no resource {path!r}: use history/{{user_id}}, history/{{user_id}}/limit/{{n}}, "
@@ -270,6 +290,7 @@ class MemoryStore:
 
     def __init__(self, redis_url: str, mesh: str, follow_buffer: int = FOLLOW_BUFFER) -> None:
         self.keys = Keys(mesh)
+        self._password = urlsplit(redis_url).password or ""
         # one quick retry re-dials a pooled connection that Redis closed; no backoff and no
         # retry of a timeout, so a Redis that is down or hung answers 503 within one timeout.
         # A blocking pool: a burst of requests (100 streams reading their backlog at once)
@@ -374,8 +395,12 @@ class MemoryStore:
         except TimeoutError:
             return f"no answer to PING within {timeout} s"
         except redis.RedisError as exc:
-            return str(exc) or type(exc).__name__
+            return self.hidden(str(exc) or type(exc).__name__)
         return None
+
+    def hidden(self, text: str) -> str:
+        """`text` without the Redis password (GET /health, which shows it, is open to all)."""
+        return text.replace(self._password, "***") if self._password else text
 
     async def mark_ready(self, program: str, pid: int) -> None:
         """The same record Store.mark_ready writes: JSON {pid, ts}."""
@@ -398,7 +423,7 @@ Tool = Callable[[MemoryStore, dict[str, Any]], Awaitable[Any]]
 
 async def store_input(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any]:
     check_fields(args, "", ("user_id", "input_data"))
-    user_id = check_id(args["user_id"], "user_id")
+    user_id = check_owner(args["user_id"])
     data = check_fields(args["input_data"], "input_data", ("content",),
                         ("conversation_id", "timestamp", "metadata"))
     conversation = data.get("conversation_id")
@@ -417,7 +442,7 @@ async def store_input(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any
 
 def _owner_and_message(args: dict[str, Any], *more: str) -> tuple[str, str]:
     check_fields(args, "", ("user_id", "message_id", *more))
-    return check_id(args["user_id"], "user_id"), check_id(args["message_id"], "message_id")
+    return check_owner(args["user_id"]), check_id(args["message_id"], "message_id")
 
 
 async def get_message(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any]:
@@ -590,23 +615,25 @@ RESOURCE_200 = {"model": ItemList, "description": "The items, newest first.", "c
 
 
 # the app ------------------------------------------------------------------------------
-def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
+def create_app(redis_url: str, mesh: str, *, service_token: str, max_body_bytes: int = 1_048_576,
                keepalive_s: float = 15.0, follow_buffer: int = FOLLOW_BUFFER,
-               mcp_hosts: Sequence[str] = ()) -> FastAPI:
+               mcp_hosts: Sequence[str] = (), cors_origins: Sequence[str] = ()) -> FastAPI:
     """The Memory service for mesh `mesh` on Redis `redis_url` (nothing connects until the
-    first request). `app.state.store` is its MemoryStore, `app.state.catalogue` what it
-    offers; /mcp accepts loopback Hosts and `mcp_hosts`; a follow stream more than
-    `follow_buffer` changes behind is ended."""
+    first request), letting in `service_token` and the user tokens made from it.
+    `app.state.store` is its MemoryStore, `app.state.catalogue` what it offers; /mcp
+    accepts loopback Hosts and `mcp_hosts`, loopback Origins and `cors_origins` (which
+    also switch CORS on); a follow stream more than `follow_buffer` changes behind is ended."""
     store = MemoryStore(redis_url, mesh, follow_buffer)
     catalogue = build_catalogue(store)
     app = service_app(catalogue, title="agentmesh memory",
                       description="Users' messages: tools to store and change them, resources to list them.",
                       close=store.close, max_body_bytes=max_body_bytes, tool_body=TOOL_CALL_BODY,
-                      tool_result=ToolResult, tool_errors=(400, 404, 409, 413, 415, 503))
+                      tool_result=ToolResult, tool_errors=(400, 401, 403, 404, 409, 413, 415, 503),
+                      service_token=service_token, cors_origins=cors_origins)
     app.state.store = store
 
     @app.get("/resource/{path:path}", summary="List messages (JSON or Server-Sent Events)",
-             responses={200: RESOURCE_200, **error_responses(400, 404, 503)})
+             responses={200: RESOURCE_200, **error_responses(400, 401, 403, 404, 503)})
     async def read_resource(
         path: str, request: Request,
         follow: Annotated[bool, Query(description="SSE only: keep streaming changes.")] = False,
@@ -633,10 +660,12 @@ def create_app(redis_url: str, mesh: str, *, max_body_bytes: int = 1_048_576,
         failure = await store.ping(HEALTH_TIMEOUT_S)
         if failure is None:
             return OrjsonResponse({"status": "healthy"})
-        return OrjsonResponse({"status": "unhealthy", "details": {"redis": failure}}, status_code=503)
+        # open to anyone: what failed, never where Redis is or its password
+        return OrjsonResponse({"status": "unhealthy", "details": {"redis": store.hidden(failure)}},
+                              status_code=503)
 
     without_422(app)
-    install_mcp(app, catalogue, hosts=mcp_hosts, max_body_bytes=max_body_bytes)
+    install_mcp(app, catalogue, hosts=mcp_hosts, origins=cors_origins, max_body_bytes=max_body_bytes)
     return app
 
 
@@ -668,12 +697,17 @@ async def _announce(store: MemoryStore, where: str, stopping: Callable[[], bool]
         return
 
 
-def run(redis_url: str, mesh: str, host: str, port: int) -> None:
-    """Serve the Memory service until SIGTERM or SIGINT (the `agentmesh memory` process)."""
-    app = create_app(redis_url, mesh, mcp_hosts=served_hosts(host))
-    where = f"{http_url(host, port)} (mesh {mesh}, redis {_redacted(redis_url)})"
+def run(mesh: Mesh, host: str, port: int) -> None:
+    """Serve the Memory service until SIGTERM or SIGINT (the `agentmesh memory` process):
+    the mesh's Redis, service token and services settings (body limit, CORS, TLS)."""
+    settings = mesh.config.services
+    app = create_app(mesh.redis_url, mesh.config.mesh, service_token=mesh.credentials.service_token,
+                     max_body_bytes=settings.max_body_bytes, mcp_hosts=served_hosts(host),
+                     cors_origins=settings.cors_origins)
+    where = (f"{http_url(host, port, settings.scheme)} "
+             f"(mesh {mesh.config.mesh}, redis {_redacted(mesh.redis_url)})")
 
     async def on_started(stopping: Callable[[], bool]) -> None:
         await _announce(app.state.store, where, stopping)
 
-    serve(app, host, port, on_started)
+    serve(app, host, port, on_started, certfile=settings.tls_cert, keyfile=settings.tls_key)

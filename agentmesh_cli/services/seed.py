@@ -1,19 +1,22 @@
 """The seed protocol's skeleton, shared by memory and cognition: the app with its error
-handling and body limit, `POST /tool/{name}` dispatching through the service's Catalogue,
-argument errors that name the argument, and the OpenAPI without FastAPI's 422s.
+handling, bearer-token check (services.auth), optional CORS and body limit,
+`POST /tool/{name}` dispatching through the service's Catalogue, argument errors that name
+the argument, and the OpenAPI without FastAPI's 422s.
 
 Each service adds its own `GET /resource/{path}` and `GET /health` to the app this makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
+from starlette.middleware.cors import CORSMiddleware
 
+from agentmesh_cli.services.auth import OPEN_PATHS, BearerAuthMiddleware, check_service_token
 from agentmesh_cli.services.http import (
     BadRequest,
     BodyLimitMiddleware,
@@ -78,31 +81,52 @@ def tool_call_body(examples: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def without_422(app: FastAPI) -> None:
-    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400."""
+    """FastAPI documents a 422 for every endpoint with parameters; ours answer 400. Also
+    documents the bearer token that every endpoint but GET /health needs."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = generate()
-        for operations in schema.get("paths", {}).values():
+        for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 if isinstance(operation, dict):
                     operation.get("responses", {}).pop("422", None)
+                    if path in OPEN_PATHS:
+                        operation["security"] = []
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "The mesh's service token, or a user token "
+                                      "(agentmesh token --user NAME)."}}
+        schema["security"] = [{"bearer": []}]
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def http_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+# what a browser page from an allowed origin may send and read (the MCP transport's headers too)
+CORS_HEADERS = ["Authorization", "Content-Type", "Accept", "Last-Event-ID",
+                "Mcp-Session-Id", "Mcp-Protocol-Version"]
+CORS_EXPOSED = ["Mcp-Session-Id", "WWW-Authenticate"]
 
 
 def service_app(catalogue: Catalogue, *, title: str, description: str,
                 close: Callable[[], Awaitable[None]], max_body_bytes: int,
                 tool_body: dict[str, Any], tool_result: type[BaseModel],
-                tool_errors: tuple[int, ...]) -> FastAPI:
+                tool_errors: tuple[int, ...], service_token: str,
+                cors_origins: Sequence[str] = ()) -> FastAPI:
     """The app of a service: `close` runs at shutdown, `app.state.catalogue` is set, errors
-    answer in the services' JSON shape, bodies over `max_body_bytes` get 413, and
-    POST /tool/{name} runs the catalogue's tool (404 for an unknown one)."""
+    answer in the services' JSON shape, every request but GET /health needs a bearer
+    token (services.auth; 401), bodies over `max_body_bytes` get 413, and
+    POST /tool/{name} runs the catalogue's tool (404 for an unknown one).
+
+    CORS is off unless `cors_origins` lists origins: then those exactly (no wildcard, no
+    credentials mode: the token travels in a header, not a cookie). The token check comes
+    after CORS, so a browser's preflight (which never carries a token) is answered."""
+    check_service_token(service_token, catalogue.service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,7 +138,13 @@ def service_app(catalogue: Catalogue, *, title: str, description: str,
     app = FastAPI(title=title, version="1", lifespan=lifespan, description=description)
     app.state.catalogue = catalogue
     install_error_handlers(app)
+    # each add_middleware wraps the ones before: the order of a request is the reverse
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BearerAuthMiddleware, token=service_token)  # 401 before a body is read
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED)
     app.add_middleware(ErrorBoundaryMiddleware)  # added last: outermost
 
     @app.post("/tool/{name}", summary="Call a tool", openapi_extra=tool_body,

@@ -66,9 +66,12 @@ class Supervisor:
     def start(self, timeout: float = 15.0) -> None:
         """Start supervisord as a daemon and wait until its socket answers."""
         conf = str(self.mesh.supervisord_conf)
+        # the mesh's secrets reach every program through supervisord's environment, which
+        # its children inherit: no config file holds them (see credentials.py)
+        env = {**os.environ, **self.mesh.credentials.environment()}
         result = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", conf],
-            cwd=self.mesh.root, capture_output=True, text=True, timeout=timeout,
+            cwd=self.mesh.root, capture_output=True, text=True, timeout=timeout, env=env,
         )
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip()

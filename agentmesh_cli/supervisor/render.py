@@ -12,7 +12,8 @@ from pathlib import Path
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.config import Mesh
-from agentmesh_cli.embedded import broker_command, valkey_command
+from agentmesh_cli.credentials import private_dir
+from agentmesh_cli.embedded import broker_command, valkey_command, write_valkey_secret
 from agentmesh_cli.hosts import HOST_ENV, programs_on
 
 AGENTMESH_ENV = {"PYTHONUNBUFFERED": "1"}
@@ -35,6 +36,11 @@ class ProgramSpec:
             C.PRIORITY_SERVICES: "services",
             C.PRIORITY_MANAGERS: "managers",
         }.get(self.priority, "agents")
+
+
+def valkey_secret_file(mesh: Mesh) -> Path:
+    """The embedded Valkey's password file (in the private state folder, mode 0600)."""
+    return mesh.state_dir / C.VALKEY_SECRET_CONF
 
 
 def percent_escape(value: str) -> str:
@@ -63,7 +69,8 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[Program
         specs.append(ProgramSpec(C.PROGRAM_KAFKA, broker_command(cfg.kafka.port, tansu),
                                  C.PRIORITY_INFRA, stopwaitsecs=5))
     if cfg.redis.embedded:
-        command = valkey_command(cfg.redis.port, mesh.state_dir / "valkey", valkey)
+        command = valkey_command(cfg.redis.port, mesh.state_dir / "valkey", valkey,
+                                 config_file=valkey_secret_file(mesh))
         specs.append(ProgramSpec(C.PROGRAM_REDIS, command, C.PRIORITY_INFRA, stopwaitsecs=5))
     for service in C.SERVICE_PROGRAMS:  # memory first: cognition reads through it
         specs.append(ProgramSpec(service, [*me, service, *config_arg], C.PRIORITY_SERVICES,
@@ -156,9 +163,11 @@ def write_configs(mesh: Mesh, files: dict[str, str]) -> list[str]:
     out = mesh.supervisor_dir
     out.mkdir(parents=True, exist_ok=True)
     mesh.logs_dir.mkdir(parents=True, exist_ok=True)
-    mesh.state_dir.mkdir(parents=True, exist_ok=True)
+    # the state folder holds the secrets, supervisord's socket and Valkey's data: its owner's only
+    private_dir(mesh.state_dir)
     if mesh.config.redis.embedded:
-        (mesh.state_dir / "valkey").mkdir(exist_ok=True)
+        private_dir(mesh.state_dir / "valkey")
+        write_valkey_secret(valkey_secret_file(mesh), mesh.credentials.redis_password)
     changed = []
     for name, text in files.items():
         path = out / name

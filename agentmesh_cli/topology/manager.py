@@ -22,6 +22,7 @@ from agentmesh_cli.config import Mesh, TopologyConfig
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.topology.graph import SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
 
@@ -87,16 +88,19 @@ class TopologyManager:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
-        store = Store(cfg.redis.resolved_url, cfg.mesh)
+        store = Store(self.mesh.redis_url, cfg.mesh)
         epoch = wait_for_infra(cfg.kafka, store, OWNER)
-        bus = Bus(cfg.kafka, client_id=OWNER)
+        # security.sign_envelopes: its dead letters are signed, what it reads is checked
+        signer = mesh_signer(self.mesh)
+        bus = Bus(cfg.kafka, client_id=OWNER, signer=signer)
         watch = BrokerWatch(bus, store, epoch)
         state = self._load(store, epoch)
         state.partitions, state.max_record_bytes = cfg.kafka.partitions, cfg.kafka.max_record_bytes
         state.expected = frozenset(agent.name for agent in cfg.agents)
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
-                        fetch_wait=cfg.kafka.topology_fetch_wait, fetch_min_bytes=TOPOLOGY_FETCH_MIN_BYTES)
+                        fetch_wait=cfg.kafka.topology_fetch_wait, fetch_min_bytes=TOPOLOGY_FETCH_MIN_BYTES,
+                        signer=signer)
         store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d partitions assigned", len(assignments))
         next_decay = time.monotonic() + self.cfg.decay_interval

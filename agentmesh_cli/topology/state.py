@@ -4,12 +4,12 @@ and snapshots out.
 Every record read ends in exactly one outcome, counted (see docs/architecture.md, Dead
 letters). `topology` records: an applied event (`events`) or a dead letter. `messages`
 records: a copy of a message already read (`duplicates`, by envelope id), a
-reinforcement, a self-message, an operator's message, a record that does not decode
-(`invalid`: the agent that reads its partition dead-letters it), a message from a sender
-that never joined (`unknown_sender`: its recipient dead-letters it), `unrouted` (both
-agents were in the mesh but one is gone), a dead letter of ours (what no agent will ever
-read: unknown recipients, misrouted records, garbage on a partition nobody reads), or
-held, for a while, until the agents it needs join.
+reinforcement, a self-message, an operator's message, a record that does not decode or
+whose signature does not verify (`invalid`: the agent that reads its partition
+dead-letters it), a message from a sender that never joined (`unknown_sender`: its
+recipient dead-letters it), `unrouted` (both agents were in the mesh but one is gone), a
+dead letter of ours (what no agent will ever read: unknown recipients, misrouted records,
+garbage on a partition nobody reads), or held, for a while, until the agents it needs join.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.envelope import Envelope, RecentIds, envelope_problem, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.signing import BAD_SIGNATURE, UNSIGNED, refused_counter
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 
 SNAPSHOT_VERSION = 1
@@ -146,6 +147,13 @@ class TopologyState:
         letter of ours at once (it is queued in `letters` too)."""
         self.offsets[(record.topic, record.partition)] = record.offset + 1
         self.counts[C.records_counter(record.topic)] += 1
+        if record.forged is not None:  # it does not verify (security.sign_envelopes)
+            if record.topic == C.TOPIC_MESSAGES:
+                # like a record that does not decode: the agents that read its partition
+                # refuse it; it reinforces nothing
+                return self._bad_message(Held.of(record, now, reason=record.forged))
+            self.counts[refused_counter(record.forged)] += 1  # a join, heartbeat or leave
+            return self.dead_letter(record, record.forged)
         try:
             event = Envelope.decode(record.value, self.max_record_bytes)
         except InvalidEnvelope as exc:
@@ -195,6 +203,10 @@ class TopologyState:
                 if record.topic != C.TOPIC_MESSAGES:
                     self._note_offsets(read)
                     self._flush(pending, sources, targets, times)
+                    self.apply_safely(record, now)
+                    continue
+                if record.forged is not None:  # it does not verify: the one-by-one way says so
+                    self._note_offsets(read)
                     self.apply_safely(record, now)
                     continue
                 value = record.value
@@ -371,6 +383,8 @@ class TopologyState:
             if self.partitions is None or m.record.partition in self._read_partitions():
                 self.counts["invalid"] += 1
                 return None
+            if m.reason in (UNSIGNED, BAD_SIGNATURE):  # it did not verify
+                self.counts[refused_counter(m.reason)] += 1
             return self.dead_letter(
                 m.record, f"{m.reason} (no agent reads partition {m.record.partition})", m.size)
         if not self.reader(m.target):

@@ -1,0 +1,159 @@
+"""The mesh's generated secrets: where they live, how roles get them, how they stay hidden.
+
+Three secrets, each 256 random bits (docs/security.md):
+
+- `redis_password`: the embedded Valkey's password (`requirepass`);
+- `service_token`: the bearer token the memory and cognition services require;
+- `mesh_key`: the HMAC key that signs envelopes when `security.sign_envelopes` is on.
+
+They are made once, at the first `agentmesh up` (or the first role or command that
+needs them), into `<state folder>/secrets.json`, mode 0600 in a folder of mode 0700,
+so another local user can read none of them. `up` hands them to supervisord in its
+environment, and every program inherits them from there: no rendered config holds one.
+A command run by hand (status, consensus propose, ...) reads the same file.
+
+`AGENTMESH_REDIS_PASSWORD`, `AGENTMESH_SERVICE_TOKEN` and `AGENTMESH_MESH_KEY` override
+the file: that is how the hosts of a mesh spread over several machines share secrets
+(copy the file, or set the variables on each host).
+
+The file sits in the mesh's top state folder, not a host's sub-folder, so hosts that
+share one folder share one set of secrets.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.errors import ConfigError
+
+SECRETS_FILE = "secrets.json"
+SECRET_BYTES = 32
+ENV = {
+    "redis_password": "AGENTMESH_REDIS_PASSWORD",
+    "service_token": "AGENTMESH_SERVICE_TOKEN",
+    "mesh_key": "AGENTMESH_MESH_KEY",
+}
+REDACTED = "***"
+MIN_SHOWN_SECRET = 8  # shorter values are not scrubbed from text (they would match by chance)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    redis_password: str = ""
+    service_token: str = ""
+    mesh_key: str = ""
+
+    def __repr__(self) -> str:  # never print a secret by accident (a log line, a traceback)
+        present = [f.name for f in fields(self) if getattr(self, f.name)]
+        return f"Credentials({', '.join(present) or 'none'})"
+
+    __str__ = __repr__
+
+    def environment(self) -> dict[str, str]:
+        """The variables that hand these secrets to a child process."""
+        return {ENV[f.name]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+    def values(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name)]
+
+    def scrub(self, text: str) -> str:
+        """`text` with every one of these secrets replaced by ***."""
+        for value in self.values():
+            if len(value) >= MIN_SHOWN_SECRET:
+                text = text.replace(value, REDACTED)
+        return text
+
+
+def secrets_path(root: Path) -> Path:
+    """Where the mesh whose mesh.yaml is in `root` keeps its secrets."""
+    return root / C.STATE_DIR / SECRETS_FILE
+
+
+def private_dir(path: Path) -> None:
+    """Make folder `path` (and its parents) and let only its owner in (mode 0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+
+
+def _new() -> dict[str, str]:
+    return {f.name: secrets.token_urlsafe(SECRET_BYTES) for f in fields(Credentials)}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the mesh's secrets from {path}: {exc}; "
+                          "delete the file to make new ones (then restart the mesh)") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object; delete it to make new secrets")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        # somebody widened it: narrow it again rather than go on with readable secrets
+        path.chmod(0o600)
+    return data
+
+
+def _write_new(path: Path, data: dict[str, str]) -> bool:
+    """Create `path` with `data`, mode 0600 from the first byte; False if it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            return False
+        raise ConfigError(f"cannot write the mesh's secrets to {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    return True
+
+
+def ensure_secrets(root: Path) -> Path:
+    """Make the secrets file if there is none yet (safe when several processes race:
+    the first one writes it, the others read it). Returns its path."""
+    path = secrets_path(root)
+    private_dir(path.parent)
+    data = _read(path)
+    missing = [f.name for f in fields(Credentials) if not isinstance(data.get(f.name), str)
+               or not data.get(f.name)]
+    if not data:
+        if _write_new(path, _new()):
+            return path
+        data = _read(path)
+        missing = [name for name in missing if not data.get(name)]
+    if missing:  # an older or hand-edited file: add what it lacks, keep what it has
+        fresh = _new()
+        data.update({name: fresh[name] for name in missing})
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        _write_new(tmp, data)
+        tmp.replace(path)
+    return path
+
+
+def load_credentials(root: Path, create: bool = True,
+                     environ: Mapping[str, str] | None = None) -> Credentials:
+    """The mesh's secrets: each from its environment variable when set, else the file
+    (made first when `create` and there is none)."""
+    env = os.environ if environ is None else environ
+    from_env = {name: env.get(variable, "") for name, variable in ENV.items()}
+    data: dict[str, Any] = {}
+    if not all(from_env.values()):
+        path = ensure_secrets(root) if create else secrets_path(root)
+        data = _read(path)
+    values = {name: from_env[name] or str(data.get(name) or "") for name in ENV}
+    return Credentials(**values)
