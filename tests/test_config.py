@@ -70,7 +70,7 @@ def test_env_references_in_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.kafka.client_settings == {"sasl.password": "k-secret", "linger.ms": 5}
     monkeypatch.delenv("KPW")
     with pytest.raises(ConfigError, match=r"kafka.client.sasl.password refers to \$\{KPW\}"):
-        cfg.kafka.client_settings
+        _ = cfg.kafka.client_settings
 
 
 BAD_CASES = [
