@@ -43,8 +43,6 @@ ENV = {
     "service_token": "AGENTMESH_SERVICE_TOKEN",
     "mesh_key": "AGENTMESH_MESH_KEY",
 }
-REDACTED = "***"
-MIN_SHOWN_SECRET = 8  # shorter values are not scrubbed from text (they would match by chance)
 
 
 @dataclass(frozen=True)
@@ -62,16 +60,6 @@ class Credentials:
     def environment(self) -> dict[str, str]:
         """The variables that hand these secrets to a child process."""
         return {ENV[f.name]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
-
-    def values(self) -> list[str]:
-        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name)]
-
-    def scrub(self, text: str) -> str:
-        """`text` with every one of these secrets replaced by ***."""
-        for value in self.values():
-            if len(value) >= MIN_SHOWN_SECRET:
-                text = text.replace(value, REDACTED)
-        return text
 
 
 def secrets_path(root: Path) -> Path:
@@ -124,18 +112,15 @@ def _write_new(path: Path, data: dict[str, str]) -> bool:
 
 def ensure_secrets(root: Path) -> Path:
     """Make the secrets file if there is none yet (safe when several processes race:
-    the first one writes it, the others read it). Returns its path."""
+    the first one writes it, the others read it), and add any secret it lacks (an older
+    or hand-edited file keeps what it has). Returns its path."""
     path = secrets_path(root)
     private_dir(path.parent)
+    if not path.exists() and _write_new(path, _new()):
+        return path
     data = _read(path)
-    missing = [f.name for f in fields(Credentials) if not isinstance(data.get(f.name), str)
-               or not data.get(f.name)]
-    if not data:
-        if _write_new(path, _new()):
-            return path
-        data = _read(path)
-        missing = [name for name in missing if not data.get(name)]
-    if missing:  # an older or hand-edited file: add what it lacks, keep what it has
+    missing = [name for name in ENV if not isinstance(data.get(name), str) or not data[name]]
+    if missing:
         fresh = _new()
         data.update({name: fresh[name] for name in missing})
         tmp = path.with_suffix(".tmp")

@@ -348,6 +348,18 @@ def test_the_right_token_gets_200(plain: Services) -> None:
 
 
 # 403 -------------------------------------------------------------------------------------
+def cognition_calls(cog: httpx.Client, user: str, conversation: str, query: str) -> list[httpx.Response]:
+    """Every cognition tool and resource, each naming `user`."""
+    return [
+        cog.post("/tool/get_context", json={"arguments": {"user_id": user}}),
+        cog.post("/tool/search_history", json={"arguments": {"user_id": user, "query": query}}),
+        cog.post("/tool/analyze_conversation", json={"arguments": {
+            "user_id": user, "conversation_id": conversation}}),
+        cog.get(f"/resource/context/{user}"),
+        cog.get(f"/resource/conversation_analysis/{conversation}/summary", params={"user_id": user}),
+    ]
+
+
 def test_a_user_token_acts_for_its_user_only(plain: Services, alice: str) -> None:
     conversation = f"c-{uuid.uuid4().hex[:8]}"
     with plain.http("memory") as mesh_mem:  # bob's message, stored by the mesh
@@ -366,12 +378,7 @@ def test_a_user_token_acts_for_its_user_only(plain: Services, alice: str) -> Non
             mem.get("/resource/history/alice"),
             mem.get("/resource/history/alice/limit/1", headers={"Accept": "text/event-stream"}),
             mem.get(f"/resource/conversation/{conversation}/user/alice"),
-            cog.post("/tool/get_context", json={"arguments": {"user_id": "alice"}}),
-            cog.post("/tool/search_history", json={"arguments": {"user_id": "alice", "query": "order"}}),
-            cog.post("/tool/analyze_conversation", json={"arguments": {
-                "user_id": "alice", "conversation_id": conversation}}),
-            cog.get("/resource/context/alice"),
-            cog.get(f"/resource/conversation_analysis/{conversation}/summary", params={"user_id": "alice"}),
+            *cognition_calls(cog, "alice", conversation, "order"),
         ]
         for answer in ok:
             assert answer.status_code == 200, (answer.request.url, answer.text)
@@ -388,12 +395,7 @@ def test_a_user_token_acts_for_its_user_only(plain: Services, alice: str) -> Non
             mem.get("/resource/history/bob/limit/5", headers={"Accept": "text/event-stream"}),
             mem.get(f"/resource/conversation/{conversation}/user/bob"),
             mem.get(f"/resource/conversation/{conversation}"),
-            cog.post("/tool/get_context", json={"arguments": {"user_id": "bob"}}),
-            cog.post("/tool/search_history", json={"arguments": {"user_id": "bob", "query": "secret"}}),
-            cog.post("/tool/analyze_conversation", json={"arguments": {
-                "user_id": "bob", "conversation_id": conversation}}),
-            cog.get("/resource/context/bob"),
-            cog.get(f"/resource/conversation_analysis/{conversation}/summary", params={"user_id": "bob"}),
+            *cognition_calls(cog, "bob", conversation, "secret"),
         ]
         for answer in refused:
             error = error_of(answer, 403, "forbidden")
