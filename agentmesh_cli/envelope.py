@@ -84,6 +84,7 @@ class RecentIds:
 
 
 _EMPTY: dict[str, Any] = {}
+MAX_TS_MS = 2**63 - 1
 
 
 def envelope_problem(data: Any) -> str | None:
@@ -102,6 +103,8 @@ def envelope_problem(data: Any) -> str | None:
     ts = data.get("ts")
     if type(ts) is not int or ts < 0:
         return "field 'ts' missing or not a non-negative integer (epoch ms)"
+    if ts > MAX_TS_MS:  # it is kept in int64 arrays (an edge's last use), like any time
+        return f"field 'ts' is over {MAX_TS_MS} (epoch ms, a signed 64-bit integer)"
     for name in ("payload", "meta"):
         if type(data.get(name, _EMPTY)) is not dict:
             return f"field {name!r} is not an object"

@@ -260,3 +260,45 @@ def test_a_copy_of_a_message_already_read_is_not_reinforced_again() -> None:
     assert outcomes(state) == {"reinforcements": 2, "duplicates": 2}
     edge = state.graph.edge("A", "B")
     assert edge is not None and edge.usage == 2
+
+
+@pytest.mark.parametrize(("ts", "decodes"), [(2**63 - 1, True), (2**63, False), (2**64 - 1, False)])
+def test_a_time_past_int64_does_not_decode_and_a_held_message_keeps_one_outcome(ts: int,
+                                                                               decodes: bool) -> None:
+    """A message waiting for its sender's join, with the largest time an edge can keep and
+    past it: the join is one event, the message one outcome (found by test_poison, where a
+    time of 2**64 - 1 made the join both an event and a dead letter and lost the message)."""
+    state = mesh_of("A")
+    value = json.dumps({**json.loads(message("E", "A").encode()), "ts": ts}).encode()
+    state.apply(Record(C.TOPIC_MESSAGES, C.inbox_partition("A", PARTITIONS), 0, None, value), T0)
+    feed(state, C.TOPIC_TOPOLOGY, 7, join("E"))
+    if decodes:
+        assert outcomes(state) == {"events": 1, "joins": 1, "reinforcements": 1}
+        edge = state.graph.edge("E", "A")
+        assert edge is not None and edge.last_used == ts
+    else:
+        assert outcomes(state) == {"events": 1, "joins": 1, "invalid": 1}  # A dead-letters it
+    assert state.held_count == 0 and state.take_letters() == []
+
+
+def test_a_held_message_that_raises_is_its_own_dead_letter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug one released message triggers costs that message only: the join that released
+    it stays one event, and the messages held after it still reach their edges."""
+    state = mesh_of("A")
+    for offset, ts in enumerate((T0, T0 + 13, T0 + 2)):
+        feed(state, C.TOPIC_MESSAGES, offset, message("E", "A", ts=ts))
+    reinforce = state.graph.reinforce
+
+    def fragile(source: str, target: str, ts_ms: int) -> object:
+        if ts_ms == T0 + 13:
+            raise RuntimeError("thirteen")
+        return reinforce(source, target, ts_ms)
+
+    monkeypatch.setattr(state.graph, "reinforce", fragile)
+    assert feed(state, C.TOPIC_TOPOLOGY, 7, join("E")) is None
+    assert outcomes(state) == {"events": 1, "joins": 1, "reinforcements": 2, "dead_letters": 1,
+                               C.dead_letters_counter(C.TOPIC_MESSAGES): 1}
+    assert [(r.offset, why) for r, why, _size in state.take_letters()] == \
+        [(1, "topology manager error: RuntimeError('thirteen')")]
+    edge = state.graph.edge("E", "A")
+    assert state.held_count == 0 and edge is not None and edge.usage == 2

@@ -403,7 +403,14 @@ class TopologyState:
         self.held_count -= len(waiting) + len(invalid)
         self.counts["invalid"] += len(invalid)  # it reads them now, and dead-letters them
         for m in waiting:
-            self._route(m)
+            # each on its own: a message that raises is its own dead letter, and neither
+            # the join (already counted) nor the messages after it are lost with it
+            try:
+                self._route(m)
+            except Exception as exc:
+                log.exception("held record %s/%d@%d raised", m.record.topic, m.record.partition,
+                              m.record.offset)
+                self.dead_letter(m.record, f"topology manager error: {exc!r}", m.size)
 
     def _expire_held(self, now: int) -> None:
         due = [*_take_older(self.held, now - self.heartbeat_timeout_ms),
