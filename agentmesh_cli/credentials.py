@@ -22,10 +22,10 @@ share one folder share one set of secrets.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -95,38 +95,42 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write_new(path: Path, data: dict[str, str]) -> bool:
-    """Create `path` with `data`, mode 0600 from the first byte; False if it exists."""
+def _publish(path: Path, data: dict[str, str], replace: bool) -> bool:
+    """Put `data` at `path` whole, mode 0600 from the first byte: written to a temporary
+    file beside it, then linked in (False if `path` exists already) or, with `replace`,
+    renamed over it. A racing reader sees no file or a complete one, never a half-written one."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        if exc.errno == errno.EEXIST:
-            return False
         raise ConfigError(f"cannot write the mesh's secrets to {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "wb") as out:
-        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    return True
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def ensure_secrets(root: Path) -> Path:
     """Make the secrets file if there is none yet (safe when several processes race:
-    the first one writes it, the others read it), and add any secret it lacks (an older
+    the first one publishes it, the others read it), and add any secret it lacks (an older
     or hand-edited file keeps what it has). Returns its path."""
     path = secrets_path(root)
     private_dir(path.parent)
-    if not path.exists() and _write_new(path, _new()):
+    if not path.exists() and _publish(path, _new(), replace=False):
         return path
     data = _read(path)
     missing = [name for name in ENV if not isinstance(data.get(name), str) or not data[name]]
     if missing:
         fresh = _new()
-        data.update({name: fresh[name] for name in missing})
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        _write_new(tmp, data)
-        tmp.replace(path)
+        _publish(path, {**data, **{name: fresh[name] for name in missing}}, replace=True)
     return path
 
 
