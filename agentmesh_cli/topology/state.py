@@ -141,6 +141,11 @@ class TopologyState:
         self.letters.append((record, reason, len(record.value or b"") if size is None else size))
         return reason
 
+    def _raised(self, record: Record, exc: Exception, size: int | None = None) -> str:
+        """A record whose handling raised (a bug it triggers): logged, and a dead letter."""
+        log.exception("record %s/%d@%d raised", record.topic, record.partition, record.offset)
+        return self.dead_letter(record, f"topology manager error: {exc!r}", size)
+
     # records -------------------------------------------------------------------------
     def apply(self, record: Record, now: int) -> str | None:
         """Apply one record read at `now` (epoch ms); return the reason when it became a dead
@@ -171,8 +176,7 @@ class TopologyState:
         try:
             return self.apply(record, now)
         except Exception as exc:
-            log.exception("record %s/%d@%d raised", record.topic, record.partition, record.offset)
-            return self.dead_letter(record, f"topology manager error: {exc!r}")
+            return self._raised(record, exc)
 
     def apply_batch(self, records: Iterable[Record], now: int) -> None:
         """Apply records read at `now`, in order, each with the outcome `apply_safely` gives it.
@@ -243,9 +247,7 @@ class TopologyState:
                             continue
                     self._message(record, message_id, source, target, ts, now)
                 except Exception as exc:
-                    log.exception("record %s/%d@%d raised", record.topic, record.partition,
-                                  record.offset)
-                    self.dead_letter(record, f"topology manager error: {exc!r}")
+                    self._raised(record, exc)
         finally:
             self._note_offsets(read)
             self.counts[_MESSAGES_RECORDS] += messages
@@ -408,9 +410,7 @@ class TopologyState:
             try:
                 self._route(m)
             except Exception as exc:
-                log.exception("held record %s/%d@%d raised", m.record.topic, m.record.partition,
-                              m.record.offset)
-                self.dead_letter(m.record, f"topology manager error: {exc!r}", m.size)
+                self._raised(m.record, exc, m.size)
 
     def _expire_held(self, now: int) -> None:
         due = [*_take_older(self.held, now - self.heartbeat_timeout_ms),
