@@ -40,15 +40,16 @@ async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, int, list[int]]:
     return server, server.sockets[0].getsockname()[1], served
 
 
-def _load(answers: list[bytes], paced: bool) -> tuple[dict[str, Any], int, list[str]]:
+def _load(answers: list[bytes], paced: bool, connections: int = 4,
+          rate: int = 400) -> tuple[dict[str, Any], int, list[str]]:
     async def main() -> tuple[dict[str, Any], int, list[str]]:
         server, port, served = await _serve(answers)
         async with server:
             request = services.http_request(f"127.0.0.1:{port}", "POST", "/tool/x", {"arguments": {}})
-            load = services.LeanLoad("127.0.0.1", port, [request], 4, "result")
+            load = services.LeanLoad("127.0.0.1", port, [request], connections, "result")
             await load.open()
             try:
-                result = await (load.run_paced(400, 0.5) if paced else load.run_closed(0.3))
+                result = await (load.run_paced(rate, 0.5) if paced else load.run_closed(0.3))
             finally:
                 load.close()
                 await asyncio.sleep(0.05)  # the closes complete on both sides
@@ -66,6 +67,15 @@ def test_only_200_answers_with_a_result_count() -> None:
         assert any(sample.startswith("500") for sample in samples)
     result, served, _ = _load([ok], paced=True)
     assert (result["errors"], served) == (0, 200)
+
+
+def test_calls_waiting_for_a_connection_are_counted_once() -> None:
+    # one connection for 5000 calls/s: most calls wait in the backlog for the connection
+    # (a call taken from it used to be counted twice, and the phase then waited for an
+    # answer that never came until its 30 s deadline)
+    ok = _answer(200, b'{"result": 1}')
+    result, served, _ = _load([ok], paced=True, connections=1, rate=5000)
+    assert (result["errors"], served) == (0, 2500)
 
 
 def test_a_sampled_200_without_a_result_is_an_error() -> None:

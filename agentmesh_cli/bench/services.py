@@ -388,8 +388,7 @@ class LeanLoad:
             if now < self.deadline:
                 self.outstanding += 1
                 conn.send(now)
-        elif self.backlog:
-            self.outstanding += 1
+        elif self.backlog:  # counted in `outstanding` when it was scheduled
             conn.send(self.backlog.popleft())
         else:
             self.idle.append(conn)
