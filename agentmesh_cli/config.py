@@ -234,8 +234,10 @@ class SecurityConfig(_Section):
 
     # every record is signed with the mesh key (HMAC-SHA256, a Kafka header); an unsigned
     # or forged record is a dead letter, so a process that reaches the broker without
-    # the key cannot speak for an agent or vote
-    sign_envelopes: bool = False
+    # the key cannot speak for an agent or vote. On by default: the embedded broker takes
+    # any local client. Off only for a broker that authenticates every producer and
+    # writers outside agentmesh that cannot sign.
+    sign_envelopes: bool = True
 
 
 class MetricsConfig(_Section):

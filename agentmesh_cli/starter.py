@@ -61,6 +61,9 @@ services:                       # HTTP services, supervised programs on loopback
 
 metrics: {host: 127.0.0.1, port: 9464}   # Prometheus: every role's counters at http://host:port/metrics
 
+security:                       # docs/security.md
+  sign_envelopes: true          # every record signed with the mesh key; unsigned or forged ones go to dlq
+
 workload:                       # the built-in demo roles (0 switches a flow off)
   order_rate: 1.0               # orders per second Sales opens (-> Inventory, Fraud and back)
   lead_rate: 0.15               # upsell leads per second Support passes to Sales (one way)

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.embedded import start_broker, start_valkey, stop
+from agentmesh_cli.signing import mesh_signer
 
 
 def free_port() -> int:
@@ -91,6 +93,12 @@ def external_mesh(tmp_path: Path, broker: str, valkey: str) -> Any:
         return load_mesh(path)
 
     return make
+
+
+def mesh_bus(mesh: Mesh, client_id: str = "test", **options: Any) -> Bus:
+    """A Bus that writes as the mesh's own processes do: signed with its mesh key when its
+    mesh.yaml signs (the default), else its records are refused as unsigned."""
+    return Bus(mesh.config.kafka, client_id, signer=mesh_signer(mesh), **options)
 
 
 def agentmesh(*args: str, cwd: Path | None = None, timeout: float = 120,

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.store import Store
-from tests.conftest import agentmesh, wait_for
+from tests.conftest import agentmesh, mesh_bus, wait_for
 from tests.test_mesh_e2e import running_mesh, write_mesh
 
 AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
@@ -64,7 +63,7 @@ def test_rejected_by_role_logic(mesh: Mesh) -> None:
 
 
 def test_malformed_input_goes_to_dlq(mesh: Mesh) -> None:
-    bus = Bus(mesh.config.kafka, "test")
+    bus = mesh_bus(mesh)
     bus.produce_raw(C.TOPIC_PROPOSALS, b"\xffnot json", key="x")
     bus.send(C.TOPIC_VOTES, Envelope(type=C.EVENT_VOTE, from_agent_id="Sales",
                                      payload={"proposal_id": "p-1", "support": "yes"}), key="p-1")
@@ -103,7 +102,7 @@ def test_agent_down_stays_in_electorate(mesh: Mesh) -> None:
 
 def test_manager_sigkill_decides_each_proposal_exactly_once(mesh: Mesh) -> None:
     store = Store(mesh.redis_url, mesh.config.mesh)
-    bus = Bus(mesh.config.kafka, "test")
+    bus = mesh_bus(mesh)
     ids = [f"kill-{i}" for i in range(300)]
     old = program_pids(mesh)["consensus-manager"]
     for i, pid in enumerate(ids):

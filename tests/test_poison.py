@@ -32,6 +32,7 @@ from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from tests.conftest import spawn_role, wait_for
 
@@ -171,10 +172,15 @@ def poison_mesh(external_mesh: Any) -> Mesh:
 
 
 class Thrower:
-    """A plain confluent-kafka producer, counting what the broker took per (topic, partition)."""
+    """A plain confluent-kafka producer, counting what the broker took per (topic, partition).
+    It signs with the mesh key, as a buggy peer would: the garbage must pass the signature
+    check and be refused for what it is (test_signing covers records without the key)."""
 
     def __init__(self, mesh: Mesh) -> None:
         self.prefix = mesh.config.kafka.topic_prefix
+        signer = mesh_signer(mesh)
+        assert signer is not None  # a mesh signs by default
+        self.signer = signer
         self.producer = Producer({"bootstrap.servers": mesh.config.kafka.bootstrap, "linger.ms": 5,
                                   "allow.auto.create.topics": False})
         self.taken: Counter[tuple[str, int]] = Counter()
@@ -189,8 +195,9 @@ class Thrower:
     def throw(self, topic: str, value: bytes, partition: int = 0) -> None:
         while True:
             try:
-                self.producer.produce(f"{self.prefix}.{topic}", value, partition=partition,
-                                      on_delivery=self._done)
+                full = f"{self.prefix}.{topic}"
+                self.producer.produce(full, value, partition=partition, on_delivery=self._done,
+                                      headers=self.signer.headers(full, value))
                 break
             except BufferError:
                 self.producer.poll(0.1)

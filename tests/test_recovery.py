@@ -18,7 +18,7 @@ from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.store import Store
-from tests.conftest import agentmesh, wait_for
+from tests.conftest import agentmesh, mesh_bus, wait_for
 from tests.test_mesh_e2e import pids, running_mesh, status, write_mesh
 
 AGENTS = ["Sales", "Inventory", "Fraud"]
@@ -89,7 +89,7 @@ def wait_restarted(mesh: Mesh, program: str, old: int, timeout: float = 60) -> i
 
 def test_sigkilled_agent_handles_every_message_once(mesh: Mesh) -> None:
     store = store_of(mesh)
-    bus = Bus(mesh.config.kafka, client_id="test-recovery")
+    bus = mesh_bus(mesh, "test-recovery")
     before = handled_from(store, "Inventory", "Sales")
     killed: list[int] = []
     stream(bus, 3000, rate=1500, during=lambda: killed.append(kill(mesh, "agent-Inventory")), at=1000)
@@ -116,7 +116,7 @@ def test_sigkilled_agent_handles_every_message_once(mesh: Mesh) -> None:
 
 def test_sigkilled_topology_manager_loses_and_doubles_no_reinforcement(mesh: Mesh) -> None:
     store = store_of(mesh)
-    bus = Bus(mesh.config.kafka, client_id="test-recovery")
+    bus = mesh_bus(mesh, "test-recovery")
     before = usage(store, "Fraud", "Sales")
     killed: list[int] = []
 
@@ -136,7 +136,7 @@ def test_sigkilled_topology_manager_loses_and_doubles_no_reinforcement(mesh: Mes
 
 def test_redis_restart_roles_keep_running_and_catch_up(mesh: Mesh) -> None:
     store = store_of(mesh)
-    bus = Bus(mesh.config.kafka, client_id="test-recovery")
+    bus = mesh_bus(mesh, "test-recovery")
     before_pids = program_pids(mesh)
     handled_before = handled_from(store, "Fraud", "Inventory")
     usage_before = usage(store, "Inventory", "Fraud")
@@ -159,7 +159,7 @@ def test_redis_restart_roles_keep_running_and_catch_up(mesh: Mesh) -> None:
 
 def test_broker_restart_is_detected_and_the_mesh_rebuilt(mesh: Mesh) -> None:
     store = store_of(mesh)
-    bus = Bus(mesh.config.kafka, client_id="test-recovery")
+    bus = mesh_bus(mesh, "test-recovery")
     epoch = store.kafka_epoch()
     snapshot = store.load_snapshot() or {}
     edges_before = {(s, t): w for s, t, w, *_ in snapshot["graph"]["edges"]}
@@ -258,7 +258,7 @@ def test_garbage_on_every_topic_is_dead_lettered_by_its_reader(mesh: Mesh) -> No
         return store.counters(owner).get(C.dead_letters_counter(topic), 0)
 
     was = {(o, t): dead(o, t) for t, os_ in owners.items() for o in os_}
-    bus = Bus(mesh.config.kafka, client_id="test-garbage")
+    bus = mesh_bus(mesh, "test-garbage")
     for topic in owners:
         partition = C.inbox_partition("Inventory", mesh.config.kafka.partitions) \
             if topic == C.TOPIC_MESSAGES else 0

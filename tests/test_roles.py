@@ -13,12 +13,12 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, Record, beginning, prepare_topics
+from agentmesh_cli.bus import Reader, Record, beginning, prepare_topics
 from agentmesh_cli.config import Mesh
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.store import Store
-from tests.conftest import spawn_role, wait_for
+from tests.conftest import mesh_bus, spawn_role, wait_for
 
 
 def read_topic(mesh: Mesh, topic: str, partitions: int, settle: float = 1.5,
@@ -60,7 +60,7 @@ def test_agent_inbox_dead_letters_and_resume(external_mesh: Any, tmp_path: Path)
         assert record["role"] == "inventory" and record["pid"] == proc.pid
         assert record["partition"] == C.inbox_partition("Inventory", 4)
 
-        bus = Bus(cfg.kafka, "test")
+        bus = mesh_bus(mesh)
         partition = C.inbox_partition("Inventory", 4)
         store.redis.sadd(store.keys.members, "Sales")  # Sales joined once (agents accept only members)
         bus.produce_raw(C.TOPIC_MESSAGES, b"\x00\x01 not an envelope", partition=partition)
@@ -107,7 +107,7 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
     cfg = mesh.config
     store = Store(cfg.redis.resolved_url, cfg.mesh)
     prepare_topics(cfg.kafka, store)  # as `up` does before any role starts
-    bus = Bus(cfg.kafka, "test")
+    bus = mesh_bus(mesh)
     for name in ("A", "B", "C", "D"):
         bus.send(C.TOPIC_TOPOLOGY, Envelope(type=C.EVENT_JOINED, from_agent_id=name), key=name)
     for _ in range(3):

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,8 +25,9 @@ import redis
 
 from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.credentials import ENV, SECRETS_FILE, load_credentials
+from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.render import valkey_secret_file
-from tests.conftest import agentmesh
+from tests.conftest import agentmesh, wait_for
 from tests.test_mesh_e2e import running_mesh, write_mesh
 
 NOBODY = 65534
@@ -84,6 +86,7 @@ def test_roles_get_the_secrets_from_supervisord_environment(mesh: Mesh) -> None:
     env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
     assert env[ENV["service_token"]] == values["service_token"]
     assert env[ENV["redis_password"]] == values["redis_password"]
+    assert env[ENV["mesh_key"]] == values["mesh_key"]
 
 
 def test_no_secret_in_rendered_configs_logs_status_or_help(mesh: Mesh) -> None:
@@ -155,6 +158,54 @@ def test_another_local_user_can_neither_read_secrets_nor_control_supervisord(mes
     # and the programs still run
     status = json.loads(agentmesh("status", "--json", "--config", str(mesh.config_file)).stdout)
     assert {p["state"] for p in status["programs"]} == {"RUNNING"}
+
+
+# what a process without the mesh key writes: a proposal and a vote in a member's name,
+# and a join of its own (Envelope makes well-formed envelopes: only the signature lacks)
+FORGER = """
+import sys
+from confluent_kafka import Producer
+from agentmesh_cli.envelope import Envelope
+bootstrap, prefix, pid = sys.argv[1:4]
+producer = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": False})
+def write(topic, kind, sender, key, **payload):
+    value = Envelope(type=kind, from_agent_id=sender, payload=payload).encode()
+    producer.produce(f"{prefix}.{topic}", value, key=key)
+write("proposals", "proposal", "Sales", pid, proposal_id=pid, type="decision", content={"pay": "me"})
+write("votes", "vote", "Inventory", pid, proposal_id=pid, support=True)
+write("topology", "agent_joined", "Mallory", "Mallory", capabilities=["voting"])
+print("unsent", producer.flush(10))
+"""
+
+
+def test_a_process_without_the_mesh_key_can_neither_propose_nor_vote_nor_join(mesh: Mesh) -> None:
+    """The mesh signs by default: what another local user writes to the loopback broker
+    (it has no authentication of its own) is refused and counted, and changes nothing."""
+    assert mesh.config.security.sign_envelopes
+    pid = "forged-1"
+    args = (sys.executable, "-c", FORGER, mesh.config.kafka.bootstrap, mesh.config.kafka.topic_prefix, pid)
+    forged = as_nobody(*args) if AS_ROOT else subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert forged.stdout.strip() == "unsent 0", forged.stdout + forged.stderr
+    config = str(mesh.config_file)
+
+    def refused() -> dict[str, Any] | None:
+        signing = json.loads(agentmesh("status", "--json", "--config", config).stdout)["signing"]
+        got = signing["refused"]
+        done = (got.get("consensus-manager", {}).get("unsigned", 0) >= 2
+                and got.get("topology-manager", {}).get("unsigned", 0) >= 1)
+        return signing if done else None
+
+    signing = wait_for(refused, 30, "the forged records refused")
+    assert signing["on"] is True
+    assert signing["refused"]["consensus-manager"] == {"unsigned": 2}
+    assert signing["refused"]["topology-manager"] == {"unsigned": 1}
+    store = Store(mesh.redis_url, mesh.config.mesh)
+    try:
+        assert store.proposal(pid) is None  # never opened, so nobody voted on it
+        assert "Mallory" not in store.agents()
+        assert "Mallory" not in (store.load_snapshot() or {}).get("graph", {}).get("agents", [])
+    finally:
+        store.close()
 
 
 def test_the_state_folder_closes_itself_in_a_shared_folder(mesh: Mesh) -> None:

@@ -118,9 +118,10 @@ def test_refused_totals_for_status() -> None:
     assert refused_totals({}) == {}
 
 
-def test_a_mesh_signs_only_when_its_mesh_yaml_says_so(external_mesh: Any) -> None:
-    assert mesh_signer(external_mesh()) is None
-    mesh = external_mesh(security={"sign_envelopes": True})
+def test_a_mesh_signs_unless_its_mesh_yaml_says_not_to(external_mesh: Any) -> None:
+    assert mesh_signer(external_mesh(security={"sign_envelopes": False})) is None
+    mesh = external_mesh()  # on by default
+    assert mesh.config.security.sign_envelopes
     signer = mesh_signer(mesh)
     assert signer is not None
     same = Signer.from_mesh_key(mesh.credentials.mesh_key)

@@ -37,6 +37,7 @@ from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percen
 from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 
 VOTERS = [f"V{i}" for i in range(5)]  # quorum 0.6 of 5: the 3rd support decides
@@ -88,8 +89,9 @@ def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
     """The consensus manager process on the bench mesh: throughput, then latency."""
     cfg = bm.mesh.config
     store = Store(bm.mesh.redis_url, cfg.mesh)
-    bus = Bus(cfg.kafka, "bench")
-    load = Bus(cfg.kafka, "bench-load", linger_ms=LOAD_LINGER_MS)
+    signer = mesh_signer(bm.mesh)  # signed as the mesh's own writers sign, else refused
+    bus = Bus(cfg.kafka, "bench", signer=signer)
+    load = Bus(cfg.kafka, "bench-load", linger_ms=LOAD_LINGER_MS, signer=signer)
     watcher = Reader(cfg.kafka, f"bench-watch-{uuid.uuid4().hex[:6]}", [(C.TOPIC_CONSENSUS, 0, beginning())])
 
     def fetch() -> list[bytes | None]:

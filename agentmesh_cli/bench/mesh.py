@@ -224,7 +224,7 @@ class Backlog:
 
 @contextmanager
 def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None,
-          sign: bool = False) -> Iterator[BenchMesh]:
+          sign: bool | None = None) -> Iterator[BenchMesh]:
     kafka: dict[str, Any] = {"partitions": partitions}
     if linger_ms is not None:
         kafka["client"] = {"linger.ms": linger_ms}
@@ -236,8 +236,9 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
         "metrics": {"port": free_port()},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
         "agents": [{"name": name, "role": RELAY_ROLE} for name in names],
-        # signed as the running mesh signs (with a key of the bench mesh's own)
-        "security": {"sign_envelopes": sign or (config is not None and _base_signs(config))},
+        # signed as told, else as the running mesh signs (with a key of the bench mesh's own),
+        # else as mesh.yaml's default
+        "security": {"sign_envelopes": _signs(sign, config)},
     }
     if config is None:
         with bench_mesh(**sections) as bm:
@@ -249,10 +250,14 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
             yield bm
 
 
-def _base_signs(config: str) -> bool:
-    from agentmesh_cli.config import load_mesh
+def _signs(sign: bool | None, config: str | None) -> bool:
+    from agentmesh_cli.config import SecurityConfig, load_mesh
 
-    return load_mesh(Path(config)).config.security.sign_envelopes
+    if sign is not None:
+        return sign
+    if config is not None:
+        return load_mesh(Path(config)).config.security.sign_envelopes
+    return SecurityConfig().sign_envelopes
 
 
 def _base_client(config: str) -> dict[str, Any]:
@@ -331,14 +336,16 @@ def _rss_mb(pids: list[int]) -> dict[str, float]:
 
 
 def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
-        config: str | None = None, linger_ms: float | None = None, sign: bool = False) -> dict[str, Any]:
+        config: str | None = None, linger_ms: float | None = None,
+        sign: bool | None = None) -> dict[str, Any]:
     """Run the mesh scenario; one dict in the bench result shape (see cli/bench.py).
 
     `config`: the mesh.yaml of a running mesh whose broker and Redis are used, under a
     mesh name and topic prefix of the bench's own. `linger_ms`: the producers' linger
     (mesh.yaml `kafka.client` `linger.ms`) of the bench mesh, to measure its effect. `sign`:
-    the bench mesh signs its records (security.sign_envelopes; on too when `config`'s mesh
-    signs), to measure what signing costs."""
+    whether the bench mesh signs its records (security.sign_envelopes); None: as `config`'s
+    mesh, else as mesh.yaml's default (on). True and False side by side show what signing
+    costs."""
     partitions = partitions or agents
     names = relay_names(agents, partitions)
     notes: list[str] = []

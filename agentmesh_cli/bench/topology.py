@@ -42,6 +42,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, ratio
 from agentmesh_cli.bus import Bus, Record, prepare_topics, topic_partitions
 from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
@@ -213,7 +214,8 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
         store = Store(bm.mesh.redis_url, cfg.mesh)
         prepare_topics(cfg.kafka, store)
         names = _names(agents)
-        load = Bus(cfg.kafka, "bench-load", linger_ms=5)  # a load generator batches
+        # a load generator batches, and signs as the mesh's own writers do
+        load = Bus(cfg.kafka, "bench-load", linger_ms=5, signer=mesh_signer(bm.mesh))
         for name in names:
             load.produce_raw(C.TOPIC_TOPOLOGY, _join_value(name), key=name)
         load.flush()

@@ -91,6 +91,10 @@ def bench(
     config: Annotated[Path | None, typer.Option(
         "--config", help="mesh: use the broker and Redis of this running mesh (under a mesh name and "
                          "topic prefix of the bench's own) instead of starting throwaway ones.")] = None,
+    sign: Annotated[bool | None, typer.Option(
+        "--sign/--no-sign", help="mesh: sign the bench mesh's records (security.sign_envelopes); "
+                                 "default: as --config's mesh, else on, as mesh.yaml's default. "
+                                 "Run both to see what signing costs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON to this file.")] = None,
 ) -> None:
@@ -109,7 +113,7 @@ def bench(
         raise typer.Exit(2)
     options: dict[str, dict[str, Any]] = {
         "mesh": {"agents": agents, "duration": duration,
-                 "config": None if config is None else str(config)},
+                 "config": None if config is None else str(config), "sign": sign},
         "topology": {"events": events, "full_mesh_agents": full_mesh},
         "consensus": {"proposals": proposals, "samples": samples},
         "services": {"duration": duration, "concurrency": concurrency, "rate": rate,
