@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?=
+# two workers (the suite waits on real processes more than it computes); a test file stays
+# on one worker, so its module fixtures (a running mesh) start once. PYTEST_ARGS= runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: up down status install test lint clean
 

@@ -114,7 +114,9 @@ def test_live_dashboard_in_a_terminal(mesh: Mesh, tmp_path: Path) -> None:
                f" 2>{err_file}; echo $? >{rc_file}; sleep 60")
     # a server of our own (socket in tmp_path): our environment, nobody else's sessions
     tmux = [TMUX, "-S", str(tmp_path / "tmux.sock")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the pane's size is the terminal's: LINES and COLUMNS (pytest-xdist's workers have
+    # 24 x 80) would override it for rich and crop the dashboard
+    env = {**{k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}, "PYTHONPATH": str(REPO)}
     subprocess.run([*tmux, "new-session", "-d", "-s", name, "-x", "160", "-y", "60", "-c", str(REPO),
                     "bash", "-c", command], check=True, env=env, timeout=30)
     try:
