@@ -355,10 +355,11 @@ def test_a_running_mesh_scraped(mesh: Mesh) -> None:
         60, "decisions by status to match the histogram's count", interval=0.5)
 
     # the agents' service calls: memory writes succeed, every breaker is closed
-    served = wait_for(lambda: (s := scrape(mesh)) and any(
-        x.value > 0 for x in s["agentmesh_service_requests"].samples
-        if x.labels["service"] == "memory" and x.labels["outcome"] == "ok") and s,
-        120, "memory calls to be counted", interval=1.0)
+    # (each agent's first call comes with its first order or ticket: wait for all four)
+    served = wait_for(lambda: (s := scrape(mesh)) and {
+        x.labels["caller"] for x in s["agentmesh_service_requests"].samples
+        if x.labels["service"] == "memory" and x.labels["outcome"] == "ok" and x.value > 0} == set(AGENTS)
+        and s, 120, "every agent's memory calls to be counted", interval=1.0)
     callers = {x.labels["caller"] for x in served["agentmesh_service_request_duration_seconds"].samples
                if x.labels["service"] == "memory"}
     assert callers == set(AGENTS)
