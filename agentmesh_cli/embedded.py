@@ -7,6 +7,7 @@ benchmarks, which start the same binaries the same way.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -59,6 +60,35 @@ def write_valkey_secret(path: Path, password: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
     tmp.replace(path)
+
+
+_GIVEN: set[int] = set()  # ports free_port has handed out in this process
+
+
+def free_port() -> int:
+    """A free loopback port for a throwaway server (tests, benches), never one this
+    process was given before: the kernel may offer a port again once its probe socket
+    is closed, and two servers would then be configured on one port. Under
+    pytest-xdist (PYTEST_XDIST_WORKER gwN of PYTEST_XDIST_WORKER_COUNT) only ports
+    with (port // 2) % count == N, so two workers never pick the same one (not port %
+    count: Linux gives bind() odd ports and keeps the even ones for connect())."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    mine = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    probes: list[socket.socket] = []
+    try:
+        for _ in range(1000):  # the probes stay open, so each bind gets another port
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probes.append(probe)
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+            if (port // 2) % count == mine and port not in _GIVEN:
+                _GIVEN.add(port)
+                return port
+    finally:
+        for probe in probes:
+            probe.close()
+    raise RuntimeError("no free loopback port found in 1000 tries")
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:

@@ -8,7 +8,6 @@ process it started, by pid.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,8 @@ import yaml
 
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import Mesh, load_mesh
-from agentmesh_cli.embedded import start_broker, start_valkey, stop
+from agentmesh_cli.embedded import free_port, start_broker, start_valkey, stop
 from agentmesh_cli.signing import mesh_signer
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,13 +22,7 @@ import yaml
 
 from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.constants import ALL_TOPICS, Keys, agent_program
-from agentmesh_cli.embedded import start_broker, start_valkey, stop
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from agentmesh_cli.embedded import free_port, start_broker, start_valkey, stop
 
 
 @dataclass
