@@ -520,14 +520,17 @@ class Reader:
         self._assigned = [(short, partition) for short, partition, _ in assignments]
         # (full topic, partition) -> the offset the next record must have (see GAP_REREADS)
         self._expected: dict[tuple[str, int], int] = {}
-        # the same before any record of the partition was read: where the reader was told to
-        # start (an offset, or 0 for beginning()). The first batch visible can be
-        # a newer one too, so a first record past it is a gap; one before it is not (the
-        # offset was out of range and the reader was reset to the earliest)
-        self._start: dict[tuple[str, int], int] = {}
-        for short, partition, start in assignments:
-            if start is not None and (start >= 0 or start == OFFSET_BEGINNING):
-                self._start[(self._prefix + short, partition)] = start
+        # ... from the start: the offset the reader was told to start at, 0 for beginning().
+        # Not the broker's log start: the embedded broker reports the oldest batch it shows,
+        # the newer one while an older one is not visible yet (seen: a first record at offset
+        # 13 of a partition written from 0). So a first record past the start is a gap too;
+        # a log that really starts later (retention on a cluster) is taken as such after
+        # the rereads. `_seeds` keeps the starts: a first record before one is no duplicate
+        # but a reset to the earliest (the start was out of range), read on from there.
+        self._seeds = {(self._prefix + short, partition): max(start, 0)
+                       for short, partition, start in assignments
+                       if start is not None and (start >= 0 or start == OFFSET_BEGINNING)}
+        self._expected.update(self._seeds)
         # (full topic, partition) -> (the offset being read again, how many times so far)
         self._rereads: dict[tuple[str, int], tuple[int, int]] = {}
         self.gaps_reread = 0  # gaps closed by reading again
@@ -548,9 +551,8 @@ class Reader:
     def rewind(self) -> None:
         """Read every assigned partition again from its beginning (a new broker epoch: the
         embedded broker restarted empty and does not report our old position out of range)."""
-        self._expected.clear()
-        self._start = {(self._prefix + short, partition): int(OFFSET_BEGINNING)
-                       for short, partition in self._assigned}
+        self._seeds = {(self._prefix + short, partition): 0 for short, partition in self._assigned}
+        self._expected = dict(self._seeds)
         try:
             self._consumer.assign([TopicPartition(self._prefix + short, partition, OFFSET_BEGINNING)
                                    for short, partition in self._assigned])
@@ -578,16 +580,12 @@ class Reader:
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             where = (topic, partition)
             want = expected.get(where)
-            if want is None and where in self._start:
-                want = self._first_offset(where)
-                if offset < want:
-                    want = None  # reset below the start: nothing was read, nothing skipped
-                else:
-                    expected[where] = want  # kept while a gap before the first record is read again
             if want is not None and offset != want:
-                if offset < want or where in reread:
+                if offset < want and self._seeds.get(where) == want:
+                    del self._seeds[where]  # nothing read yet: reset below the start, read on
+                elif offset < want or where in reread:
                     continue  # read already, or past a gap being read again
-                if self._gap(topic, partition, want, offset):
+                elif self._gap(topic, partition, want, offset):
                     reread.add(where)
                     continue
             expected[where] = offset + 1
@@ -597,15 +595,6 @@ class Reader:
             records.append(Record(topic.removeprefix(self._prefix), partition, offset,
                                   msg.key(), value, forged))
         return records
-
-    def _first_offset(self, where: tuple[str, int]) -> int:
-        """The offset the first record read of `where` must have: the start it was
-        assigned, 0 for beginning(). Not the broker's log start: the embedded broker
-        reports the oldest batch it shows, which is the newer one when the older one is not
-        visible yet (seen: the first record read at offset 13 of a partition starting at
-        0). A log that really starts later (retention on a Kafka cluster) is a gap read
-        again GAP_REREADS times, then taken as the log's start."""
-        return max(self._start.pop(where), 0)
 
     def _gap(self, topic: str, partition: int, want: int, got: int) -> bool:
         """Records `want`..`got - 1` were skipped: True when they are to be read again

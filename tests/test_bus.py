@@ -84,7 +84,7 @@ def test_commit_resumes_after_restart(broker: str) -> None:
 
 def test_a_reader_started_at_an_offset_reads_from_there_without_gaps(broker: str) -> None:
     # A Reader expects its first record at the offset it was given: a later one would be a
-    # batch not visible yet, read again (bus.Reader._first_offset), an earlier one a reset.
+    # batch not visible yet, read again (bus.Reader._seeds), an earlier one a reset.
     cfg = kafka(broker, partitions=1)
     ensure_topics(cfg)
     bus = Bus(cfg, "test")
