@@ -1,22 +1,16 @@
 """The mesh.yaml model: typed, validated before anything starts, errors name the key path.
 
-`load_mesh(path)` returns a `Mesh`: the validated `MeshConfig` plus the folders that
-`up` uses (supervisor.d/, logs/, the state folder), all relative to mesh.yaml's folder.
+Pure: `parse_config(data)` turns parsed YAML into a `MeshConfig` or raises one
+ConfigError listing every problem. Reading the file, the folders and the secrets are
+`agentmesh_cli.mesh` (`load_mesh` returns a `Mesh`).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
 import re
-import tempfile
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,30 +22,13 @@ from pydantic import (
 )
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.credentials import Credentials, load_credentials
 from agentmesh_cli.errors import ConfigError
-from agentmesh_cli.hosts import check_hosts, choose_host
+from agentmesh_cli.hosts import check_hosts
 
 EMBEDDED = "embedded"
-MAX_SOCKET_PATH = 100
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = C.NAME_PATTERN
-
-
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_env(value: str, key: str) -> str:
-    """`value` with every ${NAME} replaced by environment variable NAME (unset: ConfigError
-    naming `key`, the mesh.yaml key that refers to it)."""
-    def variable(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ConfigError(f"{key} refers to ${{{name}}}, but the environment has no {name}")
-        return os.environ[name]
-
-    return _ENV_REFERENCE.sub(variable, value)
 
 
 def redact_url(url: str) -> str:
@@ -116,13 +93,6 @@ class KafkaConfig(_Section):
     @property
     def embedded(self) -> bool:
         return self.bootstrap_servers == EMBEDDED
-
-    @property
-    def client_settings(self) -> dict[str, str | int | float | bool]:
-        """`client` with ${VAR} in its strings replaced from the environment, so a password
-        (sasl.password, ssl.key.password) need not be written into mesh.yaml."""
-        return {key: expand_env(value, f"kafka.client.{key}") if isinstance(value, str) else value
-                for key, value in self.client.items()}
 
     @property
     def bootstrap(self) -> str:
@@ -345,83 +315,6 @@ class MeshConfig(_Section):
             raise ConfigError("\n".join(lines)) from exc
 
 
-@dataclass(frozen=True)
-class Mesh:
-    """A validated config plus where its files live.
-
-    `host` is set when mesh.yaml spreads its programs over `hosts`: the mesh as that host
-    runs its share, with its own supervisord (configs, socket, pid file and logs in
-    sub-folders named after the host, so several hosts can share one folder)."""
-
-    config: MeshConfig
-    config_file: Path
-    host: str | None = None
-
-    def for_host(self, name: str | None, required: bool = True) -> tuple[Mesh, str]:
-        """(this mesh as host `name` runs it, why that host). None: $AGENTMESH_HOST, else
-        the host named like this machine (hosts.choose_host); no hosts: the mesh as is."""
-        host, why = choose_host(self.config.hosts, name, required)
-        return replace(self, host=host), why
-
-    def _per_host(self, folder: str) -> Path:
-        return self.root / folder / self.host if self.host else self.root / folder
-
-    @property
-    def root(self) -> Path:
-        return self.config_file.parent
-
-    @property
-    def supervisor_dir(self) -> Path:
-        return self._per_host(C.SUPERVISOR_DIR)
-
-    @property
-    def logs_dir(self) -> Path:
-        return self._per_host(C.LOGS_DIR)
-
-    @property
-    def state_dir(self) -> Path:
-        return self._per_host(C.STATE_DIR)
-
-    @property
-    def supervisord_conf(self) -> Path:
-        return self.supervisor_dir / C.SUPERVISORD_CONF
-
-    @property
-    def socket(self) -> Path:
-        path = self.state_dir / C.SUPERVISOR_SOCKET
-        if len(str(path)) <= MAX_SOCKET_PATH:
-            return path
-        # unix socket paths are limited to ~107 bytes: use a short one, unique per mesh folder
-        where = str(self.root) + (f"/{self.host}" if self.host else "")
-        digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"agentmesh-{digest}.sock"
-
-    @property
-    def keys(self) -> C.Keys:
-        return C.Keys(self.config.mesh)
-
-    @functools.cached_property
-    def credentials(self) -> Credentials:
-        """The mesh's generated secrets (agentmesh_cli.credentials), made on first use."""
-        return load_credentials(self.root)
-
-    @property
-    def redis_url(self) -> str:
-        """The URL to connect to Redis with (it may hold a password: never show it; show
-        `config.redis.resolved_url`). The embedded Valkey's password is the generated one."""
-        redis = self.config.redis
-        if redis.embedded:
-            return f"redis://:{self.credentials.redis_password}@127.0.0.1:{redis.port}/0"
-        return expand_env(redis.url, "redis.url")
-
-    def topic(self, short: str) -> str:
-        return f"{self.config.kafka.topic_prefix}.{short}"
-
-
-def default_config_path() -> Path:
-    return Path(os.environ.get("AGENTMESH_CONFIG", "mesh.yaml"))
-
-
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
@@ -442,41 +335,38 @@ def _describe(error: Any) -> str:
 
 
 def parse_config(data: Any, source: str = "mesh.yaml") -> MeshConfig:
-    """Validate already-parsed YAML; raise ConfigError naming the key path of each problem."""
+    """Validate already-parsed YAML; raise one ConfigError naming the key path of every
+    problem (schema, duplicate agent names, hosts), not only the first one met."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the file must be a mapping of keys (mesh, kafka, agents, ...)")
+    problems: list[str] = []
+    config: MeshConfig | None = None
     try:
         config = MeshConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from exc
-    first_index: dict[str, int] = {}
-    for index, agent in enumerate(config.agents):
-        if agent.name in first_index:
-            raise ConfigError(
-                f"{source}: agents[{index}].name: duplicate agent name {agent.name!r} "
-                f"(also agents[{first_index[agent.name]}])"
-            )
-        first_index[agent.name] = index
-    problems = check_hosts(config)
-    if problems:
+        problems += [f"{_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+    problems += _duplicate_agents(data.get("agents"))
+    if config is not None and not problems:
+        problems += check_hosts(config)
+    if problems or config is None:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     return config
 
 
-def load_mesh(path: Path | str | None = None) -> Mesh:
-    """Read and validate mesh.yaml."""
-    file = Path(path) if path is not None else default_config_path()
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{file}: no such file (pass --config or run where mesh.yaml is)") from exc
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{file}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
-    return Mesh(parse_config(data, source=file.name), file.resolve())
+def _duplicate_agents(agents: Any) -> list[str]:
+    """Agent names given twice, read from the raw list (so they are found even when other
+    keys of the file do not validate)."""
+    if not isinstance(agents, list):
+        return []
+    problems = []
+    first_index: dict[str, int] = {}
+    for index, agent in enumerate(agents):
+        name = agent.get("name") if isinstance(agent, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first_index:
+            problems.append(f"agents[{index}].name: duplicate agent name {name!r} "
+                            f"(also agents[{first_index[name]}])")
+        else:
+            first_index[name] = index
+    return problems

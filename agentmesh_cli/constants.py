@@ -6,6 +6,7 @@ No other module spells a topic or a key as a string literal.
 from __future__ import annotations
 
 import zlib
+from typing import Final
 
 ENVELOPE_VERSION = 1
 
@@ -33,16 +34,16 @@ SINGLE_PARTITION_TOPICS = frozenset(
 )
 
 # Envelope types on the topology topic.
-EVENT_JOINED = "agent_joined"
-EVENT_LEFT = "agent_left"
-EVENT_HEARTBEAT = "heartbeat"
+EVENT_JOINED: Final = "agent_joined"
+EVENT_LEFT: Final = "agent_left"
+EVENT_HEARTBEAT: Final = "heartbeat"
 EVENT_DEAD_LETTER = "dead_letter"
 
 # Envelope types of Bee consensus.
 EVENT_PROPOSAL = "proposal"  # proposals topic: an agent (or the CLI) proposes
 EVENT_VOTE = "vote"  # votes topic
-EVENT_OPENED = "proposal_opened"  # consensus topic: the manager opened it (waggle, electorate)
-EVENT_DECIDED = "proposal_decided"  # consensus topic: accepted | rejected | expired, exactly once
+EVENT_OPENED: Final = "proposal_opened"  # consensus topic: the manager opened it (waggle, electorate)
+EVENT_DECIDED: Final = "proposal_decided"  # consensus topic: accepted | rejected | expired, exactly once
 EVENT_MANAGER_MARK = "manager_mark"  # consensus topic: a restarted manager's reconcile marker
 
 # Program names (supervisord) and their start priorities: infra -> services -> managers -> agents.
@@ -65,6 +66,10 @@ PRIORITY_AGENTS = 40
 DEFAULT_EMBEDDED_KAFKA_PORT = 29092
 DEFAULT_EMBEDDED_REDIS_PORT = 26379
 DEFAULT_METRICS_PORT = 9464  # the Prometheus exporter (the port OpenTelemetry's exporter uses)
+
+# The variable that tells a command (and every supervised program of a host) which host of
+# mesh.yaml's `hosts` it acts for; read by environment.host(), written by render.py.
+HOST_VARIABLE = "AGENTMESH_HOST"
 
 # Files, relative to the folder that holds mesh.yaml.
 SUPERVISOR_DIR = "supervisor.d"

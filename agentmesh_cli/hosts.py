@@ -1,26 +1,21 @@
 """Several hosts: which programs of a mesh run on which host (mesh.yaml `hosts`).
 
-Pure functions: the program names of a mesh, the check of the `hosts` section (every
+Pure functions: the program names of a mesh, and the check of the `hosts` section (every
 program on exactly one host; Kafka and Redis external, since the embedded ones listen on
-loopback only), and which host a command acts for.
+loopback only). Which host a command acts for is `mesh.choose_host`.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.errors import ConfigError
 
 if TYPE_CHECKING:
     from agentmesh_cli.config import MeshConfig
 
-HOST_ENV = "AGENTMESH_HOST"  # the host a command acts for when --host is not given
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also a folder name
 EXTERNAL_NEEDED = ("several hosts need an external Kafka and Redis: set kafka.bootstrap_servers "
                    "and redis.url")
@@ -79,33 +74,3 @@ def check_hosts(config: MeshConfig) -> list[str]:
         elif not hosts:
             problems.append(f"hosts: {name} is on no host; put every program on exactly one host")
     return problems
-
-
-def choose_host(hosts: Iterable[str], asked: str | None, required: bool) -> tuple[str | None, str]:
-    """(the host a command acts for, why it was chosen). `asked` is --host; without it
-    $AGENTMESH_HOST, else the host named like this machine. A mesh without hosts has none;
-    `required` (up, down, status) refuses to guess between several."""
-    names = list(hosts)
-    listed = ", ".join(names)
-    if not names:
-        if asked:
-            raise ConfigError(f"--host {asked}: mesh.yaml has no hosts section, so every program "
-                              "runs on this host; leave --host out")
-        return None, ""
-    if asked:
-        if asked not in names:
-            raise ConfigError(f"--host {asked}: not a host of mesh.yaml (hosts: {listed})")
-        return asked, ""
-    env = os.environ.get(HOST_ENV)
-    if env:
-        if env not in names:
-            raise ConfigError(f"{HOST_ENV}={env}: not a host of mesh.yaml (hosts: {listed})")
-        return env, f"from ${HOST_ENV}"
-    machine = socket.gethostname()
-    for candidate in (machine, machine.split(".")[0]):
-        if candidate in names:
-            return candidate, "named like this machine"
-    if required:
-        raise ConfigError(f"mesh.yaml spreads its programs over hosts {listed}: pass --host NAME "
-                          f"(or set {HOST_ENV})")
-    return None, ""

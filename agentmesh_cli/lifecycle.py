@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.roles import resolve_role
 from agentmesh_cli.bus import broker_reachable, prepare_topics
-from agentmesh_cli.config import Mesh
+from agentmesh_cli.credentials import private_dir
+from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
-from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, write_configs
+from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, valkey_secret_file
 
 if TYPE_CHECKING:
     import httpx  # imported where a client is made: most commands never need it
@@ -306,3 +308,26 @@ def _tier(name: str, specs: dict[str, ProgramSpec]) -> str:
     if name in (C.PROGRAM_KAFKA, C.PROGRAM_REDIS):
         return "infra"
     return "agents" if name.startswith(C.AGENT_PROGRAM_PREFIX) else "managers"
+
+
+def write_configs(mesh: Mesh, files: dict[str, str]) -> list[str]:
+    """Write the rendered files, remove stale program files; return the names changed."""
+    out = mesh.supervisor_dir
+    out.mkdir(parents=True, exist_ok=True)
+    mesh.logs_dir.mkdir(parents=True, exist_ok=True)
+    # the state folder holds the secrets, supervisord's socket and Valkey's data: its owner's only
+    private_dir(mesh.state_dir)
+    if mesh.config.redis.embedded:
+        private_dir(mesh.state_dir / "valkey")
+        write_valkey_secret(valkey_secret_file(mesh), mesh.credentials.redis_password)
+    changed = []
+    for name, text in files.items():
+        path = out / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(name)
+    for stale in out.glob("*.ini"):
+        if stale.name not in files:
+            stale.unlink()
+            changed.append(stale.name)
+    return changed

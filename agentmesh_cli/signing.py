@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from agentmesh_cli.errors import ConfigError
 
 if TYPE_CHECKING:
-    from agentmesh_cli.config import Mesh
+    from agentmesh_cli.mesh import Mesh
 
 HEADER = "sig"  # the Kafka record header that carries the MAC
 DIGEST = "sha256"

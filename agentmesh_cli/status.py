@@ -21,8 +21,8 @@ import psutil
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.backlog import backlog, sent_totals
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.signing import refused_totals
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor

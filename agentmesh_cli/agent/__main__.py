@@ -36,8 +36,8 @@ def run_agent(name: str, role: str | None, capabilities: str | None, config: Pat
     from agentmesh_cli import constants as C
     from agentmesh_cli.agent.roles import resolve_role
     from agentmesh_cli.agent.runtime import AgentRuntime
-    from agentmesh_cli.config import load_mesh
     from agentmesh_cli.logformat import configure_role_logging
+    from agentmesh_cli.mesh import load_mesh
 
     # a mesh spread over hosts: this host's share ($AGENTMESH_HOST or the machine's name)
     mesh = load_mesh(config).for_host(None, required=False)[0]

@@ -32,9 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agentmesh_cli import events
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal
-from agentmesh_cli.envelope import Envelope, new_id
+from agentmesh_cli.envelope import Envelope
 
 if TYPE_CHECKING:
     from agentmesh_cli.agent.services import AgentServices
@@ -68,9 +69,7 @@ class AgentContext:
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
     ) -> Envelope:
         """Send a message to agent `to`; returns the envelope sent."""
-        envelope = Envelope(type=type, from_agent_id=self.name, to_agent_id=to, payload=payload,
-                            meta=meta or {}, id=self._next_id() or new_id())
-        return self._send(envelope)
+        return self._send(events.message(self.name, to, type, payload, meta, id=self._next_id()))
 
     def propose(self, type: str, content: dict[str, Any]) -> str:
         """Open a Bee consensus proposal (decision | action | topology); returns its id."""

@@ -17,20 +17,22 @@ import os
 import random
 import signal
 import time
-import uuid
 from collections import Counter, deque
 from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import events
 from agentmesh_cli.agent.base import AgentContext, Role, Vote
 from agentmesh_cli.agent.ledger import Ledger, derived_id
 from agentmesh_cli.agent.services import AgentServices
-from agentmesh_cli.bus import Bus, Reader, Record, hostname
-from agentmesh_cli.config import AgentSpec, Mesh
+from agentmesh_cli.bus import Bus, Reader, hostname
+from agentmesh_cli.config import AgentSpec
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope, RecentIds, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, BusError, InvalidEnvelope
+from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer, refused_counter
 from agentmesh_cli.store import Store
@@ -104,12 +106,9 @@ class AgentRuntime:
         return envelope
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
-        same_every_run = self._next_id()
-        suffix = uuid.uuid4().hex if same_every_run is None else same_every_run.replace("-", "")
-        proposal_id = f"{self.name}-{suffix[:12]}"
-        event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=self.name,
-                         payload={"proposal_id": proposal_id, "type": type, "content": content})
-        self.bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
+        proposal_id = events.new_proposal_id(self.name, self._next_id())
+        self.bus.send(C.TOPIC_PROPOSALS, events.proposal(self.name, proposal_id, type, content),
+                      key=proposal_id)
         self.counts["proposals"] += 1
         return proposal_id
 
@@ -135,9 +134,8 @@ class AgentRuntime:
             "last_heartbeat": now_ms(),
         }
 
-    def _announce(self, event: str) -> None:
-        envelope = Envelope(type=event, from_agent_id=self.name,
-                            payload={"role": self.spec.role, "capabilities": list(self.spec.capabilities)})
+    def _announce(self, event: events.Presence) -> None:
+        envelope = events.presence(event, self.name, self.spec.role, self.spec.capabilities)
         self.bus.send(C.TOPIC_TOPOLOGY, envelope, key=self.name)
 
     def _heartbeat(self) -> None:
@@ -351,9 +349,7 @@ class AgentRuntime:
             return
         if vote is None:
             return
-        ballot = Envelope(type=C.EVENT_VOTE, from_agent_id=self.name,
-                          payload={"proposal_id": proposal.id, "support": bool(vote.support),
-                                   "intensity": float(vote.intensity)})
+        ballot = events.vote(self.name, proposal.id, vote.support, vote.intensity)
         self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
         self.counts["votes"] += 1
 

@@ -26,15 +26,15 @@ same interface instead of HTTP ones (services.local).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter, deque
 from typing import Any, Protocol
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.config import Mesh
+from agentmesh_cli import environment
 from agentmesh_cli.errors import CircuitOpenError, ServiceError, ServiceHTTPError, ServiceProtocolError
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.histogram import SERVICE_CALL_BUCKETS
 
 RETRY_PAUSE_S = 0.5  # a failed write waits this long before it is tried again
@@ -56,15 +56,9 @@ class Client(Protocol):
     def close(self) -> None: ...
 
 
-def distributed_mode() -> bool:
-    """False when CORTEX_DISTRIBUTED_MODE says so (false/0/no/off): in-process services."""
-    return os.environ.get("CORTEX_DISTRIBUTED_MODE", "true").strip().lower() not in (
-        "false", "0", "no", "off")
-
-
 def make_clients(mesh: Mesh) -> tuple[Client, Client]:
     """(memory, cognition) clients as the environment asks: HTTP, or in process."""
-    if not distributed_mode():
+    if not environment.distributed_mode():
         from agentmesh_cli.services.local import local_clients
 
         return local_clients(mesh)

@@ -29,10 +29,10 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agentmesh_cli import environment, events
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.constants import AGENT_LINGER_MS
-from agentmesh_cli.envelope import Envelope
 
 TOPIC_PREFIX = "bench.baseline."
 END = b"bench-baseline-end"  # the raw producer's last record: the consumer stops on it
@@ -45,17 +45,17 @@ DEFAULT_VALUE = b"x" * 100
 def default_envelope() -> bytes:
     """An envelope shaped like the mesh scenario's (type, two agent names, a run id, a send
     time and a hop count); scenarios pass their own when their records differ."""
-    return Envelope(type="bench", from_agent_id="floor-0", to_agent_id="floor-1",
-                    payload={"run": uuid.uuid4().hex[:12], "sent_ns": time.time_ns(),
-                             "hops": FLOOR_HOPS}).encode()
+    return events.message("floor-0", "floor-1", "bench", {
+        "run": uuid.uuid4().hex[:12], "sent_ns": time.time_ns(), "hops": FLOOR_HOPS}).encode()
 
 
 # clients and topics -------------------------------------------------------------------
 def _client(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
     # the settings every agentmesh client uses (bus._client_config), so that a baseline
     # differs from a role by the framework only, never by the socket settings
+    settings = environment.expand_all(kafka.client, "kafka.client")
     return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id,
-            "socket.nagle.disable": True, "log_level": 5, **kafka.client_settings}
+            "socket.nagle.disable": True, "log_level": 5, **settings}
 
 
 def linger(kafka: KafkaConfig) -> float:

@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import events
 from agentmesh_cli.bench import baselines
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percentiles, ratio
 from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
 from agentmesh_cli.config import KafkaConfig
-from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 
@@ -53,8 +54,7 @@ FloorResult = dict[str, Any]
 
 def _vote(pid: str, voter: str) -> bytes:
     """A supporting vote as an agent sends it; the baselines move records of its bytes."""
-    return Envelope(type=C.EVENT_VOTE, from_agent_id=voter,
-                    payload={"proposal_id": pid, "support": True, "intensity": 0.8}).encode()
+    return events.vote(voter, pid, True, 0.8).encode()
 
 
 def _wait(fetch: Callable[[], Iterable[bytes | None]], kind: str, want: set[str],
@@ -81,8 +81,8 @@ def _wait(fetch: Callable[[], Iterable[bytes | None]], kind: str, want: set[str]
 # the scenario: the real consensus manager --------------------------------------------
 def _propose(bus: Bus, pid: str) -> None:
     # proposed as the operator's CLI: a proposer that never joined is a dead letter
-    bus.send(C.TOPIC_PROPOSALS, Envelope(type=C.EVENT_PROPOSAL, from_agent_id=C.CLI_COUNTER_OWNER, payload={
-        "proposal_id": pid, "type": "decision", "content": {"type": "approval"}}), key=pid)
+    proposal = events.proposal(C.CLI_COUNTER_OWNER, pid, "decision", {"type": "approval"})
+    bus.send(C.TOPIC_PROPOSALS, proposal, key=pid)
 
 
 def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:

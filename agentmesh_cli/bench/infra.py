@@ -20,9 +20,10 @@ import psutil
 import redis
 import yaml
 
-from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli import environment
 from agentmesh_cli.constants import ALL_TOPICS, Keys, agent_program
 from agentmesh_cli.embedded import free_port, start_broker, start_valkey, stop
+from agentmesh_cli.mesh import Mesh, load_mesh
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _forget(mesh: Mesh) -> None:
             client.close()
     with suppress(Exception):
         admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap, "log_level": 5,
-                             **cfg.kafka.client_settings})
+                             **environment.expand_all(cfg.kafka.client, "kafka.client")})
         names = [f"{cfg.kafka.topic_prefix}.{short}" for short in ALL_TOPICS]
         for future in admin.delete_topics(names, operation_timeout=10).values():
             with suppress(Exception):

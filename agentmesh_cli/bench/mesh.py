@@ -35,6 +35,7 @@ import psutil
 import redis
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import events
 from agentmesh_cli.bench import baselines
 from agentmesh_cli.bench.infra import (
     BenchMesh,
@@ -54,7 +55,6 @@ from agentmesh_cli.bench.relay import (
     stats_key,
 )
 from agentmesh_cli.bus import Bus, prepare_topics
-from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 
@@ -251,7 +251,8 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
 
 
 def _signs(sign: bool | None, config: str | None) -> bool:
-    from agentmesh_cli.config import SecurityConfig, load_mesh
+    from agentmesh_cli.config import SecurityConfig
+    from agentmesh_cli.mesh import load_mesh
 
     if sign is not None:
         return sign
@@ -261,7 +262,7 @@ def _signs(sign: bool | None, config: str | None) -> bool:
 
 
 def _base_client(config: str) -> dict[str, Any]:
-    from agentmesh_cli.config import load_mesh
+    from agentmesh_cli.mesh import load_mesh
 
     return dict(load_mesh(Path(config)).config.kafka.client)
 
@@ -290,8 +291,7 @@ def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
 def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
     for _ in range(window):
         for name in names:
-            bus.send_message(Envelope(type=BENCH_TYPE, from_agent_id=C.CLI_COUNTER_OWNER, to_agent_id=name,
-                                      payload=bench_payload(run, HOPS)))
+            bus.send_message(events.message(C.CLI_COUNTER_OWNER, name, BENCH_TYPE, bench_payload(run, HOPS)))
     # a broker near its limit (64 agents and more on two cores) takes a minute for these
     if bus.flush(INJECT_TIMEOUT_S):
         raise RuntimeError(f"injected messages not delivered to the broker within {INJECT_TIMEOUT_S:.0f} s")

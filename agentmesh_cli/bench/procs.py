@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from agentmesh_cli.bench.infra import percentiles
-from agentmesh_cli.config import Mesh, load_mesh
+from agentmesh_cli.mesh import Mesh, load_mesh
 
 # packages an agent never needs: the topology graph, numpy (bm25s, igraph), the web stack
 # of the services and the exporter, and the libraries of the command line

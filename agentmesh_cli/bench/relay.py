@@ -29,8 +29,8 @@ from typing import Any
 import orjson
 import redis
 
+from agentmesh_cli import environment, events
 from agentmesh_cli.agent.base import Role
-from agentmesh_cli.config import expand_env
 from agentmesh_cli.constants import OPERATOR_SENDERS, Keys
 from agentmesh_cli.envelope import Envelope
 
@@ -58,8 +58,7 @@ def bench_payload(run: str, hops: int) -> dict[str, Any]:
 
 def sample_envelope(run: str, sender: str, recipient: str, hops: int) -> bytes:
     """A bench message as a relay sends it (the baselines move records of its size)."""
-    return Envelope(type=BENCH_TYPE, from_agent_id=sender, to_agent_id=recipient,
-                    payload=bench_payload(run, hops)).encode()
+    return events.message(sender, recipient, BENCH_TYPE, bench_payload(run, hops)).encode()
 
 
 # the histogram (pure) ------------------------------------------------------------------
@@ -161,7 +160,7 @@ class Relay(Role):
         cfg = self.ctx.config
         # a client of its own for the bench keys (the runtime's Store is not the role's); a
         # bench mesh always names its Redis by URL (bench/infra.py), password included
-        self._redis = redis.Redis.from_url(expand_env(cfg.redis.url, "redis.url"), socket_timeout=2.0,
+        self._redis = redis.Redis.from_url(environment.expand(cfg.redis.url, "redis.url"), socket_timeout=2.0,
                                            socket_connect_timeout=2.0)
         self._settings_key = settings_key(cfg.mesh)
         self.run: str | None = None

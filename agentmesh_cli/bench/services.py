@@ -38,10 +38,12 @@ import orjson
 import redis.asyncio as aioredis
 import yaml
 
+from agentmesh_cli import environment
 from agentmesh_cli.bench.infra import cpu_seconds, free_port, percentiles
 from agentmesh_cli.constants import Keys
-from agentmesh_cli.embedded import start_valkey, stop, wait_until
+from agentmesh_cli.embedded import start_valkey, stop
 from agentmesh_cli.services.memory import STORE_SCRIPT
+from agentmesh_cli.waiting import wait_until
 
 SSE = {"Accept": "text/event-stream"}
 # the rig's services let this token in ($AGENTMESH_SERVICE_TOKEN); every request sends it
@@ -125,8 +127,10 @@ def rig(with_cognition: bool) -> Iterator[Rig]:
             "mesh": mesh, "redis": {"url": redis_url}, "agents": [],
             "services": {name: {"host": "127.0.0.1", "port": port} for name, port in ports.items()},
         }), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.endswith(("_SERVICE_PORT", "_SERVICE_URL"))}
-        env["AGENTMESH_SERVICE_TOKEN"] = TOKEN
+        placed = {environment.service_url_variable(s) for s in ports} | {
+            environment.service_port_variable(s) for s in ports}
+        env = {k: v for k, v in environment.current().items() if k not in placed}
+        env[environment.SECRETS["service_token"]] = TOKEN
         procs: dict[str, subprocess.Popen[bytes]] = {"valkey": start_valkey(redis_port, root)}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         try:

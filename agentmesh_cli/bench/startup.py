@@ -44,6 +44,7 @@ import redis
 import yaml
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import environment
 from agentmesh_cli.bench.infra import free_port
 from agentmesh_cli.bench.procs import (
     forbidden_in,
@@ -52,20 +53,22 @@ from agentmesh_cli.bench.procs import (
     memory_mb,
     status_refresh_ms,
 )
-from agentmesh_cli.config import Mesh, load_mesh
-from agentmesh_cli.embedded import start_broker, start_valkey, stop, wait_until
+from agentmesh_cli.embedded import start_broker, start_valkey, stop
 from agentmesh_cli.lifecycle import port_free
+from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import program_specs
+from agentmesh_cli.waiting import wait_until
 
 REPO_MESH = Path(__file__).resolve().parents[2] / "mesh.yaml"
 UP_TIMEOUT_S = 60
 GONE_TIMEOUT_S = 30  # after `down`, how long the pids and ports get to go
 READY_LINE = re.compile(r"^ready\s+(\S+)")  # `up`'s progress on a non-terminal
 # variables that would point the throwaway mesh at another one (or another host's share)
-FOREIGN_ENV = ("AGENTMESH_CONFIG", "AGENTMESH_HOST", "MEMORY_SERVICE_URL", "COGNITION_SERVICE_URL",
-               "MEMORY_SERVICE_PORT", "COGNITION_SERVICE_PORT", "CORTEX_DISTRIBUTED_MODE")
+FOREIGN_ENV = (environment.CONFIG, environment.HOST, environment.DISTRIBUTED_MODE,
+               *(environment.service_url_variable(s) for s in C.SERVICE_PROGRAMS),
+               *(environment.service_port_variable(s) for s in C.SERVICE_PROGRAMS))
 TIER_ORDER = ("infra", "services", "managers", "agents")
 
 # the floor process: the imports and connections of a Python role, nothing else
@@ -90,7 +93,7 @@ def _median(values: list[float]) -> float:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
+    env = {k: v for k, v in environment.current().items() if k not in FOREIGN_ENV}
     return {**env, "COLUMNS": "160", **extra}
 
 
@@ -329,7 +332,7 @@ def run(repeats: int = 3, config: str | None = None, audit: bool = True) -> dict
     notes: list[str] = []
     template = Path(config) if config else REPO_MESH
     load = [round(x, 2) for x in os.getloadavg()]
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    if environment.current().get("PYTHONDONTWRITEBYTECODE"):
         notes.append("PYTHONDONTWRITEBYTECODE is set: every Python program compiles agentmesh_cli "
                      "from source at each start (no __pycache__), which a normal install does not")
     with tempfile.TemporaryDirectory(prefix="agentmesh-startup-") as tmp:

@@ -39,9 +39,11 @@ import orjson
 import psutil
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import events
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, ratio
-from agentmesh_cli.bus import Bus, Record, prepare_topics, topic_partitions
-from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.bus import Bus, prepare_topics, topic_partitions
+from agentmesh_cli.envelope import now_ms
+from agentmesh_cli.records import Record
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
@@ -57,20 +59,20 @@ def _names(agents: int) -> list[str]:
     return [f"agent-{i:05d}" for i in range(agents)]
 
 
-def _message_values(names: list[str], events: int, seed: int = 7) -> list[tuple[str, bytes]]:
-    """(recipient, encoded envelope) of `events` agent-to-agent messages as an agent sends
+def _message_values(names: list[str], count: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    """(recipient, encoded envelope) of `count` agent-to-agent messages as an agent sends
     them (Role.send: a payload, empty meta), between random distinct agents."""
     rng = np.random.default_rng(seed)
-    sources = rng.integers(0, len(names), events)
-    targets = (sources + rng.integers(1, len(names), events)) % len(names)
+    sources = rng.integers(0, len(names), count)
+    targets = (sources + rng.integers(1, len(names), count)) % len(names)
     base = time.time_ns()
-    return [(names[t], Envelope(type="bench", from_agent_id=names[s], to_agent_id=names[t],
-                                payload={"run": "topology", "sent_ns": base + i, "hops": 0}).encode())
+    return [(names[t], events.message(names[s], names[t], "bench",
+                                      {"run": "topology", "sent_ns": base + i, "hops": 0}).encode())
             for i, (s, t) in enumerate(zip(sources.tolist(), targets.tolist(), strict=True))]
 
 
 def _join_value(name: str) -> bytes:
-    return Envelope(type=C.EVENT_JOINED, from_agent_id=name, payload={"role": "bench"}).encode()
+    return events.presence(C.EVENT_JOINED, name, "bench", []).encode()
 
 
 # -- in process: the state's batch path, and the floor ------------------------------

@@ -15,9 +15,9 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.chaos.probes import ProbeSender, handled_after
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError, ConfigError
 from agentmesh_cli.lifecycle import Readiness
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
 KILL, STALL, GARBAGE = "kill", "stall", "garbage"

@@ -17,8 +17,8 @@ import yaml
 
 from agentmesh_cli import lifecycle
 from agentmesh_cli.bench.infra import free_port
-from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.supervisor.control import Supervisor, _alive
 
 DEMO_AGENTS = (("Sales", "sales"), ("Support", "support"), ("Inventory", "inventory"),

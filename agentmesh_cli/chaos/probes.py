@@ -19,9 +19,9 @@ from collections import Counter
 import orjson
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import environment, events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
-from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.recovery import BrokerWatch
 from agentmesh_cli.signing import Signer
@@ -40,7 +40,8 @@ WHOLE_LEDGER = 10_000_000
 def quiet(kafka: KafkaConfig) -> KafkaConfig:
     """The same Kafka settings with librdkafka's own log lines off: a broker that goes away
     is what this tool does on purpose, not news for the terminal."""
-    return kafka.model_copy(update={"client": {"log_level": 2, **kafka.client_settings}})
+    settings = environment.expand_all(kafka.client, "kafka.client")
+    return kafka.model_copy(update={"client": {"log_level": 2, **settings}})
 
 
 class ProbeSender:
@@ -98,8 +99,7 @@ class ProbeSender:
 
     def _produce(self, seq: int) -> None:
         agent = self.agent_of(seq)
-        probe = Envelope(type=PROBE_TYPE, from_agent_id=SENDER, to_agent_id=agent,
-                         payload={"seq": seq}, id=f"{self.prefix}{seq}")
+        probe = events.message(SENDER, agent, PROBE_TYPE, {"seq": seq}, id=f"{self.prefix}{seq}")
         self.confirmed.append(0)
         try:
             self._bus.send_message(probe)

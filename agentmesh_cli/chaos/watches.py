@@ -18,11 +18,11 @@ import signal
 import time
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.chaos.faults import GARBAGE, KILL, STALL, Context, Fault, Outcome
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import quiet
-from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.signing import mesh_signer
 
@@ -193,7 +193,7 @@ class GarbageWatch(Watch):
             expected += len(bodies) if topic in (C.TOPIC_TOPOLOGY, C.TOPIC_PROPOSALS, C.TOPIC_VOTES) else 0
         for agent in self.ctx.agents:
             partition = C.inbox_partition(agent, kafka.partitions)
-            stranger = Envelope(type="chaos_garbage", from_agent_id=STRANGER, to_agent_id=agent)
+            stranger = events.message(STRANGER, agent, "chaos_garbage", {})
             for body in [*bodies, stranger.encode()]:
                 bus.produce_raw(C.TOPIC_MESSAGES, body, key=agent, partition=partition)
                 written += 1

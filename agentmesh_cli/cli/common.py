@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from agentmesh_cli.config import Mesh, load_mesh
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.logformat import configure_role_logging
+from agentmesh_cli.mesh import Mesh, load_mesh
 
 console = Console()
 console_err = Console(stderr=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any
 
 import typer
@@ -50,9 +49,9 @@ def propose(
 
     Example: agentmesh propose --type decision --content '{"type": "approval", "priority": "high"}' --wait
     """
+    from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
-    from agentmesh_cli.envelope import Envelope
     from agentmesh_cli.errors import BusError
     from agentmesh_cli.signing import mesh_signer
     from agentmesh_cli.store import Store
@@ -61,10 +60,9 @@ def propose(
     if type_ not in PROPOSAL_TYPES:
         raise ConfigError(f"--type must be one of {', '.join(PROPOSAL_TYPES)}, not {type_!r}")
     body = json_object(content, "--content")
-    proposal_id = f"{sender}-{uuid.uuid4().hex[:12]}"
+    proposal_id = events.new_proposal_id(sender)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-propose", signer=mesh_signer(mesh))
-    event = Envelope(type=C.EVENT_PROPOSAL, from_agent_id=sender,
-                     payload={"proposal_id": proposal_id, "type": type_, "content": body})
+    event = events.proposal(sender, proposal_id, type_, body)
     started = time.monotonic()
     bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
     if bus.flush(10) or bus.delivery_failures:

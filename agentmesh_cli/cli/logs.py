@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.text import Text
 
 from agentmesh_cli.cli.common import ConfigOption, console_err, mesh_from
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError, ConfigError
 from agentmesh_cli.logfiles import LogFile, LogLine, merge
+from agentmesh_cli.mesh import Mesh
 
 SUPERVISORD = "supervisord"  # its own log: asked for by name, not part of the default
 DEFAULT_LINES = 40

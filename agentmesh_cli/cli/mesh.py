@@ -11,9 +11,9 @@ from rich.live import Live
 
 from agentmesh_cli import lifecycle
 from agentmesh_cli.cli.common import ConfigOption, console, console_err, json_object, mesh_from
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.dashboard.views import render_status, up_table
 from agentmesh_cli.errors import AgentMeshError, NotReadyError
+from agentmesh_cli.mesh import Mesh
 
 HostOption = Annotated[str | None, typer.Option(
     "--host", show_default=False,
@@ -149,16 +149,15 @@ def send(
 
     Example: agentmesh send Sales Inventory '{"order_id": "o-1", "items": {"cable": 2}}' --type check_stock
     """
+    from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
-    from agentmesh_cli.envelope import Envelope
     from agentmesh_cli.signing import mesh_signer
 
     mesh = mesh_from(config)
     body = json_object(payload, "payload")
     _warn_if_unknown(mesh, recipient)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-send", signer=mesh_signer(mesh))
-    envelope = Envelope(type=type_, from_agent_id=sender, to_agent_id=recipient, payload=body,
-                        meta={"injected": True})
+    envelope = events.message(sender, recipient, type_, body, meta={"injected": True})
     partition = bus.send_message(envelope)
     if bus.flush(10) or bus.delivery_failures:
         from agentmesh_cli.errors import BusError

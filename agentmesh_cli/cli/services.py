@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import environment
 from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
 from agentmesh_cli.errors import ConfigError
 
@@ -18,7 +19,7 @@ def memory(
         help="Address to listen on (default: services.memory.host of mesh.yaml, 127.0.0.1).",
         show_default=False)] = None,
     port: Annotated[int | None, typer.Option(
-        envvar="MEMORY_SERVICE_PORT", min=1, max=65535, show_default=False,
+        min=1, max=65535, show_default=False,
         help="Port (default: $MEMORY_SERVICE_PORT, else services.memory.port, 9000).")] = None,
 ) -> None:
     """Run the Memory service: users' messages over HTTP, kept in the mesh's Redis.
@@ -30,7 +31,7 @@ def memory(
     mesh = mesh_from(config)
     role_logging(mesh, C.PROGRAM_MEMORY)
     settings = mesh.config.services.memory
-    run(mesh, host or settings.host, port or settings.port)
+    run(mesh, host or settings.host, port or environment.service_port("memory") or settings.port)
 
 
 def cognition(
@@ -39,7 +40,7 @@ def cognition(
         help="Address to listen on (default: services.cognition.host of mesh.yaml, 127.0.0.1).",
         show_default=False)] = None,
     port: Annotated[int | None, typer.Option(
-        envvar="COGNITION_SERVICE_PORT", min=1, max=65535, show_default=False,
+        min=1, max=65535, show_default=False,
         help="Port (default: $COGNITION_SERVICE_PORT, else services.cognition.port, 9100).")] = None,
 ) -> None:
     """Run the Cognition service: context, search and analysis over HTTP, reading the Memory service.
@@ -51,7 +52,7 @@ def cognition(
     mesh = mesh_from(config)
     role_logging(mesh, C.PROGRAM_COGNITION)
     settings = mesh.config.services.cognition
-    run(mesh, host or settings.host, port or settings.port)
+    run(mesh, host or settings.host, port or environment.service_port("cognition") or settings.port)
 
 
 def token(

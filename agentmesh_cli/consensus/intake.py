@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES
 from agentmesh_cli.envelope import Envelope, nests_deeper, shown
 from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.records import RAW_PREVIEW_BYTES, Record
 
 MAX_ID_CHARS = 200
 MAX_CONTENT_DEPTH = 32  # deeper content could not be broadcast (the encoder's nesting limit)

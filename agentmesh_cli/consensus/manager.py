@@ -28,20 +28,15 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import (
-    Bus,
-    Reader,
-    Record,
-    offsets_from_json,
-    offsets_to_json,
-    resume_assignments,
-)
-from agentmesh_cli.config import Mesh
+from agentmesh_cli import events
+from agentmesh_cli.bus import Bus, Reader, resume_assignments
 from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
 from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, WrongSender, parse_proposal, parse_vote
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
+from agentmesh_cli.records import Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import WRONG_SENDER, mesh_signer, refused_counter
 from agentmesh_cli.store import Store
@@ -247,11 +242,10 @@ class ConsensusManager:
         log.info("decided %s: %s (%d for, %d against, %d needed of %d)", proposal.id,
                  proposal.status.value, t["for"], t["against"], t["needed"], t["electorate"])
 
-    def _broadcast(self, kind: str, proposal: Proposal) -> dict[str, Any]:
+    def _broadcast(self, kind: events.Broadcast, proposal: Proposal) -> dict[str, Any]:
         """Broadcast a proposal on the consensus topic; returns its record (for Redis)."""
         record = record_of(proposal)
-        envelope = Envelope(type=kind, from_agent_id=OWNER, payload=record,
-                            id=f"{kind}:{proposal.id}")
+        envelope = events.proposal_broadcast(kind, OWNER, proposal.id, record)
         self.bus.send(C.TOPIC_CONSENSUS, envelope, key=proposal.id)
         return record
 
@@ -350,8 +344,7 @@ class ConsensusManager:
     def _reconcile(self) -> None:
         """Learn what an earlier run broadcast after its last snapshot (see module doc)."""
         marker_id = f"mark:{uuid.uuid4()}"
-        self.bus.send(C.TOPIC_CONSENSUS, Envelope(type=C.EVENT_MANAGER_MARK, from_agent_id=OWNER,
-                                                  id=marker_id))
+        self.bus.send(C.TOPIC_CONSENSUS, events.manager_mark(OWNER, marker_id))
         if self.bus.flush(10):
             raise AgentMeshError("cannot write the reconcile marker to the consensus topic")
         reader = Reader(self.mesh.config.kafka, f"{self.mesh.config.kafka.topic_prefix}.{OWNER}.reconcile",

@@ -12,8 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.dashboard.views import render_status
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.status import StatusCollector
 
 

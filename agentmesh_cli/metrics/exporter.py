@@ -25,8 +25,8 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import AgentMeshError, ConfigError, PortInUseError
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.families import Reading, families
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor

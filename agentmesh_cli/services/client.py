@@ -35,7 +35,6 @@ httpx client only: no error message or log line of this module holds it.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
@@ -59,7 +58,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from agentmesh_cli.config import Mesh
+from agentmesh_cli import environment
 from agentmesh_cli.errors import (
     CircuitOpenError,
     ConfigError,
@@ -72,6 +71,7 @@ from agentmesh_cli.errors import (
     ServiceTimeoutError,
     ServiceUnavailableError,
 )
+from agentmesh_cli.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,11 @@ def service_url(mesh: Mesh, service: str, environ: Mapping[str, str] | None = No
     `services.<service>.host` with `<SERVICE>_SERVICE_PORT` or the configured port."""
     if service not in SERVICES:
         raise ConfigError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
-    env = os.environ if environ is None else environ
-    prefix = service.upper()
-    url = env.get(f"{prefix}_SERVICE_URL", "").strip()
+    url = environment.service_url(service, environ)
     if url:
-        return _checked_url(url, f"{prefix}_SERVICE_URL")
+        return _checked_url(url, environment.service_url_variable(service))
     configured = getattr(mesh.config.services, service)
-    port = configured.port
-    raw_port = env.get(f"{prefix}_SERVICE_PORT", "").strip()
-    if raw_port:
-        port = _checked_port(raw_port, f"{prefix}_SERVICE_PORT")
+    port = environment.service_port(service, environ) or configured.port
     host = configured.host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal needs brackets in a URL
@@ -130,12 +125,6 @@ def _checked_url(url: str, variable: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{variable}={url!r} is not an http(s) URL like http://host:9000")
     return url.rstrip("/")
-
-
-def _checked_port(raw: str, variable: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        raise ConfigError(f"{variable}={raw!r} is not a port (1-65535)")
-    return int(raw)
 
 
 # -- classification ---------------------------------------------------------------------------

@@ -43,7 +43,6 @@ from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 from sse_starlette import ServerSentEvent
 
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import (
     CircuitOpenError,
     ServiceBadRequestError,
@@ -53,6 +52,7 @@ from agentmesh_cli.errors import (
     ServiceProtocolError,
     ServiceUnavailableError,
 )
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.auth import check_service_token
 from agentmesh_cli.services.client import AsyncServiceClient, service_url, tls_verify
 from agentmesh_cli.services.http import (

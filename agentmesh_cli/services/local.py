@@ -16,13 +16,13 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.errors import (
     ServiceError,
     ServiceHTTPError,
     ServiceUnavailableError,
     StoreError,
 )
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.client import error_answer
 from agentmesh_cli.services.http import ApiError
 from agentmesh_cli.services.protocol import Catalogue

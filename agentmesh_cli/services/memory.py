@@ -56,10 +56,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sse_starlette import ServerSentEvent
 
-from agentmesh_cli.config import Mesh
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import nests_deeper
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.auth import require_mesh, require_user
 from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
 from agentmesh_cli.services.http import (

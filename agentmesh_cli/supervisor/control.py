@@ -17,8 +17,9 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from agentmesh_cli.config import Mesh
+from agentmesh_cli import environment
 from agentmesh_cli.errors import SupervisorError
+from agentmesh_cli.mesh import Mesh
 
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 
@@ -68,7 +69,7 @@ class Supervisor:
         conf = str(self.mesh.supervisord_conf)
         # the mesh's secrets reach every program through supervisord's environment, which
         # its children inherit: no config file holds them (see credentials.py)
-        env = {**os.environ, **self.mesh.credentials.environment()}
+        env = {**environment.current(), **self.mesh.credentials.environment()}
         result = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", conf],
             cwd=self.mesh.root, capture_output=True, text=True, timeout=timeout, env=env,

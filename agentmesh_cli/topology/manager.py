@@ -17,10 +17,12 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, Record, resume_assignments
-from agentmesh_cli.config import Mesh, TopologyConfig
+from agentmesh_cli.bus import Bus, Reader, resume_assignments
+from agentmesh_cli.config import TopologyConfig
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.topology.graph import SlimeMoldRules

@@ -24,9 +24,9 @@ import numpy as np
 import orjson
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.envelope import Envelope, RecentIds, envelope_problem, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.records import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.signing import BAD_SIGNATURE, UNSIGNED, refused_counter
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 

@@ -1,0 +1,82 @@
+"""Meshes for tests: a mesh.yaml on free ports, a running `agentmesh up` of it, its status,
+and a Bus that writes as the mesh's own processes do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentmesh_cli.bus import Bus
+from agentmesh_cli.embedded import free_port
+from agentmesh_cli.mesh import Mesh, load_mesh
+from agentmesh_cli.signing import mesh_signer
+from agentmesh_cli.supervisor.control import _alive
+from tests.helpers.commands import agentmesh
+
+
+def mesh_bus(mesh: Mesh, client_id: str = "test", **options: Any) -> Bus:
+    """A Bus that writes as the mesh's own processes do: signed with its mesh key when its
+    mesh.yaml signs (the default), else its records are refused as unsigned."""
+    return Bus(mesh.config.kafka, client_id, signer=mesh_signer(mesh), **options)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
+    roles = {"Sales": "sales", "Inventory": "inventory", "Fraud": "fraud", "Support": "support"}
+    data = {
+        "mesh": "e2e",
+        "kafka": {"port": free_port(), "partitions": 4},
+        "redis": {"port": free_port()},
+        "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
+        "metrics": {"port": free_port()},
+        "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
+        "heartbeat": {"interval": "1s", "missed": 5},
+        "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
+        "agents": [{"name": a, "role": roles.get(a, a)} for a in agents],
+    }
+    for key, value in extra.items():  # sections merge, so a test keeps the free ports
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    path = root / "mesh.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def running_mesh(config: Path, timeout: float = 90) -> Iterator[Mesh]:
+    """`agentmesh up` of `config`; afterwards `down`, and supervisord ended by pid if
+    `down` could not."""
+    up = agentmesh("up", "--config", str(config), "--timeout", str(int(timeout)))
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield load_mesh(config)
+    finally:
+        agentmesh("down", "--config", str(config), timeout=60)
+        pidfile = config.parent / ".agentmesh" / "supervisord.pid"
+        if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGTERM)
+
+
+def status(config: Path) -> dict[str, Any]:
+    result = agentmesh("status", "--json", "--config", str(config))
+    return dict(json.loads(result.stdout))
+
+
+def pids(data: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["pid"] for p in data["programs"] if p["pid"]}
+
+
+def edge(data: dict[str, Any], source: str, target: str) -> dict[str, Any] | None:
+    for e in (data["topology"] or {}).get("edges", []):
+        if (e["source"], e["target"]) == (source, target):
+            return dict(e)
+    return None

@@ -1,0 +1,175 @@
+"""Tables and small readers that a unit test and an integration test of the same feature
+both use: one copy, here."""
+
+from __future__ import annotations
+
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.embedded import free_port
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.signing import signing_key
+
+GOOD = {"mesh": "shop", "agents": [{"name": "Sales", "role": "sales"}]}
+
+
+BAD_CASES = [
+    ({**GOOD, "kafak": {}}, "mesh.yaml: kafak: unknown key"),
+    ({**GOOD, "topology": {"decay_interval": "5 parsecs"}},
+     "mesh.yaml: topology.decay_interval: '5 parsecs' is not a duration"),
+    ({**GOOD, "kafka": {"partitions": "many"}},
+     "mesh.yaml: kafka.partitions: Input should be a valid integer"),
+    ({**GOOD, "agents": [{"name": "A", "role": "sales"}, {"name": "A", "role": "fraud"}]},
+     "mesh.yaml: agents[1].name: duplicate agent name 'A' (also agents[0])"),
+    ({**GOOD, "agents": [{"name": "A", "role": "wizard"}]},
+     "mesh.yaml: agents[0].role: unknown role 'wizard'"),
+    ({**GOOD, "agents": [{"name": "A", "role": "sales", "colour": "red"}]},
+     "mesh.yaml: agents[0].colour: unknown key"),
+    ({"agents": []}, "mesh.yaml: mesh: required key is missing"),
+    ({**GOOD, "heartbeat": {"missed": 0}},
+     "mesh.yaml: heartbeat.missed: Input should be greater than or equal to 1"),
+    ({**GOOD, "redis": {"url": "http://x"}}, "mesh.yaml: redis.url: use 'embedded' or a URL"),
+    ({**GOOD, "agents": [{"name": "bad name", "role": "sales"}]},
+     "mesh.yaml: agents[0].name: String should match pattern"),
+    ({**GOOD, "topology": {"prune_threshold": 0.6}},
+     "mesh.yaml: topology: need prune_threshold < initial_weight"),
+    ({**GOOD, "services": {"cognition": {"port": 9000}}},
+     "mesh.yaml: (top level): services.memory.port and services.cognition.port must differ (both are 9000)"),
+    ({**GOOD, "services": {"memory": {"port": 26379}}},
+     "mesh.yaml: (top level): services.memory.port and redis.port must differ (both are 26379)"),
+    ({**GOOD, "metrics": {"port": 9100}},
+     "mesh.yaml: (top level): services.cognition.port and metrics.port must differ (both are 9100)"),
+    ({**GOOD, "metrics": {"port": 70000}},
+     "mesh.yaml: metrics.port: Input should be less than or equal to 65535"),
+]
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(metrics: list[Metric], family: str | None = None) -> Samples:
+    """(sample name, sorted labels) -> value, of every family or of one."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for m in metrics if family is None or m.name == family for s in m.samples}
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+FAMILIES = [
+    ("agentmesh_up", "gauge"),
+    ("agentmesh_program_up", "gauge"),
+    ("agentmesh_program_restarts", "counter"),
+    ("agentmesh_messages_sent", "counter"),
+    ("agentmesh_messages_received", "counter"),
+    ("agentmesh_inbox_backlog", "gauge"),
+    ("agentmesh_dead_letters", "counter"),
+    ("agentmesh_refused_records", "counter"),
+    ("agentmesh_topology_reinforcements", "counter"),
+    ("agentmesh_topology_prunes", "counter"),
+    ("agentmesh_topology_agents", "gauge"),
+    ("agentmesh_topology_edges", "gauge"),
+    ("agentmesh_topology_possible_edges", "gauge"),
+    ("agentmesh_topology_reduction_ratio", "gauge"),
+    ("agentmesh_topology_snapshot_age_seconds", "gauge"),
+    ("agentmesh_proposals_opened", "counter"),
+    ("agentmesh_proposals_decided", "counter"),
+    ("agentmesh_proposals_pending", "gauge"),
+    ("agentmesh_votes", "counter"),
+    ("agentmesh_proposal_decision_seconds", "histogram"),
+    ("agentmesh_service_requests", "counter"),
+    ("agentmesh_service_request_duration_seconds", "histogram"),
+    ("agentmesh_service_breaker_state", "gauge"),
+    ("agentmesh_service_pending_writes", "gauge"),
+]
+
+
+ALPHA = ["memory", "cognition", "metrics", "topology-manager", "consensus-manager",
+         "agent-Sales", "agent-Support"]
+
+
+BETA = ["agent-Inventory", "agent-Fraud"]
+
+
+AGENTS = {"Sales": "sales", "Support": "support", "Inventory": "inventory", "Fraud": "fraud"}
+
+
+def external(broker: str, valkey: str, **extra: Any) -> dict[str, Any]:
+    """A mesh.yaml on the session broker and Valkey, its own mesh name and topics."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "mesh": f"mh{tag}",
+        "kafka": {"bootstrap_servers": broker, "topic_prefix": f"mh{tag}", "partitions": 4},
+        "redis": {"url": valkey},
+        "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
+        "metrics": {"port": free_port()},
+        "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
+        "heartbeat": {"interval": "1s", "missed": 3},
+        "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
+        **extra,
+    }
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+# the default mesh after adaptation: the order edges strong, Support's lead edge fading
+SNAPSHOT: dict[str, Any] = {
+    "v": 1,
+    "ts": 1_700_000_000_000,
+    "graph": {
+        "agents": ["Fraud", "Inventory", "Sales", "Support"],
+        "edges": [
+            ["Fraud", "Sales", 1.0, 40, 1_699_999_999_000],
+            ["Inventory", "Sales", 0.9, 35, 1_699_999_999_500],
+            ["Sales", "Fraud", 1.0, 41, 1_699_999_999_100],
+            ["Sales", "Inventory", 0.75, 36, 1_699_999_999_200],
+            ["Support", "Sales", 0.3, 4, None],
+        ],
+    },
+    "roles": {"Fraud": "fraud", "Inventory": "inventory", "Sales": "sales"},
+}
+
+
+EDGES = {(s, t): w for s, t, w, _, _ in SNAPSHOT["graph"]["edges"]}
+
+
+def svg_lines(text: str) -> list[ET.Element]:
+    return list(ET.fromstring(text).iter(f"{SVG}line"))
+
+
+NO_ID = "proposal_id missing, empty or longer than 200 characters"
+
+
+def deep(levels: int) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        content = {"k": content}
+    return content
+
+
+ENV = ("MEMORY_SERVICE_URL", "MEMORY_SERVICE_PORT", "COGNITION_SERVICE_URL", "COGNITION_SERVICE_PORT")
+
+
+VALUE = b'{"v":1}'
+
+
+OTHER_KEY = signing_key("another mesh key")
+
+
+def joined(name: str) -> bytes:
+    return Envelope(type=C.EVENT_JOINED, from_agent_id=name).encode()
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a", encoding="utf-8") as file:
+        file.writelines(line + "\n" for line in lines)
+
+
+CHAOS_AGENTS = ["Sales", "Support", "Inventory", "Fraud"]

@@ -1,0 +1,94 @@
+"""`agentmesh chaos` for real: its own embedded mesh under supervisord, an agent and the
+topology manager killed with SIGKILL under a probe stream, every figure reported, none lost
+or handled twice; Ctrl+C tears the mesh down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agentmesh_cli.supervisor.control import _alive
+from agentmesh_cli.waiting import wait_until
+from tests.helpers.commands import agentmesh
+from tests.helpers.tables import CHAOS_AGENTS
+
+
+def mesh_processes(root: Path) -> list[int]:
+    """Pids of processes whose command line names the mesh folder (its programs)."""
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(str(root) in arg for arg in p.info["cmdline"] or [])]
+
+
+def supervisord_pid(root: Path) -> int:
+    pidfile = root / ".agentmesh" / "supervisord.pid"
+    return int(pidfile.read_text().strip() or 0) if pidfile.exists() else 0
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """The chaos mesh's folder; a supervisord the command left behind is ended by pid."""
+    root = tmp_path / "mesh"
+    yield root
+    pid = supervisord_pid(root)
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not _alive(pid), 30, "supervisord to exit")
+
+
+def test_chaos_kills_an_agent_and_the_topology_manager(workdir: Path) -> None:
+    result = agentmesh("chaos", "--faults", "agent-Sales,topology-manager", "--pause", "1",
+                       "--rate", "100", "--drain", "30", "--workdir", str(workdir), "--json",
+                       timeout=170)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert {"v", "mesh", "embedded", "duration_s", "settings", "agents", "faults", "probes",
+            "duplicates_handled", "duplicates_recognised", "messages_in", "demo_messages_in",
+            "dead_letters", "proposals", "status", "ok"} <= set(data)
+    assert data["ok"] and data["embedded"] and data["agents"] == CHAOS_AGENTS
+    assert [(f["target"], f["phase"]) for f in data["faults"]] == [
+        ("agent-Sales", "sequence"), ("topology-manager", "sequence")]
+    for fault in data["faults"]:
+        assert {"fault", "detect_s", "recover_s", "detected_by", "recovered_by", "lost", "note"} <= set(fault)
+    probes = data["probes"]
+    assert {"produced", "sent", "handled", "lost", "unconfirmed", "per_agent"} <= set(probes)
+    assert set(probes["per_agent"]) == set(CHAOS_AGENTS)
+    # the correctness figures (timings vary with the machine, these do not)
+    assert probes["lost"] == 0 and data["duplicates_handled"] == 0
+    assert probes["sent"] > 0 and probes["handled"] == probes["sent"]
+    proposals = data["proposals"]
+    assert {"opened", "decided", "opened_more_than_once", "decided_more_than_once", "overdue",
+            "pending"} <= set(proposals)
+    assert proposals["decided_more_than_once"] == 0 and proposals["overdue"] == 0
+    assert {"samples", "disagreements", "failed", "examples"} <= set(data["status"])
+    assert data["status"]["samples"] > 0
+    assert not _alive(supervisord_pid(workdir))  # the command stopped its mesh
+    assert mesh_processes(workdir) == []
+
+
+def test_ctrl_c_stops_the_mesh(workdir: Path) -> None:
+    with subprocess.Popen([sys.executable, "-m", "agentmesh_cli", "chaos", "--faults", "agents",
+                           "--workdir", str(workdir)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if line.startswith("probes flowing"):
+                    break
+            pid = supervisord_pid(workdir)
+            assert pid and _alive(pid)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(90) == 130
+            assert not _alive(pid) and mesh_processes(workdir) == []
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+

@@ -1,0 +1,25 @@
+"""Shell completion of commands and program names, through the real command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def complete(words: str, cwd: Path) -> list[str]:
+    """What bash completion offers for the last of `words` (the real installed command)."""
+    command = Path(sys.executable).parent / "agentmesh"
+    env = {**os.environ, "_AGENTMESH_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - 1)}
+    result = subprocess.run([str(command)], env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=30, check=True)
+    return result.stdout.split()
+
+
+def test_completion_of_commands_and_programs(tmp_path: Path) -> None:
+    assert complete("agentmesh lo", tmp_path) == ["logs"]
+    (tmp_path / "mesh.yaml").write_text("mesh: m\nagents: [{name: Sales, role: sales}]\n", encoding="utf-8")
+    assert complete("agentmesh logs agent-", tmp_path) == ["agent-Sales"]
+    assert complete("agentmesh logs co", tmp_path) == ["cognition", "consensus-manager"]

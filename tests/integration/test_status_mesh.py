@@ -1,0 +1,142 @@
+"""`agentmesh status` against a real running mesh: --json against docs/status.schema.json,
+the inbox backlog from our own counters, restart counts and staleness after a SIGKILL, and
+the live dashboard in a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.status import collect
+from agentmesh_cli.supervisor.control import Supervisor
+from agentmesh_cli.waiting import wait_until
+from tests.helpers.commands import agentmesh
+from tests.helpers.mesh import running_mesh, write_mesh
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text(encoding="utf-8"))
+TMUX = "/usr/bin/tmux"
+# a title or header of each panel, and a row of the processes and agents panels
+PANEL_MARKS = ("processes of supervisord", "(cpu over", "agent-Sales  ", "heartbeat", "infra", "reachable",
+               "topology", "strongest edges", "proposals", "services", "client breakers")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    config = write_mesh(tmp_path_factory.mktemp("status"), ["Sales", "Inventory"])
+    with running_mesh(config) as running:
+        yield running
+
+
+def status_json(mesh: Mesh) -> dict[str, Any]:
+    result = agentmesh("status", "--json", "--config", str(mesh.config_file))
+    assert result.returncode in (0, 1), result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(item for item in items if item["name"] == name)
+
+
+def test_json_is_valid_against_the_schema(mesh: Mesh) -> None:
+    result = agentmesh("status", "--json", "--config", str(mesh.config_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(SCHEMA).validate(data)
+    assert data["v"] == 2 and data["errors"] == []
+    assert {p["state"] for p in data["programs"]} == {"RUNNING"}
+    assert all(p["rss_bytes"] > 0 and p["cpu_percent"] is not None for p in data["programs"])
+    assert data["cpu_window_s"] >= 0.3
+    assert [a["name"] for a in data["agents"]] == ["Inventory", "Sales"]
+    assert all(probe["reachable"] for probe in data["infra"].values())
+    assert data["topology"]["history"], "the topology manager writes topology:history"
+
+
+def test_backlog_from_our_own_counters(mesh: Mesh) -> None:
+    """Messages sent to a stopped agent wait in its inbox; started again, it reads them."""
+    config = str(mesh.config_file)
+    with Supervisor(mesh) as sup:
+        assert sup.stop_programs(["agent-Inventory"], timeout=30) == []
+    inventory = wait_until(lambda: (a := by_name(status_json(mesh)["agents"], "Inventory"))
+                         ["state"] == "not running" and a, 30, "Inventory to leave")
+    before = inventory["backlog"]
+    restarts = by_name(status_json(mesh)["programs"], "agent-Inventory")["restarts"]
+    for _ in range(3):
+        assert agentmesh("send", "Sales", "Inventory", "{}", "--config", config).returncode == 0
+    data = status_json(mesh)
+    inventory = by_name(data["agents"], "Inventory")
+    assert inventory["backlog"] == before + 3
+    jsonschema.Draft202012Validator(SCHEMA).validate(data)
+    once = agentmesh("status", "--once", "--config", config)
+    assert once.returncode == 1  # a program is not RUNNING
+    assert "not running" in once.stdout and "STOPPED" in once.stdout
+
+    with Supervisor(mesh) as sup:
+        sup.start_programs(["agent-Inventory"])
+    wait_until(lambda: (a := by_name(status_json(mesh)["agents"], "Inventory"))["state"] == "alive"
+             and a["backlog"] == 0, 60, "Inventory to read its inbox")
+    # a start after a stop is a restart too (supervisord spawned it again)
+    assert by_name(status_json(mesh)["programs"], "agent-Inventory")["restarts"] == restarts + 1
+
+
+def test_sigkill_raises_restarts_and_the_heartbeat_goes_stale_then_fresh(mesh: Mesh) -> None:
+    data = wait_until(lambda: (d := status_json(mesh)) and all(
+        p["state"] == "RUNNING" for p in d["programs"]) and d, 60, "every program RUNNING")
+    program = by_name(data["programs"], "agent-Sales")
+    old_pid, restarts = program["pid"], program["restarts"]
+    os.kill(old_pid, signal.SIGKILL)
+    # supervisord runs another pid than the one Sales registered: stale until it re-joins
+    stale = wait_until(lambda: (a := by_name(collect(mesh, cpu_window=0)["agents"], "Sales"))
+                     ["state"] == "stale" and a, 30, "Sales to be stale")
+    assert stale["pid"] == old_pid
+    data = wait_until(lambda: (d := status_json(mesh)) and (p := by_name(d["programs"], "agent-Sales"))
+                    ["state"] == "RUNNING" and p["pid"] != old_pid and d, 60, "Sales restarted")
+    assert by_name(data["programs"], "agent-Sales")["restarts"] == restarts + 1
+    fresh = wait_until(lambda: (a := by_name(status_json(mesh)["agents"], "Sales"))
+                     ["state"] == "alive" and a, 30, "Sales alive again")
+    assert fresh["pid"] == by_name(data["programs"], "agent-Sales")["pid"]
+
+
+def test_live_dashboard_in_a_terminal(mesh: Mesh, tmp_path: Path) -> None:
+    name = f"agentmesh-status-{uuid.uuid4().hex[:8]}"
+    rc_file, err_file = tmp_path / "rc", tmp_path / "stderr"
+    command = (f"{sys.executable} -m agentmesh_cli status --config {mesh.config_file} --interval 0.5"
+               f" 2>{err_file}; echo $? >{rc_file}; sleep 60")
+    # a server of our own (socket in tmp_path): our environment, nobody else's sessions
+    tmux = [TMUX, "-S", str(tmp_path / "tmux.sock")]
+    # the pane's size is the terminal's: LINES and COLUMNS (pytest-xdist's workers have
+    # 24 x 80) would override it for rich and crop the dashboard
+    env = {**{k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}, "PYTHONPATH": str(REPO)}
+    subprocess.run([*tmux, "new-session", "-d", "-s", name, "-x", "160", "-y", "60", "-c", str(REPO),
+                    "bash", "-c", command], check=True, env=env, timeout=30)
+    try:
+        def screen() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", name], capture_output=True,
+                                  text=True, timeout=30).stdout
+
+        def panels_shown() -> str | None:
+            shot = screen()
+            return shot if all(t in shot for t in PANEL_MARKS) else None
+
+        first = wait_until(panels_shown, 60, "the dashboard's panels")
+        assert "mesh e2e  every 0.5s, Ctrl+C to quit" in first
+        wait_until(lambda: (shot := panels_shown()) is not None and shot != first, 60,
+                 "a later frame with other values")
+        subprocess.run([*tmux, "send-keys", "-t", name, "C-c"], check=True, timeout=30)
+        wait_until(rc_file.exists, 30, "status to exit")
+        assert rc_file.read_text().strip() == "0"  # every program RUNNING
+        assert err_file.read_text() == ""  # no traceback
+        assert "processes" not in screen()  # the alternate screen was given back
+    finally:
+        subprocess.run([*tmux, "kill-session", "-t", name], capture_output=True, timeout=30)

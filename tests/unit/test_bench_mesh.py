@@ -1,0 +1,63 @@
+"""`agentmesh bench mesh`, pure parts: the relay's latency histogram by exact tables,
+and the relays' inbox partitions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bench import mesh
+from agentmesh_cli.bench.relay import BOUNDS_NS, Histogram
+
+MS = 1_000_000  # ns
+
+
+def _histogram(latencies_ns: list[int]) -> Histogram:
+    h = Histogram()
+    for ns in latencies_ns:
+        h.observe(ns)
+    return h
+
+
+# a percentile is the upper bound of the bucket holding the sample of rank int(q * n)
+# (bench.infra.percentiles' rule), at most the exact maximum
+@pytest.mark.parametrize(("latencies_ns", "p50_ns", "p99_ns", "max_ns"), [
+    ([i * MS for i in range(1, 101)], 53_088_444, 100 * MS, 100 * MS),  # rank 50 = 51 ms -> its bound
+    ([1000] * 99 + [2000 * MS], 1000, 2000 * MS, 2000 * MS),  # a bound is in its own bucket
+    ([0, -5, 1000, 1001], 1000, 1001, 1001),  # negative counts as 0; 1001 ns capped by the max
+    ([5000, 20_000 * MS], 20_000 * MS, 20_000 * MS, 20_000 * MS),  # past 10 s: the overflow bucket
+    ([7 * MS] * 10, 7 * MS, 7 * MS, 7 * MS),  # its bucket's bound (7.079 ms) is past the max
+])
+def test_histogram_percentiles_are_exact(latencies_ns: list[int], p50_ns: int, p99_ns: int,
+                                         max_ns: int) -> None:
+    h = _histogram(latencies_ns)
+    assert (h.quantile_ns(0.5), h.quantile_ns(0.99), h.max_ns) == (p50_ns, p99_ns, max_ns)
+    assert h.count == len(latencies_ns)
+    assert h.sum_ns == sum(max(0, ns) for ns in latencies_ns)
+
+
+def test_histogram_buckets_and_arithmetic() -> None:
+    assert (BOUNDS_NS[0], BOUNDS_NS[40], BOUNDS_NS[-1]) == (1000, 10_000, 10_000_000_000)
+    early, late = [i * MS for i in range(1, 51)], [i * MS for i in range(51, 101)]
+    first = _histogram(early)
+    both = _histogram(early + late)
+    window = both.minus(first, max_ns=100 * MS)
+    assert window.percentiles() == _histogram(late).percentiles()
+    merged = Histogram.merged([_histogram(early), _histogram(late)])
+    assert merged == both
+    assert Histogram.from_dict(json.loads(json.dumps(both.to_dict()))) == both
+    assert both.percentiles() == {"p50_ms": 53.088, "p99_ms": 100.0, "max_ms": 100.0, "mean_ms": 50.5,
+                                  "count": 100}
+    assert Histogram().percentiles()["count"] == 0
+
+
+def test_relay_names_read_distinct_partitions() -> None:
+    for agents, partitions in ((2, 2), (4, 4), (16, 16), (4, 16)):
+        names = mesh.relay_names(agents, partitions)
+        assert len({C.inbox_partition(n, partitions) for n in names}) == agents
+    with pytest.raises(ValueError, match="partitions"):
+        mesh.relay_names(4, 2)
+
+

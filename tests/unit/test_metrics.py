@@ -1,0 +1,182 @@
+"""Prometheus metrics, pure parts: latency histograms kept as counters, the rendering of a fixed reading."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.metrics.families import Reading, families
+from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, Buckets, observed
+from tests.helpers.tables import FAMILIES, samples, value
+
+# -- histograms kept as counters ---------------------------------------------------------
+
+@pytest.mark.parametrize(("ms", "bucket"), [
+    (0, "bucket:5"), (5, "bucket:5"), (5.01, "bucket:10"), (2499, "bucket:2500"),
+    (30000, "bucket:30000"), (30001, "bucket:inf"),
+])
+def test_an_observation_counts_in_its_own_bucket(ms: float, bucket: str) -> None:
+    counts: Counter[str] = Counter()
+    DECISION_BUCKETS.observe(counts, "d", ms)
+    assert counts == {f"d:{bucket}": 1, "d:sum_us": round(ms * 1000), "d:count": 1}
+
+
+def test_read_back_cumulates_in_seconds() -> None:
+    counts: Counter[str] = Counter()
+    buckets = Buckets((1, 2.5, 10))
+    for ms in (0.4, 2, 2.5, 7, 11, 400):
+        buckets.observe(counts, "s", ms)
+    assert buckets.read(counts, "s") == ([(0.001, 1), (0.0025, 3), (0.01, 4), (float("inf"), 6)],
+                                         0.4229)
+    assert observed(counts, "s") and not observed(counts, "other")
+    assert buckets.read({}, "other") == ([(0.001, 0), (0.0025, 0), (0.01, 0), (float("inf"), 0)], 0.0)
+
+
+# -- the pure rendering ------------------------------------------------------------------
+
+def fixed_reading() -> Reading:
+    decision: Counter[str] = Counter()
+    for ms in (8, 40, 40_000):
+        DECISION_BUCKETS.observe(decision, C.COUNTER_DECISION_MS, ms)
+    calls: Counter[str] = Counter({C.service_calls_counter("memory", "ok"): 2,
+                                   C.service_calls_counter("memory", "circuit_open"): 1})
+    for ms in (0.5, 3, 0.1):
+        SERVICE_CALL_BUCKETS.observe(calls, C.service_call_histogram("memory"), ms)
+    return Reading(
+        ts=1_000.0,
+        agents=["Sales", "Fraud"],
+        redis_up=True,
+        counters={
+            "Sales": {"messages_out": 7, "messages_in": 2, "sent_to:Fraud": 7, "dead_letters": 1,
+                      **calls},
+            "Fraud": {"messages_out": 2, "messages_in": 5, "sent_to:Sales": 2},
+            "Late": {"messages_in": 1},  # an agent not in mesh.yaml (added by hand)
+            "cli": {"sent_to:Fraud": 1},
+            C.PROGRAM_TOPOLOGY: {"reinforcements": 9, "prunes": 4, "joins": 2},
+            C.PROGRAM_CONSENSUS: {"book_opened": 4, "decided_accepted": 2, "decided_expired": 1,
+                                  "votes_counted": 6, "votes_late": 1, "refused:unsigned": 2, **decision},
+        },
+        registered={"Sales"},
+        service_clients={"Sales": {"ts": 1, "memory": {"breaker": "half_open", "health": "healthy",
+                                                       "pending": 3},
+                                   "cognition": {"breaker": "closed", "health": "healthy"}},
+                         "Gone": {"ts": 1, "memory": {"breaker": "open", "pending": 9}}},
+        topology={"ts": 997_500, "stats": {"agents": 2, "edges": 1, "possible": 2,
+                                           "reduction_percent": 50.0}},
+        pending_proposals=1,
+        supervisord_up=True,
+        programs={"agent-Sales": "RUNNING", "agent-Fraud": "BACKOFF", "metrics": "RUNNING"},
+        restarts={"agent-Fraud": 3},
+    )
+
+
+def test_every_family_of_a_full_reading() -> None:
+    rendered = families(fixed_reading())
+    assert [(m.name, m.type) for m in rendered] == FAMILIES
+    assert all(m.documentation for m in rendered)
+
+
+def test_values_of_a_fixed_reading() -> None:
+    rendered = families(fixed_reading())
+    assert samples(rendered, "agentmesh_up") == {
+        ("agentmesh_up", (("source", "redis"),)): 1, ("agentmesh_up", (("source", "supervisord"),)): 1}
+    assert samples(rendered, "agentmesh_program_up") == {
+        ("agentmesh_program_up", (("program", "agent-Fraud"),)): 0,
+        ("agentmesh_program_up", (("program", "agent-Sales"),)): 1,
+        ("agentmesh_program_up", (("program", "metrics"),)): 1}
+    assert samples(rendered, "agentmesh_program_restarts") == {
+        ("agentmesh_program_restarts_total", (("program", "agent-Fraud"),)): 3,
+        ("agentmesh_program_restarts_total", (("program", "agent-Sales"),)): 0,
+        ("agentmesh_program_restarts_total", (("program", "metrics"),)): 0}
+    # mesh.yaml's agents and any other agent that counts; not the CLI, not the managers
+    assert samples(rendered, "agentmesh_messages_sent") == {
+        ("agentmesh_messages_sent_total", (("agent", "Fraud"),)): 2,
+        ("agentmesh_messages_sent_total", (("agent", "Late"),)): 0,
+        ("agentmesh_messages_sent_total", (("agent", "Sales"),)): 7}
+    assert samples(rendered, "agentmesh_messages_received") == {
+        ("agentmesh_messages_received_total", (("agent", "Fraud"),)): 5,
+        ("agentmesh_messages_received_total", (("agent", "Late"),)): 1,
+        ("agentmesh_messages_received_total", (("agent", "Sales"),)): 2}
+    # Fraud: 7 from Sales + 1 from the CLI - 5 handled; Sales: 2 - 2
+    assert samples(rendered, "agentmesh_inbox_backlog") == {
+        ("agentmesh_inbox_backlog", (("agent", "Fraud"),)): 3,
+        ("agentmesh_inbox_backlog", (("agent", "Late"),)): 0,
+        ("agentmesh_inbox_backlog", (("agent", "Sales"),)): 0}
+    assert samples(rendered, "agentmesh_dead_letters") == {
+        ("agentmesh_dead_letters_total", (("owner", owner),)): n
+        for owner, n in (("Fraud", 0), ("Late", 0), ("Sales", 1), ("consensus-manager", 0),
+                         ("topology-manager", 0))}
+    # only owners that refused a record (security.sign_envelopes, or a vote naming another voter)
+    assert samples(rendered, "agentmesh_refused_records") == {
+        ("agentmesh_refused_records_total", (("owner", "consensus-manager"), ("reason", reason))): n
+        for reason, n in (("bad_signature", 0), ("unsigned", 2), ("wrong_sender", 0))}
+    found = samples(rendered)
+    assert value(found, "agentmesh_topology_reinforcements_total") == 9
+    assert value(found, "agentmesh_topology_prunes_total") == 4
+    assert [value(found, f"agentmesh_topology_{k}") for k in ("agents", "edges", "possible_edges")] == [
+        2, 1, 2]
+    assert value(found, "agentmesh_topology_reduction_ratio") == 0.5
+    assert value(found, "agentmesh_topology_snapshot_age_seconds") == 2.5
+    assert value(found, "agentmesh_proposals_opened_total") == 4
+    assert {s: value(found, "agentmesh_proposals_decided_total", status=s)
+            for s in ("accepted", "rejected", "expired")} == {"accepted": 2, "rejected": 0, "expired": 1}
+    assert value(found, "agentmesh_proposals_pending") == 1
+    assert samples(rendered, "agentmesh_votes") == {
+        ("agentmesh_votes_total", (("result", r),)): n
+        for r, n in (("counted", 6), ("replaced", 0), ("not_member", 0), ("unknown", 0), ("late", 1),
+                     ("early", 0))}
+
+
+def test_histograms_of_a_fixed_reading() -> None:
+    rendered = families(fixed_reading())
+    decision = samples(rendered, "agentmesh_proposal_decision_seconds")
+    name = "agentmesh_proposal_decision_seconds"
+    bounds = ("0.005", "0.01", "0.05", "30.0", "+Inf")
+    assert {le: value(decision, f"{name}_bucket", le=le) for le in bounds} == {
+        "0.005": 0, "0.01": 1, "0.05": 2, "30.0": 2, "+Inf": 3}
+    assert value(decision, f"{name}_count") == 3
+    assert value(decision, f"{name}_sum") == pytest.approx(40.048)
+    assert len(decision) == 13 + 2  # 12 bounds and +Inf, count, sum
+
+    calls = samples(rendered, "agentmesh_service_requests")
+    assert calls == {("agentmesh_service_requests_total",
+                      (("caller", "Sales"), ("outcome", o), ("service", "memory"))): n
+                     for o, n in (("ok", 2), ("error", 0), ("circuit_open", 1))}
+    latency = samples(rendered, "agentmesh_service_request_duration_seconds")
+    name = "agentmesh_service_request_duration_seconds"
+    assert value(latency, f"{name}_bucket", caller="Sales", service="memory", le="0.001") == 2
+    assert value(latency, f"{name}_bucket", caller="Sales", service="memory", le="0.005") == 3
+    assert value(latency, f"{name}_count", caller="Sales", service="memory") == 3
+    assert value(latency, f"{name}_sum", caller="Sales", service="memory") == pytest.approx(0.0036)
+    assert {labels for _, labels in latency} >= {(("caller", "Sales"), ("service", "memory"))}
+
+    # only agents in the registry: "Gone" left, its last report is stale
+    breaker = samples(rendered, "agentmesh_service_breaker_state")
+    assert breaker == {("agentmesh_service_breaker_state", (("caller", "Sales"), ("service", svc),
+                                                            ("state", state))): n
+                       for svc, on in (("memory", "half_open"), ("cognition", "closed"))
+                       for state, n in (("closed", int(on == "closed")), ("open", 0),
+                                        ("half_open", int(on == "half_open")))}
+    assert samples(rendered, "agentmesh_service_pending_writes") == {
+        ("agentmesh_service_pending_writes", (("caller", "Sales"), ("service", "memory"))): 3}
+
+
+def test_sources_that_do_not_answer_leave_their_families_out() -> None:
+    nothing = families(Reading(ts=0.0, agents=["Sales"]))
+    assert [(m.name, m.type) for m in nothing] == [("agentmesh_up", "gauge")]
+    assert samples(nothing) == {("agentmesh_up", (("source", "redis"),)): 0,
+                                ("agentmesh_up", (("source", "supervisord"),)): 0}
+    only_redis = families(Reading(ts=0.0, agents=["Sales"], redis_up=True))
+    names = [m.name for m in only_redis]
+    assert "agentmesh_program_up" not in names and "agentmesh_topology_edges" not in names
+    assert "agentmesh_messages_sent" in names and "agentmesh_proposals_pending" not in names
+
+
+# -- the exporter against a real Redis ---------------------------------------------------
+
+
+# -- a real mesh, scraped while it works -------------------------------------------------
+
+
