@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # on one worker, so its module fixtures (a running mesh) start once. PYTEST_ARGS= runs serially.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: up down status install test lint clean
+.PHONY: up down status install test test-unit lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,14 @@ status: $(VENV)/.installed
 test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# the fast loop: the pure cores only (tests/unit starts no process; seconds in all)
+test-unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit -q
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check agentmesh_cli tests
 	$(BIN)/mypy agentmesh_cli
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) supervisor.d/*.ini supervisor.d/supervisord.conf .pytest_cache
