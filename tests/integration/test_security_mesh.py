@@ -8,6 +8,7 @@ file modes that stop such a user.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ import httpx
 import pytest
 import redis
 
+from agentmesh_cli import constants as C
+from agentmesh_cli import events
 from agentmesh_cli.credentials import SECRETS_FILE, load_credentials
 from agentmesh_cli.environment import SECRETS as ENV
 from agentmesh_cli.mesh import Mesh, load_mesh
@@ -31,9 +34,7 @@ from agentmesh_cli.supervisor.render import valkey_secret_file
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
 from tests.helpers.mesh import running_mesh, write_mesh
-
-NOBODY = 65534
-AS_ROOT = os.geteuid() == 0
+from tests.helpers.otheruser import AS_ROOT, as_nobody, python_for_nobody
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +61,6 @@ def secrets_of(mesh: Mesh) -> dict[str, str]:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
-
-
-def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           *command], capture_output=True, text=True, timeout=30)
 
 
 def test_secrets_are_generated_private_and_distinct(mesh: Mesh) -> None:
@@ -146,38 +142,44 @@ def test_another_local_user_can_neither_read_secrets_nor_control_supervisord(mes
         return
     denied = as_nobody("cat", str(mesh.root / ".agentmesh" / SECRETS_FILE))
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
-    control = as_nobody(sys.executable, "-m", "supervisor.supervisorctl", "-c",
-                        str(mesh.supervisord_conf), "stop", "all")
-    assert "supervisorctl" not in control.stderr or "could not find" not in control.stderr
-    assert "Permission denied" in control.stdout + control.stderr
-    # a raw RESP write (stdlib only, whatever that user may import)
-    code = ("import socket, sys\n"
-            "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)\n"
-            "s.sendall(b'SET x 1\\r\\n')\n"
-            "print(s.recv(200).decode())\n")
-    write = as_nobody(sys.executable, "-c", code, str(mesh.config.redis.port))
+    with python_for_nobody("supervisor") as (python, env):
+        # the real supervisorctl, pointed at the mesh's socket (its config need not be readable)
+        control = as_nobody(*python, "-m", "supervisor.supervisorctl", "-s", f"unix://{mesh.socket}",
+                            "stop", "all", env=env)
+        assert "Permission denied" in control.stdout + control.stderr, control.stdout + control.stderr
+        # a raw RESP write (stdlib only, whatever that user may import)
+        code = ("import socket, sys\n"
+                "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)\n"
+                "s.sendall(b'SET x 1\\r\\n')\n"
+                "print(s.recv(200).decode())\n")
+        write = as_nobody(*python, "-c", code, str(mesh.config.redis.port), env=env)
     assert write.stdout.startswith("-NOAUTH"), write.stdout + write.stderr
     # and the programs still run
     status = json.loads(agentmesh("status", "--json", "--config", str(mesh.config_file)).stdout)
     assert {p["state"] for p in status["programs"]} == {"RUNNING"}
 
 
-# what a process without the mesh key writes: a proposal and a vote in a member's name,
-# and a join of its own (Envelope makes well-formed envelopes: only the signature lacks)
+# what a process without the mesh key writes: a proposal and a vote in a member's name, and
+# a join of its own, each a well-formed envelope (made here with the mesh's own builders):
+# only the signature lacks. The writer needs nothing but confluent-kafka.
 FORGER = """
-import sys
+import base64, sys
 from confluent_kafka import Producer
-from agentmesh_cli.envelope import Envelope
-bootstrap, prefix, pid = sys.argv[1:4]
+bootstrap, prefix = sys.argv[1:3]
 producer = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": False})
-def write(topic, kind, sender, key, **payload):
-    value = Envelope(type=kind, from_agent_id=sender, payload=payload).encode()
-    producer.produce(f"{prefix}.{topic}", value, key=key)
-write("proposals", "proposal", "Sales", pid, proposal_id=pid, type="decision", content={"pay": "me"})
-write("votes", "vote", "Inventory", pid, proposal_id=pid, support=True)
-write("topology", "agent_joined", "Mallory", "Mallory", capabilities=["voting"])
+for item in sys.argv[3:]:
+    topic, key, value = item.split(":")
+    producer.produce(f"{prefix}.{topic}", base64.b64decode(value), key=key)
 print("unsent", producer.flush(10))
 """
+
+
+def forged_records(pid: str) -> list[str]:
+    records = [(C.TOPIC_PROPOSALS, pid, events.proposal("Sales", pid, "decision", {"pay": "me"})),
+               (C.TOPIC_VOTES, pid, events.vote("Inventory", pid, True, 0.8)),
+               (C.TOPIC_TOPOLOGY, "Mallory", events.presence(C.EVENT_JOINED, "Mallory", "x", ["voting"]))]
+    return [f"{topic}:{key}:{base64.b64encode(envelope.encode()).decode()}"
+            for topic, key, envelope in records]
 
 
 def test_a_process_without_the_mesh_key_can_neither_propose_nor_vote_nor_join(mesh: Mesh) -> None:
@@ -185,8 +187,12 @@ def test_a_process_without_the_mesh_key_can_neither_propose_nor_vote_nor_join(me
     (it has no authentication of its own) is refused and counted, and changes nothing."""
     assert mesh.config.security.sign_envelopes
     pid = "forged-1"
-    args = (sys.executable, "-c", FORGER, mesh.config.kafka.bootstrap, mesh.config.kafka.topic_prefix, pid)
-    forged = as_nobody(*args) if AS_ROOT else subprocess.run(args, capture_output=True, text=True, timeout=30)
+    args = ("-c", FORGER, mesh.config.kafka.bootstrap, mesh.config.kafka.topic_prefix, *forged_records(pid))
+    if AS_ROOT:
+        with python_for_nobody("confluent_kafka") as (python, env):
+            forged = as_nobody(*python, *args, env=env)
+    else:
+        forged = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=30)
     assert forged.stdout.strip() == "unsent 0", forged.stdout + forged.stderr
     config = str(mesh.config_file)
 
