@@ -1,88 +1,170 @@
 """The starter mesh.yaml that `agentmesh init` writes: every key, commented, at its default.
 
-It runs as is: the four demo agents on the embedded broker and Valkey. Tests check that
-it loads and matches the repository's mesh.yaml, the reference for every key.
+The values come from the mesh.yaml model (`config.py`, the one table of defaults): the
+text below only places and explains them. The repository's mesh.yaml is this file as
+`agentmesh init` writes it (a test holds the two equal), and it runs as is: the four demo
+agents on the embedded broker and Valkey.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, BeforeValidator
+
+from agentmesh_cli.config import MeshConfig, parse_duration
 from agentmesh_cli.errors import AgentMeshError
 
 CONFIG_NAME = "mesh.yaml"
+COMMENT_COLUMN = 33
+_COMMENTED = re.compile(r"^(\s*[^#\s].*?\S)\s+(# .*)$")
 
-STARTER_MESH_YAML = """\
+# {section[key]} is the default of that key; {{ and }} are YAML's own braces. Comments
+# are aligned when rendered (column 33), so here one space leads them.
+TEMPLATE = """\
 # A mesh of agents, each its own OS process, coordinated through Kafka and Redis.
 # `agentmesh up` starts it, `agentmesh status` shows it, `agentmesh logs -f` follows it,
 # `agentmesh down` stops it. Every key is optional except `mesh`; the values below are
-# the defaults. Durations take 250ms, 5s, 2m.
+# the defaults (`agentmesh init` writes this file). Durations take 250ms, 5s, 2m.
 mesh: shop                      # name; prefixes every Redis key (agentmesh:shop:...)
 
 kafka:
-  bootstrap_servers: embedded   # or "k1:9092,k2:9092" for a real cluster (then nothing embedded starts)
-  port: 29092                   # loopback port of the embedded broker
-  topic_prefix: agentmesh       # topics are <topic_prefix>.messages, .topology, ...
-  partitions: 16                # of the messages topic: each agent reads one (its inbox)
-  fetch_wait: 10ms              # an idle agent's fetch waits this long at the broker (latency vs idle CPU)
-  fetch_wait_per_agent: 1ms     # or this x the agents when more (up to 200ms): broker idle CPU stays flat
-  manager_fetch_wait: 2ms       # the same for the consensus manager (decision latency)
-  topology_fetch_wait: 100ms    # the topology manager's: it reads every message, nothing waits on it
-  client: {}                    # passed to librdkafka as is (security.protocol, sasl.*, ssl.*)
+  bootstrap_servers: {kafka[bootstrap_servers]} # or "k1:9092,k2:9092" for a real cluster (then nothing embedded starts)
+  port: {kafka[port]} # loopback port of the embedded broker
+  topic_prefix: {kafka[topic_prefix]} # topics are <topic_prefix>.messages, .topology, ...
+  partitions: {kafka[partitions]} # of the messages topic: each agent reads one (its inbox)
+  fetch_wait: {kafka[fetch_wait]} # an idle agent's fetch waits this long at the broker (latency vs idle CPU)
+  fetch_wait_per_agent: {kafka[fetch_wait_per_agent]} # or this x the agents when more (up to 200ms): broker idle CPU stays flat
+  manager_fetch_wait: {kafka[manager_fetch_wait]} # the same for the consensus manager (decision latency)
+  topology_fetch_wait: {kafka[topology_fetch_wait]} # the topology manager's: it reads every message, nothing waits on it
+  max_record_bytes: {kafka[max_record_bytes]} # a bigger record goes to the dlq topic, never to a role
+  client: {kafka[client]} # passed to librdkafka as is (security.protocol, sasl.*, ssl.*)
 
 redis:
-  url: embedded                 # or redis://[:password@]host:6379/0 (rediss:// for TLS)
-  port: 26379                   # loopback port of the embedded Valkey
+  url: {redis[url]} # or redis://[:password@]host:6379/0 (rediss:// for TLS)
+  port: {redis[port]} # loopback port of the embedded Valkey
 
 topology:                       # SlimeMold: traffic reinforces edges, time decays them
-  initial_weight: 0.5           # of every edge between agents when one joins
-  reinforcement: 0.1            # added to an edge per message over it
-  max_weight: 1.0
-  decay: 0.05                   # taken from every edge each decay_interval
-  decay_interval: 5s
-  prune_threshold: 0.1          # edges below this are removed
-  snapshot_interval: 5s         # the topology manager's recovery point
+  initial_weight: {topology[initial_weight]} # of every edge between agents when one joins
+  reinforcement: {topology[reinforcement]} # added to an edge per message over it
+  max_weight: {topology[max_weight]}
+  decay: {topology[decay]} # taken from every edge each decay_interval
+  decay_interval: {topology[decay_interval]}
+  prune_threshold: {topology[prune_threshold]} # edges below this are removed
+  snapshot_interval: {topology[snapshot_interval]} # the topology manager's recovery point
 
 consensus:                      # Bee consensus on proposals
-  quorum: 0.6                   # share of the electorate whose support accepts a proposal
-  proposal_timeout: 30s         # undecided by then: expired
-  min_intensity: 0.3            # default vote: support when the waggle intensity reaches this
-  snapshot_interval: 1s         # the consensus manager's recovery point
+  quorum: {consensus[quorum]} # share of the electorate whose support accepts a proposal
+  proposal_timeout: {consensus[proposal_timeout]} # undecided by then: expired
+  min_intensity: {consensus[min_intensity]} # default vote: support when the waggle intensity reaches this
+  snapshot_interval: {consensus[snapshot_interval]} # the consensus manager's recovery point
 
-heartbeat: {interval: 30s, missed: 3}   # an agent silent for interval * missed has left
+heartbeat: {{interval: {heartbeat[interval]}, missed: {heartbeat[missed]}}} # an agent silent for interval x missed has left
+
+recovery:
+  dedup_window: {recovery[dedup_window]} # ids of the newest messages each agent handled: a redelivered copy is skipped
+
+supervisor:                     # supervisord's restart policy for every program
+  startsecs: {supervisor[startsecs]} # a program that exits sooner after its start is a failed start
+  startretries: {supervisor[startretries]} # failed starts in a row retried (after 1, 2, 3 ... s), then FATAL
 
 services:                       # HTTP services, supervised programs on loopback
-  memory: {host: 127.0.0.1, port: 9000}      # users' messages in Redis (MEMORY_SERVICE_URL / _PORT override)
-  cognition: {host: 127.0.0.1, port: 9100}   # context, search, analysis over memory
-  breaker_failures: 5           # a client's breaker opens after this many failed calls in a row
-  breaker_reset: 30s            # ... and lets one probe through after this
-  health_interval: 30s          # each client checks its service's /health this often
-  pending_limit: 10000          # memory writes an agent buffers while memory is down
+  memory: {{host: {memory[host]}, port: {memory[port]}}} # users' messages in Redis (MEMORY_SERVICE_URL / _PORT override)
+  cognition: {{host: {cognition[host]}, port: {cognition[port]}}} # context, search, analysis over memory
+  max_body_bytes: {services[max_body_bytes]} # a bigger request body is a 413
+  breaker_failures: {services[breaker_failures]} # a client's breaker opens after this many failed calls in a row
+  breaker_reset: {services[breaker_reset]} # ... and lets one probe through after this
+  health_interval: {services[health_interval]} # each client checks its service's /health this often
+  pending_limit: {services[pending_limit]} # memory writes an agent buffers while memory is down
+  cors_origins: {services[cors_origins]} # browser origins allowed to call the services (none: CORS off)
+  # tls_cert: cert.pem          # HTTPS for both services (with tls_key); clients verify with tls_ca
+  # tls_key: key.pem
+  # tls_ca: ca.pem
 
-metrics: {host: 127.0.0.1, port: 9464}   # Prometheus: every role's counters at http://host:port/metrics
+metrics: {{host: {metrics[host]}, port: {metrics[port]}}} # Prometheus: every role's counters at http://host:port/metrics
 
 security:                       # docs/security.md
-  sign_envelopes: true          # every record signed with the mesh key; unsigned or forged ones go to dlq
+  sign_envelopes: {security[sign_envelopes]} # every record signed with the mesh key; unsigned or forged ones go to dlq
 
 workload:                       # the built-in demo roles (0 switches a flow off)
-  order_rate: 1.0               # orders per second Sales opens (-> Inventory, Fraud and back)
-  lead_rate: 0.15               # upsell leads per second Support passes to Sales (one way)
-  discount_threshold: 1000      # Sales proposes a discount for orders from this amount
-  refund_rate: 0.1              # refunds per second Support proposes
+  order_rate: {workload[order_rate]} # orders per second Sales opens (-> Inventory, Fraud and back)
+  lead_rate: {workload[lead_rate]} # upsell leads per second Support passes to Sales (one way)
+  discount_threshold: {workload[discount_threshold]} # Sales proposes a discount for orders from this amount
+  refund_rate: {workload[refund_rate]} # refunds per second Support proposes
   # seed: 7                     # a fixed seed for a repeatable demo
 
 logging:                        # every role process logs one line per event to logs/<program>.log
-  json: false                   # true: one JSON object per line (ts, level, logger, message, program)
-  level: INFO                   # DEBUG, INFO, WARNING or ERROR
+  json: {logging[json_lines]} # true: one JSON object per line (ts, level, logger, message, program)
+  level: {logging[level]} # DEBUG, INFO, WARNING or ERROR
+
+# Several hosts (with an external Kafka and Redis): which programs each host runs.
+# hosts:
+#   alpha: [memory, cognition, metrics, "*-manager", agent-Sales, agent-Support]
+#   beta: ["agent-[IF]*"]
 
 # One process per agent. role: sales, support, inventory, fraud, or your own class as
-# package.module:Class (a subclass of agentmesh_cli.agent.base.Role).
+# package.module:Class (a subclass of agentmesh.Role).
 agents:
-  - {name: Sales, role: sales, capabilities: [order_processing, upselling]}
-  - {name: Support, role: support, capabilities: [handle_ticket, refund_approval]}
-  - {name: Inventory, role: inventory, capabilities: [check_stock, reserve_items]}
-  - {name: Fraud, role: fraud, capabilities: [risk_assessment, verify_user]}
+  - {{name: Sales, role: sales, capabilities: [order_processing, upselling]}}
+  - {{name: Support, role: support, capabilities: [handle_ticket, refund_approval]}}
+  - {{name: Inventory, role: inventory, capabilities: [check_stock, reserve_items]}}
+  - {{name: Fraud, role: fraud, capabilities: [risk_assessment, verify_user]}}
 """
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as mesh.yaml writes a duration: 10ms, 5s, 2m."""
+    if seconds < 1:
+        return f"{round(seconds * 1000, 3):g}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def _scalar(value: Any, duration: bool) -> str:
+    if duration:
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{}" if not value else str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) and value >= 1000 else str(value)
+
+
+def _is_duration(metadata: list[Any]) -> bool:
+    return any(isinstance(m, BeforeValidator) and m.func is parse_duration for m in metadata)
+
+
+def _defaults(section: BaseModel) -> dict[str, str]:
+    """Every field of a section at its default, as mesh.yaml writes it."""
+    return {name: _scalar(getattr(section, name), _is_duration(info.metadata))
+            for name, info in type(section).model_fields.items()}
+
+
+def _aligned(line: str) -> str:
+    """A `key: value   # comment` line with its comment at column 33, as far as it fits."""
+    match = _COMMENTED.match(line)
+    if not match:
+        return line
+    value, comment = match.groups()
+    return f"{value.ljust(COMMENT_COLUMN - 2)} {comment}" if len(value) < COMMENT_COLUMN - 2 \
+        else f"{value}   {comment}"
+
+
+def render_starter() -> str:
+    """The starter mesh.yaml with every default taken from the model."""
+    config = MeshConfig(mesh="shop")
+    sections = {name: _defaults(getattr(config, name)) for name in (
+        "kafka", "redis", "topology", "consensus", "heartbeat", "recovery", "supervisor",
+        "services", "metrics", "security", "workload", "logging")}
+    sections["memory"] = _defaults(config.services.memory)
+    sections["cognition"] = _defaults(config.services.cognition)
+    text = TEMPLATE.format(**sections)
+    return "".join(_aligned(line) + "\n" for line in text.splitlines())
 
 
 def write_starter(directory: Path, force: bool = False) -> Path:
@@ -95,7 +177,7 @@ def write_starter(directory: Path, force: bool = False) -> Path:
         raise AgentMeshError(f"{target} already exists: pass --force to overwrite it")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        target.write_text(STARTER_MESH_YAML, encoding="utf-8")
+        target.write_text(render_starter(), encoding="utf-8")
     except OSError as exc:
         raise AgentMeshError(f"cannot write {target}: {exc.strerror}") from exc
     return target

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from agentmesh_cli.config import TopologyConfig
 from agentmesh_cli.errors import TopologyError
 
 if TYPE_CHECKING:  # igraph is imported by `route`, the one query that needs it
@@ -79,15 +80,24 @@ def _rounded(x: Floats) -> Floats:
     return out
 
 
+_DEFAULT = TopologyConfig()  # mesh.yaml's defaults (config.py), the one table of them
+
+
 @dataclass(frozen=True)
 class SlimeMoldRules:
-    """The numbers of the SlimeMold contract."""
+    """The numbers of the SlimeMold contract (mesh.yaml `topology`)."""
 
-    initial_weight: float = 0.5
-    reinforcement: float = 0.1
-    max_weight: float = 1.0
-    decay: float = 0.05
-    prune_threshold: float = 0.1
+    initial_weight: float = _DEFAULT.initial_weight
+    reinforcement: float = _DEFAULT.reinforcement
+    max_weight: float = _DEFAULT.max_weight
+    decay: float = _DEFAULT.decay
+    prune_threshold: float = _DEFAULT.prune_threshold
+
+    @classmethod
+    def of(cls, topology: TopologyConfig) -> SlimeMoldRules:
+        return cls(initial_weight=topology.initial_weight, reinforcement=topology.reinforcement,
+                   max_weight=topology.max_weight, decay=topology.decay,
+                   prune_threshold=topology.prune_threshold)
 
 
 @dataclass(frozen=True)

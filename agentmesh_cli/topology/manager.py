@@ -18,7 +18,6 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus, Reader, resume_assignments
-from agentmesh_cli.config import TopologyConfig
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.mesh import Mesh
@@ -28,7 +27,7 @@ from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.topology.graph import SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
 
-__all__ = ["TopologyManager", "TopologyState", "apply_safely", "history_point", "rules_from"]
+__all__ = ["TopologyManager", "TopologyState", "apply_safely", "history_point"]
 
 LIVENESS_CHECK_S = 0.5  # how often silent agents (and held records past their time) are looked for
 OWNER = C.PROGRAM_TOPOLOGY
@@ -37,22 +36,12 @@ TOPOLOGY_FETCH_MIN_BYTES = 65_536  # with topology_fetch_wait: few, big fetches 
 log = logging.getLogger("topology")
 
 
-def rules_from(cfg: TopologyConfig) -> SlimeMoldRules:
-    return SlimeMoldRules(
-        initial_weight=cfg.initial_weight,
-        reinforcement=cfg.reinforcement,
-        max_weight=cfg.max_weight,
-        decay=cfg.decay,
-        prune_threshold=cfg.prune_threshold,
-    )
-
-
 class TopologyManager:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
         cfg = mesh.config
         self.cfg = cfg.topology
-        self.rules = rules_from(cfg.topology)
+        self.rules = SlimeMoldRules.of(cfg.topology)
         self.timeout_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
         self._next_point = 0.0  # monotonic time of the next topology:history point
