@@ -39,8 +39,8 @@ test-unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests/unit -q
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check agentmesh_cli tests
-	$(BIN)/mypy agentmesh_cli
+	$(BIN)/ruff check agentmesh_cli agentmesh tests
+	$(BIN)/mypy agentmesh_cli agentmesh
 	$(BIN)/lint-imports
 
 clean:

@@ -175,3 +175,33 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
     finally:
         stop(proc)
         store.close()
+
+
+def test_a_role_written_against_the_public_api_runs_in_a_real_agent(external_mesh: Any,
+                                                                      tmp_path: Path) -> None:
+    """tests/helpers/roles.py:Echo imports nothing but `agentmesh`; an agent process runs it."""
+    mesh: Mesh = external_mesh(agents=[{"name": "Echo", "role": "tests.helpers.roles:Echo"}])
+    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    proc = spawn_role("agent", "--name", "Echo", "--config", str(mesh.config_file),
+                      log=tmp_path / "echo.log")
+    try:
+        wait_until(lambda: store.ready_pid("agent-Echo") == proc.pid or proc.poll() is not None, 30,
+                   "agent Echo ready")
+        assert proc.poll() is None, (tmp_path / "echo.log").read_text()
+        store.redis.sadd(store.keys.members, "Sales")  # a sender the agent accepts
+        bus = mesh_bus(mesh)
+        bus.send_message(Envelope(type="ping", from_agent_id="Sales", to_agent_id="Echo",
+                                  payload={"n": 1}))
+        bus.flush()
+        sales = C.inbox_partition("Sales", mesh.config.kafka.partitions)
+
+        def pong() -> list[Envelope]:
+            return [e for r in read_topic(mesh, C.TOPIC_MESSAGES, mesh.config.kafka.partitions, settle=0.3)
+                    if r.partition == sales and (e := Envelope.decode(r.value)).type == "pong"]
+
+        (answer,) = wait_until(pong, 30, "Echo's pong")
+        assert answer.from_agent_id == "Echo" and answer.to_agent_id == "Sales"
+        assert answer.payload == {"echo": {"n": 1}, "by": "Echo"}
+    finally:
+        stop(proc)
+        store.close()
