@@ -12,6 +12,7 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     ├── StoreError                 the Redis layer (redis-py errors, wrapped)
     ├── RoleError                  a role cannot be found, imported or built
     ├── TopologyError              a graph query that has no answer (unknown agent, no route)
+    │   └── SnapshotError          a topology snapshot that is not JSON or does not fit (a bad edge)
     ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
     ├── FellBehind                 a follow stream read too slowly and was dropped (services/feed.py)
     ├── FaultSkipped               chaos: a fault could not be injected (its program is not running)
@@ -105,6 +106,11 @@ class RoleError(AgentMeshError):
 
 class TopologyError(AgentMeshError):
     """A topology query that cannot be answered (unknown agent, no path)."""
+
+
+class SnapshotError(TopologyError):
+    """A topology snapshot that is not JSON or does not fit its format (an agent listed
+    twice, a bad edge, a field of the wrong type)."""
 
 
 class WaitTimeout(AgentMeshError):
