@@ -13,6 +13,7 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     ├── RoleError                  a role cannot be found, imported or built
     ├── TopologyError              a graph query that has no answer (unknown agent, no route)
     │   └── SnapshotError          a topology snapshot that is not JSON or does not fit (a bad edge)
+    ├── ConsensusError             the consensus core refused its rules or a proposal (quorum, type)
     ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
     ├── FellBehind                 a follow stream read too slowly and was dropped (services/feed.py)
     ├── FaultSkipped               chaos: a fault could not be injected (its program is not running)
@@ -111,6 +112,11 @@ class TopologyError(AgentMeshError):
 class SnapshotError(TopologyError):
     """A topology snapshot that is not JSON or does not fit its format (an agent listed
     twice, a bad edge, a field of the wrong type)."""
+
+
+class ConsensusError(AgentMeshError):
+    """The consensus core refused what it was given: a quorum outside (0, 1], a negative
+    proposal timeout, a proposal type it does not know."""
 
 
 class WaitTimeout(AgentMeshError):
