@@ -2,8 +2,8 @@
 here, and drawn below (tests/unit/test_errors.py holds the two to each other).
 
     AgentMeshError                 base; the CLI turns it into one red line + exit code
-    ├── ConfigError                mesh.yaml is missing or invalid (exit 2)
-    ├── PortInUseError             a port the mesh needs is taken (names the port)
+    ├── ConfigError                mesh.yaml or a setting is missing or invalid (exit 2)
+    ├── PortInUseError             a port the mesh needs is taken (names the port), or none is free
     ├── SupervisorError            supervisord cannot be started or reached
     │   └── NotReadyError          a program failed or was not ready in time
     ├── BusError                   the Kafka layer (confluent-kafka errors, wrapped)
@@ -63,13 +63,14 @@ class AgentMeshError(Exception):
 
 
 class ConfigError(AgentMeshError):
-    """mesh.yaml cannot be read or does not fit the schema."""
+    """mesh.yaml cannot be read or does not fit the schema, or a setting the mesh runs with
+    (a secret, a TLS file, a client's settings, a listening address) cannot be used."""
 
     exit_code = 2
 
 
 class PortInUseError(AgentMeshError):
-    """A port the mesh wants to bind is already in use."""
+    """A port the mesh wants to bind is already in use, or no free port could be found."""
 
 
 class SupervisorError(AgentMeshError):

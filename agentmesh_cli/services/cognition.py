@@ -46,6 +46,7 @@ from sse_starlette import ServerSentEvent
 from agentmesh_cli.errors import (
     BadRequest,
     CircuitOpenError,
+    ConfigError,
     ConversationNotFound,
     DependencyError,
     DependencyUnavailable,
@@ -417,7 +418,7 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
         max_body_bytes = max_body_bytes or services.max_body_bytes
         origins = services.cors_origins
     if memory_url is None:
-        raise ValueError("create_app needs a mesh or a memory_url")
+        raise ConfigError("create_app needs a mesh or a memory_url")
     origins = origins if cors_origins is None else cors_origins
     token = check_service_token(service_token or "", SERVICE)
     client = AsyncServiceClient(memory_url, service="memory", token=token,

@@ -79,7 +79,7 @@ def test_check(topic: str, value: bytes | None, headers: Any, verdict: str | Non
 def test_keys_must_not_be_empty() -> None:
     with pytest.raises(ConfigError, match="no mesh key"):
         signing_key("")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="must not be empty"):
         Signer(b"")
 
 
