@@ -15,6 +15,7 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     │   └── SnapshotError          a topology snapshot that is not JSON or does not fit (a bad edge)
     ├── ConsensusError             the consensus core refused its rules or a proposal (quorum, type)
     ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
+    ├── BenchError                 a bench cannot run or did not finish (a program did not start)
     ├── FellBehind                 a follow stream read too slowly and was dropped (services/feed.py)
     ├── FaultSkipped               chaos: a fault could not be injected (its program is not running)
     ├── ServiceError               calling a service of the mesh failed (the client side); `.service`
@@ -121,7 +122,13 @@ class ConsensusError(AgentMeshError):
 
 
 class WaitTimeout(AgentMeshError):
-    """A condition waited for with `waiting.wait_until` did not hold in time."""
+    """A condition waited for (with `waiting.wait_until`, or a loop of its own) did not hold
+    in time."""
+
+
+class BenchError(AgentMeshError):
+    """A bench scenario cannot run (settings that do not fit, a program that did not start)
+    or did not finish (a step that never happened, an error answer under load)."""
 
 
 class FellBehind(AgentMeshError):
