@@ -1,5 +1,6 @@
 """The one exception tree: every exception class of the package is defined in errors.py,
-and the tree drawn in its docstring is the real class hierarchy."""
+the tree drawn in its docstring is the real class hierarchy, and the package raises those
+errors, not ValueError and the like."""
 
 from __future__ import annotations
 
@@ -157,6 +158,29 @@ def test_the_walk_finds_an_exception_class_wherever_it_hides(tmp_path: Path) -> 
     assert found == {"errors.AgentMeshError", "sub.mod.Direct", "sub.mod.Relative",
                      "sub.mod.ViaReexport", "sub.mod.FromLibrary", "sub.mod.Grandchild",
                      "sub.mod.Inner", "sub.mod.Plain"}
+
+
+# raising: the project's own errors -------------------------------------------------------
+GENERIC = {"Exception", "ValueError", "TypeError", "RuntimeError", "TimeoutError", "KeyError",
+           "LookupError", "OSError", "AssertionError"}
+# pydantic's protocol: a validator raises ValueError, parse_config makes one ConfigError of them
+GENERIC_ALLOWED = {"agentmesh_cli/config.py"}
+
+
+def test_the_package_raises_its_own_errors() -> None:
+    """No `raise ValueError(...)` and the like: the CLI shows an AgentMeshError as one red
+    line, anything else as a traceback. (NotImplementedError, SystemExit and
+    KeyboardInterrupt keep their Python meaning.)"""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE.parent).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            raised = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(raised, ast.Name) and raised.id in GENERIC and where not in GENERIC_ALLOWED:
+                found.append(f"{where}:{node.lineno} raise {raised.id}")
+    assert not found, "raise an error of agentmesh_cli/errors.py instead:\n" + "\n".join(found)
 
 
 # (b) the drawn tree is the real one ------------------------------------------------------
