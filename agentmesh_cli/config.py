@@ -41,6 +41,9 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
+# The validators of this module raise ValueError, not ConfigError: that is pydantic's
+# protocol (it turns a ValueError into a validation error at the key's path), and
+# parse_config reports them all as one ConfigError.
 def parse_duration(value: Any) -> float:
     """`5s`, `250ms`, `2m`, `1h` or a bare number of seconds -> seconds (float)."""
     if isinstance(value, bool):

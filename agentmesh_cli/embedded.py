@@ -16,6 +16,7 @@ import redis
 
 from agentmesh_cli import environment
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.errors import PortInUseError
 from agentmesh_cli.supervisor.render import broker_command, valkey_command
 from agentmesh_cli.waiting import wait_until
 
@@ -59,7 +60,7 @@ def free_port() -> int:
     finally:
         for probe in probes:
             probe.close()
-    raise RuntimeError("no free loopback port found in 1000 tries")
+    raise PortInUseError("no free loopback port found in 1000 tries")
 
 
 def start_broker(port: int, log: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:

@@ -1,28 +1,60 @@
-"""The one exception tree of agentmesh.
+"""The one exception tree of agentmesh: every exception class of the package is defined
+here, and drawn below (tests/unit/test_errors.py holds the two to each other).
 
     AgentMeshError                 base; the CLI turns it into one red line + exit code
-    ├── ConfigError                mesh.yaml is missing or invalid (exit 2)
-    ├── PortInUseError             a port the mesh needs is taken (names the port)
+    ├── ConfigError                mesh.yaml or a setting is missing or invalid (exit 2)
+    ├── PortInUseError             a port the mesh needs is taken (names the port), or none is free
     ├── SupervisorError            supervisord cannot be started or reached
     │   └── NotReadyError          a program failed or was not ready in time
     ├── BusError                   the Kafka layer (confluent-kafka errors, wrapped)
     │   └── InvalidEnvelope        a record that does not parse or fit the schema
+    │       └── WrongSender        a vote or proposal naming another author than its sender
     ├── StoreError                 the Redis layer (redis-py errors, wrapped)
     ├── RoleError                  a role cannot be found, imported or built
     ├── TopologyError              a graph query that has no answer (unknown agent, no route)
+    │   └── SnapshotError          a topology snapshot that is not JSON or does not fit (a bad edge)
+    ├── ConsensusError             the consensus core refused its rules or a proposal (quorum, type)
     ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
-    └── ServiceError               an HTTP service of the mesh (memory, cognition); `.service`
-        ├── ServiceUnavailableError    not reachable after retries (connection error, 503)
-        │   └── ServiceTimeoutError    no answer in time after retries (httpx timeouts)
-        ├── CircuitOpenError           the client's breaker is open: failed fast, nothing sent
-        ├── ServiceProtocolError       an answer that does not fit the protocol (bad JSON, no SSE)
-        └── ServiceHTTPError           an error answer: `.status`, `.code`, `.message`, `.details`
-            ├── ServiceBadRequestError     400
-            ├── ServiceAuthError           401, 403
-            └── ServiceNotFoundError       404
+    ├── BenchError                 a bench cannot run or did not finish (a program did not start)
+    ├── FellBehind                 a follow stream read too slowly and was dropped (services/feed.py)
+    ├── FaultSkipped               chaos: a fault could not be injected (its program is not running)
+    ├── ServiceError               calling a service of the mesh failed (the client side); `.service`
+    │   ├── CircuitOpenError           the client's breaker is open: failed fast, nothing sent
+    │   ├── ServiceProtocolError       an answer that does not fit the protocol (bad JSON, no SSE)
+    │   └── _AnsweredError             (private) may carry the answer: `.status`, `.code`, ...
+    │       ├── ServiceUnavailableError    not reachable after retries (connection error, 503)
+    │       │   └── ServiceTimeoutError    no answer in time after retries (httpx timeouts)
+    │       └── ServiceHTTPError           an error answer: `.status`, `.code`, `.message`, `.details`
+    │           ├── ServiceBadRequestError     400
+    │           ├── ServiceAuthError           401, 403
+    │           └── ServiceNotFoundError       404
+    └── ApiError                   an error a service answers (the server side): `.status`, `.code`
+        ├── BadRequest                 400 invalid_argument: names the argument
+        ├── InvalidJson                400 invalid_json: the body does not parse
+        ├── InvalidBody                400 invalid_body: the body is JSON but not the call's shape
+        ├── Unauthorized               401 unauthorized: no bearer token, or a wrong one
+        ├── Forbidden                  403 forbidden: a user token on what is not its user's
+        ├── NotFound                   404 not_found
+        │   ├── UnknownTool                404 unknown_tool
+        │   ├── UnknownResource            404 unknown_resource
+        │   ├── MessageNotFound            404 message_not_found (memory)
+        │   └── ConversationNotFound       404 conversation_not_found (cognition)
+        ├── Conflict                   409 conflict
+        ├── PayloadTooLarge            413 payload_too_large: by Content-Length
+        │   └── BodyLimitExceeded          413 counted while the app read the body
+        ├── UnsupportedMediaType       415 unsupported_media_type
+        ├── DependencyError            502 dependency_error: memory answered cognition wrongly
+        ├── Unavailable                503 store_unavailable: Redis failed
+        └── DependencyUnavailable      503 dependency_unavailable: cognition cannot reach memory
+
+ServiceError is what a caller of a service sees, ApiError what a service answers: the
+JSON answer `{"error": {"code", "message", "details"}}` is made from an ApiError in
+services/http.py, so this module imports no web framework (it is one of the pure cores).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AgentMeshError(Exception):
@@ -32,13 +64,14 @@ class AgentMeshError(Exception):
 
 
 class ConfigError(AgentMeshError):
-    """mesh.yaml cannot be read or does not fit the schema."""
+    """mesh.yaml cannot be read or does not fit the schema, or a setting the mesh runs with
+    (a secret, a TLS file, a client's settings, a listening address) cannot be used."""
 
     exit_code = 2
 
 
 class PortInUseError(AgentMeshError):
-    """A port the mesh wants to bind is already in use."""
+    """A port the mesh wants to bind is already in use, or no free port could be found."""
 
 
 class SupervisorError(AgentMeshError):
@@ -62,6 +95,10 @@ class InvalidEnvelope(BusError):
     """A record that does not decode as JSON or does not fit the envelope schema."""
 
 
+class WrongSender(InvalidEnvelope):
+    """A vote or proposal whose payload names someone else than the envelope's sender."""
+
+
 class StoreError(AgentMeshError):
     """The Redis layer failed (wraps redis-py errors)."""
 
@@ -74,10 +111,40 @@ class TopologyError(AgentMeshError):
     """A topology query that cannot be answered (unknown agent, no path)."""
 
 
+class SnapshotError(TopologyError):
+    """A topology snapshot that is not JSON or does not fit its format (an agent listed
+    twice, a bad edge, a field of the wrong type)."""
+
+
+class ConsensusError(AgentMeshError):
+    """The consensus core refused what it was given: a quorum outside (0, 1], a negative
+    proposal timeout, a proposal type it does not know."""
+
+
 class WaitTimeout(AgentMeshError):
-    """A condition waited for with `waiting.wait_until` did not hold in time."""
+    """A condition waited for (with `waiting.wait_until`, or a loop of its own) did not hold
+    in time."""
 
 
+class BenchError(AgentMeshError):
+    """A bench scenario cannot run (settings that do not fit, a program that did not start)
+    or did not finish (a step that never happened, an error answer under load)."""
+
+
+class FellBehind(AgentMeshError):
+    """A follower's queue (`limit` messages) filled up: it read too slowly and was dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the stream fell more than {limit} changes behind and was ended; "
+                         "open it again")
+        self.limit = limit
+
+
+class FaultSkipped(AgentMeshError):
+    """The fault could not be injected (its program is not running)."""
+
+
+# the client side of the services: what a call to them raises ------------------------------
 class ServiceError(AgentMeshError):
     """A call to an HTTP service of the mesh failed; `service` names it, `attempts` counts
     the requests made (more than 1 when it was retried)."""
@@ -142,3 +209,88 @@ class ServiceAuthError(ServiceHTTPError):
 
 class ServiceNotFoundError(ServiceHTTPError):
     """404: no such tool or resource."""
+
+
+# the server side of the services: what they answer ---------------------------------------
+class ApiError(AgentMeshError):
+    """An error answer of a service: HTTP `status`, stable `code`, `message`, `details`
+    (and response `headers`). services/http.py turns it into the JSON answer."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers
+
+
+class BadRequest(ApiError):
+    status, code = 400, "invalid_argument"
+
+
+class InvalidJson(ApiError):
+    status, code = 400, "invalid_json"
+
+
+class InvalidBody(ApiError):
+    status, code = 400, "invalid_body"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class UnknownTool(NotFound):
+    code = "unknown_tool"
+
+
+class UnknownResource(NotFound):
+    code = "unknown_resource"
+
+
+class MessageNotFound(NotFound):
+    code = "message_not_found"
+
+
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class BodyLimitExceeded(PayloadTooLarge):
+    """Raised from the body limit middleware's `receive` once more than the limit was read
+    (a chunked body has no Content-Length to check first)."""
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class DependencyError(ApiError):
+    status, code = 502, "dependency_error"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "store_unavailable"
+
+
+class DependencyUnavailable(ApiError):
+    status, code = 503, "dependency_unavailable"

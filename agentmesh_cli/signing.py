@@ -77,7 +77,7 @@ class Signer:
 
     def __init__(self, key: bytes) -> None:
         if not key:
-            raise ValueError("a signing key must not be empty")
+            raise ConfigError("a signing key must not be empty")
         self._keyed = hmac.new(key, digestmod=DIGEST)
         self._topics: dict[str, hmac.HMAC] = {}
 

@@ -15,7 +15,7 @@ import redis
 
 from agentmesh_cli.constants import OPERATOR_SENDERS, Keys
 from agentmesh_cli.envelope import is_agent_name
-from agentmesh_cli.errors import StoreError
+from agentmesh_cli.errors import SnapshotError, StoreError
 
 T = TypeVar("T")
 
@@ -222,7 +222,16 @@ class Store:
         self.save_json(self.keys.topology_snapshot, snapshot)
 
     def load_snapshot(self) -> dict[str, Any] | None:
-        return self.load_json(self.keys.topology_snapshot)
+        """The topology manager's latest snapshot, None before its first; SnapshotError when
+        the key holds something else than a JSON object."""
+        try:
+            data = self.load_json(self.keys.topology_snapshot)
+        except ValueError as exc:  # json.JSONDecodeError, or bytes that are not UTF-8
+            raise SnapshotError(f"malformed topology snapshot in Redis: not JSON: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise SnapshotError(f"malformed topology snapshot in Redis: not a JSON object but "
+                                f"{type(data).__name__}")
+        return data
 
     def push_topology_point(self, point: dict[str, Any], keep: int) -> None:
         """Add a stats point to the front of topology:history, keeping the newest `keep`."""

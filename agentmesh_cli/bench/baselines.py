@@ -33,6 +33,7 @@ from agentmesh_cli import environment, events
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.constants import AGENT_LINGER_MS
+from agentmesh_cli.errors import BenchError
 
 TOPIC_PREFIX = "bench.baseline."
 END = b"bench-baseline-end"  # the raw producer's last record: the consumer stops on it
@@ -108,7 +109,7 @@ def _wait_ready(proc: subprocess.Popen[str], what: str) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the worker writes "ready" once it is fetching, or dies
     if line.strip() != "ready":
-        raise RuntimeError(f"{what} did not start (exit code {proc.poll()}, said {line.strip()!r})")
+        raise BenchError(f"{what} did not start (exit code {proc.poll()}, said {line.strip()!r})")
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -176,7 +177,7 @@ def raw_latency(kafka: KafkaConfig, samples: int = 300, value: bytes = DEFAULT_V
             deadline = time.monotonic() + 10
             while (msg := consumer.poll(0.5)) is None or msg.error() is not None:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"raw latency: record {i} not consumed within 10 s")
+                    raise BenchError(f"raw latency: record {i} not consumed within 10 s")
             if i:
                 took.append((time.perf_counter() - started) * 1000)
         producer.flush(5)
@@ -224,7 +225,7 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
     `kafka.client`, else 0 as the agents' Bus; `kafka.fetch_wait`), so the floor differs
     from an agent by the framework only; `linger_ms` / `fetch_wait` override them."""
     if loops < 2:
-        raise ValueError("the floor needs at least 2 loops")
+        raise BenchError("the floor needs at least 2 loops")
     template = envelope or default_envelope()
     name = create_topic(kafka, "floor", partitions=loops)
     workers: list[subprocess.Popen[str]] = []

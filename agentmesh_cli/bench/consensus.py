@@ -38,6 +38,7 @@ from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percen
 from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import now_ms
+from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 
@@ -66,7 +67,7 @@ def _wait(fetch: Callable[[], Iterable[bytes | None]], kind: str, want: set[str]
     deadline = time.monotonic() + timeout
     while want:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(want)} {kind} events missing after {timeout:.0f}s")
+            raise WaitTimeout(f"{len(want)} {kind} events missing after {timeout:.0f}s")
         for value in fetch():
             if not value:
                 continue
@@ -104,7 +105,7 @@ def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while store.ready_pid(C.PROGRAM_CONSENSUS) != manager.pid:
             if time.monotonic() > deadline or manager.poll() is not None:
-                raise RuntimeError(f"consensus manager did not start; see {bm.root}/consensus-manager.log")
+                raise BenchError(f"consensus manager did not start; see {bm.root}/consensus-manager.log")
             time.sleep(0.05)
 
         # throughput: open the proposals, then send 3 supporting votes each as fast as we can
@@ -190,7 +191,7 @@ def floor(kafka: KafkaConfig, proposals: int, samples: int) -> dict[str, Any]:
         assert worker.stdout is not None
         line = worker.stdout.readline()  # "ready" once it is fetching, or it died
         if line.strip() != "ready":
-            raise RuntimeError(f"the consensus floor worker did not start (exit code {worker.poll()}, "
+            raise BenchError(f"the consensus floor worker did not start (exit code {worker.poll()}, "
                                f"said {line.strip()!r})")
         ids = [f"t{i}" for i in range(proposals)]
         votes = [(pid, _vote(pid, voter)) for pid in ids for voter in VOTERS[:SUPPORTS_NEEDED]]

@@ -55,6 +55,7 @@ from agentmesh_cli.bench.relay import (
     stats_key,
 )
 from agentmesh_cli.bus import Bus, prepare_topics
+from agentmesh_cli.errors import BenchError
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 
@@ -75,7 +76,7 @@ def relay_names(agents: int, partitions: int) -> list[str]:
     """`agents` names whose inbox partitions differ (crc32 % partitions), so that every
     agent reads a partition of its own."""
     if partitions < agents:
-        raise ValueError(f"{agents} agents need at least {agents} partitions (got {partitions})")
+        raise BenchError(f"{agents} agents need at least {agents} partitions (got {partitions})")
     names: list[str] = []
     used: set[int] = set()
     i = 0
@@ -111,7 +112,7 @@ class Relays:
                    for n in self.names):
                 return stats
             if time.monotonic() > deadline:
-                raise RuntimeError(f"relays not following run {run} after {FOLLOW_TIMEOUT_S:.0f}s: "
+                raise BenchError(f"relays not following run {run} after {FOLLOW_TIMEOUT_S:.0f}s: "
                                    f"{ {n: stats.get(n, {}).get('peers') for n in self.names} }")
             time.sleep(0.05)
 
@@ -121,7 +122,7 @@ class Relays:
         deadline = time.monotonic() + max(after.values(), default=0) - time.time() + 10
         while len(got) < len(self.names):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"relays {sorted(set(self.names) - set(got))} stopped flushing")
+                raise BenchError(f"relays {sorted(set(self.names) - set(got))} stopped flushing")
             for name, data in self.read(run).items():
                 if name not in got and name in after and data["ts"] >= after[name]:
                     got[name] = data
@@ -284,7 +285,7 @@ def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
         dead = [program for program, proc in programs.items() if proc.poll() is not None]
         if dead or time.monotonic() > deadline:
             why = f"exited: {', '.join(dead)}" if dead else f"waiting for {', '.join(waiting) or 'the graph'}"
-            raise RuntimeError(f"bench mesh did not start ({why}); logs in {bm.root}")
+            raise BenchError(f"bench mesh did not start ({why}); logs in {bm.root}")
         time.sleep(0.1)
 
 
@@ -294,7 +295,7 @@ def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
             bus.send_message(events.message(C.CLI_COUNTER_OWNER, name, BENCH_TYPE, bench_payload(run, HOPS)))
     # a broker near its limit (64 agents and more on two cores) takes a minute for these
     if bus.flush(INJECT_TIMEOUT_S):
-        raise RuntimeError(f"injected messages not delivered to the broker within {INJECT_TIMEOUT_S:.0f} s")
+        raise BenchError(f"injected messages not delivered to the broker within {INJECT_TIMEOUT_S:.0f} s")
     return window * len(names)
 
 

@@ -42,6 +42,7 @@ from agentmesh_cli import environment
 from agentmesh_cli.bench.infra import cpu_seconds, free_port, percentiles
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.embedded import start_valkey, stop
+from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.services.memory import STORE_SCRIPT
 from agentmesh_cli.waiting import wait_until
 
@@ -97,7 +98,7 @@ def cognition_available() -> bool:
 
 def _answers(url: str, proc: subprocess.Popen[bytes], name: str, root: Path) -> bool:
     if proc.poll() is not None:
-        raise RuntimeError(f"{name} exited {proc.returncode}; see {root / (name + '.log')}")
+        raise BenchError(f"{name} exited {proc.returncode}; see {root / (name + '.log')}")
     try:
         return httpx.get(url + "/health", timeout=1.0).status_code == 200
     except httpx.TransportError:
@@ -106,7 +107,7 @@ def _answers(url: str, proc: subprocess.Popen[bytes], name: str, root: Path) -> 
 
 def _listens(port: int, proc: subprocess.Popen[bytes], root: Path) -> bool:
     if proc.poll() is not None:
-        raise RuntimeError(f"the floor server exited with {proc.returncode}; see {root}/floor.log")
+        raise BenchError(f"the floor server exited with {proc.returncode}; see {root}/floor.log")
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -182,7 +183,7 @@ async def closed_loop(call: Call, concurrency: int, duration: float) -> dict[str
             start = time.perf_counter()
             try:
                 await call()
-            except (httpx.HTTPError, OSError, RuntimeError):
+            except (httpx.HTTPError, OSError, BenchError):  # BenchError: an error answer
                 errors += 1
                 continue
             took.append((time.perf_counter() - start) * 1000)
@@ -207,7 +208,7 @@ async def paced(call: Call, rate: int, duration: float) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
         try:
             await call()
-        except (httpx.HTTPError, OSError, RuntimeError):
+        except (httpx.HTTPError, OSError, BenchError):  # BenchError: an error answer
             errors += 1
             return
         took.append((time.perf_counter() - scheduled) * 1000)
@@ -499,7 +500,7 @@ async def lean_loaded(url: str, requests: list[bytes], expect: str, concurrency:
 
 def _checked(answer: httpx.Response) -> None:
     if answer.status_code != 200:
-        raise RuntimeError(f"{answer.request.url} answered {answer.status_code}: {answer.text[:200]}")
+        raise BenchError(f"{answer.request.url} answered {answer.status_code}: {answer.text[:200]}")
 
 
 def store_call(http: Clients, user: str) -> Call:
@@ -618,7 +619,7 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
     deadline = time.perf_counter() + timeout
     while not predicate():
         if time.perf_counter() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(0.001)
 
 

@@ -54,6 +54,7 @@ from agentmesh_cli.bench.procs import (
     status_refresh_ms,
 )
 from agentmesh_cli.embedded import start_broker, start_valkey, stop
+from agentmesh_cli.errors import BenchError
 from agentmesh_cli.lifecycle import port_free
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.store import Store
@@ -176,7 +177,7 @@ class Cycle:
         code = proc.wait()
         took = time.perf_counter() - started
         if code != 0:
-            raise RuntimeError(f"agentmesh up exited {code}:\n{''.join(output[-40:])}")
+            raise BenchError(f"agentmesh up exited {code}:\n{''.join(output[-40:])}")
         gates: dict[str, float] = {}
         for name, at in ready_at.items():
             tier = self.tiers.get(name)
@@ -209,7 +210,7 @@ class Cycle:
                                 timeout=120, cwd=self.mesh.root)
         returned = time.perf_counter() - started
         if result.returncode != 0:
-            raise RuntimeError(f"agentmesh down exited {result.returncode}:\n{result.stdout}{result.stderr}")
+            raise BenchError(f"agentmesh down exited {result.returncode}:\n{result.stdout}{result.stderr}")
         wait_until(lambda: not any(_alive(pid) for pid in pids) and all(port_free(p) for p in ports),
                    GONE_TIMEOUT_S, "the mesh's processes to exit and its ports to be free")
         return {"down_command_s": returned, "down_s": time.perf_counter() - started}

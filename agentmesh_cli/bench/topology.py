@@ -43,6 +43,7 @@ from agentmesh_cli import events
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, ratio
 from agentmesh_cli.bus import Bus, prepare_topics, topic_partitions
 from agentmesh_cli.envelope import now_ms
+from agentmesh_cli.errors import BenchError
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
@@ -198,7 +199,7 @@ def _wait_for(check: Any, what: str, timeout: float, proc: Any = None, log: str 
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-            raise RuntimeError(f"{what} did not happen in {timeout:.0f}s; see {log}")
+            raise BenchError(f"{what} did not happen in {timeout:.0f}s; see {log}")
         time.sleep(0.01)
 
 
@@ -243,7 +244,7 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
             deadline = time.monotonic() + 300
             while done_at is None:
                 if time.monotonic() > deadline or manager.poll() is not None:
-                    raise RuntimeError(f"the manager did not drain the backlog; see {log}")
+                    raise BenchError(f"the manager did not drain the backlog; see {log}")
                 snapshot = store.load_snapshot() or {}
                 read, ts = _read_offsets(snapshot), snapshot.get("ts", 0) / 1000
                 if ts > started and read >= events:

@@ -17,9 +17,9 @@ from agentmesh_cli.chaos.figures import summarise
 from agentmesh_cli.chaos.mesh import embedded_mesh
 from agentmesh_cli.chaos.observe import ConsensusTally, ProgramStates, StatusTruth, program_states
 from agentmesh_cli.chaos.probes import ProbeSender
-from agentmesh_cli.chaos.watches import FaultSkipped, Watch, inject
+from agentmesh_cli.chaos.watches import Watch, inject
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import AgentMeshError, SupervisorError
+from agentmesh_cli.errors import AgentMeshError, FaultSkipped, SupervisorError
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store

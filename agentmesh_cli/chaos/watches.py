@@ -23,16 +23,12 @@ from agentmesh_cli.bus import Bus
 from agentmesh_cli.chaos.faults import GARBAGE, KILL, STALL, Context, Fault, Outcome
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import quiet
-from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.errors import FaultSkipped
 from agentmesh_cli.signing import mesh_signer
 
 RUNNING = "RUNNING"
 GARBAGE_FLUSH_S = 10.0
 STRANGER = "chaos-stranger"  # a sender that never joined: its messages are dead letters
-
-
-class FaultSkipped(AgentMeshError):
-    """The fault could not be injected (its program is not running)."""
 
 
 class Watch:

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from agentmesh_cli.cli import bench as bench_commands
 from agentmesh_cli.cli import chaos as chaos_commands
@@ -54,5 +55,7 @@ def main() -> None:
         if role_program():  # a role process: its error is one more line of its log
             logging.getLogger(UNCAUGHT_LOGGER).error("%s", exc)
             sys.exit(exc.exit_code)
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message may quote data with brackets (an agent named "[/x]") that
+        # rich would read as markup, and fail on
+        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

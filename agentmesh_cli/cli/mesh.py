@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from agentmesh_cli import lifecycle
 from agentmesh_cli.cli.common import ConfigOption, console, console_err, json_object, mesh_from
@@ -58,7 +59,7 @@ def up(
         with live if console_err.is_terminal else _null():
             states, changes = lifecycle.up(mesh, timeout, progress)
     except NotReadyError as exc:
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         if exc.log_tail:
             log = (mesh.logs_dir / f"{exc.program}.log").relative_to(mesh.root)
             console_err.rule(f"last lines of {log}")

@@ -58,13 +58,14 @@ def route(
     """
     from agentmesh_cli.errors import TopologyError
     from agentmesh_cli.store import Store
-    from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
+    from agentmesh_cli.topology.graph import SlimeMoldRules
+    from agentmesh_cli.topology.state import snapshot_graph
 
     mesh = mesh_from(config)
     snapshot = Store(mesh.redis_url, mesh.config.mesh).load_snapshot()
     if not snapshot:
         raise TopologyError("no topology snapshot yet: is the topology manager running?")
-    graph = SlimeMoldGraph.from_dict(snapshot["graph"], SlimeMoldRules.of(mesh.config.topology))
+    graph = snapshot_graph(snapshot, SlimeMoldRules.of(mesh.config.topology))
     path, cost = graph.route(source, target)
     console.print(f"{' -> '.join(path)}  (cost {cost:.3f})", highlight=False)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from agentmesh_cli.errors import ConsensusError
+
 PROPOSAL_TYPES = ("decision", "action", "topology")
 
 _PRIORITY = {"critical": 0.9, "high": 0.9, "medium": 0.6, "low": 0.3}
@@ -188,9 +190,9 @@ class ProposalBook:
 
     def __init__(self, quorum: float, timeout_ms: int) -> None:
         if not 0 < quorum <= 1:
-            raise ValueError(f"quorum must be in (0, 1], got {quorum!r}")
+            raise ConsensusError(f"quorum must be in (0, 1], got {quorum!r}")
         if timeout_ms < 0:
-            raise ValueError(f"proposal timeout must not be negative, got {timeout_ms!r} ms")
+            raise ConsensusError(f"proposal timeout must not be negative, got {timeout_ms!r} ms")
         self.quorum = quorum
         self.timeout_ms = timeout_ms
         self.counts: Counter[str] = Counter()
@@ -202,7 +204,7 @@ class ProposalBook:
              electorate: Iterable[str], now: int) -> Proposal | None:
         """Open a proposal; None (and no change) if its id is already in the book."""
         if type not in PROPOSAL_TYPES:
-            raise ValueError(f"proposal type {type!r} is not one of {', '.join(PROPOSAL_TYPES)}")
+            raise ConsensusError(f"proposal type {type!r} is not one of {', '.join(PROPOSAL_TYPES)}")
         if proposal_id in self._all:
             self.counts["duplicate"] += 1
             return None

@@ -17,16 +17,12 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES
 from agentmesh_cli.envelope import Envelope, nests_deeper, shown
-from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.errors import InvalidEnvelope, WrongSender
 from agentmesh_cli.records import RAW_PREVIEW_BYTES, Record
 
 MAX_ID_CHARS = 200
 MAX_CONTENT_DEPTH = 32  # deeper content could not be broadcast (the encoder's nesting limit)
 MAX_EARLY_VOTES = 20_000  # held votes (each keeps at most RAW_PREVIEW_BYTES of its record)
-
-
-class WrongSender(InvalidEnvelope):
-    """A vote or proposal whose payload names someone else than the envelope's sender."""
 
 
 def _check_author(named: Any, event: Envelope, field: str) -> None:

@@ -31,9 +31,9 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bus import Bus, Reader, resume_assignments
 from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
-from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, WrongSender, parse_proposal, parse_vote
+from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
 from agentmesh_cli.envelope import Envelope, now_ms, shown
-from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.errors import AgentMeshError, ConsensusError, InvalidEnvelope, WrongSender
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
 from agentmesh_cli.records import Record, offsets_from_json, offsets_to_json
@@ -139,7 +139,7 @@ class ConsensusManager:
         except WrongSender as exc:
             self.counts[refused_counter(WRONG_SENDER)] += 1
             self._dead_letter(record, str(exc))
-        except InvalidEnvelope as exc:
+        except (InvalidEnvelope, ConsensusError) as exc:  # a record that does not fit, or the book refused it
             self._dead_letter(record, str(exc))
         except AgentMeshError:
             raise  # Kafka or Redis trouble, not this record's fault

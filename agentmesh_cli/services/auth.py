@@ -34,22 +34,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentmesh_cli.errors import ConfigError
-from agentmesh_cli.services.http import ApiError, error_response
+from agentmesh_cli.errors import ConfigError, Forbidden, Unauthorized
+from agentmesh_cli.services.http import error_response
 
 USER_TOKEN_PREFIX = "u1"  # the version of the user token format: a new format gets u2
 MIN_SERVICE_TOKEN = 16  # characters; the generated one has 43
 MAX_TOKEN_BYTES = 512  # a longer Authorization value is refused before any hashing
 CALLER_SCOPE_KEY = "agentmesh.caller"  # where the middleware leaves the Caller in the scope
 OPEN_PATHS = frozenset({"/health"})  # readiness gates and load balancers probe it without a token
-
-
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
-
-
-class Forbidden(ApiError):
-    status, code = 403, "forbidden"
 
 
 @dataclass(frozen=True)

@@ -347,9 +347,11 @@ class _ClientBase:
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         if retries < 0 or failure_threshold < 1 or max_connections < 1:
-            raise ValueError("retries >= 0, failure_threshold >= 1, max_connections >= 1")
+            raise ConfigError(f"a service client needs retries >= 0, failure_threshold >= 1 and "
+                              f"max_connections >= 1, not {retries}, {failure_threshold} and "
+                              f"{max_connections}")
         if min(connect_timeout, read_timeout, stream_read_timeout, reset_timeout) <= 0:
-            raise ValueError("timeouts must be greater than 0")
+            raise ConfigError("a service client's timeouts must be greater than 0")
         self.base_url = base_url.rstrip("/")
         self.service = service or urlsplit(self.base_url).netloc or self.base_url
         self.retries = retries

@@ -44,22 +44,26 @@ from pydantic import BaseModel, Field
 from sse_starlette import ServerSentEvent
 
 from agentmesh_cli.errors import (
+    BadRequest,
     CircuitOpenError,
+    ConfigError,
+    ConversationNotFound,
+    DependencyError,
+    DependencyUnavailable,
+    NotFound,
     ServiceBadRequestError,
     ServiceError,
     ServiceHTTPError,
     ServiceNotFoundError,
     ServiceProtocolError,
     ServiceUnavailableError,
+    UnknownResource,
 )
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.auth import check_service_token
 from agentmesh_cli.services.client import AsyncServiceClient, service_url, tls_verify
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
-    ApiError,
-    BadRequest,
-    NotFound,
     OrjsonResponse,
     error_responses,
     event_stream,
@@ -79,7 +83,6 @@ from agentmesh_cli.services.memory import (
 )
 from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
 from agentmesh_cli.services.seed import (
-    UnknownResource,
     bad_argument,
     http_url,
     json_type,
@@ -109,19 +112,7 @@ DEFAULT_MAX_BODY = 1_048_576  # services.max_body_bytes' default, for an app mad
 CONVERSATION_FETCHES = 8  # concurrent conversation reads of one search_history call
 
 
-# errors and argument checks ---------------------------------------------------------------
-class ConversationNotFound(NotFound):
-    code = "conversation_not_found"
-
-
-class DependencyUnavailable(ApiError):
-    status, code = 503, "dependency_unavailable"
-
-
-class DependencyError(ApiError):
-    status, code = 502, "dependency_error"
-
-
+# argument checks ---------------------------------------------------------------------------
 def check_count(value: Any, argument: str = "limit") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITEMS:
         raise bad_argument(argument, f"must be an integer from 1 to {MAX_ITEMS}, not {value!r}")
@@ -427,7 +418,7 @@ def create_app(mesh: Mesh | None = None, *, memory_url: str | None = None,
         max_body_bytes = max_body_bytes or services.max_body_bytes
         origins = services.cors_origins
     if memory_url is None:
-        raise ValueError("create_app needs a mesh or a memory_url")
+        raise ConfigError("create_app needs a mesh or a memory_url")
     origins = origins if cors_origins is None else cors_origins
     token = check_service_token(service_token or "", SERVICE)
     client = AsyncServiceClient(memory_url, service="memory", token=token,

@@ -31,7 +31,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from agentmesh_cli.errors import AgentMeshError, StoreError
+from agentmesh_cli.errors import AgentMeshError, FellBehind, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ T = TypeVar("T")
 READ_WAIT_S = 1.0  # the reader's wait per read (below the client's socket timeout)
 SUBSCRIBE_TIMEOUT_S = 5.0  # how long follow() waits for Redis to confirm the subscription
 CLOSE_TIMEOUT_S = 1.0  # unsubscribing at shutdown, when Redis may be gone
-
-
-class FellBehind(AgentMeshError):
-    """A follower's queue (`limit` messages) filled up: it read too slowly and was dropped."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the stream fell more than {limit} changes behind and was ended; "
-                         "open it again")
-        self.limit = limit
 
 
 class Follower(Generic[T]):

@@ -1,4 +1,5 @@
-"""Shared HTTP pieces of the mesh's services: the error model and its JSON answers, the
+"""Shared HTTP pieces of the mesh's services: the JSON answers of the error model (the
+ApiError tree of errors.py, which knows no web framework), the
 request body limit, JSON body parsing, Server-Sent Events helpers, and serving an app
 with uvicorn on a socket we bind ourselves.
 
@@ -32,7 +33,18 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentmesh_cli.errors import AgentMeshError, ConfigError, PortInUseError, StoreError
+from agentmesh_cli.errors import (
+    ApiError,
+    BadRequest,
+    BodyLimitExceeded,
+    ConfigError,
+    InvalidJson,
+    PayloadTooLarge,
+    PortInUseError,
+    StoreError,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,53 +53,7 @@ GRACEFUL_SHUTDOWN_S = 5.0  # below supervisord's stopwaitsecs (10), so TERM neve
 SSE_SHUTDOWN_GRACE_S = 2.0  # an endless stream's generator gets this long to end on shutdown
 
 
-# errors ------------------------------------------------------------------------------
-class ApiError(AgentMeshError):
-    """An error answer of a service: HTTP `status`, stable `code`, `message`, `details`."""
-
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details or {}
-        self.headers = headers
-
-
-class BadRequest(ApiError):
-    status, code = 400, "invalid_argument"
-
-
-class InvalidJson(ApiError):
-    status, code = 400, "invalid_json"
-
-
-class InvalidBody(ApiError):
-    status, code = 400, "invalid_body"
-
-
-class NotFound(ApiError):
-    status, code = 404, "not_found"
-
-
-class Conflict(ApiError):
-    status, code = 409, "conflict"
-
-
-class PayloadTooLarge(ApiError):
-    status, code = 413, "payload_too_large"
-
-
-class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
-
-
-class Unavailable(ApiError):
-    status, code = 503, "store_unavailable"
-
-
+# errors: errors.ApiError and its subclasses, as JSON answers -------------------------
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. invalid_argument.")
     message: str = Field(description="What went wrong, for people.")
@@ -185,11 +151,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # middleware ---------------------------------------------------------------------------
-class _BodyTooLarge(PayloadTooLarge):
-    """Raised from `receive` once more than the limit was read (a chunked body has no
-    Content-Length to check first)."""
-
-
 def _too_large(limit: int, kind: type[PayloadTooLarge] = PayloadTooLarge) -> PayloadTooLarge:
     return kind(f"request body is larger than {limit} bytes", {"max_bytes": limit})
 
@@ -219,7 +180,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _too_large(self.max_bytes, _BodyTooLarge)
+                    raise _too_large(self.max_bytes, BodyLimitExceeded)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -229,7 +190,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge as exc:
+        except BodyLimitExceeded as exc:
             # normally the app's handler for ApiError answers; this covers a reader outside it
             if started:
                 raise

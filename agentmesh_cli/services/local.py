@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, TypeVar
 
 from agentmesh_cli.errors import (
+    ApiError,
     ServiceError,
     ServiceHTTPError,
     ServiceUnavailableError,
@@ -24,7 +25,6 @@ from agentmesh_cli.errors import (
 )
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.client import error_answer
-from agentmesh_cli.services.http import ApiError
 from agentmesh_cli.services.protocol import Catalogue
 
 T = TypeVar("T")

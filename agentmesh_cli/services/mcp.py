@@ -53,9 +53,9 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from agentmesh_cli import __version__
-from agentmesh_cli.errors import StoreError
+from agentmesh_cli.errors import ApiError, StoreError, Unavailable
 from agentmesh_cli.services.auth import Caller, acting_as, caller_of_scope
-from agentmesh_cli.services.http import ApiError, Unavailable, error_response
+from agentmesh_cli.services.http import error_response
 from agentmesh_cli.services.protocol import Catalogue
 
 MCP_PATH = "/mcp"

@@ -58,15 +58,13 @@ from sse_starlette import ServerSentEvent
 
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import nests_deeper
-from agentmesh_cli.errors import StoreError
+from agentmesh_cli.errors import Conflict, FellBehind, MessageNotFound, StoreError, UnknownResource
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.auth import require_mesh, require_user
-from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
+from agentmesh_cli.services.feed import ChannelFeed, Follower
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
-    Conflict,
     Health,
-    NotFound,
     OrjsonResponse,
     error_responses,
     event_stream,
@@ -79,7 +77,6 @@ from agentmesh_cli.services.http import (
 from agentmesh_cli.services.mcp import install_mcp, served_hosts
 from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
 from agentmesh_cli.services.seed import (
-    UnknownResource,
     bad_argument,
     http_url,
     json_type,
@@ -104,11 +101,6 @@ FOLLOW_BUFFER = 1000  # changes queued for one follow stream before it is ended 
 READY_RETRY_S = 1.0
 WATCH_ATTEMPTS = 5  # optimistic retries of an update or delete racing another change
 SEQ_WIDTH = 16  # digits of the insertion counter in index members
-
-
-# errors of this service ---------------------------------------------------------------
-class MessageNotFound(NotFound):
-    code = "message_not_found"
 
 
 # argument checks ----------------------------------------------------------------------

@@ -16,27 +16,17 @@ from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 from starlette.middleware.cors import CORSMiddleware
 
+from agentmesh_cli.errors import BadRequest, InvalidBody, UnknownTool
 from agentmesh_cli.services.auth import OPEN_PATHS, BearerAuthMiddleware, check_service_token
 from agentmesh_cli.services.http import (
-    BadRequest,
     BodyLimitMiddleware,
     ErrorBoundaryMiddleware,
-    InvalidBody,
-    NotFound,
     OrjsonResponse,
     error_responses,
     install_error_handlers,
     read_json,
 )
 from agentmesh_cli.services.protocol import Catalogue
-
-
-class UnknownTool(NotFound):
-    code = "unknown_tool"
-
-
-class UnknownResource(NotFound):
-    code = "unknown_resource"
 
 
 def json_type(value: Any) -> str:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from agentmesh_cli.errors import TopologyError
+from agentmesh_cli.errors import SnapshotError
 
 if TYPE_CHECKING:  # the CLI imports ExportFormat at start; igraph only when exporting
     from agentmesh_cli.topology.graph import Edge
@@ -55,15 +55,17 @@ class TopologyView:
 def view_from_snapshot(snapshot: dict[str, Any], mesh: str = "",
                        roles: dict[str, str] | None = None) -> TopologyView:
     """Read a `topology:snapshot` dict; `roles` fill in agents the snapshot has no role for.
-    Raises TopologyError on a malformed snapshot."""
-    from agentmesh_cli.topology.graph import SlimeMoldGraph
+    Raises SnapshotError on a malformed snapshot."""
+    from agentmesh_cli.topology.graph import MALFORMED
+    from agentmesh_cli.topology.state import snapshot_graph
 
+    graph = snapshot_graph(snapshot)
     try:
-        graph = SlimeMoldGraph.from_dict(snapshot["graph"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TopologyError(f"malformed topology snapshot: {exc}") from exc
-    known = {**(roles or {}), **{str(k): str(v) for k, v in snapshot.get("roles", {}).items() if v}}
-    ts = snapshot.get("ts")
+        known = {**(roles or {}), **{str(k): str(v) for k, v in snapshot.get("roles", {}).items() if v}}
+        ts = snapshot.get("ts")
+        ts_ms = int(ts) if ts is not None else None
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        raise SnapshotError(f"{MALFORMED}: roles or ts: {exc}") from exc
     return TopologyView(
         mesh=mesh,
         agents=graph.agents(),
@@ -71,7 +73,7 @@ def view_from_snapshot(snapshot: dict[str, Any], mesh: str = "",
         # weakest first, so strong edges are drawn on top
         edges=sorted(graph.edges(), key=lambda e: (e.weight, e.source, e.target)),
         stats=graph.stats().as_dict(),
-        ts_ms=int(ts) if ts is not None else None,
+        ts_ms=ts_ms,
     )
 
 

@@ -21,6 +21,7 @@ topology manager owns time and Redis, and this core stays testable.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,10 +30,12 @@ import numpy as np
 import numpy.typing as npt
 
 from agentmesh_cli.config import TopologyConfig
-from agentmesh_cli.errors import TopologyError
+from agentmesh_cli.errors import SnapshotError, TopologyError
 
 if TYPE_CHECKING:  # igraph is imported by `route`, the one query that needs it
     import igraph
+
+MALFORMED = "malformed topology snapshot"  # how every SnapshotError's message starts
 
 # Weights are rounded after every arithmetic step so float drift never decides
 # whether an edge is pruned (0.5 - 8 * 0.05 must be exactly 0.1, not 0.0999...).
@@ -251,7 +254,7 @@ class SlimeMoldGraph:
         src, dst = self._slot_array(sources), self._slot_array(targets)
         ts = np.asarray(ts_ms, dtype=np.int64)
         if not len(src) == len(dst) == len(ts):
-            raise ValueError("reinforce_many needs as many targets and times as sources")
+            raise TopologyError("reinforce_many needs as many targets and times as sources")
         agents = len(self._names)
         ok = (src >= 0) & (src < agents) & (dst >= 0) & (dst < agents) & (src != dst)
         if not ok.all():
@@ -363,13 +366,18 @@ class SlimeMoldGraph:
         return {"agents": self.agents(), "edges": rows}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], rules: SlimeMoldRules | None = None
-                  ) -> SlimeMoldGraph:
-        """Rebuild a graph from to_dict(); raises ValueError on a malformed snapshot."""
+    def from_dict(cls, data: Any, rules: SlimeMoldRules | None = None) -> SlimeMoldGraph:
+        """Rebuild a graph from to_dict(); raises SnapshotError on a malformed snapshot."""
+        if not isinstance(data, dict):
+            raise SnapshotError(f"{MALFORMED}: the graph is not an object but {type(data).__name__}")
+        agents, edges = data.get("agents", []), data.get("edges", [])
+        if not isinstance(agents, list) or not isinstance(edges, list):
+            raise SnapshotError(f"{MALFORMED}: the graph's agents and edges must be lists")
         graph = cls(rules)
-        names = [str(a) for a in data.get("agents", [])]
+        names = [str(a) for a in agents]
         if len(set(names)) != len(names):
-            raise ValueError("topology snapshot lists an agent twice")
+            twice = next(name for name, count in Counter(names).items() if count > 1)
+            raise SnapshotError(f"{MALFORMED}: it lists agent {twice!r} twice")
         graph._names = names
         graph._slots.update((name, i) for i, name in enumerate(names))
         slots = graph._slots
@@ -378,18 +386,26 @@ class SlimeMoldGraph:
         usages: list[int] = []
         last: list[int] = []
         seen: set[tuple[str, str]] = set()
-        for source, target, weight, usage, last_used in data.get("edges", []):
-            if source == target or (source, target) in seen:
-                raise ValueError(f"bad edge {source!r}->{target!r} in topology snapshot")
-            if source not in slots or target not in slots:
-                raise ValueError(f"edge {source!r}->{target!r} names an unknown agent")
-            seen.add((source, target))
-            pairs.append((slots[source], slots[target]))
-            weights.append(float(weight))
-            usages.append(int(usage))
-            last.append(NO_TS if last_used is None else int(last_used))
+        for edge in edges:
+            try:
+                source, target, weight, usage, last_used = edge
+                if source == target:
+                    raise SnapshotError(f"{MALFORMED}: edge {source!r}->{target!r} joins an agent "
+                                        "to itself")
+                if (source, target) in seen:
+                    raise SnapshotError(f"{MALFORMED}: it lists edge {source!r}->{target!r} twice")
+                if source not in slots or target not in slots:
+                    raise SnapshotError(f"{MALFORMED}: edge {source!r}->{target!r} names an unknown agent")
+                seen.add((source, target))
+                pairs.append((slots[source], slots[target]))
+                weights.append(float(weight))
+                usages.append(int(usage))
+                last.append(NO_TS if last_used is None else int(last_used))
+            except (TypeError, ValueError, OverflowError) as exc:  # not 5 fields, not numbers
+                raise SnapshotError(f"{MALFORMED}: bad edge {edge!r:.100}: {exc}") from exc
             if not (-(2**63) <= usages[-1] < 2**63 and (last_used is None or NO_TS < last[-1] < 2**63)):
-                raise ValueError(f"edge {source!r}->{target!r}: usage or last_used out of range")
+                raise SnapshotError(f"{MALFORMED}: edge {source!r}->{target!r}: usage or last_used "
+                                    "out of range")
         if pairs:
             ends = np.array(pairs, dtype=np.int32)
             graph._append(ends[:, 0], ends[:, 1])

@@ -19,7 +19,7 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus, Reader, resume_assignments
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
@@ -51,14 +51,14 @@ class TopologyManager:
         self.stopping = True
 
     def _load(self, store: Any, epoch: str) -> TopologyState:
-        data = store.load_snapshot()
         fresh = TopologyState(self.rules, self.timeout_ms, epoch)
-        if not data:
-            log.info("no snapshot: reading every partition from the beginning")
-            return fresh
         try:
+            data = store.load_snapshot()
+            if not data:
+                log.info("no snapshot: reading every partition from the beginning")
+                return fresh
             state = TopologyState.restore(data, self.rules, self.timeout_ms)
-        except (ValueError, KeyError, TypeError) as exc:
+        except SnapshotError as exc:
             # a snapshot we cannot read is not fatal: rebuild from the start of the topics
             log.error("snapshot unreadable (%s): rebuilding from the beginning", exc)
             return fresh

@@ -25,10 +25,10 @@ import orjson
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.envelope import Envelope, RecentIds, envelope_problem, is_agent_name, shown
-from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.errors import InvalidEnvelope, SnapshotError
 from agentmesh_cli.records import RAW_PREVIEW_BYTES, Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.signing import BAD_SIGNATURE, UNSIGNED, refused_counter
-from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
+from agentmesh_cli.topology.graph import MALFORMED, SlimeMoldGraph, SlimeMoldRules
 
 SNAPSHOT_VERSION = 1
 MAX_HELD = 20_000  # bound on held records (each keeps at most RAW_PREVIEW_BYTES of itself)
@@ -477,8 +477,19 @@ class TopologyState:
 
     @classmethod
     def restore(cls, data: dict[str, Any], rules: SlimeMoldRules, timeout_ms: int) -> TopologyState:
+        """The state a snapshot saved; SnapshotError when the snapshot is malformed."""
+        graph = snapshot_graph(data, rules)
+        try:
+            return cls._restore(data, graph, rules, timeout_ms)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # a field of the wrong shape: a list where an object goes, a word for a number
+            raise SnapshotError(f"{MALFORMED}: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _restore(cls, data: dict[str, Any], graph: SlimeMoldGraph, rules: SlimeMoldRules,
+                 timeout_ms: int) -> TopologyState:
         state = cls(rules, timeout_ms, str(data.get("epoch", "")))
-        state.graph = SlimeMoldGraph.from_dict(data["graph"], rules)
+        state.graph = graph
         state.offsets = offsets_from_json(data.get("offsets", {}))
         state.last_seen = {k: int(v) for k, v in data.get("last_seen", {}).items()}
         state.roles = dict(data.get("roles", {}))
@@ -496,3 +507,13 @@ class TopologyState:
                 Held(record, int(size), int(held_at), reason=str(reason)))
             state.held_count += 1
         return state
+
+
+def snapshot_graph(data: Any, rules: SlimeMoldRules | None = None) -> SlimeMoldGraph:
+    """The graph of a topology snapshot (what `TopologyState.snapshot` makes, as JSON);
+    SnapshotError when the snapshot is malformed."""
+    if not isinstance(data, dict):
+        raise SnapshotError(f"{MALFORMED}: not an object but {type(data).__name__}")
+    if "graph" not in data:
+        raise SnapshotError(f"{MALFORMED}: it has no graph")
+    return SlimeMoldGraph.from_dict(data["graph"], rules)

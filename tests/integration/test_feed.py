@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentmesh_cli.embedded import free_port
-from agentmesh_cli.errors import StoreError
-from agentmesh_cli.services.feed import ChannelFeed, FellBehind, Follower
+from agentmesh_cli.errors import FellBehind, StoreError
+from agentmesh_cli.services.feed import ChannelFeed, Follower
 
 
 def decode(raw: bytes) -> str | None:

@@ -16,6 +16,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Reader, beginning, prepare_topics
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import SnapshotError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.records import Record
 from agentmesh_cli.store import Store
@@ -100,6 +101,39 @@ def test_agent_inbox_dead_letters_and_resume(external_mesh: Any, tmp_path: Path)
         proc = spawn_role(*args, log=tmp_path / "agent2.log")
         wait_until(lambda: counters(store, "Inventory").get("messages_in") == 2, 30, "resumed")
         assert counters(store, "Inventory").get("dead_letters") == 1  # nothing re-read
+    finally:
+        stop(proc)
+        store.close()
+
+
+def test_topology_manager_rebuilds_from_the_topics_past_an_unreadable_snapshot(
+        external_mesh: Any, tmp_path: Path) -> None:
+    """A snapshot that is not JSON (hand-edited, cut short) is logged and replaced: the
+    manager reads the topics from the beginning instead of crashing at every start."""
+    mesh: Mesh = external_mesh(topology={"snapshot_interval": "200ms", "decay_interval": "1h"})
+    cfg = mesh.config
+    store = Store(cfg.redis.resolved_url, cfg.mesh)
+    prepare_topics(cfg.kafka, store)
+    store.redis.set(store.keys.topology_snapshot, b'{"graph": {"agents": ["A", "A"')
+    bus = mesh_bus(mesh)
+    for name in ("A", "B"):
+        bus.send(C.TOPIC_TOPOLOGY, Envelope(type=C.EVENT_JOINED, from_agent_id=name), key=name)
+    bus.flush()
+    log = tmp_path / "topo.log"
+    proc = spawn_role("topology", "--config", str(mesh.config_file), log=log)
+
+    def agents() -> list[str] | None:
+        try:
+            return (store.load_snapshot() or {}).get("graph", {}).get("agents")
+        except SnapshotError:  # still the unreadable one
+            return None
+
+    try:
+        wait_until(lambda: agents() == ["A", "B"], 30, "a new snapshot of A and B")
+        text = log.read_text()
+        assert "snapshot unreadable (malformed topology snapshot in Redis: not JSON" in text
+        assert "rebuilding from the beginning" in text and "Traceback" not in text
+        assert proc.poll() is None
     finally:
         stop(proc)
         store.close()

@@ -1,9 +1,12 @@
-"""`agentmesh topology export` against the session Valkey."""
+"""`agentmesh topology export` and `route` against the session Valkey."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import orjson
+import pytest
 
 from agentmesh_cli.store import Store
 from agentmesh_cli.topology.export import (
@@ -35,3 +38,31 @@ def test_export_command_writes_the_snapshot_from_redis(external_mesh: Any, tmp_p
 
     dot = agentmesh("topology", "export", "-c", config, "--format", "dot", check=True)
     assert dot.stdout == export_text(expected, ExportFormat.dot)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"{not json", "malformed topology snapshot in Redis: not JSON"),
+        (b"[1, 2]", "malformed topology snapshot in Redis: not a JSON object but list"),
+        (orjson.dumps({"v": 1, "ts": 1}), "malformed topology snapshot: it has no graph"),
+        # a name rich would read as a closing tag: the message is printed as it is
+        (orjson.dumps({"graph": {"agents": ["A", "B"], "edges": [["A", "[/x]", 0.5, 1, None]]}}),
+         "malformed topology snapshot: edge 'A'->'[/x]' names an unknown agent"),
+        (orjson.dumps({"graph": {"agents": ["A", "B"], "edges": [["A", "B", "heavy", 1, None]]}}),
+         "malformed topology snapshot: bad edge ['A', 'B', 'heavy', 1, None]: could not convert"),
+    ],
+)
+def test_a_malformed_snapshot_is_one_error_line(external_mesh: Any, raw: bytes, problem: str) -> None:
+    """`topology route` and `topology export` on a snapshot nobody can read: one red line
+    naming the problem and exit 1, never a traceback."""
+    mesh = external_mesh()
+    store = Store(mesh.redis_url, mesh.config.mesh)
+    store.redis.set(store.keys.topology_snapshot, raw)
+    config = str(mesh.config_file)
+    for command in (("route", "A", "B"), ("export", "--format", "dot")):
+        result = agentmesh("topology", *command, "-c", config)
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+        assert result.stderr.startswith(f"error: {problem}"), result.stderr

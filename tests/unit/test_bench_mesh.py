@@ -10,6 +10,7 @@ import pytest
 from agentmesh_cli import constants as C
 from agentmesh_cli.bench import mesh
 from agentmesh_cli.bench.relay import BOUNDS_NS, Histogram
+from agentmesh_cli.errors import BenchError
 
 MS = 1_000_000  # ns
 
@@ -57,7 +58,7 @@ def test_relay_names_read_distinct_partitions() -> None:
     for agents, partitions in ((2, 2), (4, 4), (16, 16), (4, 16)):
         names = mesh.relay_names(agents, partitions)
         assert len({C.inbox_partition(n, partitions) for n in names}) == agents
-    with pytest.raises(ValueError, match="partitions"):
+    with pytest.raises(BenchError, match="partitions"):
         mesh.relay_names(4, 2)
 
 

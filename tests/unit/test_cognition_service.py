@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.services.cognition import TOOL_EXAMPLES, create_app
 from agentmesh_cli.services.text import (
     bm25_scores,
@@ -176,6 +177,11 @@ def test_topics_and_summary() -> None:
         "last_message": CONVERSATION[0],
         "key_terms": ["shipping", "shoes", "delay", "forever", "great"],
     }
+
+
+def test_an_app_with_nowhere_to_read_memory_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="needs a mesh or a memory_url"):
+        create_app(service_token=TOKEN)
 
 
 def test_catalogue_describes_every_tool_and_resource() -> None:

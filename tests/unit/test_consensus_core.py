@@ -17,6 +17,7 @@ from agentmesh_cli.consensus.core import (
     Waggle,
     waggle_dance,
 )
+from agentmesh_cli.errors import ConsensusError
 
 T0 = 1_700_000_000_000  # a fixed clock, epoch ms
 TIMEOUT = 30_000
@@ -313,12 +314,12 @@ def test_unknown_proposal() -> None:
 
 @pytest.mark.parametrize("quorum", [0, -0.1, 1.01, float("nan")])
 def test_bad_quorum(quorum: float) -> None:
-    with pytest.raises(ValueError, match="quorum"):
+    with pytest.raises(ConsensusError, match="quorum"):
         ProposalBook(quorum, TIMEOUT)
 
 
 def test_bad_timeout() -> None:
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ConsensusError, match="timeout"):
         ProposalBook(0.6, -1)
 
 
@@ -330,7 +331,7 @@ def test_known_types_open(ptype: str) -> None:
 @pytest.mark.parametrize("ptype", ["", "Decision", "vote", "approval"])
 def test_bad_type(ptype: str) -> None:
     b = book()
-    with pytest.raises(ValueError, match="type"):
+    with pytest.raises(ConsensusError, match="type"):
         b.open("p", "x", ptype, {}, ["a"], T0)
     assert b.get("p") is None and b.counts["opened"] == 0
 

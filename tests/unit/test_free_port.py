@@ -6,7 +6,9 @@ import socket
 
 import pytest
 
+from agentmesh_cli import environment
 from agentmesh_cli.embedded import free_port
+from agentmesh_cli.errors import PortInUseError
 
 
 def test_never_the_same_port_twice_and_each_one_free() -> None:
@@ -22,3 +24,9 @@ def test_each_port_lane_has_ports_of_its_own(monkeypatch: pytest.MonkeyPatch, la
     monkeypatch.setenv("AGENTMESH_PORT_LANE", f"{lane}/{count}")
     residues = {free_port() // 2 % count for _ in range(50)}
     assert residues == {lane}
+
+
+def test_no_free_port_is_a_port_in_use_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environment, "port_lane", lambda: (-1, 2))  # a lane no port is in
+    with pytest.raises(PortInUseError, match="no free loopback port found in 1000 tries"):
+        free_port()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import pytest
 
-from agentmesh_cli.errors import TopologyError
+from agentmesh_cli.errors import SnapshotError, TopologyError
 from agentmesh_cli.topology.graph import Edge, GraphStats, SlimeMoldGraph, SlimeMoldRules
 
 
@@ -332,16 +334,28 @@ def test_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "problem"),
     [
-        {"agents": ["A", "A"], "edges": []},
-        {"agents": ["A"], "edges": [["A", "A", 0.5, 0, None]]},
-        {"agents": ["A"], "edges": [["A", "Z", 0.5, 0, None]]},
-        {"agents": ["A", "B"], "edges": [["A", "B", 0.5, 0, None], ["A", "B", 0.6, 1, 2]]},
+        ({"agents": ["A", "A"], "edges": []}, "lists agent 'A' twice"),
+        ({"agents": ["A"], "edges": [["A", "A", 0.5, 0, None]]}, "joins an agent to itself"),
+        ({"agents": ["A"], "edges": [["A", "Z", 0.5, 0, None]]}, "names an unknown agent"),
+        ({"agents": ["A", "B"], "edges": [["A", "B", 0.5, 0, None], ["A", "B", 0.6, 1, 2]]},
+         "lists edge 'A'->'B' twice"),
+        # what a hand-edited or truncated snapshot holds: never a bare ValueError or TypeError
+        (["A", "B"], "the graph is not an object but list"),
+        ({"agents": "AB", "edges": []}, "agents and edges must be lists"),
+        ({"agents": ["A", "B"], "edges": {"A": "B"}}, "agents and edges must be lists"),
+        ({"agents": ["A", "B"], "edges": [["A", "B", 0.5, 0]]}, "bad edge"),
+        ({"agents": ["A", "B"], "edges": [7]}, "bad edge 7"),
+        ({"agents": ["A", "B"], "edges": [["A", "B", "heavy", 0, None]]}, "bad edge"),
+        ({"agents": ["A", "B"], "edges": [["A", "B", 0.5, None, None]]}, "bad edge"),
+        ({"agents": ["A", "B"], "edges": [[["A"], "B", 0.5, 0, None]]}, "bad edge"),
+        ({"agents": ["A", "B"], "edges": [["A", "B", 0.5, 2**63, None]]}, "out of range"),
+        ({"agents": ["A", "B"], "edges": [["A", "B", 0.5, float("inf"), None]]}, "bad edge"),
     ],
 )
-def test_from_dict_rejects_malformed(data: dict) -> None:
-    with pytest.raises(ValueError):
+def test_from_dict_rejects_malformed(data: Any, problem: str) -> None:
+    with pytest.raises(SnapshotError, match=f"^malformed topology snapshot: .*{re.escape(problem)}"):
         SlimeMoldGraph.from_dict(data)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentmesh_cli.constants import Keys
+from agentmesh_cli.errors import ApiError
 from agentmesh_cli.services.auth import (
     MESH,
     Caller,
@@ -13,7 +14,6 @@ from agentmesh_cli.services.auth import (
     identify,
     user_token,
 )
-from agentmesh_cli.services.http import ApiError
 from agentmesh_cli.services.memory import parse_resource
 
 # pure cores -----------------------------------------------------------------------------

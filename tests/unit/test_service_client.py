@@ -68,6 +68,18 @@ def test_discovery_env_port_and_url_override_mesh_yaml(mesh: Mesh,
         service_url(mesh, "cognition")
 
 
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"retries": -1}, "retries >= 0"),
+    ({"failure_threshold": 0}, "failure_threshold >= 1"),
+    ({"max_connections": 0}, "not 3, 5 and 0"),
+    ({"read_timeout": 0}, "timeouts must be greater than 0"),
+])
+def test_client_settings_that_cannot_work_are_a_config_error(settings: dict[str, int],
+                                                             problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        ServiceClient("http://127.0.0.1:1", **settings)  # type: ignore[arg-type]
+
+
 def test_every_service_error_is_one_tree() -> None:
     for cls in (ServiceUnavailableError, ServiceTimeoutError, CircuitOpenError, ServiceHTTPError,
                 ServiceBadRequestError, ServiceNotFoundError):

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.consensus.intake import WrongSender, parse_proposal, parse_vote
+from agentmesh_cli.consensus.intake import parse_proposal, parse_vote
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import ConfigError, InvalidEnvelope
+from agentmesh_cli.errors import ConfigError, InvalidEnvelope, WrongSender
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import (
     BAD_SIGNATURE,
@@ -79,7 +79,7 @@ def test_check(topic: str, value: bytes | None, headers: Any, verdict: str | Non
 def test_keys_must_not_be_empty() -> None:
     with pytest.raises(ConfigError, match="no mesh key"):
         signing_key("")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="must not be empty"):
         Signer(b"")
 
 

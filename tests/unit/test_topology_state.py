@@ -9,6 +9,7 @@ import pytest
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import SnapshotError
 from agentmesh_cli.records import Record
 from agentmesh_cli.topology import state as state_module
 from agentmesh_cli.topology.graph import SlimeMoldRules
@@ -213,6 +214,26 @@ def test_a_snapshot_without_record_coordinates_still_loads() -> None:
     state = TopologyState.restore(snapshot, SlimeMoldRules(), TIMEOUT_MS)
     state.drop_silent(LATER)
     assert reasons(state) == ["unknown recipient Ghost"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"graph": None}, "the graph is not an object"),
+        ({"last_seen": []}, "AttributeError"),
+        ({"offsets": {"t.messages": {"zero": 1}}}, "ValueError"),
+        ({"held": [7]}, "TypeError"),
+        ({"held_invalid": [[0, 1, 2]]}, "ValueError"),
+    ],
+)
+def test_a_malformed_snapshot_is_a_snapshot_error(change: dict[str, object], problem: str) -> None:
+    """What the manager reads back from Redis may be anything: one SnapshotError (the
+    manager then rebuilds from the topics), never a bare TypeError or AttributeError."""
+    snapshot = {**mesh_of("A").snapshot(T0), **change}
+    with pytest.raises(SnapshotError, match=f"^malformed topology snapshot: .*{problem}"):
+        TopologyState.restore(snapshot, SlimeMoldRules(), TIMEOUT_MS)
+    with pytest.raises(SnapshotError, match="not an object but list"):
+        TopologyState.restore([snapshot], SlimeMoldRules(), TIMEOUT_MS)  # type: ignore[arg-type]
 
 
 def test_a_new_broker_epoch_settles_what_was_held() -> None:

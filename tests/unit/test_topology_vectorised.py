@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import InvalidEnvelope
+from agentmesh_cli.errors import InvalidEnvelope, TopologyError
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import BAD_SIGNATURE, UNSIGNED
 from agentmesh_cli.topology.graph import Edge, SlimeMoldGraph, SlimeMoldRules, _rounded
@@ -178,6 +178,8 @@ def test_a_batch_revives_pruned_edges_in_order_and_skips_what_reinforce_skips() 
     assert graph.to_dict()["edges"] == [["A", "B", 0.7, 2, 4], ["C", "B", 0.6, 1, 1]]
     assert graph.route("C", "B") == (["C", "B"], pytest.approx(1 / 0.6))
     assert graph.reinforce_many([], [], []) == 0
+    with pytest.raises(TopologyError, match="as many targets and times as sources"):
+        graph.reinforce_many(["A", "B"], ["B"], [1, 2])
 
 
 def test_route_is_rebuilt_after_the_edges_change() -> None:
