@@ -54,7 +54,7 @@ def _deadline(timeout: float | Deadline | None, clock: Clock) -> Deadline:
     return Deadline(math.inf if timeout is None else timeout, clock)
 
 
-def wait_until(predicate: Callable[[], T], timeout: float | Deadline | None, what: What,
+def wait_until(predicate: Callable[[], T | None], timeout: float | Deadline | None, what: What,
                interval: float = 0.1, clock: Clock = time.monotonic,
                sleep: Callable[[float], object] = time.sleep) -> T:
     """Call `predicate` every `interval` seconds until it returns something truthy, and
@@ -68,7 +68,7 @@ def wait_until(predicate: Callable[[], T], timeout: float | Deadline | None, wha
     return value
 
 
-async def wait_until_async(predicate: Callable[[], T], timeout: float | Deadline | None, what: What,
+async def wait_until_async(predicate: Callable[[], T | None], timeout: float | Deadline | None, what: What,
                            interval: float = 0.1, clock: Clock = time.monotonic,
                            sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> T:
     """`wait_until` inside an event loop: the same checks and deadline, pausing with
