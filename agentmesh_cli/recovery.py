@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from agentmesh_cli import constants as C
@@ -73,7 +74,7 @@ class BrokerWatch:
         self._topology_topic = f"{self.kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
         self._next = clock() + every
         self._next_topics = clock() + topics_every
-        self._next_recreate = 0.0
+        self._next_recreate = -math.inf
         bus.on_missing_topic = self.recreate  # a send that finds its topic gone waits on this
 
     def recreate(self) -> None:

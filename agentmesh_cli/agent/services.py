@@ -57,8 +57,9 @@ class Client(Protocol):
     def close(self) -> None: ...
 
 
-def make_clients(mesh: Mesh) -> tuple[Client, Client]:
-    """(memory, cognition) clients as the environment asks: HTTP, or in process."""
+def make_clients(mesh: Mesh, clock: Clock = time.monotonic) -> tuple[Client, Client]:
+    """(memory, cognition) clients as the environment asks: HTTP (their breakers on
+    `clock`), or in process."""
     if not environment.distributed_mode():
         from agentmesh_cli.services.local import local_clients
 
@@ -66,7 +67,8 @@ def make_clients(mesh: Mesh) -> tuple[Client, Client]:
     from agentmesh_cli.services.client import ServiceClient
 
     cfg = mesh.config.services
-    options = {"failure_threshold": cfg.breaker_failures, "reset_timeout": cfg.breaker_reset}
+    options = {"failure_threshold": cfg.breaker_failures, "reset_timeout": cfg.breaker_reset,
+               "clock": clock}
     return (ServiceClient.from_mesh(mesh, "memory", **options),
             ServiceClient.from_mesh(mesh, "cognition", **options))
 
@@ -74,14 +76,15 @@ def make_clients(mesh: Mesh) -> tuple[Client, Client]:
 class AgentServices:
     def __init__(self, mesh: Mesh, owner: str, log: logging.Logger,
                  clients: tuple[Client, Client] | None = None, clock: Clock = time.monotonic) -> None:
-        """`clock` times the health checks, the calls' latency and the flush at `stop`."""
+        """`clock` times the health checks, the calls' latency, the flush at `stop` and
+        the clients' breakers."""
         self.owner = owner
         self.clock = clock
         self.log = log
         cfg = mesh.config.services
         self.health_interval = cfg.health_interval
         self.pending_limit = cfg.pending_limit
-        self.memory, self.cognition = clients or make_clients(mesh)
+        self.memory, self.cognition = clients or make_clients(mesh, clock)
         self._pending: deque[dict[str, Any]] = deque()
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
