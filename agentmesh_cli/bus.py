@@ -39,10 +39,11 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import environment, events
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import BusError
+from agentmesh_cli.errors import BusError, WaitTimeout
 from agentmesh_cli.records import RAW_PREVIEW_BYTES, Offsets, Record
 from agentmesh_cli.signing import Signer
 from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import Clock, Deadline, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -224,24 +225,30 @@ def _await_answer(admin: AdminClient, trouble: _Trouble, kafka: KafkaConfig, tim
     """Seconds until the broker answered a metadata request; BusError naming the problem
     as soon as librdkafka reports a security one, or when `timeout` passed."""
     started = time.monotonic()
-    deadline = started + timeout
-    while True:
+    deadline = Deadline(timeout)
+
+    def answered() -> float | None:
         try:
-            admin.list_topics(timeout=max(0.001, min(_CHECK_SLICE_S, deadline - time.monotonic())))
-            return time.monotonic() - started
+            admin.list_topics(timeout=max(0.001, min(_CHECK_SLICE_S, deadline.left())))
+            return max(1e-9, time.monotonic() - started)
         except KafkaException:
             pass
         admin.poll(0)  # hands librdkafka's error events and log lines to `trouble`
         problem = _security_problem(kafka, trouble)
         if problem is not None:
             raise BusError(f"Kafka broker at {kafka.bootstrap}: {problem}")
-        if time.monotonic() >= deadline:
-            # some mismatches leave no trace above warning level (a TLS listener that
-            # drops a plaintext client: librdkafka only bootstraps again and again)
-            last = next((e.str() for e in reversed(trouble.errors)), "no error reported")
-            raise BusError(f"Kafka broker at {kafka.bootstrap} did not answer within "
-                           f"{timeout:g} s ({last}); if it is up, check that kafka.client "
-                           f"security.protocol fits its listener")
+        return None
+
+    try:
+        # no pause between the requests: each waits up to _CHECK_SLICE_S for its answer
+        return wait_until(answered, deadline, "a metadata answer", interval=0)
+    except WaitTimeout as exc:
+        # some mismatches leave no trace above warning level (a TLS listener that
+        # drops a plaintext client: librdkafka only bootstraps again and again)
+        last = next((e.str() for e in reversed(trouble.errors)), "no error reported")
+        raise BusError(f"Kafka broker at {kafka.bootstrap} did not answer within "
+                       f"{timeout:g} s ({last}); if it is up, check that kafka.client "
+                       f"security.protocol fits its listener") from exc
 
 
 def check_broker(kafka: KafkaConfig, timeout: float = CHECK_TIMEOUT_S) -> float:
@@ -258,9 +265,11 @@ class Bus:
     """Producer side of one process, plus the dead-letter path."""
 
     def __init__(self, kafka: KafkaConfig, client_id: str, linger_ms: float = 0.0,
-                 signer: Signer | None = None) -> None:
-        """`signer`: every record produced is signed with it (`signing.mesh_signer`)."""
+                 signer: Signer | None = None, clock: Clock = time.monotonic) -> None:
+        """`signer`: every record produced is signed with it (`signing.mesh_signer`).
+        `clock` times the replay window, a flush's timeout and the wait for a lost topic."""
         self.kafka = kafka
+        self.clock = clock
         self.client_id = client_id
         self.signer = signer
         self.delivery_failures = 0
@@ -387,8 +396,9 @@ class Bus:
                 if exc.args[0].code() not in (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
                     raise BusError(f"cannot produce to {topic}: {exc}") from exc
                 # the broker lost the topic (the embedded one restarted empty) and the roles'
-                # broker watch re-creates it: wait for that, asking for fresh metadata
-                now = time.monotonic()
+                # broker watch re-creates it: wait for that, asking for fresh metadata (the
+                # send itself is what is tried again: a retry, on the hot path's plain loop)
+                now = self.clock()
                 missing_since = now if missing_since is None else missing_since
                 if now - missing_since > MISSING_TOPIC_WAIT_S:
                     raise BusError(f"topic {topic} (partition {partition}) does not exist on "
@@ -431,11 +441,12 @@ class Bus:
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for queued records; return how many are still undelivered."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, self.clock)
         left = int(self._producer.flush(timeout))
-        while self._again and time.monotonic() < deadline:
+        # more than a wait: what a lost topic refused is sent again, while time is left
+        while self._again and not deadline.passed():
             self._send_again()
-            left = int(self._producer.flush(max(0.0, deadline - time.monotonic())))
+            left = int(self._producer.flush(deadline.left()))
         return left + len(self._again)
 
     def poll(self) -> None:
@@ -444,7 +455,7 @@ class Bus:
             self._send_again()
 
     def _keep(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._recent.append((now, topic, value, key, partition))
         self._recent_bytes += len(value)
         while self._recent and (self._recent[0][0] < now - REPLAY_S or self._recent_bytes > REPLAY_BYTES):

@@ -31,11 +31,12 @@ from agentmesh_cli.agent.roles import resolve_role
 from agentmesh_cli.bus import broker_reachable, prepare_topics
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret
-from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError
+from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, valkey_secret_file
+from agentmesh_cli.waiting import Clock, Deadline, wait_until
 
 if TYPE_CHECKING:
     import httpx  # imported where a client is made: most commands never need it
@@ -181,10 +182,10 @@ class Gate:
     """Starts programs tier by tier and waits for each tier to be ready before the next."""
 
     def __init__(self, sup: Supervisor, mesh: Mesh, specs: list[ProgramSpec], timeout: float,
-                 progress: Progress) -> None:
+                 progress: Progress, clock: Clock = time.monotonic) -> None:
         self.sup, self.mesh, self.specs, self.progress = sup, mesh, specs, progress
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.deadline = Deadline(timeout, clock)  # one for all the gates of an `up`
         self.check = Readiness(mesh)
         self.ready: dict[str, int] = {}  # program -> the pid that was ready
         self.started: set[str] = set()
@@ -213,19 +214,23 @@ class Gate:
             return
         self.sup.start_programs(members)
         self.started.update(members)
-        while True:
+        waiting: list[ProgramState] = []
+
+        def ready() -> bool:
+            nonlocal waiting
             states = self.states()
             self.progress(states)
             self._fail_if_failed(states)
             waiting = [s for s in states if s.name in members and not s.ready]
-            if not waiting:
-                return
-            if time.monotonic() > self.deadline:
-                late = waiting[0]
-                raise NotReadyError(
-                    f"{tier} gate: {late.name} not ready after {self.timeout:.0f}s (state {late.state})",
-                    late.name, self.sup.log_tail(late.name))
-            time.sleep(0.1)
+            return not waiting
+
+        try:
+            wait_until(ready, self.deadline, f"the {tier} tier")
+        except WaitTimeout as exc:
+            late = waiting[0]
+            raise NotReadyError(
+                f"{tier} gate: {late.name} not ready after {self.timeout:.0f}s (state {late.state})",
+                late.name, self.sup.log_tail(late.name)) from exc
 
     def wait_settled(self) -> list[ProgramState]:
         """The last gate: every program RUNNING and, when the topology manager is one of
@@ -234,7 +239,12 @@ class Gate:
         names = {s.name for s in self.specs}
         agents = ({a.name for a in self.mesh.config.agents if C.agent_program(a.name) in names}
                   if C.PROGRAM_TOPOLOGY in names else set())
-        while True:
+        states: list[ProgramState] = []
+        joined: set[str] = set()
+        late: list[ProgramState] = []
+
+        def settled() -> bool:
+            nonlocal states, joined, late
             states = self.states()
             joined = self.check.joined() if agents else set()
             formed = joined >= agents
@@ -243,18 +253,20 @@ class Gate:
             self.progress([*states, *rows])
             self._fail_if_failed(states)
             late = [s for s in states if s.state != "RUNNING"]
-            if formed and not late:
-                return states
-            if time.monotonic() > self.deadline:
-                if not formed:
-                    missing = ", ".join(sorted(agents - joined))
-                    raise NotReadyError(
-                        f"topology gate: agents {missing} did not join in {self.timeout:.0f}s",
-                        C.PROGRAM_TOPOLOGY, self.sup.log_tail(C.PROGRAM_TOPOLOGY))
+            return formed and not late
+
+        try:
+            wait_until(settled, self.deadline, "the programs to run and the agents to join")
+        except WaitTimeout as exc:
+            if not joined >= agents:
+                missing = ", ".join(sorted(agents - joined))
                 raise NotReadyError(
-                    f"running gate: {late[0].name} is {late[0].state} after {self.timeout:.0f}s",
-                    late[0].name, self.sup.log_tail(late[0].name))
-            time.sleep(0.1)
+                    f"topology gate: agents {missing} did not join in {self.timeout:.0f}s",
+                    C.PROGRAM_TOPOLOGY, self.sup.log_tail(C.PROGRAM_TOPOLOGY)) from exc
+            raise NotReadyError(
+                f"running gate: {late[0].name} is {late[0].state} after {self.timeout:.0f}s",
+                late[0].name, self.sup.log_tail(late[0].name)) from exc
+        return states
 
 
 def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramState], dict[str, list[str]]]:

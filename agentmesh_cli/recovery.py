@@ -13,25 +13,31 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import REPLAY_S, Bus, broker_reachable, prepare_topics
 from agentmesh_cli.config import KafkaConfig
-from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.errors import AgentMeshError, WaitTimeout
 from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import Clock, wait_until
 
 log = logging.getLogger(__name__)
 
 WAIT_LOG_EVERY_S = 5.0
 
 
-def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | None = None) -> str:
+def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | None = None,
+                   clock: Clock = time.monotonic) -> str:
     """Wait until Redis answers PING and the broker answers metadata, then create the
     topics; return the broker epoch. Raises AgentMeshError only after `timeout` seconds."""
-    started = time.monotonic()
+    started = clock()
     next_log = started + WAIT_LOG_EVERY_S
-    while True:
+    missing = ""
+
+    def prepared() -> str | None:
+        nonlocal missing, next_log
         redis_up = store.ping()
         broker_up = redis_up and broker_reachable(kafka, 1.0)
         if redis_up and broker_up:
@@ -39,14 +45,16 @@ def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | 
                 return prepare_topics(kafka, store)
             except AgentMeshError as exc:  # it went away again between the checks
                 log.warning("could not prepare the topics yet: %s", exc)
-        now = time.monotonic()
         missing = "Redis" if not redis_up else f"the Kafka broker at {kafka.bootstrap}"
-        if timeout is not None and now - started > timeout:
-            raise AgentMeshError(f"{who}: {missing} did not answer within {timeout:.0f} s")
-        if now >= next_log:
+        if (now := clock()) >= next_log:
             log.warning("%s: waiting for %s (%.0f s so far)", who, missing, now - started)
             next_log = now + WAIT_LOG_EVERY_S
-        time.sleep(0.2)
+        return None
+
+    try:
+        return wait_until(prepared, timeout, "the infrastructure", interval=0.2, clock=clock)
+    except WaitTimeout as exc:
+        raise AgentMeshError(f"{who}: {missing} did not answer within {timeout:.0f} s") from exc
 
 
 class BrokerWatch:
@@ -55,22 +63,23 @@ class BrokerWatch:
     (`Bus.replay`). The role itself rewinds its readers and announces itself."""
 
     def __init__(self, bus: Bus, store: Store, epoch: str, every: float = 1.0,
-                 topics_every: float = 1.0) -> None:
+                 topics_every: float = 1.0, clock: Clock = time.monotonic) -> None:
         self.kafka = bus.kafka
         self.bus = bus  # its producer answers the metadata requests: no extra client
         self.store = store
         self.epoch = epoch
         self.every = every
         self.topics_every = topics_every
+        self.clock = clock  # `check(now)` takes a time of this clock
         self._topology_topic = f"{self.kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
-        self._next = time.monotonic() + every
-        self._next_topics = time.monotonic() + topics_every
-        self._next_recreate = 0.0
+        self._next = clock() + every
+        self._next_topics = clock() + topics_every
+        self._next_recreate = -math.inf
         bus.on_missing_topic = self.recreate  # a send that finds its topic gone waits on this
 
     def recreate(self) -> None:
         """Create the mesh's topics (at most once a second); a new epoch if they were gone."""
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_recreate:
             return
         self._next_recreate = now + 1.0

@@ -13,6 +13,7 @@ message the ledger holds is not handled again.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
@@ -36,6 +37,7 @@ from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer, refused_counter
 from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import Clock
 
 TICK_S = 0.1
 COUNTER_FLUSH_S = 1.0
@@ -53,8 +55,13 @@ WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the 
 
 
 class AgentRuntime:
-    def __init__(self, mesh: Mesh, spec: AgentSpec, role_cls: type[Role]) -> None:
+    def __init__(self, mesh: Mesh, spec: AgentSpec, role_cls: type[Role],
+                 clock: Clock = time.monotonic) -> None:
+        """`clock` times the loop's timers (heartbeat, counters, settle and commit, the
+        peers' cache) and is the `now` a role's `on_tick` gets; the times of records and of
+        the registry stay wall-clock ms (`now_ms`), which other processes compare with."""
         self.mesh = mesh
+        self.clock = clock
         self.spec = spec
         self.name = spec.name
         self.program = C.agent_program(spec.name)
@@ -67,7 +74,7 @@ class AgentRuntime:
         # with security.sign_envelopes: what it sends is signed, what it reads is checked
         self.signer = mesh_signer(mesh)
         self.bus = Bus(cfg.kafka, client_id=self.program, linger_ms=C.AGENT_LINGER_MS,
-                       signer=self.signer)
+                       signer=self.signer, clock=clock)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         self._joined = self.store.joined_check()  # senders we accept
         self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
@@ -79,15 +86,15 @@ class AgentRuntime:
         self._confirmed_mark = 0  # the ledger's mark at the end of the last confirmed turn
         # next offsets of the confirmed turns, committed once their ids are recorded
         self._uncommitted: dict[tuple[str, int], int] = {}
-        self._next_settle = 0.0
-        self._next_commit = 0.0
+        self._next_settle = -math.inf
+        self._next_commit = -math.inf
         self._peers: dict[str, dict[str, Any]] = {}
-        self._peers_at = 0.0
+        self._peers_at = -math.inf
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
-        self.services = AgentServices(mesh, self.name, self.log)
+        self.services = AgentServices(mesh, self.name, self.log, clock=clock)
         self._services_state: dict[str, Any] = {}
-        self._services_published = 0.0
+        self._services_published = -math.inf
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
                            self._send, self._registry, self._propose, self.services, self._next_id)
         self.role = role_cls(ctx)
@@ -113,7 +120,7 @@ class AgentRuntime:
         return proposal_id
 
     def _registry(self) -> dict[str, dict[str, Any]]:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._peers_at > PEERS_REFRESH_S:
             try:
                 self._peers = self.store.agents()
@@ -153,8 +160,8 @@ class AgentRuntime:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
-        epoch = wait_for_infra(cfg.kafka, self.store, self.program)
-        watch = BrokerWatch(self.bus, self.store, epoch, topics_every=WATCH_TOPICS_S)
+        epoch = wait_for_infra(cfg.kafka, self.store, self.program, clock=self.clock)
+        watch = BrokerWatch(self.bus, self.store, epoch, topics_every=WATCH_TOPICS_S, clock=self.clock)
         loaded = self.ledger.load()
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
@@ -167,8 +174,9 @@ class AgentRuntime:
         self.store.mark_ready(self.program, os.getpid())
         self.log.info("joined as %s (role %s), inbox partition %d, %d handled ids in the ledger",
                       self.name, self.spec.role, self.partition, loaded)
-        next_heartbeat = time.monotonic() + cfg.heartbeat.interval
-        next_flush = time.monotonic() + COUNTER_FLUSH_S
+        started = self.clock()
+        next_heartbeat = started + cfg.heartbeat.interval
+        next_flush = started + COUNTER_FLUSH_S
         try:
             while not self.stopping:
                 records = reader.poll_batch(timeout=TICK_S)
@@ -180,7 +188,7 @@ class AgentRuntime:
                     else:
                         self._handle(record)
                     offsets[(record.topic, record.partition)] = record.offset + 1
-                now = time.monotonic()
+                now = self.clock()
                 # before the turn ends, so that what the tick sends leaves in the same
                 # requests as what the handlers sent
                 self._safely("on_tick", self.role.on_tick, now)
@@ -268,7 +276,7 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
-        self._settle(reader, time.monotonic(), final=True)
+        self._settle(reader, self.clock(), final=True)
         self._flush_counters()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
@@ -356,7 +364,7 @@ class AgentRuntime:
     def _publish_services(self) -> None:
         """The clients' state for `status`: when it changes, and with every heartbeat."""
         state = self.services.state()
-        now = time.monotonic()
+        now = self.clock()
         fresh = now - self._services_published < self.mesh.config.heartbeat.interval
         if state == self._services_state and fresh:
             return

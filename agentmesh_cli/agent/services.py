@@ -36,6 +36,7 @@ from agentmesh_cli import environment
 from agentmesh_cli.errors import CircuitOpenError, ServiceError, ServiceHTTPError, ServiceProtocolError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.histogram import SERVICE_CALL_BUCKETS
+from agentmesh_cli.waiting import Clock, Deadline
 
 RETRY_PAUSE_S = 0.5  # a failed write waits this long before it is tried again
 STOP_FLUSH_S = 2.0  # on stop, the writer gets this long to empty its queue
@@ -56,8 +57,9 @@ class Client(Protocol):
     def close(self) -> None: ...
 
 
-def make_clients(mesh: Mesh) -> tuple[Client, Client]:
-    """(memory, cognition) clients as the environment asks: HTTP, or in process."""
+def make_clients(mesh: Mesh, clock: Clock = time.monotonic) -> tuple[Client, Client]:
+    """(memory, cognition) clients as the environment asks: HTTP (their breakers on
+    `clock`), or in process."""
     if not environment.distributed_mode():
         from agentmesh_cli.services.local import local_clients
 
@@ -65,20 +67,24 @@ def make_clients(mesh: Mesh) -> tuple[Client, Client]:
     from agentmesh_cli.services.client import ServiceClient
 
     cfg = mesh.config.services
-    options = {"failure_threshold": cfg.breaker_failures, "reset_timeout": cfg.breaker_reset}
+    options = {"failure_threshold": cfg.breaker_failures, "reset_timeout": cfg.breaker_reset,
+               "clock": clock}
     return (ServiceClient.from_mesh(mesh, "memory", **options),
             ServiceClient.from_mesh(mesh, "cognition", **options))
 
 
 class AgentServices:
     def __init__(self, mesh: Mesh, owner: str, log: logging.Logger,
-                 clients: tuple[Client, Client] | None = None) -> None:
+                 clients: tuple[Client, Client] | None = None, clock: Clock = time.monotonic) -> None:
+        """`clock` times the health checks, the calls' latency, the flush at `stop` and
+        the clients' breakers."""
         self.owner = owner
+        self.clock = clock
         self.log = log
         cfg = mesh.config.services
         self.health_interval = cfg.health_interval
         self.pending_limit = cfg.pending_limit
-        self.memory, self.cognition = clients or make_clients(mesh)
+        self.memory, self.cognition = clients or make_clients(mesh, clock)
         self._pending: deque[dict[str, Any]] = deque()
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -136,9 +142,10 @@ class AgentServices:
 
     def stop(self) -> int:
         """Give the writer STOP_FLUSH_S to send what is queued; return what is left."""
-        deadline = time.monotonic() + STOP_FLUSH_S
+        deadline = Deadline(STOP_FLUSH_S, self.clock)
         with self._lock:
-            while self._pending and time.monotonic() < deadline and self._down_since is None:
+            # a condition variable's wait, not wait_until's: the writer wakes it at once
+            while self._pending and not deadline.passed() and self._down_since is None:
                 self._wake.wait(0.05)
             self._stopping = True
             self._wake.notify()
@@ -156,7 +163,7 @@ class AgentServices:
     def _call(self, service: str, client: Client, tool: str, arguments: dict[str, Any]) -> Any:
         """One tool call, counted by outcome and timed (in memory: no Redis round trip)."""
         outcome = "error"
-        started = time.monotonic()
+        started = self.clock()
         try:
             result = client.call_tool(tool, arguments)
             outcome = "ok"
@@ -165,25 +172,25 @@ class AgentServices:
             outcome = "circuit_open"
             raise
         finally:
-            ms = (time.monotonic() - started) * 1000
+            ms = (self.clock() - started) * 1000
             with self._lock:
                 self._counts[C.service_calls_counter(service, outcome)] += 1
                 SERVICE_CALL_BUCKETS.observe(self._counts, C.service_call_histogram(service), ms)
 
     def _run(self) -> None:
-        next_health = time.monotonic()
+        next_health = self.clock()
         while True:
             with self._lock:
                 while not self._pending and not self._stopping:
-                    remaining = next_health - time.monotonic()
+                    remaining = next_health - self.clock()
                     if remaining <= 0:
                         break
                     self._wake.wait(remaining)
                 if self._stopping:
                     return
                 item = self._pending[0] if self._pending else None
-            if time.monotonic() >= next_health:
-                next_health = time.monotonic() + self.health_interval
+            if self.clock() >= next_health:
+                next_health = self.clock() + self.health_interval
                 self._check_health()
             if item is not None and not self._write(item):
                 with self._lock:
@@ -203,14 +210,14 @@ class AgentServices:
             return True
         if self._down_since is not None:
             self.log.info("memory answers again after %.1fs; %d writes to catch up",
-                          time.monotonic() - self._down_since, len(self._pending))
+                          self.clock() - self._down_since, len(self._pending))
             self._down_since = None
         self._done(item, "memory_stored")
         return True
 
     def _failed(self, exc: ServiceError) -> bool:
         if self._down_since is None:
-            self._down_since = time.monotonic()
+            self._down_since = self.clock()
             self.log.warning("memory unavailable, buffering writes: %s", exc)
         return False
 

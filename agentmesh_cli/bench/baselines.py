@@ -33,7 +33,8 @@ from agentmesh_cli import environment, events
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.constants import AGENT_LINGER_MS
-from agentmesh_cli.errors import BenchError
+from agentmesh_cli.errors import BenchError, WaitTimeout
+from agentmesh_cli.waiting import Deadline, wait_until
 
 TOPIC_PREFIX = "bench.baseline."
 END = b"bench-baseline-end"  # the raw producer's last record: the consumer stops on it
@@ -174,10 +175,9 @@ def raw_latency(kafka: KafkaConfig, samples: int = 300, value: bytes = DEFAULT_V
             started = time.perf_counter()
             producer.produce(name, value, partition=0)
             producer.poll(0)
-            deadline = time.monotonic() + 10
-            while (msg := consumer.poll(0.5)) is None or msg.error() is not None:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"raw latency: record {i} not consumed within 10 s")
+            # no pause: the poll itself waits for the record
+            wait_until(lambda: (msg := consumer.poll(0.5)) is not None and msg.error() is None, 10,
+                       f"raw latency: record {i} to be consumed", interval=0)
             if i:
                 took.append((time.perf_counter() - started) * 1000)
         producer.flush(5)
@@ -193,9 +193,10 @@ def _raw_consumer(settings: dict[str, Any]) -> None:
     kafka = KafkaConfig(**settings["kafka"])
     consumer = _consumer(kafka, "bench-raw-consumer", settings["topic"], 0)
     records, ready = 0, False
-    deadline = time.monotonic() + READY_TIMEOUT_S + 600
+    # the worker's own loop (it counts what it reads), bounded in case END never comes
+    deadline = Deadline(READY_TIMEOUT_S + 600)
     try:
-        while time.monotonic() < deadline:
+        while not deadline.passed():
             for msg in consumer.consume(10_000, 0.1):
                 if msg.error() is not None:
                     continue
@@ -276,10 +277,11 @@ def worker_ready(producer: Producer, consumer: Consumer, topic: str, partition: 
     False when it did not come back within READY_TIMEOUT_S."""
     producer.produce(topic, b"hello", partition=partition)
     producer.flush(10)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while (msg := consumer.poll(0.1)) is None or msg.error() is not None:
-        if time.monotonic() > deadline:
-            return False
+    try:
+        wait_until(lambda: (msg := consumer.poll(0.1)) is not None and msg.error() is None,
+                   READY_TIMEOUT_S, "the worker's own record", interval=0)
+    except WaitTimeout:
+        return False
     print("ready", flush=True)
     return True
 

@@ -38,9 +38,10 @@ from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percen
 from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import BenchError, WaitTimeout
+from agentmesh_cli.errors import BenchError
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import Deadline, wait_until
 
 VOTERS = [f"V{i}" for i in range(5)]  # quorum 0.6 of 5: the 3rd support decides
 SUPPORTS_NEEDED = 3  # of VOTERS at the default quorum 0.6 (the manager's ProposalBook rule)
@@ -64,10 +65,8 @@ def _wait(fetch: Callable[[], Iterable[bytes | None]], kind: str, want: set[str]
     statuses of those events, counted. The manager's watcher and the floor's decode with
     orjson alike, so the reading side costs both the same."""
     statuses: Counter[str] = Counter()
-    deadline = time.monotonic() + timeout
-    while want:
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"{len(want)} {kind} events missing after {timeout:.0f}s")
+
+    def seen_all() -> bool:
         for value in fetch():
             if not value:
                 continue
@@ -76,6 +75,11 @@ def _wait(fetch: Callable[[], Iterable[bytes | None]], kind: str, want: set[str]
             if event.get("type") == kind and pid in want:
                 want.discard(pid)
                 statuses[str(event["payload"].get("status"))] += 1
+        return not want
+
+    # no pause: `fetch` itself waits for records (up to its fetch timeout)
+    if want:
+        wait_until(seen_all, timeout, lambda: f"{len(want)} missing {kind} events", interval=0)
     return statuses
 
 
@@ -102,11 +106,16 @@ def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
         for voter in VOTERS:  # an electorate of five registered agents
             store.register_agent(voter, {"name": voter, "role": "bench", "last_heartbeat": now_ms()})
         manager = bm.spawn("consensus", name="consensus-manager")
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while store.ready_pid(C.PROGRAM_CONSENSUS) != manager.pid:
-            if time.monotonic() > deadline or manager.poll() is not None:
-                raise BenchError(f"consensus manager did not start; see {bm.root}/consensus-manager.log")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            if store.ready_pid(C.PROGRAM_CONSENSUS) == manager.pid:
+                return True
+            if manager.poll() is not None:
+                raise BenchError(f"consensus manager exited; see {bm.root}/consensus-manager.log")
+            return False
+
+        wait_until(ready, READY_TIMEOUT_S, f"the consensus manager; see {bm.root}/consensus-manager.log",
+                   interval=0.05)
 
         # throughput: open the proposals, then send 3 supporting votes each as fast as we can
         ids = [f"t{i}" for i in range(proposals)]
@@ -188,11 +197,7 @@ def floor(kafka: KafkaConfig, proposals: int, samples: int) -> dict[str, Any]:
             "kafka": kafka.model_dump(), "votes": votes_topic, "decided": decided_topic,
             "needed": SUPPORTS_NEEDED, "fetch_wait": kafka.manager_fetch_wait,
             "linger_ms": baselines.linger(kafka)})
-        assert worker.stdout is not None
-        line = worker.stdout.readline()  # "ready" once it is fetching, or it died
-        if line.strip() != "ready":
-            raise BenchError(f"the consensus floor worker did not start (exit code {worker.poll()}, "
-                               f"said {line.strip()!r})")
+        baselines._wait_ready(worker, "the consensus floor worker")
         ids = [f"t{i}" for i in range(proposals)]
         votes = [(pid, _vote(pid, voter)) for pid in ids for voter in VOTERS[:SUPPORTS_NEEDED]]
         cpu_before = cpu_seconds(worker.pid)
@@ -267,8 +272,9 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     try:
         if not baselines.worker_ready(producer, consumer, votes_topic, 0):
             return
-        deadline = time.monotonic() + READY_TIMEOUT_S + THROUGHPUT_TIMEOUT_S + 600
-        while time.monotonic() < deadline:
+        # the worker's own loop (its work, bounded by a deadline in case END never comes)
+        deadline = Deadline(READY_TIMEOUT_S + THROUGHPUT_TIMEOUT_S + 600)
+        while not deadline.passed():
             for value in baselines.poll_values(consumer, 5000, 0.1):
                 if value == baselines.END:
                     print(json.dumps({"votes": votes, "decisions": decisions, "decision_bytes": size}),

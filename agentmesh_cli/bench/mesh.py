@@ -55,9 +55,10 @@ from agentmesh_cli.bench.relay import (
     stats_key,
 )
 from agentmesh_cli.bus import Bus, prepare_topics
-from agentmesh_cli.errors import BenchError
+from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import wait_until
 
 RELAY_ROLE = "agentmesh_cli.bench.relay:Relay"
 DEFAULT_WINDOW = 100  # messages in flight per agent in the peak phase
@@ -105,28 +106,30 @@ class Relays:
 
     def wait_following(self, run: str) -> dict[str, dict[str, Any]]:
         """Until every relay reports that it follows `run` and knows all its peers."""
-        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
-        while True:
+        stats: dict[str, dict[str, Any]] = {}
+
+        def following() -> dict[str, dict[str, Any]] | None:
+            nonlocal stats
             stats = self.read(run)
-            if all(stats.get(n, {}).get("current") and stats[n]["peers"] == len(self.names) - 1
-                   for n in self.names):
-                return stats
-            if time.monotonic() > deadline:
-                raise BenchError(f"relays not following run {run} after {FOLLOW_TIMEOUT_S:.0f}s: "
-                                   f"{ {n: stats.get(n, {}).get('peers') for n in self.names} }")
-            time.sleep(0.05)
+            return stats if all(stats.get(n, {}).get("current") and stats[n]["peers"] == len(self.names) - 1
+                                for n in self.names) else None
+
+        return wait_until(following, FOLLOW_TIMEOUT_S, lambda: f"the relays to follow run {run} (peers: "
+                          f"{ {n: stats.get(n, {}).get('peers') for n in self.names} })", interval=0.05)
 
     def flushed_after(self, run: str, after: dict[str, float]) -> dict[str, dict[str, Any]]:
         """Each relay's first figures flushed at or after its time in `after` (its own clock)."""
         got: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + max(after.values(), default=0) - time.time() + 10
-        while len(got) < len(self.names):
-            if time.monotonic() > deadline:
-                raise BenchError(f"relays {sorted(set(self.names) - set(got))} stopped flushing")
+
+        def flushed() -> bool:
             for name, data in self.read(run).items():
                 if name not in got and name in after and data["ts"] >= after[name]:
                     got[name] = data
-            time.sleep(0.05)
+            return len(got) == len(self.names)
+
+        # the relays' times are their wall clocks: wait until 10 s past the latest
+        wait_until(flushed, max(after.values(), default=0) - time.time() + 10,
+                   lambda: f"relays {sorted(set(self.names) - set(got))} to flush", interval=0.05)
         return got
 
 
@@ -275,18 +278,21 @@ def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
     agents = [bm.spawn_agent(name, RELAY_ROLE) for name in names]
     programs = {C.PROGRAM_TOPOLOGY: manager,
                 **{C.agent_program(n): p for n, p in zip(names, agents, strict=True)}}
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    waiting: list[str] = []
+
+    def started() -> bool:
+        nonlocal waiting
         waiting = [program for program, proc in programs.items() if store.ready_pid(program) != proc.pid]
         snapshot = store.load_snapshot() or {}
-        in_graph = set(snapshot.get("graph", {}).get("agents", []))
-        if not waiting and in_graph >= set(names):
-            return {"manager": manager, "agents": agents}
-        dead = [program for program, proc in programs.items() if proc.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            why = f"exited: {', '.join(dead)}" if dead else f"waiting for {', '.join(waiting) or 'the graph'}"
-            raise BenchError(f"bench mesh did not start ({why}); logs in {bm.root}")
-        time.sleep(0.1)
+        if not waiting and set(snapshot.get("graph", {}).get("agents", [])) >= set(names):
+            return True
+        if dead := [program for program, proc in programs.items() if proc.poll() is not None]:
+            raise BenchError(f"bench mesh did not start (exited: {', '.join(dead)}); logs in {bm.root}")
+        return False
+
+    wait_until(started, START_TIMEOUT_S,
+               lambda: f"the bench mesh to start ({', '.join(waiting) or 'the graph'}); logs in {bm.root}")
+    return {"manager": manager, "agents": agents}
 
 
 def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
@@ -313,9 +319,10 @@ def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict
     """Stop the traffic; wait until every relay has handled all that was sent and the
     topology manager has read all of it; its counters then."""
     relays.steer(None)
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
     sent = handled = consumed = 0
-    while time.monotonic() < deadline:
+
+    def drained() -> dict[str, Any] | None:
+        nonlocal sent, handled, consumed
         figures = [relays.read(run) for run in runs]
         sent = sum(d["sent"] for f in figures for d in f.values())
         handled = sum(d["handled"] for f in figures for d in f.values())
@@ -324,9 +331,13 @@ def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict
         if sent == handled and consumed == sent + injected and counters.get(
                 C.records_counter(C.TOPIC_MESSAGES)) == consumed:
             return {"drained": True, "sent": sent, "handled": handled, "counters": counters}
-        time.sleep(0.2)
-    return {"drained": False, "sent": sent, "handled": handled, "consumed": consumed,
-            "counters": store.counters(C.PROGRAM_TOPOLOGY)}
+        return None
+
+    try:
+        return wait_until(drained, DRAIN_TIMEOUT_S, "the relays and the topology to drain", interval=0.2)
+    except WaitTimeout:
+        return {"drained": False, "sent": sent, "handled": handled, "consumed": consumed,
+                "counters": store.counters(C.PROGRAM_TOPOLOGY)}
 
 
 def _rss_mb(pids: list[int]) -> dict[str, float]:

@@ -42,9 +42,9 @@ from agentmesh_cli import environment
 from agentmesh_cli.bench.infra import cpu_seconds, free_port, percentiles
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.embedded import start_valkey, stop
-from agentmesh_cli.errors import BenchError, WaitTimeout
+from agentmesh_cli.errors import BenchError
 from agentmesh_cli.services.memory import STORE_SCRIPT
-from agentmesh_cli.waiting import wait_until
+from agentmesh_cli.waiting import wait_until, wait_until_async
 
 SSE = {"Accept": "text/event-stream"}
 # the rig's services let this token in ($AGENTMESH_SERVICE_TOKEN); every request sends it
@@ -590,7 +590,8 @@ async def fan_out(memory_url: str, followers: int, rounds: int) -> dict[str, Any
         delays: list[float] = []
         from_start: list[float] = []
         try:
-            await _until(lambda: len(following) + len(refused) == followers, 30, "followers to subscribe")
+            await wait_until_async(lambda: len(following) + len(refused) == followers, 30,
+                                   "followers to subscribe", interval=0.001)
             result |= {"subscribed": len(following), "refused": len(refused), "refusals": refused[:3]}
             for n in range(rounds):
                 content = f"fan-out round {n}"
@@ -601,8 +602,8 @@ async def fan_out(memory_url: str, followers: int, rounds: int) -> dict[str, Any
                 if answer.status_code != 200:
                     result["store_error"] = f"round {n}: {answer.status_code} {answer.text[:160]}"
                     break
-                await _until(lambda: len(arrived.get(content, [])) == len(following), 10,  # noqa: B023
-                             f"round {n} at every follower")
+                await wait_until_async(lambda: len(arrived.get(content, [])) == len(following),  # noqa: B023
+                                       10, f"round {n} at every follower", interval=0.001)
                 delays += [(at - returned) * 1000 for at in arrived[content]]
                 from_start += [(at - sent) * 1000 for at in arrived[content]]
                 await asyncio.sleep(0.02)
@@ -613,14 +614,6 @@ async def fan_out(memory_url: str, followers: int, rounds: int) -> dict[str, Any
     if delays:
         result |= {**percentiles(delays), "from_call_start": percentiles(from_start)}
     return result
-
-
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.perf_counter() + timeout
-    while not predicate():
-        if time.perf_counter() > deadline:
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -49,7 +50,9 @@ from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
+from agentmesh_cli.waiting import wait_until
 
+T = TypeVar("T")
 BATCH = 2000  # records per apply_batch: the manager's poll_batch size
 DECAY_RUNS = 3  # full meshes built, decayed 9 times each (the 9th prunes)
 SNAPSHOT_INTERVAL_S = 0.05  # the manager's, in the drain: the resolution of its progress
@@ -179,6 +182,7 @@ def _raw_read(bm: BenchMesh, total: int) -> dict[str, Any]:
                          for p in range(topic_partitions(kafka, C.TOPIC_MESSAGES))])
         read = first = 0
         started = 0.0
+        # more than a wait: it reads (and counts) every record, as fast as it can
         deadline = time.monotonic() + 120
         # batches small enough that a short run is not all in the first one (uncounted)
         batch = max(1, min(1000, total // 20))
@@ -195,12 +199,17 @@ def _raw_read(bm: BenchMesh, total: int) -> dict[str, Any]:
             "records": read, "seconds": round(took, 3)}
 
 
-def _wait_for(check: Any, what: str, timeout: float, proc: Any = None, log: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-            raise BenchError(f"{what} did not happen in {timeout:.0f}s; see {log}")
-        time.sleep(0.01)
+def _wait_for(check: Callable[[], T | None], what: str, timeout: float, proc: Any = None, log: str = "",
+              interval: float = 0.01) -> T:
+    """`check`'s first truthy value; BenchError as soon as `proc` exited."""
+    def done() -> T | None:
+        if value := check():
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} did not happen: the process exited; see {log}")
+        return None
+
+    return wait_until(done, timeout, f"{what}; see {log}", interval=interval)
 
 
 def _read_offsets(snapshot: dict[str, Any] | None) -> int:
@@ -240,18 +249,19 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
             os.kill(manager.pid, signal.SIGCONT)
             stopped = False
             busy: list[tuple[float, int]] = []  # (saved at, records read) while still reading
-            done_at = None
-            deadline = time.monotonic() + 300
-            while done_at is None:
-                if time.monotonic() > deadline or manager.poll() is not None:
-                    raise BenchError(f"the manager did not drain the backlog; see {log}")
+
+            def drained() -> float | None:
+                """The time of the snapshot that holds every record; the busy ones noted."""
                 snapshot = store.load_snapshot() or {}
                 read, ts = _read_offsets(snapshot), snapshot.get("ts", 0) / 1000
                 if ts > started and read >= events:
-                    done_at = ts
-                elif ts > started and 0 < read and (not busy or busy[-1][0] != ts):
+                    return float(ts)
+                if ts > started and 0 < read and (not busy or busy[-1][0] != ts):
                     busy.append((ts, read))
-                time.sleep(0.003)
+                return None
+
+            done_at = _wait_for(drained, "the manager's drain of the backlog", 300, manager, log,
+                                interval=0.003)
             manager_cpu = cpu_seconds(manager.pid) - cpu_before
             broker_cpu = cpu_seconds(bm.procs[0].pid) - broker_before
             counters = store.counters(C.PROGRAM_TOPOLOGY)

@@ -17,9 +17,10 @@ import yaml
 
 from agentmesh_cli import lifecycle
 from agentmesh_cli.bench.infra import free_port
-from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.errors import AgentMeshError, WaitTimeout
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.supervisor.control import Supervisor, _alive
+from agentmesh_cli.waiting import wait_until
 
 DEMO_AGENTS = (("Sales", "sales"), ("Support", "support"), ("Inventory", "inventory"),
                ("Fraud", "fraud"))
@@ -106,9 +107,10 @@ def _end(pid: int, grace: float = 10.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: not _alive(pid), grace, f"pid {pid} to end")
+    except WaitTimeout:
+        pass  # it did not take its TERM: killed below
     if _alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)

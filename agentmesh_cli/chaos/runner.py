@@ -19,11 +19,12 @@ from agentmesh_cli.chaos.observe import ConsensusTally, ProgramStates, StatusTru
 from agentmesh_cli.chaos.probes import ProbeSender
 from agentmesh_cli.chaos.watches import Watch, inject
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import AgentMeshError, FaultSkipped, SupervisorError
+from agentmesh_cli.errors import AgentMeshError, FaultSkipped, SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
+from agentmesh_cli.waiting import wait_until
 
 POLL_S = 0.2
 WARM_UP_S = 60.0
@@ -81,6 +82,7 @@ class ChaosRun:
         self.rng = random.Random(settings.seed)
 
     def states(self) -> ProgramStates:
+        # a retry of the call, not a wait: after an hour its own error is raised
         while True:
             try:
                 return program_states(self.sup)
@@ -119,14 +121,14 @@ class ChaosRun:
 
     def _warm_up(self) -> None:
         """Every agent handles probes before the first fault (else the figures mean nothing)."""
-        deadline = time.monotonic() + WARM_UP_S
         start = {a: -1 for a in self.ctx.agents}
-        while not self.ctx.handled_since(start):
-            if time.monotonic() > deadline:
-                raise AgentMeshError(
-                    f"agents handled no probe within {WARM_UP_S:.0f} s: do they record handled ids "
-                    "(the ledger) and accept the operator sender 'chaos'?")
-            time.sleep(POLL_S)
+        try:
+            wait_until(lambda: self.ctx.handled_since(start), WARM_UP_S, "the first probes handled",
+                       interval=POLL_S)
+        except WaitTimeout as exc:
+            raise AgentMeshError(
+                f"agents handled no probe within {WARM_UP_S:.0f} s: do they record handled ids "
+                "(the ledger) and accept the operator sender 'chaos'?") from exc
         self.say(f"probes flowing at {self.settings.rate:g}/s to {len(self.ctx.agents)} agents")
 
     def _inject(self, fault: Fault, phase: str, states: ProgramStates) -> Watch | None:
@@ -154,6 +156,8 @@ class ChaosRun:
         watch = self._inject(fault, "sequence", states)
         if watch is None:
             return
+        # the watch itself gives up after settings.timeout (Watch.timed_out), and each look
+        # takes the states read after the pause
         while not watch.poll(time.monotonic(), states):
             time.sleep(POLL_S)
             states = self.states()
@@ -191,13 +195,16 @@ class ChaosRun:
 
     def _drain(self, baseline: dict[str, dict[str, int]]) -> None:
         """Wait until every confirmed probe is handled, or `drain` seconds."""
-        deadline = time.monotonic() + self.settings.drain
         self.say("draining ...")
-        while time.monotonic() < deadline:
+
+        def drained() -> bool:
             try:
                 handled = self.handled(baseline)
             except AgentMeshError:
-                handled = {}
-            if handled and all(handled[a] >= self.probes.sent[a] for a in self.ctx.agents):
-                return
-            time.sleep(0.5)
+                return False
+            return bool(handled) and all(handled[a] >= self.probes.sent[a] for a in self.ctx.agents)
+
+        try:
+            wait_until(drained, self.settings.drain, "every probe handled", interval=0.5)
+        except WaitTimeout:
+            pass  # the figures count what was not handled

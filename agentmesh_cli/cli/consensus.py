@@ -52,9 +52,10 @@ def propose(
     from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
-    from agentmesh_cli.errors import BusError
+    from agentmesh_cli.errors import BusError, WaitTimeout
     from agentmesh_cli.signing import mesh_signer
     from agentmesh_cli.store import Store
+    from agentmesh_cli.waiting import Deadline, wait_until
 
     mesh = mesh_from(config)
     if type_ not in PROPOSAL_TYPES:
@@ -64,24 +65,27 @@ def propose(
     bus = Bus(mesh.config.kafka, client_id="agentmesh-propose", signer=mesh_signer(mesh))
     event = events.proposal(sender, proposal_id, type_, body)
     started = time.monotonic()
+    deadline = Deadline(timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5)
     bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
     if bus.flush(10) or bus.delivery_failures:
         raise BusError(f"proposal not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
     console.print(proposal_id, highlight=False)
     if not wait:
         return
-    limit = timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5
     store = Store(mesh.redis_url, mesh.config.mesh)
-    record: dict[str, Any] | None = None
-    while time.monotonic() - started < limit:
-        record = store.proposal(proposal_id)
-        if record and record["status"] != "pending":
-            break
-        time.sleep(POLL_S)
-    else:
-        console_err.print(f"no decision on {proposal_id} within {limit:.0f}s "
-                          f"(status {record['status'] if record else 'not opened'})", highlight=False)
-        raise typer.Exit(EXIT_EXPIRED)
+    seen: dict[str, Any] | None = None
+
+    def decided() -> dict[str, Any] | None:
+        nonlocal seen
+        seen = store.proposal(proposal_id)
+        return seen if seen and seen["status"] != "pending" else None
+
+    try:
+        record = wait_until(decided, deadline, "the decision", interval=POLL_S)
+    except WaitTimeout:
+        console_err.print(f"no decision on {proposal_id} within {deadline.timeout:.0f}s "
+                          f"(status {seen['status'] if seen else 'not opened'})", highlight=False)
+        raise typer.Exit(EXIT_EXPIRED) from None
     t = record["tally"]
     console.print(
         f"{record['status']}: {t['for']} for, {t['against']} against, {t['needed']} needed of "

@@ -19,6 +19,7 @@ proposal opens, or a dead letter with its reason.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -40,6 +41,7 @@ from agentmesh_cli.records import Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import WRONG_SENDER, mesh_signer, refused_counter
 from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import Clock, Deadline
 
 OWNER = C.PROGRAM_CONSENSUS
 SNAPSHOT_VERSION = 1
@@ -58,8 +60,12 @@ def record_of(proposal: Proposal) -> dict[str, Any]:
 
 
 class ConsensusManager:
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, clock: Clock = time.monotonic) -> None:
+        """`clock` times the snapshots, the electorate's cache and the reconcile marker;
+        proposals expire on the wall clock in ms (`now_ms`), the time their records carry
+        and other processes compare with (the registry's heartbeats)."""
         self.mesh = mesh
+        self.clock = clock
         cfg = mesh.config
         self.cfg = cfg.consensus
         self.book = ProposalBook(cfg.consensus.quorum, int(cfg.consensus.proposal_timeout * 1000))
@@ -72,7 +78,7 @@ class ConsensusManager:
         self.stale_after_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
         self._electorate: list[str] = []
-        self._electorate_at = 0.0
+        self._electorate_at = -math.inf  # never read yet
         self.epoch = ""
         self.signer = mesh_signer(mesh)  # security.sign_envelopes: sign, and check what is read
 
@@ -87,9 +93,9 @@ class ConsensusManager:
         cfg = self.mesh.config
         self.store = Store(self.mesh.redis_url, cfg.mesh)
         self._joined = self.store.joined_check()  # proposers we accept
-        self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER)
-        self.bus = Bus(cfg.kafka, client_id=OWNER, signer=self.signer)
-        watch = BrokerWatch(self.bus, self.store, self.epoch)
+        self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER, clock=self.clock)
+        self.bus = Bus(cfg.kafka, client_id=OWNER, signer=self.signer, clock=self.clock)
+        watch = BrokerWatch(self.bus, self.store, self.epoch, clock=self.clock)
         self._load()
         self._reconcile()
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_PROPOSALS, C.TOPIC_VOTES), self.offsets)
@@ -98,7 +104,7 @@ class ConsensusManager:
         self._save()
         self.store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d pending proposals, %d partitions", len(self.book.pending()), len(assignments))
-        next_snapshot = time.monotonic() + self.cfg.snapshot_interval
+        next_snapshot = self.clock() + self.cfg.snapshot_interval
         try:
             while not self.stopping:
                 for record in reader.poll_batch(max_records=5000, timeout=0.05):
@@ -106,13 +112,13 @@ class ConsensusManager:
                 for proposal in self.book.expire(now_ms()):
                     self._decided(proposal)
                 self.bus.poll()
-                if (epoch := watch.check(time.monotonic())) is not None:
+                if (epoch := watch.check(self.clock())) is not None:
                     self._new_epoch(epoch)
                     reader.rewind()
                 if self.decided:
                     self._store_decided()
-                if time.monotonic() >= next_snapshot:
-                    next_snapshot = time.monotonic() + self.cfg.snapshot_interval
+                if self.clock() >= next_snapshot:
+                    next_snapshot = self.clock() + self.cfg.snapshot_interval
                     self._save()
                 elif self.dirty and len(self.dirty) >= 500:
                     self._save()
@@ -251,7 +257,7 @@ class ConsensusManager:
 
     def electorate(self) -> list[str]:
         """Agents registered with a fresh heartbeat (a SIGKILLed agent stays until stale)."""
-        if time.monotonic() - self._electorate_at > ELECTORATE_CACHE_S:
+        if self.clock() - self._electorate_at > ELECTORATE_CACHE_S:
             now = now_ms()
             try:
                 registry = self.store.agents()
@@ -259,7 +265,7 @@ class ConsensusManager:
                     name for name, rec in registry.items()
                     if now - int(rec.get("last_heartbeat", 0)) <= self.stale_after_ms
                 )
-                self._electorate_at = time.monotonic()
+                self._electorate_at = self.clock()
             except AgentMeshError as exc:
                 log.warning("registry unavailable, using the last electorate: %s", exc)
         return self._electorate
@@ -349,11 +355,12 @@ class ConsensusManager:
             raise AgentMeshError("cannot write the reconcile marker to the consensus topic")
         reader = Reader(self.mesh.config.kafka, f"{self.mesh.config.kafka.topic_prefix}.{OWNER}.reconcile",
                         [(C.TOPIC_CONSENSUS, 0, self.consensus_offset)], OWNER, signer=self.signer)
-        deadline = time.monotonic() + MARKER_TIMEOUT_S
+        deadline = Deadline(MARKER_TIMEOUT_S, self.clock)
         learned = 0
         try:
+            # more than a wait: every record up to the marker is read and learned from
             while True:
-                if time.monotonic() > deadline:
+                if deadline.passed():
                     raise AgentMeshError("reconcile marker not seen on the consensus topic in time")
                 for record in reader.poll_batch(max_records=5000, timeout=0.1):
                     self.consensus_offset = record.offset + 1

@@ -20,6 +20,8 @@ service that calls another) share one policy:
   network. A 4xx answer is the caller's fault: it is no failure and resets nothing. So a
   service that dies is noticed within about a second (a call's 4 requests and the next
   one's first), even if supervisord has it back two seconds later.
+- the breaker's reset is timed on the client's `clock` (time.monotonic), the pauses between
+  retries are its `sleep`: a test passes fake ones and replays the 30 s in microseconds.
 
 Every httpx error leaves as one of the ServiceError tree (agentmesh_cli.errors), `from` the
 httpx error. `from_mesh` finds a service from mesh.yaml and the environment.
@@ -48,7 +50,7 @@ import httpx
 import orjson
 from httpx_sse import EventSource, SSEError, aconnect_sse, connect_sse
 from purgatory import ContextChanged
-from purgatory.domain.model import HALF_OPENED, OPENED, Context, OpenedState
+from purgatory.domain.model import HALF_OPENED, OPENED, Context, HalfOpenedState
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -249,13 +251,23 @@ def _resource_path(path: str) -> str:
 # - purgatory's factories add a message bus and a repository that one process does not
 #   need; the Context does no I/O, so the sync and async clients share this class and
 #   behave exactly alike.
-# purgatory's half-open state admits every call; the single probe is the one thing added
-# here (`_probing`): it matters for concurrent async calls and for a sync caller that holds
-# a stream open while calling.
-class _Breaker:
-    def __init__(self, service: str, threshold: int, reset_timeout: float) -> None:
+# Two things are added here. The single probe (`_probing`): purgatory's half-open state
+# admits every call, which matters for concurrent async calls and for a sync caller that
+# holds a stream open while calling. And the clock: purgatory times the open state on
+# `time.time()`, read inside its OpenedState, which takes no clock (3.0.1). So the
+# breaker notes when purgatory opened it on its own `clock` (a ContextChanged event) and
+# makes the one timed move itself, open -> half open, with the Context's `set_state` and
+# `HalfOpenedState`, exactly as purgatory's OpenedState would; purgatory never sees an
+# open-state request. A test drives the reset timeout with a fake clock.
+class Breaker:
+    """The circuit breaker of one client: `guard()` around each request."""
+
+    def __init__(self, service: str, threshold: int, reset_timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
+        self.clock = clock
         self._context = Context(service, threshold, reset_timeout)
+        self._opened_at = 0.0  # on `clock`: when purgatory last opened it
         self._probing = False
         # a sync client may be shared by threads; the lock is never held across I/O
         self._lock = threading.Lock()
@@ -285,16 +297,17 @@ class _Breaker:
     def _admit(self) -> bool:
         """Let a call through (True: it is the half-open probe) or raise CircuitOpenError."""
         with self._lock:
-            if self._context.state == HALF_OPENED and self._probing:
+            state = self._context.state
+            if state == HALF_OPENED and self._probing:
                 raise CircuitOpenError(f"{self.service}: circuit breaker half open, its probe "
                                        "call is in flight", self.service)
-            try:
-                self._context.handle_new_request()
-            except OpenedState as exc:
-                raise CircuitOpenError(f"{self.service}: circuit breaker open, next probe in "
-                                       f"{self._retry_in():.1f}s", self.service) from exc
-            finally:
-                self._drain()
+            if state == OPENED:
+                if self.clock() - self._opened_at <= self._context.ttl:
+                    raise CircuitOpenError(f"{self.service}: circuit breaker open, next probe in "
+                                           f"{self._retry_in():.1f}s", self.service)
+                self._context.set_state(HalfOpenedState())  # the reset timeout passed
+            self._context.handle_new_request()
+            self._drain()
             self._probing = self._context.state == HALF_OPENED
             return self._probing
 
@@ -311,14 +324,16 @@ class _Breaker:
             self._drain()
 
     def _retry_in(self) -> float:
-        opened_at = self._context.opened_at or time.time()
-        return max(0.0, opened_at + self._context.ttl - time.time())  # purgatory's clock
+        return max(0.0, self._opened_at + self._context.ttl - self.clock())
 
     def _drain(self) -> None:
         # the Context queues events for purgatory's message bus, which does not run here:
-        # log the state changes, drop the rest so that the list does not grow
+        # note when it opened, log the state changes, drop the rest so that the list does
+        # not grow
         for event in self._context.messages:
             if isinstance(event, ContextChanged):
+                if event.state == OPENED:
+                    self._opened_at = self.clock()
                 level = logging.WARNING if event.state == OPENED else logging.INFO
                 log.log(level, "%s: circuit breaker %s", self.service, _BREAKER_STATES[event.state])
         self._context.messages.clear()
@@ -345,7 +360,11 @@ class _ClientBase:
         max_connections: int = 20,
         token: str | None = None,
         verify: ssl.SSLContext | bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
+        """`clock` times the breaker's reset; `sleep` makes the pauses between retries
+        (default time.sleep, asyncio.sleep for the async client): a test passes fake ones."""
         if retries < 0 or failure_threshold < 1 or max_connections < 1:
             raise ConfigError(f"a service client needs retries >= 0, failure_threshold >= 1 and "
                               f"max_connections >= 1, not {retries}, {failure_threshold} and "
@@ -364,7 +383,8 @@ class _ClientBase:
         self._stream_timeout = httpx.Timeout(stream_read_timeout, connect=connect_timeout)
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=max_connections)
-        self._breaker = _Breaker(self.service, failure_threshold, reset_timeout)
+        self._breaker = Breaker(self.service, failure_threshold, reset_timeout, clock)
+        self._sleep = sleep
         # sent with every request of the pooled client: calls, streams and health checks
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._verify = verify
@@ -397,6 +417,7 @@ class _ClientBase:
             "retry": retry_if_exception(_transient),
             "before_sleep": self._log_retry,
             "reraise": True,
+            **({"sleep": self._sleep} if self._sleep is not None else {}),
         }
 
     def _log_retry(self, state: RetryCallState) -> None:

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from agentmesh_cli.errors import AgentMeshError, FellBehind, StoreError
+from agentmesh_cli.waiting import Clock, Deadline
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,10 @@ class ChannelFeed(Generic[T]):
     """The process's one subscription to `channel`, decoded by `decode` (None: ignore)."""
 
     def __init__(self, client: aioredis.Redis, channel: str, decode: Callable[[bytes], T | None],
-                 queue_size: int) -> None:
+                 queue_size: int, clock: Clock = time.monotonic) -> None:
+        """`clock` times the wait for Redis to confirm the subscription."""
         self.client = client
+        self.clock = clock
         self.channel = channel
         self.decode = decode
         self.queue_size = queue_size
@@ -169,9 +172,10 @@ class ChannelFeed(Generic[T]):
         self._fail_all(error)
 
     async def _dispatch(self, pubsub: PubSub, live: asyncio.Future[None]) -> None:
-        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
+        deadline = Deadline(SUBSCRIBE_TIMEOUT_S, self.clock)
+        # the reader's loop, which also bounds the wait for the subscription's confirmation
         while True:
-            if not live.done() and time.monotonic() > deadline:
+            if not live.done() and deadline.passed():
                 raise StoreError(f"Redis did not confirm the subscription within {SUBSCRIBE_TIMEOUT_S} s")
             message: dict[str, Any] | None = await pubsub.get_message(timeout=READ_WAIT_S)
             if message is None:

@@ -675,6 +675,7 @@ async def _announce(store: MemoryStore, where: str, stopping: Callable[[], bool]
     down, so `up`'s gate passes as soon as it answers)."""
     log.info("serving on %s", where)
     failures = 0
+    # a retry of the write, with no deadline (the service serves meanwhile): not a wait
     while not stopping():
         try:
             await store.mark_ready(PROGRAM, os.getpid())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from collections.abc import Iterable
 from typing import Any
@@ -18,8 +17,9 @@ from typing import Any
 from supervisor.xmlrpc import SupervisorTransport
 
 from agentmesh_cli import environment
-from agentmesh_cli.errors import SupervisorError
+from agentmesh_cli.errors import SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.waiting import wait_until
 
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 
@@ -77,14 +77,13 @@ class Supervisor:
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip()
             raise SupervisorError(f"supervisord did not start: {detail or result.returncode}")
-        deadline = time.monotonic() + timeout
-        while not self.is_running():
-            if time.monotonic() > deadline:
-                raise SupervisorError(
-                    f"supervisord started but its socket {self.mesh.socket} does not answer; "
-                    f"see {self.mesh.logs_dir / 'supervisord.log'}"
-                )
-            time.sleep(0.05)
+        try:
+            wait_until(self.is_running, timeout, "supervisord's socket", interval=0.05)
+        except WaitTimeout as exc:
+            raise SupervisorError(
+                f"supervisord started but its socket {self.mesh.socket} does not answer; "
+                f"see {self.mesh.logs_dir / 'supervisord.log'}"
+            ) from exc
 
     def apply(self) -> dict[str, list[str]]:
         """Reload the rendered config and add, replace or remove programs that changed."""
@@ -133,23 +132,28 @@ class Supervisor:
             except xmlrpc.client.Fault as exc:
                 if "NOT_RUNNING" not in exc.faultString:
                     raise SupervisorError(f"cannot stop {name}: {exc.faultString}") from exc
-        deadline = time.monotonic() + timeout
-        while True:
+        waiting = names
+
+        def stopped() -> bool:
+            nonlocal waiting
             states = {p["name"]: p["statename"] for p in self.processes()}
             waiting = [n for n in names if states.get(n, "STOPPED") not in STOPPED_STATES]
-            if not waiting or time.monotonic() > deadline:
-                return waiting
-            time.sleep(0.1)
+            return not waiting
+
+        try:
+            wait_until(stopped, timeout, "the programs to stop")
+        except WaitTimeout:
+            pass  # the caller is told which did not
+        return waiting
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop supervisord itself and wait until its process is gone."""
         pid = self.pid()
         self._call("shutdown", self.rpc.shutdown)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise SupervisorError(f"supervisord (pid {pid}) did not exit in {timeout:.0f}s")
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: not _alive(pid), timeout, "supervisord to exit")
+        except WaitTimeout as exc:
+            raise SupervisorError(f"supervisord (pid {pid}) did not exit in {timeout:.0f}s") from exc
 
     def read_main_log(self, offset: int) -> str:
         """supervisord's own log from byte `offset` to its end (readLog)."""

@@ -9,6 +9,7 @@ loads that snapshot and seeks to those offsets, so no event is lost or applied t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -26,6 +27,7 @@ from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.topology.graph import SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
+from agentmesh_cli.waiting import Clock
 
 __all__ = ["TopologyManager", "TopologyState", "apply_safely", "history_point"]
 
@@ -37,14 +39,17 @@ log = logging.getLogger("topology")
 
 
 class TopologyManager:
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, clock: Clock = time.monotonic) -> None:
+        """`clock` times the decay, liveness checks, snapshots and history points; the
+        graph's own times are wall-clock ms (`now_ms`), as in the records it reads."""
         self.mesh = mesh
+        self.clock = clock
         cfg = mesh.config
         self.cfg = cfg.topology
         self.rules = SlimeMoldRules.of(cfg.topology)
         self.timeout_ms = int(cfg.heartbeat.interval * cfg.heartbeat.missed * 1000)
         self.stopping = False
-        self._next_point = 0.0  # monotonic time of the next topology:history point
+        self._next_point = -math.inf  # `clock` time of the next topology:history point
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: saving a last snapshot and stopping", signal.Signals(signum).name)
@@ -80,11 +85,11 @@ class TopologyManager:
         signal.signal(signal.SIGINT, self._stop)
         cfg = self.mesh.config
         store = Store(self.mesh.redis_url, cfg.mesh)
-        epoch = wait_for_infra(cfg.kafka, store, OWNER)
+        epoch = wait_for_infra(cfg.kafka, store, OWNER, clock=self.clock)
         # security.sign_envelopes: its dead letters are signed, what it reads is checked
         signer = mesh_signer(self.mesh)
-        bus = Bus(cfg.kafka, client_id=OWNER, signer=signer)
-        watch = BrokerWatch(bus, store, epoch)
+        bus = Bus(cfg.kafka, client_id=OWNER, signer=signer, clock=self.clock)
+        watch = BrokerWatch(bus, store, epoch, clock=self.clock)
         state = self._load(store, epoch)
         state.partitions, state.max_record_bytes = cfg.kafka.partitions, cfg.kafka.max_record_bytes
         state.expected = frozenset(agent.name for agent in cfg.agents)
@@ -94,15 +99,16 @@ class TopologyManager:
                         signer=signer)
         store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d partitions assigned", len(assignments))
-        next_decay = time.monotonic() + self.cfg.decay_interval
-        next_liveness = time.monotonic() + LIVENESS_CHECK_S
-        next_snapshot = time.monotonic() + self.cfg.snapshot_interval
+        started = self.clock()
+        next_decay = started + self.cfg.decay_interval
+        next_liveness = started + LIVENESS_CHECK_S
+        next_snapshot = started + self.cfg.snapshot_interval
         try:
             while not self.stopping:
                 members_before = state.membership_changes
                 # in one call: its messages' reinforcements are applied as one array update
                 state.apply_batch(reader.poll_batch(max_records=2000, timeout=0.1), now_ms())
-                now = time.monotonic()
+                now = self.clock()
                 if (new_epoch := watch.check(now)) is not None:
                     state.new_epoch(new_epoch)
                     reader.rewind()
@@ -135,9 +141,9 @@ class TopologyManager:
             store.save_snapshot(snapshot)
             store.add_counters(OWNER, state.counts)
             state.counts = Counter()
-            if time.monotonic() >= self._next_point:
+            if self.clock() >= self._next_point:
                 store.push_topology_point(history_point(snapshot), C.TOPOLOGY_HISTORY_KEPT)
-                self._next_point = time.monotonic() + C.TOPOLOGY_HISTORY_EVERY_S
+                self._next_point = self.clock() + C.TOPOLOGY_HISTORY_EVERY_S
         except AgentMeshError as exc:
             log.warning("snapshot not saved, will retry: %s", exc)
 

@@ -16,10 +16,22 @@ import yaml
 
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.embedded import free_port
+from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.signing import mesh_signer
+from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import _alive
+from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
+
+
+def later_snapshot(store: Store, seconds: float, timeout: float = 30) -> dict[str, Any]:
+    """The first topology snapshot saved more than `seconds` from now (by its `ts`, the
+    manager's wall clock): with one saved every `seconds` or more often, at least two were
+    saved since. What a test waits for to see that nothing more is applied."""
+    since = now_ms() + seconds * 1000
+    return dict(wait_until(lambda: (s := store.load_snapshot()) and s["ts"] > since and s, timeout,
+                           f"a topology snapshot {seconds:g} s from now"))
 
 
 def mesh_bus(mesh: Mesh, client_id: str = "test", **options: Any) -> Bus:

@@ -61,6 +61,7 @@ def dead_letters(mesh: Mesh, at_least: int = 0) -> list[dict[str, Any]]:
     letters: list[dict[str, Any]] = []
     started = quiet_since = time.monotonic()
     try:
+        # not a wait_until: it reads (and keeps) every letter until it is quiet
         while (len(letters) < at_least or time.monotonic() - quiet_since < 0.5) \
                 and time.monotonic() - started < 15:
             batch = reader.poll_batch(max_records=10_000, timeout=0.1)

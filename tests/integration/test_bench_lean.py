@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from agentmesh_cli.bench import services
+from agentmesh_cli.waiting import wait_until_async
 
 
 def _answer(status: int, body: bytes) -> bytes:
@@ -15,10 +16,12 @@ def _answer(status: int, body: bytes) -> bytes:
 
 
 async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, int, list[int]]:
-    """A keep-alive server answering each request with the next of `answers`, in turn."""
-    served = [0]
+    """A keep-alive server answering each request with the next of `answers`, in turn;
+    `served` is [answers served, connections open]."""
+    served = [0, 0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served[1] += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -35,6 +38,7 @@ async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, int, list[int]]:
             pass
         finally:
             writer.close()
+            served[1] -= 1
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1], served
@@ -52,7 +56,8 @@ def _load(answers: list[bytes], paced: bool, connections: int = 4,
                 result = await (load.run_paced(rate, 0.5) if paced else load.run_closed(0.3))
             finally:
                 load.close()
-                await asyncio.sleep(0.05)  # the closes complete on both sides
+                await wait_until_async(lambda: load.live == 0 and served[1] == 0, 5,
+                                       "the connections closed on both sides", interval=0.005)
             return result, served[0], load.error_samples
 
     return asyncio.run(main())

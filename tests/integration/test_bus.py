@@ -177,6 +177,7 @@ def test_a_reader_at_the_tail_gets_every_record_while_several_producers_write(br
     try:
         for writer in writers:
             writer.start()
+        # not a wait_until: it reads (and keeps) every record until all came or it is quiet
         deadline, quiet_since = time.monotonic() + 60, time.monotonic()
         while len(got) < producers * per_producer and time.monotonic() < deadline:
             batch = reader.poll_batch(max_records=1000, timeout=0.5)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -112,7 +111,9 @@ def test_manager_sigkill_decides_each_proposal_exactly_once(mesh: Mesh) -> None:
         bus.send(C.TOPIC_PROPOSALS, event, key=pid)
         if i == 150:
             bus.flush()
-            time.sleep(0.05)  # proposals opened and votes in flight
+            # killed at work: once it stored the first proposal's record, with the others
+            # being opened and their votes in flight
+            wait_until(lambda: store.proposal(ids[0]), 20, "the first proposal's record", interval=0.01)
             os.kill(old, signal.SIGKILL)
     bus.flush()
     wait_until(lambda: program_pids(mesh).get("consensus-manager") not in (None, old), 30,

@@ -127,7 +127,10 @@ def test_close_ends_followers_and_gives_the_connection_back(valkey: str) -> None
         before = await pubsub_ids(client)
         follower = await feed.follow(lambda m: True)
         waiting = asyncio.create_task(follower.next(30.0))
-        await asyncio.sleep(0.05)
+        # one turn of the loop, not a pause: the task runs until it waits on its empty queue
+        # (nothing in next() awaits before that)
+        await asyncio.sleep(0)
+        assert not waiting.done()
         await feed.close()
         with pytest.raises(StoreError, match="shutting down"):
             await asyncio.wait_for(waiting, 2)

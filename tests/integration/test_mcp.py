@@ -29,7 +29,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, ListToolsR
 
 from agentmesh_cli.embedded import free_port, stop
 from agentmesh_cli.services.memory import TOOL_SPECS
-from agentmesh_cli.waiting import wait_until
+from agentmesh_cli.waiting import wait_until, wait_until_async
 from tests.helpers.services import AUTH, Service, answering, new_id, start_service
 
 T = TypeVar("T")
@@ -51,13 +51,20 @@ def service(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str] = AUTH) -> AsyncIterator[ClientSession]:
-    """An initialized session of the SDK's client, sending `headers` (the bearer token)."""
-    async with (create_mcp_http_client(headers=headers) as http,
-                streamable_http_client(url + "/mcp", http_client=http) as (read, write),
-                ClientSession(read, write) as session):
-        await session.initialize()
-        yield session
+async def mcp_session(url: str, headers: dict[str, str] = AUTH,
+                      answers: list[tuple[str, int]] | None = None) -> AsyncIterator[ClientSession]:
+    """An initialized session of the SDK's client, sending `headers` (the bearer token);
+    `answers` gets (method, status) of every answer as its headers arrive."""
+    async with create_mcp_http_client(headers=headers) as http:
+        if answers is not None:
+            async def note(response: Any) -> None:
+                answers.append((response.request.method, response.status_code))
+
+            http.event_hooks["response"].append(note)
+        async with (streamable_http_client(url + "/mcp", http_client=http) as (read, write),
+                    ClientSession(read, write) as session):
+            await session.initialize()
+            yield session
 
 
 def run(url: str, scenario: Callable[[ClientSession], Awaitable[T]],
@@ -321,10 +328,12 @@ def test_sigterm_with_an_open_mcp_session(valkey: str, tmp_path: Path) -> None:
         wait_until(lambda: answering(svc), 20, "the memory service")
 
         async def main() -> float:
+            answers: list[tuple[str, int]] = []
             with anyio.fail_after(SCENARIO_TIMEOUT_S):
-                async with mcp_session(svc.url) as session:
+                async with mcp_session(svc.url, answers=answers) as session:
                     await session.list_tools()
-                    await asyncio.sleep(0.3)  # let the client open its GET stream
+                    await wait_until_async(lambda: ("GET", 200) in answers, 10,
+                                           "the client's GET stream to open", interval=0.01)
                     os.kill(svc.proc.pid, signal.SIGTERM)
                     began = time.monotonic()
                     await anyio.to_thread.run_sync(svc.proc.wait, 8)

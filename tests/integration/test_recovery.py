@@ -20,7 +20,7 @@ from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
-from tests.helpers.mesh import mesh_bus, pids, running_mesh, status, write_mesh
+from tests.helpers.mesh import later_snapshot, mesh_bus, pids, running_mesh, status, write_mesh
 
 AGENTS = ["Sales", "Inventory", "Fraud"]
 
@@ -71,7 +71,7 @@ def stream(bus: Bus, n: int, source: str = "Sales", target: str = "Inventory",
         ids.append(envelope.id)
         ahead = started + (i + 1) / rate - time.monotonic()
         if ahead > 0:
-            time.sleep(ahead)
+            time.sleep(ahead)  # the pace of the load, not a wait
         bus.poll()
     assert bus.flush(30) == 0
     return ids
@@ -97,7 +97,7 @@ def test_sigkilled_agent_handles_every_message_once(mesh: Mesh) -> None:
     wait_restarted(mesh, "agent-Inventory", killed[0])
     wait_until(lambda: handled_from(store, "Inventory", "Sales") - before >= 3000, 60,
              "Inventory to handle all 3000")
-    time.sleep(1.5)  # anything handled twice would be counted by now
+    time.sleep(1.5)  # time passes on purpose: anything handled twice would be counted by now
     counters = store.counters("Inventory")
     assert handled_from(store, "Inventory", "Sales") - before == 3000
     assert counters.get(C.COUNTER_HANDLED_TWICE, 0) == 0
@@ -131,7 +131,7 @@ def test_sigkilled_topology_manager_loses_and_doubles_no_reinforcement(mesh: Mes
            during=lambda: killed.append(kill(mesh, "topology-manager")), at=300)
     wait_restarted(mesh, "topology-manager", old)
     wait_until(lambda: usage(store, "Fraud", "Sales") - before >= 3000, 60, "3000 reinforcements")
-    time.sleep(2.5)  # two more snapshots: a doubled replay would show now
+    later_snapshot(store, 1.0)  # two more snapshots: a doubled replay would show in them
     assert usage(store, "Fraud", "Sales") - before == 3000
 
 
@@ -148,7 +148,7 @@ def test_redis_restart_roles_keep_running_and_catch_up(mesh: Mesh) -> None:
              "Fraud to record what it handled while Redis was down")
     wait_until(lambda: usage(store, "Inventory", "Fraud") - usage_before >= 500, 60,
              "the topology to catch up")
-    time.sleep(1.5)
+    time.sleep(1.5)  # time passes on purpose: the counters flush every second, a double would show
     assert handled_from(store, "Fraud", "Inventory") - handled_before == 500
     assert usage(store, "Inventory", "Fraud") - usage_before == 500
     assert store.counters("Fraud").get(C.COUNTER_HANDLED_TWICE, 0) == 0
@@ -180,7 +180,7 @@ def test_broker_restart_is_detected_and_the_mesh_rebuilt(mesh: Mesh) -> None:
     stream(bus, 300, source="Fraud", target="Sales", rate=500)
     wait_until(lambda: handled_from(store, "Sales", "Fraud") - handled >= 300, 60, "Sales to handle 300")
     wait_until(lambda: usage(store, "Fraud", "Sales") - used >= 300, 60, "300 reinforcements")
-    time.sleep(1.5)
+    time.sleep(1.5)  # time passes on purpose: the counters flush every second, a double would show
     assert handled_from(store, "Sales", "Fraud") - handled == 300
     assert usage(store, "Fraud", "Sales") - used == 300
     after = program_pids(mesh)
@@ -268,6 +268,6 @@ def test_garbage_on_every_topic_is_dead_lettered_by_its_reader(mesh: Mesh) -> No
     assert bus.flush(10) == 0
     wait_until(lambda: all(dead(o, t) - n == 3 for (o, t), n in was.items()), 30,
              "every reader to dead-letter its 3 records")
-    time.sleep(1.5)
+    time.sleep(1.5)  # time passes on purpose: the counters flush every second, a 4th would show
     assert {(o, t): dead(o, t) - n for (o, t), n in was.items()} == {k: 3 for k in was}
     assert program_pids(mesh) == before_pids

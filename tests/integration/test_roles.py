@@ -22,7 +22,7 @@ from agentmesh_cli.records import Record
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import spawn_role
-from tests.helpers.mesh import mesh_bus
+from tests.helpers.mesh import later_snapshot, mesh_bus
 
 
 def read_topic(mesh: Mesh, topic: str, partitions: int, settle: float = 1.5,
@@ -35,6 +35,7 @@ def read_topic(mesh: Mesh, topic: str, partitions: int, settle: float = 1.5,
     got: list[Record] = []
     quiet_since = time.monotonic()
     try:
+        # not a wait_until: it reads (and keeps) every record until the topic is quiet
         while time.monotonic() - quiet_since < settle and time.monotonic() - started < limit:
             batch = reader.poll_batch(timeout=0.1)
             if batch:
@@ -180,7 +181,7 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
         bus.flush()
         proc = spawn_role(*args, log=tmp_path / "topo2.log")
         wait_until(lambda: usage("A", "B") == 5, 30, "5 reinforcements after the restart")
-        time.sleep(1.0)
+        later_snapshot(store, 0.8)  # five more snapshots: a doubled replay would show in them
         assert usage("A", "B") == 5
         wait_until(lambda: (store.load_snapshot() or {}).get("stats", {}).get("edges") == 6, 10,
                  "D's edges removed")
@@ -203,7 +204,7 @@ def test_topology_manager_builds_graph_and_resumes(external_mesh: Any, tmp_path:
         wait_until(lambda: (store.load_snapshot() or {}).get("epoch") == store.kafka_epoch(), 30,
                  "a snapshot of the new epoch")
         wait_until(lambda: usage("A", "B") == 6, 30, "the graph kept, one more reinforcement")
-        time.sleep(1.0)  # five more snapshots: still exactly 6, nothing applied twice
+        later_snapshot(store, 0.8)  # five more snapshots: still exactly 6, nothing applied twice
         assert usage("A", "B") == 6
         assert store.load_snapshot()["graph"]["agents"] == ["A", "B", "C"]  # type: ignore[index]
     finally:

@@ -1,6 +1,8 @@
 """The service client against a real HTTP server (tests/scripted_service.py in a subprocess):
 results, error mapping, retries, the circuit breaker, SSE streaming and discovery, each with
-the exact number of requests the server saw. Sync and async clients pass the same cases."""
+the exact number of requests the server saw. Sync and async clients pass the same cases.
+The breaker's reset timeout passes on a fake clock (its state machine alone, with exact
+times: tests/unit/test_service_client.py); the probes here are real requests."""
 
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ from agentmesh_cli.errors import (
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.client import AsyncServiceClient, ServiceClient
 from agentmesh_cli.waiting import wait_until
+from tests.helpers.clock import FakeClock
 from tests.helpers.tables import ENV
 
 SERVER = Path(__file__).resolve().parents[1] / "helpers" / "scripted_service.py"
 FAST = {"backoff": 0.01, "backoff_max": 0.05}  # retries in milliseconds, not seconds
+RESET_S = 30.0  # the default reset timeout: it passes on a fake clock
 
 
 class Scripted:
@@ -147,11 +151,14 @@ def test_a_tool_that_fails_twice_succeeds_on_the_third_attempt(
 
 def test_500_is_tried_four_times_then_raised(server: Scripted,
                                              client: Callable[..., ServiceClient]) -> None:
+    clock = FakeClock()  # the default backoff, paused on a fake clock
     with pytest.raises(ServiceHTTPError) as caught:
-        client().call_tool("fail500", {})
+        client(backoff=0.1, backoff_max=10.0, sleep=clock.sleep).call_tool("fail500", {})
     assert caught.value.status == 500 and caught.value.code == "internal_error"
     assert caught.value.attempts == 4 and "after 4 attempts" in str(caught.value)
     assert server.hits("fail500") == 4
+    # exponential from 0.1 s, plus a jitter of up to 0.1 s
+    assert [int(pause * 10) for pause in clock.slept] == [1, 2, 4], clock.slept
 
 
 def test_503_after_the_retries_is_unavailable(server: Scripted,
@@ -212,15 +219,17 @@ def test_five_failed_requests_open_the_breaker_mid_call_and_later_calls_fail_fas
 
 def test_after_the_reset_timeout_a_successful_probe_closes_the_breaker(
         server: Scripted, client: Callable[..., ServiceClient]) -> None:
-    service = client(retries=0, reset_timeout=0.5)
+    clock = FakeClock()
+    service = client(retries=0, clock=clock)
     server.flaky(5)
     for _ in range(5):
         with pytest.raises(ServiceUnavailableError):
             service.call_tool("flaky", {})
     assert service.breaker_state == "open"
-    _fail_fast(lambda: service.call_tool("flaky", {}))
+    clock.advance(RESET_S)
+    _fail_fast(lambda: service.call_tool("flaky", {}))  # at the reset timeout, not yet after it
     assert server.hits("flaky") == 5
-    time.sleep(0.6)
+    clock.advance(0.1)
     assert service.call_tool("flaky", {}) == "recovered"  # the probe
     assert service.breaker_state == "closed"
     assert service.call_tool("ok", {"n": 1}) == {"echo": {"n": 1}}
@@ -229,14 +238,16 @@ def test_after_the_reset_timeout_a_successful_probe_closes_the_breaker(
 
 def test_after_the_reset_timeout_a_failed_probe_reopens_the_breaker(
         server: Scripted, client: Callable[..., ServiceClient]) -> None:
-    service = client(retries=0, reset_timeout=0.5)
+    clock = FakeClock()
+    service = client(retries=0, clock=clock)
     for _ in range(5):
         with pytest.raises(ServiceHTTPError):
             service.call_tool("fail500", {})
-    time.sleep(0.6)
+    clock.advance(RESET_S + 0.1)
     with pytest.raises(ServiceHTTPError):
         service.call_tool("fail500", {})  # the probe reaches the server and fails
     assert service.breaker_state == "open"
+    clock.advance(RESET_S)
     assert _fail_fast(lambda: service.call_tool("fail500", {})) < 0.05  # open for a full period
     assert server.hits("fail500") == 6
 
@@ -353,8 +364,10 @@ def test_async_connection_refused_and_timeout(server: Scripted) -> None:
 
 
 def test_async_breaker_opens_fails_fast_and_a_probe_closes_it(server: Scripted) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
-        async with aclient(server.url, retries=0, reset_timeout=0.5) as service:
+        async with aclient(server.url, retries=0, clock=clock) as service:
             server.flaky(5)
             for _ in range(5):
                 with pytest.raises(ServiceUnavailableError):
@@ -365,7 +378,7 @@ def test_async_breaker_opens_fails_fast_and_a_probe_closes_it(server: Scripted) 
                 await service.call_tool("flaky", {})
             assert time.perf_counter() - started < 0.05
             assert server.hits("flaky") == 5
-            await asyncio.sleep(0.6)
+            clock.advance(RESET_S + 0.1)
             assert await service.call_tool("flaky", {}) == "recovered"
             assert service.breaker_state == "closed"
 
@@ -374,17 +387,19 @@ def test_async_breaker_opens_fails_fast_and_a_probe_closes_it(server: Scripted) 
 
 
 def test_async_failed_probe_reopens_and_only_one_probe_goes_through(server: Scripted) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
-        async with aclient(server.url, retries=0, reset_timeout=0.5) as service:
+        async with aclient(server.url, retries=0, clock=clock) as service:
             for _ in range(5):
                 with pytest.raises(ServiceHTTPError):
                     await service.call_tool("fail500", {})
-            await asyncio.sleep(0.6)
+            clock.advance(RESET_S + 0.1)
             with pytest.raises(ServiceHTTPError):
                 await service.call_tool("fail500", {})  # the probe fails: open again
             assert service.breaker_state == "open"
             assert server.hits("fail500") == 6
-            await asyncio.sleep(0.6)
+            clock.advance(RESET_S + 0.1)
             # five calls at once while half open: one probe reaches the server, four fail fast
             calls = [service.call_tool("slow", {"seconds": 0.3}) for _ in range(5)]
             outcomes = await asyncio.gather(*calls, return_exceptions=True)

@@ -6,7 +6,8 @@ again when the probe succeeds. A 400 is never retried and never counts. No mocks
 
 The breaker counts failed requests (it sits inside the retries), so the counting tests
 use clients without retries: there one call is one request, and five failed calls are
-five failures whichever way the breaker and the retries are stacked.
+five failures whichever way the breaker and the retries are stacked. Its reset timeout
+passes on a fake clock: the probe is a real request, the 30 s are not waited.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from agentmesh_cli.errors import (
 )
 from agentmesh_cli.services.client import AsyncServiceClient, ServiceClient
 from agentmesh_cli.waiting import wait_until
+from tests.helpers.clock import FakeClock
 from tests.helpers.services import TOKEN
 
 E = TypeVar("E", bound=Exception)
-RESET_S = 1.5
+RESET_S = 30.0  # the default reset timeout, on a fake clock
 RETRIES = 3
 # one request per call; a quick connect; retries (where used) in milliseconds
 FAST: dict[str, Any] = {"retries": 0, "backoff": 0.01, "backoff_max": 0.05, "connect_timeout": 0.5,
@@ -127,10 +129,6 @@ def timed(call: Callable[[], Any], expected: type[E]) -> tuple[float, E]:
     return time.perf_counter() - started, caught.value
 
 
-def sleep_past_reset(opened_at: float) -> None:
-    time.sleep(max(0.0, opened_at + RESET_S - time.monotonic()) + 0.1)
-
-
 class Listener:
     """A bare listening socket on the dead service's port: proof of whether a client
     tried to connect (a connection would wait in its accept queue)."""
@@ -157,7 +155,8 @@ class Listener:
 
 def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: MemoryProcess) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
-    with ServiceClient(memory.url, service="memory", token=TOKEN, **FAST) as client:
+    clock = FakeClock()
+    with ServiceClient(memory.url, service="memory", token=TOKEN, clock=clock, **FAST) as client:
         item = client.call_tool("store_input", store_args(user, "before the crash"))
         get = {"user_id": user, "message_id": item["message_id"]}
         assert client.call_tool("get_message", get) == item
@@ -168,7 +167,6 @@ def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: Memory
             assert client.breaker_state == "closed"
             _, error = timed(lambda: client.call_tool("get_message", get), ServiceUnavailableError)
             assert error.attempts == 1 and error.status is None, error  # refused: nothing listens
-        opened_at = time.monotonic()
         assert client.breaker_state == "open"
 
         # the sixth call fails fast: something listens on the port again, and nothing
@@ -186,7 +184,7 @@ def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: Memory
 
         memory.start()
         assert client.breaker_state == "open"  # it stays open until a call arrives after reset
-        sleep_past_reset(opened_at)
+        clock.advance(RESET_S + 0.1)
         assert client.call_tool("get_message", get) == item  # the probe, on the new process
         assert client.breaker_state == "closed"
         again = client.call_tool("store_input", store_args(user, "after the restart"))
@@ -195,14 +193,14 @@ def test_killed_service_opens_the_breaker_and_a_restart_closes_it(memory: Memory
 
 def test_a_failed_probe_opens_the_breaker_again(memory: MemoryProcess) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
-    with ServiceClient(memory.url, service="memory", token=TOKEN, **FAST) as client:
+    clock = FakeClock()
+    with ServiceClient(memory.url, service="memory", token=TOKEN, clock=clock, **FAST) as client:
         client.call_tool("store_input", store_args(user))
         memory.kill()
         for _ in range(5):
             timed(lambda: client.call_tool("store_input", store_args(user)), ServiceUnavailableError)
-        opened_at = time.monotonic()
         assert client.breaker_state == "open"
-        sleep_past_reset(opened_at)
+        clock.advance(RESET_S + 0.1)
         # the probe goes out, is refused, and opens the breaker for another period
         timed(lambda: client.call_tool("store_input", store_args(user)), ServiceUnavailableError)
         assert client.breaker_state == "open"
@@ -240,9 +238,11 @@ def test_400_is_not_retried_and_neither_counts_nor_resets_the_breaker(
 
 def test_async_client_opens_fails_fast_and_probes_back_to_closed(memory: MemoryProcess) -> None:
     user = f"u-{uuid.uuid4().hex[:8]}"
+    clock = FakeClock()
 
     async def scenario() -> None:
-        async with AsyncServiceClient(memory.url, service="memory", token=TOKEN, **FAST) as client:
+        async with AsyncServiceClient(memory.url, service="memory", token=TOKEN, clock=clock,
+                                      **FAST) as client:
             item = await client.call_tool("store_input", store_args(user, "async"))
             get = {"user_id": user, "message_id": item["message_id"]}
             memory.kill()
@@ -250,7 +250,6 @@ def test_async_client_opens_fails_fast_and_probes_back_to_closed(memory: MemoryP
                 with pytest.raises(ServiceUnavailableError) as caught:
                     await client.call_tool("get_message", get)
                 assert caught.value.attempts == 1
-            opened_at = time.monotonic()
             assert client.breaker_state == "open"
 
             listener = Listener(memory.port)
@@ -264,8 +263,7 @@ def test_async_client_opens_fails_fast_and_probes_back_to_closed(memory: MemoryP
                 listener.close()
 
             await asyncio.to_thread(memory.start)
-            sleep = max(0.0, opened_at + RESET_S - time.monotonic()) + 0.1
-            await asyncio.sleep(sleep)
+            clock.advance(RESET_S + 0.1)
             assert await client.call_tool("get_message", get) == item  # the probe
             assert client.breaker_state == "closed"
 
