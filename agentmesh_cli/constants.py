@@ -78,6 +78,7 @@ STATE_DIR = ".agentmesh"
 SUPERVISORD_CONF = "supervisord.conf"
 SUPERVISOR_SOCKET = "supervisor.sock"
 SUPERVISORD_PID = "supervisord.pid"
+SUPERVISORD_LOG = "supervisord.log"  # supervisord's own log, in the logs folder
 VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
 
 # Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).

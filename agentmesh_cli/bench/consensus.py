@@ -105,7 +105,7 @@ def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
     try:
         for voter in VOTERS:  # an electorate of five registered agents
             store.register_agent(voter, {"name": voter, "role": "bench", "last_heartbeat": now_ms()})
-        manager = bm.spawn("consensus", name="consensus-manager")
+        manager = bm.spawn("consensus", name=C.PROGRAM_CONSENSUS)
 
         def ready() -> bool:
             if store.ready_pid(C.PROGRAM_CONSENSUS) == manager.pid:

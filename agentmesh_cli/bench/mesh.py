@@ -274,7 +274,7 @@ def _base_client(config: str) -> dict[str, Any]:
 def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
     """Start the topology manager and the relays; wait until they are ready and the
     manager's graph holds every relay. Returns the processes by kind."""
-    manager = bm.spawn("topology", name="topology-manager")
+    manager = bm.spawn("topology", name=C.PROGRAM_TOPOLOGY)
     agents = [bm.spawn_agent(name, RELAY_ROLE) for name in names]
     programs = {C.PROGRAM_TOPOLOGY: manager,
                 **{C.agent_program(n): p for n, p in zip(names, agents, strict=True)}}

@@ -38,6 +38,7 @@ import orjson
 import redis.asyncio as aioredis
 import yaml
 
+from agentmesh_cli import constants as C
 from agentmesh_cli import environment
 from agentmesh_cli.bench.infra import cpu_seconds, free_port, percentiles
 from agentmesh_cli.constants import Keys
@@ -135,7 +136,7 @@ def rig(with_cognition: bool) -> Iterator[Rig]:
         procs: dict[str, subprocess.Popen[bytes]] = {"valkey": start_valkey(redis_port, root)}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         try:
-            for name in ("memory", "cognition") if with_cognition else ("memory",):
+            for name in C.SERVICE_PROGRAMS if with_cognition else (C.PROGRAM_MEMORY,):
                 with (root / f"{name}.log").open("wb") as log:
                     procs[name] = subprocess.Popen(
                         [sys.executable, "-m", "agentmesh_cli", name, "--config", str(root / "mesh.yaml")],

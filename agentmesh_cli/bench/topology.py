@@ -232,7 +232,7 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
             load.produce_raw(C.TOPIC_TOPOLOGY, _join_value(name), key=name)
         load.flush()
         log = f"{bm.root}/topology-manager.log"
-        manager = bm.spawn("topology", name="topology-manager")
+        manager = bm.spawn("topology", name=C.PROGRAM_TOPOLOGY)
         stopped = False
         try:
             _wait_for(lambda: store.counters(C.PROGRAM_TOPOLOGY).get("joins", 0) == agents,

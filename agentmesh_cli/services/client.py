@@ -60,6 +60,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from agentmesh_cli import constants as C
 from agentmesh_cli import environment
 from agentmesh_cli.errors import (
     CircuitOpenError,
@@ -79,7 +80,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ServiceName = Literal["memory", "cognition"]
-SERVICES: tuple[str, ...] = ("memory", "cognition")
+SERVICES: tuple[str, ...] = C.SERVICE_PROGRAMS  # a service is named like its program
 END_EVENT = "end"
 
 _HTTP_ERRORS: dict[int, type[ServiceHTTPError]] = {

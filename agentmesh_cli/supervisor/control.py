@@ -16,6 +16,7 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from agentmesh_cli import constants as C
 from agentmesh_cli import environment
 from agentmesh_cli.errors import SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
@@ -82,7 +83,7 @@ class Supervisor:
         except WaitTimeout as exc:
             raise SupervisorError(
                 f"supervisord started but its socket {self.mesh.socket} does not answer; "
-                f"see {self.mesh.logs_dir / 'supervisord.log'}"
+                f"see {self.mesh.logs_dir / C.SUPERVISORD_LOG}"
             ) from exc
 
     def apply(self) -> dict[str, list[str]]:

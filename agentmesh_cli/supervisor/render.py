@@ -161,7 +161,7 @@ def render_supervisord(mesh: Mesh) -> str:
         "chmod=0700",
         "",
         "[supervisord]",
-        f"logfile={percent_escape(str(mesh.logs_dir / 'supervisord.log'))}",
+        f"logfile={percent_escape(str(mesh.logs_dir / C.SUPERVISORD_LOG))}",
         f"pidfile={percent_escape(str(mesh.state_dir / C.SUPERVISORD_PID))}",
         f"childlogdir={percent_escape(str(mesh.logs_dir))}",
         f"directory={percent_escape(str(mesh.root))}",
