@@ -72,12 +72,12 @@ def token(
 
     Example: agentmesh token --user alice --config mesh.yaml
     """
-    from agentmesh_cli.services.auth import user_token
-    from agentmesh_cli.services.memory import ID_PATTERN
+    # the light modules: not services.auth or services.memory, which import the web stack
+    from agentmesh_cli.services.protocol import ID_PATTERN, ID_RULE
+    from agentmesh_cli.services.tokens import user_token
 
     if not ID_PATTERN.fullmatch(user):
-        raise ConfigError(f"--user {user!r} is not a user id: use 1 to 128 characters of "
-                          "A-Z a-z 0-9 _ . : @ -")
+        raise ConfigError(f"--user {user!r} is not a user id: use {ID_RULE}")
     mesh = mesh_from(config)
     typer.echo(user_token(mesh.credentials.service_token, user))
 
