@@ -17,7 +17,7 @@ from agentmesh_cli.cli import metrics as metrics_commands
 from agentmesh_cli.cli import roles as role_commands
 from agentmesh_cli.cli import services as service_commands
 from agentmesh_cli.cli import topics as topic_commands
-from agentmesh_cli.cli.common import console_err
+from agentmesh_cli.cli.printer import error
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program
 
@@ -54,5 +54,5 @@ def main() -> None:
         if role_program():  # a role process: its error is one more line of its log
             logging.getLogger(UNCAUGHT_LOGGER).error("%s", exc)
             sys.exit(exc.exit_code)
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        error(str(exc))
         sys.exit(exc.exit_code)

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from agentmesh_cli.cli.common import ConfigOption, console, console_err
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption
 
 QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.recovery")  # faults make them talk
 
@@ -62,17 +63,17 @@ def chaos(
     try:
         result = run(settings, config, workdir, _say)
     except KeyboardInterrupt:
-        console_err.print("[yellow]interrupted[/]: the mesh was stopped")
+        printer.styled([("interrupted", "yellow"), (": the mesh was stopped", "")], err=True)
         raise typer.Exit(130) from None
     if as_json:
-        print(json.dumps(result, indent=2))
+        printer.out(json.dumps(result, indent=2))
     else:
-        console.print(chaos_table(result))
+        printer.show(chaos_table(result))
     raise typer.Exit(0 if result["ok"] else 1)
 
 
 def _say(text: str) -> None:
-    console_err.print(text, highlight=False, soft_wrap=True)
+    printer.say(text)
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -1,4 +1,4 @@
-"""Options and consoles shared by the command modules."""
+"""Options shared by the command modules (what they print goes through cli/printer.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.logformat import configure_role_logging
 from agentmesh_cli.mesh import Mesh, load_mesh
-
-console = Console()
-console_err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,

@@ -8,14 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.cli.common import (
-    ConfigOption,
-    console,
-    console_err,
-    json_object,
-    mesh_from,
-    role_logging,
-)
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, json_object, mesh_from, role_logging
 from agentmesh_cli.errors import ConfigError
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_EXPIRED = 0, 1, 3
@@ -67,7 +61,7 @@ def propose(
     bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
     if bus.flush(10) or bus.delivery_failures:
         raise BusError(f"proposal not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
-    console.print(proposal_id, highlight=False)
+    printer.out(proposal_id)
     if not wait:
         return
     limit = timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5
@@ -79,14 +73,14 @@ def propose(
             break
         time.sleep(POLL_S)
     else:
-        console_err.print(f"no decision on {proposal_id} within {limit:.0f}s "
-                          f"(status {record['status'] if record else 'not opened'})", highlight=False)
+        printer.say(f"no decision on {proposal_id} within {limit:.0f}s "
+                    f"(status {record['status'] if record else 'not opened'})")
         raise typer.Exit(EXIT_EXPIRED)
     t = record["tally"]
-    console.print(
+    printer.out(
         f"{record['status']}: {t['for']} for, {t['against']} against, {t['needed']} needed of "
         f"{t['electorate']} (waggle intensity {record['waggle']['intensity']:.3f}, "
-        f"{(time.monotonic() - started) * 1000:.0f} ms)", highlight=False)
+        f"{(time.monotonic() - started) * 1000:.0f} ms)")
     codes = {"accepted": EXIT_ACCEPTED, "rejected": EXIT_REJECTED}
     raise typer.Exit(codes.get(record["status"], EXIT_EXPIRED))
 

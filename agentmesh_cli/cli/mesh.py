@@ -10,7 +10,8 @@ import typer
 from rich.live import Live
 
 from agentmesh_cli import lifecycle
-from agentmesh_cli.cli.common import ConfigOption, console, console_err, json_object, mesh_from
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, json_object, mesh_from
 from agentmesh_cli.dashboard.views import render_status, up_table
 from agentmesh_cli.errors import AgentMeshError, NotReadyError
 from agentmesh_cli.mesh import Mesh
@@ -26,7 +27,7 @@ def host_mesh(config: Path | None, host: str | None) -> Mesh:
     which host was chosen when --host was not given."""
     mesh, why = mesh_from(config).for_host(host)
     if why:
-        console_err.print(f"host {mesh.host} ({why})", highlight=False)
+        printer.say(f"host {mesh.host} ({why})")
     return mesh
 
 
@@ -41,6 +42,7 @@ def up(
     Example: agentmesh up --config mesh.yaml --timeout 90
     """
     mesh = host_mesh(config, host)
+    console_err = printer.console(err=True)
     live = Live(console=console_err, transient=False, auto_refresh=False)
     seen: dict[str, bool] = {}
 
@@ -51,25 +53,23 @@ def up(
         for s in states:  # not a terminal: one line when a program becomes ready
             if s.ready and not seen.get(s.name):
                 detail = f"pid {s.pid}" if s.pid else s.state
-                console_err.print(f"ready  {s.name} ({detail})", highlight=False)
+                printer.say(f"ready  {s.name} ({detail})")
             seen[s.name] = s.ready
 
     try:
         with live if console_err.is_terminal else _null():
             states, changes = lifecycle.up(mesh, timeout, progress)
     except NotReadyError as exc:
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        printer.error(str(exc))
         if exc.log_tail:
             log = (mesh.logs_dir / f"{exc.program}.log").relative_to(mesh.root)
-            console_err.rule(f"last lines of {log}")
-            console_err.print(exc.log_tail.rstrip(), highlight=False, markup=False)
+            printer.rule(f"last lines of {log}")
+            printer.say(exc.log_tail.rstrip())
         raise typer.Exit(1) from exc
     summary = ", ".join(f"{k} {len(v)}" for k, v in changes.items() if v) or "no changes"
-    console.print(
-        f"[green]mesh {mesh.config.mesh} is up{_on(mesh)}[/]: {len(states)} programs ready ({summary}). "
-        f"See `agentmesh status` or `supervisorctl -c {mesh.supervisord_conf} status`.",
-        highlight=False,
-    )
+    printer.ok(f"mesh {mesh.config.mesh} is up{_on(mesh)}",
+               f": {len(states)} programs ready ({summary}). "
+               f"See `agentmesh status` or `supervisorctl -c {mesh.supervisord_conf} status`.")
 
 
 class _null:
@@ -97,12 +97,12 @@ def down(
     mesh = host_mesh(config, host)
 
     def progress(tier: str, names: list[str]) -> None:
-        console_err.print(f"stopping {tier}: {', '.join(names)}", highlight=False)
+        printer.say(f"stopping {tier}: {', '.join(names)}")
 
     if lifecycle.down(mesh, timeout, progress):
-        console.print(f"[green]mesh {mesh.config.mesh} is down{_on(mesh)}[/]", highlight=False)
+        printer.ok(f"mesh {mesh.config.mesh} is down{_on(mesh)}")
     else:
-        console.print(f"mesh {mesh.config.mesh} is not running{_on(mesh)}", highlight=False)
+        printer.out(f"mesh {mesh.config.mesh} is not running{_on(mesh)}")
 
 
 def status(
@@ -126,14 +126,14 @@ def status(
     mesh = host_mesh(config, host)
     if as_json:
         data: dict[str, Any] | None = collect(mesh)
-        print(json.dumps(data, indent=2))
-    elif once or not console.is_terminal:
+        printer.out(json.dumps(data, indent=2))
+    elif once or not printer.is_terminal():
         data = collect(mesh)
-        console.print(render_status(data))
+        printer.show(render_status(data))
     else:
         from agentmesh_cli.dashboard.live import watch
 
-        data = watch(mesh, console, interval)
+        data = watch(mesh, printer.console(), interval)
     if data is None or not all_running(data):
         raise typer.Exit(1)
 
@@ -164,7 +164,7 @@ def send(
 
         raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
     _count_sent(mesh, recipient)
-    console.print(f"sent {envelope.id} to {recipient} (partition {partition})", highlight=False)
+    printer.out(f"sent {envelope.id} to {recipient} (partition {partition})")
 
 
 def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
@@ -174,8 +174,8 @@ def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
     store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
     try:
         if recipient not in store.agents():
-            console_err.print(f"[yellow]warning:[/] {recipient} is not a registered agent; "
-                              "the message waits in its inbox partition", highlight=False)
+            printer.warn(f"{recipient} is not a registered agent; the message waits in its "
+                         "inbox partition")
     except AgentMeshError:
         pass  # Redis down: sending does not need it
     finally:
@@ -193,8 +193,8 @@ def _count_sent(mesh: Mesh, recipient: str) -> None:
     try:
         store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(recipient): 1}))
     except AgentMeshError:
-        console_err.print(f"[yellow]warning:[/] not counted (Redis unavailable): {recipient}'s "
-                          "backlog in `agentmesh status` is one too low", highlight=False)
+        printer.warn(f"not counted (Redis unavailable): {recipient}'s backlog in `agentmesh "
+                     "status` is one too low")
     finally:
         store.close()
 

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.cli.common import ConfigOption, console, mesh_from, role_logging
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
 from agentmesh_cli.topology.export import ExportFormat
 
 # its help is the callback's docstring, so `agentmesh topology --help` shows the example
@@ -67,7 +68,7 @@ def route(
         raise TopologyError("no topology snapshot yet: is the topology manager running?")
     graph = SlimeMoldGraph.from_dict(snapshot["graph"], rules_from(mesh.config.topology))
     path, cost = graph.route(source, target)
-    console.print(f"{' -> '.join(path)}  (cost {cost:.3f})", highlight=False)
+    printer.out(f"{' -> '.join(path)}  (cost {cost:.3f})")
 
 
 @topology_app.command()
@@ -95,7 +96,7 @@ def export(
     registry = {name: str(record.get("role", "")) for name, record in store.agents().items()}
     text = export_text(view_from_snapshot(snapshot, mesh.config.mesh, registry), fmt)
     if output is None:
-        typer.echo(text, nl=False)
+        printer.write(text)
         return
     try:
         output.write_text(text, encoding="utf-8")

@@ -9,6 +9,7 @@ import typer
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import environment
+from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
 from agentmesh_cli.errors import ConfigError
 
@@ -79,7 +80,7 @@ def token(
     if not ID_PATTERN.fullmatch(user):
         raise ConfigError(f"--user {user!r} is not a user id: use {ID_RULE}")
     mesh = mesh_from(config)
-    typer.echo(user_token(mesh.credentials.service_token, user))
+    printer.out(user_token(mesh.credentials.service_token, user))
 
 
 def register(app: typer.Typer) -> None:
