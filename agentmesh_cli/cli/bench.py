@@ -7,12 +7,14 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from agentmesh_cli.cli import printer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 SCENARIOS = ("mesh", "topology", "consensus", "services", "startup")
 ALL = "all"
@@ -49,6 +51,8 @@ def _rows(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 def result_table(result: dict[str, Any]) -> Table:
     """One table for any scenario: its figures, the two baselines, the ratios, the targets."""
+    from rich.table import Table
+
     table = Table(title=f"agentmesh bench {result['scenario']}", title_justify="left")
     table.add_column("figure", no_wrap=True)
     table.add_column("value", justify="right")
@@ -102,7 +106,9 @@ def bench(
 
     raw is a confluent-kafka producer -> consumer pair moving the same bytes (the physical
     limit); floor is a bare Python loop that decodes the same envelope and replies (the best
-    a Python agent could do). Servers are started on free loopback ports and stopped after.
+    a Python agent could do).
+
+    Servers are started on free loopback ports and stopped after.
 
     Example: agentmesh bench mesh --agents 8 --duration 10
     Example: agentmesh bench --json --out bench.json

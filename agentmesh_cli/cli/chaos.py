@@ -41,12 +41,17 @@ def chaos(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
-    """Run a workload while killing each kind of program in turn, restarting Redis and the
-    broker, stalling an agent and writing garbage to every topic; print what was lost, handled
-    twice and decided twice, and how fast each fault was detected and recovered from. Without
-    --config on its own embedded mesh (in a temporary folder, stopped at the end); with
-    --config on that mesh, which must be up. Exit code 0 only when no probe was lost, none was
-    handled twice and no proposal was decided twice (docs/reliability.md).
+    """Inject faults under load; report what was lost or doubled and how fast the mesh recovered.
+
+    Runs a workload while killing each kind of program in turn, restarting Redis and the
+    broker, stalling an agent and writing garbage to every topic; prints what was lost,
+    handled twice and decided twice, and how fast each fault was detected and recovered from.
+
+    Without --config on its own embedded mesh (in a temporary folder, stopped at the end);
+    with --config on that mesh, which must be up.
+
+    Exit code 0 only when no probe was lost, none was handled twice and no proposal was
+    decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,7 +14,9 @@ from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, mesh_from
 from agentmesh_cli.errors import AgentMeshError, ConfigError
 from agentmesh_cli.logfiles import LogFile, LogLine, merge
-from agentmesh_cli.mesh import Mesh
+
+if TYPE_CHECKING:
+    from agentmesh_cli.mesh import Mesh
 
 SUPERVISORD = "supervisord"  # its own log: asked for by name, not part of the default
 DEFAULT_LINES = 40
@@ -46,10 +48,10 @@ def logs(
         "--no-color", help="No colours (there are none when not a terminal).")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print the programs' logs merged in time order (last N lines in all), each line
-    prefixed with its program; with -f keep following them, across log rotation.
+    """Print the programs' logs merged in time order, each line prefixed with its program.
 
-    Lines logged as JSON (logging.json in mesh.yaml) are shown in the text format.
+    The last N lines of them all together; with -f keep following them, across log
+    rotation. Lines logged as JSON (logging.json in mesh.yaml) are shown in the text format.
 
     Example: agentmesh logs agent-Sales consensus-manager -f -n 100
     """

@@ -1,20 +1,24 @@
-"""Commands that run and inspect a whole mesh: up, down, status, send."""
+"""Commands that run and inspect a whole mesh: up, down, status, send.
+
+`send` and `status --json` run in scripts' loops: what only `up`, `down` or the dashboard
+need (lifecycle, rich) is imported inside them (cli/lazy.py).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
 
-from agentmesh_cli import lifecycle
 from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, json_object, mesh_from
-from agentmesh_cli.dashboard.views import render_status, up_table
-from agentmesh_cli.errors import AgentMeshError, NotReadyError
-from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.errors import AgentMeshError
+
+if TYPE_CHECKING:
+    from agentmesh_cli.lifecycle import ProgramState
+    from agentmesh_cli.mesh import Mesh
 
 HostOption = Annotated[str | None, typer.Option(
     "--host", show_default=False,
@@ -37,16 +41,23 @@ def up(
     host: HostOption = None,
 ) -> None:
     """Start the mesh (or apply a changed mesh.yaml) and wait until every program is ready.
+
     With `hosts` in mesh.yaml: this host's programs only, under its own supervisord.
 
     Example: agentmesh up --config mesh.yaml --timeout 90
     """
+    from rich.live import Live
+
+    from agentmesh_cli import lifecycle
+    from agentmesh_cli.dashboard.views import up_table
+    from agentmesh_cli.errors import NotReadyError
+
     mesh = host_mesh(config, host)
     console_err = printer.console(err=True)
     live = Live(console=console_err, transient=False, auto_refresh=False)
     seen: dict[str, bool] = {}
 
-    def progress(states: list[lifecycle.ProgramState]) -> None:
+    def progress(states: list[ProgramState]) -> None:
         if console_err.is_terminal:
             live.update(up_table(states), refresh=True)
             return
@@ -90,10 +101,13 @@ def down(
     host: HostOption = None,
 ) -> None:
     """Stop agents first, then managers, services and infra, then supervisord itself.
+
     With `hosts` in mesh.yaml: this host's programs and supervisord only.
 
     Example: agentmesh down
     """
+    from agentmesh_cli import lifecycle
+
     mesh = host_mesh(config, host)
 
     def progress(tier: str, names: list[str]) -> None:
@@ -114,10 +128,11 @@ def status(
         min=0.1, help="Seconds between frames of the live dashboard.")] = 1.0,
     host: HostOption = None,
 ) -> None:
-    """Processes, agents, topology, proposals, services and infra of the mesh: a live
-    dashboard on a terminal (Ctrl+C quits), else one frame. Exit code 1 when a program is
-    not RUNNING. With `hosts` in mesh.yaml the processes are this host's; the rest is
-    mesh-wide.
+    """Show the mesh's processes, agents, topology, proposals, services and infra.
+
+    On a terminal a live dashboard (Ctrl+C quits), else one frame. Exit code 1 when a
+    program is not RUNNING. With `hosts` in mesh.yaml the processes are this host's; the
+    rest is mesh-wide.
 
     Example: agentmesh status --json | jq .topology.stats
     """
@@ -128,6 +143,8 @@ def status(
         data: dict[str, Any] | None = collect(mesh)
         printer.out(json.dumps(data, indent=2))
     elif once or not printer.is_terminal():
+        from agentmesh_cli.dashboard.views import render_status
+
         data = collect(mesh)
         printer.show(render_status(data))
     else:

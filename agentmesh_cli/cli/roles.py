@@ -10,7 +10,7 @@ import typer
 from agentmesh_cli import constants as C
 from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
-from agentmesh_cli.topology.export import ExportFormat
+from agentmesh_cli.topology.export import ExportFormat  # light: igraph only when exporting
 
 # its help is the callback's docstring, so `agentmesh topology --help` shows the example
 topology_app = typer.Typer()
@@ -34,7 +34,9 @@ def agent(
 
 @topology_app.callback(invoke_without_command=True)
 def topology(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """The topology manager, and queries on its graph. Without a subcommand: run the manager.
+    """Run the topology manager, or query its graph (route, export).
+
+    Without a subcommand: run the manager (supervisord runs one per mesh).
 
     Example: agentmesh topology --config mesh.yaml
     """
