@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 import sys
 
-import typer
+# as in agent/__main__.py: httpx imports its own command-line client (click, rich, pygments)
+# whenever they are installed; no command uses it, and `status --json` would pay ~35 ms for it
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from agentmesh_cli.cli.lazy import Entry, LazyGroup
-from agentmesh_cli.cli.printer import error
-from agentmesh_cli.errors import AgentMeshError
-from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program
+import typer  # noqa: E402  (after the httpx guard)
+
+from agentmesh_cli.cli.lazy import Entry, LazyGroup  # noqa: E402
+from agentmesh_cli.cli.printer import error  # noqa: E402
+from agentmesh_cli.errors import AgentMeshError  # noqa: E402
+from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program  # noqa: E402
 
 # name -> (module under agentmesh_cli.cli, the summary `agentmesh --help` lists), in the
 # order of that list. The summary is the first paragraph of the command's docstring
