@@ -48,7 +48,6 @@ def propose(
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
     from agentmesh_cli.errors import BusError
     from agentmesh_cli.signing import mesh_signer
-    from agentmesh_cli.store import Store
 
     mesh = mesh_from(config)
     if type_ not in PROPOSAL_TYPES:
@@ -64,6 +63,8 @@ def propose(
     printer.out(proposal_id)
     if not wait:
         return
+    from agentmesh_cli.store import Store  # only with --wait: the id alone needs no Redis
+
     limit = timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5
     store = Store(mesh.redis_url, mesh.config.mesh)
     record: dict[str, Any] | None = None

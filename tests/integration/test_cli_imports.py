@@ -77,18 +77,24 @@ def test_token_imports_no_service_and_no_client(mesh: Mesh) -> None:
                 "agentmesh_cli.services.http"} & modules
 
 
-@pytest.mark.parametrize("args", [
-    ("send", "Sales", "Inventory", '{"order_id": "o-1"}', "--type", "check_stock"),
-    ("propose", "--content", '{"type": "approval"}'),
-    ("status", "--json"),
-], ids=lambda args: " ".join(args[:2]))
-def test_scripted_commands_import_nothing_heavy(mesh: Mesh, args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("args", "uses"), [
+    (("send", "Sales", "Inventory", '{"order_id": "o-1"}', "--type", "check_stock"), "agentmesh_cli.store"),
+    (("propose", "--content", '{"type": "approval"}'), "agentmesh_cli.bus"),
+    (("status", "--json"), "agentmesh_cli.status"),
+], ids=lambda value: " ".join(value[:2]) if isinstance(value, tuple) else None)
+def test_scripted_commands_import_nothing_heavy(mesh: Mesh, args: tuple[str, ...], uses: str) -> None:
     result, modules = imports_of(*args, "-c", str(mesh.config_file), cwd=mesh.root)
     # status exits 1 (supervisord is not running here), the others 0: both did their work
     assert result.returncode in (0, 1) and result.stdout, result.stderr[-2000:]
-    assert "agentmesh_cli.store" in modules  # the audit saw the command's own imports
+    assert uses in modules  # the audit saw the command's own imports
     assert packages(modules, HEAVY) == []
     assert "rich" not in packages(modules, ("rich",))  # plain lines and JSON need no rich
+
+
+def test_propose_without_wait_needs_no_redis(mesh: Mesh) -> None:
+    result, modules = imports_of("propose", "-c", str(mesh.config_file), cwd=mesh.root)
+    assert result.returncode == 0 and result.stdout.startswith("cli-"), result.stderr[-2000:]
+    assert packages(modules, ("redis",)) == []
 
 
 def test_the_check_sees_a_heavy_import(tmp_path: Path) -> None:
