@@ -121,6 +121,8 @@ class StatusCollector:
         stored = self._read_redis(errors) if redis["reachable"] else None
         sup_running, infos = self._supervisor(errors)
         primed = time.monotonic()
+        # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
+        cpu_window = cpu_window if any(p["pid"] for p in infos) else 0.0
         if cpu_window:
             self.sampler.prime(p["pid"] for p in infos if p["pid"])
         result: dict[str, Any] = {

@@ -1,11 +1,10 @@
 """`python -m agentmesh_cli.agent`: the lean entry of an agent process (what supervisord runs).
 
-`agentmesh agent ...` works too, but it goes through the Typer app, which imports every
-command module (the dashboard, supervisor control, rich, typer, click...) before it runs a
-line of the agent: about 7 MB and 0.3 s per agent for code the agent never calls. This entry
-takes the same options with argparse and imports only the runtime, so an agent process
-holds the Kafka and Redis clients, pydantic (the config) and, once it calls a service, httpx;
-never igraph, the web stack (fastapi, uvicorn, mcp...) or the CLI's libraries.
+`agentmesh agent ...` works too, but it goes through the Typer app: typer and its click, the
+command table and cli/roles.py (commands load lazily, cli/lazy.py), code the agent never
+calls. This entry takes the same options with argparse and imports only the runtime, so an
+agent process holds the Kafka and Redis clients, pydantic (the config) and, once it calls a
+service, httpx; never igraph, the web stack (fastapi, uvicorn, mcp...) or the CLI's libraries.
 
     python -m agentmesh_cli.agent --name Sales --role sales --capabilities a,b --config mesh.yaml
 

@@ -16,6 +16,9 @@ only connect (floor).
   too) from one extra, untimed audit run under PYTHONPROFILEIMPORTTIME=1, which
   supervisord passes on to its programs, so their logs hold their import lines.
 - `status_refresh`: one `agentmesh status` frame on the running mesh (bench.procs).
+- `cli_help_ms`, `cli_token_ms`: `agentmesh --help` and `agentmesh token --user x`, exec to
+  exit, median of 5, before the mesh starts (bench/cli_start.py); `supervisorctl --help` and
+  `python -c pass` in the same rounds are their baselines (under floor.cli).
 
 raw: the broker and Valkey started at once as processes until the broker answers a
 metadata request and Valkey PING (what `up`'s infra gate waits for), and stopped again.
@@ -45,6 +48,7 @@ import yaml
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import environment
+from agentmesh_cli.bench import cli_start
 from agentmesh_cli.bench.infra import free_port
 from agentmesh_cli.bench.procs import (
     forbidden_in,
@@ -65,6 +69,7 @@ from agentmesh_cli.waiting import wait_until
 REPO_MESH = Path(__file__).resolve().parents[2] / "mesh.yaml"
 UP_TIMEOUT_S = 60
 GONE_TIMEOUT_S = 30  # after `down`, how long the pids and ports get to go
+CLI_REPEATS = 5  # rounds of the command-line timings (bench/cli_start.py)
 READY_LINE = re.compile(r"^ready\s+(\S+)")  # `up`'s progress on a non-terminal
 # variables that would point the throwaway mesh at another one (or another host's share)
 FOREIGN_ENV = (environment.CONFIG, environment.HOST, environment.DISTRIBUTED_MODE,
@@ -338,6 +343,7 @@ def run(repeats: int = 3, config: str | None = None, audit: bool = True) -> dict
                      "from source at each start (no __pycache__), which a normal install does not")
     with tempfile.TemporaryDirectory(prefix="agentmesh-startup-") as tmp:
         mesh = mesh_copy(template, Path(tmp), notes)
+        cli = cli_start.run(mesh.config_file, _env(), CLI_REPEATS)  # first: nothing else runs yet
         cycle = Cycle(mesh, _env())
         startsecs = mesh.config.supervisor.startsecs
         audited: dict[str, set[str]] = {}
@@ -374,6 +380,7 @@ def run(repeats: int = 3, config: str | None = None, audit: bool = True) -> dict
         "agent_forbidden_modules": forbidden,
         "rss_mb_by_program": {name: m["rss_mb"] for name, m in runs[-1]["memory"].items() if m},
         "status_refresh": runs[-1]["status_refresh"],
+        **cli["figures"],
     }
     if audit:
         figures["agent_imported_modules"] = max(len(mods) for mods in audited.values()) if audited else 0
@@ -387,22 +394,24 @@ def run(repeats: int = 3, config: str | None = None, audit: bool = True) -> dict
     return {
         "scenario": "startup",
         "settings": {"repeats": repeats, "config": str(template), "audit": audit,
-                     "up_timeout_s": UP_TIMEOUT_S, "startsecs": startsecs},
+                     "up_timeout_s": UP_TIMEOUT_S, "startsecs": startsecs, "cli_repeats": CLI_REPEATS},
         "figures": figures,
         "raw": raw,
-        "floor": floor,
+        "floor": {**floor, "cli": cli["floor"]},
         "ratios": {
             "up_over_raw": round(figures["up_s"] / raw["up_s"], 3),
             "up_over_floor": round(figures["up_s"] / floor["up_s"], 3),
             "down_over_raw": round(figures["down_s"] / raw["down_s"], 3) if raw["down_s"] else None,
             "down_over_floor": round(figures["down_s"] / floor["down_s"], 3) if floor["down_s"] else None,
             "agent_rss_over_floor": round(rss_max / floor["rss_mb"]["max"], 3),
+            **cli["ratios"],
         },
         "targets": {
             "up_s": {"target": "<= 10 s", "value": figures["up_s"], "met": figures["up_s"] <= 10},
             "down_s": {"target": "<= 5 s", "value": figures["down_s"], "met": figures["down_s"] <= 5},
             "agent_rss_mb": {"target": "<= 60 MB (max)", "value": rss_max, "met": 0 < rss_max <= 60},
             "agent_forbidden_modules": {"target": "none", "value": len(forbidden), "met": not forbidden},
+            **cli["targets"],
         },
         "notes": notes,
     }

@@ -1,45 +1,88 @@
-"""The `agentmesh` command: one Typer app; each module adds its commands. Parse, call, print."""
+"""The `agentmesh` command: one Typer app whose commands load lazily (cli/lazy.py). Parse,
+call, print; an AgentMeshError becomes one red line and its exit code.
+
+This module is imported by every `agentmesh ...` and every role process that supervisord
+starts with `python -m agentmesh_cli`, before any command runs: it imports typer and the
+table below, nothing of the commands (import-linter holds it to that).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-import typer
-from rich.markup import escape
+# as in agent/__main__.py: httpx imports its own command-line client (click, rich, pygments)
+# whenever they are installed; no command uses it, and `status --json` would pay ~35 ms for it
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from agentmesh_cli.cli import bench as bench_commands
-from agentmesh_cli.cli import chaos as chaos_commands
-from agentmesh_cli.cli import consensus as consensus_commands
-from agentmesh_cli.cli import init as init_commands
-from agentmesh_cli.cli import logs as log_commands
-from agentmesh_cli.cli import mesh as mesh_commands
-from agentmesh_cli.cli import metrics as metrics_commands
-from agentmesh_cli.cli import roles as role_commands
-from agentmesh_cli.cli import services as service_commands
-from agentmesh_cli.cli import topics as topic_commands
-from agentmesh_cli.cli.common import console_err
-from agentmesh_cli.errors import AgentMeshError
-from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program
+import typer  # noqa: E402  (after the httpx guard)
+
+from agentmesh_cli.cli.lazy import Entry, LazyGroup  # noqa: E402
+from agentmesh_cli.cli.printer import error  # noqa: E402
+from agentmesh_cli.errors import AgentMeshError  # noqa: E402
+from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program  # noqa: E402
+
+# name -> (module under agentmesh_cli.cli, the summary `agentmesh --help` lists), in the
+# order of that list. The summary is the first paragraph of the command's docstring
+# (tests/unit/test_help.py checks both, and that every registered command is here).
+COMMANDS: dict[str, Entry] = {name: Entry(module, summary) for name, module, summary in (
+    ("up", "mesh",
+     "Start the mesh (or apply a changed mesh.yaml) and wait until every program is ready."),
+    ("down", "mesh",
+     "Stop agents first, then managers, services and infra, then supervisord itself."),
+    ("status", "mesh",
+     "Show the mesh's processes, agents, topology, proposals, services and infra."),
+    ("send", "mesh",
+     "Inject one agent-to-agent message (for demos and scripts)."),
+    ("agent", "roles",
+     "Run one agent process (supervisord runs one per agent of mesh.yaml)."),
+    ("consensus", "consensus",
+     "Run the consensus manager (supervisord runs one per mesh)."),
+    ("propose", "consensus",
+     "Open a proposal; print its id, and with --wait its decision and vote tally."),
+    ("bench", "bench",
+     "Measure a scenario next to two baselines taken in the same run on the same broker and Redis."),
+    ("chaos", "chaos",
+     "Inject faults under load; report what was lost or doubled and how fast the mesh recovered."),
+    ("tail", "topics",
+     "Print a topic's records from the beginning, one JSON line each, then exit (or follow)."),
+    ("memory", "services",
+     "Run the Memory service: users' messages over HTTP, kept in the mesh's Redis."),
+    ("cognition", "services",
+     "Run the Cognition service: context, search and analysis over HTTP, reading the Memory service."),
+    ("token", "services",
+     "Print a bearer token that lets its holder use memory and cognition as USER only."),
+    ("metrics", "metrics",
+     "Serve every role's counters and gauges for Prometheus at GET /metrics."),
+    ("logs", "logs",
+     "Print the programs' logs merged in time order, each line prefixed with its program."),
+    ("init", "init",
+     "Write a commented starter mesh.yaml (four demo agents, every key at its default)."),
+    ("topology", "roles",
+     "Run the topology manager, or query its graph (route, export)."),
+)}
+
+
+class AgentmeshGroup(LazyGroup):
+    entries = COMMANDS
+
 
 app = typer.Typer(
     name="agentmesh",
+    cls=AgentmeshGroup,
     help="Run a multi-agent mesh as supervised OS processes over Kafka and Redis.",
     epilog="Example: agentmesh init && agentmesh up && agentmesh logs -f",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-mesh_commands.register(app)
-role_commands.register(app)
-consensus_commands.register(app)
-bench_commands.register(app)
-chaos_commands.register(app)
-topic_commands.register(app)
-service_commands.register(app)
-metrics_commands.register(app)
-log_commands.register(app)
-init_commands.register(app)
+
+
+@app.callback()
+def _root() -> None:
+    # no options of its own: a callback makes typer build a group even though no command
+    # is registered here (they are in COMMANDS)
+    return None
 
 
 def main() -> None:
@@ -55,7 +98,5 @@ def main() -> None:
         if role_program():  # a role process: its error is one more line of its log
             logging.getLogger(UNCAUGHT_LOGGER).error("%s", exc)
             sys.exit(exc.exit_code)
-        # escaped: a message may quote data with brackets (an agent named "[/x]") that
-        # rich would read as markup, and fail on
-        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        error(str(exc))
         sys.exit(exc.exit_code)

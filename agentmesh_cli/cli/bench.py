@@ -7,12 +7,14 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from agentmesh_cli.cli.common import console, console_err
+from agentmesh_cli.cli import printer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 SCENARIOS = ("mesh", "topology", "consensus", "services", "startup")
 ALL = "all"
@@ -49,6 +51,8 @@ def _rows(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 def result_table(result: dict[str, Any]) -> Table:
     """One table for any scenario: its figures, the two baselines, the ratios, the targets."""
+    from rich.table import Table
+
     table = Table(title=f"agentmesh bench {result['scenario']}", title_justify="left")
     table.add_column("figure", no_wrap=True)
     table.add_column("value", justify="right")
@@ -102,14 +106,15 @@ def bench(
 
     raw is a confluent-kafka producer -> consumer pair moving the same bytes (the physical
     limit); floor is a bare Python loop that decodes the same envelope and replies (the best
-    a Python agent could do). Servers are started on free loopback ports and stopped after.
+    a Python agent could do).
+
+    Servers are started on free loopback ports and stopped after.
 
     Example: agentmesh bench mesh --agents 8 --duration 10
     Example: agentmesh bench --json --out bench.json
     """
     if scenario != ALL and scenario not in SCENARIOS:
-        console_err.print(f"[red]error:[/] unknown scenario {scenario!r}; use one of "
-                          f"{', '.join(SCENARIOS)} or {ALL}")
+        printer.error(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)} or {ALL}")
         raise typer.Exit(2)
     options: dict[str, dict[str, Any]] = {
         "mesh": {"agents": agents, "duration": duration,
@@ -124,19 +129,19 @@ def bench(
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
         shown = ", ".join(f"{k} {v}" for k, v in options[name].items() if v is not None)
-        console_err.print(f"running {name}: {shown} (load average {os.getloadavg()[0]:.2f}) ...")
+        printer.say(f"running {name}: {shown} (load average {os.getloadavg()[0]:.2f}) ...")
         module = importlib.import_module(f"agentmesh_cli.bench.{name}")
         result = module.run(**options[name])
         for note in result.get("notes", []):
-            console_err.print(f"[yellow]note:[/] {note}")
+            printer.note(note)
         results[name] = result
         if not as_json:
-            console.print(result_table(result))
+            printer.show(result_table(result))
     document: dict[str, Any] = results[scenario] if scenario != ALL else {"scenarios": results}
     if out is not None:
         out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if as_json:
-        print(json.dumps(document, indent=2))
+        printer.out(json.dumps(document, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from agentmesh_cli.cli.common import ConfigOption, console, console_err
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption
 
 QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.recovery")  # faults make them talk
 
@@ -40,12 +41,17 @@ def chaos(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
-    """Run a workload while killing each kind of program in turn, restarting Redis and the
-    broker, stalling an agent and writing garbage to every topic; print what was lost, handled
-    twice and decided twice, and how fast each fault was detected and recovered from. Without
-    --config on its own embedded mesh (in a temporary folder, stopped at the end); with
-    --config on that mesh, which must be up. Exit code 0 only when no probe was lost, none was
-    handled twice and no proposal was decided twice (docs/reliability.md).
+    """Inject faults under load; report what was lost or doubled and how fast the mesh recovered.
+
+    Runs a workload while killing each kind of program in turn, restarting Redis and the
+    broker, stalling an agent and writing garbage to every topic; prints what was lost,
+    handled twice and decided twice, and how fast each fault was detected and recovered from.
+
+    Without --config on its own embedded mesh (in a temporary folder, stopped at the end);
+    with --config on that mesh, which must be up.
+
+    Exit code 0 only when no probe was lost, none was handled twice and no proposal was
+    decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
@@ -62,17 +68,17 @@ def chaos(
     try:
         result = run(settings, config, workdir, _say)
     except KeyboardInterrupt:
-        console_err.print("[yellow]interrupted[/]: the mesh was stopped")
+        printer.styled([("interrupted", "yellow"), (": the mesh was stopped", "")], err=True)
         raise typer.Exit(130) from None
     if as_json:
-        print(json.dumps(result, indent=2))
+        printer.out(json.dumps(result, indent=2))
     else:
-        console.print(chaos_table(result))
+        printer.show(chaos_table(result))
     raise typer.Exit(0 if result["ok"] else 1)
 
 
 def _say(text: str) -> None:
-    console_err.print(text, highlight=False, soft_wrap=True)
+    printer.say(text)
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -1,20 +1,18 @@
-"""Options and consoles shared by the command modules."""
+"""Options and helpers shared by the command modules. Light on purpose: every command imports
+it (cli/lazy.py), so what only some commands need is imported inside them."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from agentmesh_cli.errors import ConfigError
-from agentmesh_cli.logformat import configure_role_logging
-from agentmesh_cli.mesh import Mesh, load_mesh
 
-console = Console()
-console_err = Console(stderr=True)
+if TYPE_CHECKING:
+    from agentmesh_cli.mesh import Mesh
 
 ConfigOption = Annotated[
     Path | None,
@@ -27,6 +25,8 @@ ConfigOption = Annotated[
 
 
 def mesh_from(config: Path | None) -> Mesh:
+    from agentmesh_cli.mesh import load_mesh
+
     # a mesh spread over hosts: this host's share when $AGENTMESH_HOST (set for every
     # supervised program) or this machine's name says which (hosts.choose_host)
     return load_mesh(config).for_host(None, required=False)[0]
@@ -35,6 +35,8 @@ def mesh_from(config: Path | None) -> Mesh:
 def role_logging(mesh: Mesh, program: str) -> None:
     """A role process logs one line per event (text, or JSON with mesh.yaml's
     `logging.json`) to stderr, which supervisord writes to logs/<program>.log."""
+    from agentmesh_cli.logformat import configure_role_logging
+
     configure_role_logging(program, mesh.config.logging.json_lines, mesh.config.logging.level)
 
 

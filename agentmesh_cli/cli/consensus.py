@@ -8,14 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.cli.common import (
-    ConfigOption,
-    console,
-    console_err,
-    json_object,
-    mesh_from,
-    role_logging,
-)
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, json_object, mesh_from, role_logging
 from agentmesh_cli.errors import ConfigError
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_EXPIRED = 0, 1, 3
@@ -54,7 +48,6 @@ def propose(
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
     from agentmesh_cli.errors import BusError, WaitTimeout
     from agentmesh_cli.signing import mesh_signer
-    from agentmesh_cli.store import Store
     from agentmesh_cli.waiting import Deadline, wait_until
 
     mesh = mesh_from(config)
@@ -69,9 +62,11 @@ def propose(
     bus.send(C.TOPIC_PROPOSALS, event, key=proposal_id)
     if bus.flush(10) or bus.delivery_failures:
         raise BusError(f"proposal not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
-    console.print(proposal_id, highlight=False)
+    printer.out(proposal_id)
     if not wait:
         return
+    from agentmesh_cli.store import Store  # only with --wait: the id alone needs no Redis
+
     store = Store(mesh.redis_url, mesh.config.mesh)
     seen: dict[str, Any] | None = None
 
@@ -83,14 +78,14 @@ def propose(
     try:
         record = wait_until(decided, deadline, "the decision", interval=POLL_S)
     except WaitTimeout:
-        console_err.print(f"no decision on {proposal_id} within {deadline.timeout:.0f}s "
-                          f"(status {seen['status'] if seen else 'not opened'})", highlight=False)
+        printer.say(f"no decision on {proposal_id} within {deadline.timeout:.0f}s "
+                    f"(status {seen['status'] if seen else 'not opened'})")
         raise typer.Exit(EXIT_EXPIRED) from None
     t = record["tally"]
-    console.print(
+    printer.out(
         f"{record['status']}: {t['for']} for, {t['against']} against, {t['needed']} needed of "
         f"{t['electorate']} (waggle intensity {record['waggle']['intensity']:.3f}, "
-        f"{(time.monotonic() - started) * 1000:.0f} ms)", highlight=False)
+        f"{(time.monotonic() - started) * 1000:.0f} ms)")
     codes = {"accepted": EXIT_ACCEPTED, "rejected": EXIT_REJECTED}
     raise typer.Exit(codes.get(record["status"], EXIT_EXPIRED))
 

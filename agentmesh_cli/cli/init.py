@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agentmesh_cli.cli.common import console
+from agentmesh_cli.cli import printer
 from agentmesh_cli.starter import write_starter
 
 
@@ -21,7 +21,7 @@ def init(
     Example: agentmesh init my-mesh && cd my-mesh && agentmesh up
     """
     target = write_starter(directory, force)
-    console.print(f"wrote {target}: edit it, then run agentmesh up", highlight=False)
+    printer.out(f"wrote {target}: edit it, then run agentmesh up")
 
 
 def register(app: typer.Typer) -> None:

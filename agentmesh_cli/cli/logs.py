@@ -6,16 +6,17 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
-from agentmesh_cli.cli.common import ConfigOption, console_err, mesh_from
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, mesh_from
 from agentmesh_cli.errors import AgentMeshError, ConfigError
 from agentmesh_cli.logfiles import LogFile, LogLine, merge
-from agentmesh_cli.mesh import Mesh
+
+if TYPE_CHECKING:
+    from agentmesh_cli.mesh import Mesh
 
 SUPERVISORD = "supervisord"  # its own log: asked for by name, not part of the default
 DEFAULT_LINES = 40
@@ -47,32 +48,30 @@ def logs(
         "--no-color", help="No colours (there are none when not a terminal).")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print the programs' logs merged in time order (last N lines in all), each line
-    prefixed with its program; with -f keep following them, across log rotation.
+    """Print the programs' logs merged in time order, each line prefixed with its program.
 
-    Lines logged as JSON (logging.json in mesh.yaml) are shown in the text format.
+    The last N lines of them all together; with -f keep following them, across log
+    rotation. Lines logged as JSON (logging.json in mesh.yaml) are shown in the text format.
 
     Example: agentmesh logs agent-Sales consensus-manager -f -n 100
     """
     mesh = mesh_from(config)
     every = _program_names(mesh)
     chosen = _choose(programs or [], every)
-    out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False,
-                  color_system=None if no_color else "auto")
     width = max(len(name) for name in chosen)
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate([*every, SUPERVISORD])}
     files = [LogFile(name, mesh.logs_dir / f"{name}.log", time.time) for name in chosen]
     try:
         if not follow and not any(f.path.exists() for f in files):
-            console_err.print(f"no log files of {', '.join(chosen)} in {mesh.logs_dir} yet",
-                              highlight=False, soft_wrap=True)
+            printer.say(f"no log files of {', '.join(chosen)} in {mesh.logs_dir} yet")
             return
-        _print(out, list(merge(f.tail(lines) for f in files))[-lines:] if lines else [], colours, width)
+        tail = list(merge(f.tail(lines) for f in files))[-lines:] if lines else []
+        _print(tail, colours, width, not no_color)
         while follow:
             time.sleep(POLL_S)
-            _print(out, merge(f.read_new() for f in files), colours, width)
+            _print(merge(f.read_new() for f in files), colours, width, not no_color)
     except KeyboardInterrupt:
-        pass  # Ctrl+C is how following ends (a closed pipe: rich exits 1 quietly)
+        pass  # Ctrl+C is how following ends (a closed pipe: the printer exits 1 quietly)
     finally:
         for f in files:
             f.close()
@@ -92,12 +91,10 @@ def _choose(asked: list[str], every: list[str]) -> list[str]:
     return list(dict.fromkeys(asked)) or every
 
 
-def _print(out: Console, lines: Iterable[LogLine], colours: dict[str, str], width: int) -> None:
+def _print(lines: Iterable[LogLine], colours: dict[str, str], width: int, color: bool) -> None:
     for line in lines:
-        out.print(Text.assemble(
-            (f"{line.program:<{width}} | ", colours[line.program]),
-            (line.text, LEVEL_STYLES.get(line.level or "", "")),
-        ))
+        printer.styled([(f"{line.program:<{width}} | ", colours[line.program]),
+                        (line.text, LEVEL_STYLES.get(line.level or "", ""))], color=color)
 
 
 def register(app: typer.Typer) -> None:

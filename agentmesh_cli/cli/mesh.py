@@ -1,20 +1,24 @@
-"""Commands that run and inspect a whole mesh: up, down, status, send."""
+"""Commands that run and inspect a whole mesh: up, down, status, send.
+
+`send` and `status --json` run in scripts' loops: what only `up`, `down` or the dashboard
+need (lifecycle, rich) is imported inside them (cli/lazy.py).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
-from rich.markup import escape
 
-from agentmesh_cli import lifecycle
-from agentmesh_cli.cli.common import ConfigOption, console, console_err, json_object, mesh_from
-from agentmesh_cli.dashboard.views import render_status, up_table
-from agentmesh_cli.errors import AgentMeshError, NotReadyError
-from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, json_object, mesh_from
+from agentmesh_cli.errors import AgentMeshError
+
+if TYPE_CHECKING:
+    from agentmesh_cli.lifecycle import ProgramState
+    from agentmesh_cli.mesh import Mesh
 
 HostOption = Annotated[str | None, typer.Option(
     "--host", show_default=False,
@@ -27,7 +31,7 @@ def host_mesh(config: Path | None, host: str | None) -> Mesh:
     which host was chosen when --host was not given."""
     mesh, why = mesh_from(config).for_host(host)
     if why:
-        console_err.print(f"host {mesh.host} ({why})", highlight=False)
+        printer.say(f"host {mesh.host} ({why})")
     return mesh
 
 
@@ -37,40 +41,46 @@ def up(
     host: HostOption = None,
 ) -> None:
     """Start the mesh (or apply a changed mesh.yaml) and wait until every program is ready.
+
     With `hosts` in mesh.yaml: this host's programs only, under its own supervisord.
 
     Example: agentmesh up --config mesh.yaml --timeout 90
     """
+    from rich.live import Live
+
+    from agentmesh_cli import lifecycle
+    from agentmesh_cli.dashboard.views import up_table
+    from agentmesh_cli.errors import NotReadyError
+
     mesh = host_mesh(config, host)
+    console_err = printer.console(err=True)
     live = Live(console=console_err, transient=False, auto_refresh=False)
     seen: dict[str, bool] = {}
 
-    def progress(states: list[lifecycle.ProgramState]) -> None:
+    def progress(states: list[ProgramState]) -> None:
         if console_err.is_terminal:
             live.update(up_table(states), refresh=True)
             return
         for s in states:  # not a terminal: one line when a program becomes ready
             if s.ready and not seen.get(s.name):
                 detail = f"pid {s.pid}" if s.pid else s.state
-                console_err.print(f"ready  {s.name} ({detail})", highlight=False)
+                printer.say(f"ready  {s.name} ({detail})")
             seen[s.name] = s.ready
 
     try:
         with live if console_err.is_terminal else _null():
             states, changes = lifecycle.up(mesh, timeout, progress)
     except NotReadyError as exc:
-        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        printer.error(str(exc))
         if exc.log_tail:
             log = (mesh.logs_dir / f"{exc.program}.log").relative_to(mesh.root)
-            console_err.rule(f"last lines of {log}")
-            console_err.print(exc.log_tail.rstrip(), highlight=False, markup=False)
+            printer.rule(f"last lines of {log}")
+            printer.say(exc.log_tail.rstrip())
         raise typer.Exit(1) from exc
     summary = ", ".join(f"{k} {len(v)}" for k, v in changes.items() if v) or "no changes"
-    console.print(
-        f"[green]mesh {mesh.config.mesh} is up{_on(mesh)}[/]: {len(states)} programs ready ({summary}). "
-        f"See `agentmesh status` or `supervisorctl -c {mesh.supervisord_conf} status`.",
-        highlight=False,
-    )
+    printer.ok(f"mesh {mesh.config.mesh} is up{_on(mesh)}",
+               f": {len(states)} programs ready ({summary}). "
+               f"See `agentmesh status` or `supervisorctl -c {mesh.supervisord_conf} status`.")
 
 
 class _null:
@@ -91,19 +101,22 @@ def down(
     host: HostOption = None,
 ) -> None:
     """Stop agents first, then managers, services and infra, then supervisord itself.
+
     With `hosts` in mesh.yaml: this host's programs and supervisord only.
 
     Example: agentmesh down
     """
+    from agentmesh_cli import lifecycle
+
     mesh = host_mesh(config, host)
 
     def progress(tier: str, names: list[str]) -> None:
-        console_err.print(f"stopping {tier}: {', '.join(names)}", highlight=False)
+        printer.say(f"stopping {tier}: {', '.join(names)}")
 
     if lifecycle.down(mesh, timeout, progress):
-        console.print(f"[green]mesh {mesh.config.mesh} is down{_on(mesh)}[/]", highlight=False)
+        printer.ok(f"mesh {mesh.config.mesh} is down{_on(mesh)}")
     else:
-        console.print(f"mesh {mesh.config.mesh} is not running{_on(mesh)}", highlight=False)
+        printer.out(f"mesh {mesh.config.mesh} is not running{_on(mesh)}")
 
 
 def status(
@@ -115,10 +128,11 @@ def status(
         min=0.1, help="Seconds between frames of the live dashboard.")] = 1.0,
     host: HostOption = None,
 ) -> None:
-    """Processes, agents, topology, proposals, services and infra of the mesh: a live
-    dashboard on a terminal (Ctrl+C quits), else one frame. Exit code 1 when a program is
-    not RUNNING. With `hosts` in mesh.yaml the processes are this host's; the rest is
-    mesh-wide.
+    """Show the mesh's processes, agents, topology, proposals, services and infra.
+
+    On a terminal a live dashboard (Ctrl+C quits), else one frame. Exit code 1 when a
+    program is not RUNNING. With `hosts` in mesh.yaml the processes are this host's; the
+    rest is mesh-wide.
 
     Example: agentmesh status --json | jq .topology.stats
     """
@@ -127,14 +141,16 @@ def status(
     mesh = host_mesh(config, host)
     if as_json:
         data: dict[str, Any] | None = collect(mesh)
-        print(json.dumps(data, indent=2))
-    elif once or not console.is_terminal:
+        printer.out(json.dumps(data, indent=2))
+    elif once or not printer.is_terminal():
+        from agentmesh_cli.dashboard.views import render_status
+
         data = collect(mesh)
-        console.print(render_status(data))
+        printer.show(render_status(data))
     else:
         from agentmesh_cli.dashboard.live import watch
 
-        data = watch(mesh, console, interval)
+        data = watch(mesh, printer.console(), interval)
     if data is None or not all_running(data):
         raise typer.Exit(1)
 
@@ -165,7 +181,7 @@ def send(
 
         raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
     _count_sent(mesh, recipient)
-    console.print(f"sent {envelope.id} to {recipient} (partition {partition})", highlight=False)
+    printer.out(f"sent {envelope.id} to {recipient} (partition {partition})")
 
 
 def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
@@ -175,8 +191,8 @@ def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
     store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
     try:
         if recipient not in store.agents():
-            console_err.print(f"[yellow]warning:[/] {recipient} is not a registered agent; "
-                              "the message waits in its inbox partition", highlight=False)
+            printer.warn(f"{recipient} is not a registered agent; the message waits in its "
+                         "inbox partition")
     except AgentMeshError:
         pass  # Redis down: sending does not need it
     finally:
@@ -194,8 +210,8 @@ def _count_sent(mesh: Mesh, recipient: str) -> None:
     try:
         store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(recipient): 1}))
     except AgentMeshError:
-        console_err.print(f"[yellow]warning:[/] not counted (Redis unavailable): {recipient}'s "
-                          "backlog in `agentmesh status` is one too low", highlight=False)
+        printer.warn(f"not counted (Redis unavailable): {recipient}'s backlog in `agentmesh "
+                     "status` is one too low")
     finally:
         store.close()
 

@@ -19,8 +19,9 @@ def metrics(
         min=1, max=65535, show_default=False,
         help=f"Port (default: metrics.port of mesh.yaml, {C.DEFAULT_METRICS_PORT}).")] = None,
 ) -> None:
-    """Serve every role's counters and gauges for Prometheus at GET /metrics, read from
-    Redis and supervisord on each scrape.
+    """Serve every role's counters and gauges for Prometheus at GET /metrics.
+
+    It reads Redis and supervisord on each scrape: nothing is kept between scrapes.
 
     Example: agentmesh metrics --config mesh.yaml --port 9464   (then: curl -s localhost:9464/metrics)
     """

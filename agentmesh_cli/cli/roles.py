@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.cli.common import ConfigOption, console, mesh_from, role_logging
-from agentmesh_cli.topology.export import ExportFormat
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
+from agentmesh_cli.topology.export import ExportFormat  # light: igraph only when exporting
 
 # its help is the callback's docstring, so `agentmesh topology --help` shows the example
 topology_app = typer.Typer()
@@ -33,7 +34,9 @@ def agent(
 
 @topology_app.callback(invoke_without_command=True)
 def topology(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """The topology manager, and queries on its graph. Without a subcommand: run the manager.
+    """Run the topology manager, or query its graph (route, export).
+
+    Without a subcommand: run the manager (supervisord runs one per mesh).
 
     Example: agentmesh topology --config mesh.yaml
     """
@@ -67,7 +70,7 @@ def route(
         raise TopologyError("no topology snapshot yet: is the topology manager running?")
     graph = snapshot_graph(snapshot, SlimeMoldRules.of(mesh.config.topology))
     path, cost = graph.route(source, target)
-    console.print(f"{' -> '.join(path)}  (cost {cost:.3f})", highlight=False)
+    printer.out(f"{' -> '.join(path)}  (cost {cost:.3f})")
 
 
 @topology_app.command()
@@ -95,7 +98,7 @@ def export(
     registry = {name: str(record.get("role", "")) for name, record in store.agents().items()}
     text = export_text(view_from_snapshot(snapshot, mesh.config.mesh, registry), fmt)
     if output is None:
-        typer.echo(text, nl=False)
+        printer.write(text)
         return
     try:
         output.write_text(text, encoding="utf-8")

@@ -9,6 +9,7 @@ import typer
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import environment
+from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, mesh_from, role_logging
 from agentmesh_cli.errors import ConfigError
 
@@ -72,14 +73,14 @@ def token(
 
     Example: agentmesh token --user alice --config mesh.yaml
     """
-    from agentmesh_cli.services.auth import user_token
-    from agentmesh_cli.services.memory import ID_PATTERN
+    # the light modules: not services.auth or services.memory, which import the web stack
+    from agentmesh_cli.services.protocol import ID_PATTERN, ID_RULE
+    from agentmesh_cli.services.tokens import user_token
 
     if not ID_PATTERN.fullmatch(user):
-        raise ConfigError(f"--user {user!r} is not a user id: use 1 to 128 characters of "
-                          "A-Z a-z 0-9 _ . : @ -")
+        raise ConfigError(f"--user {user!r} is not a user id: use {ID_RULE}")
     mesh = mesh_from(config)
-    typer.echo(user_token(mesh.credentials.service_token, user))
+    printer.out(user_token(mesh.credentials.service_token, user))
 
 
 def register(app: typer.Typer) -> None:

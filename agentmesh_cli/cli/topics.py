@@ -11,7 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.cli.common import ConfigOption, console_err, mesh_from
+from agentmesh_cli.cli import printer
+from agentmesh_cli.cli.common import ConfigOption, mesh_from
 from agentmesh_cli.errors import ConfigError, InvalidEnvelope
 
 IDLE_EXIT_S = 1.0
@@ -56,12 +57,12 @@ def tail(
                 except InvalidEnvelope as exc:
                     line["invalid"] = str(exc)
                     line["raw_base64"] = base64.b64encode(record.value or b"").decode("ascii")
-                print(json.dumps(line, ensure_ascii=False), flush=True)
+                printer.out(json.dumps(line, ensure_ascii=False))
     except KeyboardInterrupt:
         pass
     finally:
         reader.close()
-    console_err.print(f"{count} records from {mesh.topic(topic)}", highlight=False)
+    printer.say(f"{count} records from {mesh.topic(topic)}")
 
 
 def register(app: typer.Typer) -> None:

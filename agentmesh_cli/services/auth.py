@@ -7,7 +7,7 @@ Every request to memory and cognition except `GET /health` carries `Authorizatio
 - the service token (`mesh.credentials.service_token`): the mesh's own identity. Agents,
   cognition (as memory's client) and operators act with it on behalf of any user;
 - a user token, `u1.<user>.<signature>` with the signature base64url(HMAC-SHA256(service
-  token, "user:" + user)) (`user_token`, printed by `agentmesh token --user NAME`). Both
+  token, "user:" + user)) (services/tokens.py, printed by `agentmesh token --user NAME`). Both
   services check it from the service token alone: nothing is stored, and rotating the
   service token invalidates every user token. A user token acts for that user only: a
   tool or resource naming another user answers 403 `forbidden` (`require_user`), and a
@@ -23,8 +23,6 @@ Tokens are compared with hmac.compare_digest, and never logged or echoed.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -36,8 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentmesh_cli.errors import ConfigError, Forbidden, Unauthorized
 from agentmesh_cli.services.http import error_response
+from agentmesh_cli.services.tokens import USER_TOKEN_PREFIX, user_token
 
-USER_TOKEN_PREFIX = "u1"  # the version of the user token format: a new format gets u2
 MIN_SERVICE_TOKEN = 16  # characters; the generated one has 43
 MAX_TOKEN_BYTES = 512  # a longer Authorization value is refused before any hashing
 CALLER_SCOPE_KEY = "agentmesh.caller"  # where the middleware leaves the Caller in the scope
@@ -70,16 +68,6 @@ def check_service_token(token: str, service: str) -> str:
         raise ConfigError(f"the {service} service's token is shorter than {MIN_SERVICE_TOKEN} "
                           "characters; use the generated one or a longer random value")
     return token
-
-
-def _signature(service_token: str, user: str) -> str:
-    digest = hmac.new(service_token.encode(), f"user:{user}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def user_token(service_token: str, user: str) -> str:
-    """The token that lets its bearer act as `user` (and no one else) on both services."""
-    return f"{USER_TOKEN_PREFIX}.{user}.{_signature(service_token, user)}"
 
 
 def identify(credential: bytes, service_token: str) -> Caller | None:

@@ -74,14 +74,13 @@ from agentmesh_cli.services.http import (
 )
 from agentmesh_cli.services.mcp import install_mcp, served_hosts
 from agentmesh_cli.services.memory import (
-    ID_PATTERN,
     MAX_ITEMS,
     check_fields,
     check_id,
     check_limit,
     check_owner,
 )
-from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
+from agentmesh_cli.services.protocol import ID_PATTERN, Catalogue, ResourceSpec, ToolSpec, catalogue_of
 from agentmesh_cli.services.seed import (
     bad_argument,
     http_url,

@@ -35,7 +35,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -75,7 +74,14 @@ from agentmesh_cli.services.http import (
     wants_event_stream,
 )
 from agentmesh_cli.services.mcp import install_mcp, served_hosts
-from agentmesh_cli.services.protocol import Catalogue, ResourceSpec, ToolSpec, catalogue_of
+from agentmesh_cli.services.protocol import (
+    ID_PATTERN,
+    ID_RULE,
+    Catalogue,
+    ResourceSpec,
+    ToolSpec,
+    catalogue_of,
+)
 from agentmesh_cli.services.seed import (
     bad_argument,
     http_url,
@@ -91,7 +97,6 @@ log = logging.getLogger(__name__)
 PROGRAM = "memory"  # the supervisord program name; readiness goes to Keys.ready(PROGRAM)
 MAX_METADATA_DEPTH = 32  # JSON nesting of metadata (the codec refuses 255; nobody needs 32)
 MAX_ITEMS = 1000  # the largest list a resource answers (and the highest /limit/{n})
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 HEALTH_TIMEOUT_S = 0.5
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 5.0
@@ -128,7 +133,7 @@ def check_id(value: Any, argument: str) -> str:
     if not isinstance(value, str):
         raise bad_argument(argument, f"must be a string, not {json_type(value)}")
     if not ID_PATTERN.fullmatch(value):
-        raise bad_argument(argument, "must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -")
+        raise bad_argument(argument, f"must be {ID_RULE}")
     if not value.strip("."):
         # "." and ".." are path steps wherever an id goes into a URL (cognition reads
         # memory's history/{user_id}): a client would normalise them away

@@ -8,9 +8,15 @@ whichever protocol calls it, including its argument errors (ApiError subclasses)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+# a user, conversation or message id: safe inside a Redis key and a URL path. Here, apart from
+# the web stack, because `agentmesh token --user` checks it too and must stay quick
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+ID_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . : @ -"
 
 ToolHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 """Runs a tool on its arguments; raises an ApiError (400, 404, 503...) when it cannot."""

@@ -5,6 +5,7 @@ No speed is asserted: the figures of a test run on a busy machine mean nothing."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,29 @@ def test_bench_topology_json_keeps_the_contract(tmp_path: Path) -> None:
 def test_bench_unknown_scenario_exits_2() -> None:
     result = agentmesh("bench", "nosuch")
     assert result.returncode == 2
-    message = " ".join(result.stderr.split())  # rich wraps long lines
-    assert "unknown scenario 'nosuch'" in message and "topology" in message
+    # one line, however long: the printer does not wrap what a script may read
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: unknown scenario 'nosuch'") and "topology" in result.stderr
     assert result.stdout == ""
+
+
+def test_bench_startup_cli_figures_keep_the_contract(tmp_path: Path) -> None:
+    """The command-line part of `bench startup` (the rest starts whole meshes: too long for
+    a test), in the shape startup.run merges into the scenario's sections."""
+    from agentmesh_cli.bench import cli_start
+
+    config = tmp_path / "mesh.yaml"
+    config.write_text("mesh: m\nagents: [{name: Sales, role: sales}]\n", encoding="utf-8")
+    part = cli_start.run(config, {**os.environ, "COLUMNS": "160"}, repeats=1)
+    assert set(part) == {"figures", "floor", "ratios", "targets"}
+    figures, floor = part["figures"], part["floor"]
+    assert set(figures) == {"cli_help_ms", "cli_token_ms", "cli_help_runs", "cli_token_runs"}
+    assert set(floor) == {"supervisorctl_help_ms", "supervisorctl_help_runs", "python_ms"}
+    assert _numbers(figures) and _numbers(floor)
+    assert all(v > 0 for v in (figures["cli_help_ms"], figures["cli_token_ms"], floor["python_ms"]))
+    assert part["ratios"]["cli_help_over_supervisorctl"] == round(
+        figures["cli_help_ms"] / floor["supervisorctl_help_ms"], 3)
+    assert set(part["targets"]) == {"cli_help_ms", "cli_token_ms"}
+    for name, target in part["targets"].items():
+        assert set(target) == {"target", "value", "met"} and target["value"] == figures[name]
+        assert isinstance(target["met"], bool)

@@ -20,6 +20,10 @@ def complete(words: str, cwd: Path) -> list[str]:
 
 def test_completion_of_commands_and_programs(tmp_path: Path) -> None:
     assert complete("agentmesh lo", tmp_path) == ["logs"]
+    # the names come from the lazy table; options and subcommands from the command itself
+    assert complete("agentmesh to", tmp_path) == ["token", "topology"]
+    assert complete("agentmesh topology ex", tmp_path) == ["export"]
+    assert complete("agentmesh logs --no", tmp_path) == ["--no-color"]
     (tmp_path / "mesh.yaml").write_text("mesh: m\nagents: [{name: Sales, role: sales}]\n", encoding="utf-8")
     assert complete("agentmesh logs agent-", tmp_path) == ["agent-Sales"]
     assert complete("agentmesh logs co", tmp_path) == ["cognition", "consensus-manager"]
