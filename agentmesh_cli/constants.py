@@ -78,7 +78,8 @@ STATE_DIR = ".agentmesh"
 SUPERVISORD_CONF = "supervisord.conf"
 SUPERVISOR_SOCKET = "supervisor.sock"
 SUPERVISORD_PID = "supervisord.pid"
-SUPERVISORD_LOG = "supervisord.log"  # supervisord's own log, in the logs folder
+SUPERVISORD = "supervisord"  # its own log's name for `agentmesh logs`
+SUPERVISORD_LOG = SUPERVISORD + ".log"  # supervisord's own log, in the logs folder
 VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
 
 # Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).

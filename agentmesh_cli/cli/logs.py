@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, mesh_from
 from agentmesh_cli.errors import AgentMeshError, ConfigError
@@ -18,7 +19,7 @@ from agentmesh_cli.logfiles import LogFile, LogLine, merge
 if TYPE_CHECKING:
     from agentmesh_cli.mesh import Mesh
 
-SUPERVISORD = "supervisord"  # its own log: asked for by name, not part of the default
+SUPERVISORD = C.SUPERVISORD  # its own log: asked for by name, not part of the default
 DEFAULT_LINES = 40
 POLL_S = 0.2
 # one colour per program in mesh order (red is left for errors)
