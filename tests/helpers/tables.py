@@ -8,11 +8,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.metrics_core import Metric
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.config import parse_config
 from agentmesh_cli.embedded import free_port
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.signing import signing_key
 
 GOOD = {"mesh": "shop", "agents": [{"name": "Sales", "role": "sales"}]}
@@ -155,6 +158,14 @@ def deep(levels: int) -> dict[str, Any]:
 
 
 ENV = ("MEMORY_SERVICE_URL", "MEMORY_SERVICE_PORT", "COGNITION_SERVICE_URL", "COGNITION_SERVICE_PORT")
+
+
+def discovery_mesh(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Mesh:
+    """A mesh whose memory service is at 127.0.0.1:9001, with no service variable set."""
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    config = parse_config({"mesh": "t", "services": {"memory": {"host": "127.0.0.1", "port": 9001}}})
+    return Mesh(config, folder / "mesh.yaml")
 
 
 VALUE = b'{"v":1}'

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from agentmesh_cli.config import parse_config
 from agentmesh_cli.embedded import free_port, stop
 from agentmesh_cli.errors import (
     AgentMeshError,
@@ -33,7 +32,7 @@ from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.client import AsyncServiceClient, ServiceClient
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.clock import FakeClock
-from tests.helpers.tables import ENV
+from tests.helpers.tables import discovery_mesh
 
 SERVER = Path(__file__).resolve().parents[1] / "helpers" / "scripted_service.py"
 FAST = {"backoff": 0.01, "backoff_max": 0.05}  # retries in milliseconds, not seconds
@@ -435,10 +434,7 @@ def test_async_stream_yields_items_as_they_arrive(server: Scripted) -> None:
 
 @pytest.fixture
 def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Mesh:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    config = parse_config({"mesh": "t", "services": {"memory": {"host": "127.0.0.1", "port": 9001}}})
-    return Mesh(config, tmp_path / "mesh.yaml")
+    return discovery_mesh(tmp_path, monkeypatch)
 
 
 def test_discovered_clients_reach_the_service(server: Scripted, mesh: Mesh,

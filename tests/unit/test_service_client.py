@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from agentmesh_cli.config import parse_config
 from agentmesh_cli.errors import (
     AgentMeshError,
     CircuitOpenError,
@@ -23,10 +22,7 @@ from agentmesh_cli.errors import (
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.client import Breaker, ServiceClient, service_url
 from tests.helpers.clock import FakeClock
-from tests.helpers.tables import ENV
-
-# -- results and errors ---------------------------------------------------------------------
-
+from tests.helpers.tables import discovery_mesh
 
 # -- circuit breaker -------------------------------------------------------------------------
 
@@ -111,20 +107,11 @@ def test_a_stream_that_breaks_after_its_call_counts_as_a_failure() -> None:
     assert breaker.state == "open" and call(breaker, "ok") == open_message(30)
 
 
-# -- streams and health ----------------------------------------------------------------------
-
-
-# -- the async client --------------------------------------------------------------------------
-
-
 # -- discovery -------------------------------------------------------------------------------
 
 @pytest.fixture
 def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Mesh:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    config = parse_config({"mesh": "t", "services": {"memory": {"host": "127.0.0.1", "port": 9001}}})
-    return Mesh(config, tmp_path / "mesh.yaml")
+    return discovery_mesh(tmp_path, monkeypatch)
 
 
 def test_discovery_from_mesh_yaml(mesh: Mesh) -> None:
