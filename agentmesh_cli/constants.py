@@ -80,6 +80,7 @@ SUPERVISOR_SOCKET = "supervisor.sock"
 SUPERVISORD_PID = "supervisord.pid"
 SUPERVISORD = "supervisord"  # its own log's name for `agentmesh logs`
 SUPERVISORD_LOG = SUPERVISORD + ".log"  # supervisord's own log, in the logs folder
+STATUS_SAMPLES = "status-cpu.json"  # the last one-shot status's CPU samples (status.py)
 VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
 
 # Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).

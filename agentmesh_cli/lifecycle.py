@@ -24,7 +24,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent.roles import resolve_role
@@ -33,13 +32,11 @@ from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.services.probe import Prober, tls_verify
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, valkey_secret_file
 from agentmesh_cli.waiting import Clock, Deadline, wait_until
-
-if TYPE_CHECKING:
-    import httpx  # imported where a client is made: most commands never need it
 
 FORMED_ROW = "(topology)"  # the last gate: every agent has joined the graph
 FAILED_STATES = frozenset({"FATAL", "EXITED", "STOPPED", "UNKNOWN"})
@@ -93,37 +90,11 @@ def preflight(mesh: Mesh, running: set[str], specs: list[ProgramSpec]) -> None:
                                  f"start; stop what holds it or set {key} in {file}")
 
 
-def service_health(mesh: Mesh, service: str, http: httpx.Client) -> tuple[int | None, float, dict[str, Any]]:
-    """(HTTP status of GET /health or None when unreachable, seconds the request took,
-    the JSON body or {}). `http` is the caller's client, kept across calls: making one
-    costs more than the request."""
-    import httpx
-
-    from agentmesh_cli.services.client import service_url
-
-    started = time.monotonic()
-    try:
-        response = http.get(service_url(mesh, service) + "/health")
-    except httpx.HTTPError:
-        return None, time.monotonic() - started, {}
-    took = time.monotonic() - started
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    return response.status_code, took, body if isinstance(body, dict) else {}
-
-
-def metrics_answers(mesh: Mesh, http: httpx.Client) -> bool:
+def metrics_answers(mesh: Mesh, prober: Prober) -> bool:
     """The exporter answers GET /metrics with 200 (it does so even while Redis is down)."""
-    import httpx
-
     from agentmesh_cli.metrics.exporter import metrics_url
 
-    try:
-        return http.get(metrics_url(mesh)).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return prober.get(metrics_url(mesh))[0] == 200
 
 
 class Readiness:
@@ -132,22 +103,16 @@ class Readiness:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
         self._store: Store | None = None
-        self._http: httpx.Client | None = None
+        self._prober: Prober | None = None
 
-    def http(self) -> httpx.Client:
-        if self._http is None:
-            import httpx
-
-            from agentmesh_cli.services.client import tls_verify
-
-            self._http = httpx.Client(timeout=1.0, verify=tls_verify(self.mesh))  # services.tls_ca
-        return self._http
+    def prober(self) -> Prober:
+        if self._prober is None:
+            self._prober = Prober(timeout=1.0, verify=tls_verify(self.mesh))  # services.tls_ca
+        return self._prober
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
-        if self._http is not None:
-            self._http.close()
 
     def store(self) -> Store:
         if self._store is None:
@@ -170,9 +135,9 @@ class Readiness:
             if name == C.PROGRAM_REDIS:
                 return self.store().ping()
             if name in C.SERVICE_PROGRAMS:
-                return service_health(self.mesh, name, self.http())[0] == 200
+                return self.prober().health(self.mesh, name)[0] == 200
             if name == C.PROGRAM_METRICS:
-                return metrics_answers(self.mesh, self.http())
+                return metrics_answers(self.mesh, self.prober())
             return self.store().ready_pid(name) == pid
         except AgentMeshError:
             return False

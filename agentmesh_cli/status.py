@@ -11,18 +11,20 @@ frames (CPU samples, the main log's offset) for the live dashboard.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import orjson
 import psutil
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.sampling import ProcessSampler
+from agentmesh_cli.services.probe import Prober, service_url, tls_verify
 from agentmesh_cli.signing import refused_totals
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
@@ -33,57 +35,8 @@ RECENT_PROPOSALS = 20
 HEALTH_TIMEOUT_S = 0.5
 PROBE_TIMEOUT_S = 0.5  # the broker's metadata request
 CPU_WINDOW_S = 0.3  # one-shot status: CPU% over at least this long
+SAMPLES_KEPT_S = 60.0  # an earlier status's CPU samples serve for this long (then: the window)
 HEALTH_WORDS = {200: "healthy"}  # else the service's own word (unhealthy, degraded)
-
-
-class ProcessSampler:
-    """CPU% (between two samples of a pid's CPU times) and RSS of pids, with psutil."""
-
-    def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-        self._sampled_at: float | None = None
-
-    def prime(self, pids: Iterable[int]) -> None:
-        for pid in pids:
-            self._process(pid)
-
-    def window(self) -> float | None:
-        """Seconds since the previous sample round (what a CPU% is averaged over)."""
-        now = time.monotonic()
-        window = None if self._sampled_at is None else now - self._sampled_at
-        self._sampled_at = now
-        return window
-
-    def _process(self, pid: int) -> tuple[psutil.Process | None, bool]:
-        """The process (None when gone) and whether it was first seen just now."""
-        if pid in self._procs:
-            return self._procs[pid], False
-        try:
-            proc = psutil.Process(pid)
-            proc.cpu_percent(None)  # the first sample: the next call measures from here
-        except psutil.Error:
-            return None, True
-        self._procs[pid] = proc
-        self._sampled_at = self._sampled_at or time.monotonic()
-        return proc, True
-
-    def sample(self, pid: int) -> tuple[float | None, int | None]:
-        """(CPU% since the last sample, None on a first sight; RSS bytes), None when gone."""
-        proc, first = self._process(pid)
-        if proc is None:
-            return None, None
-        try:
-            with proc.oneshot():
-                cpu, rss = proc.cpu_percent(None), proc.memory_info().rss
-        except psutil.Error:
-            self._procs.pop(pid, None)
-            return None, None
-        return (None if first else round(cpu, 1)), int(rss)
-
-    def keep_only(self, pids: Iterable[int]) -> None:
-        alive = set(pids)
-        for pid in [p for p in self._procs if p not in alive]:
-            del self._procs[pid]
 
 
 class StatusCollector:
@@ -95,14 +48,11 @@ class StatusCollector:
         self.spawns = SpawnLog()
         self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
         self._redis_problem: str | None = None
-        from agentmesh_cli.services.client import tls_verify
-
         # every frame's /health requests (https with services.tls_*, trusting services.tls_ca)
-        self.http = httpx.Client(timeout=HEALTH_TIMEOUT_S, verify=tls_verify(mesh))
+        self.prober = Prober(HEALTH_TIMEOUT_S, verify=tls_verify(mesh))
 
     def close(self) -> None:
         self.store.close()
-        self.http.close()
 
     def __enter__(self) -> StatusCollector:
         return self
@@ -122,9 +72,15 @@ class StatusCollector:
         sup_running, infos = self._supervisor(errors)
         primed = time.monotonic()
         # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
-        cpu_window = cpu_window if any(p["pid"] for p in infos) else 0.0
-        if cpu_window:
-            self.sampler.prime(p["pid"] for p in infos if p["pid"])
+        # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
+        pids = [p["pid"] for p in infos if p["pid"]]
+        one_shot = bool(cpu_window)
+        if one_shot and self.sampler.resume(self._samples(), pids, SAMPLES_KEPT_S):
+            cpu_window = 0.0  # an earlier `status` sampled these processes: measure from there
+        if cpu_window and pids:
+            self.sampler.prime(pids)
+        else:
+            cpu_window = 0.0
         result: dict[str, Any] = {
             "v": STATUS_VERSION,
             "mesh": self.mesh.config.mesh,
@@ -136,7 +92,7 @@ class StatusCollector:
             "agents": [],
             "topology": None,
             "proposals": [],
-            "services": _services(self.mesh, self.http),
+            "services": _services(self.mesh, self.prober),
             "infra": {"broker": self._broker_probe(), "redis": redis},
             "errors": errors,
         }
@@ -149,8 +105,28 @@ class StatusCollector:
         window = self.sampler.window()
         result["cpu_window_s"] = None if window is None else round(window, 2)
         result["programs"] = [self._program(p) for p in infos]
-        self.sampler.keep_only(p["pid"] for p in infos if p["pid"])
+        self.sampler.keep_only(pids)
+        if one_shot and pids:
+            self._save_samples()
         return result
+
+    def _samples(self) -> dict[str, Any]:
+        try:
+            data = orjson.loads((self.mesh.state_dir / C.STATUS_SAMPLES).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_samples(self) -> None:
+        """Leave this frame's samples for the next one-shot `status` (a private file of the
+        state folder, replaced whole; nothing is lost when it cannot be written)."""
+        path = self.mesh.state_dir / C.STATUS_SAMPLES
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            tmp.write_bytes(orjson.dumps(self.sampler.saved()))
+            tmp.replace(path)
+        except (OSError, psutil.Error):
+            tmp.unlink(missing_ok=True)
 
     def _supervisor(self, errors: list[str]) -> tuple[bool, list[dict[str, Any]]]:
         self._supervisord_pid: int | None = None
@@ -302,15 +278,12 @@ def _topology(mesh: Mesh, snapshot: dict[str, Any], history: list[dict[str, Any]
     }
 
 
-def _services(mesh: Mesh, http: httpx.Client) -> list[dict[str, Any]]:
+def _services(mesh: Mesh, prober: Prober) -> list[dict[str, Any]]:
     """Each service's own answer to GET /health, and how long it took."""
-    from agentmesh_cli.lifecycle import service_health
-    from agentmesh_cli.services.client import service_url
-
     services: list[dict[str, Any]] = []
     callers: dict[str, list[dict[str, Any]]] = {}  # service -> other services' clients of it
     for name in C.SERVICE_PROGRAMS:
-        code, took, body = service_health(mesh, name, http)
+        code, took, body = prober.health(mesh, name)
         services.append({
             "name": name,
             "url": service_url(mesh, name),

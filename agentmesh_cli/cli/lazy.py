@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import typer
+import typer.core
 from typer.core import TyperCommand, TyperGroup
 from typer.main import get_group
 
@@ -119,6 +120,14 @@ class LazyGroup(TyperGroup):
         return self.commands.get(cmd_name)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
+        if ctx.parent is None and typer.core.HAS_RICH and self.rich_markup_mode is not None:
+            # the root screen: drawn without typer's help module (cli/roothelp.py)
+            from agentmesh_cli.cli.printer import printer
+            from agentmesh_cli.cli.roothelp import root_help
+
+            summaries = {name: entry.summary for name, entry in self.entries.items()}
+            printer.show(root_help(self, ctx, summaries), fresh=True)
+            return
         with self._summaries():
             super().format_help(ctx, formatter)
 

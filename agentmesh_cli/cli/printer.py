@@ -102,12 +102,20 @@ class Printer:
 
         self.show(Text.assemble(*parts), err, soft_wrap=True)
 
-    def show(self, renderable: RenderableType, err: bool = False, **options: Any) -> None:
-        """A rich renderable (a table, a panel), at the console's width."""
+    def show(self, renderable: RenderableType, err: bool = False, fresh: bool = False,
+             **options: Any) -> None:
+        """A rich renderable (a table, a panel), at the console's width. `fresh`: on a console
+        made for this one print, which reads the terminal's size now (a help screen, as
+        Typer draws its own), not the stream's console, whose size was read once."""
         stream = self._stream(err)
         with self._lock:
             self._switch_to(stream)
-            stream.console().print(renderable, highlight=False, **options)
+            if fresh:
+                from rich.console import Console
+
+                Console(stderr=stream.err).print(renderable, highlight=False, **options)
+            else:
+                stream.console().print(renderable, highlight=False, **options)
             stream.open_line = False
 
     def rule(self, title: str, err: bool = True) -> None:

@@ -60,8 +60,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from agentmesh_cli import constants as C
-from agentmesh_cli import environment
 from agentmesh_cli.errors import (
     CircuitOpenError,
     ConfigError,
@@ -75,12 +73,12 @@ from agentmesh_cli.errors import (
     ServiceUnavailableError,
 )
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.services.probe import service_url, tls_verify
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ServiceName = Literal["memory", "cognition"]
-SERVICES: tuple[str, ...] = C.SERVICE_PROGRAMS  # a service is named like its program
 END_EVENT = "end"
 
 _HTTP_ERRORS: dict[int, type[ServiceHTTPError]] = {
@@ -92,43 +90,7 @@ _HTTP_ERRORS: dict[int, type[ServiceHTTPError]] = {
 _BREAKER_STATES = {"closed": "closed", "opened": "open", "half-opened": "half_open"}
 
 
-# -- discovery ------------------------------------------------------------------------------
-
-def service_url(mesh: Mesh, service: str, environ: Mapping[str, str] | None = None) -> str:
-    """Base URL of `service`: `<SERVICE>_SERVICE_URL` if set, else mesh.yaml's
-    `services.<service>.host` with `<SERVICE>_SERVICE_PORT` or the configured port."""
-    if service not in SERVICES:
-        raise ConfigError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
-    url = environment.service_url(service, environ)
-    if url:
-        return _checked_url(url, environment.service_url_variable(service))
-    configured = getattr(mesh.config.services, service)
-    port = environment.service_port(service, environ) or configured.port
-    host = configured.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal needs brackets in a URL
-    return f"{mesh.config.services.scheme}://{host}:{port}"
-
-
-def tls_verify(mesh: Mesh) -> ssl.SSLContext | bool:
-    """How clients of the mesh's services check their certificate: an SSL context trusting
-    `services.tls_ca` when set, else True (the system's trust store; unused over http)."""
-    ca = mesh.config.services.tls_ca
-    if not ca:
-        return True
-    try:
-        return ssl.create_default_context(cafile=ca)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"services.tls_ca {ca!r} cannot be used: {reason}") from exc
-
-
-def _checked_url(url: str, variable: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{variable}={url!r} is not an http(s) URL like http://host:9000")
-    return url.rstrip("/")
-
+# -- discovery: services/probe.py (service_url, tls_verify) ------------------------------------
 
 # -- classification ---------------------------------------------------------------------------
 

@@ -87,7 +87,8 @@ def test_scripted_commands_import_nothing_heavy(mesh: Mesh, args: tuple[str, ...
     # status exits 1 (supervisord is not running here), the others 0: both did their work
     assert result.returncode in (0, 1) and result.stdout, result.stderr[-2000:]
     assert uses in modules  # the audit saw the command's own imports
-    assert packages(modules, HEAVY) == []
+    # nor the services' HTTP client: status asks /health with the standard library
+    assert packages(modules, (*HEAVY, "httpx")) == []
     assert "rich" not in packages(modules, ("rich",))  # plain lines and JSON need no rich
 
 
