@@ -32,14 +32,20 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
-class Service:
+class Proc:
+    """A service process a test started, where it answers, and its log."""
+
     proc: subprocess.Popen[bytes]
     url: str
-    mesh: str
     log: Path
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass
+class Service(Proc):
+    mesh: str = ""
 
 
 def start_service(folder: Path, redis_url: str, *, port_flag: bool = True) -> Service:
@@ -61,14 +67,15 @@ def start_service(folder: Path, redis_url: str, *, port_flag: bool = True) -> Se
     log = folder / "memory.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return Service(proc, f"http://127.0.0.1:{port}", mesh, log)
+    return Service(proc, f"http://127.0.0.1:{port}", log, mesh)
 
 
-def answering(service: Service) -> bool:
+def answering(service: Proc, timeout: float = 1.0) -> bool:
+    """The service answers GET /health; AssertionError with its log once it exited."""
     if service.proc.poll() is not None:
         raise AssertionError(f"the service exited {service.proc.returncode}:\n{service.log_text()}")
     try:
-        httpx.get(service.url + "/health", timeout=1.0)
+        httpx.get(service.url + "/health", timeout=timeout)
     except httpx.TransportError:
         return False
     return True

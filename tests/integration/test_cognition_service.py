@@ -34,7 +34,7 @@ from agentmesh_cli.services.text import (
     topics,
 )
 from agentmesh_cli.waiting import wait_until
-from tests.helpers.services import AUTH, TOKEN, call, error_of, new_id, result
+from tests.helpers.services import AUTH, TOKEN, Proc, answering, call, error_of, new_id, result
 
 SSE = {"Accept": "text/event-stream"}
 LIMIT = 1_048_576  # create_app's default max_body_bytes, what the CLI serves
@@ -43,16 +43,6 @@ SERVICE_ENV = ("MEMORY_SERVICE_URL", "MEMORY_SERVICE_PORT", "COGNITION_SERVICE_U
 
 
 # real processes ---------------------------------------------------------------------------
-@dataclass
-class Proc:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-
 def write_mesh(folder: Path, redis_url: str, memory_port: int, cognition_port: int,
                **services: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,16 +62,6 @@ def spawn(command: str, config: Path, port: int, *args: str, env: dict[str, str]
                                  *args], stdout=out, stderr=subprocess.STDOUT,
                                 env={**clean, "AGENTMESH_SERVICE_TOKEN": TOKEN, **(env or {})})
     return Proc(proc, f"http://127.0.0.1:{port}", log)
-
-
-def answering(svc: Proc) -> bool:
-    if svc.proc.poll() is not None:
-        raise AssertionError(f"the service exited {svc.proc.returncode}:\n{svc.log_text()}")
-    try:
-        httpx.get(svc.url + "/health", timeout=2.0)
-    except httpx.TransportError:
-        return False
-    return True
 
 
 @dataclass
