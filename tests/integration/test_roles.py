@@ -229,12 +229,18 @@ def test_a_role_written_against_the_public_api_runs_in_a_real_agent(external_mes
                                   payload={"n": 1}))
         bus.flush()
         sales = C.inbox_partition("Sales", mesh.config.kafka.partitions)
+        reader = Reader(mesh.config.kafka, f"t-{uuid.uuid4().hex}", [(C.TOPIC_MESSAGES, sales, beginning())])
+        pongs: list[Envelope] = []
 
-        def pong() -> list[Envelope]:
-            return [e for r in read_topic(mesh, C.TOPIC_MESSAGES, mesh.config.kafka.partitions, settle=0.3)
-                    if r.partition == sales and (e := Envelope.decode(r.value)).type == "pong"]
+        def pong() -> list[Envelope]:  # one reader, polled until Echo's answer is in Sales's inbox
+            pongs.extend(e for r in reader.poll_batch(timeout=0.2)
+                         if (e := Envelope.decode(r.value)).type == "pong")
+            return pongs
 
-        (answer,) = wait_until(pong, 30, "Echo's pong")
+        try:
+            (answer,) = wait_until(pong, 30, "Echo's pong")
+        finally:
+            reader.close()
         assert answer.from_agent_id == "Echo" and answer.to_agent_id == "Sales"
         assert answer.payload == {"echo": {"n": 1}, "by": "Echo"}
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -129,8 +130,9 @@ def test_sigkill_raises_restarts_and_the_heartbeat_goes_stale_then_fresh(mesh: M
 def test_live_dashboard_in_a_terminal(mesh: Mesh, tmp_path: Path) -> None:
     name = f"agentmesh-status-{uuid.uuid4().hex[:8]}"
     rc_file, err_file = tmp_path / "rc", tmp_path / "stderr"
-    command = (f"{sys.executable} -m agentmesh_cli status --config {mesh.config_file} --interval 0.5"
-               f" 2>{err_file}; echo $? >{rc_file}; sleep 60")
+    q = shlex.quote  # the clone may live in a path with spaces
+    command = (f"{q(sys.executable)} -m agentmesh_cli status --config {q(str(mesh.config_file))} "
+               f"--interval 0.5 2>{q(str(err_file))}; echo $? >{q(str(rc_file))}; sleep 60")
     # a server of our own (socket in tmp_path): our environment, nobody else's sessions
     tmux = [TMUX, "-S", str(tmp_path / "tmux.sock")]
     # the pane's size is the terminal's: LINES and COLUMNS (pytest-xdist's workers have
