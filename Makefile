@@ -39,9 +39,9 @@ test-unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests/unit -q
 
 lint: $(VENV)/.installed-test
+	$(BIN)/lint-imports
 	$(BIN)/ruff check agentmesh_cli agentmesh tests
 	$(BIN)/mypy agentmesh_cli agentmesh
-	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) supervisor.d/*.ini supervisor.d/supervisord.conf .pytest_cache
