@@ -264,7 +264,15 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
                                 interval=0.003)
             manager_cpu = cpu_seconds(manager.pid) - cpu_before
             broker_cpu = cpu_seconds(bm.procs[0].pid) - broker_before
-            counters = store.counters(C.PROGRAM_TOPOLOGY)
+            # the manager adds its counters right after it saves the snapshot: read them once
+            # they hold what that snapshot says was read
+            messages = C.records_counter(C.TOPIC_MESSAGES)
+
+            def counted() -> dict[str, int] | None:
+                found = store.counters(C.PROGRAM_TOPOLOGY)
+                return found if found.get(messages, 0) >= events else None
+
+            counters = _wait_for(counted, "the manager's counters of the backlog", 30, manager, log)
         finally:
             if stopped:
                 os.kill(manager.pid, signal.SIGCONT)  # a stopped process cannot take its TERM
@@ -286,7 +294,7 @@ def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> d
             "drain_s": round(drain_s, 3),
             "snapshots_while_busy": len(busy),
             "reinforcements": counters.get("reinforcements", 0),
-            "records": counters.get(C.records_counter(C.TOPIC_MESSAGES), 0),
+            "records": counters.get(messages, 0),
             "cpu_share": round(manager_cpu / drain_s, 2),  # of one core
             "broker_cpu_share": round(broker_cpu / drain_s, 2),
             "raw": raw,
