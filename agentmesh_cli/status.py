@@ -21,7 +21,7 @@ import psutil
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.backlog import backlog, sent_totals
-from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.sampling import ProcessSampler
 from agentmesh_cli.services.probe import Prober, service_url, tls_verify
@@ -173,13 +173,22 @@ class StatusCollector:
             return {
                 "registry": self.store.agents(),
                 "counters": self.store.all_counters(),
-                "snapshot": self.store.load_snapshot(),
+                "snapshot": self._snapshot(errors),
                 "history": self.store.topology_history(C.TOPOLOGY_HISTORY_KEPT),
                 "proposals": self.store.recent_proposals(RECENT_PROPOSALS),
                 "clients": self.store.service_clients(),
             }
         except AgentMeshError as exc:
             errors.append(f"redis: {exc}")
+            return None
+
+    def _snapshot(self, errors: list[str]) -> dict[str, Any] | None:
+        """The topology snapshot; one that is not of the manager's making is an error of this
+        frame, not of Redis (the rest of the frame stands)."""
+        try:
+            return self.store.load_snapshot()
+        except SnapshotError as exc:
+            errors.append(str(exc))
             return None
 
     def _add_stored(self, result: dict[str, Any], stored: dict[str, Any], supervised: dict[str, int],
@@ -190,7 +199,13 @@ class StatusCollector:
         result["signing"] = {"on": self.mesh.config.security.sign_envelopes,
                              "refused": refused_totals(counters)}
         if stored["snapshot"]:
-            result["topology"] = _topology(self.mesh, stored["snapshot"], stored["history"], counters, now)
+            try:
+                result["topology"] = _topology(self.mesh, stored["snapshot"], stored["history"],
+                                               counters, now)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                # JSON of the wrong shape: reported, not a traceback (the manager itself
+                # rebuilds from the topics when it cannot read a snapshot)
+                result["errors"].append(f"malformed topology snapshot: {type(exc).__name__}: {exc}")
         result["proposals"] = [_proposal(p, now) for p in stored["proposals"]]
         for service in result["services"]:
             service["clients"] += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,9 @@ def test_a_malformed_snapshot_is_one_error_line(external_mesh: Any, raw: bytes, 
         assert result.stdout == ""
         assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
         assert result.stderr.startswith(f"error: {problem}"), result.stderr
+    # status reports it as an error of its frame and shows the rest (exit 1: no supervisord)
+    shown = agentmesh("status", "--json", "-c", config)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr, shown.stderr
+    frame = json.loads(shown.stdout)
+    assert frame["topology"] is None and frame["infra"]["redis"]["reachable"]
+    assert any(e.startswith("malformed topology snapshot") for e in frame["errors"]), frame["errors"]
