@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import httpx
 import yaml
 
 from agentmesh_cli.embedded import free_port
+from agentmesh_cli.waiting import wait_until
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -141,3 +144,21 @@ def read_sse(client: httpx.Client, path: str) -> list[tuple[str, Any]]:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return [(kind, data) for kind, data in sse_events(response) if kind != ":"]
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[int]:
+    """`app` on a real uvicorn in a thread of this process, on a free loopback port (yielded),
+    stopped afterwards: for the factory's knobs that the CLI does not expose."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10, "uvicorn")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

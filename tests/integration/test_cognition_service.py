@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from agentmesh_cli.services.text import (
     topics,
 )
 from agentmesh_cli.waiting import wait_until
-from tests.helpers.services import AUTH, TOKEN, Proc, answering, call, error_of, new_id, result
+from tests.helpers.services import AUTH, TOKEN, Proc, answering, call, error_of, new_id, result, serving
 
 SSE = {"Accept": "text/event-stream"}
 LIMIT = 1_048_576  # create_app's default max_body_bytes, what the CLI serves
@@ -410,26 +409,16 @@ def test_memory_down_is_503_and_recovers(valkey: str, tmp_path: Path) -> None:
 
 def test_breaker_and_timeouts_map_to_503_in_process() -> None:
     """create_app's knobs on a real uvicorn in this process, with memory where nothing listens."""
-    import uvicorn
-
-    port = free_port()
     app = create_app(memory_url=f"http://127.0.0.1:{free_port()}", service_token=TOKEN, max_body_bytes=300,
                      client_options={"retries": 0, "failure_threshold": 1, "reset_timeout": 60.0})
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 10, "uvicorn")
-        with httpx.Client(headers=AUTH, base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
-            first = error_of(call(http, "get_context", user_id="u"), 503, "dependency_unavailable")
-            assert "circuit breaker" not in first["details"]["memory"]
-            second = error_of(call(http, "get_context", user_id="u"), 503, "dependency_unavailable")
-            assert "circuit breaker open" in second["details"]["memory"]
-            error_of(call(http, "search_history", user_id="u", query="z" * 300), 413, "payload_too_large")
-            assert http.get("/health").json()["status"] == "degraded"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as port, \
+            httpx.Client(headers=AUTH, base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+        first = error_of(call(http, "get_context", user_id="u"), 503, "dependency_unavailable")
+        assert "circuit breaker" not in first["details"]["memory"]
+        second = error_of(call(http, "get_context", user_id="u"), 503, "dependency_unavailable")
+        assert "circuit breaker open" in second["details"]["memory"]
+        error_of(call(http, "search_history", user_id="u", query="z" * 300), 413, "payload_too_large")
+        assert http.get("/health").json()["status"] == "degraded"
 
 
 # the Model Context Protocol ----------------------------------------------------------------

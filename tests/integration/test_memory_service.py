@@ -41,6 +41,7 @@ from tests.helpers.services import (
     new_id,
     read_sse,
     result,
+    serving,
     sse_events,
     start_service,
     store_input,
@@ -425,35 +426,25 @@ def test_sigterm_ends_follow_streams_and_the_process(valkey: str, tmp_path: Path
 
 def test_create_app_keepalive_and_body_limit(valkey: str) -> None:
     """The factory's knobs, on a real uvicorn in this process (the CLI serves the defaults)."""
-    import uvicorn
-
     from agentmesh_cli.services.memory import create_app
 
-    port = free_port()
     app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", service_token=TOKEN, max_body_bytes=200,
                      keepalive_s=0.3)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 10, "uvicorn")
-        with httpx.Client(headers=AUTH, base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
-            small = call(http, "store_input", user_id="u", input_data={"content": "fits"})
-            assert small.status_code == 200, small.text
-            error_of(call(http, "store_input", user_id="u", input_data={"content": "z" * 200}),
-                     413, "payload_too_large")
-            comments = []
-            with http.stream("GET", "/resource/history/u", params={"follow": "true"},
-                             headers=SSE) as response:
-                for kind, data in sse_events(response):
-                    if kind == ":":
-                        comments.append(data)
-                    if len(comments) == 3:
-                        break
-            assert comments[0] == "following" and all(c.startswith("ping") for c in comments[1:])
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as port, \
+            httpx.Client(headers=AUTH, base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+        small = call(http, "store_input", user_id="u", input_data={"content": "fits"})
+        assert small.status_code == 200, small.text
+        error_of(call(http, "store_input", user_id="u", input_data={"content": "z" * 200}),
+                 413, "payload_too_large")
+        comments = []
+        with http.stream("GET", "/resource/history/u", params={"follow": "true"},
+                         headers=SSE) as response:
+            for kind, data in sse_events(response):
+                if kind == ":":
+                    comments.append(data)
+                if len(comments) == 3:
+                    break
+        assert comments[0] == "following" and all(c.startswith("ping") for c in comments[1:])
 
 
 # the follow fan-out -------------------------------------------------------------------
@@ -586,19 +577,12 @@ def test_a_stream_that_stops_reading_does_not_stall_the_others(valkey: str) -> N
     """On a real uvicorn in this process with a follow buffer of 4: a client that reads
     nothing (its socket buffers fill, then its queue) is ended with `fell_behind`, while
     a reading stream gets every change at once."""
-    import uvicorn
-
     from agentmesh_cli.services.memory import create_app
 
-    port = free_port()
     app = create_app(valkey, f"mem{uuid.uuid4().hex[:8]}", service_token=TOKEN, follow_buffer=4)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     user, big = new_id("slow"), "z" * 200_000
     count = 80  # 16 MB of events: more than the socket buffers of a client that reads nothing
-    try:
-        wait_until(lambda: server.started, 10, "uvicorn")
+    with serving(app) as port:
         stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
         stalled.sendall(f"GET /resource/history/{user}?follow=true HTTP/1.1\r\nHost: x\r\n"
                         f"Authorization: Bearer {TOKEN}\r\n"
@@ -627,6 +611,3 @@ def test_a_stream_that_stops_reading_does_not_stall_the_others(valkey: str) -> N
         error = json.loads(error_line)["error"]
         assert error["code"] == "fell_behind" and error["details"] == {"buffer": 4}
         assert rest.count(b"event: stored") < count
-    finally:
-        server.should_exit = True
-        thread.join(10)
