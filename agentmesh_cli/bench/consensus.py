@@ -35,10 +35,10 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bench import baselines
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percentiles, ratio
+from agentmesh_cli.bench.procs import wait_while_alive
 from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import BenchError
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Deadline, wait_until
@@ -107,15 +107,9 @@ def _manager_run(bm: BenchMesh, proposals: int, samples: int) -> dict[str, Any]:
             store.register_agent(voter, {"name": voter, "role": "bench", "last_heartbeat": now_ms()})
         manager = bm.spawn("consensus", name=C.PROGRAM_CONSENSUS)
 
-        def ready() -> bool:
-            if store.ready_pid(C.PROGRAM_CONSENSUS) == manager.pid:
-                return True
-            if manager.poll() is not None:
-                raise BenchError(f"consensus manager exited; see {bm.root}/consensus-manager.log")
-            return False
-
-        wait_until(ready, READY_TIMEOUT_S, f"the consensus manager; see {bm.root}/consensus-manager.log",
-                   interval=0.05)
+        wait_while_alive(lambda: store.ready_pid(C.PROGRAM_CONSENSUS) == manager.pid,
+                         "the consensus manager's start", READY_TIMEOUT_S, manager,
+                         f"{bm.root}/consensus-manager.log", interval=0.05)
 
         # throughput: open the proposals, then send 3 supporting votes each as fast as we can
         ids = [f"t{i}" for i in range(proposals)]

@@ -18,14 +18,20 @@ outside in two ways, both used:
 from __future__ import annotations
 
 import re
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from agentmesh_cli.bench.infra import percentiles
+from agentmesh_cli.errors import BenchError
 from agentmesh_cli.mesh import Mesh, load_mesh
+from agentmesh_cli.waiting import wait_until
+
+T = TypeVar("T")
 
 # packages an agent never needs: the topology graph, numpy (bm25s, igraph), the web stack
 # of the services and the exporter, and the libraries of the command line
@@ -130,3 +136,18 @@ def status_refresh_ms(config: Mesh | Path | str, repeats: int = 5) -> dict[str, 
             collector.collect()
             took.append((time.perf_counter() - started) * 1000)
     return {**percentiles(took), "first_ms": round(first_ms, 3), "frames": len(took)}
+
+
+def wait_while_alive(check: Callable[[], T | None], what: str, timeout: float,
+                     proc: subprocess.Popen[Any] | None = None, log: str = "",
+                     interval: float = 0.01) -> T:
+    """`check`'s first truthy value (wait_until); BenchError as soon as the process the wait
+    depends on exited, rather than waiting out the timeout."""
+    def done() -> T | None:
+        if value := check():
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} did not happen: the process exited; see {log}")
+        return None
+
+    return wait_until(done, timeout, f"{what}; see {log}", interval=interval)

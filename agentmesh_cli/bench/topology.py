@@ -6,10 +6,7 @@ Figures of `run`:
 - bulk: `TopologyState.apply_batch` in this process over pre-encoded `messages` records
   of real envelopes, in batches of 2,000 (what the manager's loop hands it);
 - manager: the real `agentmesh topology` process draining a backlog of `events` messages
-  from the broker. It is started, its agents' joins applied, then held with SIGSTOP while
-  the backlog is produced and the raw baseline reads it; the clock starts at SIGCONT. Its
-  snapshots carry their time and its read offsets: the rate is taken from the last
-  snapshot saved while it was still busy, so the snapshot interval does not blur it;
+  from the broker (bench/topology_load.py, where the load and that phase live);
 - decay + prune of a full mesh of `full_mesh_agents` (half of its edges used once, so
   the ninth decay prunes the other half), the join that builds it, and its memory.
 Baselines in the same run: raw, a plain confluent-kafka consumer reading the same backlog
@@ -24,59 +21,35 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
 import psutil
 
 from agentmesh_cli import constants as C
-from agentmesh_cli import events
-from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, ratio
-from agentmesh_cli.bus import Bus, prepare_topics, topic_partitions
+from agentmesh_cli.bench.infra import ratio
+from agentmesh_cli.bench.topology_load import (
+    SNAPSHOT_INTERVAL_S,
+    join_value,
+    manager_drain,
+    message_values,
+    names_of,
+)
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import BenchError
 from agentmesh_cli.records import Record
-from agentmesh_cli.signing import mesh_signer
-from agentmesh_cli.store import Store
 from agentmesh_cli.topology.graph import SlimeMoldGraph, SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
-from agentmesh_cli.waiting import wait_until
 
-T = TypeVar("T")
 BATCH = 2000  # records per apply_batch: the manager's poll_batch size
 DECAY_RUNS = 3  # full meshes built, decayed 9 times each (the 9th prunes)
-SNAPSHOT_INTERVAL_S = 0.05  # the manager's, in the drain: the resolution of its progress
 BYTES_PER_EDGE = 48  # arrays (4 + 4 + 8 + 8 + 8) + lookup index (8 + 8)
-
-
-def _names(agents: int) -> list[str]:
-    return [f"agent-{i:05d}" for i in range(agents)]
-
-
-def _message_values(names: list[str], count: int, seed: int = 7) -> list[tuple[str, bytes]]:
-    """(recipient, encoded envelope) of `count` agent-to-agent messages as an agent sends
-    them (Role.send: a payload, empty meta), between random distinct agents."""
-    rng = np.random.default_rng(seed)
-    sources = rng.integers(0, len(names), count)
-    targets = (sources + rng.integers(1, len(names), count)) % len(names)
-    base = time.time_ns()
-    return [(names[t], events.message(names[s], names[t], "bench",
-                                      {"run": "topology", "sent_ns": base + i, "hops": 0}).encode())
-            for i, (s, t) in enumerate(zip(sources.tolist(), targets.tolist(), strict=True))]
-
-
-def _join_value(name: str) -> bytes:
-    return events.presence(C.EVENT_JOINED, name, "bench", []).encode()
 
 
 # -- in process: the state's batch path, and the floor ------------------------------
@@ -84,13 +57,13 @@ def _join_value(name: str) -> bytes:
 def bulk(events: int, agents: int, partitions: int, seed: int = 7) -> dict[str, Any]:
     """apply_batch over pre-encoded records (agents joined first), and the floor loop over
     the same records."""
-    names = _names(agents)
+    names = names_of(agents)
     state = TopologyState(SlimeMoldRules(), 3_600_000)
     state.partitions, state.max_record_bytes = partitions, 262_144
-    state.apply_batch([Record(C.TOPIC_TOPOLOGY, 0, i, None, _join_value(n))
+    state.apply_batch([Record(C.TOPIC_TOPOLOGY, 0, i, None, join_value(n))
                        for i, n in enumerate(names)], now_ms())
     records = [Record(C.TOPIC_MESSAGES, C.inbox_partition(to, partitions), i, to.encode(), value)
-               for i, (to, value) in enumerate(_message_values(names, events, seed))]
+               for i, (to, value) in enumerate(message_values(names, events, seed))]
     now = now_ms()
     started = time.perf_counter()
     for at in range(0, len(records), BATCH):
@@ -120,7 +93,7 @@ def full_mesh(agents: int, runs: int = DECAY_RUNS, seed: int = 7) -> dict[str, A
     for _run in range(runs):
         graph = SlimeMoldGraph()
         started = time.perf_counter()
-        for name in _names(agents):
+        for name in names_of(agents):
             graph.add_agent(name)
         joins.append(time.perf_counter() - started)
         edges = graph.stats().edges
@@ -164,143 +137,6 @@ def full_mesh_in_child(agents: int) -> dict[str, Any]:
                           str(agents)], capture_output=True, check=True, timeout=600)
     result: dict[str, Any] = orjson.loads(out.stdout)
     return result
-
-
-# -- the manager process, and the raw consumer ------------------------------------
-
-def _raw_read(bm: BenchMesh, total: int) -> dict[str, Any]:
-    """A plain confluent-kafka consumer reading every messages partition from the start."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    kafka = bm.mesh.config.kafka
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap,
-                         "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "socket.nagle.disable": True})
-    topic = f"{kafka.topic_prefix}.{C.TOPIC_MESSAGES}"
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                         for p in range(topic_partitions(kafka, C.TOPIC_MESSAGES))])
-        read = first = 0
-        started = 0.0
-        # more than a wait: it reads (and counts) every record, as fast as it can
-        deadline = time.monotonic() + 120
-        # batches small enough that a short run is not all in the first one (uncounted)
-        batch = max(1, min(1000, total // 20))
-        while read < total and time.monotonic() < deadline:
-            read += sum(1 for m in consumer.consume(batch, 0.1) if m.error() is None)
-            if read and not first:
-                # the clock starts at the first batch: connecting and the first fetch are
-                # not reading (the manager, held while connected, does not pay them either)
-                first, started = read, time.perf_counter()
-        took = time.perf_counter() - started
-    finally:
-        consumer.close()
-    return {"records_per_s": round((read - first) / took) if read > first else 0,
-            "records": read, "seconds": round(took, 3)}
-
-
-def _wait_for(check: Callable[[], T | None], what: str, timeout: float, proc: Any = None, log: str = "",
-              interval: float = 0.01) -> T:
-    """`check`'s first truthy value; BenchError as soon as `proc` exited."""
-    def done() -> T | None:
-        if value := check():
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"{what} did not happen: the process exited; see {log}")
-        return None
-
-    return wait_until(done, timeout, f"{what}; see {log}", interval=interval)
-
-
-def _read_offsets(snapshot: dict[str, Any] | None) -> int:
-    """Records of `messages` the snapshot's offsets say were read (the topic starts at 0)."""
-    offsets = (snapshot or {}).get("offsets", {}).get(C.TOPIC_MESSAGES, {})
-    return sum(int(v) for v in offsets.values())
-
-
-def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> dict[str, Any]:
-    sections = {"topology": {"snapshot_interval": SNAPSHOT_INTERVAL_S},
-                "heartbeat": {"interval": "10m"}, "kafka": {"partitions": partitions}}
-    with bench_mesh(**sections) as bm:
-        cfg = bm.mesh.config
-        store = Store(bm.mesh.redis_url, cfg.mesh)
-        prepare_topics(cfg.kafka, store)
-        names = _names(agents)
-        # a load generator batches, and signs as the mesh's own writers do
-        load = Bus(cfg.kafka, "bench-load", linger_ms=5, signer=mesh_signer(bm.mesh))
-        for name in names:
-            load.produce_raw(C.TOPIC_TOPOLOGY, _join_value(name), key=name)
-        load.flush()
-        log = f"{bm.root}/topology-manager.log"
-        manager = bm.spawn("topology", name=C.PROGRAM_TOPOLOGY)
-        stopped = False
-        try:
-            _wait_for(lambda: store.counters(C.PROGRAM_TOPOLOGY).get("joins", 0) == agents,
-                      f"the joins of {agents} agents", 60, manager, log)
-            os.kill(manager.pid, signal.SIGSTOP)  # holds it while the backlog is written
-            stopped = True
-            for to, value in _message_values(names, events, seed):
-                load.produce_raw(C.TOPIC_MESSAGES, value, key=to,
-                                 partition=C.inbox_partition(to, cfg.kafka.partitions))
-            load.flush()
-            raw = _raw_read(bm, events)
-            cpu_before, broker_before = cpu_seconds(manager.pid), cpu_seconds(bm.procs[0].pid)
-            started = time.time()
-            os.kill(manager.pid, signal.SIGCONT)
-            stopped = False
-            busy: list[tuple[float, int]] = []  # (saved at, records read) while still reading
-
-            def drained() -> float | None:
-                """The time of the snapshot that holds every record; the busy ones noted."""
-                snapshot = store.load_snapshot() or {}
-                read, ts = _read_offsets(snapshot), snapshot.get("ts", 0) / 1000
-                if ts > started and read >= events:
-                    return float(ts)
-                if ts > started and 0 < read and (not busy or busy[-1][0] != ts):
-                    busy.append((ts, read))
-                return None
-
-            done_at = _wait_for(drained, "the manager's drain of the backlog", 300, manager, log,
-                                interval=0.003)
-            manager_cpu = cpu_seconds(manager.pid) - cpu_before
-            broker_cpu = cpu_seconds(bm.procs[0].pid) - broker_before
-            # the manager adds its counters right after it saves the snapshot: read them once
-            # they hold what that snapshot says was read
-            messages = C.records_counter(C.TOPIC_MESSAGES)
-
-            def counted() -> dict[str, int] | None:
-                found = store.counters(C.PROGRAM_TOPOLOGY)
-                return found if found.get(messages, 0) >= events else None
-
-            counters = _wait_for(counted, "the manager's counters of the backlog", 30, manager, log)
-        finally:
-            if stopped:
-                os.kill(manager.pid, signal.SIGCONT)  # a stopped process cannot take its TERM
-            store.close()
-            del load  # its producer goes before the broker does (no "connection refused" lines)
-        drain_s = done_at - started
-        # the busy snapshots time the reading exactly; the last one (done) may be up to
-        # one snapshot interval after the last record was applied
-        if busy:
-            rate_at, rate_read = busy[-1]
-            per_s = rate_read / (rate_at - started)
-        else:
-            per_s = events / drain_s
-        # between its first and last busy snapshots: reading only, as raw is timed
-        steady = (busy[-1][1] - busy[0][1]) / (busy[-1][0] - busy[0][0]) if len(busy) > 2 else per_s
-        return {
-            "reinforcements_per_s": round(per_s),
-            "steady_reinforcements_per_s": round(steady),
-            "drain_s": round(drain_s, 3),
-            "snapshots_while_busy": len(busy),
-            "reinforcements": counters.get("reinforcements", 0),
-            "records": counters.get(messages, 0),
-            "cpu_share": round(manager_cpu / drain_s, 2),  # of one core
-            "broker_cpu_share": round(broker_cpu / drain_s, 2),
-            "raw": raw,
-        }
-
-
 
 
 def run(events: int = 200_000, agents: int = 16, full_mesh_agents: int = 1000,
@@ -400,7 +236,7 @@ def simulate(agents: int, events: int, seed: int = 7, decay_every: int = 100_000
     process = psutil.Process()
     rss0 = process.memory_info().rss
     graph = SlimeMoldGraph()
-    names = _names(agents)
+    names = names_of(agents)
     decays: list[float] = []
     prunes = 0
     phases: dict[str, float] = {}
