@@ -27,7 +27,7 @@ AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("consensus")
-    config = write_mesh(root, AGENTS, consensus={"proposal_timeout": "4s", "snapshot_interval": "200ms"})
+    config = write_mesh(root, AGENTS, consensus={"proposal_timeout": "8s", "snapshot_interval": "200ms"})
     with running_mesh(config, timeout=60) as running:
         yield running
 
