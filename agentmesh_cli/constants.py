@@ -17,6 +17,9 @@ TOPIC_PROPOSALS = "proposals"
 TOPIC_VOTES = "votes"  # key = proposal id
 TOPIC_CONSENSUS = "consensus"  # opened and decided proposals, broadcast
 TOPIC_DLQ = "dlq"  # dead letters
+# replies to askers that are not agents (the CLI, the gateway): partition =
+# crc32(reply address) % partitions, key = the address; the topology ignores it
+TOPIC_REPLIES = "replies"
 ALL_TOPICS = (
     TOPIC_TOPOLOGY,
     TOPIC_MESSAGES,
@@ -24,6 +27,7 @@ ALL_TOPICS = (
     TOPIC_VOTES,
     TOPIC_CONSENSUS,
     TOPIC_DLQ,
+    TOPIC_REPLIES,
 )
 # Only `messages` is partitioned (one inbox partition per agent). The others have one
 # reader each (a manager) or are broadcasts: one partition keeps one order, and every
@@ -99,6 +103,14 @@ CLI_COUNTER_OWNER = "cli"  # `agentmesh send` counts under this owner
 COUNTER_HANDLED_FROM_PREFIX = "handled_from:"
 COUNTER_DUPLICATES = "duplicates"  # redelivered records recognised by id and not handled again
 COUNTER_HANDLED_TWICE = "handled_twice"  # ids the ledger already held when recorded: must stay 0
+# ask and reply (an inbox record that is a reply, or an expired request, is not a handled
+# message: these count them, so that sent_to:X = messages_in + duplicates + these, once quiet)
+COUNTER_REPLIES_IN = "replies_in"  # replies handed to a waiting ask
+COUNTER_LATE_REPLIES = "late_replies"  # replies nobody waited for any more: dropped
+COUNTER_EXPIRED = "expired_requests"  # requests read after their deadline: skipped, never handled
+COUNTER_ASK_TIMEOUTS = "ask_timeouts"
+COUNTER_ERROR_REPLIES = "error_replies"  # error replies this agent received
+COUNTER_CACHED_REPLIES = "cached_replies"  # repeated requests answered from the reply cache
 COUNTER_HANDLER_ERRORS = "handler_errors"  # messages whose role handler raised (handled, and dead letters)
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
 # the fault-injection suite's probes. Any other sender must have joined once.
@@ -184,6 +196,21 @@ class Keys:
         """Sorted set: ids of the messages an agent handled, the newest `recovery.dedup_window`,
         scored by the order of handling (its dedup ledger)."""
         return self.prefix + "handled:" + agent
+
+    def replies(self, agent: str) -> str:
+        """Hash: request id -> JSON of the reply an agent sent to it (its reply cache, the
+        newest `recovery.dedup_window`, with `replies_order:` as the order of writing)."""
+        return self.prefix + "replies:" + agent
+
+    def replies_order(self, agent: str) -> str:
+        """Sorted set: the request ids of `replies(agent)`, scored by time of writing."""
+        return self.prefix + "replies_order:" + agent
+
+    @property
+    def draining(self) -> str:
+        """String: set while `agentmesh down` drains the mesh (roles see `ctx.draining`,
+        operator input is refused)."""
+        return self.prefix + "draining"
 
     @property
     def kafka_epoch(self) -> str:

@@ -155,6 +155,15 @@ class Store:
         raw = self._call("read readiness", lambda: self.redis.get(self.keys.ready(program)))
         return int(json.loads(raw)["pid"]) if raw else None
 
+    # draining ------------------------------------------------------------------
+    def set_draining(self, on: bool) -> None:
+        """Mark the mesh as draining (`agentmesh down`), or clear the mark (`up`)."""
+        key = self.keys.draining
+        self._call("set draining", lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
+
+    def draining(self) -> bool:
+        return bool(self._call("read draining", lambda: self.redis.exists(self.keys.draining)))
+
     # broker epoch ----------------------------------------------------------------
     def kafka_epoch(self) -> str | None:
         epoch = self._call("read epoch", lambda: self.redis.get(self.keys.kafka_epoch))
