@@ -22,6 +22,9 @@ move; these stay. What each one is:
   `on_decision` see it, its status, and its waggle dance.
 - `MeshConfig`: `self.ctx.config`, the validated mesh.yaml.
 - `AgentMeshError`: the root of every error agentmesh raises.
+- `AskError` and its kinds, what `await self.ctx.ask(...)` raises: `AskTimeout` (no reply
+  in time), `RemoteError` (the answerer's handler raised), `UnknownAgent` (no such agent),
+  `AskNotAllowed` (a blocking ask where it would stop the agent).
 """
 
 from agentmesh_cli import __version__
@@ -30,16 +33,28 @@ from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal, Waggle
 from agentmesh_cli.consensus.core import Status as ProposalStatus
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.errors import (
+    AgentMeshError,
+    AskError,
+    AskNotAllowed,
+    AskTimeout,
+    RemoteError,
+    UnknownAgent,
+)
 
 __all__ = [
     "AgentContext",
     "AgentMeshError",
+    "AskError",
+    "AskNotAllowed",
+    "AskTimeout",
     "Envelope",
     "MeshConfig",
     "Proposal",
     "ProposalStatus",
+    "RemoteError",
     "Role",
+    "UnknownAgent",
     "Vote",
     "Waggle",
     "__version__",

@@ -415,6 +415,23 @@ class Bus:
         self._in_flight[generation] += 1
         self._producer.poll(0)
 
+    def send_detached(self, short_topic: str, envelope: Envelope, key: str | None = None) -> bool:
+        """Send from any thread (the agent's heartbeat thread): counted in no generation,
+        not kept for a replay, not sent again; False when the queue is full or the topic
+        unknown (the next heartbeat goes anyway)."""
+        topic, value = self.topic(short_topic), envelope.encode()
+        kwargs: dict[str, Any] = {"value": value}
+        if key is not None:
+            kwargs["key"] = key.encode("utf-8")
+        if self.signer is not None:
+            kwargs["headers"] = self.signer.headers(topic, value)
+        try:
+            self._producer.produce(topic, **kwargs)
+        except (BufferError, KafkaException) as exc:
+            log.warning("%s not sent: %s", envelope.type, exc)
+            return False
+        return True
+
     def send_message(self, envelope: Envelope) -> int:
         """Send an agent-to-agent message to the recipient's inbox partition; return it."""
         partition = C.inbox_partition(envelope.to_agent_id, self.kafka.partitions)
@@ -494,8 +511,11 @@ class Reader:
         fetch_wait: float | None = None,
         fetch_min_bytes: int = 1,
         signer: Signer | None = None,
+        queued_kbytes: int | None = None,
     ) -> None:
         """`assignments`: (short topic, partition, start offset); None = committed, else earliest.
+        `queued_kbytes`: the most librdkafka fetches ahead per partition (its default, 64 MB,
+        would hold much of a large backlog in memory).
         `fetch_wait` (seconds) defaults to `kafka.fetch_wait`. `signer`: every record read
         is checked with it, and one that does not verify has `Record.forged` set."""
         self.signer = signer
@@ -513,6 +533,8 @@ class Reader:
                 "fetch.min.bytes": fetch_min_bytes,
             }
         )
+        if queued_kbytes is not None:
+            conf["queued.max.messages.kbytes"] = queued_kbytes
         self._prefix = kafka.topic_prefix + "."
         assignments = list(assignments)
         self._assigned = [(short, partition) for short, partition, _ in assignments]
@@ -556,6 +578,21 @@ class Reader:
                                    for short, partition in self._assigned])
         except KafkaException as exc:
             raise BusError(f"cannot rewind the consumer: {exc}") from exc
+
+    def start_at_end(self, timeout: float = 5.0) -> None:
+        """Read every assigned partition from its current end: only what is written from
+        now on (a reply address that waits for the answer to what it is about to send)."""
+        starts = []
+        try:
+            for short, partition in self._assigned:
+                where = (self._prefix + short, partition)
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(*where), timeout=timeout,
+                                                               cached=False)
+                starts.append(TopicPartition(*where, high))
+                self._seeds[where] = self._expected[where] = high
+            self._consumer.assign(starts)
+        except KafkaException as exc:
+            raise BusError(f"cannot find the end of {self._assigned}: {exc}") from exc
 
     def poll_batch(self, max_records: int = 500, timeout: float = 0.1) -> list[Record]:
         """Wait up to `timeout` for the first record, then take what is already fetched."""

@@ -246,6 +246,8 @@ class AgentSpec(_Section):
     name: str = Field(pattern=_NAME)
     role: str
     capabilities: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = []
+    # messages handled at once, each conversation in order (1: one at a time, in order)
+    concurrency: int = Field(default=1, ge=1, le=10_000)
 
     @field_validator("role")
     @classmethod
@@ -310,6 +312,7 @@ class MeshConfig(_Section):
             "name": name,
             "role": role or (base.role if base else ""),
             "capabilities": capabilities if capabilities is not None else (base.capabilities if base else []),
+            "concurrency": base.concurrency if base else 1,
         }
         try:
             return AgentSpec.model_validate(data)

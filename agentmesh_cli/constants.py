@@ -111,6 +111,10 @@ COUNTER_EXPIRED = "expired_requests"  # requests read after their deadline: skip
 COUNTER_ASK_TIMEOUTS = "ask_timeouts"
 COUNTER_ERROR_REPLIES = "error_replies"  # error replies this agent received
 COUNTER_CACHED_REPLIES = "cached_replies"  # repeated requests answered from the reply cache
+COUNTER_ASKS = "asks"  # asks sent
+COUNTER_ASK_MS = "ask_ms"  # the histogram of ask round trips (metrics.histogram.ASK_BUCKETS)
+COUNTER_LOOP_LAG_MS = "loop_lag_ms"  # the histogram of the event loop's lag (sampled every 10 ms)
+TYPE_ERROR_REPLY = "error"  # the type of an error reply (payload: error, message)
 COUNTER_HANDLER_ERRORS = "handler_errors"  # messages whose role handler raised (handled, and dead letters)
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
 # the fault-injection suite's probes. Any other sender must have joined once.
@@ -156,6 +160,11 @@ def service_call_histogram(service: str) -> str:
 def inbox_partition(agent_id: str, partitions: int) -> int:
     """The messages partition agent `agent_id` reads: crc32(UTF-8 id) mod partitions."""
     return zlib.crc32(agent_id.encode("utf-8")) % partitions
+
+
+def reply_partition(address: str, partitions: int) -> int:
+    """The `replies` partition of a reply address (an asker that is not an agent)."""
+    return zlib.crc32(address.encode("utf-8")) % partitions
 
 
 def agent_program(name: str) -> str:
@@ -283,3 +292,4 @@ BUILTIN_ROLES = ("sales", "support", "inventory", "fraud")
 # every send is a request of its own and the broker, not Python, limits the mesh (about 4x
 # fewer messages/s on two cores, see docs/performance.md).
 AGENT_LINGER_MS = 5.0
+AGENT_QUEUED_KBYTES = 16_384  # what an agent's consumer fetches ahead, at most (librdkafka: 64 MB)

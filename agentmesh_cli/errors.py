@@ -18,6 +18,11 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     ├── BenchError                 a bench cannot run or did not finish (a program did not start)
     ├── FellBehind                 a follow stream read too slowly and was dropped (services/feed.py)
     ├── FaultSkipped               chaos: a fault could not be injected (its program is not running)
+    ├── AskError                   an ask (`ctx.ask`, `agentmesh ask`) got no answer it can return
+    │   ├── AskTimeout                 no reply within the timeout: `.peer`, `.type`, `.timeout`
+    │   ├── RemoteError                the answerer's handler raised: `.peer`, `.remote_type`, ...
+    │   ├── UnknownAgent               the agent never joined and is not in mesh.yaml: `.peer`
+    │   └── AskNotAllowed              a blocking ask where it could deadlock (a sync handler on the loop)
     ├── ServiceError               calling a service of the mesh failed (the client side); `.service`
     │   ├── CircuitOpenError           the client's breaker is open: failed fast, nothing sent
     │   ├── ServiceProtocolError       an answer that does not fit the protocol (bad JSON, no SSE)
@@ -142,6 +147,46 @@ class FellBehind(AgentMeshError):
 
 class FaultSkipped(AgentMeshError):
     """The fault could not be injected (its program is not running)."""
+
+
+class AskError(AgentMeshError):
+    """An ask got no reply it can return (see its subclasses)."""
+
+
+class AskTimeout(AskError):
+    """No reply came within the timeout (the request's deadline)."""
+
+    exit_code = 3
+
+    def __init__(self, peer: str, type: str, timeout: float) -> None:
+        super().__init__(f"no reply from {peer} to {type!r} within {timeout:g} s")
+        self.peer, self.type, self.timeout = peer, type, timeout
+
+
+class RemoteError(AskError):
+    """The answerer's handler raised: its error reply names the exception's type and message."""
+
+    exit_code = 1
+
+    def __init__(self, peer: str, type: str, remote_type: str, remote_message: str) -> None:
+        super().__init__(f"{peer} failed on {type!r}: {remote_type}: {remote_message}")
+        self.peer, self.type = peer, type
+        self.remote_type, self.remote_message = remote_type, remote_message
+
+
+class UnknownAgent(AskError):
+    """An ask to a name that never joined the mesh and is not in mesh.yaml."""
+
+    exit_code = 4
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(f"unknown agent {peer!r}: it never joined and is not in mesh.yaml")
+        self.peer = peer
+
+
+class AskNotAllowed(AskError):
+    """A blocking ask where it would stop the agent's loop and could deadlock: in a sync
+    handler that runs on the loop (concurrency 1), in on_tick, on_start or on_stop."""
 
 
 # the client side of the services: what a call to them raises ------------------------------

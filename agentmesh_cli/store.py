@@ -49,6 +49,22 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return {new, twice}
 """
 
+# KEYS: replies hash, its order zset; ARGV: window, score, then (request id, reply) pairs
+_CACHE_REPLIES = """
+local score = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], score, ARGV[i])
+end
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  redis.call('HDEL', KEYS[1], unpack(old))
+end
+return over
+"""
+
 PROPOSALS_KEPT = 1000  # proposals listed in the time index
 PROPOSAL_TTL_S = 86_400  # a proposal record lives a day
 
@@ -88,6 +104,7 @@ class Store:
                 url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
             )
         self._record_handled = self.redis.register_script(_RECORD_HANDLED)
+        self._cache_replies = self.redis.register_script(_CACHE_REPLIES)
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         with redis_errors(action):
@@ -209,6 +226,21 @@ class Store:
         with redis_errors("record handled messages"):
             result = self._record_handled(keys=keys, args=args)
         return int(result[0]), int(result[1])
+
+    def cache_replies(self, agent: str, replies: list[tuple[str, str]], window: int) -> None:
+        """Keep (request id, reply as JSON) pairs in the agent's reply cache (the newest
+        `window`), in one atomic step."""
+        if not replies:
+            return
+        args: list[Any] = [window, time.time_ns() // 1000]
+        for request_id, reply in replies:
+            args += [request_id, reply]
+        with redis_errors("cache replies"):
+            self._cache_replies(keys=[self.keys.replies(agent), self.keys.replies_order(agent)], args=args)
+
+    def cached_reply(self, agent: str, request_id: str) -> str | None:
+        raw = self._call("read reply cache", lambda: self.redis.hget(self.keys.replies(agent), request_id))
+        return None if raw is None else str(raw)
 
     def handled_ids(self, agent: str, window: int) -> tuple[list[str], int]:
         """The newest `window` ids of the agent's ledger, oldest first, and the last score."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from agentmesh_cli.logformat import TEXT_FORMAT, UNCAUGHT_LOGGER, role_program  
 
 
 def run_agent(name: str, role: str | None, capabilities: str | None, config: Path | None) -> int:
-    """Run agent `name` of the mesh in `config` until SIGTERM/SIGINT; its exit code.
+    """Run agent `name` of the mesh in `config` until SIGTERM/SIGINT, then end the process
+    with its exit code (an error before the agent runs is raised).
 
     The one body of both entries (this module and `agentmesh agent`)."""
     from agentmesh_cli import constants as C
@@ -44,7 +46,11 @@ def run_agent(name: str, role: str | None, capabilities: str | None, config: Pat
     configure_role_logging(C.agent_program(name), logs.json_lines, logs.level)
     caps = [c for c in capabilities.split(",") if c] if capabilities is not None else None
     spec = mesh.config.agent_spec(name, role, caps)
-    return AgentRuntime(mesh, spec, resolve_role(spec.role)).run()
+    code = AgentRuntime(mesh, spec, resolve_role(spec.role)).run()
+    # a sync handler still running in a worker thread (it cannot be cancelled) must not
+    # keep the process alive: its message is read again next time
+    logging.shutdown()
+    os._exit(code)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,12 +1,19 @@
 """The Role base class: what a user subclasses to give an agent its behaviour.
 
 A role is given as `package.module:Class` in mesh.yaml. The runtime builds it with an
-`AgentContext` and calls its hooks from one thread, so a role needs no locks:
+`AgentContext` and calls its hooks; a role needs no locks:
 
     class Greeter(Role):
         def on_message(self, message: Envelope) -> None:
             if message.type == "hello":
                 self.ctx.send(message.from_agent_id, "hello_back", {"to": message.payload})
+
+Every hook may be `async def`. An async `on_message` may await (a model, a tool,
+`await self.ctx.ask(peer, type, payload)`) while the agent goes on reading; with
+`agents[].concurrency` > 1 in mesh.yaml, messages of different conversations
+(`meta.conversation`, else the sender) are handled at once, each conversation in order.
+A sync `on_message` at concurrency > 1 runs in a worker thread (every `ctx` call is
+handed to the agent's loop); at concurrency 1 it runs on the loop, one message at a time.
 
 Hooks: `on_start()` once, `on_message(envelope)` for every message addressed to this
 agent, `on_tick(now)` about every 100 ms (monotonic seconds, for timers and workloads),
@@ -21,7 +28,11 @@ vote intensity. `on_decision(proposal)` is called for every decided proposal (th
 proposer learns its outcome here). `self.ctx.propose(type, content)` opens one.
 
 Services: `self.ctx.remember(user, text, conversation_id)` keeps history in Memory (in
-the background), `self.ctx.context(user, query)` asks Cognition for ranked context.
+the background), `self.ctx.context(user, query)` asks Cognition for ranked context
+(`await self.ctx.acontext(...)` in an async hook).
+
+Request and reply: `reply = await self.ctx.ask(to, type, payload, timeout=10.0)` and, on
+the other side, `self.ctx.reply(message, type, payload)`; see `AgentContext.ask`.
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli import events
+from agentmesh_cli.agent.handling import current
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import AskNotAllowed
 
 if TYPE_CHECKING:
     from agentmesh_cli.agent.services import AgentServices
@@ -64,12 +77,62 @@ class AgentContext:
     # the id the next envelope sent must have (while a handler runs: one derived from the
     # message handled, see agent/ledger.py), or None for a fresh one
     _next_id: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    _ask: Callable[..., Any] | None = field(default=None, repr=False)
+    _reply: Callable[[Envelope, str, dict[str, Any]], Envelope] | None = field(default=None, repr=False)
+    _draining: Callable[[], bool] = field(default=lambda: False, repr=False)
 
     def send(
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
     ) -> Envelope:
-        """Send a message to agent `to`; returns the envelope sent."""
-        return self._send(events.message(self.name, to, type, payload, meta, id=self._next_id()))
+        """Send a message to agent `to`; returns the envelope sent. Sent while handling a
+        message of a conversation (`meta.conversation`), it belongs to it too, unless
+        `meta` names another."""
+        return self._send(events.message(self.name, to, type, payload, self.conversation_meta(meta),
+                                         id=self._next_id()))
+
+    def conversation_meta(self, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`meta` with the conversation of the message being handled, if it has one."""
+        handling = current()
+        if handling is None or handling.conversation is None or (meta and "conversation" in meta):
+            return meta
+        return {**(meta or {}), "conversation": handling.conversation}
+
+    @property
+    def conversation(self) -> str | None:
+        """The conversation of the message being handled (`meta.conversation`), or None."""
+        handling = current()
+        return None if handling is None else handling.conversation
+
+    @property
+    def draining(self) -> bool:
+        """True while `agentmesh down` drains the mesh: start no new work (a workload's
+        tick returns at once); what is in flight is still handled."""
+        return self._draining()
+
+    def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float = 10.0,
+            meta: dict[str, Any] | None = None) -> Any:
+        """Send a request to agent `to` and get its reply (an `Envelope`): `reply = await
+        self.ctx.ask("Inventory", "check_stock", {...})` in an async hook. In a sync
+        `on_message` at concurrency > 1 (a worker thread) it blocks and returns the reply;
+        anywhere else a blocking ask could stop the agent and raises AskNotAllowed.
+
+        Raises AskTimeout (no reply within `timeout` seconds: the request's deadline, after
+        which the answerer skips it), RemoteError (the answerer's handler raised),
+        UnknownAgent (`to` never joined and is not in mesh.yaml; an agent that is only
+        restarting is waited for). Asked while handling a message, the request's id is
+        derived from it: a handler run again after a crash asks again under the same id,
+        and the answerer's reply cache answers it without handling it twice."""
+        if self._ask is None:
+            raise AskNotAllowed("this context cannot ask: it belongs to no agent runtime")
+        return self._ask(to, type, payload, timeout, self.conversation_meta(meta))
+
+    def reply(self, message: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+        """Answer `message` (a request from `ctx.ask`, `agentmesh ask` or the gateway): the
+        reply goes to the asker's waiting ask, never through its conversation queue. The
+        reply is kept (the reply cache) to answer a repeated request again."""
+        if self._reply is None:
+            raise AskNotAllowed("this context cannot reply: it belongs to no agent runtime")
+        return self._reply(message, type, payload)
 
     def propose(self, type: str, content: dict[str, Any]) -> str:
         """Open a Bee consensus proposal (decision | action | topology); returns its id."""
@@ -88,6 +151,13 @@ class AgentContext:
         if self._services is None:
             return None
         return self._services.context(user_id, query, limit)
+
+    async def acontext(self, user_id: str, query: str | None = None,
+                       limit: int = 5) -> list[dict[str, Any]] | None:
+        """`context` for an async hook: awaited, it leaves the agent's loop free."""
+        if self._services is None:
+            return None
+        return await self._services.acontext(user_id, query, limit)
 
     def peers(self, role: str | None = None) -> list[str]:
         """Names of the other registered agents (optionally of one role), sorted."""
@@ -111,17 +181,20 @@ class Role:
         support = proposal.waggle.intensity >= self.ctx.config.consensus.min_intensity
         return Vote(support, self.confidence)
 
-    def on_decision(self, proposal: Proposal) -> None:
+    # Each hook may be overridden as `async def` too (an async tick is not run again while
+    # the last one still runs).
+    def on_decision(self, proposal: Proposal) -> Any:
         """Called for every decided proposal (accepted, rejected or expired)."""
 
-    def on_start(self) -> None:
+    def on_start(self) -> Any:
         """Called once, after the agent has joined the mesh."""
 
-    def on_message(self, message: Envelope) -> None:
-        """Called for every message addressed to this agent."""
+    def on_message(self, message: Envelope) -> Any:
+        """Called for every message addressed to this agent (replies to this agent's asks
+        go to the waiting ask instead)."""
 
-    def on_tick(self, now: float) -> None:
+    def on_tick(self, now: float) -> Any:
         """Called about every 100 ms with monotonic seconds."""
 
-    def on_stop(self) -> None:
+    def on_stop(self) -> Any:
         """Called once when the agent is asked to stop."""

@@ -16,32 +16,11 @@ After each handled batch the runtime records the batch's ids in the agent's Redi
 
 from __future__ import annotations
 
-import hashlib
 import time
-import uuid
 
 from agentmesh_cli.envelope import RecentIds
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.store import Store
-
-# uuid5 namespace of ids derived from the message being handled
-DERIVED = uuid.UUID("6a1f4c9e-5d1b-4c8e-9a53-0c7b2f7d9e11")
-
-
-_DERIVED_BYTES = DERIVED.bytes
-
-
-def derived_id(message_id: str, n: int) -> str:
-    """The id of the n-th envelope sent while handling message `message_id`: the same on
-    every run of the handler, so a copy sent after a crash is recognised downstream.
-
-    It is `str(uuid.uuid5(DERIVED, f"{message_id}/{n}"))`, built without the UUID object
-    (one per message sent by a handler: 1.3 us instead of 3.9)."""
-    digest = bytearray(hashlib.sha1(_DERIVED_BYTES + f"{message_id}/{n}".encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Ledger:

@@ -1,38 +1,73 @@
 """One agent process: join, read the inbox partition, run the role, heartbeat, leave.
 
-The loop is single-threaded: poll a batch from the inbox partition, hand the agent's
-own messages to the role, tick the role, end the turn (what the handlers and the tick
-sent leaves at once, one request per partition), settle the turns whose sends the broker
-has confirmed (their message ids are recorded in the agent's ledger, then, at most every
-COMMIT_EVERY_S, their offsets are committed: see agent/ledger.py), heartbeat when due.
-The loop does not wait for the broker's answers; it runs at most TURNS_AHEAD turns ahead
-of them. A restarted agent resumes after the last committed offsets; a redelivered
-message the ledger holds is not handled again.
+The process runs one asyncio event loop. Its main task polls a batch of records (the
+blocking poll runs in one worker thread, so the loop goes on meanwhile), hands each
+record of this agent's to the role, ticks the role, ends the turn (what was sent leaves
+at once, one request per partition), and settles the turns whose sends the broker has
+confirmed: their handled ids are recorded in the agent's ledger, then, at most every
+COMMIT_EVERY_S, offsets are committed, never past a record whose handling is not durable
+(agent/schedule.py). A restarted agent resumes after the last committed offsets; a
+redelivered message the ledger holds is not handled again.
+
+How a message is handled depends on the role and `agents[].concurrency`:
+- a sync `on_message` at concurrency 1 runs on the loop, in read order (the fast path,
+  as before: no task, no thread);
+- an async `on_message` runs in a task; a sync one at concurrency > 1 in a worker thread
+  (a bounded pool; every ctx call is handed to the loop). Messages of one conversation
+  run in order, different conversations at once up to the limit (schedule.Conversations).
+Replies to this agent's asks never wait in those queues (agent/asking.py). Heartbeats
+leave from a thread of their own (agent/pulse.py), so a blocked loop keeps its agent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import logging
 import math
 import os
 import random
 import signal
+import threading
 import time
 from collections import Counter, deque
-from types import FrameType
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
+from agentmesh_cli.agent.asking import (
+    Answered,
+    Asks,
+    Sent,
+    deadline_of,
+    error_payload,
+    is_request,
+    reply_meta,
+)
 from agentmesh_cli.agent.base import AgentContext, Role, Vote
-from agentmesh_cli.agent.ledger import Ledger, derived_id
+from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
+from agentmesh_cli.agent.ledger import Ledger
+from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
+from agentmesh_cli.agent.schedule import Conversations, OffsetBook, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
 from agentmesh_cli.bus import Bus, Reader, hostname
 from agentmesh_cli.config import AgentSpec
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope, RecentIds, now_ms, shown
-from agentmesh_cli.errors import AgentMeshError, BusError, InvalidEnvelope
+from agentmesh_cli.errors import (
+    AgentMeshError,
+    AskNotAllowed,
+    AskTimeout,
+    BusError,
+    InvalidEnvelope,
+    RemoteError,
+    UnknownAgent,
+)
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.metrics.histogram import ASK_BUCKETS
 from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer, refused_counter
@@ -52,6 +87,13 @@ SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried
 COMMIT_EVERY_S = 0.2
 BROADCASTS_REMEMBERED = 10_000  # consensus broadcast ids kept to recognise copies
 WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
+POLL_MAX = 500  # records taken in one poll, at most
+POOL_MAX = 64  # worker threads of a sync role at concurrency > 1, at most
+STOP_GRACE_S = 2.0  # on stop, running handlers get this long to finish before they are cancelled
+HOOKS = ("on_message", "on_start", "on_tick", "on_stop", "evaluate", "on_decision")
+
+# one finished record: (the offset book's epoch, (short topic, partition), offset)
+Finished = tuple[int, tuple[str, int], int]
 
 
 class AgentRuntime:
@@ -78,46 +120,77 @@ class AgentRuntime:
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         self._joined = self.store.joined_check()  # senders we accept
         self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
-        self._handling: str | None = None  # id of the message whose handler is running
-        self._derived = 0  # envelopes sent by that handler so far
+        # how messages are handled (see the module's docstring)
+        self.concurrency = spec.concurrency
+        self.is_async = {hook: inspect.iscoroutinefunction(getattr(role_cls, hook)) for hook in HOOKS}
+        self.inline = self.concurrency == 1 and not self.is_async["on_message"]
+        self._pool = (ThreadPoolExecutor(min(self.concurrency, POOL_MAX), f"{self.name}-handler")
+                      if not self.inline and not self.is_async["on_message"] else None)
+        self._conversations: Conversations[tuple[Envelope, Record, int]] = Conversations(self.concurrency)
+        self._read_ahead = ReadAhead.for_concurrency(self.concurrency, cfg.recovery.dedup_window)
+        self._book = OffsetBook()
+        self._book_epoch = 0  # a new broker epoch forgets the offsets of the old one
+        self._active: set[str] = set()  # ids of the messages queued or being handled
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._finished: list[Finished] = []  # records finished in this turn
         # turns whose sends the broker has not all confirmed yet: (the bus generation of
-        # their sends, the ledger's mark at their end, their next offsets)
-        self._turns: deque[tuple[int, int, dict[tuple[str, int], int]]] = deque()
+        # their sends, the ledger's mark at their end, the records they finished)
+        self._turns: deque[tuple[int, int, list[Finished]]] = deque()
         self._confirmed_mark = 0  # the ledger's mark at the end of the last confirmed turn
-        # next offsets of the confirmed turns, committed once their ids are recorded
-        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._confirmed: list[Finished] = []  # finished in confirmed turns, until recorded
         self._next_settle = -math.inf
         self._next_commit = -math.inf
         self._peers: dict[str, dict[str, Any]] = {}
         self._peers_at = -math.inf
+        self._asks = Asks()
+        self._answered = Answered()
+        self._lag = LagMeter()
+        self._sync_hook = False  # a sync hook runs on the loop now: a blocking ask is refused
+        self._tick_task: asyncio.Task[Any] | None = None
+        self._consensus_queue: asyncio.Queue[tuple[Envelope, Proposal, Record]] | None = None
+        self._pending_consensus: deque[Finished] = deque()  # records the worker finishes, in order
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = threading.get_ident()
+        self._wake: asyncio.Event | None = None
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
         self.services = AgentServices(mesh, self.name, self.log, clock=clock)
         self._services_state: dict[str, Any] = {}
         self._services_published = -math.inf
+        self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self.store.draining, self.log)
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
-                           self._send, self._registry, self._propose, self.services, self._next_id)
+                           self._send, self._registry, self._propose, self.services, self._next_id,
+                           self._ask, self._reply, lambda: self.heartbeat.draining)
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
     def _next_id(self) -> str | None:
         """While a handler runs, the id of the next envelope it sends (see ledger.derived_id)."""
-        if self._handling is None:
-            return None
-        self._derived += 1
-        return derived_id(self._handling, self._derived)
+        handling = current()
+        return None if handling is None else handling.next_id()
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn` on the event loop: now when called there, else as soon as the loop can
+        (a sync handler in a worker thread: the bus and the counters are the loop's)."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def _send(self, envelope: Envelope) -> Envelope:
         """Send what the role built (AgentContext.send, which took its id from `_next_id`)."""
-        self.bus.send_message(envelope)  # counted as sent when the broker confirms it
+        self._on_loop(self.bus.send_message, envelope)  # counted as sent when the broker confirms it
         return envelope
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
         proposal_id = events.new_proposal_id(self.name, self._next_id())
-        self.bus.send(C.TOPIC_PROPOSALS, events.proposal(self.name, proposal_id, type, content),
-                      key=proposal_id)
-        self.counts["proposals"] += 1
+        envelope = events.proposal(self.name, proposal_id, type, content)
+        self._on_loop(self._send_proposal, envelope, proposal_id)
         return proposal_id
+
+    def _send_proposal(self, envelope: Envelope, proposal_id: str) -> None:
+        self.bus.send(C.TOPIC_PROPOSALS, envelope, key=proposal_id)
+        self.counts["proposals"] += 1
 
     def _registry(self) -> dict[str, dict[str, Any]]:
         now = self.clock()
@@ -129,6 +202,94 @@ class AgentRuntime:
             self._peers_at = now
         return self._peers
 
+    def _known(self, name: str) -> bool:
+        """May `name` answer an ask: in mesh.yaml, registered, or joined once."""
+        if any(a.name == name for a in self.mesh.config.agents) or name in self._registry():
+            return True
+        try:
+            return self.store.is_member(name)
+        except AgentMeshError:
+            return True  # Redis cannot tell: wait for the reply rather than refuse
+
+    def _ask(self, to: str, type: str, payload: dict[str, Any], timeout: float,
+             meta: dict[str, Any] | None) -> Any:
+        """AgentContext.ask: a coroutine in an async hook, the reply in a worker thread."""
+        handling = current()
+        request_id = self._next_id() or events.new_id()
+        on_loop = self._loop is not None and threading.get_ident() == self._loop_thread
+        if on_loop and (self._sync_hook or handling is not None and handling.mode == "inline"):
+            raise AskNotAllowed(
+                f"ctx.ask({to!r}, {type!r}) in a sync hook that runs on the agent's loop would "
+                "stop the agent while it waits: make the hook `async def` and await it, or, for "
+                "on_message, set agents[].concurrency above 1 (sync handlers then run in threads)")
+        coro = self._ask_async(to, type, payload, timeout, meta, request_id)
+        if on_loop:
+            return coro
+        if self._loop is None:
+            coro.close()
+            raise AskNotAllowed("ctx.ask before the agent's loop runs")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _ask_async(self, to: str, type: str, payload: dict[str, Any], timeout: float,
+                         meta: dict[str, Any] | None, request_id: str) -> Envelope:
+        if not self._known(to):
+            raise UnknownAgent(to)
+        deadline = now_ms() + int(timeout * 1000)
+        request = events.message(self.name, to, type, payload, {**(meta or {}), "deadline": deadline},
+                                 id=request_id)
+        future = self._asks.expect(request_id)
+        started = self.clock()
+        self.bus.send_message(request)
+        self.counts[C.COUNTER_ASKS] += 1
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.counts[C.COUNTER_ASK_TIMEOUTS] += 1
+            raise AskTimeout(to, type, timeout) from None
+        finally:
+            self._asks.forget(request_id)
+        ASK_BUCKETS.observe(self.counts, C.COUNTER_ASK_MS, (self.clock() - started) * 1000)
+        if reply.type == C.TYPE_ERROR_REPLY:
+            self.counts[C.COUNTER_ERROR_REPLIES] += 1
+            raise RemoteError(to, type, str(reply.payload.get("error", "Exception")),
+                              str(reply.payload.get("message", "")))
+        return reply
+
+    def _reply(self, request: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+        """AgentContext.reply: to the asker's inbox, or to `replies` for an asker that is
+        not an agent (`meta.reply_to`); kept in the reply cache."""
+        reply = events.message(self.name, request.from_agent_id, type, payload, reply_meta(request),
+                               id=self._next_id())
+        address = request.meta.get("reply_to")
+        value = reply.encode()
+        if isinstance(address, str) and address:
+            sent = Sent(C.TOPIC_REPLIES, address,
+                        C.reply_partition(address, self.mesh.config.kafka.partitions), value)
+        else:
+            sent = Sent(C.TOPIC_MESSAGES, reply.to_agent_id,
+                        C.inbox_partition(reply.to_agent_id, self.mesh.config.kafka.partitions), value)
+        self._on_loop(self._send_reply, request.id, sent)
+        return reply
+
+    def _send_reply(self, request_id: str, sent: Sent) -> None:
+        self.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
+        self._answered.add(request_id, sent)
+
+    def _answer_again(self, request: Envelope) -> None:
+        """A repeated request this agent handled: send its reply again from the cache."""
+        sent = self._answered.recent(request.id)
+        if sent is None:
+            try:
+                raw = self.store.cached_reply(self.name, request.id)
+            except AgentMeshError as exc:
+                self.log.warning("reply cache unavailable for %s: %s", request.id, exc)
+                return
+            if raw is None:
+                return  # not asked for a reply, or older than the cache
+            sent = Sent.from_json(raw)
+        self.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
+        self.counts[C.COUNTER_CACHED_REPLIES] += 1
+
     # life cycle ----------------------------------------------------------------
     def _record(self) -> dict[str, Any]:
         return {
@@ -139,6 +300,11 @@ class AgentRuntime:
             "host": hostname(),
             "partition": self.partition,
             "last_heartbeat": now_ms(),
+            "concurrency": self.concurrency,
+            "in_flight": len(self._active),
+            "running": self._conversations.running,
+            "asks_pending": len(self._asks.waiting),
+            "loop_lag_ms": self._lag.summary(),
         }
 
     def _announce(self, event: events.Presence) -> None:
@@ -146,81 +312,136 @@ class AgentRuntime:
         self.bus.send(C.TOPIC_TOPOLOGY, envelope, key=self.name)
 
     def _heartbeat(self) -> None:
-        self._announce(C.EVENT_HEARTBEAT)
+        """On the heartbeat thread: the topology heartbeat and the registry record."""
+        envelope = events.presence(C.EVENT_HEARTBEAT, self.name, self.spec.role, self.spec.capabilities)
+        self.bus.send_detached(C.TOPIC_TOPOLOGY, envelope, key=self.name)
         try:
             self.store.register_agent(self.name, self._record())
         except AgentMeshError as exc:
             self.log.warning("heartbeat not recorded in Redis: %s", exc)
 
-    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+    def _stop(self, signum: int) -> None:
         self.log.info("signal %s: leaving the mesh", signal.Signals(signum).name)
         self.stopping = True
+        if self._wake is not None:
+            self._wake.set()
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+        return asyncio.run(self._main())
+
+    async def _main(self) -> int:
+        loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop, signum)
         cfg = self.mesh.config
-        epoch = wait_for_infra(cfg.kafka, self.store, self.program, clock=self.clock)
+        epoch = await loop.run_in_executor(None, lambda: wait_for_infra(
+            cfg.kafka, self.store, self.program, clock=self.clock))
         watch = BrokerWatch(self.bus, self.store, epoch, topics_every=WATCH_TOPICS_S, clock=self.clock)
         loaded = self.ledger.load()
         group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
                                            (C.TOPIC_CONSENSUS, 0, None)], self.program,
-                        signer=self.signer)
+                        signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES)
+        io = ThreadPoolExecutor(1, f"{self.name}-poll")  # the blocking polls, one at a time
         self.store.register_agent(self.name, self._record())
         self._announce(C.EVENT_JOINED)
         self.bus.flush(10)
-        self.role.on_start()
+        started = self.role.on_start()  # a role that cannot start ends its agent (not caught)
+        if inspect.isawaitable(started):
+            await started
         self.store.mark_ready(self.program, os.getpid())
-        self.log.info("joined as %s (role %s), inbox partition %d, %d handled ids in the ledger",
-                      self.name, self.spec.role, self.partition, loaded)
-        started = self.clock()
-        next_heartbeat = started + cfg.heartbeat.interval
-        next_flush = started + COUNTER_FLUSH_S
+        self.heartbeat.start()
+        lag = loop.create_task(self._lag.run())
+        if self.is_async["evaluate"] or self.is_async["on_decision"]:
+            self._consensus_queue = asyncio.Queue()
+            self._spawn(self._consensus_worker())
+        self.log.info("joined as %s (role %s, concurrency %d%s), inbox partition %d, %d handled "
+                      "ids in the ledger", self.name, self.spec.role, self.concurrency,
+                      ", async" if self.is_async["on_message"] else "", self.partition, loaded)
+        next_flush = self.clock() + COUNTER_FLUSH_S
         try:
             while not self.stopping:
-                records = reader.poll_batch(timeout=TICK_S)
-                offsets: dict[tuple[str, int], int] = {}
-                for record in records:
-                    self.counts[C.records_counter(record.topic)] += 1
-                    if record.topic == C.TOPIC_CONSENSUS:
-                        self._consensus(record)
-                    else:
-                        self._handle(record)
-                    offsets[(record.topic, record.partition)] = record.offset + 1
+                room = self._room()
+                if room > 0:
+                    records = await loop.run_in_executor(io, reader.poll_batch, min(POLL_MAX, room), TICK_S)
+                    for record in records:
+                        self._take(record)
+                else:  # read ahead enough: wait for a handler to finish
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), TICK_S)
+                    except TimeoutError:
+                        pass
                 now = self.clock()
-                # before the turn ends, so that what the tick sends leaves in the same
-                # requests as what the handlers sent
-                self._safely("on_tick", self.role.on_tick, now)
-                if records or self.bus.sent_unconfirmed():
-                    self._end_turn(offsets)
-                if self._turns or (self._uncommitted and now >= self._next_settle):
+                await self._tick(now)
+                if self._finished or self.bus.sent_unconfirmed():
+                    self._end_turn()
+                if self._turns or (self._confirmed and now >= self._next_settle):
                     self._settle(reader, now)
                 if watch.check(now) is not None:
                     self._new_epoch(reader)
-                if now >= next_heartbeat:
-                    next_heartbeat = now + cfg.heartbeat.interval
-                    self._heartbeat()
                 if now >= next_flush:
                     next_flush = now + COUNTER_FLUSH_S
                     self._flush_counters()
                 self.bus.poll()
         finally:
-            self._leave(reader)
+            lag.cancel()
+            await self._leave(reader)
+            io.shutdown(wait=False)
         return 0
 
-    def _end_turn(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Close the loop turn: what it sent leaves now (one request per partition), and its
-        handled ids and offsets wait in `_turns` until the broker has confirmed those sends."""
+    def _room(self) -> int:
+        """How many records to read now. Past the read-ahead bound, reading goes on while
+        asks wait (their replies come through the inbox), within the ledger's window."""
+        if self.inline:
+            return POLL_MAX
+        span = self._book.span()
+        room = self._read_ahead.room(self._conversations.waiting, self._conversations.fullest(), span)
+        if room == 0 and self._asks.waiting and span < self._read_ahead.window // 2:
+            return POLL_MAX
+        return room
+
+    async def _tick(self, now: float) -> None:
+        if not self.is_async["on_tick"]:
+            self._safely_sync("on_tick", self.role.on_tick, now)
+        elif self._tick_task is None or self._tick_task.done():
+            self._tick_task = self._spawn(self._hook("on_tick", now))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _hook(self, hook: str, *args: Any) -> Any:
+        """Run a hook that is not on_message, sync or async; a role's bug is logged."""
+        fn = getattr(self.role, hook)
+        if not self.is_async[hook]:
+            return self._safely_sync(hook, fn, *args)
+        try:
+            return await fn(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("%s raised", hook)
+            return None
+
+    def _end_turn(self) -> None:
+        """Close the loop turn: what it sent leaves now (one request per partition), and the
+        records it finished wait in `_turns` until the broker has confirmed those sends."""
         if self.bus.sent_unconfirmed():
             self.bus.kick()
-        self._turns.append((self.bus.close_generation(), self.ledger.mark(), offsets))
+        finished, self._finished = self._finished, []
+        self._turns.append((self.bus.close_generation(), self.ledger.mark(), finished))
 
     def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
         """Make handled turns durable in the order that neither loses nor doubles: what a
-        turn's handlers sent is confirmed by the broker, then its ids are recorded (with the
-        exact counts), and only then are its offsets committed (every COMMIT_EVERY_S, and
-        when the agent leaves). The loop does not wait for the broker's answers: it goes
+        turn's handlers sent is confirmed by the broker, then the replies they sent are
+        cached and their ids recorded (with the exact counts), and only then are offsets
+        committed (every COMMIT_EVERY_S, and when the agent leaves), up to the oldest
+        record not durably done. The loop does not wait for the broker's answers: it goes
         on with the next turn while they come (up to TURNS_AHEAD turns). While Redis is
         down the offsets wait."""
         if final or len(self._turns) > TURNS_AHEAD:
@@ -230,24 +451,33 @@ class AgentRuntime:
         else:
             self.bus.poll()  # take the answers that have come
         while self._turns and self.bus.confirmed(self._turns[0][0]):
-            _, self._confirmed_mark, offsets = self._turns.popleft()
-            self._uncommitted.update(offsets)
-        if not self.ledger.record(self._confirmed_mark):
+            _, self._confirmed_mark, finished = self._turns.popleft()
+            self._confirmed.extend(finished)
+        try:
+            # before the ids: a repeated request finds its reply once its id is recorded
+            window = self.mesh.config.recovery.dedup_window
+            self.store.cache_replies(self.name, self._answered.unsaved, window)
+            self._answered.unsaved.clear()
+            recorded = self.ledger.record(self._confirmed_mark)
+        except AgentMeshError:
+            recorded = False
+        if not recorded:
             if now >= self._next_settle:
                 self.log.warning("handled messages not recorded yet (Redis unavailable): %d "
                                  "waiting, offsets not committed", self.ledger.pending)
             self._next_settle = now + SETTLE_RETRY_S
             return
-        if not self._uncommitted:
-            return
+        for epoch, where, offset in self._confirmed:
+            if epoch == self._book_epoch:
+                self._book.done(where, offset)
+        self._confirmed.clear()
         if now < self._next_commit and not final:
             self._next_settle = self._next_commit
             return
         try:
             # not waited for but when leaving: the ledger, not the offset, keeps a message
             # from being handled twice, and the next commit covers one that was lost
-            reader.commit(self._uncommitted, wait=final)
-            self._uncommitted.clear()
+            reader.commit(self._book.committable(), wait=final)
             self._next_commit = now + COMMIT_EVERY_S
         except BusError as exc:
             self._next_settle = now + SETTLE_RETRY_S
@@ -256,8 +486,8 @@ class AgentRuntime:
     def _new_epoch(self, reader: Reader) -> None:
         """The broker restarted empty: read from its beginning again, announce ourselves."""
         # offsets of the old broker mean nothing to the new one
-        self._uncommitted.clear()
-        self._turns = deque((generation, mark, {}) for generation, mark, _ in self._turns)
+        self._book.forget()
+        self._book_epoch += 1
         reader.rewind()
         self._announce(C.EVENT_JOINED)
         try:
@@ -265,8 +495,21 @@ class AgentRuntime:
         except AgentMeshError as exc:
             self.log.warning("registry not updated: %s", exc)
 
-    def _leave(self, reader: Reader) -> None:
-        self._safely("on_stop", self.role.on_stop)
+    async def _leave(self, reader: Reader) -> None:
+        running = [t for t in self._tasks if t is not self._tick_task]
+        if running:  # handlers get a moment; what they leave unfinished is read again
+            _, pending = await asyncio.wait(running, timeout=STOP_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.log.info("%d handlers cancelled; their messages are read again next time",
+                              len(pending))
+        for task in list(self._tasks):
+            task.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._hook("on_stop")
+        self.heartbeat.stop()
         self._announce(C.EVENT_LEFT)
         left = self.bus.flush(5)
         try:
@@ -276,10 +519,119 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
+        if self._finished:
+            self._end_turn()
         self._settle(reader, self.clock(), final=True)
         self._flush_counters()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
+
+    # what is read --------------------------------------------------------------
+    def _take(self, record: Record) -> None:
+        """One record read: finished at once (skipped, a reply, a copy, a dead letter),
+        handled now (the fast path), or queued in its conversation."""
+        self.counts[C.records_counter(record.topic)] += 1
+        where = (record.topic, record.partition)
+        self._book.read(where, record.offset)
+        finished = (self._book_epoch, where, record.offset)
+        if record.topic == C.TOPIC_CONSENSUS:
+            if not self._consensus(record, finished):
+                self._finished.append(finished)
+            return
+        envelope = self._intake(record)
+        if envelope is None:
+            self._finished.append(finished)
+        elif self.inline:
+            self._handle_inline(envelope, record, finished)
+        else:
+            self._active.add(envelope.id)
+            conversation = envelope.meta.get("conversation")
+            key = conversation if isinstance(conversation, str) and conversation else \
+                f"from:{envelope.from_agent_id}"
+            for started, item in self._conversations.add(key, (envelope, record, finished[2])):
+                self._spawn(self._run(started, *item))
+
+    def _intake(self, record: Record) -> Envelope | None:
+        """The message to handle in an inbox record, or None (counted, dead-lettered or
+        handed to its ask)."""
+        if record.forged is not None:
+            # nothing in it is to be believed, its recipient neither: refused by every
+            # agent that reads its partition, like a record that does not decode
+            self._refuse(record, record.forged)
+            return None
+        try:
+            envelope = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
+        except InvalidEnvelope as exc:
+            self._dead_letter(record, str(exc))
+            return None
+        if envelope.to_agent_id != self.name:
+            self.counts[C.COUNTER_SKIPPED] += 1  # another agent shares this partition
+            return None
+        if "in_reply_to" in envelope.meta:  # a reply: to its ask, never queued
+            self.counts[self._asks.deliver(envelope)] += 1
+            return None
+        if self.ledger.seen(envelope.id) or envelope.id in self._active:
+            self.counts[C.COUNTER_DUPLICATES] += 1  # a redelivery, or a copy sent after a crash
+            if is_request(envelope) and envelope.id not in self._active:
+                self._answer_again(envelope)  # a re-run asker asks again: the same answer
+            return None
+        if not self._joined(envelope.from_agent_id):
+            self._dead_letter(record, f"sender {shown(envelope.from_agent_id)} has not joined")
+            return None
+        deadline = deadline_of(envelope)
+        if deadline is not None and deadline <= now_ms():
+            self.counts[C.COUNTER_EXPIRED] += 1  # nobody waits for its answer any more
+            return None
+        return envelope
+
+    def _handle_inline(self, envelope: Envelope, record: Record, finished: Finished) -> None:
+        token = CURRENT.set(self._handling(envelope, "inline"))
+        try:
+            error = self._safely_sync("on_message", self.role.on_message, envelope, error=True)
+            self._handled(envelope, record, finished, error)  # an error reply's id is derived too
+        finally:
+            CURRENT.reset(token)
+
+    @staticmethod
+    def _handling(envelope: Envelope, mode: Mode) -> Handling:
+        conversation = envelope.meta.get("conversation")
+        return Handling(envelope.id, conversation if isinstance(conversation, str) else None, mode)
+
+    async def _run(self, key: Any, envelope: Envelope, record: Record, offset: int) -> None:
+        """Handle one message in a task (async handler, or sync one in the pool), then start
+        what its conversation's end lets start."""
+        finished = (self._book_epoch, (record.topic, record.partition), offset)
+        error: BaseException | None = None
+        # this task's own context: the handler's sends (and its error reply) derive their ids
+        CURRENT.set(self._handling(envelope, "task" if self._pool is None else "pool"))
+        try:
+            if self._pool is None:
+                await self.role.on_message(envelope)
+            else:
+                context = contextvars.copy_context()
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, context.run, self.role.on_message, envelope)
+        except asyncio.CancelledError:
+            raise  # the agent stops: not handled, read again next time
+        except Exception as exc:  # a role's bug must not stop the agent
+            self.log.exception("on_message raised")
+            error = exc
+        self._handled(envelope, record, finished, error)
+        for started, item in self._conversations.finished(key):
+            self._spawn(self._run(started, *item))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _handled(self, envelope: Envelope, record: Record, finished: Finished,
+                 error: BaseException | None) -> None:
+        if error is not None and is_request(envelope):
+            self._reply(envelope, C.TYPE_ERROR_REPLY, error_payload(error))  # the asker learns why
+        self._active.discard(envelope.id)
+        self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
+        self._finished.append(finished)
+        if error is not None:
+            self.counts[C.COUNTER_HANDLER_ERRORS] += 1
+            self._dead_letter(record, f"handler error in role {self.spec.role}")
 
     def _dead_letter(self, record: Record, reason: str) -> None:
         self.log.warning("dead letter at %s/%d@%d: %s", record.topic, record.partition,
@@ -293,74 +645,68 @@ class AgentRuntime:
         self.counts[refused_counter(reason)] += 1
         self._dead_letter(record, reason)
 
-    def _handle(self, record: Record) -> None:
-        if record.forged is not None:
-            # nothing in it is to be believed, its recipient neither: refused by every
-            # agent that reads its partition, like a record that does not decode
-            self._refuse(record, record.forged)
-            return
-        try:
-            envelope = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
-        except InvalidEnvelope as exc:
-            self._dead_letter(record, str(exc))
-            return
-        if envelope.to_agent_id != self.name:
-            self.counts[C.COUNTER_SKIPPED] += 1  # another agent shares this partition
-            return
-        if self.ledger.seen(envelope.id):
-            self.counts[C.COUNTER_DUPLICATES] += 1  # a redelivery, or a copy sent after a crash
-            return
-        if not self._joined(envelope.from_agent_id):
-            self._dead_letter(record, f"sender {shown(envelope.from_agent_id)} has not joined")
-            return
-        self._handling, self._derived = envelope.id, 0
-        try:
-            ok = self._safely("on_message", self.role.on_message, envelope)
-        finally:
-            self._handling = None
-        self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
-        if not ok:
-            self.counts[C.COUNTER_HANDLER_ERRORS] += 1
-            self._dead_letter(record, f"handler error in role {self.spec.role}")
-
-    def _consensus(self, record: Record) -> None:
-        """Vote on opened proposals this agent may vote on; tell the role of decisions."""
+    def _consensus(self, record: Record, finished: Finished) -> bool:
+        """Vote on opened proposals this agent may vote on; tell the role of decisions.
+        True when an async hook will finish the record later."""
         if record.forged is not None:  # not the manager's: a forged decision or opening
             self.counts["consensus_invalid"] += 1
             self._refuse(record, record.forged)
-            return
+            return False
         try:
             event = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
             if event.type == C.EVENT_MANAGER_MARK:
-                return
+                return False
             if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
                 raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the consensus topic")
             proposal = Proposal.from_dict(event.payload)
             if not self._broadcasts.add(event.id):  # sent again after a broker restart
                 self.counts["consensus_duplicates"] += 1
-                return
+                return False
         except Exception as exc:  # whatever a hostile record makes from_dict raise
             # the manager is the only writer: whatever else is here is dead-lettered by
             # every agent that reads it (the dead letter names the agent)
             self.counts["consensus_invalid"] += 1
             self._dead_letter(record, f"not a consensus broadcast: {exc}")
-            return
+            return False
+        hook = "on_decision" if event.type == C.EVENT_DECIDED else "evaluate"
+        if self._consensus_queue is not None and self.is_async[hook]:
+            self._consensus_queue.put_nowait((event, proposal, record))
+            self._pending_consensus.append(finished)
+            return True
         if event.type == C.EVENT_DECIDED:
-            self._safely("on_decision", self.role.on_decision, proposal)
-            return
-        if self.name not in proposal.electorate or now_ms() >= proposal.expires_at:
-            return  # not ours to vote on, or already over (an agent catching up)
-        try:
-            vote: Vote | None = self.role.evaluate(proposal)
-        except Exception:  # a role's bug must not stop the agent; it abstains
-            self.log.exception("evaluate raised on %s", proposal.id)
-            return
+            self._safely_sync("on_decision", self.role.on_decision, proposal)
+        elif self._may_vote(proposal):
+            try:
+                vote = self.role.evaluate(proposal)
+            except Exception:  # a role's bug must not stop the agent; it abstains
+                self.log.exception("evaluate raised on %s", proposal.id)
+                return False
+            self._vote(proposal, vote)
+        return False
+
+    def _may_vote(self, proposal: Proposal) -> bool:
+        # not ours to vote on, or already over (an agent catching up)
+        return self.name in proposal.electorate and now_ms() < proposal.expires_at
+
+    def _vote(self, proposal: Proposal, vote: Vote | None) -> None:
         if vote is None:
             return
         ballot = events.vote(self.name, proposal.id, vote.support, vote.intensity)
         self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
         self.counts["votes"] += 1
 
+    async def _consensus_worker(self) -> None:
+        """The async `evaluate` and `on_decision`, one broadcast at a time, in order."""
+        assert self._consensus_queue is not None
+        while True:
+            event, proposal, _record = await self._consensus_queue.get()
+            if event.type == C.EVENT_DECIDED:
+                await self._hook("on_decision", proposal)
+            elif self._may_vote(proposal):
+                self._vote(proposal, await self._hook("evaluate", proposal))
+            self._finished.append(self._pending_consensus.popleft())
+
+    # counters ------------------------------------------------------------------
     def _publish_services(self) -> None:
         """The clients' state for `status`: when it changes, and with every heartbeat."""
         state = self.services.state()
@@ -375,16 +721,24 @@ class AgentRuntime:
             return
         self._services_state, self._services_published = state, now
 
-    def _safely(self, hook: str, fn: Any, *args: Any) -> bool:
+    def _safely_sync(self, hook: str, fn: Any, *args: Any, error: bool = False) -> Any:
+        """Call a sync hook on the loop (a blocking ask in it is refused); a role's bug is
+        logged, never stops the agent. With `error`: return the exception (or None)."""
+        self._sync_hook = True
         try:
-            fn(*args)
-        except Exception:  # a role's bug must not stop the agent
+            result = fn(*args)
+        except Exception as exc:
             self.log.exception("%s raised", hook)
-            return False
-        return True
+            return exc if error else None
+        finally:
+            self._sync_hook = False
+        if inspect.isawaitable(result):  # an async hook the class did not declare as such
+            self._spawn(result)  # type: ignore[arg-type]
+        return None if error else result
 
     def _flush_counters(self) -> None:
         self.counts.update(self.services.take_counts())
+        self.counts.update(self._lag.take_counts())
         if self.bus.delivered_to:
             for recipient, n in self.bus.delivered_to.items():
                 self.counts[C.sent_to_counter(recipient)] += n  # backlog in status

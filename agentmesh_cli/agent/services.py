@@ -25,6 +25,7 @@ same interface instead of HTTP ones (services.local).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -125,6 +126,12 @@ class AgentServices:
         self._count("context_calls")
         items = result.get("items") if isinstance(result, dict) else result
         return items if isinstance(items, list) else []
+
+    async def acontext(self, user_id: str, query: str | None = None,
+                       limit: int = 5) -> list[dict[str, Any]] | None:
+        """`context` awaited: the HTTP call runs in a worker thread (the client, its retries
+        and its breaker are the sync ones), so the agent's loop goes on meanwhile."""
+        return await asyncio.to_thread(self.context, user_id, query, limit)
 
     # what the runtime uses -----------------------------------------------------------
     def take_counts(self) -> Counter[str]:

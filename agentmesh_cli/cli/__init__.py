@@ -36,6 +36,8 @@ COMMANDS: dict[str, Entry] = {name: Entry(module, summary) for name, module, sum
      "Show the mesh's processes, agents, topology, proposals, services and infra."),
     ("send", "mesh",
      "Inject one agent-to-agent message (for demos and scripts)."),
+    ("ask", "ask",
+     "Ask an agent and print its reply as one JSON object (type, from, payload, round_trip_ms)."),
     ("agent", "roles",
      "Run one agent process (supervisord runs one per agent of mesh.yaml)."),
     ("consensus", "consensus",
@@ -91,7 +93,7 @@ def _root() -> None:
 # interpreter down (finalising redis-py's, pydantic's and librdkafka's modules and objects)
 # took ~50 ms, a fifth of the command, for nothing: what they sent is flushed and confirmed
 # before they print, and the system closes their sockets. So they end at once (`_end`).
-QUICK_COMMANDS = frozenset({"token", "send", "propose", "status"})
+QUICK_COMMANDS = frozenset({"token", "send", "ask", "propose", "status"})
 
 
 def main() -> None:

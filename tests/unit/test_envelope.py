@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from agentmesh_cli.agent.ledger import DERIVED, derived_id
+from agentmesh_cli.agent.handling import DERIVED, derived_id
 from agentmesh_cli.constants import inbox_partition
 from agentmesh_cli.envelope import Envelope, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope

@@ -1,0 +1,88 @@
+"""An agent's signs of life, kept apart from its handlers.
+
+- `Heartbeat`: a thread that sends the agent's heartbeat (the `topology` topic and the
+  registry record in Redis) every `heartbeat.interval`, and reads the draining mark, so
+  that even a sync handler that blocks the event loop for a minute does not get its agent
+  removed from the mesh. It produces with `Bus.send_detached` (thread-safe, counted in
+  no generation) and writes Redis with the runtime's Store (redis-py's pool is
+  thread-safe).
+- `LagMeter`: a task on the event loop that sleeps 10 ms at a time and measures how late
+  it wakes: the loop's lag, which a blocking call in a handler makes grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.errors import AgentMeshError
+from agentmesh_cli.metrics.histogram import LOOP_LAG_BUCKETS
+
+LAG_SAMPLE_S = 0.01
+LAG_KEPT = 1000  # the newest samples, for the percentiles the registry record shows
+DRAINING_EVERY_S = 0.5
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, interval: float, beat: Callable[[], None], check_draining: Callable[[], bool],
+                 log: logging.Logger) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.interval = interval
+        self.beat = beat
+        self.check_draining = check_draining
+        self.log = log
+        self.draining = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        next_beat = time.monotonic() + self.interval
+        while not self._stop_event.wait(min(DRAINING_EVERY_S, self.interval)):
+            try:
+                self.draining = self.check_draining()
+            except AgentMeshError:
+                pass  # Redis down: keep the last answer
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.interval
+                try:
+                    self.beat()
+                except Exception:  # the thread must outlive any failure of one beat
+                    self.log.exception("heartbeat failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(2.0)
+
+
+class LagMeter:
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=LAG_KEPT)
+        self.counts: Counter[str] = Counter()  # the histogram, flushed with the counters
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_S)
+            lag_ms = max(0.0, (loop.time() - started - LAG_SAMPLE_S) * 1000)
+            self.samples.append(lag_ms)
+            LOOP_LAG_BUCKETS.observe(self.counts, C.COUNTER_LOOP_LAG_MS, lag_ms)
+
+    def summary(self) -> dict[str, float]:
+        """p50, p99 and max of the newest samples, in ms."""
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+        return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 2)}
+
+    def take_counts(self) -> Counter[str]:
+        counts, self.counts = self.counts, Counter()
+        return counts
