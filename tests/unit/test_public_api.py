@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import agentmesh
+from agentmesh_cli import errors
 from agentmesh_cli.agent import base
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus import core
@@ -18,8 +19,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_the_public_names() -> None:
     assert sorted(agentmesh.__all__) == [
-        "AgentContext", "AgentMeshError", "Envelope", "MeshConfig", "Proposal", "ProposalStatus",
-        "Role", "Vote", "Waggle", "__version__"]
+        "AgentContext", "AgentMeshError", "AskError", "AskNotAllowed", "AskTimeout", "Envelope",
+        "MeshConfig", "Proposal", "ProposalStatus", "RemoteError", "Role", "UnknownAgent", "Vote",
+        "Waggle", "__version__"]
 
 
 def test_each_public_name_is_what_the_runtime_uses() -> None:
@@ -29,6 +31,8 @@ def test_each_public_name_is_what_the_runtime_uses() -> None:
     assert agentmesh.Proposal is core.Proposal and agentmesh.ProposalStatus is core.Status
     assert agentmesh.Waggle is core.Waggle and agentmesh.MeshConfig is MeshConfig
     assert agentmesh.AgentMeshError is AgentMeshError
+    assert agentmesh.AskTimeout is errors.AskTimeout and agentmesh.RemoteError is errors.RemoteError
+    assert agentmesh.UnknownAgent is errors.UnknownAgent and agentmesh.AskError is errors.AskError
     assert [s.value for s in agentmesh.ProposalStatus] == ["pending", "accepted", "rejected", "expired"]
 
 
