@@ -39,35 +39,27 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.agent.asking import (
-    Answered,
-    Asks,
-    Sent,
     deadline_of,
     error_payload,
     is_request,
-    reply_meta,
 )
-from agentmesh_cli.agent.base import AgentContext, Role, Vote
+from agentmesh_cli.agent.base import AgentContext, Role
+from agentmesh_cli.agent.exchange import Exchange
 from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
 from agentmesh_cli.agent.ledger import Ledger
 from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
 from agentmesh_cli.agent.schedule import Conversations, OffsetBook, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
+from agentmesh_cli.agent.voting import Voting
 from agentmesh_cli.bus import Bus, Reader, hostname
 from agentmesh_cli.config import AgentSpec
-from agentmesh_cli.consensus.core import Proposal
-from agentmesh_cli.envelope import Envelope, RecentIds, now_ms, shown
+from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import (
     AgentMeshError,
-    AskNotAllowed,
-    AskTimeout,
     BusError,
     InvalidEnvelope,
-    RemoteError,
-    UnknownAgent,
 )
 from agentmesh_cli.mesh import Mesh
-from agentmesh_cli.metrics.histogram import ASK_BUCKETS
 from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer, refused_counter
@@ -85,7 +77,6 @@ SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried
 # message from being handled twice (a crash replays at most this long of traffic, which
 # the ledger's `recovery.dedup_window` ids cover up to 100,000 messages/s).
 COMMIT_EVERY_S = 0.2
-BROADCASTS_REMEMBERED = 10_000  # consensus broadcast ids kept to recognise copies
 WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
 POLL_MAX = 500  # records taken in one poll, at most
 POOL_MAX = 64  # worker threads of a sync role at concurrency > 1, at most
@@ -119,7 +110,6 @@ class AgentRuntime:
                        signer=self.signer, clock=clock)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         self._joined = self.store.joined_check()  # senders we accept
-        self._broadcasts = RecentIds(BROADCASTS_REMEMBERED)  # consensus broadcasts seen
         # how messages are handled (see the module's docstring)
         self.concurrency = spec.concurrency
         self.is_async = {hook: inspect.iscoroutinefunction(getattr(role_cls, hook)) for hook in HOOKS}
@@ -142,57 +132,56 @@ class AgentRuntime:
         self._next_commit = -math.inf
         self._peers: dict[str, dict[str, Any]] = {}
         self._peers_at = -math.inf
-        self._asks = Asks()
-        self._answered = Answered()
+        self.exchange = Exchange(self)  # ask and reply
         self._lag = LagMeter()
-        self._sync_hook = False  # a sync hook runs on the loop now: a blocking ask is refused
+        self.sync_hook_running = False  # a sync hook runs on the loop now: a blocking ask is refused
         self._tick_task: asyncio.Task[Any] | None = None
-        self._consensus_queue: asyncio.Queue[tuple[Envelope, Proposal, Record]] | None = None
-        self._pending_consensus: deque[Finished] = deque()  # records the worker finishes, in order
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = threading.get_ident()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = threading.get_ident()
         self._wake: asyncio.Event | None = None
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
         self.services = AgentServices(mesh, self.name, self.log, clock=clock)
         self._services_state: dict[str, Any] = {}
         self._services_published = -math.inf
+        self.voting = Voting(self)  # Bee consensus: votes and decisions
         self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self.store.draining, self.log)
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
-                           self._send, self._registry, self._propose, self.services, self._next_id,
-                           self._ask, self._reply, lambda: self.heartbeat.draining)
+                           self._send, self.registry, self._propose, self.services, self.next_id,
+                           self.exchange.ask, self.exchange.reply,
+                           lambda: self.heartbeat.draining)
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
-    def _next_id(self) -> str | None:
+    def next_id(self) -> str | None:
         """While a handler runs, the id of the next envelope it sends (see ledger.derived_id)."""
         handling = current()
         return None if handling is None else handling.next_id()
 
-    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+    def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn` on the event loop: now when called there, else as soon as the loop can
         (a sync handler in a worker thread: the bus and the counters are the loop's)."""
-        if self._loop is None or threading.get_ident() == self._loop_thread:
+        if self.loop is None or threading.get_ident() == self.loop_thread:
             fn(*args)
         else:
-            self._loop.call_soon_threadsafe(fn, *args)
+            self.loop.call_soon_threadsafe(fn, *args)
 
     def _send(self, envelope: Envelope) -> Envelope:
-        """Send what the role built (AgentContext.send, which took its id from `_next_id`)."""
-        self._on_loop(self.bus.send_message, envelope)  # counted as sent when the broker confirms it
+        """Send what the role built (AgentContext.send, which took its id from `next_id`)."""
+        self.on_loop(self.bus.send_message, envelope)  # counted as sent when the broker confirms it
         return envelope
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
-        proposal_id = events.new_proposal_id(self.name, self._next_id())
+        proposal_id = events.new_proposal_id(self.name, self.next_id())
         envelope = events.proposal(self.name, proposal_id, type, content)
-        self._on_loop(self._send_proposal, envelope, proposal_id)
+        self.on_loop(self._send_proposal, envelope, proposal_id)
         return proposal_id
 
     def _send_proposal(self, envelope: Envelope, proposal_id: str) -> None:
         self.bus.send(C.TOPIC_PROPOSALS, envelope, key=proposal_id)
         self.counts["proposals"] += 1
 
-    def _registry(self) -> dict[str, dict[str, Any]]:
+    def registry(self) -> dict[str, dict[str, Any]]:
         now = self.clock()
         if now - self._peers_at > PEERS_REFRESH_S:
             try:
@@ -201,94 +190,6 @@ class AgentRuntime:
                 self.log.warning("registry unavailable, using the last known peers: %s", exc)
             self._peers_at = now
         return self._peers
-
-    def _known(self, name: str) -> bool:
-        """May `name` answer an ask: in mesh.yaml, registered, or joined once."""
-        if any(a.name == name for a in self.mesh.config.agents) or name in self._registry():
-            return True
-        try:
-            return self.store.is_member(name)
-        except AgentMeshError:
-            return True  # Redis cannot tell: wait for the reply rather than refuse
-
-    def _ask(self, to: str, type: str, payload: dict[str, Any], timeout: float,
-             meta: dict[str, Any] | None) -> Any:
-        """AgentContext.ask: a coroutine in an async hook, the reply in a worker thread."""
-        handling = current()
-        request_id = self._next_id() or events.new_id()
-        on_loop = self._loop is not None and threading.get_ident() == self._loop_thread
-        if on_loop and (self._sync_hook or handling is not None and handling.mode == "inline"):
-            raise AskNotAllowed(
-                f"ctx.ask({to!r}, {type!r}) in a sync hook that runs on the agent's loop would "
-                "stop the agent while it waits: make the hook `async def` and await it, or, for "
-                "on_message, set agents[].concurrency above 1 (sync handlers then run in threads)")
-        coro = self._ask_async(to, type, payload, timeout, meta, request_id)
-        if on_loop:
-            return coro
-        if self._loop is None:
-            coro.close()
-            raise AskNotAllowed("ctx.ask before the agent's loop runs")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def _ask_async(self, to: str, type: str, payload: dict[str, Any], timeout: float,
-                         meta: dict[str, Any] | None, request_id: str) -> Envelope:
-        if not self._known(to):
-            raise UnknownAgent(to)
-        deadline = now_ms() + int(timeout * 1000)
-        request = events.message(self.name, to, type, payload, {**(meta or {}), "deadline": deadline},
-                                 id=request_id)
-        future = self._asks.expect(request_id)
-        started = self.clock()
-        self.bus.send_message(request)
-        self.counts[C.COUNTER_ASKS] += 1
-        try:
-            reply = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self.counts[C.COUNTER_ASK_TIMEOUTS] += 1
-            raise AskTimeout(to, type, timeout) from None
-        finally:
-            self._asks.forget(request_id)
-        ASK_BUCKETS.observe(self.counts, C.COUNTER_ASK_MS, (self.clock() - started) * 1000)
-        if reply.type == C.TYPE_ERROR_REPLY:
-            self.counts[C.COUNTER_ERROR_REPLIES] += 1
-            raise RemoteError(to, type, str(reply.payload.get("error", "Exception")),
-                              str(reply.payload.get("message", "")))
-        return reply
-
-    def _reply(self, request: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
-        """AgentContext.reply: to the asker's inbox, or to `replies` for an asker that is
-        not an agent (`meta.reply_to`); kept in the reply cache."""
-        reply = events.message(self.name, request.from_agent_id, type, payload, reply_meta(request),
-                               id=self._next_id())
-        address = request.meta.get("reply_to")
-        value = reply.encode()
-        if isinstance(address, str) and address:
-            sent = Sent(C.TOPIC_REPLIES, address,
-                        C.reply_partition(address, self.mesh.config.kafka.partitions), value)
-        else:
-            sent = Sent(C.TOPIC_MESSAGES, reply.to_agent_id,
-                        C.inbox_partition(reply.to_agent_id, self.mesh.config.kafka.partitions), value)
-        self._on_loop(self._send_reply, request.id, sent)
-        return reply
-
-    def _send_reply(self, request_id: str, sent: Sent) -> None:
-        self.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
-        self._answered.add(request_id, sent)
-
-    def _answer_again(self, request: Envelope) -> None:
-        """A repeated request this agent handled: send its reply again from the cache."""
-        sent = self._answered.recent(request.id)
-        if sent is None:
-            try:
-                raw = self.store.cached_reply(self.name, request.id)
-            except AgentMeshError as exc:
-                self.log.warning("reply cache unavailable for %s: %s", request.id, exc)
-                return
-            if raw is None:
-                return  # not asked for a reply, or older than the cache
-            sent = Sent.from_json(raw)
-        self.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
-        self.counts[C.COUNTER_CACHED_REPLIES] += 1
 
     # life cycle ----------------------------------------------------------------
     def _record(self) -> dict[str, Any]:
@@ -303,7 +204,7 @@ class AgentRuntime:
             "concurrency": self.concurrency,
             "in_flight": len(self._active),
             "running": self._conversations.running,
-            "asks_pending": len(self._asks.waiting),
+            "asks_pending": len(self.exchange.asks.waiting),
             "loop_lag_ms": self._lag.summary(),
         }
 
@@ -330,8 +231,8 @@ class AgentRuntime:
         return asyncio.run(self._main())
 
     async def _main(self) -> int:
-        loop = self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        loop = self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop, signum)
@@ -354,9 +255,8 @@ class AgentRuntime:
         self.store.mark_ready(self.program, os.getpid())
         self.heartbeat.start()
         lag = loop.create_task(self._lag.run())
-        if self.is_async["evaluate"] or self.is_async["on_decision"]:
-            self._consensus_queue = asyncio.Queue()
-            self._spawn(self._consensus_worker())
+        if self.voting.queue is not None:
+            self._spawn(self.voting.worker())
         self.log.info("joined as %s (role %s, concurrency %d%s), inbox partition %d, %d handled "
                       "ids in the ledger", self.name, self.spec.role, self.concurrency,
                       ", async" if self.is_async["on_message"] else "", self.partition, loaded)
@@ -399,15 +299,15 @@ class AgentRuntime:
             return POLL_MAX
         span = self._book.span()
         room = self._read_ahead.room(self._conversations.waiting, self._conversations.fullest(), span)
-        if room == 0 and self._asks.waiting and span < self._read_ahead.window // 2:
+        if room == 0 and self.exchange.asks.waiting and span < self._read_ahead.window // 2:
             return POLL_MAX
         return room
 
     async def _tick(self, now: float) -> None:
         if not self.is_async["on_tick"]:
-            self._safely_sync("on_tick", self.role.on_tick, now)
+            self.safely_sync("on_tick", self.role.on_tick, now)
         elif self._tick_task is None or self._tick_task.done():
-            self._tick_task = self._spawn(self._hook("on_tick", now))
+            self._tick_task = self._spawn(self.hook("on_tick", now))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -415,11 +315,11 @@ class AgentRuntime:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _hook(self, hook: str, *args: Any) -> Any:
+    async def hook(self, hook: str, *args: Any) -> Any:
         """Run a hook that is not on_message, sync or async; a role's bug is logged."""
         fn = getattr(self.role, hook)
         if not self.is_async[hook]:
-            return self._safely_sync(hook, fn, *args)
+            return self.safely_sync(hook, fn, *args)
         try:
             return await fn(*args)
         except asyncio.CancelledError:
@@ -427,6 +327,10 @@ class AgentRuntime:
         except Exception:
             self.log.exception("%s raised", hook)
             return None
+
+    def finish(self, entry: Finished) -> None:
+        """A record is done with (handled, skipped, or voted on): durable with this turn."""
+        self._finished.append(entry)
 
     def _end_turn(self) -> None:
         """Close the loop turn: what it sent leaves now (one request per partition), and the
@@ -456,8 +360,8 @@ class AgentRuntime:
         try:
             # before the ids: a repeated request finds its reply once its id is recorded
             window = self.mesh.config.recovery.dedup_window
-            self.store.cache_replies(self.name, self._answered.unsaved, window)
-            self._answered.unsaved.clear()
+            self.store.cache_replies(self.name, self.exchange.answered.unsaved, window)
+            self.exchange.answered.unsaved.clear()
             recorded = self.ledger.record(self._confirmed_mark)
         except AgentMeshError:
             recorded = False
@@ -508,7 +412,7 @@ class AgentRuntime:
             task.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        await self._hook("on_stop")
+        await self.hook("on_stop")
         self.heartbeat.stop()
         self._announce(C.EVENT_LEFT)
         left = self.bus.flush(5)
@@ -535,7 +439,7 @@ class AgentRuntime:
         self._book.read(where, record.offset)
         finished = (self._book_epoch, where, record.offset)
         if record.topic == C.TOPIC_CONSENSUS:
-            if not self._consensus(record, finished):
+            if not self.voting.take(record, finished):
                 self._finished.append(finished)
             return
         envelope = self._intake(record)
@@ -557,26 +461,26 @@ class AgentRuntime:
         if record.forged is not None:
             # nothing in it is to be believed, its recipient neither: refused by every
             # agent that reads its partition, like a record that does not decode
-            self._refuse(record, record.forged)
+            self.refuse(record, record.forged)
             return None
         try:
             envelope = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
         except InvalidEnvelope as exc:
-            self._dead_letter(record, str(exc))
+            self.dead_letter(record, str(exc))
             return None
         if envelope.to_agent_id != self.name:
             self.counts[C.COUNTER_SKIPPED] += 1  # another agent shares this partition
             return None
         if "in_reply_to" in envelope.meta:  # a reply: to its ask, never queued
-            self.counts[self._asks.deliver(envelope)] += 1
+            self.counts[self.exchange.asks.deliver(envelope)] += 1
             return None
         if self.ledger.seen(envelope.id) or envelope.id in self._active:
             self.counts[C.COUNTER_DUPLICATES] += 1  # a redelivery, or a copy sent after a crash
             if is_request(envelope) and envelope.id not in self._active:
-                self._answer_again(envelope)  # a re-run asker asks again: the same answer
+                self.exchange.answer_again(envelope)  # a re-run asker asks again: the same answer
             return None
         if not self._joined(envelope.from_agent_id):
-            self._dead_letter(record, f"sender {shown(envelope.from_agent_id)} has not joined")
+            self.dead_letter(record, f"sender {shown(envelope.from_agent_id)} has not joined")
             return None
         deadline = deadline_of(envelope)
         if deadline is not None and deadline <= now_ms():
@@ -587,7 +491,7 @@ class AgentRuntime:
     def _handle_inline(self, envelope: Envelope, record: Record, finished: Finished) -> None:
         token = CURRENT.set(self._handling(envelope, "inline"))
         try:
-            error = self._safely_sync("on_message", self.role.on_message, envelope, error=True)
+            error = self.safely_sync("on_message", self.role.on_message, envelope, error=True)
             self._handled(envelope, record, finished, error)  # an error reply's id is derived too
         finally:
             CURRENT.reset(token)
@@ -625,86 +529,25 @@ class AgentRuntime:
     def _handled(self, envelope: Envelope, record: Record, finished: Finished,
                  error: BaseException | None) -> None:
         if error is not None and is_request(envelope):
-            self._reply(envelope, C.TYPE_ERROR_REPLY, error_payload(error))  # the asker learns why
+            self.exchange.reply(envelope, C.TYPE_ERROR_REPLY, error_payload(error))  # the asker learns why
         self._active.discard(envelope.id)
         self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
         self._finished.append(finished)
         if error is not None:
             self.counts[C.COUNTER_HANDLER_ERRORS] += 1
-            self._dead_letter(record, f"handler error in role {self.spec.role}")
+            self.dead_letter(record, f"handler error in role {self.spec.role}")
 
-    def _dead_letter(self, record: Record, reason: str) -> None:
+    def dead_letter(self, record: Record, reason: str) -> None:
         self.log.warning("dead letter at %s/%d@%d: %s", record.topic, record.partition,
                          record.offset, reason)
         self.bus.dead_letter(record, reason)
         self.counts[C.COUNTER_DEAD] += 1
         self.counts[C.dead_letters_counter(record.topic)] += 1
 
-    def _refuse(self, record: Record, reason: str) -> None:
+    def refuse(self, record: Record, reason: str) -> None:
         """A dead letter for a record that does not verify (counted as such too)."""
         self.counts[refused_counter(reason)] += 1
-        self._dead_letter(record, reason)
-
-    def _consensus(self, record: Record, finished: Finished) -> bool:
-        """Vote on opened proposals this agent may vote on; tell the role of decisions.
-        True when an async hook will finish the record later."""
-        if record.forged is not None:  # not the manager's: a forged decision or opening
-            self.counts["consensus_invalid"] += 1
-            self._refuse(record, record.forged)
-            return False
-        try:
-            event = Envelope.decode(record.value, max_bytes=self.mesh.config.kafka.max_record_bytes)
-            if event.type == C.EVENT_MANAGER_MARK:
-                return False
-            if event.type not in (C.EVENT_OPENED, C.EVENT_DECIDED):
-                raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the consensus topic")
-            proposal = Proposal.from_dict(event.payload)
-            if not self._broadcasts.add(event.id):  # sent again after a broker restart
-                self.counts["consensus_duplicates"] += 1
-                return False
-        except Exception as exc:  # whatever a hostile record makes from_dict raise
-            # the manager is the only writer: whatever else is here is dead-lettered by
-            # every agent that reads it (the dead letter names the agent)
-            self.counts["consensus_invalid"] += 1
-            self._dead_letter(record, f"not a consensus broadcast: {exc}")
-            return False
-        hook = "on_decision" if event.type == C.EVENT_DECIDED else "evaluate"
-        if self._consensus_queue is not None and self.is_async[hook]:
-            self._consensus_queue.put_nowait((event, proposal, record))
-            self._pending_consensus.append(finished)
-            return True
-        if event.type == C.EVENT_DECIDED:
-            self._safely_sync("on_decision", self.role.on_decision, proposal)
-        elif self._may_vote(proposal):
-            try:
-                vote = self.role.evaluate(proposal)
-            except Exception:  # a role's bug must not stop the agent; it abstains
-                self.log.exception("evaluate raised on %s", proposal.id)
-                return False
-            self._vote(proposal, vote)
-        return False
-
-    def _may_vote(self, proposal: Proposal) -> bool:
-        # not ours to vote on, or already over (an agent catching up)
-        return self.name in proposal.electorate and now_ms() < proposal.expires_at
-
-    def _vote(self, proposal: Proposal, vote: Vote | None) -> None:
-        if vote is None:
-            return
-        ballot = events.vote(self.name, proposal.id, vote.support, vote.intensity)
-        self.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
-        self.counts["votes"] += 1
-
-    async def _consensus_worker(self) -> None:
-        """The async `evaluate` and `on_decision`, one broadcast at a time, in order."""
-        assert self._consensus_queue is not None
-        while True:
-            event, proposal, _record = await self._consensus_queue.get()
-            if event.type == C.EVENT_DECIDED:
-                await self._hook("on_decision", proposal)
-            elif self._may_vote(proposal):
-                self._vote(proposal, await self._hook("evaluate", proposal))
-            self._finished.append(self._pending_consensus.popleft())
+        self.dead_letter(record, reason)
 
     # counters ------------------------------------------------------------------
     def _publish_services(self) -> None:
@@ -721,17 +564,17 @@ class AgentRuntime:
             return
         self._services_state, self._services_published = state, now
 
-    def _safely_sync(self, hook: str, fn: Any, *args: Any, error: bool = False) -> Any:
+    def safely_sync(self, hook: str, fn: Any, *args: Any, error: bool = False) -> Any:
         """Call a sync hook on the loop (a blocking ask in it is refused); a role's bug is
         logged, never stops the agent. With `error`: return the exception (or None)."""
-        self._sync_hook = True
+        self.sync_hook_running = True
         try:
             result = fn(*args)
         except Exception as exc:
             self.log.exception("%s raised", hook)
             return exc if error else None
         finally:
-            self._sync_hook = False
+            self.sync_hook_running = False
         if inspect.isawaitable(result):  # an async hook the class did not declare as such
             self._spawn(result)  # type: ignore[arg-type]
         return None if error else result

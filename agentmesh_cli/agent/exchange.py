@@ -1,0 +1,126 @@
+"""Ask and reply for one agent runtime: what `ctx.ask` and `ctx.reply` do.
+
+- `ask` builds the request (its id derived from the message being handled, `meta.deadline`
+  = now + timeout, the handler's conversation), registers the wait, sends, and awaits
+  the reply (a coroutine in an async hook; in a worker thread of a sync handler it
+  blocks; on the loop it is refused: it would stop the agent).
+- `reply` sends to the asker's inbox, or to the `replies` topic when the asker is not an
+  agent (`meta.reply_to`), and keeps the reply for the reply cache.
+- `answer_again` answers a repeated request from the cache (memory, then Redis).
+
+The agent's side of waiting asks and of the cache is in agent/asking.py; the runtime
+routes replies there (agent/runtime.py, `_intake`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli import events
+from agentmesh_cli.agent.asking import Answered, Asks, Sent, reply_meta
+from agentmesh_cli.agent.handling import current
+from agentmesh_cli.envelope import Envelope, now_ms
+from agentmesh_cli.errors import AgentMeshError, AskNotAllowed, AskTimeout, RemoteError, UnknownAgent
+from agentmesh_cli.metrics.histogram import ASK_BUCKETS
+
+if TYPE_CHECKING:
+    from agentmesh_cli.agent.runtime import AgentRuntime
+
+
+class Exchange:
+    def __init__(self, rt: AgentRuntime) -> None:
+        self.rt = rt
+        self.asks = Asks()
+        self.answered = Answered()
+
+    def known(self, name: str) -> bool:
+        """May `name` answer an ask: in mesh.yaml, registered, or joined once."""
+        if any(a.name == name for a in self.rt.mesh.config.agents) or name in self.rt.registry():
+            return True
+        try:
+            return self.rt.store.is_member(name)
+        except AgentMeshError:
+            return True  # Redis cannot tell: wait for the reply rather than refuse
+
+    def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float,
+             meta: dict[str, Any] | None) -> Any:
+        """AgentContext.ask: a coroutine in an async hook, the reply in a worker thread."""
+        handling = current()
+        request_id = self.rt.next_id() or events.new_id()
+        on_loop = self.rt.loop is not None and threading.get_ident() == self.rt.loop_thread
+        if on_loop and (self.rt.sync_hook_running or handling is not None and handling.mode == "inline"):
+            raise AskNotAllowed(
+                f"ctx.ask({to!r}, {type!r}) in a sync hook that runs on the agent's loop would "
+                "stop the agent while it waits: make the hook `async def` and await it, or, for "
+                "on_message, set agents[].concurrency above 1 (sync handlers then run in threads)")
+        coro = self.ask_async(to, type, payload, timeout, meta, request_id)
+        if on_loop:
+            return coro
+        if self.rt.loop is None:
+            coro.close()
+            raise AskNotAllowed("ctx.ask before the agent's loop runs")
+        return asyncio.run_coroutine_threadsafe(coro, self.rt.loop).result()
+
+    async def ask_async(self, to: str, type: str, payload: dict[str, Any], timeout: float,
+                         meta: dict[str, Any] | None, request_id: str) -> Envelope:
+        if not self.known(to):
+            raise UnknownAgent(to)
+        deadline = now_ms() + int(timeout * 1000)
+        request = events.message(self.rt.name, to, type, payload, {**(meta or {}), "deadline": deadline},
+                                 id=request_id)
+        future = self.asks.expect(request_id)
+        started = self.rt.clock()
+        self.rt.bus.send_message(request)
+        self.rt.counts[C.COUNTER_ASKS] += 1
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.rt.counts[C.COUNTER_ASK_TIMEOUTS] += 1
+            raise AskTimeout(to, type, timeout) from None
+        finally:
+            self.asks.forget(request_id)
+        ASK_BUCKETS.observe(self.rt.counts, C.COUNTER_ASK_MS, (self.rt.clock() - started) * 1000)
+        if reply.type == C.TYPE_ERROR_REPLY:
+            self.rt.counts[C.COUNTER_ERROR_REPLIES] += 1
+            raise RemoteError(to, type, str(reply.payload.get("error", "Exception")),
+                              str(reply.payload.get("message", "")))
+        return reply
+
+    def reply(self, request: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+        """AgentContext.reply: to the asker's inbox, or to `replies` for an asker that is
+        not an agent (`meta.reply_to`); kept in the reply cache."""
+        reply = events.message(self.rt.name, request.from_agent_id, type, payload, reply_meta(request),
+                               id=self.rt.next_id())
+        address = request.meta.get("reply_to")
+        value = reply.encode()
+        if isinstance(address, str) and address:
+            sent = Sent(C.TOPIC_REPLIES, address,
+                        C.reply_partition(address, self.rt.mesh.config.kafka.partitions), value)
+        else:
+            sent = Sent(C.TOPIC_MESSAGES, reply.to_agent_id,
+                        C.inbox_partition(reply.to_agent_id, self.rt.mesh.config.kafka.partitions), value)
+        self.rt.on_loop(self.send_reply, request.id, sent)
+        return reply
+
+    def send_reply(self, request_id: str, sent: Sent) -> None:
+        self.rt.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
+        self.answered.add(request_id, sent)
+
+    def answer_again(self, request: Envelope) -> None:
+        """A repeated request this agent handled: send its reply again from the cache."""
+        sent = self.answered.recent(request.id)
+        if sent is None:
+            try:
+                raw = self.rt.store.cached_reply(self.rt.name, request.id)
+            except AgentMeshError as exc:
+                self.rt.log.warning("reply cache unavailable for %s: %s", request.id, exc)
+                return
+            if raw is None:
+                return  # not asked for a reply, or older than the cache
+            sent = Sent.from_json(raw)
+        self.rt.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
+        self.rt.counts[C.COUNTER_CACHED_REPLIES] += 1
+
