@@ -105,10 +105,11 @@ logging:                        # every role process logs one line per event to 
 #   beta: ["agent-[IF]*"]
 
 # One process per agent. role: sales, support, inventory, fraud, or your own class as
-# package.module:Class (a subclass of agentmesh.Role).
+# package.module:Class (a subclass of agentmesh.Role). concurrency: messages handled at
+# once, each conversation in order (default 1: one at a time).
 agents:
   - {{name: Sales, role: sales, capabilities: [order_processing, upselling]}}
-  - {{name: Support, role: support, capabilities: [handle_ticket, refund_approval]}}
+  - {{name: Support, role: support, capabilities: [handle_ticket, refund_approval], concurrency: 8}}
   - {{name: Inventory, role: inventory, capabilities: [check_stock, reserve_items]}}
   - {{name: Fraud, role: fraud, capabilities: [risk_assessment, verify_user]}}
 """

@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     from agentmesh_cli.agent.services import AgentServices
 
 
+def type_of_request(message: Envelope) -> bool:
+    """Does `message` wait for a reply (an ask sets its `meta.deadline`)?"""
+    return type(message.meta.get("deadline")) is int
+
+
 @dataclass(frozen=True)
 class Vote:
     support: bool
@@ -125,6 +130,13 @@ class AgentContext:
         if self._ask is None:
             raise AskNotAllowed("this context cannot ask: it belongs to no agent runtime")
         return self._ask(to, type, payload, timeout, self.conversation_meta(meta))
+
+    def respond(self, message: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+        """Answer `message` whichever way it came: `reply` to a request (an ask waits for
+        it), else `send` to its sender (a plain message, answered by a message)."""
+        if type_of_request(message):
+            return self.reply(message, type, payload)
+        return self.send(message.from_agent_id, type, payload)
 
     def reply(self, message: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
         """Answer `message` (a request from `ctx.ask`, `agentmesh ask` or the gateway): the

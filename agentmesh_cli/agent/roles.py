@@ -2,8 +2,11 @@
 
 Traffic is uneven on purpose, so the SlimeMold topology has something to adapt to:
 Sales opens orders and asks Inventory (check_stock) and Fraud (risk_assessment), who
-answer back; Support passes an upsell lead to Sales now and then (one way); the
-other pairs never talk. With the default rates the graph settles at those 5 edges.
+answer back; Support handles tickets (they arrive in its own inbox, one conversation per
+ticket, up to 8 at once: an async handler) and asks Sales for the customer's recent
+orders, and passes an upsell lead to Sales now and then; the other pairs never talk.
+With the default rates the graph settles at those 6 edges. Each order and each ticket is
+a conversation (`meta.conversation`), kept in order wherever it goes.
 
 Bee consensus: Sales proposes a discount for every order from `discount_threshold`;
 Support proposes refunds. Fraud opposes large discounts, refunds and risky content;
@@ -12,8 +15,10 @@ refunds. Everyone else votes by the waggle intensity, so decisions go both ways.
 Rates come from mesh.yaml `workload`.
 
 Services: every agent keeps what it handles as the customer's history in Memory, as a
-conversation keyed by the order or ticket id; Support asks Cognition for the customer's
-context before it answers a ticket. When a service is down the roles go on without it.
+conversation keyed by the order or ticket id; Support awaits Cognition's context for the
+customer before it answers a ticket. When a service is down the roles go on without it.
+Inventory and Fraud answer `agentmesh ask` too (`ctx.respond`: a reply to a request, a
+message otherwise).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 import importlib
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentmesh_cli.agent.base import Role, Vote
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import RoleError
+from agentmesh_cli.errors import AskError, RoleError
 
 CATALOGUE = {"keyboard": 40, "monitor": 180, "laptop": 1200, "cable": 8, "chair": 150}
 RESTOCK_EVERY_S = 30.0
@@ -35,6 +42,8 @@ SALES_REFUND_LIMIT = 1000.0  # Sales opposes refunds above this
 FRAUD_REFUND_LIMIT = 500.0  # Fraud opposes refunds above this
 FRAUD_DISCOUNT_LIMIT = 2500.0  # Fraud opposes discounts on orders above this
 CUSTOMERS = 20  # the demo's customers: customer-1 .. customer-20
+RECENT_ORDERS = 5  # orders per customer Sales keeps for Support's questions
+ASK_SALES_S = 5.0  # how long Support waits for Sales's answer about a customer
 
 
 def pick_customer(rng: random.Random) -> str:
@@ -71,10 +80,11 @@ class SalesRole(Role):
         self.declined = 0
         self.leads = 0
         self.next_order_at = 0.0
+        self.recent: dict[str, deque[dict[str, Any]]] = {}  # customer -> newest orders
 
     def on_tick(self, now: float) -> None:
         rate = self.ctx.config.workload.order_rate
-        if now < self.next_order_at or rate <= 0:
+        if now < self.next_order_at or rate <= 0 or self.ctx.draining:
             return
         self.next_order_at = now + next_gap(rate, self.ctx.rng.random())
         inventory, fraud = self.ctx.peers("inventory"), self.ctx.peers("fraud")
@@ -89,11 +99,14 @@ class SalesRole(Role):
         customer = pick_customer(self.ctx.rng)
         order = Order(f"{self.ctx.name}-{self.count}", items, amount, customer)
         self.open_orders[order.order_id] = order
+        self.recent.setdefault(customer, deque(maxlen=RECENT_ORDERS)).append(
+            {"order_id": order.order_id, "items": items, "amount": amount, "status": "open"})
         body = {"order_id": order.order_id, "customer": customer, "items": items, "amount": amount}
         self.ctx.remember(customer, f"order {order.order_id}: {describe(items)} for {amount:.0f}",
                           order.order_id, {"kind": "order", "amount": amount})
-        self.ctx.send(self.ctx.rng.choice(inventory), "check_stock", body)
-        self.ctx.send(self.ctx.rng.choice(fraud), "risk_assessment", body)
+        conversation = {"conversation": order.order_id}  # the order's messages, in order
+        self.ctx.send(self.ctx.rng.choice(inventory), "check_stock", body, conversation)
+        self.ctx.send(self.ctx.rng.choice(fraud), "risk_assessment", body, conversation)
         if amount >= self.ctx.config.workload.discount_threshold:
             # a large order earns a discount, if the team agrees
             self.ctx.propose("decision", {"type": "approval", "kind": "discount", **body,
@@ -110,6 +123,11 @@ class SalesRole(Role):
                               proposal.status.value)
 
     def on_message(self, message: Envelope) -> None:
+        if message.type == "recent_orders":  # Support asks about a customer
+            asked = str(message.payload.get("customer"))
+            self.ctx.respond(message, "recent_orders", {"customer": asked,
+                                                        "orders": list(self.recent.get(asked, ()))})
+            return
         if message.type == "upsell_lead":
             self.leads += 1  # followed up with the customer directly, not with Support
             lead, product = message.payload.get("lead_id"), message.payload.get("product")
@@ -127,6 +145,9 @@ class SalesRole(Role):
         order.answers[message.type] = bool(message.payload.get("approved"))
         if len(order.answers) == 2:
             del self.open_orders[order.order_id]
+            for kept in self.recent.get(order.customer, ()):
+                if kept["order_id"] == order.order_id:
+                    kept["status"] = "confirmed" if all(order.answers.values()) else "declined"
             if all(order.answers.values()):
                 self.confirmed += 1
                 outcome = "confirmed"
@@ -173,7 +194,7 @@ class InventoryRole(Role):
                 self.stock[str(name)] -= int(qty)
         order_id = message.payload.get("order_id")
         reply = {"order_id": order_id, "approved": approved}
-        self.ctx.send(message.from_agent_id, "stock_result", reply)
+        self.ctx.respond(message, "stock_result", reply)
         customer = message.payload.get("customer")
         if isinstance(customer, str) and isinstance(order_id, str):
             note = "reserved" if approved else "out of stock for"
@@ -204,7 +225,7 @@ class FraudRole(Role):
         order_id = message.payload.get("order_id")
         approved = risk < self.RISK_LIMIT
         reply = {"order_id": order_id, "risk": risk, "approved": approved}
-        self.ctx.send(message.from_agent_id, "risk_result", reply)
+        self.ctx.respond(message, "risk_result", reply)
         customer = message.payload.get("customer")
         if isinstance(customer, str) and isinstance(order_id, str):
             verdict = "cleared" if approved else "refused as risky"
@@ -213,19 +234,24 @@ class FraudRole(Role):
 
 
 class SupportRole(Role):
-    """Handles tickets; now and then a ticket is an upsell chance, passed to Sales as a
-    lead, or a complaint, for which Support proposes a refund. Before answering a
-    ticket it asks Cognition for the customer's context."""
+    """Handles tickets: now and then a customer asks a question (an upsell chance, passed
+    to Sales as a lead) or complains (Support proposes a refund). A ticket arrives in
+    Support's own inbox as its own conversation; the async handler awaits Cognition's
+    context for the customer and asks Sales for their recent orders, then answers. With
+    `concurrency: 8` in mesh.yaml, eight tickets are handled at once."""
 
     def on_start(self) -> None:
         self.count = 0
         self.refunds = 0
         self.tickets = 0
         self.with_context = 0
+        self.with_orders = 0
         self.next_lead_at = 0.0
         self.next_refund_at = 0.0
 
     def on_tick(self, now: float) -> None:
+        if self.ctx.draining:
+            return  # `agentmesh down` drains: no new tickets
         self._maybe_refund(now)
         self._maybe_lead(now)
 
@@ -240,11 +266,70 @@ class SupportRole(Role):
         self.refunds += 1
         amount = float(self.ctx.rng.choice((25, 80, 180, 400, 750, 1200, 2400)))
         product = self.ctx.rng.choice(sorted(CATALOGUE))
-        ticket = f"{self.ctx.name}-r{self.refunds}"
-        customer = pick_customer(self.ctx.rng)
-        self.ticket(customer, ticket, f"complaint: the {product} arrived damaged, refund {amount:.0f} asked")
-        self.ctx.propose("action", {"type": "action", "kind": "refund", "ticket": ticket,
-                                    "customer": customer, "amount": amount, "urgent": amount < 100})
+        self._open_ticket(f"{self.ctx.name}-r{self.refunds}", {
+            "kind": "complaint", "product": product, "amount": amount,
+            "text": f"complaint: the {product} arrived damaged, refund {amount:.0f} asked"})
+
+    def _maybe_lead(self, now: float) -> None:
+        rate = self.ctx.config.workload.lead_rate
+        if now < self.next_lead_at or rate <= 0:
+            return
+        first = self.next_lead_at == 0.0
+        self.next_lead_at = now + next_gap(rate, self.ctx.rng.random())
+        if first or not self.ctx.peers("sales"):
+            return
+        self.count += 1
+        product = self.ctx.rng.choice(sorted(CATALOGUE))
+        self._open_ticket(f"T-{self.count}", {
+            "kind": "question", "product": product, "lead_id": f"{self.ctx.name}-l{self.count}",
+            "text": f"question: does the {product} come in other sizes"})
+
+    def _open_ticket(self, ticket: str, body: dict[str, Any]) -> None:
+        """A customer's ticket arrives: in Support's inbox, as its own conversation."""
+        body = {**body, "ticket": ticket, "customer": pick_customer(self.ctx.rng)}
+        self.ctx.send(self.ctx.name, "ticket", body, {"conversation": ticket})
+
+    async def on_message(self, message: Envelope) -> None:
+        if message.type != "ticket":
+            return
+        p = message.payload
+        customer, ticket, text = str(p.get("customer")), str(p.get("ticket")), str(p.get("text"))
+        self.tickets += 1
+        context = await self.ctx.acontext(customer, query=text, limit=5)  # Cognition, awaited
+        if context:
+            self.with_context += 1
+        orders = await self._recent_orders(customer)
+        self.ctx.log.info("ticket %s from %s: %s (%s, %s)", ticket, customer, text,
+                          "no context" if context is None else f"{len(context)} items of context",
+                          "orders unknown" if orders is None else f"{len(orders)} recent orders")
+        self.ctx.remember(customer, text, ticket, {"kind": "ticket"})
+        if p.get("kind") == "question":
+            sales = self.ctx.peers("sales")
+            if sales:
+                lead = {"lead_id": p.get("lead_id"), "ticket": ticket, "product": p.get("product"),
+                        "customer": customer}
+                self.ctx.send(self.ctx.rng.choice(sales), "upsell_lead", lead)
+        elif p.get("kind") == "complaint":
+            amount = float(p.get("amount") or 0)
+            self.ctx.propose("action", {"type": "action", "kind": "refund", "ticket": ticket,
+                                        "customer": customer, "amount": amount, "urgent": amount < 100})
+
+    async def _recent_orders(self, customer: str) -> list[Any] | None:
+        """Sales keeps each customer's newest orders: ask (None when nobody answers)."""
+        sales = self.ctx.peers("sales")
+        if not sales:
+            return None
+        try:
+            reply = await self.ctx.ask(sales[0], "recent_orders", {"customer": customer},
+                                       timeout=ASK_SALES_S)
+        except AskError as exc:
+            self.ctx.log.warning("no recent orders of %s: %s", customer, exc)
+            return None
+        orders = reply.payload.get("orders")
+        if isinstance(orders, list):
+            self.with_orders += 1
+            return orders
+        return None
 
     def on_decision(self, proposal: Proposal) -> None:
         if proposal.proposer_id == self.ctx.name:
@@ -254,33 +339,6 @@ class SupportRole(Role):
             if isinstance(customer, str) and isinstance(ticket, str):
                 self.ctx.remember(customer, f"refund of {amount} {outcome}", ticket,
                                   {"kind": "refund", "status": outcome})
-
-    def _maybe_lead(self, now: float) -> None:
-        rate = self.ctx.config.workload.lead_rate
-        if now < self.next_lead_at or rate <= 0:
-            return
-        first = self.next_lead_at == 0.0
-        self.next_lead_at = now + next_gap(rate, self.ctx.rng.random())
-        sales = self.ctx.peers("sales")
-        if first or not sales:
-            return
-        self.count += 1
-        product = self.ctx.rng.choice(sorted(CATALOGUE))
-        customer = pick_customer(self.ctx.rng)
-        lead = {"lead_id": f"{self.ctx.name}-l{self.count}", "ticket": f"T-{self.count}",
-                "product": product, "customer": customer}
-        self.ticket(customer, lead["ticket"], f"question: does the {product} come in other sizes")
-        self.ctx.send(self.ctx.rng.choice(sales), "upsell_lead", lead)
-
-    def ticket(self, customer: str, ticket: str, text: str) -> None:
-        """Answer a customer's ticket: look at their history first, then keep the ticket."""
-        self.tickets += 1
-        context = self.ctx.context(customer, query=text, limit=5)
-        if context:
-            self.with_context += 1
-        self.ctx.log.info("ticket %s from %s: %s (%s)", ticket, customer, text,
-                          "no context" if context is None else f"{len(context)} items of context")
-        self.ctx.remember(customer, text, ticket, {"kind": "ticket"})
 
 
 def _amount(proposal: Proposal) -> float:
