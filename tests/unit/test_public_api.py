@@ -36,18 +36,19 @@ def test_each_public_name_is_what_the_runtime_uses() -> None:
     assert [s.value for s in agentmesh.ProposalStatus] == ["pending", "accepted", "rejected", "expired"]
 
 
-def test_the_readme_role_example_uses_the_public_api_only() -> None:
+def test_the_readme_role_examples_use_the_public_api_only() -> None:
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Your own roles"):]
-    example = re.search(r"```python\n(.*?)```", section, re.S)
-    assert example is not None
-    code = example.group(1)
-    assert "agentmesh_cli" not in code
-    namespace: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # it defines a Role subclass
-    roles = [v for v in namespace.values() if isinstance(v, type) and issubclass(v, agentmesh.Role)
-             and v is not agentmesh.Role]
-    assert roles, "the README's example defines no role"
+    section = text[text.index("## Your own roles"):text.index("## Layout")]
+    examples = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(examples) == 2  # a sync role, an async one that asks
+    for code in examples:
+        assert "agentmesh_cli" not in code
+        namespace: dict[str, object] = {}
+        exec(compile(code, "README.md", "exec"), namespace)  # it defines a Role subclass
+        roles = [v for v in namespace.values() if isinstance(v, type) and issubclass(v, agentmesh.Role)
+                 and v is not agentmesh.Role]
+        assert roles, "a README example defines no role"
+    assert "async def on_message" in examples[1] and "await self.ctx.ask(" in examples[1]
 
 
 def test_the_public_package_is_typed() -> None:
