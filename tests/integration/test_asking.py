@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -248,3 +249,22 @@ def test_loop_lag_stays_low_while_1000_handlers_wait(external_mesh: Any, tmp_pat
         assert record["loop_lag_ms"]["p99"] < 250, record["loop_lag_ms"]
         lag = counter(store, "Worker", C.COUNTER_LOOP_LAG_MS + ":count", 100)
         assert lag >= 100
+
+
+def test_a_sync_handler_that_blocks_the_loop_keeps_its_heartbeat(external_mesh: Any, tmp_path: Path) -> None:
+    """Heartbeats leave from their own thread: a handler that blocks the loop for
+    seconds (far past heartbeat.interval x missed) does not make its agent look dead."""
+    mesh: Mesh = external_mesh(agents=[{"name": "Worker", "role": f"{ROLES}:SyncWorker"}],
+                               heartbeat={"interval": "300ms", "missed": 3})
+    log = tmp_path / "notes.txt"
+    with agents(mesh, tmp_path) as store:
+        send(mesh, "Worker", "work", [{"log": str(log), "tag": "block", "sleep": 4}])
+        assert lines(log, 1) == ["start block"]
+        beats = []
+        for _ in range(6):  # 3 s inside the 4 s block
+            beats.append(store.agents()["Worker"]["last_heartbeat"])
+            time.sleep(0.5)
+        assert len(set(beats)) >= 4, beats  # still beating every 300 ms
+        assert lines(log, 2)[1] == "finish block"
+        # the block is what the loop's lag reports
+        wait_until(lambda: store.agents()["Worker"]["loop_lag_ms"]["max"] > 3000, 10, "the lag of the block")
