@@ -56,7 +56,7 @@ MAX_SENT_AGAIN = 100_000  # records kept to send again after their topic was los
 KICK_S = 0.001  # (Bus.kick) how long a flush runs to make the queued records leave
 REPLAY_S = 10.0
 REPLAY_BYTES = 4 << 20
-REPLAYED_TOPICS = (C.TOPIC_MESSAGES, C.TOPIC_PROPOSALS, C.TOPIC_VOTES, C.TOPIC_CONSENSUS)
+REPLAYED_TOPICS = (C.TOPIC_MESSAGES, C.TOPIC_PROPOSALS, C.TOPIC_VOTES, C.TOPIC_CONSENSUS, C.TOPIC_REPLIES)
 # A fetch at the tail of a partition that two producers append to at once can skip a
 # whole batch on the embedded broker (Tansu): the newer batch is visible before the older
 # one, and the reader sees offsets jump by a batch's size (measured: 25-63 of 200,000

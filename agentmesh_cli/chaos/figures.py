@@ -4,6 +4,8 @@ Probes: sent = confirmed by the broker; handled = the agents' exact `handled_fro
 lost = sent and never handled. Each lost probe is also found by id (missing from its
 agent's ledger) and charged to the fault injected last before it was produced, or at most
 `CHARGE_AHEAD_S` after: a broker that dies takes the records it confirmed but nobody read yet.
+Asks (chaos/asks.py): sent, answered, lost (never answered), answered twice (two replies
+with different ids for one request), and the round trip.
 Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
 many were broadcast more than once; Redis's records of the run's proposals must all be
 decided, or pending and not yet past their `expires_at`.
@@ -53,7 +55,8 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "started_ms": run.started_ms,
         "duration_s": round(time.monotonic() - run.started, 1),
         "settings": {k: getattr(run.settings, k) for k in (
-            "rate", "pause", "faults", "rounds", "duration", "every", "seed", "timeout", "drain")},
+            "rate", "pause", "faults", "rounds", "duration", "every", "seed", "timeout", "drain",
+            "ask_rate")},
         "agents": agents,
         "faults": [o.as_dict() for o in run.outcomes],
         "probes": {
@@ -73,6 +76,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "demo_messages_in": messages_in - sum(handled.values()),
         "dead_letters": sum(_delta(counters, baseline, owner, C.COUNTER_DEAD) for owner in counters),
         "proposals": _proposals(run),
+        "asks": run.asks.figures(),
         "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
                    "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
                    "examples": run.truth.examples},
@@ -83,9 +87,10 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
 
 def judge(result: dict[str, Any]) -> bool:
     """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
-    undecided past its time."""
-    p = result["proposals"]
+    undecided past its time, every ask answered, none twice."""
+    p, asks = result["proposals"], result["asks"]
     return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
+            and asks["lost"] == 0 and asks["answered_twice"] == 0
             and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
             and p["overdue"] == 0)
 

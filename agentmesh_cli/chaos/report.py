@@ -59,7 +59,9 @@ def chaos_table(result: dict[str, Any]) -> Table:
     for row in fault_rows(result["faults"]):
         table.add_row(*row)
     table.add_section()
-    lost, twice = probes["lost"], result["duplicates_handled"]
+    lost, twice, asks = probes["lost"], result["duplicates_handled"], result["asks"]
+    trip = ("" if asks["p50_ms"] is None else
+            f", round trip p50 {asks['p50_ms']:.0f} ms, p99 {asks['p99_ms']:.0f} ms")
     figures = [
         ("probes sent (confirmed by the broker)", probes["sent"],
          f"of {probes['produced']:,} produced ({probes['refused']:,} refused by the client, "
@@ -68,6 +70,11 @@ def chaos_table(result: dict[str, Any]) -> Table:
         ("probes lost", lost, _check(lost == 0, "must be 0")),
         ("duplicates handled", twice, _check(twice == 0, "must be 0")),
         ("duplicates recognised and skipped", result["duplicates_recognised"], "redeliveries: dedup at work"),
+        ("asks sent (confirmed by the broker)", asks["sent"],
+         f"to {', '.join(asks['agents']) or 'no agent that answers'}{trip}"),
+        ("asks answered", asks["answered"], f"{asks['error_replies']} error replies"),
+        ("asks lost", asks["lost"], _check(asks["lost"] == 0, "must be 0")),
+        ("asks answered twice", asks["answered_twice"], _check(asks["answered_twice"] == 0, "must be 0")),
         ("proposals opened", props["opened"],
          _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
         ("proposals decided", props["decided"],

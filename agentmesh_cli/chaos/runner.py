@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentmesh_cli.chaos.asks import AskStream
 from agentmesh_cli.chaos.faults import KILL, Context, Fault, Outcome, plan_faults
 from agentmesh_cli.chaos.figures import summarise
 from agentmesh_cli.chaos.mesh import embedded_mesh
@@ -45,6 +46,7 @@ class Settings:
     timeout: float = 60.0  # a fault not recovered from by then is reported as such
     drain: float = 60.0  # at the end, how long to wait for every probe to be handled
     agents: int = 4  # agents of the embedded mesh
+    ask_rate: float = 20.0  # asks per second, over the agents whose roles answer (chaos/asks.py)
 
 
 def run(settings: Settings, config: Path | None, workdir: Path | None, say: Say) -> dict[str, Any]:
@@ -72,8 +74,13 @@ class ChaosRun:
         if not agents:
             raise AgentMeshError(f"{mesh.config_file.name} has no agents to send probes to")
         store = Store(mesh.redis_url, mesh.config.mesh)
-        self.probes = ProbeSender(mesh.config.kafka, agents, settings.rate, uuid.uuid4().hex[:8], store,
+        run_id = uuid.uuid4().hex[:8]
+        self.probes = ProbeSender(mesh.config.kafka, agents, settings.rate, run_id, store,
                                   mesh_signer(mesh))
+        roles = {a.name: a.role for a in mesh.config.agents}
+        self.asks = AskStream(mesh.config.kafka, roles, settings.ask_rate, run_id,
+                              Store(mesh.redis_url, mesh.config.mesh), mesh_signer(mesh),
+                              deadline_s=2 * settings.timeout)
         self.ctx = Context(mesh, self.probes, self.started, settings.timeout)
         self.tally = ConsensusTally(mesh, self.started_ms)
         self.truth = StatusTruth(mesh, self.ctx.frozen)
@@ -96,6 +103,7 @@ class ChaosRun:
         plan = plan_faults(self.settings.faults, sorted(self.states()), self.ctx.agents)
         baseline = self.ctx.store.all_counters()
         self.probes.start()
+        self.asks.start()
         self.tally.start()
         self.truth.start()
         try:
@@ -106,16 +114,19 @@ class ChaosRun:
             if self.settings.duration > 0:
                 self._random(plan)
             unconfirmed = self.probes.stop(FLUSH_S)
+            self.asks.stop(FLUSH_S)
             self._drain(baseline)
         finally:
             for watch in self.active:
                 watch.abort()
             self.probes.stop(0)
+            self.asks.stop(0)
             self.tally.stop()
             self.truth.stop()
         try:
             return summarise(self, baseline, unconfirmed)
         finally:
+            self.asks.close()
             self.ctx.close()
             self.sup.close()
 
@@ -129,7 +140,9 @@ class ChaosRun:
             raise AgentMeshError(
                 f"agents handled no probe within {WARM_UP_S:.0f} s: do they record handled ids "
                 "(the ledger) and accept the operator sender 'chaos'?") from exc
-        self.say(f"probes flowing at {self.settings.rate:g}/s to {len(self.ctx.agents)} agents")
+        self.say(f"probes flowing at {self.settings.rate:g}/s to {len(self.ctx.agents)} agents"
+                 + (f", asks at {self.settings.ask_rate:g}/s to {', '.join(self.asks.targets)}"
+                    if self.asks.targets and self.settings.ask_rate > 0 else ""))
 
     def _inject(self, fault: Fault, phase: str, states: ProgramStates) -> Watch | None:
         try:
@@ -202,9 +215,10 @@ class ChaosRun:
                 handled = self.handled(baseline)
             except AgentMeshError:
                 return False
-            return bool(handled) and all(handled[a] >= self.probes.sent[a] for a in self.ctx.agents)
+            return (bool(handled) and all(handled[a] >= self.probes.sent[a] for a in self.ctx.agents)
+                    and self.asks.unanswered() == 0)
 
         try:
-            wait_until(drained, self.settings.drain, "every probe handled", interval=0.5)
+            wait_until(drained, self.settings.drain, "every probe handled and ask answered", interval=0.5)
         except WaitTimeout:
             pass  # the figures count what was not handled

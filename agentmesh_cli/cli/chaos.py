@@ -22,6 +22,9 @@ def chaos(
         help="Comma-separated, in order: all, agents, managers, services, infra, stall[:Agent], "
              "garbage, or program names (agent-Sales, topology-manager, redis, kafka, ...).")] = "all",
     rate: Annotated[float, typer.Option(help="Probe messages per second, over all agents.", min=1)] = 200,
+    ask_rate: Annotated[float, typer.Option(
+        help="Asks per second (request and reply), over the agents whose roles answer one "
+             "(inventory, fraud, sales); 0: none.", min=0)] = 20,
     pause: Annotated[float, typer.Option(help="Seconds between a recovery and the next fault.",
                                          min=0)] = 5,
     rounds: Annotated[int, typer.Option(help="Times the fault sequence runs.", min=0)] = 1,
@@ -50,8 +53,8 @@ def chaos(
     Without --config on its own embedded mesh (in a temporary folder, stopped at the end);
     with --config on that mesh, which must be up.
 
-    Exit code 0 only when no probe was lost, none was handled twice and no proposal was
-    decided twice (docs/reliability.md).
+    Exit code 0 only when no probe was lost, none was handled twice, every ask was
+    answered, none twice, and no proposal was decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
@@ -64,7 +67,8 @@ def chaos(
         logging.getLogger(name).setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)  # tear the mesh down as on Ctrl+C
     settings = Settings(rate=rate, pause=pause, faults=faults, rounds=rounds, duration=duration,
-                        every=every, seed=seed, timeout=timeout, drain=drain, agents=agents)
+                        every=every, seed=seed, timeout=timeout, drain=drain, agents=agents,
+                        ask_rate=ask_rate)
     try:
         result = run(settings, config, workdir, _say)
     except KeyboardInterrupt:

@@ -69,6 +69,11 @@ def test_chaos_kills_an_agent_and_the_topology_manager(workdir: Path) -> None:
     assert proposals["decided_more_than_once"] == 0 and proposals["overdue"] == 0
     assert {"samples", "disagreements", "failed", "examples"} <= set(data["status"])
     assert data["status"]["samples"] > 0
+    # ask traffic through the faults: every ask answered (kill -9 of an answerer included), none twice
+    asks = data["asks"]
+    assert asks["agents"] == ["Fraud", "Inventory", "Sales"]
+    assert asks["sent"] > 0 and asks["answered"] == asks["sent"] and asks["lost"] == 0
+    assert asks["answered_twice"] == 0 and asks["error_replies"] == 0
     assert not _alive(supervisord_pid(workdir))  # the command stopped its mesh
     assert mesh_processes(workdir) == []
 
