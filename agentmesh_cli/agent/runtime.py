@@ -136,6 +136,7 @@ class AgentRuntime:
         self._lag = LagMeter()
         self.sync_hook_running = False  # a sync hook runs on the loop now: a blocking ask is refused
         self._tick_task: asyncio.Task[Any] | None = None
+        self._voting_task: asyncio.Task[Any] | None = None  # runs until the agent stops
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
         self._wake: asyncio.Event | None = None
@@ -256,7 +257,7 @@ class AgentRuntime:
         self.heartbeat.start()
         lag = loop.create_task(self._lag.run())
         if self.voting.queue is not None:
-            self._spawn(self.voting.worker())
+            self._voting_task = self._spawn(self.voting.worker())
         self.log.info("joined as %s (role %s, concurrency %d%s), inbox partition %d, %d handled "
                       "ids in the ledger", self.name, self.spec.role, self.concurrency,
                       ", async" if self.is_async["on_message"] else "", self.partition, loaded)
@@ -400,7 +401,7 @@ class AgentRuntime:
             self.log.warning("registry not updated: %s", exc)
 
     async def _leave(self, reader: Reader) -> None:
-        running = [t for t in self._tasks if t is not self._tick_task]
+        running = [t for t in self._tasks if t not in (self._tick_task, self._voting_task)]
         if running:  # handlers get a moment; what they leave unfinished is read again
             _, pending = await asyncio.wait(running, timeout=STOP_GRACE_S)
             for task in pending:
@@ -522,6 +523,8 @@ class AgentRuntime:
             error = exc
         self._handled(envelope, record, finished, error)
         for started, item in self._conversations.finished(key):
+            if self.stopping:  # leaving: what has not started is read again next time
+                break
             self._spawn(self._run(started, *item))
         if self._wake is not None:
             self._wake.set()

@@ -268,3 +268,33 @@ def test_a_sync_handler_that_blocks_the_loop_keeps_its_heartbeat(external_mesh: 
         assert lines(log, 2)[1] == "finish block"
         # the block is what the loop's lag reports
         wait_until(lambda: store.agents()["Worker"]["loop_lag_ms"]["max"] > 3000, 10, "the lag of the block")
+
+
+def test_stop_cancels_waiting_handlers_and_their_messages_run_again(external_mesh: Any,
+                                                                     tmp_path: Path) -> None:
+    """SIGTERM: running handlers get a short grace, then are cancelled, and the agent leaves
+    at once; their messages were not recorded, so the next run handles them."""
+    mesh: Mesh = external_mesh(agents=[{"name": "Worker", "role": f"{ROLES}:Worker", "concurrency": 4}])
+    log = tmp_path / "notes.txt"
+    config = str(mesh.config_file)
+    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    work = [{"log": str(log), "tag": f"w{i}", "sleep": 60} for i in range(4)]
+    try:
+        first = spawn_role("agent", "--name", "Worker", "--config", config, log=tmp_path / "w1.log")
+        wait_until(lambda: store.ready_pid("agent-Worker") == first.pid, 60, "Worker ready")
+        send(mesh, "Worker", "work", work, conversation=[f"c{i}" for i in range(4)])
+        lines(log, 4)
+        started = time.monotonic()
+        first.terminate()
+        assert first.wait(20) == 0
+        assert time.monotonic() - started < 10  # 2 s of grace, not the handlers' 60 s
+        assert "4 handlers cancelled" in (tmp_path / "w1.log").read_text()
+        second = spawn_role("agent", "--name", "Worker", "--config", config, log=tmp_path / "w2.log")
+        try:
+            starts = sorted(line for line in lines(log, 8) if line.startswith("start"))
+            assert starts == sorted([f"start w{i}" for i in range(4)] * 2)  # each once more
+        finally:
+            stop(second)
+    finally:
+        stop(first)
+        store.close()
