@@ -642,6 +642,32 @@ def beginning() -> int:
     return int(OFFSET_BEGINNING)
 
 
+def committed_offsets(kafka: KafkaConfig, group_id: str, partitions: Iterable[tuple[str, int]],
+                      timeout: float = 10.0) -> Offsets:
+    """The next offsets consumer group `group_id` committed on (short topic, partition);
+    a partition it never committed on is left out. Joins no group (one OffsetFetch)."""
+    prefix = kafka.topic_prefix + "."
+    asked = [TopicPartition(prefix + short, partition) for short, partition in partitions]
+    conf = _client_config(kafka, "agentmesh-offsets")
+    conf.update({"group.id": group_id, "enable.auto.commit": False})
+    try:
+        consumer = Consumer(conf)
+        try:
+            answers = consumer.committed(asked, timeout=timeout)
+        finally:
+            consumer.close()
+    except KafkaException as exc:
+        raise BusError(f"cannot read the offsets of {group_id} from {kafka.bootstrap}: {exc}") from exc
+    offsets: Offsets = {}
+    for tp in answers:
+        if tp.error is not None:
+            raise BusError(f"cannot read the offsets of {group_id} on {tp.topic}/{tp.partition}: "
+                           f"{tp.error.str()}")
+        if tp.offset >= 0:  # OFFSET_INVALID: never committed
+            offsets[(tp.topic.removeprefix(prefix), tp.partition)] = tp.offset
+    return offsets
+
+
 def resume_assignments(kafka: KafkaConfig, topics: Iterable[str], offsets: Offsets
                        ) -> list[tuple[str, int, int | None]]:
     """Every partition of `topics`, from its stored next offset or from the beginning."""

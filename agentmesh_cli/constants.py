@@ -86,6 +86,12 @@ SUPERVISORD = "supervisord"  # its own log's name for `agentmesh logs`
 SUPERVISORD_LOG = SUPERVISORD + ".log"  # supervisord's own log, in the logs folder
 STATUS_SAMPLES = "status-cpu.json"  # the last one-shot status's CPU samples (status.py)
 VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
+# what `agentmesh down` found unread in the embedded broker at its drain's timeout, replayed
+# by the next `up` (drain.py): JSON lines in the state folder, mode 0600
+UNREAD_FILE = "unread.jsonl"
+
+# `agentmesh down` waits this long by default for the mesh to be quiet (--drain-timeout)
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 # Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
@@ -156,6 +162,12 @@ def service_call_histogram(service: str) -> str:
 def inbox_partition(agent_id: str, partitions: int) -> int:
     """The messages partition agent `agent_id` reads: crc32(UTF-8 id) mod partitions."""
     return zlib.crc32(agent_id.encode("utf-8")) % partitions
+
+
+def agent_group(topic_prefix: str, name: str) -> str:
+    """The consumer group agent `name` commits its offsets under (agent/runtime.py; it
+    reads by manual assignment, so the group only keeps offsets)."""
+    return f"{topic_prefix}.agent.{name}"
 
 
 def agent_program(name: str) -> str:

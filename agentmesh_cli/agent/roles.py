@@ -73,6 +73,8 @@ class SalesRole(Role):
         self.next_order_at = 0.0
 
     def on_tick(self, now: float) -> None:
+        if getattr(self.ctx, "draining", False):
+            return  # `agentmesh down` is draining the mesh: no new orders
         rate = self.ctx.config.workload.order_rate
         if now < self.next_order_at or rate <= 0:
             return
@@ -226,6 +228,8 @@ class SupportRole(Role):
         self.next_refund_at = 0.0
 
     def on_tick(self, now: float) -> None:
+        if getattr(self.ctx, "draining", False):
+            return  # `agentmesh down` is draining the mesh: no new refunds or leads
         self._maybe_refund(now)
         self._maybe_lead(now)
 
