@@ -114,6 +114,10 @@ COUNTER_HANDLED_TWICE = "handled_twice"  # ids the ledger already held when reco
 COUNTER_REPLIES_IN = "replies_in"  # replies handed to a waiting ask
 COUNTER_LATE_REPLIES = "late_replies"  # replies nobody waited for any more: dropped
 COUNTER_EXPIRED = "expired_requests"  # requests read after their deadline: skipped, never handled
+# messages counted as sent to an agent that the broker no longer held when `down` saved what
+# was unread (an embedded broker forgot them: `down --now`, a crash): written by `down` into
+# the agent's counters, so that the next drain does not wait for them (drain.py)
+COUNTER_LOST = "lost"
 COUNTER_ASK_TIMEOUTS = "ask_timeouts"
 COUNTER_ERROR_REPLIES = "error_replies"  # error replies this agent received
 COUNTER_CACHED_REPLIES = "cached_replies"  # repeated requests answered from the reply cache

@@ -31,7 +31,6 @@ from typing import Any
 import orjson
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.quiet import QuietWatch, Reading, progress_line, read
 from agentmesh_cli.bus import Bus, Reader, committed_offsets
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.envelope import Envelope
@@ -44,6 +43,8 @@ from agentmesh_cli.errors import (
     WaitTimeout,
 )
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.quiet import QuietWatch, Reading, lost_counts, progress_line, read
+from agentmesh_cli.records import Record
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Clock, Deadline, wait_until
@@ -52,9 +53,10 @@ Say = Callable[[str], None]
 
 POLL_S = 0.25  # how often the drain reads the counters
 PROGRESS_EVERY_S = 1.0
-# Reading the unread records: the embedded broker's high watermarks are wrong (DESIGN 8),
-# so the end of a partition is where nothing more comes for this long (nobody writes to
-# `messages` any more: the agents have stopped and operator input is refused)
+# Reading the unread records to the end of their partitions (`_read_to_end`): once every
+# partition's fetch said "no more" (EOF), nothing more for this long (or 3 fetch waits)...
+SETTLE_AFTER_END_S = 0.3
+# ... and, should the broker never say so, nothing more for this long
 IDLE_END_S = 1.5
 SAVE_TIMEOUT_S = 60.0  # the whole read, however much there is
 REPLAY_FLUSH_S = 30.0
@@ -170,7 +172,7 @@ def _readers_of(mesh: Mesh) -> dict[int, list[str]]:
     return readers
 
 
-def save_unread(mesh: Mesh, idle_end: float = IDLE_END_S) -> Saved:
+def save_unread(mesh: Mesh) -> Saved:
     """Read what the agents have not read from the embedded broker and add it to the
     unread file (kept with what an earlier save left there). Call once the agents have
     stopped: their committed offsets are where they would go on from."""
@@ -183,40 +185,27 @@ def save_unread(mesh: Mesh, idle_end: float = IDLE_END_S) -> Saved:
                                         [(C.TOPIC_MESSAGES, partition)])
             # never committed: it reads from the beginning (auto.offset.reset earliest)
             committed[agent] = offsets.get((C.TOPIC_MESSAGES, partition), 0)
-    # from the lowest offset of the agents that share a partition
-    starts = [(C.TOPIC_MESSAGES, p, min(committed[a] for a in agents)) for p, agents in readers.items()]
     saved = Saved()
     kept: list[dict[str, Any]] = []
-    reader = Reader(kafka, f"{kafka.topic_prefix}.down", starts, "agentmesh-down",
-                    signer=mesh_signer(mesh))
-    try:
-        deadline = Deadline(SAVE_TIMEOUT_S)
-        last_record = time.monotonic()
-        while time.monotonic() - last_record < idle_end:
-            if deadline.passed():
-                raise BusError(f"reading the unread messages took over {SAVE_TIMEOUT_S:g} s")
-            records = reader.poll_batch(timeout=0.1)
-            if records:
-                last_record = time.monotonic()
-            for record in records:
-                if record.forged is not None:
-                    saved.forged += 1
-                    continue
-                try:
-                    envelope = Envelope.decode(record.value, max_bytes=kafka.max_record_bytes)
-                except InvalidEnvelope:
-                    saved.undecodable += 1
-                    continue
-                to = envelope.to_agent_id
-                if to not in readers.get(record.partition, ()) or record.offset < committed[to]:
-                    continue  # read already, or addressed to no agent that reads here
-                saved.to[to] += 1
-                kept.append({"v": FILE_VERSION, "topic": record.topic, "partition": record.partition,
-                             "offset": record.offset, "to": to, "id": envelope.id,
-                             "key": None if record.key is None else record.key.decode("utf-8", "replace"),
-                             "value": base64.b64encode(record.value or b"").decode("ascii")})
-    finally:
-        reader.close()
+    # from the lowest offset of the agents that share a partition
+    starts = [(C.TOPIC_MESSAGES, p, min(committed[a] for a in agents)) for p, agents in readers.items()]
+    for record in _read_to_end(mesh, starts):
+        if record.forged is not None:
+            saved.forged += 1
+            continue
+        try:
+            envelope = Envelope.decode(record.value, max_bytes=kafka.max_record_bytes)
+        except InvalidEnvelope:
+            saved.undecodable += 1
+            continue
+        to = envelope.to_agent_id
+        if to not in readers.get(record.partition, ()) or record.offset < committed[to]:
+            continue  # read already, or addressed to no agent that reads here
+        saved.to[to] += 1
+        kept.append({"v": FILE_VERSION, "topic": record.topic, "partition": record.partition,
+                     "offset": record.offset, "to": to, "id": envelope.id,
+                     "key": None if record.key is None else record.key.decode("utf-8", "replace"),
+                     "value": base64.b64encode(record.value or b"").decode("ascii")})
     if kept:
         path = unread_path(mesh)
         earlier = load_unread(path)
@@ -224,6 +213,36 @@ def save_unread(mesh: Mesh, idle_end: float = IDLE_END_S) -> Saved:
         _write_unread(path, earlier + [item for item in kept if item["value"] not in known])
         saved.path = path
     return saved
+
+
+def _read_to_end(mesh: Mesh, starts: list[tuple[str, int, int]]) -> list[Record]:
+    """Every record from `starts` to the end of each partition. The end: every partition
+    said it has no more (a fetch answered: EOF) and nothing came for a few fetch waits
+    more, or, should the broker never say so, nothing came for IDLE_END_S. Nobody writes
+    to them any more (the agents stopped, operator input is refused)."""
+    if not starts:
+        return []
+    kafka = mesh.config.kafka
+    settle = max(SETTLE_AFTER_END_S, 3 * kafka.fetch_wait)
+    wanted = {(topic, partition) for topic, partition, _ in starts}
+    records: list[Record] = []
+    reader = Reader(kafka, f"{kafka.topic_prefix}.down", starts, "agentmesh-down",
+                    signer=mesh_signer(mesh), track_ends=True)
+    try:
+        deadline = Deadline(SAVE_TIMEOUT_S)
+        last = time.monotonic()
+        while True:
+            batch = reader.poll_batch(timeout=0.05)
+            now = time.monotonic()
+            if batch:
+                records += batch
+                last = now
+            if now - last >= (settle if reader.at_end >= wanted else IDLE_END_S):
+                return records
+            if deadline.passed():
+                raise BusError(f"reading the unread messages took over {SAVE_TIMEOUT_S:g} s")
+    finally:
+        reader.close()
 
 
 def keep_unread(mesh: Mesh, say: Say) -> Saved:
@@ -244,7 +263,28 @@ def keep_unread(mesh: Mesh, say: Say) -> Saved:
                         (saved.undecodable, "that are not envelopes")):
         if count:
             say(f"not saved: {count} records {what} (their agents dead-letter such records)")
+    _count_lost(mesh, saved, say)
     return saved
+
+
+def _count_lost(mesh: Mesh, saved: Saved, say: Say) -> None:
+    """Messages counted as sent that the broker no longer held (`quiet.lost_counts`) are
+    counted `lost` in their agent's counters: the next drain does not wait for them."""
+    store = Store(mesh.redis_url, mesh.config.mesh, timeout=2.0)
+    try:
+        reading = read(store.all_counters(), store.agents(), [a.name for a in mesh.config.agents])
+        lost = lost_counts(reading, saved.to)
+        for agent, n in sorted(lost.items()):
+            store.add_counters(agent, Counter({C.COUNTER_LOST: n}))
+    except AgentMeshError as exc:
+        say(f"messages lost earlier not counted (Redis: {exc})")
+        return
+    finally:
+        store.close()
+    if lost:
+        shown = ", ".join(f"{agent} {n}" for agent, n in sorted(lost.items()))
+        say(f"counted as sent but no longer in the broker, so never to be handled: {shown} "
+            f"(lost before this down, by `down --now` or a broker restart); counted `lost`")
 
 
 def load_unread(path: Path) -> list[dict[str, Any]]:

@@ -4,11 +4,14 @@ For every agent X of the mesh, from the counters hashes (`Store.all_counters`):
 
     sent(X)      = sum over all owners of sent_to:X
     done(X)      = X's messages_in + duplicates + replies_in + late_replies + expired_requests
+                   + lost
     unhandled(X) = max(0, sent(X) - done(X))
 
 and, when X's registry record has an integer `in_flight` (handlers still running), that
 too must be 0. A missing counter counts 0. `done` may exceed `sent` for good (a message
 handled, then redelivered after a crash, is counted again as a duplicate), hence the max.
+`lost` is written by `down` itself (`lost_counts`): messages counted as sent that an
+embedded broker forgot before anyone read them, which no drain could ever wait out.
 
 One quiet reading is not enough: agents flush their counters about once a second, so a
 sender's `sent_to:X` can reach Redis up to a second after X counted the message done, and
@@ -28,7 +31,7 @@ from agentmesh_cli.backlog import Counters, sent_totals
 
 # what an agent is done with: every inbox record it counts, whatever it made of it
 DONE_COUNTERS = (C.COUNTER_IN, C.COUNTER_DUPLICATES, C.COUNTER_REPLIES_IN,
-                 C.COUNTER_LATE_REPLIES, C.COUNTER_EXPIRED)
+                 C.COUNTER_LATE_REPLIES, C.COUNTER_EXPIRED, C.COUNTER_LOST)
 IN_FLIGHT_FIELD = "in_flight"  # registry record: handlers of the agent still running
 # longer than the agents' counter flush (about 1 s), with a margin for a loaded machine
 QUIET_FOR_S = 1.2
@@ -75,6 +78,14 @@ def read(counters: Counters, registry: Mapping[str, Mapping[str, Any]],
         done={a: sum(counters.get(a, {}).get(name, 0) for name in DONE_COUNTERS) for a in names},
         in_flight={a: in_flight(registry.get(a)) for a in names},
     )
+
+
+def lost_counts(reading: Reading, unread: Mapping[str, int]) -> dict[str, int]:
+    """Per agent, messages counted unhandled that are not among the `unread` records found
+    in the broker once the agents stopped: gone before this `down` (an embedded broker
+    forgot them), so never to be handled. Agents with none are left out."""
+    gone = {agent: n - unread.get(agent, 0) for agent, n in reading.unhandled.items()}
+    return {agent: n for agent, n in gone.items() if n > 0}
 
 
 class QuietWatch:

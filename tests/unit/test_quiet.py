@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agentmesh_cli.quiet import QuietWatch, Reading, in_flight, progress_line, read
+from agentmesh_cli.quiet import QuietWatch, Reading, in_flight, lost_counts, progress_line, read
 
 AGENTS = ["Sales", "Support"]
 
@@ -19,10 +19,11 @@ CASES: list[tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]], dict[str
     ({"Sales": {"sent_to:Support": 10}, "cli": {"sent_to:Support": 5, "sent_to:Sales": 2},
       "Support": {"messages_in": 3}},
      {}, {"Sales": 2, "Support": 12}, {"Sales": 0, "Support": 0}, False),
-    # every kind of done counts: handled, duplicates, replies, late replies, expired requests
-    ({"cli": {"sent_to:Support": 15},
+    # every kind of done counts: handled, duplicates, replies, late replies, expired requests,
+    # and what an earlier `down` found lost
+    ({"cli": {"sent_to:Support": 21},
       "Support": {"messages_in": 5, "duplicates": 4, "replies_in": 3, "late_replies": 2,
-                  "expired_requests": 1}},
+                  "expired_requests": 1, "lost": 6}},
      {}, {"Sales": 0, "Support": 0}, {"Sales": 0, "Support": 0}, True),
     # other counters do not: skipped (another agent's record), dead letters, handled_from
     ({"cli": {"sent_to:Support": 4},
@@ -59,6 +60,24 @@ def test_reading(counters: dict[str, dict[str, int]], registry: dict[str, dict[s
 ])
 def test_in_flight(record: dict[str, Any] | None, value: int) -> None:
     assert in_flight(record) == value
+
+
+# unhandled per agent (sent, done), unread records found per agent -> counted lost
+LOST = [
+    ({"Sales": (10, 4), "Support": (3, 3)}, {"Sales": 6}, {}),  # all still in the broker
+    ({"Sales": (10, 4), "Support": (3, 3)}, {"Sales": 2}, {"Sales": 4}),
+    ({"Sales": (10, 4), "Support": (5, 0)}, {}, {"Sales": 6, "Support": 5}),  # a broker forgot all
+    # more found than counted (a sender's last counts lost with it): nothing is lost
+    ({"Sales": (10, 4), "Support": (3, 3)}, {"Sales": 9, "Support": 2}, {}),
+]
+
+
+@pytest.mark.parametrize(("counts", "unread", "lost"), LOST)
+def test_lost_counts(counts: dict[str, tuple[int, int]], unread: dict[str, int],
+                     lost: dict[str, int]) -> None:
+    reading = Reading({a: sent for a, (sent, _) in counts.items()},
+                      {a: done for a, (_, done) in counts.items()}, {})
+    assert lost_counts(reading, unread) == lost
 
 
 def reading(sent: int, done: int, running: int = 0) -> Reading:
