@@ -126,6 +126,7 @@ def down(
     (the other hosts go on; the external Kafka keeps the messages).
 
     Example: agentmesh down --drain-timeout 60
+    Example: agentmesh down --now
     """
     from agentmesh_cli import lifecycle
 
