@@ -43,7 +43,7 @@ from agentmesh_cli.errors import (
     WaitTimeout,
 )
 from agentmesh_cli.mesh import Mesh
-from agentmesh_cli.quiet import QuietWatch, Reading, lost_counts, progress_line, read
+from agentmesh_cli.quiet import QuietWatch, Reading, counted, lost_counts, progress_line, read
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
@@ -122,8 +122,8 @@ def drain_mesh(mesh: Mesh, timeout: float, say: Say) -> Drained | None:
         if result.quiet:
             say(f"drained: the mesh is quiet after {result.seconds:.1f} s")
         else:
-            left = "?" if result.reading is None else str(result.reading.total)
-            say(f"drain timeout after {result.seconds:.1f} s: {left} messages unhandled")
+            left: int | str = "?" if result.reading is None else result.reading.total
+            say(f"drain timeout after {result.seconds:.1f} s: {counted(left, 'message')} unhandled")
         return result
     finally:
         store.close()
@@ -256,7 +256,8 @@ def keep_unread(mesh: Mesh, say: Say) -> Saved:
     if saved.path is not None:
         shown = ", ".join(f"{agent} {n}" for agent, n in sorted(saved.to.items()))
         where = saved.path.relative_to(mesh.root) if saved.path.is_relative_to(mesh.root) else saved.path
-        say(f"saved {saved.records} unread messages ({shown}) to {where}: the next `up` replays them")
+        say(f"saved {counted(saved.records, 'unread message')} ({shown}) to {where}: the next "
+            "`up` replays them")
     else:
         say("nothing unread to save")
     for count, what in ((saved.forged, "whose signature does not verify"),

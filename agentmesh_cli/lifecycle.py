@@ -33,6 +33,7 @@ from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.quiet import counted
 from agentmesh_cli.services.probe import Prober, tls_verify
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
@@ -266,7 +267,7 @@ def up(mesh: Mesh, timeout: float, progress: Progress, say: Callable[[str], None
         prepare_topics(mesh.config.kafka, gate.check.store())
         gate.check.store().set_draining(False)  # a `down` drained the mesh: intake again
         if replayed := drain.replay_unread(mesh):
-            say(f"replayed {replayed} unread messages that `down` saved")
+            say(f"replayed {counted(replayed, 'unread message')} that `down` saved")
         for tier in ("services", "managers", "agents"):
             gate.start_tier(tier)
         return gate.wait_settled(), changes

@@ -107,6 +107,11 @@ class QuietWatch:
         return now - self._since >= self.quiet_for
 
 
+def counted(n: int | str, noun: str) -> str:
+    """`1 message`, `3 messages`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _named(counts: Mapping[str, int]) -> str:
     busy = [f"{agent} {n}" for agent, n in sorted(counts.items()) if n]
     more = len(busy) - SHOWN_AGENTS
@@ -117,7 +122,7 @@ def progress_line(reading: Reading, elapsed: float) -> str:
     """`draining: 15 messages unhandled (Sales 3, Support 12), 4.2 s`, with the handlers
     still running when there are any."""
     total = reading.total
-    text = f"draining: {total} message{'' if total == 1 else 's'} unhandled"
+    text = f"draining: {counted(total, 'message')} unhandled"
     if total:
         text += f" ({_named(reading.unhandled)})"
     running = sum(reading.in_flight.values())
