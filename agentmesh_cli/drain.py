@@ -117,7 +117,10 @@ def drain_mesh(mesh: Mesh, timeout: float, say: Say) -> Drained | None:
         try:
             result = wait_quiet(mesh, store, timeout, say)
         except BaseException:
-            store.set_draining(False)
+            try:
+                store.set_draining(False)
+            except AgentMeshError:
+                pass  # the next `up` clears it
             raise
         if result.quiet:
             say(f"drained: the mesh is quiet after {result.seconds:.1f} s")
@@ -140,11 +143,12 @@ def wait_quiet(mesh: Mesh, store: Store, timeout: float, say: Say,
     last: Reading | None = None
 
     def settled() -> bool:
-        nonlocal said_at, last
+        nonlocal said_at, last, watch
         now = clock()
         try:
             last = read(store.all_counters(), store.agents(), agents)
         except AgentMeshError as exc:
+            watch = QuietWatch()  # a quiet spell is not taken across what was not seen
             line = f"draining: Redis unavailable ({exc}), {now - started:.1f} s"
         else:
             if watch.observe(last, now):
@@ -210,7 +214,7 @@ def save_unread(mesh: Mesh) -> Saved:
         path = unread_path(mesh)
         earlier = load_unread(path)
         known = {item["value"] for item in earlier}  # the same bytes: the same message
-        _write_unread(path, earlier + [item for item in kept if item["value"] not in known])
+        write_unread(path, earlier + [item for item in kept if item["value"] not in known])
         saved.path = path
     return saved
 
@@ -329,7 +333,7 @@ def _unread_problem(item: Any) -> str | None:
     return None
 
 
-def _write_unread(path: Path, items: list[dict[str, Any]]) -> None:
+def write_unread(path: Path, items: list[dict[str, Any]]) -> None:
     """The whole file, mode 0600 from its first byte, swapped in at once."""
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
