@@ -512,13 +512,19 @@ class Reader:
         fetch_min_bytes: int = 1,
         signer: Signer | None = None,
         queued_kbytes: int | None = None,
+        track_ends: bool = False,
     ) -> None:
         """`assignments`: (short topic, partition, start offset); None = committed, else earliest.
         `queued_kbytes`: the most librdkafka fetches ahead per partition (its default, 64 MB,
         would hold much of a large backlog in memory).
         `fetch_wait` (seconds) defaults to `kafka.fetch_wait`. `signer`: every record read
-        is checked with it, and one that does not verify has `Record.forged` set."""
+        is checked with it, and one that does not verify has `Record.forged` set.
+        `track_ends`: `at_end` holds the partitions whose last fetch found nothing more."""
         self.signer = signer
+        # (short topic, partition): the broker said there is no more (partition EOF) and no
+        # record came since. A hint, not the end: the embedded broker's watermarks, which
+        # the client compares with, are wrong (DESIGN 8); what it proves is a fetch answered
+        self.at_end: set[tuple[str, int]] = set()
         conf = _client_config(kafka, client_id or group_id)
         conf.update(
             {
@@ -526,7 +532,7 @@ class Reader:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
+                "enable.partition.eof": track_ends,
                 "fetch.wait.max.ms": max(1, round((fetch_wait or kafka.fetch_wait) * 1000)),
                 # a broker may hold a fetch until this much is there (up to the wait);
                 # the embedded one answers at the wait's end either way
@@ -609,10 +615,14 @@ class Reader:
         for msg in messages:
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.at_end.add(((msg.topic() or "").removeprefix(self._prefix), msg.partition() or 0))
+                else:
                     log.warning("consumer error: %s", err.str())
                 continue
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            if self.at_end:
+                self.at_end.discard((topic.removeprefix(self._prefix), partition))
             where = (topic, partition)
             want = expected.get(where)
             if want is not None and offset != want:
@@ -677,6 +687,32 @@ class Reader:
 
 def beginning() -> int:
     return int(OFFSET_BEGINNING)
+
+
+def committed_offsets(kafka: KafkaConfig, group_id: str, partitions: Iterable[tuple[str, int]],
+                      timeout: float = 10.0) -> Offsets:
+    """The next offsets consumer group `group_id` committed on (short topic, partition);
+    a partition it never committed on is left out. Joins no group (one OffsetFetch)."""
+    prefix = kafka.topic_prefix + "."
+    asked = [TopicPartition(prefix + short, partition) for short, partition in partitions]
+    conf = _client_config(kafka, "agentmesh-offsets")
+    conf.update({"group.id": group_id, "enable.auto.commit": False})
+    try:
+        consumer = Consumer(conf)
+        try:
+            answers = consumer.committed(asked, timeout=timeout)
+        finally:
+            consumer.close()
+    except KafkaException as exc:
+        raise BusError(f"cannot read the offsets of {group_id} from {kafka.bootstrap}: {exc}") from exc
+    offsets: Offsets = {}
+    for tp in answers:
+        if tp.error is not None:
+            raise BusError(f"cannot read the offsets of {group_id} on {tp.topic}/{tp.partition}: "
+                           f"{tp.error.str()}")
+        if tp.offset >= 0:  # OFFSET_INVALID: never committed
+            offsets[(tp.topic.removeprefix(prefix), tp.partition)] = tp.offset
+    return offsets
 
 
 def resume_assignments(kafka: KafkaConfig, topics: Iterable[str], offsets: Offsets

@@ -86,6 +86,12 @@ SUPERVISORD = "supervisord"  # its own log's name for `agentmesh logs`
 SUPERVISORD_LOG = SUPERVISORD + ".log"  # supervisord's own log, in the logs folder
 STATUS_SAMPLES = "status-cpu.json"  # the last one-shot status's CPU samples (status.py)
 VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
+# what `agentmesh down` found unread in the embedded broker at its drain's timeout, replayed
+# by the next `up` (drain.py): JSON lines in the state folder, mode 0600
+UNREAD_FILE = "unread.jsonl"
+
+# `agentmesh down` waits this long by default for the mesh to be quiet (--drain-timeout)
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 # Agent and mesh names (mesh.yaml checks them; a record naming anything else names nobody).
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
@@ -108,6 +114,10 @@ COUNTER_HANDLED_TWICE = "handled_twice"  # ids the ledger already held when reco
 COUNTER_REPLIES_IN = "replies_in"  # replies handed to a waiting ask
 COUNTER_LATE_REPLIES = "late_replies"  # replies nobody waited for any more: dropped
 COUNTER_EXPIRED = "expired_requests"  # requests read after their deadline: skipped, never handled
+# messages counted as sent to an agent that the broker no longer held when `down` saved what
+# was unread (an embedded broker forgot them: `down --now`, a crash): written by `down` into
+# the agent's counters, so that the next drain does not wait for them (drain.py)
+COUNTER_LOST = "lost"
 COUNTER_ASK_TIMEOUTS = "ask_timeouts"
 COUNTER_ERROR_REPLIES = "error_replies"  # error replies this agent received
 COUNTER_CACHED_REPLIES = "cached_replies"  # repeated requests answered from the reply cache
@@ -165,6 +175,12 @@ def inbox_partition(agent_id: str, partitions: int) -> int:
 def reply_partition(address: str, partitions: int) -> int:
     """The `replies` partition of a reply address (an asker that is not an agent)."""
     return zlib.crc32(address.encode("utf-8")) % partitions
+
+
+def agent_group(topic_prefix: str, name: str) -> str:
+    """The consumer group agent `name` commits its offsets under (agent/runtime.py; it
+    reads by manual assignment, so the group only keeps offsets)."""
+    return f"{topic_prefix}.agent.{name}"
 
 
 def agent_program(name: str) -> str:

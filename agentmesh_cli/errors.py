@@ -15,6 +15,7 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     │   └── SnapshotError          a topology snapshot that is not JSON or does not fit (a bad edge)
     ├── ConsensusError             the consensus core refused its rules or a proposal (quorum, type)
     ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
+    ├── MeshDraining               operator input refused while `agentmesh down` drains the mesh
     ├── BenchError                 a bench cannot run or did not finish (a program did not start)
     ├── FellBehind                 a follow stream read too slowly and was dropped (services/feed.py)
     ├── FaultSkipped               chaos: a fault could not be injected (its program is not running)
@@ -129,6 +130,11 @@ class ConsensusError(AgentMeshError):
 class WaitTimeout(AgentMeshError):
     """A condition waited for (with `waiting.wait_until`, or a loop of its own) did not hold
     in time."""
+
+
+class MeshDraining(AgentMeshError):
+    """`agentmesh down` is draining the mesh (the draining mark is set): operator input
+    (`send`, `propose`) is refused until the next `up` clears the mark."""
 
 
 class BenchError(AgentMeshError):

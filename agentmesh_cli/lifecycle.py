@@ -26,16 +26,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import drain
 from agentmesh_cli.agent.roles import resolve_role
 from agentmesh_cli.bus import broker_reachable, prepare_topics
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.quiet import counted
 from agentmesh_cli.services.probe import Prober, tls_verify
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
-from agentmesh_cli.supervisor.render import ProgramSpec, program_specs, render_all, valkey_secret_file
+from agentmesh_cli.supervisor.render import (
+    AGENT_STOPWAITSECS,
+    ProgramSpec,
+    program_specs,
+    render_all,
+    valkey_secret_file,
+)
 from agentmesh_cli.waiting import Clock, Deadline, wait_until
 
 FORMED_ROW = "(topology)"  # the last gate: every agent has joined the graph
@@ -234,9 +242,11 @@ class Gate:
         return states
 
 
-def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramState], dict[str, list[str]]]:
+def up(mesh: Mesh, timeout: float, progress: Progress, say: Callable[[str], None] = lambda _line: None,
+       ) -> tuple[list[ProgramState], dict[str, list[str]]]:
     """Render configs, start or update supervisord, then start the tiers in order, each
-    gated on the readiness of the one before: infra, (topics), services, managers, agents.
+    gated on the readiness of the one before: infra, (topics, the draining mark cleared,
+    what the last `down` saved unread replayed), services, managers, agents.
     With `mesh.host`, that host's programs only (its infra tier is empty: external)."""
     sup = Supervisor(mesh)
     running_sup = sup.is_running()
@@ -255,6 +265,9 @@ def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramStat
     try:
         gate.start_tier("infra")
         prepare_topics(mesh.config.kafka, gate.check.store())
+        gate.check.store().set_draining(False)  # a `down` drained the mesh: intake again
+        if replayed := drain.replay_unread(mesh):
+            say(f"replayed {counted(replayed, 'unread message')} that `down` saved")
         for tier in ("services", "managers", "agents"):
             gate.start_tier(tier)
         return gate.wait_settled(), changes
@@ -262,19 +275,35 @@ def up(mesh: Mesh, timeout: float, progress: Progress) -> tuple[list[ProgramStat
         gate.check.close()
 
 
-def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None]) -> bool:
+def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None],
+         drain_timeout: float | None = None, say: Callable[[str], None] = lambda _line: None) -> bool:
     """Stop agents, then managers, services, infra, then supervisord (with `mesh.host`:
-    that host's). False if not running."""
+    that host's). False if not running.
+
+    With `drain_timeout` (`agentmesh down`; None is `--now`) the mesh drains first (drain.py):
+    intake stops, and the agents are stopped once the mesh is quiet or the timeout passed;
+    then, with the embedded broker, what the agents left unread is saved for the next
+    `up`, before the broker stops and forgets it. `say` gets the drain's lines."""
     sup = Supervisor(mesh)
     if not sup.is_running():
         return False
     names = {p["name"] for p in sup.processes()}
     specs = {s.name: s for s in program_specs(mesh, sys.executable, tansu="-", valkey="-")}
+    # a host of `hosts` stops its share while the others go on (and Kafka is external)
+    draining = drain_timeout is not None and mesh.host is None
+    if draining:
+        drain.drain_mesh(mesh, drain_timeout or 0.0, say)
+    save = draining and mesh.config.kafka.embedded and C.PROGRAM_KAFKA in names
     for tier in TIERS:
+        if tier == "infra" and save:
+            drain.keep_unread(mesh, say)
         members = sorted(n for n in names if _tier(n, specs) == tier)
         if members:
             progress(tier, members)
-            sup.stop_programs(members, timeout)
+            # the save reads the offsets the agents commit as they leave: wait for all of
+            # them, up to when supervisord kills a slow one
+            wait = max(timeout, AGENT_STOPWAITSECS + 5) if tier == "agents" and save else timeout
+            sup.stop_programs(members, wait)
     sup.shutdown(timeout)
     return True
 

@@ -85,7 +85,7 @@ class SalesRole(Role):
     def on_tick(self, now: float) -> None:
         rate = self.ctx.config.workload.order_rate
         if now < self.next_order_at or rate <= 0 or self.ctx.draining:
-            return
+            return  # `agentmesh down` is draining the mesh: no new orders
         self.next_order_at = now + next_gap(rate, self.ctx.rng.random())
         inventory, fraud = self.ctx.peers("inventory"), self.ctx.peers("fraud")
         if not inventory or not fraud:
@@ -251,7 +251,7 @@ class SupportRole(Role):
 
     def on_tick(self, now: float) -> None:
         if self.ctx.draining:
-            return  # `agentmesh down` drains: no new tickets
+            return  # `agentmesh down` is draining the mesh: no new tickets
         self._maybe_refund(now)
         self._maybe_lead(now)
 

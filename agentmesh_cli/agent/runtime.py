@@ -34,6 +34,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
@@ -222,11 +223,13 @@ class AgentRuntime:
         except AgentMeshError as exc:
             self.log.warning("heartbeat not recorded in Redis: %s", exc)
 
-    def _stop(self, signum: int) -> None:
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT, handled at once (a plain signal handler, not the loop's: a batch
+        of sync handlers on the loop sees it between two messages), then the loop wakes."""
         self.log.info("signal %s: leaving the mesh", signal.Signals(signum).name)
         self.stopping = True
-        if self._wake is not None:
-            self._wake.set()
+        if self.loop is not None and self._wake is not None:
+            self.loop.call_soon_threadsafe(self._wake.set)
 
     def run(self) -> int:
         return asyncio.run(self._main())
@@ -236,13 +239,13 @@ class AgentRuntime:
         self.loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop, signum)
+            signal.signal(signum, self._stop)
         cfg = self.mesh.config
         epoch = await loop.run_in_executor(None, lambda: wait_for_infra(
             cfg.kafka, self.store, self.program, clock=self.clock))
         watch = BrokerWatch(self.bus, self.store, epoch, topics_every=WATCH_TOPICS_S, clock=self.clock)
         loaded = self.ledger.load()
-        group = f"{cfg.kafka.topic_prefix}.agent.{self.name}"
+        group = C.agent_group(cfg.kafka.topic_prefix, self.name)
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
                                            (C.TOPIC_CONSENSUS, 0, None)], self.program,
                         signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES)
@@ -268,6 +271,8 @@ class AgentRuntime:
                 if room > 0:
                     records = await loop.run_in_executor(io, reader.poll_batch, min(POLL_MAX, room), TICK_S)
                     for record in records:
+                        if self.stopping and self.inline:
+                            break  # the rest of the batch is read again next time
                         self._take(record)
                 else:  # read ahead enough: wait for a handler to finish
                     self._wake.clear()

@@ -31,7 +31,7 @@ COMMANDS: dict[str, Entry] = {name: Entry(module, summary) for name, module, sum
     ("up", "mesh",
      "Start the mesh (or apply a changed mesh.yaml) and wait until every program is ready."),
     ("down", "mesh",
-     "Stop agents first, then managers, services and infra, then supervisord itself."),
+     "Drain the mesh, then stop agents, managers, services and infra, then supervisord."),
     ("status", "mesh",
      "Show the mesh's processes, agents, topology, proposals, services and infra."),
     ("send", "mesh",

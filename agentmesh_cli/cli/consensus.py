@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from typing import Annotated, Any
 
 import typer
@@ -46,14 +47,18 @@ def propose(
     from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
+    from agentmesh_cli.drain import refuse_while_draining
     from agentmesh_cli.errors import BusError, WaitTimeout
     from agentmesh_cli.signing import mesh_signer
+    from agentmesh_cli.store import Store
     from agentmesh_cli.waiting import Deadline, wait_until
 
     mesh = mesh_from(config)
     if type_ not in PROPOSAL_TYPES:
         raise ConfigError(f"--type must be one of {', '.join(PROPOSAL_TYPES)}, not {type_!r}")
     body = json_object(content, "--content")
+    with closing(Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)) as check:
+        refuse_while_draining(check, "`propose`")
     proposal_id = events.new_proposal_id(sender)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-propose", signer=mesh_signer(mesh))
     event = events.proposal(sender, proposal_id, type_, body)
@@ -65,8 +70,6 @@ def propose(
     printer.out(proposal_id)
     if not wait:
         return
-    from agentmesh_cli.store import Store  # only with --wait: the id alone needs no Redis
-
     store = Store(mesh.redis_url, mesh.config.mesh)
     seen: dict[str, Any] | None = None
 

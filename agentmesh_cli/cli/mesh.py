@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption, json_object, mesh_from
 from agentmesh_cli.errors import AgentMeshError
@@ -19,6 +20,7 @@ from agentmesh_cli.errors import AgentMeshError
 if TYPE_CHECKING:
     from agentmesh_cli.lifecycle import ProgramState
     from agentmesh_cli.mesh import Mesh
+    from agentmesh_cli.store import Store
 
 HostOption = Annotated[str | None, typer.Option(
     "--host", show_default=False,
@@ -67,9 +69,14 @@ def up(
                 printer.say(f"ready  {s.name} ({detail})")
             seen[s.name] = s.ready
 
+    notes: list[str] = []  # said once the live table is done
     try:
-        with live if console_err.is_terminal else _null():
-            states, changes = lifecycle.up(mesh, timeout, progress)
+        try:
+            with live if console_err.is_terminal else _null():
+                states, changes = lifecycle.up(mesh, timeout, progress, notes.append)
+        finally:
+            for line in notes:
+                printer.say(line)
     except NotReadyError as exc:
         printer.error(str(exc))
         if exc.log_tail:
@@ -98,13 +105,28 @@ def _on(mesh: Mesh) -> str:
 def down(
     config: ConfigOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each tier to stop.")] = 30.0,
+    drain_timeout: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait for the mesh to go quiet before the agents stop; what is "
+                    "still unread then is saved (embedded broker) and replayed by the next "
+                    "`up`.")] = C.DEFAULT_DRAIN_TIMEOUT_S,
+    now: Annotated[bool, typer.Option(
+        "--now", help="Stop at once: no drain, nothing saved (with the embedded broker, "
+                      "messages not yet handled are lost).")] = False,
     host: HostOption = None,
 ) -> None:
-    """Stop agents first, then managers, services and infra, then supervisord itself.
+    """Drain the mesh, then stop agents, managers, services and infra, then supervisord.
 
-    With `hosts` in mesh.yaml: this host's programs and supervisord only.
+    The drain: intake stops (demo workloads pause, `send` and `propose` are refused), and
+    `down` waits until every agent has handled every message sent to it, printing what is
+    left every second, for up to --drain-timeout seconds. With the embedded broker, which
+    keeps messages in memory only, what is still unread then is saved to
+    .agentmesh/unread.jsonl and sent again by the next `up`. --now skips all of that.
 
-    Example: agentmesh down
+    With `hosts` in mesh.yaml: this host's programs and supervisord only, without a drain
+    (the other hosts go on; the external Kafka keeps the messages).
+
+    Example: agentmesh down --drain-timeout 60
+    Example: agentmesh down --now
     """
     from agentmesh_cli import lifecycle
 
@@ -113,7 +135,15 @@ def down(
     def progress(tier: str, names: list[str]) -> None:
         printer.say(f"stopping {tier}: {', '.join(names)}")
 
-    if lifecycle.down(mesh, timeout, progress):
+    if now:
+        lost = " (messages not yet handled are lost with the embedded broker)" if (
+            mesh.config.kafka.embedded) else ""
+        printer.say(f"--now: no drain, nothing saved{lost}")
+    elif mesh.host is not None:
+        printer.say(f"host {mesh.host}: no drain (the other hosts go on; messages to this "
+                    "host's agents wait in Kafka)")
+    drain = None if now else drain_timeout
+    if lifecycle.down(mesh, timeout, progress, drain, printer.say):
         printer.ok(f"mesh {mesh.config.mesh} is down{_on(mesh)}")
     else:
         printer.out(f"mesh {mesh.config.mesh} is not running{_on(mesh)}")
@@ -168,52 +198,49 @@ def send(
     """
     from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
+    from agentmesh_cli.drain import refuse_while_draining
     from agentmesh_cli.signing import mesh_signer
+    from agentmesh_cli.store import Store
 
     mesh = mesh_from(config)
     body = json_object(payload, "payload")
-    _warn_if_unknown(mesh, recipient)
-    bus = Bus(mesh.config.kafka, client_id="agentmesh-send", signer=mesh_signer(mesh))
-    envelope = events.message(sender, recipient, type_, body, meta={"injected": True})
-    partition = bus.send_message(envelope)
-    if bus.flush(10) or bus.delivery_failures:
-        from agentmesh_cli.errors import BusError
+    store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
+    try:
+        refuse_while_draining(store, "`send`")
+        _warn_if_unknown(store, recipient)
+        bus = Bus(mesh.config.kafka, client_id="agentmesh-send", signer=mesh_signer(mesh))
+        envelope = events.message(sender, recipient, type_, body, meta={"injected": True})
+        partition = bus.send_message(envelope)
+        if bus.flush(10) or bus.delivery_failures:
+            from agentmesh_cli.errors import BusError
 
-        raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
-    _count_sent(mesh, recipient)
+            raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
+        _count_sent(store, recipient)
+    finally:
+        store.close()
     printer.out(f"sent {envelope.id} to {recipient} (partition {partition})")
 
 
-def _warn_if_unknown(mesh: Mesh, recipient: str) -> None:
+def _warn_if_unknown(store: Store, recipient: str) -> None:
     """A message to an agent that is not registered is still sent (it may come later)."""
-    from agentmesh_cli.store import Store
-
-    store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
     try:
         if recipient not in store.agents():
             printer.warn(f"{recipient} is not a registered agent; the message waits in its "
                          "inbox partition")
     except AgentMeshError:
         pass  # Redis down: sending does not need it
-    finally:
-        store.close()
 
 
-def _count_sent(mesh: Mesh, recipient: str) -> None:
-    """Count the message as the agents count theirs, for the inbox backlog in `status`."""
+def _count_sent(store: Store, recipient: str) -> None:
+    """Count the message as the agents count theirs, for the inbox backlog in `status`
+    and the drain of `down`."""
     from collections import Counter
 
-    from agentmesh_cli import constants as C
-    from agentmesh_cli.store import Store
-
-    store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
     try:
         store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(recipient): 1}))
     except AgentMeshError:
         printer.warn(f"not counted (Redis unavailable): {recipient}'s backlog in `agentmesh "
                      "status` is one too low")
-    finally:
-        store.close()
 
 
 def register(app: typer.Typer) -> None:

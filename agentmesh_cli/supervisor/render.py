@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from agentmesh_cli.mesh import Mesh
 
 AGENTMESH_ENV = {"PYTHONUNBUFFERED": "1"}
+# An agent asked to stop finishes what it is handling first: supervisord must not SIGKILL
+# it sooner than `agentmesh down` would wait for the mesh to drain by default
+# (--drain-timeout), plus a margin for leaving (final commit, counters, agent_left).
+AGENT_STOPWAITSECS = int(C.DEFAULT_DRAIN_TIMEOUT_S) + 10
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,8 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[Program
         if agent.capabilities:
             command += ["--capabilities", ",".join(agent.capabilities)]
         specs.append(ProgramSpec(C.agent_program(agent.name), [*command, *config_arg],
-                                 C.PRIORITY_AGENTS, dict(AGENTMESH_ENV)))
+                                 C.PRIORITY_AGENTS, dict(AGENTMESH_ENV),
+                                 stopwaitsecs=AGENT_STOPWAITSECS))
     return specs
 
 

@@ -65,14 +65,15 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
 
 @contextmanager
 def running_mesh(config: Path, timeout: float = 90) -> Iterator[Mesh]:
-    """`agentmesh up` of `config`; afterwards `down`, and supervisord ended by pid if
-    `down` could not."""
+    """`agentmesh up` of `config`; afterwards `down --now` (a teardown needs no drain, which
+    test_drain.py tests, and a mesh that lost messages on purpose would wait out its
+    timeout), and supervisord ended by pid if `down` could not."""
     up = agentmesh("up", "--config", str(config), "--timeout", str(int(timeout)))
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         yield load_mesh(config)
     finally:
-        agentmesh("down", "--config", str(config), timeout=60)
+        agentmesh("down", "--now", "--config", str(config), timeout=60)
         pidfile = config.parent / ".agentmesh" / "supervisord.pid"
         if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
             os.kill(pid, signal.SIGTERM)

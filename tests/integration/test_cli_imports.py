@@ -92,12 +92,6 @@ def test_scripted_commands_import_nothing_heavy(mesh: Mesh, args: tuple[str, ...
     assert "rich" not in packages(modules, ("rich",))  # plain lines and JSON need no rich
 
 
-def test_propose_without_wait_needs_no_redis(mesh: Mesh) -> None:
-    result, modules = imports_of("propose", "-c", str(mesh.config_file), cwd=mesh.root)
-    assert result.returncode == 0 and result.stdout.startswith("cli-"), result.stderr[-2000:]
-    assert packages(modules, ("redis",)) == []
-
-
 def test_the_check_sees_a_heavy_import(tmp_path: Path) -> None:
     result, modules = imports_of("--help", cwd=tmp_path, first="fastapi")
     assert result.returncode == 0

@@ -87,6 +87,9 @@ def test_table_shows_faults_and_verdicts() -> None:
         "proposals": {"opened": 3, "decided": 3, "opened_more_than_once": 0,
                       "decided_more_than_once": 0, "overdue": 0, "pending": 0},
         "status": {"samples": 60, "disagreements": 0, "failed": 0, "slowest_s": 0.4}, "ok": False,
+        "asks": {"agents": ["Fraud", "Inventory"], "produced": 100, "refused": 0, "sent": 100,
+                 "answered": 99, "lost": 1, "answered_twice": 0, "error_replies": 0,
+                 "p50_ms": 12.0, "p99_ms": 80.0},
     }
     out = io.StringIO()
     Console(file=out, width=200, color_system=None).print(chaos_table(result))
@@ -95,3 +98,5 @@ def test_table_shows_faults_and_verdicts() -> None:
     assert "random: kill -9 agent-Sales x3" in text and "3.00 / 4.00" in text and "1 not recovered" in text
     assert "probes lost" in text and "must be 0: FAILED" in text
     assert "duplicates handled" in text and "must be 0: ok" in text
+    assert "asks sent" in text and "to Fraud, Inventory, round trip p50 12 ms, p99 80 ms" in text
+    assert "asks lost" in text and "asks answered twice" in text

@@ -6,6 +6,7 @@ import configparser
 from pathlib import Path
 
 from agentmesh_cli.config import parse_config
+from agentmesh_cli.constants import DEFAULT_DRAIN_TIMEOUT_S
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.supervisor.render import (
     ProgramSpec,
@@ -69,6 +70,16 @@ def test_external_infra_starts_nothing_embedded(tmp_path: Path) -> None:
     names = [s.name for s in program_specs(mesh, "/py")]
     assert names == ["memory", "cognition", "metrics", "topology-manager", "consensus-manager", "agent-Sales",
                      "agent-Fraud"]
+
+
+def test_agents_stop_wait_covers_the_drain(tmp_path: Path) -> None:
+    """An agent asked to stop may finish its handlers for as long as `down` drains by
+    default; supervisord kills it only after that and a margin. The rest keep 10 s (5 s infra)."""
+    waits = {s.name: s.stopwaitsecs for s in program_specs(make_mesh(tmp_path), "/py", "/t", "/v")}
+    assert waits == {"kafka": 5, "redis": 5, "memory": 10, "cognition": 10, "metrics": 10,
+                     "topology-manager": 10, "consensus-manager": 10, "agent-Sales": 40,
+                     "agent-Fraud": 40}
+    assert waits["agent-Sales"] > DEFAULT_DRAIN_TIMEOUT_S
 
 
 def test_program_section_parses_back(tmp_path: Path) -> None:
