@@ -96,7 +96,9 @@ def test_conversations_run_at_once_each_in_order(external_mesh: Any, tmp_path: P
 
 
 def test_sync_handler_in_the_pool_keeps_the_same_order(external_mesh: Any, tmp_path: Path) -> None:
-    assert run_work(external_mesh, tmp_path, "SyncWorker", 2) == ACROSS
+    got = run_work(external_mesh, tmp_path, "SyncWorker", 2)
+    # a1 and b1 start at once in two threads: which notes its start first is the threads' race
+    assert sorted(got[:2]) == sorted(ACROSS[:2]) and got[2:] == ACROSS[2:]
 
 
 def test_concurrency_one_is_strict_order(external_mesh: Any, tmp_path: Path) -> None:
