@@ -29,29 +29,42 @@ DRAINING_EVERY_S = 0.5
 
 
 class Heartbeat(threading.Thread):
+    """Every `heartbeat.interval`: `beat()` (the topology heartbeat and the registry record).
+    Every DRAINING_EVERY_S: the draining mark, and `publish()` (the registry record alone)
+    when `load()` changed since it was last written, so that the load `status` shows and
+    the drain's quiet rule reads (in flight, running, asks pending) is at most that old."""
+
     def __init__(self, interval: float, beat: Callable[[], None], check_draining: Callable[[], bool],
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, load: Callable[[], object] = lambda: None,
+                 publish: Callable[[], None] = lambda: None) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.interval = interval
         self.beat = beat
         self.check_draining = check_draining
+        self.load = load
+        self.publish = publish
         self.log = log
         self.draining = False
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         next_beat = time.monotonic() + self.interval
+        published = self.load()
         while not self._stop_event.wait(min(DRAINING_EVERY_S, self.interval)):
             try:
                 self.draining = self.check_draining()
             except AgentMeshError:
                 pass  # Redis down: keep the last answer
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.interval
-                try:
+            load = self.load()
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
                     self.beat()
-                except Exception:  # the thread must outlive any failure of one beat
-                    self.log.exception("heartbeat failed")
+                elif load != published:
+                    self.publish()
+                published = load
+            except Exception:  # the thread must outlive any failure of one beat
+                self.log.exception("heartbeat failed")
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -147,7 +147,8 @@ class AgentRuntime:
         self._services_state: dict[str, Any] = {}
         self._services_published = -math.inf
         self.voting = Voting(self)  # Bee consensus: votes and decisions
-        self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self.store.draining, self.log)
+        self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self.store.draining, self.log,
+                                   self._load, self._register)
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
                            self._send, self.registry, self._propose, self.services, self.next_id,
                            self.exchange.ask, self.exchange.reply,
@@ -214,10 +215,16 @@ class AgentRuntime:
         envelope = events.presence(event, self.name, self.spec.role, self.spec.capabilities)
         self.bus.send(C.TOPIC_TOPOLOGY, envelope, key=self.name)
 
+    def _load(self) -> tuple[int, int, int]:
+        return len(self._active), self._conversations.running, len(self.exchange.asks.waiting)
+
     def _heartbeat(self) -> None:
         """On the heartbeat thread: the topology heartbeat and the registry record."""
         envelope = events.presence(C.EVENT_HEARTBEAT, self.name, self.spec.role, self.spec.capabilities)
         self.bus.send_detached(C.TOPIC_TOPOLOGY, envelope, key=self.name)
+        self._register()
+
+    def _register(self) -> None:
         try:
             self.store.register_agent(self.name, self._record())
         except AgentMeshError as exc:
