@@ -8,7 +8,14 @@ import pytest
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.metrics.families import Reading, families
-from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, Buckets, observed
+from agentmesh_cli.metrics.histogram import (
+    ASK_BUCKETS,
+    DECISION_BUCKETS,
+    SERVICE_CALL_BUCKETS,
+    Buckets,
+    observed,
+    quantile,
+)
 from tests.helpers.tables import FAMILIES, samples, value
 
 # -- histograms kept as counters ---------------------------------------------------------
@@ -32,6 +39,38 @@ def test_read_back_cumulates_in_seconds() -> None:
                                          0.4229)
     assert observed(counts, "s") and not observed(counts, "other")
     assert buckets.read({}, "other") == ([(0.001, 0), (0.0025, 0), (0.01, 0), (float("inf"), 0)], 0.0)
+
+
+INF = float("inf")
+SPREAD = [(1.0, 2), (2.5, 6), (5.0, 6), (10.0, 9), (INF, 10)]  # 2 in (0,1], 4 in (1,2.5], ...
+
+
+@pytest.mark.parametrize(("cumulative", "q", "expected"), [
+    (SPREAD, 0.1, 0.5),  # rank 1 of the 2 in (0, 1]
+    (SPREAD, 0.5, 2.125),  # rank 5: the 3rd of the 4 in (1, 2.5]
+    (SPREAD, 0.6, 2.5),  # rank 6: the last of (1, 2.5]
+    (SPREAD, 0.9, 10.0),  # rank 9, past the empty (2.5, 5]: the last of (5, 10]
+    (SPREAD, 0.99, 10.0),  # rank 9.9 is in +Inf: the largest finite bound
+    (SPREAD, 1.0, 10.0),
+    ([(1.0, 4), (INF, 4)], 0.5, 0.5),
+    ([(1.0, 0), (2.0, 0), (4.0, 2), (INF, 2)], 0.5, 3.0),  # empty buckets below are skipped
+    ([(1.0, 0), (2.0, 0), (4.0, 2), (INF, 2)], 0.0, 2.0),  # q 0: the lowest non-empty bucket's start
+    ([(1.0, 0), (INF, 0)], 0.5, None),  # no observation
+    ([], 0.5, None),
+])
+def test_quantile_from_cumulative_buckets(cumulative: list[tuple[float, int]], q: float,
+                                          expected: float | None) -> None:
+    assert quantile(cumulative, q) == expected
+
+
+def test_quantile_of_a_histogram_read_back() -> None:
+    counts: Counter[str] = Counter()
+    for ms in (0.4, 2, 2, 3, 7, 40_000):
+        ASK_BUCKETS.observe(counts, "a", ms)
+    buckets, _ = ASK_BUCKETS.read(counts, "a")
+    # rank 3 of 6: the last of the 2 in (1, 2.5] ms; rank 5.94 is in +Inf: 30 s
+    assert quantile(buckets, 0.5) == pytest.approx(0.0025)
+    assert quantile(buckets, 0.99) == 30.0
 
 
 # -- the pure rendering ------------------------------------------------------------------
