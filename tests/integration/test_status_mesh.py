@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text(encoding="utf-8"))
 TMUX = "/usr/bin/tmux"
 # a title or header of each panel, and a row of the processes and agents panels
-PANEL_MARKS = ("processes of supervisord", "(cpu over", "agent-Sales  ", "heartbeat", "infra", "reachable",
+PANEL_MARKS = ("processes of supervisord", "(cpu over", "agent-Sales  ", "heartbeat", "in flight", "lag p99",
+               "infra", "reachable",
                "topology", "strongest edges", "proposals", "services", "client breakers")
 
 
