@@ -122,11 +122,17 @@ def agents_panel(data: dict[str, Any]) -> RenderableType:
         backlog = Text(str(a["backlog"]), "yellow" if a["backlog"] else "")
         dead = Text(str(a["dead_letters"]), "red" if a["dead_letters"] else "")
         lag = a["loop_lag_ms"]
-        table.add_row(a["name"], a["role"] or "", Text(a["state"], AGENT_STYLE.get(a["state"], "")),
+        table.add_row(a["name"], _role(a["role"]), Text(a["state"], AGENT_STYLE.get(a["state"], "")),
                       str(a["pid"] or "-"), "-" if age is None else f"{_duration(age)} ago",
                       str(a["messages_in"]), str(a["messages_out"]), backlog, dead, _in_flight(a),
                       _asks(a), _ms(a["asks"]["p99_ms"]), _lag(None if lag is None else lag["p99"]))
     return table
+
+
+def _role(role: str | None) -> str:
+    """A plug-in role (`module:Class`) by its class: its import path would take a third of
+    the table (status --json has it whole)."""
+    return (role or "").rpartition(":")[2]
 
 
 def _ms(ms: float | None) -> str:

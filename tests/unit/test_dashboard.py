@@ -46,7 +46,7 @@ FRAME: dict[str, Any] = {
          "asks": {"sent": 40, "timeouts": 0, "error_replies": 1, "late_replies": 0, "expired_requests": 0,
                   "cached_replies": 1, "p50_ms": 1.75, "p99_ms": 48.6},
          "counters": {}},
-        {"name": "Support", "role": "support", "capabilities": [], "program": "agent-Support",
+        {"name": "Support", "role": "shop.desk:Support", "capabilities": [], "program": "agent-Support",
          "pid": None, "host": None, "state": "not running", "alive": False, "heartbeat_age_s": None,
          "messages_in": 0, "messages_out": 0, "dead_letters": 0, "sent_to": 3, "backlog": 3,
          "concurrency": None, "in_flight": None, "running": None, "asks_pending": None, "loop_lag_ms": None,
@@ -131,14 +131,14 @@ supervisord is not running (start the mesh with `agentmesh up`)
 """
 
 # in flight/concurrency; asks waiting (timeouts, error replies so far); the asks' p99;
-# the event loop's lag p99
+# the event loop's lag p99. A plug-in role by its class.
 AGENTS = """\
 agents
 agent    role     state         pid  heartbeat   in  out  backlog  dead  in flight               asks  ask p99  lag p99
 ───────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
 Fraud    fraud    stale        4102  1m15s ago   10    9        4     1       11/8  8 (12 t/o, 3 err)   29.7 s   350 ms
 Sales    sales    alive        4101     0s ago  120  240        0     0        1/1          0 (1 err)    49 ms   2.5 ms
-Support  support  not running     -          -    0    0        3     0          -                  -        -        -
+Support  Support  not running     -          -    0    0        3     0          -                  -        -        -
 """  # noqa: E501 (the table as wide as it is at 120 columns)
 
 AGENTS_NO_REDIS = """\
