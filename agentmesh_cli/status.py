@@ -20,6 +20,7 @@ import orjson
 import psutil
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.agent_load import asks, load
 from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
@@ -71,7 +72,6 @@ class StatusCollector:
         stored = self._read_redis(errors) if redis["reachable"] else None
         sup_running, infos = self._supervisor(errors)
         primed = time.monotonic()
-        # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
         # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
         pids = [p["pid"] for p in infos if p["pid"]]
         one_shot = bool(cpu_window)
@@ -238,7 +238,8 @@ def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str,
             supervised: dict[str, int], now: float) -> list[dict[str, Any]]:
     """Every agent of mesh.yaml or the registry. Stale: its heartbeat is older than
     `interval * missed`, or supervisord runs another pid than the one it registered (it
-    died and its replacement has not joined yet). Not running: not in the registry."""
+    died and its replacement has not joined yet). Not running: not in the registry.
+    Load and asks: agent_load.py."""
     cfg = mesh.config
     stale_after = cfg.heartbeat.interval * cfg.heartbeat.missed
     configured = {a.name: a for a in cfg.agents}
@@ -269,6 +270,8 @@ def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str,
             "dead_letters": own.get(C.COUNTER_DEAD, 0),
             "sent_to": sent.get(name, 0),
             "backlog": backlog(sent, counters, name),
+            **load(rec),
+            "asks": asks(own),
             "counters": own,
         })
     return agents

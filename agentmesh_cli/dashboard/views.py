@@ -27,6 +27,9 @@ MAX_PROPOSALS = 8  # the newest proposals shown
 BAR_CELLS = 10
 SPARKS = "▁▂▃▄▅▆▇█"
 TWO_COLUMNS_FROM = 150  # console width from which panels sit in two columns
+# an event loop this late at p99 is held up by its handlers (blocking calls, CPU work)
+LAG_WARN_MS = 20.0
+LAG_BAD_MS = 100.0
 
 
 def _duration(seconds: float) -> str:
@@ -111,16 +114,60 @@ def processes_panel(data: dict[str, Any]) -> RenderableType:
 def agents_panel(data: dict[str, Any]) -> RenderableType:
     if not data["agents"]:
         return _absent("agents", "no data (Redis unreachable)" if _redis_down(data) else "no agents")
-    table = _table("agents", "agent", "role", "state", "pid", "heartbeat", "in", "out", "backlog",
-                   "dead", right=("pid", "heartbeat", "in", "out", "backlog", "dead"))
+    numbers = ("pid", "heartbeat", "in", "out", "backlog", "dead", "in flight", "asks", "ask p99",
+               "lag p99")
+    table = _table("agents", "agent", "role", "state", *numbers, right=numbers)
     for a in data["agents"]:
         age = a["heartbeat_age_s"]
         backlog = Text(str(a["backlog"]), "yellow" if a["backlog"] else "")
         dead = Text(str(a["dead_letters"]), "red" if a["dead_letters"] else "")
-        table.add_row(a["name"], a["role"] or "", Text(a["state"], AGENT_STYLE.get(a["state"], "")),
+        lag = a["loop_lag_ms"]
+        table.add_row(a["name"], _role(a["role"]), Text(a["state"], AGENT_STYLE.get(a["state"], "")),
                       str(a["pid"] or "-"), "-" if age is None else f"{_duration(age)} ago",
-                      str(a["messages_in"]), str(a["messages_out"]), backlog, dead)
+                      str(a["messages_in"]), str(a["messages_out"]), backlog, dead, _in_flight(a),
+                      _asks(a), _ms(a["asks"]["p99_ms"]), _lag(None if lag is None else lag["p99"]))
     return table
+
+
+def _role(role: str | None) -> str:
+    """A plug-in role (`module:Class`) by its class: its import path would take a third of
+    the table (status --json has it whole)."""
+    return (role or "").rpartition(":")[2]
+
+
+def _ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def _in_flight(a: dict[str, Any]) -> Text:
+    """`in flight/concurrency`, yellow when messages wait for a free slot."""
+    if a["in_flight"] is None or a["concurrency"] is None:
+        return Text("-")
+    return Text(f"{a['in_flight']}/{a['concurrency']}",
+                "yellow" if a["in_flight"] > a["concurrency"] else "")
+
+
+def _asks(a: dict[str, Any]) -> Text:
+    """Asks waiting now, then the timeouts and error replies so far when there are any."""
+    text = Text("-" if a["asks_pending"] is None else str(a["asks_pending"]))
+    asks, failed = a["asks"], []
+    if asks["timeouts"]:
+        failed.append(Text(f"{asks['timeouts']} t/o", "yellow"))
+    if asks["error_replies"]:
+        failed.append(Text(f"{asks['error_replies']} err", "red"))
+    if failed:
+        text.append(" (").append_text(Text(", ").join(failed)).append(")")
+    return text
+
+
+def _lag(p99: float | None) -> Text:
+    """The loop lag's p99: yellow from LAG_WARN_MS, red from LAG_BAD_MS."""
+    style = "" if p99 is None or p99 < LAG_WARN_MS else "yellow" if p99 < LAG_BAD_MS else "red"
+    return Text(_ms(p99), style)
 
 
 def _redis_down(data: dict[str, Any]) -> bool:
@@ -233,7 +280,9 @@ def errors_view(data: dict[str, Any]) -> RenderableType:
 
 
 class Dashboard:
-    """All panels: one column, or two when the console is wide enough."""
+    """All panels: one column, or, when the console is wide enough, the agents across the
+    top (the widest table, and the one to keep when the screen crops the bottom) over two
+    columns of the others."""
 
     def __init__(self, data: dict[str, Any], footer: str = "") -> None:
         self.data = data
@@ -244,10 +293,12 @@ class Dashboard:
         head = Text(f"mesh {d['mesh']}", "bold")
         if self.footer:
             head.append(f"  {self.footer}", "dim")
-        left = [processes_panel(d), agents_panel(d), infra_panel(d)]
+        agents = agents_panel(d)
+        left = [processes_panel(d), infra_panel(d)]
         right = [topology_panel(d), proposals_panel(d), services_panel(d)]
         yield head
         if options.max_width >= TWO_COLUMNS_FROM:
+            yield from _spaced([agents])
             # the left panels keep their natural width; the right ones get the rest
             left_width = min(options.max_width // 2,
                              max(Measurement.get(console, options, r).maximum for r in left))
@@ -257,7 +308,7 @@ class Dashboard:
             grid.add_row(Group(*_spaced(left)), Group(*_spaced(right)))
             yield grid
         else:
-            yield from _spaced(left + right)
+            yield from _spaced([left[0], agents, *left[1:], *right])
         yield errors_view(d)
 
 

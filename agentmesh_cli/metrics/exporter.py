@@ -77,7 +77,7 @@ class MeshCollector(Collector):
         keys = self.mesh.keys
         try:
             reading.counters = self.store.all_counters()
-            reading.registered = set(self.store.agents())
+            reading.registry = self.store.agents()
             reading.service_clients = self.store.service_clients()
             snapshot = self.store.load_snapshot()
             consensus = self.store.load_json(keys.consensus_snapshot)

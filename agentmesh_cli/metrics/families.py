@@ -18,8 +18,16 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.agent_load import load
 from agentmesh_cli.backlog import backlog, sent_totals
-from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, observed
+from agentmesh_cli.metrics.histogram import (
+    ASK_BUCKETS,
+    DECISION_BUCKETS,
+    LOOP_LAG_BUCKETS,
+    SERVICE_CALL_BUCKETS,
+    Buckets,
+    observed,
+)
 from agentmesh_cli.signing import REFUSED_KINDS, REFUSED_PREFIX
 
 PREFIX = "agentmesh_"
@@ -31,6 +39,27 @@ DECIDED = ("accepted", "rejected", "expired")
 VOTE_RESULTS = ("counted", "replaced", "not_member", "unknown", "late", "early")
 BREAKER_STATES = ("closed", "open", "half_open")
 NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.CLI_COUNTER_OWNER})
+# gauges of an agent's registry record: (family, field, help)
+LOAD_GAUGES = (
+    ("agent_in_flight", "in_flight", "Messages the agent read and has not finished (queued or "
+     "running), as of its last heartbeat"),
+    ("agent_running", "running", "Handlers of the agent running, as of its last heartbeat"),
+    ("agent_asks_pending", "asks_pending", "Asks of the agent waiting for a reply, as of its last "
+     "heartbeat"),
+)
+# counters of an agent's asks, as asker and as answerer: (family, counter, help)
+ASK_COUNTERS = (
+    ("agent_asks", C.COUNTER_ASKS, "Asks (requests that wait for a reply) the agent sent"),
+    ("agent_ask_timeouts", C.COUNTER_ASK_TIMEOUTS, "Asks of the agent that got no reply in time"),
+    ("agent_error_replies", C.COUNTER_ERROR_REPLIES, "Error replies the agent's asks received (the "
+     "answering handler raised)"),
+    ("agent_late_replies", C.COUNTER_LATE_REPLIES, "Replies the agent received after their ask had "
+     "given up (dropped)"),
+    ("agent_expired_requests", C.COUNTER_EXPIRED, "Requests to the agent read after their deadline "
+     "(skipped, never handled)"),
+    ("agent_cached_replies", C.COUNTER_CACHED_REPLIES, "Repeated requests the agent answered again "
+     "from its reply cache"),
+)
 
 
 @dataclass
@@ -41,13 +70,18 @@ class Reading:
     agents: list[str]  # mesh.yaml's agents (listed even before they count anything)
     redis_up: bool = False
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # owner -> counters
-    registered: set[str] = field(default_factory=set)  # agents in the registry now
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent -> its record now
     service_clients: dict[str, dict[str, Any]] = field(default_factory=dict)  # the hash
     topology: dict[str, Any] | None = None  # {ts (ms), stats} of the topology snapshot
     pending_proposals: int | None = None  # in the consensus manager's snapshot
     supervisord_up: bool = False
     programs: dict[str, str] = field(default_factory=dict)  # program -> supervisord state
     restarts: dict[str, int] = field(default_factory=dict)  # program -> restarts
+
+    @property
+    def registered(self) -> set[str]:
+        """Agents in the registry now."""
+        return set(self.registry)
 
 
 def families(reading: Reading) -> list[Metric]:
@@ -56,7 +90,8 @@ def families(reading: Reading) -> list[Metric]:
     if reading.supervisord_up:
         out += _programs(reading)
     if reading.redis_up:
-        out += [*_agents(reading), *_topology(reading), *_consensus(reading), *_services(reading)]
+        out += [*_agents(reading), *_agent_load(reading), *_asks(reading), *_topology(reading),
+                *_consensus(reading), *_services(reading)]
     return out
 
 
@@ -118,6 +153,45 @@ def _agents(r: Reading) -> Iterator[Metric]:
                 for kind in sorted(set(REFUSED_KINDS.values())):
                     refused.add_metric([owner, kind], own.get(REFUSED_PREFIX + kind, 0))
     yield from (sent, received, backlogs, dead, refused)
+
+
+def _agent_load(r: Reading) -> Iterator[Metric]:
+    """From the registry records: agents that left have none, an older runtime's record
+    none of these fields."""
+    gauges = [GaugeMetricFamily(_name(short), text, labels=["agent"]) for short, _, text in LOAD_GAUGES]
+    lag = GaugeMetricFamily(_name("agent_loop_lag_p99_seconds"), "99th percentile of the lag of "
+                            "the agent's event loop over its newest 1000 samples (10 s), as of its "
+                            "last heartbeat", labels=["agent"])
+    for agent, record in sorted(r.registry.items()):
+        now = load(record)
+        for family, (_, key, _) in zip(gauges, LOAD_GAUGES, strict=True):
+            if now[key] is not None:
+                family.add_metric([agent], now[key])
+        if now["loop_lag_ms"] is not None:
+            lag.add_metric([agent], now["loop_lag_ms"]["p99"] / 1000)
+    yield from gauges
+    yield lag
+
+
+def _asks(r: Reading) -> Iterator[Metric]:
+    counters = [CounterMetricFamily(_name(short), text, labels=["agent"]) for short, _, text in ASK_COUNTERS]
+    ask = HistogramMetricFamily(_name("agent_ask_seconds"), "Round trip of the agent's asks that got "
+                                "a reply (an error reply too; not those that timed out)", labels=["agent"])
+    lag = HistogramMetricFamily(_name("agent_loop_lag_seconds"), "How late the agent's event loop "
+                                "woke from its 10 ms sleeps", labels=["agent"])
+    histograms: tuple[tuple[HistogramMetricFamily, Buckets, str], ...] = (
+        (ask, ASK_BUCKETS, C.COUNTER_ASK_MS), (lag, LOOP_LAG_BUCKETS, C.COUNTER_LOOP_LAG_MS))
+    for agent in agent_names(r):
+        own = r.counters.get(agent, {})
+        for family, (_, counter, _) in zip(counters, ASK_COUNTERS, strict=True):
+            family.add_metric([agent], own.get(counter, 0))
+        for histogram, buckets, name in histograms:
+            if observed(own, name):  # an agent that never asked, or of an older runtime
+                cumulative, total = buckets.read(own, name)
+                histogram.add_metric([agent], _le(cumulative), total)
+    yield from counters
+    yield ask
+    yield lag
 
 
 def _topology(r: Reading) -> Iterator[Metric]:

@@ -7,11 +7,8 @@ lag while 1,000 handlers wait."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,42 +19,9 @@ from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
+from tests.helpers.agents import ROLES, agents, send
 from tests.helpers.commands import agentmesh, spawn_role
 from tests.helpers.mesh import mesh_bus
-
-ROLES = "tests.helpers.waiting_roles"
-
-
-@contextmanager
-def agents(mesh: Mesh, tmp_path: Path) -> Iterator[Store]:
-    """Every agent of `mesh` as its own process, ready; stopped by pid afterwards."""
-    store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
-    procs: dict[str, subprocess.Popen[Any]] = {}
-    try:
-        for spec in mesh.config.agents:
-            procs[spec.name] = spawn_role("agent", "--name", spec.name, "--config", str(mesh.config_file),
-                                          log=tmp_path / f"{spec.name}.log")
-        for name, proc in procs.items():
-            wait_until(lambda: store.ready_pid(C.agent_program(name)) == proc.pid or proc.poll() is not None,  # noqa: B023
-                       60, f"agent {name} ready")
-            assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
-        yield store
-    finally:
-        for proc in procs.values():
-            stop(proc)
-        store.close()
-
-
-def send(mesh: Mesh, to: str, type: str, payloads: list[dict[str, Any]],
-         conversation: list[str | None] | None = None, ids: list[str] | None = None) -> None:
-    """Send messages as the operator (`cli`), in this order, in one flush."""
-    bus = mesh_bus(mesh)
-    for i, payload in enumerate(payloads):
-        meta = {"conversation": conversation[i]} if conversation and conversation[i] else {}
-        extra = {"id": ids[i]} if ids else {}
-        bus.send_message(Envelope(type=type, from_agent_id="cli", to_agent_id=to, payload=payload,
-                                  meta=meta, **extra))
-    assert bus.flush(10) == 0
 
 
 def lines(path: Path, n: int, timeout: float = 30) -> list[str]:

@@ -18,8 +18,8 @@ from agentmesh_cli.embedded import stop
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
+from tests.helpers.agents import ROLES, send
 from tests.helpers.commands import spawn_role
-from tests.integration.test_asking import ROLES, send
 
 ASKS = 1000
 

@@ -15,13 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.embedded import free_port
+from agentmesh_cli.embedded import free_port, stop
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.exporter import MeshCollector, metrics_url
 from agentmesh_cli.metrics.families import families
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.waiting import wait_until
+from tests.helpers.agents import ROLES, agents, send
 from tests.helpers.commands import spawn_role
 from tests.helpers.mesh import running_mesh, write_mesh
 from tests.helpers.tables import FAMILIES, samples, value
@@ -40,7 +41,12 @@ def test_collector_reads_the_mesh_from_redis(external_mesh: Any) -> None:
     try:
         store.add_counters("Sales", Counter({"messages_out": 3, "sent_to:Sales": 1}))
         store.add_counters(C.PROGRAM_TOPOLOGY, Counter({"reinforcements": 3}))
-        store.register_agent("Sales", {"name": "Sales", "last_heartbeat": 0})
+        store.register_agent("Sales", {"name": "Sales", "last_heartbeat": 0, "concurrency": 4,
+                                       "in_flight": 3, "running": 2, "asks_pending": 1,
+                                       "loop_lag_ms": {"p50": 0.1, "p99": 4.0, "max": 9.5}})
+        store.add_counters("Sales", Counter({C.COUNTER_ASKS: 2, f"{C.COUNTER_ASK_MS}:bucket:5": 1,
+                                             f"{C.COUNTER_ASK_MS}:sum_us": 4200,
+                                             f"{C.COUNTER_ASK_MS}:count": 1}))
         store.set_service_clients("Sales", {"ts": 1, "memory": {"breaker": "open", "pending": 2}})
         store.save_snapshot({"ts": 5, "stats": {"agents": 1, "edges": 0, "possible": 0,
                                                 "reduction_percent": 0}})
@@ -53,7 +59,8 @@ def test_collector_reads_the_mesh_from_redis(external_mesh: Any) -> None:
     finally:
         collector.close()
     assert reading.redis_up and not reading.supervisord_up  # no supervisord in this folder
-    assert reading.counters == {"Sales": {"messages_out": 3, "sent_to:Sales": 1},
+    assert reading.counters == {"Sales": {"messages_out": 3, "sent_to:Sales": 1, "asks": 2,
+                                          "ask_ms:bucket:5": 1, "ask_ms:sum_us": 4200, "ask_ms:count": 1},
                                 C.PROGRAM_TOPOLOGY: {"reinforcements": 3}}
     assert reading.registered == {"Sales"}
     assert reading.service_clients["Sales"]["memory"] == {"breaker": "open", "pending": 2}
@@ -64,6 +71,12 @@ def test_collector_reads_the_mesh_from_redis(external_mesh: Any) -> None:
     assert value(found, "agentmesh_inbox_backlog", agent="Sales") == 1
     assert value(found, "agentmesh_service_breaker_state", caller="Sales", service="memory",
                  state="open") == 1
+    assert [value(found, f"agentmesh_agent_{name}", agent="Sales")
+            for name in ("in_flight", "running", "asks_pending", "loop_lag_p99_seconds")] == [3, 2, 1, 0.004]
+    assert value(found, "agentmesh_agent_asks_total", agent="Sales") == 2
+    assert value(found, "agentmesh_agent_ask_seconds_bucket", agent="Sales", le="0.0025") == 0
+    assert value(found, "agentmesh_agent_ask_seconds_bucket", agent="Sales", le="0.005") == 1
+    assert value(found, "agentmesh_agent_ask_seconds_sum", agent="Sales") == 0.0042
 
 
 def test_a_scrape_without_redis_still_answers_and_sigterm_stops(tmp_path: Path) -> None:
@@ -140,6 +153,14 @@ def test_a_running_mesh_scraped(mesh: Mesh) -> None:
                      120, "messages and reinforcements to rise", interval=1.0)
     assert total(later, "agentmesh_messages_received", "agentmesh_messages_received_total") > 0
     assert total(later, "agentmesh_topology_edges") == 12  # nothing decays in this test mesh
+    # every agent's load (its registry record) and the lag of its event loop (its counters)
+    for family in ("agentmesh_agent_in_flight", "agentmesh_agent_running", "agentmesh_agent_asks_pending",
+                   "agentmesh_agent_loop_lag_p99_seconds"):
+        assert {x.labels["agent"] for x in later[family].samples} == set(AGENTS), family
+    lags = {x.labels["agent"]: x.value for x in later["agentmesh_agent_loop_lag_seconds"].samples
+            if x.name == "agentmesh_agent_loop_lag_seconds_count"}
+    assert set(lags) == set(AGENTS) and min(lags.values()) > 0
+    assert total(later, "agentmesh_agent_asks", "agentmesh_agent_asks_total") == 0  # the demo roles never ask
 
     # proposals decide: the decision latency histogram counts them
     decided = wait_until(lambda: (s := scrape(mesh)) and total(
@@ -168,6 +189,44 @@ def test_a_running_mesh_scraped(mesh: Mesh) -> None:
     breakers = {(x.labels["caller"], x.labels["service"]): x.labels["state"]
                 for x in served["agentmesh_service_breaker_state"].samples if x.value == 1}
     assert breakers == {(a, s): "closed" for a in AGENTS for s in ("memory", "cognition")}
+
+
+def test_asking_agents_scraped(external_mesh: Any, tmp_path: Path) -> None:
+    """An Asker and an Answerer (tests/helpers/waiting_roles.py) as processes and the real
+    exporter: the asks and their outcomes, the round trips, and each agent's load and lag."""
+    mesh: Mesh = external_mesh(agents=[{"name": "Asker", "role": f"{ROLES}:Asker", "concurrency": 8},
+                                       {"name": "Answerer", "role": f"{ROLES}:Answerer", "concurrency": 8}])
+    asks = [*({"to": "Answerer", "type": "double", "payload": {"x": x}} for x in range(3)),
+            {"to": "Answerer", "type": "fail", "payload": {"x": 0}},
+            {"to": "Answerer", "type": "slow", "payload": {"sleep": 1.0}, "timeout": 0.3}]
+    log = tmp_path / "metrics.log"
+    exporter = spawn_role("metrics", "--config", str(mesh.config_file), log=log)
+    try:
+        with agents(mesh, tmp_path):
+            send(mesh, "Asker", "ask", asks, conversation=[f"c{i}" for i in range(len(asks))])
+            wait_until(lambda: "serving on" in log.read_text(), 60, "the exporter to serve")
+            # the slow reply comes after its ask gave up: the last count to reach Redis
+            scraped = wait_until(lambda: (s := scrape(mesh)) and total(
+                s, "agentmesh_agent_late_replies", "agentmesh_agent_late_replies_total") == 1 and s,
+                30, "the late reply to be counted", interval=0.5)
+    finally:
+        stop(exporter)
+    found = samples(list(scraped.values()))
+    asker = [value(found, f"agentmesh_agent_{name}_total", agent="Asker")
+             for name in ("asks", "ask_timeouts", "error_replies", "late_replies")]
+    assert asker == [5, 1, 1, 1]
+    answerer = [value(found, f"agentmesh_agent_{name}_total", agent="Answerer")
+                for name in ("asks", "expired_requests", "cached_replies")]
+    assert answerer == [0, 0, 0]
+    # three replies and an error reply; the ask that timed out is in no bucket
+    rounds = [(x.labels["agent"], x.value) for x in scraped["agentmesh_agent_ask_seconds"].samples
+              if x.name.endswith("_count")]
+    assert rounds == [("Asker", 4)]
+    assert value(found, "agentmesh_agent_ask_seconds_bucket", agent="Asker", le="+Inf") == 4
+    for family in ("agentmesh_agent_in_flight", "agentmesh_agent_loop_lag_p99_seconds"):
+        assert {x.labels["agent"] for x in scraped[family].samples} == {"Asker", "Answerer"}, family
+    lags = [value(found, "agentmesh_agent_loop_lag_seconds_count", agent=a) for a in ("Asker", "Answerer")]
+    assert min(lags) > 0
 
 
 def test_a_killed_agent_is_counted_as_restarted(mesh: Mesh) -> None:

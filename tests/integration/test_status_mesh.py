@@ -18,10 +18,12 @@ from typing import Any
 import jsonschema
 import pytest
 
+from agentmesh_cli import constants as C
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.status import collect
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.waiting import wait_until
+from tests.helpers.agents import ROLES, agents, send
 from tests.helpers.commands import agentmesh
 from tests.helpers.mesh import running_mesh, write_mesh
 
@@ -29,7 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text(encoding="utf-8"))
 TMUX = "/usr/bin/tmux"
 # a title or header of each panel, and a row of the processes and agents panels
-PANEL_MARKS = ("processes of supervisord", "(cpu over", "agent-Sales  ", "heartbeat", "infra", "reachable",
+PANEL_MARKS = ("processes of supervisord", "(cpu over", "agent-Sales  ", "heartbeat", "in flight", "lag p99",
+               "infra", "reachable",
                "topology", "strongest edges", "proposals", "services", "client breakers")
 
 
@@ -62,6 +65,9 @@ def test_json_is_valid_against_the_schema(mesh: Mesh) -> None:
     assert [a["name"] for a in data["agents"]] == ["Inventory", "Sales"]
     assert all(probe["reachable"] for probe in data["infra"].values())
     assert data["topology"]["history"], "the topology manager writes topology:history"
+    for agent in data["agents"]:  # the demo roles: one message at a time, and they never ask
+        assert agent["concurrency"] == 1 and agent["loop_lag_ms"] is not None
+        assert agent["asks"]["sent"] == 0 and agent["asks"]["p99_ms"] is None
 
 
 def test_a_status_after_another_measures_cpu_from_its_samples(mesh: Mesh) -> None:
@@ -125,6 +131,47 @@ def test_sigkill_raises_restarts_and_the_heartbeat_goes_stale_then_fresh(mesh: M
     fresh = wait_until(lambda: (a := by_name(status_json(mesh)["agents"], "Sales"))
                      ["state"] == "alive" and a, 30, "Sales alive again")
     assert fresh["pid"] == by_name(data["programs"], "agent-Sales")["pid"]
+
+
+def test_asking_agents_show_their_load_and_asks(external_mesh: Any, tmp_path: Path) -> None:
+    """An Asker and an Answerer as processes of their own (no supervisord): while an ask
+    waits both show it in their load; then the asker's counts and round trips."""
+    mesh: Mesh = external_mesh(heartbeat={"interval": 0.5}, agents=[
+        {"name": "Asker", "role": f"{ROLES}:Asker", "concurrency": 8},
+        {"name": "Answerer", "role": f"{ROLES}:Answerer", "concurrency": 8}])
+    asks = [{"to": "Answerer", "type": "slow", "payload": {"sleep": 3}, "timeout": 10},
+            *({"to": "Answerer", "type": "double", "payload": {"x": x}} for x in range(3)),
+            {"to": "Answerer", "type": "fail", "payload": {"x": 0}},
+            {"to": "Answerer", "type": "slow", "payload": {"sleep": 0.5}, "timeout": 0.1}]
+
+    def agent(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return by_name((data or collect(mesh, cpu_window=0))["agents"], name)
+
+    with agents(mesh, tmp_path):
+        send(mesh, "Asker", "ask", asks, conversation=[f"c{i}" for i in range(len(asks))])
+        # the 3 s ask: the Asker's handler awaits it, the Answerer's sleeps in it
+        wait_until(lambda: (a := agent("Asker"))["asks_pending"] == 1 and a["running"] == 1
+                   and agent("Answerer")["running"] == 1, 15, "the long ask in both agents' load",
+                   interval=0.2)
+        # (the record is written every 0.5 s, the counters flushed every second)
+        asker = wait_until(lambda: (a := agent("Asker"))["asks_pending"] == 0
+                           and a["asks"]["late_replies"] == 1
+                           and a["counters"].get(f"{C.COUNTER_ASK_MS}:count") == 5 and a, 20,
+                           "every ask answered or given up", interval=0.3)
+        result = agentmesh("status", "--json", "--config", str(mesh.config_file))
+    assert result.returncode == 1, result.stderr  # no supervisord here: no program RUNNING
+    data = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(SCHEMA).validate(data)
+    assert (asker["concurrency"], asker["in_flight"], asker["running"]) == (8, 0, 0)
+    rounds = asker["asks"]
+    # five replies (the error reply too), the 3 s one past the 2.5 s bucket; one timed out
+    assert {k: v for k, v in rounds.items() if not k.endswith("_ms")} == {
+        "sent": 6, "timeouts": 1, "error_replies": 1, "late_replies": 1, "expired_requests": 0,
+        "cached_replies": 0}
+    assert rounds["p50_ms"] < 2500 < rounds["p99_ms"] <= 5000
+    answerer = agent("Answerer", data)
+    assert answerer["asks"]["sent"] == 0 and answerer["concurrency"] == 8
+    assert set(answerer["loop_lag_ms"]) == {"p50", "p99", "max"}
 
 
 def test_live_dashboard_in_a_terminal(mesh: Mesh, tmp_path: Path) -> None:

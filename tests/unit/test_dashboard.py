@@ -32,13 +32,26 @@ FRAME: dict[str, Any] = {
     "agents": [
         {"name": "Fraud", "role": "fraud", "capabilities": [], "program": "agent-Fraud", "pid": 4102,
          "host": "h", "state": "stale", "alive": False, "heartbeat_age_s": 75.0, "messages_in": 10,
-         "messages_out": 9, "dead_letters": 1, "sent_to": 14, "backlog": 4, "counters": {}},
+         "messages_out": 9, "dead_letters": 1, "sent_to": 14, "backlog": 4,
+         "concurrency": 8, "in_flight": 11, "running": 8, "asks_pending": 8,
+         "loop_lag_ms": {"p50": 40.0, "p99": 350.5, "max": 900.0},
+         "asks": {"sent": 30, "timeouts": 12, "error_replies": 3, "late_replies": 2, "expired_requests": 0,
+                  "cached_replies": 0, "p50_ms": 950.0, "p99_ms": 29_700.0},
+         "counters": {}},
         {"name": "Sales", "role": "sales", "capabilities": [], "program": "agent-Sales", "pid": 4101,
          "host": "h", "state": "alive", "alive": True, "heartbeat_age_s": 0.4, "messages_in": 120,
-         "messages_out": 240, "dead_letters": 0, "sent_to": 120, "backlog": 0, "counters": {}},
-        {"name": "Support", "role": "support", "capabilities": [], "program": "agent-Support",
+         "messages_out": 240, "dead_letters": 0, "sent_to": 120, "backlog": 0,
+         "concurrency": 1, "in_flight": 1, "running": 1, "asks_pending": 0,
+         "loop_lag_ms": {"p50": 0.1, "p99": 2.46, "max": 4.0},
+         "asks": {"sent": 40, "timeouts": 0, "error_replies": 1, "late_replies": 0, "expired_requests": 0,
+                  "cached_replies": 1, "p50_ms": 1.75, "p99_ms": 48.6},
+         "counters": {}},
+        {"name": "Support", "role": "shop.desk:Support", "capabilities": [], "program": "agent-Support",
          "pid": None, "host": None, "state": "not running", "alive": False, "heartbeat_age_s": None,
          "messages_in": 0, "messages_out": 0, "dead_letters": 0, "sent_to": 3, "backlog": 3,
+         "concurrency": None, "in_flight": None, "running": None, "asks_pending": None, "loop_lag_ms": None,
+         "asks": {"sent": 0, "timeouts": 0, "error_replies": 0, "late_replies": 0, "expired_requests": 0,
+                  "cached_replies": 0, "p50_ms": None, "p99_ms": None},
          "counters": {}},
     ],
     "topology": {
@@ -117,14 +130,16 @@ supervisord is not running (start the mesh with `agentmesh up`)
 
 """
 
+# in flight/concurrency; asks waiting (timeouts, error replies so far); the asks' p99;
+# the event loop's lag p99. A plug-in role by its class.
 AGENTS = """\
 agents
-agent    role     state         pid  heartbeat   in  out  backlog  dead
-───────────────────────────────────────────────────────────────────────
-Fraud    fraud    stale        4102  1m15s ago   10    9        4     1
-Sales    sales    alive        4101     0s ago  120  240        0     0
-Support  support  not running     -          -    0    0        3     0
-"""
+agent    role     state         pid  heartbeat   in  out  backlog  dead  in flight               asks  ask p99  lag p99
+───────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
+Fraud    fraud    stale        4102  1m15s ago   10    9        4     1       11/8  8 (12 t/o, 3 err)   29.7 s   350 ms
+Sales    sales    alive        4101     0s ago  120  240        0     0        1/1          0 (1 err)    49 ms   2.5 ms
+Support  Support  not running     -          -    0    0        3     0          -                  -        -        -
+"""  # noqa: E501 (the table as wide as it is at 120 columns)
 
 AGENTS_NO_REDIS = """\
 agents
@@ -226,7 +241,7 @@ UNREACHABLE: list[dict[str, Any]] = [
         "topology-no-manager", "topology-no-redis", "proposals", "proposals-none", "services",
         "services-down", "infra", "infra-down"])
 def test_panel(panel: Any, data: dict[str, Any], expected: str) -> None:
-    assert text(panel(data)) == expected
+    assert text(panel(data), width=120) == expected
 
 
 def test_no_trend_from_one_point() -> None:
@@ -257,8 +272,18 @@ def test_dashboard_has_every_panel_in_one_or_two_columns() -> None:
     assert narrow[0] == "mesh demo" and narrow[-1] == "error: redis: boom"
     assert [line for line in narrow if line in titles] == titles  # stacked, in this order
     assert wide[0] == "mesh demo  every 1s"
-    assert wide[1].startswith("processes (cpu over 0.3s)") and wide[1].rstrip().endswith("topology")
+    # the agents across the top, as on their own; the other panels in two columns below them
+    agents = AGENTS.splitlines()
+    assert wide[1:1 + len(agents)] == agents
+    row = wide[len(agents) + 2]
+    assert row.startswith("processes (cpu over 0.3s)") and row.rstrip().endswith("topology")
     assert max(len(line) for line in wide) <= 160
+
+
+def test_the_agents_table_is_whole_at_120_columns() -> None:
+    one_column = text(views.render_status(frame()), width=120)
+    assert AGENTS in one_column  # one line per agent, nothing wrapped or cut
+    assert max(len(line) for line in one_column.splitlines()) <= 120
 
 
 def test_removed_agents_show_why_and_when() -> None:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.metrics.families import Reading, families
-from agentmesh_cli.metrics.histogram import DECISION_BUCKETS, SERVICE_CALL_BUCKETS, Buckets, observed
+from agentmesh_cli.metrics.histogram import (
+    ASK_BUCKETS,
+    DECISION_BUCKETS,
+    LOOP_LAG_BUCKETS,
+    SERVICE_CALL_BUCKETS,
+    Buckets,
+    observed,
+    quantile,
+)
 from tests.helpers.tables import FAMILIES, samples, value
 
 # -- histograms kept as counters ---------------------------------------------------------
@@ -34,6 +46,38 @@ def test_read_back_cumulates_in_seconds() -> None:
     assert buckets.read({}, "other") == ([(0.001, 0), (0.0025, 0), (0.01, 0), (float("inf"), 0)], 0.0)
 
 
+INF = float("inf")
+SPREAD = [(1.0, 2), (2.5, 6), (5.0, 6), (10.0, 9), (INF, 10)]  # 2 in (0,1], 4 in (1,2.5], ...
+
+
+@pytest.mark.parametrize(("cumulative", "q", "expected"), [
+    (SPREAD, 0.1, 0.5),  # rank 1 of the 2 in (0, 1]
+    (SPREAD, 0.5, 2.125),  # rank 5: the 3rd of the 4 in (1, 2.5]
+    (SPREAD, 0.6, 2.5),  # rank 6: the last of (1, 2.5]
+    (SPREAD, 0.9, 10.0),  # rank 9, past the empty (2.5, 5]: the last of (5, 10]
+    (SPREAD, 0.99, 10.0),  # rank 9.9 is in +Inf: the largest finite bound
+    (SPREAD, 1.0, 10.0),
+    ([(1.0, 4), (INF, 4)], 0.5, 0.5),
+    ([(1.0, 0), (2.0, 0), (4.0, 2), (INF, 2)], 0.5, 3.0),  # empty buckets below are skipped
+    ([(1.0, 0), (2.0, 0), (4.0, 2), (INF, 2)], 0.0, 2.0),  # q 0: the lowest non-empty bucket's start
+    ([(1.0, 0), (INF, 0)], 0.5, None),  # no observation
+    ([], 0.5, None),
+])
+def test_quantile_from_cumulative_buckets(cumulative: list[tuple[float, int]], q: float,
+                                          expected: float | None) -> None:
+    assert quantile(cumulative, q) == expected
+
+
+def test_quantile_of_a_histogram_read_back() -> None:
+    counts: Counter[str] = Counter()
+    for ms in (0.4, 2, 2, 3, 7, 40_000):
+        ASK_BUCKETS.observe(counts, "a", ms)
+    buckets, _ = ASK_BUCKETS.read(counts, "a")
+    # rank 3 of 6: the last of the 2 in (1, 2.5] ms; rank 5.94 is in +Inf: 30 s
+    assert quantile(buckets, 0.5) == pytest.approx(0.0025)
+    assert quantile(buckets, 0.99) == 30.0
+
+
 # -- the pure rendering ------------------------------------------------------------------
 
 def fixed_reading() -> Reading:
@@ -44,21 +88,30 @@ def fixed_reading() -> Reading:
                                    C.service_calls_counter("memory", "circuit_open"): 1})
     for ms in (0.5, 3, 0.1):
         SERVICE_CALL_BUCKETS.observe(calls, C.service_call_histogram("memory"), ms)
+    asks: Counter[str] = Counter({C.COUNTER_ASKS: 5, C.COUNTER_ASK_TIMEOUTS: 1,
+                                  C.COUNTER_ERROR_REPLIES: 1, C.COUNTER_LATE_REPLIES: 1})
+    for ms in (0.8, 3, 40, 2000):
+        ASK_BUCKETS.observe(asks, C.COUNTER_ASK_MS, ms)
+    for ms in (0.3, 0.3, 1.5, 12):
+        LOOP_LAG_BUCKETS.observe(asks, C.COUNTER_LOOP_LAG_MS, ms)
     return Reading(
         ts=1_000.0,
         agents=["Sales", "Fraud"],
         redis_up=True,
         counters={
             "Sales": {"messages_out": 7, "messages_in": 2, "sent_to:Fraud": 7, "dead_letters": 1,
-                      **calls},
-            "Fraud": {"messages_out": 2, "messages_in": 5, "sent_to:Sales": 2},
+                      **calls, **asks},
+            "Fraud": {"messages_out": 2, "messages_in": 5, "sent_to:Sales": 2,
+                      C.COUNTER_EXPIRED: 2, C.COUNTER_CACHED_REPLIES: 1},
             "Late": {"messages_in": 1},  # an agent not in mesh.yaml (added by hand)
             "cli": {"sent_to:Fraud": 1},
             C.PROGRAM_TOPOLOGY: {"reinforcements": 9, "prunes": 4, "joins": 2},
             C.PROGRAM_CONSENSUS: {"book_opened": 4, "decided_accepted": 2, "decided_expired": 1,
                                   "votes_counted": 6, "votes_late": 1, "refused:unsigned": 2, **decision},
         },
-        registered={"Sales"},
+        registry={"Sales": {"name": "Sales", "concurrency": 4, "in_flight": 5, "running": 4,
+                            "asks_pending": 2, "loop_lag_ms": {"p50": 0.2, "p99": 12.5, "max": 31.0}},
+                  "Fraud": {"name": "Fraud", "last_heartbeat": 1}},  # an older runtime's record
         service_clients={"Sales": {"ts": 1, "memory": {"breaker": "half_open", "health": "healthy",
                                                        "pending": 3},
                                    "cognition": {"breaker": "closed", "health": "healthy"}},
@@ -161,6 +214,109 @@ def test_histograms_of_a_fixed_reading() -> None:
                                         ("half_open", int(on == "half_open")))}
     assert samples(rendered, "agentmesh_service_pending_writes") == {
         ("agentmesh_service_pending_writes", (("caller", "Sales"), ("service", "memory"))): 3}
+
+
+class FixedCollector(Collector):
+    def __init__(self, reading: Reading) -> None:
+        self.reading = reading
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.reading)
+
+
+def exposition(reading: Reading) -> list[str]:
+    """The lines of a scrape of `reading`, in the text format as prometheus-client writes it."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FixedCollector(reading))
+    return generate_latest(registry).decode().splitlines()
+
+
+# Sales: a record with its load, asks and both histograms. Fraud: an older runtime's record
+# (no gauges), asks as an answerer only (expired, cached). Late: not in the registry. Neither
+# observed a histogram: they have no series of it.
+AGENT_LINES = """\
+# HELP agentmesh_agent_in_flight Messages the agent read and has not finished (queued or running), as of its last heartbeat
+# TYPE agentmesh_agent_in_flight gauge
+agentmesh_agent_in_flight{agent="Sales"} 5.0
+# HELP agentmesh_agent_running Handlers of the agent running, as of its last heartbeat
+# TYPE agentmesh_agent_running gauge
+agentmesh_agent_running{agent="Sales"} 4.0
+# HELP agentmesh_agent_asks_pending Asks of the agent waiting for a reply, as of its last heartbeat
+# TYPE agentmesh_agent_asks_pending gauge
+agentmesh_agent_asks_pending{agent="Sales"} 2.0
+# HELP agentmesh_agent_loop_lag_p99_seconds 99th percentile of the lag of the agent's event loop over its newest 1000 samples (10 s), as of its last heartbeat
+# TYPE agentmesh_agent_loop_lag_p99_seconds gauge
+agentmesh_agent_loop_lag_p99_seconds{agent="Sales"} 0.0125
+# HELP agentmesh_agent_asks_total Asks (requests that wait for a reply) the agent sent
+# TYPE agentmesh_agent_asks_total counter
+agentmesh_agent_asks_total{agent="Fraud"} 0.0
+agentmesh_agent_asks_total{agent="Late"} 0.0
+agentmesh_agent_asks_total{agent="Sales"} 5.0
+# HELP agentmesh_agent_ask_timeouts_total Asks of the agent that got no reply in time
+# TYPE agentmesh_agent_ask_timeouts_total counter
+agentmesh_agent_ask_timeouts_total{agent="Fraud"} 0.0
+agentmesh_agent_ask_timeouts_total{agent="Late"} 0.0
+agentmesh_agent_ask_timeouts_total{agent="Sales"} 1.0
+# HELP agentmesh_agent_error_replies_total Error replies the agent's asks received (the answering handler raised)
+# TYPE agentmesh_agent_error_replies_total counter
+agentmesh_agent_error_replies_total{agent="Fraud"} 0.0
+agentmesh_agent_error_replies_total{agent="Late"} 0.0
+agentmesh_agent_error_replies_total{agent="Sales"} 1.0
+# HELP agentmesh_agent_late_replies_total Replies the agent received after their ask had given up (dropped)
+# TYPE agentmesh_agent_late_replies_total counter
+agentmesh_agent_late_replies_total{agent="Fraud"} 0.0
+agentmesh_agent_late_replies_total{agent="Late"} 0.0
+agentmesh_agent_late_replies_total{agent="Sales"} 1.0
+# HELP agentmesh_agent_expired_requests_total Requests to the agent read after their deadline (skipped, never handled)
+# TYPE agentmesh_agent_expired_requests_total counter
+agentmesh_agent_expired_requests_total{agent="Fraud"} 2.0
+agentmesh_agent_expired_requests_total{agent="Late"} 0.0
+agentmesh_agent_expired_requests_total{agent="Sales"} 0.0
+# HELP agentmesh_agent_cached_replies_total Repeated requests the agent answered again from its reply cache
+# TYPE agentmesh_agent_cached_replies_total counter
+agentmesh_agent_cached_replies_total{agent="Fraud"} 1.0
+agentmesh_agent_cached_replies_total{agent="Late"} 0.0
+agentmesh_agent_cached_replies_total{agent="Sales"} 0.0
+# HELP agentmesh_agent_ask_seconds Round trip of the agent's asks that got a reply (an error reply too; not those that timed out)
+# TYPE agentmesh_agent_ask_seconds histogram
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.001"} 1.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.0025"} 1.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.005"} 2.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.01"} 2.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.025"} 2.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.05"} 3.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.1"} 3.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.25"} 3.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="0.5"} 3.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="1.0"} 3.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="2.5"} 4.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="5.0"} 4.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="10.0"} 4.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="30.0"} 4.0
+agentmesh_agent_ask_seconds_bucket{agent="Sales",le="+Inf"} 4.0
+agentmesh_agent_ask_seconds_count{agent="Sales"} 4.0
+agentmesh_agent_ask_seconds_sum{agent="Sales"} 2.0438
+# HELP agentmesh_agent_loop_lag_seconds How late the agent's event loop woke from its 10 ms sleeps
+# TYPE agentmesh_agent_loop_lag_seconds histogram
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.0005"} 2.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.001"} 2.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.002"} 3.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.005"} 3.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.01"} 3.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.02"} 4.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.05"} 4.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.1"} 4.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="0.25"} 4.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="1.0"} 4.0
+agentmesh_agent_loop_lag_seconds_bucket{agent="Sales",le="+Inf"} 4.0
+agentmesh_agent_loop_lag_seconds_count{agent="Sales"} 4.0
+agentmesh_agent_loop_lag_seconds_sum{agent="Sales"} 0.0141
+"""  # noqa: E501 (the help lines as prometheus-client writes them)
+
+
+def test_exposition_of_the_agents_load_and_asks() -> None:
+    lines = [line for line in exposition(fixed_reading()) if "agentmesh_agent_" in line]
+    assert lines == AGENT_LINES.splitlines()
 
 
 def test_sources_that_do_not_answer_leave_their_families_out() -> None:
