@@ -44,7 +44,10 @@ class AskStream:
     reads the replies from another. Rides out a broker restart as the probes do."""
 
     def __init__(self, kafka: KafkaConfig, targets: dict[str, str], rate: float, run_id: str,
-                 store: Store, signer: Signer | None, deadline_s: float) -> None:
+                 store: Store, signer: Signer | None, deadline_s: float,
+                 paused: threading.Event | None = None) -> None:
+        """`paused`: while it is set no ask is sent (the mesh restarts)."""
+        self.paused = paused or threading.Event()
         self.targets = sorted(a for a, role in targets.items() if role in ANSWERED)
         self.roles = targets
         self.rate = rate
@@ -105,9 +108,13 @@ class AskStream:
             self.refused += 1
 
     def _send_loop(self) -> None:
-        started = time.monotonic()
+        active, last = 0.0, time.monotonic()  # seconds of asking so far (pauses left out)
         while not self._stop.is_set():
-            due = int((time.monotonic() - started) * self.rate)
+            now = time.monotonic()
+            if not self.paused.is_set():
+                active += now - last
+            last = now
+            due = int(active * self.rate)
             while self.produced < due and not self._stop.is_set():
                 self._ask(self.produced)
                 self.produced += 1

@@ -5,11 +5,15 @@ Kinds: `kill` (SIGKILL on the pid supervisord reports for a program; supervisord
 it: for `redis` that is a Redis restart, its append-only file keeps the data; for `kafka`
 a broker restart, which comes back empty), `stall` (SIGSTOP an agent until the topology
 removes it, then SIGCONT: the time to detect a dead agent), `garbage` (records that are
-not envelopes, too big, or from a sender that never joined, written to every topic).
+not envelopes, too big, or from a sender that never joined, written to every topic),
+`restart` (`down` with its drain, then `up`, while probes and asks pause as operator
+input does: nothing sent before may be lost; what the drain left unread is saved and
+replayed).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,10 +24,11 @@ from agentmesh_cli.lifecycle import Readiness
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
-KILL, STALL, GARBAGE = "kill", "stall", "garbage"
+KILL, STALL, GARBAGE, RESTART = "kill", "stall", "garbage", "restart"
+RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
-GROUPS = "all, agents, managers, services, infra, stall[:Agent], garbage, or program names"
+GROUPS = "all, agents, managers, services, infra, stall[:Agent], garbage, restart, or program names"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class Fault:
             return f"stall agent {self.target} (SIGSTOP)"
         if self.kind == GARBAGE:
             return "garbage to every topic"
+        if self.kind == RESTART:
+            return "down (drain) and up"
         if self.target == C.PROGRAM_REDIS:
             return "restart redis (kill -9)"
         if self.target == C.PROGRAM_KAFKA:
@@ -47,7 +54,7 @@ class Fault:
 def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault]:
     """The faults named by `--faults` (comma-separated, in order), against the programs
     supervisord runs. `all` is every program in turn (agents, managers, services, Redis, the
-    broker), then a stalled agent, then garbage."""
+    broker), then a stalled agent, then garbage, then a restart of the whole mesh."""
     order = ([C.agent_program(a) for a in agents] + list(C.MANAGER_PROGRAMS) + list(SERVICES)
              + list(INFRA))
     groups = {
@@ -62,11 +69,13 @@ def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault
             continue
         if word == "all":
             faults += [Fault(KILL, p) for p in order if p in programs]
-            faults += [Fault(STALL, agents[-1]), Fault(GARBAGE)]
+            faults += [Fault(STALL, agents[-1]), Fault(GARBAGE), Fault(RESTART)]
         elif word in groups:
             faults += [Fault(KILL, p) for p in groups[word] if p in programs]
         elif word == GARBAGE:
             faults.append(Fault(GARBAGE))
+        elif word == RESTART:
+            faults.append(Fault(RESTART))
         elif word == STALL or word.startswith(STALL + ":"):
             agent = word.partition(":")[2] or agents[-1]
             if agent not in agents:
@@ -110,9 +119,12 @@ class Context:
     """What a fault may look at: the mesh, its Redis, readiness checks, the probe stream,
     and the agents that are stopped right now (status must not show them alive)."""
 
-    def __init__(self, mesh: Mesh, probes: ProbeSender, run_started: float, timeout: float) -> None:
+    def __init__(self, mesh: Mesh, probes: ProbeSender, run_started: float, timeout: float,
+                 paused: threading.Event | None = None) -> None:
         self.mesh = mesh
         self.probes = probes
+        # set while the mesh restarts: the probes, the asks and the status check pause
+        self.paused = paused or threading.Event()
         self.run_started = run_started
         self.timeout = timeout  # a fault not recovered from by then is reported as such
         self.agents = [a.name for a in mesh.config.agents]

@@ -126,8 +126,9 @@ class StatusTruth:
     been stopped (SIGSTOP) for longer than the heartbeat timeout. (A new agent process may
     join before supervisord calls it RUNNING, after `startsecs`: STARTING has a live pid.)"""
 
-    def __init__(self, mesh: Mesh, frozen: dict[str, float]) -> None:
+    def __init__(self, mesh: Mesh, frozen: dict[str, float], paused: threading.Event | None = None) -> None:
         self.mesh = mesh
+        self.paused = paused or threading.Event()  # the mesh restarts: supervisord is away
         self.frozen = frozen  # agent -> monotonic time it was stopped (the stall fault)
         cfg = mesh.config.heartbeat
         self.stale_after = cfg.interval * cfg.missed
@@ -152,6 +153,8 @@ class StatusTruth:
 
         with StatusCollector(self.mesh) as collector, Supervisor(self.mesh) as sup:
             while not self._stop.wait(STATUS_EVERY_S):
+                if self.paused.is_set():
+                    continue
                 try:
                     before = program_states(sup)
                     started = time.monotonic()

@@ -50,8 +50,12 @@ class ProbeSender:
     topics, send again what the dead broker had confirmed lately)."""
 
     def __init__(self, kafka: KafkaConfig, agents: list[str], rate: float, run_id: str,
-                 store: Store | None = None, signer: Signer | None = None) -> None:
-        """`signer`: the mesh's (security.sign_envelopes), else the agents refuse the probes."""
+                 store: Store | None = None, signer: Signer | None = None,
+                 paused: threading.Event | None = None) -> None:
+        """`signer`: the mesh's (security.sign_envelopes), else the agents refuse the probes.
+        `paused`: while it is set no probe is sent (the mesh restarts), and the rate's
+        clock stops."""
+        self.paused = paused or threading.Event()
         self.agents = agents
         self.rate = rate
         self.prefix = f"chaos-{run_id}-"
@@ -110,9 +114,13 @@ class ProbeSender:
         self.produced_at.append(time.monotonic())
 
     def _run(self) -> None:
-        started = time.monotonic()
+        active, last = 0.0, time.monotonic()  # seconds of sending so far (pauses left out)
         while not self._stop.is_set():
-            due = int((time.monotonic() - started) * self.rate)
+            now = time.monotonic()
+            if not self.paused.is_set():
+                active += now - last
+            last = now
+            due = int(active * self.rate)
             while self.produced < due and not self._stop.is_set():
                 self._produce(self.produced)
             self._bus.poll()

@@ -9,21 +9,25 @@ Recovered means the program runs again under a new pid AND does its job:
 - Redis: it answers PING and every agent handled a probe sent after the kill;
 - the broker: it answers a metadata request and every agent handled a probe sent after the
   kill (round trips through the new broker).
+
+A restart (`down` with its drain, then `up`) is detected when `down` has returned and
+recovered when `up` has, and every agent handled a probe sent after it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 from agentmesh_cli import constants as C
-from agentmesh_cli import events
+from agentmesh_cli import events, lifecycle
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.chaos.faults import GARBAGE, KILL, STALL, Context, Fault, Outcome
+from agentmesh_cli.chaos.faults import GARBAGE, KILL, RESTART, RESTART_DRAIN_S, STALL, Context, Fault, Outcome
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import quiet
-from agentmesh_cli.errors import FaultSkipped
+from agentmesh_cli.errors import AgentMeshError, FaultSkipped
 from agentmesh_cli.signing import mesh_signer
 
 RUNNING = "RUNNING"
@@ -219,6 +223,61 @@ class GarbageWatch(Watch):
         return self.timed_out(now, out.started)
 
 
+class RestartWatch(Watch):
+    """`down` (drain, stop, save what is unread) then `up` (replay it), in a thread; the
+    probes, asks and status check pause meanwhile (`ctx.paused`), as operator input does."""
+
+    UP_TIMEOUT_S = 180.0
+
+    def __init__(self, ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> None:
+        super().__init__(ctx, fault, phase)
+        self.lines: list[str] = []
+        self.down_s: float | None = None
+        self.up_s: float | None = None
+        self.error = ""
+        self.marks: dict[str, int] = {}
+        ctx.paused.set()
+        self._thread = threading.Thread(target=self._restart, name="chaos-restart", daemon=True)
+        self._thread.start()
+
+    def _restart(self) -> None:
+        started = time.monotonic()
+        try:
+            lifecycle.down(self.ctx.mesh, 30.0, lambda _tier, _members: None,
+                           drain_timeout=RESTART_DRAIN_S, say=self.lines.append)
+            self.down_s = round(time.monotonic() - started, 2)
+            lifecycle.up(self.ctx.mesh, self.UP_TIMEOUT_S, lambda _states: None, say=self.lines.append)
+            self.up_s = round(time.monotonic() - started, 2)
+        except AgentMeshError as exc:
+            self.error = str(exc)
+        finally:
+            self.marks = self.ctx.probe_marks()
+            self.ctx.paused.clear()
+
+    @property
+    def busy(self) -> bool:
+        """supervisord may be away: the run must not read it meanwhile."""
+        return self._thread.is_alive()
+
+    def poll(self, now: float, states: ProgramStates) -> bool:
+        out = self.outcome
+        if out.detect_s is None and self.down_s is not None:
+            out.detect_s, out.detected_by = self.down_s, "down returned (drained, stopped)"
+        if self.busy:
+            return self.timed_out(now, out.started)
+        kept = [line for line in self.lines if line.startswith(("drain", "saved", "replayed", "nothing"))]
+        out.note = self.error or "; ".join(kept)
+        if self.error:
+            return True
+        if self.ctx.handled_since(self.marks):
+            out.recover_s, out.recovered_by = self.elapsed(now), "up returned, every agent handled new probes"
+            return True
+        return self.timed_out(now, out.started)
+
+    def abort(self) -> None:
+        self._thread.join(self.UP_TIMEOUT_S)
+
+
 def inject(ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> Watch:
-    kinds = {KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch}
+    kinds = {KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch}
     return kinds[fault.kind](ctx, fault, phase, states)

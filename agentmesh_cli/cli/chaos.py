@@ -20,7 +20,8 @@ QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.recovery")  # faults make t
 def chaos(
     faults: Annotated[str, typer.Option(
         help="Comma-separated, in order: all, agents, managers, services, infra, stall[:Agent], "
-             "garbage, or program names (agent-Sales, topology-manager, redis, kafka, ...).")] = "all",
+             "garbage, restart (down with its drain, then up), or program names (agent-Sales, "
+             "topology-manager, redis, kafka, ...).")] = "all",
     rate: Annotated[float, typer.Option(help="Probe messages per second, over all agents.", min=1)] = 200,
     ask_rate: Annotated[float, typer.Option(
         help="Asks per second (request and reply), over the agents whose roles answer one "

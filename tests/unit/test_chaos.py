@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from agentmesh_cli.chaos.faults import GARBAGE, KILL, STALL, Fault, plan_faults
+from agentmesh_cli.chaos.faults import GARBAGE, KILL, RESTART, STALL, Fault, plan_faults
 from agentmesh_cli.chaos.observe import judge
 from agentmesh_cli.chaos.report import chaos_table
 from agentmesh_cli.errors import ConfigError
@@ -27,7 +27,8 @@ PROGRAMS = sorted(["kafka", "redis", "memory", "cognition", "metrics", "topology
     ("all", [*(Fault(KILL, f"agent-{a}") for a in CHAOS_AGENTS),
              *(Fault(KILL, p) for p in ("topology-manager", "consensus-manager", "memory",
                                         "cognition", "metrics", "redis", "kafka")),
-             Fault(STALL, "Fraud"), Fault(GARBAGE)]),
+             Fault(STALL, "Fraud"), Fault(GARBAGE), Fault(RESTART)]),
+    ("restart,agent-Sales", [Fault(RESTART), Fault(KILL, "agent-Sales")]),
 ])
 def test_fault_plan(spec: str, expected: list[Fault]) -> None:
     assert plan_faults(spec, PROGRAMS, CHAOS_AGENTS) == expected
