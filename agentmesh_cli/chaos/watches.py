@@ -265,7 +265,8 @@ class RestartWatch(Watch):
             out.detect_s, out.detected_by = self.down_s, "down returned (drained, stopped)"
         if self.busy:
             return self.timed_out(now, out.started)
-        kept = [line for line in self.lines if line.startswith(("drain", "saved", "replayed", "nothing"))]
+        kept = [line for line in self.lines
+                if line.startswith(("drained", "drain timeout", "saved", "replayed", "nothing"))]
         out.note = self.error or "; ".join(kept)
         if self.error:
             return True

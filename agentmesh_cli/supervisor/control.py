@@ -7,6 +7,7 @@ xmlrpc/socket error becomes a SupervisorError.
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
@@ -51,7 +52,10 @@ class Supervisor:
             return fn(*args)
         except xmlrpc.client.Fault as exc:
             raise SupervisorError(f"supervisord refused {action}: {exc.faultString}") from exc
-        except (OSError, xmlrpc.client.ProtocolError) as exc:
+        except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
+            # the kept connection is broken (supervisord went away, or restarted): the next
+            # call opens a new one
+            self._transport.close()
             raise SupervisorError(f"supervisord unreachable ({action}): {exc}") from exc
 
     def is_running(self) -> bool:
@@ -59,7 +63,8 @@ class Supervisor:
             return False
         try:
             return self.rpc.getState()["statename"] == "RUNNING"
-        except (OSError, xmlrpc.client.Error):
+        except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+            self._transport.close()
             return False
 
     def pid(self) -> int:
