@@ -43,8 +43,8 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
         wait_until(lambda: not _alive(pid), 30, "supervisord to exit")
 
 
-def test_chaos_kills_an_agent_and_the_topology_manager(workdir: Path) -> None:
-    result = agentmesh("chaos", "--faults", "agent-Sales,topology-manager", "--pause", "1",
+def test_chaos_kills_an_agent_and_the_topology_manager_then_restarts_the_mesh(workdir: Path) -> None:
+    result = agentmesh("chaos", "--faults", "agent-Sales,topology-manager,restart", "--pause", "1",
                        "--rate", "100", "--drain", "30", "--workdir", str(workdir), "--json",
                        timeout=170)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -53,8 +53,12 @@ def test_chaos_kills_an_agent_and_the_topology_manager(workdir: Path) -> None:
             "duplicates_handled", "duplicates_recognised", "messages_in", "demo_messages_in",
             "dead_letters", "proposals", "status", "ok"} <= set(data)
     assert data["ok"] and data["embedded"] and data["agents"] == CHAOS_AGENTS
-    assert [(f["target"], f["phase"]) for f in data["faults"]] == [
-        ("agent-Sales", "sequence"), ("topology-manager", "sequence")]
+    assert [(f["kind"], f["target"], f["phase"]) for f in data["faults"]] == [
+        ("kill", "agent-Sales", "sequence"), ("kill", "topology-manager", "sequence"),
+        ("restart", "", "sequence")]
+    restart = data["faults"][2]
+    assert restart["recover_s"] is not None and restart["detected_by"].startswith("down returned")
+    assert restart["note"].startswith(("drained", "drain timeout")), restart["note"]
     for fault in data["faults"]:
         assert {"fault", "detect_s", "recover_s", "detected_by", "recovered_by", "lost", "note"} <= set(fault)
     probes = data["probes"]
