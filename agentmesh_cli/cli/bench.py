@@ -139,7 +139,7 @@ def bench(
     chosen = SCENARIOS if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
-        shown = ", ".join(f"{k} {v}" for k, v in options[name].items() if v is not None)
+        shown = ", ".join(f"{k} {v}" for k, v in options[name].items() if v is not None) or "its defaults"
         printer.say(f"running {name}: {shown} (load average {os.getloadavg()[0]:.2f}) ...")
         module = importlib.import_module(f"agentmesh_cli.bench.{name}")
         # an option not given is left out: each scenario has its own default (its run())
