@@ -261,6 +261,11 @@ class Keys:
         """Hash: counter name -> integer, for one role or agent."""
         return self.prefix + "counters:" + owner
 
+    def bench_result(self, run: str) -> str:
+        """String: JSON of what a bench role measured in run `run` (`agentmesh bench ask`),
+        kept a day."""
+        return self.prefix + "bench:result:" + run
+
     @property
     def counter_owners(self) -> str:
         """Set: every owner that has a counters hash."""

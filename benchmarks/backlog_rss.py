@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agentmesh_cli.bench.infra import bench_mesh  # noqa: E402
-from agentmesh_cli.bench.procs import rss_mb  # noqa: E402
-from agentmesh_cli.bus import Bus  # noqa: E402
+from agentmesh_cli.bench.procs import memory_mb  # noqa: E402
+from agentmesh_cli.bus import Bus, prepare_topics  # noqa: E402
 from agentmesh_cli.envelope import Envelope  # noqa: E402
+from agentmesh_cli.signing import mesh_signer  # noqa: E402
 from agentmesh_cli.store import Store  # noqa: E402
 from agentmesh_cli.waiting import wait_until  # noqa: E402
 
@@ -43,17 +44,18 @@ def main() -> int:
     agents = [{"name": "Slow", "role": ROLE, "concurrency": args.concurrency}]
     with bench_mesh(agents=agents, workload={"order_rate": 0, "lead_rate": 0, "refund_rate": 0}) as bench:
         mesh = bench.mesh
-        bus = Bus(mesh.config.kafka, "backlog")
+        store = Store(mesh.redis_url, mesh.config.mesh)
+        prepare_topics(mesh.config.kafka, store)
+        bus = Bus(mesh.config.kafka, "backlog", signer=mesh_signer(mesh))  # as the mesh's own
         started = time.monotonic()
         for i in range(args.records):
             bus.send_message(Envelope(type="work", from_agent_id="cli", to_agent_id="Slow",
                                       payload={"log": os.devnull, "tag": i, "sleep": 1.0},
                                       meta={"conversation": f"c{i}"}))
             if i % 10_000 == 0:
-                bus.poll()
+                bus.flush(60)  # the broker takes them in steps
         assert bus.flush(120) == 0
         print(f"{args.records:,} records in the inbox in {time.monotonic() - started:.1f} s", flush=True)
-        store = Store(mesh.redis_url, mesh.config.mesh)
         agent = bench.spawn_agent("Slow", ROLE)
         wait_until(lambda: store.ready_pid("agent-Slow") == agent.pid, 60, "the agent ready")
         samples = []
@@ -62,7 +64,7 @@ def main() -> int:
             time.sleep(2.0)
             handled = store.counters("Slow").get("messages_in", 0)
             record = store.agents().get("Slow", {})
-            samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_mb": rss_mb(agent.pid),
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_mb": memory_mb(agent.pid)["rss_mb"],
                             "handled": handled, "in_flight": record.get("in_flight"),
                             "loop_lag_p99_ms": (record.get("loop_lag_ms") or {}).get("p99")})
             print(json.dumps(samples[-1]), flush=True)
@@ -73,6 +75,9 @@ def main() -> int:
                           "growth_after_10s_mb": round(max(warm) - warm[0], 1),
                           "handled": samples[-1]["handled"]}))
         store.close()
+        if samples[-1]["handled"] < args.records:
+            log = (bench.root / "agent-Slow.log").read_text().splitlines()
+            print("\n".join(line for line in log if "WARNING" in line or "ERROR" in line or "starts" in line)[-3000:])
     return 0
 
 

@@ -16,7 +16,7 @@ from agentmesh_cli.cli import printer
 if TYPE_CHECKING:
     from rich.table import Table
 
-SCENARIOS = ("mesh", "topology", "consensus", "services", "startup")
+SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow")
 ALL = "all"
 
 
@@ -77,21 +77,28 @@ def bench(
     scenario: Annotated[str, typer.Argument(
         help=f"One of: {', '.join(SCENARIOS)}, or {ALL} (each in turn).")] = ALL,
     agents: Annotated[int, typer.Option(help="mesh: agent processes.", min=2)] = 4,
-    duration: Annotated[float, typer.Option(
-        help="mesh: seconds per phase; services: seconds per load phase.", min=0.5)] = 5.0,
+    duration: Annotated[float | None, typer.Option(
+        help="mesh: seconds per phase (5); services: seconds per load phase (5); ask: seconds of each "
+             "pipelined phase (2); slow: seconds of each measured window (10).", min=0.5)] = None,
     events: Annotated[int, typer.Option(help="topology: messages in the backlog the manager drains.",
                                         min=1000)] = 200_000,
     full_mesh: Annotated[int, typer.Option(
         help="topology: agents of the full mesh that is decayed and pruned.", min=2)] = 1000,
     proposals: Annotated[int, typer.Option(
         help="consensus: proposals in the throughput run (3 votes each).")] = 4000,
-    samples: Annotated[int, typer.Option(help="consensus: latency samples.")] = 300,
-    concurrency: Annotated[int, typer.Option(help="services: calls in flight under load.", min=1)] = 64,
+    samples: Annotated[int | None, typer.Option(
+        help="consensus: latency samples (300); ask: round trips one at a time per run, agents and "
+             "raw each (200).", min=1)] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        help="services: calls in flight under load (64); ask: asks in flight in the pipelined phase "
+             "(64); slow: the agent's agents[].concurrency (1000).", min=1)] = None,
     rate: Annotated[int, typer.Option(help="services: calls/s of the paced phases.", min=1)] = 500,
     followers: Annotated[int, typer.Option(help="services: SSE followers in the fan-out.", min=1)] = 100,
     history: Annotated[int, typer.Option(help="services: items in the history that is read.", min=1,
                                          max=1000)] = 200,
-    repeats: Annotated[int, typer.Option(help="startup: up/down cycles.", min=1)] = 3,
+    repeats: Annotated[int | None, typer.Option(
+        help="startup: up/down cycles (3); ask: runs (5); slow: runs (3). Figures are medians over "
+             "the runs.", min=1)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="mesh: use the broker and Redis of this running mesh (under a mesh name and "
                          "topic prefix of the bench's own) instead of starting throwaway ones.")] = None,
@@ -111,6 +118,8 @@ def bench(
     Servers are started on free loopback ports and stopped after.
 
     Example: agentmesh bench mesh --agents 8 --duration 10
+    Example: agentmesh bench ask --repeats 5
+    Example: agentmesh bench slow --concurrency 1000 --duration 10
     Example: agentmesh bench --json --out bench.json
     """
     if scenario != ALL and scenario not in SCENARIOS:
@@ -124,14 +133,17 @@ def bench(
         "services": {"duration": duration, "concurrency": concurrency, "rate": rate,
                      "followers": followers, "history": history},
         "startup": {"repeats": repeats},
+        "ask": {"repeats": repeats, "samples": samples, "concurrency": concurrency, "duration": duration},
+        "slow": {"repeats": repeats, "concurrency": concurrency, "duration": duration},
     }
     chosen = SCENARIOS if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
-        shown = ", ".join(f"{k} {v}" for k, v in options[name].items() if v is not None)
+        shown = ", ".join(f"{k} {v}" for k, v in options[name].items() if v is not None) or "its defaults"
         printer.say(f"running {name}: {shown} (load average {os.getloadavg()[0]:.2f}) ...")
         module = importlib.import_module(f"agentmesh_cli.bench.{name}")
-        result = module.run(**options[name])
+        # an option not given is left out: each scenario has its own default (its run())
+        result = module.run(**{k: v for k, v in options[name].items() if v is not None})
         for note in result.get("notes", []):
             printer.note(note)
         results[name] = result
