@@ -74,6 +74,7 @@ class Exchange:
         future = self.asks.expect(request_id)
         started = self.rt.clock()
         self.rt.bus.send_message(request)
+        self.rt.nudge()
         self.rt.counts[C.COUNTER_ASKS] += 1
         try:
             reply = await asyncio.wait_for(future, timeout)
@@ -108,6 +109,7 @@ class Exchange:
     def send_reply(self, request_id: str, sent: Sent) -> None:
         self.rt.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
         self.answered.add(request_id, sent)
+        self.rt.nudge()
 
     def answer_again(self, request: Envelope) -> None:
         """A repeated request this agent handled: send its reply again from the cache."""

@@ -141,6 +141,8 @@ class AgentRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
         self._wake: asyncio.Event | None = None
+        self._main_task: asyncio.Task[Any] | None = None
+        self._kick_due = False  # a kick of the producer is scheduled (nudge)
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
         self.services = AgentServices(mesh, self.name, self.log, clock=clock)
@@ -171,8 +173,27 @@ class AgentRuntime:
 
     def _send(self, envelope: Envelope) -> Envelope:
         """Send what the role built (AgentContext.send, which took its id from `next_id`)."""
-        self.on_loop(self.bus.send_message, envelope)  # counted as sent when the broker confirms it
+        self.on_loop(self._send_now, envelope)
         return envelope
+
+    def _send_now(self, envelope: Envelope) -> None:
+        self.bus.send_message(envelope)  # counted as sent when the broker confirms it
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Something was sent from a task (an async handler, an ask, a reply): it leaves
+        once this turn of the event loop ends, in one request per partition with whatever
+        else the loop's tasks sent meanwhile, rather than after the producer's linger
+        (5 ms). Sends of the main task (the sync fast path) leave when its turn ends."""
+        if self.loop is None or self._kick_due or asyncio.current_task() is self._main_task:
+            return
+        self._kick_due = True
+        self.loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        if self.bus.sent_unconfirmed():
+            self.bus.kick()
 
     def _propose(self, type: str, content: dict[str, Any]) -> str:
         proposal_id = events.new_proposal_id(self.name, self.next_id())
@@ -183,6 +204,7 @@ class AgentRuntime:
     def _send_proposal(self, envelope: Envelope, proposal_id: str) -> None:
         self.bus.send(C.TOPIC_PROPOSALS, envelope, key=proposal_id)
         self.counts["proposals"] += 1
+        self.nudge()
 
     def registry(self) -> dict[str, dict[str, Any]]:
         now = self.clock()
@@ -243,6 +265,7 @@ class AgentRuntime:
 
     async def _main(self) -> int:
         loop = self.loop = asyncio.get_running_loop()
+        self._main_task = asyncio.current_task()
         self.loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -310,7 +333,7 @@ class AgentRuntime:
         asks wait (their replies come through the inbox), within the ledger's window."""
         if self.inline:
             return POLL_MAX
-        span = self._book.span()
+        span = self._book.span(self.ledger.mark())
         room = self._read_ahead.room(self._conversations.waiting, self._conversations.fullest(), span)
         if room == 0 and self.exchange.asks.waiting and span < self._read_ahead.window // 2:
             return POLL_MAX
@@ -449,7 +472,7 @@ class AgentRuntime:
         handled now (the fast path), or queued in its conversation."""
         self.counts[C.records_counter(record.topic)] += 1
         where = (record.topic, record.partition)
-        self._book.read(where, record.offset)
+        self._book.read(where, record.offset, self.ledger.mark())
         finished = (self._book_epoch, where, record.offset)
         if record.topic == C.TOPIC_CONSENSUS:
             if not self.voting.take(record, finished):

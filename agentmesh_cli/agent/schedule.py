@@ -13,9 +13,11 @@ never passes one that has not, so a crash redelivers every record not durably do
 the ledger skips the ones that were (docs/architecture.md, Agents that wait).
 
 `ReadAhead` bounds what is read and not yet handled: the buffer as a whole, each
-conversation's share of it, and the distance from the oldest unfinished offset to the
-newest read, which stays under the ledger's window (`recovery.dedup_window`), so a crash
-never redelivers an id the ledger has forgotten.
+conversation's share of it, and the ids the ledger took since the oldest unfinished
+record was read, which stay under half the ledger's window (`recovery.dedup_window`), so
+a crash, which redelivers from that record on, never redelivers a handled id the ledger
+has forgotten. (Records the ledger never holds, replies above all, do not count: a
+handler may wait for any number of replies.)
 """
 
 from __future__ import annotations
@@ -88,11 +90,14 @@ class OffsetBook:
     """Offsets read and not yet durably done, per partition (read in increasing order)."""
 
     _open: dict[Partition, deque[int]] = field(default_factory=dict)
+    _marks: dict[Partition, deque[int]] = field(default_factory=dict)  # the ledger's mark at each read
     _done: dict[Partition, set[int]] = field(default_factory=dict)
     _next: dict[Partition, int] = field(default_factory=dict)  # last read + 1
 
-    def read(self, where: Partition, offset: int) -> None:
+    def read(self, where: Partition, offset: int, mark: int = 0) -> None:
+        """`mark`: how many ids the ledger had taken when the record was read."""
         self._open.setdefault(where, deque()).append(offset)
+        self._marks.setdefault(where, deque()).append(mark)
         self._next[where] = offset + 1
 
     def done(self, where: Partition, offset: int) -> None:
@@ -100,11 +105,14 @@ class OffsetBook:
         opened = self._open.get(where)
         if not opened:
             return
+        marks = self._marks[where]
         if opened[0] == offset:
             opened.popleft()
+            marks.popleft()
             done = self._done.get(where)
             while opened and done and opened[0] in done:
                 done.discard(opened.popleft())
+                marks.popleft()
         else:
             self._done.setdefault(where, set()).add(offset)
 
@@ -117,15 +125,15 @@ class OffsetBook:
         opened = self._open.get(where)
         return opened[0] if opened else None
 
-    def span(self) -> int:
-        """The largest distance, over the partitions, from the oldest record not done to
-        the newest read (0 when all are done)."""
-        return max((self._next[where] - opened[0] for where, opened in self._open.items() if opened),
-                   default=0)
+    def span(self, mark: int) -> int:
+        """How many ids the ledger took (it has taken `mark` now) since the oldest record
+        not done was read, over the partitions (0 when all are done)."""
+        return max((mark - marks[0] for marks in self._marks.values() if marks), default=0)
 
     def forget(self) -> None:
         """A new broker epoch: the old offsets mean nothing any more."""
         self._open.clear()
+        self._marks.clear()
         self._done.clear()
         self._next.clear()
 
@@ -136,7 +144,7 @@ class ReadAhead:
 
     buffer: int  # items read and waiting for a slot, at most
     share: int  # of which one conversation may hold at most this many
-    window: int  # the ledger's window: span() stays under half of it
+    window: int  # the ledger's window: OffsetBook.span() stays under half of it
 
     @classmethod
     def for_concurrency(cls, concurrency: int, window: int) -> ReadAhead:

@@ -84,6 +84,7 @@ class Voting:
         ballot = events.vote(self.rt.name, proposal.id, vote.support, vote.intensity)
         self.rt.bus.send(C.TOPIC_VOTES, ballot, key=proposal.id)
         self.rt.counts["votes"] += 1
+        self.rt.nudge()
 
     async def worker(self) -> None:
         """The async `evaluate` and `on_decision`, one broadcast at a time, in order."""

@@ -59,21 +59,38 @@ def test_the_commit_never_passes_a_record_not_done() -> None:
         table.append(book.committable()[p])
     # 0 is open until it is done; then 1 (done) is passed too; 2 holds the rest
     assert table == [0, 0, 2, 2, 5]
-    assert book.span() == 0
+    assert book.span(100) == 0
 
 
-def test_span_and_partitions_apart() -> None:
+def test_span_counts_the_ledger_ids_taken_since_the_oldest_open_record() -> None:
     book = OffsetBook()
     a, b = ("messages", 0), ("consensus", 0)
-    for offset in range(10, 20):
-        book.read(a, offset)
-    book.read(b, 3)
+    # the ledger's mark when each record was read: 10 and 11 read at 5, then 7 ids handled
+    for offset, mark in [(10, 5), (11, 5), (12, 7), (13, 12)]:
+        book.read(a, offset, mark)
+    book.read(b, 3, 12)
     book.done(b, 3)
     assert book.committable() == {a: 10, b: 4}
-    assert book.span() == 10
-    assert book.oldest_open(a) == 10 and book.oldest_open(b) is None
+    assert book.span(12) == 7  # since offset 10 was read
+    book.done(a, 10)
+    assert book.span(12) == 7  # 11 was read at the same mark
+    book.done(a, 11)
+    assert book.span(20) == 13  # 12 is the oldest open now, read at 7
+    assert book.oldest_open(a) == 12 and book.oldest_open(b) is None
     book.forget()
-    assert book.committable() == {} and book.span() == 0
+    assert book.committable() == {} and book.span(20) == 0
+
+
+def test_replies_do_not_widen_the_span() -> None:
+    """A handler waiting for many replies holds its record open; the replies read after it
+    are done at once and take no ledger id: the span stays 0, reading goes on."""
+    book = OffsetBook()
+    p = ("messages", 0)
+    book.read(p, 0, 0)  # the asking handler's message, open
+    for offset in range(1, 100_001):  # its replies: read and done, the ledger's mark unchanged
+        book.read(p, offset, 0)
+        book.done(p, offset)
+    assert book.span(0) == 0 and book.committable() == {p: 0}
 
 
 def test_done_of_an_offset_never_read_changes_nothing() -> None:
