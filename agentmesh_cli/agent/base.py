@@ -92,8 +92,12 @@ class AgentContext:
         """Send a message to agent `to`; returns the envelope sent. Sent while handling a
         message of a conversation (`meta.conversation`), it belongs to it too, unless
         `meta` names another."""
-        return self._send(events.message(self.name, to, type, payload, self.conversation_meta(meta),
-                                         id=self._next_id()))
+        handling = current()
+        if handling is None:  # not while handling a message (on_tick, on_start): a fresh id
+            return self._send(events.message(self.name, to, type, payload, meta, id=self._next_id()))
+        if handling.conversation is not None and not (meta and "conversation" in meta):
+            meta = {**(meta or {}), "conversation": handling.conversation}
+        return self._send(events.message(self.name, to, type, payload, meta, id=handling.next_id()))
 
     def conversation_meta(self, meta: dict[str, Any] | None) -> dict[str, Any] | None:
         """`meta` with the conversation of the message being handled, if it has one."""

@@ -39,7 +39,7 @@ def derived_id(message_id: str, n: int) -> str:
 Mode = Literal["inline", "pool", "task"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Handling:
     message_id: str
     conversation: str | None  # the message's `meta.conversation`, when it has one

@@ -7,7 +7,9 @@
   no generation) and writes Redis with the runtime's Store (redis-py's pool is
   thread-safe).
 - `LagMeter`: a task on the event loop that sleeps 10 ms at a time and measures how late
-  it wakes: the loop's lag, which a blocking call in a handler makes grow.
+  it wakes: the loop's lag, which a blocking call in a handler makes grow. (An agent
+  whose hooks are all sync at concurrency 1 waits in its poll and runs no such task: the
+  length of each of its turns is its lag.)
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ class LagMeter:
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=LAG_KEPT)
         self.counts: Counter[str] = Counter()  # the histogram, flushed with the counters
+
+    def busy(self, ms: float) -> None:
+        """The loop was busy `ms` without a break (a turn of the fast path, which waits in
+        its poll and runs no lag task): what any other task would have waited."""
+        self.samples.append(ms)
+        LOOP_LAG_BUCKETS.observe(self.counts, C.COUNTER_LOOP_LAG_MS, ms)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
