@@ -129,7 +129,12 @@ class AgentRuntime:
         self._finished: list[Finished] = []  # records finished in this turn
         # turns whose sends the broker has not all confirmed yet: (the bus generation of
         # their sends, the ledger's mark at their end, the records they finished)
-        self._turns: deque[tuple[int, int, list[Finished]]] = deque()
+        self._turns: deque[tuple[int, int, list[Finished], dict[tuple[str, int], int]]] = deque()
+        # the fast path's records finish in read order within their turn: per turn, the
+        # next offset of each partition (not one book entry a record), as before the loop
+        self._turn_next: dict[tuple[str, int], int] = {}
+        self._durable_next: dict[tuple[str, int], int] = {}  # of confirmed, recorded turns
+        self._confirmed_next: dict[tuple[str, int], int] = {}  # of confirmed turns, until recorded
         self._confirmed_mark = 0  # the ledger's mark at the end of the last confirmed turn
         self._confirmed: list[Finished] = []  # finished in confirmed turns, until recorded
         self._next_settle = -math.inf
@@ -335,7 +340,7 @@ class AgentRuntime:
                     self._main_turn = True
                 now = self.clock()
                 self._tick(now)
-                if self._finished or self.bus.sent_unconfirmed():
+                if self._finished or self._turn_next or self.bus.sent_unconfirmed():
                     self._end_turn()
                 if self._turns or (self._confirmed and now >= self._next_settle):
                     self._settle(reader, now)
@@ -400,7 +405,8 @@ class AgentRuntime:
         if self.bus.sent_unconfirmed():
             self.bus.kick()
         finished, self._finished = self._finished, []
-        self._turns.append((self.bus.close_generation(), self.ledger.mark(), finished))
+        offsets, self._turn_next = self._turn_next, {}
+        self._turns.append((self.bus.close_generation(), self.ledger.mark(), finished, offsets))
 
     def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
         """Make handled turns durable in the order that neither loses nor doubles: what a
@@ -417,8 +423,9 @@ class AgentRuntime:
         else:
             self.bus.poll()  # take the answers that have come
         while self._turns and self.bus.confirmed(self._turns[0][0]):
-            _, self._confirmed_mark, finished = self._turns.popleft()
+            _, self._confirmed_mark, finished, offsets = self._turns.popleft()
             self._confirmed.extend(finished)
+            self._confirmed_next.update(offsets)
         try:
             # before the ids: a repeated request finds its reply once its id is recorded
             window = self.mesh.config.recovery.dedup_window
@@ -437,13 +444,15 @@ class AgentRuntime:
             if epoch == self._book_epoch:
                 self._book.done(where, offset)
         self._confirmed.clear()
+        self._durable_next.update(self._confirmed_next)
+        self._confirmed_next.clear()
         if now < self._next_commit and not final:
             self._next_settle = self._next_commit
             return
         try:
             # not waited for but when leaving: the ledger, not the offset, keeps a message
             # from being handled twice, and the next commit covers one that was lost
-            reader.commit(self._book.committable(), wait=final)
+            reader.commit({**self._durable_next, **self._book.committable()}, wait=final)
             self._next_commit = now + COMMIT_EVERY_S
         except BusError as exc:
             self._next_settle = now + SETTLE_RETRY_S
@@ -454,6 +463,10 @@ class AgentRuntime:
         # offsets of the old broker mean nothing to the new one
         self._book.forget()
         self._book_epoch += 1
+        self._turn_next.clear()
+        self._confirmed_next.clear()
+        self._durable_next.clear()
+        self._turns = deque((g, m, f, {}) for g, m, f, _ in self._turns)
         reader.rewind()
         self._announce(C.EVENT_JOINED)
         try:
@@ -485,7 +498,7 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
-        if self._finished:
+        if self._finished or self._turn_next:
             self._end_turn()
         self._settle(reader, self.clock(), final=True)
         self._flush_counters()
@@ -497,9 +510,14 @@ class AgentRuntime:
         """One record read: finished at once (skipped, a reply, a copy, a dead letter),
         handled now (the fast path), or queued in its conversation."""
         self.counts[C.records_counter(record.topic)] += 1
+        if self.inline and record.topic == C.TOPIC_MESSAGES:  # the fast path, no book
+            self._turn_next[(record.topic, record.partition)] = record.offset + 1
+            envelope = self._intake(record)
+            if envelope is not None:
+                self._handle_inline(envelope, record)
+            return
         where = (record.topic, record.partition)
-        # (the fast path reads no further than a batch: it needs no ledger mark)
-        self._book.read(where, record.offset, 0 if self.inline else self.ledger.mark())
+        self._book.read(where, record.offset, self.ledger.mark())
         finished = (self._book_epoch, where, record.offset)
         if record.topic == C.TOPIC_CONSENSUS:
             if not self.voting.take(record, finished):
@@ -508,8 +526,6 @@ class AgentRuntime:
         envelope = self._intake(record)
         if envelope is None:
             self._finished.append(finished)
-        elif self.inline:
-            self._handle_inline(envelope, record, finished)
         else:
             self._active.add(envelope.id)
             conversation = envelope.meta.get("conversation")
@@ -550,7 +566,7 @@ class AgentRuntime:
             return None
         return envelope
 
-    def _handle_inline(self, envelope: Envelope, record: Record, finished: Finished) -> None:
+    def _handle_inline(self, envelope: Envelope, record: Record) -> None:
         """The fast path (a sync on_message at concurrency 1): handled now, on the loop.
         Written out rather than through safely_sync and _handled: it runs per message."""
         conversation = envelope.meta.get("conversation")
@@ -562,10 +578,9 @@ class AgentRuntime:
             if result is not None and inspect.isawaitable(result):  # async, not declared as such
                 self._spawn(result)
             self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
-            self._finished.append(finished)
         except Exception as exc:  # a role's bug must not stop the agent
             self.log.exception("on_message raised")
-            self._handled(envelope, record, finished, exc)  # an error reply's id is derived too
+            self._handled(envelope, record, None, exc)  # an error reply's id is derived too
         finally:
             self.sync_hook_running = False
             CURRENT.reset(token)
@@ -602,13 +617,15 @@ class AgentRuntime:
         if self._wake is not None:
             self._wake.set()
 
-    def _handled(self, envelope: Envelope, record: Record, finished: Finished,
+    def _handled(self, envelope: Envelope, record: Record, finished: Finished | None,
                  error: BaseException | None) -> None:
+        """`finished`: None on the fast path (its turn's offsets cover the record)."""
         if error is not None and is_request(envelope):
             self.exchange.reply(envelope, C.TYPE_ERROR_REPLY, error_payload(error))  # the asker learns why
         self._active.discard(envelope.id)
         self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
-        self._finished.append(finished)
+        if finished is not None:
+            self._finished.append(finished)
         if error is not None:
             self.counts[C.COUNTER_HANDLER_ERRORS] += 1
             self.dead_letter(record, f"handler error in role {self.spec.role}")
