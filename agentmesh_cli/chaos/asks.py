@@ -19,7 +19,7 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bus import Bus, Reader
-from agentmesh_cli.chaos.probes import quiet
+from agentmesh_cli.chaos.probes import Pace, quiet
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
@@ -108,13 +108,9 @@ class AskStream:
             self.refused += 1
 
     def _send_loop(self) -> None:
-        active, last = 0.0, time.monotonic()  # seconds of asking so far (pauses left out)
+        pace = Pace(self.rate, self.paused)
         while not self._stop.is_set():
-            now = time.monotonic()
-            if not self.paused.is_set():
-                active += now - last
-            last = now
-            due = int(active * self.rate)
+            due = pace.due()
             while self.produced < due and not self._stop.is_set():
                 self._ask(self.produced)
                 self.produced += 1

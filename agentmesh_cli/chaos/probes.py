@@ -44,6 +44,23 @@ def quiet(kafka: KafkaConfig) -> KafkaConfig:
     return kafka.model_copy(update={"client": {"log_level": 2, **settings}})
 
 
+class Pace:
+    """How many sends are due at `rate` per second, the time `paused` is set left out."""
+
+    def __init__(self, rate: float, paused: threading.Event) -> None:
+        self.rate = rate
+        self.paused = paused
+        self._active = 0.0  # seconds of sending so far
+        self._last = time.monotonic()
+
+    def due(self) -> int:
+        now = time.monotonic()
+        if not self.paused.is_set():
+            self._active += now - self._last
+        self._last = now
+        return int(self._active * self.rate)
+
+
 class ProbeSender:
     """Sends probes round-robin to `agents` at `rate` per second from its own thread. With
     a `store` it rides out a broker restart as an agent does (BrokerWatch: re-create the
@@ -114,13 +131,9 @@ class ProbeSender:
         self.produced_at.append(time.monotonic())
 
     def _run(self) -> None:
-        active, last = 0.0, time.monotonic()  # seconds of sending so far (pauses left out)
+        pace = Pace(self.rate, self.paused)
         while not self._stop.is_set():
-            now = time.monotonic()
-            if not self.paused.is_set():
-                active += now - last
-            last = now
-            due = int(active * self.rate)
+            due = pace.due()
             while self.produced < due and not self._stop.is_set():
                 self._produce(self.produced)
             self._bus.poll()
