@@ -410,8 +410,9 @@ class AgentRuntime:
 
     def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
         """Make handled turns durable in the order that neither loses nor doubles: what a
-        turn's handlers sent is confirmed by the broker, then the replies they sent are
-        cached and their ids recorded (with the exact counts), and only then are offsets
+        turn's handlers sent is confirmed by the broker, then their ids are recorded (with
+        the exact counts; the replies sent so far are cached first, so a repeated request
+        finds its reply once its id is in the ledger), and only then are offsets
         committed (every COMMIT_EVERY_S, and when the agent leaves), up to the oldest
         record not durably done. The loop does not wait for the broker's answers: it goes
         on with the next turn while they come (up to TURNS_AHEAD turns). While Redis is
