@@ -17,7 +17,7 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
-from agentmesh_cli.bus import Bus, Reader
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import (
     AgentMeshError,
@@ -28,6 +28,7 @@ from agentmesh_cli.errors import (
     UnknownAgent,
 )
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Deadline

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, committed_offsets
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import (
@@ -44,6 +44,7 @@ from agentmesh_cli.errors import (
 )
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.quiet import QuietWatch, Reading, counted, lost_counts, progress_line, read
+from agentmesh_cli.reader import Reader, committed_offsets
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store

@@ -65,7 +65,7 @@ def free_port() -> int:
 
 def start_broker(port: int, log: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """Start Tansu (not supervised; for tests and benchmarks) and wait until it answers."""
-    from agentmesh_cli.bus import broker_reachable
+    from agentmesh_cli.broker import broker_reachable
 
     proc = subprocess.Popen(broker_command(port), stdout=log, stderr=subprocess.STDOUT)
     kafka = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}")

@@ -3,7 +3,7 @@
 Programs are rendered with autostart off: `up` starts them tier by tier (infra,
 services, managers, agents) and waits for each tier to be ready before the next, and
 between infra and the rest it creates the topics (and a new broker epoch when the
-broker was empty, see bus.prepare_topics).
+broker was empty, see broker.prepare_topics).
 
 Ready means a program's own signal, not just a live process: the broker answers a
 metadata request, Redis answers PING, a service's /health answers 200 (memory: Redis
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from agentmesh_cli import constants as C
 from agentmesh_cli import drain
 from agentmesh_cli.agent.roles import resolve_role
-from agentmesh_cli.bus import broker_reachable, prepare_topics
+from agentmesh_cli.broker import broker_reachable, prepare_topics
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout

@@ -17,7 +17,8 @@ import math
 import time
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import REPLAY_S, Bus, broker_reachable, prepare_topics
+from agentmesh_cli.broker import broker_reachable, prepare_topics
+from agentmesh_cli.bus import REPLAY_S, Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.errors import AgentMeshError, WaitTimeout
 from agentmesh_cli.store import Store

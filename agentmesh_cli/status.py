@@ -157,7 +157,7 @@ class StatusCollector:
         }
 
     def _broker_probe(self) -> dict[str, Any]:
-        from agentmesh_cli.bus import broker_latency
+        from agentmesh_cli.broker import broker_latency
 
         kafka = self.mesh.config.kafka
         return _reachability(kafka.bootstrap, broker_latency(kafka, PROBE_TIMEOUT_S))

@@ -52,7 +52,7 @@ from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
 from agentmesh_cli.agent.schedule import Conversations, OffsetBook, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
 from agentmesh_cli.agent.voting import Voting
-from agentmesh_cli.bus import Bus, Reader, hostname
+from agentmesh_cli.bus import Bus, hostname
 from agentmesh_cli.config import AgentSpec
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import (
@@ -61,6 +61,7 @@ from agentmesh_cli.errors import (
     InvalidEnvelope,
 )
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader
 from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer, refused_counter

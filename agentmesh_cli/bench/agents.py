@@ -12,7 +12,7 @@ from typing import Any
 
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, free_port
 from agentmesh_cli.bench.procs import wait_while_alive
-from agentmesh_cli.bus import prepare_topics
+from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.constants import agent_program
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.store import Store

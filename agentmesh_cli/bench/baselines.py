@@ -53,7 +53,7 @@ def default_envelope() -> bytes:
 
 # clients and topics -------------------------------------------------------------------
 def _client(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
-    # the settings every agentmesh client uses (bus._client_config), so that a baseline
+    # the settings every agentmesh client uses (broker.client_config), so that a baseline
     # differs from a role by the framework only, never by the socket settings
     settings = environment.expand_all(kafka.client, "kafka.client")
     return {"bootstrap.servers": kafka.bootstrap, "client.id": client_id,
@@ -263,7 +263,7 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
 
 def poll_values(consumer: Consumer, max_records: int, timeout: float) -> list[bytes]:
     """The values of what is fetched: up to `timeout` for the first record, then what is
-    already there (as bus.Reader.poll_batch reads); errors and empty records left out."""
+    already there (as reader.Reader.poll_batch reads); errors and empty records left out."""
     first = consumer.poll(timeout)
     if first is None:
         return []

@@ -36,9 +36,11 @@ from agentmesh_cli import events
 from agentmesh_cli.bench import baselines
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds, percentiles, ratio
 from agentmesh_cli.bench.procs import wait_while_alive
-from agentmesh_cli.bus import Bus, Reader, beginning, prepare_topics
+from agentmesh_cli.broker import prepare_topics
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import now_ms
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Deadline, wait_until
@@ -177,7 +179,7 @@ def floor(kafka: KafkaConfig, proposals: int, samples: int) -> dict[str, Any]:
     scenario measures the manager (same load producer, same reader fetch wait)."""
     votes_topic = baselines.create_topic(kafka, "consensus-votes")
     decided_topic = baselines.create_topic(kafka, "consensus-decided")
-    # the clients a role of this mesh gets (settings of bus._client_config)
+    # the clients a role of this mesh gets (settings of broker.client_config)
     load = baselines._producer(kafka, "bench-floor-load", LOAD_LINGER_MS)
     single = baselines._producer(kafka, "bench-floor-voter", baselines.linger(kafka))
     watcher = baselines._consumer(kafka, "bench-floor-watch", decided_topic, 0, kafka.fetch_wait)

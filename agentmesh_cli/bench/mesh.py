@@ -54,7 +54,8 @@ from agentmesh_cli.bench.relay import (
     settings_key,
     stats_key,
 )
-from agentmesh_cli.bus import Bus, prepare_topics
+from agentmesh_cli.broker import prepare_topics
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store

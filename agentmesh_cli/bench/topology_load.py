@@ -22,7 +22,8 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bench.infra import BenchMesh, bench_mesh, cpu_seconds
 from agentmesh_cli.bench.procs import wait_while_alive
-from agentmesh_cli.bus import Bus, prepare_topics, topic_partitions
+from agentmesh_cli.broker import prepare_topics, topic_partitions
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 

@@ -18,11 +18,12 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
-from agentmesh_cli.bus import Bus, Reader
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.chaos.probes import Pace, quiet
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
+from agentmesh_cli.reader import Reader
 from agentmesh_cli.recovery import BrokerWatch
 from agentmesh_cli.signing import Signer
 from agentmesh_cli.store import Store

@@ -18,11 +18,11 @@ from collections import Counter
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Reader, beginning
 from agentmesh_cli.chaos.probes import quiet
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor

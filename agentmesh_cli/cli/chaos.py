@@ -14,7 +14,8 @@ import typer
 from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption
 
-QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.recovery")  # faults make them talk
+QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.reader", "agentmesh_cli.broker",
+                 "agentmesh_cli.recovery")  # faults make them talk
 
 
 def chaos(

@@ -30,8 +30,9 @@ def tail(
 
     Example: agentmesh tail dlq | jq .envelope.payload.reason
     """
-    from agentmesh_cli.bus import Reader, beginning, topic_partitions
+    from agentmesh_cli.broker import topic_partitions
     from agentmesh_cli.envelope import Envelope
+    from agentmesh_cli.reader import Reader, beginning
     from agentmesh_cli.signing import mesh_signer, signed_state
 
     if topic not in C.ALL_TOPICS:

@@ -30,13 +30,14 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
-from agentmesh_cli.bus import Bus, Reader, resume_assignments
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
 from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, ConsensusError, InvalidEnvelope, WrongSender
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
+from agentmesh_cli.reader import Reader, resume_assignments
 from agentmesh_cli.records import Record, offsets_from_json, offsets_to_json
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import WRONG_SENDER, mesh_signer, refused_counter

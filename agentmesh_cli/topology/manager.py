@@ -18,10 +18,11 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, resume_assignments
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader, resume_assignments
 from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
 from agentmesh_cli.signing import mesh_signer

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Reader, beginning, prepare_topics
+from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import spawn_role

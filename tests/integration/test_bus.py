@@ -8,10 +8,12 @@ import uuid
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, beginning, ensure_topics
+from agentmesh_cli.broker import ensure_topics
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.embedded import free_port, start_broker, stop
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import Signer, signing_key
 
@@ -84,7 +86,7 @@ def test_commit_resumes_after_restart(broker: str) -> None:
 
 def test_a_reader_started_at_an_offset_reads_from_there_without_gaps(broker: str) -> None:
     # A Reader expects its first record at the offset it was given: a later one would be a
-    # batch not visible yet, read again (bus.Reader._seeds), an earlier one a reset.
+    # batch not visible yet, read again (reader.Reader._seeds), an earlier one a reset.
     cfg = kafka(broker, partitions=1)
     ensure_topics(cfg)
     bus = Bus(cfg, "test")
@@ -156,7 +158,7 @@ def test_what_a_restarted_empty_broker_lost_is_sent_again(tmp_path: Any) -> None
 def test_a_reader_at_the_tail_gets_every_record_while_several_producers_write(broker: str) -> None:
     # The embedded broker can show a newer batch before an older one that another producer
     # appended at the same time; a reader that went past the older one would never see it
-    # (bus.GAP_REREADS). Four producers flush small batches to the same partitions while a
+    # (reader.GAP_REREADS). Four producers flush small batches to the same partitions while a
     # Reader follows the tail: every record must arrive, once.
     cfg = kafka(broker, partitions=2)
     ensure_topics(cfg)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agentmesh_cli.bench.procs import imported_modules
-from agentmesh_cli.bus import ensure_topics
+from agentmesh_cli.broker import ensure_topics
 from agentmesh_cli.mesh import Mesh
 
 # what none of the quick commands may import: the services' web stack and MCP SDK, the

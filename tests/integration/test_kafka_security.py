@@ -39,10 +39,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, beginning, check_broker, ensure_topics
+from agentmesh_cli.broker import check_broker, ensure_topics
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.embedded import free_port, stop
 from agentmesh_cli.errors import BusError
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.supervisor.render import broker_command, tansu_binary
 from agentmesh_cli.waiting import wait_until
 

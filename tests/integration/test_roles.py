@@ -13,11 +13,12 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Reader, beginning, prepare_topics
+from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.embedded import stop
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import SnapshotError
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.records import Record
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until

@@ -10,9 +10,10 @@ from typing import Any
 from confluent_kafka import Producer
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bus import Bus, Reader, beginning
+from agentmesh_cli.bus import Bus
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import (
     BAD_SIGNATURE,
