@@ -4,10 +4,10 @@ The process runs one asyncio event loop. Its main task polls a batch of records 
 blocking poll runs in one worker thread, so the loop goes on meanwhile), hands each
 record of this agent's to the role, ticks the role, ends the turn (what was sent leaves
 at once, one request per partition), and settles the turns whose sends the broker has
-confirmed: their handled ids are recorded in the agent's ledger, then, at most every
-COMMIT_EVERY_S, offsets are committed, never past a record whose handling is not durable
-(agent/schedule.py). A restarted agent resumes after the last committed offsets; a
-redelivered message the ledger holds is not handled again.
+confirmed: their handled ids are recorded in the agent's ledger, then offsets are
+committed, never past a record whose handling is not durable (agent/settle.py). A
+restarted agent resumes after the last committed offsets; a redelivered message the
+ledger holds is not handled again.
 
 How a message is handled depends on the role and `agents[].concurrency`:
 - a sync `on_message` at concurrency 1 runs on the loop, in read order (the fast path,
@@ -31,7 +31,7 @@ import random
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
@@ -49,15 +49,15 @@ from agentmesh_cli.agent.exchange import Exchange
 from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
 from agentmesh_cli.agent.ledger import Ledger
 from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
-from agentmesh_cli.agent.schedule import Conversations, OffsetBook, ReadAhead
+from agentmesh_cli.agent.schedule import Conversations, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
+from agentmesh_cli.agent.settle import Finished, Settlement
 from agentmesh_cli.agent.voting import Voting
 from agentmesh_cli.bus import Bus, hostname
 from agentmesh_cli.config import AgentSpec
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import (
     AgentMeshError,
-    BusError,
     InvalidEnvelope,
 )
 from agentmesh_cli.mesh import Mesh
@@ -71,22 +71,11 @@ from agentmesh_cli.waiting import Clock
 TICK_S = 0.1
 COUNTER_FLUSH_S = 1.0
 PEERS_REFRESH_S = 2.0
-SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
-TURNS_AHEAD = 8  # loop turns the agent may run ahead of the broker's confirmations
-SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried again
-# Offsets are committed at most this often, not after every batch: each commit is a
-# request the broker serves, and the ledger, not the offset, is what keeps a redelivered
-# message from being handled twice (a crash replays at most this long of traffic, which
-# the ledger's `recovery.dedup_window` ids cover up to 100,000 messages/s).
-COMMIT_EVERY_S = 0.2
 WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
 POLL_MAX = 500  # records taken in one poll, at most
 POOL_MAX = 64  # worker threads of a sync role at concurrency > 1, at most
 STOP_GRACE_S = 2.0  # on stop, running handlers get this long to finish before they are cancelled
 HOOKS = ("on_message", "on_start", "on_tick", "on_stop", "evaluate", "on_decision")
-
-# one finished record: (the offset book's epoch, (short topic, partition), offset)
-Finished = tuple[int, tuple[str, int], int]
 
 
 class AgentRuntime:
@@ -111,6 +100,8 @@ class AgentRuntime:
         self.bus = Bus(cfg.kafka, client_id=self.program, linger_ms=C.AGENT_LINGER_MS,
                        signer=self.signer, clock=clock)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
+        # what is durably done, and the offsets it lets the agent commit (agent/settle.py)
+        self.settlement = Settlement(self.bus, self.ledger, self.log, self._cache_replies)
         self._joined = self.store.joined_check()  # senders we accept
         # how messages are handled (see the module's docstring)
         self.concurrency = spec.concurrency
@@ -121,25 +112,11 @@ class AgentRuntime:
         self._blocking_poll = self.inline and not any(self.is_async.values())
         self._pool = (ThreadPoolExecutor(min(self.concurrency, POOL_MAX), f"{self.name}-handler")
                       if not self.inline and not self.is_async["on_message"] else None)
-        self._conversations: Conversations[tuple[Envelope, Record, int]] = Conversations(self.concurrency)
+        self._conversations: Conversations[tuple[Envelope, Record, Finished]] = \
+            Conversations(self.concurrency)
         self._read_ahead = ReadAhead.for_concurrency(self.concurrency, cfg.recovery.dedup_window)
-        self._book = OffsetBook()
-        self._book_epoch = 0  # a new broker epoch forgets the offsets of the old one
         self._active: set[str] = set()  # ids of the messages queued or being handled
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._finished: list[Finished] = []  # records finished in this turn
-        # turns whose sends the broker has not all confirmed yet: (the bus generation of
-        # their sends, the ledger's mark at their end, the records they finished)
-        self._turns: deque[tuple[int, int, list[Finished], dict[tuple[str, int], int]]] = deque()
-        # the fast path's records finish in read order within their turn: per turn, the
-        # next offset of each partition (not one book entry a record), as before the loop
-        self._turn_next: dict[tuple[str, int], int] = {}
-        self._durable_next: dict[tuple[str, int], int] = {}  # of confirmed, recorded turns
-        self._confirmed_next: dict[tuple[str, int], int] = {}  # of confirmed turns, until recorded
-        self._confirmed_mark = 0  # the ledger's mark at the end of the last confirmed turn
-        self._confirmed: list[Finished] = []  # finished in confirmed turns, until recorded
-        self._next_settle = -math.inf
-        self._next_commit = -math.inf
         self._peers: dict[str, dict[str, Any]] = {}
         self._peers_at = -math.inf
         self.exchange = Exchange(self)  # ask and reply
@@ -341,10 +318,10 @@ class AgentRuntime:
                     self._main_turn = True
                 now = self.clock()
                 self._tick(now)
-                if self._finished or self._turn_next or self.bus.sent_unconfirmed():
-                    self._end_turn()
-                if self._turns or (self._confirmed and now >= self._next_settle):
-                    self._settle(reader, now)
+                if self.settlement.turn_open:
+                    self.settlement.end_turn()
+                if self.settlement.due(now):
+                    self.settlement.settle(reader, now)
                 if watch.check(now) is not None:
                     self._new_epoch(reader)
                 if now >= next_flush:
@@ -365,7 +342,7 @@ class AgentRuntime:
         asks wait (their replies come through the inbox), within the ledger's window."""
         if self.inline:
             return POLL_MAX
-        span = self._book.span(self.ledger.mark())
+        span = self.settlement.span()
         room = self._read_ahead.room(self._conversations.waiting, self._conversations.fullest(), span)
         if room == 0 and self.exchange.asks.waiting and span < self._read_ahead.window // 2:
             return POLL_MAX
@@ -396,79 +373,15 @@ class AgentRuntime:
             self.log.exception("%s raised", hook)
             return None
 
-    def finish(self, entry: Finished) -> None:
-        """A record is done with (handled, skipped, or voted on): durable with this turn."""
-        self._finished.append(entry)
-
-    def _end_turn(self) -> None:
-        """Close the loop turn: what it sent leaves now (one request per partition), and the
-        records it finished wait in `_turns` until the broker has confirmed those sends."""
-        if self.bus.sent_unconfirmed():
-            self.bus.kick()
-        finished, self._finished = self._finished, []
-        offsets, self._turn_next = self._turn_next, {}
-        self._turns.append((self.bus.close_generation(), self.ledger.mark(), finished, offsets))
-
-    def _settle(self, reader: Reader, now: float, final: bool = False) -> None:
-        """Make handled turns durable in the order that neither loses nor doubles: what a
-        turn's handlers sent is confirmed by the broker, then their ids are recorded (with
-        the exact counts; the replies sent so far are cached first, so a repeated request
-        finds its reply once its id is in the ledger), and only then are offsets
-        committed (every COMMIT_EVERY_S, and when the agent leaves), up to the oldest
-        record not durably done. The loop does not wait for the broker's answers: it goes
-        on with the next turn while they come (up to TURNS_AHEAD turns). While Redis is
-        down the offsets wait."""
-        if final or len(self._turns) > TURNS_AHEAD:
-            undelivered = self.bus.flush(SETTLE_FLUSH_S)  # wait for the answers
-            if undelivered:
-                self.log.warning("%d sent records not yet confirmed by the broker", undelivered)
-        else:
-            self.bus.poll()  # take the answers that have come
-        while self._turns and self.bus.confirmed(self._turns[0][0]):
-            _, self._confirmed_mark, finished, offsets = self._turns.popleft()
-            self._confirmed.extend(finished)
-            self._confirmed_next.update(offsets)
-        try:
-            # before the ids: a repeated request finds its reply once its id is recorded
-            window = self.mesh.config.recovery.dedup_window
-            self.store.cache_replies(self.name, self.exchange.answered.unsaved, window)
-            self.exchange.answered.unsaved.clear()
-            recorded = self.ledger.record(self._confirmed_mark)
-        except AgentMeshError:
-            recorded = False
-        if not recorded:
-            if now >= self._next_settle:
-                self.log.warning("handled messages not recorded yet (Redis unavailable): %d "
-                                 "waiting, offsets not committed", self.ledger.pending)
-            self._next_settle = now + SETTLE_RETRY_S
-            return
-        for epoch, where, offset in self._confirmed:
-            if epoch == self._book_epoch:
-                self._book.done(where, offset)
-        self._confirmed.clear()
-        self._durable_next.update(self._confirmed_next)
-        self._confirmed_next.clear()
-        if now < self._next_commit and not final:
-            self._next_settle = self._next_commit
-            return
-        try:
-            # not waited for but when leaving: the ledger, not the offset, keeps a message
-            # from being handled twice, and the next commit covers one that was lost
-            reader.commit({**self._durable_next, **self._book.committable()}, wait=final)
-            self._next_commit = now + COMMIT_EVERY_S
-        except BusError as exc:
-            self._next_settle = now + SETTLE_RETRY_S
-            self.log.warning("offsets not committed yet: %s", exc)
+    def _cache_replies(self) -> None:
+        """Before ids enter the ledger (Settlement): the replies sent so far, cached."""
+        window = self.mesh.config.recovery.dedup_window
+        self.store.cache_replies(self.name, self.exchange.answered.unsaved, window)
+        self.exchange.answered.unsaved.clear()
 
     def _new_epoch(self, reader: Reader) -> None:
         """The broker restarted empty: read from its beginning again, announce ourselves."""
-        # offsets of the old broker mean nothing to the new one
-        self._book.forget()
-        self._book_epoch += 1
-        self._turn_next.clear()
-        self._confirmed_next.clear()
-        self._durable_next.clear()
-        self._turns = deque((g, m, f, {}) for g, m, f, _ in self._turns)
+        self.settlement.new_epoch()
         reader.rewind()
         self._announce(C.EVENT_JOINED)
         try:
@@ -500,9 +413,9 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
-        if self._finished or self._turn_next:
-            self._end_turn()
-        self._settle(reader, self.clock(), final=True)
+        if self.settlement.turn_open:
+            self.settlement.end_turn()
+        self.settlement.settle(reader, self.clock(), final=True)
         self._flush_counters()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
@@ -513,27 +426,26 @@ class AgentRuntime:
         handled now (the fast path), or queued in its conversation."""
         self.counts[C.records_counter(record.topic)] += 1
         if self.inline and record.topic == C.TOPIC_MESSAGES:  # the fast path, no book
-            self._turn_next[(record.topic, record.partition)] = record.offset + 1
+            self.settlement.read_in_order((record.topic, record.partition), record.offset)
             envelope = self._intake(record)
             if envelope is not None:
                 self._handle_inline(envelope, record)
             return
         where = (record.topic, record.partition)
-        self._book.read(where, record.offset, self.ledger.mark())
-        finished = (self._book_epoch, where, record.offset)
+        finished = self.settlement.read(where, record.offset)
         if record.topic == C.TOPIC_CONSENSUS:
             if not self.voting.take(record, finished):
-                self._finished.append(finished)
+                self.settlement.finish(finished)
             return
         envelope = self._intake(record)
         if envelope is None:
-            self._finished.append(finished)
+            self.settlement.finish(finished)
         else:
             self._active.add(envelope.id)
             conversation = envelope.meta.get("conversation")
             key = conversation if isinstance(conversation, str) and conversation else \
                 f"from:{envelope.from_agent_id}"
-            for started, item in self._conversations.add(key, (envelope, record, finished[2])):
+            for started, item in self._conversations.add(key, (envelope, record, finished)):
                 self._spawn(self._run(started, *item))
 
     def _intake(self, record: Record) -> Envelope | None:
@@ -592,10 +504,9 @@ class AgentRuntime:
         conversation = envelope.meta.get("conversation")
         return Handling(envelope.id, conversation if isinstance(conversation, str) else None, mode)
 
-    async def _run(self, key: Any, envelope: Envelope, record: Record, offset: int) -> None:
+    async def _run(self, key: Any, envelope: Envelope, record: Record, finished: Finished) -> None:
         """Handle one message in a task (async handler, or sync one in the pool), then start
         what its conversation's end lets start."""
-        finished = (self._book_epoch, (record.topic, record.partition), offset)
         error: BaseException | None = None
         # this task's own context: the handler's sends (and its error reply) derive their ids
         CURRENT.set(self._handling(envelope, "task" if self._pool is None else "pool"))
@@ -627,7 +538,7 @@ class AgentRuntime:
         self._active.discard(envelope.id)
         self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
         if finished is not None:
-            self._finished.append(finished)
+            self.settlement.finish(finished)
         if error is not None:
             self.counts[C.COUNTER_HANDLER_ERRORS] += 1
             self.dead_letter(record, f"handler error in role {self.spec.role}")

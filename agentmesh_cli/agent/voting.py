@@ -21,7 +21,8 @@ from agentmesh_cli.errors import InvalidEnvelope
 from agentmesh_cli.records import Record
 
 if TYPE_CHECKING:
-    from agentmesh_cli.agent.runtime import AgentRuntime, Finished
+    from agentmesh_cli.agent.runtime import AgentRuntime
+    from agentmesh_cli.agent.settle import Finished
 
 BROADCASTS_REMEMBERED = 10_000  # consensus broadcast ids kept to recognise copies
 
@@ -95,5 +96,5 @@ class Voting:
                 await self.rt.hook("on_decision", proposal)
             elif self.may_vote(proposal):
                 self.vote(proposal, await self.rt.hook("evaluate", proposal))
-            self.rt.finish(self.pending.popleft())
+            self.rt.settlement.finish(self.pending.popleft())
 
