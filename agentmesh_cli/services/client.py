@@ -39,15 +39,14 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
+from contextlib import AsyncExitStack, ExitStack
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
-import orjson
-from httpx_sse import EventSource, SSEError, aconnect_sse, connect_sse
+from httpx_sse import EventSource, aconnect_sse, connect_sse
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -59,16 +58,12 @@ from tenacity import (
 
 from agentmesh_cli.errors import (
     ConfigError,
-    ServiceAuthError,
-    ServiceBadRequestError,
     ServiceError,
-    ServiceHTTPError,
-    ServiceNotFoundError,
-    ServiceProtocolError,
-    ServiceTimeoutError,
     ServiceUnavailableError,
 )
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.services import answers
+from agentmesh_cli.services.answers import END_EVENT
 from agentmesh_cli.services.breaker import Breaker, transient
 from agentmesh_cli.services.probe import service_url, tls_verify
 
@@ -76,119 +71,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ServiceName = Literal["memory", "cognition"]
-END_EVENT = "end"
 
-_HTTP_ERRORS: dict[int, type[ServiceHTTPError]] = {
-    400: ServiceBadRequestError,
-    401: ServiceAuthError,
-    403: ServiceAuthError,
-    404: ServiceNotFoundError,
-}
-
-
-# -- discovery: services/probe.py (service_url, tls_verify) ------------------------------------
-
-# -- classification ---------------------------------------------------------------------------
-
-@contextmanager
-def _translated(service: str, what: str) -> Iterator[None]:
-    """httpx errors of one request or stream -> the ServiceError tree."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ServiceTimeoutError(f"{service}: {what}: timed out ({type(exc).__name__})",
-                                  service) from exc
-    except SSEError as exc:  # before TransportError, which httpx-sse derives it from
-        raise ServiceProtocolError(f"{service}: {what}: {exc}", service) from exc
-    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-        # our request cannot be sent as it is: retrying or blaming the service would not help
-        raise ServiceError(f"{service}: {what}: {exc}", service) from exc
-    except httpx.TransportError as exc:
-        raise ServiceUnavailableError(f"{service}: {what}: {exc or type(exc).__name__}",
-                                      service) from exc
-    except httpx.InvalidURL as exc:
-        raise ServiceError(f"{service}: {what}: {exc}", service) from exc
-
-
-def _error_fields(response: httpx.Response) -> tuple[str, str, Any]:
-    """(code, message, details) of an error answer's `{"error": {...}}` body."""
-    try:
-        error = orjson.loads(response.content)["error"]
-        return (str(error.get("code") or f"http_{response.status_code}"),
-                str(error.get("message") or response.reason_phrase),
-                error.get("details", {}))
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        # not the services' error body (a proxy, a crash page): describe it by its status
-        return f"http_{response.status_code}", response.reason_phrase or response.text[:200], {}
-
-
-def _answer_error(response: httpx.Response, service: str, what: str) -> ServiceError:
-    return error_answer(service, what, response.status_code, *_error_fields(response))
-
-
-def error_answer(service: str, what: str, status: int, code: str, message: str,
-                 details: Any) -> ServiceError:
-    """The ServiceError for a service's error answer (over HTTP, or in process: local.py)."""
-    text = f"{service}: {what} -> {status} {code}: {message}"
-    if status == 503:
-        return ServiceUnavailableError(text, service, status=status, code=code, message=message,
-                                       details=details)
-    cls = _HTTP_ERRORS.get(status, ServiceHTTPError)
-    return cls(text, service, status=status, code=code, message=message, details=details)
-
-
-def _check_answer(response: httpx.Response, service: str, what: str) -> httpx.Response:
-    if not response.is_success:
-        raise _answer_error(response, service, what)
-    return response
-
-
-def _check_stream(response: httpx.Response, service: str, what: str) -> None:
-    """An opened stream is usable: 2xx and really an event stream (its body read if not)."""
-    _check_answer(response, service, what)
-    content_type = response.headers.get("content-type", "")
-    if "text/event-stream" not in content_type:
-        raise ServiceProtocolError(f"{service}: {what}: expected an event stream, got "
-                                   f"{content_type or 'no content type'!r}", service)
-
-
-def _result(response: httpx.Response, service: str, what: str) -> Any:
-    try:
-        return orjson.loads(response.content)["result"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ServiceProtocolError(f"{service}: {what}: the answer has no JSON 'result'",
-                                   service) from exc
-
-
-def _health_body(response: httpx.Response, service: str, what: str) -> dict[str, Any]:
-    """200 and 503 are both health answers (healthy, not healthy); anything else is an error."""
-    if response.status_code not in (200, 503):
-        raise _answer_error(response, service, what)
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        raise ServiceProtocolError(f"{service}: {what}: the answer is not JSON", service) from exc
-    if not isinstance(body, dict):
-        raise ServiceProtocolError(f"{service}: {what}: the answer is not a JSON object", service)
-    body.setdefault("status", "healthy" if response.status_code == 200 else "unhealthy")
-    return body
-
-
-def _event_data(data: str) -> Any:
-    """An event's data as JSON, or the text itself when it is not JSON."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return data
-
-
-def _tool_path(name: str) -> str:
-    return f"/tool/{quote(name, safe='')}"
-
-
-def _resource_path(path: str) -> str:
-    return f"/resource/{quote(path.lstrip('/'), safe='/')}"
-
+# -- discovery: services/probe.py (service_url, tls_verify); answers: services/answers.py --
 
 # -- circuit breaker: services/breaker.py ----------------------------------------------------
 
@@ -306,9 +190,9 @@ class ServiceClient(_ClientBase):
 
     def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` and return its `result`."""
-        path = _tool_path(name)
+        path = answers.tool_path(name)
         response = self._retried(self._post, path, {"arguments": dict(arguments or {})})
-        return _result(response, self.service, f"POST {path}")
+        return answers.result(response, self.service, f"POST {path}")
 
     def stream_resource(self, path: str, params: Mapping[str, Any] | None = None
                         ) -> Generator[tuple[str, Any], None, None]:
@@ -316,14 +200,14 @@ class ServiceClient(_ClientBase):
         `end` event last. Opening the stream is retried and judged by the breaker; a stream
         that breaks later raises (no retry: events were already handed out) and counts as
         one breaker failure. Nothing is sent before the first `next()`."""
-        resource = _resource_path(path)
+        resource = answers.resource_path(path)
         what = f"GET {resource}"
         with ExitStack() as stack:
             source = self._retried(self._open_stream, stack, resource, params)
             try:
-                with _translated(self.service, what):
+                with answers.translated(self.service, what):
                     for sse in source.iter_sse():
-                        yield sse.event, _event_data(sse.data)
+                        yield sse.event, answers.event_data(sse.data)
                         if sse.event == END_EVENT:
                             return
                 raise ServiceUnavailableError(f"{self.service}: {what}: the stream closed "
@@ -336,9 +220,9 @@ class ServiceClient(_ClientBase):
         """`GET /health` once (no retry, no breaker: it must work while the breaker is
         open): the service's answer, 200 or 503, as a dict; kept in `last_health`."""
         try:
-            with _translated(self.service, "GET /health"):
+            with answers.translated(self.service, "GET /health"):
                 response = self._http.get("/health")
-            body = _health_body(response, self.service, "GET /health")
+            body = answers.health_body(response, self.service, "GET /health")
         except ServiceError as exc:
             self._record_health(None, exc)
             raise
@@ -368,20 +252,20 @@ class ServiceClient(_ClientBase):
             return fn(*args)
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        with _translated(self.service, f"POST {path}"):
+        with answers.translated(self.service, f"POST {path}"):
             response = self._http.post(path, json=body)
-        return _check_answer(response, self.service, f"POST {path}")
+        return answers.check_answer(response, self.service, f"POST {path}")
 
     def _open_stream(self, stack: ExitStack, path: str, params: Mapping[str, Any] | None
                      ) -> EventSource:
         what = f"GET {path}"
         with ExitStack() as attempt:
-            with _translated(self.service, what):
+            with answers.translated(self.service, what):
                 source = attempt.enter_context(connect_sse(
                     self._http, "GET", path, params=params, timeout=self._stream_timeout))
                 if not source.response.is_success:
                     source.response.read()  # the error body names the problem
-            _check_stream(source.response, self.service, what)
+            answers.check_stream(source.response, self.service, what)
             stack.push(attempt.pop_all())  # the caller's stack closes the response now
             return source
 
@@ -401,21 +285,21 @@ class AsyncServiceClient(_ClientBase):
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call tool `name` and return its `result`."""
-        path = _tool_path(name)
+        path = answers.tool_path(name)
         response = await self._retried(self._post, path, {"arguments": dict(arguments or {})})
-        return _result(response, self.service, f"POST {path}")
+        return answers.result(response, self.service, f"POST {path}")
 
     async def stream_resource(self, path: str, params: Mapping[str, Any] | None = None
                               ) -> AsyncGenerator[tuple[str, Any], None]:
         """Yield `(event, data)` as the events arrive, `end` last (see ServiceClient)."""
-        resource = _resource_path(path)
+        resource = answers.resource_path(path)
         what = f"GET {resource}"
         async with AsyncExitStack() as stack:
             source = await self._retried(self._open_stream, stack, resource, params)
             try:
-                with _translated(self.service, what):
+                with answers.translated(self.service, what):
                     async for sse in source.aiter_sse():
-                        yield sse.event, _event_data(sse.data)
+                        yield sse.event, answers.event_data(sse.data)
                         if sse.event == END_EVENT:
                             return
                 raise ServiceUnavailableError(f"{self.service}: {what}: the stream closed "
@@ -427,9 +311,9 @@ class AsyncServiceClient(_ClientBase):
     async def health(self) -> dict[str, Any]:
         """`GET /health` once, no retry, no breaker (see ServiceClient.health)."""
         try:
-            with _translated(self.service, "GET /health"):
+            with answers.translated(self.service, "GET /health"):
                 response = await self._http.get("/health")
-            body = _health_body(response, self.service, "GET /health")
+            body = answers.health_body(response, self.service, "GET /health")
         except ServiceError as exc:
             self._record_health(None, exc)
             raise
@@ -460,19 +344,19 @@ class AsyncServiceClient(_ClientBase):
             return await fn(*args)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        with _translated(self.service, f"POST {path}"):
+        with answers.translated(self.service, f"POST {path}"):
             response = await self._http.post(path, json=body)
-        return _check_answer(response, self.service, f"POST {path}")
+        return answers.check_answer(response, self.service, f"POST {path}")
 
     async def _open_stream(self, stack: AsyncExitStack, path: str,
                            params: Mapping[str, Any] | None) -> EventSource:
         what = f"GET {path}"
         async with AsyncExitStack() as attempt:
-            with _translated(self.service, what):
+            with answers.translated(self.service, what):
                 source = await attempt.enter_async_context(aconnect_sse(
                     self._http, "GET", path, params=params, timeout=self._stream_timeout))
                 if not source.response.is_success:
                     await source.response.aread()  # the error body names the problem
-            _check_stream(source.response, self.service, what)
+            answers.check_stream(source.response, self.service, what)
             stack.push_async_exit(attempt.pop_all())  # the caller's stack closes it now
             return source

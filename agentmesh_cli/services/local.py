@@ -24,7 +24,7 @@ from agentmesh_cli.errors import (
     StoreError,
 )
 from agentmesh_cli.mesh import Mesh
-from agentmesh_cli.services.client import error_answer
+from agentmesh_cli.services.answers import error_answer
 from agentmesh_cli.services.protocol import Catalogue
 
 T = TypeVar("T")
