@@ -53,20 +53,11 @@ class Asker:
         self.reader.start_at_end()
         self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=2.0)
 
-    def known(self, name: str) -> bool:
-        """In mesh.yaml, or joined once (an agent that is restarting is waited for)."""
-        if any(agent.name == name for agent in self.mesh.config.agents):
-            return True
-        try:
-            return self.store.is_member(name)
-        except AgentMeshError:
-            return True  # Redis cannot tell: ask, and let the timeout answer
-
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float = 10.0,
             conversation: str | None = None) -> Envelope:
         """Send the request and return the reply; raises UnknownAgent, AskTimeout,
         RemoteError (the agent's handler raised), BusError (the broker did not take it)."""
-        if not self.known(to):
+        if not self.store.may_answer(to, {agent.name for agent in self.mesh.config.agents}):
             raise UnknownAgent(to)
         meta: dict[str, Any] = {"reply_to": self.address, "deadline": now_ms() + int(timeout * 1000)}
         if conversation:

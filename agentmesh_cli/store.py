@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -136,6 +136,17 @@ class Store:
     def is_member(self, name: str) -> bool:
         """Has `name` ever joined?"""
         return bool(self._call("read members", lambda: self.redis.sismember(self.keys.members, name)))
+
+    def may_answer(self, name: str, declared: Iterable[str]) -> bool:
+        """May an ask go to `name` (ctx.ask, `agentmesh ask`): declared in mesh.yaml, or
+        joined once (an agent that is only restarting is waited for). True while Redis
+        cannot tell: the ask is sent, and its timeout answers."""
+        if name in declared:
+            return True
+        try:
+            return self.is_member(name)
+        except StoreError:
+            return True
 
     def joined_check(self) -> Callable[[str], bool]:
         """A check of senders for the roles that read what agents write: has the sender

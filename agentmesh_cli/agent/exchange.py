@@ -36,15 +36,6 @@ class Exchange:
         self.asks = Asks()
         self.answered = Answered()
 
-    def known(self, name: str) -> bool:
-        """May `name` answer an ask: in mesh.yaml, registered, or joined once."""
-        if any(a.name == name for a in self.rt.mesh.config.agents) or name in self.rt.registry():
-            return True
-        try:
-            return self.rt.store.is_member(name)
-        except AgentMeshError:
-            return True  # Redis cannot tell: wait for the reply rather than refuse
-
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float,
              meta: dict[str, Any] | None) -> Any:
         """AgentContext.ask: a coroutine in an async hook, the reply in a worker thread."""
@@ -66,7 +57,8 @@ class Exchange:
 
     async def ask_async(self, to: str, type: str, payload: dict[str, Any], timeout: float,
                          meta: dict[str, Any] | None, request_id: str) -> Envelope:
-        if not self.known(to):
+        declared = {a.name for a in self.rt.mesh.config.agents}
+        if to not in self.rt.registry() and not self.rt.store.may_answer(to, declared):
             raise UnknownAgent(to)
         deadline = now_ms() + int(timeout * 1000)
         request = events.message(self.rt.name, to, type, payload, {**(meta or {}), "deadline": deadline},
