@@ -201,6 +201,26 @@ class ServicesConfig(_Section):
         return "https" if self.tls_cert else "http"
 
 
+class GatewayConfig(_Section):
+    """The front door (gateway/, docs/gateway.md): HTTP, Server-Sent Events and MCP for
+    clients outside the mesh, with the services' tokens."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback: expose it wider on purpose, e.g. 0.0.0.0
+    port: Port = C.DEFAULT_GATEWAY_PORT
+    # a bigger request body is a 413; below kafka.max_record_bytes by at least
+    # ENVELOPE_ROOM, the room the envelope around a payload takes
+    max_body_bytes: int = Field(131_072, ge=1024)
+    ask_timeout: Duration = 30.0  # an ask through the gateway that names no timeout waits this long
+    max_ask_timeout: Duration = 300.0  # the longest timeout a client may ask for
+    events_kept: int = Field(1000, ge=10)  # newest events kept per conversation (older: `gone`)
+    events_ttl: Duration = 86_400.0  # a conversation idle this long is forgotten (its events too)
+    delta_interval: Duration = 0.05  # streamed partial output is coalesced this often
+
+
+ENVELOPE_ROOM = 4096  # bytes an envelope adds around a gateway payload (ids, meta, names)
+
+
 class SecurityConfig(_Section):
     """Message-level integrity (docs/security.md). Transport and service secrets are in
     the sections they secure (kafka.client, redis.url, services.tls_*)."""
@@ -274,6 +294,7 @@ class MeshConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     security: SecurityConfig = SecurityConfig()
+    gateway: GatewayConfig = GatewayConfig()
     agents: list[AgentSpec] = []
     # host name -> the programs it runs (names or fnmatch globs like agent-*); see hosts.py
     hosts: dict[str, list[str]] = {}
@@ -292,6 +313,8 @@ class MeshConfig(_Section):
         ports = {"services.memory.port": self.services.memory.port,
                  "services.cognition.port": self.services.cognition.port,
                  "metrics.port": self.metrics.port}
+        if self.gateway.enabled:
+            ports["gateway.port"] = self.gateway.port
         if self.kafka.embedded:
             ports["kafka.port"] = self.kafka.port
         if self.redis.embedded:
@@ -301,6 +324,15 @@ class MeshConfig(_Section):
             if port in seen:
                 raise ValueError(f"{seen[port]} and {key} must differ (both are {port})")
             seen[port] = key
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_body_fits(self) -> MeshConfig:
+        room = self.kafka.max_record_bytes - ENVELOPE_ROOM
+        if self.gateway.max_body_bytes > room:
+            raise ValueError(f"gateway.max_body_bytes ({self.gateway.max_body_bytes}) must stay "
+                             f"{ENVELOPE_ROOM} bytes below kafka.max_record_bytes "
+                             f"({self.kafka.max_record_bytes}): at most {room}")
         return self
 
     def agent_spec(self, name: str, role: str | None, capabilities: list[str] | None) -> AgentSpec:

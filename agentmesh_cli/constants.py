@@ -59,6 +59,7 @@ PROGRAM_MEMORY = "memory"
 PROGRAM_COGNITION = "cognition"
 SERVICE_PROGRAMS = (PROGRAM_MEMORY, PROGRAM_COGNITION)  # service name == program name
 PROGRAM_METRICS = "metrics"  # the Prometheus exporter (services tier)
+PROGRAM_GATEWAY = "gateway"  # the front door: HTTP, SSE and MCP (services tier)
 MANAGER_PROGRAMS = (PROGRAM_TOPOLOGY, PROGRAM_CONSENSUS)
 AGENT_PROGRAM_PREFIX = "agent-"
 PRIORITY_INFRA = 10
@@ -69,6 +70,7 @@ PRIORITY_AGENTS = 40
 # Default loopback ports of the embedded infra: far from Kafka's 9092 and Redis's 6379.
 DEFAULT_EMBEDDED_KAFKA_PORT = 29092
 DEFAULT_EMBEDDED_REDIS_PORT = 26379
+DEFAULT_GATEWAY_PORT = 9200  # the front door (gateway/)
 DEFAULT_METRICS_PORT = 9464  # the Prometheus exporter (the port OpenTelemetry's exporter uses)
 
 # The variable that tells a command (and every supervised program of a host) which host of
@@ -128,7 +130,8 @@ TYPE_ERROR_REPLY = "error"  # the type of an error reply (payload: error, messag
 COUNTER_HANDLER_ERRORS = "handler_errors"  # messages whose role handler raised (handled, and dead letters)
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
 # the fault-injection suite's probes. Any other sender must have joined once.
-OPERATOR_SENDERS = frozenset({"cli", "chaos"})
+GATEWAY_SENDER = "gateway"  # what enters through the front door is sent (and counted) as this
+OPERATOR_SENDERS = frozenset({"cli", "chaos", GATEWAY_SENDER})
 # The managers count every record they read, "records:<topic>", and every dead letter they
 # write, "dead_letters:<topic>" (besides the total "dead_letters"), so that each topic's
 # records add up to its outcomes (docs/architecture.md, Dead letters).
@@ -211,6 +214,33 @@ class Keys:
     def proposals(self) -> str:
         """Sorted set: proposal id scored by created_at (ms), the time index."""
         return self.prefix + "proposals"
+
+    def conversation(self, conversation_id: str) -> str:
+        """Hash: a conversation's owner (the user it belongs to; "" for the mesh) and when it
+        began (ms). Expires with its events (convlog.py)."""
+        return self.prefix + "conv:" + conversation_id
+
+    def conversation_events(self, conversation_id: str) -> str:
+        """Stream: the conversation's events for its user (convlog.py); the stream id is the
+        SSE event id. Trimmed to gateway.events_kept entries, expires after events_ttl."""
+        return self.prefix + "conv-events:" + conversation_id
+
+    def conversation_seen(self, conversation_id: str) -> str:
+        """Set: the envelope ids already in the conversation's events (an envelope sent again
+        after a crash is not appended twice)."""
+        return self.prefix + "conv-seen:" + conversation_id
+
+    @property
+    def conversation_channel(self) -> str:
+        """Pub/sub channel: `<conversation> <stream id>` when an event is appended, and the
+        ephemeral `delta` events (JSON), for the gateway's followers (convlog.py)."""
+        return self.prefix + "conv-feed"
+
+    @property
+    def accepts(self) -> str:
+        """Hash: agent -> JSON {message type: JSON schema} of what its role declares it
+        accepts (`Role.accepts`), written at join; the gateway and MCP publish it."""
+        return self.prefix + "accepts"
 
     @property
     def members(self) -> str:

@@ -44,14 +44,19 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
         │   ├── UnknownTool                404 unknown_tool
         │   ├── UnknownResource            404 unknown_resource
         │   ├── MessageNotFound            404 message_not_found (memory)
-        │   └── ConversationNotFound       404 conversation_not_found (cognition)
+        │   ├── ConversationNotFound       404 conversation_not_found (cognition, gateway)
+        │   └── AgentNotFound              404 unknown_agent (gateway): never joined, not in mesh.yaml
         ├── Conflict                   409 conflict
         ├── PayloadTooLarge            413 payload_too_large: by Content-Length
         │   └── BodyLimitExceeded          413 counted while the app read the body
         ├── UnsupportedMediaType       415 unsupported_media_type
         ├── DependencyError            502 dependency_error: memory answered cognition wrongly
+        ├── ErrorReply                 502 error_reply (gateway): the agent's handler raised
         ├── Unavailable                503 store_unavailable: Redis failed
-        └── DependencyUnavailable      503 dependency_unavailable: cognition cannot reach memory
+        ├── DependencyUnavailable      503 dependency_unavailable: cognition cannot reach memory
+        ├── BrokerUnavailable          503 broker_unavailable (gateway): Kafka did not take the request
+        ├── Draining                   503 draining (gateway): `agentmesh down` drains the mesh
+        └── ReplyTimeout               504 ask_timeout (gateway): no reply within the timeout
 
 ServiceError is what a caller of a service sees, ApiError what a service answers: the
 JSON answer `{"error": {"code", "message", "details"}}` is made from an ApiError in
@@ -318,6 +323,10 @@ class ConversationNotFound(NotFound):
     code = "conversation_not_found"
 
 
+class AgentNotFound(NotFound):
+    code = "unknown_agent"
+
+
 class Conflict(ApiError):
     status, code = 409, "conflict"
 
@@ -345,3 +354,21 @@ class Unavailable(ApiError):
 
 class DependencyUnavailable(ApiError):
     status, code = 503, "dependency_unavailable"
+
+
+class ErrorReply(ApiError):
+    """The agent answered an ask with an error reply (its handler raised)."""
+
+    status, code = 502, "error_reply"
+
+
+class BrokerUnavailable(ApiError):
+    status, code = 503, "broker_unavailable"
+
+
+class Draining(ApiError):
+    status, code = 503, "draining"
+
+
+class ReplyTimeout(ApiError):
+    status, code = 504, "ask_timeout"

@@ -21,6 +21,11 @@ EXTERNAL_NEEDED = ("several hosts need an external Kafka and Redis: set kafka.bo
                    "and redis.url")
 
 
+# programs that may run on any number of hosts, none included: the gateway keeps nothing of
+# its own (several processes serve one mesh), so a host that names it runs one
+ANY_HOSTS = frozenset({C.PROGRAM_GATEWAY})
+
+
 def program_names(config: MeshConfig) -> list[str]:
     """Every supervised program of the mesh, in start order (render.program_specs
     builds their commands in the same order)."""
@@ -29,7 +34,10 @@ def program_names(config: MeshConfig) -> list[str]:
         names.append(C.PROGRAM_KAFKA)
     if config.redis.embedded:
         names.append(C.PROGRAM_REDIS)
-    names += [*C.SERVICE_PROGRAMS, C.PROGRAM_METRICS, *C.MANAGER_PROGRAMS]
+    names += [*C.SERVICE_PROGRAMS, C.PROGRAM_METRICS]
+    if config.gateway.enabled:
+        names.append(C.PROGRAM_GATEWAY)
+    names += list(C.MANAGER_PROGRAMS)
     return names + [C.agent_program(agent.name) for agent in config.agents]
 
 
@@ -68,6 +76,8 @@ def check_hosts(config: MeshConfig) -> list[str]:
                 if host not in owner.setdefault(name, []):
                     owner[name].append(host)
     for name in known:
+        if name in ANY_HOSTS:
+            continue
         hosts = owner.get(name, [])
         if len(hosts) > 1:
             problems.append(f"hosts: {name} is on hosts {' and '.join(hosts)}; a program runs on one host")

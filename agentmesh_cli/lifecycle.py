@@ -34,7 +34,7 @@ from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.quiet import counted
-from agentmesh_cli.services.probe import Prober, tls_verify
+from agentmesh_cli.services.probe import Prober, gateway_url, tls_verify
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import (
@@ -91,6 +91,7 @@ def preflight(mesh: Mesh, running: set[str], specs: list[ProgramSpec]) -> None:
         *((service, getattr(cfg.services, service).host, getattr(cfg.services, service).port,
            f"the {service} service", f"services.{service}.port") for service in C.SERVICE_PROGRAMS),
         (C.PROGRAM_METRICS, cfg.metrics.host, cfg.metrics.port, "the metrics exporter", "metrics.port"),
+        (C.PROGRAM_GATEWAY, cfg.gateway.host, cfg.gateway.port, "the gateway", "gateway.port"),
     ]
     for program, host, port, what, key in wanted:
         if program in mine and not port_free(port, host):
@@ -146,6 +147,8 @@ class Readiness:
                 return self.prober().health(self.mesh, name)[0] == 200
             if name == C.PROGRAM_METRICS:
                 return metrics_answers(self.mesh, self.prober())
+            if name == C.PROGRAM_GATEWAY:
+                return self.prober().get(gateway_url(self.mesh) + "/health")[0] == 200
             return self.store().ready_pid(name) == pid
         except AgentMeshError:
             return False

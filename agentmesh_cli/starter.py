@@ -83,6 +83,17 @@ services:                       # HTTP services, supervised programs on loopback
   # tls_key: key.pem
   # tls_ca: ca.pem
 
+gateway:                        # the front door for clients outside the mesh (docs/gateway.md)
+  enabled: {gateway[enabled]} # a supervised program, port below: HTTP, Server-Sent Events and MCP at /mcp
+  host: {gateway[host]} # loopback; the services' tokens get in (agentmesh token)
+  port: {gateway[port]}
+  max_body_bytes: {gateway[max_body_bytes]} # a bigger request is a 413 (stays below kafka.max_record_bytes)
+  ask_timeout: {gateway[ask_timeout]} # an ask that names no timeout waits this long (then 504)
+  max_ask_timeout: {gateway[max_ask_timeout]} # the longest timeout a client may ask for
+  events_kept: {gateway[events_kept]} # newest events kept per conversation (an older Last-Event-ID: gone)
+  events_ttl: {gateway[events_ttl]} # a conversation idle this long is forgotten
+  delta_interval: {gateway[delta_interval]} # streamed partial output (delta events) is coalesced this often
+
 metrics: {{host: {metrics[host]}, port: {metrics[port]}}} # Prometheus: every role's counters at http://host:port/metrics
 
 security:                       # docs/security.md
@@ -161,7 +172,7 @@ def render_starter() -> str:
     config = MeshConfig(mesh="shop")
     sections = {name: _defaults(getattr(config, name)) for name in (
         "kafka", "redis", "topology", "consensus", "heartbeat", "recovery", "supervisor",
-        "services", "metrics", "security", "workload", "logging")}
+        "services", "metrics", "security", "workload", "logging", "gateway")}
     sections["memory"] = _defaults(config.services.memory)
     sections["cognition"] = _defaults(config.services.cognition)
     text = TEMPLATE.format(**sections)

@@ -46,6 +46,7 @@ def agents_mesh(agents: list[dict[str, Any]], **sections: Any) -> Iterator[Agent
         # no service is called by these roles; free ports keep their health checks off others'
         services={"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         metrics={"port": free_port()},
+        gateway={"port": free_port()},
         workload={"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
         heartbeat={"interval": HEARTBEAT},
         agents=agents,

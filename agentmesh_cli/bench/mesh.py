@@ -239,6 +239,7 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
         # no service is called by a relay; free ports keep their health checks off others'
         "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         "metrics": {"port": free_port()},
+        "gateway": {"port": free_port()},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
         "agents": [{"name": name, "role": RELAY_ROLE} for name in names],
         # signed as told, else as the running mesh signs (with a key of the bench mesh's own),

@@ -117,6 +117,7 @@ def mesh_copy(template: Path, root: Path, notes: list[str]) -> Mesh:
     for name in C.SERVICE_PROGRAMS:
         services[name] = {**(services.get(name) or {}), "port": free_port()}
     data["metrics"] = {**(data.get("metrics") or {}), "port": free_port()}
+    data["gateway"] = {**(data.get("gateway") or {}), "port": free_port()}
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return load_mesh(path)
@@ -125,7 +126,7 @@ def mesh_copy(template: Path, root: Path, notes: list[str]) -> Mesh:
 def _ports(mesh: Mesh) -> list[int]:
     cfg = mesh.config
     return [cfg.kafka.port, cfg.redis.port, cfg.services.memory.port, cfg.services.cognition.port,
-            cfg.metrics.port]
+            cfg.metrics.port, cfg.gateway.port]
 
 
 def _supervisord_pid(mesh: Mesh) -> int:

@@ -46,6 +46,7 @@ def mesh_data(agents: int) -> dict[str, Any]:
         "redis": {"port": free_port()},
         "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         "metrics": {"port": free_port()},
+        "gateway": {"port": free_port()},
         "heartbeat": {"interval": "1s", "missed": 3},
         "consensus": {"proposal_timeout": "10s"},
         "agents": agent_list(agents),

@@ -56,13 +56,38 @@ def cognition(
     run(mesh, host or settings.host, port or environment.service_port("cognition") or settings.port)
 
 
+def gateway(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on (default: gateway.host of mesh.yaml, 127.0.0.1).",
+        show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(
+        min=1, max=65535, show_default=False,
+        help="Port (default: gateway.port of mesh.yaml, 9200).")] = None,
+) -> None:
+    """Run the gateway: the mesh's front door over HTTP, Server-Sent Events and MCP.
+
+    Clients outside the mesh ask agents (POST /agents/NAME/ask), send them messages, follow
+    a conversation's events (GET /conversations/ID/events) and use the agents as MCP tools
+    at /mcp, with the services' tokens (agentmesh token). See docs/gateway.md.
+
+    Example: agentmesh gateway --config mesh.yaml --port 9200
+    """
+    from agentmesh_cli.gateway.main import run
+
+    mesh = mesh_from(config)
+    role_logging(mesh, C.PROGRAM_GATEWAY)
+    settings = mesh.config.gateway
+    run(mesh, host or settings.host, port or settings.port)
+
+
 def token(
     user: Annotated[str, typer.Option(
         "--user", help="The user id the token acts for (1 to 128 of A-Z a-z 0-9 _ . : @ -).",
         show_default=False)],
     config: ConfigOption = None,
 ) -> None:
-    """Print a bearer token that lets its holder use memory and cognition as USER only.
+    """Print a bearer token that lets its holder use memory, cognition and the gateway as USER only.
 
     The token is derived from the mesh's service token (nothing is stored): both services
     check it on every request, and a call that names another user answers 403. Rotating
@@ -86,4 +111,5 @@ def token(
 def register(app: typer.Typer) -> None:
     app.command()(memory)
     app.command()(cognition)
+    app.command()(gateway)
     app.command()(token)

@@ -202,16 +202,20 @@ class McpEndpoint:
     (the SDK's can run only once); outside one, requests answer 503."""
 
     def __init__(self, server: Server[Any], security: TransportSecuritySettings,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, stateless: bool = False) -> None:
+        """`stateless`: no session outlives its request (the gateway: any of several
+        processes may take the next request)."""
         self.server = server
         self.security = security
         self.max_body_bytes = max_body_bytes
+        self.stateless = stateless
         self.manager: StreamableHTTPSessionManager | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         manager = StreamableHTTPSessionManager(app=self.server, security_settings=self.security,
-                                               max_request_body_size=self.max_body_bytes)
+                                               max_request_body_size=self.max_body_bytes,
+                                               stateless=self.stateless, json_response=self.stateless)
         async with manager.run():
             self.manager = manager
             try:
@@ -248,6 +252,11 @@ def install_mcp(app: FastAPI, catalogue: Catalogue, *, hosts: Iterable[str] = ()
     SDK's session manager started and stopped inside the app's existing lifespan (after its
     startup, and stopped before its shutdown, so no tool call outlives what it uses)."""
     endpoint = McpEndpoint(build_server(catalogue), security_settings(hosts, origins), max_body_bytes)
+    return mount_mcp(app, endpoint, path)
+
+
+def mount_mcp(app: FastAPI, endpoint: McpEndpoint, path: str = MCP_PATH) -> McpEndpoint:
+    """Mount `endpoint` at `path`, run inside the app's lifespan (see install_mcp)."""
     sdk_log = logging.getLogger("mcp")
     if sdk_log.level == logging.NOTSET:
         # the SDK logs INFO per session and at start; like uvicorn's, the service's log skips them

@@ -41,6 +41,17 @@ def service_url(mesh: Mesh, service: str, environ: Mapping[str, str] | None = No
     return f"{mesh.config.services.scheme}://{host}:{port}"
 
 
+def gateway_url(mesh: Mesh) -> str:
+    """Base URL of the gateway (HTTPS with services.tls_cert, as the services)."""
+    settings = mesh.config.gateway
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard bind answers on loopback too
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{mesh.config.services.scheme}://{host}:{settings.port}"
+
+
 def tls_verify(mesh: Mesh) -> ssl.SSLContext | bool:
     """How clients of the mesh's services check their certificate: an SSL context trusting
     `services.tls_ca` when set, else True (the system's trust store; unused over http)."""

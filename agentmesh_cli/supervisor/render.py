@@ -112,6 +112,9 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[Program
                                  dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_METRICS, [*me, "metrics", *config_arg], C.PRIORITY_SERVICES,
                              dict(AGENTMESH_ENV)))
+    if cfg.gateway.enabled:
+        specs.append(ProgramSpec(C.PROGRAM_GATEWAY, [*me, "gateway", *config_arg], C.PRIORITY_SERVICES,
+                                 dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_TOPOLOGY, [*me, "topology", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],

@@ -51,6 +51,7 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
         "redis": {"port": free_port()},
         "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         "metrics": {"port": free_port()},
+        "gateway": {"port": free_port()},
         "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
         "heartbeat": {"interval": "1s", "missed": 5},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},

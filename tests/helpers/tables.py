@@ -124,6 +124,7 @@ def external(broker: str, valkey: str, **extra: Any) -> dict[str, Any]:
         "redis": {"url": valkey},
         "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         "metrics": {"port": free_port()},
+        "gateway": {"port": free_port()},
         "topology": {"snapshot_interval": "250ms", "decay_interval": "1h"},
         "heartbeat": {"interval": "1s", "missed": 3},
         "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},

@@ -55,6 +55,7 @@ def external_mesh(tmp_path: Path, broker: str, valkey: str) -> Any:
             # fail fast behind their breakers instead of reaching someone else's service
             "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
             "metrics": {"port": free_port()},
+            "gateway": {"port": free_port()},
             "workload": {"order_rate": 0, "lead_rate": 0, "refund_rate": 0},
             "agents": [],
         }

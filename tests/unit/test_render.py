@@ -40,12 +40,14 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
         ("memory", 20, "services"),
         ("cognition", 20, "services"),
         ("metrics", 20, "services"),
+        ("gateway", 20, "services"),
         ("topology-manager", 30, "managers"),
         ("consensus-manager", 30, "managers"),
         ("agent-Sales", 40, "agents"),
         ("agent-Fraud", 40, "agents"),
     ]
-    kafka, redis, memory, cognition, metrics, topo, consensus, sales, fraud = specs
+    kafka, redis, memory, cognition, metrics, gateway, topo, consensus, sales, fraud = specs
+    assert gateway.command == ["/py", "-m", "agentmesh_cli", "gateway", "--config", str(tmp_path / "mesh.yaml")]
     assert memory.command == ["/py", "-m", "agentmesh_cli", "memory", "--config", str(tmp_path / "mesh.yaml")]
     assert cognition.command[3:5] == ["cognition", "--config"]
     assert metrics.command == ["/py", "-m", "agentmesh_cli", "metrics", "--config",
@@ -68,15 +70,15 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
 def test_external_infra_starts_nothing_embedded(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path, kafka={"bootstrap_servers": "k1:9092"}, redis={"url": "redis://r:6379/0"})
     names = [s.name for s in program_specs(mesh, "/py")]
-    assert names == ["memory", "cognition", "metrics", "topology-manager", "consensus-manager", "agent-Sales",
-                     "agent-Fraud"]
+    assert names == ["memory", "cognition", "metrics", "gateway", "topology-manager", "consensus-manager",
+                     "agent-Sales", "agent-Fraud"]
 
 
 def test_agents_stop_wait_covers_the_drain(tmp_path: Path) -> None:
     """An agent asked to stop may finish its handlers for as long as `down` drains by
     default; supervisord kills it only after that and a margin. The rest keep 10 s (5 s infra)."""
     waits = {s.name: s.stopwaitsecs for s in program_specs(make_mesh(tmp_path), "/py", "/t", "/v")}
-    assert waits == {"kafka": 5, "redis": 5, "memory": 10, "cognition": 10, "metrics": 10,
+    assert waits == {"kafka": 5, "redis": 5, "memory": 10, "cognition": 10, "metrics": 10, "gateway": 10,
                      "topology-manager": 10, "consensus-manager": 10, "agent-Sales": 40,
                      "agent-Fraud": 40}
     assert waits["agent-Sales"] > DEFAULT_DRAIN_TIMEOUT_S
@@ -103,7 +105,7 @@ def test_render_all_files(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path)
     files = render_all(mesh, program_specs(mesh, "/py", tansu="/t", valkey="/v"))
     assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "cognition.ini", "consensus-manager.ini",
-                             "kafka.ini", "memory.ini", "metrics.ini", "redis.ini", "supervisord.conf",
+                             "gateway.ini", "kafka.ini", "memory.ini", "metrics.ini", "redis.ini", "supervisord.conf",
                              "topology-manager.ini"]
     conf = configparser.RawConfigParser()
     conf.read_string(files["supervisord.conf"])

@@ -1,0 +1,403 @@
+"""The gateway's HTTP API: the mesh's front door (docs/gateway.md).
+
+    POST /agents/{name}/ask          ask an agent, answer with its reply (200, 502, 504)
+    POST /agents/{name}/messages     send an agent a message (202 with the envelope id)
+    POST /conversations              mint a conversation (201), to follow before asking
+    GET  /conversations/{id}/events  the conversation's events, Server-Sent Events
+    GET  /agents                     the registry, with what each agent accepts
+    GET  /health, /openapi.json      open: no token
+    /mcp                             the mesh as MCP tools and resources (gateway/mcp.py)
+
+Tokens are the services' (services/auth.py): the service token acts for anyone (a body's
+`user` says for whom), a user token for its user only, and the gateway puts that user in
+the envelope's `meta.user`: roles read the user from there, never from the payload.
+Errors are the services' JSON shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from fastapi import FastAPI, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentmesh_cli import constants as C
+from agentmesh_cli import convlog, events
+from agentmesh_cli.envelope import NAME_PATTERN, Envelope, nests_deeper, now_ms
+from agentmesh_cli.errors import (
+    AgentNotFound,
+    BadRequest,
+    ConversationNotFound,
+    Draining,
+    ErrorReply,
+    Forbidden,
+    ReplyTimeout,
+)
+from agentmesh_cli.gateway.kafka import GatewayBus
+from agentmesh_cli.gateway.sse import conversation_events
+from agentmesh_cli.gateway.state import GatewayState
+from agentmesh_cli.services.auth import BearerAuthMiddleware, Caller, check_service_token, current_caller
+from agentmesh_cli.services.http import (
+    BodyLimitMiddleware,
+    ErrorBoundaryMiddleware,
+    Health,
+    OrjsonResponse,
+    error_responses,
+    event_stream,
+    install_error_handlers,
+    read_json,
+)
+from agentmesh_cli.services.seed import without_422
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 1.0
+MAX_NESTING = 64  # a deeper payload is refused (the envelope codec has a limit too)
+SEND_TIMEOUT_S = 10.0  # POST messages waits this long for the broker to take the message
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
+TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+USER_PATTERN = r"^[A-Za-z0-9_.@:-]{1,128}$"
+IDEMPOTENCY_KEY = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255,
+    description="A retry with the same key (and the same user) is the same request: the agent "
+                "handles it once and a repeated ask gets its reply again.")]
+AGENT = Annotated[str, Path(pattern=NAME_PATTERN, description="The agent's name.")]
+
+
+class Send(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(pattern=TYPE_PATTERN, description="The message type the agent handles.")
+    payload: dict[str, Any] = Field(default_factory=dict, description="A JSON object.")
+    conversation: str | None = Field(None, pattern=convlog.CONVERSATION_PATTERN, description=(
+        "The conversation it belongs to (its order at the agent, its events). None: a new one."))
+    user: str | None = Field(None, pattern=USER_PATTERN, description=(
+        "Service token only: the user the request acts for. A user token acts for its user."))
+
+
+class Ask(Send):
+    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the reply "
+                                  "(default gateway.ask_timeout, at most gateway.max_ask_timeout).")
+
+
+class Reply(BaseModel):
+    id: str
+    type: str
+    payload: dict[str, Any]
+    conversation: str
+    in_reply_to: str = Field(description="The request's id.")
+    round_trip_ms: float
+    from_: str = Field(alias="from")
+
+
+class Accepted(BaseModel):
+    id: str = Field(description="The envelope's id.")
+    conversation: str
+
+
+class Conversation(BaseModel):
+    conversation: str
+    owner: str | None
+
+
+class AgentEntry(BaseModel):
+    name: str
+    role: str
+    state: str = Field(description="up (heartbeats arrive), down, or declared (in mesh.yaml, never joined).")
+    capabilities: list[str]
+    concurrency: int | None = None
+    in_flight: int | None = None
+    accepts: dict[str, Any] = Field(
+        description="Message type -> JSON schema of its payload, as the role declares.")
+
+
+class Agents(BaseModel):
+    agents: list[AgentEntry]
+
+
+class NewConversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(None, pattern=USER_PATTERN, description=(
+        "Service token only: the user it belongs to (a user token: its user)."))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parsed(model: type[M], data: Any) -> M:
+    """The body as `model`, or a 400 naming the first field that does not fit."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        argument = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadRequest(f"argument {argument!r}: {first['msg']}", {"argument": argument}) from None
+
+
+def body_of(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """OpenAPI `requestBody` of an endpoint that reads its JSON body itself (read_json: a
+    missing Content-Type is JSON, another one a 415)."""
+    return {"requestBody": {"required": required, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
+class Gateway:
+    """What the endpoints (and the MCP tools) share: the mesh's settings, Redis, Kafka."""
+
+    def __init__(self, mesh: Any, state: GatewayState, address: str, signer: Any) -> None:
+        self.mesh = mesh
+        self.settings = mesh.config.gateway
+        self.state = state
+        self.address = address
+        self.signer = signer
+        self.bus: GatewayBus | None = None
+
+    # who acts --------------------------------------------------------------------
+    @staticmethod
+    def acting(body_user: str | None) -> tuple[str | None, bool]:
+        """(user, is the mesh): a user token acts for its user only."""
+        caller: Caller = current_caller()
+        if caller.is_mesh:
+            return body_user, True
+        if body_user is not None and body_user != caller.user:
+            raise Forbidden(f"this token acts for {caller.user!r}, not {body_user!r}",
+                            {"argument": "user", "user": body_user})
+        return caller.user, False
+
+    @staticmethod
+    def derived(user: str | None, key: str, what: str) -> str:
+        digest = hashlib.sha256(f"{user or ''}\n{key}\n{what}".encode()).hexdigest()
+        return digest[:32]
+
+    def open_bus(self) -> GatewayBus:
+        if self.state.draining:
+            raise Draining("the mesh is draining (agentmesh down): no new requests", {})
+        if self.bus is None:
+            raise Draining("the gateway is not running", {})
+        return self.bus
+
+    def _check_agent(self, name: str) -> None:
+        if not self.state.may_answer(name):
+            raise AgentNotFound(f"no agent {name!r}: it never joined and is not in mesh.yaml",
+                                {"agent": name})
+
+    async def _prepare(self, name: str, body: Send, key: str | None, request: bool,
+                       timeout: float | None = None) -> tuple[Envelope, str, str | None, bool]:
+        bus = self.open_bus()
+        self._check_agent(name)
+        if nests_deeper(body.payload, MAX_NESTING):
+            raise BadRequest(f"payload nests deeper than {MAX_NESTING} levels", {"argument": "payload"})
+        user, mesh = self.acting(body.user)
+        kind = "ask" if request else "message"
+        conversation = body.conversation or (
+            "c-" + (self.derived(user, key, "conversation")[:24] if key else uuid.uuid4().hex[:24]))
+        meta: dict[str, Any] = {"conversation": conversation}
+        if user:
+            meta["user"] = user
+        if request:
+            meta["reply_to"] = bus.address
+            meta["deadline"] = now_ms() + int((timeout or 0) * 1000)
+        envelope_id = self.derived(user, key, kind) if key else None
+        envelope = events.message(C.GATEWAY_SENDER, name, body.type, body.payload, meta, id=envelope_id)
+        if not await self.state.append(conversation, envelope, user, mesh):
+            raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
+        return envelope, conversation, user, mesh
+
+    async def ask(self, name: str, body: Ask, key: str | None) -> dict[str, Any]:
+        timeout = self.settings.ask_timeout if body.timeout is None else body.timeout
+        if timeout > self.settings.max_ask_timeout:
+            raise BadRequest(f"timeout {timeout} is over gateway.max_ask_timeout "
+                             f"({self.settings.max_ask_timeout} s)", {"argument": "timeout"})
+        started = time.perf_counter()
+        envelope, conversation, _, _ = await self._prepare(name, body, key, True, timeout)
+        bus = self.open_bus()
+        future = bus.expect(envelope.id)
+        try:
+            delivered = bus.send(envelope)
+            delivered.add_done_callback(lambda d: _fail_with(future, d))
+            self.state.count_sent(name)
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await asyncio.shield(future)
+            except TimeoutError:
+                raise ReplyTimeout(f"{name} did not answer {body.type!r} within {timeout} s",
+                                   {"agent": name, "type": body.type, "timeout": timeout,
+                                    "conversation": conversation, "request_id": envelope.id}) from None
+        finally:
+            bus.forget(envelope.id, future)
+        if reply.type == C.TYPE_ERROR_REPLY:
+            raise ErrorReply(f"{name}'s handler raised {reply.payload.get('error', 'Exception')}: "
+                             f"{reply.payload.get('message', '')}",
+                             {"agent": name, "type": body.type, "conversation": conversation,
+                              "request_id": envelope.id,
+                              "remote_type": str(reply.payload.get("error", "Exception")),
+                              "remote_message": str(reply.payload.get("message", ""))})
+        return {"id": reply.id, "type": reply.type, "from": reply.from_agent_id, "payload": reply.payload,
+                "conversation": conversation, "in_reply_to": envelope.id,
+                "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    async def send(self, name: str, body: Send, key: str | None) -> dict[str, Any]:
+        envelope, conversation, _, _ = await self._prepare(name, body, key, False)
+        delivered = self.open_bus().send(envelope)
+        self.state.count_sent(name)
+        with anyio.fail_after(SEND_TIMEOUT_S):
+            await delivered
+        return {"id": envelope.id, "conversation": conversation}
+
+    async def open_conversation(self, body_user: str | None) -> dict[str, Any]:
+        user, mesh = self.acting(body_user)
+        conversation = "c-" + uuid.uuid4().hex[:24]
+        await self.state.claim(conversation, user if user else "", False)
+        return {"conversation": conversation, "owner": user}
+
+    async def may_follow(self, conversation: str) -> None:
+        """404 unless the caller may read the conversation: its owner, or the mesh (which may
+        also follow one that does not exist yet)."""
+        caller = current_caller()
+        owner = await self.state.owner(conversation)
+        if caller.is_mesh:
+            return
+        if owner is None or owner != caller.user:
+            raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
+
+    def agents(self) -> list[dict[str, Any]]:
+        """The registry (and mesh.yaml's agents that never joined), with their accepts."""
+        heartbeat = self.mesh.config.heartbeat
+        silent_ms = heartbeat.interval * heartbeat.missed * 1000
+        now = now_ms()
+        entries: dict[str, dict[str, Any]] = {}
+        for spec in self.mesh.config.agents:
+            entries[spec.name] = {"name": spec.name, "role": spec.role, "state": "declared",
+                                  "capabilities": list(spec.capabilities), "concurrency": spec.concurrency,
+                                  "in_flight": None, "accepts": {}}
+        for name, record in self.state.registry.items():
+            alive = now - int(record.get("last_heartbeat", 0)) <= silent_ms
+            entries[name] = {"name": name, "role": str(record.get("role", "")),
+                             "state": "up" if alive else "down",
+                             "capabilities": list(record.get("capabilities", [])),
+                             "concurrency": record.get("concurrency"), "in_flight": record.get("in_flight"),
+                             "accepts": {}}
+        for name, accepts in self.state.accepts.items():
+            if name in entries:
+                entries[name]["accepts"] = accepts
+        return [entries[name] for name in sorted(entries)]
+
+    async def health(self) -> tuple[bool, dict[str, str]]:
+        details: dict[str, str] = {}
+        failure = await self.state.ping(HEALTH_TIMEOUT_S)
+        if failure is not None:
+            details["redis"] = failure
+        if self.bus is not None and self.bus.broker_down:
+            details["kafka"] = self.bus.broker_down
+        return not details, details
+
+
+def _fail_with(future: asyncio.Future[Envelope], delivered: asyncio.Future[None]) -> None:
+    if not delivered.cancelled() and delivered.exception() is not None and not future.done():
+        future.set_exception(delivered.exception())  # type: ignore[arg-type]
+
+
+ERRORS_SEND = (400, 401, 403, 404, 413, 415, 503)
+
+
+def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = None) -> FastAPI:
+    """The gateway's app. `start_bus(loop)` makes its GatewayBus when the app starts (the
+    bus needs the running loop); `app.state.gateway` is the Gateway."""
+    check_service_token(gateway.mesh.credentials.service_token, "gateway")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start_bus is not None:
+            gateway.bus = await asyncio.to_thread(start_bus, asyncio.get_running_loop())
+        gateway.state.start()
+        try:
+            yield
+        finally:
+            if gateway.bus is not None:
+                await asyncio.to_thread(gateway.bus.close)
+            await gateway.state.close()
+
+    app = FastAPI(title="agentmesh gateway", version="1", lifespan=lifespan,
+                  description="The mesh's front door: ask and message agents, follow conversations.")
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.settings.max_body_bytes)
+    app.add_middleware(BearerAuthMiddleware, token=gateway.mesh.credentials.service_token,
+                       open_paths=OPEN_PATHS)
+    app.add_middleware(ErrorBoundaryMiddleware)
+
+    @app.post("/agents/{name}/ask", summary="Ask an agent and get its reply",
+              response_model=Reply, response_model_by_alias=True, openapi_extra=body_of(Ask),
+              responses={**error_responses(*ERRORS_SEND, 502, 504)})
+    async def ask(name: AGENT, request: Request, idempotency_key: IDEMPOTENCY_KEY = None) -> Response:
+        body = parsed(Ask, await read_json(request))
+        return OrjsonResponse(await gateway.ask(name, body, idempotency_key))
+
+    @app.post("/agents/{name}/messages", summary="Send an agent a message", status_code=202,
+              response_model=Accepted, openapi_extra=body_of(Send),
+              responses={**error_responses(*ERRORS_SEND)})
+    async def message(name: AGENT, request: Request, idempotency_key: IDEMPOTENCY_KEY = None) -> Response:
+        body = parsed(Send, await read_json(request))
+        return OrjsonResponse(await gateway.send(name, body, idempotency_key), status_code=202)
+
+    @app.post("/conversations", summary="Start a conversation", status_code=201,
+              response_model=Conversation, openapi_extra=body_of(NewConversation, required=False),
+              responses={**error_responses(400, 401, 403, 415, 503)})
+    async def new_conversation(request: Request) -> Response:
+        raw = await request.body()
+        body = parsed(NewConversation, await read_json(request)) if raw.strip() else NewConversation()
+        result = await gateway.open_conversation(body.user)
+        return OrjsonResponse(result, status_code=201)
+
+    @app.get("/conversations/{conversation}/events", summary="Follow a conversation (Server-Sent Events)",
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                              "description": "`message` events (id: the stream id), ephemeral `delta` "
+                                             "events, `gone` when Last-Event-ID is past the retention."},
+                        **error_responses(400, 401, 404, 503)})
+    async def follow(
+        conversation: Annotated[str, Path(pattern=convlog.CONVERSATION_PATTERN)],
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+        after: Annotated[str | None, Query(max_length=64, description=(
+            "Resume after this event id (for clients that cannot set Last-Event-ID).")) ] = None,
+    ) -> Response:
+        resume = last_event_id or after
+        last = convlog.stream_id(resume) if resume else None
+        if resume and last is None:
+            raise BadRequest(f"Last-Event-ID {resume!r} is not an event id", {"argument": "Last-Event-ID"})
+        await gateway.may_follow(conversation)
+        follower = await gateway.state.follow(conversation)
+        shutdown = anyio.Event()
+        stream = conversation_events(gateway.state, conversation, follower, last, resume, shutdown)
+        return event_stream(stream, keepalive_s, shutdown=shutdown, on_close=_closer(follower))
+
+    @app.get("/agents", summary="The agents, their state and what they accept", response_model=Agents,
+             responses={**error_responses(401)})
+    async def agents() -> Response:
+        return OrjsonResponse({"agents": gateway.agents()})
+
+    @app.get("/health", summary="Are Redis and Kafka answering?",
+             responses={200: {"model": Health, "description": "Healthy."},
+                        503: {"model": Health, "description": "Redis or Kafka does not answer."}})
+    async def health() -> Response:
+        ok, details = await gateway.health()
+        if ok:
+            return OrjsonResponse({"status": "healthy"})
+        return OrjsonResponse({"status": "unhealthy", "details": details}, status_code=503)
+
+    without_422(app)
+    return app
+
+
+def _closer(follower: Any) -> Any:
+    async def close() -> None:
+        follower.close()
+    return close
