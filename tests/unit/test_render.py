@@ -47,7 +47,8 @@ def test_embedded_mesh_programs_in_start_order(tmp_path: Path) -> None:
         ("agent-Fraud", 40, "agents"),
     ]
     kafka, redis, memory, cognition, metrics, gateway, topo, consensus, sales, fraud = specs
-    assert gateway.command == ["/py", "-m", "agentmesh_cli", "gateway", "--config", str(tmp_path / "mesh.yaml")]
+    config = str(tmp_path / "mesh.yaml")
+    assert gateway.command == ["/py", "-m", "agentmesh_cli", "gateway", "--config", config]
     assert memory.command == ["/py", "-m", "agentmesh_cli", "memory", "--config", str(tmp_path / "mesh.yaml")]
     assert cognition.command[3:5] == ["cognition", "--config"]
     assert metrics.command == ["/py", "-m", "agentmesh_cli", "metrics", "--config",
@@ -78,7 +79,8 @@ def test_agents_stop_wait_covers_the_drain(tmp_path: Path) -> None:
     """An agent asked to stop may finish its handlers for as long as `down` drains by
     default; supervisord kills it only after that and a margin. The rest keep 10 s (5 s infra)."""
     waits = {s.name: s.stopwaitsecs for s in program_specs(make_mesh(tmp_path), "/py", "/t", "/v")}
-    assert waits == {"kafka": 5, "redis": 5, "memory": 10, "cognition": 10, "metrics": 10, "gateway": 10,
+    assert waits == {"kafka": 5, "redis": 5, "memory": 10, "cognition": 10, "metrics": 10,
+                     "gateway": 10,
                      "topology-manager": 10, "consensus-manager": 10, "agent-Sales": 40,
                      "agent-Fraud": 40}
     assert waits["agent-Sales"] > DEFAULT_DRAIN_TIMEOUT_S
