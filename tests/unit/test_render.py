@@ -107,8 +107,8 @@ def test_render_all_files(tmp_path: Path) -> None:
     mesh = make_mesh(tmp_path)
     files = render_all(mesh, program_specs(mesh, "/py", tansu="/t", valkey="/v"))
     assert sorted(files) == ["agent-Fraud.ini", "agent-Sales.ini", "cognition.ini", "consensus-manager.ini",
-                             "gateway.ini", "kafka.ini", "memory.ini", "metrics.ini", "redis.ini", "supervisord.conf",
-                             "topology-manager.ini"]
+                             "gateway.ini", "kafka.ini", "memory.ini", "metrics.ini", "redis.ini",
+                             "supervisord.conf", "topology-manager.ini"]
     conf = configparser.RawConfigParser()
     conf.read_string(files["supervisord.conf"])
     assert conf["unix_http_server"]["file"] == str(tmp_path / ".agentmesh" / "supervisor.sock")
