@@ -250,9 +250,9 @@ CONTENTS = ("the parcel arrived late but the support was quick",
             "how long does a refund take to reach my card")
 
 
-def http_request(host: str, method: str, path: str, body: Any = None) -> bytes:
-    """One HTTP/1.1 keep-alive request, encoded once."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+def http_request(host: str, method: str, path: str, body: Any = None, token: str = TOKEN) -> bytes:
+    """One HTTP/1.1 keep-alive request, encoded once (with the rig's token unless told)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
     if body is None:
         return (head + "\r\n").encode()
     data = orjson.dumps(body)

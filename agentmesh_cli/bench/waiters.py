@@ -59,7 +59,9 @@ class Asker(Role):
             job = self._jobs.popleft()
             to = str(job["to"])
             try:
-                if int(job.get("in_flight", 1)) > 1:
+                if "rate" in job:
+                    result = await self._paced(to, float(job["rate"]), float(job["seconds"]))
+                elif int(job.get("in_flight", 1)) > 1:
                     result = await self._pipelined(to, int(job["in_flight"]), float(job["seconds"]),
                                                    float(job.get("warmup_s", 0.0)))
                 else:
@@ -111,6 +113,33 @@ class Asker(Role):
 
         await asyncio.gather(*(keep_asking() for _ in range(in_flight)))
         return {"latencies_ms": took, "failed": failed, "seconds": seconds, "in_flight": in_flight}
+
+    async def _paced(self, to: str, rate: float, seconds: float) -> dict[str, Any]:
+        """`rate` asks per second for `seconds` on a fixed schedule (open loop: an ask is
+        sent at its time whatever the earlier ones do), each timed from that time, so a
+        stall is counted in full rather than hidden by the asks it delays."""
+        loop = asyncio.get_running_loop()
+        begin = time.perf_counter() + 0.05
+        took: list[float] = []
+        failed = 0
+
+        async def one(scheduled: float) -> None:
+            nonlocal failed
+            try:
+                await self.ctx.ask(to, PING_TYPE, {}, timeout=ASK_TIMEOUT_S)
+            except AskError:
+                failed += 1
+                return
+            took.append(round((time.perf_counter() - scheduled) * 1000, 4))
+
+        tasks = []
+        for n in range(int(rate * seconds)):
+            scheduled = begin + n / rate
+            if (wait := scheduled - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            tasks.append(loop.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
+        return {"latencies_ms": took, "failed": failed, "seconds": seconds, "rate": rate}
 
     def on_stop(self) -> None:
         self._redis.close()

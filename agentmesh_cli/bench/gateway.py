@@ -1,0 +1,355 @@
+"""Gateway scenario: what the front door costs an ask, next to a direct `ctx.ask` between two
+agents in the same run (same broker, same Valkey, the same answering agent), and what a
+thousand Server-Sent Events followers cost it.
+
+The mesh: `Asker` and `Answerer` (bench/waiters.py, as `bench ask` runs them) and the
+`gateway` program, each its own process, on a throwaway broker and Valkey. `rounds` rounds,
+each:
+
+- open loop at `rate` asks/s for `duration` s, twice, in alternating order: `Asker` asking
+  `Answerer` directly (`await ctx.ask`, paced inside the agent), and the bench's load
+  generator sending `POST /agents/Answerer/ask` to the gateway. Both send on a fixed
+  schedule and time each ask from its scheduled start (a slow answer delays nothing that
+  follows, and a queue is counted in full: no coordinated omission). The generator
+  (services.LeanLoad: keep-alive HTTP/1.1 connections, pre-encoded requests) reports its
+  own CPU. The gateway's CPU per ask is its process's CPU time over the phase (psutil,
+  every thread: HTTP, Redis, librdkafka) divided by the asks answered.
+- one at a time: `samples` direct asks timed inside `Asker`, and `samples` gateway asks on
+  one keep-alive connection (as `bench ask` measures its round trip).
+
+Every figure is the median over the rounds. Then the SSE phase (bench/gateway_sse.py):
+`followers` streams open at once, each on its own conversation; the bench appends
+`follower_events` events to each through `convlog.ConversationLog.append`, as an agent
+does, so the gateway's CPU there is the fan-out's alone; every follower must get every
+event of its conversation, in order (checked by SSE id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.bench.agents import AgentsMesh, agents_mesh
+from agentmesh_cli.bench.ask import ANSWERER, ASKER, ROLES, Jobs
+from agentmesh_cli.bench.gateway_sse import Followers, append_events
+from agentmesh_cli.bench.infra import percentiles, ratio
+from agentmesh_cli.bench.procs import wait_while_alive
+from agentmesh_cli.bench.roundtrip import WARMUP
+from agentmesh_cli.bench.services import LeanLoad, http_request
+from agentmesh_cli.bench.waiters import PING_TYPE
+from agentmesh_cli.errors import BenchError, WaitTimeout
+from agentmesh_cli.waiting import wait_until_async
+
+START_TIMEOUT_S = 60.0
+ASK_TIMEOUT_S = 10.0  # each gateway ask's `timeout` (the asker's is waiters.ASK_TIMEOUT_S, as long)
+CONNECTIONS = 32  # the generator's keep-alive connections (far more than `rate` x latency needs)
+OPEN_TIMEOUT_S = 60.0  # for all the follow streams to be answered
+IDLE_S = 2.0  # the followers stay open this long, nothing appended: what open streams cost
+RSS_EVERY_S = 0.05
+TARGET_CPU_US_PER_ASK = 300.0
+TARGET_P50_ADDED_MS = 2.0
+
+
+@dataclass
+class GatewayMesh:
+    agents: AgentsMesh
+    pid: int
+    host: str
+    port: int
+    token: str
+    log: str
+
+
+@contextmanager
+def gateway_mesh() -> Iterator[GatewayMesh]:
+    """The asker, the answerer and the gateway on a throwaway broker and Valkey (the
+    gateway on the free port agents_mesh gave mesh.yaml); stopped by pid on exit."""
+    agents = [{"name": ASKER, "role": f"{ROLES}:Asker"}, {"name": ANSWERER, "role": f"{ROLES}:Answerer"}]
+    with agents_mesh(agents) as running:
+        bench = running.bench
+        proc = bench.spawn(C.PROGRAM_GATEWAY, name=C.PROGRAM_GATEWAY)
+        log = str(bench.root / f"{C.PROGRAM_GATEWAY}.log")
+        wait_while_alive(lambda: running.store.ready_pid(C.PROGRAM_GATEWAY) == proc.pid,
+                         "the gateway to be ready", START_TIMEOUT_S, proc, log)
+        cfg = bench.mesh.config
+        yield GatewayMesh(running, proc.pid, "127.0.0.1", cfg.gateway.port,
+                          bench.mesh.credentials.service_token, log)
+
+
+def ask_request(gm: GatewayMesh) -> bytes:
+    return http_request(f"{gm.host}:{gm.port}", "POST", f"/agents/{ANSWERER}/ask",
+                        {"type": PING_TYPE, "payload": {}, "timeout": ASK_TIMEOUT_S}, token=gm.token)
+
+
+# asks -------------------------------------------------------------------------------------
+async def _gateway_paced(gm: GatewayMesh, rate: int, duration: float) -> dict[str, Any]:
+    load = LeanLoad(gm.host, gm.port, [ask_request(gm)], CONNECTIONS, expect="in_reply_to")
+    await load.open()
+    try:
+        cpu, own, wall = cpu_s(gm.pid), time.process_time(), time.perf_counter()
+        result = await load.run_paced(rate, duration)
+        elapsed = time.perf_counter() - wall
+        gateway_s, generator_s = cpu_s(gm.pid) - cpu, time.process_time() - own
+    finally:
+        load.close()
+    answered = len(load.took)
+    return {"latency": percentiles(load.took or [0.0]), "sent": int(rate * duration),
+            "answered": answered, "errors": result["errors"], "error_samples": load.error_samples,
+            "gateway_cpu_us_per_ask": round(gateway_s / max(1, answered) * 1e6, 1),
+            "gateway_cpu_share": round(gateway_s / elapsed, 3),
+            "generator_cpu_us_per_ask": round(generator_s / max(1, answered) * 1e6, 1),
+            "generator_cpu_share": round(generator_s / elapsed, 3)}
+
+
+async def _gateway_one_at_a_time(gm: GatewayMesh, samples: int) -> dict[str, Any]:
+    """`samples` asks one after the other on one keep-alive connection (after WARMUP)."""
+    request = ask_request(gm)
+    reader, writer = await asyncio.open_connection(gm.host, gm.port)
+    took: list[float] = []
+    failed = 0
+    try:
+        for i in range(WARMUP + samples):
+            started = time.perf_counter()
+            writer.write(request)
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            at = head.find(b"\r\ncontent-length:") + 17
+            await reader.readexactly(int(head[at:head.find(b"\r\n", at)]))
+            if i < WARMUP:
+                continue
+            if head.startswith(b"http/1.1 200 "):
+                took.append((time.perf_counter() - started) * 1000)
+            else:
+                failed += 1
+    finally:
+        writer.close()
+    if not took:
+        raise BenchError(f"no gateway ask got its answer one at a time; see {gm.log}")
+    return {**percentiles(took), "failed": failed}
+
+
+def _direct_paced(jobs: Jobs, gm: GatewayMesh, rate: int, duration: float) -> dict[str, Any]:
+    """The direct baseline at the same rate; the gateway's CPU meanwhile is its idle cost."""
+    cpu, wall = cpu_s(gm.pid), time.perf_counter()
+    result = jobs.run(rate=rate, seconds=duration)
+    idle_share = (cpu_s(gm.pid) - cpu) / (time.perf_counter() - wall)
+    return {"latency": percentiles(result["latencies_ms"]), "sent": int(rate * duration),
+            "answered": len(result["latencies_ms"]), "failed": result["failed"],
+            "gateway_idle_cpu_share": round(idle_share, 3)}
+
+
+def _ask_round(jobs: Jobs, gm: GatewayMesh, n: int, rate: int, duration: float,
+               samples: int) -> dict[str, Any]:
+    """One round: both open-loop phases (which first alternates), then both one at a time."""
+    got: dict[str, Any] = {}
+    for side in (("direct", "gateway") if n % 2 == 0 else ("gateway", "direct")):
+        got[side] = (_direct_paced(jobs, gm, rate, duration) if side == "direct"
+                     else asyncio.run(_gateway_paced(gm, rate, duration)))
+    direct_one = jobs.run(in_flight=1, samples=samples, warmup=WARMUP)
+    got["direct_one"] = {**percentiles(direct_one["latencies_ms"]), "failed": direct_one["failed"]}
+    got["gateway_one"] = asyncio.run(_gateway_one_at_a_time(gm, samples))
+    return got
+
+
+# SSE followers ----------------------------------------------------------------------------
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used so far, every thread (psutil)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+class RssPeak:
+    """The gateway's RSS, sampled every RSS_EVERY_S while it runs (the peak of the phase)."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def now(self) -> float:
+        rss = round(self.process.memory_info().rss / 2**20, 1)
+        self.peak = max(self.peak, rss)
+        return rss
+
+    async def _sample(self) -> None:
+        while True:
+            self.now()
+            await asyncio.sleep(RSS_EVERY_S)
+
+    def __enter__(self) -> RssPeak:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def _followers_phase(gm: GatewayMesh, followers: int, per_follower: int,
+                           event_rate: float) -> tuple[dict[str, Any], list[str]]:
+    mesh = gm.agents.bench.mesh
+    settings = mesh.config.gateway
+    tag = uuid.uuid4().hex[:8]
+    conversations = [f"bench-{tag}-{i}" for i in range(followers)]
+    streams = Followers(gm.host, gm.port, gm.token, conversations)
+    total = followers * per_follower
+    with RssPeak(gm.pid) as rss:
+        rss_before, cpu0, wall0 = rss.now(), cpu_s(gm.pid), time.perf_counter()
+        try:
+            await streams.open(OPEN_TIMEOUT_S)
+            cpu1, wall1, rss_open = cpu_s(gm.pid), time.perf_counter(), rss.now()
+            await asyncio.sleep(IDLE_S)
+            cpu2, own2, wall2 = cpu_s(gm.pid), time.process_time(), time.perf_counter()
+            appended = await asyncio.to_thread(append_events, mesh.redis_url, mesh.config.mesh, conversations,
+                                               per_follower, event_rate, settings.events_kept,
+                                               settings.events_ttl)
+            appends_s = time.perf_counter() - wall2
+            try:
+                await wait_until_async(lambda: streams.delivered >= total, 30 + total / event_rate,
+                                       "every event at its follower", interval=0.005)
+            except WaitTimeout:
+                pass  # reported: the check below counts what came
+            cpu3, own3, wall3, rss_after = (cpu_s(gm.pid), time.process_time(), time.perf_counter(),
+                                            rss.now())
+        finally:
+            streams.close()
+        check = streams.check(appended)
+        await asyncio.sleep(1.0)  # the gateway notices the closed streams
+        rss_closed = rss.now()
+    delivered = streams.delivered
+    return {
+        "followers": followers, "events_per_follower": per_follower, "events_appended": total,
+        "events_delivered": delivered, "followers_complete": check["complete"],
+        "followers_in_order": check["in_order"], "problems": check["problems"],
+        "append_rate": round(total / appends_s), "delivery": check["delivery"],
+        "open_s": round(wall1 - wall0, 3),
+        "gateway_cpu_s_open": round(cpu1 - cpu0, 3),
+        "gateway_cpu_us_per_follower_open": round((cpu1 - cpu0) / followers * 1e6, 1),
+        "gateway_idle_cpu_share_open": round((cpu2 - cpu1) / (wall2 - wall1), 3),
+        "gateway_cpu_s_delivery": round(cpu3 - cpu2, 3),
+        "gateway_cpu_us_per_event": round((cpu3 - cpu2) / max(1, delivered) * 1e6, 1),
+        "gateway_cpu_share_delivery": round((cpu3 - cpu2) / (wall3 - wall2), 3),
+        "bench_cpu_us_per_event": round((own3 - own2) / max(1, delivered) * 1e6, 1),
+        "rss_mb": {"before": rss_before, "open": rss_open, "after": rss_after, "peak": rss.peak,
+                   "closed": rss_closed},
+    }, check["problem_samples"]
+
+
+# the run ----------------------------------------------------------------------------------
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {"p50_ms": _median([r["p50_ms"] for r in runs]), "p99_ms": _median([r["p99_ms"] for r in runs]),
+            "max_ms": max(r["max_ms"] for r in runs), "mean_ms": _median([r["mean_ms"] for r in runs])}
+
+
+def run(repeats: int = 5, rate: int = 200, duration: float = 5.0, samples: int = 200,
+        followers: int = 1000, follower_events: int = 5, event_rate: float = 1000.0) -> dict[str, Any]:
+    """The gateway scenario and its direct baseline, in the bench result shape (cli/bench.py)."""
+    if repeats < 1 or rate < 1 or samples < 1 or followers < 1 or follower_events < 1:
+        raise BenchError("bench gateway needs repeats, rate, samples, followers and events >= 1")
+    load_start = round(os.getloadavg()[0], 2)
+    rounds: list[dict[str, Any]] = []
+    with gateway_mesh() as gm:
+        jobs = Jobs(gm.agents)
+        try:
+            for n in range(repeats):
+                rounds.append(_ask_round(jobs, gm, n, rate, duration, samples))
+        finally:
+            jobs.close()
+        sse, problem_samples = asyncio.run(_followers_phase(gm, followers, follower_events, event_rate))
+    gw = [r["gateway"] for r in rounds]
+    direct = [r["direct"] for r in rounds]
+    added_runs = [round(g["latency"]["p50_ms"] - d["latency"]["p50_ms"], 3) for g, d in zip(gw, direct,
+                                                                                              strict=True)]
+    added_one_runs = [round(r["gateway_one"]["p50_ms"] - r["direct_one"]["p50_ms"], 3) for r in rounds]
+    added, added_one = _median(added_runs), _median(added_one_runs)
+    cpu_per_ask = _median([g["gateway_cpu_us_per_ask"] for g in gw])
+    gateway_ask = _summary([g["latency"] for g in gw])
+    direct_ask = _summary([d["latency"] for d in direct])
+    figures = {
+        "gateway_ask": gateway_ask,
+        "gateway_ask_p50_runs": [g["latency"]["p50_ms"] for g in gw],
+        "p50_added_ms": added, "p50_added_ms_runs": added_runs,
+        "asks_sent": sum(g["sent"] for g in gw), "asks_answered": sum(g["answered"] for g in gw),
+        "asks_failed": sum(g["errors"] for g in gw) + sum(r["gateway_one"]["failed"] for r in rounds),
+        "gateway_cpu_us_per_ask": cpu_per_ask,
+        "gateway_cpu_us_per_ask_runs": [g["gateway_cpu_us_per_ask"] for g in gw],
+        "gateway_cpu_share": _median([g["gateway_cpu_share"] for g in gw]),
+        "gateway_idle_cpu_share": _median([d["gateway_idle_cpu_share"] for d in direct]),
+        "generator_cpu_us_per_ask": _median([g["generator_cpu_us_per_ask"] for g in gw]),
+        "generator_cpu_share": _median([g["generator_cpu_share"] for g in gw]),
+        "gateway_one_in_flight": _summary([r["gateway_one"] for r in rounds]),
+        "p50_added_one_in_flight_ms": added_one, "p50_added_one_in_flight_ms_runs": added_one_runs,
+        "sse": sse,
+    }
+    raw = {
+        "direct_ask": direct_ask, "direct_ask_p50_runs": [d["latency"]["p50_ms"] for d in direct],
+        "direct_asks_sent": sum(d["sent"] for d in direct),
+        "direct_asks_answered": sum(d["answered"] for d in direct),
+        "direct_asks_failed": (sum(d["failed"] for d in direct)
+                               + sum(r["direct_one"]["failed"] for r in rounds)),
+        "direct_one_in_flight": _summary([r["direct_one"] for r in rounds]),
+    }
+    every_event = sse["followers_complete"] == followers and sse["problems"] == 0
+    cpu_met = 0 < cpu_per_ask <= TARGET_CPU_US_PER_ASK
+    added_met = added <= TARGET_P50_ADDED_MS
+    errors = [s for g in gw for s in g["error_samples"]][:3]
+    notes = [
+        f"load average {load_start} at start, {round(os.getloadavg()[0], 2)} at end (2-core machine: "
+        "figures move with what else runs)",
+        f"target: gateway CPU per ask at most {TARGET_CPU_US_PER_ASK:g} us: {'met' if cpu_met else 'MISSED'} "
+        f"({cpu_per_ask:g} us at {rate} asks/s)",
+        f"target: the gateway adds at most {TARGET_P50_ADDED_MS:g} ms to a direct ask's p50 at {rate} "
+        f"asks/s: {'met' if added_met else 'MISSED'} ({gateway_ask['p50_ms']:.2f} ms against "
+        f"{direct_ask['p50_ms']:.2f} ms direct, +{added:.2f} ms; one at a time +{added_one:.2f} ms)",
+        f"target: each of {followers} followers gets every event of its conversation, in order: "
+        f"{'met' if every_event else 'MISSED'} ({sse['followers_complete']} complete, "
+        f"{sse['events_delivered']} of {sse['events_appended']} events delivered)",
+        f"median of {repeats} rounds; each: {rate} asks/s for {duration:g} s open loop, direct and "
+        f"through the gateway in alternating order, timed from each ask's scheduled start; then "
+        f"{samples} asks one at a time each way (after {WARMUP} not counted)",
+        f"direct: Asker asks Answerer with `await ctx.ask`, timed inside the agent; gateway: POST "
+        f"/agents/{ANSWERER}/ask from the bench's generator ({CONNECTIONS} keep-alive HTTP/1.1 connections, "
+        "pre-encoded requests), a new conversation per ask (the gateway appends each request to it)",
+        f"SSE: {followers} streams open at once, one conversation each; {follower_events} events appended to "
+        f"each with convlog.ConversationLog.append from the bench (as an agent appends), the conversations "
+        f"in turn at {event_rate:g} events/s; delivery is timed from each append's call to the event's "
+        f"arrival; open streams idled {IDLE_S:g} s before the appends",
+    ]
+    notes += [f"gateway error answer: {sample}" for sample in errors]
+    notes += [f"SSE problem: {sample}" for sample in problem_samples]
+    return {
+        "scenario": "gateway",
+        "settings": {"repeats": repeats, "rate": rate, "duration_s": duration, "samples": samples,
+                     "followers": followers, "follower_events": follower_events, "event_rate": event_rate,
+                     "connections": CONNECTIONS, "asker": ASKER, "answerer": ANSWERER},
+        "figures": figures,
+        "raw": raw,
+        "floor": {},
+        "ratios": {
+            "p50_gateway_to_direct": ratio(gateway_ask["p50_ms"], direct_ask["p50_ms"]),
+            "p99_gateway_to_direct": ratio(gateway_ask["p99_ms"], direct_ask["p99_ms"]),
+            "p50_one_in_flight_gateway_to_direct": ratio(figures["gateway_one_in_flight"]["p50_ms"],
+                                                         raw["direct_one_in_flight"]["p50_ms"]),
+        },
+        "targets": {
+            "gateway_cpu_us_per_ask": {"target": f"<= {TARGET_CPU_US_PER_ASK:g}", "value": cpu_per_ask,
+                                       "met": cpu_met},
+            "p50_added_ms": {"target": f"<= {TARGET_P50_ADDED_MS:g}", "value": added, "met": added_met},
+            "followers_complete": {"target": f"= {followers}", "value": sse["followers_complete"],
+                                   "met": every_event},
+        },
+        "notes": notes,
+    }
