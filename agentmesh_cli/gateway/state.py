@@ -62,7 +62,8 @@ class GatewayState:
         self._append = self.redis.register_script(convlog.APPEND_SCRIPT)
         self._claim = self.redis.register_script(convlog.CLAIM_SCRIPT)
         self.feed: ChannelFeed[FeedItem] = ChannelFeed(self.redis, self.keys.conversation_channel,
-                                                       convlog.parse_feed, follow_buffer)
+                                                       convlog.parse_feed, follow_buffer,
+                                                       key=_conversation_of)
         self.registry: dict[str, dict[str, Any]] = {}
         self.accepts: dict[str, dict[str, Any]] = {}
         self.draining = False
@@ -171,7 +172,7 @@ class GatewayState:
         return [convlog.decode_entry(entry) for entry in entries or []]
 
     async def follow(self, conversation: str) -> Follower[FeedItem]:
-        return await self.feed.follow(lambda item: item[0] == conversation)
+        return await self.feed.follow(_every, key=conversation)
 
     # what MCP resources show ------------------------------------------------------
     async def topology(self) -> Any:
@@ -222,3 +223,11 @@ class GatewayState:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _conversation_of(item: FeedItem) -> str:
+    return item[0]
+
+
+def _every(item: FeedItem) -> bool:
+    return True  # a follower is filed under its conversation (the feed's key): all of it is its own

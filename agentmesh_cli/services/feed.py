@@ -9,7 +9,10 @@ wants it, through the follower's own bounded queue:
   subscription: a message published after `follow()` returns reaches the follower, so
   a stream registers first and reads its backlog after, and nothing falls between.
 - Decoded once per process (`decode`), not once per stream; a follower's `wants`
-  picks what goes into its queue, so a stream is woken only for its own changes.
+  picks what goes into its queue, so a stream is woken only for its own changes. A feed
+  with a `key` (the gateway's: a message's conversation) also files each follower under
+  the key it follows, so a message costs the followers of its key only, not every open
+  stream (at 1,000 streams, asking each one cost ~0.4 ms of CPU per message).
 - A follower that does not keep up is dropped when its queue is full; its next read
   raises FellBehind. The reader never waits for a follower, so no stream stalls another.
 - When the subscription breaks (redis-py reconnects and subscribes again, or the
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -45,9 +48,11 @@ CLOSE_TIMEOUT_S = 1.0  # unsubscribing at shutdown, when Redis may be gone
 class Follower(Generic[T]):
     """One reader of the feed: `next()` gives what it wants, in published order."""
 
-    def __init__(self, feed: ChannelFeed[T], wants: Callable[[T], bool], size: int) -> None:
+    def __init__(self, feed: ChannelFeed[T], wants: Callable[[T], bool], size: int,
+                 key: Hashable | None = None) -> None:
         self.feed = feed
         self.wants = wants
+        self.key = key
         self.queue: asyncio.Queue[T | None] = asyncio.Queue(size)  # None only wakes a failed reader
         self.failure: AgentMeshError | None = None
 
@@ -88,27 +93,34 @@ class Follower(Generic[T]):
 
     def close(self) -> None:
         """Leave the feed (idempotent)."""
-        self.feed.followers.discard(self)
+        self.feed.leave(self)
 
 
 class ChannelFeed(Generic[T]):
     """The process's one subscription to `channel`, decoded by `decode` (None: ignore)."""
 
     def __init__(self, client: aioredis.Redis, channel: str, decode: Callable[[bytes], T | None],
-                 queue_size: int, clock: Clock = time.monotonic) -> None:
-        """`clock` times the wait for Redis to confirm the subscription."""
+                 queue_size: int, clock: Clock = time.monotonic,
+                 key: Callable[[T], Hashable] | None = None) -> None:
+        """`clock` times the wait for Redis to confirm the subscription; `key`, when given,
+        is what a decoded message is for: it goes to the followers of that key only."""
         self.client = client
         self.clock = clock
         self.channel = channel
         self.decode = decode
         self.queue_size = queue_size
+        self.key = key
         self.followers: set[Follower[T]] = set()
+        self.keyed: dict[Hashable, set[Follower[T]]] = {}  # a keyed feed's followers, by key
         self.reader: asyncio.Task[None] | None = None
         self.live: asyncio.Future[None] | None = None
         self.ending: set[asyncio.Task[None]] = set()  # broken readers still closing
 
-    async def follow(self, wants: Callable[[T], bool]) -> Follower[T]:
-        """A new follower, once the subscription is confirmed (StoreError if it cannot be)."""
+    async def follow(self, wants: Callable[[T], bool], key: Hashable | None = None) -> Follower[T]:
+        """A new follower, once the subscription is confirmed (StoreError if it cannot be).
+        On a keyed feed it names the `key` it follows (and is offered its messages only)."""
+        if (key is None) != (self.key is None):
+            raise ValueError("a follower names a key on a keyed feed, and only there")
         if self.reader is None or self.reader.done():
             loop = asyncio.get_running_loop()
             self.live = loop.create_future()
@@ -117,9 +129,20 @@ class ChannelFeed(Generic[T]):
             self.reader = loop.create_task(self._read(self.live), name=f"feed {self.channel}")
         assert self.live is not None
         await asyncio.shield(self.live)
-        follower = Follower(self, wants, self.queue_size)
+        follower = Follower(self, wants, self.queue_size, key)
         self.followers.add(follower)
+        if key is not None:
+            self.keyed.setdefault(key, set()).add(follower)
         return follower
+
+    def leave(self, follower: Follower[T]) -> None:
+        """Take `follower` off the feed (idempotent)."""
+        self.followers.discard(follower)
+        group = self.keyed.get(follower.key) if follower.key is not None else None
+        if group is not None:
+            group.discard(follower)
+            if not group:
+                del self.keyed[follower.key]
 
     async def close(self) -> None:
         """Stop reading and unsubscribe; any follower left ends with StoreError."""
@@ -134,7 +157,7 @@ class ChannelFeed(Generic[T]):
         self._fail_all(StoreError("the service is shutting down"))
 
     def _fail_all(self, error: AgentMeshError) -> None:
-        followers, self.followers = self.followers, set()
+        followers, self.followers, self.keyed = self.followers, set(), {}
         for follower in followers:
             follower.fail(error)
 
@@ -196,7 +219,9 @@ class ChannelFeed(Generic[T]):
         decoded = self.decode(data)
         if decoded is None:
             return
-        dropped = [follower for follower in self.followers if not follower.offer(decoded)]
+        followers: Iterable[Follower[T]] = (
+            self.followers if self.key is None else self.keyed.get(self.key(decoded), ()))
+        dropped = [follower for follower in followers if not follower.offer(decoded)]
         for follower in dropped:
             follower.close()
 

@@ -68,6 +68,36 @@ def test_one_subscription_serves_every_follower_in_order(valkey: str) -> None:
     on_feed(valkey, scenario)
 
 
+def test_a_keyed_feed_offers_each_message_to_the_followers_of_its_key_only(valkey: str) -> None:
+    async def main() -> None:
+        client = aioredis.Redis.from_url(valkey)
+        channel = f"feed-{uuid.uuid4().hex[:8]}"
+        # the gateway's shape: "<key> <n>"; a message goes to the followers of its key
+        feed: ChannelFeed[str] = ChannelFeed(client, channel, decode, 100, key=lambda m: m.split()[0])
+        try:
+            with pytest.raises(ValueError, match="names a key"):
+                await feed.follow(lambda m: True)
+            a1, a2 = await feed.follow(lambda m: True, key="a"), await feed.follow(lambda m: True, key="a")
+            b = await feed.follow(lambda m: not m.endswith("0"), key="b")  # wants still filters
+            for n in range(3):
+                await client.publish(channel, f"a {n}")
+                await client.publish(channel, f"b {n}")
+            assert await drain(a1, 3) == await drain(a2, 3) == ["a 0", "a 1", "a 2"]
+            assert await drain(b, 2) == ["b 1", "b 2"]
+            assert await b.next(0.1) is None
+            a1.close()
+            a1.close()  # idempotent
+            assert feed.keyed == {"a": {a2}, "b": {b}}
+            a2.close()
+            b.close()
+            assert feed.keyed == {} and feed.followers == set()
+        finally:
+            await feed.close()
+            await client.aclose()
+
+    asyncio.run(main())
+
+
 def test_a_slow_follower_is_dropped_and_the_others_get_everything(valkey: str) -> None:
     async def scenario(client: aioredis.Redis, feed: ChannelFeed[str], channel: str) -> None:
         slow, quick = await feed.follow(lambda m: True), await feed.follow(lambda m: True)
