@@ -16,7 +16,7 @@ from agentmesh_cli.cli import printer
 if TYPE_CHECKING:
     from rich.table import Table
 
-SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow")
+SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow", "gateway")
 ALL = "all"
 
 
@@ -79,7 +79,8 @@ def bench(
     agents: Annotated[int, typer.Option(help="mesh: agent processes.", min=2)] = 4,
     duration: Annotated[float | None, typer.Option(
         help="mesh: seconds per phase (5); services: seconds per load phase (5); ask: seconds of each "
-             "pipelined phase (2); slow: seconds of each measured window (10).", min=0.5)] = None,
+             "pipelined phase (2); slow: seconds of each measured window (10); gateway: seconds of each "
+             "open-loop phase (5).", min=0.5)] = None,
     events: Annotated[int, typer.Option(help="topology: messages in the backlog the manager drains.",
                                         min=1000)] = 200_000,
     full_mesh: Annotated[int, typer.Option(
@@ -88,17 +89,23 @@ def bench(
         help="consensus: proposals in the throughput run (3 votes each).")] = 4000,
     samples: Annotated[int | None, typer.Option(
         help="consensus: latency samples (300); ask: round trips one at a time per run, agents and "
-             "raw each (200).", min=1)] = None,
+             "raw each (200); gateway: asks one at a time per round, each way (200).", min=1)] = None,
     concurrency: Annotated[int | None, typer.Option(
         help="services: calls in flight under load (64); ask: asks in flight in the pipelined phase "
              "(64); slow: the agent's agents[].concurrency (1000).", min=1)] = None,
-    rate: Annotated[int, typer.Option(help="services: calls/s of the paced phases.", min=1)] = 500,
-    followers: Annotated[int, typer.Option(help="services: SSE followers in the fan-out.", min=1)] = 100,
+    rate: Annotated[int | None, typer.Option(
+        help="services: calls/s of the paced phases (500); gateway: asks/s of the open-loop phases, "
+             "direct and through the gateway (200).", min=1)] = None,
+    followers: Annotated[int | None, typer.Option(
+        help="services: SSE followers in the fan-out (100); gateway: SSE streams open at once, one "
+             "conversation each (1000).", min=1)] = None,
+    follower_events: Annotated[int | None, typer.Option(
+        help="gateway: events appended to each follower's conversation (5).", min=1)] = None,
     history: Annotated[int, typer.Option(help="services: items in the history that is read.", min=1,
                                          max=1000)] = 200,
     repeats: Annotated[int | None, typer.Option(
-        help="startup: up/down cycles (3); ask: runs (5); slow: runs (3). Figures are medians over "
-             "the runs.", min=1)] = None,
+        help="startup: up/down cycles (3); ask: runs (5); slow: runs (3); gateway: rounds (5). Figures "
+             "are medians over the runs.", min=1)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="mesh: use the broker and Redis of this running mesh (under a mesh name and "
                          "topic prefix of the bench's own) instead of starting throwaway ones.")] = None,
@@ -120,6 +127,7 @@ def bench(
     Example: agentmesh bench mesh --agents 8 --duration 10
     Example: agentmesh bench ask --repeats 5
     Example: agentmesh bench slow --concurrency 1000 --duration 10
+    Example: agentmesh bench gateway --rate 200 --followers 1000
     Example: agentmesh bench --json --out bench.json
     """
     if scenario != ALL and scenario not in SCENARIOS:
@@ -135,6 +143,8 @@ def bench(
         "startup": {"repeats": repeats},
         "ask": {"repeats": repeats, "samples": samples, "concurrency": concurrency, "duration": duration},
         "slow": {"repeats": repeats, "concurrency": concurrency, "duration": duration},
+        "gateway": {"repeats": repeats, "rate": rate, "duration": duration, "samples": samples,
+                    "followers": followers, "follower_events": follower_events},
     }
     chosen = SCENARIOS if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}
