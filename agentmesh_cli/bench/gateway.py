@@ -30,32 +30,25 @@ import asyncio
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from agentmesh_cli import constants as C
 from agentmesh_cli.bench.agents import AgentsMesh, agents_mesh
 from agentmesh_cli.bench.ask import ANSWERER, ASKER, ROLES, Jobs
-from agentmesh_cli.bench.gateway_sse import Followers, append_events
+from agentmesh_cli.bench.gateway_sse import IDLE_S, cpu_s, followers_phase
 from agentmesh_cli.bench.infra import percentiles, ratio
 from agentmesh_cli.bench.procs import wait_while_alive
 from agentmesh_cli.bench.roundtrip import WARMUP
 from agentmesh_cli.bench.services import LeanLoad, http_request
 from agentmesh_cli.bench.waiters import PING_TYPE
-from agentmesh_cli.errors import BenchError, WaitTimeout
-from agentmesh_cli.waiting import wait_until_async
+from agentmesh_cli.errors import BenchError
 
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 10.0  # each gateway ask's `timeout` (the asker's is waiters.ASK_TIMEOUT_S, as long)
 CONNECTIONS = 32  # the generator's keep-alive connections (far more than `rate` x latency needs)
-OPEN_TIMEOUT_S = 60.0  # for all the follow streams to be answered
-IDLE_S = 2.0  # the followers stay open this long, nothing appended: what open streams cost
-RSS_EVERY_S = 0.05
 TARGET_CPU_US_PER_ASK = 300.0
 TARGET_P50_ADDED_MS = 2.0
 
@@ -105,6 +98,7 @@ async def _gateway_paced(gm: GatewayMesh, rate: int, duration: float) -> dict[st
     answered = len(load.took)
     return {"latency": percentiles(load.took or [0.0]), "sent": int(rate * duration),
             "answered": answered, "errors": result["errors"], "error_samples": load.error_samples,
+            "gateway_cpu_s": gateway_s, "elapsed_s": elapsed,
             "gateway_cpu_us_per_ask": round(gateway_s / max(1, answered) * 1e6, 1),
             "gateway_cpu_share": round(gateway_s / elapsed, 3),
             "generator_cpu_us_per_ask": round(generator_s / max(1, answered) * 1e6, 1),
@@ -160,90 +154,6 @@ def _ask_round(jobs: Jobs, gm: GatewayMesh, n: int, rate: int, duration: float,
     return got
 
 
-# SSE followers ----------------------------------------------------------------------------
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds process `pid` has used so far, every thread (psutil)."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-class RssPeak:
-    """The gateway's RSS, sampled every RSS_EVERY_S while it runs (the peak of the phase)."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def now(self) -> float:
-        rss = round(self.process.memory_info().rss / 2**20, 1)
-        self.peak = max(self.peak, rss)
-        return rss
-
-    async def _sample(self) -> None:
-        while True:
-            self.now()
-            await asyncio.sleep(RSS_EVERY_S)
-
-    def __enter__(self) -> RssPeak:
-        self._task = asyncio.get_running_loop().create_task(self._sample())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-
-async def _followers_phase(gm: GatewayMesh, followers: int, per_follower: int,
-                           event_rate: float) -> tuple[dict[str, Any], list[str]]:
-    mesh = gm.agents.bench.mesh
-    settings = mesh.config.gateway
-    tag = uuid.uuid4().hex[:8]
-    conversations = [f"bench-{tag}-{i}" for i in range(followers)]
-    streams = Followers(gm.host, gm.port, gm.token, conversations)
-    total = followers * per_follower
-    with RssPeak(gm.pid) as rss:
-        rss_before, cpu0, wall0 = rss.now(), cpu_s(gm.pid), time.perf_counter()
-        try:
-            await streams.open(OPEN_TIMEOUT_S)
-            cpu1, wall1, rss_open = cpu_s(gm.pid), time.perf_counter(), rss.now()
-            await asyncio.sleep(IDLE_S)
-            cpu2, own2, wall2 = cpu_s(gm.pid), time.process_time(), time.perf_counter()
-            appended = await asyncio.to_thread(append_events, mesh.redis_url, mesh.config.mesh, conversations,
-                                               per_follower, event_rate, settings.events_kept,
-                                               settings.events_ttl)
-            appends_s = time.perf_counter() - wall2
-            try:
-                await wait_until_async(lambda: streams.delivered >= total, 30 + total / event_rate,
-                                       "every event at its follower", interval=0.005)
-            except WaitTimeout:
-                pass  # reported: the check below counts what came
-            cpu3, own3, wall3, rss_after = (cpu_s(gm.pid), time.process_time(), time.perf_counter(),
-                                            rss.now())
-        finally:
-            streams.close()
-        check = streams.check(appended)
-        await asyncio.sleep(1.0)  # the gateway notices the closed streams
-        rss_closed = rss.now()
-    delivered = streams.delivered
-    return {
-        "followers": followers, "events_per_follower": per_follower, "events_appended": total,
-        "events_delivered": delivered, "followers_complete": check["complete"],
-        "followers_in_order": check["in_order"], "problems": check["problems"],
-        "append_rate": round(total / appends_s), "delivery": check["delivery"],
-        "open_s": round(wall1 - wall0, 3),
-        "gateway_cpu_s_open": round(cpu1 - cpu0, 3),
-        "gateway_cpu_us_per_follower_open": round((cpu1 - cpu0) / followers * 1e6, 1),
-        "gateway_idle_cpu_share_open": round((cpu2 - cpu1) / (wall2 - wall1), 3),
-        "gateway_cpu_s_delivery": round(cpu3 - cpu2, 3),
-        "gateway_cpu_us_per_event": round((cpu3 - cpu2) / max(1, delivered) * 1e6, 1),
-        "gateway_cpu_share_delivery": round((cpu3 - cpu2) / (wall3 - wall2), 3),
-        "bench_cpu_us_per_event": round((own3 - own2) / max(1, delivered) * 1e6, 1),
-        "rss_mb": {"before": rss_before, "open": rss_open, "after": rss_after, "peak": rss.peak,
-                   "closed": rss_closed},
-    }, check["problem_samples"]
-
-
 # the run ----------------------------------------------------------------------------------
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
@@ -268,7 +178,7 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 5.0, samples: int =
                 rounds.append(_ask_round(jobs, gm, n, rate, duration, samples))
         finally:
             jobs.close()
-        sse, problem_samples = asyncio.run(_followers_phase(gm, followers, follower_events, event_rate))
+        sse, problem_samples = asyncio.run(followers_phase(gm, followers, follower_events, event_rate))
     gw = [r["gateway"] for r in rounds]
     direct = [r["direct"] for r in rounds]
     added_runs = [round(g["latency"]["p50_ms"] - d["latency"]["p50_ms"], 3) for g, d in zip(gw, direct,
@@ -288,6 +198,10 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 5.0, samples: int =
         "gateway_cpu_us_per_ask_runs": [g["gateway_cpu_us_per_ask"] for g in gw],
         "gateway_cpu_share": _median([g["gateway_cpu_share"] for g in gw]),
         "gateway_idle_cpu_share": _median([d["gateway_idle_cpu_share"] for d in direct]),
+        # what the asks cost beyond the idle gateway's own polling (its threads, the registry)
+        "gateway_cpu_us_per_ask_above_idle": round(_median(
+            [(g["gateway_cpu_s"] - d["gateway_idle_cpu_share"] * g["elapsed_s"]) / max(1, g["answered"]) * 1e6
+             for g, d in zip(gw, direct, strict=True)]), 1),
         "generator_cpu_us_per_ask": _median([g["generator_cpu_us_per_ask"] for g in gw]),
         "generator_cpu_share": _median([g["generator_cpu_share"] for g in gw]),
         "gateway_one_in_flight": _summary([r["gateway_one"] for r in rounds]),

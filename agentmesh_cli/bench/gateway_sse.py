@@ -11,23 +11,36 @@ each conversation's events as an agent does.
   agent appends (the gateway only reads: its CPU is the fan-out's alone), `per_follower`
   events to every conversation in turn, paced at `rate` events/s. It returns the stream
   ids each append got, which are the SSE ids the followers must see, in that order.
+- `followers_phase`: the streams opened (the gateway's CPU per stream opened), left idle
+  IDLE_S (its CPU share while they are open), fed (its CPU per event delivered, the
+  delivery delay), checked, closed; the gateway's RSS before, with the streams open,
+  after the events, at its peak (sampled every RSS_EVERY_S) and after the streams closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+import psutil
 import redis
 
 from agentmesh_cli import convlog, events
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.constants import Keys
-from agentmesh_cli.errors import BenchError
+from agentmesh_cli.errors import BenchError, WaitTimeout
+from agentmesh_cli.waiting import wait_until_async
+
+if TYPE_CHECKING:
+    from agentmesh_cli.bench.gateway import GatewayMesh
 
 CONNECT_BATCH = 100  # connections opened at once (the rest wait their turn)
+OPEN_TIMEOUT_S = 60.0  # for all the follow streams to be answered
+IDLE_S = 2.0  # the followers stay open this long, nothing appended: what open streams cost
+RSS_EVERY_S = 0.05
 EVENT_TYPE = "bench_event"
 APPENDER = "bench-appender"
 
@@ -198,3 +211,89 @@ def append_events(redis_url: str, mesh: str, conversations: list[str], per_follo
     finally:
         client.close()
     return appended
+
+
+# the phase ----------------------------------------------------------------------------------
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used so far, every thread (psutil)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+class RssPeak:
+    """The gateway's RSS, sampled every RSS_EVERY_S while it runs (the peak of the phase)."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def now(self) -> float:
+        rss = round(self.process.memory_info().rss / 2**20, 1)
+        self.peak = max(self.peak, rss)
+        return rss
+
+    async def _sample(self) -> None:
+        while True:
+            self.now()
+            await asyncio.sleep(RSS_EVERY_S)
+
+    def __enter__(self) -> RssPeak:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def followers_phase(gm: GatewayMesh, followers: int, per_follower: int,
+                          event_rate: float) -> tuple[dict[str, Any], list[str]]:
+    """Open the streams, let them idle, append, wait for every event: the figures, and a few
+    samples of what went wrong (empty when nothing did)."""
+    mesh = gm.agents.bench.mesh
+    settings = mesh.config.gateway
+    tag = uuid.uuid4().hex[:8]
+    conversations = [f"bench-{tag}-{i}" for i in range(followers)]
+    streams = Followers(gm.host, gm.port, gm.token, conversations)
+    total = followers * per_follower
+    with RssPeak(gm.pid) as rss:
+        rss_before, cpu0, wall0 = rss.now(), cpu_s(gm.pid), time.perf_counter()
+        try:
+            await streams.open(OPEN_TIMEOUT_S)
+            cpu1, wall1, rss_open = cpu_s(gm.pid), time.perf_counter(), rss.now()
+            await asyncio.sleep(IDLE_S)
+            cpu2, own2, wall2 = cpu_s(gm.pid), time.process_time(), time.perf_counter()
+            appended = await asyncio.to_thread(append_events, mesh.redis_url, mesh.config.mesh, conversations,
+                                               per_follower, event_rate, settings.events_kept,
+                                               settings.events_ttl)
+            appends_s = time.perf_counter() - wall2
+            try:
+                await wait_until_async(lambda: streams.delivered >= total, 30 + total / event_rate,
+                                       "every event at its follower", interval=0.005)
+            except WaitTimeout:
+                pass  # reported: the check below counts what came
+            cpu3, own3, wall3, rss_after = (cpu_s(gm.pid), time.process_time(), time.perf_counter(),
+                                            rss.now())
+        finally:
+            streams.close()
+        check = streams.check(appended)
+        await asyncio.sleep(1.0)  # the gateway notices the closed streams
+        rss_closed = rss.now()
+    delivered = streams.delivered
+    return {
+        "followers": followers, "events_per_follower": per_follower, "events_appended": total,
+        "events_delivered": delivered, "followers_complete": check["complete"],
+        "followers_in_order": check["in_order"], "problems": check["problems"],
+        "append_rate": round(total / appends_s), "delivery": check["delivery"],
+        "open_s": round(wall1 - wall0, 3),
+        "gateway_cpu_s_open": round(cpu1 - cpu0, 3),
+        "gateway_cpu_us_per_follower_open": round((cpu1 - cpu0) / followers * 1e6, 1),
+        "gateway_idle_cpu_share_open": round((cpu2 - cpu1) / (wall2 - wall1), 3),
+        "gateway_cpu_s_delivery": round(cpu3 - cpu2, 3),
+        "gateway_cpu_us_per_event": round((cpu3 - cpu2) / max(1, delivered) * 1e6, 1),
+        "gateway_cpu_share_delivery": round((cpu3 - cpu2) / (wall3 - wall2), 3),
+        "bench_cpu_us_per_event": round((own3 - own2) / max(1, delivered) * 1e6, 1),
+        "rss_mb": {"before": rss_before, "open": rss_open, "after": rss_after, "peak": rss.peak,
+                   "closed": rss_closed},
+    }, check["problem_samples"]

@@ -68,6 +68,7 @@ def test_a_short_gateway_run_through_the_command_line_has_every_field() -> None:
     assert f["gateway_cpu_us_per_ask"] > 0
     assert f["gateway_cpu_us_per_ask_runs"] == [f["gateway_cpu_us_per_ask"]]
     assert 0 < f["gateway_cpu_share"] < 2 and 0 <= f["gateway_idle_cpu_share"] < 2
+    assert f["gateway_cpu_us_per_ask_above_idle"] <= f["gateway_cpu_us_per_ask"]
     assert f["generator_cpu_us_per_ask"] > 0 and 0 < f["generator_cpu_share"] < 2
 
     # every follower got every event of its conversation, in order, and nothing else
