@@ -3,9 +3,12 @@ agents in the same run (same broker, same Valkey, the same answering agent), and
 thousand Server-Sent Events followers cost it.
 
 The mesh: `Asker` and `Answerer` (bench/waiters.py, as `bench ask` runs them) and the
-`gateway` program, each its own process, on a throwaway broker and Valkey. `rounds` rounds,
-each:
+`gateway` program, each its own process, on a throwaway broker and Valkey, a fresh one for
+each of the `rounds` rounds (the embedded broker slows down as its partitions grow, so one
+broker for all would make each round measure the ones before it). Each round:
 
+- one at a time: `samples` direct asks timed inside `Asker`, and `samples` gateway asks on
+  one keep-alive connection (as `bench ask` measures its round trip; they warm both paths);
 - open loop at `rate` asks/s for `duration` s, twice, in alternating order: `Asker` asking
   `Answerer` directly (`await ctx.ask`, paced inside the agent), and the bench's load
   generator sending `POST /agents/Answerer/ask` to the gateway. Both send on a fixed
@@ -14,14 +17,12 @@ each:
   (services.LeanLoad: keep-alive HTTP/1.1 connections, pre-encoded requests) reports its
   own CPU. The gateway's CPU per ask is its process's CPU time over the phase (psutil,
   every thread: HTTP, Redis, librdkafka) divided by the asks answered.
-- one at a time: `samples` direct asks timed inside `Asker`, and `samples` gateway asks on
-  one keep-alive connection (as `bench ask` measures its round trip).
 
-Every figure is the median over the rounds. Then the SSE phase (bench/gateway_sse.py):
-`followers` streams open at once, each on its own conversation; the bench appends
-`follower_events` events to each through `convlog.ConversationLog.append`, as an agent
-does, so the gateway's CPU there is the fan-out's alone; every follower must get every
-event of its conversation, in order (checked by SSE id).
+Every figure is the median over the rounds. Then, on a mesh of its own, the SSE phase
+(bench/gateway_sse.py): `followers` streams open at once, each on its own conversation;
+the bench appends `follower_events` events to each through `convlog.ConversationLog.append`,
+as an agent does, so the gateway's CPU there is the fan-out's alone; every follower must
+get every event of its conversation, in order (checked by SSE id).
 """
 
 from __future__ import annotations
@@ -141,16 +142,21 @@ def _direct_paced(jobs: Jobs, gm: GatewayMesh, rate: int, duration: float) -> di
             "gateway_idle_cpu_share": round(idle_share, 3)}
 
 
-def _ask_round(jobs: Jobs, gm: GatewayMesh, n: int, rate: int, duration: float,
-               samples: int) -> dict[str, Any]:
-    """One round: both open-loop phases (which first alternates), then both one at a time."""
-    got: dict[str, Any] = {}
-    for side in (("direct", "gateway") if n % 2 == 0 else ("gateway", "direct")):
-        got[side] = (_direct_paced(jobs, gm, rate, duration) if side == "direct"
-                     else asyncio.run(_gateway_paced(gm, rate, duration)))
-    direct_one = jobs.run(in_flight=1, samples=samples, warmup=WARMUP)
-    got["direct_one"] = {**percentiles(direct_one["latencies_ms"]), "failed": direct_one["failed"]}
-    got["gateway_one"] = asyncio.run(_gateway_one_at_a_time(gm, samples))
+def _ask_round(n: int, rate: int, duration: float, samples: int) -> dict[str, Any]:
+    """One round on a mesh of its own: both ways one at a time (a few hundred records, and
+    the warm-up of both paths), then both open-loop phases (which first alternates)."""
+    with gateway_mesh() as gm:
+        jobs = Jobs(gm.agents)
+        try:
+            direct_one = jobs.run(in_flight=1, samples=samples, warmup=WARMUP)
+            got: dict[str, Any] = {
+                "direct_one": {**percentiles(direct_one["latencies_ms"]), "failed": direct_one["failed"]},
+                "gateway_one": asyncio.run(_gateway_one_at_a_time(gm, samples))}
+            for side in (("direct", "gateway") if n % 2 == 0 else ("gateway", "direct")):
+                got[side] = (_direct_paced(jobs, gm, rate, duration) if side == "direct"
+                             else asyncio.run(_gateway_paced(gm, rate, duration)))
+        finally:
+            jobs.close()
     return got
 
 
@@ -170,14 +176,11 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 5.0, samples: int =
     if repeats < 1 or rate < 1 or samples < 1 or followers < 1 or follower_events < 1:
         raise BenchError("bench gateway needs repeats, rate, samples, followers and events >= 1")
     load_start = round(os.getloadavg()[0], 2)
-    rounds: list[dict[str, Any]] = []
+    # a fresh broker each round: the embedded broker slows down as its partitions grow (over
+    # eight rounds of 200 asks/s on one broker its CPU went from 0.4 to 1.1 of a core and
+    # the direct p50 from 14 to 40-70 ms), and a round must not measure the ones before it
+    rounds = [_ask_round(n, rate, duration, samples) for n in range(repeats)]
     with gateway_mesh() as gm:
-        jobs = Jobs(gm.agents)
-        try:
-            for n in range(repeats):
-                rounds.append(_ask_round(jobs, gm, n, rate, duration, samples))
-        finally:
-            jobs.close()
         sse, problem_samples = asyncio.run(followers_phase(gm, followers, follower_events, event_rate))
     gw = [r["gateway"] for r in rounds]
     direct = [r["direct"] for r in rounds]
@@ -231,9 +234,9 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 5.0, samples: int =
         f"target: each of {followers} followers gets every event of its conversation, in order: "
         f"{'met' if every_event else 'MISSED'} ({sse['followers_complete']} complete, "
         f"{sse['events_delivered']} of {sse['events_appended']} events delivered)",
-        f"median of {repeats} rounds; each: {rate} asks/s for {duration:g} s open loop, direct and "
-        f"through the gateway in alternating order, timed from each ask's scheduled start; then "
-        f"{samples} asks one at a time each way (after {WARMUP} not counted)",
+        f"median of {repeats} rounds, each on a fresh broker and Valkey: {samples} asks one at a time "
+        f"each way (after {WARMUP} not counted), then {rate} asks/s for {duration:g} s open loop, direct "
+        "and through the gateway in alternating order, timed from each ask's scheduled start",
         f"direct: Asker asks Answerer with `await ctx.ask`, timed inside the agent; gateway: POST "
         f"/agents/{ANSWERER}/ask from the bench's generator ({CONNECTIONS} keep-alive HTTP/1.1 connections, "
         "pre-encoded requests), a new conversation per ask (the gateway appends each request to it)",
