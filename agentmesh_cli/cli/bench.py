@@ -80,7 +80,7 @@ def bench(
     duration: Annotated[float | None, typer.Option(
         help="mesh: seconds per phase (5); services: seconds per load phase (5); ask: seconds of each "
              "pipelined phase (2); slow: seconds of each measured window (10); gateway: seconds of each "
-             "open-loop phase (5).", min=0.5)] = None,
+             "open-loop phase (3).", min=0.5)] = None,
     events: Annotated[int, typer.Option(help="topology: messages in the backlog the manager drains.",
                                         min=1000)] = 200_000,
     full_mesh: Annotated[int, typer.Option(

@@ -92,7 +92,8 @@ def test_a_short_gateway_run_through_the_command_line_has_every_field() -> None:
                                                      raw["direct_one_in_flight"]["p50_ms"]),
     }
     targets = result["targets"]
-    assert set(targets) == {"gateway_cpu_us_per_ask", "p50_added_ms", "followers_complete"}
+    assert set(targets) == {"gateway_cpu_us_per_ask", "p50_added_ms", "p50_added_one_in_flight_ms",
+                            "followers_complete"}
     for target in targets.values():
         assert set(target) == {"target", "value", "met"}
         assert isinstance(target["target"], str) and isinstance(target["met"], bool)
@@ -101,5 +102,8 @@ def test_a_short_gateway_run_through_the_command_line_has_every_field() -> None:
                                                         <= gateway.TARGET_CPU_US_PER_ASK)
     assert targets["p50_added_ms"]["value"] == f["p50_added_ms"]
     assert targets["p50_added_ms"]["met"] == (f["p50_added_ms"] <= gateway.TARGET_P50_ADDED_MS)
+    assert targets["p50_added_one_in_flight_ms"]["value"] == f["p50_added_one_in_flight_ms"]
+    assert targets["p50_added_one_in_flight_ms"]["met"] == (f["p50_added_one_in_flight_ms"]
+                                                            <= gateway.TARGET_P50_ADDED_MS)
     assert targets["followers_complete"] == {"target": "= 20", "value": 20, "met": True}
     assert any("met" in note or "MISSED" in note for note in result["notes"])
