@@ -222,8 +222,7 @@ class Gateway:
         bus = self.open_bus()
         future = bus.expect(envelope.id)
         try:
-            delivered = bus.send(envelope)
-            delivered.add_done_callback(lambda d: _fail_with(future, d))
+            bus.send_request(envelope, future)  # a failed delivery fails `future` (503)
             self.state.count_sent(name)
             try:
                 async with asyncio.timeout(timeout):
@@ -299,11 +298,6 @@ class Gateway:
         if self.bus is not None and self.bus.broker_down:
             details["kafka"] = self.bus.broker_down
         return not details, details
-
-
-def _fail_with(future: asyncio.Future[Envelope], delivered: asyncio.Future[None]) -> None:
-    if not delivered.cancelled() and delivered.exception() is not None and not future.done():
-        future.set_exception(delivered.exception())  # type: ignore[arg-type]
 
 
 ERRORS_SEND = (400, 401, 403, 404, 413, 415, 503)
