@@ -52,6 +52,7 @@ class GatewayBus:
         self.loop = loop
         self.partition = C.reply_partition(address, kafka.partitions)
         self.waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._waiters: dict[str, int] = {}  # request id -> attempts waiting for its reply
         self.broker_down: str | None = None  # why, while no broker answers
         self.replies_in = 0
         self.late_replies = 0
@@ -120,16 +121,24 @@ class GatewayBus:
 
     # replies ----------------------------------------------------------------------
     def expect(self, request_id: str) -> asyncio.Future[Envelope]:
-        """The future of the reply to `request_id` (shared by a retry of the same request
-        in this process)."""
+        """The future of the reply to `request_id`, shared by a retry of the same request
+        in this process (a client that gave up on its first attempt before the gateway
+        did): each attempt calls `forget` when it leaves."""
         future = self.waiting.get(request_id)
         if future is None or future.done():
             future = self.waiting[request_id] = self.loop.create_future()
+            self._waiters[request_id] = 0
+        self._waiters[request_id] += 1
         return future
 
     def forget(self, request_id: str, future: asyncio.Future[Envelope]) -> None:
-        if self.waiting.get(request_id) is future:
-            del self.waiting[request_id]
+        """An attempt leaves; the wait ends with the last one (the first attempt's 504
+        must not take the reply from a retry still waiting)."""
+        if self.waiting.get(request_id) is not future:
+            return
+        self._waiters[request_id] -= 1
+        if self._waiters[request_id] <= 0:
+            del self.waiting[request_id], self._waiters[request_id]
 
     def _read_replies(self) -> None:
         while not self._stop.is_set():

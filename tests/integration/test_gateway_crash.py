@@ -21,9 +21,11 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -129,3 +131,25 @@ def test_kill_9_of_the_gateway_while_asks_wait_in_it(mesh: Mesh, tmp_path: Path)
         # the short ones, answered while no gateway ran, were answered again from the cache
         assert counters.get(C.COUNTER_CACHED_REPLIES, 0) >= SHORT
 
+
+def test_a_retry_while_the_first_attempt_still_waits_is_answered(mesh: Mesh, tmp_path: Path) -> None:
+    """A client that gives up before the gateway does sends the ask again while its first
+    attempt still waits there: both wait for the one reply, and the first attempt's 504
+    must not take the wait away from the second."""
+    handled = tmp_path / "handled.txt"
+    key = "overlap-1"
+    ask = {"type": "slow", "payload": {"sleep": 4.0, "n": 0, "log": str(handled)}}
+    headers = {"Authorization": f"Bearer {mesh.credentials.service_token}", "Idempotency-Key": key}
+    with (httpx.Client(base_url=gateway_url(mesh), headers=headers, timeout=30) as client,
+          ThreadPoolExecutor(2) as pool):
+        first = pool.submit(client.post, "/agents/Answerer/ask", json={**ask, "timeout": 2})
+        wait_until(handled.exists, 10, "the handler to start", interval=0.02)
+        started = time.monotonic()
+        second = pool.submit(client.post, "/agents/Answerer/ask", json={**ask, "timeout": 20})
+        assert first.result().status_code == 504
+        reply = second.result()
+        took = time.monotonic() - started
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["in_reply_to"] == Gateway.derived(None, key, "ask")
+    assert took < 10, f"answered after {took:.1f} s: at the handler's reply, not its own timeout"
+    assert handled.read_text().splitlines() == ["handled slow 0"]
