@@ -27,6 +27,8 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Header, Path, Query, Request, Response
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentmesh_cli import constants as C
@@ -160,6 +162,7 @@ class Gateway:
         self.address = address
         self.signer = signer
         self.bus: GatewayBus | None = None
+        self._validators: dict[tuple[str, str, int], Draft202012Validator] = {}
 
     # who acts --------------------------------------------------------------------
     @staticmethod
@@ -196,6 +199,7 @@ class Gateway:
         self._check_agent(name)
         if nests_deeper(body.payload, MAX_NESTING):
             raise BadRequest(f"payload nests deeper than {MAX_NESTING} levels", {"argument": "payload"})
+        self.check_payload(name, body.type, body.payload)
         user, mesh = self.acting(body.user)
         kind = "ask" if request else "message"
         conversation = body.conversation or (
@@ -211,6 +215,21 @@ class Gateway:
         if not await self.state.append(conversation, envelope, user, mesh):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
         return envelope, conversation, user, mesh
+
+    def check_payload(self, name: str, type: str, payload: dict[str, Any]) -> None:
+        """400 naming the field when `payload` does not fit the schema the agent's role
+        declares for `type` (Role.accepts); a type it does not declare passes as is."""
+        schema = self.state.accepts.get(name, {}).get(type)
+        if not isinstance(schema, dict):
+            return
+        key = (name, type, id(schema))
+        validator = self._validators.get(key)
+        if validator is None:
+            validator = self._validators[key] = Draft202012Validator(schema)
+        error = best_match(validator.iter_errors(payload))
+        if error is not None:
+            where = ".".join(str(part) for part in ("payload", *error.absolute_path))
+            raise BadRequest(f"argument {where!r}: {error.message}", {"argument": where})
 
     async def ask(self, name: str, body: Ask, key: str | None) -> dict[str, Any]:
         timeout = self.settings.ask_timeout if body.timeout is None else body.timeout
