@@ -50,7 +50,7 @@ from agentmesh_cli.agent.handling import current
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import AskNotAllowed
+from agentmesh_cli.errors import AskNotAllowed, RoleError
 
 if TYPE_CHECKING:
     from agentmesh_cli.agent.services import AgentServices
@@ -256,7 +256,7 @@ def accepts_schemas(role: Role) -> dict[str, dict[str, Any]]:
     schemas: dict[str, dict[str, Any]] = {}
     for type_, model in accepts.items():
         if not (isinstance(type_, str) and isinstance(model, type) and issubclass(model, BaseModel)):
-            raise TypeError(f"{type(role).__name__}.accepts maps message types to pydantic models; "
+            raise RoleError(f"{type(role).__name__}.accepts maps message types to pydantic models; "
                             f"{type_!r}: {model!r} is not one")
         schemas[type_] = model.model_json_schema()
     return schemas
