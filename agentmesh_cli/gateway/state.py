@@ -154,14 +154,13 @@ class GatewayState:
         return None if raw is None else _text(raw)
 
     async def gone(self, conversation: str, last: tuple[int, int]) -> bool:
-        key = self.keys.conversation_events(conversation)
+        """convlog.is_gone for a resume after `last` (one round trip)."""
         with redis_errors("read events"):
-            try:
-                info = await self.redis.xinfo_stream(key)
-            except redis.ResponseError:
-                return convlog.is_gone(last, False, None)  # no such stream
-        deleted = info.get("max-deleted-entry-id")
-        return convlog.is_gone(last, True, convlog.stream_id(_text(deleted)) if deleted else None)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(self.keys.conversation_events(conversation))
+                pipe.hget(self.keys.conversation(conversation), "trimmed")
+                exists, trimmed = await pipe.execute()
+        return convlog.is_gone(last, bool(exists), convlog.stream_id(_text(trimmed)) if trimmed else None)
 
     async def after(self, conversation: str, last: str,
                     count: int = READ_BATCH) -> list[tuple[str, str, Any]]:
