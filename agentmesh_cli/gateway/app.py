@@ -279,13 +279,13 @@ class Gateway:
         return {"conversation": conversation, "owner": user}
 
     async def may_follow(self, conversation: str) -> None:
-        """404 unless the caller may read the conversation: its owner, or the mesh (which may
-        also follow one that does not exist yet)."""
+        """404 unless the caller may read the conversation: the mesh may read any (and wait
+        for one that does not exist yet); a user token its own, and one that does not exist
+        yet becomes its own (a chat window may open before the first message is sent)."""
         caller = current_caller()
-        owner = await self.state.owner(conversation)
         if caller.is_mesh:
             return
-        if owner is None or owner != caller.user:
+        if not await self.state.claim(conversation, caller.user, False):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
 
     def agents(self) -> list[dict[str, Any]]:

@@ -147,12 +147,6 @@ class GatewayState:
                       self.ttl, self.keys.conversation_channel, conversation, now_ms()])
         return bool(ok)
 
-    async def owner(self, conversation: str) -> str | None:
-        """The conversation's owner ("" for the mesh), or None when there is none."""
-        with redis_errors("read conversation"):
-            raw = await self.redis.hget(self.keys.conversation(conversation), "owner")
-        return None if raw is None else _text(raw)
-
     async def gone(self, conversation: str, last: tuple[int, int]) -> bool:
         """convlog.is_gone for a resume after `last` (one round trip)."""
         with redis_errors("read events"):
