@@ -248,26 +248,30 @@ class Gateway:
                 async with asyncio.timeout(timeout):
                     reply = await asyncio.shield(future)
             except TimeoutError:
+                self.state.count(C.gateway_asks_counter("timeout"))
                 raise ReplyTimeout(f"{name} did not answer {body.type!r} within {timeout} s",
                                    {"agent": name, "type": body.type, "timeout": timeout,
                                     "conversation": conversation, "request_id": envelope.id}) from None
         finally:
             bus.forget(envelope.id, future)
+        ms = (time.perf_counter() - started) * 1000
         if reply.type == C.TYPE_ERROR_REPLY:
+            self.state.count(C.gateway_asks_counter("error_reply"), ms)
             raise ErrorReply(f"{name}'s handler raised {reply.payload.get('error', 'Exception')}: "
                              f"{reply.payload.get('message', '')}",
                              {"agent": name, "type": body.type, "conversation": conversation,
                               "request_id": envelope.id,
                               "remote_type": str(reply.payload.get("error", "Exception")),
                               "remote_message": str(reply.payload.get("message", ""))})
+        self.state.count(C.gateway_asks_counter("ok"), ms)
         return {"id": reply.id, "type": reply.type, "from": reply.from_agent_id, "payload": reply.payload,
-                "conversation": conversation, "in_reply_to": envelope.id,
-                "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)}
+                "conversation": conversation, "in_reply_to": envelope.id, "round_trip_ms": round(ms, 2)}
 
     async def send(self, name: str, body: Send, key: str | None) -> dict[str, Any]:
         envelope, conversation, _, _ = await self._prepare(name, body, key, False)
         delivered = self.open_bus().send(envelope)
         self.state.count_sent(name)
+        self.state.count(C.COUNTER_GATEWAY_MESSAGES)
         with anyio.fail_after(SEND_TIMEOUT_S):
             await delivered
         return {"id": envelope.id, "conversation": conversation}
@@ -394,6 +398,7 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
             raise BadRequest(f"Last-Event-ID {resume!r} is not an event id", {"argument": "Last-Event-ID"})
         await gateway.may_follow(conversation)
         follower = await gateway.state.follow(conversation)
+        gateway.state.count(C.COUNTER_GATEWAY_STREAMS)
         shutdown = anyio.Event()
         stream = conversation_events(gateway.state, conversation, follower, last, resume, shutdown)
         return event_stream(stream, keepalive_s, shutdown=shutdown, on_close=_closer(follower))

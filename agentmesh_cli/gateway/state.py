@@ -28,6 +28,7 @@ from agentmesh_cli import convlog
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.metrics.histogram import ASK_BUCKETS
 from agentmesh_cli.services.feed import ChannelFeed, Follower
 from agentmesh_cli.store import redis_errors
 
@@ -111,6 +112,13 @@ class GatewayState:
     def count_sent(self, recipient: str) -> None:
         """Counted as agents count what they send (the drain and `status` compare)."""
         self.sent[C.sent_to_counter(recipient)] += 1
+
+    def count(self, name: str, ms: float | None = None) -> None:
+        """One of the gateway's own counters (written with the next flush); `ms` also
+        observes the ask round trip histogram."""
+        self.sent[name] += 1
+        if ms is not None:
+            ASK_BUCKETS.observe(self.sent, C.COUNTER_ASK_MS, ms)
 
     async def flush_counters(self) -> None:
         if not self.sent:
