@@ -27,6 +27,8 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Header, Path, Query, Request, Response
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentmesh_cli import constants as C
@@ -160,6 +162,7 @@ class Gateway:
         self.address = address
         self.signer = signer
         self.bus: GatewayBus | None = None
+        self._validators: dict[tuple[str, str, int], Draft202012Validator] = {}
 
     # who acts --------------------------------------------------------------------
     @staticmethod
@@ -196,6 +199,7 @@ class Gateway:
         self._check_agent(name)
         if nests_deeper(body.payload, MAX_NESTING):
             raise BadRequest(f"payload nests deeper than {MAX_NESTING} levels", {"argument": "payload"})
+        self.check_payload(name, body.type, body.payload)
         user, mesh = self.acting(body.user)
         kind = "ask" if request else "message"
         conversation = body.conversation or (
@@ -211,6 +215,21 @@ class Gateway:
         if not await self.state.append(conversation, envelope, user, mesh):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
         return envelope, conversation, user, mesh
+
+    def check_payload(self, name: str, type: str, payload: dict[str, Any]) -> None:
+        """400 naming the field when `payload` does not fit the schema the agent's role
+        declares for `type` (Role.accepts); a type it does not declare passes as is."""
+        schema = self.state.accepts.get(name, {}).get(type)
+        if not isinstance(schema, dict):
+            return
+        key = (name, type, id(schema))
+        validator = self._validators.get(key)
+        if validator is None:
+            validator = self._validators[key] = Draft202012Validator(schema)
+        error = best_match(validator.iter_errors(payload))
+        if error is not None:
+            where = ".".join(str(part) for part in ("payload", *error.absolute_path))
+            raise BadRequest(f"argument {where!r}: {error.message}", {"argument": where})
 
     async def ask(self, name: str, body: Ask, key: str | None) -> dict[str, Any]:
         timeout = self.settings.ask_timeout if body.timeout is None else body.timeout
@@ -229,26 +248,30 @@ class Gateway:
                 async with asyncio.timeout(timeout):
                     reply = await asyncio.shield(future)
             except TimeoutError:
+                self.state.count(C.gateway_asks_counter("timeout"))
                 raise ReplyTimeout(f"{name} did not answer {body.type!r} within {timeout} s",
                                    {"agent": name, "type": body.type, "timeout": timeout,
                                     "conversation": conversation, "request_id": envelope.id}) from None
         finally:
             bus.forget(envelope.id, future)
+        ms = (time.perf_counter() - started) * 1000
         if reply.type == C.TYPE_ERROR_REPLY:
+            self.state.count(C.gateway_asks_counter("error_reply"), ms)
             raise ErrorReply(f"{name}'s handler raised {reply.payload.get('error', 'Exception')}: "
                              f"{reply.payload.get('message', '')}",
                              {"agent": name, "type": body.type, "conversation": conversation,
                               "request_id": envelope.id,
                               "remote_type": str(reply.payload.get("error", "Exception")),
                               "remote_message": str(reply.payload.get("message", ""))})
+        self.state.count(C.gateway_asks_counter("ok"), ms)
         return {"id": reply.id, "type": reply.type, "from": reply.from_agent_id, "payload": reply.payload,
-                "conversation": conversation, "in_reply_to": envelope.id,
-                "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)}
+                "conversation": conversation, "in_reply_to": envelope.id, "round_trip_ms": round(ms, 2)}
 
     async def send(self, name: str, body: Send, key: str | None) -> dict[str, Any]:
         envelope, conversation, _, _ = await self._prepare(name, body, key, False)
         delivered = self.open_bus().send(envelope)
         self.state.count_sent(name)
+        self.state.count(C.COUNTER_GATEWAY_MESSAGES)
         with anyio.fail_after(SEND_TIMEOUT_S):
             await delivered
         return {"id": envelope.id, "conversation": conversation}
@@ -260,13 +283,13 @@ class Gateway:
         return {"conversation": conversation, "owner": user}
 
     async def may_follow(self, conversation: str) -> None:
-        """404 unless the caller may read the conversation: its owner, or the mesh (which may
-        also follow one that does not exist yet)."""
+        """404 unless the caller may read the conversation: the mesh may read any (and wait
+        for one that does not exist yet); a user token its own, and one that does not exist
+        yet becomes its own (a chat window may open before the first message is sent)."""
         caller = current_caller()
-        owner = await self.state.owner(conversation)
         if caller.is_mesh:
             return
-        if owner is None or owner != caller.user:
+        if not await self.state.claim(conversation, caller.user, False):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
 
     def agents(self) -> list[dict[str, Any]]:
@@ -375,6 +398,7 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
             raise BadRequest(f"Last-Event-ID {resume!r} is not an event id", {"argument": "Last-Event-ID"})
         await gateway.may_follow(conversation)
         follower = await gateway.state.follow(conversation)
+        gateway.state.count(C.COUNTER_GATEWAY_STREAMS)
         shutdown = anyio.Event()
         stream = conversation_events(gateway.state, conversation, follower, last, resume, shutdown)
         return event_stream(stream, keepalive_s, shutdown=shutdown, on_close=_closer(follower))

@@ -28,6 +28,7 @@ from agentmesh_cli import convlog
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.metrics.histogram import ASK_BUCKETS
 from agentmesh_cli.services.feed import ChannelFeed, Follower
 from agentmesh_cli.store import redis_errors
 
@@ -112,6 +113,13 @@ class GatewayState:
         """Counted as agents count what they send (the drain and `status` compare)."""
         self.sent[C.sent_to_counter(recipient)] += 1
 
+    def count(self, name: str, ms: float | None = None) -> None:
+        """One of the gateway's own counters (written with the next flush); `ms` also
+        observes the ask round trip histogram."""
+        self.sent[name] += 1
+        if ms is not None:
+            ASK_BUCKETS.observe(self.sent, C.COUNTER_ASK_MS, ms)
+
     async def flush_counters(self) -> None:
         if not self.sent:
             return
@@ -147,21 +155,14 @@ class GatewayState:
                       self.ttl, self.keys.conversation_channel, conversation, now_ms()])
         return bool(ok)
 
-    async def owner(self, conversation: str) -> str | None:
-        """The conversation's owner ("" for the mesh), or None when there is none."""
-        with redis_errors("read conversation"):
-            raw = await self.redis.hget(self.keys.conversation(conversation), "owner")
-        return None if raw is None else _text(raw)
-
     async def gone(self, conversation: str, last: tuple[int, int]) -> bool:
-        key = self.keys.conversation_events(conversation)
+        """convlog.is_gone for a resume after `last` (one round trip)."""
         with redis_errors("read events"):
-            try:
-                info = await self.redis.xinfo_stream(key)
-            except redis.ResponseError:
-                return convlog.is_gone(last, False, None)  # no such stream
-        deleted = info.get("max-deleted-entry-id")
-        return convlog.is_gone(last, True, convlog.stream_id(_text(deleted)) if deleted else None)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(self.keys.conversation_events(conversation))
+                pipe.hget(self.keys.conversation(conversation), "trimmed")
+                exists, trimmed = await pipe.execute()
+        return convlog.is_gone(last, bool(exists), convlog.stream_id(_text(trimmed)) if trimmed else None)
 
     async def after(self, conversation: str, last: str,
                     count: int = READ_BATCH) -> list[tuple[str, str, Any]]:
