@@ -278,8 +278,12 @@ class Gateway:
         delivered = self.open_bus().send(envelope)
         self.state.count_sent(name)
         self.state.count(C.COUNTER_GATEWAY_MESSAGES)
-        with anyio.fail_after(SEND_TIMEOUT_S):
-            await delivered
+        try:
+            with anyio.fail_after(SEND_TIMEOUT_S):
+                await delivered
+        except TimeoutError:
+            raise BrokerUnavailable(f"the broker did not take the message within {SEND_TIMEOUT_S:.0f} s",
+                                    {"id": envelope.id}) from None
         return {"id": envelope.id, "conversation": conversation}
 
     async def open_conversation(self, body_user: str | None) -> dict[str, Any]:
