@@ -37,6 +37,7 @@ from agentmesh_cli.envelope import NAME_PATTERN, Envelope, nests_deeper, now_ms
 from agentmesh_cli.errors import (
     AgentNotFound,
     BadRequest,
+    BrokerUnavailable,
     ConversationNotFound,
     Draining,
     ErrorReply,
@@ -182,10 +183,15 @@ class Gateway:
         return digest[:32]
 
     def open_bus(self) -> GatewayBus:
+        """The bus, when a request may go in now: 503 while the mesh drains or no broker
+        answers (the request would only wait out its timeout)."""
         if self.state.draining:
             raise Draining("the mesh is draining (agentmesh down): no new requests", {})
         if self.bus is None:
             raise Draining("the gateway is not running", {})
+        if self.bus.broker_down is not None:
+            raise BrokerUnavailable(f"no Kafka broker answers: {self.bus.broker_down}",
+                                    {"kafka": self.bus.broker_down})
         return self.bus
 
     def _check_agent(self, name: str) -> None:
@@ -272,8 +278,12 @@ class Gateway:
         delivered = self.open_bus().send(envelope)
         self.state.count_sent(name)
         self.state.count(C.COUNTER_GATEWAY_MESSAGES)
-        with anyio.fail_after(SEND_TIMEOUT_S):
-            await delivered
+        try:
+            with anyio.fail_after(SEND_TIMEOUT_S):
+                await delivered
+        except TimeoutError:
+            raise BrokerUnavailable(f"the broker did not take the message within {SEND_TIMEOUT_S:.0f} s",
+                                    {"id": envelope.id}) from None
         return {"id": envelope.id, "conversation": conversation}
 
     async def open_conversation(self, body_user: str | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05  # the producer thread's poll
 REPLY_POLL_S = 0.2  # the reply reader's wait per poll (a fetch answers sooner when records come)
 DELIVERY_TIMEOUT_MS = 10_000  # a record the broker has not taken by then fails: 503
+PROBE_S = 1.0  # while no broker answers, it is asked this often whether it is back
 _DOWN_CODES = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
 
 
@@ -57,6 +59,7 @@ class GatewayBus:
         self.replies_in = 0
         self.late_replies = 0
         self._stop = threading.Event()
+        self._rewind = threading.Event()
         self._settled: list[tuple[asyncio.Future[None], str | None]] = []
         self._settled_lock = threading.Lock()
         conf = client_config(kafka, f"agentmesh-gateway-{address}")
@@ -110,8 +113,17 @@ class GatewayBus:
             self.broker_down = err.str()
 
     def _poll_producer(self) -> None:
+        probed = 0.0
         while not self._stop.is_set():
             self.producer.poll(POLL_S)
+            if self.broker_down is not None and time.monotonic() - probed >= PROBE_S:
+                # nothing is sent while no broker answers: ask it, to know when it is back
+                probed = time.monotonic()
+                try:
+                    self.producer.list_topics(timeout=PROBE_S / 2)
+                    self.broker_down = None
+                except KafkaException:
+                    pass
             with self._settled_lock:
                 settled, self._settled = self._settled, []
             if settled:
@@ -140,9 +152,17 @@ class GatewayBus:
         if self._waiters[request_id] <= 0:
             del self.waiting[request_id], self._waiters[request_id]
 
+    def rewind(self) -> None:
+        """The broker restarted empty (a new epoch): read the reply partition from its start
+        (any thread; the reader thread does it)."""
+        self._rewind.set()
+
     def _read_replies(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._rewind.is_set():
+                    self._rewind.clear()
+                    self.reader.rewind()
                 records = self.reader.poll_batch(timeout=REPLY_POLL_S)
             except BusError as exc:
                 log.warning("reading replies: %s", exc)

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,6 +70,8 @@ class GatewayState:
         self.draining = False
         self.registry_error: str | None = "not read yet"
         self.sent: Counter[str] = Counter()
+        self.kafka_epoch: str | None = None  # the broker incarnation (recovery.BrokerWatch)
+        self.on_new_epoch: Callable[[], None] | None = None
         self._refresher: asyncio.Task[None] | None = None
 
     # the registry -----------------------------------------------------------------
@@ -79,11 +82,17 @@ class GatewayState:
                 pipe.hgetall(self.keys.agents)
                 pipe.hgetall(self.keys.accepts)
                 pipe.exists(self.keys.draining)
-                agents, accepts, draining = await pipe.execute()
+                pipe.get(self.keys.kafka_epoch)
+                agents, accepts, draining, epoch = await pipe.execute()
         self.registry = {_text(name): json.loads(value) for name, value in agents.items()}
         self.accepts = {_text(name): json.loads(value) for name, value in accepts.items()}
         self.draining = bool(draining)
         self.registry_error = None
+        epoch = None if epoch is None else _text(epoch)
+        if epoch != self.kafka_epoch:
+            if self.kafka_epoch is not None and self.on_new_epoch is not None:
+                self.on_new_epoch()  # the broker restarted empty: read the replies from its start
+            self.kafka_epoch = epoch
 
     async def _refresh_forever(self) -> None:
         flushed = time.monotonic()
