@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agentmesh_cli import constants as C
@@ -61,6 +62,9 @@ def asks_note(f: dict[str, Any]) -> str:
 
 
 class GatewayWatch(Watch):
+    """Asks through the gateway, kills it under them, watches it come back, then judges
+    the asks (steps: down, after, finishing, settling)."""
+
     def __init__(self, ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> None:
         state, pid = states.get(C.PROGRAM_GATEWAY, ("UNKNOWN", 0))
         if state != RUNNING or not pid:
@@ -98,7 +102,7 @@ class GatewayWatch(Watch):
         os.kill(pid, signal.SIGKILL)
         super().__init__(ctx, fault, phase)
 
-    def _request(self, roles: dict[str, str]) -> Any:
+    def _request(self, roles: dict[str, str]) -> Callable[[int], Request]:
         targets = self.targets
 
         def request(seq: int) -> Request:
