@@ -384,7 +384,7 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
 
     @app.post("/conversations", summary="Start a conversation", status_code=201,
               response_model=Conversation, openapi_extra=body_of(NewConversation, required=False),
-              responses={**error_responses(400, 401, 403, 415, 503)})
+              responses={**error_responses(400, 401, 403, 413, 415, 503)})
     async def new_conversation(request: Request) -> Response:
         raw = await request.body()
         body = parsed(NewConversation, await read_json(request)) if raw.strip() else NewConversation()

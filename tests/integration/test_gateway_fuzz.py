@@ -10,12 +10,15 @@ Asks stay fast by the mesh's settings, not by bending the generator: gateway.ask
 is 0.2 s and max_ask_timeout 0.5 s, so a generated ask waits at most half a second (a
 longer timeout is a 400). The agent names are generated (almost always unknown: a 404 at
 once) and also `Inventory`, so that generated asks and messages reach a real agent;
-Inventory answers only `check_stock`, so most of those asks are 504s.
+Inventory answers only `check_stock`, so most of those asks are 504s. Three explicit asks
+reach the 200, the 502 (Helper, tests/helpers/waiting_roles.py:Answerer, raises on
+`fail`; it is never a generated name: its notes go to a file its payload names) and the
+504.
 
-The event stream never ends for a follower that may read it, so GET
-/conversations/{id}/events is fuzzed with a user token of a fresh user, who owns no
-conversation: its answers end (404, or 400 for what is invalid). The streams themselves
-are tested in test_gateway_events.py.
+The event stream never ends for a follower that may read it (a user token may also open
+a conversation that does not exist yet), so GET /conversations/{id}/events is fuzzed on
+one conversation of another user, with a user token: its answers end (404, or 400 for
+what is invalid). The streams themselves are tested in test_gateway_events.py.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.helpers.gateway import RunningGateway, running_gateway, write_gateway_mesh
+from tests.helpers.gateway import WAITING_ROLES, RunningGateway, running_gateway, write_gateway_mesh
 
 EXAMPLES = 40  # per operation and generation mode
 REQUEST_TIMEOUT_S = 10.0  # a hung answer fails its case instead of hanging the run
@@ -71,7 +74,8 @@ CHECKS = [only_documented_5xx, status_code_conformance, content_type_conformance
 class Api:
     gateway: RunningGateway
     schema: Any  # schemathesis' OpenApiSchema
-    follower: str  # a user with no conversation: the events operation runs as this user
+    follower: str  # the events operation runs as this user ...
+    theirs: str  # ... on this conversation of another user
 
     def headers(self, operation: Any) -> dict[str, str]:
         return self.gateway.headers(self.follower if operation.label == EVENTS else None)
@@ -80,11 +84,15 @@ class Api:
 @pytest.fixture(scope="module")
 def api(broker: str, valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     folder = tmp_path_factory.mktemp("gateway-fuzz")
-    mesh = write_gateway_mesh(folder, broker, valkey, [{"name": "Inventory", "role": "inventory"}],
-                              ask_timeout=0.2, max_ask_timeout=0.5)
+    agents = [{"name": "Inventory", "role": "inventory"},
+              {"name": "Helper", "role": f"{WAITING_ROLES}:Answerer"}]
+    mesh = write_gateway_mesh(folder, broker, valkey, agents, ask_timeout=0.2, max_ask_timeout=0.5)
     with running_gateway(mesh, folder) as gateway:
         schema = schemathesis.openapi.from_url(gateway.url + "/openapi.json", timeout=10)
-        yield Api(gateway, schema, f"fuzz-{uuid.uuid4().hex}")
+        owner = f"owner-{uuid.uuid4().hex}"
+        theirs = httpx.post(gateway.url + "/conversations", headers=gateway.headers(owner), timeout=10)
+        assert theirs.status_code == 201, theirs.text
+        yield Api(gateway, schema, f"fuzz-{uuid.uuid4().hex}", theirs.json()["conversation"])
 
 
 def _operations(api: Api) -> list[Any]:
@@ -129,8 +137,7 @@ def _explicit(operation: Any, mode: GenerationMode) -> tuple[Any, ...]:
         return ()
     inventory = {"name": "Inventory"}
     return (operation.Case(path_parameters=inventory, body={"type": "check_stock", "payload": {}}),  # 200
-            operation.Case(path_parameters=inventory,  # the handler raises on int("many"): 502
-                           body={"type": "check_stock", "payload": {"items": {"widget": "many"}}}),
+            operation.Case(path_parameters={"name": "Helper"}, body={"type": "fail"}),  # 502
             operation.Case(path_parameters=inventory, body={"type": "never_answered"}))  # 504
 
 
@@ -146,6 +153,8 @@ def test_no_request_generated_from_the_spec_gets_an_undocumented_answer(api: Api
         if "{name}" in operation.path:  # any agent name (almost always unknown) and a real one
             cases = st.one_of(cases, operation.as_strategy(generation_mode=mode,
                                                            path_parameters={"name": "Inventory"}))
+        if operation.label == EVENTS:  # answers that end (see the module's docstring)
+            cases = operation.as_strategy(generation_mode=mode, path_parameters={"conversation": api.theirs})
         _fuzz(f"{operation.label} ({mode})", cases, api, statuses.setdefault(operation.label, Counter()),
               failures, _explicit(operation, mode))
     assert not failures, "\n\n".join(failures) + "\n\ngateway log (tail):\n" + api.gateway.log_text()[-4000:]
