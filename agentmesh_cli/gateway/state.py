@@ -164,14 +164,20 @@ class GatewayState:
                       self.ttl, self.keys.conversation_channel, conversation, now_ms()])
         return bool(ok)
 
-    async def gone(self, conversation: str, last: tuple[int, int]) -> bool:
-        """convlog.is_gone for a resume after `last` (one round trip)."""
+    async def read_after(self, conversation: str, last: str,
+                         count: int = READ_BATCH) -> tuple[bool, list[tuple[str, str, Any]]]:
+        """Events after `last`, and convlog.is_gone for a reader that had `last`: one MULTI,
+        so that no append trims between the test and the read."""
+        events = self.keys.conversation_events(conversation)
         with redis_errors("read events"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.exists(self.keys.conversation_events(conversation))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.exists(events)
                 pipe.hget(self.keys.conversation(conversation), "trimmed")
-                exists, trimmed = await pipe.execute()
-        return convlog.is_gone(last, bool(exists), convlog.stream_id(_text(trimmed)) if trimmed else None)
+                pipe.xrange(events, min=f"({last}", count=count)
+                exists, trimmed, entries = await pipe.execute()
+        gone = convlog.is_gone(convlog.stream_id(last) or (0, 0), bool(exists),
+                               convlog.stream_id(_text(trimmed)) if trimmed else None)
+        return gone, [convlog.decode_entry(entry) for entry in entries or []]
 
     async def after(self, conversation: str, last: str,
                     count: int = READ_BATCH) -> list[tuple[str, str, Any]]:

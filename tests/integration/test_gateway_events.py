@@ -109,16 +109,13 @@ def test_a_user_follows_the_request_of_their_ask(gateway: RunningGateway) -> Non
     assert first.id == logged(gateway, conversation)[0][0]  # the SSE id is the stream id
 
 
-@pytest.mark.xfail(strict=True, reason="needs the runtime change on main: an agent appends its reply "
-                                       "to an asker outside the mesh (convlog.is_public); remove the "
-                                       "marker when it lands")
 def test_the_agents_reply_to_the_user_is_an_event_too(gateway: RunningGateway) -> None:
     alice = user("alice")
     with gateway.client(alice) as own:
         asked = own.post("/agents/Inventory/ask", json={"type": "check_stock", "payload": {"items": {}}})
         assert asked.status_code == 200, asked.text
         reply = asked.json()
-        wait_until(lambda: len(logged(gateway, reply["conversation"])) >= 2, 5,
+        wait_until(lambda: len(logged(gateway, reply["conversation"])) >= 2, 20,
                    "the reply appended to the conversation")
         marker = send(own, reply["conversation"], 0)
         with follow(gateway, reply["conversation"], alice) as events:
@@ -220,18 +217,30 @@ def test_a_last_event_id_that_is_not_one_is_a_400(gateway: RunningGateway, last:
 
 
 # whose events -------------------------------------------------------------------------
-def test_another_users_conversation_is_a_404_exactly_like_a_missing_one(gateway: RunningGateway) -> None:
+def test_another_users_conversation_is_a_404(gateway: RunningGateway) -> None:
     alice, bob = user("alice"), user("bob")
     with gateway.client(alice) as own, gateway.client(bob) as other, gateway.client() as mesh:
         theirs = own.post("/conversations").json()["conversation"]
         send(own, theirs, 1)
         meshs = mesh.post("/conversations").json()["conversation"]  # the mesh's: no user's
-        missing = "c-" + uuid.uuid4().hex[:24]
-        answers = {name: other.get(f"/conversations/{conversation}/events")
-                   for name, conversation in (("theirs", theirs), ("mesh", meshs), ("missing", missing))}
-    errors = {name: error_of(answer, 404, "conversation_not_found") for name, answer in answers.items()}
-    shown = {name: str(error).replace(conversation, "<id>")
-             for (name, error), conversation in zip(errors.items(), (theirs, meshs, missing), strict=True)}
-    assert shown["theirs"] == shown["missing"] == shown["mesh"]
+        answers = {conversation: other.get(f"/conversations/{conversation}/events")
+                   for conversation in (theirs, meshs)}
+        posted = other.post("/agents/Inventory/messages", json={"type": "note", "conversation": theirs})
+    errors = [error_of(answer, 404, "conversation_not_found") for answer in (*answers.values(), posted)]
+    shown = {str(error).replace(conversation, "<id>")
+             for error, conversation in zip(errors, (theirs, meshs, theirs), strict=True)}
+    assert len(shown) == 1  # the same answer, whatever makes it not bob's
     with follow(gateway, theirs, alice) as events:  # the owner reads it
         assert next(events).data["from"] == "gateway"
+
+
+def test_a_conversation_followed_before_it_exists_becomes_the_followers(gateway: RunningGateway) -> None:
+    alice, bob = user("alice"), user("bob")
+    new = "c-" + uuid.uuid4().hex[:24]
+    with gateway.client(alice) as own, gateway.client(bob) as other:
+        with follow(gateway, new, alice) as events:  # a chat window opens before the first message
+            sent = send(own, new, 1)
+            assert next(events).data["id"] == sent
+        error_of(other.get(f"/conversations/{new}/events"), 404, "conversation_not_found")
+        error_of(other.post("/agents/Inventory/messages", json={"type": "note", "conversation": new}),
+                 404, "conversation_not_found")
