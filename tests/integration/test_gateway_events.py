@@ -22,7 +22,6 @@ import httpx
 import pytest
 
 from agentmesh_cli.constants import Keys
-from agentmesh_cli.waiting import wait_until
 from tests.helpers.gateway import (
     RunningGateway,
     SseEvent,
@@ -89,7 +88,7 @@ def send(client: httpx.Client, conversation: str, n: int) -> str:
 
 
 # following ----------------------------------------------------------------------------
-def test_a_user_follows_the_request_of_their_ask(gateway: RunningGateway) -> None:
+def test_a_user_follows_their_ask_and_its_reply(gateway: RunningGateway) -> None:
     alice = user("alice")
     with gateway.client(alice) as own:
         conversation = own.post("/conversations").json()["conversation"]
@@ -98,32 +97,24 @@ def test_a_user_follows_the_request_of_their_ask(gateway: RunningGateway) -> Non
                 "type": "check_stock", "payload": {"order_id": "o-7", "items": {}},
                 "conversation": conversation})
             assert asked.status_code == 200, asked.text
-            request_id = asked.json()["in_reply_to"]
-            first = next(events)
-    assert first.event == "message"
-    assert first.data["from"] == "gateway" and first.data["to"] == "Inventory"
-    assert first.data["id"] == request_id and first.data["type"] == "check_stock"
-    assert first.data["payload"] == {"order_id": "o-7", "items": {}}
-    assert first.data["conversation"] == conversation and first.data["user"] == alice
-    assert "reply_to" not in first.data  # the gateway's reply address is not the user's business
-    assert first.id == logged(gateway, conversation)[0][0]  # the SSE id is the stream id
-
-
-def test_the_agents_reply_to_the_user_is_an_event_too(gateway: RunningGateway) -> None:
-    alice = user("alice")
-    with gateway.client(alice) as own:
-        asked = own.post("/agents/Inventory/ask", json={"type": "check_stock", "payload": {"items": {}}})
-        assert asked.status_code == 200, asked.text
-        reply = asked.json()
-        wait_until(lambda: len(logged(gateway, reply["conversation"])) >= 2, 20,
-                   "the reply appended to the conversation")
-        marker = send(own, reply["conversation"], 0)
-        with follow(gateway, reply["conversation"], alice) as events:
-            got = until(events, marker)
-    assert [e.data["id"] for e in got] == [reply["in_reply_to"], reply["id"], marker]
-    answer = got[1]
+            reply = asked.json()
+            request, answer = next(events), next(events)
+            marker = send(own, conversation, 0)
+            rest = until(events, marker)
+    assert request.event == "message"
+    assert request.data["from"] == "gateway" and request.data["to"] == "Inventory"
+    assert request.data["id"] == reply["in_reply_to"] and request.data["type"] == "check_stock"
+    assert request.data["payload"] == {"order_id": "o-7", "items": {}}
+    assert request.data["conversation"] == conversation and request.data["user"] == alice
+    assert "reply_to" not in request.data  # the gateway's reply address is not the user's business
+    # the reply to an asker outside the mesh is shown to the conversation's user too
     assert answer.event == "message" and answer.data["from"] == "Inventory"
-    assert answer.data["in_reply_to"] == reply["in_reply_to"] and answer.data["type"] == "stock_result"
+    assert answer.data["id"] == reply["id"] and answer.data["type"] == "stock_result"
+    assert answer.data["in_reply_to"] == reply["in_reply_to"] and answer.data["user"] == alice
+    assert answer.data["payload"] == reply["payload"]
+    assert [e.data["id"] for e in rest] == [marker]  # nothing else, nothing twice
+    # the SSE ids are the stream ids
+    assert [request.id, answer.id, rest[0].id] == [i for i, _ in logged(gateway, conversation)]
 
 
 def test_the_mesh_follows_a_conversation_before_it_exists(gateway: RunningGateway) -> None:
