@@ -30,9 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from agentmesh_cli.agent.base import Role, Vote, type_of_request
+from agentmesh_cli.agent.demo_payloads import CheckStock, RecentOrders, RiskAssessment, Ticket
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AskError, RoleError
@@ -72,42 +71,10 @@ class Order:
     answers: dict[str, bool] = field(default_factory=dict)
 
 
-class CheckStock(BaseModel):
-    """Is there stock for these items?"""
-
-    order_id: str | None = Field(None, description="The order the check is for.")
-    items: dict[str, int] = Field(default_factory=dict, description="Product -> quantity.")
-
-
-class RiskAssessment(BaseModel):
-    """How risky is this order?"""
-
-    order_id: str | None = None
-    customer: str | None = None
-    amount: float = Field(0.0, ge=0, description="The order's total.")
-
-
-class RecentOrders(BaseModel):
-    """A customer's newest orders."""
-
-    customer: str
-
-
-class Ticket(BaseModel):
-    """A customer's support ticket: a question or a complaint. The customer is the user the
-    request acts for (the gateway's token), else `customer`."""
-
-    text: str = Field(description="What the customer writes.")
-    kind: str = Field("question", pattern="^(question|complaint)$")
-    product: str | None = None
-    amount: float | None = Field(None, ge=0, description="A complaint's refund asked for.")
-    customer: str | None = None
-
-
 class SalesRole(Role):
-    accepts = {"recent_orders": RecentOrders}
-
     """Opens orders, asks Inventory and Fraud, confirms when both approve; takes leads."""
+
+    accepts = {"recent_orders": RecentOrders}
 
     def on_start(self) -> None:
         self.open_orders: dict[str, Order] = {}
@@ -197,10 +164,10 @@ class SalesRole(Role):
 
 
 class InventoryRole(Role):
-    accepts = {"check_stock": CheckStock}
-
     """Tracks stock; reserves what an order needs when it can, restocks slowly; opposes
     discounts on orders it cannot fill."""
+
+    accepts = {"check_stock": CheckStock}
 
     def on_start(self) -> None:
         self.stock = {name: 20 for name in CATALOGUE}
@@ -241,9 +208,9 @@ class InventoryRole(Role):
 
 
 class FraudRole(Role):
-    accepts = {"risk_assessment": RiskAssessment}
-
     """Scores orders by amount; refuses the risky ones; opposes large discounts and refunds."""
+
+    accepts = {"risk_assessment": RiskAssessment}
 
     RISK_LIMIT = 0.8
     confidence = 0.9

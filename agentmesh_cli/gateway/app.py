@@ -23,17 +23,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, Header, Path, Query, Request, Response
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import convlog, events
-from agentmesh_cli.envelope import NAME_PATTERN, Envelope, nests_deeper, now_ms
+from agentmesh_cli.envelope import Envelope, nests_deeper, now_ms
 from agentmesh_cli.errors import (
     AgentNotFound,
     BadRequest,
@@ -45,6 +44,20 @@ from agentmesh_cli.errors import (
     ReplyTimeout,
 )
 from agentmesh_cli.gateway.kafka import GatewayBus
+from agentmesh_cli.gateway.models import (
+    AGENT,
+    EVENT_ID_PATTERN,
+    IDEMPOTENCY_KEY,
+    Accepted,
+    Agents,
+    Ask,
+    Conversation,
+    NewConversation,
+    Reply,
+    Send,
+    body_of,
+    parsed,
+)
 from agentmesh_cli.gateway.sse import conversation_events
 from agentmesh_cli.gateway.state import GatewayState
 from agentmesh_cli.services.auth import BearerAuthMiddleware, Caller, check_service_token, current_caller
@@ -66,93 +79,6 @@ HEALTH_TIMEOUT_S = 1.0
 MAX_NESTING = 64  # a deeper payload is refused (the envelope codec has a limit too)
 SEND_TIMEOUT_S = 10.0  # POST messages waits this long for the broker to take the message
 OPEN_PATHS = frozenset({"/health", "/openapi.json"})
-TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-USER_PATTERN = r"^[A-Za-z0-9_.@:-]{1,128}$"
-IDEMPOTENCY_KEY = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
-    description="A retry with the same key (and the same user) is the same request: the agent "
-                "handles it once and a repeated ask gets its reply again.")]
-AGENT = Annotated[str, Path(pattern=NAME_PATTERN, description="The agent's name.")]
-
-
-class Send(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: str = Field(pattern=TYPE_PATTERN, description="The message type the agent handles.")
-    payload: dict[str, Any] = Field(default_factory=dict, description="A JSON object.")
-    conversation: str | None = Field(None, pattern=convlog.CONVERSATION_PATTERN, description=(
-        "The conversation it belongs to (its order at the agent, its events). None: a new one."))
-    user: str | None = Field(None, pattern=USER_PATTERN, description=(
-        "Service token only: the user the request acts for. A user token acts for its user."))
-
-
-class Ask(Send):
-    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the reply "
-                                  "(default gateway.ask_timeout, at most gateway.max_ask_timeout).")
-
-
-class Reply(BaseModel):
-    id: str
-    type: str
-    payload: dict[str, Any]
-    conversation: str
-    in_reply_to: str = Field(description="The request's id.")
-    round_trip_ms: float
-    from_: str = Field(alias="from")
-
-
-class Accepted(BaseModel):
-    id: str = Field(description="The envelope's id.")
-    conversation: str
-
-
-class Conversation(BaseModel):
-    conversation: str
-    owner: str | None
-
-
-class AgentEntry(BaseModel):
-    name: str
-    role: str
-    state: str = Field(description="up (heartbeats arrive), down, or declared (in mesh.yaml, never joined).")
-    capabilities: list[str]
-    concurrency: int | None = None
-    in_flight: int | None = None
-    accepts: dict[str, Any] = Field(
-        description="Message type -> JSON schema of its payload, as the role declares.")
-
-
-class Agents(BaseModel):
-    agents: list[AgentEntry]
-
-
-class NewConversation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user: str | None = Field(None, pattern=USER_PATTERN, description=(
-        "Service token only: the user it belongs to (a user token: its user)."))
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parsed(model: type[M], data: Any) -> M:
-    """The body as `model`, or a 400 naming the first field that does not fit."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        argument = ".".join(str(part) for part in first["loc"]) or "body"
-        raise BadRequest(f"argument {argument!r}: {first['msg']}", {"argument": argument}) from None
-
-
-def body_of(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
-    """OpenAPI `requestBody` of an endpoint that reads its JSON body itself (read_json: a
-    missing Content-Type is JSON, another one a 415)."""
-    return {"requestBody": {"required": required, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
-
-
 class Gateway:
     """What the endpoints (and the MCP tools) share: the mesh's settings, Redis, Kafka."""
 
@@ -398,9 +324,10 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
                         **error_responses(400, 401, 404, 503)})
     async def follow(
         conversation: Annotated[str, Path(pattern=convlog.CONVERSATION_PATTERN)],
-        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
-        after: Annotated[str | None, Query(max_length=64, description=(
-            "Resume after this event id (for clients that cannot set Last-Event-ID).")) ] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
+                                                    pattern=EVENT_ID_PATTERN)] = None,
+        after: Annotated[str | None, Query(max_length=64, pattern=EVENT_ID_PATTERN, description=(
+            "Resume after this event id (for clients that cannot set Last-Event-ID)."))] = None,
     ) -> Response:
         resume = last_event_id or after
         last = convlog.stream_id(resume) if resume else None
