@@ -1,7 +1,8 @@
 """The agents' side of the front door, for real: the conversation log's scripts on the
 session Valkey, what agent processes show a conversation's user (a reply to an asker
 outside the mesh, a public ask and its reply, deltas), `agentmesh ask --follow`, the
-declared `accepts`, and a repeated request answered where it now waits."""
+declared `accepts`, a repeated request answered where it now waits, and the README's
+customer chat through the gateway."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.agents import agents
 from tests.helpers.commands import agentmesh
+from tests.helpers.gateway import SseEvent, running_gateway, sse_events, write_gateway_mesh
 
 
 def envelope(id: str) -> Envelope:
@@ -127,3 +129,34 @@ def test_a_repeated_request_is_answered_where_it_now_waits(external_mesh: Any, t
         finally:
             first.close()
             second.close()
+
+
+def test_a_chat_window_sees_the_deltas_and_the_answer(broker: str, valkey: str, tmp_path: Path) -> None:
+    """The README's customer chat through the gateway: a user's events stream, opened before
+    the conversation exists, shows the ticket, Support's streamed words (`delta`, no id),
+    its public ask to Sales and the answer, then Support's reply, all with SSE ids but the
+    deltas."""
+    mesh = write_gateway_mesh(tmp_path, broker, valkey, [{"name": "Support", "role": "support"},
+                                                         {"name": "Sales", "role": "sales"}])
+    with running_gateway(mesh, tmp_path) as gateway, gateway.client("alice") as client:
+        seen: list[SseEvent] = []
+        with client.stream("GET", "/conversations/c-7/events") as stream:
+            assert stream.status_code == 200
+            answer = client.post("/agents/Support/ask", json={
+                "type": "ticket", "payload": {"text": "where is my cable"}, "conversation": "c-7"})
+            assert answer.status_code == 200, answer.text
+            for event in sse_events(stream):
+                seen.append(event)
+                if event.event == "message" and event.data.get("type") == "ticket_answer":
+                    break
+        messages = [(e.data["from"], e.data["type"]) for e in seen if e.event == "message"]
+        assert messages == [("gateway", "ticket"), ("Support", "recent_orders"), ("Sales", "recent_orders"),
+                            ("Support", "ticket_answer")]
+        # the deltas (one or two, as the 50 ms windows fall) come before Support asks Sales
+        deltas = [i for i, e in enumerate(seen) if e.event == "delta"]
+        ask = next(i for i, e in enumerate(seen) if e.event == "message" and e.data["to"] == "Sales")
+        assert deltas and max(deltas) < ask and all(seen[i].id is None for i in deltas)
+        streamed = "".join(seen[i].data["text"] for i in deltas)
+        assert streamed == "Thanks alice, looking at your recent orders... "
+        assert all(e.id for e in seen if e.event == "message")
+        assert seen[-1].data["payload"] == answer.json()["payload"]
