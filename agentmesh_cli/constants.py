@@ -131,6 +131,16 @@ COUNTER_HANDLER_ERRORS = "handler_errors"  # messages whose role handler raised 
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
 # the fault-injection suite's probes. Any other sender must have joined once.
 GATEWAY_SENDER = "gateway"  # what enters through the front door is sent (and counted) as this
+# the gateway's counters (owner `gateway`): asks by outcome, messages sent, streams opened;
+# its asks' round trips go into the `ask_ms` histogram like an agent's
+GATEWAY_ASK_OUTCOMES = ("ok", "error_reply", "timeout")
+COUNTER_GATEWAY_MESSAGES = "gateway_messages"
+COUNTER_GATEWAY_STREAMS = "gateway_streams"
+
+
+def gateway_asks_counter(outcome: str) -> str:
+    return "gateway_asks:" + outcome
+
 OPERATOR_SENDERS = frozenset({"cli", "chaos", GATEWAY_SENDER})
 # The managers count every record they read, "records:<topic>", and every dead letter they
 # write, "dead_letters:<topic>" (besides the total "dead_letters"), so that each topic's

@@ -2,9 +2,10 @@
 
 Each conversation has an ordered event log in Redis (constants.Keys):
 
-- `conv:<id>` (hash): `owner`, the user the conversation belongs to ("" for the mesh), and
-  `created` (ms). The first append makes it; a later append by another user is refused
-  (the gateway then answers 404, as for a missing conversation).
+- `conv:<id>` (hash): `owner`, the user the conversation belongs to ("" for the mesh),
+  `created` (ms), and `trimmed`, the newest event id the log no longer keeps. The first
+  append makes it; a later append by another user is refused (the gateway then answers
+  404, as for a missing conversation).
 - `conv-events:<id>` (stream): one entry per event, fields `event` and `data` (JSON). The
   stream id is the SSE event id. Trimmed to the newest `gateway.events_kept` entries;
   every key of the conversation expires `gateway.events_ttl` after its last append.
@@ -62,7 +63,14 @@ if ARGV[2] ~= '' then
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) * 2) - 1)
   redis.call('EXPIRE', KEYS[3], ttl)
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '*', 'event', ARGV[3], 'data', ARGV[4])
+local kept = tonumber(ARGV[5])
+local len = redis.call('XLEN', KEYS[2])
+if len >= kept then
+  -- what this append trims: the newest of it is where a resume starts to lose events
+  local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - kept + 1)
+  redis.call('HSET', KEYS[1], 'trimmed', old[#old][1])
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', kept, '*', 'event', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('PUBLISH', ARGV[7], ARGV[8] .. ' ' .. id)
 return {1, id}
@@ -142,13 +150,14 @@ def stream_id(text: str) -> tuple[int, int] | None:
     return int(ms), int(seq or 0)
 
 
-def is_gone(last_event_id: tuple[int, int], exists: bool, max_deleted: tuple[int, int] | None) -> bool:
+def is_gone(last_event_id: tuple[int, int], exists: bool, trimmed: tuple[int, int] | None) -> bool:
     """Does resuming after `last_event_id` miss events the log no longer holds? Yes when
-    entries after it were trimmed (`max_deleted`, the stream's max-deleted-entry-id, is
-    newer), or when the whole log expired and the id is not the start (0-0)."""
+    an event after it was trimmed (`trimmed`, the newest id trimmed, is newer), or when the
+    whole log expired and the id is not the start (0-0). (Redis's own
+    max-deleted-entry-id counts XDEL only, not the trimming of XADD MAXLEN.)"""
     if not exists:
         return last_event_id != (0, 0)
-    return max_deleted is not None and max_deleted > last_event_id
+    return trimmed is not None and trimmed > last_event_id
 
 
 class ConversationLog:
@@ -184,6 +193,15 @@ class ConversationLog:
     def publish_delta(self, conversation: str, sender: str, text: str, in_reply_to: str | None) -> None:
         self.client.publish(self.keys.conversation_channel,
                             delta_message(conversation, sender, text, in_reply_to))
+
+    def gone(self, conversation: str, last: tuple[int, int]) -> bool:
+        """is_gone for a resume after `last` (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(self.keys.conversation_events(conversation))
+        pipe.hget(self.keys.conversation(conversation), "trimmed")
+        exists, trimmed = pipe.execute()
+        text = trimmed.decode() if isinstance(trimmed, bytes) else trimmed
+        return is_gone(last, bool(exists), stream_id(text) if text else None)
 
     def last_id(self, conversation: str) -> str:
         """The newest event's id, or 0-0: where a follower that wants only what comes next starts."""

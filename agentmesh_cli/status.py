@@ -25,7 +25,7 @@ from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.sampling import ProcessSampler
-from agentmesh_cli.services.probe import Prober, service_url, tls_verify
+from agentmesh_cli.services.probe import Prober, gateway_url, service_url, tls_verify
 from agentmesh_cli.signing import refused_totals
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
@@ -315,6 +315,18 @@ def _services(mesh: Mesh, prober: Prober) -> list[dict[str, Any]]:
                 callers.setdefault(str(target), []).append({"owner": name, **state})
     for service in services:  # other services' clients first; the agents' are added later
         service["clients"] = callers.get(service["name"], [])
+    if mesh.config.gateway.enabled:  # the front door: its own /health (Redis and Kafka)
+        url = gateway_url(mesh)
+        started = time.monotonic()
+        code, raw = prober.get(url + "/health")
+        took = time.monotonic() - started
+        try:
+            word = str(orjson.loads(raw).get("status")) if code is not None else "unreachable"
+        except (orjson.JSONDecodeError, AttributeError):
+            word = f"http {code}"
+        services.append({"name": C.PROGRAM_GATEWAY, "url": url,
+                         "health": "unreachable" if code is None else HEALTH_WORDS.get(code, word),
+                         "latency_ms": None if code is None else round(took * 1000, 1), "clients": []})
     return services
 
 

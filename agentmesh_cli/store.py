@@ -130,6 +130,13 @@ class Store:
             pipe.sadd(self.keys.members, name)
             pipe.execute()
 
+    def set_accepts(self, name: str, schemas: dict[str, Any]) -> None:
+        """What agent `name`'s role accepts (message type -> JSON schema), for the gateway."""
+        if schemas:
+            self._call("write accepts", lambda: self.redis.hset(self.keys.accepts, name, json.dumps(schemas)))
+        else:
+            self._call("write accepts", lambda: self.redis.hdel(self.keys.accepts, name))
+
     def unregister_agent(self, name: str) -> None:
         self._call("unregister", lambda: self.redis.hdel(self.keys.agents, name))
 

@@ -41,7 +41,7 @@ def is_request(envelope: Envelope) -> bool:
 def reply_meta(request: Envelope) -> dict[str, Any]:
     """The meta of a reply to `request`: in_reply_to, and its conversation and deadline."""
     meta: dict[str, Any] = {"in_reply_to": request.id}
-    for name in ("conversation", "deadline"):
+    for name in ("conversation", "deadline", "user"):
         if name in request.meta:
             meta[name] = request.meta[name]
     return meta

@@ -41,14 +41,16 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
 
 from agentmesh_cli import events
 from agentmesh_cli.agent.handling import current
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import AskNotAllowed
+from agentmesh_cli.errors import AskNotAllowed, RoleError
 
 if TYPE_CHECKING:
     from agentmesh_cli.agent.services import AgentServices
@@ -83,28 +85,38 @@ class AgentContext:
     # message handled, see agent/ledger.py), or None for a fresh one
     _next_id: Callable[[], str | None] = field(default=lambda: None, repr=False)
     _ask: Callable[..., Any] | None = field(default=None, repr=False)
-    _reply: Callable[[Envelope, str, dict[str, Any]], Envelope] | None = field(default=None, repr=False)
+    _reply: Callable[[Envelope, str, dict[str, Any], bool], Envelope] | None = field(default=None, repr=False)
     _draining: Callable[[], bool] = field(default=lambda: False, repr=False)
+    _delta: Callable[[str], None] = field(default=lambda text: None, repr=False)
 
     def send(
-        self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None
+        self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None,
+        *, public: bool = False,
     ) -> Envelope:
         """Send a message to agent `to`; returns the envelope sent. Sent while handling a
         message of a conversation (`meta.conversation`), it belongs to it too, unless
-        `meta` names another."""
+        `meta` names another, and acts for the same user (`meta.user`). `public=True`
+        shows it to the conversation's user too (an event of GET /conversations/ID/events
+        at the gateway); agent-to-agent traffic is not shown otherwise."""
         handling = current()
+        meta = self.conversation_meta(meta, public)
         if handling is None:  # not while handling a message (on_tick, on_start): a fresh id
             return self._send(events.message(self.name, to, type, payload, meta, id=self._next_id()))
-        if handling.conversation is not None and not (meta and "conversation" in meta):
-            meta = {**(meta or {}), "conversation": handling.conversation}
         return self._send(events.message(self.name, to, type, payload, meta, id=handling.next_id()))
 
-    def conversation_meta(self, meta: dict[str, Any] | None) -> dict[str, Any] | None:
-        """`meta` with the conversation of the message being handled, if it has one."""
+    def conversation_meta(self, meta: dict[str, Any] | None, public: bool = False) -> dict[str, Any] | None:
+        """`meta` with the conversation and the user of the message being handled (where
+        `meta` names none), and `public` when asked for."""
         handling = current()
-        if handling is None or handling.conversation is None or (meta and "conversation" in meta):
+        if public:
+            meta = {**(meta or {}), "public": True}
+        if handling is None:
             return meta
-        return {**(meta or {}), "conversation": handling.conversation}
+        if handling.conversation is not None and not (meta and "conversation" in meta):
+            meta = {**(meta or {}), "conversation": handling.conversation}
+        if handling.user is not None and not (meta and "user" in meta):
+            meta = {**(meta or {}), "user": handling.user}
+        return meta
 
     @property
     def conversation(self) -> str | None:
@@ -113,13 +125,27 @@ class AgentContext:
         return None if handling is None else handling.conversation
 
     @property
+    def user(self) -> str | None:
+        """The user the message being handled acts for (`meta.user`: the gateway sets it from
+        the caller's token; read the user from here, never from the payload), or None."""
+        handling = current()
+        return None if handling is None else handling.user
+
+    def delta(self, text: str) -> None:
+        """Stream partial output (a model's tokens) to the user of the conversation being
+        handled: ephemeral `delta` events at the gateway, coalesced every
+        gateway.delta_interval, never sent as Kafka messages. Send the whole result as a
+        normal (public) message or reply after them."""
+        self._delta(text)
+
+    @property
     def draining(self) -> bool:
         """True while `agentmesh down` drains the mesh: start no new work (a workload's
         tick returns at once); what is in flight is still handled."""
         return self._draining()
 
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float = 10.0,
-            meta: dict[str, Any] | None = None) -> Any:
+            meta: dict[str, Any] | None = None, *, public: bool = False) -> Any:
         """Send a request to agent `to` and get its reply (an `Envelope`): `reply = await
         self.ctx.ask("Inventory", "check_stock", {...})` in an async hook. In a sync
         `on_message` at concurrency > 1 (a worker thread) it blocks and returns the reply;
@@ -133,22 +159,26 @@ class AgentContext:
         and the answerer's reply cache answers it without handling it twice."""
         if self._ask is None:
             raise AskNotAllowed("this context cannot ask: it belongs to no agent runtime")
-        return self._ask(to, type, payload, timeout, self.conversation_meta(meta))
+        return self._ask(to, type, payload, timeout, self.conversation_meta(meta, public))
 
-    def respond(self, message: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+    def respond(self, message: Envelope, type: str, payload: dict[str, Any], *,
+                public: bool = False) -> Envelope:
         """Answer `message` whichever way it came: `reply` to a request (an ask waits for
         it), else `send` to its sender (a plain message, answered by a message)."""
         if type_of_request(message):
-            return self.reply(message, type, payload)
-        return self.send(message.from_agent_id, type, payload)
+            return self.reply(message, type, payload, public=public)
+        return self.send(message.from_agent_id, type, payload, public=public)
 
-    def reply(self, message: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+    def reply(self, message: Envelope, type: str, payload: dict[str, Any], *,
+              public: bool = False) -> Envelope:
         """Answer `message` (a request from `ctx.ask`, `agentmesh ask` or the gateway): the
         reply goes to the asker's waiting ask, never through its conversation queue. The
-        reply is kept (the reply cache) to answer a repeated request again."""
+        reply is kept (the reply cache) to answer a repeated request again. A reply to an
+        asker outside the mesh (the gateway, `agentmesh ask`) or to a public request is
+        shown to the conversation's user; `public=True` shows any reply."""
         if self._reply is None:
             raise AskNotAllowed("this context cannot reply: it belongs to no agent runtime")
-        return self._reply(message, type, payload)
+        return self._reply(message, type, payload, public)
 
     def propose(self, type: str, content: dict[str, Any]) -> str:
         """Open a Bee consensus proposal (decision | action | topology); returns its id."""
@@ -188,6 +218,10 @@ class Role:
     """Base class of every agent role; override the hooks you need."""
 
     confidence = 0.8  # the intensity of this role's votes
+    # the message types this role handles and their payloads' models, e.g.
+    # {"ticket": Ticket} with `class Ticket(pydantic.BaseModel)`: the gateway publishes
+    # them (GET /agents, MCP tools) and checks a request's payload against the schema
+    accepts: ClassVar[dict[str, type[BaseModel]]] = {}
 
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
@@ -214,3 +248,15 @@ class Role:
 
     def on_stop(self) -> Any:
         """Called once when the agent is asked to stop."""
+
+
+def accepts_schemas(role: Role) -> dict[str, dict[str, Any]]:
+    """What a role accepts as message type -> JSON schema of the payload (published at join)."""
+    accepts = getattr(type(role), "accepts", None) or {}
+    schemas: dict[str, dict[str, Any]] = {}
+    for type_, model in accepts.items():
+        if not (isinstance(type_, str) and isinstance(model, type) and issubclass(model, BaseModel)):
+            raise RoleError(f"{type(role).__name__}.accepts maps message types to pydantic models; "
+                            f"{type_!r}: {model!r} is not one")
+        schemas[type_] = model.model_json_schema()
+    return schemas

@@ -35,6 +35,8 @@ class Exchange:
         self.rt = rt
         self.asks = Asks()
         self.answered = Answered()
+        # request id -> more reply addresses (copies asked while the first is handled)
+        self.also: dict[str, set[str]] = {}
 
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float,
              meta: dict[str, Any] | None) -> Any:
@@ -66,6 +68,8 @@ class Exchange:
         future = self.asks.expect(request_id)
         started = self.rt.clock()
         self.rt.bus.send_message(request)
+        if request.meta.get("public") is True:
+            self.rt.public.sent(request)
         self.rt.nudge()
         self.rt.counts[C.COUNTER_ASKS] += 1
         try:
@@ -82,29 +86,51 @@ class Exchange:
                               str(reply.payload.get("message", "")))
         return reply
 
-    def reply(self, request: Envelope, type: str, payload: dict[str, Any]) -> Envelope:
+    def reply(self, request: Envelope, type: str, payload: dict[str, Any], public: bool = False) -> Envelope:
         """AgentContext.reply: to the asker's inbox, or to `replies` for an asker that is
-        not an agent (`meta.reply_to`); kept in the reply cache."""
-        reply = events.message(self.rt.name, request.from_agent_id, type, payload, reply_meta(request),
-                               id=self.rt.next_id())
+        not an agent (`meta.reply_to`); kept in the reply cache. A reply to an asker outside
+        the mesh, or to a public request, is public: its conversation's user sees it."""
+        meta = reply_meta(request)
         address = request.meta.get("reply_to")
+        outside = isinstance(address, str) and bool(address)
+        if public or outside or request.meta.get("public") is True:
+            meta["public"] = True
+        reply = events.message(self.rt.name, request.from_agent_id, type, payload, meta, id=self.rt.next_id())
         value = reply.encode()
-        if isinstance(address, str) and address:
-            sent = Sent(C.TOPIC_REPLIES, address,
-                        C.reply_partition(address, self.rt.mesh.config.kafka.partitions), value)
+        if outside:
+            sent = self._to_address(str(address), value)
         else:
             sent = Sent(C.TOPIC_MESSAGES, reply.to_agent_id,
                         C.inbox_partition(reply.to_agent_id, self.rt.mesh.config.kafka.partitions), value)
-        self.rt.on_loop(self.send_reply, request.id, sent)
+        self.rt.on_loop(self.send_reply, request.id, sent, reply)
         return reply
 
-    def send_reply(self, request_id: str, sent: Sent) -> None:
+    def _to_address(self, address: str, value: bytes) -> Sent:
+        partitions = self.rt.mesh.config.kafka.partitions
+        return Sent(C.TOPIC_REPLIES, address, C.reply_partition(address, partitions), value)
+
+    def send_reply(self, request_id: str, sent: Sent, reply: Envelope | None = None) -> None:
         self.rt.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
+        for address in self.also.pop(request_id, ()):
+            if address != sent.key:  # a copy of the request asked from elsewhere meanwhile
+                copy = self._to_address(address, sent.value)
+                self.rt.bus.produce_raw(copy.topic, copy.value, copy.key, copy.partition)
         self.answered.add(request_id, sent)
+        if reply is not None and reply.meta.get("public") is True:
+            self.rt.public.sent(reply)
         self.rt.nudge()
 
+    def answer_also(self, request: Envelope) -> None:
+        """A copy of a request whose first copy is still being handled (an asker outside the
+        mesh that retried, maybe through another gateway): its reply goes to both addresses."""
+        address = request.meta.get("reply_to")
+        if isinstance(address, str) and address:
+            self.also.setdefault(request.id, set()).add(address)
+
     def answer_again(self, request: Envelope) -> None:
-        """A repeated request this agent handled: send its reply again from the cache."""
+        """A repeated request this agent handled: send its reply again from the cache, to
+        where the repeated request waits (a retry from a restarted or another gateway has
+        another reply address than the first copy)."""
         sent = self.answered.recent(request.id)
         if sent is None:
             try:
@@ -115,6 +141,8 @@ class Exchange:
             if raw is None:
                 return  # not asked for a reply, or older than the cache
             sent = Sent.from_json(raw)
+        address = request.meta.get("reply_to")
+        if isinstance(address, str) and address and sent.topic == C.TOPIC_REPLIES and address != sent.key:
+            sent = self._to_address(address, sent.value)
         self.rt.bus.produce_raw(sent.topic, sent.value, sent.key, sent.partition)
         self.rt.counts[C.COUNTER_CACHED_REPLIES] += 1
-

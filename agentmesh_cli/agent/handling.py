@@ -44,6 +44,7 @@ class Handling:
     message_id: str
     conversation: str | None  # the message's `meta.conversation`, when it has one
     mode: Mode
+    user: str | None = None  # the message's `meta.user` (set by the gateway from its token)
     sent: int = 0  # envelopes derived from the message so far
 
     def next_id(self) -> str:

@@ -30,7 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentmesh_cli.agent.base import Role, Vote
+from agentmesh_cli.agent.base import Role, Vote, type_of_request
+from agentmesh_cli.agent.demo_payloads import CheckStock, RecentOrders, RiskAssessment, Ticket
 from agentmesh_cli.consensus.core import Proposal
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AskError, RoleError
@@ -72,6 +73,8 @@ class Order:
 
 class SalesRole(Role):
     """Opens orders, asks Inventory and Fraud, confirms when both approve; takes leads."""
+
+    accepts = {"recent_orders": RecentOrders}
 
     def on_start(self) -> None:
         self.open_orders: dict[str, Order] = {}
@@ -164,6 +167,8 @@ class InventoryRole(Role):
     """Tracks stock; reserves what an order needs when it can, restocks slowly; opposes
     discounts on orders it cannot fill."""
 
+    accepts = {"check_stock": CheckStock}
+
     def on_start(self) -> None:
         self.stock = {name: 20 for name in CATALOGUE}
         self.next_restock = 0.0
@@ -205,6 +210,8 @@ class InventoryRole(Role):
 class FraudRole(Role):
     """Scores orders by amount; refuses the risky ones; opposes large discounts and refunds."""
 
+    accepts = {"risk_assessment": RiskAssessment}
+
     RISK_LIMIT = 0.8
     confidence = 0.9
 
@@ -238,7 +245,14 @@ class SupportRole(Role):
     to Sales as a lead) or complains (Support proposes a refund). A ticket arrives in
     Support's own inbox as its own conversation; the async handler awaits Cognition's
     context for the customer and asks Sales for their recent orders, then answers. With
-    `concurrency: 8` in mesh.yaml, eight tickets are handled at once."""
+    `concurrency: 8` in mesh.yaml, eight tickets are handled at once.
+
+    Through the front door (the gateway, `agentmesh ask Support ticket ...`) a ticket is a
+    request of its user: Support's ask to Sales is public, so the user sees it and Sales's
+    answer as events of the conversation, with a few streamed `delta` words before the
+    reply."""
+
+    accepts = {"ticket": Ticket}
 
     def on_start(self) -> None:
         self.count = 0
@@ -293,12 +307,19 @@ class SupportRole(Role):
         if message.type != "ticket":
             return
         p = message.payload
-        customer, ticket, text = str(p.get("customer")), str(p.get("ticket")), str(p.get("text"))
+        customer = self.ctx.user or str(p.get("customer"))  # a user's own ticket: its token's user
+        ticket = str(p.get("ticket") or self.ctx.conversation)
+        text = str(p.get("text"))
+        asked = type_of_request(message)  # from the front door: the user waits for the answer
         self.tickets += 1
+        if asked:
+            self.ctx.delta(f"Thanks {customer}, ")
         context = await self.ctx.acontext(customer, query=text, limit=5)  # Cognition, awaited
         if context:
             self.with_context += 1
-        orders = await self._recent_orders(customer)
+        if asked:
+            self.ctx.delta("looking at your recent orders... ")
+        orders = await self._recent_orders(customer, public=asked)
         self.ctx.log.info("ticket %s from %s: %s (%s, %s)", ticket, customer, text,
                           "no context" if context is None else f"{len(context)} items of context",
                           "orders unknown" if orders is None else f"{len(orders)} recent orders")
@@ -313,15 +334,22 @@ class SupportRole(Role):
             amount = float(p.get("amount") or 0)
             self.ctx.propose("action", {"type": "action", "kind": "refund", "ticket": ticket,
                                         "customer": customer, "amount": amount, "urgent": amount < 100})
+        if asked:
+            self.ctx.reply(message, "ticket_answer", {
+                "ticket": ticket, "customer": customer,
+                "answer": ("a refund was proposed" if p.get("kind") == "complaint"
+                           else "Sales will get back to you about it"),
+                "recent_orders": len(orders) if orders is not None else None,
+                "context_items": len(context) if context else 0})
 
-    async def _recent_orders(self, customer: str) -> list[Any] | None:
+    async def _recent_orders(self, customer: str, public: bool = False) -> list[Any] | None:
         """Sales keeps each customer's newest orders: ask (None when nobody answers)."""
         sales = self.ctx.peers("sales")
         if not sales:
             return None
         try:
             reply = await self.ctx.ask(sales[0], "recent_orders", {"customer": customer},
-                                       timeout=ASK_SALES_S)
+                                       timeout=ASK_SALES_S, public=public)
         except AskError as exc:
             self.ctx.log.warning("no recent orders of %s: %s", customer, exc)
             return None

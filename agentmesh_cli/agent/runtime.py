@@ -44,10 +44,11 @@ from agentmesh_cli.agent.asking import (
     error_payload,
     is_request,
 )
-from agentmesh_cli.agent.base import AgentContext, Role
+from agentmesh_cli.agent.base import AgentContext, Role, accepts_schemas
 from agentmesh_cli.agent.exchange import Exchange
 from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
 from agentmesh_cli.agent.ledger import Ledger
+from agentmesh_cli.agent.public import PublicEvents
 from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
 from agentmesh_cli.agent.schedule import Conversations, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
@@ -120,6 +121,7 @@ class AgentRuntime:
         self._peers: dict[str, dict[str, Any]] = {}
         self._peers_at = -math.inf
         self.exchange = Exchange(self)  # ask and reply
+        self.public = PublicEvents(self)  # what the conversation's user sees (convlog.py)
         self._lag = LagMeter()
         self.sync_hook_running = False  # a sync hook runs on the loop now: a blocking ask is refused
         self._tick_task: asyncio.Task[Any] | None = None
@@ -142,7 +144,7 @@ class AgentRuntime:
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
                            self._send, self.registry, self._propose, self.services, self.next_id,
                            self.exchange.ask, self.exchange.reply,
-                           lambda: self.heartbeat.draining)
+                           lambda: self.heartbeat.draining, self.public.delta)
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
@@ -163,6 +165,8 @@ class AgentRuntime:
         """Send what the role built (AgentContext.send, which took its id from `next_id`)."""
         if self._pool is None:  # every hook runs on the loop: no thread to hand over from
             self.bus.send_message(envelope)
+            if envelope.meta.get("public") is True:
+                self.public.sent(envelope)
             if not self._main_turn:
                 self.nudge()
         else:
@@ -171,6 +175,8 @@ class AgentRuntime:
 
     def _send_now(self, envelope: Envelope) -> None:
         self.bus.send_message(envelope)  # counted as sent when the broker confirms it
+        if envelope.meta.get("public") is True:
+            self.public.sent(envelope)
         self.nudge()
 
     def nudge(self) -> None:
@@ -273,6 +279,7 @@ class AgentRuntime:
                         signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES)
         io = ThreadPoolExecutor(1, f"{self.name}-poll")  # the blocking polls, one at a time
         self.store.register_agent(self.name, self._record())
+        self.store.set_accepts(self.name, accepts_schemas(self.role))
         self._announce(C.EVENT_JOINED)
         self.bus.flush(10)
         started = self.role.on_start()  # a role that cannot start ends its agent (not caught)
@@ -469,8 +476,11 @@ class AgentRuntime:
             return None
         if self.ledger.seen(envelope.id) or envelope.id in self._active:
             self.counts[C.COUNTER_DUPLICATES] += 1  # a redelivery, or a copy sent after a crash
-            if is_request(envelope) and envelope.id not in self._active:
-                self.exchange.answer_again(envelope)  # a re-run asker asks again: the same answer
+            if is_request(envelope):  # a re-run asker asks again: the same answer, where it waits
+                if envelope.id in self._active:
+                    self.exchange.answer_also(envelope)  # when the first copy's handler replies
+                else:
+                    self.exchange.answer_again(envelope)
             return None
         if not self._joined(envelope.from_agent_id):
             self.dead_letter(record, f"sender {shown(envelope.from_agent_id)} has not joined")
@@ -483,9 +493,7 @@ class AgentRuntime:
     def _handle_inline(self, envelope: Envelope, record: Record) -> None:
         """The fast path (a sync on_message at concurrency 1): handled now, on the loop.
         Written out rather than through safely_sync and _handled: it runs per message."""
-        conversation = envelope.meta.get("conversation")
-        token = CURRENT.set(Handling(envelope.id, conversation if isinstance(conversation, str) else None,
-                                     "inline"))
+        token = CURRENT.set(self._handling(envelope, "inline"))
         self.sync_hook_running = True
         try:
             result = self.role.on_message(envelope)
@@ -501,8 +509,10 @@ class AgentRuntime:
 
     @staticmethod
     def _handling(envelope: Envelope, mode: Mode) -> Handling:
-        conversation = envelope.meta.get("conversation")
-        return Handling(envelope.id, conversation if isinstance(conversation, str) else None, mode)
+        meta = envelope.meta
+        conversation, user = meta.get("conversation"), meta.get("user")
+        return Handling(envelope.id, conversation if isinstance(conversation, str) else None, mode,
+                        user if isinstance(user, str) else None)
 
     async def _run(self, key: Any, envelope: Envelope, record: Record, finished: Finished) -> None:
         """Handle one message in a task (async handler, or sync one in the pool), then start
@@ -536,6 +546,7 @@ class AgentRuntime:
         if error is not None and is_request(envelope):
             self.exchange.reply(envelope, C.TYPE_ERROR_REPLY, error_payload(error))  # the asker learns why
         self._active.discard(envelope.id)
+        self.exchange.also.pop(envelope.id, None)
         self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
         if finished is not None:
             self.settlement.finish(finished)

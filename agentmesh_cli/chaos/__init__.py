@@ -1,16 +1,18 @@
 """`agentmesh chaos`: the fault-injection suite.
 
 It runs a workload (the demo roles' own traffic plus a probe stream of its own with
-known ids) on a mesh while it kills each kind of program in turn, restarts Redis and the
-broker, stalls an agent and writes garbage to every topic, then reports what was lost,
-handled twice and decided twice, and how long each fault took to be detected and
-recovered from.
+known ids) on a mesh while it kills each kind of program in turn (the gateway while asks
+go through it over HTTP), restarts Redis and the broker, stalls an agent and writes
+garbage to every topic, then reports what was lost, handled twice and decided twice, and
+how long each fault took to be detected and recovered from.
 
 - mesh.py: a throwaway embedded mesh (free loopback ports, short heartbeats), torn down by pid
 - probes.py: the probe stream and what the agents' ledgers say about it
 - observe.py: the consensus topic's decisions per proposal, and `status` against supervisord
 - faults.py: the faults, the plan `--faults` names, what a fault may look at
 - watches.py: injecting a fault; when it counts as detected and as recovered from
+- gateway.py: the gateway fault (kill -9 under asks over HTTP) and its verdict
+- http_asks.py: asks through the gateway over HTTP, retried with their Idempotency-Key
 - runner.py: one run, start to end
 - figures.py: the run's figures as one JSON-able result
 - report.py: the result as one table

@@ -8,7 +8,8 @@ removes it, then SIGCONT: the time to detect a dead agent), `garbage` (records t
 not envelopes, too big, or from a sender that never joined, written to every topic),
 `restart` (`down` with its drain, then `up`, while probes and asks pause as operator
 input does: nothing sent before may be lost; what the drain left unread is saved and
-replayed).
+replayed), `gateway` (kill -9 of the gateway while asks go through it over HTTP, each
+retried with its `Idempotency-Key`: chaos/gateway.py).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from agentmesh_cli.lifecycle import Readiness
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
-KILL, STALL, GARBAGE, RESTART = "kill", "stall", "garbage", "restart"
+KILL, STALL, GARBAGE, RESTART, GATEWAY = "kill", "stall", "garbage", "restart", "gateway"
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
-GROUPS = "all, agents, managers, services, infra, stall[:Agent], garbage, restart, or program names"
+GROUPS = ("all, agents, managers, services, gateway, infra, stall[:Agent], garbage, restart, "
+          "or program names")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Fault:
             return "garbage to every topic"
         if self.kind == RESTART:
             return "down (drain) and up"
+        if self.kind == GATEWAY:
+            return "kill -9 gateway (asks over HTTP)"
         if self.target == C.PROGRAM_REDIS:
             return "restart redis (kill -9)"
         if self.target == C.PROGRAM_KAFKA:
@@ -53,10 +57,11 @@ class Fault:
 
 def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault]:
     """The faults named by `--faults` (comma-separated, in order), against the programs
-    supervisord runs. `all` is every program in turn (agents, managers, services, Redis, the
-    broker), then a stalled agent, then garbage, then a restart of the whole mesh."""
-    order = ([C.agent_program(a) for a in agents] + list(C.MANAGER_PROGRAMS) + list(SERVICES)
-             + list(INFRA))
+    supervisord runs. `all` is every program in turn (agents, managers, services, the gateway
+    with asks over HTTP, Redis, the broker), then a stalled agent, then garbage, then a
+    restart of the whole mesh. `gateway` is the gateway fault (a kill under asks), not a
+    bare kill."""
+    order = [C.agent_program(a) for a in agents] + list(C.MANAGER_PROGRAMS) + list(SERVICES)
     groups = {
         "agents": [C.agent_program(a) for a in agents],
         "managers": list(C.MANAGER_PROGRAMS),
@@ -69,7 +74,13 @@ def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault
             continue
         if word == "all":
             faults += [Fault(KILL, p) for p in order if p in programs]
+            faults += [Fault(GATEWAY, C.PROGRAM_GATEWAY)] if C.PROGRAM_GATEWAY in programs else []
+            faults += [Fault(KILL, p) for p in INFRA if p in programs]
             faults += [Fault(STALL, agents[-1]), Fault(GARBAGE), Fault(RESTART)]
+        elif word == GATEWAY:
+            if C.PROGRAM_GATEWAY not in programs:
+                raise ConfigError("--faults: gateway: the mesh runs no gateway (gateway.enabled)")
+            faults.append(Fault(GATEWAY, C.PROGRAM_GATEWAY))
         elif word in groups:
             faults += [Fault(KILL, p) for p in groups[word] if p in programs]
         elif word == GARBAGE:
@@ -107,6 +118,7 @@ class Outcome:
     recovered_by: str = ""
     note: str = ""
     lost: int = 0  # confirmed probes produced after this fault (before the next) never handled
+    asks: dict[str, Any] | None = None  # the gateway fault: its HTTP asks, judged (chaos/gateway.py)
     started: float = field(default=0.0, repr=False)  # monotonic
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,8 +132,9 @@ class Context:
     and the agents that are stopped right now (status must not show them alive)."""
 
     def __init__(self, mesh: Mesh, probes: ProbeSender, run_started: float, timeout: float,
-                 paused: threading.Event | None = None) -> None:
+                 paused: threading.Event | None = None, ask_rate: float = 20.0) -> None:
         self.mesh = mesh
+        self.ask_rate = ask_rate  # asks per second, the gateway fault's over HTTP too
         self.probes = probes
         # set while the mesh restarts: the probes, the asks and the status check pause
         self.paused = paused or threading.Event()

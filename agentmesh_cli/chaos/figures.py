@@ -6,6 +6,7 @@ agent's ledger) and charged to the fault injected last before it was produced, o
 `CHARGE_AHEAD_S` after: a broker that dies takes the records it confirmed but nobody read yet.
 Asks (chaos/asks.py): sent, answered, lost (never answered), answered twice (two replies
 with different ids for one request), and the round trip.
+The gateway fault's asks over HTTP (chaos/gateway.py): summed over its rows in `gateway`.
 Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
 many were broadcast more than once; Redis's records of the run's proposals must all be
 decided, or pending and not yet past their `expires_at`.
@@ -77,6 +78,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "dead_letters": sum(_delta(counters, baseline, owner, C.COUNTER_DEAD) for owner in counters),
         "proposals": _proposals(run),
         "asks": run.asks.figures(),
+        "gateway": gateway_figures([o.asks for o in run.outcomes if o.asks is not None]),
         "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
                    "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
                    "examples": run.truth.examples},
@@ -87,12 +89,26 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
 
 def judge(result: dict[str, Any]) -> bool:
     """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
-    undecided past its time, every ask answered, none twice."""
-    p, asks = result["proposals"], result["asks"]
+    undecided past its time, every ask answered, none twice (through the gateway too)."""
+    p, asks, gateway = result["proposals"], result["asks"], result.get("gateway")
     return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
             and asks["lost"] == 0 and asks["answered_twice"] == 0
+            and (gateway is None or gateway["ok"])
             and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
             and p["overdue"] == 0)
+
+
+GATEWAY_SUMMED = ("sent", "answered", "retried", "retries", "lost", "failed", "handled", "handled_twice",
+                  "unrecorded")
+
+
+def gateway_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The gateway faults' asks summed (None: no gateway fault ran); ok when every row is."""
+    if not rows:
+        return None
+    summed: dict[str, Any] = {name: sum(r[name] for r in rows) for name in GATEWAY_SUMMED}
+    summed["ok"] = all(r["ok"] for r in rows)
+    return summed
 
 
 def _charge_lost(run: ChaosRun) -> int:

@@ -28,6 +28,8 @@ def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, s
     for f in faults:
         if f["phase"] == "sequence":
             note = f["note"] or f["recovered_by"]
+            if f.get("asks") is not None:  # the gateway fault: its asks' verdict first
+                note = f"{OK if f['asks']['ok'] else BAD}: {note}"
             rows.append((f["fault"], _s(f["detect_s"]), _s(f["recover_s"]), str(f["lost"]), note))
     random: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for f in faults:
@@ -44,6 +46,21 @@ def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, s
         rows.append((f"random: {label} x{len(group)}", _s(max(detects, default=None)), recover,
                      str(sum(f["lost"] for f in group)), note))
     return rows
+
+
+def gateway_lines(gateway: dict[str, Any] | None) -> list[tuple[str, int, str]]:
+    """The summary lines of the gateway fault's asks over HTTP (none when it did not run)."""
+    if gateway is None:
+        return []
+    return [
+        ("gateway asks sent (HTTP)", gateway["sent"],
+         f"{gateway['retried']:,} retried with their Idempotency-Key ({gateway['retries']:,} retries)"),
+        ("gateway asks answered", gateway["answered"],
+         f"{gateway['handled']:,} handled by the agents, {gateway['failed']:,} failed"),
+        ("gateway asks lost", gateway["lost"], _check(gateway["lost"] == 0, "must be 0")),
+        ("gateway asks handled twice", gateway["handled_twice"],
+         _check(gateway["ok"], "must be 0, and each answered one handled once")),
+    ]
 
 
 def chaos_table(result: dict[str, Any]) -> Table:
@@ -75,6 +92,7 @@ def chaos_table(result: dict[str, Any]) -> Table:
         ("asks answered", asks["answered"], f"{asks['error_replies']} error replies"),
         ("asks lost", asks["lost"], _check(asks["lost"] == 0, "must be 0")),
         ("asks answered twice", asks["answered_twice"], _check(asks["answered_twice"] == 0, "must be 0")),
+        *gateway_lines(result.get("gateway")),
         ("proposals opened", props["opened"],
          _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
         ("proposals decided", props["decided"],

@@ -83,7 +83,8 @@ class ChaosRun:
         self.asks = AskStream(mesh.config.kafka, roles, settings.ask_rate, run_id,
                               Store(mesh.redis_url, mesh.config.mesh), mesh_signer(mesh),
                               deadline_s=2 * settings.timeout, paused=self.paused)
-        self.ctx = Context(mesh, self.probes, self.started, settings.timeout, self.paused)
+        self.ctx = Context(mesh, self.probes, self.started, settings.timeout, self.paused,
+                           settings.ask_rate)
         self.tally = ConsensusTally(mesh, self.started_ms)
         self.truth = StatusTruth(mesh, self.ctx.frozen, self.paused)
         self.outcomes: list[Outcome] = []

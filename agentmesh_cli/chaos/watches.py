@@ -11,7 +11,8 @@ Recovered means the program runs again under a new pid AND does its job:
   kill (round trips through the new broker).
 
 A restart (`down` with its drain, then `up`) is detected when `down` has returned and
-recovered when `up` has, and every agent handled a probe sent after it.
+recovered when `up` has, and every agent handled a probe sent after it. The gateway fault
+(a kill under asks over HTTP) is watched in chaos/gateway.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,22 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events, lifecycle
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.chaos.faults import GARBAGE, KILL, RESTART, RESTART_DRAIN_S, STALL, Context, Fault, Outcome
+from agentmesh_cli.chaos.faults import (
+    GARBAGE,
+    GATEWAY,
+    KILL,
+    RESTART,
+    RESTART_DRAIN_S,
+    STALL,
+    Context,
+    Fault,
+    Outcome,
+)
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import quiet
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped
@@ -280,5 +292,10 @@ class RestartWatch(Watch):
 
 
 def inject(ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> Watch:
-    kinds = {KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch}
+    # chaos/gateway.py builds on Watch, so it is imported here rather than at the top
+    from agentmesh_cli.chaos.gateway import GatewayWatch
+
+    kinds: dict[str, Callable[[Context, Fault, str, ProgramStates], Watch]] = {
+        KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch,
+        GATEWAY: GatewayWatch}
     return kinds[fault.kind](ctx, fault, phase, states)

@@ -17,7 +17,12 @@ def ask(
     payload: Annotated[str, typer.Argument(help="JSON object: the request's payload.")] = "{}",
     timeout: Annotated[float, typer.Option(min=0.001, help="Seconds to wait for the reply.")] = 10.0,
     conversation: Annotated[str | None, typer.Option(
-        help="The conversation the request belongs to (its order at the agent).")] = None,
+        help="The conversation the request belongs to (its order at the agent, its events).")] = None,
+    user: Annotated[str | None, typer.Option(
+        help="The user the request acts for (the agent reads it as meta.user).")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="Print the conversation's events as they come (one JSON line each), "
+                         "then the reply.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Ask an agent and print its reply as one JSON object (type, from, payload, round_trip_ms).
@@ -28,16 +33,49 @@ def ask(
     config error, 3 no reply within --timeout, 4 an agent that never joined and is not
     in mesh.yaml.
 
+    With --follow the request goes in a conversation (--conversation, or a new one) and
+    every event of it is printed as it comes, as the gateway's GET
+    /conversations/ID/events streams them: the request, what the agents show the user
+    (public messages, deltas), the reply.
+
     Example: agentmesh ask Inventory check_stock '{"order_id": "o-1", "items": {"cable": 2}}'
     """
-    from agentmesh_cli.asker import Asker, round_trip
+    import uuid
+
+    from agentmesh_cli.asker import Asker, Follow, round_trip
+    from agentmesh_cli.errors import WaitTimeout
+    from agentmesh_cli.waiting import wait_until
 
     mesh = mesh_from(config)
     body = json_object(payload, "payload")
+    if follow and not conversation:
+        conversation = f"c-{uuid.uuid4().hex[:24]}"
     asker = Asker(mesh)
+    follower = Follow(asker, conversation) if follow and conversation else None
+
+    replied = False
+
+    def show() -> bool:
+        """Print what came; True once the reply's own event was printed."""
+        nonlocal replied
+        for event in follower.poll() if follower is not None else ():
+            printer.out(json.dumps(event))
+            data = event.get("data") or {}
+            replied = replied or (event.get("event") == "message"
+                                  and data.get("in_reply_to") == asker.request_id)
+        return replied
+
     try:
-        reply, ms = round_trip(asker, agent, type_, body, timeout, conversation)
+        reply, ms = round_trip(asker, agent, type_, body, timeout, conversation, user,
+                               show if follower is not None else None)
+        if follower is not None:  # the agent appends its reply's event just after sending it
+            try:
+                wait_until(show, 2.0, "the reply's event", interval=0.05)
+            except WaitTimeout:
+                pass  # the reply is printed below either way
     finally:
+        if follower is not None:
+            follower.close()
         asker.close()
     printer.out(json.dumps({"type": reply.type, "from": reply.from_agent_id, "payload": reply.payload,
                             "round_trip_ms": round(ms, 1)}))

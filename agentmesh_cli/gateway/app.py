@@ -23,18 +23,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, Header, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import convlog, events
-from agentmesh_cli.envelope import NAME_PATTERN, Envelope, nests_deeper, now_ms
+from agentmesh_cli.envelope import Envelope, nests_deeper, now_ms
 from agentmesh_cli.errors import (
     AgentNotFound,
     BadRequest,
+    BrokerUnavailable,
     ConversationNotFound,
     Draining,
     ErrorReply,
@@ -42,6 +44,20 @@ from agentmesh_cli.errors import (
     ReplyTimeout,
 )
 from agentmesh_cli.gateway.kafka import GatewayBus
+from agentmesh_cli.gateway.models import (
+    AGENT,
+    EVENT_ID_PATTERN,
+    IDEMPOTENCY_KEY,
+    Accepted,
+    Agents,
+    Ask,
+    Conversation,
+    NewConversation,
+    Reply,
+    Send,
+    body_of,
+    parsed,
+)
 from agentmesh_cli.gateway.sse import conversation_events
 from agentmesh_cli.gateway.state import GatewayState
 from agentmesh_cli.services.auth import BearerAuthMiddleware, Caller, check_service_token, current_caller
@@ -63,93 +79,6 @@ HEALTH_TIMEOUT_S = 1.0
 MAX_NESTING = 64  # a deeper payload is refused (the envelope codec has a limit too)
 SEND_TIMEOUT_S = 10.0  # POST messages waits this long for the broker to take the message
 OPEN_PATHS = frozenset({"/health", "/openapi.json"})
-TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-USER_PATTERN = r"^[A-Za-z0-9_.@:-]{1,128}$"
-IDEMPOTENCY_KEY = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
-    description="A retry with the same key (and the same user) is the same request: the agent "
-                "handles it once and a repeated ask gets its reply again.")]
-AGENT = Annotated[str, Path(pattern=NAME_PATTERN, description="The agent's name.")]
-
-
-class Send(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: str = Field(pattern=TYPE_PATTERN, description="The message type the agent handles.")
-    payload: dict[str, Any] = Field(default_factory=dict, description="A JSON object.")
-    conversation: str | None = Field(None, pattern=convlog.CONVERSATION_PATTERN, description=(
-        "The conversation it belongs to (its order at the agent, its events). None: a new one."))
-    user: str | None = Field(None, pattern=USER_PATTERN, description=(
-        "Service token only: the user the request acts for. A user token acts for its user."))
-
-
-class Ask(Send):
-    timeout: float | None = Field(None, gt=0, description="Seconds to wait for the reply "
-                                  "(default gateway.ask_timeout, at most gateway.max_ask_timeout).")
-
-
-class Reply(BaseModel):
-    id: str
-    type: str
-    payload: dict[str, Any]
-    conversation: str
-    in_reply_to: str = Field(description="The request's id.")
-    round_trip_ms: float
-    from_: str = Field(alias="from")
-
-
-class Accepted(BaseModel):
-    id: str = Field(description="The envelope's id.")
-    conversation: str
-
-
-class Conversation(BaseModel):
-    conversation: str
-    owner: str | None
-
-
-class AgentEntry(BaseModel):
-    name: str
-    role: str
-    state: str = Field(description="up (heartbeats arrive), down, or declared (in mesh.yaml, never joined).")
-    capabilities: list[str]
-    concurrency: int | None = None
-    in_flight: int | None = None
-    accepts: dict[str, Any] = Field(
-        description="Message type -> JSON schema of its payload, as the role declares.")
-
-
-class Agents(BaseModel):
-    agents: list[AgentEntry]
-
-
-class NewConversation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user: str | None = Field(None, pattern=USER_PATTERN, description=(
-        "Service token only: the user it belongs to (a user token: its user)."))
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parsed(model: type[M], data: Any) -> M:
-    """The body as `model`, or a 400 naming the first field that does not fit."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        argument = ".".join(str(part) for part in first["loc"]) or "body"
-        raise BadRequest(f"argument {argument!r}: {first['msg']}", {"argument": argument}) from None
-
-
-def body_of(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
-    """OpenAPI `requestBody` of an endpoint that reads its JSON body itself (read_json: a
-    missing Content-Type is JSON, another one a 415)."""
-    return {"requestBody": {"required": required, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
-
-
 class Gateway:
     """What the endpoints (and the MCP tools) share: the mesh's settings, Redis, Kafka."""
 
@@ -160,6 +89,7 @@ class Gateway:
         self.address = address
         self.signer = signer
         self.bus: GatewayBus | None = None
+        self._validators: dict[tuple[str, str, int], Draft202012Validator] = {}
 
     # who acts --------------------------------------------------------------------
     @staticmethod
@@ -179,10 +109,15 @@ class Gateway:
         return digest[:32]
 
     def open_bus(self) -> GatewayBus:
+        """The bus, when a request may go in now: 503 while the mesh drains or no broker
+        answers (the request would only wait out its timeout)."""
         if self.state.draining:
             raise Draining("the mesh is draining (agentmesh down): no new requests", {})
         if self.bus is None:
             raise Draining("the gateway is not running", {})
+        if self.bus.broker_down is not None:
+            raise BrokerUnavailable(f"no Kafka broker answers: {self.bus.broker_down}",
+                                    {"kafka": self.bus.broker_down})
         return self.bus
 
     def _check_agent(self, name: str) -> None:
@@ -196,6 +131,7 @@ class Gateway:
         self._check_agent(name)
         if nests_deeper(body.payload, MAX_NESTING):
             raise BadRequest(f"payload nests deeper than {MAX_NESTING} levels", {"argument": "payload"})
+        self.check_payload(name, body.type, body.payload)
         user, mesh = self.acting(body.user)
         kind = "ask" if request else "message"
         conversation = body.conversation or (
@@ -211,6 +147,21 @@ class Gateway:
         if not await self.state.append(conversation, envelope, user, mesh):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
         return envelope, conversation, user, mesh
+
+    def check_payload(self, name: str, type: str, payload: dict[str, Any]) -> None:
+        """400 naming the field when `payload` does not fit the schema the agent's role
+        declares for `type` (Role.accepts); a type it does not declare passes as is."""
+        schema = self.state.accepts.get(name, {}).get(type)
+        if not isinstance(schema, dict):
+            return
+        key = (name, type, id(schema))
+        validator = self._validators.get(key)
+        if validator is None:
+            validator = self._validators[key] = Draft202012Validator(schema)
+        error = best_match(validator.iter_errors(payload))
+        if error is not None:
+            where = ".".join(str(part) for part in ("payload", *error.absolute_path))
+            raise BadRequest(f"argument {where!r}: {error.message}", {"argument": where})
 
     async def ask(self, name: str, body: Ask, key: str | None) -> dict[str, Any]:
         timeout = self.settings.ask_timeout if body.timeout is None else body.timeout
@@ -228,28 +179,36 @@ class Gateway:
                 async with asyncio.timeout(timeout):
                     reply = await asyncio.shield(future)
             except TimeoutError:
+                self.state.count(C.gateway_asks_counter("timeout"))
                 raise ReplyTimeout(f"{name} did not answer {body.type!r} within {timeout} s",
                                    {"agent": name, "type": body.type, "timeout": timeout,
                                     "conversation": conversation, "request_id": envelope.id}) from None
         finally:
             bus.forget(envelope.id, future)
+        ms = (time.perf_counter() - started) * 1000
         if reply.type == C.TYPE_ERROR_REPLY:
+            self.state.count(C.gateway_asks_counter("error_reply"), ms)
             raise ErrorReply(f"{name}'s handler raised {reply.payload.get('error', 'Exception')}: "
                              f"{reply.payload.get('message', '')}",
                              {"agent": name, "type": body.type, "conversation": conversation,
                               "request_id": envelope.id,
                               "remote_type": str(reply.payload.get("error", "Exception")),
                               "remote_message": str(reply.payload.get("message", ""))})
+        self.state.count(C.gateway_asks_counter("ok"), ms)
         return {"id": reply.id, "type": reply.type, "from": reply.from_agent_id, "payload": reply.payload,
-                "conversation": conversation, "in_reply_to": envelope.id,
-                "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)}
+                "conversation": conversation, "in_reply_to": envelope.id, "round_trip_ms": round(ms, 2)}
 
     async def send(self, name: str, body: Send, key: str | None) -> dict[str, Any]:
         envelope, conversation, _, _ = await self._prepare(name, body, key, False)
         delivered = self.open_bus().send(envelope)
         self.state.count_sent(name)
-        with anyio.fail_after(SEND_TIMEOUT_S):
-            await delivered
+        self.state.count(C.COUNTER_GATEWAY_MESSAGES)
+        try:
+            with anyio.fail_after(SEND_TIMEOUT_S):
+                await delivered
+        except TimeoutError:
+            raise BrokerUnavailable(f"the broker did not take the message within {SEND_TIMEOUT_S:.0f} s",
+                                    {"id": envelope.id}) from None
         return {"id": envelope.id, "conversation": conversation}
 
     async def open_conversation(self, body_user: str | None) -> dict[str, Any]:
@@ -259,13 +218,13 @@ class Gateway:
         return {"conversation": conversation, "owner": user}
 
     async def may_follow(self, conversation: str) -> None:
-        """404 unless the caller may read the conversation: its owner, or the mesh (which may
-        also follow one that does not exist yet)."""
+        """404 unless the caller may read the conversation: the mesh may read any (and wait
+        for one that does not exist yet); a user token its own, and one that does not exist
+        yet becomes its own (a chat window may open before the first message is sent)."""
         caller = current_caller()
-        owner = await self.state.owner(conversation)
         if caller.is_mesh:
             return
-        if owner is None or owner != caller.user:
+        if not await self.state.claim(conversation, caller.user, False):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
 
     def agents(self) -> list[dict[str, Any]]:
@@ -345,7 +304,7 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
 
     @app.post("/conversations", summary="Start a conversation", status_code=201,
               response_model=Conversation, openapi_extra=body_of(NewConversation, required=False),
-              responses={**error_responses(400, 401, 403, 415, 503)})
+              responses={**error_responses(400, 401, 403, 413, 415, 503)})
     async def new_conversation(request: Request) -> Response:
         raw = await request.body()
         body = parsed(NewConversation, await read_json(request)) if raw.strip() else NewConversation()
@@ -359,9 +318,10 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
                         **error_responses(400, 401, 404, 503)})
     async def follow(
         conversation: Annotated[str, Path(pattern=convlog.CONVERSATION_PATTERN)],
-        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
-        after: Annotated[str | None, Query(max_length=64, description=(
-            "Resume after this event id (for clients that cannot set Last-Event-ID).")) ] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
+                                                    pattern=EVENT_ID_PATTERN)] = None,
+        after: Annotated[str | None, Query(max_length=64, pattern=EVENT_ID_PATTERN, description=(
+            "Resume after this event id (for clients that cannot set Last-Event-ID)."))] = None,
     ) -> Response:
         resume = last_event_id or after
         last = convlog.stream_id(resume) if resume else None
@@ -369,6 +329,7 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
             raise BadRequest(f"Last-Event-ID {resume!r} is not an event id", {"argument": "Last-Event-ID"})
         await gateway.may_follow(conversation)
         follower = await gateway.state.follow(conversation)
+        gateway.state.count(C.COUNTER_GATEWAY_STREAMS)
         shutdown = anyio.Event()
         stream = conversation_events(gateway.state, conversation, follower, last, resume, shutdown)
         return event_stream(stream, keepalive_s, shutdown=shutdown, on_close=_closer(follower))

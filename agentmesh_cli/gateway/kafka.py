@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05  # the producer thread's poll
 REPLY_POLL_S = 0.2  # the reply reader's wait per poll (a fetch answers sooner when records come)
 DELIVERY_TIMEOUT_MS = 10_000  # a record the broker has not taken by then fails: 503
+PROBE_S = 1.0  # while no broker answers, it is asked this often whether it is back
 _DOWN_CODES = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
 
 
@@ -54,10 +56,12 @@ class GatewayBus:
         self.loop = loop
         self.partition = C.reply_partition(address, kafka.partitions)
         self.waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._waiters: dict[str, int] = {}  # request id -> attempts waiting for its reply
         self.broker_down: str | None = None  # why, while no broker answers
         self.replies_in = 0
         self.late_replies = 0
         self._stop = threading.Event()
+        self._rewind = threading.Event()
         self._settled: list[tuple[asyncio.Future[Any], str | None]] = []
         self._settled_lock = threading.Lock()
         conf = client_config(kafka, f"agentmesh-gateway-{address}")
@@ -130,8 +134,17 @@ class GatewayBus:
             self.broker_down = err.str()
 
     def _poll_producer(self) -> None:
+        probed = 0.0
         while not self._stop.is_set():
             self.producer.poll(POLL_S)
+            if self.broker_down is not None and time.monotonic() - probed >= PROBE_S:
+                # nothing is sent while no broker answers: ask it, to know when it is back
+                probed = time.monotonic()
+                try:
+                    self.producer.list_topics(timeout=PROBE_S / 2)
+                    self.broker_down = None
+                except KafkaException:
+                    pass
             with self._settled_lock:
                 settled, self._settled = self._settled, []
             if settled:
@@ -141,20 +154,36 @@ class GatewayBus:
 
     # replies ----------------------------------------------------------------------
     def expect(self, request_id: str) -> asyncio.Future[Envelope]:
-        """The future of the reply to `request_id` (shared by a retry of the same request
-        in this process)."""
+        """The future of the reply to `request_id`, shared by a retry of the same request
+        in this process (a client that gave up on its first attempt before the gateway
+        did): each attempt calls `forget` when it leaves."""
         future = self.waiting.get(request_id)
         if future is None or future.done():
             future = self.waiting[request_id] = self.loop.create_future()
+            self._waiters[request_id] = 0
+        self._waiters[request_id] += 1
         return future
 
     def forget(self, request_id: str, future: asyncio.Future[Envelope]) -> None:
-        if self.waiting.get(request_id) is future:
-            del self.waiting[request_id]
+        """An attempt leaves; the wait ends with the last one (the first attempt's 504
+        must not take the reply from a retry still waiting)."""
+        if self.waiting.get(request_id) is not future:
+            return
+        self._waiters[request_id] -= 1
+        if self._waiters[request_id] <= 0:
+            del self.waiting[request_id], self._waiters[request_id]
+
+    def rewind(self) -> None:
+        """The broker restarted empty (a new epoch): read the reply partition from its start
+        (any thread; the reader thread does it)."""
+        self._rewind.set()
 
     def _read_replies(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._rewind.is_set():
+                    self._rewind.clear()
+                    self.reader.rewind()
                 records = self.reader.poll_batch(timeout=REPLY_POLL_S)
             except BusError as exc:
                 log.warning("reading replies: %s", exc)

@@ -42,7 +42,9 @@ def run(mesh: Mesh, host: str, port: int) -> None:
     gateway = build(mesh, host, port)
 
     def start_bus(loop: asyncio.AbstractEventLoop) -> GatewayBus:
-        return GatewayBus(mesh.config.kafka, gateway.address, gateway.signer, loop)
+        bus = GatewayBus(mesh.config.kafka, gateway.address, gateway.signer, loop)
+        gateway.state.on_new_epoch = bus.rewind
+        return bus
 
     app = create_app(gateway, start_bus=start_bus)
     install_gateway_mcp(app, gateway, hosts=served_hosts(host), origins=mesh.config.services.cors_origins,

@@ -53,7 +53,8 @@ from agentmesh_cli import __version__, convlog, events
 from agentmesh_cli import constants as C
 from agentmesh_cli.consensus.core import PROPOSAL_TYPES
 from agentmesh_cli.errors import ApiError, BadRequest, StoreError, UnknownResource
-from agentmesh_cli.gateway.app import Ask, Gateway, Send
+from agentmesh_cli.gateway.app import Gateway
+from agentmesh_cli.gateway.models import Ask, Send
 from agentmesh_cli.services.auth import acting_as
 from agentmesh_cli.services.mcp import (
     JSON,

@@ -2,11 +2,12 @@
 
 The follower registers with the gateway's one subscription (services/feed.py) before the
 log is read, so nothing appended in between is missed. Then: a `gone` event when the
-Last-Event-ID is older than what the log keeps (convlog.is_gone); every event after the
-cursor, each with its stream id as the SSE id (a client that reconnects with
-Last-Event-ID resumes after it, without loss or repetition); then, as appends are
-announced, the new events. `delta` events (streamed partial output) carry no id: they
-are not resumable, and the final message follows as a normal event.
+Last-Event-ID is older than what the log keeps (convlog.is_gone), and again whenever
+appends outran the follower past what is kept; every event after the cursor, each with
+its stream id as the SSE id (a client that reconnects with Last-Event-ID resumes after
+it, without loss or repetition); then, as appends are announced, the new events.
+`delta` events (streamed partial output) carry no id: they are not resumable, and the
+final message follows as a normal event.
 
 A follower that falls too far behind the feed is dropped: the stream ends with an
 `error` event, and the client resumes from its Last-Event-ID.
@@ -32,19 +33,21 @@ WAKE_S = 1.0  # how long a follower waits for the feed before it checks for shut
 async def conversation_events(state: GatewayState, conversation: str, follower: Follower[FeedItem],
                               last: tuple[int, int] | None, resume: str | None,
                               shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
-    cursor = "0-0"
+    cursor = "0-0" if last is None else f"{last[0]}-{last[1]}"
+    told = resume  # the last id the client has, as it wrote it (None: it asked from the start)
     try:
-        if last is not None and resume is not None:
-            cursor = f"{last[0]}-{last[1]}"
-            if await state.gone(conversation, last):
-                yield sse_json(convlog.EVENT_GONE, {"conversation": conversation, "last_event_id": resume,
-                                                    "kept": state.kept})
         read = True
         while not shutdown.is_set():
             while read:  # everything after the cursor, in batches
-                entries = await state.after(conversation, cursor, READ_BATCH)
+                gone, entries = await state.read_after(conversation, cursor, READ_BATCH)
+                # a resume past what is kept, or appends that outran this follower: told, then
+                # the kept events (what was trimmed before a follower from the start came, it
+                # never asked for)
+                if gone and told is not None:
+                    yield sse_json(convlog.EVENT_GONE, {"conversation": conversation, "last_event_id": told,
+                                                        "kept": state.kept})
                 for entry_id, event, data in entries:
-                    cursor = entry_id
+                    cursor = told = entry_id
                     yield _event(entry_id, event, data)
                 read = len(entries) == READ_BATCH and not shutdown.is_set()
             item = await follower.next(WAKE_S)

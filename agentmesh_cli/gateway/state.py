@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from agentmesh_cli import convlog
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import StoreError
+from agentmesh_cli.metrics.histogram import ASK_BUCKETS
 from agentmesh_cli.services.feed import ChannelFeed, Follower
 from agentmesh_cli.store import redis_errors
 
@@ -69,6 +71,8 @@ class GatewayState:
         self.draining = False
         self.registry_error: str | None = "not read yet"
         self.sent: Counter[str] = Counter()
+        self.kafka_epoch: str | None = None  # the broker incarnation (recovery.BrokerWatch)
+        self.on_new_epoch: Callable[[], None] | None = None
         self._refresher: asyncio.Task[None] | None = None
 
     # the registry -----------------------------------------------------------------
@@ -79,11 +83,17 @@ class GatewayState:
                 pipe.hgetall(self.keys.agents)
                 pipe.hgetall(self.keys.accepts)
                 pipe.exists(self.keys.draining)
-                agents, accepts, draining = await pipe.execute()
+                pipe.get(self.keys.kafka_epoch)
+                agents, accepts, draining, epoch = await pipe.execute()
         self.registry = {_text(name): json.loads(value) for name, value in agents.items()}
         self.accepts = {_text(name): json.loads(value) for name, value in accepts.items()}
         self.draining = bool(draining)
         self.registry_error = None
+        epoch = None if epoch is None else _text(epoch)
+        if epoch != self.kafka_epoch:
+            if self.kafka_epoch is not None and self.on_new_epoch is not None:
+                self.on_new_epoch()  # the broker restarted empty: read the replies from its start
+            self.kafka_epoch = epoch
 
     async def _refresh_forever(self) -> None:
         flushed = time.monotonic()
@@ -112,6 +122,13 @@ class GatewayState:
     def count_sent(self, recipient: str) -> None:
         """Counted as agents count what they send (the drain and `status` compare)."""
         self.sent[C.sent_to_counter(recipient)] += 1
+
+    def count(self, name: str, ms: float | None = None) -> None:
+        """One of the gateway's own counters (written with the next flush); `ms` also
+        observes the ask round trip histogram."""
+        self.sent[name] += 1
+        if ms is not None:
+            ASK_BUCKETS.observe(self.sent, C.COUNTER_ASK_MS, ms)
 
     async def flush_counters(self) -> None:
         if not self.sent:
@@ -148,21 +165,20 @@ class GatewayState:
                       self.ttl, self.keys.conversation_channel, conversation, now_ms()])
         return bool(ok)
 
-    async def owner(self, conversation: str) -> str | None:
-        """The conversation's owner ("" for the mesh), or None when there is none."""
-        with redis_errors("read conversation"):
-            raw = await self.redis.hget(self.keys.conversation(conversation), "owner")
-        return None if raw is None else _text(raw)
-
-    async def gone(self, conversation: str, last: tuple[int, int]) -> bool:
-        key = self.keys.conversation_events(conversation)
+    async def read_after(self, conversation: str, last: str,
+                         count: int = READ_BATCH) -> tuple[bool, list[tuple[str, str, Any]]]:
+        """Events after `last`, and convlog.is_gone for a reader that had `last`: one MULTI,
+        so that no append trims between the test and the read."""
+        events = self.keys.conversation_events(conversation)
         with redis_errors("read events"):
-            try:
-                info = await self.redis.xinfo_stream(key)
-            except redis.ResponseError:
-                return convlog.is_gone(last, False, None)  # no such stream
-        deleted = info.get("max-deleted-entry-id")
-        return convlog.is_gone(last, True, convlog.stream_id(_text(deleted)) if deleted else None)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.exists(events)
+                pipe.hget(self.keys.conversation(conversation), "trimmed")
+                pipe.xrange(events, min=f"({last}", count=count)
+                exists, trimmed, entries = await pipe.execute()
+        gone = convlog.is_gone(convlog.stream_id(last) or (0, 0), bool(exists),
+                               convlog.stream_id(_text(trimmed)) if trimmed else None)
+        return gone, [convlog.decode_entry(entry) for entry in entries or []]
 
     async def after(self, conversation: str, last: str,
                     count: int = READ_BATCH) -> list[tuple[str, str, Any]]:

@@ -38,7 +38,7 @@ DECIDED = ("accepted", "rejected", "expired")
 # votes it held before their proposal opened)
 VOTE_RESULTS = ("counted", "replaced", "not_member", "unknown", "late", "early")
 BREAKER_STATES = ("closed", "open", "half_open")
-NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.CLI_COUNTER_OWNER})
+NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.CLI_COUNTER_OWNER, C.GATEWAY_SENDER})
 # gauges of an agent's registry record: (family, field, help)
 LOAD_GAUGES = (
     ("agent_in_flight", "in_flight", "Messages the agent read and has not finished (queued or "
@@ -91,8 +91,31 @@ def families(reading: Reading) -> list[Metric]:
         out += _programs(reading)
     if reading.redis_up:
         out += [*_agents(reading), *_agent_load(reading), *_asks(reading), *_topology(reading),
-                *_consensus(reading), *_services(reading)]
+                *_consensus(reading), *_services(reading), *_gateway(reading)]
     return out
+
+
+def _gateway(r: Reading) -> Iterator[Metric]:
+    """The front door's own counters (owner `gateway`), when it ever counted."""
+    own = r.counters.get(C.GATEWAY_SENDER)
+    if not own:
+        return
+    asks = CounterMetricFamily(_name("gateway_asks"), "Asks through the gateway by outcome (ok, "
+                               "error_reply, timeout); refused requests are not counted",
+                               labels=["outcome"])
+    for outcome in C.GATEWAY_ASK_OUTCOMES:
+        asks.add_metric([outcome], own.get(C.gateway_asks_counter(outcome), 0))
+    yield asks
+    yield CounterMetricFamily(_name("gateway_messages"), "Messages sent through the gateway "
+                              "(POST /agents/NAME/messages)", value=own.get(C.COUNTER_GATEWAY_MESSAGES, 0))
+    yield CounterMetricFamily(_name("gateway_streams"), "Conversation event streams opened",
+                              value=own.get(C.COUNTER_GATEWAY_STREAMS, 0))
+    if observed(own, C.COUNTER_ASK_MS):
+        latency = HistogramMetricFamily(_name("gateway_ask_seconds"), "Round trip of the gateway's "
+                                        "asks that got a reply (an error reply too)")
+        cumulative, total = ASK_BUCKETS.read(own, C.COUNTER_ASK_MS)
+        latency.add_metric([], _le(cumulative), total)
+        yield latency
 
 
 def _name(short: str) -> str:

@@ -46,8 +46,8 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
     data = status(config)
     assert data["v"] == 2 and data["supervisord"]["running"]
     assert sorted(p["name"] for p in data["programs"]) == [
-        "agent-Fraud", "agent-Inventory", "agent-Sales", "cognition", "consensus-manager", "kafka",
-        "memory", "metrics", "redis", "topology-manager"]
+        "agent-Fraud", "agent-Inventory", "agent-Sales", "cognition", "consensus-manager", "gateway",
+        "kafka", "memory", "metrics", "redis", "topology-manager"]
     assert {p["state"] for p in data["programs"]} == {"RUNNING"}
     seen_pids = set(pids(data).values())
     supervisord_pid = int((mesh_dir / ".agentmesh" / "supervisord.pid").read_text())
@@ -58,7 +58,7 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
                           str(mesh_dir / "supervisor.d" / "supervisord.conf"), "status"],
                          capture_output=True, text=True, timeout=30)
     assert ctl.returncode == 0, ctl.stdout
-    assert len([line for line in ctl.stdout.splitlines() if " RUNNING " in line]) == 10
+    assert len([line for line in ctl.stdout.splitlines() if " RUNNING " in line]) == 11
 
     # agents registered with the pids supervisord reports; a full mesh of 6 edges at 0.5
     data = wait_until(lambda: (d := status(config))["topology"] and
@@ -118,8 +118,8 @@ def test_up_send_kill_resume_change_down(mesh_dir: Path) -> None:
     assert "added 1" in changed.stdout and "removed 1" in changed.stdout
     data = status(config)
     assert sorted(p["name"] for p in data["programs"]) == [
-        "agent-Inventory", "agent-Sales", "agent-Support", "cognition", "consensus-manager", "kafka",
-        "memory", "metrics", "redis", "topology-manager"]
+        "agent-Inventory", "agent-Sales", "agent-Support", "cognition", "consensus-manager", "gateway",
+        "kafka", "memory", "metrics", "redis", "topology-manager"]
     assert not _alive(fraud_pid)
     assert not (mesh_dir / "supervisor.d" / "agent-Fraud.ini").exists()
     seen_pids.update(pids(data).values())

@@ -137,7 +137,7 @@ def test_a_running_mesh_scraped(mesh: Mesh) -> None:
     assert {s.labels["source"]: s.value for s in first["agentmesh_up"].samples} == {
         "redis": 1, "supervisord": 1}
     programs = {s.labels["program"]: s.value for s in first["agentmesh_program_up"].samples}
-    assert programs == {p: 1 for p in ["kafka", "redis", "memory", "cognition", "metrics",
+    assert programs == {p: 1 for p in ["kafka", "redis", "memory", "cognition", "metrics", "gateway",
                                        "topology-manager", "consensus-manager",
                                        *(f"agent-{a}" for a in AGENTS)]}
     assert {s.labels["agent"] for s in first["agentmesh_messages_sent"].samples} == set(AGENTS)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from typing import Any
 
 import pytest
 from rich.console import Console
 
-from agentmesh_cli.chaos.faults import GARBAGE, KILL, RESTART, STALL, Fault, plan_faults
+from agentmesh_cli.chaos.faults import GARBAGE, GATEWAY, KILL, RESTART, STALL, Fault, plan_faults
+from agentmesh_cli.chaos.figures import gateway_figures
+from agentmesh_cli.chaos.figures import judge as judge_result
+from agentmesh_cli.chaos.gateway import asks_note, judge_asks
+from agentmesh_cli.chaos.http_asks import HttpAsk, ask_figures
 from agentmesh_cli.chaos.observe import judge
 from agentmesh_cli.chaos.report import chaos_table
 from agentmesh_cli.errors import ConfigError
@@ -32,6 +37,19 @@ PROGRAMS = sorted(["kafka", "redis", "memory", "cognition", "metrics", "topology
 ])
 def test_fault_plan(spec: str, expected: list[Fault]) -> None:
     assert plan_faults(spec, PROGRAMS, CHAOS_AGENTS) == expected
+
+
+def test_fault_plan_with_a_gateway() -> None:
+    programs = sorted([*PROGRAMS, "gateway"])
+    everything = plan_faults("all", programs, CHAOS_AGENTS)
+    # after the services, before Redis and the broker; a fault of its own, never a bare kill
+    assert everything[8:11] == [Fault(KILL, "metrics"), Fault(GATEWAY, "gateway"), Fault(KILL, "redis")]
+    assert Fault(KILL, "gateway") not in everything
+    assert plan_faults("gateway,agent-Sales", programs, CHAOS_AGENTS) == [
+        Fault(GATEWAY, "gateway"), Fault(KILL, "agent-Sales")]
+    assert Fault(GATEWAY, "gateway").label == "kill -9 gateway (asks over HTTP)"
+    with pytest.raises(ConfigError, match="the mesh runs no gateway"):
+        plan_faults("gateway", PROGRAMS, CHAOS_AGENTS)
 
 
 def test_fault_plan_without_embedded_infra_and_bad_names() -> None:
@@ -101,3 +119,93 @@ def test_table_shows_faults_and_verdicts() -> None:
     assert "duplicates handled" in text and "must be 0: ok" in text
     assert "asks sent" in text and "to Fraud, Inventory, round trip p50 12 ms, p99 80 ms" in text
     assert "asks lost" in text and "asks answered twice" in text
+
+
+def http_ask(seq: int, attempts: int, answered: bool = True, error: str = "", done: bool = True) -> HttpAsk:
+    ask = HttpAsk(seq, f"k{seq}", "Sales", started=10.0, attempts=attempts, done=done, error=error)
+    if answered:
+        ask.reply, ask.answered_at = {"in_reply_to": f"r{seq}", "from": "Sales"}, 10.0 + 0.1 * (seq + 1)
+    return ask
+
+
+def test_http_ask_figures() -> None:
+    asks = [http_ask(0, 1), http_ask(1, 4), http_ask(2, 2), http_ask(3, 9, False, "no answer within 60 s"),
+            http_ask(4, 1, False, "HTTP 502: handler raised"), http_ask(5, 3, False, "", done=False)]
+    figures = ask_figures(asks, Counter({"HTTP 504": 2, "connection: ConnectError": 13}))
+    assert figures == {
+        "sent": 6, "answered": 3, "retried": 4, "retries": 3 + 1 + 8 + 2,
+        "retry_causes": {"HTTP 504": 2, "connection: ConnectError": 13},
+        "lost": 2, "failed": 1, "unfinished": 1,
+        "examples": ["ask 3 to Sales: no answer within 60 s", "ask 4 to Sales: HTTP 502: handler raised",
+                     "ask 5 to Sales: "],
+        "p50_ms": 200.0, "max_ms": 300.0,
+    }
+
+
+CLIENT = {"sent": 10, "answered": 10, "retried": 3, "retries": 7, "retry_causes": {"HTTP 503": 7},
+          "lost": 0, "failed": 0, "in_flight_at_kill": 2}
+
+
+@pytest.mark.parametrize(("client", "handled", "twice", "unrecorded", "ok"), [
+    ({}, 10, 0, 0, True),
+    ({}, 10, 1, 0, False),  # an id the ledger already held
+    ({}, 11, 0, 0, False),  # more requests handled than asked
+    ({}, 9, 0, 0, False),  # answered, never recorded as handled
+    ({}, 10, 0, 1, False),  # answered, its id not in its answerer's ledger
+    ({"answered": 9, "lost": 1}, 9, 0, 0, False),
+    ({"answered": 9, "failed": 1}, 9, 0, 0, False),
+])
+def test_gateway_asks_verdict(client: dict[str, Any], handled: int, twice: int, unrecorded: int,
+                              ok: bool) -> None:
+    figures = judge_asks({**CLIENT, **client}, handled, twice, unrecorded, answered_again=4)
+    assert figures["ok"] is ok
+    assert [figures[k] for k in ("handled", "handled_twice", "unrecorded", "answered_again")] == \
+        [handled, twice, unrecorded, 4]
+
+
+def test_gateway_note_and_sums() -> None:
+    row = judge_asks(CLIENT, 10, 0, 0, answered_again=4)
+    assert asks_note(row) == ("10 asks over HTTP: 10 answered, 3 retried (7 retries: 7 HTTP 503), 0 lost, "
+                              "0 failed; 10 handled by the agents, 0 twice, 4 answered again from the "
+                              "reply cache; 2 in flight at the kill")
+    bad = judge_asks({**CLIENT, "answered": 9, "lost": 1}, 9, 0, 0)
+    assert gateway_figures([]) is None
+    assert gateway_figures([row, bad]) == {
+        "sent": 20, "answered": 19, "retried": 6, "retries": 14, "lost": 1, "failed": 0, "handled": 19,
+        "handled_twice": 0, "unrecorded": 0, "ok": False}
+
+
+def test_gateway_row_and_lines_in_the_table_and_the_verdict() -> None:
+    row = judge_asks(CLIENT, 10, 0, 0, answered_again=4)
+    fault = {"fault": "kill -9 gateway (asks over HTTP)", "phase": "sequence", "detect_s": 0.2,
+             "recover_s": 2.5, "lost": 0, "note": asks_note(row), "recovered_by": "new pid ready",
+             "asks": row}
+    result = {
+        "embedded": True, "mesh": "chaos", "agents": CHAOS_AGENTS, "duration_s": 20.0,
+        "settings": {"rate": 200}, "faults": [fault],
+        "probes": {"sent": 10, "produced": 10, "refused": 0, "unconfirmed": 0, "handled": 10, "lost": 0},
+        "duplicates_handled": 0, "duplicates_recognised": 0, "dead_letters": 0, "demo_messages_in": 4,
+        "proposals": {"opened": 0, "decided": 0, "opened_more_than_once": 0,
+                      "decided_more_than_once": 0, "overdue": 0, "pending": 0},
+        "status": {"samples": 5, "disagreements": 0, "failed": 0, "slowest_s": 0.1},
+        "asks": {"agents": ["Sales"], "produced": 0, "refused": 0, "sent": 0, "answered": 0, "lost": 0,
+                 "answered_twice": 0, "error_replies": 0, "p50_ms": None, "p99_ms": None},
+        "gateway": gateway_figures([row]),
+    }
+    result["ok"] = judge_result(result)
+    assert result["ok"]
+    text = rendered(result)
+    assert "kill -9 gateway (asks over HTTP)" in text and "ok: 10 asks over HTTP: 10 answered" in text
+    assert "gateway asks sent (HTTP)" in text and "3 retried with their Idempotency-Key (7 retries)" in text
+    assert "gateway asks lost" in text and "gateway asks handled twice" in text
+    bad = judge_asks(CLIENT, 10, 1, 0)
+    result = {**result, "faults": [{**fault, "asks": bad}], "gateway": gateway_figures([bad])}
+    result["ok"] = judge_result(result)
+    assert not result["ok"]
+    assert "FAILED: 10 asks over HTTP" in rendered(result)
+
+
+def rendered(result: dict[str, Any]) -> str:
+    out = io.StringIO()
+    Console(file=out, width=300, color_system=None).print(chaos_table(result))
+    return out.getvalue()

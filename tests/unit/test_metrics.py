@@ -336,3 +336,26 @@ def test_sources_that_do_not_answer_leave_their_families_out() -> None:
 # -- a real mesh, scraped while it works -------------------------------------------------
 
 
+
+
+def test_the_gateways_families_once_it_counted() -> None:
+    gateway: Counter[str] = Counter({C.gateway_asks_counter("ok"): 3, C.gateway_asks_counter("timeout"): 1,
+                                     C.COUNTER_GATEWAY_MESSAGES: 2, C.COUNTER_GATEWAY_STREAMS: 4,
+                                     C.sent_to_counter("Fraud"): 6})
+    for ms in (2, 4, 9):
+        ASK_BUCKETS.observe(gateway, C.COUNTER_ASK_MS, ms)
+    reading = fixed_reading()
+    reading.counters[C.GATEWAY_SENDER] = dict(gateway)
+    rendered = {m.name: m for m in families(reading)}
+    assert [(m.name, m.type) for m in families(reading)][len(FAMILIES):] == [
+        ("agentmesh_gateway_asks", "counter"), ("agentmesh_gateway_messages", "counter"),
+        ("agentmesh_gateway_streams", "counter"), ("agentmesh_gateway_ask_seconds", "histogram")]
+    asks = rendered["agentmesh_gateway_asks"].samples
+    assert [(s.labels, s.value) for s in asks if s.name.endswith("_total")] == \
+        [({"outcome": "ok"}, 3), ({"outcome": "error_reply"}, 0), ({"outcome": "timeout"}, 1)]
+    assert rendered["agentmesh_gateway_messages"].samples[0].value == 2
+    count = [s.value for s in rendered["agentmesh_gateway_ask_seconds"].samples if s.name.endswith("_count")]
+    assert count == [3]
+    # the gateway is no agent: no agent series name it
+    assert all(s.labels.get("agent") != C.GATEWAY_SENDER for m in families(reading) for s in m.samples)
+    assert "agentmesh_gateway_asks" not in {m.name for m in families(fixed_reading())}
