@@ -9,12 +9,22 @@ conversation being handled; the queue is published every `gateway.delta_interval
 to Kafka, and what is queued for a conversation is published before the next public
 envelope of it, so the final message follows its deltas.
 
+The Redis calls run in a worker thread of their own, in the order they were made, so a
+reply leaves at once instead of after a Redis round trip on the agent's loop. Before the
+ids of handled messages enter the ledger (Settlement), the worker is waited for
+(`drain`): an event is appended before its handling counts as done, so a handler run
+again after a crash appends what a crash lost (an envelope appended twice is kept once).
+
 A Redis failure costs the user's view, never the message: it is logged and counted
 (`events_failed`); the envelope itself went to Kafka.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agentmesh_cli import convlog
@@ -29,6 +39,7 @@ if TYPE_CHECKING:
 COUNTER_EVENTS = "events_out"  # public envelopes appended to conversation logs
 COUNTER_DELTAS = "deltas_out"  # delta events published (after coalescing)
 COUNTER_FAILED = "events_failed"  # appends or publishes that Redis refused
+DRAIN_TIMEOUT_S = 10.0  # the ledger waits this long at most for the events of what it records
 
 
 class PublicEvents:
@@ -41,21 +52,20 @@ class PublicEvents:
         # (conversation, the request it answers) -> text queued, in order
         self.pending: dict[tuple[str, str | None], list[str]] = {}
         self._flush_due = False
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Condition()
+        self._queued = self._done = 0  # jobs handed to the worker, and finished
+        self._counts: Counter[str] = Counter()  # the worker's, taken by the runtime's flush
 
+    # on the loop ---------------------------------------------------------------------
     def sent(self, envelope: Envelope) -> None:
         """On the loop, after the envelope was handed to the broker."""
         conversation = envelope.meta.get("conversation")
         if not isinstance(conversation, str):
             return
         self._flush(conversation)
-        try:
-            with redis_errors("append a conversation event"):
-                self.log.append(conversation, envelope)
-        except AgentMeshError as exc:
-            self.rt.counts[COUNTER_FAILED] += 1
-            self.rt.log.warning("event of %s not kept for its user: %s", conversation, exc)
-            return
-        self.rt.counts[COUNTER_EVENTS] += 1
+        self._submit(lambda: self._append(conversation, envelope))
 
     def delta(self, text: str) -> None:
         """AgentContext.delta: from a handler (any thread); ignored outside a conversation."""
@@ -80,11 +90,63 @@ class PublicEvents:
         keys = [key for key in self.pending if conversation is None or key[0] == conversation]
         for key in keys:
             text = "".join(self.pending.pop(key))
+            self._submit(lambda key=key, text=text: self._publish(key[0], text, key[1]))  # type: ignore[misc]
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until the worker did what was handed to it so far (before the ledger)."""
+        with self._lock:
+            target = self._queued
+            return self._lock.wait_for(lambda: self._done >= target, timeout)
+
+    def take_counts(self) -> Counter[str]:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        return counts
+
+    def close(self) -> None:
+        self._flush(None)
+        self.drain()
+        if self._worker is not None:
+            self._work.put(None)
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._queued += 1
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name=f"{self.rt.name}-public", daemon=True)
+            self._worker.start()
+        self._work.put(job)
+
+    # in the worker ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while (job := self._work.get()) is not None:
             try:
-                with redis_errors("publish a delta"):
-                    self.log.publish_delta(key[0], self.rt.name, text, key[1])
-            except AgentMeshError as exc:
-                self.rt.counts[COUNTER_FAILED] += 1
-                self.rt.log.warning("delta of %s not published: %s", key[0], exc)
-                continue
-            self.rt.counts[COUNTER_DELTAS] += 1
+                job()
+            finally:
+                with self._lock:
+                    self._done += 1
+                    self._lock.notify_all()
+
+    def _append(self, conversation: str, envelope: Envelope) -> None:
+        try:
+            with redis_errors("append a conversation event"):
+                self.log.append(conversation, envelope)
+        except AgentMeshError as exc:
+            self._count(COUNTER_FAILED)
+            self.rt.log.warning("event of %s not kept for its user: %s", conversation, exc)
+            return
+        self._count(COUNTER_EVENTS)
+
+    def _publish(self, conversation: str, text: str, in_reply_to: str | None) -> None:
+        try:
+            with redis_errors("publish a delta"):
+                self.log.publish_delta(conversation, self.rt.name, text, in_reply_to)
+        except AgentMeshError as exc:
+            self._count(COUNTER_FAILED)
+            self.rt.log.warning("delta of %s not published: %s", conversation, exc)
+            return
+        self._count(COUNTER_DELTAS)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1

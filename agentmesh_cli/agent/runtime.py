@@ -48,7 +48,7 @@ from agentmesh_cli.agent.base import AgentContext, Role, accepts_schemas
 from agentmesh_cli.agent.exchange import Exchange
 from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
 from agentmesh_cli.agent.ledger import Ledger
-from agentmesh_cli.agent.public import PublicEvents
+from agentmesh_cli.agent.public import DRAIN_TIMEOUT_S, PublicEvents
 from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
 from agentmesh_cli.agent.schedule import Conversations, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
@@ -381,7 +381,10 @@ class AgentRuntime:
             return None
 
     def _cache_replies(self) -> None:
-        """Before ids enter the ledger (Settlement): the replies sent so far, cached."""
+        """Before ids enter the ledger (Settlement): the replies sent so far, cached, and
+        the conversation events of what was handled, appended."""
+        if not self.public.drain():
+            self.log.warning("conversation events still not appended after %.0f s", DRAIN_TIMEOUT_S)
         window = self.mesh.config.recovery.dedup_window
         self.store.cache_replies(self.name, self.exchange.answered.unsaved, window)
         self.exchange.answered.unsaved.clear()
@@ -420,6 +423,7 @@ class AgentRuntime:
         unsaved = self.services.stop()
         if unsaved:
             self.log.warning("%d memory writes not saved: memory unavailable", unsaved)
+        self.public.close()  # the last deltas published, every event appended
         if self.settlement.turn_open:
             self.settlement.end_turn()
         self.settlement.settle(reader, self.clock(), final=True)
@@ -599,6 +603,7 @@ class AgentRuntime:
     def _flush_counters(self) -> None:
         self.counts.update(self.services.take_counts())
         self.counts.update(self._lag.take_counts())
+        self.counts.update(self.public.take_counts())
         if self.bus.delivered_to:
             for recipient, n in self.bus.delivered_to.items():
                 self.counts[C.sent_to_counter(recipient)] += n  # backlog in status

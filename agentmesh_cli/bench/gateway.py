@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +48,9 @@ from agentmesh_cli.bench.procs import wait_while_alive
 from agentmesh_cli.bench.roundtrip import WARMUP
 from agentmesh_cli.bench.services import LeanLoad, http_request
 from agentmesh_cli.bench.waiters import PING_TYPE
+from agentmesh_cli.embedded import free_port, stop
 from agentmesh_cli.errors import BenchError
+from agentmesh_cli.waiting import wait_until
 
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 10.0  # each gateway ask's `timeout` (the asker's is waiters.ASK_TIMEOUT_S, as long)
@@ -132,6 +137,47 @@ async def _gateway_one_at_a_time(gm: GatewayMesh, samples: int) -> dict[str, Any
     return {**percentiles(took), "failed": failed}
 
 
+FLOORS = ("bare", "uvicorn")
+
+
+async def _floor_paced(port: int, pid: int, rate: int, duration: float) -> dict[str, Any]:
+    """The HTTP floor (bench/floor_echo.py) under the same generator at the same rate."""
+    request = http_request(f"127.0.0.1:{port}", "POST", f"/agents/{ANSWERER}/ask",
+                           {"type": PING_TYPE, "payload": {}}, token="floor")
+    load = LeanLoad("127.0.0.1", port, [request], CONNECTIONS, expect="in_reply_to")
+    await load.open()
+    try:
+        cpu, wall = cpu_s(pid), time.perf_counter()
+        await load.run_paced(rate, duration)
+        used, elapsed = cpu_s(pid) - cpu, time.perf_counter() - wall
+    finally:
+        load.close()
+    return {"cpu_us_per_request": round(used / max(1, len(load.took)) * 1e6, 1),
+            "cpu_share": round(used / elapsed, 3), "answered": len(load.took),
+            "latency": percentiles(load.took or [0.0])}
+
+
+@contextmanager
+def floor_server(kind: str) -> Iterator[tuple[int, int]]:
+    """(port, pid) of an HTTP floor (bench/floor_echo.py: bare or uvicorn), a process of its
+    own; stopped by pid."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agentmesh_cli.bench.floor_echo", str(port), kind],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _listens(port, proc), 30, "the HTTP floor server")
+        yield port, proc.pid
+    finally:
+        stop(proc)
+
+
+def _listens(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        raise BenchError(f"the HTTP floor server exited with {proc.returncode}")
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _direct_paced(jobs: Jobs, gm: GatewayMesh, rate: int, duration: float) -> dict[str, Any]:
     """The direct baseline at the same rate; the gateway's CPU meanwhile is its idle cost."""
     cpu, wall = cpu_s(gm.pid), time.perf_counter()
@@ -155,6 +201,9 @@ def _ask_round(n: int, rate: int, duration: float, samples: int) -> dict[str, An
             for side in (("direct", "gateway") if n % 2 == 0 else ("gateway", "direct")):
                 got[side] = (_direct_paced(jobs, gm, rate, duration) if side == "direct"
                              else asyncio.run(_gateway_paced(gm, rate, duration)))
+            for kind in FLOORS:
+                with floor_server(kind) as (port, pid):
+                    got[f"floor_{kind}"] = asyncio.run(_floor_paced(port, pid, rate, duration))
         finally:
             jobs.close()
     return got
@@ -189,6 +238,8 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 3.0, samples: int =
     added_one_runs = [round(r["gateway_one"]["p50_ms"] - r["direct_one"]["p50_ms"], 3) for r in rounds]
     added, added_one = _median(added_runs), _median(added_one_runs)
     cpu_per_ask = _median([g["gateway_cpu_us_per_ask"] for g in gw])
+    floors = {kind: _median([r[f"floor_{kind}"]["cpu_us_per_request"] for r in rounds]) for kind in FLOORS}
+    floor_cpu = floors["uvicorn"]
     gateway_ask = _summary([g["latency"] for g in gw])
     direct_ask = _summary([d["latency"] for d in direct])
     figures = {
@@ -228,7 +279,9 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 3.0, samples: int =
         f"load average {load_start} at start, {round(os.getloadavg()[0], 2)} at end (2-core machine: "
         "figures move with what else runs)",
         f"target: gateway CPU per ask at most {TARGET_CPU_US_PER_ASK:g} us: {'met' if cpu_met else 'MISSED'} "
-        f"({cpu_per_ask:g} us at {rate} asks/s)",
+        f"({cpu_per_ask:g} us at {rate} asks/s; answering at once at the same rate costs "
+        f"{floors['uvicorn']:g} us per request under the gateway's server, uvicorn, and "
+        f"{floors['bare']:g} us from a bare asyncio protocol on uvloop: bench/floor_echo.py)",
         f"target: the gateway adds at most {TARGET_P50_ADDED_MS:g} ms to a direct ask's p50 at {rate} "
         f"asks/s: {'met' if added_met else 'MISSED'} ({gateway_ask['p50_ms']:.2f} ms against "
         f"{direct_ask['p50_ms']:.2f} ms direct, {added:+.2f} ms); one at a time: "
@@ -257,12 +310,19 @@ def run(repeats: int = 5, rate: int = 200, duration: float = 3.0, samples: int =
                      "connections": CONNECTIONS, "asker": ASKER, "answerer": ANSWERER},
         "figures": figures,
         "raw": raw,
-        "floor": {},
+        # servers answering at once (bench/floor_echo.py), loaded the same way at the same rate:
+        # bare (an asyncio Protocol on uvloop) and uvicorn (a raw ASGI app under the gateway's
+        # server): what serving HTTP costs per request here before the gateway does anything
+        "floor": {f"{kind}_http": {
+            "cpu_us_per_request": floors[kind],
+            "cpu_us_per_request_runs": [r[f"floor_{kind}"]["cpu_us_per_request"] for r in rounds],
+            "p50_ms": _median([r[f"floor_{kind}"]["latency"]["p50_ms"] for r in rounds])} for kind in FLOORS},
         "ratios": {
             "p50_gateway_to_direct": ratio(gateway_ask["p50_ms"], direct_ask["p50_ms"]),
             "p99_gateway_to_direct": ratio(gateway_ask["p99_ms"], direct_ask["p99_ms"]),
             "p50_one_in_flight_gateway_to_direct": ratio(figures["gateway_one_in_flight"]["p50_ms"],
                                                          raw["direct_one_in_flight"]["p50_ms"]),
+            "gateway_cpu_per_ask_to_uvicorn_floor": ratio(cpu_per_ask, floor_cpu),
         },
         "targets": {
             "gateway_cpu_us_per_ask": {"target": f"<= {TARGET_CPU_US_PER_ASK:g}", "value": cpu_per_ask,

@@ -316,7 +316,8 @@ def check_tls_files(certfile: str, keyfile: str) -> None:
 
 def serve(app: FastAPI, host: str, port: int,
           on_started: Callable[[Callable[[], bool]], Awaitable[None]], *,
-          certfile: str = "", keyfile: str = "") -> None:
+          certfile: str = "", keyfile: str = "",
+          loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
     """Run `app` with uvicorn (one process) until SIGTERM/SIGINT. Once it accepts
     connections, `on_started(stopping)` runs as a task; `stopping()` turns True at shutdown.
     With `certfile` and `keyfile` (PEM) it serves HTTPS only: a plain-HTTP request on the
@@ -334,7 +335,8 @@ def serve(app: FastAPI, host: str, port: int,
                             lifespan="on", server_header=False,
                             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S), **tls)
     server = uvicorn.Server(config)
-    asyncio.run(_serve(server, sock, on_started))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(server, sock, on_started))
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket,

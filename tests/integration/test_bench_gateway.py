@@ -84,12 +84,17 @@ def test_a_short_gateway_run_through_the_command_line_has_every_field() -> None:
     rss = sse["rss_mb"]
     assert 0 < rss["before"] <= rss["peak"] and rss["open"] <= rss["peak"] and rss["after"] <= rss["peak"]
 
-    assert result["floor"] == {}
+    # the floors: servers answering at once, loaded the same way (bench/floor_echo.py)
+    floor = result["floor"]
+    assert set(floor) == {"bare_http", "uvicorn_http"}
+    assert all(kind["cpu_us_per_request"] >= 0 and kind["p50_ms"] > 0 for kind in floor.values())
     assert result["ratios"] == {
         "p50_gateway_to_direct": ratio(f["gateway_ask"]["p50_ms"], raw["direct_ask"]["p50_ms"]),
         "p99_gateway_to_direct": ratio(f["gateway_ask"]["p99_ms"], raw["direct_ask"]["p99_ms"]),
         "p50_one_in_flight_gateway_to_direct": ratio(f["gateway_one_in_flight"]["p50_ms"],
                                                      raw["direct_one_in_flight"]["p50_ms"]),
+        "gateway_cpu_per_ask_to_uvicorn_floor": ratio(f["gateway_cpu_us_per_ask"],
+                                                      floor["uvicorn_http"]["cpu_us_per_request"]),
     }
     targets = result["targets"]
     assert set(targets) == {"gateway_cpu_us_per_ask", "p50_added_ms", "p50_added_one_in_flight_ms",
