@@ -21,6 +21,8 @@ from typing import Any
 
 import uvloop
 
+from agentmesh_cli.bench.floor_http import split_requests
+
 ANSWER = b'{"in_reply_to":"floor"}'
 RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
             % (len(ANSWER), ANSWER))
@@ -37,18 +39,9 @@ class EchoFloor(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (head_end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            length = 0
-            for line in self.buffer[:head_end].lower().split(b"\r\n"):
-                if line.startswith(b"content-length:"):
-                    length = int(line[15:])
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
-            self.buffer = self.buffer[end:]
-            if self.transport is not None:
-                self.transport.write(RESPONSE)
+        bodies, self.buffer = split_requests(self.buffer + data)
+        if self.transport is not None:
+            self.transport.write(RESPONSE * len(bodies))
 
 
 async def serve(port: int) -> None:

@@ -45,20 +45,9 @@ class FloorServer(asyncio.Protocol):
             self.worker.cancel()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            length = 0
-            for line in self.buffer[:head_end].lower().split(b"\r\n"):
-                if line.startswith(b"content-length:"):
-                    length = int(line[15:])
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
-            self.queue.put_nowait(self.buffer[head_end + 4:end])
-            self.buffer = self.buffer[end:]
+        bodies, self.buffer = split_requests(self.buffer + data)
+        for body in bodies:
+            self.queue.put_nowait(body)
 
     async def _serve(self) -> None:
         # one request at a time per connection, in order, as HTTP/1.1 keep-alive requires
@@ -85,6 +74,23 @@ class FloorServer(asyncio.Protocol):
                                            self.keys.memory_events,
                                            b'{"event":"stored","item":' + encoded + b"}"])
         return orjson.dumps({"result": item})
+
+
+def split_requests(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The bodies of the complete requests at the start of `buffer` (by Content-Length),
+    and what is left of it."""
+    bodies = []
+    while (head_end := buffer.find(b"\r\n\r\n")) >= 0:
+        length = 0
+        for line in buffer[:head_end].lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line[15:])
+        end = head_end + 4 + length
+        if len(buffer) < end:
+            break
+        bodies.append(buffer[head_end + 4:end])
+        buffer = buffer[end:]
+    return bodies, buffer
 
 
 def _store_script() -> str:

@@ -16,27 +16,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
-import redis
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import convlog
-from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import StoreError
 from agentmesh_cli.metrics.histogram import ASK_BUCKETS
+from agentmesh_cli.services.aredis import AsyncRedis
 from agentmesh_cli.services.feed import ChannelFeed, Follower
 from agentmesh_cli.store import redis_errors
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 1.0
-COMMAND_TIMEOUT_S = 5.0
 REDIS_CONNECTIONS = 128
 REGISTRY_REFRESH_S = 1.0  # the registry, accepts and drain mark are read again this often
 COUNTER_FLUSH_S = 1.0  # the gateway's sent_to counters are written this often
@@ -46,21 +39,13 @@ READ_BATCH = 200  # events read from a log per round trip
 FeedItem = tuple[str, str | None, dict[str, Any] | None]
 
 
-class GatewayState:
+class GatewayState(AsyncRedis):
     def __init__(self, redis_url: str, mesh: str, declared: set[str], *, kept: int, ttl_s: float,
                  follow_buffer: int = FOLLOW_BUFFER) -> None:
-        self.keys = Keys(mesh)
+        super().__init__(redis_url, mesh, REDIS_CONNECTIONS)
         self.declared = declared
         self.kept = kept
         self.ttl = max(1, int(ttl_s))
-        self._password = urlsplit(redis_url).password or ""
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        with redis_errors("connect"):
-            pool = aioredis.BlockingConnectionPool.from_url(
-                redis_url, max_connections=REDIS_CONNECTIONS, timeout=COMMAND_TIMEOUT_S,
-                socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
-                retry=retry)
-            self.redis = aioredis.Redis.from_pool(pool)
         self._append = self.redis.register_script(convlog.APPEND_SCRIPT)
         self._claim = self.redis.register_script(convlog.CLAIM_SCRIPT)
         self.feed: ChannelFeed[FeedItem] = ChannelFeed(self.redis, self.keys.conversation_channel,
@@ -212,22 +197,6 @@ class GatewayState:
         return orjson.loads(raw) if raw else None
 
     # service ----------------------------------------------------------------------
-    async def ping(self, timeout: float) -> str | None:
-        try:
-            async with asyncio.timeout(timeout):
-                await self.redis.ping()
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            return self.hidden(str(exc) or type(exc).__name__)
-        return None
-
-    def hidden(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
-
-    async def mark_ready(self, program: str, pid: int) -> None:
-        record = json.dumps({"pid": pid, "ts": time.time()})
-        with redis_errors("mark ready"):
-            await self.redis.set(self.keys.ready(program), record)
-
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()

@@ -32,7 +32,6 @@ of FOLLOW_BUFFER changes: a stream that falls further behind ends with an `error
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -47,18 +46,16 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import orjson
 import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from sse_starlette import ServerSentEvent
 
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import nests_deeper
 from agentmesh_cli.errors import Conflict, FellBehind, MessageNotFound, StoreError, UnknownResource
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.services.aredis import AsyncRedis
 from agentmesh_cli.services.auth import require_mesh, require_user
 from agentmesh_cli.services.feed import ChannelFeed, Follower
 from agentmesh_cli.services.http import (
@@ -98,8 +95,6 @@ PROGRAM = "memory"  # the supervisord program name; readiness goes to Keys.ready
 MAX_METADATA_DEPTH = 32  # JSON nesting of metadata (the codec refuses 255; nobody needs 32)
 MAX_ITEMS = 1000  # the largest list a resource answers (and the highest /limit/{n})
 HEALTH_TIMEOUT_S = 0.5
-CONNECT_TIMEOUT_S = 1.0
-COMMAND_TIMEOUT_S = 5.0
 REDIS_CONNECTIONS = 64  # the pool's bound: a request beyond waits (up to the command timeout)
 EVENT_POLL_S = 0.5  # a follow stream wakes this often when nothing happens (to see shutdown)
 FOLLOW_BUFFER = 1000  # changes queued for one follow stream before it is ended as too slow
@@ -282,23 +277,11 @@ def decode_change(raw: bytes) -> Change | None:
     return Change(kind, item, orjson.dumps(item).decode())
 
 
-class MemoryStore:
+class MemoryStore(AsyncRedis):
     """The service's Redis: messages, their three indexes and the change channel."""
 
     def __init__(self, redis_url: str, mesh: str, follow_buffer: int = FOLLOW_BUFFER) -> None:
-        self.keys = Keys(mesh)
-        self._password = urlsplit(redis_url).password or ""
-        # one quick retry re-dials a pooled connection that Redis closed; no backoff and no
-        # retry of a timeout, so a Redis that is down or hung answers 503 within one timeout.
-        # A blocking pool: a burst of requests (100 streams reading their backlog at once)
-        # waits for a connection instead of failing with "Too many connections"
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        with redis_errors("connect"):
-            pool = aioredis.BlockingConnectionPool.from_url(
-                redis_url, max_connections=REDIS_CONNECTIONS, timeout=COMMAND_TIMEOUT_S,
-                socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
-                retry=retry)
-            self.redis = aioredis.Redis.from_pool(pool)  # closes the pool when it closes
+        super().__init__(redis_url, mesh, REDIS_CONNECTIONS)
         self._store_script = self.redis.register_script(STORE_SCRIPT)
         # every follow stream of the process reads this one subscription
         self.feed = ChannelFeed(self.redis, self.keys.memory_events, decode_change, follow_buffer)
@@ -384,26 +367,6 @@ class MemoryStore:
             raws = await self.redis.mget([self.keys.memory_message(i) for i in ids])
         # a message deleted between the two reads is simply not listed
         return [_public(orjson.loads(raw)) for raw in raws if raw is not None]
-
-    async def ping(self, timeout: float) -> str | None:
-        """None when Redis answers PING within `timeout`, else what failed."""
-        try:
-            await asyncio.wait_for(self.redis.ping(), timeout)
-        except TimeoutError:
-            return f"no answer to PING within {timeout} s"
-        except redis.RedisError as exc:
-            return self.hidden(str(exc) or type(exc).__name__)
-        return None
-
-    def hidden(self, text: str) -> str:
-        """`text` without the Redis password (GET /health, which shows it, is open to all)."""
-        return text.replace(self._password, "***") if self._password else text
-
-    async def mark_ready(self, program: str, pid: int) -> None:
-        """The same record Store.mark_ready writes: JSON {pid, ts}."""
-        record = json.dumps({"pid": pid, "ts": time.time()})
-        with redis_errors("mark ready"):
-            await self.redis.set(self.keys.ready(program), record)
 
     async def follow(self, resource: Resource) -> Follower[Change]:
         """Register for `resource`'s changes; read its backlog only after this returns."""
