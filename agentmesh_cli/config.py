@@ -219,6 +219,7 @@ class GatewayConfig(_Section):
 
 
 ENVELOPE_ROOM = 4096  # bytes an envelope adds around a gateway payload (ids, meta, names)
+MIN_GATEWAY_BODY = 256  # the gateway's body limit when a tiny kafka.max_record_bytes leaves less
 
 
 class SecurityConfig(_Section):
@@ -328,11 +329,20 @@ class MeshConfig(_Section):
 
     @model_validator(mode="after")
     def _gateway_body_fits(self) -> MeshConfig:
+        """A request the gateway takes fits in a record: set by hand, gateway.max_body_bytes
+        must stay ENVELOPE_ROOM below kafka.max_record_bytes; left at its default, it is
+        lowered to fit a smaller record limit."""
         room = self.kafka.max_record_bytes - ENVELOPE_ROOM
-        if self.gateway.max_body_bytes > room:
-            raise ValueError(f"gateway.max_body_bytes ({self.gateway.max_body_bytes}) must stay "
+        gateway = self.gateway
+        if gateway.max_body_bytes <= room:
+            return self
+        if "max_body_bytes" in gateway.model_fields_set:
+            raise ValueError(f"gateway.max_body_bytes ({gateway.max_body_bytes}) must stay "
                              f"{ENVELOPE_ROOM} bytes below kafka.max_record_bytes "
                              f"({self.kafka.max_record_bytes}): at most {room}")
+        # frozen models: the validated section is replaced, as pydantic itself would
+        fitted = gateway.model_copy(update={"max_body_bytes": max(room, MIN_GATEWAY_BODY)})
+        object.__setattr__(self, "gateway", fitted)
         return self
 
     def agent_spec(self, name: str, role: str | None, capabilities: list[str] | None) -> AgentSpec:

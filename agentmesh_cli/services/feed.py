@@ -119,8 +119,7 @@ class ChannelFeed(Generic[T]):
     async def follow(self, wants: Callable[[T], bool], key: Hashable | None = None) -> Follower[T]:
         """A new follower, once the subscription is confirmed (StoreError if it cannot be).
         On a keyed feed it names the `key` it follows (and is offered its messages only)."""
-        if (key is None) != (self.key is None):
-            raise ValueError("a follower names a key on a keyed feed, and only there")
+        assert (key is None) == (self.key is None), "a follower names a key on a keyed feed, and only there"
         if self.reader is None or self.reader.done():
             loop = asyncio.get_running_loop()
             self.live = loop.create_future()
