@@ -25,4 +25,5 @@ def test_the_gateway_body_limit(kafka: dict[str, Any], gateway: dict[str, Any], 
 def test_a_body_limit_set_over_the_record_limit_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"gateway.max_body_bytes \(20000\) must stay 4096 bytes below "
                                           r"kafka.max_record_bytes \(16384\): at most 12288"):
-        parse_config({"mesh": "m", "kafka": {"max_record_bytes": 16_384}, "gateway": {"max_body_bytes": 20_000}})
+        parse_config({"mesh": "m", "kafka": {"max_record_bytes": 16_384},
+                      "gateway": {"max_body_bytes": 20_000}})
