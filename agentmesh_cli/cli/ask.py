@@ -43,9 +43,16 @@ def ask(
     import uuid
 
     from agentmesh_cli.asker import Asker, Follow, round_trip
-    from agentmesh_cli.errors import WaitTimeout
+    from agentmesh_cli.convlog import is_conversation_id
+    from agentmesh_cli.errors import ConfigError, WaitTimeout
+    from agentmesh_cli.services.protocol import ID_PATTERN, ID_RULE
     from agentmesh_cli.waiting import wait_until
 
+    if user is not None and not ID_PATTERN.fullmatch(user):
+        raise ConfigError(f"--user {user!r} is not a user id: {ID_RULE}")
+    if conversation is not None and not is_conversation_id(conversation):
+        raise ConfigError(f"--conversation {conversation!r} is not a conversation id: 1 to 128 of "
+                          "A-Z a-z 0-9 . _ : -, starting with a letter or digit")
     mesh = mesh_from(config)
     body = json_object(payload, "payload")
     if follow and not conversation:
