@@ -89,7 +89,8 @@ class Gateway:
         self.address = address
         self.signer = signer
         self.bus: GatewayBus | None = None
-        self._validators: dict[tuple[str, str, int], Draft202012Validator] = {}
+        # (agent, type) -> the schema it was made from, and its validator
+        self._validators: dict[tuple[str, str], tuple[dict[str, Any], Draft202012Validator]] = {}
 
     # who acts --------------------------------------------------------------------
     @staticmethod
@@ -154,10 +155,10 @@ class Gateway:
         schema = self.state.accepts.get(name, {}).get(type)
         if not isinstance(schema, dict):
             return
-        key = (name, type, id(schema))
-        validator = self._validators.get(key)
-        if validator is None:
-            validator = self._validators[key] = Draft202012Validator(schema)
+        cached = self._validators.get((name, type))
+        if cached is None or cached[0] != schema:  # the registry is read anew every second
+            cached = self._validators[(name, type)] = (schema, Draft202012Validator(schema))
+        validator = cached[1]
         error = best_match(validator.iter_errors(payload))
         if error is not None:
             where = ".".join(str(part) for part in ("payload", *error.absolute_path))
