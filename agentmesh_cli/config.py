@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -22,47 +21,12 @@ from pydantic import (
 )
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.config_values import Duration, Fraction, Port, redact_url
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.hosts import check_hosts
 
 EMBEDDED = "embedded"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = C.NAME_PATTERN
-
-
-def redact_url(url: str) -> str:
-    """A URL as safe to show: its password (if any) replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
-
-
-# The validators of this module raise ValueError, not ConfigError: that is pydantic's
-# protocol (it turns a ValueError into a validation error at the key's path), and
-# parse_config reports them all as one ConfigError.
-def parse_duration(value: Any) -> float:
-    """`5s`, `250ms`, `2m`, `1h` or a bare number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 5s, 250ms or 2m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 2m)")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than 0")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Section(BaseModel):

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, BeforeValidator
 
-from agentmesh_cli.config import MeshConfig, parse_duration
+from agentmesh_cli.config import MeshConfig
+from agentmesh_cli.config_values import parse_duration
 from agentmesh_cli.errors import AgentMeshError
 
 CONFIG_NAME = "mesh.yaml"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agentmesh_cli import environment
-from agentmesh_cli.config import parse_config, parse_duration
+from agentmesh_cli.config import parse_config
+from agentmesh_cli.config_values import parse_duration
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.mesh import Mesh, load_mesh
 from tests.helpers.tables import BAD_CASES, GOOD
