@@ -122,9 +122,14 @@ class Exchange:
 
     def answer_also(self, request: Envelope) -> None:
         """A copy of a request whose first copy is still being handled (an asker outside the
-        mesh that retried, maybe through another gateway): its reply goes to both addresses."""
+        mesh that retried, maybe through another gateway): its reply goes to both addresses,
+        now if the handler has replied already, else when it does."""
         address = request.meta.get("reply_to")
-        if isinstance(address, str) and address:
+        if not (isinstance(address, str) and address):
+            return
+        if self.answered.recent(request.id) is not None:
+            self.answer_again(request)
+        else:
             self.also.setdefault(request.id, set()).add(address)
 
     def answer_again(self, request: Envelope) -> None:

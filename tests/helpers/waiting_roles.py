@@ -123,3 +123,12 @@ class Sink(agentmesh.Role):
     def on_message(self, message: Envelope) -> None:
         if message.type == "done":
             note(self.path, f"{message.payload.get('tag')} {message.payload.get('outcome')}")
+
+
+class Lingerer(agentmesh.Role):
+    """Replies at once, then goes on working on the request for `linger` seconds: a copy
+    of the request that comes meanwhile meets a handling that has replied already."""
+
+    async def on_message(self, message: Envelope) -> None:
+        self.ctx.reply(message, "done", {"n": message.payload.get("n")})
+        await asyncio.sleep(float(message.payload.get("linger", 0)))

@@ -18,7 +18,7 @@ from agentmesh_cli.asker import Asker
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.waiting import wait_until
-from tests.helpers.agents import agents
+from tests.helpers.agents import ROLES, agents
 from tests.helpers.commands import agentmesh
 from tests.helpers.gateway import SseEvent, running_gateway, sse_events, write_gateway_mesh
 
@@ -126,6 +126,31 @@ def test_a_repeated_request_is_answered_where_it_now_waits(external_mesh: Any, t
                        "the cached reply counted")
             counts = store.counters("Inventory")
             assert counts[C.COUNTER_DUPLICATES] == 1 and counts.get(C.COUNTER_HANDLED_TWICE, 0) == 0
+        finally:
+            first.close()
+            second.close()
+
+
+def test_a_copy_asked_after_the_reply_while_the_handler_lingers_is_answered(external_mesh: Any,
+                                                                             tmp_path: Path) -> None:
+    """The handler replied and still works on: a retry from another address is answered at
+    once (from the replies sent), not when the handler ends nor never."""
+    mesh: Mesh = external_mesh(agents=[{"name": "Lingerer", "role": f"{ROLES}:Lingerer", "concurrency": 2}])
+    with agents(mesh, tmp_path) as store:
+        first, second = Asker(mesh, address="linger-first"), Asker(mesh, address="linger-second")
+        try:
+            def request(asker: Asker) -> Envelope:
+                meta = {"reply_to": asker.address, "deadline": now_ms() + 30_000}
+                return events.message("cli", "Lingerer", "work", {"n": 1, "linger": 20}, meta,
+                                      id="lingered-1")
+            first.bus.send_message(request(first))
+            assert first.bus.flush(10) == 0
+            answer = wait_reply(first, "lingered-1")
+            second.bus.send_message(request(second))
+            assert second.bus.flush(10) == 0
+            again = wait_reply(second, "lingered-1", timeout=10)  # well before the 20 s linger ends
+            assert (again.id, again.payload) == (answer.id, {"n": 1})
+            assert store.counters("Lingerer").get(C.COUNTER_HANDLED_TWICE, 0) == 0
         finally:
             first.close()
             second.close()
