@@ -5,7 +5,6 @@ and a Server-Sent Events reader that keeps the event ids (for Last-Event-ID).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from agentmesh_cli.services.tokens import user_token
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import spawn_role
+from tests.helpers.services import sse_records
 
 WAITING_ROLES = "tests.helpers.waiting_roles"
 START_TIMEOUT_S = 60.0  # generous: a loaded 2-core machine starts Python processes slowly
@@ -144,20 +144,5 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
 
 def sse_events(response: httpx.Response) -> Iterator[SseEvent]:
     """The events of an open event stream as they arrive (comments skipped), with their ids."""
-    event, event_id, data = "message", None, list[str]()
-    for line in response.iter_lines():
-        if line == "":
-            if data:
-                yield SseEvent(event, event_id, json.loads("\n".join(data)))
-            event, event_id, data = "message", None, list[str]()
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "id":
-                event_id = value
-            elif name == "data":
-                data.append(value)
+    return (SseEvent(event, event_id, data) for event, event_id, data in sse_records(response)
+            if event != ":")

@@ -119,24 +119,40 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
     return error
 
 
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
-    """(event, parsed JSON data) per event; (":", text) per comment line."""
-    event = "message"
-    data: list[str] = []
+def sse_records(response: httpx.Response) -> Iterator[tuple[str, str | None, Any]]:
+    """(event, id, parsed JSON data) per event as it arrives; (":", None, text) per comment."""
+    event, event_id, data = "message", None, list[str]()
     for line in response.iter_lines():
         if line == "":
             if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
+                yield event, event_id, json.loads("\n".join(data))
+            event, event_id, data = "message", None, []
         elif line.startswith(":"):
-            yield ":", line[1:].strip()
+            yield ":", None, line[1:].strip()
         else:
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if name == "event":
                 event = value
+            elif name == "id":
+                event_id = value
             elif name == "data":
                 data.append(value)
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """(event, parsed JSON data) per event; (":", text) per comment line."""
+    return ((event, data) for event, _, data in sse_records(response))
+
+
+def mcp_tool_error(result: Any, code: str) -> dict[str, Any]:
+    """The error body of an MCP tool result that failed with `code` (checked in full)."""
+    assert result.is_error, result
+    body = result.structured_content
+    assert isinstance(body, dict) and body["error"]["code"] == code, body
+    assert result.content[0].type == "text" and result.content[0].text.startswith(f"{code}: ")
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 def read_sse(client: httpx.Client, path: str) -> list[tuple[str, Any]]:

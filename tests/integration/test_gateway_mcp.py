@@ -25,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextResourceContents
 
 from tests.helpers.gateway import RunningGateway, running_gateway, write_gateway_mesh
+from tests.helpers.services import mcp_tool_error
 
 T = TypeVar("T")
 SCENARIO_TIMEOUT_S = 30.0
@@ -60,15 +61,6 @@ def run(gateway: RunningGateway, scenario: Callable[[ClientSession], Awaitable[T
                 return await scenario(session)
 
     return asyncio.run(main())
-
-
-def tool_error(result: CallToolResult, code: str) -> dict[str, Any]:
-    assert result.is_error, result
-    body = result.structured_content
-    assert isinstance(body, dict) and body["error"]["code"] == code, body
-    assert result.content[0].type == "text" and result.content[0].text.startswith(f"{code}: ")
-    error: dict[str, Any] = body["error"]
-    return error
 
 
 def read_json(contents: Any) -> Any:
@@ -115,9 +107,9 @@ def test_ask_errors_are_tool_errors_in_the_services_shape(gateway: RunningGatewa
                 await session.call_tool("ask", {"agent": "Inventory", "type": "bad type!"})]
 
     unknown, timeout, bad = run(gateway, scenario)
-    assert tool_error(unknown, "unknown_agent")["details"]["agent"] == "Nobody"
-    assert tool_error(timeout, "ask_timeout")["details"]["timeout"] == 0.5
-    assert tool_error(bad, "invalid_argument")["details"]["argument"] == "type"
+    assert mcp_tool_error(unknown, "unknown_agent")["details"]["agent"] == "Nobody"
+    assert mcp_tool_error(timeout, "ask_timeout")["details"]["timeout"] == 0.5
+    assert mcp_tool_error(bad, "invalid_argument")["details"]["argument"] == "type"
 
 
 def test_an_unknown_tool_is_a_protocol_error(gateway: RunningGateway) -> None:
@@ -164,7 +156,7 @@ def test_a_declared_type_is_a_tool_with_its_schema(gateway: RunningGateway) -> N
     assert isinstance(asked.structured_content, dict)
     assert asked.structured_content["type"] == "stock_result"
     assert asked.structured_content["payload"] == {"order_id": "o-tool", "approved": True}
-    assert tool_error(refused, "invalid_argument")["details"]["argument"] == "payload.items.cable"
+    assert mcp_tool_error(refused, "invalid_argument")["details"]["argument"] == "payload.items.cable"
 
 
 # resources ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, ListToolsR
 from agentmesh_cli.embedded import free_port, stop
 from agentmesh_cli.services.memory import TOOL_SPECS
 from agentmesh_cli.waiting import wait_until, wait_until_async
-from tests.helpers.services import AUTH, Service, answering, new_id, start_service
+from tests.helpers.services import AUTH, Service, answering, mcp_tool_error, new_id, start_service
 
 T = TypeVar("T")
 SCENARIO_TIMEOUT_S = 15.0
@@ -82,15 +82,6 @@ def run(url: str, scenario: Callable[[ClientSession], Awaitable[T]],
 def json_of(result: CallToolResult) -> Any:
     assert len(result.content) == 1 and result.content[0].type == "text"
     return json.loads(result.content[0].text)
-
-
-def error_of(result: CallToolResult, code: str) -> dict[str, Any]:
-    assert result.is_error, result
-    body = result.structured_content
-    assert isinstance(body, dict) and body["error"]["code"] == code, body
-    assert result.content[0].type == "text" and result.content[0].text.startswith(f"{code}: ")
-    error: dict[str, Any] = body["error"]
-    return error
 
 
 # tools --------------------------------------------------------------------------------
@@ -159,7 +150,7 @@ def test_argument_errors_are_tool_error_results_naming_the_argument(service: Ser
     cases = [(wrong_type, "user_id"), (missing, "input_data"), (empty, "input_data.content"),
              (no_change, "updates"), (bad_id, "user_id"), (no_arguments, "user_id")]
     for result, argument in cases:
-        error = error_of(result, "invalid_argument")
+        error = mcp_tool_error(result, "invalid_argument")
         assert error["details"] == {"argument": argument}
         assert f"argument {argument!r}" in result.content[0].text  # type: ignore[union-attr]
 
@@ -208,7 +199,7 @@ def test_not_found_is_a_tool_error_and_an_unknown_tool_a_protocol_error(service:
         return missing, raised.value
 
     missing, unknown = run(service.url, scenario)
-    assert error_of(missing, "message_not_found")["details"]["message_id"] == "nope"
+    assert mcp_tool_error(missing, "message_not_found")["details"]["message_id"] == "nope"
     assert unknown.code == INVALID_PARAMS and "forget_everything" in unknown.message
     assert unknown.data["code"] == "unknown_tool" and "store_input" in unknown.data["tools"]
 
@@ -225,7 +216,7 @@ def test_store_down_is_a_tool_error_503(tmp_path: Path) -> None:
             return result, raised.value
 
         result, read_error = run(svc.url, scenario)
-        assert "redis" in error_of(result, "store_unavailable")["details"]
+        assert "redis" in mcp_tool_error(result, "store_unavailable")["details"]
         assert read_error.code == INTERNAL_ERROR and read_error.data["status"] == 503
         assert read_error.data["error"]["code"] == "store_unavailable"
     finally:
