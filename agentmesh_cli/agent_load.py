@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.metrics.histogram import ASK_BUCKETS, quantile
+from agentmesh_cli.metrics.histogram import ASK_BUCKETS, LLM_BUCKETS, quantile
 
 LOAD_COUNTS = ("concurrency", "in_flight", "running", "asks_pending")
 LAG_KEYS = ("p50", "p99", "max")
@@ -59,6 +59,27 @@ def asks(counters: Mapping[str, int]) -> dict[str, Any]:
     for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
         seconds = quantile(buckets, q)
         out[key] = None if seconds is None else round(seconds * 1000, 2)
+    return out
+
+
+def llm(counters: Mapping[str, int]) -> dict[str, Any] | None:
+    """An llm agent's model use (llm/role.py): calls, tokens in and out, tool calls, turns
+    that ended in an error reply, and the p50, p99 and mean of a call's duration in ms
+    (estimated from the `llm_ms` buckets). None for an agent that never called a model."""
+    calls = counters.get(C.COUNTER_LLM_CALLS, 0)
+    if not calls:
+        return None
+    buckets, total_s = LLM_BUCKETS.read(counters, C.COUNTER_LLM_MS)
+    timed = buckets[-1][1]
+    out: dict[str, Any] = {"calls": calls,
+                           "tokens_in": counters.get(C.COUNTER_LLM_TOKENS_IN, 0),
+                           "tokens_out": counters.get(C.COUNTER_LLM_TOKENS_OUT, 0),
+                           "tool_calls": counters.get(C.COUNTER_LLM_TOOL_CALLS, 0),
+                           "errors": counters.get(C.COUNTER_LLM_ERRORS, 0)}
+    for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
+        seconds = quantile(buckets, q)
+        out[key] = None if seconds is None else round(seconds * 1000, 1)
+    out["mean_ms"] = round(total_s * 1000 / timed, 1) if timed else None
     return out
 
 

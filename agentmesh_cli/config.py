@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.config_llm import Llm, LlmSettings, tool_ref
 from agentmesh_cli.config_values import Duration, Fraction, Port, redact_url
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.hosts import check_hosts
@@ -233,6 +234,7 @@ class AgentSpec(_Section):
     capabilities: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = []
     # messages handled at once, each conversation in order (1: one at a time, in order)
     concurrency: int = Field(default=1, ge=1, le=10_000)
+    llm: Llm | None = None  # the llm role's settings, over the `llm:` section (config_llm.py)
 
     @field_validator("role")
     @classmethod
@@ -260,6 +262,7 @@ class MeshConfig(_Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     security: SecurityConfig = SecurityConfig()
     gateway: GatewayConfig = GatewayConfig()
+    llm: Llm = Llm()  # defaults of every agent of the llm role (docs/llm.md)
     agents: list[AgentSpec] = []
     # host name -> the programs it runs (names or fnmatch globs like agent-*); see hosts.py
     hosts: dict[str, list[str]] = {}
@@ -309,6 +312,30 @@ class MeshConfig(_Section):
         object.__setattr__(self, "gateway", fitted)
         return self
 
+    @model_validator(mode="after")
+    def _llm_agents(self) -> MeshConfig:
+        """An llm agent has a model; its tools name agents of mesh.yaml, never itself."""
+        names = {a.name for a in self.agents}
+        for index, agent in enumerate(self.agents):
+            if agent.role != C.ROLE_LLM and agent.llm is None:
+                continue  # the section's defaults are for llm agents (and roles built on them)
+            where = f"agents.{index}.llm"
+            if agent.role == C.ROLE_LLM and not self.llm_settings(agent).model:
+                raise ValueError(f"agent {agent.name!r} (role llm) needs a model: set {where}.model "
+                                 "or llm.model")
+            for ref in self.llm_settings(agent).tools:
+                target, _ = tool_ref(ref)
+                if target == agent.name:
+                    raise ValueError(f"{where}.tools: {agent.name} cannot be its own tool")
+                if target not in names:
+                    raise ValueError(f"{where}.tools: {ref!r} names no agent of mesh.yaml "
+                                     f"(agents: {', '.join(sorted(names))})")
+        return self
+
+    def llm_settings(self, agent: AgentSpec) -> LlmSettings:
+        """Agent `agent`'s llm settings: its `llm:` over the `llm:` section's defaults."""
+        return self.llm.resolve(agent.llm, agent.name, self.mesh)
+
     def agent_spec(self, name: str, role: str | None, capabilities: list[str] | None) -> AgentSpec:
         """The spec of agent `name`: mesh.yaml's entry, with command-line overrides."""
         base = next((a for a in self.agents if a.name == name), None)
@@ -319,6 +346,7 @@ class MeshConfig(_Section):
             "role": role or (base.role if base else ""),
             "capabilities": capabilities if capabilities is not None else (base.capabilities if base else []),
             "concurrency": base.concurrency if base else 1,
+            "llm": base.llm if base else None,
         }
         try:
             return AgentSpec.model_validate(data)

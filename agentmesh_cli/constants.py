@@ -126,6 +126,13 @@ COUNTER_CACHED_REPLIES = "cached_replies"  # repeated requests answered from the
 COUNTER_ASKS = "asks"  # asks sent
 COUNTER_ASK_MS = "ask_ms"  # the histogram of ask round trips (metrics.histogram.ASK_BUCKETS)
 COUNTER_LOOP_LAG_MS = "loop_lag_ms"  # the histogram of the event loop's lag (sampled every 10 ms)
+# the llm role's (llm/role.py): model calls, their tokens and latency, tool asks, failed turns
+COUNTER_LLM_CALLS = "llm_calls"  # model calls (one per round of a turn)
+COUNTER_LLM_TOKENS_IN = "llm_tokens_in"  # prompt tokens, as the model server counts them
+COUNTER_LLM_TOKENS_OUT = "llm_tokens_out"  # completion tokens
+COUNTER_LLM_MS = "llm_ms"  # the histogram of model calls' durations (metrics.histogram.LLM_BUCKETS)
+COUNTER_LLM_TOOL_CALLS = "llm_tool_calls"  # tool calls sent as asks
+COUNTER_LLM_ERRORS = "llm_errors"  # turns ended by an error reply (and llm_errors:<kind>)
 TYPE_ERROR_REPLY = "error"  # the type of an error reply (payload: error, message)
 COUNTER_HANDLER_ERRORS = "handler_errors"  # messages whose role handler raised (handled, and dead letters)
 # Senders that may message agents without having joined: the CLI (`agentmesh send`) and
@@ -346,7 +353,8 @@ class Keys:
         return self.prefix + "memory:events"
 
 # Roles that ship with agentmesh (the e-commerce demo); any other role is "package.module:Class".
-BUILTIN_ROLES = ("sales", "support", "inventory", "fraud")
+ROLE_LLM = "llm"  # the built-in role that thinks with a language model (llm/, docs/llm.md)
+BUILTIN_ROLES = ("sales", "support", "inventory", "fraud", ROLE_LLM)
 
 # What a role sends waits up to this long in the producer to leave with others in one
 # request; a batch's sends do not wait (the settle step flushes them at once). Without it

@@ -24,6 +24,16 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     │   ├── RemoteError                the answerer's handler raised: `.peer`, `.remote_type`, ...
     │   ├── UnknownAgent               the agent never joined and is not in mesh.yaml: `.peer`
     │   └── AskNotAllowed              a blocking ask where it could deadlock (a sync handler on the loop)
+    ├── ModelError                 the llm role's model failed it: the asker's error reply (llm/)
+    │   ├── ModelUnavailable           the model server cannot be reached (after the SDK's retries)
+    │   ├── ModelTimeout               no answer within llm.timeout (after the SDK's retries)
+    │   ├── ModelAuthFailed            401 or 403: the api_key is missing or wrong
+    │   ├── ModelRateLimited           429 still, after the SDK's retries (which honour Retry-After)
+    │   ├── ModelRefused               any other error answer (400, 5xx after retries): `.status`
+    │   ├── ToolCallInvalid            a tool call whose arguments are not a JSON object
+    │   ├── ToolNotAllowed             a tool the model was not offered (invented, or not in `tools`)
+    │   ├── ToolRoundLimit             the model still calls tools after llm.max_tool_rounds
+    │   └── EmptyAnswer                the model's final answer has no text
     ├── ServiceError               calling a service of the mesh failed (the client side); `.service`
     │   ├── CircuitOpenError           the client's breaker is open: failed fast, nothing sent
     │   ├── ServiceProtocolError       an answer that does not fit the protocol (bad JSON, no SSE)
@@ -198,6 +208,53 @@ class UnknownAgent(AskError):
 class AskNotAllowed(AskError):
     """A blocking ask where it would stop the agent's loop and could deadlock: in a sync
     handler that runs on the loop (concurrency 1), in on_tick, on_start or on_stop."""
+
+
+# the llm role: what ends a model's turn with an error reply --------------------------------
+class ModelError(AgentMeshError):
+    """The llm role could not get an answer from its model; the asker gets an error reply
+    naming this class and the message (which never holds the api key)."""
+
+
+class ModelUnavailable(ModelError):
+    """The model server cannot be reached (connection refused or reset), after the SDK's retries."""
+
+
+class ModelTimeout(ModelError):
+    """The model server did not answer within llm.timeout, after the SDK's retries."""
+
+
+class ModelAuthFailed(ModelError):
+    """The model server refused the api key (401 or 403); never retried."""
+
+
+class ModelRateLimited(ModelError):
+    """The model server still answered 429 after the SDK's retries."""
+
+
+class ModelRefused(ModelError):
+    """Any other error answer of the model server (400, 404, 5xx after retries)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ToolCallInvalid(ModelError):
+    """The model called a tool with arguments that are not a JSON object."""
+
+
+class ToolNotAllowed(ModelError):
+    """The model called a tool it was not offered: one it invented, or an agent that the
+    `tools` allowlist leaves out. Nothing is sent to that agent."""
+
+
+class ToolRoundLimit(ModelError):
+    """The model still called tools after llm.max_tool_rounds rounds."""
+
+
+class EmptyAnswer(ModelError):
+    """The model ended its turn without text and without a tool call."""
 
 
 # the client side of the services: what a call to them raises ------------------------------

@@ -95,6 +95,20 @@ gateway:                        # the front door for clients outside the mesh (d
   events_ttl: {gateway[events_ttl]} # a conversation idle this long is forgotten
   delta_interval: {gateway[delta_interval]} # streamed partial output (delta events) is coalesced this often
 
+# llm:                          # defaults of every agent of role llm (docs/llm.md); an agent's own llm: wins
+#   base_url: http://127.0.0.1:11434/v1   # any OpenAI-compatible server (Ollama, llama.cpp, vLLM); default: api.openai.com
+#   model: llama3.2             # required (here or in the agent's llm:)
+#   api_key: ${{OPENAI_API_KEY}}  # from the agent's environment, never logged; local servers need none
+#   system: "You are {{name}}, ..."  # default: answer briefly, ask the tools for facts ({{name}}, {{mesh}} replaced)
+#   temperature: 0.2            # default: the server's
+#   max_tokens: 1024            # default: the server's
+#   max_tool_rounds: 4          # rounds of tool calls in one turn; more is a ToolRoundLimit error reply
+#   tools: []                   # the allowlist the model may ask: agent names (all they accept) or agent:type
+#   timeout: 60s                # one model call, per attempt (the SDK's)
+#   max_retries: 2              # the SDK's retries: 429 (with Retry-After), 5xx, connection errors
+#   tool_timeout: 30s           # one tool call (an ask of an agent)
+#   context_items: 5            # items of what Cognition knows of the user, read before the first call
+
 metrics: {{host: {metrics[host]}, port: {metrics[port]}}} # Prometheus: every role's counters at http://host:port/metrics
 
 security:                       # docs/security.md
@@ -124,6 +138,9 @@ agents:
   - {{name: Support, role: support, capabilities: [handle_ticket, refund_approval], concurrency: 8}}
   - {{name: Inventory, role: inventory, capabilities: [check_stock, reserve_items]}}
   - {{name: Fraud, role: fraud, capabilities: [risk_assessment, verify_user]}}
+  # A language-model agent, off by default (the default mesh needs no model; docs/llm.md).
+  # It answers `chat` in its own words and may ask only the agents of its tools:
+  # - {{name: Concierge, role: llm, concurrency: 16, llm: {{model: llama3.2, base_url: "http://127.0.0.1:11434/v1", tools: [Sales, Support]}}}}
 """
 
 

@@ -20,7 +20,7 @@ import orjson
 import psutil
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.agent_load import asks, load
+from agentmesh_cli.agent_load import asks, llm, load
 from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
@@ -272,6 +272,7 @@ def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str,
             "backlog": backlog(sent, counters, name),
             **load(rec),
             "asks": asks(own),
+            "llm": llm(own),
             "counters": own,
         })
     return agents

@@ -137,6 +137,11 @@ class Store:
         else:
             self._call("write accepts", lambda: self.redis.hdel(self.keys.accepts, name))
 
+    def accepts(self) -> dict[str, dict[str, Any]]:
+        """Every agent's published accepts: agent -> message type -> JSON schema."""
+        raw = self._call("read accepts", lambda: self.redis.hgetall(self.keys.accepts))
+        return {str(name): json.loads(value) for name, value in raw.items()}
+
     def unregister_agent(self, name: str) -> None:
         self._call("unregister", lambda: self.redis.hdel(self.keys.agents, name))
 

@@ -88,6 +88,8 @@ class AgentContext:
     _reply: Callable[[Envelope, str, dict[str, Any], bool], Envelope] | None = field(default=None, repr=False)
     _draining: Callable[[], bool] = field(default=lambda: False, repr=False)
     _delta: Callable[[str], None] = field(default=lambda text: None, repr=False)
+    _accepts: Callable[[str], dict[str, dict[str, Any]]] = field(default=lambda agent: {}, repr=False)
+    _count: Callable[[dict[str, int]], None] = field(default=lambda counts: None, repr=False)
 
     def send(
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None,
@@ -145,7 +147,7 @@ class AgentContext:
         return self._draining()
 
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float = 10.0,
-            meta: dict[str, Any] | None = None, *, public: bool = False) -> Any:
+            meta: dict[str, Any] | None = None, *, public: bool = False, key: str | None = None) -> Any:
         """Send a request to agent `to` and get its reply (an `Envelope`): `reply = await
         self.ctx.ask("Inventory", "check_stock", {...})` in an async hook. In a sync
         `on_message` at concurrency > 1 (a worker thread) it blocks and returns the reply;
@@ -156,10 +158,16 @@ class AgentContext:
         UnknownAgent (`to` never joined and is not in mesh.yaml; an agent that is only
         restarting is waited for). Asked while handling a message, the request's id is
         derived from it: a handler run again after a crash asks again under the same id,
-        and the answerer's reply cache answers it without handling it twice."""
+        and the answerer's reply cache answers it without handling it twice. The id follows
+        the order of the handler's sends; with `key` it is derived from the message and the
+        key instead, for a handler whose re-run may ask other things or in another order
+        (a language model's tool calls): the same key is the same request, answered once."""
         if self._ask is None:
             raise AskNotAllowed("this context cannot ask: it belongs to no agent runtime")
-        return self._ask(to, type, payload, timeout, self.conversation_meta(meta, public))
+        meta = self.conversation_meta(meta, public)
+        if key is None:
+            return self._ask(to, type, payload, timeout, meta)
+        return self._ask(to, type, payload, timeout, meta, key)
 
     def respond(self, message: Envelope, type: str, payload: dict[str, Any], *,
                 public: bool = False) -> Envelope:
@@ -204,6 +212,18 @@ class AgentContext:
         if self._services is None:
             return None
         return await self._services.acontext(user_id, query, limit)
+
+    def accepts(self, agent: str) -> dict[str, dict[str, Any]]:
+        """What agent `agent` declares it accepts (its role's `accepts`): message type -> the
+        payload's JSON schema, as the agent published it when it joined ({} if it declares
+        nothing or never joined). Read from Redis at most once a second."""
+        return self._accepts(agent)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add `n` to the agent's counter `name` (from any thread). Counters reach Redis
+        once a second with the agent's own (`agentmesh status --json`: the agent's
+        `counters`)."""
+        self._count({name: n})
 
     def peers(self, role: str | None = None) -> list[str]:
         """Names of the other registered agents (optionally of one role), sorted."""

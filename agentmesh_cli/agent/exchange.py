@@ -39,10 +39,13 @@ class Exchange:
         self.also: dict[str, set[str]] = {}
 
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float,
-             meta: dict[str, Any] | None) -> Any:
+            meta: dict[str, Any] | None, key: str | None = None) -> Any:
         """AgentContext.ask: a coroutine in an async hook, the reply in a worker thread."""
         handling = current()
-        request_id = self.rt.next_id() or events.new_id()
+        if key is not None and handling is not None:
+            request_id = handling.keyed_id(key)
+        else:
+            request_id = self.rt.next_id() or events.new_id()
         on_loop = self.rt.loop is not None and threading.get_ident() == self.rt.loop_thread
         if on_loop and (self.rt.sync_hook_running or handling is not None and handling.mode == "inline"):
             raise AskNotAllowed(

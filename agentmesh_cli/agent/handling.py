@@ -21,9 +21,10 @@ DERIVED = uuid.UUID("6a1f4c9e-5d1b-4c8e-9a53-0c7b2f7d9e11")
 _DERIVED_BYTES = DERIVED.bytes
 
 
-def derived_id(message_id: str, n: int) -> str:
-    """The id of the n-th envelope sent while handling message `message_id`: the same on
-    every run of the handler, so a copy sent after a crash is recognised downstream.
+def derived_id(message_id: str, n: int | str) -> str:
+    """The id of the n-th envelope sent while handling message `message_id` (or of the one
+    sent under key `n`, a str): the same on every run of the handler, so a copy sent after
+    a crash is recognised downstream.
 
     It is `str(uuid.uuid5(DERIVED, f"{message_id}/{n}"))`, built without the UUID object
     (one per message sent by a handler: 1.3 us instead of 3.9)."""
@@ -52,6 +53,12 @@ class Handling:
         handler (see ledger.derived_id)."""
         self.sent += 1
         return derived_id(self.message_id, self.sent)
+
+    def keyed_id(self, key: str) -> str:
+        """The id of what this handling sends under `key`: derived from the message and the
+        key, not from the order of sends (a re-run that sends in another order, or sends
+        less, still sends a keyed envelope under the same id)."""
+        return derived_id(self.message_id, "key:" + key)
 
 
 CURRENT: ContextVar[Handling | None] = ContextVar("agentmesh_handling", default=None)

@@ -33,6 +33,7 @@ from typing import Any
 from agentmesh_cli.agent.base import Role, Vote, type_of_request
 from agentmesh_cli.agent.demo_payloads import CheckStock, RecentOrders, RiskAssessment, Ticket
 from agentmesh_cli.consensus.core import Proposal
+from agentmesh_cli.constants import ROLE_LLM
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AskError, RoleError
 
@@ -386,6 +387,9 @@ def resolve_role(role: str) -> type[Role]:
     """A built-in role name, or `package.module:Class` naming a Role subclass."""
     if role in BUILTIN:
         return BUILTIN[role]
+    if role == ROLE_LLM:  # imported only here: the openai SDK is for llm agents only
+        from agentmesh_cli.llm.role import LlmRole
+        return LlmRole
     module_name, _, class_name = role.partition(":")
     if not class_name:
         raise RoleError(f"unknown role {role!r}: use a built-in role or 'package.module:Class'")

@@ -72,6 +72,7 @@ from agentmesh_cli.waiting import Clock
 TICK_S = 0.1
 COUNTER_FLUSH_S = 1.0
 PEERS_REFRESH_S = 2.0
+ACCEPTS_REFRESH_S = 1.0  # ctx.accepts reads the published accepts again this often
 WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the topics
 POLL_MAX = 500  # records taken in one poll, at most
 POOL_MAX = 64  # worker threads of a sync role at concurrency > 1, at most
@@ -144,7 +145,9 @@ class AgentRuntime:
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
                            self._send, self.registry, self._propose, self.services, self.next_id,
                            self.exchange.ask, self.exchange.reply,
-                           lambda: self.heartbeat.draining, self.public.delta)
+                           lambda: self.heartbeat.draining, self.public.delta, self.accepts_of,
+                           lambda counts: self.on_loop(self.counts.update, counts))
+        self._accepts: tuple[float, dict[str, dict[str, Any]]] = (-math.inf, {})
         self.role = role_cls(ctx)
 
     # what the role uses --------------------------------------------------------
@@ -152,6 +155,17 @@ class AgentRuntime:
         """While a handler runs, the id of the next envelope it sends (see ledger.derived_id)."""
         handling = current()
         return None if handling is None else handling.next_id()
+
+    def accepts_of(self, agent: str) -> dict[str, dict[str, Any]]:
+        """AgentContext.accepts: read again at most once a second (Redis down: the last read)."""
+        read_at, accepts = self._accepts
+        if self.clock() - read_at >= ACCEPTS_REFRESH_S:
+            try:
+                accepts = self.store.accepts()
+            except AgentMeshError as exc:
+                self.log.warning("accepts not read, Redis unavailable: %s", exc)
+            self._accepts = (self.clock(), accepts)
+        return dict(accepts.get(agent, {}))
 
     def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn` on the event loop: now when called there, else as soon as the loop can

@@ -129,6 +129,21 @@ def agents_panel(data: dict[str, Any]) -> RenderableType:
     return table
 
 
+def models_panel(data: dict[str, Any]) -> RenderableType | None:
+    """The llm agents' model use (status's `agents[].llm`); None when no agent called a model."""
+    rows = [a for a in data["agents"] if a.get("llm")]
+    if not rows:
+        return None
+    numbers = ("calls", "tokens in", "tokens out", "p50", "p99", "tool calls", "errors")
+    table = _table("models", "agent", *numbers, right=numbers)
+    for a in rows:
+        m = a["llm"]
+        errors = Text(str(m["errors"]), "red" if m["errors"] else "")
+        table.add_row(a["name"], str(m["calls"]), str(m["tokens_in"]), str(m["tokens_out"]),
+                      _ms(m["p50_ms"]), _ms(m["p99_ms"]), str(m["tool_calls"]), errors)
+    return table
+
+
 def _role(role: str | None) -> str:
     """A plug-in role (`module:Class`) by its class: its import path would take a third of
     the table (status --json has it whole)."""
@@ -294,7 +309,8 @@ class Dashboard:
         if self.footer:
             head.append(f"  {self.footer}", "dim")
         agents = agents_panel(d)
-        left = [processes_panel(d), infra_panel(d)]
+        models = models_panel(d)
+        left = [processes_panel(d), infra_panel(d), *([models] if models is not None else [])]
         right = [topology_panel(d), proposals_panel(d), services_panel(d)]
         yield head
         if options.max_width >= TWO_COLUMNS_FROM:

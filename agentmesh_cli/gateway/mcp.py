@@ -21,8 +21,6 @@ services (services/mcp.py): each call runs as the caller of its own HTTP request
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,10 +64,9 @@ from agentmesh_cli.services.mcp import (
     mount_mcp,
     security_settings,
 )
+from agentmesh_cli.toolnames import tool_name
 
 SCHEME = "mesh"
-MAX_NAME = 64
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
 GENERIC = {
     "ask": ("Ask any agent of the mesh and get its reply (GET mesh://agents lists them and "
@@ -92,15 +89,6 @@ RESOURCES = {"agents": "The agents, their state and what they accept.",
              "proposals": "The newest Bee consensus proposals, newest first."}
 TEMPLATES = {"proposals/{id}": "One proposal: votes, tally and status.",
              "conversations/{id}": "A conversation's events so far (oldest first)."}
-
-
-def tool_name(agent: str, type: str, taken: set[str]) -> str:
-    """`<agent>__<type>` within MCP's characters and MAX_NAME; a short hash keeps it unique."""
-    name = _UNSAFE.sub("_", f"{agent}__{type}")
-    if len(name) > MAX_NAME or name in taken:
-        digest = hashlib.sha256(f"{agent}\n{type}".encode()).hexdigest()[:8]
-        name = f"{name[:MAX_NAME - 9]}_{digest}"
-    return name
 
 
 def agent_tools(agents: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str, Tool]]:

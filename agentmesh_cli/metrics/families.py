@@ -23,6 +23,7 @@ from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.metrics.histogram import (
     ASK_BUCKETS,
     DECISION_BUCKETS,
+    LLM_BUCKETS,
     LOOP_LAG_BUCKETS,
     SERVICE_CALL_BUCKETS,
     Buckets,
@@ -91,7 +92,7 @@ def families(reading: Reading) -> list[Metric]:
         out += _programs(reading)
     if reading.redis_up:
         out += [*_agents(reading), *_agent_load(reading), *_asks(reading), *_topology(reading),
-                *_consensus(reading), *_services(reading), *_gateway(reading)]
+                *_consensus(reading), *_services(reading), *_gateway(reading), *_llm(reading)]
     return out
 
 
@@ -116,6 +117,38 @@ def _gateway(r: Reading) -> Iterator[Metric]:
         cumulative, total = ASK_BUCKETS.read(own, C.COUNTER_ASK_MS)
         latency.add_metric([], _le(cumulative), total)
         yield latency
+
+
+def _llm(r: Reading) -> Iterator[Metric]:
+    """The llm agents' model use (llm/role.py), for the agents that ever called a model."""
+    users = {agent: own for agent, own in sorted(r.counters.items()) if own.get(C.COUNTER_LLM_CALLS)}
+    if not users:
+        return
+    calls = CounterMetricFamily(_name("llm_calls"), "Model calls of the llm agent (one per round of "
+                                "a turn)", labels=["agent"])
+    tokens = CounterMetricFamily(_name("llm_tokens"), "Tokens of the llm agent's model calls, as the "
+                                 "model server counted them (direction: in = prompt, out = completion)",
+                                 labels=["agent", "direction"])
+    tools = CounterMetricFamily(_name("llm_tool_calls"), "Tool calls of the llm agent's model, sent "
+                                "as asks", labels=["agent"])
+    errors = CounterMetricFamily(_name("llm_errors"), "Turns of the llm agent that ended in an error "
+                                 "reply, by kind (ModelTimeout, ToolNotAllowed, ...)",
+                                 labels=["agent", "kind"])
+    seconds = HistogramMetricFamily(_name("llm_call_seconds"), "Duration of the llm agent's model "
+                                    "calls, streamed to the end", labels=["agent"])
+    prefix = C.COUNTER_LLM_ERRORS + ":"
+    for agent, own in users.items():
+        calls.add_metric([agent], own.get(C.COUNTER_LLM_CALLS, 0))
+        tokens.add_metric([agent, "in"], own.get(C.COUNTER_LLM_TOKENS_IN, 0))
+        tokens.add_metric([agent, "out"], own.get(C.COUNTER_LLM_TOKENS_OUT, 0))
+        tools.add_metric([agent], own.get(C.COUNTER_LLM_TOOL_CALLS, 0))
+        for name, n in sorted(own.items()):
+            if name.startswith(prefix):
+                errors.add_metric([agent, name[len(prefix):]], n)
+        if observed(own, C.COUNTER_LLM_MS):
+            cumulative, total = LLM_BUCKETS.read(own, C.COUNTER_LLM_MS)
+            seconds.add_metric([agent], _le(cumulative), total)
+    yield from (calls, tokens, tools, errors, seconds)
 
 
 def _name(short: str) -> str:

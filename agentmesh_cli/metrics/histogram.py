@@ -79,6 +79,8 @@ def observed(counters: Mapping[str, int], name: str) -> bool:
 DECISION_BUCKETS = Buckets((5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000))
 # an ask's round trip, and the lag of an agent's event loop
 ASK_BUCKETS = Buckets((1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000))
+# a model call: a first token in tens of ms locally, whole answers in seconds to a minute
+LLM_BUCKETS = Buckets((10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000))
 LOOP_LAG_BUCKETS = Buckets((0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000))
 # one call of a service as the agent sees it, retries included (loopback calls take ~1 ms)
 SERVICE_CALL_BUCKETS = Buckets((1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000))

@@ -92,7 +92,7 @@ def test_every_problem_is_reported_in_one_run() -> None:
     assert str(info.value).splitlines() == [
         "mesh.yaml: kafka.partitions: Input should be a valid integer, unable to parse string as an integer",
         "mesh.yaml: heartbeat.missed: Input should be greater than or equal to 1",
-        "mesh.yaml: agents[1].role: unknown role 'wizard': use one of sales, support, inventory, fraud "
+        "mesh.yaml: agents[1].role: unknown role 'wizard': use one of sales, support, inventory, fraud, llm "
         "or a class as 'package.module:Class'",
         "mesh.yaml: agents[2].colour: unknown key",
         "mesh.yaml: agents[1].name: duplicate agent name 'A' (also agents[0])",

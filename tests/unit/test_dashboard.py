@@ -292,3 +292,17 @@ def test_removed_agents_show_why_and_when() -> None:
                                     "Dave": {"reason": "left", "ts": MS - 125_000}}
     assert text(views.topology_panel(data)).splitlines()[-2] == (
         "removed: Dave (left, 2m05s ago), Fraud (timeout, 12s ago)")
+
+
+def test_the_models_panel_shows_llm_agents_only() -> None:
+    data = frame()
+    assert views.models_panel(data) is None  # no agent called a model: no panel
+    data["agents"][1]["llm"] = {"calls": 42, "tokens_in": 12_000, "tokens_out": 3_400, "tool_calls": 17,
+                                "errors": 2, "p50_ms": 640.0, "p99_ms": 4_100.0, "mean_ms": 800.0}
+    data["agents"][0]["llm"] = None
+    assert text(views.models_panel(data), width=120) == """\
+models
+agent  calls  tokens in  tokens out     p50    p99  tool calls  errors
+──────────────────────────────────────────────────────────────────────
+Sales     42      12000        3400  640 ms  4.1 s          17       2
+"""

@@ -15,6 +15,7 @@ from agentmesh_cli.metrics.families import Reading, families
 from agentmesh_cli.metrics.histogram import (
     ASK_BUCKETS,
     DECISION_BUCKETS,
+    LLM_BUCKETS,
     LOOP_LAG_BUCKETS,
     SERVICE_CALL_BUCKETS,
     Buckets,
@@ -359,3 +360,30 @@ def test_the_gateways_families_once_it_counted() -> None:
     # the gateway is no agent: no agent series name it
     assert all(s.labels.get("agent") != C.GATEWAY_SENDER for m in families(reading) for s in m.samples)
     assert "agentmesh_gateway_asks" not in {m.name for m in families(fixed_reading())}
+
+
+def test_the_llm_families_for_the_agents_that_called_a_model() -> None:
+    concierge: Counter[str] = Counter({C.COUNTER_LLM_CALLS: 3, C.COUNTER_LLM_TOKENS_IN: 120,
+                                       C.COUNTER_LLM_TOKENS_OUT: 45, C.COUNTER_LLM_TOOL_CALLS: 2,
+                                       C.COUNTER_LLM_ERRORS: 1, f"{C.COUNTER_LLM_ERRORS}:ModelTimeout": 1})
+    for ms in (40, 900, 2000):
+        LLM_BUCKETS.observe(concierge, C.COUNTER_LLM_MS, ms)
+    reading = fixed_reading()
+    reading.counters["Concierge"] = dict(concierge)
+    rendered = {m.name: m for m in families(reading)}
+    assert [(m.name, m.type) for m in families(reading)][len(FAMILIES):] == [
+        ("agentmesh_llm_calls", "counter"), ("agentmesh_llm_tokens", "counter"),
+        ("agentmesh_llm_tool_calls", "counter"), ("agentmesh_llm_errors", "counter"),
+        ("agentmesh_llm_call_seconds", "histogram")]
+
+    def totals(name: str) -> list[tuple[dict[str, str], float]]:
+        return [(s.labels, s.value) for s in rendered[name].samples if s.name.endswith("_total")]
+
+    assert totals("agentmesh_llm_calls") == [({"agent": "Concierge"}, 3)]
+    assert totals("agentmesh_llm_tokens") == [({"agent": "Concierge", "direction": "in"}, 120),
+                                              ({"agent": "Concierge", "direction": "out"}, 45)]
+    assert totals("agentmesh_llm_errors") == [({"agent": "Concierge", "kind": "ModelTimeout"}, 1)]
+    histogram = {s.name: s.value for s in rendered["agentmesh_llm_call_seconds"].samples
+                 if not s.name.endswith("_bucket")}
+    assert histogram == {"agentmesh_llm_call_seconds_count": 3, "agentmesh_llm_call_seconds_sum": 2.94}
+    assert "agentmesh_llm_calls" not in {m.name for m in families(fixed_reading())}
