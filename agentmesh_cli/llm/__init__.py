@@ -1,0 +1,1 @@
+"""The llm role: an agent that thinks with a language model (docs/llm.md)."""
