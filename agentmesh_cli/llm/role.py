@@ -207,7 +207,8 @@ class LlmRole(Role):
         if user is None or self.settings.context_items == 0:
             return system
         items = await self.ctx.acontext(user, query=text, limit=self.settings.context_items)
-        lines = [str(item.get("content") or "").strip() for item in items or ()]
+        # get_context's entries: {item: {content, ...}, score, relevance, recency}, best first
+        lines = [str((entry.get("item") or {}).get("content") or "").strip() for entry in items or ()]
         lines = [line[:500] for line in lines if line]
         if not lines:
             return system
