@@ -14,8 +14,9 @@ move; these stay. What each one is:
 
 - `Role`: the base class; override `on_start`, `on_message`, `on_tick`, `on_stop`, and for
   Bee consensus `evaluate` (return a `Vote`, or None to abstain) and `on_decision`.
-- `AgentContext`: `self.ctx` of a role: name, role, config, log, rng, send, propose, peers,
-  remember, context.
+- `AgentContext`: `self.ctx` of a role: name, role, config, log, rng, send, ask (with
+  `key=` for a handler whose re-run may ask other things), reply, respond, delta, user,
+  conversation, propose, peers, accepts, count, remember, context.
 - `Envelope`: one message as the agent receives or sends it.
 - `Vote`: what `evaluate` returns (support, intensity).
 - `Proposal`, `ProposalStatus`, `Waggle`: a Bee consensus proposal as `evaluate` and
