@@ -11,6 +11,7 @@ allowlist refusing a tool, and each failure ending in an error reply.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import convlog
 from agentmesh_cli.embedded import free_port
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.gateway import RunningGateway, error_of, running_gateway, sse_events, write_gateway_mesh
@@ -56,9 +58,12 @@ SCRIPT: dict[str, Any] = {"model": "scripted", "scenarios": [
 ]}
 
 
+KEY_VARIABLE = "AGENTMESH_LLM_TEST_KEY"  # set for the agents' processes: api_key names it
+
+
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[ScriptedLlm]:
-    with ScriptedLlm(SCRIPT) as llm:
+    with ScriptedLlm(SCRIPT, api_key=SECRET) as llm:  # a request without the key is a 401
         yield llm
 
 
@@ -69,17 +74,23 @@ def gateway(broker: str, valkey: str, scripted: ScriptedLlm,
     common = {"timeout": "1500ms", "max_retries": 1, "context_items": 0, "model": "scripted"}
     agents = [
         {"name": "Concierge", "role": "llm", "concurrency": 8,
-         "llm": {"base_url": scripted.base_url, "api_key": SECRET, "max_tool_rounds": 2,
+         "llm": {"base_url": scripted.base_url, "api_key": f"${{{KEY_VARIABLE}}}", "max_tool_rounds": 2,
                  "tools": ["Inventory", "Fraud:risk_assessment"], **common}},
         {"name": "Orphan", "role": "llm",  # its model server is down
          "llm": {"base_url": f"http://127.0.0.1:{free_port()}/v1", **common}},
+        {"name": "Unkeyed", "role": "llm",  # its key's variable is not set
+         "llm": {"base_url": scripted.base_url, "api_key": "${AGENTMESH_LLM_TEST_UNSET}", **common}},
         {"name": "Inventory", "role": "inventory"},
         {"name": "Fraud", "role": "fraud"},
         {"name": "Refunds", "role": "inventory"},  # declares check_stock, but no tool of the Concierge
     ]
     mesh = write_gateway_mesh(folder, broker, valkey, agents)
-    with running_gateway(mesh, folder) as running:
-        yield running
+    os.environ[KEY_VARIABLE] = SECRET  # the agent processes inherit it
+    try:
+        with running_gateway(mesh, folder) as running:
+            yield running
+    finally:
+        os.environ.pop(KEY_VARIABLE, None)
 
 
 def ask(gateway: RunningGateway, text: str, agent: str = "Concierge", who: str = "alice",
@@ -156,13 +167,15 @@ def test_a_two_tool_plan_asks_at_once_then_again(gateway: RunningGateway, script
 
 
 def test_arguments_that_miss_the_schema_go_back_to_the_model(gateway: RunningGateway) -> None:
-    before = counters(gateway, "Inventory").get(C.COUNTER_IN, 0)
-    answer = ask(gateway, "test the schema")
+    conversation = f"c-{uuid.uuid4().hex[:24]}"
+    answer = ask(gateway, "test the schema", conversation=conversation)
     assert answer.status_code == 200, answer.text
     assert answer.json()["payload"]["text"] == (
         "Told: error: invalid arguments for Inventory__check_stock: items.laptop: 'one' is not of "
         "type 'integer'")
-    assert counters(gateway, "Inventory").get(C.COUNTER_IN, 0) == before  # never asked
+    # Inventory was never asked: the conversation shows every ask the Concierge made in it
+    log = convlog.ConversationLog(gateway.store.redis, gateway.store.keys, 1000, 60)
+    assert [d["type"] for _, _, d in log.after(conversation, "0-0")] == ["chat", "answer"]
 
 
 @pytest.mark.parametrize(("text", "kind", "says"), [
@@ -185,10 +198,14 @@ def test_each_failure_ends_in_an_error_reply(gateway: RunningGateway, text: str,
 
 
 def test_the_allowlist_keeps_the_model_from_an_agent(gateway: RunningGateway, scripted: ScriptedLlm) -> None:
-    ask(gateway, "refund it now")
+    conversation = f"c-{uuid.uuid4().hex[:24]}"
+    error_of(ask(gateway, "refund it now", conversation=conversation), 502, "error_reply")
     offered = {t["function"]["name"] for r in requests_of(scripted, "refund") for t in r["body"]["tools"]}
     assert "Refunds__check_stock" not in offered
-    assert counters(gateway, "Refunds").get(C.COUNTER_IN, 0) == 0  # nothing was ever sent to it
+    # nothing was sent: the conversation holds the chat and the error reply only
+    log = convlog.ConversationLog(gateway.store.redis, gateway.store.keys, 1000, 60)
+    assert [d["type"] for _, _, d in log.after(conversation, "0-0")] == ["chat", C.TYPE_ERROR_REPLY]
+    assert counters(gateway, "Refunds").get(C.COUNTER_IN, 0) == 0  # nor ever before
 
 
 def test_the_sdk_retries_a_429_after_its_retry_after(gateway: RunningGateway, scripted: ScriptedLlm) -> None:
@@ -201,6 +218,18 @@ def test_the_sdk_retries_a_429_after_its_retry_after(gateway: RunningGateway, sc
 def test_an_unreachable_model_server_is_an_error_reply(gateway: RunningGateway) -> None:
     error = error_of(ask(gateway, "hello", agent="Orphan"), 502, "error_reply")
     assert error["details"]["remote_type"] == "ModelUnavailable", error
+
+
+def test_the_api_key_comes_from_the_agent_s_environment(gateway: RunningGateway,
+                                                       scripted: ScriptedLlm) -> None:
+    """The server answers 401 without the key: the Concierge's answers above carried it, read
+    from ${AGENTMESH_LLM_TEST_KEY}; an agent whose variable is unset says so and asks nothing."""
+    before = len(scripted.requests())
+    error = error_of(ask(gateway, "where is my laptop?", agent="Unkeyed"), 502, "error_reply")
+    assert error["details"]["remote_type"] == "ModelAuthFailed", error
+    assert "AGENTMESH_LLM_TEST_UNSET" in error["details"]["remote_message"]
+    assert len(scripted.requests()) == before  # refused before any call
+    assert all(r["authorization"] for r in scripted.requests())
 
 
 def test_the_agent_counts_its_model_use_and_never_logs_its_key(gateway: RunningGateway,
