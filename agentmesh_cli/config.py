@@ -22,7 +22,7 @@ from pydantic import (
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.config_llm import Llm, LlmSettings, tool_ref
-from agentmesh_cli.config_values import Duration, Fraction, Port, redact_url
+from agentmesh_cli.config_values import Duration, Fraction, Port, describe_error, key_path, redact_url
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.hosts import check_hosts
 
@@ -351,27 +351,8 @@ class MeshConfig(_Section):
         try:
             return AgentSpec.model_validate(data)
         except ValidationError as exc:
-            lines = [f"agent {name!r}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+            lines = [f"agent {name!r}: {key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors()]
             raise ConfigError("\n".join(lines)) from exc
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not part.startswith(("function-", "function_")):  # validator names are not keys
-            path += f".{part}" if path else str(part)
-    return path or "(top level)"
-
-
-def _describe(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
 
 
 def parse_config(data: Any, source: str = "mesh.yaml") -> MeshConfig:
@@ -384,7 +365,7 @@ def parse_config(data: Any, source: str = "mesh.yaml") -> MeshConfig:
     try:
         config = MeshConfig.model_validate(data)
     except ValidationError as exc:
-        problems += [f"{_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        problems += [f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors()]
     problems += _duplicate_agents(data.get("agents"))
     if config is not None and not problems:
         problems += check_hosts(config)

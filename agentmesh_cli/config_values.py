@@ -45,3 +45,24 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error's location as mesh.yaml's key path: `agents[1].role`."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith(("function-", "function_")):  # validator names are not keys
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def describe_error(error: Any) -> str:
+    """A pydantic error's message as a mesh.yaml (or script) reader wants it."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

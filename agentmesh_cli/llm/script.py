@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from agentmesh_cli.config_values import describe_error, key_path
 from agentmesh_cli.errors import ConfigError
 
 Message = dict[str, Any]
@@ -102,23 +103,9 @@ def parse_script(data: Any, source: str) -> Script:
     try:
         return Script.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{source}: {_key_path(error['loc'])}: {_describe(error)}" for error in exc.errors()]
+        problems = [f"{source}: {key_path(error['loc'])}: {describe_error(error)}"
+                    for error in exc.errors()]
         raise ConfigError("\n".join(problems)) from exc
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-    return path or "(top level)"
-
-
-def _describe(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
-    return str(error["msg"])
 
 
 # a request's messages -----------------------------------------------------------------
