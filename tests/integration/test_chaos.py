@@ -1,6 +1,6 @@
 """`agentmesh chaos` for real: its own embedded mesh under supervisord, an agent and the
 topology manager killed with SIGKILL under a probe stream, every figure reported, none lost
-or handled twice; Ctrl+C tears the mesh down."""
+or handled twice; Ctrl+C tears the mesh down. And the scripted model server the llm fault runs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from agentmesh_cli.chaos.scripted import model_calls, start_scripted
+from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.supervisor.control import _alive
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
@@ -80,6 +83,28 @@ def test_chaos_kills_an_agent_and_the_topology_manager_then_restarts_the_mesh(wo
     assert asks["answered_twice"] == 0 and asks["error_replies"] == 0
     assert not _alive(supervisord_pid(workdir))  # the command stopped its mesh
     assert mesh_processes(workdir) == []
+
+
+def test_the_scripted_model_server_starts_counts_and_stops(tmp_path: Path) -> None:
+    script = {"scenarios": [{"steps": [{"text": "hi there"}]}]}
+    server = start_scripted(script, tmp_path)
+    try:
+        assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
+        assert model_calls(server.base_url) == 0
+        answer = httpx.post(server.base_url + "/chat/completions", timeout=10,
+                            json={"model": "scripted", "messages": [{"role": "user", "content": "hello"}]})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "hi there"
+        assert model_calls(server.base_url) == 1
+    finally:
+        server.stop()
+    assert not _alive(server.pid) and server.proc.returncode == 0
+    assert model_calls(server.base_url) is None  # gone: no answer, not an error
+
+
+def test_a_bad_script_is_an_error_with_the_servers_reason(tmp_path: Path) -> None:
+    with pytest.raises(AgentMeshError, match=r"exited \(2\) before it listened: .*scenarios"):
+        start_scripted({"scenarios": []}, tmp_path)
+    assert "scenarios" in (tmp_path / "scripted-llm.log").read_text()
 
 
 def test_ctrl_c_stops_the_mesh(workdir: Path) -> None:
