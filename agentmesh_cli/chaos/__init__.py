@@ -2,9 +2,10 @@
 
 It runs a workload (the demo roles' own traffic plus a probe stream of its own with
 known ids) on a mesh while it kills each kind of program in turn (the gateway while asks
-go through it over HTTP), restarts Redis and the broker, stalls an agent and writes
-garbage to every topic, then reports what was lost, handled twice and decided twice, and
-how long each fault took to be detected and recovered from.
+go through it over HTTP, an llm agent while it streams answers to chats), restarts Redis
+and the broker, stalls an agent and writes garbage to every topic, then reports what was
+lost, handled twice and decided twice, and how long each fault took to be detected and
+recovered from.
 
 - mesh.py: a throwaway embedded mesh (free loopback ports, short heartbeats), torn down by pid
 - probes.py: the probe stream and what the agents' ledgers say about it
@@ -13,6 +14,9 @@ how long each fault took to be detected and recovered from.
 - watches.py: injecting a fault; when it counts as detected and as recovered from
 - gateway.py: the gateway fault (kill -9 under asks over HTTP) and its verdict
 - http_asks.py: asks through the gateway over HTTP, retried with their Idempotency-Key
+- llm.py: the llm fault (kill -9 of the Concierge mid-answer under chats) and its verdict
+- chats.py: what a chat's user saw: the streamed deltas, the conversation's log
+- scripted.py: the scripted model server the llm fault's Concierge talks to
 - runner.py: one run, start to end
 - figures.py: the run's figures as one JSON-able result
 - report.py: the result as one table

@@ -9,7 +9,8 @@ not envelopes, too big, or from a sender that never joined, written to every top
 `restart` (`down` with its drain, then `up`, while probes and asks pause as operator
 input does: nothing sent before may be lost; what the drain left unread is saved and
 replayed), `gateway` (kill -9 of the gateway while asks go through it over HTTP, each
-retried with its `Idempotency-Key`: chaos/gateway.py).
+retried with its `Idempotency-Key`: chaos/gateway.py), `llm` (kill -9 of the embedded
+mesh's llm agent mid-answer while it answers chats over HTTP: chaos/llm.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from agentmesh_cli.lifecycle import Readiness
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
-KILL, STALL, GARBAGE, RESTART, GATEWAY = "kill", "stall", "garbage", "restart", "gateway"
+KILL, STALL, GARBAGE, RESTART, GATEWAY, LLM = "kill", "stall", "garbage", "restart", "gateway", "llm"
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
-GROUPS = ("all, agents, managers, services, gateway, infra, stall[:Agent], garbage, restart, "
+GROUPS = ("all, agents, managers, services, gateway, llm, infra, stall[:Agent], garbage, restart, "
           "or program names")
 
 
@@ -48,6 +49,8 @@ class Fault:
             return "down (drain) and up"
         if self.kind == GATEWAY:
             return "kill -9 gateway (asks over HTTP)"
+        if self.kind == LLM:
+            return f"kill -9 {self.target} mid-answer (chats over HTTP)"
         if self.target == C.PROGRAM_REDIS:
             return "restart redis (kill -9)"
         if self.target == C.PROGRAM_KAFKA:
@@ -55,13 +58,22 @@ class Fault:
         return f"kill -9 {self.target}"
 
 
-def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault]:
+def wants_llm(spec: str) -> bool:
+    """Does `--faults` name the llm fault (the embedded mesh then runs its llm agent)?"""
+    return bool({w.strip() for w in spec.split(",")} & {"all", LLM})
+
+
+def plan_faults(spec: str, programs: list[str], agents: list[str],
+                llm_agent: str | None = None) -> list[Fault]:
     """The faults named by `--faults` (comma-separated, in order), against the programs
     supervisord runs. `all` is every program in turn (agents, managers, services, the gateway
-    with asks over HTTP, Redis, the broker), then a stalled agent, then garbage, then a
-    restart of the whole mesh. `gateway` is the gateway fault (a kill under asks), not a
-    bare kill."""
-    order = [C.agent_program(a) for a in agents] + list(C.MANAGER_PROGRAMS) + list(SERVICES)
+    with asks over HTTP, the llm agent mid-answer, Redis, the broker), then a stalled agent,
+    then garbage, then a restart of the whole mesh. `gateway` is the gateway fault (a kill
+    under asks), not a bare kill; `llm` the llm fault against `llm_agent` (the embedded
+    mesh's, whose model the run scripts), which `all` kills in no other way."""
+    llm = [Fault(LLM, C.agent_program(llm_agent))] if llm_agent is not None else []
+    order = ([C.agent_program(a) for a in agents if a != llm_agent] + list(C.MANAGER_PROGRAMS)
+             + list(SERVICES))
     groups = {
         "agents": [C.agent_program(a) for a in agents],
         "managers": list(C.MANAGER_PROGRAMS),
@@ -75,12 +87,21 @@ def plan_faults(spec: str, programs: list[str], agents: list[str]) -> list[Fault
         if word == "all":
             faults += [Fault(KILL, p) for p in order if p in programs]
             faults += [Fault(GATEWAY, C.PROGRAM_GATEWAY)] if C.PROGRAM_GATEWAY in programs else []
+            faults += llm if C.PROGRAM_GATEWAY in programs else []
             faults += [Fault(KILL, p) for p in INFRA if p in programs]
             faults += [Fault(STALL, agents[-1]), Fault(GARBAGE), Fault(RESTART)]
         elif word == GATEWAY:
             if C.PROGRAM_GATEWAY not in programs:
                 raise ConfigError("--faults: gateway: the mesh runs no gateway (gateway.enabled)")
             faults.append(Fault(GATEWAY, C.PROGRAM_GATEWAY))
+        elif word == LLM:
+            if not llm:
+                raise ConfigError("--faults: llm: runs on the embedded mesh only (its model is the "
+                                  "run's scripted server): leave out --config")
+            if C.PROGRAM_GATEWAY not in programs:
+                raise ConfigError("--faults: llm: the chats go through the gateway, and the mesh runs "
+                                  "none (gateway.enabled)")
+            faults += llm
         elif word in groups:
             faults += [Fault(KILL, p) for p in groups[word] if p in programs]
         elif word == GARBAGE:
@@ -119,6 +140,7 @@ class Outcome:
     note: str = ""
     lost: int = 0  # confirmed probes produced after this fault (before the next) never handled
     asks: dict[str, Any] | None = None  # the gateway fault: its HTTP asks, judged (chaos/gateway.py)
+    chats: dict[str, Any] | None = None  # the llm fault: its chats, judged (chaos/llm.py)
     started: float = field(default=0.0, repr=False)  # monotonic
 
     def as_dict(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ agent's ledger) and charged to the fault injected last before it was produced, o
 `CHARGE_AHEAD_S` after: a broker that dies takes the records it confirmed but nobody read yet.
 Asks (chaos/asks.py): sent, answered, lost (never answered), answered twice (two replies
 with different ids for one request), and the round trip.
-The gateway fault's asks over HTTP (chaos/gateway.py): summed over its rows in `gateway`.
+The gateway fault's asks over HTTP (chaos/gateway.py): summed over its rows in `gateway`;
+the llm fault's chats (chaos/llm.py) likewise in `llm`.
 Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
 many were broadcast more than once; Redis's records of the run's proposals must all be
 decided, or pending and not yet past their `expires_at`.
@@ -79,6 +80,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "proposals": _proposals(run),
         "asks": run.asks.figures(),
         "gateway": gateway_figures([o.asks for o in run.outcomes if o.asks is not None]),
+        "llm": llm_figures([o.chats for o in run.outcomes if o.chats is not None]),
         "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
                    "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
                    "examples": run.truth.examples},
@@ -89,11 +91,12 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
 
 def judge(result: dict[str, Any]) -> bool:
     """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
-    undecided past its time, every ask answered, none twice (through the gateway too)."""
-    p, asks, gateway = result["proposals"], result["asks"], result.get("gateway")
+    undecided past its time, every ask answered, none twice (through the gateway too, and
+    every chat of the llm fault)."""
+    p, asks, gateway, llm = result["proposals"], result["asks"], result.get("gateway"), result.get("llm")
     return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
             and asks["lost"] == 0 and asks["answered_twice"] == 0
-            and (gateway is None or gateway["ok"])
+            and (gateway is None or gateway["ok"]) and (llm is None or llm["ok"])
             and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
             and p["overdue"] == 0)
 
@@ -107,6 +110,24 @@ def gateway_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not rows:
         return None
     summed: dict[str, Any] = {name: sum(r[name] for r in rows) for name in GATEWAY_SUMMED}
+    summed["ok"] = all(r["ok"] for r in rows)
+    return summed
+
+
+LLM_SUMMED = ("sent", "answered", "retried", "retries", "lost", "failed", "answered_twice", "without_tool",
+              "handled", "handled_twice", "tool_requests", "tool_handled_twice", "tool_asked_twice",
+              "tool_cached_replies", "restreamed")
+
+
+def llm_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The llm faults' chats summed (None: no llm fault ran), with their kills and how many
+    landed mid-answer; ok when every row is."""
+    if not rows:
+        return None
+    summed: dict[str, Any] = {name: sum(r[name] for r in rows) for name in LLM_SUMMED}
+    kills = [k for r in rows for k in r["kills"]]
+    summed["kills"] = len(kills)
+    summed["kills_mid_answer"] = sum(1 for k in kills if k["streaming"] > 0)
     summed["ok"] = all(r["ok"] for r in rows)
     return summed
 

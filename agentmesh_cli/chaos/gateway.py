@@ -20,12 +20,13 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.chaos.asks import ANSWERED
 from agentmesh_cli.chaos.faults import Context, Fault
-from agentmesh_cli.chaos.http_asks import HttpAskStream, Request
+from agentmesh_cli.chaos.http_asks import HttpAsk, HttpAskStream, Request
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import WHOLE_LEDGER
 from agentmesh_cli.chaos.watches import RUNNING, Watch
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
 from agentmesh_cli.services.probe import gateway_url, tls_verify
+from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
 
 HANDLED_FROM = C.COUNTER_HANDLED_FROM_PREFIX + C.GATEWAY_SENDER
@@ -158,28 +159,13 @@ class GatewayWatch(Watch):
                 return False
             self._judge(client, 0, 0, client["answered"], "; Redis did not answer")
             return True
-        handled = sum(_delta(after, self.before, a, HANDLED_FROM) for a in self.targets)
+        handled = sum(counter_delta(after, self.before, a, HANDLED_FROM) for a in self.targets)
         if handled < client["answered"] and now < self.until:
             return False
-        twice = sum(_delta(after, self.before, a, C.COUNTER_HANDLED_TWICE) for a in self.targets)
-        again = sum(_delta(after, self.before, a, C.COUNTER_CACHED_REPLIES) for a in self.targets)
-        self._judge(client, handled, twice, self._unrecorded(), again=again)
+        twice = sum(counter_delta(after, self.before, a, C.COUNTER_HANDLED_TWICE) for a in self.targets)
+        again = sum(counter_delta(after, self.before, a, C.COUNTER_CACHED_REPLIES) for a in self.targets)
+        self._judge(client, handled, twice, unrecorded(self.ctx.store, self.stream.asks), again=again)
         return True
-
-    def _unrecorded(self) -> int:
-        """Answered requests whose id is not in their answerer's ledger."""
-        by_agent: dict[str, set[str]] = {}
-        for ask in self.stream.asks:
-            if ask.reply is not None:
-                by_agent.setdefault(str(ask.reply.get("from")), set()).add(str(ask.reply.get("in_reply_to")))
-        missing = 0
-        for agent, ids in by_agent.items():
-            try:
-                ledger = set(self.ctx.store.handled_ids(agent, WHOLE_LEDGER)[0])
-            except AgentMeshError:
-                return sum(len(i) for i in by_agent.values())
-            missing += len(ids - ledger)
-        return missing
 
     def _judge(self, client: dict[str, Any], handled: int, twice: int, unrecorded: int,
                why: str = "", again: int = 0) -> None:
@@ -193,6 +179,23 @@ class GatewayWatch(Watch):
         self.stream.join(0)
 
 
-def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]], agent: str,
-           counter: str) -> int:
+def counter_delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]], agent: str,
+                  counter: str) -> int:
     return after.get(agent, {}).get(counter, 0) - before.get(agent, {}).get(counter, 0)
+
+
+def unrecorded(store: Store, asks: list[HttpAsk]) -> int:
+    """Answered requests whose id is not in their answerer's ledger (all of them when
+    Redis does not answer)."""
+    by_agent: dict[str, set[str]] = {}
+    for ask in asks:
+        if ask.reply is not None:
+            by_agent.setdefault(str(ask.reply.get("from")), set()).add(str(ask.reply.get("in_reply_to")))
+    missing = 0
+    for agent, ids in by_agent.items():
+        try:
+            ledger = set(store.handled_ids(agent, WHOLE_LEDGER)[0])
+        except AgentMeshError:
+            return sum(len(i) for i in by_agent.values())
+        missing += len(ids - ledger)
+    return missing

@@ -28,8 +28,9 @@ def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, s
     for f in faults:
         if f["phase"] == "sequence":
             note = f["note"] or f["recovered_by"]
-            if f.get("asks") is not None:  # the gateway fault: its asks' verdict first
-                note = f"{OK if f['asks']['ok'] else BAD}: {note}"
+            judged = f.get("asks") or f.get("chats")  # the gateway and llm faults: their verdict first
+            if judged is not None:
+                note = f"{OK if judged['ok'] else BAD}: {note}"
             rows.append((f["fault"], _s(f["detect_s"]), _s(f["recover_s"]), str(f["lost"]), note))
     random: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for f in faults:
@@ -63,6 +64,27 @@ def gateway_lines(gateway: dict[str, Any] | None) -> list[tuple[str, int, str]]:
     ]
 
 
+def llm_lines(llm: dict[str, Any] | None) -> list[tuple[str, int, str]]:
+    """The summary lines of the llm fault's chats (none when it did not run)."""
+    if llm is None:
+        return []
+    return [
+        ("llm chats sent (HTTP)", llm["sent"],
+         f"{llm['kills']} kills of the llm agent, {llm['kills_mid_answer']} while a chat streamed; "
+         f"{llm['retried']:,} retried with their Idempotency-Key"),
+        ("llm chats answered", llm["answered"],
+         f"{llm['failed']:,} failed, {llm['without_tool']:,} without the tool's result, "
+         f"{llm['restreamed']:,} streamed again from the start"),
+        ("llm chats lost", llm["lost"], _check(llm["lost"] == 0, "must be 0")),
+        ("llm chats handled twice", llm["handled_twice"] + llm["answered_twice"],
+         _check(llm["ok"], "must be 0, and each answered one handled once")),
+        ("llm tool requests handled twice", llm["tool_handled_twice"] + llm["tool_asked_twice"],
+         _check(llm["tool_handled_twice"] + llm["tool_asked_twice"] == 0,
+                f"must be 0 ({llm['tool_requests']:,} handled, {llm['tool_cached_replies']:,} "
+                "asked again and answered from the reply cache)")),
+    ]
+
+
 def chaos_table(result: dict[str, Any]) -> Table:
     s, probes, props, status = result["settings"], result["probes"], result["proposals"], result["status"]
     where = "embedded mesh" if result["embedded"] else f"mesh {result['mesh']}"
@@ -93,6 +115,7 @@ def chaos_table(result: dict[str, Any]) -> Table:
         ("asks lost", asks["lost"], _check(asks["lost"] == 0, "must be 0")),
         ("asks answered twice", asks["answered_twice"], _check(asks["answered_twice"] == 0, "must be 0")),
         *gateway_lines(result.get("gateway")),
+        *llm_lines(result.get("llm")),
         ("proposals opened", props["opened"],
          _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
         ("proposals decided", props["decided"],

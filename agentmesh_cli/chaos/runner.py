@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh_cli.chaos.asks import AskStream
-from agentmesh_cli.chaos.faults import KILL, Context, Fault, Outcome, plan_faults
+from agentmesh_cli.chaos.faults import KILL, Context, Fault, Outcome, plan_faults, wants_llm
 from agentmesh_cli.chaos.figures import summarise
+from agentmesh_cli.chaos.llm import CONCIERGE
 from agentmesh_cli.chaos.mesh import embedded_mesh
 from agentmesh_cli.chaos.observe import ConsensusTally, ProgramStates, StatusTruth, program_states
 from agentmesh_cli.chaos.probes import ProbeSender
@@ -58,7 +59,7 @@ def run(settings: Settings, config: Path | None, workdir: Path | None, say: Say)
             if not sup.is_running():
                 raise SupervisorError(f"the mesh of {config} is not running: run agentmesh up first")
         return ChaosRun(mesh, settings, say, embedded=False).execute()
-    with embedded_mesh(settings.agents, say, workdir) as mesh:
+    with embedded_mesh(settings.agents, say, workdir, llm=wants_llm(settings.faults)) as mesh:
         return ChaosRun(mesh, settings, say, embedded=True).execute()
 
 
@@ -103,7 +104,9 @@ class ChaosRun:
                 time.sleep(POLL_S)
 
     def execute(self) -> dict[str, Any]:
-        plan = plan_faults(self.settings.faults, sorted(self.states()), self.ctx.agents)
+        roles = {a.name: a.role for a in self.mesh.config.agents}
+        llm_agent = CONCIERGE if self.embedded and roles.get(CONCIERGE) == "llm" else None
+        plan = plan_faults(self.settings.faults, sorted(self.states()), self.ctx.agents, llm_agent)
         baseline = self.ctx.store.all_counters()
         self.probes.start()
         self.asks.start()

@@ -12,7 +12,8 @@ Recovered means the program runs again under a new pid AND does its job:
 
 A restart (`down` with its drain, then `up`) is detected when `down` has returned and
 recovered when `up` has, and every agent handled a probe sent after it. The gateway fault
-(a kill under asks over HTTP) is watched in chaos/gateway.py.
+(a kill under asks over HTTP) is watched in chaos/gateway.py, the llm fault (kills of the
+llm agent mid-answer) in chaos/llm.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agentmesh_cli.chaos.faults import (
     GARBAGE,
     GATEWAY,
     KILL,
+    LLM,
     RESTART,
     RESTART_DRAIN_S,
     STALL,
@@ -292,10 +294,11 @@ class RestartWatch(Watch):
 
 
 def inject(ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> Watch:
-    # chaos/gateway.py builds on Watch, so it is imported here rather than at the top
+    # chaos/gateway.py and chaos/llm.py build on Watch, so they are imported here rather than at the top
     from agentmesh_cli.chaos.gateway import GatewayWatch
+    from agentmesh_cli.chaos.llm import LlmWatch
 
     kinds: dict[str, Callable[[Context, Fault, str, ProgramStates], Watch]] = {
         KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch,
-        GATEWAY: GatewayWatch}
+        GATEWAY: GatewayWatch, LLM: LlmWatch}
     return kinds[fault.kind](ctx, fault, phase, states)

@@ -21,9 +21,11 @@ QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.reader", "agentmesh_cli.bro
 def chaos(
     faults: Annotated[str, typer.Option(
         help="Comma-separated, in order: all, agents, managers, services, gateway (kill -9 of "
-             "the gateway under asks over HTTP, retried with their Idempotency-Key), infra, "
-             "stall[:Agent], garbage, restart (down with its drain, then up), or program names "
-             "(agent-Sales, topology-manager, redis, kafka, ...).")] = "all",
+             "the gateway under asks over HTTP, retried with their Idempotency-Key), llm (kill -9 "
+             "of an llm agent mid-answer under chats over HTTP; the embedded mesh then runs one, "
+             "its model a scripted server), infra, stall[:Agent], garbage, restart (down with its "
+             "drain, then up), or program names (agent-Sales, topology-manager, redis, kafka, "
+             "...).")] = "all",
     rate: Annotated[float, typer.Option(help="Probe messages per second, over all agents.", min=1)] = 200,
     ask_rate: Annotated[float, typer.Option(
         help="Asks per second (request and reply), over the agents whose roles answer one "
@@ -50,21 +52,24 @@ def chaos(
     """Inject faults under load; report what was lost or doubled and how fast the mesh recovered.
 
     Runs a workload while killing each kind of program in turn (the gateway while asks go
-    through it over HTTP), restarting Redis and the broker, stalling an agent and writing
-    garbage to every topic; prints what was lost, handled twice and decided twice, and how
-    fast each fault was detected and recovered from.
+    through it over HTTP, an llm agent while it streams answers to chats), restarting Redis
+    and the broker, stalling an agent and writing garbage to every topic; prints what was
+    lost, handled twice and decided twice, and how fast each fault was detected and
+    recovered from.
 
     Without --config on its own embedded mesh (in a temporary folder, stopped at the end);
     with --config on that mesh, which must be up.
 
     Exit code 0 only when no probe was lost, none was handled twice, every ask was
-    answered, none twice (through the gateway too: each handled once by its agent), and no
-    proposal was decided twice (docs/reliability.md).
+    answered, none twice (through the gateway too: each handled once by its agent; each
+    chat of the llm fault answered once, its tool asked once), and no proposal was decided
+    twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
     Example: agentmesh chaos --faults agents,infra --duration 300 --every 3 --seed 7
     Example: agentmesh chaos --faults gateway
+    Example: agentmesh chaos --faults llm
     """
     from agentmesh_cli.chaos.report import chaos_table
     from agentmesh_cli.chaos.runner import Settings, run

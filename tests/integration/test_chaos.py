@@ -1,6 +1,7 @@
 """`agentmesh chaos` for real: its own embedded mesh under supervisord, an agent and the
 topology manager killed with SIGKILL under a probe stream, every figure reported, none lost
-or handled twice; Ctrl+C tears the mesh down."""
+or handled twice; the llm agent killed mid-answer, every chat answered once and its tool
+asked once; Ctrl+C tears the mesh down. And the scripted model server the llm fault runs."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from agentmesh_cli.chaos.scripted import model_calls, start_scripted
+from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.supervisor.control import _alive
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
@@ -80,6 +84,52 @@ def test_chaos_kills_an_agent_and_the_topology_manager_then_restarts_the_mesh(wo
     assert asks["answered_twice"] == 0 and asks["error_replies"] == 0
     assert not _alive(supervisord_pid(workdir))  # the command stopped its mesh
     assert mesh_processes(workdir) == []
+
+
+def test_chaos_kills_the_llm_agent_mid_answer(workdir: Path) -> None:
+    result = agentmesh("chaos", "--faults", "llm", "--pause", "0", "--rate", "50", "--ask-rate", "0",
+                       "--drain", "20", "--workdir", str(workdir), "--json", timeout=170)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["agents"] == ["Concierge", *CHAOS_AGENTS]
+    assert [(f["kind"], f["target"]) for f in data["faults"]] == [("llm", "agent-Concierge")]
+    fault = data["faults"][0]
+    chats = fault["chats"]
+    assert chats["ok"] and fault["recover_s"] is not None, fault["note"]
+    assert len(chats["kills"]) == 2 and all(k["recover_s"] is not None for k in chats["kills"])
+    # every chat answered once, handled once, and its one tool request handled once
+    assert chats["sent"] > 0
+    assert chats["sent"] == chats["answered"] == chats["handled"] == chats["tool_requests"]
+    assert (chats["lost"], chats["failed"], chats["answered_twice"], chats["handled_twice"],
+            chats["tool_asked_twice"], chats["tool_handled_twice"], chats["without_tool"]) == (0,) * 7
+    # the kills landed while a chat streamed, and its re-run asked its tool again under the
+    # same id: answered from Inventory's reply cache, not handled again
+    assert data["llm"]["kills_mid_answer"] >= 1 and chats["tool_cached_replies"] >= 1, fault["note"]
+    assert chats["model_calls"] is not None and chats["model_calls"] >= 2 * chats["answered"]
+    assert (workdir / "scripted-llm.json").exists()
+    assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []  # the model server too
+
+
+def test_the_scripted_model_server_starts_counts_and_stops(tmp_path: Path) -> None:
+    script = {"scenarios": [{"steps": [{"text": "hi there"}]}]}
+    server = start_scripted(script, tmp_path)
+    try:
+        assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
+        assert model_calls(server.base_url) == 0
+        answer = httpx.post(server.base_url + "/chat/completions", timeout=10,
+                            json={"model": "scripted", "messages": [{"role": "user", "content": "hello"}]})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "hi there"
+        assert model_calls(server.base_url) == 1
+    finally:
+        server.stop()
+    assert not _alive(server.pid) and server.proc.returncode == 0
+    assert model_calls(server.base_url) is None  # gone: no answer, not an error
+
+
+def test_a_bad_script_is_an_error_with_the_servers_reason(tmp_path: Path) -> None:
+    with pytest.raises(AgentMeshError, match=r"exited \(2\) before it listened: .*scenarios"):
+        start_scripted({"scenarios": []}, tmp_path)
+    assert "scenarios" in (tmp_path / "scripted-llm.log").read_text()
 
 
 def test_ctrl_c_stops_the_mesh(workdir: Path) -> None:
