@@ -120,9 +120,13 @@ def event_data(envelope: Envelope) -> dict[str, Any]:
     return data
 
 
-def delta_message(conversation: str, sender: str, text: str, in_reply_to: str | None) -> bytes:
-    """A delta as published on the channel (JSON; a notification is `<id> <stream id>`)."""
-    data: dict[str, Any] = {"c": conversation, "from": sender, "text": text, "ts": now_ms()}
+def delta_message(conversation: str, sender: str, text: str, in_reply_to: str | None,
+                  offset: int = 0) -> bytes:
+    """A delta as published on the channel (JSON; a notification is `<id> <stream id>`).
+    `offset`: characters streamed before `text` by this run of the handler: a run started
+    again after a crash streams from 0 again, and a client replaces what it showed."""
+    data: dict[str, Any] = {"c": conversation, "from": sender, "text": text, "offset": offset,
+                            "ts": now_ms()}
     if in_reply_to:
         data["in_reply_to"] = in_reply_to
     return orjson.dumps(data)
@@ -190,9 +194,10 @@ class ConversationLog:
             return None
         return stream.decode() if isinstance(stream, bytes) else str(stream)
 
-    def publish_delta(self, conversation: str, sender: str, text: str, in_reply_to: str | None) -> None:
+    def publish_delta(self, conversation: str, sender: str, text: str, in_reply_to: str | None,
+                      offset: int = 0) -> None:
         self.client.publish(self.keys.conversation_channel,
-                            delta_message(conversation, sender, text, in_reply_to))
+                            delta_message(conversation, sender, text, in_reply_to, offset))
 
     def gone(self, conversation: str, last: tuple[int, int]) -> bool:
         """is_gone for a resume after `last` (one round trip)."""

@@ -72,7 +72,8 @@ def configure_role_logging(program: str, json_lines: bool, level: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(True)
     # the service clients' every request would be a line: only their problems are events
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    for noisy in ("httpx", "httpx2"):  # httpx2: the openai SDK's client (the llm role)
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
     global _role_program

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 COUNTER_EVENTS = "events_out"  # public envelopes appended to conversation logs
 COUNTER_DELTAS = "deltas_out"  # delta events published (after coalescing)
 COUNTER_FAILED = "events_failed"  # appends or publishes that Redis refused
+STREAMS_KEPT = 10_000  # handlings whose streamed length is kept (for the deltas' offsets)
 DRAIN_TIMEOUT_S = 10.0  # the ledger waits this long at most for the events of what it records
 
 
@@ -51,6 +52,8 @@ class PublicEvents:
         self.interval = settings.delta_interval
         # (conversation, the request it answers) -> text queued, in order
         self.pending: dict[tuple[str, str | None], list[str]] = {}
+        # ... -> characters published so far (a delta's offset), for the newest STREAMS_KEPT
+        self.streamed: OrderedDict[tuple[str, str | None], int] = OrderedDict()
         self._flush_due = False
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -90,7 +93,12 @@ class PublicEvents:
         keys = [key for key in self.pending if conversation is None or key[0] == conversation]
         for key in keys:
             text = "".join(self.pending.pop(key))
-            self._submit(lambda key=key, text=text: self._publish(key[0], text, key[1]))  # type: ignore[misc]
+            offset = self.streamed.pop(key, 0)
+            self.streamed[key] = offset + len(text)
+            if len(self.streamed) > STREAMS_KEPT:
+                self.streamed.popitem(last=False)
+            self._submit(lambda key=key, text=text, offset=offset:  # type: ignore[misc]
+                         self._publish(key[0], text, key[1], offset))
 
     def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
         """Wait until the worker did what was handed to it so far (before the ledger)."""
@@ -137,10 +145,10 @@ class PublicEvents:
             return
         self._count(COUNTER_EVENTS)
 
-    def _publish(self, conversation: str, text: str, in_reply_to: str | None) -> None:
+    def _publish(self, conversation: str, text: str, in_reply_to: str | None, offset: int) -> None:
         try:
             with redis_errors("publish a delta"):
-                self.log.publish_delta(conversation, self.rt.name, text, in_reply_to)
+                self.log.publish_delta(conversation, self.rt.name, text, in_reply_to, offset)
         except AgentMeshError as exc:
             self._count(COUNTER_FAILED)
             self.rt.log.warning("delta of %s not published: %s", conversation, exc)

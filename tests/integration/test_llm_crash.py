@@ -100,8 +100,17 @@ def test_a_kill_mid_answer_loses_nothing_and_asks_no_tool_twice(broker: str, val
             text = answer.json()["payload"]["text"]
             assert text == "one two three four five six seven eight nine ten"
             # the first run streamed part of it, the re-run all of it; the answer once
-            streamed = "".join(e.data["text"] for e in seen if e.event == "delta")
+            deltas = [(e.data["offset"], e.data["text"]) for e in seen if e.event == "delta"]
+            streamed = "".join(piece for _, piece in deltas)
             assert streamed.endswith(text) and len(streamed) > len(text)
+            # the re-run streams from offset 0 again: a client that writes each piece at its
+            # offset shows the answer, with no part of the first run's text left over
+            shown = ""
+            for offset, piece in deltas:
+                shown = shown[:offset] + piece
+            assert shown == text
+            offsets = [offset for offset, _ in deltas]
+            assert offsets[0] == 0 and offsets.count(0) == 2  # the first run, then the re-run
             messages = [(e.data["from"], e.data["type"]) for e in seen if e.event == "message"]
             assert messages == [("gateway", "chat"), ("Concierge", "check_stock"),
                                 ("Inventory", "stock_result"), ("Concierge", "answer")]

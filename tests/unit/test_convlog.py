@@ -48,8 +48,10 @@ def test_a_delta_on_the_feed_reads_back() -> None:
     raw = convlog.delta_message("c-9", "Support", "Thanks ", "r-1")
     conversation, stream, data = convlog.parse_feed(raw) or ("", "", None)
     assert (conversation, stream) == ("c-9", None)
-    assert data is not None and {k: data[k] for k in ("from", "text", "in_reply_to")} == \
-        {"from": "Support", "text": "Thanks ", "in_reply_to": "r-1"}
+    assert data is not None and {k: data[k] for k in ("from", "text", "in_reply_to", "offset")} == \
+        {"from": "Support", "text": "Thanks ", "in_reply_to": "r-1", "offset": 0}
+    later = orjson.loads(convlog.delta_message("c-9", "Support", "you", "r-1", offset=7))
+    assert (later["text"], later["offset"]) == ("you", 7)
     assert "in_reply_to" not in orjson.loads(convlog.delta_message("c-9", "S", "x", None))
 
 
