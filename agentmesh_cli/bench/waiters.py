@@ -7,7 +7,10 @@ and `agentmesh bench slow` (`role: agentmesh_cli.bench.waiters:<Class>` in mesh.
   so its message is finished at once; the async `on_tick` runs it (a job of thousands of
   asks inside `on_message` would keep that message's offset open while every reply is
   read past it). Each `await ctx.ask` is timed with time.perf_counter; the results go to
-  Redis as one JSON value (`Keys.bench_result(run)`), where the bench reads them.
+  Redis as one JSON value (`Keys.bench_result(run)`), where the bench reads them. A job
+  asks `bench_ping` unless it names a `type` and `payload`, and with a `conversation` its
+  asks are public in that conversation (`bench llm` asks the llm role `chat`, shown to the
+  conversation's user as a gateway ask is).
 - `Answerer` replies at once with `ctx.reply` from a sync `on_message`: at concurrency 1
   that runs on the agent's loop, the runtime's fast path.
 - `Sleeper` awaits `payload.sleep` seconds per message (asyncio.sleep); `SyncSleeper`
@@ -19,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis
 
 from agentmesh_cli import environment
-from agentmesh_cli.agent.base import Role
+from agentmesh_cli.agent.base import AgentContext, Role
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AskError
@@ -36,6 +40,27 @@ PONG_TYPE = "bench_pong"
 SLEEP_TYPE = "bench_sleep"
 ASK_TIMEOUT_S = 10.0
 RESULT_TTL_S = 86_400  # a run's results outlive the bench by a day, then Redis drops them
+
+
+@dataclass(frozen=True)
+class Request:
+    """What each ask of a job sends (module doc): `bench_ping` with no payload by default."""
+
+    to: str
+    type: str = PING_TYPE
+    payload: dict[str, Any] = field(default_factory=dict)
+    conversation: str | None = None
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> Request:
+        conversation = job.get("conversation")
+        return cls(str(job["to"]), str(job.get("type", PING_TYPE)), dict(job.get("payload") or {}),
+                   None if conversation is None else str(conversation))
+
+    async def ask(self, ctx: AgentContext) -> None:
+        meta = None if self.conversation is None else {"conversation": self.conversation}
+        await ctx.ask(self.to, self.type, self.payload, timeout=ASK_TIMEOUT_S, meta=meta,
+                      public=meta is not None)
 
 
 class Asker(Role):
@@ -57,7 +82,7 @@ class Asker(Role):
     async def on_tick(self, now: float) -> None:
         while self._jobs:
             job = self._jobs.popleft()
-            to = str(job["to"])
+            to = Request.of(job)
             try:
                 if "rate" in job:
                     result = await self._paced(to, float(job["rate"]), float(job["seconds"]))
@@ -70,16 +95,16 @@ class Asker(Role):
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             self._redis.set(self._keys.bench_result(str(job["run"])), orjson.dumps(result), ex=RESULT_TTL_S)
 
-    async def _timed_ask(self, to: str) -> float | None:
+    async def _timed_ask(self, to: Request) -> float | None:
         """One ask's round trip in ms, as the role sees it; None when it failed."""
         started = time.perf_counter()
         try:
-            await self.ctx.ask(to, PING_TYPE, {}, timeout=ASK_TIMEOUT_S)
+            await to.ask(self.ctx)
         except AskError:
             return None
         return (time.perf_counter() - started) * 1000
 
-    async def _sequential(self, to: str, samples: int, warmup: int) -> dict[str, Any]:
+    async def _sequential(self, to: Request, samples: int, warmup: int) -> dict[str, Any]:
         """`warmup` asks not counted, then `samples` asks, one at a time."""
         took: list[float] = []
         failed = 0
@@ -93,7 +118,8 @@ class Asker(Role):
                 took.append(round(ms, 4))
         return {"latencies_ms": took, "failed": failed}
 
-    async def _pipelined(self, to: str, in_flight: int, seconds: float, warmup_s: float) -> dict[str, Any]:
+    async def _pipelined(self, to: Request, in_flight: int, seconds: float,
+                         warmup_s: float) -> dict[str, Any]:
         """`in_flight` asks at all times for `warmup_s` + `seconds`: the asks that end within
         the last `seconds` are counted (and their round trips kept)."""
         begin = time.perf_counter()
@@ -114,7 +140,7 @@ class Asker(Role):
         await asyncio.gather(*(keep_asking() for _ in range(in_flight)))
         return {"latencies_ms": took, "failed": failed, "seconds": seconds, "in_flight": in_flight}
 
-    async def _paced(self, to: str, rate: float, seconds: float) -> dict[str, Any]:
+    async def _paced(self, to: Request, rate: float, seconds: float) -> dict[str, Any]:
         """`rate` asks per second for `seconds` on a fixed schedule (open loop: an ask is
         sent at its time whatever the earlier ones do), each timed from that time, so a
         stall is counted in full rather than hidden by the asks it delays."""
@@ -126,7 +152,7 @@ class Asker(Role):
         async def one(scheduled: float) -> None:
             nonlocal failed
             try:
-                await self.ctx.ask(to, PING_TYPE, {}, timeout=ASK_TIMEOUT_S)
+                await to.ask(self.ctx)
             except AskError:
                 failed += 1
                 return

@@ -16,7 +16,7 @@ from agentmesh_cli.cli import printer
 if TYPE_CHECKING:
     from rich.table import Table
 
-SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow", "gateway")
+SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow", "gateway", "llm")
 ALL = "all"
 
 
@@ -89,7 +89,8 @@ def bench(
         help="consensus: proposals in the throughput run (3 votes each).")] = 4000,
     samples: Annotated[int | None, typer.Option(
         help="consensus: latency samples (300); ask: round trips one at a time per run, agents and "
-             "raw each (200); gateway: asks one at a time per round, each way (200).", min=1)] = None,
+             "raw each (200); gateway: asks one at a time per round, each way (200); llm: direct SDK "
+             "calls and asks one at a time per run, of each kind (200).", min=1)] = None,
     concurrency: Annotated[int | None, typer.Option(
         help="services: calls in flight under load (64); ask: asks in flight in the pipelined phase "
              "(64); slow: the agent's agents[].concurrency (1000).", min=1)] = None,
@@ -104,8 +105,8 @@ def bench(
     history: Annotated[int, typer.Option(help="services: items in the history that is read.", min=1,
                                          max=1000)] = 200,
     repeats: Annotated[int | None, typer.Option(
-        help="startup: up/down cycles (3); ask: runs (5); slow: runs (3); gateway: rounds (5). Figures "
-             "are medians over the runs.", min=1)] = None,
+        help="startup: up/down cycles (3); ask: runs (5); slow: runs (3); gateway: rounds (5); llm: "
+             "runs (3). Figures are medians over the runs.", min=1)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="mesh: use the broker and Redis of this running mesh (under a mesh name and "
                          "topic prefix of the bench's own) instead of starting throwaway ones.")] = None,
@@ -128,6 +129,7 @@ def bench(
     Example: agentmesh bench ask --repeats 5
     Example: agentmesh bench slow --concurrency 1000 --duration 10
     Example: agentmesh bench gateway --rate 200 --followers 1000
+    Example: agentmesh bench llm --samples 200 --repeats 3
     Example: agentmesh bench --json --out bench.json
     """
     if scenario != ALL and scenario not in SCENARIOS:
@@ -145,6 +147,7 @@ def bench(
         "slow": {"repeats": repeats, "concurrency": concurrency, "duration": duration},
         "gateway": {"repeats": repeats, "rate": rate, "duration": duration, "samples": samples,
                     "followers": followers, "follower_events": follower_events},
+        "llm": {"repeats": repeats, "samples": samples},
     }
     chosen = SCENARIOS if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}

@@ -59,6 +59,7 @@ from agentmesh_cli.llm.scripted_wire import (
 from agentmesh_cli.services.http import bind
 
 SHUTDOWN_GRACE_S = 1  # a stalled stream never ends by itself: SIGTERM cuts it after this
+LISTENING = "listening on "  # starts the line a parent process waits for (then the base URL)
 
 
 class ScriptedLlmServer:
@@ -188,7 +189,7 @@ class _AnnouncingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            print(f"listening on {self.url}", flush=True)
+            print(f"{LISTENING}{self.url}", flush=True)
 
 
 def serve(server: ScriptedLlmServer, host: str, port: int) -> None:
