@@ -154,7 +154,7 @@ def test_conversation_tally(events: list[tuple[str, str, Any]], tally: tuple[int
     (b"c-1 1700000000000-0", None),  # an append's notice
     (b"{not json", None),
     (42, None),
-], ids=["bytes", "str", "other-sender", "no-request", "append-notice", "not-json", "not-text"])  # no ts in ids
+], ids=["bytes", "str", "other-sender", "no-request", "append-notice", "not-json", "not-text"])
 def test_heard_delta(raw: object, heard: tuple[str, str] | None) -> None:
     assert heard_delta(raw, "Concierge") == heard
 
