@@ -146,7 +146,7 @@ def test_a_tool_round_trip_streams_to_the_conversation(gateway: RunningGateway,
     streamed = "".join(seen[i].data["text"] for i in deltas)
     assert streamed == "Let me check. " + payload["text"]
     final = next(i for i, e in enumerate(seen) if e.event == "message" and e.data["type"] == "answer")
-    assert len(deltas) >= 3 and max(deltas) < final  # 6 pieces 60 ms apart: coalesced, not one
+    assert len(deltas) >= 2 and max(deltas) < final  # each round's text flushed before what follows it
     assert all(e.data["user"] == "alice" for e in seen if e.event == "message")
 
 
