@@ -45,13 +45,17 @@ from agentmesh_cli.bench.llm_direct import (
     TOOL_ARGUMENTS,
     TOOL_ASK,
     direct_calls,
-    requests_seen,
-    start_scripted,
     steps_seen,
 )
 from agentmesh_cli.bench.roundtrip import WARMUP
-from agentmesh_cli.embedded import stop
 from agentmesh_cli.errors import BenchError
+from agentmesh_cli.llm.process import requests_seen, start_scripted
+
+
+def forgotten_requests(base_url: str) -> list[dict[str, Any]]:
+    """The model requests since the last call, then forgotten (the server's record grows)."""
+    return requests_seen(base_url, forget=True)
+
 
 LLM, INVENTORY = "Concierge", "Inventory"
 IDLE_MIN_S = 2.0  # the agents' idle share is taken over the direct calls, padded to this long
@@ -114,7 +118,7 @@ def _role_requests(jobs: Jobs, agents: AgentsMesh, base_url: str) -> dict[str, d
         result = jobs.run(in_flight=1, samples=WARMUP, **_chat(text))
         if result["failed"]:
             raise BenchError(f"{result['failed']} of {WARMUP} chats failed; see {agents.log(LLM)}")
-        first = [r for r in requests_seen(base_url) if (r["scenario"], r["step"]) == (scenario, 0)]
+        first = [r for r in forgotten_requests(base_url) if (r["scenario"], r["step"]) == (scenario, 0)]
         if not first:
             raise BenchError(f"the role sent no request of the {scenario!r} chat; see {agents.log(LLM)}")
         bodies[scenario] = first[0]["body"]
@@ -131,7 +135,7 @@ def _direct(base_url: str, bodies: dict[str, dict[str, Any]], samples: int, serv
     time.sleep(max(0.0, IDLE_MIN_S - (time.perf_counter() - wall)))
     elapsed = time.perf_counter() - wall
     got["idle"] = {name: round((cpu_seconds(pid) - before[name]) / elapsed, 4) for name, pid in pids.items()}
-    requests_seen(base_url)  # forgotten
+    forgotten_requests(base_url)  # forgotten
     return got
 
 
@@ -140,14 +144,14 @@ def _asks(jobs: Jobs, request: dict[str, Any], samples: int, pids: dict[str, int
     """`samples` asks one at a time (after WARMUP); each process's CPU per ask above idle,
     the server's per model call, and the model requests each script step got."""
     jobs.run(in_flight=1, samples=WARMUP, **request)
-    requests_seen(base_url)
+    forgotten_requests(base_url)
     before, server = {name: cpu_seconds(pid) for name, pid in pids.items()}, cpu_seconds(server_pid)
     wall = time.perf_counter()
     result = jobs.run(in_flight=1, samples=samples, **request)
     elapsed = time.perf_counter() - wall
     used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     server = cpu_seconds(server_pid) - server
-    records = requests_seen(base_url)
+    records = forgotten_requests(base_url)
     seen = steps_seen(records)
     return {"latency": percentiles(result["latencies_ms"]), "failed": result["failed"], "seen": dict(seen),
             "cpu_us": {name: round(max(0.0, used[name] - idle[name] * elapsed) / samples * 1e6, 1)
@@ -195,7 +199,8 @@ def _run(jobs: Jobs, agents: AgentsMesh, bodies: dict[str, dict[str, Any]], samp
 def _measure(repeats: int, samples: int) -> list[dict[str, Any]]:
     """The server, then the mesh using it; `repeats` runs; everything stopped by pid after."""
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-llm-") as folder:
-        server, base_url = start_scripted(SCRIPT, Path(folder))
+        server = start_scripted(SCRIPT, Path(folder))
+        base_url = server.base_url
         try:
             with agents_mesh(_agents(base_url)) as agents:
                 jobs = Jobs(agents)
@@ -205,7 +210,7 @@ def _measure(repeats: int, samples: int) -> list[dict[str, Any]]:
                 finally:
                     jobs.close()
         finally:
-            stop(server)
+            server.stop()
 
 
 # the result -------------------------------------------------------------------------------

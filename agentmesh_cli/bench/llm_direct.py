@@ -10,26 +10,16 @@ SDK user must (each chunk's text and tool-call parts), nothing more.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
-import orjson
 
 from agentmesh_cli.bench.infra import cpu_seconds, percentiles
-from agentmesh_cli.embedded import stop
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.llm.model import NO_KEY
-from agentmesh_cli.llm.script import parse_script
-from agentmesh_cli.llm.scripted import LISTENING
-from agentmesh_cli.waiting import wait_until
 
-START_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 10.0
 MODEL = "scripted"
 # the answer every text step streams: 20 words, one chunk each (the script sets no chunks)
@@ -47,48 +37,6 @@ SCRIPT: dict[str, Any] = {"model": MODEL, "scenarios": [
         {"text": ANSWER}]},
     {"name": "text", "when": TEXT_ASK, "steps": [{"text": ANSWER}]},
 ]}
-
-
-def start_scripted(script: dict[str, Any], folder: Path,
-                   timeout: float = START_TIMEOUT_S) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the scripted server playing `script` on a free loopback port; return its
-    process and base URL (what an OpenAI client takes) once it listens. The script is
-    checked here first (a ConfigError naming the key, not a process that dies); it and the
-    server's output go to `folder`. The caller stops the process (embedded.stop, by pid)."""
-    parse_script(script, "the bench's model script")
-    path, out = folder / "scripted-llm.json", folder / "scripted-llm.log"
-    path.write_bytes(orjson.dumps(script))
-    with out.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agentmesh_cli.llm.scripted", "--script", str(path),
-                                 "--host", "127.0.0.1", "--port", "0"], stdout=log, stderr=subprocess.STDOUT)
-
-    def announced() -> str | None:
-        for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith(LISTENING):
-                return line.removeprefix(LISTENING).strip()
-        if proc.poll() is not None:
-            raise BenchError(f"the scripted model server exited with {proc.returncode}; see {out}")
-        return None
-
-    try:
-        return proc, wait_until(announced, timeout, f"the scripted model server to listen; see {out}",
-                                interval=0.02)
-    except BaseException:
-        stop(proc)
-        raise
-
-
-def requests_seen(base_url: str) -> list[dict[str, Any]]:
-    """Every chat request the server got since it was last told to forget them, then
-    forgotten (its record grows with each request otherwise)."""
-    root = base_url.removesuffix("/v1")
-    try:
-        with httpx.Client(base_url=root, timeout=CALL_TIMEOUT_S) as http:
-            records: list[dict[str, Any]] = http.get("/_requests").raise_for_status().json()
-            http.delete("/_requests").raise_for_status()
-    except httpx.HTTPError as exc:
-        raise BenchError(f"the scripted model server did not list its requests: {exc}") from exc
-    return records
 
 
 def steps_seen(records: list[dict[str, Any]]) -> Counter[str]:

@@ -16,7 +16,6 @@ recovered from.
 - http_asks.py: asks through the gateway over HTTP, retried with their Idempotency-Key
 - llm.py: the llm fault (kill -9 of the Concierge mid-answer under chats) and its verdict
 - chats.py: what a chat's user saw: the streamed deltas, the conversation's log
-- scripted.py: the scripted model server the llm fault's Concierge talks to
 - runner.py: one run, start to end
 - figures.py: the run's figures as one JSON-able result
 - report.py: the result as one table

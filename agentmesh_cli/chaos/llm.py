@@ -2,7 +2,7 @@
 chats, mid-answer, `KILLS` times.
 
 The embedded mesh runs it for this fault only: a Concierge whose model is the run's
-scripted server (chaos/scripted.py) playing `SCRIPT`: every chat is one tool call (an ask of
+scripted server (llm/process.py) playing `SCRIPT`: every chat is one tool call (an ask of
 Inventory) and then a text streamed slowly, so that a kill lands while a turn streams.
 Chats go through the gateway over HTTP (chaos/http_asks.py), each with its own
 `Idempotency-Key` and retried with it, so a request is the same request after the crash;
@@ -31,10 +31,10 @@ from agentmesh_cli.chaos.faults import Context, Fault
 from agentmesh_cli.chaos.gateway import LIVE, counter_delta, unrecorded
 from agentmesh_cli.chaos.http_asks import HttpAskStream, Request
 from agentmesh_cli.chaos.observe import ProgramStates
-from agentmesh_cli.chaos.scripted import model_calls
 from agentmesh_cli.chaos.watches import RUNNING, Watch
 from agentmesh_cli.convlog import ConversationLog
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
+from agentmesh_cli.llm.process import model_calls
 from agentmesh_cli.services.probe import gateway_url, tls_verify
 from agentmesh_cli.waiting import wait_until
 

@@ -19,8 +19,8 @@ import yaml
 from agentmesh_cli import lifecycle
 from agentmesh_cli.bench.infra import free_port
 from agentmesh_cli.chaos.llm import SCRIPT, concierge_agent
-from agentmesh_cli.chaos.scripted import start_scripted
 from agentmesh_cli.errors import AgentMeshError, WaitTimeout
+from agentmesh_cli.llm.process import start_scripted
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.supervisor.control import Supervisor, _alive
 from agentmesh_cli.waiting import wait_until

@@ -20,6 +20,8 @@ from pydantic_core import PydanticCustomError
 from agentmesh_cli.config_values import describe_error, key_path
 from agentmesh_cli.errors import ConfigError
 
+LISTENING = "listening on "  # the server's line once it accepts connections (then its /v1 URL)
+
 Message = dict[str, Any]
 
 

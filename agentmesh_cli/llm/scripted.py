@@ -40,7 +40,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from agentmesh_cli.errors import AgentMeshError, ConfigError
-from agentmesh_cli.llm.script import Script, build_answer, choose, load_script, parse_script
+from agentmesh_cli.llm.script import LISTENING, Script, build_answer, choose, load_script, parse_script
 from agentmesh_cli.llm.scripted_wire import (
     ErrorReply,
     StreamPlan,
@@ -59,7 +59,6 @@ from agentmesh_cli.llm.scripted_wire import (
 from agentmesh_cli.services.http import bind
 
 SHUTDOWN_GRACE_S = 1  # a stalled stream never ends by itself: SIGTERM cuts it after this
-LISTENING = "listening on "  # starts the line a parent process waits for (then the base URL)
 
 
 class ScriptedLlmServer:

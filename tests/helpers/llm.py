@@ -9,21 +9,14 @@ process on a free loopback port, playing a script written from a dict.
 
 from __future__ import annotations
 
-import json
-import select
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
-from agentmesh_cli.embedded import stop
-
-LISTENING = "listening on "
+from agentmesh_cli.llm.process import ScriptedServer, start_scripted
 
 
 class ScriptedLlm:
@@ -39,8 +32,7 @@ class ScriptedLlm:
         self.base_url = ""
         self.returncode: int | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
+        self._server: ScriptedServer | None = None
         self._http: httpx.Client | None = None
 
     @property
@@ -50,20 +42,13 @@ class ScriptedLlm:
 
     def __enter__(self) -> ScriptedLlm:
         self._folder = tempfile.TemporaryDirectory(prefix="scripted-llm-")
-        folder = Path(self._folder.name)
-        script = folder / "script.json"
-        script.write_text(json.dumps(self.script), encoding="utf-8")
-        command = [sys.executable, "-m", "agentmesh_cli.llm.scripted", "--script", str(script),
-                   "--host", "127.0.0.1", "--port", "0"]
-        if self.api_key is not None:
-            command += ["--api-key", self.api_key]
-        self._stderr = (folder / "stderr.log").open("wb")
         try:
-            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr)
-            self.base_url = self._wait_listening(self._proc)
+            self._server = start_scripted(self.script, Path(self._folder.name), self.start_timeout,
+                                          api_key=self.api_key)
         except BaseException:
             self.close()
             raise
+        self.base_url = self._server.base_url
         self._http = httpx.Client(base_url=self.url, timeout=10.0)
         return self
 
@@ -71,40 +56,20 @@ class ScriptedLlm:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def _wait_listening(self, proc: subprocess.Popen[bytes]) -> str:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([proc.stdout], [], [], left)[0]:
-                continue
-            line = proc.stdout.readline().decode()
-            if line.startswith(LISTENING):
-                return line.removeprefix(LISTENING).strip()
-            if not line:
-                raise AssertionError(f"the scripted server exited {proc.wait()} before listening:\n"
-                                     f"{self.stderr()}")
-        raise AssertionError(f"the scripted server printed no {LISTENING!r} line in "
-                             f"{self.start_timeout} s:\n{self.stderr()}")
-
     def stderr(self) -> str:
-        if self._folder is None:
+        if self._server is None:
             return ""
-        return (Path(self._folder.name) / "stderr.log").read_text(encoding="utf-8", errors="replace")
+        return self._server.log.read_text(encoding="utf-8", errors="replace")
 
     def close(self) -> None:
-        """Stop the server (TERM, then KILL if it does not go) and remove its files."""
+        """Stop the server (TERM, then KILL if it does not go, by pid) and remove its files."""
         if self._http is not None:
             self._http.close()
             self._http = None
-        if self._proc is not None:
-            stop(self._proc)
-            self.returncode = self._proc.returncode
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
-            self._proc = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        if self._server is not None:
+            self._server.stop()
+            self.returncode = self._server.proc.returncode
+            self._server = None
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None
