@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.chaos.asks import ANSWERED
@@ -132,16 +132,7 @@ class GatewayWatch(Watch):
             elif self.timed_out(now, out.started):
                 self.step = "after"
             return False
-        if self.step == "after":
-            if now >= self.until:
-                self.stream.stop()
-                self.step = "finishing"
-            return False
-        if self.step == "finishing":
-            if self.stream.done():
-                self.step, self.until = "settling", now + SETTLE_S
-            return False
-        return self._settle(now)
+        return wind_down(self, now)
 
     def _ready(self, pid: int) -> bool:
         try:
@@ -177,6 +168,30 @@ class GatewayWatch(Watch):
 
     def abort(self) -> None:
         self.stream.join(0)
+
+
+class _HttpAsksWatch(Protocol):
+    step: str
+    until: float
+    stream: HttpAskStream
+
+    def _settle(self, now: float) -> bool: ...
+
+
+def wind_down(watch: _HttpAsksWatch, now: float) -> bool:
+    """The end of a fault under asks over HTTP (the gateway's, the llm agent's): the asks go
+    on AFTER_S after the recovery ("after"), are let finish ("finishing"), then the watch
+    settles and judges; True once judged."""
+    if watch.step == "after":
+        if now >= watch.until:
+            watch.stream.stop()
+            watch.step = "finishing"
+        return False
+    if watch.step == "finishing":
+        if watch.stream.done():
+            watch.step, watch.until = "settling", now + SETTLE_S
+        return False
+    return watch._settle(now)
 
 
 def counter_delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]], agent: str,

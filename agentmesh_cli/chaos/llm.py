@@ -28,7 +28,7 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli.chaos import chats
 from agentmesh_cli.chaos.faults import Context, Fault
-from agentmesh_cli.chaos.gateway import LIVE, counter_delta, unrecorded
+from agentmesh_cli.chaos.gateway import LIVE, counter_delta, unrecorded, wind_down
 from agentmesh_cli.chaos.http_asks import HttpAskStream, Request
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.watches import RUNNING, Watch
@@ -57,7 +57,6 @@ WARM_UP_S = 30.0
 MID_STREAM_S = 5.0  # how long to wait for a chat well into its streamed text to kill under
 ASK_TIMEOUT_S = 15.0  # each attempt's: a chat waits out the restart and the backlog before it
 AFTER_S = 3.0  # chats go on this long after the last recovery
-SETTLE_S = 15.0  # for the ledgers and counters to hold what was answered
 
 
 def concierge_agent(base_url: str) -> dict[str, Any]:
@@ -192,16 +191,7 @@ class LlmWatch(Watch):
             elif now >= self.until + self.ctx.timeout:
                 self.step, self.until = "after", now + AFTER_S
             return False
-        if self.step == "after":
-            if now >= self.until:
-                self.stream.stop()
-                self.step = "finishing"
-            return False
-        if self.step == "finishing":
-            if self.stream.done():
-                self.step, self.until = "settling", now + SETTLE_S
-            return False
-        return self._settle(now)
+        return wind_down(self, now)
 
     def _watch_restart(self, now: float, states: ProgramStates) -> None:
         kill, out = self.kills[-1], self.outcome

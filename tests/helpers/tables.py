@@ -197,3 +197,21 @@ def append(path: Path, *lines: str) -> None:
 
 
 CHAOS_AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
+
+
+def quiet_chaos_result(fault: dict[str, Any], agents: list[str], duration_s: float,
+                       **extra: Any) -> dict[str, Any]:
+    """A chaos run's result around one fault row, where nothing else happened: every probe
+    handled, no ask, no proposal, status agreeing (`extra`: the rows' own sections)."""
+    return {
+        "embedded": True, "mesh": "chaos", "agents": agents, "duration_s": duration_s,
+        "settings": {"rate": 200}, "faults": [fault],
+        "probes": {"sent": 10, "produced": 10, "refused": 0, "unconfirmed": 0, "handled": 10, "lost": 0},
+        "duplicates_handled": 0, "duplicates_recognised": 0, "dead_letters": 0, "demo_messages_in": 4,
+        "proposals": {"opened": 0, "decided": 0, "opened_more_than_once": 0,
+                      "decided_more_than_once": 0, "overdue": 0, "pending": 0},
+        "status": {"samples": 5, "disagreements": 0, "failed": 0, "slowest_s": 0.1},
+        "asks": {"agents": ["Sales"], "produced": 0, "refused": 0, "sent": 0, "answered": 0, "lost": 0,
+                 "answered_twice": 0, "error_replies": 0, "p50_ms": None, "p99_ms": None},
+        **extra,
+    }

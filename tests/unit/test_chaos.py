@@ -17,7 +17,7 @@ from agentmesh_cli.chaos.http_asks import HttpAsk, ask_figures
 from agentmesh_cli.chaos.observe import judge
 from agentmesh_cli.chaos.report import chaos_table
 from agentmesh_cli.errors import ConfigError
-from tests.helpers.tables import CHAOS_AGENTS
+from tests.helpers.tables import CHAOS_AGENTS, quiet_chaos_result
 
 PROGRAMS = sorted(["kafka", "redis", "memory", "cognition", "metrics", "topology-manager",
                    "consensus-manager", *(f"agent-{a}" for a in CHAOS_AGENTS)])
@@ -180,18 +180,7 @@ def test_gateway_row_and_lines_in_the_table_and_the_verdict() -> None:
     fault = {"fault": "kill -9 gateway (asks over HTTP)", "phase": "sequence", "detect_s": 0.2,
              "recover_s": 2.5, "lost": 0, "note": asks_note(row), "recovered_by": "new pid ready",
              "asks": row}
-    result = {
-        "embedded": True, "mesh": "chaos", "agents": CHAOS_AGENTS, "duration_s": 20.0,
-        "settings": {"rate": 200}, "faults": [fault],
-        "probes": {"sent": 10, "produced": 10, "refused": 0, "unconfirmed": 0, "handled": 10, "lost": 0},
-        "duplicates_handled": 0, "duplicates_recognised": 0, "dead_letters": 0, "demo_messages_in": 4,
-        "proposals": {"opened": 0, "decided": 0, "opened_more_than_once": 0,
-                      "decided_more_than_once": 0, "overdue": 0, "pending": 0},
-        "status": {"samples": 5, "disagreements": 0, "failed": 0, "slowest_s": 0.1},
-        "asks": {"agents": ["Sales"], "produced": 0, "refused": 0, "sent": 0, "answered": 0, "lost": 0,
-                 "answered_twice": 0, "error_replies": 0, "p50_ms": None, "p99_ms": None},
-        "gateway": gateway_figures([row]),
-    }
+    result = quiet_chaos_result(fault, CHAOS_AGENTS, 20.0, gateway=gateway_figures([row]))
     result["ok"] = judge_result(result)
     assert result["ok"]
     text = rendered(result)

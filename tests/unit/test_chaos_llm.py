@@ -32,7 +32,7 @@ from agentmesh_cli.convlog import delta_message
 from agentmesh_cli.errors import ConfigError
 from agentmesh_cli.llm.script import build_answer, choose, parse_script
 from agentmesh_cli.llm.tools import Call, offered, resolve
-from tests.helpers.tables import CHAOS_AGENTS
+from tests.helpers.tables import CHAOS_AGENTS, quiet_chaos_result
 
 AGENTS = ["Concierge", *CHAOS_AGENTS]
 PROGRAMS = sorted(["kafka", "redis", "memory", "cognition", "metrics", "gateway", "topology-manager",
@@ -216,18 +216,7 @@ def test_llm_row_and_lines_in_the_table_and_the_verdict() -> None:
     fault = {"fault": "kill -9 agent-Concierge mid-answer (chats over HTTP)", "phase": "sequence",
              "detect_s": 0.3, "recover_s": 4.5, "lost": 0, "note": chats_note(row),
              "recovered_by": "new pid ready", "asks": None, "chats": row}
-    result = {
-        "embedded": True, "mesh": "chaos", "agents": AGENTS, "duration_s": 30.0,
-        "settings": {"rate": 200}, "faults": [fault],
-        "probes": {"sent": 10, "produced": 10, "refused": 0, "unconfirmed": 0, "handled": 10, "lost": 0},
-        "duplicates_handled": 0, "duplicates_recognised": 0, "dead_letters": 0, "demo_messages_in": 4,
-        "proposals": {"opened": 0, "decided": 0, "opened_more_than_once": 0,
-                      "decided_more_than_once": 0, "overdue": 0, "pending": 0},
-        "status": {"samples": 5, "disagreements": 0, "failed": 0, "slowest_s": 0.1},
-        "asks": {"agents": ["Sales"], "produced": 0, "refused": 0, "sent": 0, "answered": 0, "lost": 0,
-                 "answered_twice": 0, "error_replies": 0, "p50_ms": None, "p99_ms": None},
-        "gateway": None, "llm": llm_figures([row]),
-    }
+    result = quiet_chaos_result(fault, AGENTS, 30.0, gateway=None, llm=llm_figures([row]))
     result["ok"] = judge_result(result)
     assert result["ok"]
     text = rendered(result)
