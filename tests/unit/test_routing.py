@@ -1,6 +1,7 @@
 """The replica routers (agentmesh_cli/routing) on scripted round trips: the peak-EWMA, the
 in-flight bookkeeping, smooth weighted round robin, p2c's costs and picks, physarum's
-conductance step, lengths and probabilities, in exact numbers."""
+conductance step, lengths and probabilities, in exact numbers; and the simulator's
+invariants on short runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from agentmesh_cli.routing.models import (
     Router,
     make_router,
 )
+from agentmesh_cli.routing.simulate import Scenario, simulate
 
 ABC = ["A", "B", "C"]
 
@@ -336,3 +338,60 @@ def test_make_router_refuses(model: str, options: dict[str, float], message: str
     with pytest.raises(ConfigError) as caught:
         make_router(model, Draws(), **options)
     assert str(caught.value) == message
+
+
+# ---- the simulator ---------------------------------------------------------------------------
+CAPACITIES = {"R1": 100.0, "R2": 50.0, "R3": 25.0}
+
+
+@pytest.mark.parametrize(("model", "options"), [
+    ("physarum", {}), ("p2c_ewma", {}), ("round_robin", {"weights": CAPACITIES}),
+])
+def test_simulation_serves_every_message_once(model: str, options: dict[str, object]) -> None:
+    scenario = Scenario(rate=140.0, duration_s=20.0, warmup_s=2.0, seed=7)
+    result = simulate(model, scenario, **options)
+    sent = len(result.arrivals)
+    late = sum(1 for t, _ in result.arrivals if t >= scenario.warmup_s)
+    assert 2500 < sent < 3100  # Poisson, 140/s for 20 s
+    assert (result.served, result.served_twice, result.timed_out, result.skipped) == (sent, 0, 0, 0)
+    assert len(result.latencies_ms) == late
+    for row in result.share_series():
+        assert sum(row) == pytest.approx(1.0)
+    assert result.quantile_ms(0.5) <= result.quantile_ms(0.99)
+    again = simulate(model, scenario, **options)  # seeded: the same run
+    assert (again.arrivals, again.latencies_ms) == (result.arrivals, result.latencies_ms)
+
+
+def test_plain_round_robin_overloads_the_slow_replica() -> None:
+    # a third of 140 msg/s to R3, which serves 25: its inbox grows, its asks time out and
+    # expire there; still nothing is served twice and nothing vanishes
+    scenario = Scenario(rate=140.0, duration_s=20.0, warmup_s=2.0, seed=7)
+    result = simulate("round_robin", scenario)
+    assert result.shares(0.0, 20.0) == pytest.approx([1 / 3, 1 / 3, 1 / 3], abs=1e-3)
+    assert result.timed_out > 0 and result.skipped > 0 and result.served_twice == 0
+    assert result.served + result.skipped == len(result.arrivals)
+
+
+def test_simulation_kill_and_restart() -> None:
+    # R3 is dead from 10 s to 13 s: what it held and what came meanwhile is served after the
+    # restart (the asks wait 10 s), nothing twice
+    scenario = Scenario(rate=140.0, duration_s=25.0, warmup_s=2.0, kill=2, kill_at_s=10.0,
+                        restart_at_s=13.0, seed=3)
+    result = simulate("physarum", scenario)
+    assert (result.served, result.served_twice, result.timed_out) == (len(result.arrivals), 0, 0)
+    dead = result.dead_share()
+    assert dead is not None and dead == result.shares(10.0, 12.0)[2] < 0.05
+    before = result.share_before_kill(span_s=8.0)
+    assert before is not None and 0.05 < before < 0.25
+    recovered = result.recovery_s(before)
+    assert recovered is not None and 3.0 <= recovered <= 12.0
+
+
+def test_simulation_a_replica_dead_past_the_ask_timeout() -> None:
+    # dead from 5 s to 13 s with 2 s asks: its backlog expires, is skipped, and timed out
+    scenario = Scenario(rate=100.0, duration_s=20.0, warmup_s=1.0, ask_timeout_s=2.0, kill=0,
+                        kill_at_s=5.0, restart_at_s=13.0, seed=5)
+    result = simulate("p2c_ewma", scenario)
+    assert result.skipped > 0 and result.timed_out >= result.skipped
+    assert result.served + result.skipped == len(result.arrivals)
+    assert result.served_twice == 0
