@@ -40,9 +40,9 @@ class PhysarumParams:
     """Every knob of the physarum model, each default chosen by reasoning and checked in the
     simulation (docs/routing.md, `python -m agentmesh_cli.routing.simulate`)."""
 
-    # f's exponent: 1 makes the fixed point equalise (1 + Q_k) * L_k over the replicas in
+    # f's exponent: 1 makes the fixed point balance (1 + Q_k) * L_k over the replicas in
     # use (a Wardrop split), and keeps identical replicas evenly shared at no load for any
-    # count; above 1 (1.25 for three) one replica takes the flux while the load is light
+    # count; above about 1.38 for two, 1.25 for three, 1.08 for ten, light load starves some
     mu: float = 1.0
     # per second: the conductance forgets a replica's past flux in 1/gamma = 2 s, fast
     # enough to follow a kill or a restart, slow enough to smooth one second's noise
@@ -56,10 +56,11 @@ class PhysarumParams:
     # how a recovered or new replica gets the samples to grow back; a dead replica gets
     # exploration / n of them (0.7% of three), inside the issue's 2% budget
     exploration: float = 0.02
-    # the stretch for an old request in flight: an age beyond grace * e_k is not normal
-    # service (the peak-EWMA sits near the peaks), and L_k grows with its cube, so a replica
-    # that stopped answering fades within a few of its round trips
+    # the stretch grows with the cube of the oldest request's age, so a replica that stopped
+    # answering fades within a few of its round trips (the square lets twice as many in)
     penalty_power: float = 3.0
+    # an oldest request younger than half the peak-EWMA (which sits near the peaks) is
+    # normal service and stretches nothing; a quarter stretches healthy replicas (p99)
     penalty_grace: float = 0.5
     # None: f(1/n) / gamma, the conductance an equal share of the replies settles at
     initial_conductance: float | None = None
