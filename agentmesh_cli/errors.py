@@ -14,6 +14,7 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     ├── TopologyError              a graph query that has no answer (unknown agent, no route)
     │   └── SnapshotError          a topology snapshot that is not JSON or does not fit (a bad edge)
     ├── ConsensusError             the consensus core refused its rules or a proposal (quorum, type)
+    ├── RoutingError               a replica router asked to choose among none, or told of a replica it lacks
     ├── WaitTimeout                a condition waited for (waiting.wait_until) did not hold in time
     ├── MeshDraining               operator input refused while `agentmesh down` drains the mesh
     ├── BenchError                 a bench cannot run or did not finish (a program did not start)
@@ -140,6 +141,12 @@ class SnapshotError(TopologyError):
 class ConsensusError(AgentMeshError):
     """The consensus core refused what it was given: a quorum outside (0, 1], a negative
     proposal timeout, a proposal type it does not know."""
+
+
+class RoutingError(AgentMeshError):
+    """A replica router (routing/models.py) was asked to choose among no replicas, or told
+    of a send to a replica it does not route to: the caller's bookkeeping and the router's
+    have drifted apart, which a silent guess would hide."""
 
 
 class WaitTimeout(AgentMeshError):
