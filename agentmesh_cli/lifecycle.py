@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import drain
-from agentmesh_cli.agent.roles import resolve_role
+from agentmesh_cli.agent.resolve import resolve_role
 from agentmesh_cli.broker import broker_reachable, prepare_topics
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret

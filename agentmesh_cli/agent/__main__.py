@@ -35,7 +35,7 @@ def run_agent(name: str, role: str | None, capabilities: str | None, config: Pat
 
     The one body of both entries (this module and `agentmesh agent`)."""
     from agentmesh_cli import constants as C
-    from agentmesh_cli.agent.roles import resolve_role
+    from agentmesh_cli.agent.resolve import resolve_role
     from agentmesh_cli.agent.runtime import AgentRuntime
     from agentmesh_cli.logformat import configure_role_logging
     from agentmesh_cli.mesh import load_mesh

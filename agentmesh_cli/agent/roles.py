@@ -23,7 +23,6 @@ message otherwise).
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 from collections import deque
@@ -33,9 +32,8 @@ from typing import Any
 from agentmesh_cli.agent.base import Role, Vote, type_of_request
 from agentmesh_cli.agent.demo_payloads import CheckStock, RecentOrders, RiskAssessment, Ticket
 from agentmesh_cli.consensus.core import Proposal
-from agentmesh_cli.constants import ROLE_LLM
 from agentmesh_cli.envelope import Envelope
-from agentmesh_cli.errors import AskError, RoleError
+from agentmesh_cli.errors import AskError
 
 CATALOGUE = {"keyboard": 40, "monitor": 180, "laptop": 1200, "cable": 8, "chair": 150}
 RESTOCK_EVERY_S = 30.0
@@ -373,31 +371,3 @@ class SupportRole(Role):
 def _amount(proposal: Proposal) -> float:
     amount = proposal.content.get("amount")
     return float(amount) if isinstance(amount, int | float) and not isinstance(amount, bool) else 0.0
-
-
-BUILTIN: dict[str, type[Role]] = {
-    "sales": SalesRole,
-    "support": SupportRole,
-    "inventory": InventoryRole,
-    "fraud": FraudRole,
-}
-
-
-def resolve_role(role: str) -> type[Role]:
-    """A built-in role name, or `package.module:Class` naming a Role subclass."""
-    if role in BUILTIN:
-        return BUILTIN[role]
-    if role == ROLE_LLM:  # imported only here: the openai SDK is for llm agents only
-        from agentmesh_cli.llm.role import LlmRole
-        return LlmRole
-    module_name, _, class_name = role.partition(":")
-    if not class_name:
-        raise RoleError(f"unknown role {role!r}: use a built-in role or 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RoleError(f"role {role!r}: cannot import {module_name}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Role)):
-        raise RoleError(f"role {role!r}: {module_name} has no Role subclass named {class_name}")
-    return cls

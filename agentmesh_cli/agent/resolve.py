@@ -1,0 +1,38 @@
+"""Which Role class an agent runs: a built-in role by name (`llm` imported only when asked
+for: the openai SDK is for llm agents only), or `package.module:Class`."""
+
+from __future__ import annotations
+
+import importlib
+
+from agentmesh_cli.agent.base import Role
+from agentmesh_cli.agent.roles import FraudRole, InventoryRole, SalesRole, SupportRole
+from agentmesh_cli.constants import ROLE_LLM
+from agentmesh_cli.errors import RoleError
+
+BUILTIN: dict[str, type[Role]] = {
+    "sales": SalesRole,
+    "support": SupportRole,
+    "inventory": InventoryRole,
+    "fraud": FraudRole,
+}
+
+
+def resolve_role(role: str) -> type[Role]:
+    """A built-in role name, or `package.module:Class` naming a Role subclass."""
+    if role in BUILTIN:
+        return BUILTIN[role]
+    if role == ROLE_LLM:
+        from agentmesh_cli.llm.role import LlmRole
+        return LlmRole
+    module_name, _, class_name = role.partition(":")
+    if not class_name:
+        raise RoleError(f"unknown role {role!r}: use a built-in role or 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RoleError(f"role {role!r}: cannot import {module_name}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Role)):
+        raise RoleError(f"role {role!r}: {module_name} has no Role subclass named {class_name}")
+    return cls
