@@ -127,6 +127,7 @@ COUNTER_ASKS = "asks"  # asks sent
 COUNTER_ASK_MS = "ask_ms"  # the histogram of ask round trips (metrics.histogram.ASK_BUCKETS)
 COUNTER_LOOP_LAG_MS = "loop_lag_ms"  # the histogram of the event loop's lag (sampled every 10 ms)
 # the llm role's (llm/role.py): model calls, their tokens and latency, tool asks, failed turns
+COUNTER_ONCE_REPLAYED = "once_replayed"  # ctx.once results a re-run handler got from Redis
 COUNTER_LLM_CALLS = "llm_calls"  # model calls (one per round of a turn)
 COUNTER_LLM_TOKENS_IN = "llm_tokens_in"  # prompt tokens, as the model server counts them
 COUNTER_LLM_TOKENS_OUT = "llm_tokens_out"  # completion tokens
@@ -268,6 +269,11 @@ class Keys:
         """Sorted set: ids of the messages an agent handled, the newest `recovery.dedup_window`,
         scored by the order of handling (its dedup ledger)."""
         return self.prefix + "handled:" + agent
+
+    def once(self, agent: str, message_id: str) -> str:
+        """Hash: key -> JSON of what `ctx.once(key, ...)` computed while agent handled the
+        message, until the message is recorded as handled (then deleted; ONCE_TTL_S at most)."""
+        return self.prefix + "once:" + agent + ":" + message_id
 
     def replies(self, agent: str) -> str:
         """Hash: request id -> JSON of the reply an agent sent to it (its reply cache, the

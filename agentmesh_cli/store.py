@@ -261,6 +261,25 @@ class Store:
         with redis_errors("cache replies"):
             self._cache_replies(keys=[self.keys.replies(agent), self.keys.replies_order(agent)], args=args)
 
+    def once_get(self, agent: str, message_id: str, key: str) -> str | None:
+        name = self.keys.once(agent, message_id)
+        raw = self._call("read a step's result", lambda: self.redis.hget(name, key))
+        return None if raw is None else str(raw)
+
+    def once_put(self, agent: str, message_id: str, key: str, value: str, ttl_s: int) -> None:
+        """Keep a step's result for a re-run of the handler, for `ttl_s` at most."""
+        name = self.keys.once(agent, message_id)
+        with redis_errors("keep a step's result"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(name, key, value)
+            pipe.expire(name, ttl_s)
+            pipe.execute()
+
+    def once_forget(self, agent: str, message_ids: list[str]) -> None:
+        if message_ids:
+            self._call("forget steps' results",
+                       lambda: self.redis.delete(*(self.keys.once(agent, m) for m in message_ids)))
+
     def cached_reply(self, agent: str, request_id: str) -> str | None:
         raw = self._call("read reply cache", lambda: self.redis.hget(self.keys.replies(agent), request_id))
         return None if raw is None else str(raw)

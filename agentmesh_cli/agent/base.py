@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -90,6 +90,8 @@ class AgentContext:
     _delta: Callable[[str], None] = field(default=lambda text: None, repr=False)
     _accepts: Callable[[str], dict[str, dict[str, Any]]] = field(default=lambda agent: {}, repr=False)
     _count: Callable[[dict[str, int]], None] = field(default=lambda counts: None, repr=False)
+    _once: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = field(default=None,
+                                                                                     repr=False)
 
     def send(
         self, to: str, type: str, payload: dict[str, Any], meta: dict[str, Any] | None = None,
@@ -218,6 +220,17 @@ class AgentContext:
         payload's JSON schema, as the agent published it when it joined ({} if it declares
         nothing or never joined). Read from Redis at most once a second."""
         return self._accepts(agent)
+
+    async def once(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """`await compute()` once for the message being handled and `key`: its result
+        (JSON: dicts, lists, str, numbers, bool, None) is kept in Redis until the message is
+        recorded as handled, so a handler run again after a crash gets the first run's
+        result back instead of computing it again (a model's answer: the same words, the
+        same tool calls, no tokens spent twice). Outside a handler it computes every time.
+        In an async hook (it is awaited on the agent's loop)."""
+        if self._once is None:
+            return await compute()
+        return await self._once(key, compute)
 
     def count(self, name: str, n: int = 1) -> None:
         """Add `n` to the agent's counter `name` (from any thread). Counters reach Redis

@@ -47,6 +47,7 @@ class Handling:
     mode: Mode
     user: str | None = None  # the message's `meta.user` (set by the gateway from its token)
     sent: int = 0  # envelopes derived from the message so far
+    once: bool = False  # ctx.once kept a result for it (deleted once it is recorded as handled)
 
     def next_id(self) -> str:
         """The id of the next envelope this handling sends: the same on every run of the

@@ -48,6 +48,7 @@ from agentmesh_cli.agent.base import AgentContext, Role, accepts_schemas
 from agentmesh_cli.agent.exchange import Exchange
 from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
 from agentmesh_cli.agent.ledger import Ledger
+from agentmesh_cli.agent.once import Once
 from agentmesh_cli.agent.public import DRAIN_TIMEOUT_S, PublicEvents
 from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
 from agentmesh_cli.agent.schedule import Conversations, ReadAhead
@@ -103,7 +104,8 @@ class AgentRuntime:
                        signer=self.signer, clock=clock)
         self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
         # what is durably done, and the offsets it lets the agent commit (agent/settle.py)
-        self.settlement = Settlement(self.bus, self.ledger, self.log, self._cache_replies)
+        self.once = Once(self)  # ctx.once: results kept until the ledger holds their message
+        self.settlement = Settlement(self.bus, self.ledger, self.log, self._cache_replies, self.once.recorded)
         self._joined = self.store.joined_check()  # senders we accept
         # how messages are handled (see the module's docstring)
         self.concurrency = spec.concurrency
@@ -146,7 +148,7 @@ class AgentRuntime:
                            self._send, self.registry, self._propose, self.services, self.next_id,
                            self.exchange.ask, self.exchange.reply,
                            lambda: self.heartbeat.draining, self.public.delta, self.accepts_of,
-                           lambda counts: self.on_loop(self.counts.update, counts))
+                           lambda counts: self.on_loop(self.counts.update, counts), self.once.run)
         self._accepts: tuple[float, dict[str, dict[str, Any]]] = (-math.inf, {})
         self.role = role_cls(ctx)
 
@@ -566,6 +568,7 @@ class AgentRuntime:
         self._active.discard(envelope.id)
         self.exchange.also.pop(envelope.id, None)
         self.ledger.handled(envelope.id, envelope.from_agent_id)  # counted as messages_in
+        self.once.handled(envelope.id)
         if finished is not None:
             self.settlement.finish(finished)
         if error is not None:

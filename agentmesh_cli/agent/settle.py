@@ -45,13 +45,15 @@ Finished = tuple[int, Partition, int]
 
 class Settlement:
     def __init__(self, bus: Bus, ledger: Ledger, log: logging.Logger,
-                 before_record: Callable[[], None]) -> None:
+                 before_record: Callable[[], None], after_record: Callable[[int], None]) -> None:
         """`before_record`: what must be written before ids enter the ledger (the reply
-        cache); an AgentMeshError from it waits like a failed ledger write."""
+        cache); an AgentMeshError from it waits like a failed ledger write. `after_record`:
+        told the ledger's mark up to which ids are recorded (what may be let go of then)."""
         self.bus = bus
         self.ledger = ledger
         self.log = log
         self.before_record = before_record
+        self.after_record = after_record
         self.book = OffsetBook()
         self.epoch = 0  # a new broker epoch forgets the offsets of the old one
         self._finished: list[Finished] = []  # book records finished in this turn
@@ -124,6 +126,7 @@ class Settlement:
                                  "waiting, offsets not committed", self.ledger.pending)
             self._next_settle = now + SETTLE_RETRY_S
             return
+        self.after_record(self._confirmed_mark)
         for epoch, where, offset in self._confirmed:
             if epoch == self.epoch:
                 self.book.done(where, offset)

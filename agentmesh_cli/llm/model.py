@@ -49,6 +49,18 @@ class Round:
     completion_tokens: int = 0
     seconds: float = 0.0
 
+    def to_json(self) -> dict[str, Any]:
+        """What ctx.once keeps of the round (so that a re-run after a crash replays it)."""
+        return {"text": self.text, "calls": [[c.id, c.name, c.arguments] for c in self.calls],
+                "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Round:
+        return cls(str(data["text"]), [Call(str(i), str(n), str(a)) for i, n, a in data["calls"]],
+                   data["finish_reason"], int(data["prompt_tokens"]), int(data["completion_tokens"]),
+                   float(data["seconds"]))
+
     def message(self) -> dict[str, Any]:
         """The assistant message to send back with the tools' results."""
         message: dict[str, Any] = {"role": "assistant", "content": self.text or None}

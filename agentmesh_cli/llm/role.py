@@ -13,9 +13,11 @@ agent's `ctx.ask`) is one turn:
 4. the final text is the reply (`answer`), and the exchange is remembered in Memory.
 
 Failures never stop the agent: the asker gets an error reply naming a ModelError kind
-(errors.py), counted under `llm_errors`. After a crash the message is handled again:
-tool asks are keyed by tool and arguments (`ctx.ask(key=...)`), so the same call is
-answered from the answerer's reply cache, and the reply goes out under the same id.
+(errors.py), counted under `llm_errors`. After a crash the message is handled again: the
+rounds the first run finished are replayed from Redis (`ctx.once`), so the model is called
+again only from the round the crash cut; tool asks are keyed by tool and arguments
+(`ctx.ask(key=...)`), so the same call is answered from the answerer's reply cache; and the
+reply goes out under the same id.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class LlmRole(Role):
         used: list[str] = []
         usage = [0, 0]
         for number in range(settings.max_tool_rounds + 1):
-            result = await self._round(messages, list(tools.values()), ends - time.monotonic())
+            result = await self._round(number, messages, list(tools.values()), ends)
             usage[0] += result.prompt_tokens
             usage[1] += result.completion_tokens
             if not result.calls:
@@ -143,7 +145,24 @@ class LlmRole(Role):
         raise ToolRoundLimit(f"{settings.model} still called tools after {settings.max_tool_rounds} "
                              "rounds (llm.max_tool_rounds)")
 
-    async def _round(self, messages: list[dict[str, Any]], tools: list[Tool], budget: float) -> Round:
+    async def _round(self, number: int, messages: list[dict[str, Any]], tools: list[Tool],
+                     ends: float) -> Round:
+        """Round `number` of the turn: the model's answer, kept (ctx.once) until the message
+        is recorded as handled. A re-run after a crash replays the rounds the first run
+        finished (their text streamed again) and calls the model from the one it lost."""
+        called = False
+
+        async def call() -> dict[str, Any]:
+            nonlocal called
+            called = True
+            return (await self._call_model(messages, tools, ends - time.monotonic())).to_json()
+
+        result = Round.from_json(await self.ctx.once(f"round:{number}", call))
+        if not called and result.text:
+            self.ctx.delta(result.text)  # what the first run streamed, shown again
+        return result
+
+    async def _call_model(self, messages: list[dict[str, Any]], tools: list[Tool], budget: float) -> Round:
         if budget <= 0:
             raise ModelTimeout("the asker's deadline passed before the model could be asked again")
         counts: Counter[str] = Counter()

@@ -3,10 +3,11 @@ real: the scripted model server, the gateway, agent processes, and (for the seco
 the Memory and Cognition services as processes, on the session broker and Valkey.
 
 Kill -9 of the Concierge while it streams its answer: the message is read again after the
-restart and the turn runs again. The model is called again (it does not repeat itself),
-its tool call is the same (same tool, same arguments: same request id), so Inventory
-answers it from its reply cache without handling it twice; the final answer goes out
-once under its derived id, and the user's ask gets it.
+restart and the turn runs again. The round the first run finished (the tool call) is
+replayed from Redis (ctx.once): the same tool call under the same request id, which
+Inventory answers from its reply cache without handling it twice; the model is called
+again only for the round the kill cut; the final answer goes out once under its derived
+id, and the user's ask gets it.
 """
 
 from __future__ import annotations
@@ -117,13 +118,20 @@ def test_a_kill_mid_answer_loses_nothing_and_asks_no_tool_twice(broker: str, val
             log = convlog.ConversationLog(gateway.store.redis, gateway.store.keys, 1000, 60)
             logged = [d["type"] for _, _, d in log.after(conversation, "0-0")]
             assert logged == ["chat", "check_stock", "stock_result", "answer"]  # each once
-            # the model was called again (2 rounds, then 2 again), the tool handled once
-            assert [r["step"] for r in scripted.requests() if r["scenario"] == "cable"] == [0, 1, 0, 1]
+            # the re-run replayed the round the first run finished (kept by ctx.once) and
+            # called the model again for the one the kill cut only; the tool handled once
+            assert [r["step"] for r in scripted.requests() if r["scenario"] == "cable"] == [0, 1, 1]
+            counted = wait_until(
+                lambda: (c := gateway.store.counters("Concierge")).get(C.COUNTER_ONCE_REPLAYED, 0) >= 1 and c,
+                20, "the replayed round counted")
+            assert counted.get(C.COUNTER_HANDLED_TWICE, 0) == 0
+            # the kept rounds are gone once the message is recorded as handled
+            kept = gateway.store.keys.once("Concierge", "*")
+            wait_until(lambda: not gateway.store.redis.keys(kept), 20, "the kept rounds deleted")
             inventory: dict[str, int] = wait_until(
                 lambda: (c := gateway.store.counters("Inventory")).get(C.COUNTER_DUPLICATES, 0) >= 1 and c,
                 20, "Inventory's duplicate counted")
             assert inventory[C.COUNTER_IN] == 1 and inventory.get(C.COUNTER_HANDLED_TWICE, 0) == 0
-            assert gateway.store.counters("Concierge").get(C.COUNTER_HANDLED_TWICE, 0) == 0
         finally:
             if again is not None:
                 stop(again)

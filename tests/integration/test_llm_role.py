@@ -240,5 +240,8 @@ def test_the_agent_counts_its_model_use_and_never_logs_its_key(gateway: RunningG
     assert own[C.COUNTER_LLM_TOKENS_IN] > 0 and own[C.COUNTER_LLM_TOKENS_OUT] > 0
     assert own.get(C.COUNTER_LLM_TOOL_CALLS, 0) >= 1 and own.get(f"{C.COUNTER_LLM_MS}:count", 0) >= 2
     assert gateway.proc.poll() is None and gateway.agents["Concierge"].poll() is None  # nothing crashed
+    # each round was kept (ctx.once) only until its message was recorded as handled
+    kept = gateway.store.keys.once("Concierge", "*")
+    wait_until(lambda: not gateway.store.redis.keys(kept), 20, "no kept round left")
     log = (gateway.log.parent / "Concierge.log").read_text(encoding="utf-8", errors="replace")
     assert SECRET not in log
