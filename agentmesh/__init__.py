@@ -16,7 +16,7 @@ move; these stay. What each one is:
   Bee consensus `evaluate` (return a `Vote`, or None to abstain) and `on_decision`.
 - `AgentContext`: `self.ctx` of a role: name, role, config, log, rng, send, ask (with
   `key=` for a handler whose re-run may ask other things), reply, respond, delta, user,
-  conversation, propose, peers, accepts, count, remember, context.
+  conversation, propose, peers, accepts, count, once, remember, context.
 - `Envelope`: one message as the agent receives or sends it.
 - `Vote`: what `evaluate` returns (support, intensity).
 - `Proposal`, `ProposalStatus`, `Waggle`: a Bee consensus proposal as `evaluate` and
