@@ -197,9 +197,12 @@ class AgentContext:
     def remember(self, user_id: str, content: str, conversation_id: str | None = None,
                  metadata: dict[str, Any] | None = None) -> None:
         """Store an item of `user_id`'s history in the Memory service. It never blocks: the
-        write is queued, and kept while Memory is down."""
+        write is queued, and kept while Memory is down. Made while handling a message, its
+        id is derived from the message: a handler run again after a crash writes it once."""
         if self._services is not None:
-            self._services.remember(user_id, content, conversation_id, metadata)
+            handling = current()
+            message_id = None if handling is None else handling.remember_id()
+            self._services.remember(user_id, content, conversation_id, metadata, message_id)
 
     def context(self, user_id: str, query: str | None = None, limit: int = 5) -> list[dict[str, Any]] | None:
         """The Cognition service's most relevant and recent items of `user_id`'s history

@@ -48,12 +48,19 @@ class Handling:
     user: str | None = None  # the message's `meta.user` (set by the gateway from its token)
     sent: int = 0  # envelopes derived from the message so far
     once: bool = False  # ctx.once kept a result for it (deleted once it is recorded as handled)
+    remembered: int = 0  # Memory writes (ctx.remember) made while handling it so far
 
     def next_id(self) -> str:
         """The id of the next envelope this handling sends: the same on every run of the
         handler (see ledger.derived_id)."""
         self.sent += 1
         return derived_id(self.message_id, self.sent)
+
+    def remember_id(self) -> str:
+        """The Memory message id of the next ctx.remember of this handling: the same on every
+        run of the handler (a re-run's write is stored once)."""
+        self.remembered += 1
+        return derived_id(self.message_id, f"remember:{self.remembered}")
 
     def keyed_id(self, key: str) -> str:
         """The id of what this handling sends under `key`: derived from the message and the

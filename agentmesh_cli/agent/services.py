@@ -29,6 +29,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from typing import Any, Protocol
 
@@ -97,10 +98,13 @@ class AgentServices:
 
     # what roles use ----------------------------------------------------------------
     def remember(self, user_id: str, content: str, conversation_id: str | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
-        """Store one item of `user_id`'s history in Memory, in the background."""
+                 metadata: dict[str, Any] | None = None, message_id: str | None = None) -> None:
+        """Store one item of `user_id`'s history in Memory, in the background, under
+        `message_id` (default: a new one): a write sent again (the writer's retry after a
+        lost answer, a handler's re-run) is stored once."""
         data: dict[str, Any] = {"content": content,
-                                "metadata": {"agent": self.owner, **(metadata or {})}}
+                                "metadata": {"agent": self.owner, **(metadata or {})},
+                                "message_id": message_id or str(uuid.uuid4())}
         if conversation_id is not None:
             data["conversation_id"] = conversation_id
         with self._lock:

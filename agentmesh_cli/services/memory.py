@@ -232,6 +232,9 @@ def _member(seq: int, message_id: str) -> str:
 # the item's JSON, the events channel, the `stored` event. The record is the item's JSON
 # with "seq" appended: the bytes orjson gives for {**item, "seq": seq}.
 STORE_SCRIPT = f"""
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
 local seq = redis.call('INCR', KEYS[1])
 local member = string.format('%0{SEQ_WIDTH}d:%s', seq, ARGV[1])
 redis.call('SET', KEYS[2], string.sub(ARGV[3], 1, -2) .. string.format(',"seq":%d}}', seq))
@@ -293,15 +296,24 @@ class MemoryStore(AsyncRedis):
             keys.append(self.keys.memory_conversation_user(item["conversation_id"], item["user_id"]))
         return keys
 
-    async def add(self, item: dict[str, Any]) -> None:
-        """One round trip: STORE_SCRIPT numbers, writes, indexes and publishes the item."""
+    async def add(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One round trip: STORE_SCRIPT numbers, writes, indexes and publishes the item; the
+        item stored. A message id already stored (the client chose it: a retry) stores
+        nothing: the stored item is returned when it is the same user's, else a Conflict."""
         encoded = orjson.dumps(item)
         keys = [self.keys.memory_seq, self.keys.memory_message(item["message_id"]),
                 *self._indexes(item)]
         args = [item["message_id"], repr(item["timestamp"]), encoded, self.keys.memory_events,
                 b'{"event":"stored","item":' + encoded + b"}"]  # what _event("stored", item) gives
         with redis_errors("store"):
-            await self._store_script(keys=keys, args=args)
+            seq = await self._store_script(keys=keys, args=args)
+        if int(seq) != 0:
+            return item
+        try:
+            return await self.get(item["message_id"], item["user_id"])
+        except MessageNotFound:
+            raise Conflict(f"message_id {item['message_id']} is taken",
+                           {"argument": "input_data.message_id"}) from None
 
     @staticmethod
     def _owned(raw: bytes | str | None, message_id: str, user_id: str) -> dict[str, Any]:
@@ -385,10 +397,11 @@ async def store_input(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any
     check_fields(args, "", ("user_id", "input_data"))
     user_id = check_owner(args["user_id"])
     data = check_fields(args["input_data"], "input_data", ("content",),
-                        ("conversation_id", "timestamp", "metadata"))
+                        ("conversation_id", "timestamp", "metadata", "message_id"))
     conversation = data.get("conversation_id")
+    chosen = data.get("message_id")
     item = {
-        "message_id": str(uuid.uuid4()),
+        "message_id": str(uuid.uuid4()) if chosen is None else check_id(chosen, "input_data.message_id"),
         "user_id": user_id,
         "conversation_id": None if conversation is None
         else check_id(conversation, "input_data.conversation_id"),
@@ -396,8 +409,7 @@ async def store_input(store: MemoryStore, args: dict[str, Any]) -> dict[str, Any
         "content": check_content(data["content"], "input_data.content"),
         "metadata": check_metadata(data.get("metadata"), "input_data.metadata"),
     }
-    await store.add(item)
-    return item
+    return await store.add(item)
 
 
 def _owner_and_message(args: dict[str, Any], *more: str) -> tuple[str, str]:
@@ -458,7 +470,8 @@ OWNER_AND_MESSAGE = {"user_id": _id("The owner of the message"),
                      "message_id": _id("The message_id that store_input returned")}
 TOOL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "store_input": (
-        "Store a user's message; returns the item with its new message_id.",
+        "Store a user's message; returns the item with its new message_id (or, for a "
+        "message_id given again, the item stored the first time).",
         _object({
             "user_id": _id("The user the message belongs to"),
             "input_data": _object({
@@ -469,6 +482,10 @@ TOOL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
                     "Epoch seconds, or an ISO-8601 date-time string (no zone means UTC); "
                     "default: now.")},
                 "metadata": METADATA_SCHEMA,
+                "message_id": {**_id("An id of the client's choosing (one derived from what it "
+                                     "handles): storing it again stores nothing and returns the "
+                                     "stored item, so a retry after a crash is not kept twice; "
+                                     "default: a new one"), "type": ["string", "null"]},
             }, ("content",)),
         }, ("user_id", "input_data"))),
     "get_message": (

@@ -117,6 +117,25 @@ def test_store_input_returns_the_stored_item(client: httpx.Client) -> None:
     assert result(client, "get_message", message_id=item["message_id"], user_id=user) == item
 
 
+def test_a_message_id_stored_again_is_stored_once(client: httpx.Client, store: redis.Redis,
+                                                  service: Service) -> None:
+    """A client's own message_id (a write sent again after a lost answer, or by a handler run
+    again after a crash) stores nothing the second time and returns the first item."""
+    user, mid = new_id("u"), new_id("m")
+    first = store_input(client, user, "first words", message_id=mid, conversation_id="c-once")
+    assert first["message_id"] == mid and first["content"] == "first words"
+    again = store_input(client, user, "other words", message_id=mid, conversation_id="c-once")
+    assert again == first  # the first write wins
+    assert client.get(f"/resource/history/{user}").json() == {"items": [first]}
+    keys = Keys(service.mesh)
+    assert store.zcard(keys.memory_conversation("c-once")) == 1
+    # another user's id is taken, and nothing of it shows
+    error = error_of(call(client, "store_input", user_id=new_id("bob"),
+                          input_data={"content": "x", "message_id": mid}), 409, "conflict")
+    assert error["details"] == {"argument": "input_data.message_id"}
+    assert "first words" not in str(error)
+
+
 def test_update_and_delete_keep_the_indexes(client: httpx.Client, service: Service,
                                             store: redis.Redis) -> None:
     user = new_id("u")

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from agentmesh_cli.agent.handling import DERIVED, derived_id
+from agentmesh_cli.agent.handling import DERIVED, Handling, derived_id
 from agentmesh_cli.constants import inbox_partition
 from agentmesh_cli.envelope import Envelope, is_agent_name, shown
 from agentmesh_cli.errors import InvalidEnvelope
@@ -85,3 +85,18 @@ def test_agent_names_and_how_reasons_show_them(name: str, valid: bool, as_shown:
 def test_derived_ids_are_the_uuid5_of_the_message_and_rank(message_id: str, n: int) -> None:
     # built by hand for speed (agent/ledger.py): exactly what uuid.uuid5 gives
     assert derived_id(message_id, n) == str(uuid.uuid5(DERIVED, f"{message_id}/{n}"))
+
+
+def test_what_a_handling_sends_remembers_and_asks_by_key_has_ids_of_its_own() -> None:
+    """A handling's sends are numbered 1, 2, ...; its Memory writes and keyed asks are derived
+    apart from them, so neither shifts the ids of the sends (a re-run that asks other tools
+    still sends its answer under the same id)."""
+    first, again = Handling("m-1", None, "task"), Handling("m-1", None, "task")
+    assert first.remember_id() == str(uuid.uuid5(DERIVED, "m-1/remember:1"))
+    key = "Inventory\ncheck_stock\nabc"
+    assert first.keyed_id(key) == str(uuid.uuid5(DERIVED, f"m-1/key:{key}"))
+    assert first.next_id() == str(uuid.uuid5(DERIVED, "m-1/1"))  # the first send is still 1
+    assert first.remember_id() == str(uuid.uuid5(DERIVED, "m-1/remember:2"))
+    # a re-run that sends first and remembers after gets the same ids for the same acts
+    assert again.next_id() == str(uuid.uuid5(DERIVED, "m-1/1"))
+    assert again.remember_id() == str(uuid.uuid5(DERIVED, "m-1/remember:1"))
