@@ -47,28 +47,35 @@ class Supervisor:
     def rpc(self) -> Any:
         return self._proxy.supervisor
 
-    def _call(self, action: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except xmlrpc.client.Fault as exc:
-            raise SupervisorError(f"supervisord refused {action}: {exc.faultString}") from exc
-        except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
-            # the kept connection is broken (supervisord went away, or restarted): the next
-            # call opens a new one
-            self._transport.close()
-            raise SupervisorError(f"supervisord unreachable ({action}): {exc}") from exc
+    def _call(self, action: str, fn: Any, *args: Any, read_only: bool = False) -> Any:
+        """`fn(*args)` over the kept connection. A read (`read_only`) whose kept connection
+        turns out broken is made once more on a new one: supervisord closes an idle
+        connection now and then (a broken pipe while it restarts a program), and a status
+        frame must not say it is unreachable when it runs."""
+        attempts = 2 if read_only else 1
+        while True:
+            attempts -= 1
+            try:
+                return fn(*args)
+            except xmlrpc.client.Fault as exc:
+                raise SupervisorError(f"supervisord refused {action}: {exc.faultString}") from exc
+            except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
+                # the kept connection is broken (supervisord closed it, went away, or
+                # restarted): the next call opens a new one
+                self._transport.close()
+                if attempts <= 0:
+                    raise SupervisorError(f"supervisord unreachable ({action}): {exc}") from exc
 
     def is_running(self) -> bool:
         if not self.mesh.socket.exists():
             return False
         try:
-            return self.rpc.getState()["statename"] == "RUNNING"
-        except (OSError, xmlrpc.client.Error, http.client.HTTPException):
-            self._transport.close()
+            return self._call("getState", self.rpc.getState, read_only=True)["statename"] == "RUNNING"
+        except SupervisorError:
             return False
 
     def pid(self) -> int:
-        return int(self._call("getPID", self.rpc.getPID))
+        return int(self._call("getPID", self.rpc.getPID, read_only=True))
 
     def start(self, timeout: float = 15.0) -> None:
         """Start supervisord as a daemon and wait until its socket answers."""
@@ -127,7 +134,7 @@ class Supervisor:
                 raise SupervisorError(f"supervisord unreachable (start {name}): {exc}") from exc
 
     def processes(self) -> list[dict[str, Any]]:
-        return list(self._call("getAllProcessInfo", self.rpc.getAllProcessInfo))
+        return list(self._call("getAllProcessInfo", self.rpc.getAllProcessInfo, read_only=True))
 
     def stop_programs(self, names: Iterable[str], timeout: float) -> list[str]:
         """Ask every named program to stop at once; wait; return those still not stopped."""

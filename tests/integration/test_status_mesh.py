@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -88,6 +89,20 @@ def test_a_status_after_another_measures_cpu_from_its_samples(mesh: Mesh) -> Non
     assert 5 < second["cpu_window_s"] < 60
 
 
+def test_a_kept_connection_supervisord_closed_does_not_fail_a_read(mesh: Mesh) -> None:
+    """supervisord may close the connection a Supervisor keeps between calls; a read then
+    goes again on a new connection instead of saying supervisord is unreachable."""
+    with Supervisor(mesh) as sup:
+        before = sup.processes()
+        connection = sup._transport.connection  # the one kept since that read
+        assert connection is not None and connection.sock is not None
+        connection.sock.shutdown(socket.SHUT_RDWR)  # as when the other side closes it
+        after = sup.processes()
+        assert [p["name"] for p in after] == [p["name"] for p in before]
+        assert sup._transport.connection is not connection  # a new one
+        assert sup.pid() > 0
+
+
 def test_backlog_from_our_own_counters(mesh: Mesh) -> None:
     """Messages sent to a stopped agent wait in its inbox; started again, it reads them."""
     config = str(mesh.config_file)
@@ -142,7 +157,9 @@ def test_asking_agents_show_their_load_and_asks(external_mesh: Any, tmp_path: Pa
     asks = [{"to": "Answerer", "type": "slow", "payload": {"sleep": 3}, "timeout": 10},
             *({"to": "Answerer", "type": "double", "payload": {"x": x}} for x in range(3)),
             {"to": "Answerer", "type": "fail", "payload": {"x": 0}},
-            {"to": "Answerer", "type": "slow", "payload": {"sleep": 0.5}, "timeout": 0.1}]
+            # given up after 0.5 s, answered late at 1.5 s (0.5 s, not less: under load the
+            # Answerer must read it before its deadline, else it is skipped, never late)
+            {"to": "Answerer", "type": "slow", "payload": {"sleep": 1.5}, "timeout": 0.5}]
 
     def agent(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return by_name((data or collect(mesh, cpu_window=0))["agents"], name)
