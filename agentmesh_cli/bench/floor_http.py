@@ -96,7 +96,7 @@ def split_requests(buffer: bytes) -> tuple[list[bytes], bytes]:
 def _store_script() -> str:
     # the same script text as the memory service (importing it loads FastAPI, once, before
     # the server listens: outside every timed phase)
-    from agentmesh_cli.services.memory import STORE_SCRIPT
+    from agentmesh_cli.services.memory_store import STORE_SCRIPT
 
     return STORE_SCRIPT
 

@@ -44,7 +44,7 @@ from agentmesh_cli.bench.infra import cpu_seconds, free_port, percentiles
 from agentmesh_cli.constants import Keys
 from agentmesh_cli.embedded import start_valkey, stop
 from agentmesh_cli.errors import BenchError
-from agentmesh_cli.services.memory import STORE_SCRIPT
+from agentmesh_cli.services.memory_store import STORE_SCRIPT
 from agentmesh_cli.waiting import wait_until, wait_until_async
 
 SSE = {"Accept": "text/event-stream"}

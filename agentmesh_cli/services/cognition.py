@@ -73,7 +73,7 @@ from agentmesh_cli.services.http import (
     wants_event_stream,
 )
 from agentmesh_cli.services.mcp import install_mcp, served_hosts
-from agentmesh_cli.services.memory import (
+from agentmesh_cli.services.memory_args import (
     MAX_ITEMS,
     check_fields,
     check_id,

@@ -34,46 +34,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-import orjson
-import redis
 from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
-from redis.asyncio.client import Pipeline
 from sse_starlette import ServerSentEvent
 
-from agentmesh_cli.constants import Keys
-from agentmesh_cli.envelope import nests_deeper
-from agentmesh_cli.errors import Conflict, FellBehind, MessageNotFound, StoreError, UnknownResource
+from agentmesh_cli.errors import FellBehind, StoreError
 from agentmesh_cli.mesh import Mesh
-from agentmesh_cli.services.aredis import AsyncRedis
-from agentmesh_cli.services.auth import require_mesh, require_user
-from agentmesh_cli.services.feed import ChannelFeed, Follower
+from agentmesh_cli.services.feed import Follower
 from agentmesh_cli.services.http import (
     EVENT_STREAM,
     Health,
     OrjsonResponse,
     error_responses,
     event_stream,
-    finite_number,
     serve,
     sse_comment,
     sse_json,
     wants_event_stream,
 )
 from agentmesh_cli.services.mcp import install_mcp, served_hosts
+from agentmesh_cli.services.memory_args import (
+    MAX_ITEMS,
+    check_content,
+    check_fields,
+    check_id,
+    check_metadata,
+    check_owner,
+    check_timestamp,
+    parse_resource,
+)
+from agentmesh_cli.services.memory_store import FOLLOW_BUFFER, Change, MemoryStore
 from agentmesh_cli.services.protocol import (
     ID_PATTERN,
-    ID_RULE,
     Catalogue,
     ResourceSpec,
     ToolSpec,
@@ -82,311 +81,17 @@ from agentmesh_cli.services.protocol import (
 from agentmesh_cli.services.seed import (
     bad_argument,
     http_url,
-    json_type,
     service_app,
     tool_call_body,
     without_422,
 )
-from agentmesh_cli.store import redis_errors
 
 log = logging.getLogger(__name__)
 
 PROGRAM = "memory"  # the supervisord program name; readiness goes to Keys.ready(PROGRAM)
-MAX_METADATA_DEPTH = 32  # JSON nesting of metadata (the codec refuses 255; nobody needs 32)
-MAX_ITEMS = 1000  # the largest list a resource answers (and the highest /limit/{n})
 HEALTH_TIMEOUT_S = 0.5
-REDIS_CONNECTIONS = 64  # the pool's bound: a request beyond waits (up to the command timeout)
 EVENT_POLL_S = 0.5  # a follow stream wakes this often when nothing happens (to see shutdown)
-FOLLOW_BUFFER = 1000  # changes queued for one follow stream before it is ended as too slow
 READY_RETRY_S = 1.0
-WATCH_ATTEMPTS = 5  # optimistic retries of an update or delete racing another change
-SEQ_WIDTH = 16  # digits of the insertion counter in index members
-
-
-# argument checks ----------------------------------------------------------------------
-def _path(parent: str, name: str) -> str:
-    return f"{parent}.{name}" if parent else name
-
-
-def check_fields(value: Any, where: str, required: tuple[str, ...],
-                 optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    """An object with all of `required`, some of `optional` and nothing else.
-    `where` is its argument path ("" for the top level)."""
-    if not isinstance(value, dict):
-        raise bad_argument(where or "arguments", f"must be an object, not {json_type(value)}")
-    unknown = sorted(set(value) - set(required) - set(optional))
-    if unknown:
-        raise bad_argument(_path(where, unknown[0]), "is not known here")
-    for name in required:
-        if name not in value:
-            raise bad_argument(_path(where, name), "is required")
-    return value
-
-
-def check_id(value: Any, argument: str) -> str:
-    """A user, conversation or message id: safe inside a Redis key, no path tricks."""
-    if not isinstance(value, str):
-        raise bad_argument(argument, f"must be a string, not {json_type(value)}")
-    if not ID_PATTERN.fullmatch(value):
-        raise bad_argument(argument, f"must be {ID_RULE}")
-    if not value.strip("."):
-        # "." and ".." are path steps wherever an id goes into a URL (cognition reads
-        # memory's history/{user_id}): a client would normalise them away
-        raise bad_argument(argument, "must not be only dots")
-    return value
-
-
-def check_content(value: Any, argument: str) -> str:
-    if not isinstance(value, str):
-        raise bad_argument(argument, f"must be a string, not {json_type(value)}")
-    if not value:
-        raise bad_argument(argument, "must not be empty")
-    return value
-
-
-def check_metadata(value: Any, argument: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise bad_argument(argument, f"must be an object, not {json_type(value)}")
-    if nests_deeper(value, MAX_METADATA_DEPTH):
-        raise bad_argument(argument, f"nests deeper than {MAX_METADATA_DEPTH} levels")
-    return value
-
-
-def check_timestamp(value: Any, argument: str) -> float:
-    """Epoch seconds, from a number or an ISO-8601 string (no zone means UTC); default now."""
-    if value is None:
-        return time.time()
-    if finite_number(value):
-        return float(value)
-    if not isinstance(value, str):
-        raise bad_argument(argument, f"must be epoch seconds or an ISO-8601 string, not {json_type(value)}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise bad_argument(argument, f"is not an ISO-8601 date-time: {value!r}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-
-
-def check_limit(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ITEMS:
-        raise bad_argument("limit", f"must be an integer from 1 to {MAX_ITEMS}, not {text!r}")
-    return int(text)
-
-
-# resources ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Resource:
-    """One list: the index it reads, how many, and which changes a follower sees."""
-
-    key: str
-    limit: int
-    user_id: str | None = None
-    conversation_id: str | None = None
-
-    def matches(self, item: dict[str, Any]) -> bool:
-        return ((self.user_id is None or item.get("user_id") == self.user_id)
-                and (self.conversation_id is None or item.get("conversation_id") == self.conversation_id))
-
-
-def check_owner(value: Any, argument: str = "user_id") -> str:
-    """A user id (check_id) that the caller may act for (services.auth.require_user: 403
-    when a user token names someone else)."""
-    return require_user(check_id(value, argument), argument)
-
-
-def parse_resource(path: str, keys: Keys) -> Resource:
-    """The list `path` names, every part checked before it goes into a key. A user token
-    reads only its own user's lists; `conversation/{id}` holds every participant's messages,
-    so it is the mesh's alone (403 for a user token, who reads their own part with
-    `conversation/{id}/user/{user_id}`)."""
-    match path.split("/"):
-        case ["history", user]:
-            uid = check_owner(user)
-            return Resource(keys.memory_user(uid), MAX_ITEMS, user_id=uid)
-        case ["history", user, "limit", n]:
-            uid = check_owner(user)
-            return Resource(keys.memory_user(uid), check_limit(n), user_id=uid)
-        case ["conversation", conversation]:
-            cid = check_id(conversation, "conversation_id")
-            require_mesh(f"conversation/{cid}")
-            return Resource(keys.memory_conversation(cid), MAX_ITEMS, conversation_id=cid)
-        case ["conversation", conversation, "user", user]:
-            cid, uid = check_id(conversation, "conversation_id"), check_owner(user)
-            return Resource(keys.memory_conversation_user(cid, uid), MAX_ITEMS, uid, cid)
-    raise UnknownResource(
-        f"no resource {path!r}: use history/{{user_id}}, history/{{user_id}}/limit/{{n}}, "
-        "conversation/{conversation_id} or conversation/{conversation_id}/user/{user_id}",
-        {"path": path})
-
-
-# Redis --------------------------------------------------------------------------------
-def _member(seq: int, message_id: str) -> str:
-    return f"{seq:0{SEQ_WIDTH}d}:{message_id}"
-
-
-# Storing a message in one round trip (atomic like a MULTI, and the counter is taken inside
-# it, so insertion order is also the order of the writes and of the `stored` events).
-# KEYS: the counter, the message, its indexes. ARGV: message id, timestamp (the score),
-# the item's JSON, the events channel, the `stored` event. The record is the item's JSON
-# with "seq" appended: the bytes orjson gives for {**item, "seq": seq}.
-STORE_SCRIPT = f"""
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
-end
-local seq = redis.call('INCR', KEYS[1])
-local member = string.format('%0{SEQ_WIDTH}d:%s', seq, ARGV[1])
-redis.call('SET', KEYS[2], string.sub(ARGV[3], 1, -2) .. string.format(',"seq":%d}}', seq))
-for i = 3, #KEYS do
-  redis.call('ZADD', KEYS[i], ARGV[2], member)
-end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return seq
-"""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """The item as the protocol shows it (the stored record also holds its seq)."""
-    return {name: value for name, value in record.items() if name != "seq"}
-
-
-def _event(kind: str, item: dict[str, Any]) -> bytes:
-    return orjson.dumps({"event": kind, "item": item})
-
-
-@dataclass(frozen=True)
-class Change:
-    """One message of the events channel, decoded once for every follow stream."""
-
-    kind: str
-    item: dict[str, Any]
-    data: str  # the item as compact JSON: the SSE data of every stream that gets it
-
-
-def decode_change(raw: bytes) -> Change | None:
-    try:
-        data = orjson.loads(raw)
-        kind, item = data["event"], data["item"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        kind = item = None
-    if not isinstance(kind, str) or not isinstance(item, dict):
-        log.warning("ignored a foreign message on the events channel")
-        return None
-    return Change(kind, item, orjson.dumps(item).decode())
-
-
-class MemoryStore(AsyncRedis):
-    """The service's Redis: messages, their three indexes and the change channel."""
-
-    def __init__(self, redis_url: str, mesh: str, follow_buffer: int = FOLLOW_BUFFER) -> None:
-        super().__init__(redis_url, mesh, REDIS_CONNECTIONS)
-        self._store_script = self.redis.register_script(STORE_SCRIPT)
-        # every follow stream of the process reads this one subscription
-        self.feed = ChannelFeed(self.redis, self.keys.memory_events, decode_change, follow_buffer)
-
-    def _indexes(self, item: dict[str, Any]) -> list[str]:
-        keys = [self.keys.memory_user(item["user_id"])]
-        if item["conversation_id"] is not None:
-            keys.append(self.keys.memory_conversation(item["conversation_id"]))
-            keys.append(self.keys.memory_conversation_user(item["conversation_id"], item["user_id"]))
-        return keys
-
-    async def add(self, item: dict[str, Any]) -> dict[str, Any]:
-        """One round trip: STORE_SCRIPT numbers, writes, indexes and publishes the item; the
-        item stored. A message id already stored (the client chose it: a retry) stores
-        nothing: the stored item is returned when it is the same user's, else a Conflict."""
-        encoded = orjson.dumps(item)
-        keys = [self.keys.memory_seq, self.keys.memory_message(item["message_id"]),
-                *self._indexes(item)]
-        args = [item["message_id"], repr(item["timestamp"]), encoded, self.keys.memory_events,
-                b'{"event":"stored","item":' + encoded + b"}"]  # what _event("stored", item) gives
-        with redis_errors("store"):
-            seq = await self._store_script(keys=keys, args=args)
-        if int(seq) != 0:
-            return item
-        try:
-            return await self.get(item["message_id"], item["user_id"])
-        except MessageNotFound:
-            raise Conflict(f"message_id {item['message_id']} is taken",
-                           {"argument": "input_data.message_id"}) from None
-
-    @staticmethod
-    def _owned(raw: bytes | str | None, message_id: str, user_id: str) -> dict[str, Any]:
-        record = orjson.loads(raw) if raw is not None else None
-        if record is None or record.get("user_id") != user_id:
-            # the same answer for "missing" and "someone else's": nothing leaks
-            raise MessageNotFound(f"no message {message_id} for user {user_id}",
-                                  {"message_id": message_id, "user_id": user_id})
-        return dict(record)
-
-    async def get(self, message_id: str, user_id: str) -> dict[str, Any]:
-        with redis_errors("read message"):
-            raw = await self.redis.get(self.keys.memory_message(message_id))
-        return _public(self._owned(raw, message_id, user_id))
-
-    async def _change(self, message_id: str, user_id: str,
-                      write: Callable[[Pipeline, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-        """Read-check-write under WATCH: `write` queues the commands of the MULTI and returns
-        the result; a concurrent change to the message makes us read it again."""
-        key = self.keys.memory_message(message_id)
-        with redis_errors("change message"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for _ in range(WATCH_ATTEMPTS):
-                    await pipe.watch(key)
-                    record = self._owned(await pipe.get(key), message_id, user_id)
-                    pipe.multi()
-                    result = write(pipe, record)
-                    try:
-                        await pipe.execute()
-                    except redis.WatchError:
-                        continue
-                    return result
-        raise Conflict(f"message {message_id} kept changing; try again", {"message_id": message_id})
-
-    async def update(self, message_id: str, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        def write(pipe: Pipeline, record: dict[str, Any]) -> dict[str, Any]:
-            record.update(changes)
-            pipe.set(self.keys.memory_message(message_id), orjson.dumps(record))
-            pipe.publish(self.keys.memory_events, _event("updated", _public(record)))
-            return _public(record)
-
-        return await self._change(message_id, user_id, write)
-
-    async def delete(self, message_id: str, user_id: str) -> dict[str, Any]:
-        def write(pipe: Pipeline, record: dict[str, Any]) -> dict[str, Any]:
-            item = _public(record)
-            member = _member(int(record["seq"]), message_id)
-            pipe.delete(self.keys.memory_message(message_id))
-            for key in self._indexes(item):
-                pipe.zrem(key, member)
-            pipe.publish(self.keys.memory_events, _event("deleted", item))
-            return item
-
-        return await self._change(message_id, user_id, write)
-
-    async def items(self, resource: Resource) -> list[dict[str, Any]]:
-        """Newest first: one ZREVRANGE, then one MGET."""
-        with redis_errors("read list"):
-            members = await self.redis.zrevrange(resource.key, 0, resource.limit - 1)
-            if not members:
-                return []
-            ids = [_text(m).split(":", 1)[1] for m in members]
-            raws = await self.redis.mget([self.keys.memory_message(i) for i in ids])
-        # a message deleted between the two reads is simply not listed
-        return [_public(orjson.loads(raw)) for raw in raws if raw is not None]
-
-    async def follow(self, resource: Resource) -> Follower[Change]:
-        """Register for `resource`'s changes; read its backlog only after this returns."""
-        return await self.feed.follow(lambda change: resource.matches(change.item))
-
-    async def close(self) -> None:
-        await self.feed.close()
-        await self.redis.aclose()
 
 
 # tools --------------------------------------------------------------------------------

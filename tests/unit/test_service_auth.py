@@ -14,7 +14,7 @@ from agentmesh_cli.services.auth import (
     identify,
     user_token,
 )
-from agentmesh_cli.services.memory import parse_resource
+from agentmesh_cli.services.memory_args import parse_resource
 
 # pure cores -----------------------------------------------------------------------------
 SERVICE_TOKEN = "s" * 43
