@@ -228,6 +228,35 @@ class LoggingConfig(_Section):
         return level.upper() if isinstance(level, str) else level
 
 
+MAX_REPLICAS = 64  # replicas of one agent, at most (each is an OS process)
+ROUTING_MODELS = ("physarum", "p2c_ewma", "round_robin")
+
+
+class AutoReplicas(_Section):
+    """`replicas: {min, max, target_in_flight}`: autoscaled on in-flight work and backlog
+    (docs/routing.md, Scaling)."""
+
+    min: int = Field(1, ge=1, le=MAX_REPLICAS)
+    max: int = Field(8, ge=1, le=MAX_REPLICAS)
+    # messages in flight or waiting per replica the scaler aims at (Ray Serve's
+    # target_ongoing_requests)
+    target_in_flight: float = Field(4.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoReplicas:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class RoutingConfig(_Section):
+    """How a sender chooses the replica of a new conversation (docs/routing.md)."""
+
+    model: Literal["physarum", "p2c_ewma", "round_robin"] = "p2c_ewma"
+    # a conversation idle this long forgets its replica (the next message is routed anew)
+    sticky_idle: Duration = 600.0
+
+
 class AgentSpec(_Section):
     name: str = Field(pattern=_NAME)
     role: str
@@ -235,6 +264,52 @@ class AgentSpec(_Section):
     # messages handled at once, each conversation in order (1: one at a time, in order)
     concurrency: int = Field(default=1, ge=1, le=10_000)
     llm: Llm | None = None  # the llm role's settings, over the `llm:` section (config_llm.py)
+    # a group of replicas Name-1..Name-N (a replicable role only): a count, or autoscaled
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | AutoReplicas | None = None
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: Any) -> Any:
+        if isinstance(value, bool) or isinstance(value, int | float) and not isinstance(value, int):
+            raise ValueError("use a whole number of replicas, or {min, max, target_in_flight}")
+        if isinstance(value, int) and not 1 <= value <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be between 1 and {MAX_REPLICAS} (got {value})")
+        if isinstance(value, dict):  # checked here: a union's errors would name both shapes
+            try:
+                return AutoReplicas.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = key_path(first["loc"])
+                raise ValueError(f"{where + ': ' if where and first['loc'] else ''}"
+                                 f"{describe_error(first)}") from None
+        if value is not None and not isinstance(value, int | AutoReplicas):
+            raise ValueError("use a whole number of replicas, or {min, max, target_in_flight}")
+        return value
+
+    @property
+    def grouped(self) -> bool:
+        """A replica group: its programs are Name-1..Name-N, `Name` addresses the group."""
+        return self.replicas is not None
+
+    @property
+    def declared_replicas(self) -> int:
+        """How many replicas mesh.yaml declares (autoscaled: its min)."""
+        if self.replicas is None:
+            return 1
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.min
+
+    @property
+    def max_replicas(self) -> int:
+        """The most replicas this agent may run (autoscaled: its max)."""
+        if self.replicas is None:
+            return 1
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.max
+
+    def replica_names(self, count: int | None = None) -> list[str]:
+        """The concrete agents: [Name] alone, or Name-1..Name-count for a group."""
+        if not self.grouped:
+            return [self.name]
+        return [replica_name(self.name, k) for k in range(1, (count or self.declared_replicas) + 1)]
 
     @field_validator("role")
     @classmethod
@@ -263,6 +338,7 @@ class MeshConfig(_Section):
     security: SecurityConfig = SecurityConfig()
     gateway: GatewayConfig = GatewayConfig()
     llm: Llm = Llm()  # defaults of every agent of the llm role (docs/llm.md)
+    routing: RoutingConfig = RoutingConfig()
     agents: list[AgentSpec] = []
     # host name -> the programs it runs (names or fnmatch globs like agent-*); see hosts.py
     hosts: dict[str, list[str]] = {}
@@ -332,13 +408,65 @@ class MeshConfig(_Section):
                                      f"(agents: {', '.join(sorted(names))})")
         return self
 
+    @model_validator(mode="after")
+    def _replica_groups(self) -> MeshConfig:
+        """Only a replicable built-in role may have replicas > 1 (a role class is checked at
+        `up`, agent/resolve.py); a replica's name never clashes with another agent's."""
+        names = {a.name for a in self.agents}
+        for index, agent in enumerate(self.agents):
+            if agent.replicas is None:
+                continue
+            most = agent.max_replicas
+            if most > 1 and agent.role in C.BUILTIN_ROLES and agent.role not in C.REPLICABLE_ROLES:
+                raise ValueError(
+                    f"agents.{index}.replicas: role {agent.role!r} is not replicable (its state "
+                    f"lives in its process); replicable built-in roles: {', '.join(C.REPLICABLE_ROLES)}")
+            for name in agent.replica_names(most):
+                if name in names:
+                    raise ValueError(f"agents.{index}.replicas: replica {name} of {agent.name} "
+                                     "clashes with the agent of that name")
+        return self
+
+    def groups(self) -> dict[str, AgentSpec]:
+        """The replica groups of mesh.yaml by their logical name."""
+        return {a.name: a for a in self.agents if a.grouped}
+
+    def concrete_agents(self, scale: dict[str, int] | None = None) -> list[tuple[str, AgentSpec]]:
+        """(name, spec) of every agent process: a group's replicas as declared, or as many
+        as `scale` says (`agentmesh scale`)."""
+        out: list[tuple[str, AgentSpec]] = []
+        for agent in self.agents:
+            count = (scale or {}).get(agent.name) if agent.grouped else None
+            out += [(name, agent) for name in agent.replica_names(count)]
+        return out
+
+    def spec_of(self, name: str) -> AgentSpec | None:
+        """The spec a concrete agent runs: an agent's own, or its group's for `Name-k`."""
+        for agent in self.agents:
+            if agent.name == name and not agent.grouped:
+                return agent
+        group = group_of(name)
+        if group is not None:
+            spec = next((a for a in self.agents if a.name == group[0] and a.grouped), None)
+            if spec is not None:
+                return spec
+        return None
+
+    def group_name(self, name: str) -> str | None:
+        """The group concrete agent `name` is a replica of, or None."""
+        spec = self.spec_of(name)
+        return spec.name if spec is not None and spec.grouped else None
+
     def llm_settings(self, agent: AgentSpec) -> LlmSettings:
         """Agent `agent`'s llm settings: its `llm:` over the `llm:` section's defaults."""
         return self.llm.resolve(agent.llm, agent.name, self.mesh)
 
     def agent_spec(self, name: str, role: str | None, capabilities: list[str] | None) -> AgentSpec:
         """The spec of agent `name`: mesh.yaml's entry, with command-line overrides."""
-        base = next((a for a in self.agents if a.name == name), None)
+        base = self.spec_of(name)
+        if base is None and any(a.name == name and a.grouped for a in self.agents):
+            raise ConfigError(f"agent {name!r} is a replica group: run its replicas, "
+                              f"{replica_name(name, 1)} and on")
         if base is None and not role:
             raise ConfigError(f"agent {name!r} is not in mesh.yaml: pass --role")
         data = {
@@ -353,6 +481,19 @@ class MeshConfig(_Section):
         except ValidationError as exc:
             lines = [f"agent {name!r}: {key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors()]
             raise ConfigError("\n".join(lines)) from exc
+
+
+def replica_name(group: str, index: int) -> str:
+    """Replica `index` (from 1) of group `group`: `Support-2`."""
+    return f"{group}-{index}"
+
+
+def group_of(name: str) -> tuple[str, int] | None:
+    """(group, index) when `name` looks like a replica name `Group-k`, else None."""
+    head, sep, tail = name.rpartition("-")
+    if sep and head and tail.isdigit() and not tail.startswith("0"):
+        return head, int(tail)
+    return None
 
 
 def parse_config(data: Any, source: str = "mesh.yaml") -> MeshConfig:

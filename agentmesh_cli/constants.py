@@ -361,6 +361,9 @@ class Keys:
 # Roles that ship with agentmesh (the e-commerce demo); any other role is "package.module:Class".
 ROLE_LLM = "llm"  # the built-in role that thinks with a language model (llm/, docs/llm.md)
 BUILTIN_ROLES = ("sales", "support", "inventory", "fraud", ROLE_LLM)
+# built-in roles whose state lives outside their process (or that have none): they may run
+# as several replicas (`replicas:`); a role class says so with `Role.replicable = True`
+REPLICABLE_ROLES = ("support", ROLE_LLM)
 
 # What a role sends waits up to this long in the producer to leave with others in one
 # request; a batch's sends do not wait (the settle step flushes them at once). Without it

@@ -26,9 +26,10 @@ EXTERNAL_NEEDED = ("several hosts need an external Kafka and Redis: set kafka.bo
 ANY_HOSTS = frozenset({C.PROGRAM_GATEWAY})
 
 
-def program_names(config: MeshConfig) -> list[str]:
+def program_names(config: MeshConfig, scale: dict[str, int] | None = None) -> list[str]:
     """Every supervised program of the mesh, in start order (render.program_specs
-    builds their commands in the same order)."""
+    builds their commands in the same order); a replica group's as `scale` says, else as
+    declared."""
     names = []
     if config.kafka.embedded:
         names.append(C.PROGRAM_KAFKA)
@@ -38,17 +39,17 @@ def program_names(config: MeshConfig) -> list[str]:
     if config.gateway.enabled:
         names.append(C.PROGRAM_GATEWAY)
     names += list(C.MANAGER_PROGRAMS)
-    return names + [C.agent_program(agent.name) for agent in config.agents]
+    return names + [C.agent_program(name) for name, _ in config.concrete_agents(scale)]
 
 
 def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def programs_on(config: MeshConfig, host: str) -> list[str]:
+def programs_on(config: MeshConfig, host: str, scale: dict[str, int] | None = None) -> list[str]:
     """The programs that `hosts.<host>` names (exactly or by an fnmatch glob like agent-*)."""
     patterns = config.hosts.get(host, [])
-    return [name for name in program_names(config) if any(fnmatchcase(name, p) for p in patterns)]
+    return [name for name in program_names(config, scale) if any(fnmatchcase(name, p) for p in patterns)]
 
 
 def check_hosts(config: MeshConfig) -> list[str]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import drain
-from agentmesh_cli.agent.resolve import resolve_role
+from agentmesh_cli.agent.resolve import check_replicable, resolve_role
 from agentmesh_cli.broker import broker_reachable, prepare_topics
 from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.embedded import write_valkey_secret
@@ -81,9 +81,9 @@ def preflight(mesh: Mesh, running: set[str], specs: list[ProgramSpec]) -> None:
     """Refuse to start what cannot work: unknown role classes, ports already taken (of
     the programs in `specs`: on a mesh spread over hosts, this host's)."""
     mine = {spec.name for spec in specs} - running  # ours, and not already listening
-    for agent in mesh.config.agents:
-        if C.agent_program(agent.name) in mine:
-            resolve_role(agent.role)
+    for index, agent in enumerate(mesh.config.agents):
+        if any(C.agent_program(name) in mine for name in agent.replica_names()):
+            check_replicable(resolve_role(agent.role), agent, index)
     cfg, file = mesh.config, mesh.config_file.name
     wanted = [  # program, host, port, what cannot start, the key to change
         (C.PROGRAM_KAFKA, "127.0.0.1", cfg.kafka.port, "the embedded kafka", "kafka.port"),

@@ -95,6 +95,10 @@ gateway:                        # the front door for clients outside the mesh (d
   events_ttl: {gateway[events_ttl]} # a conversation idle this long is forgotten
   delta_interval: {gateway[delta_interval]} # streamed partial output (delta events) is coalesced this often
 
+routing:                        # how a sender picks the replica of a new conversation (agents[].replicas; docs/routing.md)
+  model: {routing[model]} # p2c_ewma, physarum or round_robin
+  sticky_idle: {routing[sticky_idle]} # a conversation idle this long forgets its replica
+
 # llm:                          # defaults of every agent of role llm (docs/llm.md); an agent's own llm: wins
 #   base_url: http://127.0.0.1:11434/v1   # any OpenAI-compatible server (Ollama, llama.cpp, vLLM); default: api.openai.com
 #   model: llama3.2             # required (here or in the agent's llm:)
@@ -132,10 +136,13 @@ logging:                        # every role process logs one line per event to 
 
 # One process per agent. role: sales, support, inventory, fraud, or your own class as
 # package.module:Class (a subclass of agentmesh.Role). concurrency: messages handled at
-# once, each conversation in order (default 1: one at a time).
+# once, each conversation in order (default 1: one at a time). replicas: N runs a
+# replicable role (support, llm, or a class with replicable = True) as N processes
+# Name-1..Name-N behind the one name (or {{min: 1, max: 8, target_in_flight: 4}}: autoscaled).
 agents:
   - {{name: Sales, role: sales, capabilities: [order_processing, upselling]}}
   - {{name: Support, role: support, capabilities: [handle_ticket, refund_approval], concurrency: 8}}
+  #   (three Supports behind one name: add `replicas: 3`, or run `agentmesh scale Support 3`)
   - {{name: Inventory, role: inventory, capabilities: [check_stock, reserve_items]}}
   - {{name: Fraud, role: fraud, capabilities: [risk_assessment, verify_user]}}
   # A language-model agent, off by default (the default mesh needs no model; docs/llm.md).
@@ -190,7 +197,7 @@ def render_starter() -> str:
     config = MeshConfig(mesh="shop")
     sections = {name: _defaults(getattr(config, name)) for name in (
         "kafka", "redis", "topology", "consensus", "heartbeat", "recovery", "supervisor",
-        "services", "metrics", "security", "workload", "logging", "gateway")}
+        "services", "metrics", "security", "workload", "logging", "gateway", "routing")}
     sections["memory"] = _defaults(config.services.memory)
     sections["cognition"] = _defaults(config.services.cognition)
     text = TEMPLATE.format(**sections)

@@ -254,6 +254,9 @@ class Role:
     """Base class of every agent role; override the hooks you need."""
 
     confidence = 0.8  # the intensity of this role's votes
+    # may run as several replicas (mesh.yaml `replicas:`): its state lives outside its
+    # process (Redis, the services) or it has none, so any replica may handle any message
+    replicable: ClassVar[bool] = False
     # the message types this role handles and their payloads' models, e.g.
     # {"ticket": Ticket} with `class Ticket(pydantic.BaseModel)`: the gateway publishes
     # them (GET /agents, MCP tools) and checks a request's payload against the schema

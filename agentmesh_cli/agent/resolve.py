@@ -7,8 +7,9 @@ import importlib
 
 from agentmesh_cli.agent.base import Role
 from agentmesh_cli.agent.roles import FraudRole, InventoryRole, SalesRole, SupportRole
+from agentmesh_cli.config import AgentSpec
 from agentmesh_cli.constants import ROLE_LLM
-from agentmesh_cli.errors import RoleError
+from agentmesh_cli.errors import ConfigError, RoleError
 
 BUILTIN: dict[str, type[Role]] = {
     "sales": SalesRole,
@@ -36,3 +37,12 @@ def resolve_role(role: str) -> type[Role]:
     if not (isinstance(cls, type) and issubclass(cls, Role)):
         raise RoleError(f"role {role!r}: {module_name} has no Role subclass named {class_name}")
     return cls
+
+
+def check_replicable(role: type, agent: AgentSpec, index: int) -> None:
+    """A group of more than one replica runs a role that declares itself replicable."""
+    if agent.max_replicas > 1 and not getattr(role, "replicable", False):
+        raise ConfigError(f"agents[{index}].replicas: role {agent.role} is not replicable "
+                          f"({role.__name__}.replicable is False: its state lives in its process); "
+                          "set `replicable = True` on the class once its state lives in Redis or "
+                          "the services, or run one replica")

@@ -252,6 +252,7 @@ class SupportRole(Role):
     reply."""
 
     accepts = {"ticket": Ticket}
+    replicable = True  # its counts are only for its log; what it knows is in Memory
 
     def on_start(self) -> None:
         self.count = 0

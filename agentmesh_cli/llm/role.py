@@ -63,6 +63,7 @@ class LlmRole(Role):
     """Answers `chat` with a language model (any OpenAI-compatible server, llm: in mesh.yaml)."""
 
     accepts = {"chat": Chat}
+    replicable = True  # its turns keep their state in Redis (ctx.once) and Memory
 
     def __init__(self, ctx: AgentContext) -> None:
         super().__init__(ctx)

@@ -82,20 +82,23 @@ def percent_escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "") -> list[ProgramSpec]:
-    """Every program of the mesh (of `mesh.host` only, when it has one), in start order."""
+def program_specs(mesh: Mesh, python: str, tansu: str = "", valkey: str = "",
+                  scale: dict[str, int] | None = None) -> list[ProgramSpec]:
+    """Every program of the mesh (of `mesh.host` only, when it has one), in start order;
+    replica groups as `scale` says (`agentmesh scale`), else as mesh.yaml declares."""
     policy = mesh.config.supervisor
     specs = [replace(spec, startsecs=policy.startsecs, startretries=policy.startretries)
-             for spec in _all_specs(mesh, python, tansu, valkey)]
+             for spec in _all_specs(mesh, python, tansu, valkey, scale)]
     if mesh.host is None:
         return specs
-    mine = set(programs_on(mesh.config, mesh.host))
+    mine = set(programs_on(mesh.config, mesh.host, scale))
     # a program finds its host's supervisord (the metrics exporter reads it) by this
     return [replace(spec, environment={**spec.environment, C.HOST_VARIABLE: mesh.host})
             for spec in specs if spec.name in mine]
 
 
-def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[ProgramSpec]:
+def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str,
+               scale: dict[str, int] | None) -> list[ProgramSpec]:
     cfg = mesh.config
     me = [python, "-m", "agentmesh_cli"]
     config_arg = ["--config", str(mesh.config_file)]
@@ -119,13 +122,13 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str) -> list[Program
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
-    for agent in cfg.agents:
+    for name, agent in cfg.concrete_agents(scale):  # a group's replicas: Name-1 .. Name-N
         # the lean entry, not `agentmesh agent`: an agent does not import the whole CLI
         # (see agent/__main__.py); the options are the same
-        command = [python, "-m", "agentmesh_cli.agent", "--name", agent.name, "--role", agent.role]
+        command = [python, "-m", "agentmesh_cli.agent", "--name", name, "--role", agent.role]
         if agent.capabilities:
             command += ["--capabilities", ",".join(agent.capabilities)]
-        specs.append(ProgramSpec(C.agent_program(agent.name), [*command, *config_arg],
+        specs.append(ProgramSpec(C.agent_program(name), [*command, *config_arg],
                                  C.PRIORITY_AGENTS, dict(AGENTMESH_ENV),
                                  stopwaitsecs=AGENT_STOPWAITSECS))
     return specs
