@@ -28,10 +28,13 @@ from agentmesh_cli.errors import (
     ConfigError,
     InvalidEnvelope,
     RemoteError,
+    RoutingError,
     UnknownAgent,
 )
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.reader import Reader
+from agentmesh_cli.replicas import Groups
+from agentmesh_cli.routing.dispatch import ROLE_PREFIX, Dispatch
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store, redis_errors
 from agentmesh_cli.waiting import Deadline
@@ -55,6 +58,8 @@ class Asker:
                              fetch_wait=0.01, signer=signer)
         self.reader.start_at_end()
         self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=2.0)
+        # a request to a group goes to one of its replicas (routing/dispatch.py)
+        self.dispatch = Dispatch(mesh.config, Groups(self.store), sender, time.monotonic)
 
     def ask(self, to: str, type: str, payload: dict[str, Any], timeout: float = 10.0,
             conversation: str | None = None, user: str | None = None,
@@ -64,14 +69,18 @@ class Asker:
         In a conversation the request is appended to its events (convlog.py), as the
         gateway does, so its user sees it; `user` is the `meta.user` it acts for.
         `waiting()` is called between the polls for the reply (agentmesh ask --follow)."""
-        if not self.store.may_answer(to, {agent.name for agent in self.mesh.config.agents}):
+        config = self.mesh.config
+        if to.startswith(ROLE_PREFIX):
+            raise RoutingError(f"ask one agent or group, not {to!r}: an ask waits for one reply")
+        if config.spec_of(to) is None and not self.store.may_answer(to, {a.name for a in config.agents}):
             raise UnknownAgent(to)
         meta: dict[str, Any] = {"reply_to": self.address, "deadline": now_ms() + int(timeout * 1000)}
         if conversation:
             meta["conversation"] = conversation
         if user:
             meta["user"] = user
-        request = events.message(self.sender, to, type, payload, meta)
+        peer = self.dispatch.target(to, conversation)
+        request = events.message(self.sender, peer, type, payload, meta)
         self.request_id = request.id
         deadline = Deadline(timeout)
         if conversation:
@@ -79,7 +88,7 @@ class Asker:
         self.bus.send_message(request)
         if self.bus.flush(deadline.left()) or self.bus.delivery_failures:
             raise BusError(f"request not delivered to {self.mesh.config.kafka.bootstrap} (is the mesh up?)")
-        self._count_sent(to)
+        self._count_sent(peer)
         while not deadline.passed():
             if waiting is not None:
                 waiting()

@@ -255,6 +255,10 @@ class RoutingConfig(_Section):
     model: Literal["physarum", "p2c_ewma", "round_robin"] = "p2c_ewma"
     # a conversation idle this long forgets its replica (the next message is routed anew)
     sticky_idle: Duration = 600.0
+    # round_robin only: each replica's weight, its declared capacity (e.g. {Support-1: 4})
+    weights: dict[str, float] = {}
+    # the model's own knobs (docs/routing.md), e.g. {exploration: 0.02} for physarum
+    options: dict[str, float] = {}
 
 
 class AgentSpec(_Section):

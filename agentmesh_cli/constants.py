@@ -291,6 +291,27 @@ class Keys:
         return self.prefix + "draining"
 
     @property
+    def replicas(self) -> str:
+        """Hash: replica group -> how many replicas it runs now (`up`: mesh.yaml's count;
+        `agentmesh scale` and the autoscaler change it)."""
+        return self.prefix + "replicas"
+
+    @property
+    def retiring(self) -> str:
+        """Set: replicas being scaled down: no new conversation goes to them, they drain."""
+        return self.prefix + "retiring"
+
+    def route(self, group: str, conversation: str) -> str:
+        """String: the replica of `group` that conversation `conversation` sticks to
+        (expires after routing.sticky_idle without use)."""
+        return f"{self.prefix}route:{group}:{conversation}"
+
+    @property
+    def routing(self) -> str:
+        """Hash: sender -> JSON of its routers' state per group (docs/routing.md), for views."""
+        return self.prefix + "routing"
+
+    @property
     def kafka_epoch(self) -> str:
         """String: id of the broker incarnation the mesh's Kafka offsets belong to."""
         return self.prefix + "kafka:epoch"

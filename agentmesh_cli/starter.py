@@ -98,6 +98,8 @@ gateway:                        # the front door for clients outside the mesh (d
 routing:                        # how a sender picks the replica of a new conversation (agents[].replicas; docs/routing.md)
   model: {routing[model]} # p2c_ewma, physarum or round_robin
   sticky_idle: {routing[sticky_idle]} # a conversation idle this long forgets its replica
+  # weights: {{Support-1: 4, Support-2: 2}}  # round_robin: each replica's declared capacity
+  # options: {{exploration: 0.02}}         # the model's own knobs (docs/routing.md)
 
 # llm:                          # defaults of every agent of role llm (docs/llm.md); an agent's own llm: wins
 #   base_url: http://127.0.0.1:11434/v1   # any OpenAI-compatible server (Ollama, llama.cpp, vLLM); default: api.openai.com

@@ -236,16 +236,18 @@ class Store:
 
     # an agent's ledger of handled messages ---------------------------------------
     def record_handled(self, agent: str, handled: list[tuple[str, str]], first_score: int,
-                       window: int) -> tuple[int, int]:
-        """Add (message id, sender) pairs to the agent's ledger and count them in one atomic
-        step; return (newly recorded, already recorded = handled twice)."""
+                       window: int, ledger: str | None = None) -> tuple[int, int]:
+        """Add (message id, sender) pairs to the ledger (the agent's, or its replica group's
+        `ledger`) and count them in the agent's counters in one atomic step; return (newly
+        recorded, already recorded = handled twice)."""
         if not handled:
             return 0, 0
         args: list[Any] = [agent, window, first_score, f"{first_score}:{handled[0][0]}"]
         for message_id, sender in handled:
             args += [message_id, sender]
-        keys = [self.keys.handled(agent), self.keys.counters(agent), self.keys.counter_owners,
-                self.keys.handled(agent) + ":batch"]
+        book = self.keys.handled(ledger or agent)
+        keys = [book, self.keys.counters(agent), self.keys.counter_owners,
+                book + ":batch" + (f":{agent}" if ledger and ledger != agent else "")]
         with redis_errors("record handled messages"):
             result = self._record_handled(keys=keys, args=args)
         return int(result[0]), int(result[1])
@@ -283,6 +285,11 @@ class Store:
     def cached_reply(self, agent: str, request_id: str) -> str | None:
         raw = self._call("read reply cache", lambda: self.redis.hget(self.keys.replies(agent), request_id))
         return None if raw is None else str(raw)
+
+    def was_handled(self, ledger: str, message_id: str) -> bool:
+        """Does ledger `ledger` hold `message_id` (a replica asks its group's)?"""
+        return self._call("read the ledger",
+                          lambda: self.redis.zscore(self.keys.handled(ledger), message_id)) is not None
 
     def handled_ids(self, agent: str, window: int) -> tuple[list[str], int]:
         """The newest `window` ids of the agent's ledger, oldest first, and the last score."""

@@ -242,12 +242,16 @@ class AgentContext:
         self._count({name: n})
 
     def peers(self, role: str | None = None) -> list[str]:
-        """Names of the other registered agents (optionally of one role), sorted."""
-        return sorted(
-            name
-            for name, record in self._peers().items()
+        """Names of the other registered agents (optionally of one role), sorted; the
+        replicas of a group as the group's one name (a message to it is routed)."""
+        peers = self._peers()
+        mine = peers.get(self.name, {}).get("group")
+        return sorted({
+            str(record.get("group") or name)
+            for name, record in peers.items()
             if name != self.name and (role is None or record.get("role") == role)
-        )
+            and not (mine and record.get("group") == mine)
+        })
 
 
 class Role:

@@ -23,8 +23,16 @@ from agentmesh_cli import events
 from agentmesh_cli.agent.asking import Answered, Asks, Sent, reply_meta
 from agentmesh_cli.agent.handling import current
 from agentmesh_cli.envelope import Envelope, now_ms
-from agentmesh_cli.errors import AgentMeshError, AskNotAllowed, AskTimeout, RemoteError, UnknownAgent
+from agentmesh_cli.errors import (
+    AgentMeshError,
+    AskNotAllowed,
+    AskTimeout,
+    RemoteError,
+    RoutingError,
+    UnknownAgent,
+)
 from agentmesh_cli.metrics.histogram import ASK_BUCKETS
+from agentmesh_cli.routing.dispatch import ROLE_PREFIX
 
 if TYPE_CHECKING:
     from agentmesh_cli.agent.runtime import AgentRuntime
@@ -62,15 +70,26 @@ class Exchange:
 
     async def ask_async(self, to: str, type: str, payload: dict[str, Any], timeout: float,
                          meta: dict[str, Any] | None, request_id: str) -> Envelope:
-        declared = {a.name for a in self.rt.mesh.config.agents}
-        if to not in self.rt.registry() and not self.rt.store.may_answer(to, declared):
+        config = self.rt.mesh.config
+        dispatch = self.rt.dispatch
+        if to.startswith(ROLE_PREFIX):
+            raise RoutingError(f"ask one agent or group, not {to!r}: an ask waits for one reply")
+        declared = {a.name for a in config.agents}
+        if (to not in self.rt.registry() and config.spec_of(to) is None
+                and not self.rt.store.may_answer(to, declared)):
             raise UnknownAgent(to)
+        meta = {**(meta or {})}
+        group = to if dispatch.is_group(to) else None
+        conversation = meta.get("conversation")
+        peer = dispatch.target(to, conversation if isinstance(conversation, str) else None)
         deadline = now_ms() + int(timeout * 1000)
-        request = events.message(self.rt.name, to, type, payload, {**(meta or {}), "deadline": deadline},
+        request = events.message(self.rt.name, peer, type, payload, {**meta, "deadline": deadline},
                                  id=request_id)
         future = self.asks.expect(request_id)
         started = self.rt.clock()
         self.rt.bus.send_message(request)
+        if group is not None:
+            dispatch.sent(peer, request_id, group, started)
         if request.meta.get("public") is True:
             self.rt.public.sent(request)
         self.rt.nudge()
@@ -79,9 +98,11 @@ class Exchange:
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             self.rt.counts[C.COUNTER_ASK_TIMEOUTS] += 1
-            raise AskTimeout(to, type, timeout) from None
+            dispatch.forget(request_id)
+            raise AskTimeout(peer, type, timeout) from None
         finally:
             self.asks.forget(request_id)
+        dispatch.replied(request_id, self.rt.clock())
         ASK_BUCKETS.observe(self.rt.counts, C.COUNTER_ASK_MS, (self.rt.clock() - started) * 1000)
         if reply.type == C.TYPE_ERROR_REPLY:
             self.rt.counts[C.COUNTER_ERROR_REPLIES] += 1
@@ -142,7 +163,7 @@ class Exchange:
         sent = self.answered.recent(request.id)
         if sent is None:
             try:
-                raw = self.rt.store.cached_reply(self.rt.name, request.id)
+                raw = self.rt.store.cached_reply(self.rt.shared, request.id)
             except AgentMeshError as exc:
                 self.rt.log.warning("reply cache unavailable for %s: %s", request.id, exc)
                 return

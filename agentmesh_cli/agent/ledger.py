@@ -24,9 +24,12 @@ from agentmesh_cli.store import Store
 
 
 class Ledger:
-    def __init__(self, store: Store, agent: str, window: int) -> None:
+    def __init__(self, store: Store, agent: str, window: int, shared: str | None = None) -> None:
+        """`shared`: a replica's group, whose one ledger every replica records in and asks
+        (a retry routed to another replica is not handled twice); counts stay the agent's."""
         self.store = store
         self.agent = agent
+        self.shared = shared
         self.window = window
         self._recent = RecentIds(window)
         self._pending: list[tuple[str, str]] = []  # (id, sender) handled, not yet recorded
@@ -36,13 +39,22 @@ class Ledger:
 
     def load(self) -> int:
         """Read the newest ids from Redis (after a restart); return how many."""
-        ids, self._score = self.store.handled_ids(self.agent, self.window)
+        ids, self._score = self.store.handled_ids(self.shared or self.agent, self.window)
         for message_id in ids:
             self._recent.add(message_id)
         return len(ids)
 
     def seen(self, message_id: str) -> bool:
-        return message_id in self._recent
+        """Handled before: by this agent, or, in a group, by any replica (the group's ledger
+        in Redis is asked for an id this one has not seen; Redis down: not seen)."""
+        if message_id in self._recent:
+            return True
+        if self.shared is None:
+            return False
+        try:
+            return self.store.was_handled(self.shared, message_id)
+        except AgentMeshError:
+            return False
 
     def handled(self, message_id: str, sender: str) -> None:
         self._recent.add(message_id)
@@ -74,7 +86,7 @@ class Ledger:
             self._taken += count
         first, batch = self._inflight
         try:
-            self.store.record_handled(self.agent, batch, first, self.window)
+            self.store.record_handled(self.agent, batch, first, self.window, self.shared)
         except AgentMeshError:
             return False
         self._inflight = None

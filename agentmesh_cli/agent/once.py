@@ -43,7 +43,7 @@ class Once:
             return await compute()
         rt = self.rt
         try:
-            raw = rt.store.once_get(rt.name, handling.message_id, key)
+            raw = rt.store.once_get(rt.shared, handling.message_id, key)
         except AgentMeshError as exc:
             rt.log.warning("ctx.once(%r): kept results not read (%s): computed again", key, exc)
             raw = None
@@ -58,7 +58,7 @@ class Once:
             raise RoleError(f"ctx.once({key!r}): the result must be JSON (dicts, lists, str, "
                             f"numbers, bool, None): {exc}") from exc
         try:
-            rt.store.once_put(rt.name, handling.message_id, key, encoded, ONCE_TTL_S)
+            rt.store.once_put(rt.shared, handling.message_id, key, encoded, ONCE_TTL_S)
             handling.once = True
         except AgentMeshError as exc:
             rt.log.warning("ctx.once(%r): result not kept (%s): a re-run computes it again", key, exc)
@@ -80,6 +80,6 @@ class Once:
             return
         self.kept = [(at, message_id) for at, message_id in self.kept if at > mark]
         try:
-            self.rt.store.once_forget(self.rt.name, done)
+            self.rt.store.once_forget(self.rt.shared, done)
         except AgentMeshError as exc:  # they expire by themselves
             self.rt.log.warning("kept results of %d handled messages not deleted: %s", len(done), exc)

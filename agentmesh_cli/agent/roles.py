@@ -269,8 +269,14 @@ class SupportRole(Role):
         self._maybe_refund(now)
         self._maybe_lead(now)
 
+    def _replicas(self) -> int:
+        """The replicas mesh.yaml declares for this Support's group (1 alone): the demo's
+        rates are the group's, shared by its replicas."""
+        spec = self.ctx.config.spec_of(self.ctx.name)
+        return spec.declared_replicas if spec is not None else 1
+
     def _maybe_refund(self, now: float) -> None:
-        rate = self.ctx.config.workload.refund_rate
+        rate = self.ctx.config.workload.refund_rate / self._replicas()
         if now < self.next_refund_at or rate <= 0:
             return
         first = self.next_refund_at == 0.0
@@ -285,7 +291,7 @@ class SupportRole(Role):
             "text": f"complaint: the {product} arrived damaged, refund {amount:.0f} asked"})
 
     def _maybe_lead(self, now: float) -> None:
-        rate = self.ctx.config.workload.lead_rate
+        rate = self.ctx.config.workload.lead_rate / self._replicas()
         if now < self.next_lead_at or rate <= 0:
             return
         first = self.next_lead_at == 0.0
@@ -294,7 +300,7 @@ class SupportRole(Role):
             return
         self.count += 1
         product = self.ctx.rng.choice(sorted(CATALOGUE))
-        self._open_ticket(f"T-{self.count}", {
+        self._open_ticket(f"{self.ctx.name}-t{self.count}", {  # unique across replicas
             "kind": "question", "product": product, "lead_id": f"{self.ctx.name}-l{self.count}",
             "text": f"question: does the {product} come in other sizes"})
 

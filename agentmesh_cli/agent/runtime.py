@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import inspect
 import logging
 import math
@@ -56,16 +57,19 @@ from agentmesh_cli.agent.services import AgentServices
 from agentmesh_cli.agent.settle import Finished, Settlement
 from agentmesh_cli.agent.voting import Voting
 from agentmesh_cli.bus import Bus, hostname
-from agentmesh_cli.config import AgentSpec
+from agentmesh_cli.config import AgentSpec, group_of
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import (
     AgentMeshError,
     InvalidEnvelope,
+    RoutingError,
 )
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.reader import Reader
 from agentmesh_cli.records import Record
 from agentmesh_cli.recovery import BrokerWatch, wait_for_infra
+from agentmesh_cli.replicas import Groups
+from agentmesh_cli.routing.dispatch import ROLE_PREFIX, Dispatch
 from agentmesh_cli.signing import mesh_signer, refused_counter
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Clock
@@ -97,12 +101,17 @@ class AgentRuntime:
         self.stopping = False
         cfg = mesh.config
         self.partition = C.inbox_partition(self.name, cfg.kafka.partitions)
+        # a replica of a group (Support-2 of Support): the group's ledger, reply cache and
+        # ctx.once results are shared, under the group's name
+        self.group = cfg.group_name(self.name)
+        self.shared = self.group or self.name
         self.store = Store(mesh.redis_url, cfg.mesh)
+        self.groups = Groups(self.store)
         # with security.sign_envelopes: what it sends is signed, what it reads is checked
         self.signer = mesh_signer(mesh)
         self.bus = Bus(cfg.kafka, client_id=self.program, linger_ms=C.AGENT_LINGER_MS,
                        signer=self.signer, clock=clock)
-        self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window)
+        self.ledger = Ledger(self.store, self.name, cfg.recovery.dedup_window, self.group)
         # what is durably done, and the offsets it lets the agent commit (agent/settle.py)
         self.once = Once(self)  # ctx.once: results kept until the ledger holds their message
         self.settlement = Settlement(self.bus, self.ledger, self.log, self._cache_replies, self.once.recorded)
@@ -139,10 +148,13 @@ class AgentRuntime:
         seed = cfg.workload.seed
         rng = random.Random(None if seed is None else f"{seed}:{self.name}")
         self.services = AgentServices(mesh, self.name, self.log, clock=clock)
+        # where a message to a group (or role:<role>) goes (routing/dispatch.py)
+        self.dispatch = Dispatch(cfg, self.groups, self.name, clock, random.Random(),
+                                 registry=self.registry, log=self.log)
         self._services_state: dict[str, Any] = {}
         self._services_published = -math.inf
         self.voting = Voting(self)  # Bee consensus: votes and decisions
-        self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self.store.draining, self.log,
+        self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self._draining, self.log,
                                    self._load, self._register)
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
                            self._send, self.registry, self._propose, self.services, self.next_id,
@@ -180,9 +192,10 @@ class AgentRuntime:
     def _send(self, envelope: Envelope) -> Envelope:
         """Send what the role built (AgentContext.send, which took its id from `next_id`)."""
         if self._pool is None:  # every hook runs on the loop: no thread to hand over from
-            self.bus.send_message(envelope)
-            if envelope.meta.get("public") is True:
-                self.public.sent(envelope)
+            for routed in self.routed(envelope):
+                self.bus.send_message(routed)
+                if routed.meta.get("public") is True:
+                    self.public.sent(routed)
             if not self._main_turn:
                 self.nudge()
         else:
@@ -190,10 +203,33 @@ class AgentRuntime:
         return envelope
 
     def _send_now(self, envelope: Envelope) -> None:
-        self.bus.send_message(envelope)  # counted as sent when the broker confirms it
-        if envelope.meta.get("public") is True:
-            self.public.sent(envelope)
+        try:
+            routed = self.routed(envelope)
+        except RoutingError as exc:  # sent from a worker thread: nobody to raise it to
+            self.log.error("not sent: %s", exc)
+            return
+        for one in routed:
+            self.bus.send_message(one)  # counted as sent when the broker confirms it
+            if one.meta.get("public") is True:
+                self.public.sent(one)
         self.nudge()
+
+    def routed(self, envelope: Envelope) -> list[Envelope]:
+        """The envelope as sent: to a group, to one of its replicas; to `role:<role>`, one
+        copy per agent of the role (routing/dispatch.py); else as it is."""
+        to = envelope.to_agent_id
+        if to not in self.dispatch.specs and not to.startswith(ROLE_PREFIX):
+            return [envelope]
+        conversation = envelope.meta.get("conversation")
+        targets = self.dispatch.targets(to, conversation if isinstance(conversation, str) else None)
+        return [dataclasses.replace(envelope, to_agent_id=target) for target in targets]
+
+    def _draining(self) -> bool:
+        """For the heartbeat thread: the mesh drains (`down`), or this replica retires
+        (scaled down: it takes no new work, finishes what it has)."""
+        if self.store.draining():
+            return True
+        return self.group is not None and self.name in self.groups.retiring()
 
     def nudge(self) -> None:
         """Something was sent from a task (an async handler, an ask, a reply): it leaves
@@ -233,8 +269,11 @@ class AgentRuntime:
 
     # life cycle ----------------------------------------------------------------
     def _record(self) -> dict[str, Any]:
+        index = group_of(self.name)
+        replica = {} if self.group is None or index is None else {"group": self.group, "replica": index[1]}
         return {
             "name": self.name,
+            **replica,
             "role": self.spec.role,
             "capabilities": list(self.spec.capabilities),
             "pid": os.getpid(),
@@ -350,6 +389,7 @@ class AgentRuntime:
                 if now >= next_flush:
                     next_flush = now + COUNTER_FLUSH_S
                     self._flush_counters()
+                    self.dispatch.publish(now)
                 self.bus.poll()
                 if self._blocking_poll:
                     self._lag.busy((self.clock() - turn_started) * 1000)
@@ -402,7 +442,7 @@ class AgentRuntime:
         if not self.public.drain():
             self.log.warning("conversation events still not appended after %.0f s", DRAIN_TIMEOUT_S)
         window = self.mesh.config.recovery.dedup_window
-        self.store.cache_replies(self.name, self.exchange.answered.unsaved, window)
+        self.store.cache_replies(self.shared, self.exchange.answered.unsaved, window)
         self.exchange.answered.unsaved.clear()
 
     def _new_epoch(self, reader: Reader) -> None:

@@ -196,9 +196,14 @@ def send(
 
     Example: agentmesh send Sales Inventory '{"order_id": "o-1", "items": {"cable": 2}}' --type check_stock
     """
+    import dataclasses
+    import time
+
     from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.drain import refuse_while_draining
+    from agentmesh_cli.replicas import Groups
+    from agentmesh_cli.routing.dispatch import Dispatch
     from agentmesh_cli.signing import mesh_signer
     from agentmesh_cli.store import Store
 
@@ -209,16 +214,23 @@ def send(
         refuse_while_draining(store, "`send`")
         _warn_if_unknown(store, recipient)
         bus = Bus(mesh.config.kafka, client_id="agentmesh-send", signer=mesh_signer(mesh))
+        # a group's name goes to one replica, role:<role> to every agent of the role
+        dispatch = Dispatch(mesh.config, Groups(store), sender, time.monotonic)
         envelope = events.message(sender, recipient, type_, body, meta={"injected": True})
-        partition = bus.send_message(envelope)
+        targets = dispatch.targets(recipient, None)
+        sent = []
+        for target in targets:
+            partition = bus.send_message(dataclasses.replace(envelope, to_agent_id=target))
+            sent.append(f"{target} (partition {partition})")
         if bus.flush(10) or bus.delivery_failures:
             from agentmesh_cli.errors import BusError
 
             raise BusError(f"message not delivered to {mesh.config.kafka.bootstrap} (is the mesh up?)")
-        _count_sent(store, recipient)
+        for target in targets:
+            _count_sent(store, target)
     finally:
         store.close()
-    printer.out(f"sent {envelope.id} to {recipient} (partition {partition})")
+    printer.out(f"sent {envelope.id} to {', '.join(sent)}")
 
 
 def _warn_if_unknown(store: Store, recipient: str) -> None:

@@ -287,3 +287,20 @@ class ProposalBook:
         for pid in old:
             del self._all[pid]
         return len(old)
+
+
+def electorate_of(fresh: dict[str, dict[str, Any]]) -> list[str]:
+    """The voters among the freshly registered agents: every agent alone, and one delegate
+    per replica group (its lowest-numbered replica), so that a group has one vote."""
+    delegates: dict[str, tuple[int, str]] = {}
+    alone = []
+    for name, record in fresh.items():
+        group = record.get("group")
+        if not group:
+            alone.append(name)
+            continue
+        index = record.get("replica")
+        rank = (index if isinstance(index, int) else 1 << 30, name)
+        if group not in delegates or rank < delegates[str(group)]:
+            delegates[str(group)] = rank
+    return sorted([*alone, *(name for _, name in delegates.values())])

@@ -31,7 +31,7 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status
+from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status, electorate_of
 from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, ConsensusError, InvalidEnvelope, WrongSender
@@ -257,15 +257,16 @@ class ConsensusManager:
         return record
 
     def electorate(self) -> list[str]:
-        """Agents registered with a fresh heartbeat (a SIGKILLed agent stays until stale)."""
+        """Agents registered with a fresh heartbeat (a SIGKILLed agent stays until stale),
+        one delegate per replica group."""
         if self.clock() - self._electorate_at > ELECTORATE_CACHE_S:
             now = now_ms()
             try:
                 registry = self.store.agents()
-                self._electorate = sorted(
-                    name for name, rec in registry.items()
+                self._electorate = electorate_of({
+                    name: rec for name, rec in registry.items()
                     if now - int(rec.get("last_heartbeat", 0)) <= self.stale_after_ms
-                )
+                })
                 self._electorate_at = self.clock()
             except AgentMeshError as exc:
                 log.warning("registry unavailable, using the last electorate: %s", exc)

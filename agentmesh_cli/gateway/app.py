@@ -58,6 +58,7 @@ from agentmesh_cli.gateway.models import (
     body_of,
     parsed,
 )
+from agentmesh_cli.gateway.routing import GatewayRouting
 from agentmesh_cli.gateway.sse import conversation_events
 from agentmesh_cli.gateway.state import GatewayState
 from agentmesh_cli.services.auth import BearerAuthMiddleware, Caller, check_service_token, current_caller
@@ -89,6 +90,7 @@ class Gateway:
         self.address = address
         self.signer = signer
         self.bus: GatewayBus | None = None
+        self.routing = GatewayRouting(mesh, lambda: state.registry)  # a group's name: one replica
         # (agent, type) -> the schema it was made from, and its validator
         self._validators: dict[tuple[str, str], tuple[dict[str, Any], Draft202012Validator]] = {}
 
@@ -144,7 +146,8 @@ class Gateway:
             meta["reply_to"] = bus.address
             meta["deadline"] = now_ms() + int((timeout or 0) * 1000)
         envelope_id = self.derived(user, key, kind) if key else None
-        envelope = events.message(C.GATEWAY_SENDER, name, body.type, body.payload, meta, id=envelope_id)
+        target = await self.routing.target(name, conversation)
+        envelope = events.message(C.GATEWAY_SENDER, target, body.type, body.payload, meta, id=envelope_id)
         if not await self.state.append(conversation, envelope, user, mesh):
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
         return envelope, conversation, user, mesh
@@ -152,7 +155,11 @@ class Gateway:
     def check_payload(self, name: str, type: str, payload: dict[str, Any]) -> None:
         """400 naming the field when `payload` does not fit the schema the agent's role
         declares for `type` (Role.accepts); a type it does not declare passes as is."""
-        schema = self.state.accepts.get(name, {}).get(type)
+        accepts = self.state.accepts.get(name)
+        if accepts is None and self.routing.is_group(name):  # a group: what its replicas publish
+            accepts = next((a for n, a in sorted(self.state.accepts.items())
+                            if self.mesh.config.group_name(n) == name), None)
+        schema = (accepts or {}).get(type)
         if not isinstance(schema, dict):
             return
         cached = self._validators.get((name, type))
@@ -175,11 +182,16 @@ class Gateway:
         future = bus.expect(envelope.id)
         try:
             bus.send_request(envelope, future)  # a failed delivery fails `future` (503)
-            self.state.count_sent(name)
+            self.state.count_sent(envelope.to_agent_id)
+            group = self.routing.is_group(name)
+            if group:
+                await self.routing.sent(envelope.to_agent_id, envelope.id, name)
             try:
                 async with asyncio.timeout(timeout):
                     reply = await asyncio.shield(future)
             except TimeoutError:
+                if group:
+                    await self.routing.forget(envelope.id)
                 self.state.count(C.gateway_asks_counter("timeout"))
                 raise ReplyTimeout(f"{name} did not answer {body.type!r} within {timeout} s",
                                    {"agent": name, "type": body.type, "timeout": timeout,
@@ -187,6 +199,8 @@ class Gateway:
         finally:
             bus.forget(envelope.id, future)
         ms = (time.perf_counter() - started) * 1000
+        if group:
+            await self.routing.replied(envelope.id)
         if reply.type == C.TYPE_ERROR_REPLY:
             self.state.count(C.gateway_asks_counter("error_reply"), ms)
             raise ErrorReply(f"{name}'s handler raised {reply.payload.get('error', 'Exception')}: "
@@ -202,7 +216,7 @@ class Gateway:
     async def send(self, name: str, body: Send, key: str | None) -> dict[str, Any]:
         envelope, conversation, _, _ = await self._prepare(name, body, key, False)
         delivered = self.open_bus().send(envelope)
-        self.state.count_sent(name)
+        self.state.count_sent(envelope.to_agent_id)
         self.state.count(C.COUNTER_GATEWAY_MESSAGES)
         try:
             with anyio.fail_after(SEND_TIMEOUT_S):
@@ -278,6 +292,7 @@ def create_app(gateway: Gateway, *, keepalive_s: float = 15.0, start_bus: Any = 
         finally:
             if gateway.bus is not None:
                 await asyncio.to_thread(gateway.bus.close)
+            gateway.routing.close()
             await gateway.state.close()
 
     app = FastAPI(title="agentmesh gateway", version="1", lifespan=lifespan,

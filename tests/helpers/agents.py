@@ -28,9 +28,9 @@ def agents(mesh: Mesh, tmp_path: Path) -> Iterator[Store]:
     store = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
     procs: dict[str, subprocess.Popen[Any]] = {}
     try:
-        for spec in mesh.config.agents:
-            procs[spec.name] = spawn_role("agent", "--name", spec.name, "--config", str(mesh.config_file),
-                                          log=tmp_path / f"{spec.name}.log")
+        for name, _spec in mesh.config.concrete_agents():  # a group's replicas: Name-1..N
+            procs[name] = spawn_role("agent", "--name", name, "--config", str(mesh.config_file),
+                                     log=tmp_path / f"{name}.log")
         for name, proc in procs.items():
             wait_until(lambda: store.ready_pid(C.agent_program(name)) == proc.pid or proc.poll() is not None,  # noqa: B023
                        60, f"agent {name} ready")

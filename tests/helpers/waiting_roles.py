@@ -132,3 +132,21 @@ class Lingerer(agentmesh.Role):
     async def on_message(self, message: Envelope) -> None:
         self.ctx.reply(message, "done", {"n": message.payload.get("n")})
         await asyncio.sleep(float(message.payload.get("linger", 0)))
+
+
+class Replica(agentmesh.Role):
+    """A replicable answerer: who {n, log?, sleep?} -> me {name, n, conversation}; notes
+    `handled <n> <its name>`. Any replica may answer any request: it keeps no state."""
+
+    replicable = True
+
+    async def on_message(self, message: Envelope) -> None:
+        p = message.payload
+        if message.type != "who":
+            return
+        if p.get("sleep"):
+            await asyncio.sleep(float(p["sleep"]))
+        if "log" in p:
+            note(p["log"], f"handled {p.get('n')} {self.ctx.name}")
+        self.ctx.reply(message, "me", {"name": self.ctx.name, "n": p.get("n"),
+                                       "conversation": self.ctx.conversation})
