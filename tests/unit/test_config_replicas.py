@@ -49,7 +49,8 @@ def test_an_autoscaled_group_starts_at_its_min() -> None:
     ("three", "agents[0].replicas: use a whole number of replicas"),
     ({"min": 3, "max": 2}, "agents[0].replicas: min (3) must not exceed max (2)"),
     ({"min": 0}, "agents[0].replicas: min: Input should be greater than or equal to 1"),
-    ({"max": 2, "target_in_flight": 0}, "agents[0].replicas: target_in_flight: Input should be greater than 0"),
+    ({"max": 2, "target_in_flight": 0},
+     "agents[0].replicas: target_in_flight: Input should be greater than 0"),
     ({"most": 2}, "agents[0].replicas: most: unknown key"),
 ])
 def test_replica_errors_name_the_key(replicas: Any, message: str) -> None:
@@ -68,7 +69,8 @@ def test_a_builtin_role_that_is_not_replicable_is_refused() -> None:
 
 def test_a_role_class_must_declare_itself_replicable() -> None:
     config = parse_config(mesh({"name": "T", "role": "tests.roles:Whatever", "replicas": 2}))
-    with pytest.raises(ConfigError, match=r"agents\[0\].replicas: role tests.roles:Whatever is not replicable"):
+    refused = r"agents\[0\].replicas: role tests.roles:Whatever is not replicable"
+    with pytest.raises(ConfigError, match=refused):
         check_replicable(SalesRole, config.agents[0], 0)
     check_replicable(SupportRole, config.agents[0], 0)
 
