@@ -34,6 +34,8 @@ COMMANDS: dict[str, Entry] = {name: Entry(module, summary) for name, module, sum
      "Drain the mesh, then stop agents, managers, services and infra, then supervisord."),
     ("status", "mesh",
      "Show the mesh's processes, agents, topology, proposals, services and infra."),
+    ("scale", "scale",
+     "Run N replicas of a group in the running mesh (mesh.yaml stays the declared default)."),
     ("send", "mesh",
      "Inject one agent-to-agent message (for demos and scripts)."),
     ("ask", "ask",
