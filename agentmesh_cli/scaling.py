@@ -273,7 +273,8 @@ def _hand_over_one(mesh: Mesh, store: Store, bus: Bus, dispatch: Dispatch, name:
         reader.close()
     if sent:
         try:
-            store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(t): n for t, n in sent.items()}))
+            counts = Counter({C.sent_to_counter(target): n for target, n in sent.items()})
+            store.add_counters(C.CLI_COUNTER_OWNER, counts)
         except AgentMeshError:
             pass  # sent; only the backlog figures are low
     return sum(sent.values())

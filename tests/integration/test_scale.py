@@ -87,7 +87,8 @@ class Feeder(threading.Thread):
                 self.to[target] += 1
                 time.sleep(0.01)
             assert bus.flush(30) == 0
-            store.add_counters(C.CLI_COUNTER_OWNER, Counter({C.sent_to_counter(t): n for t, n in self.to.items()}))
+            sent = Counter({C.sent_to_counter(t): n for t, n in self.to.items()})
+            store.add_counters(C.CLI_COUNTER_OWNER, sent)
         finally:
             store.close()
 
