@@ -135,6 +135,20 @@ def conversation_tally(events: Iterable[tuple[str, str, Any]], request: str, age
     return len(replies), len(asks)
 
 
+def all_events(log: ConversationLog, conversation: str, page: int = 100) -> list[tuple[str, str, Any]]:
+    """Every event of a conversation's log, oldest first, read `page` at a time. StoreError
+    when Redis fails."""
+    events: list[tuple[str, str, Any]] = []
+    last = "0-0"
+    while True:
+        with redis_errors("read a conversation's events"):
+            read = log.after(conversation, last, page)
+        events += read
+        if len(read) < page:
+            return events
+        last = read[-1][0]
+
+
 def read_logs(log: ConversationLog, requests: Iterable[tuple[str, str]], agent: str) -> tuple[int, int]:
     """Of the requests (request id, its conversation): how many `agent` answered twice (two
     replies with different ids) and how many made it ask a tool twice (two asks with

@@ -48,13 +48,16 @@ class HttpAsk:
 
 class HttpAskStream:
     """Asks `request(seq)` through the gateway at `rate` per second (0: only what `add`
-    asks for), each retried until `deadline_s` after its first attempt."""
+    asks for), each retried until `deadline_s` after its first attempt; in conversation
+    `conversation(seq)` when given (else each ask is one of its own)."""
 
     def __init__(self, url: str, token: str, request: Callable[[int], Request], *, rate: float = 0.0,
                  key_prefix: str, ask_timeout: float, deadline_s: float,
-                 verify: Any = True, retry_s: float = RETRY_S) -> None:
+                 verify: Any = True, retry_s: float = RETRY_S,
+                 conversation: Callable[[int], str] | None = None) -> None:
         self.url = url
         self.request = request
+        self.conversation = conversation
         self.rate = rate
         self.key_prefix = key_prefix
         self.ask_timeout = ask_timeout
@@ -145,7 +148,9 @@ class HttpAskStream:
         while True:
             left = deadline - time.monotonic()
             timeout = round(max(0.1, min(self.ask_timeout, left)), 2)
-            body = {"type": type_, "payload": payload, "timeout": timeout}
+            body: dict[str, Any] = {"type": type_, "payload": payload, "timeout": timeout}
+            if self.conversation is not None:
+                body["conversation"] = self.conversation(ask.seq)
             attempt = time.monotonic()
             ask.attempts += 1
             self.in_flight += 1

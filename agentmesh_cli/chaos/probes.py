@@ -80,6 +80,8 @@ class ProbeSender:
         self.confirmed = bytearray()  # seq -> 1 once the broker confirmed it
         self.sent: Counter[str] = Counter()  # agent -> probes confirmed
         self.refused = 0  # produce calls the client refused (not sent)
+        self.held = 0  # probes not produced: their agent was held (`hold`)
+        self._held: set[str] = set()
         self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos", signer=signer)
         self._bus.on_delivered = self._confirm
         self._watch = None if store is None else BrokerWatch(self._bus, store, store.kafka_epoch() or "",
@@ -118,10 +120,28 @@ class ProbeSender:
             self.confirmed[seq] = 1
             self.sent[self.agent_of(seq)] += 1
 
+    def hold(self, agent: str) -> None:
+        """Send `agent` no probe until `release`: a replica about to be scaled away, whose
+        unread inbox would be handed over to another replica (chaos/replicas.py). Its turns
+        meanwhile produce nothing (`held`; never sent, so never lost)."""
+        self._held.add(agent)
+
+    def release(self, agent: str) -> None:
+        self._held.discard(agent)
+
+    def produced_to(self, agent: str) -> int:
+        """Probes produced to `agent` so far (refused and held ones left out)."""
+        start, step = self.agents.index(agent), len(self.agents)
+        return sum(1 for seq in range(start, self.produced, step) if not math.isnan(self.produced_at[seq]))
+
     def _produce(self, seq: int) -> None:
         agent = self.agent_of(seq)
-        probe = events.message(SENDER, agent, PROBE_TYPE, {"seq": seq}, id=f"{self.prefix}{seq}")
         self.confirmed.append(0)
+        if agent in self._held:
+            self.held += 1
+            self.produced_at.append(math.nan)
+            return
+        probe = events.message(SENDER, agent, PROBE_TYPE, {"seq": seq}, id=f"{self.prefix}{seq}")
         try:
             self._bus.send_message(probe)
         except AgentMeshError:
