@@ -2,10 +2,10 @@
 
 It runs a workload (the demo roles' own traffic plus a probe stream of its own with
 known ids) on a mesh while it kills each kind of program in turn (the gateway while asks
-go through it over HTTP, an llm agent while it streams answers to chats), restarts Redis
-and the broker, stalls an agent and writes garbage to every topic, then reports what was
-lost, handled twice and decided twice, and how long each fault took to be detected and
-recovered from.
+go through it over HTTP, an llm agent while it streams answers to chats, the replicas of a
+group while it is scaled down and up), restarts Redis and the broker, stalls an agent and
+writes garbage to every topic, then reports what was lost, handled twice and decided
+twice, and how long each fault took to be detected and recovered from.
 
 - mesh.py: a throwaway embedded mesh (free loopback ports, short heartbeats), torn down by pid
 - probes.py: the probe stream and what the agents' ledgers say about it
@@ -16,6 +16,8 @@ recovered from.
 - http_asks.py: asks through the gateway over HTTP, retried with their Idempotency-Key
 - llm.py: the llm fault (kill -9 of the Concierge mid-answer under chats) and its verdict
 - chats.py: what a chat's user saw: the streamed deltas, the conversation's log
+- replicas.py: the replicas fault (kill -9 of a group's replicas mid-work, the group scaled
+  down and up, under asks to the group over HTTP); replica_tally.py: its pure parts, verdict
 - runner.py: one run, start to end
 - figures.py: the run's figures as one JSON-able result
 - report.py: the result as one table

@@ -10,7 +10,9 @@ not envelopes, too big, or from a sender that never joined, written to every top
 input does: nothing sent before may be lost; what the drain left unread is saved and
 replayed), `gateway` (kill -9 of the gateway while asks go through it over HTTP, each
 retried with its `Idempotency-Key`: chaos/gateway.py), `llm` (kill -9 of the embedded
-mesh's llm agent mid-answer while it answers chats over HTTP: chaos/llm.py).
+mesh's llm agent mid-answer while it answers chats over HTTP: chaos/llm.py), `replicas`
+(kill -9 of a replica group's replicas mid-work, and the group scaled down and up, under
+asks to the group over HTTP: chaos/replicas.py).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
 KILL, STALL, GARBAGE, RESTART, GATEWAY, LLM = "kill", "stall", "garbage", "restart", "gateway", "llm"
+REPLICAS = "replicas"
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
-GROUPS = ("all, agents, managers, services, gateway, llm, infra, stall[:Agent], garbage, restart, "
-          "or program names")
+GROUPS = ("all, agents, managers, services, gateway, llm, replicas, infra, stall[:Agent], garbage, "
+          "restart, or program names")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Fault:
             return "kill -9 gateway (asks over HTTP)"
         if self.kind == LLM:
             return f"kill -9 {self.target} mid-answer (chats over HTTP)"
+        if self.kind == REPLICAS:
+            return f"kill -9 {self.target} replicas mid-work, scale down and up (asks over HTTP)"
         if self.target == C.PROGRAM_REDIS:
             return "restart redis (kill -9)"
         if self.target == C.PROGRAM_KAFKA:
@@ -64,14 +69,16 @@ def wants_llm(spec: str) -> bool:
 
 
 def plan_faults(spec: str, programs: list[str], agents: list[str],
-                llm_agent: str | None = None) -> list[Fault]:
+                llm_agent: str | None = None, replica_group: str | None = None) -> list[Fault]:
     """The faults named by `--faults` (comma-separated, in order), against the programs
     supervisord runs. `all` is every program in turn (agents, managers, services, the gateway
     with asks over HTTP, the llm agent mid-answer, Redis, the broker), then a stalled agent,
     then garbage, then a restart of the whole mesh. `gateway` is the gateway fault (a kill
     under asks), not a bare kill; `llm` the llm fault against `llm_agent` (the embedded
-    mesh's, whose model the run scripts), which `all` kills in no other way."""
+    mesh's, whose model the run scripts), which `all` kills in no other way; `replicas` the
+    replicas fault against `replica_group` (the embedded mesh's, after the llm fault)."""
     llm = [Fault(LLM, C.agent_program(llm_agent))] if llm_agent is not None else []
+    replicas = [Fault(REPLICAS, replica_group)] if replica_group is not None else []
     order = ([C.agent_program(a) for a in agents if a != llm_agent] + list(C.MANAGER_PROGRAMS)
              + list(SERVICES))
     groups = {
@@ -88,6 +95,7 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
             faults += [Fault(KILL, p) for p in order if p in programs]
             faults += [Fault(GATEWAY, C.PROGRAM_GATEWAY)] if C.PROGRAM_GATEWAY in programs else []
             faults += llm if C.PROGRAM_GATEWAY in programs else []
+            faults += replicas if C.PROGRAM_GATEWAY in programs else []
             faults += [Fault(KILL, p) for p in INFRA if p in programs]
             faults += [Fault(STALL, agents[-1]), Fault(GARBAGE), Fault(RESTART)]
         elif word == GATEWAY:
@@ -102,6 +110,14 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
                 raise ConfigError("--faults: llm: the chats go through the gateway, and the mesh runs "
                                   "none (gateway.enabled)")
             faults += llm
+        elif word == REPLICAS:
+            if not replicas:
+                raise ConfigError("--faults: replicas: runs on the embedded mesh only (its Support "
+                                  "runs as a replica group for it): leave out --config")
+            if C.PROGRAM_GATEWAY not in programs:
+                raise ConfigError("--faults: replicas: the asks go through the gateway, and the mesh "
+                                  "runs none (gateway.enabled)")
+            faults += replicas
         elif word in groups:
             faults += [Fault(KILL, p) for p in groups[word] if p in programs]
         elif word == GARBAGE:
@@ -141,6 +157,7 @@ class Outcome:
     lost: int = 0  # confirmed probes produced after this fault (before the next) never handled
     asks: dict[str, Any] | None = None  # the gateway fault: its HTTP asks, judged (chaos/gateway.py)
     chats: dict[str, Any] | None = None  # the llm fault: its chats, judged (chaos/llm.py)
+    replicas: dict[str, Any] | None = None  # the replicas fault: its asks, judged (chaos/replicas.py)
     started: float = field(default=0.0, repr=False)  # monotonic
 
     def as_dict(self) -> dict[str, Any]:

@@ -7,7 +7,8 @@ agent's ledger) and charged to the fault injected last before it was produced, o
 Asks (chaos/asks.py): sent, answered, lost (never answered), answered twice (two replies
 with different ids for one request), and the round trip.
 The gateway fault's asks over HTTP (chaos/gateway.py): summed over its rows in `gateway`;
-the llm fault's chats (chaos/llm.py) likewise in `llm`.
+the llm fault's chats (chaos/llm.py) likewise in `llm`, the replicas fault's asks
+(chaos/replicas.py) in `replicas`.
 Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
 many were broadcast more than once; Redis's records of the run's proposals must all be
 decided, or pending and not yet past their `expires_at`.
@@ -64,6 +65,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "probes": {
             "produced": probes.produced,
             "refused": probes.refused,
+            "held": probes.held,  # never produced: to a replica being scaled away (chaos/replicas.py)
             "unconfirmed": unconfirmed,
             "sent": sent,
             "handled": sum(handled.values()),
@@ -81,6 +83,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "asks": run.asks.figures(),
         "gateway": gateway_figures([o.asks for o in run.outcomes if o.asks is not None]),
         "llm": llm_figures([o.chats for o in run.outcomes if o.chats is not None]),
+        "replicas": replicas_figures([o.replicas for o in run.outcomes if o.replicas is not None]),
         "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
                    "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
                    "examples": run.truth.examples},
@@ -91,12 +94,14 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
 
 def judge(result: dict[str, Any]) -> bool:
     """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
-    undecided past its time, every ask answered, none twice (through the gateway too, and
-    every chat of the llm fault)."""
+    undecided past its time, every ask answered, none twice (through the gateway too, every
+    chat of the llm fault and every ask to the replica group)."""
     p, asks, gateway, llm = result["proposals"], result["asks"], result.get("gateway"), result.get("llm")
+    replicas = result.get("replicas")
     return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
             and asks["lost"] == 0 and asks["answered_twice"] == 0
             and (gateway is None or gateway["ok"]) and (llm is None or llm["ok"])
+            and (replicas is None or replicas["ok"])
             and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
             and p["overdue"] == 0)
 
@@ -128,6 +133,24 @@ def llm_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     kills = [k for r in rows for k in r["kills"]]
     summed["kills"] = len(kills)
     summed["kills_mid_answer"] = sum(1 for k in kills if k["streaming"] > 0)
+    summed["ok"] = all(r["ok"] for r in rows)
+    return summed
+
+
+REPLICAS_SUMMED = ("sent", "answered", "retried", "retries", "lost", "failed", "handled", "handled_twice",
+                   "unrecorded", "answered_twice", "asked_twice", "asked_handled_twice", "duplicates",
+                   "cached_replies", "moved")
+
+
+def replicas_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The replicas faults' asks summed (None: no replicas fault ran), with their kills, what
+    the scale-downs handed over and whether every scale went through; ok when every row is."""
+    if not rows:
+        return None
+    summed: dict[str, Any] = {name: sum(r[name] for r in rows) for name in REPLICAS_SUMMED}
+    summed["kills"] = sum(len(r["kills"]) for r in rows)
+    summed["handed_over"] = sum(r["scale"]["handed_over"] for r in rows)
+    summed["scaled"] = all(r["scale"]["done"] for r in rows)
     summed["ok"] = all(r["ok"] for r in rows)
     return summed
 

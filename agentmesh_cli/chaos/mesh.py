@@ -1,7 +1,8 @@
 """A throwaway mesh for a chaos run: embedded broker and Valkey, every program under a
 supervisord of its own in a temporary folder, on free loopback ports, with heartbeats
 short enough that a dead agent is noticed in about 3 s. Torn down by pid, also on Ctrl+C.
-For the llm fault it also runs the Concierge (role llm) and its scripted model server."""
+For the llm fault it also runs the Concierge (role llm) and its scripted model server; for
+the replicas fault its Support runs as a replica group."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import yaml
 from agentmesh_cli import lifecycle
 from agentmesh_cli.bench.infra import free_port
 from agentmesh_cli.chaos.llm import SCRIPT, concierge_agent
+from agentmesh_cli.chaos.replicas import GROUP, group_agent
 from agentmesh_cli.errors import AgentMeshError, WaitTimeout
 from agentmesh_cli.llm.process import start_scripted
 from agentmesh_cli.mesh import Mesh, load_mesh
@@ -41,11 +43,12 @@ def agent_list(count: int) -> list[dict[str, str]]:
     return agents
 
 
-def mesh_data(agents: int, llm_url: str | None = None) -> dict[str, Any]:
+def mesh_data(agents: int, llm_url: str | None = None, replicas: bool = False) -> dict[str, Any]:
     """mesh.yaml of a chaos mesh: free ports, heartbeat 1 s x 3, proposals time out in 10 s;
     with `llm_url` (the scripted model server) the Concierge first (the last agent stays
-    the one a plain `stall` stops)."""
+    the one a plain `stall` stops); with `replicas`, Support as a replica group."""
     concierge = [concierge_agent(llm_url)] if llm_url is not None else []
+    demo = [group_agent() if replicas and a["name"] == GROUP else a for a in agent_list(agents)]
     return {
         "mesh": "chaos",
         "kafka": {"port": free_port(), "topic_prefix": "chaos", "partitions": 8},
@@ -55,36 +58,38 @@ def mesh_data(agents: int, llm_url: str | None = None) -> dict[str, Any]:
         "gateway": {"port": free_port()},
         "heartbeat": {"interval": "1s", "missed": 3},
         "consensus": {"proposal_timeout": "10s"},
-        "agents": concierge + agent_list(agents),
+        "agents": concierge + demo,
     }
 
 
 @contextmanager
 def embedded_mesh(agents: int, say: Callable[[str], None], workdir: Path | None = None,
-                  llm: bool = False) -> Iterator[Mesh]:
+                  llm: bool = False, replicas: bool = False) -> Iterator[Mesh]:
     """`up` a chaos mesh in `workdir` (kept afterwards) or a temporary folder; `down` it at
     the end, and end supervisord by its pid if `down` could not. With `llm`, the scripted
-    model server runs first (its script and log in the same folder) and is stopped last."""
+    model server runs first (its script and log in the same folder) and is stopped last.
+    With `replicas`, Support runs as a replica group (the replicas fault)."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        with _mesh_in(workdir, agents, say, llm) as mesh:
+        with _mesh_in(workdir, agents, say, llm, replicas) as mesh:
             yield mesh
         return
     with (tempfile.TemporaryDirectory(prefix="agentmesh-chaos-") as tmp,
-          _mesh_in(Path(tmp), agents, say, llm) as mesh):
+          _mesh_in(Path(tmp), agents, say, llm, replicas) as mesh):
         yield mesh
 
 
 @contextmanager
-def _mesh_in(root: Path, agents: int, say: Callable[[str], None], llm: bool) -> Iterator[Mesh]:
+def _mesh_in(root: Path, agents: int, say: Callable[[str], None], llm: bool,
+             replicas: bool) -> Iterator[Mesh]:
     if not llm:
-        with _mesh_up(root, mesh_data(agents), say) as mesh:
+        with _mesh_up(root, mesh_data(agents, replicas=replicas), say) as mesh:
             yield mesh
         return
     server = start_scripted(SCRIPT, root)
     try:
         say(f"scripted model server at {server.base_url} (pid {server.pid})")
-        with _mesh_up(root, mesh_data(agents, server.base_url), say) as mesh:
+        with _mesh_up(root, mesh_data(agents, server.base_url, replicas), say) as mesh:
             yield mesh
     finally:
         server.stop()

@@ -28,7 +28,8 @@ def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, s
     for f in faults:
         if f["phase"] == "sequence":
             note = f["note"] or f["recovered_by"]
-            judged = f.get("asks") or f.get("chats")  # the gateway and llm faults: their verdict first
+            # the gateway, llm and replicas faults: their verdict first
+            judged = f.get("asks") or f.get("chats") or f.get("replicas")
             if judged is not None:
                 note = f"{OK if judged['ok'] else BAD}: {note}"
             rows.append((f["fault"], _s(f["detect_s"]), _s(f["recover_s"]), str(f["lost"]), note))
@@ -85,6 +86,27 @@ def llm_lines(llm: dict[str, Any] | None) -> list[tuple[str, int, str]]:
     ]
 
 
+def replicas_lines(replicas: dict[str, Any] | None) -> list[tuple[str, int, str]]:
+    """The summary lines of the replicas fault's asks to the group (none when it did not run)."""
+    if replicas is None:
+        return []
+    twice = replicas["handled_twice"] + replicas["answered_twice"] + replicas["asked_twice"]
+    scaled = "done" if replicas["scaled"] else "[red]not done[/]"
+    return [
+        ("replica asks sent (HTTP)", replicas["sent"],
+         f"{replicas['kills']} kills of replicas, scaled down and up "
+         f"({scaled}, {replicas['handed_over']:,} handed over); "
+         f"{replicas['retried']:,} retried with their Idempotency-Key"),
+        ("replica asks answered", replicas["answered"],
+         f"{replicas['handled']:,} handled by the replicas, {replicas['failed']:,} failed, "
+         f"{replicas['moved']:,} conversations moved"),
+        ("replica asks lost", replicas["lost"], _check(replicas["lost"] == 0, "must be 0")),
+        ("replica asks handled twice", twice,
+         _check(replicas["ok"], f"must be 0, and each answered one handled once ({replicas['duplicates']:,} "
+                "copies skipped by the group's ledger)")),
+    ]
+
+
 def chaos_table(result: dict[str, Any]) -> Table:
     s, probes, props, status = result["settings"], result["probes"], result["proposals"], result["status"]
     where = "embedded mesh" if result["embedded"] else f"mesh {result['mesh']}"
@@ -104,7 +126,9 @@ def chaos_table(result: dict[str, Any]) -> Table:
     figures = [
         ("probes sent (confirmed by the broker)", probes["sent"],
          f"of {probes['produced']:,} produced ({probes['refused']:,} refused by the client, "
-         f"{probes['unconfirmed']:,} never confirmed)"),
+         f"{probes['unconfirmed']:,} never confirmed"
+         + (f", {probes['held']:,} held from a replica being scaled away" if probes.get("held") else "")
+         + ")"),
         ("probes handled", probes["handled"], "the agents' exact handled_from:chaos"),
         ("probes lost", lost, _check(lost == 0, "must be 0")),
         ("duplicates handled", twice, _check(twice == 0, "must be 0")),
@@ -116,6 +140,7 @@ def chaos_table(result: dict[str, Any]) -> Table:
         ("asks answered twice", asks["answered_twice"], _check(asks["answered_twice"] == 0, "must be 0")),
         *gateway_lines(result.get("gateway")),
         *llm_lines(result.get("llm")),
+        *replicas_lines(result.get("replicas")),
         ("proposals opened", props["opened"],
          _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
         ("proposals decided", props["decided"],

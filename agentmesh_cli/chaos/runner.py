@@ -20,6 +20,7 @@ from agentmesh_cli.chaos.llm import CONCIERGE
 from agentmesh_cli.chaos.mesh import embedded_mesh
 from agentmesh_cli.chaos.observe import ConsensusTally, ProgramStates, StatusTruth, program_states
 from agentmesh_cli.chaos.probes import ProbeSender
+from agentmesh_cli.chaos.replicas import replica_group, wants_replicas
 from agentmesh_cli.chaos.watches import Watch, inject
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, SupervisorError, WaitTimeout
@@ -59,7 +60,8 @@ def run(settings: Settings, config: Path | None, workdir: Path | None, say: Say)
             if not sup.is_running():
                 raise SupervisorError(f"the mesh of {config} is not running: run agentmesh up first")
         return ChaosRun(mesh, settings, say, embedded=False).execute()
-    with embedded_mesh(settings.agents, say, workdir, llm=wants_llm(settings.faults)) as mesh:
+    with embedded_mesh(settings.agents, say, workdir, llm=wants_llm(settings.faults),
+                       replicas=wants_replicas(settings.faults)) as mesh:
         return ChaosRun(mesh, settings, say, embedded=True).execute()
 
 
@@ -106,7 +108,8 @@ class ChaosRun:
     def execute(self) -> dict[str, Any]:
         roles = {a.name: a.role for a in self.mesh.config.agents}
         llm_agent = CONCIERGE if self.embedded and roles.get(CONCIERGE) == "llm" else None
-        plan = plan_faults(self.settings.faults, sorted(self.states()), self.ctx.agents, llm_agent)
+        plan = plan_faults(self.settings.faults, sorted(self.states()), self.ctx.agents, llm_agent,
+                           replica_group(self.mesh) if self.embedded else None)
         baseline = self.ctx.store.all_counters()
         self.probes.start()
         self.asks.start()

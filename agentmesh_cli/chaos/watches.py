@@ -13,7 +13,8 @@ Recovered means the program runs again under a new pid AND does its job:
 A restart (`down` with its drain, then `up`) is detected when `down` has returned and
 recovered when `up` has, and every agent handled a probe sent after it. The gateway fault
 (a kill under asks over HTTP) is watched in chaos/gateway.py, the llm fault (kills of the
-llm agent mid-answer) in chaos/llm.py.
+llm agent mid-answer) in chaos/llm.py, the replicas fault (kills of a group's replicas, the
+group scaled down and up) in chaos/replicas.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from agentmesh_cli.chaos.faults import (
     GATEWAY,
     KILL,
     LLM,
+    REPLICAS,
     RESTART,
     RESTART_DRAIN_S,
     STALL,
@@ -294,11 +296,12 @@ class RestartWatch(Watch):
 
 
 def inject(ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> Watch:
-    # chaos/gateway.py and chaos/llm.py build on Watch, so they are imported here rather than at the top
+    # chaos/gateway.py, llm.py and replicas.py build on Watch, so they are imported here
     from agentmesh_cli.chaos.gateway import GatewayWatch
     from agentmesh_cli.chaos.llm import LlmWatch
+    from agentmesh_cli.chaos.replicas import ReplicasWatch
 
     kinds: dict[str, Callable[[Context, Fault, str, ProgramStates], Watch]] = {
         KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch,
-        GATEWAY: GatewayWatch, LLM: LlmWatch}
+        GATEWAY: GatewayWatch, LLM: LlmWatch, REPLICAS: ReplicasWatch}
     return kinds[fault.kind](ctx, fault, phase, states)

@@ -23,7 +23,9 @@ def chaos(
         help="Comma-separated, in order: all, agents, managers, services, gateway (kill -9 of "
              "the gateway under asks over HTTP, retried with their Idempotency-Key), llm (kill -9 "
              "of an llm agent mid-answer under chats over HTTP; the embedded mesh then runs one, "
-             "its model a scripted server), infra, stall[:Agent], garbage, restart (down with its "
+             "its model a scripted server), replicas (kill -9 of replicas of the group Support "
+             "mid-work and a scale down and up, under asks to the group over HTTP; the embedded "
+             "mesh then runs Support as 3 replicas), infra, stall[:Agent], garbage, restart (down with its "
              "drain, then up), or program names (agent-Sales, topology-manager, redis, kafka, "
              "...).")] = "all",
     rate: Annotated[float, typer.Option(help="Probe messages per second, over all agents.", min=1)] = 200,
@@ -70,6 +72,7 @@ def chaos(
     Example: agentmesh chaos --faults agents,infra --duration 300 --every 3 --seed 7
     Example: agentmesh chaos --faults gateway
     Example: agentmesh chaos --faults llm
+    Example: agentmesh chaos --faults replicas
     """
     from agentmesh_cli.chaos.report import chaos_table
     from agentmesh_cli.chaos.runner import Settings, run
