@@ -1,7 +1,9 @@
 """`agentmesh chaos` for real: its own embedded mesh under supervisord, an agent and the
 topology manager killed with SIGKILL under a probe stream, every figure reported, none lost
 or handled twice; the llm agent killed mid-answer, every chat answered once and its tool
-asked once; Ctrl+C tears the mesh down. And the scripted model server the llm fault runs."""
+asked once; a replica group's replicas killed mid-work and the group scaled down and up,
+every ask to it answered and handled once; Ctrl+C tears the mesh down. And the scripted
+model server the llm fault runs."""
 
 from __future__ import annotations
 
@@ -108,6 +110,32 @@ def test_chaos_kills_the_llm_agent_mid_answer(workdir: Path) -> None:
     assert chats["model_calls"] is not None and chats["model_calls"] >= 2 * chats["answered"]
     assert (workdir / "scripted-llm.json").exists()
     assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []  # the model server too
+
+
+def test_chaos_kills_replicas_mid_work_and_scales_the_group_under_asks(workdir: Path) -> None:
+    result = agentmesh("chaos", "--faults", "replicas", "--pause", "0", "--rate", "50", "--ask-rate", "0",
+                       "--drain", "20", "--workdir", str(workdir), "--json", timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] and [(f["kind"], f["target"]) for f in data["faults"]] == [("replicas", "Support")]
+    fault = data["faults"][0]
+    row = fault["replicas"]
+    assert row["ok"] and fault["recover_s"] is not None, fault["note"]
+    # kill -9 of a replica every few seconds, each back and at work again
+    assert len(row["kills"]) == 6 and all(k["recover_s"] is not None for k in row["kills"])
+    assert sum(1 for k in row["kills"] if k["in_flight"] > 0) >= 1  # mid-work: asks waited on it
+    # scaled down (the leaving replica killed as it retired) and back up
+    scale = row["scale"]
+    assert scale["done"] and scale["killed_retiring"] and scale["leaving"] == "Support-3", scale
+    assert set(row["per_replica"]) == {"Support-1", "Support-2", "Support-3"}
+    # every ask answered once, handled once by the group, nothing asked of Sales twice
+    assert row["sent"] > 0 and row["sent"] == row["answered"] == row["handled"] + row["unrecorded"]
+    assert (row["lost"], row["failed"], row["handled_twice"], row["answered_twice"], row["asked_twice"],
+            row["asked_handled_twice"]) == (0,) * 6
+    assert row["conversations"] > 1 and data["replicas"]["ok"]
+    # the probes to the replica scaled away were held, not handed over: none lost
+    assert data["probes"]["lost"] == 0 and data["duplicates_handled"] == 0
+    assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []
 
 
 def test_the_scripted_model_server_starts_counts_and_stops(tmp_path: Path) -> None:
