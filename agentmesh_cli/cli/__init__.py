@@ -36,6 +36,8 @@ COMMANDS: dict[str, Entry] = {name: Entry(module, summary) for name, module, sum
      "Show the mesh's processes, agents, topology, proposals, services and infra."),
     ("scale", "scale",
      "Run N replicas of a group in the running mesh (mesh.yaml stays the declared default)."),
+    ("autoscale", "scale",
+     "Run the autoscaler (supervisord runs one when a group has replicas: {min, max, ...})."),
     ("send", "mesh",
      "Inject one agent-to-agent message (for demos and scripts)."),
     ("ask", "ask",

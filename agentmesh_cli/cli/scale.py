@@ -45,5 +45,19 @@ def scale(
     printer.ok(f"{group}: {result.before} -> {result.after} replicas{note}")
 
 
+def autoscale(config: ConfigOption = None) -> None:
+    """Run the autoscaler (supervisord runs one when a group has replicas: {min, max, ...}).
+
+    Example: agentmesh autoscale --config mesh.yaml
+    """
+    from agentmesh_cli.autoscaler import Autoscaler
+    from agentmesh_cli.cli.common import role_logging
+
+    mesh = mesh_from(config)
+    role_logging(mesh, C.PROGRAM_AUTOSCALER)
+    raise typer.Exit(Autoscaler(mesh).run())
+
+
 def register(app: typer.Typer) -> None:
     app.command()(scale)
+    app.command()(autoscale)

@@ -66,9 +66,10 @@ def all_handled(mesh: Mesh, ids: list[str], timeout: float = 60) -> Counter[str]
 class Feeder(threading.Thread):
     """Jobs to the group `Pool`, routed as `agentmesh send` routes them, ~100 a second."""
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, interval: float = 0.01) -> None:
         super().__init__(daemon=True)
         self.mesh = mesh
+        self.interval = interval
         self.ids: list[str] = []
         self.to: Counter[str] = Counter()
         self.halt = threading.Event()
@@ -77,7 +78,16 @@ class Feeder(threading.Thread):
         store = Store(self.mesh.redis_url, self.mesh.config.mesh)
         bus = mesh_bus(self.mesh, "test-scale")
         dispatch = Dispatch(self.mesh.config, Groups(store), C.CLI_COUNTER_OWNER, time.monotonic)
+        counted: Counter[str] = Counter()
+
+        def count() -> None:  # as agents count what they send: about once a second
+            assert bus.flush(30) == 0
+            store.add_counters(C.CLI_COUNTER_OWNER, Counter(
+                {C.sent_to_counter(t): n - counted[t] for t, n in self.to.items() if n > counted[t]}))
+            counted.update(self.to - counted)
+
         try:
+            next_count = time.monotonic() + 0.5
             while not self.halt.is_set():
                 target = dispatch.target("Pool", None)
                 envelope = events.message(C.CLI_COUNTER_OWNER, target, "job", {})
@@ -85,10 +95,11 @@ class Feeder(threading.Thread):
                 bus.poll()
                 self.ids.append(envelope.id)
                 self.to[target] += 1
-                time.sleep(0.01)
-            assert bus.flush(30) == 0
-            sent = Counter({C.sent_to_counter(t): n for t, n in self.to.items()})
-            store.add_counters(C.CLI_COUNTER_OWNER, sent)
+                if time.monotonic() >= next_count:
+                    count()
+                    next_count = time.monotonic() + 0.5
+                time.sleep(self.interval)
+            count()
         finally:
             store.close()
 
