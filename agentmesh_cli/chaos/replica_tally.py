@@ -153,7 +153,7 @@ def _scale_text(s: Mapping[str, Any]) -> str:
     if not s["leaving"]:
         return "not scaled"
     n = s["replicas"]
-    how = "killed as it retired" if s["killed_retiring"] else "retired"
+    how = f"killed {s['killed_retiring']} times as it retired" if s["killed_retiring"] else "retired"
     text = (f"scaled {n} -> {n - 1} -> {n} ({s['leaving']} {how}, {s['handed_over']} messages handed "
             f"over; down {_secs(s['down_s'])}, up {_secs(s['up_s'])}; {s['waited_for_return']} asks "
             f"waited for {s['leaving']} to come back)")

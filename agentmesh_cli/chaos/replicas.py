@@ -14,7 +14,8 @@ Once `WARM_UP_ASKS` are answered, a running replica is killed every `KILL_EVERY_
 in all; one with an ask of its conversations in flight when one comes within `MID_WORK_S`),
 and supervisord restarts it. After the `SCALE_DOWN_AFTER`-th kill the group is scaled down by
 one (scaling.scale in a thread, drain timeout `SCALE_DRAIN_S`) and the leaving replica killed
-as soon as it is marked retiring, so that what it left unread is handed over to the group;
+as soon as it is marked retiring, and again each time supervisord restarts it, until it is
+stopped: what its conversations sent it is left unread and handed over to the group;
 after the `SCALE_UP_AFTER`-th kill and the scale-down, back up. Probes to the leaving replica
 are held meanwhile (chaos/probes.py), so that its inbox holds only the group's asks.
 
@@ -28,9 +29,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agentmesh_cli import constants as C
@@ -53,12 +52,12 @@ from agentmesh_cli.chaos.replica_tally import (
     tally_conversation,
     waited_for_return,
 )
+from agentmesh_cli.chaos.scale_step import ScaleStep
 from agentmesh_cli.chaos.watches import RUNNING, Watch
 from agentmesh_cli.convlog import ConversationLog
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.replicas import Groups
-from agentmesh_cli.scaling import Scaled, scale
 from agentmesh_cli.services.probe import gateway_url, tls_verify
 from agentmesh_cli.waiting import wait_until
 
@@ -75,7 +74,7 @@ KILL_EVERY_S = 3.0
 MID_WORK_S = 1.0  # how long a kill may wait for a replica with an ask in flight
 SCALE_DOWN_AFTER = 2  # kills
 SCALE_UP_AFTER = 4
-SCALE_DRAIN_S = 1.0  # the scale-down's drain timeout: its leaving replica was just killed
+SCALE_DRAIN_S = 1.0  # the scale-down's drain timeout: its leaving replica is kept down anyway
 HOLD_S = 10.0  # how long the leaving replica may take to handle the probes it was sent
 WARM_UP_ASKS = 5
 WARM_UP_S = 30.0
@@ -99,45 +98,6 @@ def replica_group(mesh: Mesh) -> str | None:
     return GROUP if GROUP in mesh.config.groups() else None
 
 
-class ScaleStep:
-    """One `scale` of the group in a thread of its own, with what comes before and after."""
-
-    def __init__(self, mesh: Mesh, count: int, timeout: float, before: Callable[[], None] = lambda: None,
-                 after: Callable[[], None] = lambda: None) -> None:
-        self.mesh, self.count, self.timeout, self.before, self.after = mesh, count, timeout, before, after
-        self.lines: list[str] = []  # what `scale` said, each line with its time since the step started
-        self.result: Scaled | None = None
-        self.error = ""
-        self.started = time.monotonic()
-        self.ended: float | None = None
-        self._thread = threading.Thread(target=self._run, name=f"chaos-scale-{count}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.before()
-            self.result = scale(self.mesh, GROUP, self.count, SCALE_DRAIN_S, self.timeout, self._say)
-        except AgentMeshError as exc:
-            self.error = str(exc)
-        finally:
-            self.after()
-            self.ended = time.monotonic()
-
-    def _say(self, line: str) -> None:
-        self.lines.append(f"+{time.monotonic() - self.started:.1f}s {line}")
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    @property
-    def took(self) -> float | None:
-        return None if self.ended is None else round(self.ended - self.started, 2)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
 class ReplicasWatch(Watch):
     """Asks to the group over HTTP; its replicas killed under them, the group scaled down and
     up; then the asks judged (steps: firing, after, finishing, settling)."""
@@ -158,7 +118,7 @@ class ReplicasWatch(Watch):
         self.before, self.groups, self.rng = before, Groups(ctx.store), random.Random()
         self.count, self.leaving = REPLICAS_RUN, ""  # the leaving replica, once scaling down
         self.kills: list[ReplicaKill] = []
-        self.retire_kill: ReplicaKill | None = None
+        self.retire_kills: list[ReplicaKill] = []  # of the leaving replica, each new pid as it retires
         self.down_step: ScaleStep | None = None
         self.up_step: ScaleStep | None = None
         tag = f"chaos-rep-{os.getpid()}-{time.time_ns()}-"
@@ -272,25 +232,30 @@ class ReplicasWatch(Watch):
             if len(self.kills) >= SCALE_DOWN_AFTER and back and states.get(
                     C.agent_program(leaving), ("", 0))[0] == RUNNING:
                 self.leaving, self.count = leaving, self.count - 1
-                self.down_step = ScaleStep(self.ctx.mesh, self.count, self.ctx.timeout,
-                                           before=lambda: self._hold(leaving))
+                self.down_step = ScaleStep(self.ctx.mesh, self.group, self.count, SCALE_DRAIN_S,
+                                           self.ctx.timeout, before=lambda: self._hold(leaving))
             return
-        if self.retire_kill is None and not self.down_step.done:
+        if not self.down_step.done:
             self._kill_retiring(states)
         if self.up_step is None and self.down_step.done and len(self.kills) >= SCALE_UP_AFTER:
             leaving, self.count = self.leaving, self.count + 1
-            self.up_step = ScaleStep(self.ctx.mesh, self.count, self.ctx.timeout,
+            self.up_step = ScaleStep(self.ctx.mesh, self.group, self.count, SCALE_DRAIN_S, self.ctx.timeout,
                                      after=lambda: self.ctx.probes.release(leaving))
 
     def _kill_retiring(self, states: ProgramStates) -> None:
-        try:
-            retiring = self.leaving in self.groups.retiring()
-        except AgentMeshError:
-            return
+        """Once the leaving replica is marked retiring, kill it, and each process supervisord
+        starts in its place, until it is stopped: it never reads its inbox again, so what
+        its conversations sent it is left for the handover."""
+        if not self.retire_kills:
+            try:
+                if self.leaving not in self.groups.retiring():
+                    return
+            except AgentMeshError:
+                return
         state, pid = states.get(C.agent_program(self.leaving), ("", 0))
-        if retiring and state == RUNNING and pid:
+        if state in LIVE and pid and pid not in {k.pid for k in self.retire_kills}:
             in_flight = in_flight_by_replica(self._answers())[self.leaving]
-            self.retire_kill = self._kill(self.leaving, pid, in_flight)
+            self.retire_kills.append(self._kill(self.leaving, pid, in_flight))
 
     def _hold(self, replica: str) -> None:
         """No more probes to the leaving replica, and those it was sent handled, so that
@@ -354,7 +319,7 @@ class ReplicasWatch(Watch):
         return {"replicas": REPLICAS_RUN, "leaving": self.leaving,
                 "errors": [s.error for s in steps if s.error],
                 "done": len(steps) == 2 and all(s.done and not s.error for s in steps),
-                "handed_over": sum(handed.values()), "killed_retiring": self.retire_kill is not None,
+                "handed_over": sum(handed.values()), "killed_retiring": len(self.retire_kills),
                 "quiet": bool(down is not None and down.result is not None and down.result.quiet),
                 "down_s": down.took if down else None, "up_s": up.took if up else None,
                 "waited_for_return": waited, "lines": [line for s in steps for line in s.lines]}

@@ -124,9 +124,9 @@ def test_chaos_kills_replicas_mid_work_and_scales_the_group_under_asks(workdir: 
     # kill -9 of a replica every few seconds, each back and at work again
     assert len(row["kills"]) == 6 and all(k["recover_s"] is not None for k in row["kills"])
     assert sum(1 for k in row["kills"] if k["in_flight"] > 0) >= 1  # mid-work: asks waited on it
-    # scaled down (the leaving replica killed as it retired) and back up
+    # scaled down (the leaving replica killed as it retired, its unread asks handed over) and back up
     scale = row["scale"]
-    assert scale["done"] and scale["killed_retiring"] and scale["leaving"] == "Support-3", scale
+    assert scale["done"] and scale["killed_retiring"] >= 1 and scale["leaving"] == "Support-3", scale
     assert set(row["per_replica"]) == {"Support-1", "Support-2", "Support-3"}
     # every ask answered once, handled once by the group, nothing asked of Sales twice
     assert row["sent"] > 0 and row["sent"] == row["answered"] == row["handled"] + row["unrecorded"]

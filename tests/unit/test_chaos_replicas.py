@@ -164,7 +164,7 @@ GROUP = {"handled": 99, "handled_twice": 0, "duplicates": 14, "cached_replies": 
          "asked_handled_twice": 0, "per_replica": {"Support-1": 40, "Support-2": 35, "Support-3": 24}}
 LOGS = {"conversations": 20, "moved": 2, "answered_twice": 0, "asked_twice": 0}
 SCALING = {"replicas": 3, "leaving": "Support-3", "errors": [], "done": True, "handed_over": 7,
-           "killed_retiring": True, "quiet": False, "down_s": 6.4, "up_s": 4.2, "waited_for_return": 0,
+           "killed_retiring": 2, "quiet": False, "down_s": 6.4, "up_s": 4.2, "waited_for_return": 0,
            "lines": []}
 KILLS = [{"replica": "Support-1", "in_flight": 2, "detect_s": 0.2, "recover_s": 3.1},
          {"replica": "Support-2", "in_flight": 0, "detect_s": 0.3, "recover_s": 3.6}]
@@ -196,13 +196,14 @@ def test_replicas_verdict(client: dict[str, Any], group: dict[str, Any], logs: d
 def test_replicas_note_and_sums() -> None:
     row = judge_replicas(CLIENT, GROUP, LOGS, 1, SCALING, KILLS)
     assert replicas_note(row) == (
-        "2 kills (1 with asks in flight), recovered in 3.10 to 3.60 s; scaled 3 -> 2 -> 3 (Support-3 "
-        "killed as it retired, 7 messages handed over; down 6.4 s, up 4.2 s; 0 asks waited for Support-3 "
-        "to come back); 100 asks over HTTP in 20 conversations: 100 answered, 12 retried (15 retries: "
-        "15 HTTP 504), 0 lost, 0 failed; 99 handled (Support-1 40, Support-2 35, Support-3 24), 0 twice, "
-        "1 answered but not in the group's ledger (3 expired copies dropped), 14 copies skipped, 9 answered "
-        "again from the reply cache; 0 answered twice, 0 asks of another agent made twice, 0 handled twice "
-        "by it; 2 conversations moved to another replica")
+        "2 kills (1 with asks in flight), recovered in 3.10 to 3.60 s; "
+        "scaled 3 -> 2 -> 3 (Support-3 killed 2 times as it retired, 7 messages handed over; "
+        "down 6.4 s, up 4.2 s; 0 asks waited for Support-3 to come back); "
+        "100 asks over HTTP in 20 conversations: 100 answered, 12 retried (15 retries: 15 HTTP 504), "
+        "0 lost, 0 failed; 99 handled (Support-1 40, Support-2 35, Support-3 24), 0 twice, "
+        "1 answered but not in the group's ledger (3 expired copies dropped), 14 copies skipped, "
+        "9 answered again from the reply cache; 0 answered twice, 0 asks of another agent made twice, "
+        "0 handled twice by it; 2 conversations moved to another replica")
     failed = judge_replicas({**CLIENT, "answered": 99, "lost": 1}, GROUP, LOGS, 0,
                             {**SCALING, "done": False, "errors": ["boom"], "leaving": ""},
                             [{**KILLS[0], "recover_s": None}])
