@@ -17,7 +17,8 @@ twice, and how long each fault took to be detected and recovered from.
 - llm.py: the llm fault (kill -9 of the Concierge mid-answer under chats) and its verdict
 - chats.py: what a chat's user saw: the streamed deltas, the conversation's log
 - replicas.py: the replicas fault (kill -9 of a group's replicas mid-work, the group scaled
-  down and up, under asks to the group over HTTP); replica_tally.py: its pure parts, verdict
+  down and up, under asks to the group over HTTP); replica_tally.py: its pure parts, verdict;
+  scale_step.py: one `scale` of the group in a thread, while the fault goes on
 - runner.py: one run, start to end
 - figures.py: the run's figures as one JSON-able result
 - report.py: the result as one table

@@ -176,11 +176,15 @@ class ReplicasWatch(Watch):
             self.step, self.until = "after", now + AFTER_S
         return False
 
-    def _kill(self, replica: str, pid: int, in_flight: int) -> ReplicaKill:
+    def _kill(self, replica: str, pid: int, in_flight: int) -> ReplicaKill | None:
+        """SIGKILL on the pid supervisord reported; None when it had exited meanwhile."""
         counters = self._counters(self.ctx) or {}
         kill = ReplicaKill(replica, pid, time.monotonic(), in_flight,
                            counters.get(replica, {}).get(C.COUNTER_IN, 0))
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
         return kill
 
     def _kill_one(self, now: float, states: ProgramStates) -> None:
@@ -193,8 +197,10 @@ class ReplicasWatch(Watch):
                    if r not in busy and states.get(C.agent_program(r), ("", 0))[0] == RUNNING]
         in_flight = in_flight_by_replica(self._answers())
         victim = choose_victim(running, in_flight, self.rng, patient=now < self.next_kill + MID_WORK_S)
-        if victim is not None:
-            self.kills.append(self._kill(victim, states[C.agent_program(victim)][1], in_flight[victim]))
+        kill = None if victim is None else self._kill(victim, states[C.agent_program(victim)][1],
+                                                       in_flight[victim])
+        if kill is not None:
+            self.kills.append(kill)
             self.next_kill = now + KILL_EVERY_S
 
     def _watch_restart(self, kill: ReplicaKill, now: float, states: ProgramStates) -> None:
@@ -254,8 +260,8 @@ class ReplicasWatch(Watch):
                 return
         state, pid = states.get(C.agent_program(self.leaving), ("", 0))
         if state in LIVE and pid and pid not in {k.pid for k in self.retire_kills}:
-            in_flight = in_flight_by_replica(self._answers())[self.leaving]
-            self.retire_kills.append(self._kill(self.leaving, pid, in_flight))
+            kill = self._kill(self.leaving, pid, in_flight_by_replica(self._answers())[self.leaving])
+            self.retire_kills += [kill] if kill is not None else []
 
     def _hold(self, replica: str) -> None:
         """No more probes to the leaving replica, and those it was sent handled, so that
