@@ -123,6 +123,11 @@ def scale(mesh: Mesh, group: str, count: int, drain_timeout: float, timeout: flo
                 if late:
                     raise SupervisorError(f"{', '.join(late)} did not stop")
                 result.stopped = leaving
+                # stopped: no longer registered, also when its last process was killed before it
+                # could leave (a stale record would keep it live for every sender, and the
+                # handover would send its unread messages back into its own inbox)
+                for name in leaving:
+                    store.unregister_agent(name)
                 _apply(mesh, sup, after, groups)
                 result.handed_over = hand_over(mesh, store, groups, leaving, say)
             finally:

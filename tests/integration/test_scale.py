@@ -168,3 +168,56 @@ def test_an_orphaned_inbox_is_handed_over(mesh: Mesh) -> None:
     assert set(counts.values()) == {1}, counts
     pool1 = (mesh.root / "handled" / "Pool-1.ids").read_text().split()
     assert {e.id for e in unread} <= set(pool1)
+
+
+def test_a_replica_kept_down_as_it_is_scaled_away_is_no_longer_routed_to(mesh: Mesh) -> None:
+    """kill -9 of every process supervisord starts for Pool-2 while it is scaled away: it never
+    leaves the mesh itself, so `scale` forgets it (unregisters it). What it left unread is handed
+    over once, to Pool-1 (not back into its own inbox, where its conversations stuck), and no
+    sender routes to it any more."""
+    scale(mesh, 2)  # whichever test ran before
+    halt = threading.Event()
+    killed: list[int] = []
+
+    def keep_down() -> None:
+        with Supervisor(mesh) as sup:
+            while not halt.is_set():
+                p = {p["name"]: p for p in sup.processes()}.get("agent-Pool-2", {})
+                if p.get("pid") and p["pid"] not in killed and p["statename"] in ("STARTING", "RUNNING"):
+                    killed.append(p["pid"])
+                    try:
+                        os.kill(p["pid"], signal.SIGKILL)  # a pid of our own test mesh
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.05)
+
+    keeper = threading.Thread(target=keep_down, daemon=True)
+    keeper.start()
+    try:
+        wait_until(lambda: killed, 30, "Pool-2 killed")
+        bus = mesh_bus(mesh, "test-kept-down")
+        groups = Groups(Store(mesh.redis_url, mesh.config.mesh))
+        for i in range(20):  # conversations that stick to Pool-2, as when it was sent them
+            groups.route("Pool", f"k{i}", "Pool-2", ["Pool-1", "Pool-2"], 600)
+        groups.store.close()
+        unread = [events.message(C.CLI_COUNTER_OWNER, "Pool-2", "job", {}, {"conversation": f"k{i}"})
+                  for i in range(20)]
+        for envelope in unread:
+            bus.send_message(envelope)
+        assert bus.flush(10) == 0
+        out = scale(mesh, 1, "--drain-timeout", "1")
+    finally:
+        halt.set()
+        keeper.join(10)
+    assert "handed 20 unread messages of Pool-2 over to Pool" in out, out
+    counts = all_handled(mesh, [e.id for e in unread])
+    assert set(counts.values()) == {1}, counts
+    assert {e.id for e in unread} <= set((mesh.root / "handled" / "Pool-1.ids").read_text().split())
+    store = Store(mesh.redis_url, mesh.config.mesh)
+    try:
+        assert "Pool-2" not in store.agents()
+        dispatch = Dispatch(mesh.config, Groups(store), C.CLI_COUNTER_OWNER, time.monotonic)
+        assert {dispatch.target("Pool", f"new-{i}") for i in range(10)} == {"Pool-1"}
+    finally:
+        store.close()
+    scale(mesh, 2)  # back to mesh.yaml's count for the next test
