@@ -46,9 +46,11 @@ class ReplicaKill:
 
 def conversation_of(seq: int, prefix: str, open_: int, each: int) -> str:
     """Ask `seq`'s conversation: `open_` conversations at a time take the asks in turn, `each`
-    asks apiece, then the next `open_` begin. So new conversations keep coming (each placed by
-    the group's router) and each lives on across kills (held to its replica by the sticky table)."""
-    return f"{prefix}{seq // (open_ * each)}-{seq % open_}"
+    asks apiece, each followed by a new one; their starts are staggered, so that some are
+    always midway. New conversations keep coming (each placed by the group's router) and
+    each lives on across kills and scaling (held to its replica by the sticky table)."""
+    slot, turn = seq % open_, seq // open_
+    return f"{prefix}{(turn + slot * each // open_) // each}-{slot}"
 
 
 def in_flight_by_replica(answers: Sequence[Answer]) -> Counter[str]:

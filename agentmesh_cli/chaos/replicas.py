@@ -68,10 +68,10 @@ ASKED = ("Sales", "recent_orders")  # whom a ticket's handler asks, and what
 HANDLED_FROM = C.COUNTER_HANDLED_FROM_PREFIX + C.GATEWAY_SENDER
 RATE = 10.0  # asks per second (each ticket awaits Cognition, Sales and Memory)
 CONVERSATIONS = 8  # open at a time
-ASKS_PER_CONVERSATION = 5
+ASKS_PER_CONVERSATION = 8  # a conversation lives about 6 s
 KILLS = 6
 KILL_EVERY_S = 3.0
-MID_WORK_S = 1.0  # how long a kill may wait for a replica with an ask in flight
+MID_WORK_S = 2.0  # how long a kill may wait for a replica with an ask in flight
 SCALE_DOWN_AFTER = 2  # kills
 SCALE_UP_AFTER = 4
 SCALE_DRAIN_S = 1.0  # the scale-down's drain timeout: its leaving replica is kept down anyway
@@ -142,10 +142,10 @@ class ReplicasWatch(Watch):
         self.next_kill = self.outcome.started
 
     def _request(self, seq: int) -> Request:
-        generation, slot = seq // (CONVERSATIONS * ASKS_PER_CONVERSATION), seq % CONVERSATIONS
+        conversation = conversation_of(seq, "", CONVERSATIONS, ASKS_PER_CONVERSATION)
         return self.group, "ticket", {  # a customer per conversation: a short history for Cognition
             "text": f"chaos ticket {seq}: does the cable come in other sizes?", "kind": "question",
-            "product": "cable", "customer": f"chaos-customer-{generation}-{slot}"}
+            "product": "cable", "customer": f"chaos-customer-{conversation}"}
 
     def _answers(self) -> list[Answer]:
         """What became of every ask so far, in order."""
@@ -188,10 +188,13 @@ class ReplicasWatch(Watch):
         return kill
 
     def _kill_one(self, now: float, states: ProgramStates) -> None:
-        """Kill a running replica (not the leaving one, nor one not yet back from its last
-        kill), one with an ask of its conversations in flight when one comes within MID_WORK_S."""
+        """Kill a running replica (not the one to leave before it is scaled back, nor one not
+        yet back from its last kill), one with an ask of its conversations in flight when one
+        comes within MID_WORK_S."""
         busy = {k.replica for k in self.kills if not k.settled}
-        if self.up_step is None or not self.up_step.done:
+        if self.down_step is None:  # the one to leave keeps its conversations until it retires
+            busy.add(self.spec.replica_names(self.count)[-1])
+        elif self.up_step is None or not self.up_step.done:
             busy.add(self.leaving)  # scaled away, or on its way back
         running = [r for r in self.spec.replica_names(self.count)
                    if r not in busy and states.get(C.agent_program(r), ("", 0))[0] == RUNNING]

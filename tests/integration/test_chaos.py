@@ -127,6 +127,7 @@ def test_chaos_kills_replicas_mid_work_and_scales_the_group_under_asks(workdir: 
     # scaled down (the leaving replica killed as it retired, its unread asks handed over) and back up
     scale = row["scale"]
     assert scale["done"] and scale["killed_retiring"] >= 1 and scale["leaving"] == "Support-3", scale
+    assert scale["handed_over"] >= 1 and scale["waited_for_return"] == 0, scale  # handed to the others
     assert set(row["per_replica"]) == {"Support-1", "Support-2", "Support-3"}
     # every ask answered once, handled once by the group, nothing asked of Sales twice
     assert row["sent"] > 0 and row["sent"] == row["answered"] == row["handled"] + row["unrecorded"]

@@ -80,11 +80,20 @@ def test_the_chaos_mesh_runs_support_as_three_replicas_only_for_the_fault() -> N
     assert [a.name for a in with_llm.agents] == ["Concierge", *CHAOS_AGENTS]
 
 
-@pytest.mark.parametrize(("seq", "conversation"), [
-    (0, "p0-0"), (1, "p0-1"), (2, "p0-2"), (3, "p0-0"), (5, "p0-2"), (8, "p0-2"),  # 3 open, 3 asks each
-    (9, "p1-0"), (10, "p1-1"), (17, "p1-2"), (18, "p2-0")])
-def test_asks_go_in_conversations_a_few_open_at_a_time(seq: int, conversation: str) -> None:
-    assert conversation_of(seq, "p", 3, 3) == conversation
+def test_asks_go_in_conversations_a_few_open_at_a_time_their_starts_staggered() -> None:
+    # 3 open at a time, 3 asks each: slot k's first conversation is cut short by k asks
+    assert [conversation_of(seq, "p", 3, 3) for seq in range(15)] == [
+        "p0-0", "p0-1", "p0-2",
+        "p0-0", "p0-1", "p1-2",
+        "p0-0", "p1-1", "p1-2",
+        "p1-0", "p1-1", "p1-2",
+        "p1-0", "p1-1", "p2-2"]
+    # 8 open, 8 asks each (the row's): each conversation gets 8 asks, the slots start apart
+    asks = [conversation_of(seq, "", 8, 8) for seq in range(8 * 8 * 4)]
+    whole = {c for c in asks if not c.startswith(("0-", "4-"))}  # neither cut short nor cut off
+    assert all(asks.count(c) == 8 for c in whole) and len(whole) == 24
+    assert [asks[8 * 12 + slot] for slot in range(8)] == [  # the 12th round of asks: old and new ones
+        "1-0", "1-1", "1-2", "1-3", "2-4", "2-5", "2-6", "2-7"]
 
 
 def ask(conversation: str, replica: str | None = None, done: bool | None = None, started: float = 0.0,
