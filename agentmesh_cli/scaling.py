@@ -10,7 +10,8 @@ Down, nothing lost or handled twice:
 2. `scale` waits until each is quiet (the drain's rule, quiet.py: everything sent to it
    handled, nothing in flight, over 1.2 s) or `drain_timeout` passed; a replica that is not
    running (crashed, FATAL) is not waited for;
-3. they are stopped (each settles its last turn and commits as it leaves) and removed from
+3. they are stopped (each settles its last turn and commits as it leaves), unregistered (one
+   killed before it could leave would stay live for every sender) and removed from
    supervisord;
 4. what is still unread in a leaving replica's inbox (sent after its quiet spell, at the
    timeout, or left by a crash) is handed over: read from its committed offset to the end,
