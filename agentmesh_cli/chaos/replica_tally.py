@@ -159,6 +159,9 @@ def _scale_text(s: Mapping[str, Any]) -> str:
     text = (f"scaled {n} -> {n - 1} -> {n} ({s['leaving']} {how}, {s['handed_over']} messages handed "
             f"over; down {_secs(s['down_s'])}, up {_secs(s['up_s'])}; {s['waited_for_return']} asks "
             f"waited for {s['leaving']} to come back)")
+    if s.get("probes_left"):
+        text += (f"; {s['probes_left']} probes to {s['leaving']} unhandled when it left, handed over "
+                 "(the probe figures count them as lost to it)")
     return text + "".join(f"; scale failed: {e}" for e in s["errors"])
 
 

@@ -75,7 +75,6 @@ MID_WORK_S = 2.0  # how long a kill may wait for a replica with an ask in flight
 SCALE_DOWN_AFTER = 2  # kills
 SCALE_UP_AFTER = 4
 SCALE_DRAIN_S = 1.0  # the scale-down's drain timeout: its leaving replica is kept down anyway
-HOLD_S = 10.0  # how long the leaving replica may take to handle the probes it was sent
 WARM_UP_ASKS = 5
 WARM_UP_S = 30.0
 ASK_TIMEOUT_S = 5.0  # each attempt's (the gateway answers 504 after it)
@@ -118,6 +117,7 @@ class ReplicasWatch(Watch):
         self.before, self.groups, self.rng = before, Groups(ctx.store), random.Random()
         self.count, self.leaving = REPLICAS_RUN, ""  # the leaving replica, once scaling down
         self.kills: list[ReplicaKill] = []
+        self.probes_left = 0  # probes the leaving replica had not handled when it was scaled away
         self.retire_kills: list[ReplicaKill] = []  # of the leaving replica, each new pid as it retires
         self.down_step: ScaleStep | None = None
         self.up_step: ScaleStep | None = None
@@ -276,10 +276,10 @@ class ReplicasWatch(Watch):
         time.sleep(0.5)  # the probes produced meanwhile are confirmed
         want = probes.produced_to(replica)
         try:
-            wait_until(lambda: self._probes_handled(replica) >= want, HOLD_S, f"{replica} handled its probes",
-                       interval=0.1)
-        except WaitTimeout:
-            pass  # then some are handed over, and show as lost for it: the figures say so
+            wait_until(lambda: self._probes_handled(replica) >= want, self.ctx.timeout,
+                       f"{replica} handled its probes", interval=0.1)
+        except WaitTimeout:  # then some are handed over: handled by another replica, lost for it
+            self.probes_left = want - self._probes_handled(replica)
 
     def _probes_handled(self, replica: str) -> int:
         """Probes it handled (the embedded mesh's counters begin with the run's probes)."""
@@ -331,7 +331,8 @@ class ReplicasWatch(Watch):
                 "handed_over": sum(handed.values()), "killed_retiring": len(self.retire_kills),
                 "quiet": bool(down is not None and down.result is not None and down.result.quiet),
                 "down_s": down.took if down else None, "up_s": up.took if up else None,
-                "waited_for_return": waited, "lines": [line for s in steps for line in s.lines]}
+                "waited_for_return": waited, "probes_left": self.probes_left,
+                "lines": [line for s in steps for line in s.lines]}
 
     def _unrecorded(self) -> tuple[int, list[str]]:
         """Answered requests whose id is not in the group's ledger (all when Redis fails), and

@@ -217,6 +217,9 @@ def test_replicas_note_and_sums() -> None:
                             {**SCALING, "done": False, "errors": ["boom"], "leaving": ""},
                             [{**KILLS[0], "recover_s": None}])
     assert replicas_note(failed).startswith("1 kills (1 with asks in flight), 1 not recovered; not scaled; ")
+    assert "up 4.2 s; 0 asks waited for Support-3 to come back); 3 probes to Support-3 unhandled when it " \
+           "left, handed over (the probe figures count them as lost to it); 100 asks" in \
+           replicas_note(judge_replicas(CLIENT, GROUP, LOGS, 1, {**SCALING, "probes_left": 3}, KILLS))
     assert replicas_figures([]) is None
     assert replicas_figures([row, failed]) == {
         "sent": 200, "answered": 199, "retried": 24, "retries": 30, "lost": 1, "failed": 0, "handled": 198,
