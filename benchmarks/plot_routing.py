@@ -1,7 +1,9 @@
 """Plots of `agentmesh bench routing`: reads the bench's JSON, writes three PNGs.
 
     agentmesh bench routing --json --out routing.json
-    .venv/bin/python benchmarks/plot_routing.py routing.json [--out docs/images]
+    .venv/bin/python benchmarks/plot_routing.py routing.json [more.json ...] [--out docs/images]
+
+Several JSON files (runs of the same settings) are drawn as one: their runs pooled.
 
 - routing-p99.png: p99 latency against load, per model (the median over the runs, a dot per run);
 - routing-kill-shares.png: each replica's share of the new conversations second by second in
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,14 @@ def p99_plot(result: dict[str, Any], out: Path, plt: Any) -> None:
     loads = list(latency)
     xs = [float(k.rstrip("%")) for k in loads]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for model in result["settings"]["models"]:
+    models = result["settings"]["models"]
+    for n, model in enumerate(models):
         color = MODEL_COLORS.get(model)
         ax.plot(xs, [latency[k][model]["p99_ms"] for k in loads], marker="o", color=color, label=model)
         for x, k in zip(xs, loads, strict=True):
             runs = latency[k][model]["p99_ms_runs"]
-            ax.scatter([x] * len(runs), runs, s=10, color=color, alpha=0.4)
+            shift = (n - (len(models) - 1) / 2) * 0.8  # each model's dots beside the others'
+            ax.scatter([x + shift] * len(runs), runs, s=10, color=color, alpha=0.5)
     ax.set_yscale("log")
     ax.set_xlabel(f"load, % of {result['settings']['capacity_msg_s']:g} msg/s")
     ax.set_ylabel("p99 latency, ms (log)")
@@ -125,9 +130,27 @@ def conductance_plot(result: dict[str, Any], out: Path, plt: Any) -> None:
     plt.close(fig)
 
 
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several results of the same settings as one: their runs pooled (p99 the median of all)."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    def runs(k: str, m: str) -> list[float]:
+        return [x for r in results for x in r["figures"]["latency"][k][m]["p99_ms_runs"]]
+
+    latency = {k: {m: {"p99_ms_runs": runs(k, m)} for m in by_model}
+               for k, by_model in first["figures"]["latency"].items()}
+    for by_model in latency.values():
+        for figures in by_model.values():
+            figures["p99_ms"] = statistics.median(figures["p99_ms_runs"])
+    kill = {m: [t for r in results for t in r["series"]["kill"][m]] for m in first["series"]["kill"]}
+    return {"settings": {**first["settings"], "runs": sum(r["settings"]["runs"] for r in results)},
+            "figures": {"latency": latency}, "series": {"kill": kill}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", type=Path, help="the output of `agentmesh bench routing --json`")
+    ap.add_argument("json", type=Path, nargs="+", help="the output of `agentmesh bench routing --json`")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder for the PNGs")
     args = ap.parse_args()
     import matplotlib
@@ -135,7 +158,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    result = json.loads(args.json.read_text(encoding="utf-8"))
+    result = pooled([json.loads(path.read_text(encoding="utf-8")) for path in args.json])
     args.out.mkdir(parents=True, exist_ok=True)
     p99_plot(result, args.out, plt)
     kill_plot(result, args.out, plt)

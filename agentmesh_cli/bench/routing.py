@@ -139,7 +139,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return round(statistics.median(r[name] for r in runs), 3)
 
     return {"p50_ms": mid("p50_ms"), "p99_ms": mid("p99_ms"), "max_ms": max(r["max_ms"] for r in runs),
-            "p99_ms_runs": [r["p99_ms"] for r in runs],
+            "p50_ms_runs": [r["p50_ms"] for r in runs], "p99_ms_runs": [r["p99_ms"] for r in runs],
             "shares": {n: round(statistics.median(r["shares"][n] for r in runs), 4) for n in REPLICAS},
             "send_lag_p99_ms": mid("send_lag_p99_ms"),
             "asks": sum(r["asks"] for r in runs), "failed": sum(r["failed"] for r in runs),
@@ -229,6 +229,13 @@ def _result(plan: Plan, models: tuple[str, ...], kill_models: tuple[str, ...], l
         if m != "p2c_ewma" and "p2c_ewma" in models:
             ratios[f"p99_{m}_to_p2c_ewma"] = {
                 k: ratio(v[m]["p99_ms"], v["p2c_ewma"]["p99_ms"]) for k, v in latency_figures.items()}
+            # run by run (the same arrivals, minutes apart at most): the machine's slow spells
+            # fall on both of a pair more often than on both medians
+            paired = {k: [ratio(run[f"{k}/{m}"]["p99_ms"], run[f"{k}/p2c_ewma"]["p99_ms"]) for run in matrix]
+                      for k in latency_figures}
+            ratios[f"p99_{m}_to_p2c_ewma_paired"] = {k: round(statistics.median(v), 3)
+                                                     for k, v in paired.items()}
+            ratios[f"p99_{m}_to_p2c_ewma_paired_runs"] = paired
     base = cpu.get("router_alone", {}).get("per_message_us", {}).get("fixed_name", 0.0)
     ratios["routing_cpu_to_fixed_name"] = {m: ratio(us, base) for m, us in
                                            cpu.get("router_alone", {}).get("per_message_us", {}).items()

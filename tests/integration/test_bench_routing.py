@@ -53,7 +53,9 @@ def test_a_quick_routing_run_answers_every_ask_and_reports_every_field() -> None
     assert all(us > 0 for us in f["routing_cpu_us"]["router_alone"].values())
     assert set(result["raw"]["capacity_msg_s"]) == REPLICAS
     assert all(v > 0 for v in result["raw"]["capacity_msg_s"].values())
-    assert set(result["ratios"]["p99_physarum_to_p2c_ewma"]) == {"50%", "80%", "95%"}
+    for name in ("p99_physarum_to_p2c_ewma", "p99_physarum_to_p2c_ewma_paired"):
+        assert set(result["ratios"][name]) == {"50%", "80%", "95%"}
+    assert all(len(runs) == 1 for runs in result["ratios"]["p99_physarum_to_p2c_ewma_paired_runs"].values())
     assert set(result["targets"]) == {"p99_physarum_to_p2c_ewma_at_80%", "dead_share_physarum",
                                       "back_to_fair_share_physarum_s", "lost_or_handled_twice"}
     for target in result["targets"].values():
