@@ -233,3 +233,27 @@ def agent_entry(name: str, state: str = "alive", mi: int = 0, role: str = "suppo
                      "late_replies": 0, "expired_requests": 0, "cached_replies": 0,
                      "p50_ms": None, "p99_ms": None},
             "llm": None, "counters": counters if counters is not None else {"messages_in": mi}}
+
+
+# Support runs three replicas; two of them talk with Sales, and one replica with another
+GROUP_SNAPSHOT: dict[str, Any] = {
+    "v": 1,
+    "ts": 1_700_000_000_000,
+    "graph": {
+        "agents": ["Sales", "Support-1", "Support-2", "Support-3"],
+        "edges": [
+            ["Sales", "Support-1", 0.9, 10, 1_699_999_999_000],
+            ["Sales", "Support-2", 0.6, 5, 1_699_999_999_800],
+            ["Sales", "Support-3", 0.2, 0, None],
+            ["Support-1", "Sales", 0.5, 4, 1_699_999_999_500],
+            ["Support-2", "Sales", 0.7, 6, 1_699_999_999_200],
+            ["Support-1", "Support-2", 0.5, 1, 1_699_999_999_900],
+        ],
+    },
+    "roles": {"Sales": "sales", "Support-1": "support", "Support-2": "support", "Support-3": "support"},
+}
+
+
+def replica_group(name: str) -> str | None:
+    """GROUP_SNAPSHOT's replicas -> their group (as MeshConfig.group_name)."""
+    return "Support" if name.startswith("Support-") else None
