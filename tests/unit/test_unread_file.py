@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agentmesh_cli.drain import load_unread, write_unread
 from agentmesh_cli.errors import ConfigError
+from agentmesh_cli.unread import load_unread, write_unread
 
 ITEM = {"v": 1, "topic": "messages", "partition": 2, "offset": 7, "to": "Sales", "id": "m-1",
         "key": "Sales", "value": "eyJpZCI6ICJtLTEifQ=="}
