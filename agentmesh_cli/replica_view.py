@@ -54,6 +54,11 @@ def replica_counts(spec: AgentSpec, counts: Mapping[str, int], retiring: set[str
             "max": spec.max_replicas, "autoscaled": not isinstance(spec.replicas, int)}
 
 
+def processes(agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Status's entries of the agent processes: each agent, a group's replicas in its place."""
+    return [entry for agent in agents for entry in agent.get("members", [agent])]
+
+
 def nest_groups(agents: list[dict[str, Any]], config: MeshConfig, counts: Mapping[str, int],
                 retiring: set[str], routing: Mapping[str, Mapping[str, Any]], counters: Counters,
                 now: float) -> list[dict[str, Any]]:
@@ -82,7 +87,8 @@ def group_entry(spec: AgentSpec, members: list[dict[str, Any]], counts: Mapping[
                 retiring: set[str], routing: dict[str, Any] | None) -> dict[str, Any]:
     """One logical agent for a group: its replicas' entries in `members` (each with its
     group, index, whether it is retiring and its share of the group's handled messages),
-    their sums, the worst loop lag, asks and model use over their summed counters."""
+    their sums (counters too), the worst loop lag, asks and model use over their summed
+    counters."""
     members = sorted(members, key=lambda a: replica_order(a["name"]))
     handled = sum(m["messages_in"] for m in members)
     nested = [{**m, "group": spec.name, "replica": replica_order(m["name"])[1],
@@ -107,6 +113,7 @@ def group_entry(spec: AgentSpec, members: list[dict[str, Any]], counts: Mapping[
         "loop_lag_ms": _worst_lag(members),
         "asks": asks(summed),
         "llm": llm(summed),
+        "counters": summed,
         "replicas": replica_counts(spec, counts, retiring, (m["name"] for m in members)),
         "members": nested,
         "routing": routing,

@@ -83,7 +83,8 @@ class ChaosRun:
         self.paused = threading.Event()  # set while the mesh restarts (the restart fault)
         self.probes = ProbeSender(mesh.config.kafka, agents, settings.rate, run_id, store,
                                   mesh_signer(mesh), self.paused, groups_of(mesh.config, agents))
-        roles = {a.name: a.role for a in mesh.config.agents}  # asked by their logical names
+        # asked straight to their inbox: only roles that answer (none replicable, so no group)
+        roles = {a.name: a.role for a in mesh.config.agents}
         self.asks = AskStream(mesh.config.kafka, roles, settings.ask_rate, run_id,
                               Store(mesh.redis_url, mesh.config.mesh), mesh_signer(mesh),
                               deadline_s=2 * settings.timeout, paused=self.paused)
