@@ -241,6 +241,11 @@ class AutoReplicas(_Section):
     # messages in flight or waiting per replica the scaler aims at (Ray Serve's
     # target_ongoing_requests)
     target_in_flight: float = Field(4.0, gt=0.0)
+    # hysteresis: more replicas only after the load asked for them this long without a
+    # break, fewer only after it asked for fewer this long (Ray Serve's upscale_delay_s,
+    # downscale_delay_s; shorter here: one machine, replicas start in a second or two)
+    upscale_delay: Duration = 5.0
+    downscale_delay: Duration = 60.0
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoReplicas:

@@ -179,6 +179,9 @@ class AgentRuntime:
             except AgentMeshError as exc:
                 self.log.warning("accepts not read, Redis unavailable: %s", exc)
             self._accepts = (self.clock(), accepts)
+        if agent not in accepts and self.dispatch.is_group(agent):  # what its replicas publish
+            group = agent
+            agent = next((n for n in sorted(accepts) if self.mesh.config.group_name(n) == group), agent)
         return dict(accepts.get(agent, {}))
 
     def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
