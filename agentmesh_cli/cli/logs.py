@@ -59,7 +59,7 @@ def logs(
     rotation. Lines logged as JSON (logging.json in mesh.yaml) are shown in the text format.
 
     A replica group's name (Support, or agent-Support) shows every replica's log:
-    agent-Support-1 and on, as many as mesh.yaml declares and any other that left a log.
+    agent-Support-1 and on, as many as it runs now and any other that left a log.
 
     Example: agentmesh logs agent-Sales consensus-manager -f -n 100
     """
@@ -86,11 +86,13 @@ def logs(
 
 
 def _program_names(mesh: Mesh) -> list[str]:
-    """Every program of the mesh; a group's replicas as declared, and after them any other
-    replica whose log is there (the group ran more since)."""
+    """Every program of the mesh; a group's replicas as many as it runs now (scalestate.py),
+    and after them any other replica whose log is there (the group ran more before)."""
+    from agentmesh_cli.scalestate import load_scale
     from agentmesh_cli.supervisor.render import program_specs
 
-    names = [spec.name for spec in program_specs(mesh, sys.executable, tansu="-", valkey="-")]
+    specs = program_specs(mesh, sys.executable, tansu="-", valkey="-", scale=load_scale(mesh))
+    names = [spec.name for spec in specs]
     logged = [path.name.removesuffix(".log") for path in mesh.logs_dir.glob(f"{C.AGENT_PROGRAM_PREFIX}*.log")]
     for program in sorted(logged, key=lambda p: group_of(p) or (p, 0)):  # agent-Support-2 before -10
         group = _group(mesh, program)

@@ -227,6 +227,16 @@ def test_a_groups_name_shows_every_replicas_log(tmp_path: Path) -> None:
     everything = agentmesh("logs", "-c", str(config), check=True).stdout
     assert [line.split(" | ")[0].strip() for line in everything.splitlines()] == [
         "agent-Support-1", "agent-Sales", "agent-Support-2", "agent-Support-3", "agent-Support-10"]
+    # scaled to 4 (agentmesh scale): agent-Support-4 is followed before it wrote a line
+    (tmp_path / ".agentmesh").mkdir()
+    (tmp_path / ".agentmesh" / "scale.json").write_text('{"Support": 4}', encoding="utf-8")
+    follower = Follower("Support", "-n", "1", "-c", str(config))
+    try:
+        follower.shows("r10")  # it has opened its files
+        append(logs / "agent-Support-4.log", "2026-01-01 10:00:09,000 INFO agent.Support-4: new")
+        assert follower.shows("agent.Support-4: new").startswith("agent-Support-4  | ")
+    finally:
+        follower.close()
     unknown = agentmesh("logs", "Suport", "-c", str(config))
     assert unknown.returncode == 2 and "unknown program 'Suport'" in unknown.stderr
     assert "agent-Support-2" in unknown.stderr and ", Support" in unknown.stderr

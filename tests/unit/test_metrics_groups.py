@@ -14,7 +14,8 @@ def group_reading() -> Reading:
     reading = fixed_reading()
     reading.agents += ["Support-1", "Support-2", "Support-3"]
     reading.counters.update({"Support-1": {"messages_in": 4, "messages_out": 1, "dead_letters": 1},
-                             "Support-2": {"messages_in": 2}})
+                             "Support-2": {"messages_in": 2},
+                             "autoscaler": {"scale_ups": 1}})  # no agent
     reading.registry["Support-1"] = {"name": "Support-1", "group": "Support", "replica": 1, "in_flight": 2}
     reading.service_clients["Support-1"] = {"memory": {"breaker": "closed", "pending": 0}}
     reading.group_of = {"Support-1": "Support", "Support-2": "Support", "Support-3": "Support"}
@@ -57,6 +58,7 @@ def test_a_replicas_series_carry_its_group() -> None:
     asks = samples(rendered, "agentmesh_agent_ask_seconds")
     assert all(dict(labels).get("group") == ("Support" if dict(labels)["agent"].startswith("Support")
                                              else None) for _, labels in asks)
+    assert not any(s.labels.get("agent") == "autoscaler" for m in rendered for s in m.samples)
     # no series of an agent that is no replica gained a label
     assert value(found, "agentmesh_messages_sent_total", agent="Sales") == 7
     assert samples(rendered, "agentmesh_replicas") == {
