@@ -17,8 +17,10 @@ the embedded broker still holds unread is kept for the next `up`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,6 +195,16 @@ def _stopped_agents(mesh: Mesh) -> list[str]:
         store.close()
 
 
+def readdressed(value: bytes, replicas: list[str]) -> tuple[bytes, str]:
+    """An envelope for a replica that is gone, addressed to one of `replicas` instead (by
+    its conversation, else its id, so a conversation's messages stay together)."""
+    envelope = Envelope.decode(value)
+    conversation = envelope.meta.get("conversation")
+    pick = zlib.crc32(str(conversation if isinstance(conversation, str) else envelope.id).encode())
+    to = replicas[pick % len(replicas)]
+    return dataclasses.replace(envelope, to_agent_id=to).encode(), to
+
+
 def _readers_of(mesh: Mesh, agents: list[str]) -> dict[int, list[str]]:
     """Inbox partition -> the agents that read it (several may share one)."""
     partitions = mesh.config.kafka.partitions
@@ -319,21 +331,28 @@ def _count_lost(mesh: Mesh, saved: Saved, say: Say) -> None:
             f"(lost before this down, by `down --now` or a broker restart); counted `lost`")
 
 
-def replay_unread(mesh: Mesh) -> int:
+def replay_unread(mesh: Mesh, counts: dict[str, int] | None = None) -> int:
     """Produce the unread file's records again, each to its recipient's inbox partition
     (the partition it was read from, unless `kafka.partitions` changed since), signed
-    with the mesh key when the mesh signs; then remove the file. Returns how many; the
-    file stays when the broker did not take them all."""
+    with the mesh key when the mesh signs; then remove the file. A record for a replica
+    this `up` does not run (its group was scaled up before the `down`; `counts` is what
+    runs now) goes to one that runs, with the same id. Returns how many; the file stays
+    when the broker did not take them all."""
     path = unread_path(mesh)
     items = load_unread(path)
     if not items:
         path.unlink(missing_ok=True)
         return 0
     kafka = mesh.config.kafka
+    running = set(running_agents(mesh.config, counts or {}))
     bus = Bus(kafka, client_id="agentmesh-up", signer=mesh_signer(mesh))
     for item in items:
-        bus.produce_raw(item["topic"], base64.b64decode(item["value"]), item.get("key"),
-                        C.inbox_partition(item["to"], kafka.partitions))
+        value, to, key = base64.b64decode(item["value"]), str(item["to"]), item.get("key")
+        group = mesh.config.group_name(to)
+        if group is not None and to not in running:
+            value, to = readdressed(value, sorted(n for n in running if mesh.config.group_name(n) == group))
+            key = to
+        bus.produce_raw(item["topic"], value, key, C.inbox_partition(to, kafka.partitions))
     left = bus.flush(REPLAY_FLUSH_S)
     if left or bus.delivery_failures:
         raise BusError(f"{left + bus.delivery_failures} of {len(items)} unread messages saved by "
