@@ -241,6 +241,11 @@ class AutoReplicas(_Section):
     # messages in flight or waiting per replica the scaler aims at (Ray Serve's
     # target_ongoing_requests)
     target_in_flight: float = Field(4.0, gt=0.0)
+    # hysteresis: more replicas only after the load asked for them this long without a
+    # break, fewer only after it asked for fewer this long (Ray Serve's upscale_delay_s,
+    # downscale_delay_s; shorter here: one machine, replicas start in a second or two)
+    upscale_delay: Duration = 5.0
+    downscale_delay: Duration = 60.0
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoReplicas:
@@ -350,7 +355,9 @@ class MeshConfig(_Section):
     @model_validator(mode="after")
     def _scaled_fetch_wait(self) -> MeshConfig:
         kafka = self.kafka
-        scaled = min(MAX_SCALED_FETCH_WAIT_S, kafka.fetch_wait_per_agent * len(self.agents))
+        # every agent process fetches: a replica group's replicas as mesh.yaml declares
+        processes = sum(agent.declared_replicas for agent in self.agents)
+        scaled = min(MAX_SCALED_FETCH_WAIT_S, kafka.fetch_wait_per_agent * processes)
         if scaled > kafka.fetch_wait:
             # frozen model: the validated section is replaced, as pydantic itself would
             object.__setattr__(self, "kafka", kafka.model_copy(update={"fetch_wait": scaled}))

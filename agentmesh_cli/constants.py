@@ -55,6 +55,7 @@ PROGRAM_KAFKA = "kafka"
 PROGRAM_REDIS = "redis"
 PROGRAM_TOPOLOGY = "topology-manager"
 PROGRAM_CONSENSUS = "consensus-manager"
+PROGRAM_AUTOSCALER = "autoscaler"  # only when a group autoscales (replicas: {min, max, ...})
 PROGRAM_MEMORY = "memory"
 PROGRAM_COGNITION = "cognition"
 SERVICE_PROGRAMS = (PROGRAM_MEMORY, PROGRAM_COGNITION)  # service name == program name

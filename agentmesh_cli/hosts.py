@@ -39,6 +39,8 @@ def program_names(config: MeshConfig, scale: dict[str, int] | None = None) -> li
     if config.gateway.enabled:
         names.append(C.PROGRAM_GATEWAY)
     names += list(C.MANAGER_PROGRAMS)
+    if any(not isinstance(a.replicas, int | None) for a in config.agents):
+        names.append(C.PROGRAM_AUTOSCALER)
     return names + [C.agent_program(name) for name, _ in config.concrete_agents(scale)]
 
 

@@ -34,6 +34,7 @@ from agentmesh_cli.embedded import write_valkey_secret
 from agentmesh_cli.errors import AgentMeshError, NotReadyError, PortInUseError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.quiet import counted
+from agentmesh_cli.scalestate import clear_scale, load_scale, publish_counts
 from agentmesh_cli.services.probe import Prober, gateway_url, tls_verify
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
@@ -135,7 +136,7 @@ class Readiness:
         except AgentMeshError:
             return set()
         present = set(snapshot.get("graph", {}).get("agents", []))
-        return present & {a.name for a in self.mesh.config.agents}
+        return present & {name for name, _ in self.mesh.config.concrete_agents(load_scale(self.mesh))}
 
     def __call__(self, name: str, pid: int) -> bool:
         try:
@@ -213,8 +214,8 @@ class Gate:
         ours, its snapshot holds every agent we started (on a mesh spread over hosts,
         this host's agents: the others may come up later, in any order)."""
         names = {s.name for s in self.specs}
-        agents = ({a.name for a in self.mesh.config.agents if C.agent_program(a.name) in names}
-                  if C.PROGRAM_TOPOLOGY in names else set())
+        agents = ({name.removeprefix(C.AGENT_PROGRAM_PREFIX) for name in names
+                   if name.startswith(C.AGENT_PROGRAM_PREFIX)} if C.PROGRAM_TOPOLOGY in names else set())
         states: list[ProgramState] = []
         joined: set[str] = set()
         late: list[ProgramState] = []
@@ -256,7 +257,8 @@ def up(mesh: Mesh, timeout: float, progress: Progress, say: Callable[[str], None
     running = (
         {p["name"] for p in sup.processes() if p["statename"] in LIVE_STATES} if running_sup else set()
     )
-    specs = program_specs(mesh, sys.executable)
+    scale = load_scale(mesh)  # a group scaled since the last `up` keeps its count (agentmesh scale)
+    specs = program_specs(mesh, sys.executable, scale=scale)
     preflight(mesh, running, specs)
     write_configs(mesh, render_all(mesh, specs))
     if running_sup:
@@ -269,7 +271,8 @@ def up(mesh: Mesh, timeout: float, progress: Progress, say: Callable[[str], None
         gate.start_tier("infra")
         prepare_topics(mesh.config.kafka, gate.check.store())
         gate.check.store().set_draining(False)  # a `down` drained the mesh: intake again
-        if replayed := drain.replay_unread(mesh):
+        publish_counts(mesh, gate.check.store(), scale)
+        if replayed := drain.replay_unread(mesh, scale):
             say(f"replayed {counted(replayed, 'unread message')} that `down` saved")
         for tier in ("services", "managers", "agents"):
             gate.start_tier(tier)
@@ -291,7 +294,8 @@ def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None],
     if not sup.is_running():
         return False
     names = {p["name"] for p in sup.processes()}
-    specs = {s.name: s for s in program_specs(mesh, sys.executable, tansu="-", valkey="-")}
+    specs = {s.name: s for s in program_specs(mesh, sys.executable, tansu="-", valkey="-",
+                                              scale=load_scale(mesh))}
     # a host of `hosts` stops its share while the others go on (and Kafka is external)
     draining = drain_timeout is not None and mesh.host is None
     if draining:
@@ -308,6 +312,8 @@ def down(mesh: Mesh, timeout: float, progress: Callable[[str, list[str]], None],
             wait = max(timeout, AGENT_STOPWAITSECS + 5) if tier == "agents" and save else timeout
             sup.stop_programs(members, wait)
     sup.shutdown(timeout)
+    if mesh.host is None:
+        clear_scale(mesh)  # the next `up` starts every group at mesh.yaml's count
     return True
 
 

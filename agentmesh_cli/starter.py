@@ -144,7 +144,7 @@ logging:                        # every role process logs one line per event to 
 agents:
   - {{name: Sales, role: sales, capabilities: [order_processing, upselling]}}
   - {{name: Support, role: support, capabilities: [handle_ticket, refund_approval], concurrency: 8}}
-  #   (three Supports behind one name: add `replicas: 3`, or run `agentmesh scale Support 3`)
+  #   (three Supports behind one name: add `replicas: 3`; `agentmesh scale Support 5` then resizes it)
   - {{name: Inventory, role: inventory, capabilities: [check_stock, reserve_items]}}
   - {{name: Fraud, role: fraud, capabilities: [risk_assessment, verify_user]}}
   # A language-model agent, off by default (the default mesh needs no model; docs/llm.md).

@@ -68,7 +68,7 @@ class LlmRole(Role):
     def __init__(self, ctx: AgentContext) -> None:
         super().__init__(ctx)
         config = ctx.config
-        spec = next((a for a in config.agents if a.name == ctx.name), None)
+        spec = config.spec_of(ctx.name)  # a replica (Concierge-2) runs its group's settings
         self.settings: LlmSettings = (config.llm_settings(spec) if spec is not None
                                       else config.llm.resolve(None, ctx.name, config.mesh))
         self.key_problem: str | None = None

@@ -13,10 +13,14 @@ Every sender (an agent, the gateway, `agentmesh ask` and `send`) holds one `Disp
 - `role:<role>`: every logical agent of that role (a group once, routed as above).
 
 The router learns from asks: `sent` after the request left, `replied` or `forget` after.
+Until a sender has had a reply from a group, its router knows nothing to prefer one replica
+by (a sender that only tells never does): it takes the live replicas in turn.
 Live replicas are the registered ones of the group (a killed replica stays registered,
 and its stretched length takes it out of the choice) minus the retiring ones; with none
 registered yet, the replicas the group runs now by its count (what they are sent waits
-in their inboxes).
+in their inboxes). A retiring replica (being scaled down) gets no new conversation, but
+keeps those that stick to it until it has left, so that a conversation moves only once
+its replica is gone, never while its messages wait there.
 
 Not thread-safe: an agent calls it on its event loop only.
 """
@@ -58,13 +62,16 @@ class Dispatch:
         self.specs = config.groups()
         self._registry = registry or (lambda: groups.store_agents() if groups else {})
         self.routers: dict[str, Router] = {}
-        self.live: dict[str, list[str]] = {}
+        self.live: dict[str, list[str]] = {}  # where new conversations may go
+        self.reachable: dict[str, list[str]] = {}  # where conversations may stay (+ retiring)
         self._refreshed = -math.inf
         self._published = -math.inf
         self._ticked = -math.inf
         self._routed = False  # routed since the last publish
         self._sticky: dict[tuple[str, str], tuple[str, float]] = {}  # (group, conv) -> (replica, touched)
         self._asks: dict[str, str] = {}  # request id in flight -> its group
+        self._learned: set[str] = set()  # groups this sender has had a reply from
+        self._turn: dict[str, int] = {}  # groups not learned yet: the next replica in turn
         self._interval = 0.2
 
     # addressing -------------------------------------------------------------------
@@ -95,6 +102,14 @@ class Dispatch:
                                "of a role of mesh.yaml or of the registry)")
         return names
 
+    def _choose(self, group: str, now: float) -> str:
+        if group in self._learned:
+            return self.routers[group].choose(now)
+        live = self.live[group]
+        turn = self._turn.get(group, self.rng.randrange(len(live)))
+        self._turn[group] = turn + 1
+        return live[turn % len(live)]
+
     def target(self, to: str, conversation: str | None, now: float | None = None) -> str:
         """One concrete agent for `to`: itself, or a replica of group `to`."""
         if to not in self.specs:
@@ -103,24 +118,23 @@ class Dispatch:
         self.refresh(now)
         self.tick(now)
         group = to
-        live = self.live[group]
-        router = self.routers[group]
         self._routed = True
         if not conversation:
-            return router.choose(now)
+            return self._choose(group, now)
         key = (group, conversation)
         hit = self._sticky.get(key)
         idle = self.config.routing.sticky_idle
-        if hit is not None and hit[0] in live and now - hit[1] < idle / 4:
+        reachable = self.reachable[group]
+        if hit is not None and hit[0] in reachable and now - hit[1] < idle / 4:
             return hit[0]
-        candidate = router.choose(now)
+        candidate = self._choose(group, now)
         chosen = candidate
         if self.groups is not None:
             try:
-                chosen = self.groups.route(group, conversation, candidate, live, idle)
+                chosen = self.groups.route(group, conversation, candidate, reachable, idle)
             except AgentMeshError as exc:  # Redis down: this sender's own memory decides
                 self.log.warning("conversation table unavailable, routing %s locally: %s", conversation, exc)
-                chosen = hit[0] if hit is not None and hit[0] in live else candidate
+                chosen = hit[0] if hit is not None and hit[0] in reachable else candidate
         if len(self._sticky) >= STICKY_KEPT:
             self._forget_idle(now, idle)
         self._sticky[key] = (chosen, now)
@@ -153,12 +167,14 @@ class Dispatch:
                 return  # keep routing among the last known replicas
             self.log.warning("replica groups unavailable, routing to the declared replicas: %s", exc)
         for group, spec in self.specs.items():
-            live = sorted((name for name, record in registry.items()
-                           if record.get("group") == group and name not in retiring), key=_replica_order)
+            registered = sorted((name for name, record in registry.items() if record.get("group") == group),
+                                key=_replica_order)
+            live = [name for name in registered if name not in retiring]
             if not live:
                 live = [n for n in spec.replica_names(counts.get(group)) if n not in retiring] \
                     or spec.replica_names(counts.get(group))
             self.live[group] = live
+            self.reachable[group] = sorted(set(live) | set(registered), key=_replica_order)
             router = self.routers.get(group)
             if router is None:
                 router = self.routers[group] = self._router()
@@ -185,11 +201,14 @@ class Dispatch:
         group = self._asks.pop(request_id, None)
         if group is not None:
             self.routers[group].replied(request_id, now)
+            self._learned.add(group)
+            self._routed = True  # its state changed: published again
 
     def forget(self, request_id: str) -> None:
         group = self._asks.pop(request_id, None)
         if group is not None:
             self.routers[group].forget(request_id)
+            self._routed = True
 
     def tick(self, now: float) -> None:
         """The routers' periodic step (physarum's conductances), at most every interval."""
@@ -204,7 +223,8 @@ class Dispatch:
                 "groups": {group: router.snapshot() for group, router in self.routers.items()}}
 
     def publish(self, now: float) -> None:
-        """The routers' state for the views (status, dashboard), when it routed lately."""
+        """The routers' state for the views (status, dashboard), when it routed or learned
+        since the last time."""
         if self.groups is None or not self._routed or now - self._published < PUBLISH_S:
             return
         self._published = now

@@ -122,6 +122,9 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str,
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
+    if any(not isinstance(a.replicas, int | None) for a in cfg.agents):  # a group autoscales
+        specs.append(ProgramSpec(C.PROGRAM_AUTOSCALER, [*me, "autoscale", *config_arg],
+                                 C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     for name, agent in cfg.concrete_agents(scale):  # a group's replicas: Name-1 .. Name-N
         # the lean entry, not `agentmesh agent`: an agent does not import the whole CLI
         # (see agent/__main__.py); the options are the same

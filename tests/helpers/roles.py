@@ -46,3 +46,11 @@ class SlowRecorder(Role):
 
     def on_stop(self) -> None:
         self.out.close()
+
+
+class SlowReplica(SlowRecorder):
+    """SlowRecorder as a replicable role: any replica may take any job (its only state is
+    the file it appends to, one per replica)."""
+
+    replicable = True
+    DELAY_S = 0.01

@@ -40,3 +40,25 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
+
+
+@pytest.mark.parametrize(("agent", "message"), [
+    ({"name": "S", "role": "support", "replicas": 0},
+     "mesh.yaml: agents[0].replicas: replicas must be between 1 and 64 (got 0)"),
+    ({"name": "S", "role": "support", "replicas": {"min": 4, "max": 2}},
+     "mesh.yaml: agents[0].replicas: min (4) must not exceed max (2)"),
+    ({"name": "S", "role": "sales", "replicas": 2},
+     "agents.0.replicas: role 'sales' is not replicable"),
+    ({"name": "S", "role": "tests.helpers.roles:SlowRecorder", "replicas": 2},
+     "agents[0].replicas: role tests.helpers.roles:SlowRecorder is not replicable"),
+])
+def test_up_refuses_bad_replicas(tmp_path: Path, agent: dict[str, object], message: str,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers.mesh import REPO
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the role class is imported by `up`'s checks
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump({"mesh": "m", "agents": [agent]}), encoding="utf-8")
+    result = agentmesh("up", "--config", str(tmp_path / "mesh.yaml"), "--timeout", "5")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "supervisor.d").exists()

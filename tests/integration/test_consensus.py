@@ -1,6 +1,7 @@
 """Bee consensus end to end on a real mesh (supervisord, embedded broker and Valkey,
 consensus manager and four agents as processes): decisions by role logic, exactly once
-across a SIGKILL of the manager, an electorate that keeps agents that are down."""
+across a SIGKILL of the manager, an electorate that keeps agents that are down. Support
+runs as a group of three replicas, which has one vote (its delegate, Support-1)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.envelope import Envelope
@@ -28,6 +30,9 @@ AGENTS = ["Sales", "Support", "Inventory", "Fraud"]
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("consensus")
     config = write_mesh(root, AGENTS, consensus={"proposal_timeout": "8s", "snapshot_interval": "200ms"})
+    data = yaml.safe_load(config.read_text())
+    data["agents"][AGENTS.index("Support")]["replicas"] = 3
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     with running_mesh(config, timeout=60) as running:
         yield running
 
@@ -84,9 +89,23 @@ def test_malformed_input_goes_to_dlq(mesh: Mesh) -> None:
     assert got[2] == "vote 'support' is not true or false"
 
 
+def test_a_replica_group_has_one_vote(mesh: Mesh) -> None:
+    code, out = propose(mesh, {"type": "approval", "priority": "high"})
+    assert code == 0 and "of 4" in out, out  # four logical agents, though six agents run
+    store = Store(mesh.redis_url, mesh.config.mesh)
+    try:
+        latest = store.recent_proposals(1)[0]
+        running = ["Fraud", "Inventory", "Sales", "Support-1", "Support-2", "Support-3"]
+        assert sorted(store.agents()) == running
+    finally:
+        store.close()
+    assert latest["electorate"] == ["Fraud", "Inventory", "Sales", "Support-1"]
+    assert set(latest["votes"]) <= set(latest["electorate"])
+
+
 def test_agent_down_stays_in_electorate(mesh: Mesh) -> None:
     pids = program_pids(mesh)
-    frozen = [pids["agent-Inventory"], pids["agent-Support"]]
+    frozen = [pids["agent-Inventory"], pids["agent-Support-1"]]  # Support's delegate
     os.kill(frozen[0], signal.SIGSTOP)  # down: alive for supervisord, silent for the mesh
     try:
         code, out = propose(mesh, {"type": "approval", "priority": "high"})
