@@ -355,7 +355,9 @@ class MeshConfig(_Section):
     @model_validator(mode="after")
     def _scaled_fetch_wait(self) -> MeshConfig:
         kafka = self.kafka
-        scaled = min(MAX_SCALED_FETCH_WAIT_S, kafka.fetch_wait_per_agent * len(self.agents))
+        # every agent process fetches: a replica group's replicas as mesh.yaml declares
+        processes = sum(agent.declared_replicas for agent in self.agents)
+        scaled = min(MAX_SCALED_FETCH_WAIT_S, kafka.fetch_wait_per_agent * processes)
         if scaled > kafka.fetch_wait:
             # frozen model: the validated section is replaced, as pydantic itself would
             object.__setattr__(self, "kafka", kafka.model_copy(update={"fetch_wait": scaled}))

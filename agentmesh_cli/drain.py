@@ -17,22 +17,18 @@ the embedded broker still holds unread is kept for the next `up`.
 from __future__ import annotations
 
 import base64
-import binascii
+import dataclasses
 import math
-import os
-import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.credentials import private_dir
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import (
     AgentMeshError,
@@ -43,11 +39,21 @@ from agentmesh_cli.errors import (
     WaitTimeout,
 )
 from agentmesh_cli.mesh import Mesh
-from agentmesh_cli.quiet import QuietWatch, Reading, counted, lost_counts, progress_line, read
+from agentmesh_cli.quiet import (
+    QuietWatch,
+    Reading,
+    counted,
+    drained_agents,
+    lost_counts,
+    progress_line,
+    read,
+)
 from agentmesh_cli.reader import Reader, committed_offsets
 from agentmesh_cli.records import Record
+from agentmesh_cli.replicas import Groups, running_agents
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
+from agentmesh_cli.unread import FILE_VERSION, load_unread, write_unread
 from agentmesh_cli.waiting import Clock, Deadline, wait_until
 
 Say = Callable[[str], None]
@@ -61,7 +67,6 @@ SETTLE_AFTER_END_S = 0.3
 IDLE_END_S = 1.5
 SAVE_TIMEOUT_S = 60.0  # the whole read, however much there is
 REPLAY_FLUSH_S = 30.0
-FILE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,6 @@ def wait_quiet(mesh: Mesh, store: Store, timeout: float, say: Say,
                clock: Clock = time.monotonic) -> Drained:
     """Wait until the mesh is quiet (quiet.py) or `timeout` passed; `say` gets a progress
     line about every second. Redis failing meanwhile is said, and waited through."""
-    agents = [agent.name for agent in mesh.config.agents]
     watch = QuietWatch()
     started = clock()
     said_at = -math.inf
@@ -147,7 +151,10 @@ def wait_quiet(mesh: Mesh, store: Store, timeout: float, say: Say,
         nonlocal said_at, last, watch
         now = clock()
         try:
-            last = read(store.all_counters(), store.agents(), agents)
+            registry = store.agents()
+            # a replica group's replicas as many as it runs now, and those still leaving
+            agents = drained_agents(running_agents(mesh.config, _counts(mesh, store)), registry)
+            last = read(store.all_counters(), registry, agents)
         except AgentMeshError as exc:
             watch = QuietWatch()  # a quiet spell is not taken across what was not seen
             line = f"draining: Redis unavailable ({exc}), {now - started:.1f} s"
@@ -168,12 +175,42 @@ def wait_quiet(mesh: Mesh, store: Store, timeout: float, say: Say,
     return Drained(True, clock() - started, last)
 
 
-def _readers_of(mesh: Mesh) -> dict[int, list[str]]:
+def _counts(mesh: Mesh, store: Store) -> dict[str, int]:
+    """The replicas each group runs now (a mesh without groups reads nothing)."""
+    return Groups(store).counts() if mesh.config.groups() else {}
+
+
+def _stopped_agents(mesh: Mesh) -> list[str]:
+    """The agents of the mesh once they stopped: a group's replicas as many as it ran, and
+    those that were retiring (Redis away: as mesh.yaml declares)."""
+    if not mesh.config.groups():
+        return running_agents(mesh.config, {})
+    store = Store(mesh.redis_url, mesh.config.mesh, timeout=2.0)
+    try:
+        groups = Groups(store)
+        return sorted({*running_agents(mesh.config, groups.counts()), *groups.retiring()})
+    except AgentMeshError:
+        return running_agents(mesh.config, {})
+    finally:
+        store.close()
+
+
+def readdressed(value: bytes, replicas: list[str]) -> tuple[bytes, str]:
+    """An envelope for a replica that is gone, addressed to one of `replicas` instead (by
+    its conversation, else its id, so a conversation's messages stay together)."""
+    envelope = Envelope.decode(value)
+    conversation = envelope.meta.get("conversation")
+    pick = zlib.crc32(str(conversation if isinstance(conversation, str) else envelope.id).encode())
+    to = replicas[pick % len(replicas)]
+    return dataclasses.replace(envelope, to_agent_id=to).encode(), to
+
+
+def _readers_of(mesh: Mesh, agents: list[str]) -> dict[int, list[str]]:
     """Inbox partition -> the agents that read it (several may share one)."""
     partitions = mesh.config.kafka.partitions
     readers: dict[int, list[str]] = {}
-    for agent in mesh.config.agents:
-        readers.setdefault(C.inbox_partition(agent.name, partitions), []).append(agent.name)
+    for agent in agents:
+        readers.setdefault(C.inbox_partition(agent, partitions), []).append(agent)
     return readers
 
 
@@ -182,7 +219,7 @@ def save_unread(mesh: Mesh) -> Saved:
     unread file (kept with what an earlier save left there). Call once the agents have
     stopped: their committed offsets are where they would go on from."""
     kafka = mesh.config.kafka
-    readers = _readers_of(mesh)
+    readers = _readers_of(mesh, _stopped_agents(mesh))
     committed: dict[str, int] = {}
     for partition, agents in readers.items():
         for agent in agents:
@@ -278,7 +315,8 @@ def _count_lost(mesh: Mesh, saved: Saved, say: Say) -> None:
     counted `lost` in their agent's counters: the next drain does not wait for them."""
     store = Store(mesh.redis_url, mesh.config.mesh, timeout=2.0)
     try:
-        reading = read(store.all_counters(), store.agents(), [a.name for a in mesh.config.agents])
+        registry = store.agents()
+        reading = read(store.all_counters(), registry, drained_agents(_stopped_agents(mesh), registry))
         lost = lost_counts(reading, saved.to)
         for agent, n in sorted(lost.items()):
             store.add_counters(agent, Counter({C.COUNTER_LOST: n}))
@@ -293,75 +331,28 @@ def _count_lost(mesh: Mesh, saved: Saved, say: Say) -> None:
             f"(lost before this down, by `down --now` or a broker restart); counted `lost`")
 
 
-def load_unread(path: Path) -> list[dict[str, Any]]:
-    """The records of an unread file, [] when there is none."""
-    try:
-        lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise ConfigError(f"cannot read the unread messages in {path}: {exc.strerror}") from exc
-    items: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        problem: str | None
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            item, problem = None, f"not JSON: {exc}"
-        else:
-            problem = _unread_problem(item)
-        if problem is not None:
-            raise ConfigError(f"{path} line {number} is not an unread message ({problem}); move "
-                              "the file away to start without it (its messages are then lost)")
-        items.append(item)
-    return items
-
-
-def _unread_problem(item: Any) -> str | None:
-    if not isinstance(item, dict):
-        return "not a JSON object"
-    for name in ("topic", "to", "value"):
-        if not isinstance(item.get(name), str):
-            return f"'{name}' is not a string"
-    if not isinstance(item.get("key"), str | None):
-        return "'key' is not a string"
-    try:
-        base64.b64decode(item["value"], validate=True)
-    except binascii.Error:
-        return "'value' is not base64"
-    return None
-
-
-def write_unread(path: Path, items: list[dict[str, Any]]) -> None:
-    """The whole file, mode 0600 from its first byte, swapped in at once."""
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for item in items:
-                out.write(orjson.dumps(item) + b"\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def replay_unread(mesh: Mesh) -> int:
+def replay_unread(mesh: Mesh, counts: dict[str, int] | None = None) -> int:
     """Produce the unread file's records again, each to its recipient's inbox partition
     (the partition it was read from, unless `kafka.partitions` changed since), signed
-    with the mesh key when the mesh signs; then remove the file. Returns how many; the
-    file stays when the broker did not take them all."""
+    with the mesh key when the mesh signs; then remove the file. A record for a replica
+    this `up` does not run (its group was scaled up before the `down`; `counts` is what
+    runs now) goes to one that runs, with the same id. Returns how many; the file stays
+    when the broker did not take them all."""
     path = unread_path(mesh)
     items = load_unread(path)
     if not items:
         path.unlink(missing_ok=True)
         return 0
     kafka = mesh.config.kafka
+    running = set(running_agents(mesh.config, counts or {}))
     bus = Bus(kafka, client_id="agentmesh-up", signer=mesh_signer(mesh))
     for item in items:
-        bus.produce_raw(item["topic"], base64.b64decode(item["value"]), item.get("key"),
-                        C.inbox_partition(item["to"], kafka.partitions))
+        value, to, key = base64.b64decode(item["value"]), str(item["to"]), item.get("key")
+        group = mesh.config.group_name(to)
+        if group is not None and to not in running:
+            value, to = readdressed(value, sorted(n for n in running if mesh.config.group_name(n) == group))
+            key = to
+        bus.produce_raw(item["topic"], value, key, C.inbox_partition(to, kafka.partitions))
     left = bus.flush(REPLAY_FLUSH_S)
     if left or bus.delivery_failures:
         raise BusError(f"{left + bus.delivery_failures} of {len(items)} unread messages saved by "

@@ -272,7 +272,7 @@ def up(mesh: Mesh, timeout: float, progress: Progress, say: Callable[[str], None
         prepare_topics(mesh.config.kafka, gate.check.store())
         gate.check.store().set_draining(False)  # a `down` drained the mesh: intake again
         publish_counts(mesh, gate.check.store(), scale)
-        if replayed := drain.replay_unread(mesh):
+        if replayed := drain.replay_unread(mesh, scale):
             say(f"replayed {counted(replayed, 'unread message')} that `down` saved")
         for tier in ("services", "managers", "agents"):
             gate.start_tier(tier)

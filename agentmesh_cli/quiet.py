@@ -1,6 +1,7 @@
 """When is the mesh quiet? The rule `agentmesh down` drains by (pure).
 
-For every agent X of the mesh, from the counters hashes (`Store.all_counters`):
+For every agent X of the mesh (a replica group's replicas each: `drained_agents`), from the
+counters hashes (`Store.all_counters`):
 
     sent(X)      = sum over all owners of sent_to:X
     done(X)      = X's messages_in + duplicates + replies_in + late_replies + expired_requests
@@ -64,6 +65,13 @@ def in_flight(record: Mapping[str, Any] | None) -> int:
     """A registry record's `in_flight`, 0 when it has none (or not an integer)."""
     value = (record or {}).get(IN_FLIGHT_FIELD)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def drained_agents(running: Iterable[str], registry: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The agents a drain waits for: those the mesh runs now (`running`: a replica group's
+    replicas as many as it runs now, replicas.py `running_agents`) and any replica still
+    registered beyond them (scaled down, it handles its inbox before it leaves)."""
+    return sorted(set(running) | {name for name, record in registry.items() if record.get("group")})
 
 
 def read(counters: Counters, registry: Mapping[str, Mapping[str, Any]],

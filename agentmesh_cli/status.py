@@ -24,6 +24,8 @@ from agentmesh_cli.agent_load import asks, llm, load
 from agentmesh_cli.backlog import backlog, sent_totals
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.replica_view import nest_groups
+from agentmesh_cli.replicas import Groups
 from agentmesh_cli.sampling import ProcessSampler
 from agentmesh_cli.services.probe import Prober, gateway_url, service_url, tls_verify
 from agentmesh_cli.signing import refused_totals
@@ -170,14 +172,19 @@ class StatusCollector:
 
     def _read_redis(self, errors: list[str]) -> dict[str, Any] | None:
         try:
-            return {
+            stored: dict[str, Any] = {
                 "registry": self.store.agents(),
                 "counters": self.store.all_counters(),
                 "snapshot": self._snapshot(errors),
                 "history": self.store.topology_history(C.TOPOLOGY_HISTORY_KEPT),
                 "proposals": self.store.recent_proposals(RECENT_PROPOSALS),
                 "clients": self.store.service_clients(),
+                "counts": {}, "retiring": set(), "routing": {},
             }
+            if self.mesh.config.groups():  # a mesh without groups reads nothing more
+                groups = Groups(self.store)
+                stored.update(counts=groups.counts(), retiring=groups.retiring(), routing=groups.routing())
+            return stored
         except AgentMeshError as exc:
             errors.append(f"redis: {exc}")
             return None
@@ -194,7 +201,10 @@ class StatusCollector:
     def _add_stored(self, result: dict[str, Any], stored: dict[str, Any], supervised: dict[str, int],
                     now: float) -> None:
         registry, counters = stored["registry"], stored["counters"]
-        result["agents"] = _agents(self.mesh, registry, counters, supervised, now)
+        # a replica group as one logical agent, its replicas nested (replica_view.py)
+        result["agents"] = nest_groups(
+            _agents(self.mesh, registry, counters, supervised, now, stored["counts"]), self.mesh.config,
+            stored["counts"], stored["retiring"], stored["routing"], counters, now)
         # records refused for their signature or sender, per owner (security.sign_envelopes)
         result["signing"] = {"on": self.mesh.config.security.sign_envelopes,
                              "refused": refused_totals(counters)}
@@ -235,14 +245,15 @@ def _redis_address(url: str) -> str:
 
 
 def _agents(mesh: Mesh, registry: dict[str, dict[str, Any]], counters: dict[str, dict[str, int]],
-            supervised: dict[str, int], now: float) -> list[dict[str, Any]]:
-    """Every agent of mesh.yaml or the registry. Stale: its heartbeat is older than
+            supervised: dict[str, int], now: float, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Every agent of mesh.yaml (a group's replicas as many as it runs now, `counts`) or
+    the registry. Stale: its heartbeat is older than
     `interval * missed`, or supervisord runs another pid than the one it registered (it
     died and its replacement has not joined yet). Not running: not in the registry.
     Load and asks: agent_load.py."""
     cfg = mesh.config
     stale_after = cfg.heartbeat.interval * cfg.heartbeat.missed
-    configured = {a.name: a for a in cfg.agents}
+    configured = dict(cfg.concrete_agents(counts))
     sent = sent_totals(counters)
     agents = []
     for name in sorted(set(configured) | set(registry)):

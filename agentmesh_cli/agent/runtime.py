@@ -82,6 +82,7 @@ WATCH_TOPICS_S = 5.0  # how often an agent checks that the broker still has the 
 POLL_MAX = 500  # records taken in one poll, at most
 POOL_MAX = 64  # worker threads of a sync role at concurrency > 1, at most
 STOP_GRACE_S = 2.0  # on stop, running handlers get this long to finish before they are cancelled
+MIN_WINDOW_SHARE = 256  # a replica's share of its group's ledger window, at least
 HOOKS = ("on_message", "on_start", "on_tick", "on_stop", "evaluate", "on_decision")
 
 
@@ -127,7 +128,12 @@ class AgentRuntime:
                       if not self.inline and not self.is_async["on_message"] else None)
         self._conversations: Conversations[tuple[Envelope, Record, Finished]] = \
             Conversations(self.concurrency)
-        self._read_ahead = ReadAhead.for_concurrency(self.concurrency, cfg.recovery.dedup_window)
+        # a group's replicas all write the one ledger: each keeps its read-ahead within its
+        # share of the window, so a crash never redelivers an id the ledger has trimmed
+        group_spec = cfg.spec_of(self.name) if self.group is not None else None
+        share = max(MIN_WINDOW_SHARE, cfg.recovery.dedup_window
+                    // (group_spec.max_replicas if group_spec is not None else 1))
+        self._read_ahead = ReadAhead.for_concurrency(self.concurrency, share)
         self._active: set[str] = set()  # ids of the messages queued or being handled
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peers: dict[str, dict[str, Any]] = {}

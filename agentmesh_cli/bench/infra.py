@@ -32,24 +32,28 @@ class BenchMesh:
     root: Path
     procs: list[subprocess.Popen[bytes]]
 
-    def spawn(self, *args: str, name: str, module: str = "agentmesh_cli") -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, name: str, module: str = "agentmesh_cli",
+              config: Path | None = None) -> subprocess.Popen[bytes]:
         """Start a role process of this mesh (stopped with the mesh): `python -m <module>
-        <args> --config <its mesh.yaml>`, output in `<root>/<name>.log`."""
+        <args> --config <its mesh.yaml, or config>`, output in `<root>/<name>.log`."""
         log = (self.root / f"{name}.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", module, *args, "--config",
-                                 str(self.mesh.config_file)], stdout=log, stderr=subprocess.STDOUT)
+                                 str(config or self.mesh.config_file)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs.append(proc)
         return proc
 
-    def spawn_agent(self, name: str, role: str) -> subprocess.Popen[bytes]:
+    def spawn_agent(self, name: str, role: str, config: Path | None = None,
+                    log: str | None = None) -> subprocess.Popen[bytes]:
         """Start agent `name` as supervisord does, through the lean agent entry when this
         install has it (`python -m agentmesh_cli.agent`: no CLI libraries, so its RSS and
-        start time are an agent's), else through `agentmesh agent`."""
-        program = agent_program(name)
+        start time are an agent's), else through `agentmesh agent`. `config`: a mesh.yaml
+        of its own (default: the mesh's); `log`: its log's name (default: its program's)."""
+        program = log or agent_program(name)
         if importlib.util.find_spec("agentmesh_cli.agent.__main__") is not None:
-            return self.spawn("--name", name, "--role", role, name=program, module="agentmesh_cli.agent")
-        return self.spawn("agent", "--name", name, "--role", role, name=program)
+            return self.spawn("--name", name, "--role", role, name=program, module="agentmesh_cli.agent",
+                              config=config)
+        return self.spawn("agent", "--name", name, "--role", role, name=program, config=config)
 
 
 def _write_mesh(root: Path, kafka: dict[str, Any], redis_url: str, name: str,

@@ -61,6 +61,7 @@ from agentmesh_cli.embedded import start_broker, start_valkey, stop
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.lifecycle import port_free
 from agentmesh_cli.mesh import Mesh, load_mesh
+from agentmesh_cli.replicas import Groups, running_agents
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.render import program_specs
@@ -198,9 +199,9 @@ class Cycle:
         store = Store(self.mesh.redis_url, self.mesh.config.mesh, timeout=2.0)
         try:
             registered = set(store.agents())
+            wanted = set(running_agents(self.mesh.config, Groups(store).counts()))  # a group's replicas
         finally:
             store.close()
-        wanted = {a.name for a in self.mesh.config.agents}
         return {
             "programs": len(infos),
             "all_running": all(p["statename"] == "RUNNING" for p in infos),

@@ -179,7 +179,7 @@ class Context:
         self.paused = paused or threading.Event()
         self.run_started = run_started
         self.timeout = timeout  # a fault not recovered from by then is reported as such
-        self.agents = [a.name for a in mesh.config.agents]
+        self.agents = probes.agents  # every agent process (a group's replicas each), as probed
         self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)
         self.readiness = Readiness(mesh)
         self.frozen: dict[str, float] = {}

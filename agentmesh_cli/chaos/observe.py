@@ -23,6 +23,7 @@ from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.reader import Reader, beginning
+from agentmesh_cli.replica_view import processes
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
@@ -190,7 +191,7 @@ def judge(frame: dict[str, Any], before: ProgramStates, after: ProgramStates,
         if shown != truth:
             problems.append(f"{p['name']}: status shows {shown[0]} pid {shown[1]}, "
                             f"supervisord {truth[0]} pid {truth[1]}")
-    for agent in frame["agents"]:
+    for agent in processes(frame["agents"]):  # a group's replicas each
         truth = before.get(agent["program"])
         if not agent["alive"] or truth is None or truth != after.get(agent["program"]):
             continue

@@ -15,6 +15,7 @@ import threading
 import time
 from array import array
 from collections import Counter
+from collections.abc import Mapping
 
 import orjson
 
@@ -68,12 +69,13 @@ class ProbeSender:
 
     def __init__(self, kafka: KafkaConfig, agents: list[str], rate: float, run_id: str,
                  store: Store | None = None, signer: Signer | None = None,
-                 paused: threading.Event | None = None) -> None:
+                 paused: threading.Event | None = None, ledgers: Mapping[str, str] | None = None) -> None:
         """`signer`: the mesh's (security.sign_envelopes), else the agents refuse the probes.
         `paused`: while it is set no probe is sent (the mesh restarts), and the rate's
-        clock stops."""
+        clock stops. `ledgers`: a replica's ledger is its group's (the others: their own)."""
         self.paused = paused or threading.Event()
         self.agents = agents
+        self.ledgers = dict(ledgers or {})
         self.rate = rate
         self.prefix = f"chaos-{run_id}-"
         self.produced_at = array("d")  # seq -> monotonic time it was produced (nan: refused)
@@ -91,6 +93,15 @@ class ProbeSender:
 
     def agent_of(self, seq: int) -> str:
         return self.agents[seq % len(self.agents)]
+
+    def ledger_of(self, agent: str) -> str:
+        """The ledger the agent records its handled ids in: a replica's is its group's."""
+        return self.ledgers.get(agent, agent)
+
+    def sharing(self, agent: str) -> int:
+        """How many of the probed agents record in the agent's ledger (a group's replicas)."""
+        ledger = self.ledger_of(agent)
+        return sum(1 for other in self.agents if self.ledger_of(other) == ledger)
 
     def seq_of(self, message_id: str) -> int | None:
         if not message_id.startswith(self.prefix):
@@ -172,9 +183,10 @@ class ProbeSender:
 
 
 def newest_probe(store: Store, agent: str, probes: ProbeSender) -> int:
-    """The newest probe seq among the agent's most recently handled ids (-1: none)."""
-    ids, _score = store.handled_ids(agent, RECENT_IDS)
-    seqs = [s for s in map(probes.seq_of, ids) if s is not None]
+    """The newest probe seq to the agent among its ledger's most recently handled ids (-1:
+    none); a group's ledger holds every replica's, so more of them are read."""
+    ids, _score = store.handled_ids(probes.ledger_of(agent), RECENT_IDS * probes.sharing(agent))
+    seqs = [s for s in map(probes.seq_of, ids) if s is not None and probes.agent_of(s) == agent]
     return max(seqs, default=-1)
 
 
@@ -190,5 +202,6 @@ def handled_after(store: Store, agent: str, probes: ProbeSender, seq: int) -> bo
 def handled_seqs(store: Store, agent: str, probes: ProbeSender, window: int) -> tuple[set[int], bool]:
     """Probe seqs in the agent's whole ledger, and whether the ledger is full (it keeps the
     newest `window` ids), so that probes older than its oldest cannot be judged."""
-    ids, _score = store.handled_ids(agent, WHOLE_LEDGER)
-    return {s for s in map(probes.seq_of, ids) if s is not None}, len(ids) >= window
+    ids, _score = store.handled_ids(probes.ledger_of(agent), WHOLE_LEDGER)
+    seqs = {s for s in map(probes.seq_of, ids) if s is not None and probes.agent_of(s) == agent}
+    return seqs, len(ids) >= window

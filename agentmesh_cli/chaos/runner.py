@@ -25,6 +25,8 @@ from agentmesh_cli.chaos.watches import Watch, inject
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh, load_mesh
+from agentmesh_cli.replica_view import groups_of
+from agentmesh_cli.replicas import Groups, running_agents
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
@@ -74,14 +76,16 @@ class ChaosRun:
         self.started = time.monotonic()
         self.started_ms = now_ms()
         self.sup = Supervisor(mesh)
-        agents = [a.name for a in mesh.config.agents]
+        store = Store(mesh.redis_url, mesh.config.mesh)
+        # every agent process: a replica group's replicas as many as it runs now, each probed
+        agents = running_agents(mesh.config, Groups(store).counts() if mesh.config.groups() else {})
         if not agents:
             raise AgentMeshError(f"{mesh.config_file.name} has no agents to send probes to")
-        store = Store(mesh.redis_url, mesh.config.mesh)
         run_id = uuid.uuid4().hex[:8]
         self.paused = threading.Event()  # set while the mesh restarts (the restart fault)
         self.probes = ProbeSender(mesh.config.kafka, agents, settings.rate, run_id, store,
-                                  mesh_signer(mesh), self.paused)
+                                  mesh_signer(mesh), self.paused, groups_of(mesh.config, agents))
+        # asked straight to their inbox: only roles that answer (none replicable, so no group)
         roles = {a.name: a.role for a in mesh.config.agents}
         self.asks = AskStream(mesh.config.kafka, roles, settings.ask_rate, run_id,
                               Store(mesh.redis_url, mesh.config.mesh), mesh_signer(mesh),

@@ -16,8 +16,10 @@ from agentmesh_cli.cli import printer
 if TYPE_CHECKING:
     from rich.table import Table
 
-SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow", "gateway", "llm")
+SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow", "gateway", "llm",
+             "routing")
 ALL = "all"
+NOT_IN_ALL = ("routing",)  # about 20 minutes: run on its own
 
 
 def _number(value: Any) -> str:
@@ -75,12 +77,12 @@ def result_table(result: dict[str, Any]) -> Table:
 
 def bench(
     scenario: Annotated[str, typer.Argument(
-        help=f"One of: {', '.join(SCENARIOS)}, or {ALL} (each in turn).")] = ALL,
+        help=f"One of: {', '.join(SCENARIOS)}, or {ALL} (each in turn but {', '.join(NOT_IN_ALL)}).")] = ALL,
     agents: Annotated[int, typer.Option(help="mesh: agent processes.", min=2)] = 4,
     duration: Annotated[float | None, typer.Option(
         help="mesh: seconds per phase (5); services: seconds per load phase (5); ask: seconds of each "
              "pipelined phase (2); slow: seconds of each measured window (10); gateway: seconds of each "
-             "open-loop phase (3).", min=0.5)] = None,
+             "open-loop phase (3); routing: seconds of each latency job (12).", min=0.5)] = None,
     events: Annotated[int, typer.Option(help="topology: messages in the backlog the manager drains.",
                                         min=1000)] = 200_000,
     full_mesh: Annotated[int, typer.Option(
@@ -106,7 +108,14 @@ def bench(
                                          max=1000)] = 200,
     repeats: Annotated[int | None, typer.Option(
         help="startup: up/down cycles (3); ask: runs (5); slow: runs (3); gateway: rounds (5); llm: "
-             "runs (3). Figures are medians over the runs.", min=1)] = None,
+             "runs (3); routing: runs, each on fresh meshes (5). Figures are medians over the runs.",
+        min=1)] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="routing: one short run of everything (about 2 minutes), to check it works.")
+    ] = False,
+    kill_replica: Annotated[int | None, typer.Option(
+        help="routing: the replica killed in the kill trials, 1-3 (3: the slow one, the one kill the "
+             "others can carry at 80% load).", min=1, max=3)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="mesh: use the broker and Redis of this running mesh (under a mesh name and "
                          "topic prefix of the bench's own) instead of starting throwaway ones.")] = None,
@@ -130,6 +139,7 @@ def bench(
     Example: agentmesh bench slow --concurrency 1000 --duration 10
     Example: agentmesh bench gateway --rate 200 --followers 1000
     Example: agentmesh bench llm --samples 200 --repeats 3
+    Example: agentmesh bench routing --json --out routing.json
     Example: agentmesh bench --json --out bench.json
     """
     if scenario != ALL and scenario not in SCENARIOS:
@@ -148,8 +158,10 @@ def bench(
         "gateway": {"repeats": repeats, "rate": rate, "duration": duration, "samples": samples,
                     "followers": followers, "follower_events": follower_events},
         "llm": {"repeats": repeats, "samples": samples},
+        "routing": {"repeats": repeats, "duration": duration, "quick": quick or None,
+                    "kill_replica": kill_replica},
     }
-    chosen = SCENARIOS if scenario == ALL else (scenario,)
+    chosen = tuple(s for s in SCENARIOS if s not in NOT_IN_ALL) if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
         shown = ", ".join(f"{k} {v}" for k, v in options[name].items() if v is not None) or "its defaults"

@@ -78,16 +78,23 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = ExportFormat.svg,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="File to write (default: stdout).", show_default=False)] = None,
+    by_group: Annotated[bool, typer.Option(
+        "--by-group", help="Collapse each replica group into one node named after the group: "
+        "parallel edges become one, their usage summed and their weight the highest; edges "
+        "between replicas of one group are left out.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Write the latest topology snapshot as a picture (SVG) or a graph file (GraphML, DOT).
 
-    Edge width follows the weight; nodes are labelled with name and role.
+    Edge width follows the weight; nodes are labelled with name and role. A replica of a
+    group (Support-2 of Support) carries its group's name (`group`); --by-group draws each
+    group as one node.
 
     Example: agentmesh topology export -o topology.svg
     """
     from agentmesh_cli.errors import AgentMeshError, TopologyError
     from agentmesh_cli.store import Store
+    from agentmesh_cli.topology.export import by_group as collapse
     from agentmesh_cli.topology.export import export_text, view_from_snapshot
 
     mesh = mesh_from(config)
@@ -96,7 +103,8 @@ def export(
     if not snapshot:
         raise TopologyError("no topology snapshot yet: is the topology manager running?")
     registry = {name: str(record.get("role", "")) for name, record in store.agents().items()}
-    text = export_text(view_from_snapshot(snapshot, mesh.config.mesh, registry), fmt)
+    view = view_from_snapshot(snapshot, mesh.config.mesh, registry, mesh.config.group_name)
+    text = export_text(collapse(view) if by_group else view, fmt)
     if output is None:
         printer.write(text)
         return

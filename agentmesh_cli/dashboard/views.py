@@ -8,71 +8,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from agentmesh_cli.dashboard import cells
+from agentmesh_cli.dashboard.agents import agents_panel, models_panel
+from agentmesh_cli.dashboard.cells import absent, bar, duration, redis_down, size, sparkline
+from agentmesh_cli.dashboard.routing import routing_panel
 from agentmesh_cli.lifecycle import ProgramState
+
+# the panels of other modules are the dashboard's too
+__all__ = ["Dashboard", "agents_panel", "bar", "errors_view", "infra_panel", "models_panel",
+           "processes_panel", "proposals_panel", "render_status", "routing_panel", "services_panel",
+           "sparkline", "topology_panel", "up_table"]
 
 STATE_STYLE = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
                "FATAL": "bold red", "EXITED": "red", "STOPPED": "dim", "UNKNOWN": "red"}
-AGENT_STYLE = {"alive": "green", "stale": "bold red", "not running": "dim"}
 PROPOSAL_STYLE = {"accepted": "green", "rejected": "red", "expired": "yellow", "pending": "cyan"}
 HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unreachable": "red"}
 BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 MAX_EDGES = 8  # the strongest edges shown
 MAX_PROPOSALS = 8  # the newest proposals shown
-BAR_CELLS = 10
-SPARKS = "▁▂▃▄▅▆▇█"
 TWO_COLUMNS_FROM = 150  # console width from which panels sit in two columns
-# an event loop this late at p99 is held up by its handlers (blocking calls, CPU work)
-LAG_WARN_MS = 20.0
-LAG_BAD_MS = 100.0
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return f"{n:.1f} GiB"
-
-
-def bar(fraction: float, cells: int = BAR_CELLS) -> str:
-    """A horizontal bar of `cells` characters, `fraction` (0..1) of it filled."""
-    filled = round(max(0.0, min(1.0, fraction)) * cells)
-    return "█" * filled + "·" * (cells - filled)
-
-
-def sparkline(values: list[float], top: float = 100.0) -> str:
-    """One character per value, from ▁ (0) to █ (`top`)."""
-    last = len(SPARKS) - 1
-    return "".join(SPARKS[round(max(0.0, min(1.0, v / top)) * last)] for v in values) if top else ""
-
-
-def _table(title: str | None, *columns: str, right: tuple[str, ...] = ()) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False, collapse_padding=True)
-    for col in columns:
-        table.add_column(col, justify="right" if col in right else "left")
-    return table
-
-
-def _absent(title: str, why: str) -> Group:
-    return Group(Text(title, "bold"), Text(why, "dim"), Text(""))
 
 
 def up_table(states: list[ProgramState]) -> Table:
@@ -89,14 +48,14 @@ def up_table(states: list[ProgramState]) -> Table:
 
 def processes_panel(data: dict[str, Any]) -> RenderableType:
     if not data["supervisord"]["running"]:
-        return _absent("processes", "supervisord is not running (start the mesh with `agentmesh up`)")
+        return absent("processes", "supervisord is not running (start the mesh with `agentmesh up`)")
     if not data["programs"]:
-        return _absent("processes", "no data")
+        return absent("processes", "no data")
     window = data.get("cpu_window_s")
     sup_pid = data["supervisord"].get("pid")
     title = "processes" + ("" if sup_pid is None else f" of supervisord {sup_pid}") + (
         "" if window is None else f" (cpu over {window:.1f}s)")
-    table = _table(title, "program", "state", "pid", "uptime", "restarts", "cpu%", "rss",
+    table = cells.table(title, "program", "state", "pid", "uptime", "restarts", "cpu%", "rss",
                    right=("pid", "uptime", "restarts", "cpu%", "rss"))
     table.columns[0].no_wrap = True
     for p in data["programs"]:
@@ -107,86 +66,8 @@ def processes_panel(data: dict[str, Any]) -> RenderableType:
         restarts = Text(str(p["restarts"]), "yellow" if p["restarts"] else "")
         cpu = "-" if p["cpu_percent"] is None else f"{p['cpu_percent']:.1f}"
         table.add_row(p["name"], state, str(p["pid"] or "-"),
-                      _duration(p["uptime_s"]) if running else "-", restarts, cpu, _bytes(p["rss_bytes"]))
+                      duration(p["uptime_s"]) if running else "-", restarts, cpu, size(p["rss_bytes"]))
     return table
-
-
-def agents_panel(data: dict[str, Any]) -> RenderableType:
-    if not data["agents"]:
-        return _absent("agents", "no data (Redis unreachable)" if _redis_down(data) else "no agents")
-    numbers = ("pid", "heartbeat", "in", "out", "backlog", "dead", "in flight", "asks", "ask p99",
-               "lag p99")
-    table = _table("agents", "agent", "role", "state", *numbers, right=numbers)
-    for a in data["agents"]:
-        age = a["heartbeat_age_s"]
-        backlog = Text(str(a["backlog"]), "yellow" if a["backlog"] else "")
-        dead = Text(str(a["dead_letters"]), "red" if a["dead_letters"] else "")
-        lag = a["loop_lag_ms"]
-        table.add_row(a["name"], _role(a["role"]), Text(a["state"], AGENT_STYLE.get(a["state"], "")),
-                      str(a["pid"] or "-"), "-" if age is None else f"{_duration(age)} ago",
-                      str(a["messages_in"]), str(a["messages_out"]), backlog, dead, _in_flight(a),
-                      _asks(a), _ms(a["asks"]["p99_ms"]), _lag(None if lag is None else lag["p99"]))
-    return table
-
-
-def models_panel(data: dict[str, Any]) -> RenderableType | None:
-    """The llm agents' model use (status's `agents[].llm`); None when no agent called a model."""
-    rows = [a for a in data["agents"] if a.get("llm")]
-    if not rows:
-        return None
-    numbers = ("calls", "tokens in", "tokens out", "p50", "p99", "tool calls", "errors")
-    table = _table("models", "agent", *numbers, right=numbers)
-    for a in rows:
-        m = a["llm"]
-        errors = Text(str(m["errors"]), "red" if m["errors"] else "")
-        table.add_row(a["name"], str(m["calls"]), str(m["tokens_in"]), str(m["tokens_out"]),
-                      _ms(m["p50_ms"]), _ms(m["p99_ms"]), str(m["tool_calls"]), errors)
-    return table
-
-
-def _role(role: str | None) -> str:
-    """A plug-in role (`module:Class`) by its class: its import path would take a third of
-    the table (status --json has it whole)."""
-    return (role or "").rpartition(":")[2]
-
-
-def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 10:
-        return f"{ms:.1f} ms"
-    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
-
-
-def _in_flight(a: dict[str, Any]) -> Text:
-    """`in flight/concurrency`, yellow when messages wait for a free slot."""
-    if a["in_flight"] is None or a["concurrency"] is None:
-        return Text("-")
-    return Text(f"{a['in_flight']}/{a['concurrency']}",
-                "yellow" if a["in_flight"] > a["concurrency"] else "")
-
-
-def _asks(a: dict[str, Any]) -> Text:
-    """Asks waiting now, then the timeouts and error replies so far when there are any."""
-    text = Text("-" if a["asks_pending"] is None else str(a["asks_pending"]))
-    asks, failed = a["asks"], []
-    if asks["timeouts"]:
-        failed.append(Text(f"{asks['timeouts']} t/o", "yellow"))
-    if asks["error_replies"]:
-        failed.append(Text(f"{asks['error_replies']} err", "red"))
-    if failed:
-        text.append(" (").append_text(Text(", ").join(failed)).append(")")
-    return text
-
-
-def _lag(p99: float | None) -> Text:
-    """The loop lag's p99: yellow from LAG_WARN_MS, red from LAG_BAD_MS."""
-    style = "" if p99 is None or p99 < LAG_WARN_MS else "yellow" if p99 < LAG_BAD_MS else "red"
-    return Text(_ms(p99), style)
-
-
-def _redis_down(data: dict[str, Any]) -> bool:
-    return not data.get("infra", {}).get("redis", {}).get("reachable", True)
 
 
 def _trend(history: list[dict[str, Any]]) -> str:
@@ -194,23 +75,23 @@ def _trend(history: list[dict[str, Any]]) -> str:
         return ""
     values = [float(h["reduction_percent"]) for h in history]
     span = (history[-1]["ts"] - history[0]["ts"]) / 1000
-    return f" {sparkline(values)} {values[-1] - values[0]:+.1f} over {_duration(span)}"
+    return f" {sparkline(values)} {values[-1] - values[0]:+.1f} over {duration(span)}"
 
 
 def topology_panel(data: dict[str, Any]) -> RenderableType:
     topo = data["topology"]
     if topo is None:
-        why = "no data (Redis unreachable)" if _redis_down(data) else \
+        why = "no data (Redis unreachable)" if redis_down(data) else \
             "no snapshot yet (topology-manager not running?)"
-        return _absent("topology", why)
+        return absent("topology", why)
     s = topo["stats"]
     head = Text(f"{s['agents']} agents, {s['edges']}/{s['possible']} edges, reduction "
                 f"{s['reduction_percent']:.1f}%{_trend(topo['history'])} "
-                f"(snapshot {_duration(topo['snapshot_age_s'])} old)")
-    table = _table(None, "strongest edges", "weight", "", "usage", "last use",
+                f"(snapshot {duration(topo['snapshot_age_s'])} old)")
+    table = cells.table(None, "strongest edges", "weight", "", "usage", "last use",
                    right=("weight", "usage", "last use"))
     for e in topo["edges"][:MAX_EDGES]:
-        last = "never" if not e["usage"] else f"{_duration(data['ts'] - e['last_used'] / 1000)} ago"
+        last = "never" if not e["usage"] else f"{duration(data['ts'] - e['last_used'] / 1000)} ago"
         table.add_row(f"{e['source']} -> {e['target']}", f"{e['weight']:.2f}",
                       Text(bar(e["weight"] / topo["max_weight"]), "cyan"), str(e["usage"]), last)
     more = len(topo["edges"]) - MAX_EDGES
@@ -220,15 +101,15 @@ def topology_panel(data: dict[str, Any]) -> RenderableType:
     departed = sorted(topo.get("departed", {}).items())
     if departed:
         parts.append(Text("removed: " + ", ".join(
-            f"{name} ({d['reason']}, {_duration(data['ts'] - d['ts'] / 1000)} ago)"
+            f"{name} ({d['reason']}, {duration(data['ts'] - d['ts'] / 1000)} ago)"
             for name, d in departed), "yellow"))
     return Group(*parts, Text(""))
 
 
 def proposals_panel(data: dict[str, Any]) -> RenderableType:
     if not data["proposals"]:
-        return _absent("proposals", "no data (Redis unreachable)" if _redis_down(data) else "none yet")
-    table = _table("proposals (newest first)", "id", "type", "waggle", "for/against", "quorum",
+        return absent("proposals", "no data (Redis unreachable)" if redis_down(data) else "none yet")
+    table = cells.table("proposals (newest first)", "id", "type", "waggle", "for/against", "quorum",
                    "status", "decision", right=("for/against", "decision"))
     table.columns[0].no_wrap = True
     table.columns[1].max_width = 10
@@ -236,7 +117,7 @@ def proposals_panel(data: dict[str, Any]) -> RenderableType:
         if p["decision_ms"] is not None:
             when = f"{p['decision_ms']} ms"
         elif p["expires_in_s"] is not None:
-            when = f"in {_duration(p['expires_in_s'])}"
+            when = f"in {duration(p['expires_in_s'])}"
         else:
             when = "-"
         votes = Text.assemble((str(p["for"]), "green"), "/", (str(p["against"]), "red"))
@@ -270,8 +151,8 @@ def _breakers(clients: list[dict[str, Any]]) -> Text:
 def services_panel(data: dict[str, Any]) -> RenderableType:
     """Each service's health and latency, and the breakers of the clients of it."""
     if not data["services"]:
-        return _absent("services", "no data")
-    table = _table("services", "service", "url", "health", "latency", "client breakers",
+        return absent("services", "no data")
+    table = cells.table("services", "service", "url", "health", "latency", "client breakers",
                    right=("latency",))
     for s in data["services"]:
         latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f} ms"
@@ -281,7 +162,7 @@ def services_panel(data: dict[str, Any]) -> RenderableType:
 
 
 def infra_panel(data: dict[str, Any]) -> RenderableType:
-    table = _table("infra", "", "address", "reachable", "latency", right=("latency",))
+    table = cells.table("infra", "", "address", "reachable", "latency", right=("latency",))
     for name in ("broker", "redis"):
         probe = data["infra"][name]
         answer = Text("yes", "green") if probe["reachable"] else Text("no answer", "bold red")
@@ -311,7 +192,9 @@ class Dashboard:
         agents = agents_panel(d)
         models = models_panel(d)
         left = [processes_panel(d), infra_panel(d), *([models] if models is not None else [])]
-        right = [topology_panel(d), proposals_panel(d), services_panel(d)]
+        routing = routing_panel(d)  # a mesh with replica groups only
+        right = [topology_panel(d), *([routing] if routing is not None else []), proposals_panel(d),
+                 services_panel(d)]
         yield head
         if options.max_width >= TWO_COLUMNS_FROM:
             yield from _spaced([agents])

@@ -44,6 +44,7 @@ from agentmesh_cli.errors import (
     ReplyTimeout,
 )
 from agentmesh_cli.gateway.kafka import GatewayBus
+from agentmesh_cli.gateway.listing import agent_list
 from agentmesh_cli.gateway.models import (
     AGENT,
     EVENT_ID_PATTERN,
@@ -243,26 +244,10 @@ class Gateway:
             raise ConversationNotFound(f"no conversation {conversation!r}", {"conversation": conversation})
 
     def agents(self) -> list[dict[str, Any]]:
-        """The registry (and mesh.yaml's agents that never joined), with their accepts."""
-        heartbeat = self.mesh.config.heartbeat
-        silent_ms = heartbeat.interval * heartbeat.missed * 1000
-        now = now_ms()
-        entries: dict[str, dict[str, Any]] = {}
-        for spec in self.mesh.config.agents:
-            entries[spec.name] = {"name": spec.name, "role": spec.role, "state": "declared",
-                                  "capabilities": list(spec.capabilities), "concurrency": spec.concurrency,
-                                  "in_flight": None, "accepts": {}}
-        for name, record in self.state.registry.items():
-            alive = now - int(record.get("last_heartbeat", 0)) <= silent_ms
-            entries[name] = {"name": name, "role": str(record.get("role", "")),
-                             "state": "up" if alive else "down",
-                             "capabilities": list(record.get("capabilities", [])),
-                             "concurrency": record.get("concurrency"), "in_flight": record.get("in_flight"),
-                             "accepts": {}}
-        for name, accepts in self.state.accepts.items():
-            if name in entries:
-                entries[name]["accepts"] = accepts
-        return [entries[name] for name in sorted(entries)]
+        """The registry (and mesh.yaml's agents that never joined), with their accepts; a
+        replica group once, with its replicas (listing.py)."""
+        return agent_list(self.mesh.config, self.state.registry, self.state.accepts, self.state.counts,
+                          now_ms())
 
     async def health(self) -> tuple[bool, dict[str, str]]:
         details: dict[str, str] = {}

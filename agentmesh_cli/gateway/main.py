@@ -33,8 +33,10 @@ def reply_address(host: str, port: int) -> str:
 
 def build(mesh: Mesh, host: str, port: int) -> Gateway:
     settings = mesh.config.gateway
-    state = GatewayState(mesh.redis_url, mesh.config.mesh, {a.name for a in mesh.config.agents},
-                         kept=settings.events_kept, ttl_s=settings.events_ttl)
+    # a group by its name, and its replicas as declared (more when registered)
+    declared = {a.name for a in mesh.config.agents} | {name for name, _ in mesh.config.concrete_agents()}
+    state = GatewayState(mesh.redis_url, mesh.config.mesh, declared, kept=settings.events_kept,
+                         ttl_s=settings.events_ttl)
     return Gateway(mesh, state, reply_address(host, port), mesh_signer(mesh))
 
 

@@ -1,7 +1,8 @@
 """The mesh as MCP tools and resources at the gateway's /mcp (official `mcp` SDK, Streamable
 HTTP, stateless: any gateway process can take any request).
 
-Tools, one per (agent, message type) that the agent's role declares in `accepts`:
+Tools, one per (agent, message type) that the agent's role declares in `accepts` (a
+replica group once, by its name: gateway/listing.py):
 
     <agent>__<type>     ask the agent; the arguments are the payload (the declared schema)
 
@@ -100,8 +101,10 @@ def agent_tools(agents: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str, T
             name = tool_name(agent["name"], type, taken)
             taken.add(name)
             about = schema.get("description") or schema.get("title") or type
-            description = (f"Ask {agent['name']} (role {agent['role']}, {agent['state']}) a `{type}` "
-                           f"message and get its reply. {about}")
+            # a replica group is one tool: the gateway routes each conversation to a replica
+            group = f", {len(agent['replicas'])} replicas" if agent.get("replicas") else ""
+            description = (f"Ask {agent['name']} (role {agent['role']}, {agent['state']}{group}) a "
+                           f"`{type}` message and get its reply. {about}")
             input_schema = schema if schema.get("type") == "object" else ANY_OBJECT
             tools[name] = (agent["name"], type, Tool(name=name, description=description,
                                                      input_schema=input_schema))

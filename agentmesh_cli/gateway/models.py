@@ -58,6 +58,13 @@ class Conversation(BaseModel):
     owner: str | None
 
 
+class ReplicaEntry(BaseModel):
+    name: str
+    state: str = Field(description="up, down, or declared.")
+    concurrency: int | None = None
+    in_flight: int | None = None
+
+
 class AgentEntry(BaseModel):
     name: str
     role: str
@@ -67,6 +74,9 @@ class AgentEntry(BaseModel):
     in_flight: int | None = None
     accepts: dict[str, Any] = Field(
         description="Message type -> JSON schema of its payload, as the role declares.")
+    replicas: list[ReplicaEntry] | None = Field(None, description=(
+        "A replica group (agents[].replicas in mesh.yaml) only: its replicas. The group is "
+        "asked by its name; each conversation goes to one replica."))
 
 
 class Agents(BaseModel):

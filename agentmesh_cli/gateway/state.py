@@ -53,6 +53,7 @@ class GatewayState(AsyncRedis):
                                                        key=_conversation_of)
         self.registry: dict[str, dict[str, Any]] = {}
         self.accepts: dict[str, dict[str, Any]] = {}
+        self.counts: dict[str, int] = {}  # replica group -> replicas it runs now (replicas.py)
         self.draining = False
         self.registry_error: str | None = "not read yet"
         self.sent: Counter[str] = Counter()
@@ -62,15 +63,18 @@ class GatewayState(AsyncRedis):
 
     # the registry -----------------------------------------------------------------
     async def refresh(self) -> None:
-        """Read the registry, the declared accepts and the drain mark (one round trip)."""
+        """Read the registry, the declared accepts, the drain mark and the replica groups'
+        counts (one round trip)."""
         with redis_errors("read registry"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.keys.agents)
                 pipe.hgetall(self.keys.accepts)
                 pipe.exists(self.keys.draining)
                 pipe.get(self.keys.kafka_epoch)
-                agents, accepts, draining, epoch = await pipe.execute()
+                pipe.hgetall(self.keys.replicas)
+                agents, accepts, draining, epoch, counts = await pipe.execute()
         self.registry = {_text(name): json.loads(value) for name, value in agents.items()}
+        self.counts = {_text(group): int(n) for group, n in counts.items()}
         self.accepts = {_text(name): json.loads(value) for name, value in accepts.items()}
         self.draining = bool(draining)
         self.registry_error = None

@@ -28,6 +28,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from agentmesh_cli.errors import AgentMeshError, ConfigError, PortInUseError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.families import Reading, families
+from agentmesh_cli.replica_view import groups_of
+from agentmesh_cli.replicas import Groups, running_agents
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.restarts import SpawnLog
@@ -65,7 +67,7 @@ class MeshCollector(Collector):
             return families(self.read())
 
     def read(self) -> Reading:
-        reading = Reading(ts=time.time(), agents=[a.name for a in self.mesh.config.agents])
+        reading = Reading(ts=time.time(), agents=running_agents(self.mesh.config, {}))
         self._read_redis(reading)
         self._read_supervisord(reading)
         return reading
@@ -81,6 +83,7 @@ class MeshCollector(Collector):
             reading.service_clients = self.store.service_clients()
             snapshot = self.store.load_snapshot()
             consensus = self.store.load_json(keys.consensus_snapshot)
+            self._read_groups(reading)
         except AgentMeshError as exc:
             self._source("redis", False, str(exc))
             return
@@ -89,6 +92,21 @@ class MeshCollector(Collector):
         if consensus:
             reading.pending_proposals = len(consensus.get("proposals", []))
         reading.redis_up = self._source("redis", True)
+
+    def _read_groups(self, reading: Reading) -> None:
+        """A mesh with replica groups: the replicas it runs now, each replica's group, and
+        the senders' routing state (nothing is read for a mesh without groups)."""
+        config = self.mesh.config
+        groups = config.groups()
+        if not groups:
+            return
+        replicas = Groups(self.store)
+        counts = replicas.counts()
+        reading.routing = replicas.routing()
+        reading.agents = running_agents(config, counts)
+        reading.replicas = {name: (spec.declared_replicas, counts.get(name, spec.declared_replicas))
+                            for name, spec in groups.items()}
+        reading.group_of = groups_of(config, {*reading.agents, *reading.counters, *reading.registry})
 
     def _read_supervisord(self, reading: Reading) -> None:
         with Supervisor(self.mesh) as sup:

@@ -20,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent_load import load
 from agentmesh_cli.backlog import backlog, sent_totals
+from agentmesh_cli.metrics.groups import group_families, label_groups
 from agentmesh_cli.metrics.histogram import (
     ASK_BUCKETS,
     DECISION_BUCKETS,
@@ -39,7 +40,7 @@ DECIDED = ("accepted", "rejected", "expired")
 # votes it held before their proposal opened)
 VOTE_RESULTS = ("counted", "replaced", "not_member", "unknown", "late", "early")
 BREAKER_STATES = ("closed", "open", "half_open")
-NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.CLI_COUNTER_OWNER, C.GATEWAY_SENDER})
+NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.PROGRAM_AUTOSCALER, C.CLI_COUNTER_OWNER, C.GATEWAY_SENDER})
 # gauges of an agent's registry record: (family, field, help)
 LOAD_GAUGES = (
     ("agent_in_flight", "in_flight", "Messages the agent read and has not finished (queued or "
@@ -68,7 +69,7 @@ class Reading:
     """One scrape's view of the mesh; a source that did not answer leaves its part empty."""
 
     ts: float  # epoch seconds of the reading
-    agents: list[str]  # mesh.yaml's agents (listed even before they count anything)
+    agents: list[str]  # mesh.yaml's agents, a group's replicas as it runs now (listed before they count)
     redis_up: bool = False
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # owner -> counters
     registry: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent -> its record now
@@ -78,6 +79,9 @@ class Reading:
     supervisord_up: bool = False
     programs: dict[str, str] = field(default_factory=dict)  # program -> supervisord state
     restarts: dict[str, int] = field(default_factory=dict)  # program -> restarts
+    group_of: dict[str, str] = field(default_factory=dict)  # replica -> its group (metrics/groups.py)
+    replicas: dict[str, tuple[int, int]] = field(default_factory=dict)  # group -> (declared, running)
+    routing: dict[str, dict[str, Any]] = field(default_factory=dict)  # sender -> its routers' state
 
     @property
     def registered(self) -> set[str]:
@@ -92,8 +96,9 @@ def families(reading: Reading) -> list[Metric]:
         out += _programs(reading)
     if reading.redis_up:
         out += [*_agents(reading), *_agent_load(reading), *_asks(reading), *_topology(reading),
-                *_consensus(reading), *_services(reading), *_gateway(reading), *_llm(reading)]
-    return out
+                *_consensus(reading), *_services(reading), *_gateway(reading), *_llm(reading),
+                *group_families(reading.replicas, reading.routing, reading.ts)]
+    return label_groups(out, reading.group_of)  # a replica's series: its group too
 
 
 def _gateway(r: Reading) -> Iterator[Metric]:

@@ -202,11 +202,13 @@ class Dispatch:
         if group is not None:
             self.routers[group].replied(request_id, now)
             self._learned.add(group)
+            self._routed = True  # its state changed: published again
 
     def forget(self, request_id: str) -> None:
         group = self._asks.pop(request_id, None)
         if group is not None:
             self.routers[group].forget(request_id)
+            self._routed = True
 
     def tick(self, now: float) -> None:
         """The routers' periodic step (physarum's conductances), at most every interval."""
@@ -221,7 +223,8 @@ class Dispatch:
                 "groups": {group: router.snapshot() for group, router in self.routers.items()}}
 
     def publish(self, now: float) -> None:
-        """The routers' state for the views (status, dashboard), when it routed lately."""
+        """The routers' state for the views (status, dashboard), when it routed or learned
+        since the last time."""
         if self.groups is None or not self._routed or now - self._published < PUBLISH_S:
             return
         self._published = now

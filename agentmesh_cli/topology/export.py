@@ -4,13 +4,18 @@
 here does I/O. The SVG is written by hand (no cairo, no Graphviz) with a circle layout
 from igraph: deterministic, and an agent keeps its place between two exports, so a
 picture before and after adaptation can be compared edge by edge.
+
+A replica of a group (Support-2 of Support) carries its group (`group` in GraphML and
+DOT, `data-group` in SVG); `by_group` collapses each group into one node.
 """
 
 from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -19,6 +24,8 @@ from agentmesh_cli.errors import SnapshotError
 
 if TYPE_CHECKING:  # the CLI imports ExportFormat at start; igraph only when exporting
     from agentmesh_cli.topology.graph import Edge
+
+GroupOf = Callable[[str], "str | None"]  # agent -> the group it is a replica of
 
 
 class ExportFormat(StrEnum):
@@ -37,9 +44,16 @@ class TopologyView:
     edges: list[Edge]
     stats: dict[str, Any]
     ts_ms: int | None
+    groups: dict[str, str] = field(default_factory=dict)  # replica -> its group
+    replicas: dict[str, int] = field(default_factory=dict)  # (by group) a group's node -> its replicas
 
     def role(self, agent: str) -> str:
         return self.roles.get(agent, "")
+
+    def label(self, agent: str) -> str:
+        """The node's name; a group's node (by group) with its number of replicas."""
+        n = self.replicas.get(agent)
+        return agent if n is None else f"{agent} ×{n}"
 
     def caption(self) -> str:
         s = self.stats
@@ -53,9 +67,9 @@ class TopologyView:
 
 
 def view_from_snapshot(snapshot: dict[str, Any], mesh: str = "",
-                       roles: dict[str, str] | None = None) -> TopologyView:
-    """Read a `topology:snapshot` dict; `roles` fill in agents the snapshot has no role for.
-    Raises SnapshotError on a malformed snapshot."""
+                       roles: dict[str, str] | None = None, group_of: GroupOf | None = None) -> TopologyView:
+    """Read a `topology:snapshot` dict; `roles` fill in agents the snapshot has no role for;
+    `group_of` names the replicas' groups. Raises SnapshotError on a malformed snapshot."""
     from agentmesh_cli.topology.graph import MALFORMED
     from agentmesh_cli.topology.state import snapshot_graph
 
@@ -74,7 +88,49 @@ def view_from_snapshot(snapshot: dict[str, Any], mesh: str = "",
         edges=sorted(graph.edges(), key=lambda e: (e.weight, e.source, e.target)),
         stats=graph.stats().as_dict(),
         ts_ms=ts_ms,
+        groups={a: g for a in graph.agents() if group_of is not None and (g := group_of(a)) is not None},
     )
+
+
+def by_group(view: TopologyView) -> TopologyView:
+    """Each group's replicas as one node named after the group: parallel edges merged into
+    one (usage summed, the highest weight, the latest use), edges between replicas of one
+    group left out; the stats are the collapsed graph's."""
+    from agentmesh_cli.topology.graph import Edge
+
+    if not view.groups:
+        return view
+    node = view.groups.get
+    agents = list(dict.fromkeys(node(a, a) for a in view.agents))
+    merged: dict[tuple[str, str], Edge] = {}
+    for e in view.edges:
+        source, target = node(e.source, e.source), node(e.target, e.target)
+        if source == target:
+            continue
+        seen = merged.get((source, target))
+        if seen is None:
+            merged[(source, target)] = Edge(source, target, e.weight, e.usage, e.last_used)
+            continue
+        uses = [t for t in (seen.last_used, e.last_used) if t is not None]
+        merged[(source, target)] = Edge(source, target, max(seen.weight, e.weight), seen.usage + e.usage,
+                                        max(uses) if uses else None)
+    roles: dict[str, str] = {}
+    for agent in view.agents:  # a group's role: its replicas'
+        if view.role(agent):
+            roles.setdefault(node(agent, agent), view.role(agent))
+    edges = sorted(merged.values(), key=lambda e: (e.weight, e.source, e.target))
+    return replace(view, agents=agents, roles=roles, edges=edges, stats=_stats(len(agents), edges),
+                   groups={}, replicas=dict(Counter(view.groups.values())))
+
+
+def _stats(n: int, edges: list[Edge]) -> dict[str, Any]:
+    """GraphStats of a graph of `n` agents and these edges (as the graph counts them)."""
+    m, possible = len(edges), n * (n - 1)
+    weights = [e.weight for e in edges]
+    return {"agents": n, "edges": m, "possible": possible,
+            "reduction_percent": 100.0 * (1 - m / possible) if possible else 0.0,
+            "min_weight": min(weights, default=0.0), "avg_weight": round(sum(weights) / m, 10) if m else 0.0,
+            "max_weight": max(weights, default=0.0), "density": m / possible if possible else 0.0}
 
 
 def export_text(view: TopologyView, fmt: ExportFormat) -> str:
@@ -161,11 +217,11 @@ def render_svg(view: TopologyView) -> str:
     nodes = ET.SubElement(svg, "g", {"text-anchor": "middle"})
     for agent in view.agents:
         x, y = positions[agent]
-        node = ET.SubElement(nodes, "g", {"class": "agent"})
+        node = ET.SubElement(nodes, "g", {"class": "agent", **_svg_group(view, agent)})
         ET.SubElement(node, "circle", {"cx": f"{x:g}", "cy": f"{y:g}", "r": f"{NODE_R:g}",
                                        "fill": colours.get(view.role(agent), "#eeeeee"),
                                        "stroke": "#333333", "stroke-width": "1.5"})
-        label = _text(node, x, y - 2 if view.role(agent) else y + 4, agent,
+        label = _text(node, x, y - 2 if view.role(agent) else y + 4, view.label(agent),
                       {"font-size": "13", "font-weight": "bold"})
         if view.role(agent):
             role = ET.SubElement(label, "tspan", {"x": f"{x:g}", "dy": "15", "font-size": "11",
@@ -177,6 +233,12 @@ def render_svg(view: TopologyView) -> str:
     for tspan in svg.iter("tspan"):
         tspan.tail = None  # indentation inside <text> would be drawn as a space
     return ET.tostring(svg, encoding="unicode") + "\n"
+
+
+def _svg_group(view: TopologyView, agent: str) -> dict[str, str]:
+    if agent in view.groups:
+        return {"data-group": view.groups[agent]}
+    return {"data-replicas": str(view.replicas[agent])} if agent in view.replicas else {}
 
 
 def _text(parent: ET.Element, x: float, y: float, text: str, attrs: dict[str, str]) -> ET.Element:
@@ -193,13 +255,18 @@ _GRAPHML_KEYS = [  # (id, for, attr.name, attr.type)
     ("weight", "edge", "weight", "double"), ("usage", "edge", "usage", "int"),
     ("last_used", "edge", "last_used", "long"),
 ]
+# only in a graph that has them: a mesh without groups exports as before
+_GROUP_KEY = ("group", "node", "group", "string")
+_REPLICAS_KEY = ("replicas", "node", "replicas", "int")
 
 
 def render_graphml(view: TopologyView) -> str:
     # written here rather than by igraph's writer: that one needs a real file, numbers
     # every node n0.. without our graph attributes, and types usage as a double
     root = ET.Element("graphml", {"xmlns": "http://graphml.graphdrawing.org/xmlns"})
-    for key_id, domain, name, kind in _GRAPHML_KEYS:
+    keys = [*_GRAPHML_KEYS, *([_GROUP_KEY] if view.groups else []),
+            *([_REPLICAS_KEY] if view.replicas else [])]
+    for key_id, domain, name, kind in keys:
         ET.SubElement(root, "key", {"id": key_id, "for": domain, "attr.name": name,
                                     "attr.type": kind})
     graph = ET.SubElement(root, "graph", {"id": view.mesh or "G", "edgedefault": "directed"})
@@ -211,6 +278,10 @@ def render_graphml(view: TopologyView) -> str:
         node = ET.SubElement(graph, "node", {"id": ids[agent]})
         _data(node, "name", agent)
         _data(node, "role", view.role(agent))
+        if agent in view.groups:
+            _data(node, "group", view.groups[agent])
+        if agent in view.replicas:
+            _data(node, "replicas", str(view.replicas[agent]))
     for e in sorted(view.edges, key=lambda e: (e.source, e.target)):
         edge = ET.SubElement(graph, "edge", {"source": ids[e.source], "target": ids[e.target]})
         _data(edge, "weight", repr(e.weight))
@@ -245,8 +316,11 @@ def render_dot(view: TopologyView) -> str:
     ]
     for agent in view.agents:
         role = view.role(agent)
-        label = f"{agent}\n{role}" if role else agent
-        lines.append(f"  {_quoted(agent)} [label={_quoted(label)}, role={_quoted(role)}];")
+        label = f"{view.label(agent)}\n{role}" if role else view.label(agent)
+        # Graphviz's own `group` keeps a group's nodes together in dot layouts
+        extra = (f", group={_quoted(view.groups[agent])}" if agent in view.groups
+                 else f", replicas={view.replicas[agent]}" if agent in view.replicas else "")
+        lines.append(f"  {_quoted(agent)} [label={_quoted(label)}, role={_quoted(role)}{extra}];")
     for e in sorted(view.edges, key=lambda e: (e.source, e.target)):
         lines.append(
             f"  {_quoted(e.source)} -> {_quoted(e.target)} [mesh_weight={e.weight!r}, "

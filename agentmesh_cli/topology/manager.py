@@ -19,6 +19,7 @@ from typing import Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
@@ -30,7 +31,7 @@ from agentmesh_cli.topology.graph import SlimeMoldRules
 from agentmesh_cli.topology.state import TopologyState
 from agentmesh_cli.waiting import Clock
 
-__all__ = ["TopologyManager", "TopologyState", "apply_safely", "history_point"]
+__all__ = ["TopologyManager", "TopologyState", "apply_safely", "expected_agents", "history_point"]
 
 LIVENESS_CHECK_S = 0.5  # how often silent agents (and held records past their time) are looked for
 OWNER = C.PROGRAM_TOPOLOGY
@@ -80,6 +81,7 @@ class TopologyManager:
         return state
 
     def run(self) -> int:
+        from agentmesh_cli.replicas import Groups
         from agentmesh_cli.store import Store
 
         signal.signal(signal.SIGTERM, self._stop)
@@ -93,7 +95,7 @@ class TopologyManager:
         watch = BrokerWatch(bus, store, epoch, clock=self.clock)
         state = self._load(store, epoch)
         state.partitions, state.max_record_bytes = cfg.kafka.partitions, cfg.kafka.max_record_bytes
-        state.expected = frozenset(agent.name for agent in cfg.agents)
+        state.expected = expected_agents(cfg, Groups(store).counts() if cfg.groups() else {})
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
         reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
                         fetch_wait=cfg.kafka.topology_fetch_wait, fetch_min_bytes=TOPOLOGY_FETCH_MIN_BYTES,
@@ -160,3 +162,10 @@ def history_point(snapshot: dict[str, Any]) -> dict[str, Any]:
     stats = snapshot["stats"]
     return {"ts": snapshot["ts"], **{k: stats[k] for k in ("agents", "edges", "possible",
                                                             "reduction_percent")}}
+
+
+def expected_agents(config: MeshConfig, counts: dict[str, int]) -> frozenset[str]:
+    """The agents that will read their inbox once they start: mesh.yaml's, a replica group's
+    as many as it may run (its max, or more when `agentmesh scale` ran it beyond)."""
+    most = {group: max(spec.max_replicas, counts.get(group, 0)) for group, spec in config.groups().items()}
+    return frozenset(name for name, _ in config.concrete_agents(most))

@@ -115,11 +115,10 @@ def running_gateway(mesh: Mesh, folder: Path, start_agents: bool = True) -> Iter
     with ExitStack() as stack:
         stack.callback(store.close)
         agents: dict[str, subprocess.Popen[bytes]] = {}
-        for spec in mesh.config.agents if start_agents else []:
-            log = folder / f"{spec.name}.log"
-            agents[spec.name] = spawn_role("agent", "--name", spec.name, "--config", str(mesh.config_file),
-                                           log=log)
-            stack.callback(stop, agents[spec.name])
+        for name, _spec in mesh.config.concrete_agents() if start_agents else []:  # a group's replicas
+            log = folder / f"{name}.log"
+            agents[name] = spawn_role("agent", "--name", name, "--config", str(mesh.config_file), log=log)
+            stack.callback(stop, agents[name])
         log = folder / "gateway.log"
         proc = start_gateway(mesh, log)
         stack.callback(stop, proc)

@@ -65,19 +65,28 @@ def write_mesh(root: Path, agents: list[str], **extra: Any) -> Path:
 
 
 @contextmanager
-def running_mesh(config: Path, timeout: float = 90) -> Iterator[Mesh]:
+def running_mesh(config: Path, timeout: float = 90, test_roles: bool = False) -> Iterator[Mesh]:
     """`agentmesh up` of `config`; afterwards `down --now` (a teardown needs no drain, which
     test_drain.py tests, and a mesh that lost messages on purpose would wait out its
-    timeout), and supervisord ended by pid if `down` could not."""
-    up = agentmesh("up", "--config", str(config), "--timeout", str(int(timeout)))
-    assert up.returncode == 0, up.stdout + up.stderr
+    timeout), and supervisord ended by pid if `down` could not. `test_roles`: its agents
+    run roles of tests/helpers (the repository on PYTHONPATH, for supervisord's agents)."""
+    previous = os.environ.get("PYTHONPATH")
+    if test_roles:
+        os.environ["PYTHONPATH"] = str(REPO)
     try:
+        up = agentmesh("up", "--config", str(config), "--timeout", str(int(timeout)))
+        assert up.returncode == 0, up.stdout + up.stderr
         yield load_mesh(config)
     finally:
         agentmesh("down", "--now", "--config", str(config), timeout=60)
         pidfile = config.parent / ".agentmesh" / "supervisord.pid"
         if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
             os.kill(pid, signal.SIGTERM)
+        if test_roles:
+            if previous is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = previous
 
 
 def status(config: Path) -> dict[str, Any]:

@@ -215,3 +215,45 @@ def quiet_chaos_result(fault: dict[str, Any], agents: list[str], duration_s: flo
                  "answered_twice": 0, "error_replies": 0, "p50_ms": None, "p99_ms": None},
         **extra,
     }
+
+
+def agent_entry(name: str, state: str = "alive", mi: int = 0, role: str = "support",
+                concurrency: int | None = 4, in_flight: int | None = 0,
+                counters: dict[str, int] | None = None,
+                lag: tuple[float, float, float] | None = None) -> dict[str, Any]:
+    """One agent of a status frame (status.py `_agents`), as a replica of a group shows."""
+    listed = state != "not running"
+    return {"name": name, "role": role, "capabilities": [], "program": f"agent-{name}",
+            "pid": 4200 + len(name) if listed else None, "host": "h" if listed else None,
+            "state": state, "alive": state == "alive", "heartbeat_age_s": 1.0 if listed else None,
+            "messages_in": mi, "messages_out": 0, "dead_letters": 0, "sent_to": mi, "backlog": 0,
+            "concurrency": concurrency, "in_flight": in_flight, "running": in_flight, "asks_pending": 0,
+            "loop_lag_ms": None if lag is None else dict(zip(("p50", "p99", "max"), lag, strict=True)),
+            "asks": {"sent": (counters or {}).get("asks", 0), "timeouts": 0, "error_replies": 0,
+                     "late_replies": 0, "expired_requests": 0, "cached_replies": 0,
+                     "p50_ms": None, "p99_ms": None},
+            "llm": None, "counters": counters if counters is not None else {"messages_in": mi}}
+
+
+# Support runs three replicas; two of them talk with Sales, and one replica with another
+GROUP_SNAPSHOT: dict[str, Any] = {
+    "v": 1,
+    "ts": 1_700_000_000_000,
+    "graph": {
+        "agents": ["Sales", "Support-1", "Support-2", "Support-3"],
+        "edges": [
+            ["Sales", "Support-1", 0.9, 10, 1_699_999_999_000],
+            ["Sales", "Support-2", 0.6, 5, 1_699_999_999_800],
+            ["Sales", "Support-3", 0.2, 0, None],
+            ["Support-1", "Sales", 0.5, 4, 1_699_999_999_500],
+            ["Support-2", "Sales", 0.7, 6, 1_699_999_999_200],
+            ["Support-1", "Support-2", 0.5, 1, 1_699_999_999_900],
+        ],
+    },
+    "roles": {"Sales": "sales", "Support-1": "support", "Support-2": "support", "Support-3": "support"},
+}
+
+
+def replica_group(name: str) -> str | None:
+    """GROUP_SNAPSHOT's replicas -> their group (as MeshConfig.group_name)."""
+    return "Support" if name.startswith("Support-") else None

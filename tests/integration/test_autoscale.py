@@ -4,8 +4,6 @@ capacity grows, and shrinks back to 1 once the feed stops; every job handled onc
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentmesh_cli.mesh import Mesh, load_mesh
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.scalestate import load_scale
 from agentmesh_cli.store import Store
-from agentmesh_cli.supervisor.control import _alive
 from agentmesh_cli.waiting import wait_until
-from tests.helpers.commands import agentmesh
-from tests.helpers.mesh import REPO, write_mesh
-from tests.integration.test_scale import Feeder, all_handled, programs
+from tests.helpers.mesh import running_mesh, write_mesh
+from tests.helpers.scaling import Feeder, all_handled, programs
 
 
 @pytest.fixture()
@@ -30,17 +26,8 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     data["agents"] = [{"name": "Pool", "role": "tests.helpers.roles:SlowReplica", "replicas": {
         "min": 1, "max": 3, "target_in_flight": 5, "upscale_delay": "1s", "downscale_delay": "4s"}}]
     config.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PYTHONPATH", str(REPO))  # so supervisord's agents can import the test role
-        up = agentmesh("up", "--config", str(config), "--timeout", "90")
-        assert up.returncode == 0, up.stdout + up.stderr
-        try:
-            yield load_mesh(config)
-        finally:
-            agentmesh("down", "--now", "--config", str(config), timeout=60)
-            pidfile = tmp_path / ".agentmesh" / "supervisord.pid"
-            if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
-                os.kill(pid, signal.SIGTERM)
+    with running_mesh(config, test_roles=True) as running:
+        yield running
 
 
 def test_the_group_grows_under_load_and_shrinks_after(mesh: Mesh) -> None:

@@ -25,10 +25,11 @@ import yaml
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
-from agentmesh_cli.drain import load_unread, unread_path
+from agentmesh_cli.drain import unread_path
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import _alive
+from agentmesh_cli.unread import load_unread
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
 from tests.helpers.mesh import REPO, mesh_bus, write_mesh

@@ -24,6 +24,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextResourceContents
 
+from agentmesh_cli.waiting import wait_until
 from tests.helpers.gateway import RunningGateway, running_gateway, write_gateway_mesh
 from tests.helpers.services import mcp_tool_error
 
@@ -235,3 +236,30 @@ def test_mcp_without_a_valid_token_is_a_401(gateway: RunningGateway, authorizati
 def test_mcp_is_not_in_openapi(gateway: RunningGateway) -> None:
     paths = httpx.get(gateway.url + "/openapi.json", timeout=10).json()["paths"]
     assert not any(path.startswith("/mcp") for path in paths)
+
+
+def test_a_replica_group_is_one_agent_and_one_tool_per_type(
+        broker: str, valkey: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """GET /agents lists Support (replicas: 2) once, with its replicas and the accepts they
+    publish; MCP has Support__ticket, and no tool per replica."""
+    folder = tmp_path_factory.mktemp("gateway-group")
+    mesh = write_gateway_mesh(folder, broker, valkey, [{"name": "Support", "role": "support", "replicas": 2}])
+    with running_gateway(mesh, folder) as gateway:
+        def listed() -> list[dict[str, Any]] | None:
+            agents: list[dict[str, Any]] = httpx.get(gateway.url + "/agents", headers=gateway.headers(),
+                                                     timeout=10).json()["agents"]
+            # the gateway reads the registry again every second
+            return agents if agents and agents[0].get("accepts") and all(
+                r["state"] == "up" for r in agents[0]["replicas"]) else None
+        agents = wait_until(listed, 30, "both replicas up in GET /agents")
+
+        async def scenario(session: ClientSession) -> tuple[list[str], Any]:
+            tools = await session.list_tools()
+            return [t.name for t in tools.tools], read_json(await session.read_resource("mesh://agents"))
+        tools, resource = run(gateway, scenario)
+    assert [a["name"] for a in agents] == ["Support"]
+    assert [(r["name"], r["concurrency"]) for r in agents[0]["replicas"]] == [
+        ("Support-1", 1), ("Support-2", 1)]
+    assert set(agents[0]["accepts"]) == {"ticket"} and agents[0]["concurrency"] == 2
+    assert sorted(tools) == ["Support__ticket", "ask", "propose", "send"]
+    assert [a["name"] for a in resource["agents"]] == ["Support"]

@@ -27,3 +27,14 @@ def test_completion_of_commands_and_programs(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text("mesh: m\nagents: [{name: Sales, role: sales}]\n", encoding="utf-8")
     assert complete("agentmesh logs agent-", tmp_path) == ["agent-Sales"]
     assert complete("agentmesh logs co", tmp_path) == ["cognition", "consensus-manager"]
+
+
+def test_completion_knows_a_groups_replicas_and_its_name(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(
+        "mesh: m\nagents: [{name: Sales, role: sales}, {name: Support, role: support, replicas: 2}]\n",
+        encoding="utf-8")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "agent-Support-3.log").write_text("", encoding="utf-8")  # scaled up once
+    assert complete("agentmesh logs agent-Su", tmp_path) == [
+        "agent-Support-1", "agent-Support-2", "agent-Support-3"]
+    assert complete("agentmesh logs Su", tmp_path) == ["Support"]

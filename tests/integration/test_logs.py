@@ -208,3 +208,35 @@ def test_memory_service_logs_json_lines(tmp_path: Path, valkey: str) -> None:
     assert (serving["level"], serving["logger"]) == ("INFO", "agentmesh_cli.services.memory")
     shown = agentmesh("logs", "memory", "-c", str(config), check=True).stdout
     assert " INFO agentmesh_cli.services.memory: serving on http://" in shown
+
+
+def test_a_groups_name_shows_every_replicas_log(tmp_path: Path) -> None:
+    """`agentmesh logs Support`: the logs of agent-Support-1..N merged, as many as mesh.yaml
+    declares and any other replica that left a log (scaled up since)."""
+    config = write_mesh(tmp_path, agents=[{"name": "Sales", "role": "sales"},
+                                          {"name": "Support", "role": "support", "replicas": 2}])
+    logs = tmp_path / "logs"
+    append(logs / "agent-Sales.log", "2026-01-01 10:00:00,500 INFO agent.Sales: not a replica")
+    for k, s in ((1, 0), (2, 1), (3, 2), (10, 3)):  # 3 and 10: a group scaled up to ten
+        append(logs / f"agent-Support-{k}.log", f"2026-01-01 10:00:0{s},000 INFO agent.Support-{k}: r{k}")
+    for name in ("Support", "agent-Support"):
+        shown = agentmesh("logs", name, "-c", str(config), check=True).stdout.splitlines()
+        assert shown == [f"agent-Support-{k:<2} | 2026-01-01 10:00:0{s},000 INFO agent.Support-{k}: r{k}"
+                         for k, s in ((1, 0), (2, 1), (3, 2), (10, 3))]
+    # every program by default: the replicas that left a log too, after their group's
+    everything = agentmesh("logs", "-c", str(config), check=True).stdout
+    assert [line.split(" | ")[0].strip() for line in everything.splitlines()] == [
+        "agent-Support-1", "agent-Sales", "agent-Support-2", "agent-Support-3", "agent-Support-10"]
+    # scaled to 4 (agentmesh scale): agent-Support-4 is followed before it wrote a line
+    (tmp_path / ".agentmesh").mkdir()
+    (tmp_path / ".agentmesh" / "scale.json").write_text('{"Support": 4}', encoding="utf-8")
+    follower = Follower("Support", "-n", "1", "-c", str(config))
+    try:
+        follower.shows("r10")  # it has opened its files
+        append(logs / "agent-Support-4.log", "2026-01-01 10:00:09,000 INFO agent.Support-4: new")
+        assert follower.shows("agent.Support-4: new").startswith("agent-Support-4  | ")
+    finally:
+        follower.close()
+    unknown = agentmesh("logs", "Suport", "-c", str(config))
+    assert unknown.returncode == 2 and "unknown program 'Suport'" in unknown.stderr
+    assert "agent-Support-2" in unknown.stderr and ", Support" in unknown.stderr

@@ -6,11 +6,7 @@ unread, then scaled away) handed over. Every job must be handled exactly once.""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -18,15 +14,14 @@ import yaml
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
-from agentmesh_cli.mesh import Mesh, load_mesh
+from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.replicas import Groups
-from agentmesh_cli.routing.dispatch import Dispatch
 from agentmesh_cli.scalestate import load_scale
 from agentmesh_cli.store import Store
-from agentmesh_cli.supervisor.control import Supervisor, _alive
-from agentmesh_cli.waiting import wait_until
+from agentmesh_cli.supervisor.control import Supervisor
 from tests.helpers.commands import agentmesh
-from tests.helpers.mesh import REPO, mesh_bus, write_mesh
+from tests.helpers.mesh import mesh_bus, running_mesh, write_mesh
+from tests.helpers.scaling import Feeder, all_handled, programs
 
 
 @pytest.fixture(scope="module")
@@ -36,83 +31,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     data = yaml.safe_load(config.read_text())
     data["agents"] = [{"name": "Pool", "role": "tests.helpers.roles:SlowReplica", "replicas": 2}]
     config.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PYTHONPATH", str(REPO))  # so supervisord's agents can import the test role
-        up = agentmesh("up", "--config", str(config), "--timeout", "90")
-        assert up.returncode == 0, up.stdout + up.stderr
-        try:
-            yield load_mesh(config)
-        finally:
-            agentmesh("down", "--now", "--config", str(config), timeout=60)
-            pidfile = root / ".agentmesh" / "supervisord.pid"
-            if pidfile.exists() and _alive(pid := int(pidfile.read_text())):
-                os.kill(pid, signal.SIGTERM)
-
-
-def handled(mesh: Mesh) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    for path in (mesh.root / "handled").glob("*.ids"):
-        seen.update(path.read_text().split())
-    return seen
-
-
-def all_handled(mesh: Mesh, ids: list[str], timeout: float = 60) -> Counter[str]:
-    wanted = set(ids)
-    wait_until(lambda: wanted <= set(handled(mesh)), timeout, f"{len(ids)} jobs handled")
-    time.sleep(1.5)  # time passes on purpose: a job handled again would be written by now
-    return Counter({i: n for i, n in handled(mesh).items() if i in wanted})
-
-
-class Feeder(threading.Thread):
-    """Jobs to the group `Pool`, routed as `agentmesh send` routes them, ~100 a second."""
-
-    def __init__(self, mesh: Mesh, interval: float = 0.01) -> None:
-        super().__init__(daemon=True)
-        self.mesh = mesh
-        self.interval = interval
-        self.ids: list[str] = []
-        self.to: Counter[str] = Counter()
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        store = Store(self.mesh.redis_url, self.mesh.config.mesh)
-        bus = mesh_bus(self.mesh, "test-scale")
-        dispatch = Dispatch(self.mesh.config, Groups(store), C.CLI_COUNTER_OWNER, time.monotonic)
-        counted: Counter[str] = Counter()
-
-        def count() -> None:  # as agents count what they send: about once a second
-            assert bus.flush(30) == 0
-            store.add_counters(C.CLI_COUNTER_OWNER, Counter(
-                {C.sent_to_counter(t): n - counted[t] for t, n in self.to.items() if n > counted[t]}))
-            counted.update(self.to - counted)
-
-        try:
-            next_count = time.monotonic() + 0.5
-            while not self.halt.is_set():
-                target = dispatch.target("Pool", None)
-                envelope = events.message(C.CLI_COUNTER_OWNER, target, "job", {})
-                bus.send_message(envelope)
-                bus.poll()
-                self.ids.append(envelope.id)
-                self.to[target] += 1
-                if time.monotonic() >= next_count:
-                    count()
-                    next_count = time.monotonic() + 0.5
-                time.sleep(self.interval)
-            count()
-        finally:
-            store.close()
+    with running_mesh(config, test_roles=True) as running:
+        yield running
 
 
 def scale(mesh: Mesh, n: int, *options: str) -> str:
     result = agentmesh("scale", "Pool", str(n), "--config", str(mesh.config_file), *options, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
-
-
-def programs(mesh: Mesh) -> dict[str, str]:
-    with Supervisor(mesh) as sup:
-        return {p["name"]: p["statename"] for p in sup.processes() if p["name"].startswith("agent-")}
 
 
 def test_scale_up_and_down_under_traffic_loses_and_doubles_nothing(mesh: Mesh) -> None:

@@ -12,11 +12,12 @@ import pytest
 from agentmesh_cli.store import Store
 from agentmesh_cli.topology.export import (
     ExportFormat,
+    by_group,
     export_text,
     view_from_snapshot,
 )
 from tests.helpers.commands import agentmesh
-from tests.helpers.tables import EDGES, SNAPSHOT, svg_lines
+from tests.helpers.tables import EDGES, GROUP_SNAPSHOT, SNAPSHOT, svg_lines
 
 
 def test_export_command_writes_the_snapshot_from_redis(external_mesh: Any, tmp_path: Path) -> None:
@@ -39,6 +40,23 @@ def test_export_command_writes_the_snapshot_from_redis(external_mesh: Any, tmp_p
 
     dot = agentmesh("topology", "export", "-c", config, "--format", "dot", check=True)
     assert dot.stdout == export_text(expected, ExportFormat.dot)
+
+
+def test_export_by_group_collapses_the_replicas(external_mesh: Any) -> None:
+    """A mesh.yaml group: its replicas carry the group, and --by-group draws one node."""
+    mesh = external_mesh(agents=[{"name": "Sales", "role": "sales"},
+                                 {"name": "Support", "role": "support", "replicas": 3}])
+    config = str(mesh.config_file)
+    Store(mesh.redis_url, mesh.config.mesh).save_snapshot(GROUP_SNAPSHOT)
+    view = view_from_snapshot(GROUP_SNAPSHOT, mesh.config.mesh, {}, mesh.config.group_name)
+    graphml = agentmesh("topology", "export", "-c", config, "-f", "graphml", check=True).stdout
+    assert graphml == export_text(view, ExportFormat.graphml)
+    assert graphml.count('<data key="group">Support</data>') == 3
+    dot = agentmesh("topology", "export", "-c", config, "-f", "dot", "--by-group", check=True).stdout
+    assert dot == export_text(by_group(view), ExportFormat.dot)
+    assert '"Sales" -> "Support" [mesh_weight=0.9, usage=15,' in dot and "Support-1" not in dot
+    help_text = agentmesh("topology", "export", "--help", check=True).stdout
+    assert "--by-group" in help_text and "usage summed" in help_text
 
 
 @pytest.mark.parametrize(

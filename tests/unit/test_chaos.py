@@ -198,3 +198,13 @@ def rendered(result: dict[str, Any]) -> str:
     out = io.StringIO()
     Console(file=out, width=300, color_system=None).print(chaos_table(result))
     return out.getvalue()
+
+
+def test_status_judge_reads_a_groups_replicas() -> None:
+    """A replica group is one entry of status's agents: the judge checks each replica."""
+    shown = frame({"agent-Pool-1": ("RUNNING", 7), "agent-Pool-2": ("RUNNING", 8)},
+                  {"Pool-1": (True, 7), "Pool-2": (True, 5)})
+    shown["agents"] = [{"name": "Pool", "alive": True, "members": shown["agents"]}]
+    truth = {"agent-Pool-1": ("RUNNING", 7), "agent-Pool-2": ("RUNNING", 8)}
+    assert judge(shown, truth, truth, {}, 3.0, now=100.0) == [
+        "agent Pool-2 shown alive with pid 5, supervisord: RUNNING pid 8"]

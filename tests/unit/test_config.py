@@ -112,3 +112,11 @@ def test_the_fetch_wait_grows_with_the_agents(agents: int, kafka: dict[str, obje
     names = [{"name": f"a{i}", "role": "sales"} for i in range(agents)]
     cfg = parse_config({"mesh": "m", "kafka": kafka, "agents": names})
     assert cfg.kafka.fetch_wait == pytest.approx(wait)
+
+
+@pytest.mark.parametrize(("replicas", "wait"), [(4, 0.01), (30, 0.032), ({"min": 20, "max": 64}, 0.022)])
+def test_a_groups_replicas_count_in_the_fetch_wait(replicas: object, wait: float) -> None:
+    # each replica is an agent process of its own (autoscaled: as many as it starts with)
+    agents = [{"name": "Sales", "role": "sales"}, {"name": "Help", "role": "support", "replicas": replicas}]
+    cfg = parse_config({"mesh": "m", "agents": [*agents, {"name": "Fraud", "role": "fraud"}]})
+    assert cfg.kafka.fetch_wait == pytest.approx(wait)

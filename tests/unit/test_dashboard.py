@@ -306,3 +306,4 @@ agent  calls  tokens in  tokens out     p50    p99  tool calls  errors
 ──────────────────────────────────────────────────────────────────────
 Sales     42      12000        3400  640 ms  4.1 s          17       2
 """
+

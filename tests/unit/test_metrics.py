@@ -387,3 +387,4 @@ def test_the_llm_families_for_the_agents_that_called_a_model() -> None:
                  if not s.name.endswith("_bucket")}
     assert histogram == {"agentmesh_llm_call_seconds_count": 3, "agentmesh_llm_call_seconds_sum": 2.94}
     assert "agentmesh_llm_calls" not in {m.name for m in families(fixed_reading())}
+

@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from agentmesh_cli.quiet import QuietWatch, Reading, in_flight, lost_counts, progress_line, read
+from agentmesh_cli.config import parse_config
+from agentmesh_cli.quiet import (
+    QuietWatch,
+    Reading,
+    drained_agents,
+    in_flight,
+    lost_counts,
+    progress_line,
+    read,
+)
+from agentmesh_cli.replicas import running_agents
 
 AGENTS = ["Sales", "Support"]
 
@@ -128,3 +138,56 @@ LINES = [
 @pytest.mark.parametrize(("reading", "elapsed", "line"), LINES)
 def test_progress_line(reading: Reading, elapsed: float, line: str) -> None:
     assert progress_line(reading, elapsed) == line
+
+
+# replica groups: the drain waits for every replica the group runs now (counts: `up`,
+# `agentmesh scale`) and for any other still registered (scaled down, still draining)
+GROUP_CONFIG = parse_config({"mesh": "m", "agents": [
+    {"name": "Sales", "role": "sales"}, {"name": "Support", "role": "support", "replicas": 2}]})
+
+# counts, registry -> the agents the drain waits for
+DRAINED: list[tuple[dict[str, int], dict[str, dict[str, Any]], list[str]]] = [
+    ({}, {}, ["Sales", "Support-1", "Support-2"]),  # as mesh.yaml declares; never the group's name
+    ({"Support": 3}, {}, ["Sales", "Support-1", "Support-2", "Support-3"]),  # scaled up
+    # scaled down to 1: Support-2 still registered while it handles its inbox
+    ({"Support": 1}, {"Support-2": {"group": "Support", "replica": 2}}, ["Sales", "Support-1", "Support-2"]),
+    ({"Support": 1}, {}, ["Sales", "Support-1"]),  # ... and once it left
+    ({}, {"Other": {"role": "sales"}}, ["Sales", "Support-1", "Support-2"]),  # no replica: as before
+]
+
+
+@pytest.mark.parametrize(("counts", "registry", "agents"), DRAINED)
+def test_the_agents_a_drain_waits_for(counts: dict[str, int], registry: dict[str, dict[str, Any]],
+                                      agents: list[str]) -> None:
+    assert drained_agents(running_agents(GROUP_CONFIG, counts), registry) == agents
+
+
+# counters, registry -> unhandled per replica, in flight, quiet (counts: Support runs 3)
+GROUP_CASES: list[tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]], dict[str, int],
+                        dict[str, int], bool]] = [
+    # the senders count what they sent to the replica they routed to, never to the group
+    ({"Sales": {"sent_to:Support-1": 4, "sent_to:Support-3": 2}, "cli": {"sent_to:Support-2": 1},
+      "Support-1": {"messages_in": 4}, "Support-3": {"messages_in": 1}},
+     {}, {"Sales": 0, "Support-1": 0, "Support-2": 1, "Support-3": 1},
+     {"Sales": 0, "Support-1": 0, "Support-2": 0, "Support-3": 0}, False),
+    # a copy retried to another replica: that one counts it a duplicate (the group's ledger)
+    ({"cli": {"sent_to:Support-1": 1, "sent_to:Support-2": 1},
+      "Support-1": {"messages_in": 1}, "Support-2": {"duplicates": 1}},
+     {}, {"Sales": 0, "Support-1": 0, "Support-2": 0, "Support-3": 0},
+     {"Sales": 0, "Support-1": 0, "Support-2": 0, "Support-3": 0}, True),
+    # a replica scaled away and still registered: its inbox and handlers count
+    ({"cli": {"sent_to:Support-4": 2}, "Support-4": {"messages_in": 2}},
+     {"Support-4": {"group": "Support", "in_flight": 1}},
+     {"Sales": 0, "Support-1": 0, "Support-2": 0, "Support-3": 0, "Support-4": 0},
+     {"Sales": 0, "Support-1": 0, "Support-2": 0, "Support-3": 0, "Support-4": 1}, False),
+]
+
+
+@pytest.mark.parametrize(("counters", "registry", "unhandled", "running", "quiet"), GROUP_CASES)
+def test_reading_of_a_group(counters: dict[str, dict[str, int]], registry: dict[str, dict[str, Any]],
+                            unhandled: dict[str, int], running: dict[str, int], quiet: bool) -> None:
+    agents = drained_agents(running_agents(GROUP_CONFIG, {"Support": 3}), registry)
+    reading = read(counters, registry, agents)
+    assert reading.unhandled == unhandled
+    assert reading.in_flight == running
+    assert reading.quiet is quiet

@@ -14,11 +14,12 @@ from agentmesh_cli.errors import TopologyError
 from agentmesh_cli.topology.export import (
     ExportFormat,
     TopologyView,
+    by_group,
     export_text,
     stroke_width,
     view_from_snapshot,
 )
-from tests.helpers.tables import EDGES, SNAPSHOT, SVG, svg_lines
+from tests.helpers.tables import EDGES, GROUP_SNAPSHOT, SNAPSHOT, SVG, replica_group, svg_lines
 
 GRAPHML = "{http://graphml.graphdrawing.org/xmlns}"
 
@@ -127,3 +128,47 @@ def test_malformed_snapshot_is_a_topology_error(graph: dict[str, Any]) -> None:
         view_from_snapshot(snapshot)
 
 
+
+
+def group_view() -> TopologyView:
+    return view_from_snapshot(GROUP_SNAPSHOT, "shop", group_of=replica_group)
+
+
+def test_a_replica_carries_its_group() -> None:
+    view = group_view()
+    assert view.groups == {"Support-1": "Support", "Support-2": "Support", "Support-3": "Support"}
+    graphml = ET.fromstring(export_text(view, ExportFormat.graphml))
+    groups = {node.get("id"): {d.get("key"): d.text for d in node} for node in graphml.iter(f"{GRAPHML}node")}
+    assert [(data["name"], data.get("group")) for data in groups.values()] == [
+        ("Sales", None), ("Support-1", "Support"), ("Support-2", "Support"), ("Support-3", "Support")]
+    assert [k.get("id") for k in graphml.iter(f"{GRAPHML}key")][-1] == "group"
+    dot = export_text(view, ExportFormat.dot)
+    assert '"Support-2" [label="Support-2\\nsupport", role="support", group="Support"];' in dot
+    assert '"Sales" [label="Sales\\nsales", role="sales"];' in dot
+    svg = ET.fromstring(export_text(view, ExportFormat.svg))
+    assert [g.get("data-group") for g in svg.iter(f"{SVG}g") if g.get("class") == "agent"] == [
+        None, "Support", "Support", "Support"]
+    # no group: no group key, nothing changed
+    assert "group" not in export_text(view_from_snapshot(SNAPSHOT, "shop"), ExportFormat.graphml)
+
+
+def test_by_group_collapses_the_replicas_into_their_group() -> None:
+    view = by_group(group_view())
+    assert view.agents == ["Sales", "Support"]
+    assert view.roles == {"Sales": "sales", "Support": "support"}
+    assert view.replicas == {"Support": 3} and view.groups == {}
+    # parallel edges: usage summed, the highest weight, the latest use; Support-1 -> Support-2 gone
+    assert [(e.source, e.target, e.weight, e.usage, e.last_used) for e in view.edges] == [
+        ("Support", "Sales", 0.7, 10, 1_699_999_999_500),
+        ("Sales", "Support", 0.9, 15, 1_699_999_999_800)]
+    assert view.stats == {"agents": 2, "edges": 2, "possible": 2, "reduction_percent": 0.0,
+                          "min_weight": 0.7, "avg_weight": 0.8, "max_weight": 0.9, "density": 1.0}
+    dot = export_text(view, ExportFormat.dot)
+    assert '"Support" [label="Support ×3\\nsupport", role="support", replicas=3];' in dot
+    assert '"Sales" -> "Support" [mesh_weight=0.9, usage=15,' in dot
+    graph = ET.fromstring(export_text(view, ExportFormat.graphml))
+    assert [(d.get("key"), d.text) for d in graph.iter(f"{GRAPHML}data") if d.get("key") == "replicas"] == [
+        ("replicas", "3")]
+    assert "2 agents, 2 of 2 edges (0% pruned), avg weight 0.80" in export_text(view, ExportFormat.svg)
+    plain = view_from_snapshot(SNAPSHOT, "shop")
+    assert by_group(plain) is plain  # no group: the same view

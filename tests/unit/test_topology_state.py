@@ -8,12 +8,13 @@ import json
 import pytest
 
 from agentmesh_cli import constants as C
+from agentmesh_cli.config import parse_config
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import SnapshotError
 from agentmesh_cli.records import Record
 from agentmesh_cli.topology import state as state_module
 from agentmesh_cli.topology.graph import SlimeMoldRules
-from agentmesh_cli.topology.manager import TopologyState
+from agentmesh_cli.topology.manager import TopologyState, expected_agents
 
 TIMEOUT_MS = 90_000
 PARTITIONS = 4  # A reads partition 3, B 1, D 0, E 2; nobody of A and B reads 0 and 2
@@ -323,3 +324,21 @@ def test_a_held_message_that_raises_is_its_own_dead_letter(monkeypatch: pytest.M
         [(1, "topology manager error: RuntimeError('thirteen')")]
     edge = state.graph.edge("E", "A")
     assert state.held_count == 0 and edge is not None and edge.usage == 2
+
+
+# counts (replicas each group runs now) -> the agents the manager expects to read their inbox:
+# a group's replicas up to its max, or its count when scaled beyond
+EXPECTED_CONFIG = parse_config({"mesh": "m", "agents": [
+    {"name": "Sales", "role": "sales"}, {"name": "Support", "role": "support", "replicas": 2},
+    {"name": "Chat", "role": "llm", "llm": {"model": "m"}, "replicas": {"min": 1, "max": 3}}]})
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ({}, {"Sales", "Support-1", "Support-2", "Chat-1", "Chat-2", "Chat-3"}),
+    ({"Support": 4, "Chat": 1}, {"Sales", "Support-1", "Support-2", "Support-3", "Support-4", "Chat-1",
+                                 "Chat-2", "Chat-3"}),
+])
+def test_the_agents_the_topology_manager_expects(counts: dict[str, int], expected: set[str]) -> None:
+    assert expected_agents(EXPECTED_CONFIG, counts) == expected
+    alone = parse_config({"mesh": "m", "agents": [{"name": "A", "role": "sales"}]})
+    assert expected_agents(alone, {}) == {"A"}  # no group: mesh.yaml's agents

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agentmesh_cli.drain import load_unread, write_unread
 from agentmesh_cli.errors import ConfigError
+from agentmesh_cli.unread import load_unread, write_unread
 
 ITEM = {"v": 1, "topic": "messages", "partition": 2, "offset": 7, "to": "Sales", "id": "m-1",
         "key": "Sales", "value": "eyJpZCI6ICJtLTEifQ=="}
@@ -41,3 +41,17 @@ def test_a_bad_line_is_named(tmp_path: Path, line: bytes, problem: str) -> None:
     path.write_bytes(path.read_bytes() + b"\n" + line + b"\n")
     with pytest.raises(ConfigError, match=rf"unread.jsonl line 3 is not an unread message \({problem}"):
         load_unread(path)
+
+
+def test_a_message_for_a_replica_that_no_longer_runs_is_readdressed_within_its_group() -> None:
+    from agentmesh_cli.drain import readdressed
+    from agentmesh_cli.envelope import Envelope
+
+    first = Envelope(type="job", from_agent_id="cli", to_agent_id="Pool-3", meta={"conversation": "c-1"})
+    value, to = readdressed(first.encode(), ["Pool-1", "Pool-2"])
+    again = Envelope.decode(value)
+    assert to in ("Pool-1", "Pool-2") and again.to_agent_id == to
+    assert (again.id, again.meta, again.type) == (first.id, first.meta, first.type)
+    # a conversation's messages stay together
+    second = Envelope(type="job", from_agent_id="cli", to_agent_id="Pool-4", meta={"conversation": "c-1"})
+    assert readdressed(second.encode(), ["Pool-1", "Pool-2"])[1] == to
