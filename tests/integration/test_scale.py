@@ -6,6 +6,9 @@ unread, then scaled away) handed over. Every job must be handled exactly once.""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,9 +19,11 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.replicas import Groups
+from agentmesh_cli.routing.dispatch import Dispatch
 from agentmesh_cli.scalestate import load_scale
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
+from agentmesh_cli.waiting import wait_until
 from tests.helpers.commands import agentmesh
 from tests.helpers.mesh import mesh_bus, running_mesh, write_mesh
 from tests.helpers.scaling import Feeder, all_handled, programs
