@@ -27,6 +27,7 @@ import dataclasses
 import math
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,7 +231,7 @@ def hand_over(mesh: Mesh, store: Store, groups: Groups, leaving: list[str], say:
                 time.sleep(SECOND_LOOK_S)
             dispatch.refresh(time.monotonic(), force=True)
             for name in leaving:
-                handed[name] += _hand_over_one(mesh, store, bus, dispatch, name)
+                handed[name] += _hand_over_one(mesh, store, bus, dispatch, name, set(leaving))
     finally:
         bus.flush(10)
     for name, n in sorted(handed.items()):
@@ -239,7 +240,8 @@ def hand_over(mesh: Mesh, store: Store, groups: Groups, leaving: list[str], say:
     return handed
 
 
-def _hand_over_one(mesh: Mesh, store: Store, bus: Bus, dispatch: Dispatch, name: str) -> int:
+def _hand_over_one(mesh: Mesh, store: Store, bus: Bus, dispatch: Dispatch, name: str,
+                   leaving: set[str]) -> int:
     kafka = mesh.config.kafka
     partition = C.inbox_partition(name, kafka.partitions)
     group_id = C.agent_group(kafka.topic_prefix, name)
@@ -268,6 +270,11 @@ def _hand_over_one(mesh: Mesh, store: Store, bus: Bus, dispatch: Dispatch, name:
                     continue  # another agent's: it shares the partition
                 conversation = envelope.meta.get("conversation")
                 target = dispatch.target(group, conversation if isinstance(conversation, str) else None)
+                if target in leaving:  # never back to a replica that leaves (a stale view of it)
+                    stay = [n for n in dispatch.live.get(group, []) if n not in leaving]
+                    if not stay:
+                        raise BusError(f"no replica of {group} left to hand {name}'s messages to")
+                    target = stay[zlib.crc32(envelope.id.encode()) % len(stay)]
                 bus.send_message(dataclasses.replace(envelope, to_agent_id=target))
                 sent[target] += 1
             if end_at is None and where in reader.at_end:
