@@ -23,7 +23,7 @@ from agentmesh_cli.chaos.faults import Context, Fault
 from agentmesh_cli.chaos.http_asks import HttpAsk, HttpAskStream, Request
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import WHOLE_LEDGER
-from agentmesh_cli.chaos.watches import RUNNING, Watch
+from agentmesh_cli.chaos.watches import RUNNING, Watch, warm_up
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
 from agentmesh_cli.services.probe import gateway_url, tls_verify
 from agentmesh_cli.store import Store
@@ -31,7 +31,6 @@ from agentmesh_cli.waiting import wait_until
 
 HANDLED_FROM = C.COUNTER_HANDLED_FROM_PREFIX + C.GATEWAY_SENDER
 WARM_UP_ASKS = 5  # answered before the kill: the gateway works
-WARM_UP_S = 30.0
 IN_FLIGHT_S = 2.0  # how long to wait for an ask in flight to kill the gateway under
 ASK_TIMEOUT_S = 5.0  # each attempt's `timeout` (the gateway answers 504 after it)
 AFTER_S = 3.0  # asks go on this long after the recovery
@@ -83,17 +82,11 @@ class GatewayWatch(Watch):
             gateway_url(ctx.mesh), ctx.mesh.credentials.service_token, self._request(roles),
             rate=ctx.ask_rate or RATE, key_prefix=f"chaos-gw-{os.getpid()}-{time.time_ns()}-",
             ask_timeout=ASK_TIMEOUT_S, deadline_s=ctx.timeout, verify=tls_verify(ctx.mesh))
-        self.stream.start()
         self.step, self.until = "down", 0.0
-        try:
-            wait_until(lambda: self.stream.answered >= WARM_UP_ASKS, WARM_UP_S,
-                       f"{WARM_UP_ASKS} asks answered through the gateway", interval=0.05)
-        except WaitTimeout as exc:  # not killed: the asks are judged (and fail) as they are
+        problem = warm_up(self.stream, WARM_UP_ASKS, f"{WARM_UP_ASKS} asks answered through the gateway")
+        if problem is not None:  # not killed: the asks are judged (and fail) as they are
             super().__init__(ctx, fault, phase)
-            self.outcome.note = f"not killed: {exc}"
-            self.in_flight_at_kill = 0
-            self.stream.stop()
-            self.step = "finishing"
+            self.outcome.note, self.in_flight_at_kill, self.step = problem, 0, "finishing"
             return
         try:  # killed under a waiting ask, when one comes in time
             wait_until(lambda: self.stream.in_flight > 0, IN_FLIGHT_S, "an ask in flight", interval=0.001)

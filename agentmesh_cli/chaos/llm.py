@@ -31,7 +31,7 @@ from agentmesh_cli.chaos.faults import Context, Fault
 from agentmesh_cli.chaos.gateway import LIVE, counter_delta, unrecorded, wind_down
 from agentmesh_cli.chaos.http_asks import HttpAskStream, Request
 from agentmesh_cli.chaos.observe import ProgramStates
-from agentmesh_cli.chaos.watches import RUNNING, Watch
+from agentmesh_cli.chaos.watches import RUNNING, Watch, warm_up
 from agentmesh_cli.convlog import ConversationLog
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
 from agentmesh_cli.llm.process import model_calls
@@ -53,7 +53,6 @@ HANDLED_FROM_CONCIERGE = C.COUNTER_HANDLED_FROM_PREFIX + CONCIERGE
 RATE = 2.0  # chats per second: a turn takes about 1.2 s, the Concierge handles 4 at once
 KILLS = 2
 WARM_UP_CHATS = 3  # answered before the first kill: the Concierge, its model and its tool work
-WARM_UP_S = 30.0
 MID_STREAM_S = 5.0  # how long to wait for a chat well into its streamed text to kill under
 ASK_TIMEOUT_S = 15.0  # each attempt's: a chat waits out the restart and the backlog before it
 AFTER_S = 3.0  # chats go on this long after the last recovery
@@ -146,16 +145,11 @@ class LlmWatch(Watch):
             gateway_url(ctx.mesh), ctx.mesh.credentials.service_token, _chat, rate=RATE,
             key_prefix=f"chaos-llm-{os.getpid()}-{time.time_ns()}-", ask_timeout=ASK_TIMEOUT_S,
             deadline_s=ctx.timeout, verify=tls_verify(ctx.mesh))
-        self.stream.start()
         self.step, self.until = "down", 0.0
-        try:
-            wait_until(lambda: self.stream.answered >= WARM_UP_CHATS, WARM_UP_S,
-                       f"{WARM_UP_CHATS} chats answered by {CONCIERGE}", interval=0.05)
-        except WaitTimeout as exc:  # not killed: the chats are judged (and fail) as they are
+        problem = warm_up(self.stream, WARM_UP_CHATS, f"{WARM_UP_CHATS} chats answered by {CONCIERGE}")
+        if problem is not None:  # not killed: the chats are judged (and fail) as they are
             super().__init__(ctx, fault, phase)
-            self.outcome.note = f"not killed: {exc}"
-            self.stream.stop()
-            self.step = "finishing"
+            self.outcome.note, self.step = problem, "finishing"
             return
         self._wait_mid_stream(time.monotonic() + MID_STREAM_S)
         self._kill(pid)

@@ -53,7 +53,7 @@ from agentmesh_cli.chaos.replica_tally import (
     waited_for_return,
 )
 from agentmesh_cli.chaos.scale_step import ScaleStep
-from agentmesh_cli.chaos.watches import RUNNING, Watch
+from agentmesh_cli.chaos.watches import RUNNING, Watch, warm_up
 from agentmesh_cli.convlog import ConversationLog
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
 from agentmesh_cli.mesh import Mesh
@@ -76,7 +76,6 @@ SCALE_DOWN_AFTER = 2  # kills
 SCALE_UP_AFTER = 4
 SCALE_DRAIN_S = 1.0  # the scale-down's drain timeout: its leaving replica is kept down anyway
 WARM_UP_ASKS = 5
-WARM_UP_S = 30.0
 ASK_TIMEOUT_S = 5.0  # each attempt's (the gateway answers 504 after it)
 AFTER_S = 3.0  # asks go on this long after the last recovery
 EXAMPLES_KEPT = 5
@@ -127,16 +126,11 @@ class ReplicasWatch(Watch):
             rate=RATE, key_prefix=tag, ask_timeout=ASK_TIMEOUT_S, deadline_s=ctx.timeout,
             verify=tls_verify(ctx.mesh),
             conversation=lambda seq: conversation_of(seq, tag, CONVERSATIONS, ASKS_PER_CONVERSATION))
-        self.stream.start()
         self.step, self.until, self.next_kill = "firing", 0.0, 0.0
-        try:
-            wait_until(lambda: self.stream.answered >= WARM_UP_ASKS, WARM_UP_S,
-                       f"{WARM_UP_ASKS} asks answered by {self.group}", interval=0.05)
-        except WaitTimeout as exc:  # not killed: the asks are judged (and fail) as they are
+        problem = warm_up(self.stream, WARM_UP_ASKS, f"{WARM_UP_ASKS} asks answered by {self.group}")
+        if problem is not None:  # not killed: the asks are judged (and fail) as they are
             super().__init__(ctx, fault, phase)
-            self.outcome.note = f"not killed: {exc}"
-            self.stream.stop()
-            self.step = "finishing"
+            self.outcome.note, self.step = problem, "finishing"
             return
         super().__init__(ctx, fault, phase)
         self.next_kill = self.outcome.started

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events, lifecycle
@@ -43,8 +44,9 @@ from agentmesh_cli.chaos.faults import (
 )
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import quiet
-from agentmesh_cli.errors import AgentMeshError, FaultSkipped
+from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
+from agentmesh_cli.waiting import wait_until
 
 RUNNING = "RUNNING"
 GARBAGE_FLUSH_S = 10.0
@@ -74,6 +76,33 @@ class Watch:
 
     def abort(self) -> None:
         """Undo what must not outlive the run (a stopped agent)."""
+
+
+class AskStream(Protocol):
+    """What `warm_up` needs of a stream of asks over HTTP (http_asks.HttpAskStream)."""
+
+    @property
+    def answered(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+WARM_UP_S = 30.0  # the asks of a fault over HTTP: the first answers before the fault, within this
+
+
+def warm_up(stream: AskStream, count: int, what: str) -> str | None:
+    """Start a fault's asks and wait for their first `count` answers before the fault: None
+    when they came; else why not, and the asks are stopped (what they sent is judged as it
+    is; the caller injects nothing)."""
+    stream.start()
+    try:
+        wait_until(lambda: stream.answered >= count, WARM_UP_S, what, interval=0.05)
+    except WaitTimeout as exc:
+        stream.stop()
+        return f"not killed: {exc}"
+    return None
 
 
 class KillWatch(Watch):
