@@ -24,7 +24,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     config = write_mesh(tmp_path, [])
     data = yaml.safe_load(config.read_text())
     data["agents"] = [{"name": "Pool", "role": "tests.helpers.roles:SlowReplica", "replicas": {
-        "min": 1, "max": 3, "target_in_flight": 5, "upscale_delay": "1s", "downscale_delay": "4s"}}]
+        "min": 1, "max": 3, "target_in_flight": 5, "upscale_delay": "1s", "downscale_delay": "2s"}}]
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     with running_mesh(config, test_roles=True) as running:
         yield running

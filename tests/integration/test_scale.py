@@ -57,7 +57,7 @@ def test_scale_up_and_down_under_traffic_loses_and_doubles_nothing(mesh: Mesh) -
         assert sorted(states) == ["agent-Pool-1", "agent-Pool-2", "agent-Pool-3"]
         assert set(states.values()) <= {"STARTING", "RUNNING"}
         assert load_scale(mesh) == {"Pool": 3}
-        time.sleep(4)  # the routers find Pool-3 and send it work
+        time.sleep(2)  # the routers find Pool-3 (they read the replicas every second) and send it work
         out = scale(mesh, 1)
         assert "drained Pool-2, Pool-3 after" in out and "Pool: 3 -> 1 replicas (mesh.yaml declares 2)" in out
         assert programs(mesh) == {"agent-Pool-1": "RUNNING"}
