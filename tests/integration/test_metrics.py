@@ -146,10 +146,17 @@ def test_a_running_mesh_scraped(mesh: Mesh) -> None:
     sent = total(first, "agentmesh_messages_sent", "agentmesh_messages_sent_total")
     reinforced = total(first, "agentmesh_topology_reinforcements",
                        "agentmesh_topology_reinforcements_total")
+    def lags_of(s: dict[str, Any]) -> dict[str, float]:
+        family = s.get("agentmesh_agent_loop_lag_seconds")
+        return {x.labels["agent"]: x.value for x in (family.samples if family else [])
+                if x.name == "agentmesh_agent_loop_lag_seconds_count"}
+
+    # (every agent's loop lag counted once: an agent flushes its counters about every second)
     later = wait_until(lambda: (s := scrape(mesh)) and
                      total(s, "agentmesh_messages_sent", "agentmesh_messages_sent_total") > sent and
                      total(s, "agentmesh_topology_reinforcements",
-                           "agentmesh_topology_reinforcements_total") > reinforced and s,
+                           "agentmesh_topology_reinforcements_total") > reinforced and
+                     set(lags_of(s)) == set(AGENTS) and s,
                      120, "messages and reinforcements to rise", interval=1.0)
     assert total(later, "agentmesh_messages_received", "agentmesh_messages_received_total") > 0
     assert total(later, "agentmesh_topology_edges") == 12  # nothing decays in this test mesh
@@ -157,8 +164,7 @@ def test_a_running_mesh_scraped(mesh: Mesh) -> None:
     for family in ("agentmesh_agent_in_flight", "agentmesh_agent_running", "agentmesh_agent_asks_pending",
                    "agentmesh_agent_loop_lag_p99_seconds"):
         assert {x.labels["agent"] for x in later[family].samples} == set(AGENTS), family
-    lags = {x.labels["agent"]: x.value for x in later["agentmesh_agent_loop_lag_seconds"].samples
-            if x.name == "agentmesh_agent_loop_lag_seconds_count"}
+    lags = lags_of(later)
     assert set(lags) == set(AGENTS) and min(lags.values()) > 0
     # of the demo roles only Support asks (Sales, for a customer's recent orders)
     asks = {x.labels["agent"]: x.value for x in later["agentmesh_agent_asks"].samples
