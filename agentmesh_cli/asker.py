@@ -20,6 +20,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.convlog import EVENT_DELTA, ConversationLog, parse_feed
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import (
     AgentMeshError,
@@ -58,6 +59,7 @@ class Asker:
                              fetch_wait=0.01, signer=signer)
         self.reader.start_at_end()
         self.store = Store(mesh.redis_url, mesh.config.mesh, timeout=2.0)
+        self.doorbell = ringing(self.bus, self.store)  # a sleeping recipient is rung (dozing.py)
         # a request to a group goes to one of its replicas (routing/dispatch.py)
         self.dispatch = Dispatch(mesh.config, Groups(self.store), sender, time.monotonic)
 
@@ -130,6 +132,7 @@ class Asker:
 
     def close(self) -> None:
         self.bus.flush(1.0)
+        self.doorbell.close()
         self.reader.close()
         self.store.close()
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import (
     KafkaError,
@@ -44,10 +44,24 @@ MAX_SENT_AGAIN = 100_000  # records kept to send again after their topic was los
 # What the broker confirmed this recently (at most this many bytes) is sent again when it
 # restarted empty (`replay`): an in-memory broker loses what nobody had read yet.
 KICK_S = 0.001  # (Bus.kick) how long a flush runs to make the queued records leave
+# a record for a reader that sleeps: wait this long at most for the broker's confirmation
+# before ringing it (doorbell.py), so that the reader's first fetch finds it
+RING_FLUSH_S = 0.05
 REPLAY_S = 10.0
 REPLAY_BYTES = 4 << 20
 REPLAYED_TOPICS = (C.TOPIC_MESSAGES, C.TOPIC_PROPOSALS, C.TOPIC_VOTES, C.TOPIC_CONSENSUS, C.TOPIC_REPLIES)
 _TOPIC_GONE = (KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+class Ringer(Protocol):
+    """The doorbells of the readers that sleep (doorbell.Doorbell)."""
+
+    def note(self, topic: str, key: str | None) -> None: ...
+
+    @property
+    def due(self) -> bool: ...
+
+    def ring(self) -> None: ...
 
 
 class Bus:
@@ -69,6 +83,8 @@ class Bus:
         self.on_delivered: Callable[[bytes | None], None] | None = None
         # called while a send waits for a topic the broker lost (roles: re-create the topics)
         self.on_missing_topic: Callable[[], None] | None = None
+        # what is sent to a reader that sleeps rings it once confirmed (`kick`, `flush`, `poll`)
+        self.doorbell: Ringer | None = None
         # records to send again: refused for a lost topic, or replayed after a broker restart;
         # with the generation they still count in (None: a replay, counted in the current one)
         self._again: list[tuple[str, bytes | None, bytes | None, int, int | None]] = []
@@ -122,6 +138,15 @@ class Bus:
         millisecond (a flush that does not wait for the answers: librdkafka's flush makes
         its broker threads send at once while it runs)."""
         self._producer.flush(KICK_S)
+        if self.doorbell is not None and self.doorbell.due:
+            self._ring()
+
+    def _ring(self) -> None:
+        """Ring the sleeping readers of what was sent, once the broker confirmed it (or
+        after RING_FLUSH_S: a rung reader fetches for a while anyway)."""
+        assert self.doorbell is not None
+        self._producer.flush(RING_FLUSH_S)
+        self.doorbell.ring()
 
     def _on_delivery(self, generation: int, err: KafkaError | None, msg: Any) -> None:
         # The callback hands us a KafkaError, not an exception: count and log it.
@@ -200,6 +225,8 @@ class Bus:
                     pass
                 self._producer.poll(0.2)
         self._in_flight[generation] += 1
+        if self.doorbell is not None:
+            self.doorbell.note(short_topic, key)
         self._producer.poll(0)
 
     def send_detached(self, short_topic: str, envelope: Envelope, key: str | None = None) -> bool:
@@ -253,12 +280,16 @@ class Bus:
         while self._again and not deadline.passed():
             self._send_again()
             left = int(self._producer.flush(deadline.left()))
+        if self.doorbell is not None and self.doorbell.due:
+            self.doorbell.ring()
         return left + len(self._again)
 
     def poll(self) -> None:
         self._producer.poll(0)
         if self._again:
             self._send_again()
+        if self.doorbell is not None and self.doorbell.due:
+            self._ring()
 
     def _keep(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
         now = self.clock()

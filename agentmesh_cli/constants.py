@@ -286,6 +286,22 @@ class Keys:
         return self.prefix + "replies_order:" + agent
 
     @property
+    def asleep(self) -> str:
+        """Hash: reader -> the topics it reads (comma-separated), for every reader that
+        stopped fetching until rung (doorbell.py: an agent, a manager, the gateway)."""
+        return self.prefix + "asleep"
+
+    @property
+    def asleep_channel(self) -> str:
+        """Pub/sub channel: `<reader> <topics>` when a reader goes to sleep, `-<reader>`
+        when it wakes (the senders' view of `asleep`)."""
+        return self.prefix + "asleep-feed"
+
+    def wake(self, reader: str) -> str:
+        """Pub/sub channel: a sender wrote to a reader that sleeps (its doorbell)."""
+        return self.prefix + "wake:" + reader
+
+    @property
     def draining(self) -> str:
         """String: set while `agentmesh down` drains the mesh (roles see `ctx.draining`,
         operator input is refused)."""

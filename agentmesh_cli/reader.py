@@ -99,6 +99,9 @@ class Reader:
         self._rereads: dict[tuple[str, int], tuple[int, int]] = {}
         self.gaps_reread = 0  # gaps closed by reading again
         self.gaps_accepted = 0  # gaps taken as real
+        # where each partition starts when nothing was read from it yet (see `sleep`)
+        self._starts = [OFFSET_STORED if start is None else start for _, _, start in assignments]
+        self._paused: list[TopicPartition] | None = None  # asleep: where to fetch from on waking
         try:
             self._consumer = Consumer(conf)
             self._consumer.assign(
@@ -112,11 +115,45 @@ class Reader:
         except KafkaException as exc:
             raise BusError(f"cannot create a Kafka consumer for {group_id}: {exc}") from exc
 
+    @property
+    def asleep(self) -> bool:
+        return self._paused is not None
+
+    def sleep(self) -> None:
+        """Stop fetching (a dozing reader, dozing.py): every partition is unassigned, at
+        the position the reader got to, so the broker serves it no fetch at all until
+        `wake`. (Not the client's pause: a resumed partition waited up to 0.5 s for its
+        first fetch, measured; an assignment at an offset fetches at once.)"""
+        if self._paused is not None:
+            return
+        where = [TopicPartition(self._prefix + short, partition) for short, partition in self._assigned]
+        try:
+            positions = self._consumer.position(where)
+            self._consumer.unassign()
+        except KafkaException as exc:
+            raise BusError(f"cannot stop fetching: {exc}") from exc
+        # a partition nothing was read from yet starts as it was told at first
+        self._paused = [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, start)
+                        for tp, start in zip(positions, self._starts, strict=True)]
+
+    def wake(self) -> None:
+        """Fetch again from where `sleep` stopped."""
+        paused, self._paused = self._paused, None
+        if paused is None:
+            return
+        try:
+            self._consumer.assign(paused)
+        except KafkaException as exc:
+            self._paused = paused
+            raise BusError(f"cannot fetch again: {exc}") from exc
+
     def rewind(self) -> None:
         """Read every assigned partition again from its beginning (a new broker epoch: the
         embedded broker restarted empty and does not report our old position out of range)."""
         self._seeds = {(self._prefix + short, partition): 0 for short, partition in self._assigned}
         self._expected = dict(self._seeds)
+        self._starts = [OFFSET_BEGINNING] * len(self._assigned)
+        self._paused = None
         try:
             self._consumer.assign([TopicPartition(self._prefix + short, partition, OFFSET_BEGINNING)
                                    for short, partition in self._assigned])
@@ -135,6 +172,7 @@ class Reader:
                 starts.append(TopicPartition(*where, high))
                 self._seeds[where] = self._expected[where] = high
             self._consumer.assign(starts)
+            self._starts, self._paused = [tp.offset for tp in starts], None
         except KafkaException as exc:
             raise BusError(f"cannot find the end of {self._assigned}: {exc}") from exc
 

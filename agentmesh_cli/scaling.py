@@ -36,6 +36,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.agent.resolve import check_replicable, resolve_role
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import AgentSpec
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import AgentMeshError, BusError, ConfigError, SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
@@ -225,6 +226,7 @@ def hand_over(mesh: Mesh, store: Store, groups: Groups, leaving: list[str], say:
     handed: Counter[str] = Counter()
     dispatch = Dispatch(mesh.config, groups, C.CLI_COUNTER_OWNER, time.monotonic)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-scale", signer=mesh_signer(mesh))
+    ringing(bus, store)  # a sleeping replica is rung (dozing.py)
     try:
         for look in range(2):
             if look:

@@ -40,6 +40,8 @@ kafka:
   fetch_wait_per_agent: {kafka[fetch_wait_per_agent]} # or this x the agents when more (up to 200ms): broker idle CPU stays flat
   manager_fetch_wait: {kafka[manager_fetch_wait]} # the same for the consensus manager (decision latency)
   topology_fetch_wait: {kafka[topology_fetch_wait]} # the topology manager's: it reads every message, nothing waits on it
+  idle_sleep: {kafka[idle_sleep]} # a reader idle for a moment stops fetching until a sender rings it (via Redis)
+  idle_probe: {kafka[idle_probe]} # ... and fetches this often anyway (a ring lost with a crashed sender)
   max_record_bytes: {kafka[max_record_bytes]} # a bigger record goes to the dlq topic, never to a role
   client: {kafka[client]} # passed to librdkafka as is (security.protocol, sasl.*, ssl.*)
 

@@ -99,6 +99,7 @@ class Store:
 
     def __init__(self, url: str, mesh: str, timeout: float = 5.0) -> None:
         self.keys = Keys(mesh)
+        self.mesh = mesh
         with redis_errors("connect"):
             self.redis = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True

@@ -39,7 +39,7 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli import events
+from agentmesh_cli import dozing, events
 from agentmesh_cli.agent.asking import (
     deadline_of,
     error_payload,
@@ -147,6 +147,7 @@ class AgentRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
         self._wake: asyncio.Event | None = None
+        self.dozer: dozing.Dozer | None = None  # the inbox reader, asleep when idle
         # the main task runs a turn (from a poll's result to the next await): sends leave at
         # its end, no kick needed (and asyncio.current_task() on every send cost 5% of a relay)
         self._main_turn = False
@@ -341,6 +342,12 @@ class AgentRuntime:
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
                                            (C.TOPIC_CONSENSUS, 0, None)], self.program,
                         signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES)
+        # idle, it stops fetching until a sender rings it (dozing.py)
+        wake = self._wake
+        bell = dozing.doorbell(self.store, cfg, self.name, (C.TOPIC_MESSAGES, C.TOPIC_CONSENSUS),
+                               lambda: self.on_loop(wake.set))
+        self.bus.doorbell = bell
+        dozer = self.dozer = dozing.Dozer(reader, bell, dozing.policy(cfg, cfg.kafka.fetch_wait), self.clock)
         io = ThreadPoolExecutor(1, f"{self.name}-poll")  # the blocking polls, one at a time
         self.store.register_agent(self.name, self._record())
         self.store.set_accepts(self.name, accepts_schemas(self.role))
@@ -363,7 +370,16 @@ class AgentRuntime:
             while not self.stopping:
                 room = self._room()
                 self._main_turn = False
-                if room > 0:
+                if room > 0 and dozer.asleep:  # nothing fetched: wait for a ring (or the tick)
+                    wake.clear()
+                    if not bell.rung.is_set() and not self.stopping:
+                        try:
+                            await asyncio.wait_for(wake.wait(), dozer.wait_for(TICK_S))
+                        except TimeoutError:
+                            pass
+                    dozer.step(0)
+                    self._main_turn = True
+                elif room > 0:
                     if self._blocking_poll:
                         # the fast path with nothing else on the loop: wait in the poll itself,
                         # as a plain consumer loop does (a hop to the poll thread per batch cost
@@ -376,6 +392,7 @@ class AgentRuntime:
                         records = reader.poll_batch(min(POLL_MAX, room), 0) or await loop.run_in_executor(
                             io, reader.poll_batch, min(POLL_MAX, room), TICK_S)
                     self._main_turn = True  # until the next await: nothing else runs meanwhile
+                    dozer.step(len(records))
                     for record in records:
                         if self.stopping and self.inline:
                             break  # the rest of the batch is read again next time
@@ -458,6 +475,8 @@ class AgentRuntime:
         """The broker restarted empty: read from its beginning again, announce ourselves."""
         self.settlement.new_epoch()
         reader.rewind()
+        if self.dozer is not None:
+            self.dozer.awake()
         self._announce(C.EVENT_JOINED)
         try:
             self.store.register_agent(self.name, self._record())
@@ -493,6 +512,8 @@ class AgentRuntime:
             self.settlement.end_turn()
         self.settlement.settle(reader, self.clock(), final=True)
         self._flush_counters()
+        if self.dozer is not None:
+            self.dozer.doorbell.close()
         reader.close()
         self.log.info("left the mesh%s", f" ({left} records undelivered)" if left else "")
 
@@ -670,6 +691,9 @@ class AgentRuntime:
         self.counts.update(self.services.take_counts())
         self.counts.update(self._lag.take_counts())
         self.counts.update(self.public.take_counts())
+        if self.dozer is not None and self.dozer.doze.counts:
+            self.counts.update(self.dozer.doze.counts)
+            self.dozer.doze.counts.clear()
         if self.bus.delivered_to:
             for recipient, n in self.bus.delivered_to.items():
                 self.counts[C.sent_to_counter(recipient)] += n  # backlog in status

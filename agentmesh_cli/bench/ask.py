@@ -33,6 +33,7 @@ from agentmesh_cli.bench.infra import cpu_seconds, percentiles, ratio
 from agentmesh_cli.bench.roundtrip import WARMUP, RawRoundTrip
 from agentmesh_cli.bench.waiters import JOB_TYPE, PING_TYPE
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.signing import mesh_signer
@@ -64,6 +65,7 @@ class Jobs:
         self.keys = C.Keys(mesh.config.mesh)
         # the operator sender; it signs when the bench mesh does
         self.bus = Bus(mesh.config.kafka, "bench-ask-jobs", signer=mesh_signer(mesh))
+        ringing(self.bus, agents.store)  # a sleeping agent is rung (dozing.py)
 
     def run(self, **job: Any) -> dict[str, Any]:
         run = f"ask-{uuid.uuid4().hex[:10]}"

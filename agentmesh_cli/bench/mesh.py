@@ -56,6 +56,7 @@ from agentmesh_cli.bench.relay import (
 )
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
@@ -375,6 +376,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
         client = redis.Redis.from_url(bm.mesh.redis_url)
         # a load generator batches; it signs when the bench mesh does
         bus = Bus(cfg.kafka, "bench-injector", linger_ms=5, signer=mesh_signer(bm.mesh))
+        ringing(bus, store)  # a sleeping relay is rung (dozing.py)
         try:
             prepare_topics(cfg.kafka, store)
             procs = _start(bm, store, names)

@@ -21,6 +21,7 @@ from agentmesh_cli.bench.agents import AgentsMesh, agents_mesh
 from agentmesh_cli.bench.routing_figures import OK, AskLog
 from agentmesh_cli.bench.routing_roles import JOB_TYPE, SERVICE_MS
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.errors import AgentMeshError, BenchError
 from agentmesh_cli.replicas import Groups
 from agentmesh_cli.signing import mesh_signer
@@ -99,6 +100,7 @@ class Jobs:
         self.ask_timeout_s = ask_timeout_s
         # the operator sender; it signs when the bench mesh does
         self.bus = Bus(mesh.config.kafka, "bench-routing-jobs", signer=mesh_signer(mesh))
+        ringing(self.bus, running.store)  # a sleeping agent is rung (dozing.py)
 
     def run(self, model: str, rate: float, seconds: float, seed: str, service: str,
             trial: KillTrial | None = None, to: str = GROUP) -> Job:

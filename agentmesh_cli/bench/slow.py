@@ -37,6 +37,7 @@ from agentmesh_cli.bench.agents import AgentsMesh, agents_mesh
 from agentmesh_cli.bench.infra import cpu_seconds, ratio
 from agentmesh_cli.bench.waiters import SLEEP_TYPE
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.metrics.histogram import LOOP_LAG_BUCKETS
 from agentmesh_cli.signing import mesh_signer
@@ -77,6 +78,7 @@ class Feeder:
         mesh = running.bench.mesh
         # a load generator batches (linger 5 ms); it signs when the bench mesh does
         self.bus = Bus(mesh.config.kafka, "bench-slow-feeder", linger_ms=5, signer=mesh_signer(mesh))
+        ringing(self.bus, running.store)  # a sleeping agent is rung (dozing.py)
         self.sent: dict[str, int] = {SLEEPER: 0, SYNC_SLEEPER: 0}
         self._tag = uuid.uuid4().hex[:8]
 

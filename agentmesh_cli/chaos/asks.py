@@ -21,6 +21,7 @@ from agentmesh_cli import events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.chaos.probes import Pace, quiet
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.reader import Reader
@@ -64,6 +65,7 @@ class AskStream:
         kafka = quiet(kafka)
         self._store = store
         self._bus = Bus(kafka, client_id="agentmesh-chaos-ask", signer=signer)
+        ringing(self._bus, store)  # a sleeping agent is rung (dozing.py)
         self._bus.on_delivered = self._confirm
         self._watch = BrokerWatch(self._bus, store, store.kafka_epoch() or "", topics_every=5.0)
         self._epoch = store.kafka_epoch()

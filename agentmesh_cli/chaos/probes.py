@@ -23,6 +23,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import environment, events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.recovery import BrokerWatch
 from agentmesh_cli.signing import Signer
@@ -86,6 +87,8 @@ class ProbeSender:
         self._held: set[str] = set()
         self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos", signer=signer)
         self._bus.on_delivered = self._confirm
+        if store is not None:
+            ringing(self._bus, store)  # a sleeping agent is rung (dozing.py)
         self._watch = None if store is None else BrokerWatch(self._bus, store, store.kafka_epoch() or "",
                                                              topics_every=5.0)
         self._stop = threading.Event()

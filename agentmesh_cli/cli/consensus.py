@@ -47,6 +47,7 @@ def propose(
     from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
     from agentmesh_cli.consensus.core import PROPOSAL_TYPES
+    from agentmesh_cli.dozing import ringing
     from agentmesh_cli.drain import refuse_while_draining
     from agentmesh_cli.errors import BusError, WaitTimeout
     from agentmesh_cli.signing import mesh_signer
@@ -60,7 +61,9 @@ def propose(
     with closing(Store(mesh.redis_url, mesh.config.mesh, timeout=1.0)) as check:
         refuse_while_draining(check, "`propose`")
     proposal_id = events.new_proposal_id(sender)
+    store = Store(mesh.redis_url, mesh.config.mesh)
     bus = Bus(mesh.config.kafka, client_id="agentmesh-propose", signer=mesh_signer(mesh))
+    ringing(bus, store)  # a sleeping consensus manager is rung (dozing.py)
     event = events.proposal(sender, proposal_id, type_, body)
     started = time.monotonic()
     deadline = Deadline(timeout if timeout is not None else mesh.config.consensus.proposal_timeout + 5)
@@ -70,7 +73,6 @@ def propose(
     printer.out(proposal_id)
     if not wait:
         return
-    store = Store(mesh.redis_url, mesh.config.mesh)
     seen: dict[str, Any] | None = None
 
     def decided() -> dict[str, Any] | None:

@@ -201,6 +201,7 @@ def send(
 
     from agentmesh_cli import events
     from agentmesh_cli.bus import Bus
+    from agentmesh_cli.dozing import ringing
     from agentmesh_cli.drain import refuse_while_draining
     from agentmesh_cli.replicas import Groups
     from agentmesh_cli.routing.dispatch import Dispatch
@@ -214,6 +215,7 @@ def send(
         refuse_while_draining(store, "`send`")
         _warn_if_unknown(store, recipient)
         bus = Bus(mesh.config.kafka, client_id="agentmesh-send", signer=mesh_signer(mesh))
+        ringing(bus, store)  # a sleeping recipient is rung (dozing.py)
         # a group's name goes to one replica, role:<role> to every agent of the role
         dispatch = Dispatch(mesh.config, Groups(store), sender, time.monotonic)
         envelope = events.message(sender, recipient, type_, body, meta={"injected": True})

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli import events
+from agentmesh_cli import dozing, events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status, electorate_of
 from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
@@ -100,8 +100,12 @@ class ConsensusManager:
         self._load()
         self._reconcile()
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_PROPOSALS, C.TOPIC_VOTES), self.offsets)
-        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
-                        fetch_wait=cfg.kafka.manager_fetch_wait, signer=self.signer)
+        # idle, it stops fetching until a proposal or vote rings it (dozing.py)
+        bell = dozing.doorbell(self.store, cfg, OWNER, (C.TOPIC_PROPOSALS, C.TOPIC_VOTES))
+        self.bus.doorbell = bell
+        reader = dozing.Dozer(Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
+                                     fetch_wait=cfg.kafka.manager_fetch_wait, signer=self.signer),
+                              bell, dozing.policy(cfg, cfg.kafka.manager_fetch_wait), self.clock)
         self._save()
         self.store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d pending proposals, %d partitions", len(self.book.pending()), len(assignments))

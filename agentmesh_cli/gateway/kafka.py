@@ -33,6 +33,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from agentmesh_cli import constants as C
 from agentmesh_cli.broker import client_config
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.doorbell import Doorbell
+from agentmesh_cli.doze import Policy
+from agentmesh_cli.dozing import Dozer
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.errors import BrokerUnavailable, BusError, InvalidEnvelope
 from agentmesh_cli.reader import Reader
@@ -49,8 +52,12 @@ _DOWN_CODES = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
 
 class GatewayBus:
     def __init__(self, kafka: KafkaConfig, address: str, signer: Signer | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, doorbell: Doorbell | None = None,
+                 policy: Policy | None = None) -> None:
+        """`doorbell`: what it sends rings the sleeping agents, and with `policy` its reply
+        reader sleeps when idle (dozing.py)."""
         self.kafka = kafka
+        self.doorbell = doorbell
         self.address = address
         self.signer = signer
         self.loop = loop
@@ -71,10 +78,12 @@ class GatewayBus:
             self.producer = Producer(conf)
         except KafkaException as exc:
             raise BusError(f"cannot create a Kafka producer: {exc}") from exc
-        self.reader = Reader(kafka, f"{kafka.topic_prefix}.gateway.{address}",
-                             [(C.TOPIC_REPLIES, self.partition, None)], f"agentmesh-gateway-{address}",
-                             fetch_wait=kafka.fetch_wait, signer=signer)
-        self.reader.start_at_end()
+        reader = Reader(kafka, f"{kafka.topic_prefix}.gateway.{address}",
+                        [(C.TOPIC_REPLIES, self.partition, None)], f"agentmesh-gateway-{address}",
+                        fetch_wait=kafka.fetch_wait, signer=signer)
+        reader.start_at_end()
+        self.reader: Reader | Dozer = (reader if doorbell is None or policy is None
+                                       else Dozer(reader, doorbell, policy))
         self._threads = [threading.Thread(target=self._poll_producer, name="gateway-produce", daemon=True),
                          threading.Thread(target=self._read_replies, name="gateway-replies", daemon=True)]
         for thread in self._threads:
@@ -105,6 +114,10 @@ class GatewayBus:
             kwargs["partition"] = C.inbox_partition(envelope.to_agent_id, self.kafka.partitions)
         elif key is not None:
             kwargs["key"] = key.encode()
+        if self.doorbell is not None:
+            sent_key = envelope.to_agent_id if topic == C.TOPIC_MESSAGES else key
+            if self.doorbell.sleepers(topic, sent_key):
+                kwargs["on_delivery"] = self._ringing(on_delivery, topic, sent_key)
         topic = f"{self.kafka.topic_prefix}.{topic}"
         if self.signer is not None:
             kwargs["headers"] = self.signer.headers(topic, value)
@@ -113,6 +126,16 @@ class GatewayBus:
         except (BufferError, KafkaException) as exc:
             raise BrokerUnavailable(f"the broker does not take requests now: {exc}",
                                     {"kafka": str(exc)}) from exc
+
+    def _ringing(self, on_delivery: Callable[[KafkaError | None, Any], None], topic: str,
+                 key: str | None) -> Callable[[KafkaError | None, Any], None]:
+        """A record for a reader that sleeps rings it once the broker has it (doorbell.py)."""
+        def done(err: KafkaError | None, msg: Any) -> None:  # in the poll thread
+            on_delivery(err, msg)
+            if err is None and self.doorbell is not None:
+                self.doorbell.note(topic, key)
+                self.doorbell.ring()
+        return done
 
     def _delivery(self, delivered: asyncio.Future[None]) -> Callable[[KafkaError | None, Any], None]:
         def done(err: KafkaError | None, msg: Any) -> None:  # in the poll thread

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import uvloop
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import dozing
 from agentmesh_cli.errors import StoreError
 from agentmesh_cli.gateway.app import Gateway, create_app
 from agentmesh_cli.gateway.kafka import GatewayBus
@@ -20,6 +21,7 @@ from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.services.mcp import served_hosts
 from agentmesh_cli.services.seed import http_url
 from agentmesh_cli.signing import mesh_signer
+from agentmesh_cli.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,11 @@ def run(mesh: Mesh, host: str, port: int) -> None:
     gateway = build(mesh, host, port)
 
     def start_bus(loop: asyncio.AbstractEventLoop) -> GatewayBus:
-        bus = GatewayBus(mesh.config.kafka, gateway.address, gateway.signer, loop)
+        cfg = mesh.config
+        # its requests ring sleeping agents; its reply reader sleeps when idle (dozing.py)
+        bell = dozing.doorbell(Store(mesh.redis_url, cfg.mesh), cfg, gateway.address, (C.TOPIC_REPLIES,))
+        bus = GatewayBus(cfg.kafka, gateway.address, gateway.signer, loop, bell,
+                         dozing.policy(cfg, cfg.kafka.fetch_wait))
         gateway.state.on_new_epoch = bus.rewind
         return bus
 

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import dozing
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.envelope import now_ms
@@ -97,9 +98,15 @@ class TopologyManager:
         state.partitions, state.max_record_bytes = cfg.kafka.partitions, cfg.kafka.max_record_bytes
         state.expected = expected_agents(cfg, Groups(store).counts() if cfg.groups() else {})
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
-        reader = Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
-                        fetch_wait=cfg.kafka.topology_fetch_wait, fetch_min_bytes=TOPOLOGY_FETCH_MIN_BYTES,
-                        signer=signer)
+        # idle, it stops fetching until a join, heartbeat or leave rings it; messages alone
+        # do not ring it (nothing waits on it): it finds them when it probes (dozing.py)
+        bell = dozing.doorbell(store, cfg, OWNER, (C.TOPIC_TOPOLOGY,))
+        bus.doorbell = bell
+        reader = dozing.Dozer(
+            Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,
+                   fetch_wait=cfg.kafka.topology_fetch_wait, fetch_min_bytes=TOPOLOGY_FETCH_MIN_BYTES,
+                   signer=signer),
+            bell, dozing.policy(cfg, cfg.kafka.topology_fetch_wait), self.clock)
         store.mark_ready(OWNER, os.getpid())
         log.info("ready: %d partitions assigned", len(assignments))
         started = self.clock()

@@ -1,0 +1,70 @@
+"""Readers that sleep when idle (doze.py, doorbell.py, dozing.py), on real agent processes,
+the session broker and Valkey: an idle agent stops fetching and says so; a sender that
+rings wakes it; a record nobody rang for (its sender killed between the write and the
+ring) is found by the agent's next probe; nothing is handled twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentmesh_cli import constants as C
+from agentmesh_cli.dozing import ringing
+from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.store import Store
+from agentmesh_cli.waiting import wait_until
+from tests.helpers.agents import agents
+from tests.helpers.mesh import mesh_bus
+
+ROLE = "tests.helpers.waiting_roles:SyncWorker"
+
+
+def asleep(store: Store) -> dict[str, str]:
+    return dict(store.redis.hgetall(store.keys.asleep))
+
+
+def counter(store: Store, name: str, key: str) -> int:
+    return int(store.counters(name).get(key, 0))
+
+
+def work(tag: str, log: Path) -> Envelope:
+    return Envelope(type="work", from_agent_id="cli", to_agent_id="W", payload={"tag": tag, "log": str(log)})
+
+
+def test_an_idle_agent_sleeps_a_ring_wakes_it_and_a_probe_finds_what_nobody_rang_for(
+        external_mesh: Any, tmp_path: Path) -> None:
+    mesh = external_mesh(agents=[{"name": "W", "role": ROLE}], kafka={"idle_probe": "1s"})
+    log = tmp_path / "work.log"
+    with agents(mesh, tmp_path) as store:
+        # said it sleeps (the hash), then stopped fetching (counted)
+        wait_until(lambda: asleep(store).get("W") == "consensus,messages"
+                   and counter(store, "W", "doze_sleeps") == 1, 20, "W asleep")
+        bus = mesh_bus(mesh)
+        bell = ringing(bus, store)
+        try:
+            bus.send_message(work("rung", log))
+            assert bus.flush(10) == 0
+            assert bell.rings == 1
+            wait_until(lambda: counter(store, "W", C.COUNTER_IN) == 1, 20, "the rung message handled")
+            wait_until(lambda: counter(store, "W", "doze_rung") == 1, 20, "W counted its ring")
+            assert counter(store, "W", "doze_probe_found") == 0
+
+            # a sender that does not ring: W finds the record when it probes (every second)
+            wait_until(lambda: "W" in asleep(store) and counter(store, "W", "doze_sleeps") >= 2, 20,
+                       "W asleep again")
+            silent = mesh_bus(mesh, "silent")
+            silent.send_message(work("unrung", log))
+            assert silent.flush(10) == 0
+            wait_until(lambda: counter(store, "W", C.COUNTER_IN) == 2, 20, "the unrung message handled")
+            wait_until(lambda: counter(store, "W", "doze_probe_found") == 1, 20, "found by a probe")
+        finally:
+            bell.close()
+        assert log.read_text(encoding="utf-8").split("\n") == [
+            "start rung", "finish rung", "start unrung", "finish unrung", ""]
+        assert counter(store, "W", C.COUNTER_DUPLICATES) == 0
+    # an agent that left is nobody's to ring
+    after = Store(mesh.config.redis.resolved_url, mesh.config.mesh)
+    try:
+        assert "W" not in asleep(after)
+    finally:
+        after.close()
