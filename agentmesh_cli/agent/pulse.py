@@ -26,6 +26,7 @@ from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.metrics.histogram import LOOP_LAG_BUCKETS
 
 LAG_SAMPLE_S = 0.01
+LAG_ASLEEP_S = 0.25  # while the agent's reader sleeps (dozing.py): a loop with nothing to do
 LAG_KEPT = 1000  # the newest samples, for the percentiles the registry record shows
 DRAINING_EVERY_S = 0.5
 
@@ -76,6 +77,7 @@ class Heartbeat(threading.Thread):
 class LagMeter:
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=LAG_KEPT)
+        self.interval = LAG_SAMPLE_S  # LAG_ASLEEP_S while the agent sleeps (its idle cost)
         self.counts: Counter[str] = Counter()  # the histogram, flushed with the counters
 
     def busy(self, ms: float) -> None:
@@ -87,9 +89,9 @@ class LagMeter:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            started = loop.time()
-            await asyncio.sleep(LAG_SAMPLE_S)
-            lag_ms = max(0.0, (loop.time() - started - LAG_SAMPLE_S) * 1000)
+            started, interval = loop.time(), self.interval
+            await asyncio.sleep(interval)
+            lag_ms = max(0.0, (loop.time() - started - interval) * 1000)
             self.samples.append(lag_ms)
             LOOP_LAG_BUCKETS.observe(self.counts, C.COUNTER_LOOP_LAG_MS, lag_ms)
 

@@ -51,7 +51,7 @@ from agentmesh_cli.agent.handling import CURRENT, Handling, Mode, current
 from agentmesh_cli.agent.ledger import Ledger
 from agentmesh_cli.agent.once import Once
 from agentmesh_cli.agent.public import DRAIN_TIMEOUT_S, PublicEvents
-from agentmesh_cli.agent.pulse import Heartbeat, LagMeter
+from agentmesh_cli.agent.pulse import LAG_ASLEEP_S, LAG_SAMPLE_S, Heartbeat, LagMeter
 from agentmesh_cli.agent.schedule import Conversations, ReadAhead
 from agentmesh_cli.agent.services import AgentServices
 from agentmesh_cli.agent.settle import Finished, Settlement
@@ -378,6 +378,7 @@ class AgentRuntime:
                         except TimeoutError:
                             pass
                     dozer.step(0)
+                    self._lag.interval = LAG_ASLEEP_S if dozer.asleep else LAG_SAMPLE_S
                     self._main_turn = True
                 elif room > 0:
                     if self._blocking_poll:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 SCENARIOS = ("mesh", "topology", "consensus", "services", "startup", "ask", "slow", "gateway", "llm",
-             "routing")
+             "routing", "idle")
 ALL = "all"
 NOT_IN_ALL = ("routing",)  # about 20 minutes: run on its own
 
@@ -82,7 +82,8 @@ def bench(
     duration: Annotated[float | None, typer.Option(
         help="mesh: seconds per phase (5); services: seconds per load phase (5); ask: seconds of each "
              "pipelined phase (2); slow: seconds of each measured window (10); gateway: seconds of each "
-             "open-loop phase (3); routing: seconds of each latency job (12).", min=0.5)] = None,
+             "open-loop phase (3); routing: seconds of each latency job (12); idle: seconds of quiet "
+             "measured (60).", min=0.5)] = None,
     events: Annotated[int, typer.Option(help="topology: messages in the backlog the manager drains.",
                                         min=1000)] = 200_000,
     full_mesh: Annotated[int, typer.Option(
@@ -118,7 +119,8 @@ def bench(
              "others can carry at 80% load).", min=1, max=3)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="mesh: use the broker and Redis of this running mesh (under a mesh name and "
-                         "topic prefix of the bench's own) instead of starting throwaway ones.")] = None,
+                         "topic prefix of the bench's own) instead of starting throwaway ones; "
+                         "idle: the mesh.yaml copied and run (default: the repository's).")] = None,
     sign: Annotated[bool | None, typer.Option(
         "--sign/--no-sign", help="mesh: sign the bench mesh's records (security.sign_envelopes); "
                                  "default: as --config's mesh, else on, as mesh.yaml's default. "
@@ -160,6 +162,7 @@ def bench(
         "llm": {"repeats": repeats, "samples": samples},
         "routing": {"repeats": repeats, "duration": duration, "quick": quick or None,
                     "kill_replica": kill_replica},
+        "idle": {"window": duration, "config": None if config is None else str(config)},
     }
     chosen = tuple(s for s in SCENARIOS if s not in NOT_IN_ALL) if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}
