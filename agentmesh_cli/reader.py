@@ -51,14 +51,19 @@ class Reader:
         signer: Signer | None = None,
         queued_kbytes: int | None = None,
         track_ends: bool = False,
+        only_keys: dict[str, bytes] | None = None,
     ) -> None:
         """`assignments`: (short topic, partition, start offset); None = committed, else earliest.
         `queued_kbytes`: the most librdkafka fetches ahead per partition (its default, 64 MB,
         would hold much of a large backlog in memory).
         `fetch_wait` (seconds) defaults to `kafka.fetch_wait`. `signer`: every record read
         is checked with it, and one that does not verify has `Record.forged` set.
-        `track_ends`: `at_end` holds the partitions whose last fetch found nothing more."""
+        `track_ends`: `at_end` holds the partitions whose last fetch found nothing more.
+        `only_keys`: short topic -> the key this reader wants; a record of it with another
+        key comes out `Record.foreign`, unchecked (an agent on a shared inbox partition: at
+        128 agents on 16 partitions, 7 of 8 records are another's)."""
         self.signer = signer
+        self._only_keys = {kafka.topic_prefix + "." + t: k for t, k in (only_keys or {}).items()}
         # (short topic, partition): the broker said there is no more (partition EOF) and no
         # record came since. A hint, not the end: the embedded broker's watermarks, which
         # the client compares with, are wrong (DESIGN 8); what it proves is a fetch answered
@@ -210,6 +215,12 @@ class Reader:
                     reread.add(where)
                     continue
             expected[where] = offset + 1
+            if self._only_keys:
+                wanted, key = self._only_keys.get(topic), msg.key()
+                if wanted is not None and key is not None and key != wanted:
+                    records.append(Record(topic.removeprefix(self._prefix), partition, offset, key, None,
+                                          None, True))
+                    continue
             value = msg.value()
             # headers are fetched only to be checked: unsigned meshes never pay for them
             forged = None if check is None else check(topic, value, msg.headers())

@@ -97,6 +97,7 @@ class AgentRuntime:
         self.spec = spec
         self.name = spec.name
         self.program = C.agent_program(spec.name)
+        self.key = spec.name.encode()  # its records' key on the messages topic
         self.log = logging.getLogger(f"agent.{spec.name}")
         self.counts: Counter[str] = Counter()
         self.stopping = False
@@ -341,7 +342,8 @@ class AgentRuntime:
         group = C.agent_group(cfg.kafka.topic_prefix, self.name)
         reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
                                            (C.TOPIC_CONSENSUS, 0, None)], self.program,
-                        signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES)
+                        signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES,
+                        only_keys={C.TOPIC_MESSAGES: self.key})
         # idle, it stops fetching until a sender rings it (dozing.py)
         wake = self._wake
         bell = dozing.doorbell(self.store, cfg, self.name, (C.TOPIC_MESSAGES, C.TOPIC_CONSENSUS),
@@ -523,6 +525,14 @@ class AgentRuntime:
         """One record read: finished at once (skipped, a reply, a copy, a dead letter),
         handled now (the fast path), or queued in its conversation."""
         self.counts[C.records_counter(record.topic)] += 1
+        if record.foreign:  # keyed to another agent of this inbox partition: skipped unread
+            self.counts[C.COUNTER_SKIPPED] += 1
+            where = (record.topic, record.partition)
+            if self.inline:
+                self.settlement.read_in_order(where, record.offset)
+            else:
+                self.settlement.finish(self.settlement.read(where, record.offset))
+            return
         if self.inline and record.topic == C.TOPIC_MESSAGES:  # the fast path, no book
             self.settlement.read_in_order((record.topic, record.partition), record.offset)
             envelope = self._intake(record)
@@ -560,6 +570,11 @@ class AgentRuntime:
             self.dead_letter(record, str(exc))
             return None
         if envelope.to_agent_id != self.name:
+            if record.key == self.key:
+                # keyed to this agent, addressed to another: the other skips it by its key
+                self.dead_letter(record, f"key {self.name} does not name the recipient "
+                                         f"{shown(envelope.to_agent_id)}")
+                return None
             self.counts[C.COUNTER_SKIPPED] += 1  # another agent shares this partition
             return None
         if "in_reply_to" in envelope.meta:  # a reply: to its ask, never queued

@@ -22,7 +22,7 @@ import yaml
 
 from agentmesh_cli import environment
 from agentmesh_cli.constants import ALL_TOPICS, Keys, agent_program
-from agentmesh_cli.embedded import free_port, start_broker, start_valkey, stop
+from agentmesh_cli.embedded import BrokerKind, free_port, start_broker, start_valkey, stop
 from agentmesh_cli.mesh import Mesh, load_mesh
 
 
@@ -69,13 +69,14 @@ def _write_mesh(root: Path, kafka: dict[str, Any], redis_url: str, name: str,
 
 
 @contextmanager
-def bench_mesh(**sections: Any) -> Iterator[BenchMesh]:
-    """Start a broker and Valkey on free loopback ports; yield a mesh using them."""
+def bench_mesh(*, broker_kind: BrokerKind = "tansu", **sections: Any) -> Iterator[BenchMesh]:
+    """Start a broker (embedded.BROKER_KINDS) and Valkey on free loopback ports; yield a
+    mesh using them."""
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
         root = Path(tmp)
         kafka_port, redis_port = free_port(), free_port()
         with (root / "broker.log").open("wb") as log:
-            broker = start_broker(kafka_port, log)
+            broker = start_broker(kafka_port, log, kind=broker_kind, data_dir=root / "broker-data")
         procs = [broker]
         try:
             procs.append(start_valkey(redis_port, root))

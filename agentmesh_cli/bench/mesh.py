@@ -57,6 +57,7 @@ from agentmesh_cli.bench.relay import (
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.dozing import ringing
+from agentmesh_cli.embedded import BrokerKind
 from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
@@ -230,7 +231,7 @@ class Backlog:
 
 @contextmanager
 def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None,
-          sign: bool | None = None) -> Iterator[BenchMesh]:
+          sign: bool | None = None, broker: BrokerKind = "tansu") -> Iterator[BenchMesh]:
     kafka: dict[str, Any] = {"partitions": partitions}
     if linger_ms is not None:
         kafka["client"] = {"linger.ms": linger_ms}
@@ -248,7 +249,7 @@ def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: floa
         "security": {"sign_envelopes": _signs(sign, config)},
     }
     if config is None:
-        with bench_mesh(**sections) as bm:
+        with bench_mesh(broker_kind=broker, **sections) as bm:
             yield bm
     else:
         if linger_ms is not None:
@@ -352,7 +353,7 @@ def _rss_mb(pids: list[int]) -> dict[str, float]:
 
 def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
         config: str | None = None, linger_ms: float | None = None,
-        sign: bool | None = None) -> dict[str, Any]:
+        sign: bool | None = None, broker: BrokerKind = "tansu") -> dict[str, Any]:
     """Run the mesh scenario; one dict in the bench result shape (see cli/bench.py).
 
     `config`: the mesh.yaml of a running mesh whose broker and Redis are used, under a
@@ -360,14 +361,14 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     (mesh.yaml `kafka.client` `linger.ms`) of the bench mesh, to measure its effect. `sign`:
     whether the bench mesh signs its records (security.sign_envelopes); None: as `config`'s
     mesh, else as mesh.yaml's default (on). True and False side by side show what signing
-    costs."""
+    costs. `broker`: the throwaway broker (embedded.BROKER_KINDS) when there is no `config`."""
     partitions = partitions or agents
     names = relay_names(agents, partitions)
     notes: list[str] = []
     load_start = round(os.getloadavg()[0], 2)
     tag = uuid.uuid4().hex[:6]
     runs = {phase: f"{phase}-{tag}" for phase in ("peak", "paced", "idle")}
-    with _mesh(names, partitions, config, linger_ms, sign) as bm:
+    with _mesh(names, partitions, config, linger_ms, sign, broker) as bm:
         cfg = bm.mesh.config
         if config is not None:
             notes.append(f"on the broker and Redis of {config}, as mesh {cfg.mesh} with topic prefix "
@@ -388,10 +389,10 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
             floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope)
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
-            broker = bm.procs[0].pid if config is None else listener_pid(port)
+            broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
             pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid]}
-            if broker is not None:
-                pids["broker"] = [broker]
+            if broker_pid is not None:
+                pids["broker"] = [broker_pid]
             else:
                 notes.append("broker CPU not measured: its process is not on this machine or not visible")
             sampler = Sampler(pids)
@@ -468,7 +469,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     return {
         "scenario": "mesh",
         "settings": {"agents": agents, "duration_s": duration, "window": window, "partitions": partitions,
-                     "config": config, "mesh": cfg.mesh, "envelope_bytes": len(envelope),
+                     "config": config, "broker": broker if config is None else "of --config",
+                     "mesh": cfg.mesh, "envelope_bytes": len(envelope),
                      "fetch_wait_ms": cfg.kafka.fetch_wait * 1000,
                      "linger_ms": baselines.linger(cfg.kafka), "warmup_s": WARMUP_S,
                      "sign_envelopes": cfg.security.sign_envelopes,

@@ -88,7 +88,7 @@ def _read_offsets(snapshot: dict[str, Any] | None) -> int:
 
 
 def manager_drain(events: int, agents: int, partitions: int, seed: int = 7) -> dict[str, Any]:
-    sections = {"topology": {"snapshot_interval": SNAPSHOT_INTERVAL_S},
+    sections: dict[str, Any] = {"topology": {"snapshot_interval": SNAPSHOT_INTERVAL_S},
                 "heartbeat": {"interval": "10m"}, "kafka": {"partitions": partitions}}
     with bench_mesh(**sections) as bm:
         cfg = bm.mesh.config

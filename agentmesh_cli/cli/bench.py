@@ -125,6 +125,9 @@ def bench(
         "--sign/--no-sign", help="mesh: sign the bench mesh's records (security.sign_envelopes); "
                                  "default: as --config's mesh, else on, as mesh.yaml's default. "
                                  "Run both to see what signing costs.")] = None,
+    broker: Annotated[str | None, typer.Option(
+        help="mesh: the throwaway broker, tansu (the mesh's own, default) or noida (noida-db: "
+             "answers a waiting fetch at once, as a real Kafka does).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON to this file.")] = None,
 ) -> None:
@@ -144,12 +147,15 @@ def bench(
     Example: agentmesh bench routing --json --out routing.json
     Example: agentmesh bench --json --out bench.json
     """
+    if broker is not None and broker not in ("tansu", "noida"):
+        printer.error(f"unknown broker {broker!r}; use tansu or noida")
+        raise typer.Exit(2)
     if scenario != ALL and scenario not in SCENARIOS:
         printer.error(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)} or {ALL}")
         raise typer.Exit(2)
     options: dict[str, dict[str, Any]] = {
         "mesh": {"agents": agents, "duration": duration,
-                 "config": None if config is None else str(config), "sign": sign},
+                 "config": None if config is None else str(config), "sign": sign, "broker": broker},
         "topology": {"events": events, "full_mesh_agents": full_mesh},
         "consensus": {"proposals": proposals, "samples": samples},
         "services": {"duration": duration, "concurrency": concurrency, "rate": rate,
