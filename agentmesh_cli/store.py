@@ -231,8 +231,16 @@ class Store:
         return {str(name): int(value) for name, value in raw.items()}
 
     def all_counters(self) -> dict[str, dict[str, int]]:
-        owners = self._call("read counters", lambda: self.redis.smembers(self.keys.counter_owners))
-        return {str(owner): self.counters(str(owner)) for owner in sorted(owners)}
+        """Every owner's counters in two round trips (one per owner was ~0.25 s at 128 agents)."""
+        owners = sorted(str(o) for o in self._call("read counters",
+                                                   lambda: self.redis.smembers(self.keys.counter_owners)))
+        with redis_errors("read counters"):
+            pipe = self.redis.pipeline(transaction=False)
+            for owner in owners:
+                pipe.hgetall(self.keys.counters(owner))
+            hashes = pipe.execute() if owners else []
+        return {owner: {str(name): int(value) for name, value in raw.items()}
+                for owner, raw in zip(owners, hashes, strict=True)}
 
     # an agent's ledger of handled messages ---------------------------------------
     def record_handled(self, agent: str, handled: list[tuple[str, str]], first_score: int,
