@@ -3,7 +3,8 @@ services and infra, as one versioned JSON-able dict (STATUS_VERSION, docs/status
 
 Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts),
 psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters, snapshots,
-proposals), each service's GET /health, and a metadata request to the broker. Status never
+proposals: two round trips, status_reads.py), each service's GET /health, and a metadata
+request to the broker. Status never
 joins a consumer group and never reads the broker's watermarks (they are wrong, DESIGN 8):
 an agent's inbox backlog comes from our own counters. `StatusCollector` keeps what spans
 frames (CPU samples, the main log's offset) for the live dashboard.
@@ -22,13 +23,13 @@ import psutil
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent_load import asks, llm, load
 from agentmesh_cli.backlog import backlog, sent_totals
-from agentmesh_cli.errors import AgentMeshError, SnapshotError
+from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.replica_view import nest_groups
-from agentmesh_cli.replicas import Groups
 from agentmesh_cli.sampling import ProcessSampler
 from agentmesh_cli.services.probe import Prober, gateway_url, service_url, tls_verify
 from agentmesh_cli.signing import refused_totals
+from agentmesh_cli.status_reads import Stored, read_stored
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.restarts import SpawnLog
@@ -170,57 +171,40 @@ class StatusCollector:
         address = _redis_address(self.mesh.config.redis.resolved_url)
         return _reachability(address, None if self._redis_problem else time.monotonic() - started)
 
-    def _read_redis(self, errors: list[str]) -> dict[str, Any] | None:
+    def _read_redis(self, errors: list[str]) -> Stored | None:
         try:
-            stored: dict[str, Any] = {
-                "registry": self.store.agents(),
-                "counters": self.store.all_counters(),
-                "snapshot": self._snapshot(errors),
-                "history": self.store.topology_history(C.TOPOLOGY_HISTORY_KEPT),
-                "proposals": self.store.recent_proposals(RECENT_PROPOSALS),
-                "clients": self.store.service_clients(),
-                "counts": {}, "retiring": set(), "routing": {},
-            }
-            if self.mesh.config.groups():  # a mesh without groups reads nothing more
-                groups = Groups(self.store)
-                stored.update(counts=groups.counts(), retiring=groups.retiring(), routing=groups.routing())
-            return stored
+            # a mesh without replica groups reads none of their state
+            stored = read_stored(self.store, C.TOPOLOGY_HISTORY_KEPT, RECENT_PROPOSALS,
+                                 groups=bool(self.mesh.config.groups()))
         except AgentMeshError as exc:
             errors.append(f"redis: {exc}")
             return None
+        if stored.snapshot_problem:  # not of the manager's making: the rest of the frame stands
+            errors.append(stored.snapshot_problem)
+        return stored
 
-    def _snapshot(self, errors: list[str]) -> dict[str, Any] | None:
-        """The topology snapshot; one that is not of the manager's making is an error of this
-        frame, not of Redis (the rest of the frame stands)."""
-        try:
-            return self.store.load_snapshot()
-        except SnapshotError as exc:
-            errors.append(str(exc))
-            return None
-
-    def _add_stored(self, result: dict[str, Any], stored: dict[str, Any], supervised: dict[str, int],
+    def _add_stored(self, result: dict[str, Any], stored: Stored, supervised: dict[str, int],
                     now: float) -> None:
-        registry, counters = stored["registry"], stored["counters"]
+        registry, counters = stored.registry, stored.counters
         # a replica group as one logical agent, its replicas nested (replica_view.py)
         result["agents"] = nest_groups(
-            _agents(self.mesh, registry, counters, supervised, now, stored["counts"]), self.mesh.config,
-            stored["counts"], stored["retiring"], stored["routing"], counters, now)
+            _agents(self.mesh, registry, counters, supervised, now, stored.counts), self.mesh.config,
+            stored.counts, stored.retiring, stored.routing, counters, now)
         # records refused for their signature or sender, per owner (security.sign_envelopes)
         result["signing"] = {"on": self.mesh.config.security.sign_envelopes,
                              "refused": refused_totals(counters)}
-        if stored["snapshot"]:
+        if stored.snapshot:
             try:
-                result["topology"] = _topology(self.mesh, stored["snapshot"], stored["history"],
-                                               counters, now)
+                result["topology"] = _topology(self.mesh, stored.snapshot, stored.history, counters, now)
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 # JSON of the wrong shape: reported, not a traceback (the manager itself
                 # rebuilds from the topics when it cannot read a snapshot)
                 result["errors"].append(f"malformed topology snapshot: {type(exc).__name__}: {exc}")
-        result["proposals"] = [_proposal(p, now) for p in stored["proposals"]]
+        result["proposals"] = [_proposal(p, now) for p in stored.proposals]
         for service in result["services"]:
             service["clients"] += [
                 {"owner": owner, **state[service["name"]]}
-                for owner, state in sorted(stored["clients"].items())
+                for owner, state in sorted(stored.clients.items())
                 if owner in registry and isinstance(state.get(service["name"]), dict)
             ]
 
