@@ -1,13 +1,13 @@
 """Collect the mesh's state for `agentmesh status`: programs, agents, topology, proposals,
 services and infra, as one versioned JSON-able dict (STATUS_VERSION, docs/status.schema.json).
 
-Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts),
-psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters, snapshots,
-proposals: two round trips, status_reads.py), each service's GET /health, and a metadata
-request to the broker. Status never
-joins a consumer group and never reads the broker's watermarks (they are wrong, DESIGN 8):
-an agent's inbox backlog comes from our own counters. `StatusCollector` keeps what spans
-frames (CPU samples, the main log's offset) for the live dashboard.
+Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts: one
+multicall), psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters,
+snapshots, proposals: two round trips, status_reads.py), each service's GET /health, and a
+metadata request to the broker. Status never joins a consumer group and never reads the
+broker's watermarks (they are wrong, DESIGN 8): an agent's inbox backlog comes from our own
+counters. `StatusCollector` keeps what spans frames (CPU samples, the main log's offset)
+for the live dashboard.
 """
 
 from __future__ import annotations
@@ -134,16 +134,17 @@ class StatusCollector:
     def _supervisor(self, errors: list[str]) -> tuple[bool, list[dict[str, Any]]]:
         self._supervisord_pid: int | None = None
         with Supervisor(self.mesh) as sup:
-            if not sup.is_running():
-                return False, []
             try:
-                self._supervisord_pid = sup.pid()
-                infos = sup.processes()
-                self.spawns.update(sup.read_main_log)
+                reading = sup.reading(self.spawns.read_from)
+                if reading is None:
+                    return False, []
+                self._supervisord_pid = reading.pid
+                first = [reading.main_log]  # what the spawn log reads first; more only when rotated
+                self.spawns.update(lambda offset: first.pop() if first else sup.read_main_log(offset))
             except AgentMeshError as exc:
                 errors.append(f"supervisord: {exc}")
                 return True, []
-        return True, infos
+        return True, reading.processes
 
     def _program(self, p: dict[str, Any]) -> dict[str, Any]:
         running = p["statename"] == "RUNNING"

@@ -31,12 +31,17 @@ class SpawnLog:
     def restarts(self, program: str) -> int:
         return max(0, self.spawns[program] - 1)
 
+    @property
+    def read_from(self) -> int:
+        """Where `update` reads first: from our offset less the anchor, to see that the text
+        before it is still what we read (from 0 before the first read)."""
+        return self.offset - len(self._anchor.encode("utf-8")) if self.offset else 0
+
     def update(self, read: Callable[[int], str]) -> None:
         """Read what the log gained since the last call. When the text before our offset
         is no longer what we read (supervisord rotated the log at 10 MB), the new file is
         read from its start and counted on top of what was counted before."""
-        anchor_bytes = len(self._anchor.encode("utf-8"))
-        text = str(read(self.offset - anchor_bytes)) if self.offset else str(read(0))
+        text = str(read(self.read_from))
         if self.offset:
             if not text.startswith(self._anchor):
                 self.offset, self._anchor, self._partial = 0, "", ""
