@@ -4,17 +4,21 @@ services and infra, as one versioned JSON-able dict (STATUS_VERSION, docs/status
 Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts: one
 multicall), psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters,
 snapshots, proposals: two round trips, status_reads.py), each service's GET /health, and a
-metadata request to the broker. Status never joins a consumer group and never reads the
-broker's watermarks (they are wrong, DESIGN 8): an agent's inbox backlog comes from our own
-counters. `StatusCollector` keeps what spans frames (CPU samples, the main log's offset)
-for the live dashboard.
+metadata request to the broker. The probes, and supervisord once the registry is read, are
+asked in threads while Redis is read: a frame waits for its slowest source rather than for
+their sum. Status never joins a consumer group and never reads the broker's watermarks
+(they are wrong, DESIGN 8): an agent's inbox backlog comes from our own counters.
+`StatusCollector` keeps what spans frames (CPU samples, the main log's offset, the broker
+probe's client) for the live dashboard.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -33,6 +37,9 @@ from agentmesh_cli.status_reads import Stored, read_stored
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.restarts import SpawnLog
+
+if TYPE_CHECKING:  # confluent-kafka is imported with the first frame's probe
+    from agentmesh_cli.broker import BrokerProbe
 
 STATUS_VERSION = 2
 RECENT_PROPOSALS = 20
@@ -54,8 +61,12 @@ class StatusCollector:
         self._redis_problem: str | None = None
         # every frame's /health requests (https with services.tls_*, trusting services.tls_ca)
         self.prober = Prober(HEALTH_TIMEOUT_S, verify=tls_verify(mesh))
+        self._broker: BrokerProbe | None = None
+        # the services' and the broker's probes, and supervisord's read, while Redis is read
+        self._probes = ThreadPoolExecutor(max_workers=3, thread_name_prefix="status")
 
     def close(self) -> None:
+        self._probes.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
     def __enter__(self) -> StatusCollector:
@@ -68,12 +79,23 @@ class StatusCollector:
         """A frame. With `cpu_window`, CPU% is sampled over at least that long (one-shot);
         without, over the time since the previous frame (the first frame has none)."""
         now = time.time()
+        # the probes wait on other processes: asked first, answered while this thread reads
+        services = self._probes.submit(_services, self.mesh, self.prober)
+        broker = self._probes.submit(self._broker_probe)
         redis = self._redis_probe()
         errors: list[str] = []
-        # Redis before supervisord: a registered pid is then never newer than the pid
+        supervisor: list[Future[tuple[bool, list[dict[str, Any]], str | None]]] = []
+
+        def read_supervisor() -> None:  # while this thread reads every owner's counters
+            supervisor.append(self._probes.submit(self._supervisor))
+
+        # the registry before supervisord: a registered pid is then never newer than the pid
         # supervisord reports, so a re-joined agent is not taken for a stale one
-        stored = self._read_redis(errors) if redis["reachable"] else None
-        sup_running, infos = self._supervisor(errors)
+        stored = self._read_redis(errors, read_supervisor) if redis["reachable"] else None
+        if not supervisor:  # Redis did not answer
+            read_supervisor()
+        sup_running, infos, problem = supervisor[0].result()
+        errors += [problem] if problem else []
         primed = time.monotonic()
         # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
         pids = [p["pid"] for p in infos if p["pid"]]
@@ -95,8 +117,8 @@ class StatusCollector:
             "agents": [],
             "topology": None,
             "proposals": [],
-            "services": _services(self.mesh, self.prober),
-            "infra": {"broker": self._broker_probe(), "redis": redis},
+            "services": services.result(),
+            "infra": {"broker": broker.result(), "redis": redis},
             "errors": errors,
         }
         if not redis["reachable"]:
@@ -131,20 +153,20 @@ class StatusCollector:
         except (OSError, psutil.Error):
             tmp.unlink(missing_ok=True)
 
-    def _supervisor(self, errors: list[str]) -> tuple[bool, list[dict[str, Any]]]:
+    def _supervisor(self) -> tuple[bool, list[dict[str, Any]], str | None]:
+        """(supervisord running, its processes, the problem reading them)."""
         self._supervisord_pid: int | None = None
         with Supervisor(self.mesh) as sup:
             try:
                 reading = sup.reading(self.spawns.read_from)
                 if reading is None:
-                    return False, []
+                    return False, [], None
                 self._supervisord_pid = reading.pid
                 first = [reading.main_log]  # what the spawn log reads first; more only when rotated
                 self.spawns.update(lambda offset: first.pop() if first else sup.read_main_log(offset))
             except AgentMeshError as exc:
-                errors.append(f"supervisord: {exc}")
-                return True, []
-        return True, reading.processes
+                return True, [], f"supervisord: {exc}"
+        return True, reading.processes, None
 
     def _program(self, p: dict[str, Any]) -> dict[str, Any]:
         running = p["statename"] == "RUNNING"
@@ -161,10 +183,11 @@ class StatusCollector:
         }
 
     def _broker_probe(self) -> dict[str, Any]:
-        from agentmesh_cli.broker import broker_latency
+        if self._broker is None:
+            from agentmesh_cli.broker import BrokerProbe
 
-        kafka = self.mesh.config.kafka
-        return _reachability(kafka.bootstrap, broker_latency(kafka, PROBE_TIMEOUT_S))
+            self._broker = BrokerProbe(self.mesh.config.kafka)
+        return _reachability(self.mesh.config.kafka.bootstrap, self._broker.latency(PROBE_TIMEOUT_S))
 
     def _redis_probe(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -172,11 +195,11 @@ class StatusCollector:
         address = _redis_address(self.mesh.config.redis.resolved_url)
         return _reachability(address, None if self._redis_problem else time.monotonic() - started)
 
-    def _read_redis(self, errors: list[str]) -> Stored | None:
+    def _read_redis(self, errors: list[str], registry_read: Callable[[], object]) -> Stored | None:
         try:
             # a mesh without replica groups reads none of their state
             stored = read_stored(self.store, C.TOPOLOGY_HISTORY_KEPT, RECENT_PROPOSALS,
-                                 groups=bool(self.mesh.config.groups()))
+                                 groups=bool(self.mesh.config.groups()), registry_read=registry_read)
         except AgentMeshError as exc:
             errors.append(f"redis: {exc}")
             return None

@@ -10,6 +10,7 @@ and those proposals. A read per key and per owner was ~140 round trips at 128 ag
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +37,11 @@ class Stored:
     routing: dict[str, dict[str, Any]]  # sender -> its routing state
 
 
-def read_stored(store: Store, history: int, proposals: int, groups: bool) -> Stored:
+def read_stored(store: Store, history: int, proposals: int, groups: bool,
+                registry_read: Callable[[], object] = lambda: None) -> Stored:
     """The newest `history` topology points and `proposals` proposals, and the rest; the
-    replica groups' state when the mesh has `groups` (else none is read)."""
+    replica groups' state when the mesh has `groups` (else none is read). `registry_read` is
+    called once the registry is read, before the counters are."""
     keys = store.keys
     with redis_errors("read the mesh's state"):
         pipe = store.redis.pipeline(transaction=False)
@@ -54,6 +57,7 @@ def read_stored(store: Store, history: int, proposals: int, groups: bool) -> Sto
             pipe.smembers(keys.retiring)
             pipe.hgetall(keys.routing)
         registry, owner_set, snapshot, points, ids, clients, *group_state = pipe.execute()
+        registry_read()
         owners = sorted(str(o) for o in owner_set)
         pipe = store.redis.pipeline(transaction=False)
         for owner in owners:
