@@ -22,6 +22,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import environment
 from agentmesh_cli.errors import SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.supervisor.answers import tree_parser
 from agentmesh_cli.waiting import wait_until
 
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
@@ -36,10 +37,18 @@ class Reading:
     main_log: str  # from the offset asked for to its end
 
 
+class _Transport(SupervisorTransport):
+    """supervisord's transport (a kept connection to its unix socket), its answers decoded
+    by ElementTree (answers.py)."""
+
+    def getparser(self) -> Any:
+        return tree_parser()
+
+
 class Supervisor:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self._transport = SupervisorTransport(None, None, f"unix://{mesh.socket}")
+        self._transport = _Transport(None, None, f"unix://{mesh.socket}")
         # the host part is ignored by the unix-socket transport
         self._proxy: Any = xmlrpc.client.ServerProxy("http://agentmesh", transport=self._transport)
 
