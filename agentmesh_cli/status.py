@@ -2,14 +2,14 @@
 services and infra, as one versioned JSON-able dict (STATUS_VERSION, docs/status.schema.json).
 
 Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts: one
-multicall), psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters,
-snapshots, proposals: two round trips, status_reads.py), each service's GET /health, and a
-metadata request to the broker. The probes, and supervisord once the registry is read, are
-asked in threads while Redis is read: a frame waits for its slowest source rather than for
-their sum. Status never joins a consumer group and never reads the broker's watermarks
-(they are wrong, DESIGN 8): an agent's inbox backlog comes from our own counters.
-`StatusCollector` keeps what spans frames (CPU samples, the main log's offset, the broker
-probe's client) for the live dashboard.
+multicall), the CPU times and RSS of the pids supervisord reports (sampling.py), Redis
+(registry, counters, snapshots, proposals: two round trips, status_reads.py), each
+service's GET /health, and a metadata request to the broker. The probes, and supervisord
+once the registry is read, are asked in threads while Redis is read: a frame waits for its
+slowest source rather than for their sum. Status never joins a consumer group and never
+reads the broker's watermarks (they are wrong, DESIGN 8): an agent's inbox backlog comes
+from our own counters. `StatusCollector` keeps what spans frames (CPU samples, the main
+log's offset, the broker probe's client) for the live dashboard.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-import psutil
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent_load import asks, llm, load
@@ -150,7 +149,7 @@ class StatusCollector:
         try:
             tmp.write_bytes(orjson.dumps(self.sampler.saved()))
             tmp.replace(path)
-        except (OSError, psutil.Error):
+        except OSError:
             tmp.unlink(missing_ok=True)
 
     def _supervisor(self) -> tuple[bool, list[dict[str, Any]], str | None]:
