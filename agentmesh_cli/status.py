@@ -9,7 +9,9 @@ once the registry is read, are asked in threads while Redis is read: a frame wai
 slowest source rather than for their sum. Status never joins a consumer group and never
 reads the broker's watermarks (they are wrong, DESIGN 8): an agent's inbox backlog comes
 from our own counters. `StatusCollector` keeps what spans frames (CPU samples, the main
-log's offset, the broker probe's client) for the live dashboard.
+log's offset, the broker probe's client) for the live dashboard; a one-shot status leaves
+the samples and the log's offset in the state folder for the next one (a script polling
+`status --json`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class StatusCollector:
         """A frame. With `cpu_window`, CPU% is sampled over at least that long (one-shot);
         without, over the time since the previous frame (the first frame has none)."""
         now = time.time()
+        one_shot = bool(cpu_window)
+        if one_shot:  # read supervisord's log on from where the previous one-shot status stopped
+            self.spawns.resume(self._load_state(C.STATUS_LOG))
         # the probes wait on other processes: asked first, answered while this thread reads
         services = self._probes.submit(_services, self.mesh, self.prober)
         broker = self._probes.submit(self._broker_probe)
@@ -98,8 +103,8 @@ class StatusCollector:
         primed = time.monotonic()
         # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
         pids = [p["pid"] for p in infos if p["pid"]]
-        one_shot = bool(cpu_window)
-        if one_shot and self.sampler.resume(self._samples(), pids, SAMPLES_KEPT_S):
+        samples = self._load_state(C.STATUS_SAMPLES) if one_shot else None
+        if isinstance(samples, dict) and self.sampler.resume(samples, pids, SAMPLES_KEPT_S):
             cpu_window = 0.0  # an earlier `status` sampled these processes: measure from there
         if cpu_window and pids:
             self.sampler.prime(pids)
@@ -131,23 +136,25 @@ class StatusCollector:
         result["programs"] = [self._program(p) for p in infos]
         self.sampler.keep_only(pids)
         if one_shot and pids:
-            self._save_samples()
+            self._save_state(C.STATUS_SAMPLES, self.sampler.saved())
+        if one_shot and infos:
+            self._save_state(C.STATUS_LOG, self.spawns.saved())
         return result
 
-    def _samples(self) -> dict[str, Any]:
+    def _load_state(self, name: str) -> Any:
+        """What the previous one-shot status left in the state folder (None: nothing)."""
         try:
-            data = orjson.loads((self.mesh.state_dir / C.STATUS_SAMPLES).read_bytes())
+            return orjson.loads((self.mesh.state_dir / name).read_bytes())
         except (OSError, orjson.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            return None
 
-    def _save_samples(self) -> None:
-        """Leave this frame's samples for the next one-shot `status` (a private file of the
+    def _save_state(self, name: str, data: dict[str, Any]) -> None:
+        """Leave this frame's state for the next one-shot `status` (a private file of the
         state folder, replaced whole; nothing is lost when it cannot be written)."""
-        path = self.mesh.state_dir / C.STATUS_SAMPLES
+        path = self.mesh.state_dir / name
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            tmp.write_bytes(orjson.dumps(self.sampler.saved()))
+            tmp.write_bytes(orjson.dumps(data))
             tmp.replace(path)
         except OSError:
             tmp.unlink(missing_ok=True)
