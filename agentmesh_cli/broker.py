@@ -95,19 +95,41 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
+class BrokerProbe:
+    """Metadata requests over one admin client, made at the first and kept: the live
+    `status` asks every frame, and a new client (its threads, its connection) costs more
+    than the request.
+
+    The client reconnects after 1 ms, not librdkafka's 100 ms (`reconnect.backoff.ms`,
+    unless kafka.client sets it): a new client's first answer came ~50 ms late, half the
+    backoff (2-3 ms with it at 1 ms, on the embedded broker), and that was most of what
+    `status` and `up`'s gates reported as the broker's latency."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self.kafka = kafka
+        self._admin: AdminClient | None = None
+
+    def latency(self, timeout: float) -> float | None:
+        """Seconds the broker took to answer a metadata request; None when it did not."""
+        if self._admin is None:
+            # librdkafka would print every refused connection to stderr: for a probe (readiness
+            # gates, status's live screen) an unreachable broker is the answer, not an event
+            conf = admin_config(self.kafka, "agentmesh-probe")
+            conf["logger"] = _quiet
+            conf.setdefault("reconnect.backoff.ms", 1)
+            self._admin = AdminClient(conf)
+        started = time.monotonic()
+        try:
+            self._admin.list_topics(timeout=timeout)
+        except KafkaException:
+            return None
+        return time.monotonic() - started
+
+
 def broker_latency(kafka: KafkaConfig, timeout: float = 2.0) -> float | None:
-    """Seconds the broker took to answer a metadata request; None when it did not."""
-    # librdkafka would print every refused connection to stderr: for a probe (readiness
-    # gates, status's live screen) an unreachable broker is the answer, not an event
-    conf = admin_config(kafka, "agentmesh-probe")
-    conf["logger"] = _quiet
-    admin = AdminClient(conf)
-    started = time.monotonic()
-    try:
-        admin.list_topics(timeout=timeout)
-    except KafkaException:
-        return None
-    return time.monotonic() - started
+    """Seconds the broker took to answer a metadata request (a new client's); None when it
+    did not."""
+    return BrokerProbe(kafka).latency(timeout)
 
 
 def broker_reachable(kafka: KafkaConfig, timeout: float = 2.0) -> bool:

@@ -88,6 +88,7 @@ SUPERVISORD_PID = "supervisord.pid"
 SUPERVISORD = "supervisord"  # its own log's name for `agentmesh logs`
 SUPERVISORD_LOG = SUPERVISORD + ".log"  # supervisord's own log, in the logs folder
 STATUS_SAMPLES = "status-cpu.json"  # the last one-shot status's CPU samples (status.py)
+STATUS_LOG = "status-log.json"  # where the last one-shot status stopped reading supervisord's log
 VALKEY_SECRET_CONF = "valkey.conf"  # the embedded Valkey's password, in the state folder
 # what `agentmesh down` found unread in the embedded broker at its drain's timeout, replayed
 # by the next `up` (drain.py): JSON lines in the state folder, mode 0600

@@ -1,37 +1,46 @@
 """Collect the mesh's state for `agentmesh status`: programs, agents, topology, proposals,
 services and infra, as one versioned JSON-able dict (STATUS_VERSION, docs/status.schema.json).
 
-Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts),
-psutil on the pids supervisord reports (CPU%, RSS), Redis (registry, counters, snapshots,
-proposals), each service's GET /health, and a metadata request to the broker. Status never
-joins a consumer group and never reads the broker's watermarks (they are wrong, DESIGN 8):
-an agent's inbox backlog comes from our own counters. `StatusCollector` keeps what spans
-frames (CPU samples, the main log's offset) for the live dashboard.
+Sources: supervisord's XML-RPC (program states, pids, its main log for restart counts: one
+multicall), the CPU times and RSS of the pids supervisord reports (sampling.py), Redis
+(registry, counters, snapshots, proposals: two round trips, status_reads.py), each
+service's GET /health, and a metadata request to the broker. The probes, and supervisord
+once the registry is read, are asked in threads while Redis is read: a frame waits for its
+slowest source rather than for their sum. Status never joins a consumer group and never
+reads the broker's watermarks (they are wrong, DESIGN 8): an agent's inbox backlog comes
+from our own counters. `StatusCollector` keeps what spans frames (CPU samples, the main
+log's offset, the broker probe's client) for the live dashboard; a one-shot status leaves
+the samples and the log's offset in the state folder for the next one (a script polling
+`status --json`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-import psutil
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.agent_load import asks, llm, load
 from agentmesh_cli.backlog import backlog, sent_totals
-from agentmesh_cli.errors import AgentMeshError, SnapshotError
+from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.replica_view import nest_groups
-from agentmesh_cli.replicas import Groups
 from agentmesh_cli.sampling import ProcessSampler
 from agentmesh_cli.services.probe import Prober, gateway_url, service_url, tls_verify
 from agentmesh_cli.signing import refused_totals
+from agentmesh_cli.status_reads import Stored, read_stored
 from agentmesh_cli.store import Store
 from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.supervisor.restarts import SpawnLog
+
+if TYPE_CHECKING:  # confluent-kafka is imported with the first frame's probe
+    from agentmesh_cli.broker import BrokerProbe
 
 STATUS_VERSION = 2
 RECENT_PROPOSALS = 20
@@ -53,8 +62,12 @@ class StatusCollector:
         self._redis_problem: str | None = None
         # every frame's /health requests (https with services.tls_*, trusting services.tls_ca)
         self.prober = Prober(HEALTH_TIMEOUT_S, verify=tls_verify(mesh))
+        self._broker: BrokerProbe | None = None
+        # the services' and the broker's probes, and supervisord's read, while Redis is read
+        self._probes = ThreadPoolExecutor(max_workers=3, thread_name_prefix="status")
 
     def close(self) -> None:
+        self._probes.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
     def __enter__(self) -> StatusCollector:
@@ -67,17 +80,31 @@ class StatusCollector:
         """A frame. With `cpu_window`, CPU% is sampled over at least that long (one-shot);
         without, over the time since the previous frame (the first frame has none)."""
         now = time.time()
+        one_shot = bool(cpu_window)
+        if one_shot:  # read supervisord's log on from where the previous one-shot status stopped
+            self.spawns.resume(self._load_state(C.STATUS_LOG))
+        # the probes wait on other processes: asked first, answered while this thread reads
+        services = self._probes.submit(_services, self.mesh, self.prober)
+        broker = self._probes.submit(self._broker_probe)
         redis = self._redis_probe()
         errors: list[str] = []
-        # Redis before supervisord: a registered pid is then never newer than the pid
+        supervisor: list[Future[tuple[bool, list[dict[str, Any]], str | None]]] = []
+
+        def read_supervisor() -> None:  # while this thread reads every owner's counters
+            supervisor.append(self._probes.submit(self._supervisor))
+
+        # the registry before supervisord: a registered pid is then never newer than the pid
         # supervisord reports, so a re-joined agent is not taken for a stale one
-        stored = self._read_redis(errors) if redis["reachable"] else None
-        sup_running, infos = self._supervisor(errors)
+        stored = self._read_redis(errors, read_supervisor) if redis["reachable"] else None
+        if not supervisor:  # Redis did not answer
+            read_supervisor()
+        sup_running, infos, problem = supervisor[0].result()
+        errors += [problem] if problem else []
         primed = time.monotonic()
         # no program to sample (supervisord down): no window to wait for, cpu_window_s is None
         pids = [p["pid"] for p in infos if p["pid"]]
-        one_shot = bool(cpu_window)
-        if one_shot and self.sampler.resume(self._samples(), pids, SAMPLES_KEPT_S):
+        samples = self._load_state(C.STATUS_SAMPLES) if one_shot else None
+        if isinstance(samples, dict) and self.sampler.resume(samples, pids, SAMPLES_KEPT_S):
             cpu_window = 0.0  # an earlier `status` sampled these processes: measure from there
         if cpu_window and pids:
             self.sampler.prime(pids)
@@ -94,8 +121,8 @@ class StatusCollector:
             "agents": [],
             "topology": None,
             "proposals": [],
-            "services": _services(self.mesh, self.prober),
-            "infra": {"broker": self._broker_probe(), "redis": redis},
+            "services": services.result(),
+            "infra": {"broker": broker.result(), "redis": redis},
             "errors": errors,
         }
         if not redis["reachable"]:
@@ -109,40 +136,43 @@ class StatusCollector:
         result["programs"] = [self._program(p) for p in infos]
         self.sampler.keep_only(pids)
         if one_shot and pids:
-            self._save_samples()
+            self._save_state(C.STATUS_SAMPLES, self.sampler.saved())
+        if one_shot and infos:
+            self._save_state(C.STATUS_LOG, self.spawns.saved())
         return result
 
-    def _samples(self) -> dict[str, Any]:
+    def _load_state(self, name: str) -> Any:
+        """What the previous one-shot status left in the state folder (None: nothing)."""
         try:
-            data = orjson.loads((self.mesh.state_dir / C.STATUS_SAMPLES).read_bytes())
+            return orjson.loads((self.mesh.state_dir / name).read_bytes())
         except (OSError, orjson.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            return None
 
-    def _save_samples(self) -> None:
-        """Leave this frame's samples for the next one-shot `status` (a private file of the
+    def _save_state(self, name: str, data: dict[str, Any]) -> None:
+        """Leave this frame's state for the next one-shot `status` (a private file of the
         state folder, replaced whole; nothing is lost when it cannot be written)."""
-        path = self.mesh.state_dir / C.STATUS_SAMPLES
+        path = self.mesh.state_dir / name
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            tmp.write_bytes(orjson.dumps(self.sampler.saved()))
+            tmp.write_bytes(orjson.dumps(data))
             tmp.replace(path)
-        except (OSError, psutil.Error):
+        except OSError:
             tmp.unlink(missing_ok=True)
 
-    def _supervisor(self, errors: list[str]) -> tuple[bool, list[dict[str, Any]]]:
+    def _supervisor(self) -> tuple[bool, list[dict[str, Any]], str | None]:
+        """(supervisord running, its processes, the problem reading them)."""
         self._supervisord_pid: int | None = None
         with Supervisor(self.mesh) as sup:
-            if not sup.is_running():
-                return False, []
             try:
-                self._supervisord_pid = sup.pid()
-                infos = sup.processes()
-                self.spawns.update(sup.read_main_log)
+                reading = sup.reading(self.spawns.read_from)
+                if reading is None:
+                    return False, [], None
+                self._supervisord_pid = reading.pid
+                first = [reading.main_log]  # what the spawn log reads first; more only when rotated
+                self.spawns.update(lambda offset: first.pop() if first else sup.read_main_log(offset))
             except AgentMeshError as exc:
-                errors.append(f"supervisord: {exc}")
-                return True, []
-        return True, infos
+                return True, [], f"supervisord: {exc}"
+        return True, reading.processes, None
 
     def _program(self, p: dict[str, Any]) -> dict[str, Any]:
         running = p["statename"] == "RUNNING"
@@ -159,10 +189,11 @@ class StatusCollector:
         }
 
     def _broker_probe(self) -> dict[str, Any]:
-        from agentmesh_cli.broker import broker_latency
+        if self._broker is None:
+            from agentmesh_cli.broker import BrokerProbe
 
-        kafka = self.mesh.config.kafka
-        return _reachability(kafka.bootstrap, broker_latency(kafka, PROBE_TIMEOUT_S))
+            self._broker = BrokerProbe(self.mesh.config.kafka)
+        return _reachability(self.mesh.config.kafka.bootstrap, self._broker.latency(PROBE_TIMEOUT_S))
 
     def _redis_probe(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -170,57 +201,40 @@ class StatusCollector:
         address = _redis_address(self.mesh.config.redis.resolved_url)
         return _reachability(address, None if self._redis_problem else time.monotonic() - started)
 
-    def _read_redis(self, errors: list[str]) -> dict[str, Any] | None:
+    def _read_redis(self, errors: list[str], registry_read: Callable[[], object]) -> Stored | None:
         try:
-            stored: dict[str, Any] = {
-                "registry": self.store.agents(),
-                "counters": self.store.all_counters(),
-                "snapshot": self._snapshot(errors),
-                "history": self.store.topology_history(C.TOPOLOGY_HISTORY_KEPT),
-                "proposals": self.store.recent_proposals(RECENT_PROPOSALS),
-                "clients": self.store.service_clients(),
-                "counts": {}, "retiring": set(), "routing": {},
-            }
-            if self.mesh.config.groups():  # a mesh without groups reads nothing more
-                groups = Groups(self.store)
-                stored.update(counts=groups.counts(), retiring=groups.retiring(), routing=groups.routing())
-            return stored
+            # a mesh without replica groups reads none of their state
+            stored = read_stored(self.store, C.TOPOLOGY_HISTORY_KEPT, RECENT_PROPOSALS,
+                                 groups=bool(self.mesh.config.groups()), registry_read=registry_read)
         except AgentMeshError as exc:
             errors.append(f"redis: {exc}")
             return None
+        if stored.snapshot_problem:  # not of the manager's making: the rest of the frame stands
+            errors.append(stored.snapshot_problem)
+        return stored
 
-    def _snapshot(self, errors: list[str]) -> dict[str, Any] | None:
-        """The topology snapshot; one that is not of the manager's making is an error of this
-        frame, not of Redis (the rest of the frame stands)."""
-        try:
-            return self.store.load_snapshot()
-        except SnapshotError as exc:
-            errors.append(str(exc))
-            return None
-
-    def _add_stored(self, result: dict[str, Any], stored: dict[str, Any], supervised: dict[str, int],
+    def _add_stored(self, result: dict[str, Any], stored: Stored, supervised: dict[str, int],
                     now: float) -> None:
-        registry, counters = stored["registry"], stored["counters"]
+        registry, counters = stored.registry, stored.counters
         # a replica group as one logical agent, its replicas nested (replica_view.py)
         result["agents"] = nest_groups(
-            _agents(self.mesh, registry, counters, supervised, now, stored["counts"]), self.mesh.config,
-            stored["counts"], stored["retiring"], stored["routing"], counters, now)
+            _agents(self.mesh, registry, counters, supervised, now, stored.counts), self.mesh.config,
+            stored.counts, stored.retiring, stored.routing, counters, now)
         # records refused for their signature or sender, per owner (security.sign_envelopes)
         result["signing"] = {"on": self.mesh.config.security.sign_envelopes,
                              "refused": refused_totals(counters)}
-        if stored["snapshot"]:
+        if stored.snapshot:
             try:
-                result["topology"] = _topology(self.mesh, stored["snapshot"], stored["history"],
-                                               counters, now)
+                result["topology"] = _topology(self.mesh, stored.snapshot, stored.history, counters, now)
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 # JSON of the wrong shape: reported, not a traceback (the manager itself
                 # rebuilds from the topics when it cannot read a snapshot)
                 result["errors"].append(f"malformed topology snapshot: {type(exc).__name__}: {exc}")
-        result["proposals"] = [_proposal(p, now) for p in stored["proposals"]]
+        result["proposals"] = [_proposal(p, now) for p in stored.proposals]
         for service in result["services"]:
             service["clients"] += [
                 {"owner": owner, **state[service["name"]]}
-                for owner, state in sorted(stored["clients"].items())
+                for owner, state in sorted(stored.clients.items())
                 if owner in registry and isinstance(state.get(service["name"]), dict)
             ]
 

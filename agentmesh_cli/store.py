@@ -74,6 +74,21 @@ AUTH_REFUSED = ("Redis refused the mesh's password: the embedded Valkey's is in 
                 "overrides it; an external Redis takes it in redis.url")
 
 
+def check_snapshot(raw: str | bytes | None) -> dict[str, Any] | None:
+    """The topology snapshot key's value as the manager's JSON object, None when there is
+    none yet; SnapshotError when it holds something else."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # json.JSONDecodeError, or bytes that are not UTF-8
+        raise SnapshotError(f"malformed topology snapshot in Redis: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SnapshotError(f"malformed topology snapshot in Redis: not a JSON object but "
+                            f"{type(data).__name__}")
+    return data
+
+
 def auth_refused(exc: BaseException) -> bool:
     """Is this redis-py error Redis refusing us for a missing or wrong password?"""
     if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
@@ -232,8 +247,16 @@ class Store:
         return {str(name): int(value) for name, value in raw.items()}
 
     def all_counters(self) -> dict[str, dict[str, int]]:
-        owners = self._call("read counters", lambda: self.redis.smembers(self.keys.counter_owners))
-        return {str(owner): self.counters(str(owner)) for owner in sorted(owners)}
+        """Every owner's counters in two round trips (one per owner was ~0.25 s at 128 agents)."""
+        owners = sorted(str(o) for o in self._call("read counters",
+                                                   lambda: self.redis.smembers(self.keys.counter_owners)))
+        with redis_errors("read counters"):
+            pipe = self.redis.pipeline(transaction=False)
+            for owner in owners:
+                pipe.hgetall(self.keys.counters(owner))
+            hashes = pipe.execute() if owners else []
+        return {owner: {str(name): int(value) for name, value in raw.items()}
+                for owner, raw in zip(owners, hashes, strict=True)}
 
     # an agent's ledger of handled messages ---------------------------------------
     def record_handled(self, agent: str, handled: list[tuple[str, str]], first_score: int,
@@ -315,14 +338,12 @@ class Store:
     def load_snapshot(self) -> dict[str, Any] | None:
         """The topology manager's latest snapshot, None before its first; SnapshotError when
         the key holds something else than a JSON object."""
+        key = self.keys.topology_snapshot
         try:
-            data = self.load_json(self.keys.topology_snapshot)
-        except ValueError as exc:  # json.JSONDecodeError, or bytes that are not UTF-8
+            raw = self._call(f"read {key}", lambda: self.redis.get(key))
+        except ValueError as exc:  # bytes that are not UTF-8
             raise SnapshotError(f"malformed topology snapshot in Redis: not JSON: {exc}") from exc
-        if data is not None and not isinstance(data, dict):
-            raise SnapshotError(f"malformed topology snapshot in Redis: not a JSON object but "
-                                f"{type(data).__name__}")
-        return data
+        return check_snapshot(raw)
 
     def push_topology_point(self, point: dict[str, Any], keep: int) -> None:
         """Add a stats point to the front of topology:history, keeping the newest `keep`."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import xmlrpc.client
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -21,15 +22,33 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import environment
 from agentmesh_cli.errors import SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh
+from agentmesh_cli.supervisor.answers import tree_parser
 from agentmesh_cli.waiting import wait_until
 
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What `status` reads of supervisord (Supervisor.reading)."""
+
+    pid: int
+    processes: list[dict[str, Any]]  # getAllProcessInfo
+    main_log: str  # from the offset asked for to its end
+
+
+class _Transport(SupervisorTransport):
+    """supervisord's transport (a kept connection to its unix socket), its answers decoded
+    by ElementTree (answers.py)."""
+
+    def getparser(self) -> Any:
+        return tree_parser()
+
+
 class Supervisor:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self._transport = SupervisorTransport(None, None, f"unix://{mesh.socket}")
+        self._transport = _Transport(None, None, f"unix://{mesh.socket}")
         # the host part is ignored by the unix-socket transport
         self._proxy: Any = xmlrpc.client.ServerProxy("http://agentmesh", transport=self._transport)
 
@@ -132,6 +151,28 @@ class Supervisor:
                     raise SupervisorError(f"cannot start {name}: {exc.faultString}") from exc
             except OSError as exc:
                 raise SupervisorError(f"supervisord unreachable (start {name}): {exc}") from exc
+
+    def reading(self, log_offset: int) -> Reading | None:
+        """supervisord's pid, every process (getAllProcessInfo) and its main log from
+        `log_offset` on, in one round trip (system.multicall; `status` made four). None when
+        supervisord is not running: no socket, no answer, or not in its RUNNING state."""
+        if not self.mesh.socket.exists():
+            return None
+        asked = [("getState", []), ("getPID", []), ("getAllProcessInfo", []), ("readLog", [log_offset, 0])]
+        calls = [{"methodName": f"supervisor.{name}", "params": params} for name, params in asked]
+        try:
+            results = self._call("multicall", self._proxy.system.multicall, calls, read_only=True)
+        except SupervisorError:
+            return None
+        # each result is its value, or a {faultCode, faultString} struct in its place
+        faults = {name: r["faultString"] for (name, _), r in zip(asked, results, strict=True)
+                  if isinstance(r, dict) and "faultCode" in r}
+        state, pid, processes, log = results
+        if "getState" in faults or state["statename"] != "RUNNING":
+            return None
+        if faults:
+            raise SupervisorError("supervisord refused " + ", ".join(f"{n}: {f}" for n, f in faults.items()))
+        return Reading(int(pid), list(processes), str(log))
 
     def processes(self) -> list[dict[str, Any]]:
         return list(self._call("getAllProcessInfo", self.rpc.getAllProcessInfo, read_only=True))

@@ -89,6 +89,22 @@ def test_a_status_after_another_measures_cpu_from_its_samples(mesh: Mesh) -> Non
     assert 5 < second["cpu_window_s"] < 60
 
 
+def test_a_status_after_another_reads_supervisords_log_on_from_where_it_stopped(mesh: Mesh) -> None:
+    """A one-shot status leaves where it stopped reading supervisord's main log (and the
+    counts so far) in the state folder; the next reads on from there, not from the start."""
+    before = by_name(status_json(mesh)["programs"], "agent-Sales")["restarts"]
+    state = mesh.state_dir / C.STATUS_LOG
+    saved = json.loads(state.read_bytes())
+    assert 0 < saved["offset"] <= (mesh.logs_dir / C.SUPERVISORD_LOG).stat().st_size
+    saved["spawns"]["agent-Sales"] += 5  # counted "before": only a status that goes on sees it
+    state.write_bytes(json.dumps(saved).encode())
+    try:
+        assert by_name(status_json(mesh)["programs"], "agent-Sales")["restarts"] == before + 5
+    finally:
+        state.unlink()  # the next status reads the whole log again
+    assert by_name(status_json(mesh)["programs"], "agent-Sales")["restarts"] == before
+
+
 def test_a_kept_connection_supervisord_closed_does_not_fail_a_read(mesh: Mesh) -> None:
     """supervisord may close the connection a Supervisor keeps between calls; a read then
     goes again on a new connection instead of saying supervisord is unreachable."""

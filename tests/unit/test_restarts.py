@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agentmesh_cli.supervisor.restarts import SpawnLog
@@ -63,3 +65,39 @@ def test_a_rotated_log_is_read_from_its_start_on_top_of_the_counts() -> None:
     spawns.update(lambda offset: log[offset:])
     assert spawns.restarts("a") == 2
     assert spawns.offset == len(log)
+
+
+@pytest.mark.parametrize("cut", [0, 10, len(STARTED), len(STARTED) + 30])
+def test_a_resumed_log_counts_as_one_read_whole(cut: int) -> None:
+    """A one-shot status goes on from the state the previous one saved (JSON and back),
+    reading only what the log gained: the counts are those of one reading of it all."""
+    log = STARTED + spawned("a", 1) + spawned("b", 2) + spawned("a", 3)
+    first = SpawnLog()
+    first.update(lambda offset: log[:cut][offset:])
+    reads: list[int] = []
+
+    def read(offset: int) -> str:
+        reads.append(offset)
+        return log[offset:]
+
+    later = SpawnLog()
+    assert later.resume(json.loads(json.dumps(first.saved())))
+    later.update(read)
+    assert {n: later.restarts(n) for n in "ab"} == {"a": 1, "b": 0}
+    # one read, from the saved offset less its anchor (the last 64 characters read)
+    assert later.offset == len(log) and reads == [max(0, cut - 64)]
+
+
+@pytest.mark.parametrize("saved", [
+    None, [], {}, {"offset": -1, "anchor": "", "partial": "", "spawns": {}},
+    {"offset": 3, "anchor": "four", "partial": "", "spawns": {}},  # an anchor longer than the read
+    {"offset": 10, "anchor": "x", "partial": 5, "spawns": {}},
+    {"offset": 10, "anchor": "x", "partial": "", "spawns": {"a": "1"}},
+    {"offset": "10", "anchor": "x", "partial": "", "spawns": {}},
+])
+def test_a_state_that_is_not_one_is_not_resumed(saved: object) -> None:
+    spawns = SpawnLog()
+    spawns.feed(STARTED + spawned("a", 1) + spawned("a", 2))
+    before = spawns.saved()
+    assert not spawns.resume(saved)
+    assert spawns.saved() == before
