@@ -40,7 +40,7 @@ class KafkaConfig(Section):
     # (through Redis, doorbell.py): an idle mesh costs the broker nothing; idle_probe: how
     # often a sleeping reader fetches anyway (a ring lost with its sender's crash)
     idle_sleep: bool = True
-    idle_probe: Duration = Field(2.0, gt=0, le=60)
+    idle_probe: Duration = Field(5.0, gt=0, le=60)
     # a record bigger than this is a dead letter, never handed to a role
     max_record_bytes: int = Field(262_144, ge=1024)
     client: dict[str, str | int | float | bool] = {}  # passed to librdkafka as is

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 IDLE_AFTER_S = 0.25
 GRACE_S = 0.5
-PROBE_EVERY_S = 2.0
+PROBE_EVERY_S = 5.0
 PROBE_MARGIN_S = 0.03  # a probe lasts the fetch wait plus this (one answered fetch)
 COUNTER_SLEEPS = "doze_sleeps"
 COUNTER_RUNG = "doze_rung"

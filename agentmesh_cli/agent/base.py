@@ -16,7 +16,8 @@ A sync `on_message` at concurrency > 1 runs in a worker thread (every `ctx` call
 handed to the agent's loop); at concurrency 1 it runs on the loop, one message at a time.
 
 Hooks: `on_start()` once, `on_message(envelope)` for every message addressed to this
-agent, `on_tick(now)` about every 100 ms (monotonic seconds, for timers and workloads),
+agent, `on_tick(now)` about every 100 ms (every 500 ms while the agent is idle and its reader
+sleeps; monotonic seconds, for timers and workloads),
 `on_stop()` once on SIGTERM/SIGINT before `agent_left` is published. An exception in a
 hook is logged; in `on_message` it also sends the message to the dead-letter topic, so
 one bad message never stops the agent.

@@ -26,7 +26,7 @@ from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.metrics.histogram import LOOP_LAG_BUCKETS
 
 LAG_SAMPLE_S = 0.01
-LAG_ASLEEP_S = 0.25  # while the agent's reader sleeps (dozing.py): a loop with nothing to do
+LAG_ASLEEP_S = 1.0  # while the agent's reader sleeps (dozing.py): no sample, a look this often
 LAG_KEPT = 1000  # the newest samples, for the percentiles the registry record shows
 DRAINING_EVERY_S = 0.5
 
@@ -77,7 +77,9 @@ class Heartbeat(threading.Thread):
 class LagMeter:
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=LAG_KEPT)
-        self.interval = LAG_SAMPLE_S  # LAG_ASLEEP_S while the agent sleeps (its idle cost)
+        # while the agent sleeps: no samples (a loop with nothing to do has no lag worth
+        # counting, and each sample would be a counter to flush), a look every LAG_ASLEEP_S
+        self.paused = False
         self.counts: Counter[str] = Counter()  # the histogram, flushed with the counters
 
     def busy(self, ms: float) -> None:
@@ -89,9 +91,12 @@ class LagMeter:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            started, interval = loop.time(), self.interval
-            await asyncio.sleep(interval)
-            lag_ms = max(0.0, (loop.time() - started - interval) * 1000)
+            if self.paused:
+                await asyncio.sleep(LAG_ASLEEP_S)
+                continue
+            started = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_S)
+            lag_ms = max(0.0, (loop.time() - started - LAG_SAMPLE_S) * 1000)
             self.samples.append(lag_ms)
             LOOP_LAG_BUCKETS.observe(self.counts, C.COUNTER_LOOP_LAG_MS, lag_ms)
 
