@@ -60,7 +60,9 @@ class Doorbell:
 
     def __init__(self, client: redis.Redis, mesh: str, me: str | None = None,
                  topics: Iterable[str] = (), on_ring: Callable[[], None] | None = None,
-                 listen: bool = True) -> None:
+                 listen: bool = True, seed: bool | None = None) -> None:
+        """`listen`: a thread follows who sleeps (and hears this reader's rings); without
+        it, `seed` reads who sleeps once, now (a short-lived sender)."""
         self.keys = Keys(mesh)
         self.client = client
         self.me = me
@@ -77,11 +79,12 @@ class Doorbell:
         self.announced = False  # this reader told the mesh it sleeps
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if listen:
+        if listen if seed is None else seed:
             try:  # who sleeps now, before the first send (the thread reads it again once subscribed)
                 self.asleep = self._read_asleep()
             except redis.RedisError as exc:
                 log.warning("doorbell: Redis unavailable (%s); sleepers find records by probing", exc)
+        if listen:
             self._thread = threading.Thread(target=self._listen, name="doorbell", daemon=True)
             self._thread.start()
 

@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.doorbell import Doorbell
 from agentmesh_cli.embedded import free_port
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.mesh import Mesh, load_mesh
@@ -34,10 +36,16 @@ def later_snapshot(store: Store, seconds: float, timeout: float = 30) -> dict[st
                            f"a topology snapshot {seconds:g} s from now"))
 
 
-def mesh_bus(mesh: Mesh, client_id: str = "test", **options: Any) -> Bus:
+def mesh_bus(mesh: Mesh, client_id: str = "test", ring: bool = True, **options: Any) -> Bus:
     """A Bus that writes as the mesh's own processes do: signed with its mesh key when its
-    mesh.yaml signs (the default), else its records are refused as unsigned."""
-    return Bus(mesh.config.kafka, client_id, signer=mesh_signer(mesh), **options)
+    mesh.yaml signs (the default), else its records are refused as unsigned; it rings the
+    readers that sleep (who sleeps read once, now: doorbell.py), unless `ring` is False (a
+    sender killed between its write and its ring)."""
+    bus = Bus(mesh.config.kafka, client_id, signer=mesh_signer(mesh), **options)
+    if ring:
+        client = redis.Redis.from_url(mesh.redis_url, decode_responses=True, socket_timeout=5)
+        bus.doorbell = Doorbell(client, mesh.config.mesh, listen=False, seed=True)
+    return bus
 
 
 REPO = Path(__file__).resolve().parents[2]

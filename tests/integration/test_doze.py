@@ -39,7 +39,7 @@ def test_an_idle_agent_sleeps_a_ring_wakes_it_and_a_probe_finds_what_nobody_rang
         # said it sleeps (the hash), then stopped fetching (counted)
         wait_until(lambda: asleep(store).get("W") == "consensus,messages"
                    and counter(store, "W", "doze_sleeps") == 1, 20, "W asleep")
-        bus = mesh_bus(mesh)
+        bus = mesh_bus(mesh, ring=False)
         bell = ringing(bus, store)
         try:
             bus.send_message(work("rung", log))
@@ -52,7 +52,7 @@ def test_an_idle_agent_sleeps_a_ring_wakes_it_and_a_probe_finds_what_nobody_rang
             # a sender that does not ring: W finds the record when it probes (every second)
             wait_until(lambda: "W" in asleep(store) and counter(store, "W", "doze_sleeps") >= 2, 20,
                        "W asleep again")
-            silent = mesh_bus(mesh, "silent")
+            silent = mesh_bus(mesh, "silent", ring=False)
             silent.send_message(work("unrung", log))
             assert silent.flush(10) == 0
             wait_until(lambda: counter(store, "W", C.COUNTER_IN) == 2, 20, "the unrung message handled")
