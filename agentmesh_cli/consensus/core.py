@@ -90,6 +90,14 @@ def waggle_dance(content: Mapping[str, Any]) -> Waggle:
 # -- proposals ------------------------------------------------------------------
 
 
+def needed_votes(quorum: float, electorate: int) -> int:
+    """Smallest k with k / electorate >= quorum (0 for an empty electorate)."""
+    if electorate == 0:
+        return 0
+    # Rounding first keeps 0.28 * 25 = 7.000000000000001 from needing 8 votes.
+    return max(1, math.ceil(round(quorum * electorate, 9)))
+
+
 class Status(StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
@@ -135,11 +143,7 @@ class Proposal:
     @property
     def needed(self) -> int:
         """Smallest k with k / n >= quorum (0 for an empty electorate)."""
-        n = len(self.electorate)
-        if n == 0:
-            return 0
-        # Rounding first keeps 0.28 * 25 = 7.000000000000001 from needing 8 votes.
-        return max(1, math.ceil(round(self.quorum * n, 9)))
+        return needed_votes(self.quorum, len(self.electorate))
 
     @property
     def support(self) -> int:
