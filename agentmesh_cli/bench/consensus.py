@@ -58,6 +58,7 @@ from agentmesh_cli.store import Store
 READY_TIMEOUT_S = 30.0
 SHORT_RUN_S = 0.5  # a throughput run shorter than this gives a rate, not a steady one
 PACED_S = 5.0  # the paced phase's length (about: whole proposals)
+REGISTER_EVERY_S = 10.0  # voters' heartbeats again this often (stale after heartbeat.interval x missed)
 
 
 def _propose(bus: Bus, pid: str) -> None:
@@ -120,8 +121,12 @@ def _manager_run(bm: BenchMesh, names: list[str], needed: int, proposals: int, s
         # latency: all supporting votes but one in, then time the deciding one to its broadcast
         _register(store, names)
         took: list[float] = []
+        registered = time.monotonic()
         for i in range(samples):
             pid = f"l{i}"
+            if time.monotonic() - registered > REGISTER_EVERY_S:  # a slow machine: stay fresh
+                _register(store, names)
+                registered = time.monotonic()
             _propose(bus, pid)
             bus.flush()
             wait_for(fetch, C.EVENT_OPENED, {pid}, WAIT_TIMEOUT_S)
@@ -138,7 +143,7 @@ def _manager_run(bm: BenchMesh, names: list[str], needed: int, proposals: int, s
 
         _register(store, names)
         peak = len(votes) / elapsed
-        steady = paced(voting, watcher, supporters, peak / 2, paced_s, manager.pid)
+        steady = paced(voting, watcher, supporters, peak / 2, paced_s, manager.pid, broker.pid)
     finally:
         watcher.close()
         store.close()

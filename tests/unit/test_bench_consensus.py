@@ -106,7 +106,7 @@ def test_side_by_side() -> None:
     assert view["figures"]["paced.rate"] == [5_000, 6_000, 4_500]
     assert view["figures"]["paced.decision_p99_ms"] == [20.0, 45.0, 30.0]
     assert view["figures"]["raw.one_hop_p99_ms"] == [9.0, 9.0, 9.0]
-    assert len(view["figures"]) == 16
+    assert len(view["figures"]) == 20
     assert view["ratios"] == {
         "paced_p99_128_to_4": 2.25, "votes_per_s_128_to_4": 1.2, "cpu_us_per_vote_128_to_4": 0.5,
         "paced_p99_16_to_4": 1.5, "votes_per_s_16_to_4": 0.9, "cpu_us_per_vote_16_to_4": 0.8,
