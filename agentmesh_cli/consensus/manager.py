@@ -53,7 +53,6 @@ DIRTY_BATCH = 500  # pending proposals whose Redis record is behind: written at 
 MARKER_TIMEOUT_S = 30.0
 
 log = logging.getLogger("consensus")
-
 _RECORDS = {topic: C.records_counter(topic) for topic in (C.TOPIC_PROPOSALS, C.TOPIC_VOTES)}  # made once
 _VOTES = {result: f"votes_{result.value}" for result in VoteResult}
 _DECIDED = {status: f"decided_{status.value}" for status in Status}
@@ -97,7 +96,8 @@ class ConsensusManager:
         self.store = Store(self.mesh.redis_url, cfg.mesh)
         self._joined = self.store.joined_check()  # proposers we accept
         self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER, clock=self.clock)
-        self.bus = Bus(cfg.kafka, client_id=OWNER, signer=self.signer, clock=self.clock)
+        self.bus = Bus(cfg.kafka, client_id=OWNER, linger_ms=C.CONSENSUS_LINGER_MS, signer=self.signer,
+                       clock=self.clock)
         watch = BrokerWatch(self.bus, self.store, self.epoch, clock=self.clock)
         self._load()
         self._reconcile()
