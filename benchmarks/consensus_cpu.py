@@ -2,9 +2,10 @@
 
 For each electorate size: N voters registered, P proposals produced and opened, then the
 votes (the supporters a proposal needs, each) produced at once while the manager's loop
-runs here, in the main thread. The figure is the CPU time of that thread alone (its
-Kafka client's own threads are left out) from the first vote produced to the last
-decision, over the votes. `--profile FILE` saves a cProfile of the whole manager run.
+runs here, in the main thread, logging as the manager process does (text, INFO, to a file).
+The figure is the CPU time of that thread alone (its Kafka client's own threads are left
+out) from the first vote produced to the last decision, over the votes. `--profile FILE`
+saves a cProfile of the whole manager run.
 
     .venv/bin/python benchmarks/consensus_cpu.py --voters 4,128 --votes 24000
     .venv/bin/python benchmarks/consensus_cpu.py --voters 128 --profile /tmp/c.prof
@@ -17,6 +18,7 @@ import cProfile
 import json
 import math
 import os
+import sys
 import threading
 import time
 
@@ -28,6 +30,7 @@ from agentmesh_cli.bus import Bus
 from agentmesh_cli.consensus.core import needed_votes
 from agentmesh_cli.consensus.manager import ConsensusManager
 from agentmesh_cli.envelope import now_ms
+from agentmesh_cli.logformat import configure_role_logging
 from agentmesh_cli.signing import mesh_signer
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
@@ -48,6 +51,9 @@ def measure(voters: int, votes: int, profile: str | None) -> dict[str, float]:
             bus.send(C.TOPIC_PROPOSALS, events.proposal(C.CLI_COUNTER_OWNER, f"p{i}", "decision",
                                                         {"type": "approval"}), key=f"p{i}")
         bus.flush()
+        stderr, sys.stderr = sys.stderr, (bm.root / "consensus-manager.log").open("w")
+        configure_role_logging(C.PROGRAM_CONSENSUS, False, "INFO")  # its handler keeps that file
+        sys.stderr = stderr
         manager = ConsensusManager(bm.mesh)
         figures: dict[str, float] = {}
 
