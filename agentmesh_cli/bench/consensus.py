@@ -210,6 +210,14 @@ def _electorate_run(voters: int, proposals: int, samples: int, paced_s: float,
     if accepted != decided:
         notes.append(f"only {accepted} of {decided} proposals were decided accepted (all get "
                      f"{needed} supporting votes of {voters})")
+    paced_figures = figures["paced"]
+    if paced_figures["votes_per_s"] < 0.9 * paced_figures["rate"]:
+        notes.append(f"paced: the bench sent {paced_figures['votes_per_s']:,} votes/s of the "
+                     f"{paced_figures['rate']:,} asked (its one sending thread is the limit here)")
+    if paced_figures["decision_latency"]["p50_ms"] > 10 * latency["p50_ms"]:
+        notes.append("paced: the decision p50 is over 10x the one-at-a-time p50, so votes queued: half the "
+                     "peak (a burst drained in large batches) is more than this machine sustains paced; "
+                     "vote_hop shows where they waited (broker -> manager)")
     if figures["seconds"] < SHORT_RUN_S:
         notes.append(f"the throughput run took {figures['seconds'] * 1000:.0f} ms: too short for a "
                      "steady rate or CPU shares (ticks of 10 ms); use more --proposals for figures")
