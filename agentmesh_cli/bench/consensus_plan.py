@@ -67,7 +67,9 @@ def paced_schedule(rate: float, seconds: float, needed: int, lead: float) -> lis
 # several electorates side by side ------------------------------------------------------
 COMPARED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("votes_per_s", ("figures", "votes_per_s")),
+    ("votes_per_s_with_openings", ("figures", "votes_per_s_with_openings")),
     ("manager_cpu_us_per_vote", ("figures", "manager_cpu_us_per_vote")),
+    ("manager_cpu_us_per_vote_with_openings", ("figures", "manager_cpu_us_per_vote_with_openings")),
     ("manager_cpu_share", ("figures", "manager_cpu_share")),
     ("broker_cpu_share", ("figures", "broker_cpu_share")),
     ("decision_p50_ms", ("figures", "decision_latency", "p50_ms")),

@@ -87,7 +87,8 @@ def test_paced_schedule_sizes(rate: float, seconds: float, needed: int, proposal
 
 def _result(votes_per_s: int, cpu_us: float, paced_p99: float) -> dict[str, Any]:
     return {
-        "figures": {"votes_per_s": votes_per_s, "manager_cpu_us_per_vote": cpu_us,
+        "figures": {"votes_per_s": votes_per_s, "votes_per_s_with_openings": votes_per_s * 4 // 5,
+                    "manager_cpu_us_per_vote": cpu_us,
                     "manager_cpu_share": 0.5, "broker_cpu_share": 0.9,
                     "decision_latency": {"p50_ms": 12.0, "p99_ms": 18.0},
                     "paced": {"rate": votes_per_s // 2, "votes_per_s": votes_per_s // 2, "decisions": 10,
@@ -106,7 +107,7 @@ def test_side_by_side() -> None:
     assert view["figures"]["paced.rate"] == [5_000, 6_000, 4_500]
     assert view["figures"]["paced.decision_p99_ms"] == [20.0, 45.0, 30.0]
     assert view["figures"]["raw.one_hop_p99_ms"] == [9.0, 9.0, 9.0]
-    assert len(view["figures"]) == 20
+    assert len(view["figures"]) == 22
     assert view["ratios"] == {
         "paced_p99_128_to_4": 2.25, "votes_per_s_128_to_4": 1.2, "cpu_us_per_vote_128_to_4": 0.5,
         "paced_p99_16_to_4": 1.5, "votes_per_s_16_to_4": 0.9, "cpu_us_per_vote_16_to_4": 0.8,
@@ -123,8 +124,9 @@ def test_side_by_side_table() -> None:
     console = Console(file=io.StringIO(), width=80)
     console.print(result_table(result))
     lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
-    assert "┃ figure                          ┃ 4 voters ┃ 128 voters ┃" in lines
-    assert "│ votes_per_s                     │   10,000 │     12,000 │" in lines
-    assert "│ paced.decision_p99_ms           │       20 │         30 │" in lines
-    assert "│ ratios paced_p99_128_to_4       │      1.5 │            │" in lines
-    assert "│ target paced_p99_128_to_4 <= 2  │ 1.5  met │            │" in lines
+    assert "┃ figure                                ┃ 4 voters ┃ 128 voters ┃" in lines
+    assert "│ votes_per_s                           │   10,000 │     12,000 │" in lines
+    assert "│ votes_per_s_with_openings             │    8,000 │      9,600 │" in lines
+    assert "│ paced.decision_p99_ms                 │       20 │         30 │" in lines
+    assert "│ ratios paced_p99_128_to_4             │      1.5 │            │" in lines
+    assert "│ target paced_p99_128_to_4 <= 2        │ 1.5  met │            │" in lines
