@@ -133,17 +133,7 @@ class Envelope:
     def decode(cls, raw: bytes | None, max_bytes: int | None = None) -> Envelope:
         """Parse and check a record value; raise InvalidEnvelope saying what is wrong.
         `max_bytes`: a longer record is refused before it is parsed."""
-        if raw is None:
-            raise InvalidEnvelope("empty record (no value)")
-        if max_bytes is not None and len(raw) > max_bytes:
-            raise InvalidEnvelope(f"record of {len(raw)} bytes is over the limit of {max_bytes} "
-                                  "bytes (kafka.max_record_bytes)")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEnvelope(f"not JSON: {exc}") from exc
-        if (problem := envelope_problem(data)) is not None:
-            raise InvalidEnvelope(problem)
+        data = decode_fields(raw, max_bytes)
         return cls(
             type=data["type"],
             from_agent_id=data["from_agent_id"],
@@ -153,3 +143,21 @@ class Envelope:
             id=data["id"],
             ts=data["ts"],
         )
+
+
+def decode_fields(raw: bytes | None, max_bytes: int | None = None) -> dict[str, Any]:
+    """What `Envelope.decode` checks and builds its Envelope from: the record value parsed
+    and checked, as a dict. A reader on a hot path that needs a few fields (the consensus
+    manager's votes) takes them from here rather than build an Envelope (~1.5 us)."""
+    if raw is None:
+        raise InvalidEnvelope("empty record (no value)")
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidEnvelope(f"record of {len(raw)} bytes is over the limit of {max_bytes} "
+                              "bytes (kafka.max_record_bytes)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEnvelope(f"not JSON: {exc}") from exc
+    if (problem := envelope_problem(data)) is not None:
+        raise InvalidEnvelope(problem)
+    return data  # type: ignore[no-any-return]

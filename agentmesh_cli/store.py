@@ -368,18 +368,27 @@ class Store:
         return json.loads(raw) if raw else None
 
     # proposals -----------------------------------------------------------------
-    def save_consensus(self, snapshot: dict[str, Any] | None, proposals: list[dict[str, Any]]) -> None:
+    def save_consensus(self, snapshot: dict[str, Any] | bytes | None, proposals: Iterable[dict[str, Any]],
+                       encoded: Iterable[tuple[str, int, bytes]] = ()) -> None:
         """Write proposal records (and their time index) and the manager's snapshot in one
-        round trip; the index keeps the newest PROPOSALS_KEPT."""
+        round trip; the index keeps the newest PROPOSALS_KEPT. `encoded`: records already
+        encoded, as (id, created_at, JSON), written before `proposals`; a snapshot given as
+        bytes is its JSON."""
         with redis_errors("save proposals"):
             pipe = self.redis.pipeline(transaction=False)
+            index: dict[str, int] = {}
+            for pid, created_at, data in encoded:
+                pipe.set(self.keys.proposal(pid), data, ex=PROPOSAL_TTL_S)
+                index[pid] = created_at
             for record in proposals:
-                key = self.keys.proposal(record["id"])
-                pipe.set(key, orjson.dumps(record), ex=PROPOSAL_TTL_S)
-                pipe.zadd(self.keys.proposals, {record["id"]: record["created_at"]})
-            if proposals:
+                pipe.set(self.keys.proposal(record["id"]), orjson.dumps(record), ex=PROPOSAL_TTL_S)
+                index[record["id"]] = record["created_at"]
+            if index:  # one command for the whole batch
+                pipe.zadd(self.keys.proposals, index)
                 pipe.zremrangebyrank(self.keys.proposals, 0, -PROPOSALS_KEPT - 1)
-            if snapshot is not None:
+            if isinstance(snapshot, bytes):
+                pipe.set(self.keys.consensus_snapshot, snapshot)
+            elif snapshot is not None:
                 pipe.set(self.keys.consensus_snapshot, json.dumps(snapshot, separators=(",", ":")))
             pipe.execute()
 

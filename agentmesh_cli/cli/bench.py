@@ -34,44 +34,57 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _rows(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """A nested dict of figures as (dotted name, shown value) rows; percentile dicts in one row."""
-    rows: list[tuple[str, str]] = []
+def _cells(value: Any, width: int) -> list[str]:
+    """A figure's cells: a list of `width` values (one per column) each in its own cell."""
+    if width > 1 and isinstance(value, list) and len(value) == width:
+        return [_number(v) for v in value]
+    return [_number(value), *[""] * (width - 1)]
+
+
+def _rows(data: dict[str, Any], prefix: str = "", width: int = 1) -> list[tuple[str, list[str]]]:
+    """A nested dict of figures as (dotted name, shown cells) rows; percentile dicts in one row."""
+    rows: list[tuple[str, list[str]]] = []
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and "p50_ms" in value and "p99_ms" in value:
-            rows.append((f"{name} p50 / p99 / max",
-                         f"{value['p50_ms']:.2f} / {value['p99_ms']:.2f} / {value.get('max_ms', 0):.2f} ms"))
+            shown = f"{value['p50_ms']:.2f} / {value['p99_ms']:.2f} / {value.get('max_ms', 0):.2f} ms"
+            rows.append((f"{name} p50 / p99 / max", [shown, *[""] * (width - 1)]))
             rest = {k: v for k, v in value.items() if not k.endswith("_ms")}
-            rows.extend(_rows(rest, f"{name}."))
+            rows.extend(_rows(rest, f"{name}.", width))
         elif isinstance(value, dict):
-            rows.extend(_rows(value, f"{name}."))
+            rows.extend(_rows(value, f"{name}.", width))
         else:
-            rows.append((name, _number(value)))
+            rows.append((name, _cells(value, width)))
     return rows
 
 
 def result_table(result: dict[str, Any]) -> Table:
-    """One table for any scenario: its figures, the two baselines, the ratios, the targets."""
+    """One table for any scenario: its figures, the two baselines, the ratios, the targets.
+    A result with `columns` (several runs side by side) has a value column each; its
+    figures are lists, one value per column."""
     from rich.table import Table
 
     table = Table(title=f"agentmesh bench {result['scenario']}", title_justify="left")
     table.add_column("figure", no_wrap=True)
-    table.add_column("value", justify="right")
+    columns = result.get("columns") or ["value"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    width = len(columns)
     for section in ("figures", "raw", "floor", "ratios"):
-        rows = _rows(result.get(section) or {})
+        rows = _rows(result.get(section) or {}, width=width)
         if not rows:
             continue
         table.add_section()
-        for name, value in rows:
+        for name, cells in rows:
             label = name if section == "figures" else f"[dim]{section}[/] {name}"
-            table.add_row(label, value)
+            table.add_row(label, *cells)
     targets = result.get("targets") or {}
     if targets:
         table.add_section()
         for name, target in targets.items():
             verdict = "[green]met[/]" if target["met"] else "[red]missed[/]"
-            table.add_row(f"target {name} {target['target']}", f"{_number(target['value'])}  {verdict}")
+            table.add_row(f"target {name} {target['target']}", f"{_number(target['value'])}  {verdict}",
+                          *[""] * (width - 1))
     return table
 
 
@@ -80,7 +93,8 @@ def bench(
         help=f"One of: {', '.join(SCENARIOS)}, or {ALL} (each in turn but {', '.join(NOT_IN_ALL)}).")] = ALL,
     agents: Annotated[int, typer.Option(help="mesh: agent processes.", min=2)] = 4,
     duration: Annotated[float | None, typer.Option(
-        help="mesh: seconds per phase (5); services: seconds per load phase (5); ask: seconds of each "
+        help="mesh: seconds per phase (5); consensus: seconds of the paced phase (5); services: seconds "
+             "per load phase (5); ask: seconds of each "
              "pipelined phase (2); slow: seconds of each measured window (10); gateway: seconds of each "
              "open-loop phase (3); routing: seconds of each latency job (12); idle: seconds of quiet "
              "measured (60).", min=0.5)] = None,
@@ -89,7 +103,11 @@ def bench(
     full_mesh: Annotated[int, typer.Option(
         help="topology: agents of the full mesh that is decayed and pruned.", min=2)] = 1000,
     proposals: Annotated[int, typer.Option(
-        help="consensus: proposals in the throughput run (3 votes each).")] = 4000,
+        help="consensus: proposals in the throughput run (3 votes each; as many votes at other "
+             "electorate sizes).")] = 4000,
+    voters: Annotated[str | None, typer.Option(
+        help="consensus: registered voters (5), or several sizes run in turn and shown side by side "
+             "with their ratios, e.g. 4,128.")] = None,
     samples: Annotated[int | None, typer.Option(
         help="consensus: latency samples (300); ask: round trips one at a time per run, agents and "
              "raw each (200); gateway: asks one at a time per round, each way (200); llm: direct SDK "
@@ -141,6 +159,7 @@ def bench(
 
     Example: agentmesh bench mesh --agents 8 --duration 10
     Example: agentmesh bench ask --repeats 5
+    Example: agentmesh bench consensus --voters 4,128
     Example: agentmesh bench slow --concurrency 1000 --duration 10
     Example: agentmesh bench gateway --rate 200 --followers 1000
     Example: agentmesh bench llm --samples 200 --repeats 3
@@ -157,7 +176,7 @@ def bench(
         "mesh": {"agents": agents, "duration": duration,
                  "config": None if config is None else str(config), "sign": sign, "broker": broker},
         "topology": {"events": events, "full_mesh_agents": full_mesh},
-        "consensus": {"proposals": proposals, "samples": samples},
+        "consensus": {"proposals": proposals, "samples": samples, "voters": voters, "duration": duration},
         "services": {"duration": duration, "concurrency": concurrency, "rate": rate,
                      "followers": followers, "history": history},
         "startup": {"repeats": repeats},

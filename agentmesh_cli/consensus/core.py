@@ -11,11 +11,13 @@ the consensus manager owns time, Kafka and Redis, and this core stays testable.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from agentmesh_cli.errors import ConsensusError
@@ -90,6 +92,14 @@ def waggle_dance(content: Mapping[str, Any]) -> Waggle:
 # -- proposals ------------------------------------------------------------------
 
 
+def needed_votes(quorum: float, electorate: int) -> int:
+    """Smallest k with k / electorate >= quorum (0 for an empty electorate)."""
+    if electorate == 0:
+        return 0
+    # Rounding first keeps 0.28 * 25 = 7.000000000000001 from needing 8 votes.
+    return max(1, math.ceil(round(quorum * electorate, 9)))
+
+
 class Status(StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
@@ -135,11 +145,12 @@ class Proposal:
     @property
     def needed(self) -> int:
         """Smallest k with k / n >= quorum (0 for an empty electorate)."""
-        n = len(self.electorate)
-        if n == 0:
-            return 0
-        # Rounding first keeps 0.28 * 25 = 7.000000000000001 from needing 8 votes.
-        return max(1, math.ceil(round(self.quorum * n, 9)))
+        return needed_votes(self.quorum, len(self.electorate))
+
+    @cached_property
+    def members(self) -> frozenset[str]:
+        """The electorate as a set (it is frozen at opening), for membership at any size."""
+        return frozenset(self.electorate)
 
     @property
     def support(self) -> int:
@@ -185,6 +196,18 @@ class Proposal:
 # -- the book -------------------------------------------------------------------
 
 
+class _Open:
+    """What the book keeps of a pending proposal so that a vote costs the same at any
+    electorate size: the supports it needs, and how many of its ballots support it."""
+
+    __slots__ = ("proposal", "needed", "support")
+
+    def __init__(self, proposal: Proposal) -> None:
+        self.proposal = proposal
+        self.needed = proposal.needed
+        self.support = proposal.support
+
+
 class ProposalBook:
     """Every known proposal by id, with the rules that decide them."""
 
@@ -197,8 +220,14 @@ class ProposalBook:
         self.timeout_ms = timeout_ms
         self.counts: Counter[str] = Counter()
         self._all: dict[str, Proposal] = {}
-        # Pending proposals only, so expire() (called every poll) skips the decided ones.
-        self._pending: dict[str, Proposal] = {}
+        # Pending proposals only, so a vote finds its running tally at once.
+        self._pending: dict[str, _Open] = {}
+        # Heaps of (expires_at, id) of pending proposals and (decided_at, id) of decided
+        # ones, so expire() (every loop turn) and forget_decided() (every snapshot) touch only
+        # what is due, not every proposal. An entry whose proposal was decided, forgotten or
+        # replaced since is skipped when it comes up.
+        self._expiries: list[tuple[int, str]] = []
+        self._decisions: list[tuple[int, str]] = []
 
     def open(self, proposal_id: str, proposer_id: str, type: str, content: dict[str, Any],
              electorate: Iterable[str], now: int) -> Proposal | None:
@@ -211,7 +240,8 @@ class ProposalBook:
         proposal = Proposal(id=proposal_id, proposer_id=proposer_id, type=type, content=dict(content),
                             waggle=waggle_dance(content), electorate=sorted(set(electorate)),
                             quorum=self.quorum, created_at=now, expires_at=now + self.timeout_ms)
-        self._all[proposal_id] = self._pending[proposal_id] = proposal
+        self._all[proposal_id] = proposal
+        self._track_pending(proposal)
         self.counts["opened"] += 1
         # needed is 0 for nobody, but nobody can ever vote for it: it can never pass.
         if not proposal.electorate:
@@ -227,38 +257,56 @@ class ProposalBook:
 
     def _vote(self, proposal_id: str, voter: str, support: bool, intensity: float,
               now: int) -> tuple[VoteResult, Proposal | None]:
-        proposal = self._all.get(proposal_id)
-        if proposal is None:
-            return VoteResult.UNKNOWN, None
-        expired_now = proposal.status is Status.PENDING and now >= proposal.expires_at
-        if expired_now:
+        tally = self._pending.get(proposal_id)
+        if tally is None:
+            proposal = self._all.get(proposal_id)
+            if proposal is None:
+                return VoteResult.UNKNOWN, None
+            proposal.late_votes += 1
+            return VoteResult.LATE, None
+        proposal = tally.proposal
+        if now >= proposal.expires_at:
             self._decide(proposal, Status.EXPIRED, proposal.expires_at)
-        if proposal.status is not Status.PENDING:
             proposal.late_votes += 1
             # An expiry this call found is still a decision the caller must hear about.
-            return VoteResult.LATE, proposal if expired_now else None
-        if voter not in proposal.electorate:
+            return VoteResult.LATE, proposal
+        if voter not in proposal.members:
             return VoteResult.NOT_MEMBER, None
-        result = VoteResult.REPLACED if voter in proposal.votes else VoteResult.COUNTED
-        proposal.votes[voter] = Ballot(bool(support), float(intensity), now)
-        support_n, needed = proposal.support, proposal.needed
-        if support_n >= needed:
+        support = bool(support)
+        earlier = proposal.votes.get(voter)
+        proposal.votes[voter] = Ballot(support, float(intensity), now)
+        tally.support += support - (earlier is not None and earlier.support)
+        if tally.support >= tally.needed:
             self._decide(proposal, Status.ACCEPTED, now)
-        elif support_n + (len(proposal.electorate) - len(proposal.votes)) < needed:
+        elif tally.support + (len(proposal.electorate) - len(proposal.votes)) < tally.needed:
             self._decide(proposal, Status.REJECTED, now)
+        result = VoteResult.COUNTED if earlier is None else VoteResult.REPLACED
         return result, (None if proposal.status is Status.PENDING else proposal)
 
     def expire(self, now: int) -> list[Proposal]:
-        """Expire every pending proposal whose time is up; returns them by expires_at."""
-        due = sorted((p for p in self._pending.values() if p.expires_at <= now),
-                     key=lambda p: (p.expires_at, p.id))
-        for proposal in due:
-            self._decide(proposal, Status.EXPIRED, proposal.expires_at)
+        """Expire every pending proposal whose time is up; returns them by (expires_at, id)."""
+        due = []
+        while self._expiries and self._expiries[0][0] <= now:
+            at, pid = heapq.heappop(self._expiries)
+            tally = self._pending.get(pid)
+            if tally is not None and tally.proposal.expires_at == at:
+                due.append(tally.proposal)
+                self._decide(tally.proposal, Status.EXPIRED, at)
         return due
+
+    def _track_pending(self, proposal: Proposal) -> None:
+        self._pending[proposal.id] = _Open(proposal)
+        heapq.heappush(self._expiries, (proposal.expires_at, proposal.id))
+        # proposals decided by votes leave their entry behind until it is due: rebuild
+        # the heap when those are most of it (amortised, so its size stays bounded)
+        if len(self._expiries) > 2 * len(self._pending) + 1000:
+            self._expiries = [(t.proposal.expires_at, pid) for pid, t in self._pending.items()]
+            heapq.heapify(self._expiries)
 
     def _decide(self, proposal: Proposal, status: Status, at: int) -> None:
         proposal.status, proposal.decided_at = status, at
         self._pending.pop(proposal.id, None)
+        heapq.heappush(self._decisions, (at, proposal.id))
         self.counts[status.value] += 1
 
     def get(self, proposal_id: str) -> Proposal | None:
@@ -270,23 +318,35 @@ class ProposalBook:
 
     def pending(self) -> list[Proposal]:
         """The undecided proposals, by (created_at, id)."""
-        return sorted(self._pending.values(), key=lambda p: (p.created_at, p.id))
+        return sorted((t.proposal for t in self._pending.values()), key=lambda p: (p.created_at, p.id))
+
+    def pending_proposals(self) -> list[Proposal]:
+        """The undecided proposals, in no particular order (no sort: for a snapshot)."""
+        return [t.proposal for t in self._pending.values()]
+
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     def restore(self, proposal: Proposal) -> None:
         """Put a known proposal (from a snapshot or a broadcast) back as it is; replaces one with its id."""
         self._all[proposal.id] = proposal
         if proposal.status is Status.PENDING:
-            self._pending[proposal.id] = proposal
-        else:
-            self._pending.pop(proposal.id, None)
+            self._track_pending(proposal)
+            return
+        self._pending.pop(proposal.id, None)
+        if proposal.decided_at is not None:
+            heapq.heappush(self._decisions, (proposal.decided_at, proposal.id))
 
     def forget_decided(self, before: int) -> int:
         """Drop decided proposals with decided_at < before; returns how many."""
-        old = [pid for pid, p in self._all.items()
-               if p.status is not Status.PENDING and p.decided_at is not None and p.decided_at < before]
-        for pid in old:
-            del self._all[pid]
-        return len(old)
+        forgotten = 0
+        while self._decisions and self._decisions[0][0] < before:
+            at, pid = heapq.heappop(self._decisions)
+            proposal = self._all.get(pid)
+            if proposal is not None and proposal.status is not Status.PENDING and proposal.decided_at == at:
+                del self._all[pid]
+                forgotten += 1
+        return forgotten
 
 
 def electorate_of(fresh: dict[str, dict[str, Any]]) -> list[str]:

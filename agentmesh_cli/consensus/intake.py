@@ -25,13 +25,12 @@ MAX_CONTENT_DEPTH = 32  # deeper content could not be broadcast (the encoder's n
 MAX_EARLY_VOTES = 20_000  # held votes (each keeps at most RAW_PREVIEW_BYTES of its record)
 
 
-def _check_author(named: Any, event: Envelope, field: str) -> None:
+def _check_author(named: Any, sender: str, field: str) -> None:
     """The optional `field` of the payload (the voter, the proposer) must be the sender:
     identity is the envelope's `from_agent_id` (signed with the mesh key when
     security.sign_envelopes is on), never what the payload says."""
-    if named is not None and named != event.from_agent_id:
-        raise WrongSender(f"{field} {shown(str(named))} is not the sender "
-                          f"{shown(event.from_agent_id)}")
+    if named is not None and named != sender:
+        raise WrongSender(f"{field} {shown(str(named))} is not the sender {shown(sender)}")
 
 
 def _check_id(pid: Any, what: str) -> str:
@@ -48,7 +47,7 @@ def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
     if event.type != C.EVENT_PROPOSAL:
         raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the proposals topic")
     pid = _check_id(p.get("proposal_id"), "proposal")
-    _check_author(p.get("proposer_id"), event, "proposal's proposer_id")
+    _check_author(p.get("proposer_id"), event.from_agent_id, "proposal's proposer_id")
     if ptype not in PROPOSAL_TYPES:
         raise InvalidEnvelope(f"proposal type {repr(ptype)[:80]} is not one of {', '.join(PROPOSAL_TYPES)}")
     if not isinstance(content, dict):
@@ -61,12 +60,17 @@ def parse_proposal(event: Envelope) -> tuple[str, str, dict[str, Any]]:
 def parse_vote(event: Envelope) -> tuple[str, bool, float]:
     """(proposal_id, support, intensity) of a vote event; InvalidEnvelope if it does not fit.
     The voter is the sender; a payload `voter` (optional) must name it."""
-    p = event.payload
+    return vote_fields(event.type, event.from_agent_id, event.payload)
+
+
+def vote_fields(kind: str, sender: str, p: dict[str, Any]) -> tuple[str, bool, float]:
+    """`parse_vote` on the fields of a vote envelope (`envelope.decode_fields`): its type,
+    sender and payload."""
     support, intensity = p.get("support"), p.get("intensity", 1.0)
-    if event.type != C.EVENT_VOTE:
-        raise InvalidEnvelope(f"unexpected type {event.type[:64]!r} on the votes topic")
+    if kind != C.EVENT_VOTE:
+        raise InvalidEnvelope(f"unexpected type {kind[:64]!r} on the votes topic")
     pid = _check_id(p.get("proposal_id"), "vote")
-    _check_author(p.get("voter"), event, "vote's voter")
+    _check_author(p.get("voter"), sender, "vote's voter")
     if not isinstance(support, bool):
         raise InvalidEnvelope("vote 'support' is not true or false")
     if isinstance(intensity, bool) or not isinstance(intensity, int | float) or not math.isfinite(intensity):

@@ -31,9 +31,10 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli import dozing, events
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status, electorate_of
-from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote
-from agentmesh_cli.envelope import Envelope, now_ms, shown
+from agentmesh_cli.consensus.core import Proposal, ProposalBook, Status, VoteResult, electorate_of
+from agentmesh_cli.consensus.intake import EarlyVote, EarlyVotes, parse_proposal, parse_vote, vote_fields
+from agentmesh_cli.consensus.snapshot import PendingRecords, record_of
+from agentmesh_cli.envelope import Envelope, decode_fields, now_ms, shown
 from agentmesh_cli.errors import AgentMeshError, ConsensusError, InvalidEnvelope, WrongSender
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.metrics.histogram import DECISION_BUCKETS
@@ -48,16 +49,15 @@ OWNER = C.PROGRAM_CONSENSUS
 SNAPSHOT_VERSION = 1
 ELECTORATE_CACHE_S = 0.25
 KEEP_DECIDED_MS = 120_000  # decided proposals stay in memory this long, to count late votes
+DIRTY_BATCH = 500  # pending proposals whose Redis record is behind: written at a loop turn's end
 MARKER_TIMEOUT_S = 30.0
 
 log = logging.getLogger("consensus")
+_RECORDS = {topic: C.records_counter(topic) for topic in (C.TOPIC_PROPOSALS, C.TOPIC_VOTES)}  # made once
+_VOTES = {result: f"votes_{result.value}" for result in VoteResult}
+_DECIDED = {status: f"decided_{status.value}" for status in Status}
 
 __all__ = ["ConsensusManager", "parse_proposal", "parse_vote", "record_of"]
-
-
-def record_of(proposal: Proposal) -> dict[str, Any]:
-    """What Redis and the consensus topic carry: the proposal plus its tally."""
-    return {**proposal.to_dict(), "tally": proposal.tally()}
 
 
 class ConsensusManager:
@@ -73,6 +73,7 @@ class ConsensusManager:
         self.offsets: dict[tuple[str, int], int] = {}
         self.consensus_offset = 0  # next offset of the consensus topic not yet reconciled
         self.dirty: dict[str, Proposal] = {}  # pending proposals whose Redis record is behind
+        self.pending_records = PendingRecords()  # their records as last encoded, for the snapshot
         self.decided: list[dict[str, Any]] = []  # records decided in this loop turn, stored at its end
         self.early = EarlyVotes()  # votes read before their proposal
         self.counts: Counter[str] = Counter()
@@ -95,7 +96,8 @@ class ConsensusManager:
         self.store = Store(self.mesh.redis_url, cfg.mesh)
         self._joined = self.store.joined_check()  # proposers we accept
         self.epoch = wait_for_infra(cfg.kafka, self.store, OWNER, clock=self.clock)
-        self.bus = Bus(cfg.kafka, client_id=OWNER, signer=self.signer, clock=self.clock)
+        self.bus = Bus(cfg.kafka, client_id=OWNER, linger_ms=C.CONSENSUS_LINGER_MS, signer=self.signer,
+                       clock=self.clock)
         watch = BrokerWatch(self.bus, self.store, self.epoch, clock=self.clock)
         self._load()
         self._reconcile()
@@ -108,7 +110,7 @@ class ConsensusManager:
                               bell, dozing.policy(cfg, cfg.kafka.manager_fetch_wait), self.clock)
         self._save()
         self.store.mark_ready(OWNER, os.getpid())
-        log.info("ready: %d pending proposals, %d partitions", len(self.book.pending()), len(assignments))
+        log.info("ready: %d pending proposals, %d partitions", self.book.pending_count(), len(assignments))
         next_snapshot = self.clock() + self.cfg.snapshot_interval
         try:
             while not self.stopping:
@@ -120,12 +122,10 @@ class ConsensusManager:
                 if (epoch := watch.check(self.clock())) is not None:
                     self._new_epoch(epoch)
                     reader.rewind()
-                if self.decided:
-                    self._store_decided()
+                if self.decided or len(self.dirty) >= DIRTY_BATCH:
+                    self._store_records()
                 if self.clock() >= next_snapshot:
                     next_snapshot = self.clock() + self.cfg.snapshot_interval
-                    self._save()
-                elif self.dirty and len(self.dirty) >= 500:
                     self._save()
         finally:
             self.bus.flush(10)
@@ -135,18 +135,21 @@ class ConsensusManager:
 
     # events ------------------------------------------------------------------------
     def apply(self, record: Record) -> None:
-        self.offsets[(record.topic, record.partition)] = record.offset + 1
-        self.counts[C.records_counter(record.topic)] += 1
+        topic = record.topic
+        self.offsets[(topic, record.partition)] = record.offset + 1
+        self.counts[_RECORDS.get(topic) or C.records_counter(topic)] += 1
         if record.forged is not None:  # nobody's proposal or vote: not even parsed
             self.counts[refused_counter(record.forged)] += 1
             self._dead_letter(record, record.forged)
             return
         try:
-            event = Envelope.decode(record.value, self.mesh.config.kafka.max_record_bytes)
-            if record.topic == C.TOPIC_PROPOSALS:
+            if topic == C.TOPIC_PROPOSALS:
+                event = Envelope.decode(record.value, self.mesh.config.kafka.max_record_bytes)
                 self._open(record, event, *parse_proposal(event))
-            else:
-                self._vote(record, event, *parse_vote(event))
+            else:  # the hot path: a vote's few fields, without building an Envelope
+                data = decode_fields(record.value, self.mesh.config.kafka.max_record_bytes)
+                sender = data["from_agent_id"]
+                self._vote(record, sender, *vote_fields(data["type"], sender, data.get("payload", {})))
         except WrongSender as exc:
             self.counts[refused_counter(WRONG_SENDER)] += 1
             self._dead_letter(record, str(exc))
@@ -182,26 +185,26 @@ class ConsensusManager:
         for vote in self.early.pop(pid):
             self._ballot(proposal, vote.voter, vote.support, vote.intensity, vote.record, vote.size)
 
-    def _vote(self, record: Record, event: Envelope, pid: str, support: bool, intensity: float) -> None:
+    def _vote(self, record: Record, voter: str, pid: str, support: bool, intensity: float) -> None:
         proposal = self.book.get(pid)
         if proposal is None:
             # proposals and votes are different topics: after a restart a vote can be read
             # before its proposal; hold it (bounded) until the proposal opens
-            if self.early.hold(pid, EarlyVote.of(record, event.from_agent_id, support, intensity, now_ms())):
+            if self.early.hold(pid, EarlyVote.of(record, voter, support, intensity, now_ms())):
                 self.counts["votes_early"] += 1
             else:
                 self._unknown(pid, record)
             return
-        self._ballot(proposal, event.from_agent_id, support, intensity, record)
+        self._ballot(proposal, voter, support, intensity, record)
 
     def _ballot(self, proposal: Proposal, voter: str, support: bool, intensity: float,
                 record: Record, size: int | None = None) -> None:
         # the electorate is frozen at opening: anybody else's vote, before or after the
         # decision, claims a say it never had (a stranger's, or a forgery)
-        if voter not in proposal.electorate:
+        if voter not in proposal.members:
             self._not_member(proposal.id, voter, record, size)
             return
-        self._count(proposal.id, voter, support, intensity)
+        self._count(proposal, voter, support, intensity)
 
     def _not_member(self, pid: str, voter: str, record: Record, size: int | None = None) -> None:
         self.counts["votes_not_member"] += 1
@@ -233,23 +236,23 @@ class ConsensusManager:
             else:
                 self.counts["votes_late"] += 1
 
-    def _count(self, pid: str, voter: str, support: bool, intensity: float) -> None:
-        result, decided = self.book.vote(pid, voter, support, intensity, now_ms())
-        self.counts[f"votes_{result.value}"] += 1
+    def _count(self, proposal: Proposal, voter: str, support: bool, intensity: float) -> None:
+        result, decided = self.book.vote(proposal.id, voter, support, intensity, now_ms())
+        self.counts[_VOTES[result]] += 1
         if decided is not None:
             self._decided(decided)
-        elif (proposal := self.book.get(pid)) is not None and proposal.status is Status.PENDING:
-            self.dirty[pid] = proposal
+        elif proposal.status is Status.PENDING:
+            self.dirty[proposal.id] = proposal
 
     def _decided(self, proposal: Proposal) -> None:
         # broadcast first (the latency that matters), the Redis record follows in a batch
-        self.decided.append(self._broadcast(C.EVENT_DECIDED, proposal))
+        self.decided.append(record := self._broadcast(C.EVENT_DECIDED, proposal))
         self.dirty.pop(proposal.id, None)
-        self.counts[f"decided_{proposal.status.value}"] += 1
+        self.counts[_DECIDED[proposal.status]] += 1
         if proposal.decided_at is not None:  # the latency histogram of `agentmesh metrics`
             DECISION_BUCKETS.observe(self.counts, C.COUNTER_DECISION_MS,
                                      proposal.decided_at - proposal.created_at)
-        t = proposal.tally()
+        t = record["tally"]
         log.info("decided %s: %s (%d for, %d against, %d needed of %d)", proposal.id,
                  proposal.status.value, t["for"], t["against"], t["needed"], t["electorate"])
 
@@ -277,24 +280,27 @@ class ConsensusManager:
         return self._electorate
 
     # persistence -------------------------------------------------------------------
-    def _snapshot(self) -> dict[str, Any]:
-        return {
+    def _snapshot(self) -> bytes:
+        # pending only: decided ones are in Redis and on the topic, and the offsets are past
+        # their proposal records, so a restart cannot open them again (records encoded once)
+        return self.pending_records.snapshot(self.book.pending_proposals(), {
             "v": SNAPSHOT_VERSION,
             "ts": now_ms(),
             "epoch": self.epoch,
             "offsets": offsets_to_json(self.offsets),
             "consensus_offset": self.consensus_offset,
-            # pending only: decided ones are in Redis and on the topic, and the offsets are
-            # past their proposal records, so a restart cannot open them again
-            "proposals": [p.to_dict() for p in self.book.pending()],
             "early_votes": self.early.to_json(),
-        }
+        })
 
-    def _store_decided(self) -> None:
-        """Decisions reach Redis at the end of the loop turn that made them (one round trip)."""
+    def _store_records(self) -> None:
+        """Decisions reach Redis at the end of the loop turn that made them (one round trip);
+        pending records that are behind go with them once DIRTY_BATCH piled up, else with the snapshot."""
+        pending = self.pending_records.encode(self.dirty.values()) if len(self.dirty) >= DIRTY_BATCH else []
         try:
-            self.store.save_consensus(None, self.decided)
+            self.store.save_consensus(None, self.decided, pending)
             self.decided.clear()
+            if pending:
+                self.dirty.clear()
         except AgentMeshError as exc:
             log.warning("decisions not stored yet, will retry: %s", exc)
 
@@ -309,9 +315,9 @@ class ConsensusManager:
         delivered = self.bus.delivered.get((C.TOPIC_CONSENSUS, 0))
         if delivered is not None:  # everything up to here is ours and reflected in the book
             self.consensus_offset = max(self.consensus_offset, delivered + 1)
-        records = [*(record_of(p) for p in self.dirty.values()), *self.decided]
         try:
-            self.store.save_consensus(self._snapshot(), records)
+            pending = self.pending_records.encode(self.dirty.values())
+            self.store.save_consensus(self._snapshot(), self.decided, pending)
             self.store.add_counters(OWNER, self.counts + self.book_counts())
             self.dirty.clear()
             self.decided.clear()

@@ -394,3 +394,101 @@ def test_restore_replaces_a_pending_proposal_with_its_decision() -> None:
     assert b.get("p1") is decided and b.pending() == []
     assert b.expire(T0 + 10 * TIMEOUT) == []
     assert b.vote("p1", "a", True, 1.0, T0 + 1) == (VoteResult.LATE, None)
+
+
+# -- what a vote and a loop turn cost -----------------------------------------------
+
+
+def test_running_tally_follows_changed_votes() -> None:
+    # the book keeps each pending proposal's supporters as a count: it must match the
+    # ballots after every kind of vote (counted, replaced either way, not a member)
+    b = book()
+    p = opened(b, ["a", "b", "c", "d", "e"])  # 3 needed
+    steps = [("a", True, VoteResult.COUNTED, 1), ("a", False, VoteResult.REPLACED, 0),
+             ("b", True, VoteResult.COUNTED, 1), ("a", True, VoteResult.REPLACED, 2),
+             ("b", True, VoteResult.REPLACED, 2), ("x", True, VoteResult.NOT_MEMBER, 2)]
+    for i, (voter, support, result, support_n) in enumerate(steps):
+        assert b.vote("p1", voter, support, 1.0, T0 + i) == (result, None)
+        assert p.support == support_n and p.status is Status.PENDING
+    assert b.vote("p1", "c", True, 1.0, T0 + 9) == (VoteResult.COUNTED, p)
+    assert p.status is Status.ACCEPTED and p.tally()["for"] == 3
+
+
+def test_running_tally_of_a_restored_proposal_counts_its_ballots() -> None:
+    b = book()
+    p = opened(b, VOTERS4)
+    b.vote("p1", "a", True, 1.0, T0 + 1)
+    b.vote("p1", "b", True, 1.0, T0 + 2)
+    fresh = book()
+    fresh.restore(Proposal.from_dict(p.to_dict()))
+    result, decided = fresh.vote("p1", "c", True, 1.0, T0 + 3)  # the 3rd of 3 needed
+    assert result is VoteResult.COUNTED and decided is not None and decided.status is Status.ACCEPTED
+
+
+def test_members_is_the_electorate_as_a_set() -> None:
+    p = opened(book(), ["b", "a", "b"])
+    assert p.members == frozenset({"a", "b"}) and p.electorate == ["a", "b"]
+    assert p == Proposal.from_dict(p.to_dict())  # not a field: no part of equality or to_dict
+    assert "members" not in p.to_dict()
+
+
+# expire() takes due proposals off a heap; an entry of a proposal decided by votes, or
+# replaced by restore() with another expiry, is skipped when it comes up
+@pytest.mark.parametrize("now, expired", [
+    (T0 + TIMEOUT - 1, []),
+    (T0 + TIMEOUT, ["a"]),
+    (T0 + TIMEOUT + 10, ["a", "c"]),                    # b was decided by its vote
+    (T0 + TIMEOUT + 30, ["a", "c", "e", "d"]),          # by (expires_at, id): e at +20, d at +30
+    (T0 + 2 * TIMEOUT, ["a", "c", "e", "d"]),           # r's old entry (+40) is skipped
+    (T0 + 3 * TIMEOUT, ["a", "c", "e", "d", "r"]),      # r expires at its restored time
+])
+def test_expire_table(now: int, expired: list[str]) -> None:
+    b = book()
+    opened(b, VOTERS4, pid="a")
+    opened(b, ["x"], pid="b", now=T0 + 5)
+    b.vote("b", "x", True, 1.0, T0 + 6)                 # decided: its heap entry stays behind
+    opened(b, VOTERS4, pid="c", now=T0 + 10)
+    opened(b, VOTERS4, pid="d", now=T0 + 30)
+    opened(b, VOTERS4, pid="e", now=T0 + 20)
+    r = opened(b, VOTERS4, pid="r", now=T0 + 40)
+    b.restore(Proposal.from_dict({**r.to_dict(), "expires_at": T0 + 3 * TIMEOUT}))
+    assert [p.id for p in b.expire(now)] == expired
+    assert b.expire(now) == []                          # each expires once
+    assert b.counts["expired"] == len(expired)
+    assert sorted(p.id for p in b.pending()) == sorted({"a", "c", "d", "e", "r"} - set(expired))
+
+
+def test_expiry_heap_stays_bounded() -> None:
+    # proposals decided by votes leave entries behind; the heap is rebuilt from the
+    # pending ones before it grows past twice their number plus 1000
+    b = book()
+    for i in range(5000):
+        opened(b, ["x"], pid=f"p{i}", now=T0 + i)
+        assert len(b._expiries) <= 2 * b.pending_count() + 1000
+        b.vote(f"p{i}", "x", True, 1.0, T0 + i)
+    assert b.pending_count() == 0 and b.expire(T0 + 10 * TIMEOUT) == []
+
+
+# forget_decided() takes decided proposals off a heap by decided_at; pending ones, and
+# entries of a proposal restored since with another decision time, are left alone
+@pytest.mark.parametrize("before, forgotten, left", [
+    (T0 + 10, 0, ["a", "b", "c", "d", "p"]),
+    (T0 + 11, 1, ["b", "c", "d", "p"]),                 # strictly before
+    (T0 + 25, 2, ["c", "d", "p"]),                      # b, rejected at +20
+    (T0 + 100, 3, ["d", "p"]),                          # c's old entry (+30) is stale: it is at +90
+    (T0 + 10 * TIMEOUT, 4, ["p"]),                      # d expired; p is pending
+])
+def test_forget_decided_table(before: int, forgotten: int, left: list[str]) -> None:
+    b = book()
+    opened(b, ["x"], pid="a")
+    b.vote("a", "x", True, 1.0, T0 + 10)                # accepted at +10
+    opened(b, ["x"], pid="b")
+    b.vote("b", "x", False, 1.0, T0 + 20)               # rejected at +20
+    c = opened(b, ["x"], pid="c")
+    b.vote("c", "x", True, 1.0, T0 + 30)
+    b.restore(Proposal.from_dict({**c.to_dict(), "decided_at": T0 + 90}))  # learned again, later
+    opened(b, VOTERS4, pid="d")
+    assert [p.id for p in b.expire(T0 + TIMEOUT)] == ["d"]
+    opened(b, VOTERS4, pid="p")
+    assert b.forget_decided(before) == forgotten
+    assert sorted(p.id for p in b.all()) == left
