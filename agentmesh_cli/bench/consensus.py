@@ -50,6 +50,7 @@ from agentmesh_cli.bench.procs import wait_while_alive
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.consensus.core import needed_votes
+from agentmesh_cli.dozing import ringing
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.signing import mesh_signer
@@ -86,6 +87,8 @@ def _manager_run(bm: BenchMesh, names: list[str], needed: int, proposals: int, s
     bus = Bus(cfg.kafka, "bench", signer=signer)
     load = Bus(cfg.kafka, "bench-load", linger_ms=LOAD_LINGER_MS, signer=signer)
     voting = Bus(cfg.kafka, "bench-paced", linger_ms=baselines.linger(cfg.kafka), signer=signer)  # as agents
+    for sender in (bus, load, voting):  # a sleeping manager is rung, as by the mesh's writers
+        ringing(sender, store)
     watcher = Reader(cfg.kafka, f"bench-watch-{uuid.uuid4().hex[:6]}", [(C.TOPIC_CONSENSUS, 0, beginning())])
 
     def fetch() -> list[bytes | None]:
