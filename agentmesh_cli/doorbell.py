@@ -14,8 +14,9 @@ listens to its own `wake:<reader>` channel.
   senders learn it. A reader rung, or that found records on its own, says it woke.
 
 Which readers a record concerns: on `messages` and `replies` (keyed by recipient, or by
-reply address) the reader named by the key; on every other topic every sleeping reader
-of that topic (`consensus`: every agent; `proposals`, `votes`: the consensus manager).
+reply address) the reader named by the key, and a reader of the whole topic (`messages*`:
+the topology manager); on every other topic every sleeping reader of that topic
+(`consensus`: every agent; `proposals`, `votes`: the consensus manager).
 
 Readers that do not listen (Redis unreachable) never sleep; a ring lost anyway (a sender
 killed between its write and its ring) is found by the reader's next probe.
@@ -36,6 +37,7 @@ from agentmesh_cli.constants import Keys
 log = logging.getLogger(__name__)
 
 KEYED_TOPICS = frozenset({C.TOPIC_MESSAGES, C.TOPIC_REPLIES})  # the key names the one reader
+EVERY_KEY = "*"  # a reader of `<topic>*` reads a keyed topic whole (the topology manager)
 LISTEN_S = 5.0  # the listening thread checks that it should go on this often
 RETRY_S = 1.0  # after Redis went away, listen again after this
 
@@ -95,7 +97,9 @@ class Doorbell:
         if not asleep:
             return []
         if topic in KEYED_TOPICS:
-            return [key] if key is not None and topic in asleep.get(key, ()) else []
+            whole = topic + EVERY_KEY
+            named = [key] if key is not None and topic in asleep.get(key, ()) else []
+            return named + [reader for reader, topics in asleep.items() if whole in topics]
         return [reader for reader, topics in asleep.items() if topic in topics]
 
     def note(self, topic: str, key: str | None) -> None:

@@ -21,6 +21,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import dozing
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import MeshConfig
+from agentmesh_cli.doorbell import EVERY_KEY
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import AgentMeshError, SnapshotError
 from agentmesh_cli.mesh import Mesh
@@ -98,9 +99,9 @@ class TopologyManager:
         state.partitions, state.max_record_bytes = cfg.kafka.partitions, cfg.kafka.max_record_bytes
         state.expected = expected_agents(cfg, Groups(store).counts() if cfg.groups() else {})
         assignments = resume_assignments(cfg.kafka, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES), state.offsets)
-        # idle, it stops fetching until a join, heartbeat or leave rings it; messages alone
-        # do not ring it (nothing waits on it): it finds them when it probes (dozing.py)
-        bell = dozing.doorbell(store, cfg, OWNER, (C.TOPIC_TOPOLOGY,))
+        # idle, it stops fetching until a join, a leave or a message rings it (dozing.py):
+        # asleep it costs nothing, and under traffic nobody rings it (it is awake)
+        bell = dozing.doorbell(store, cfg, OWNER, (C.TOPIC_TOPOLOGY, C.TOPIC_MESSAGES + EVERY_KEY))
         bus.doorbell = bell
         reader = dozing.Dozer(
             Reader(cfg.kafka, f"{cfg.kafka.topic_prefix}.{OWNER}", assignments, OWNER,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
-from agentmesh_cli.doorbell import parse_asleep
+from agentmesh_cli.doorbell import Doorbell, parse_asleep
 from agentmesh_cli.doze import NOTHING, Action, Doze, Policy, State
 
 POLICY = Policy(idle_after=0.25, grace=0.5, probe_every=2.0, probe_for=0.05)
@@ -84,3 +85,30 @@ def test_a_probe_lasts_one_fetch_wait_and_a_margin() -> None:
 ])
 def test_the_feed_of_sleepers(entry: str, parsed: tuple[str, frozenset[str]] | None) -> None:
     assert parse_asleep(entry) == parsed
+
+
+ASLEEP = {
+    "Sales": frozenset({"consensus", "messages"}),
+    "Fraud": frozenset({"consensus", "messages"}),
+    "consensus-manager": frozenset({"proposals", "votes"}),
+    "topology-manager": frozenset({"topology", "messages*"}),
+    "gateway-h-9200": frozenset({"replies"}),
+}
+
+
+@pytest.mark.parametrize(("topic", "key", "rung"), [
+    ("messages", "Sales", ["Sales", "topology-manager"]),  # its recipient, and the reader of all
+    ("messages", "Support", ["topology-manager"]),  # an awake recipient: only the whole topic's
+    ("replies", "gateway-h-9200", ["gateway-h-9200"]),
+    ("replies", "cli-1", []),
+    ("consensus", "p-1", ["Fraud", "Sales"]),  # every sleeping agent
+    ("votes", "p-1", ["consensus-manager"]),
+    ("topology", "Sales", ["topology-manager"]),
+    ("dlq", None, []),
+])
+def test_who_a_record_rings(topic: str, key: str | None, rung: list[str]) -> None:
+    bell = Doorbell(redis.Redis(), "m", listen=False)  # no connection is made until a ring
+    bell.asleep = dict(ASLEEP)
+    assert sorted(bell.sleepers(topic, key)) == sorted(rung)
+    bell.note(topic, key)
+    assert bell.due is bool(rung)
