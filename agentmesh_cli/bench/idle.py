@@ -31,7 +31,7 @@ import yaml
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.asker import Asker
-from agentmesh_cli.bench.infra import free_port, ratio
+from agentmesh_cli.bench.infra import cpu_seconds, free_port, ratio
 from agentmesh_cli.bench.startup import REPO_MESH, Cycle, _env, _supervisord_pid, _tree, mesh_copy
 from agentmesh_cli.embedded import start_broker, start_valkey, stop
 from agentmesh_cli.mesh import Mesh, load_mesh
@@ -44,15 +44,15 @@ TARGET_MESH = 8.0
 TARGET_FIRST = 2.0  # the first ask after quiet, against the busy one
 
 
-def _cpu(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each program's processes (gone ones count 0)."""
     seconds = {}
-    for name, group in procs.items():
+    for name, group in pids.items():
         total = 0.0
-        for proc in group:
+        for pid in group:
             try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
+                total += cpu_seconds(pid)
+            except OSError:
                 pass
         seconds[name] = total
     return seconds
@@ -60,17 +60,16 @@ def _cpu(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
 
 def cpu_over(pids: dict[str, int], window: float) -> dict[str, float]:
     """Percent of one core each program (with its children) used over `window` seconds."""
-    procs: dict[str, list[psutil.Process]] = {}
+    groups: dict[str, list[int]] = {}
     for name, pid in pids.items():
         try:
-            top = psutil.Process(pid)
-            procs[name] = [top, *top.children(recursive=True)]
+            groups[name] = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
         except psutil.Error:
             continue
-    before, started = _cpu(procs), time.perf_counter()
+    before, started = _cpu(groups), time.perf_counter()
     time.sleep(window)
-    after, took = _cpu(procs), time.perf_counter() - started
-    return {name: round((after[name] - before[name]) / took * 100, 2) for name in sorted(procs)}
+    after, took = _cpu(groups), time.perf_counter() - started
+    return {name: round((after[name] - before[name]) / took * 100, 2) for name in sorted(groups)}
 
 
 def _ask(asker: Asker, to: str = "Inventory") -> float:
