@@ -194,7 +194,7 @@ class Doorbell:
                             self._feed(message["data"])
                         else:
                             self._rang()
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # Redis gone, or anything else: the thread must live on
                 if self.listening:
                     log.warning("doorbell: lost Redis (%s); fetching until it is back", exc)
                 self.listening = False
