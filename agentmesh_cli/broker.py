@@ -81,13 +81,20 @@ def prepare_topics(kafka: KafkaConfig, store: Store) -> str:
     incarnation they were read from. Creating the topology topic means the broker had
     no mesh data (a fresh or restarted in-memory broker), so the epoch changes and
     older snapshots are not resumed from.
+
+    Roles starting at once agree on one epoch (`Store.new_kafka_epoch` replaces only the
+    one read before the topics were made). One that finds the topics the moment another
+    made them may still read the old epoch: its BrokerWatch sees the new one and rewinds,
+    as every running role does when the broker restarts.
     """
+    seen = store.kafka_epoch()
     created = ensure_topics(kafka)
-    epoch = store.kafka_epoch()
-    if f"{kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}" in created or epoch is None:
-        epoch = store.new_kafka_epoch()
-        log.info("broker had no mesh topics: new Kafka epoch %s", epoch)
-    return epoch
+    if f"{kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}" in created or seen is None:
+        epoch = store.new_kafka_epoch(seen)
+        if epoch != seen:
+            log.info("broker had no mesh topics: Kafka epoch %s", epoch)
+        return epoch
+    return store.kafka_epoch() or seen
 
 
 _quiet = logging.getLogger("agentmesh.bus.probe")

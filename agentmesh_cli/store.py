@@ -50,6 +50,16 @@ return {new, twice}
 """
 
 # KEYS: replies hash, its order zset; ARGV: window, score, then (request id, reply) pairs
+# KEYS: the epoch; ARGV: the epoch read before the topics were made ("" for none), the new one
+_NEW_EPOCH = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return current
+"""
+
 _CACHE_REPLIES = """
 local score = tonumber(ARGV[2])
 for i = 3, #ARGV, 2 do
@@ -121,6 +131,7 @@ class Store:
             )
         self._record_handled = self.redis.register_script(_RECORD_HANDLED)
         self._cache_replies = self.redis.register_script(_CACHE_REPLIES)
+        self._new_epoch = self.redis.register_script(_NEW_EPOCH)
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         with redis_errors(action):
@@ -225,10 +236,12 @@ class Store:
         epoch = self._call("read epoch", lambda: self.redis.get(self.keys.kafka_epoch))
         return None if epoch is None else str(epoch)
 
-    def new_kafka_epoch(self) -> str:
-        epoch = uuid.uuid4().hex
-        self._call("write epoch", lambda: self.redis.set(self.keys.kafka_epoch, epoch))
-        return epoch
+    def new_kafka_epoch(self, seen: str | None) -> str:
+        """A new epoch in place of `seen`, the one read before the topics were made. When
+        another process replaced it meanwhile (roles starting at once on an empty broker
+        each made the topics), theirs: one epoch, not one each, or each would rewind."""
+        key, new = self.keys.kafka_epoch, uuid.uuid4().hex
+        return str(self._call("write epoch", lambda: self._new_epoch(keys=[key], args=[seen or "", new])))
 
     # counters ------------------------------------------------------------------
     def add_counters(self, owner: str, counts: Counter[str]) -> None:

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.broker import ensure_topics
+from agentmesh_cli.broker import ensure_topics, prepare_topics
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.embedded import free_port, start_broker, stop
@@ -16,6 +16,7 @@ from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.records import Record
 from agentmesh_cli.signing import Signer, signing_key
+from agentmesh_cli.store import Store
 
 
 def kafka(broker: str, partitions: int = 4) -> KafkaConfig:
@@ -43,6 +44,35 @@ def test_topics_created_once(broker: str) -> None:
     created = ensure_topics(cfg)
     assert sorted(created) == sorted(f"{cfg.topic_prefix}.{t}" for t in C.ALL_TOPICS)
     assert ensure_topics(cfg) == []  # idempotent
+
+
+def test_roles_preparing_the_topics_at_once_agree_on_one_epoch(broker: str, valkey: str) -> None:
+    """Every role prepares the topics as it starts: several at once on an empty broker make
+    one epoch, not one each. A second epoch would make the others rewind and read their
+    inboxes again (seen: replies handed over three times)."""
+    cfg, mesh = kafka(broker), f"e{uuid.uuid4().hex[:8]}"
+    stores = [Store(valkey, mesh) for _ in range(6)]
+    start, got = threading.Barrier(len(stores)), []
+
+    def prepare(store: Store) -> None:
+        start.wait()
+        got.append(prepare_topics(cfg, store))
+
+    try:
+        threads = [threading.Thread(target=prepare, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(got) == len(stores) and len(set(got)) == 1, got
+        assert got[0] == stores[0].kafka_epoch()
+        # the broker without the mesh's topics again (restarted empty; here, the same mesh
+        # on topics of a new prefix): a new epoch, then the same one
+        assert prepare_topics(kafka(broker), stores[1]) not in (got[0], None)
+        assert prepare_topics(cfg, stores[2]) == stores[0].kafka_epoch() != got[0]
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_message_lands_in_recipient_partition(broker: str) -> None:
