@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from typing import cast
 
 import redis
@@ -81,6 +83,8 @@ class Doorbell:
         self.announced = False  # this reader told the mesh it sleeps
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the listening thread hears this channel too: this reader's rings, and `close`
+        self._own = self.keys.wake(me if me else f"bell-{uuid.uuid4().hex}")
         if listen if seed is None else seed:
             try:  # who sleeps now, before the first send (the thread reads it again once subscribed)
                 self.asleep = self._read_asleep()
@@ -162,10 +166,16 @@ class Doorbell:
         return True
 
     def close(self) -> None:
-        """Stop listening; a reader that said it sleeps says it left (nobody rings it)."""
+        """Stop listening (the thread ends before this returns, or within a second); a
+        reader that said it sleeps says it left (nobody rings it)."""
         self._stop.set()
         if self.announced:
             self.announce(False)
+        if self._thread is not None:
+            with suppress(redis.RedisError):  # the listening thread's wait ends at once
+                self.client.publish(self._own, "")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(RETRY_S)
 
     # listening ----------------------------------------------------------------------
     def _rang(self) -> None:
@@ -174,7 +184,7 @@ class Doorbell:
             self.on_ring()
 
     def _listen(self) -> None:
-        channels = [self.keys.asleep_channel, *([self.keys.wake(self.me)] if self.me else [])]
+        channels = [self.keys.asleep_channel, self._own]
         while not self._stop.is_set():
             pubsub = self.client.pubsub()
             try:
@@ -192,9 +202,11 @@ class Doorbell:
                     elif kind == "message":
                         if channel == channels[0]:
                             self._feed(message["data"])
-                        else:
+                        elif not self._stop.is_set():
                             self._rang()
             except Exception as exc:  # Redis gone, or anything else: the thread must live on
+                if self._stop.is_set():
+                    break  # closed
                 if self.listening:
                     log.warning("doorbell: lost Redis (%s); fetching until it is back", exc)
                 self.listening = False

@@ -36,6 +36,14 @@ def ringing(bus: Bus, store: Store) -> Doorbell:
     return bell
 
 
+def stop_ringing(bus: Bus) -> None:
+    """Close the doorbell `ringing` gave `bus` (its listening thread ends): before the
+    Redis it listens to stops, or the thread outlives it and says it lost Redis."""
+    if isinstance(bus.doorbell, Doorbell):
+        bus.doorbell.close()
+    bus.doorbell = None
+
+
 def policy(config: MeshConfig, fetch_wait: float) -> Policy:
     return Policy.for_fetch_wait(fetch_wait, config.kafka.idle_probe)
 

@@ -33,7 +33,7 @@ from agentmesh_cli.bench.infra import cpu_seconds, percentiles, ratio
 from agentmesh_cli.bench.roundtrip import WARMUP, RawRoundTrip
 from agentmesh_cli.bench.waiters import JOB_TYPE, PING_TYPE
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.signing import mesh_signer
@@ -91,6 +91,7 @@ class Jobs:
 
     def close(self) -> None:
         self.bus.flush(5)
+        stop_ringing(self.bus)
         del self.bus  # its producer goes before the broker does (no "connection refused" lines)
 
 

@@ -42,6 +42,10 @@ READY_TIMEOUT_S = 30.0  # a worker that is not fetching by then failed to start
 FLOOR_WARMUP_S = 0.5  # the floor loops run this long before their counted window
 FLOOR_HOPS = 10**9  # hops of a floor message: it circulates for the whole run
 DEFAULT_VALUE = b"x" * 100
+# noida-db ignores a fetch's byte limits and answers a lagging consumer with all it has
+# from the offset (251 MB seen in the raw phase): past librdkafka's 100 MB default the
+# consumer fails on every fetch. A baseline consumer takes answers this large.
+RECEIVE_MAX_BYTES = 1_000_000_000
 
 
 def default_envelope() -> bytes:
@@ -78,7 +82,8 @@ def _consumer(kafka: KafkaConfig, client_id: str, topic: str, partition: int,
     consumer = Consumer({**_client(kafka, client_id), "group.id": f"{client_id}-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": False, "enable.auto.offset.store": False,
                          "enable.partition.eof": False, "auto.offset.reset": "earliest",
-                         "fetch.wait.max.ms": max(1, round(wait * 1000))})
+                         "fetch.wait.max.ms": max(1, round(wait * 1000)),
+                         "receive.message.max.bytes": RECEIVE_MAX_BYTES})
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     return consumer
 

@@ -50,7 +50,7 @@ from agentmesh_cli.bench.procs import wait_while_alive
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.consensus.core import needed_votes
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.envelope import now_ms
 from agentmesh_cli.reader import Reader, beginning
 from agentmesh_cli.signing import mesh_signer
@@ -171,6 +171,8 @@ def _manager_run(bm: BenchMesh, names: list[str], needed: int, proposals: int, s
         bus.flush(5)
         load.flush(5)
         voting.flush(5)
+        for sender in (bus, load, voting):
+            stop_ringing(sender)
         del bus, load, voting  # their producers close before the broker stops (flushed: nothing holds them)
     return {
         "votes": len(votes),

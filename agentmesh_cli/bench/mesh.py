@@ -56,7 +56,7 @@ from agentmesh_cli.bench.relay import (
 )
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.embedded import BrokerKind
 from agentmesh_cli.errors import BenchError, WaitTimeout
 from agentmesh_cli.signing import mesh_signer
@@ -427,6 +427,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
                 notes.append(f"traffic did not drain within {DRAIN_TIMEOUT_S:.0f}s: {drained}")
         finally:
             bus.flush(5)
+            stop_ringing(bus)
             del bus  # its producer goes before the broker does (no "connection refused" lines)
             client.close()
             store.close()

@@ -21,7 +21,7 @@ from agentmesh_cli.bench.agents import AgentsMesh, agents_mesh
 from agentmesh_cli.bench.routing_figures import OK, AskLog
 from agentmesh_cli.bench.routing_roles import JOB_TYPE, SERVICE_MS
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.errors import AgentMeshError, BenchError
 from agentmesh_cli.replicas import Groups
 from agentmesh_cli.signing import mesh_signer
@@ -152,6 +152,7 @@ class Jobs:
 
     def close(self) -> None:
         self.bus.flush(5)
+        stop_ringing(self.bus)
         del self.bus  # its producer goes before the broker does (no "connection refused" lines)
 
 

@@ -37,7 +37,7 @@ from agentmesh_cli.bench.agents import AgentsMesh, agents_mesh
 from agentmesh_cli.bench.infra import cpu_seconds, ratio
 from agentmesh_cli.bench.waiters import SLEEP_TYPE
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.errors import BenchError
 from agentmesh_cli.metrics.histogram import LOOP_LAG_BUCKETS
 from agentmesh_cli.signing import mesh_signer
@@ -105,6 +105,7 @@ class Feeder:
 
     def close(self) -> None:
         self.bus.flush(5)
+        stop_ringing(self.bus)
         del self.bus  # its producer goes before the broker does (no "connection refused" lines)
 
 

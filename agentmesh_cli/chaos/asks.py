@@ -21,7 +21,7 @@ from agentmesh_cli import events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.chaos.probes import Pace, quiet
 from agentmesh_cli.config import KafkaConfig
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.envelope import Envelope, now_ms
 from agentmesh_cli.errors import AgentMeshError, InvalidEnvelope
 from agentmesh_cli.reader import Reader
@@ -185,6 +185,7 @@ class AskStream:
         if self._receiver.is_alive():
             self._receiver.join(5)
         self._reader.close()
+        stop_ringing(self._bus)
 
     def figures(self) -> dict[str, Any]:
         with self._lock:

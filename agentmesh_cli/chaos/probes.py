@@ -23,7 +23,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import environment, events
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.errors import AgentMeshError
 from agentmesh_cli.recovery import BrokerWatch
 from agentmesh_cli.signing import Signer
@@ -182,7 +182,9 @@ class ProbeSender:
         """Stop sending; wait for confirmations; return how many are still unconfirmed."""
         self._stop.set()
         self._thread.join()
-        return self._bus.flush(flush_timeout)
+        left = self._bus.flush(flush_timeout)
+        stop_ringing(self._bus)
+        return left
 
 
 def newest_probe(store: Store, agent: str, probes: ProbeSender) -> int:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.dozing import ringing
+from agentmesh_cli.bus import Bus
+from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.envelope import Envelope
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
@@ -68,3 +70,19 @@ def test_an_idle_agent_sleeps_a_ring_wakes_it_and_a_probe_finds_what_nobody_rang
         assert "W" not in asleep(after)
     finally:
         after.close()
+
+
+def test_a_closed_doorbell_stops_listening_at_once(broker: str, valkey: str) -> None:
+    """A bench or chaos load closes its sender's doorbell before its Redis stops: the
+    listening thread ends with `close`, not up to its 5 s check later."""
+    store = Store(valkey, "dz-close")
+    bus = Bus(KafkaConfig(bootstrap_servers=broker, topic_prefix="dz-close"), "test-close")
+    try:
+        bell = ringing(bus, store)
+        wait_until(lambda: bell.listening, 10, "the doorbell listening")
+        thread = bell._thread
+        assert thread is not None and thread.is_alive()
+        stop_ringing(bus)
+        assert not thread.is_alive() and bus.doorbell is None
+    finally:
+        store.close()
