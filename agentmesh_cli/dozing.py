@@ -20,6 +20,8 @@ from agentmesh_cli.records import Record
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Clock
 
+ASLEEP_WAIT_S = 0.5  # (Dozer.poll_batch) a sleeping manager's loop turns this often
+
 
 def doorbell(store: Store, config: MeshConfig, me: str | None = None, topics: Iterable[str] = (),
              on_ring: Callable[[], None] | None = None) -> Doorbell:
@@ -91,10 +93,12 @@ class Dozer:
         if action.announce_awake:
             self.doorbell.announce(False)
 
-    def poll_batch(self, max_records: int = 500, timeout: float = 0.1) -> list[Record]:
-        """Reader.poll_batch, but asleep it waits up to `timeout` for a ring, fetching nothing."""
+    def poll_batch(self, max_records: int = 500, timeout: float = 0.1,
+                   asleep_wait: float = ASLEEP_WAIT_S) -> list[Record]:
+        """Reader.poll_batch, but asleep it waits up to `asleep_wait` for a ring, fetching
+        nothing (a manager's loop turns twice a second asleep, not ten or twenty times)."""
         if self.reader.asleep:
-            self.doorbell.rung.wait(self.wait_for(timeout))
+            self.doorbell.rung.wait(self.wait_for(asleep_wait))
             self.step(0)
             if self.reader.asleep:
                 return []

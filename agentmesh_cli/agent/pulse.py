@@ -29,23 +29,29 @@ LAG_SAMPLE_S = 0.01
 LAG_ASLEEP_S = 1.0  # while the agent's reader sleeps (dozing.py): no sample, a look this often
 LAG_KEPT = 1000  # the newest samples, for the percentiles the registry record shows
 DRAINING_EVERY_S = 0.5
+# while the agent's reader sleeps (dozing.py): it handles nothing, so the mark is looked at
+# this seldom (a role's tick may still start work: it sees the mark at most this late)
+DRAINING_ASLEEP_S = 2.0
 
 
 class Heartbeat(threading.Thread):
     """Every `heartbeat.interval`: `beat()` (the topology heartbeat and the registry record).
-    Every DRAINING_EVERY_S: the draining mark, and `publish()` (the registry record alone)
+    Every DRAINING_EVERY_S (DRAINING_ASLEEP_S while `asleep()`): the draining mark; every
+    DRAINING_EVERY_S `publish()` (the registry record alone)
     when `load()` changed since it was last written, so that the load `status` shows and
     the drain's quiet rule reads (in flight, running, asks pending) is at most that old."""
 
     def __init__(self, interval: float, beat: Callable[[], None], check_draining: Callable[[], bool],
                  log: logging.Logger, load: Callable[[], object] = lambda: None,
-                 publish: Callable[[], None] = lambda: None) -> None:
+                 publish: Callable[[], None] = lambda: None,
+                 asleep: Callable[[], bool] = lambda: False) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.interval = interval
         self.beat = beat
         self.check_draining = check_draining
         self.load = load
         self.publish = publish
+        self.asleep = asleep
         self.log = log
         self.draining = False
         self._stop_event = threading.Event()
@@ -53,11 +59,15 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         next_beat = time.monotonic() + self.interval
         published = self.load()
+        next_look = 0.0
         while not self._stop_event.wait(min(DRAINING_EVERY_S, self.interval)):
-            try:
-                self.draining = self.check_draining()
-            except AgentMeshError:
-                pass  # Redis down: keep the last answer
+            now = time.monotonic()
+            if now >= next_look or not self.asleep():
+                next_look = now + DRAINING_ASLEEP_S
+                try:
+                    self.draining = self.check_draining()
+                except AgentMeshError:
+                    pass  # Redis down: keep the last answer
             load = self.load()
             try:
                 if time.monotonic() >= next_beat:

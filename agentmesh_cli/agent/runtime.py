@@ -164,7 +164,8 @@ class AgentRuntime:
         self._services_published = -math.inf
         self.voting = Voting(self)  # Bee consensus: votes and decisions
         self.heartbeat = Heartbeat(cfg.heartbeat.interval, self._heartbeat, self._draining, self.log,
-                                   self._load, self._register)
+                                   self._load, self._register,
+                                   lambda: self.dozer is not None and self.dozer.asleep)
         ctx = AgentContext(self.name, spec.role, list(spec.capabilities), cfg, self.log, rng,
                            self._send, self.registry, self._propose, self.services, self.next_id,
                            self.exchange.ask, self.exchange.reply,
@@ -376,6 +377,7 @@ class AgentRuntime:
             while not self.stopping:
                 room = self._room()
                 self._main_turn = False
+                turn_started: float | None = None  # a turn of the fast path: from its poll's answer
                 if room > 0 and dozer.asleep:  # nothing fetched: wait for a ring (or the tick)
                     wake.clear()
                     if not bell.rung.is_set() and not self.stopping:
@@ -417,14 +419,14 @@ class AgentRuntime:
                     self.settlement.end_turn()
                 if self.settlement.due(now):
                     self.settlement.settle(reader, now)
-                if watch.check(now) is not None:
+                if watch.check(now, dozer.asleep) is not None:
                     self._new_epoch(reader)
                 if now >= next_flush:
                     next_flush = now + COUNTER_FLUSH_S
                     self._flush_counters()
                     self.dispatch.publish(now)
                 self.bus.poll()
-                if self._blocking_poll:
+                if turn_started is not None:  # (asleep, the wait is no lag)
                     self._lag.busy((self.clock() - turn_started) * 1000)
         finally:
             self._main_turn = False
