@@ -29,7 +29,8 @@ from agentmesh_cli.waiting import wait_until
 
 DEMO_AGENTS = (("Sales", "sales"), ("Support", "support"), ("Inventory", "inventory"),
                ("Fraud", "fraud"))
-UP_TIMEOUT_S = 120.0
+UP_TIMEOUT_S = 120.0  # plus UP_PER_AGENT_S for each agent
+UP_PER_AGENT_S = 2.0  # 128 agents took 1-3 minutes to be ready on 2 cores
 DOWN_TIMEOUT_S = 30.0
 
 
@@ -104,7 +105,7 @@ def _mesh_up(root: Path, data: dict[str, Any], say: Callable[[str], None]) -> It
     say(f"starting a mesh of {agents} agents in {root} ...")
     started = time.monotonic()
     try:
-        lifecycle.up(mesh, UP_TIMEOUT_S, lambda _states: None)
+        lifecycle.up(mesh, UP_TIMEOUT_S + UP_PER_AGENT_S * agents, lambda _states: None)
         say(f"mesh up in {time.monotonic() - started:.1f} s")
         yield mesh
     finally:

@@ -44,8 +44,9 @@ def chaos(
                                            min=1)] = 60,
     drain: Annotated[float, typer.Option(help="Seconds to wait at the end for every probe to be "
                                          "handled.", min=0)] = 60,
-    agents: Annotated[int, typer.Option(help="Agents of the embedded mesh (demo roles).",
-                                        min=4, max=16)] = 4,
+    agents: Annotated[int, typer.Option(help="Agents of the embedded mesh (demo roles); 64 or "
+                                        "128 for a kill loop at scale (allow 2 s per agent to start).",
+                                        min=4, max=128)] = 4,
     workdir: Annotated[Path | None, typer.Option(
         help="Run the embedded mesh in this folder and keep it (logs) instead of a temporary one.")] = None,
     config: ConfigOption = None,
