@@ -20,6 +20,7 @@ import yaml
 from agentmesh_cli import constants as C
 from agentmesh_cli import environment
 from agentmesh_cli.config import MeshConfig, parse_config
+from agentmesh_cli.config_sections import RedisConfig
 from agentmesh_cli.credentials import Credentials, load_credentials
 from agentmesh_cli.errors import ConfigError
 
@@ -95,12 +96,18 @@ class Mesh:
         """The URL to connect to Redis with (it may hold a password: never show it; show
         `config.redis.resolved_url`). The embedded Valkey's password is the generated one."""
         redis = self.config.redis
-        if redis.embedded:
-            return f"redis://:{self.credentials.redis_password}@127.0.0.1:{redis.port}/0"
-        return environment.expand(redis.url, "redis.url")
+        return redis_url(redis, self.credentials.redis_password if redis.embedded else "")
 
     def topic(self, short: str) -> str:
         return f"{self.config.kafka.topic_prefix}.{short}"
+
+
+def redis_url(redis: RedisConfig, password: str) -> str:
+    """The URL to connect to mesh.yaml's `redis` with: the embedded Valkey's with `password`
+    (the mesh's generated one), else the URL with its ${VARIABLES} expanded."""
+    if redis.embedded:
+        return f"redis://:{password}@127.0.0.1:{redis.port}/0"
+    return environment.expand(redis.url, "redis.url")
 
 
 def load_mesh(path: Path | str | None = None) -> Mesh:

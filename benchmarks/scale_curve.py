@@ -1,35 +1,52 @@
 """The scale curve: how the mesh behaves at 4, 16, 64 and 128 agents on this machine, and
 the topology core alone at 1,000 and 10,000 agents. Writes one JSON and draws one PNG.
 
-    .venv/bin/python benchmarks/scale_curve.py [--sizes 4,16,64,128] [--duration S]
-        [--out docs/scale-curve.json] [--png docs/scale-curve.png] [--plot-only]
+    .venv/bin/python benchmarks/scale_curve.py [--sizes 4,16,64,128] [--runs 5] [--duration S]
+        [--sign/--no-sign] [--broker tansu|noida] [--skip-decay] [--skip-status]
+        [--skip-simulate] [--mesh-only] [--out docs/scale-curve.json]
+        [--png docs/scale-curve.png] [--plot-only]
 
-Per size N, three measures, one after the other (never two at once: the machine has two
-cores, and each measure would take the other's CPU):
+Per size N, one measure after the other (never two at once: the machine has two cores,
+and each measure would take the other's CPU):
 
-1. the mesh scenario (`agentmesh_cli.bench.mesh.run`): its own broker, Valkey, topology
-   manager and N relay agents; messages/s at the peak, p99 at the peak and paced at half
-   of it, the CPU share of the topology manager, the broker and the agents, and the raw
-   and floor baselines of the same run. Meanwhile a thread here samples the RSS of every
-   process the scenario started (by pid, from psutil): agents, topology manager, broker,
-   Valkey; their peaks are recorded (the scenario reports the agents' only);
-2. decay + prune of a full mesh of N agents by the topology core, in a fresh process
-   (`bench.topology.full_mesh_in_child`): a full mesh is the most a manager of N agents
-   can have to decay;
-3. `agentmesh up` of a supervised mesh of N idle relay agents (plus the default managers
-   and services, on free ports in a temp folder), the time of one `status` refresh on it
-   (`bench.procs.status_refresh_ms`, the dashboard's own collector), the idle RSS of every
-   program, and `agentmesh down`. `status` needs supervisord, which the mesh scenario does
-   not run; an idle mesh is the cheapest honest one, since a refresh reads the registry,
-   the snapshot and supervisord, whose sizes grow with N, not with the traffic.
+1. the mesh scenario (`agentmesh_cli.bench.mesh.run`), --runs times, SETTLE_S apart: each
+   run its own broker, Valkey, topology manager and N relay agents; messages/s at the
+   peak, p99 at the peak and paced at half of it, the one-hop p50, the CPU share of the
+   topology manager, the broker, Valkey and the agents, and the raw and floor baselines
+   of the same run. Meanwhile a thread here samples the RSS of every process the run
+   started (by pid, from psutil): agents, topology manager, broker, Valkey; their peaks
+   are recorded (the scenario reports the agents' only);
+2. once (--skip-decay): decay + prune of a full mesh of N agents by the topology core, in
+   a fresh process (`bench.topology.full_mesh_in_child`): a full mesh is the most a
+   manager of N agents can have to decay;
+3. once (--skip-status): `agentmesh up` of a supervised mesh of N idle relay agents (plus
+   the default managers and services, on free ports in a temp folder), the time of one
+   `status` refresh on it (`bench.procs.status_refresh_ms`, the dashboard's own
+   collector), the idle RSS of every program, and `agentmesh down`. `status` needs
+   supervisord, which the mesh scenario does not run; an idle mesh is the cheapest honest
+   one, since a refresh reads the registry, the snapshot and supervisord, whose sizes
+   grow with N, not with the traffic.
 
-Then `python -m agentmesh_cli.bench.topology simulate AGENTS EVENTS` for each of
---simulate (a subprocess each, so that its memory is freed and its peak RSS is its own):
-wall time, events/s, decay times and peak memory.
+Then (--skip-simulate) `python -m agentmesh_cli.bench.topology simulate AGENTS EVENTS`
+for each of --simulate (a subprocess each, so that its memory is freed and its peak RSS
+is its own): wall time, events/s, decay times and peak memory. --mesh-only: step 1 alone.
 
-The JSON is rewritten after every measure, so a run that fails half-way keeps what it
-measured. Everything started is stopped by the scenario code it calls (by pid); the
-supervised mesh by `agentmesh down`, or by its supervisord's pid when `down` fails.
+The JSON: `machine`, `settings`, `sizes` (a record per size), `simulate`, `wall_s`. A
+size's record has the keys one run had before --runs, each now the median over the runs
+that succeeded (scale_curve_figures.py): msgs_per_s, floor_replies_per_s,
+raw_records_per_s, ratios (msgs_per_s_to_floor, _to_raw, one_hop_p50_to_raw),
+peak_latency, paced, one_hop_p50_ms, raw_one_hop_p50_ms, floor_latency, cpu_share
+(topology, broker, valkey, agents, per_agent, and total: the four together), agent_rss_mb,
+peak_rss_mb; then topology_keeps_up (in every run), targets ({value: the median,
+met_runs, runs}), sign_envelopes, runs_ok, runs_failed, wall_s of each step, the decay
+and status figures, and `runs`: every run's own record (the same figures, plus
+elapsed_s, load_average, topology_backlog, mesh_notes; or mesh_error). When no run of a
+size succeeded, its record has mesh_error. A JSON of before --runs still plots.
+
+The JSON is rewritten after every run and measure, so a curve that fails or is stopped
+half-way keeps what it measured. Everything started is stopped by the scenario code it
+calls (by pid); the supervised mesh by `agentmesh down`, or by its supervisord's pid when
+`down` fails.
 """
 
 from __future__ import annotations
@@ -45,14 +62,21 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import yaml
+from scale_curve_figures import plot, run_record, size_record, table_header, table_row
+
+if TYPE_CHECKING:
+    from agentmesh_cli.embedded import BrokerKind
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (4, 16, 64, 128)
+DEFAULT_RUNS = 5
+SETTLE_S = 2.0  # between two runs of a size: the last one's processes have gone, its sockets close
 DEFAULT_SIMULATE = (1000, 10_000)
 SIMULATE_EVENTS = 1_000_000
 RSS_SAMPLE_S = 0.5
@@ -137,14 +161,16 @@ class RssWatch:
 MeshPoint = tuple[dict[str, Any] | None, dict[str, dict[str, float]], str]
 
 
-def mesh_point(agents: int, duration: float) -> MeshPoint:
+def mesh_point(agents: int, duration: float, sign: bool | None = None,
+               broker: BrokerKind = "tansu") -> MeshPoint:
     """The mesh scenario at `agents` (None and the error's text when it failed), and the
     peak RSS of its processes by kind (also of a failed run: how far it got)."""
     from agentmesh_cli.bench import mesh
 
     with RssWatch() as watch:
         try:
-            result: dict[str, Any] | None = mesh.run(agents=agents, duration=duration)
+            result: dict[str, Any] | None = mesh.run(agents=agents, duration=duration, sign=sign,
+                                                     broker=broker)
             error = ""
         except Exception as exc:  # a size the machine cannot carry is a point of the curve
             result, error = None, f"{type(exc).__name__}: {exc}"
@@ -266,170 +292,6 @@ def simulate_point(agents: int, events: int) -> dict[str, Any]:
     return {"wall_s": round(wall, 2), **result}
 
 
-# -- one row per size ------------------------------------------------------------------
-
-def size_record(agents: int, mesh: dict[str, Any] | None, mesh_error: str, rss: dict[str, dict[str, float]],
-                decay: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
-    """The figures of one size that the curve plots, plus the scenario's ratios, targets
-    and notes. A measure that failed leaves its figures out and says why."""
-    record: dict[str, Any] = {"agents": agents, "peak_rss_mb": rss}
-    if mesh is None:
-        record["mesh_error"] = mesh_error
-    else:
-        figures, raw, floor = mesh["figures"], mesh["raw"], mesh["floor"]
-        shares = {k: figures[f"{k}_cpu_share"] for k in ("topology", "broker", "agents")}
-        record.update({
-            "msgs_per_s": figures["msgs_per_s"],
-            "floor_replies_per_s": floor["replies_per_s"],
-            "raw_records_per_s": raw["throughput"]["records_per_s"],
-            "peak_latency": figures["peak_latency"],
-            "paced": figures["paced"],
-            "one_hop_p50_ms": figures["one_hop"]["p50_ms"],
-            "raw_one_hop_p50_ms": raw["one_hop"]["p50_ms"],
-            "cpu_share": {**shares, "total": round(sum(shares.values()), 3)},  # of one core each
-            "topology_keeps_up": figures["topology_keeps_up"],
-            "topology_backlog": figures["topology_backlog"],
-            "agent_rss_mb": figures["agent_rss_mb"],
-            "ratios": mesh["ratios"],
-            "targets": {name: {"value": t["value"], "met": t["met"]} for name, t in mesh["targets"].items()},
-            "mesh_notes": mesh["notes"],
-        })
-    if "error" in decay:
-        record["decay_error"] = decay["error"]
-    else:
-        record.update({"decay_ms": decay["decay_ms"], "decay_prune_ms": decay["decay_prune_ms"],
-                       "full_mesh_edges": decay["edges_before"], "core_mb": decay["core_mb"]})
-    if status is not None:
-        record["status"] = status
-    return record
-
-
-COLUMNS = ("agents", "msg/s", "floor/s", "p99 peak", "p99 paced", "topo CPU", "broker CPU",
-           "agents CPU", "decay ms", "agent RSS", "topo RSS", "status ms")
-
-
-def table_row(r: dict[str, Any]) -> str:
-    def get(*path: str, fmt: str = "{:.2f}") -> str:
-        value: Any = r
-        for key in path:
-            if not isinstance(value, dict) or key not in value:
-                return "-"
-            value = value[key]
-        return fmt.format(value)
-
-    cells = (str(r["agents"]), get("msgs_per_s", fmt="{:,}"), get("floor_replies_per_s", fmt="{:,}"),
-             get("peak_latency", "p99_ms", fmt="{:.1f}"), get("paced", "latency", "p99_ms", fmt="{:.1f}"),
-             get("cpu_share", "topology"), get("cpu_share", "broker"), get("cpu_share", "agents"),
-             get("decay_prune_ms"), get("peak_rss_mb", "agent", "mean", fmt="{:.0f}") + "/"
-             + get("peak_rss_mb", "agent", "max", fmt="{:.0f}"),
-             get("peak_rss_mb", "topology", "max", fmt="{:.0f}"),
-             get("status", "status_refresh_ms", "p50_ms", fmt="{:.1f}"))
-    line = "  ".join(f"{c:>10}" for c in cells)
-    if "mesh_error" in r:
-        line += f"\n{'':>10}  mesh scenario failed: {r['mesh_error']}"
-    return line
-
-
-# -- the plot ------------------------------------------------------------------------------
-
-def plot(data: dict[str, Any], png: Path) -> None:
-    """Six small panels against the number of agents (log 2): msg/s, p99, CPU, decay,
-    RSS per process, status refresh."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(data["sizes"], key=lambda r: r["agents"])
-    if not rows:
-        raise SystemExit("no sizes in the JSON: nothing to plot")
-    x = [r["agents"] for r in rows]
-
-    def series(get: Any) -> list[float | None]:
-        out = []
-        for r in rows:
-            try:
-                out.append(get(r))
-            except (KeyError, TypeError):
-                out.append(None)
-        return out
-
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
-    panels = [
-        ("messages/s (peak)", "msg/s", [
-            ("mesh", series(lambda r: r["msgs_per_s"])),
-            ("floor (bare loops)", series(lambda r: r["floor_replies_per_s"])),
-        ]),
-        ("latency p99", "ms", [
-            ("at the peak", series(lambda r: r["peak_latency"]["p99_ms"])),
-            ("paced at half the peak", series(lambda r: r["paced"]["latency"]["p99_ms"])),
-        ]),
-        ("CPU (share of one core; 2 cores)", "cores", [
-            ("topology manager", series(lambda r: r["cpu_share"]["topology"])),
-            ("broker", series(lambda r: r["cpu_share"]["broker"])),
-            ("all agents", series(lambda r: r["cpu_share"]["agents"])),
-            ("the three together", series(lambda r: r["cpu_share"]["total"])),
-            ("broker, idle supervised mesh", series(lambda r: r["status"]["idle_cpu_share"]["kafka"])),
-        ]),
-        ("decay + prune of a full mesh", "ms", [
-            ("decay + prune", series(lambda r: r["decay_prune_ms"])),
-            ("decay", series(lambda r: r["decay_ms"])),
-        ]),
-        ("RSS per process (peak under load)", "MB", [
-            ("agent (mean)", series(lambda r: r["peak_rss_mb"]["agent"]["mean"])),
-            ("topology manager", series(lambda r: r["peak_rss_mb"]["topology"]["max"])),
-            ("broker", series(lambda r: r["peak_rss_mb"]["broker"]["max"])),
-            ("valkey", series(lambda r: r["peak_rss_mb"]["valkey"]["max"])),
-        ]),
-        ("`status` refresh (idle mesh)", "ms", [
-            ("p50", series(lambda r: r["status"]["status_refresh_ms"]["p50_ms"])),
-            ("p99", series(lambda r: r["status"]["status_refresh_ms"]["p99_ms"])),
-        ]),
-    ]
-    simulated = sorted((r for r in data.get("simulate", []) if "error" not in r), key=lambda r: r["agents"])
-    for ax, (title, unit, lines) in zip(axes.flat, panels, strict=True):
-        ticks = list(x)
-        for label, ys in lines:
-            points = [(a, y) for a, y in zip(x, ys, strict=True) if y is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=label)
-        if title.startswith("CPU"):
-            ax.axhline(2.0, color="grey", linestyle=":", linewidth=1, label="whole machine")
-        failed = [r["agents"] for r in rows if "mesh_error" in r]
-        if failed and title.startswith(("messages", "latency", "CPU")):
-            ax.plot(failed, [0] * len(failed), "rx", markersize=9, clip_on=False,
-                    label="mesh scenario failed (see JSON)")
-        if title.startswith("decay") and simulated:
-            # the core alone at 1,000 and 10,000 agents: median decay over its synthetic stream
-            sx = [r["agents"] for r in simulated]
-            ax.plot(sx, [r["decay_ms"]["median"] for r in simulated], marker="s", linestyle="--",
-                    label="core alone, simulated (median decay)")
-            ax.set_yscale("log")
-            ticks += sx
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [f"{a:,}" for a in ticks])
-        ax.minorticks_off()
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(unit)
-        ax.set_xlabel("agents")
-        if ax.get_yscale() == "linear":
-            ax.set_ylim(bottom=0)
-        if title.startswith("CPU"):
-            ax.set_ylim(0, 2.7)  # room above the machine's 2 cores for the legend
-        ax.grid(True, alpha=0.3)
-        # the CPU panel's lines fill its lower half: its legend goes above them
-        ax.legend(fontsize=6 if title.startswith("CPU") else 7,
-                  loc="upper left" if title.startswith("CPU") else "best",
-                  ncols=2 if title.startswith("CPU") else 1)
-    machine = data["machine"]
-    fig.suptitle(f"agentmesh scale curve: {machine['cores']} cores, {machine['date'][:10]}, "
-                 f"load average {machine['load_average_start'][0]} at start", fontsize=11)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-
-
 # -- the run ------------------------------------------------------------------------------
 
 def _machine() -> dict[str, Any]:
@@ -444,39 +306,92 @@ def _write(data: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
-def measure(sizes: list[int], duration: float, simulate: list[int], events: int, status: bool,
-            out: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Plan:
+    """What a curve measures (the command line's options)."""
+
+    sizes: list[int]
+    duration: float = 5.0
+    runs: int = DEFAULT_RUNS
+    decay: bool = True
+    status: bool = True
+    simulate: list[int] = field(default_factory=lambda: list(DEFAULT_SIMULATE))
+    events: int = SIMULATE_EVENTS
+    sign: bool | None = None  # None: as mesh.yaml's default (on)
+    broker: BrokerKind = "tansu"
+
+
+def _mesh_runs(plan: Plan, agents: int, data: dict[str, Any], index: int,
+               out: Path) -> list[dict[str, Any]]:
+    """`plan.runs` runs of the mesh scenario at `agents`, one after the other; the size's
+    record (data["sizes"][index]) and the JSON rewritten after each."""
+    runs: list[dict[str, Any]] = []
+    for n in range(1, plan.runs + 1):
+        if n > 1:
+            time.sleep(SETTLE_S)
+        load, started = round(os.getloadavg()[0], 2), time.perf_counter()
+        mesh, rss, mesh_error = mesh_point(agents, plan.duration, plan.sign, plan.broker)
+        run = {"run": n, **run_record(agents, mesh, mesh_error, rss),
+               "elapsed_s": round(time.perf_counter() - started, 1),
+               "load_average": [load, round(os.getloadavg()[0], 2)]}
+        runs.append(run)
+        data["sizes"][index] = size_record(agents, runs)
+        _write(data, out)
+        print(table_row(run, f"{agents} #{n}"), flush=True)
+    return runs
+
+
+def _timed(what: str, step: Any, *args: Any) -> tuple[dict[str, Any], float]:
+    started = time.perf_counter()
+    result = attempt(what, step, *args)
+    return result, round(time.perf_counter() - started, 1)
+
+
+def measure(plan: Plan, out: Path) -> dict[str, Any]:
     data: dict[str, Any] = {
         "machine": _machine(),
-        "settings": {"sizes": sizes, "duration_s": duration, "simulate_agents": simulate,
-                     "simulate_events": events, "status_repeats": STATUS_REPEATS,
-                     "rss_sample_s": RSS_SAMPLE_S,
+        "settings": {"sizes": plan.sizes, "runs": plan.runs, "duration_s": plan.duration,
+                     "decay": plan.decay, "status": plan.status, "simulate_agents": plan.simulate,
+                     "simulate_events": plan.events, "status_repeats": STATUS_REPEATS,
+                     "sign_envelopes": plan.sign, "broker": plan.broker,
+                     "rss_sample_s": RSS_SAMPLE_S, "settle_s": SETTLE_S,
                      "command": " ".join(["benchmarks/scale_curve.py", *sys.argv[1:]])},
         "sizes": [],
         "simulate": [],
     }
-    print("  ".join(f"{c:>10}" for c in COLUMNS), flush=True)
-    for agents in sizes:
+    curve_started = time.perf_counter()
+    print(table_header(), flush=True)
+    for agents in plan.sizes:
         load = round(os.getloadavg()[0], 2)
-        mesh, rss, mesh_error = mesh_point(agents, duration)
-        decay = attempt(f"decay of {agents}", decay_point, agents)
-        point = attempt(f"status of {agents}", status_point, agents) if status else None
-        record = size_record(agents, mesh, mesh_error, rss, decay, point)
+        index = len(data["sizes"])
+        data["sizes"].append({"agents": agents})
+        started = time.perf_counter()
+        runs = _mesh_runs(plan, agents, data, index, out)
+        wall = {"mesh_runs": round(time.perf_counter() - started, 1)}
+        decay = status = None
+        if plan.decay:
+            decay, wall["decay"] = _timed(f"decay of {agents}", decay_point, agents)
+        if plan.status:
+            status, wall["status"] = _timed(f"status of {agents}", status_point, agents)
+        record = size_record(agents, runs, decay, status)
+        record["wall_s"] = wall
         record["load_average"] = [load, round(os.getloadavg()[0], 2)]
-        data["sizes"].append(record)
+        data["sizes"][index] = record
         _write(data, out)
-        print(table_row(record), flush=True)
-    for agents in simulate:
-        result = attempt(f"simulate {agents}", simulate_point, agents, events)
-        data["simulate"].append({"agents": agents, "events": events, **result})
+        print(table_row(record, f"{agents} med"), flush=True)
+    for agents in plan.simulate:
+        result, wall_s = _timed(f"simulate {agents}", simulate_point, agents, plan.events)
+        data["simulate"].append({"agents": agents, "events": plan.events, **result})
         _write(data, out)
         if "error" in result:
             continue
-        print(f"simulate {agents:,} agents, {events:,} events: {result['wall_s']} s wall, "
+        print(f"simulate {agents:,} agents, {plan.events:,} events: {wall_s} s wall, "
               f"{result['events_per_s']:,} events/s, decay median {result['decay_ms']['median']} ms, "
               f"{result['peak_edges']:,} edges at most, peak RSS {result['peak_rss_mb']:,} MB", flush=True)
     data["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    data["wall_s"] = round(time.perf_counter() - curve_started, 1)
     _write(data, out)
+    print(f"the curve took {data['wall_s']:,.0f} s", flush=True)
     return data
 
 
@@ -489,23 +404,41 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=_ints, default=list(DEFAULT_SIZES),
                         help="agents per mesh, comma-separated (default 4,16,64,128)")
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                        help=f"runs of the mesh scenario per size; the figures are their medians "
+                             f"(default {DEFAULT_RUNS})")
     parser.add_argument("--duration", type=float, default=5.0,
                         help="seconds per phase of the mesh scenario (default 5)")
+    parser.add_argument("--sign", action=argparse.BooleanOptionalAction, default=None,
+                        help="sign the bench mesh's records (security.sign_envelopes); default: on, "
+                             "as mesh.yaml's default")
+    parser.add_argument("--broker", choices=("tansu", "noida"), default="tansu",
+                        help="the mesh scenario's broker (default tansu, the mesh's own)")
     parser.add_argument("--simulate", type=_ints, default=list(DEFAULT_SIMULATE),
                         help="agents of the topology core alone, comma-separated; '' to skip "
                              "(default 1000,10000)")
     parser.add_argument("--events", type=int, default=SIMULATE_EVENTS,
                         help=f"messages of each simulation (default {SIMULATE_EVENTS:,})")
-    parser.add_argument("--no-status", action="store_true",
-                        help="skip the supervised mesh (status refresh, idle RSS, up/down times)")
+    parser.add_argument("--skip-decay", action="store_true", help="skip decay + prune of a full mesh")
+    parser.add_argument("--skip-status", "--no-status", action="store_true",
+                        help="skip the supervised mesh (status refresh, idle CPU and RSS, up/down times)")
+    parser.add_argument("--skip-simulate", action="store_true", help="skip the topology core alone")
+    parser.add_argument("--mesh-only", action="store_true",
+                        help="only the mesh scenario: --skip-decay --skip-status --skip-simulate")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "scale-curve.json")
     parser.add_argument("--png", type=Path, default=REPO / "docs" / "scale-curve.png")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON at --out")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.plot_only:
         data = json.loads(args.out.read_text(encoding="utf-8"))
     else:
-        data = measure(args.sizes, args.duration, args.simulate, args.events, not args.no_status, args.out)
+        plan = Plan(args.sizes, args.duration, args.runs, decay=not (args.skip_decay or args.mesh_only),
+                    status=not (args.skip_status or args.mesh_only),
+                    simulate=[] if args.skip_simulate or args.mesh_only else args.simulate,
+                    events=args.events, sign=args.sign, broker=args.broker)
+        data = measure(plan, args.out)
     plot(data, args.png)
     print(f"wrote {args.out} and {args.png}")
     return 0

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import psutil
@@ -390,11 +391,15 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope)
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
+            redis_port = urlsplit(bm.mesh.redis_url).port or 0
+            valkey_pid = bm.procs[1].pid if config is None else listener_pid(redis_port)
             pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid]}
-            if broker_pid is not None:
-                pids["broker"] = [broker_pid]
-            else:
-                notes.append("broker CPU not measured: its process is not on this machine or not visible")
+            for kind, pid in (("broker", broker_pid), ("valkey", valkey_pid)):
+                if pid is not None:
+                    pids[kind] = [pid]
+                else:
+                    notes.append(f"{kind} CPU not measured: its process is not on this machine or not "
+                                 "visible")
             sampler = Sampler(pids)
 
             # (a) peak, closed loop
@@ -449,6 +454,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
         "topology_operator_messages": counters.get("operator_messages", 0),
         "topology_cpu_share": shares["topology"],
         "broker_cpu_share": shares.get("broker", 0.0),
+        "valkey_cpu_share": shares.get("valkey", 0.0),
         "agents_cpu_share": shares["agents"],
         "agent_rss_mb": rss,
     }

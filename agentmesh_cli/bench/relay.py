@@ -31,8 +31,11 @@ import redis
 
 from agentmesh_cli import environment, events
 from agentmesh_cli.agent.base import Role
+from agentmesh_cli.config import MeshConfig
 from agentmesh_cli.constants import OPERATOR_SENDERS, Keys
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.errors import ConfigError
+from agentmesh_cli.mesh import redis_url
 
 BENCH_TYPE = "bench"
 FLUSH_S = 1.0
@@ -59,6 +62,18 @@ def bench_payload(run: str, hops: int) -> dict[str, Any]:
 def sample_envelope(run: str, sender: str, recipient: str, hops: int) -> bytes:
     """A bench message as a relay sends it (the baselines move records of its size)."""
     return events.message(sender, recipient, BENCH_TYPE, bench_payload(run, hops)).encode()
+
+
+def relay_redis_url(cfg: MeshConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The URL the runtime connects to Redis with (`Mesh.redis_url`). A role sees the config,
+    not the mesh's folder: a bench mesh names its Redis by URL (bench/infra.py); a supervised
+    mesh's embedded Valkey takes the password `up` hands every program (credentials.py)."""
+    password = environment.secret_overrides(environ)["redis_password"]
+    if cfg.redis.embedded and not password:
+        variable = environment.SECRETS["redis_password"]
+        raise ConfigError(f"the embedded Valkey's password is not in ${variable}: run the relays "
+                          "under `agentmesh up`, or name Redis by URL in mesh.yaml")
+    return redis_url(cfg.redis, password)
 
 
 # the histogram (pure) ------------------------------------------------------------------
@@ -158,9 +173,8 @@ class Relay(Role):
 
     def on_start(self) -> None:
         cfg = self.ctx.config
-        # a client of its own for the bench keys (the runtime's Store is not the role's); a
-        # bench mesh always names its Redis by URL (bench/infra.py), password included
-        self._redis = redis.Redis.from_url(environment.expand(cfg.redis.url, "redis.url"), socket_timeout=2.0,
+        # a client of its own for the bench keys (the runtime's Store is not the role's)
+        self._redis = redis.Redis.from_url(relay_redis_url(cfg), socket_timeout=2.0,
                                            socket_connect_timeout=2.0)
         self._settings_key = settings_key(cfg.mesh)
         self.run: str | None = None

@@ -31,7 +31,7 @@ def test_a_short_mesh_run_has_every_field() -> None:
     assert f["injected"] == f["topology_operator_messages"] == 2 * 20
     assert len(f["topology_backlog"]) == 3 and all(b >= 0 for b in f["topology_backlog"])
     assert isinstance(f["topology_keeps_up"], bool)
-    for share in ("topology_cpu_share", "broker_cpu_share", "agents_cpu_share"):
+    for share in ("topology_cpu_share", "broker_cpu_share", "valkey_cpu_share", "agents_cpu_share"):
         assert f[share] > 0
     assert 0 < f["agent_rss_mb"]["mean"] <= f["agent_rss_mb"]["max"]
 

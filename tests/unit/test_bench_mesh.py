@@ -1,5 +1,5 @@
 """`agentmesh bench mesh`, pure parts: the relay's latency histogram by exact tables,
-and the relays' inbox partitions."""
+the relays' inbox partitions, and the Redis URL a relay connects with."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.bench import mesh
-from agentmesh_cli.bench.relay import BOUNDS_NS, Histogram
-from agentmesh_cli.errors import BenchError
+from agentmesh_cli.bench.relay import BOUNDS_NS, Histogram, relay_redis_url
+from agentmesh_cli.config import parse_config
+from agentmesh_cli.errors import BenchError, ConfigError
+from tests.helpers.tables import GOOD
 
 MS = 1_000_000  # ns
 
@@ -62,3 +64,22 @@ def test_relay_names_read_distinct_partitions() -> None:
         mesh.relay_names(4, 2)
 
 
+# a bench mesh names its Redis by URL; a supervised mesh's relays (benchmarks/scale_curve.py's
+# status step) run on the embedded Valkey, whose password `up` hands them in the environment
+@pytest.mark.parametrize(("redis", "environ", "url"), [
+    ({"url": "redis://127.0.0.1:7001/0"}, {}, "redis://127.0.0.1:7001/0"),
+    ({"url": "redis://:${RPW}@r1:6379/2"}, {}, "redis://:from-env@r1:6379/2"),  # expanded from os.environ
+    ({}, {"AGENTMESH_REDIS_PASSWORD": "pw"}, "redis://:pw@127.0.0.1:26379/0"),
+    ({"port": 7002}, {"AGENTMESH_REDIS_PASSWORD": "pw"}, "redis://:pw@127.0.0.1:7002/0"),
+])
+def test_relay_redis_url(redis: dict[str, object], environ: dict[str, str], url: str,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPW", "from-env")
+    cfg = parse_config({**GOOD, "redis": redis})
+    assert relay_redis_url(cfg, environ) == url
+
+
+def test_relay_redis_url_needs_the_embedded_password() -> None:
+    cfg = parse_config(GOOD)
+    with pytest.raises(ConfigError, match=r"\$AGENTMESH_REDIS_PASSWORD"):
+        relay_redis_url(cfg, {})
