@@ -34,6 +34,7 @@ from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.constants import AGENT_LINGER_MS
 from agentmesh_cli.errors import BenchError, WaitTimeout
+from agentmesh_cli.signing import Signer
 from agentmesh_cli.waiting import Deadline, wait_until
 
 TOPIC_PREFIX = "bench.baseline."
@@ -46,6 +47,9 @@ DEFAULT_VALUE = b"x" * 100
 # from the offset (251 MB seen in the raw phase): past librdkafka's 100 MB default the
 # consumer fails on every fetch. A baseline consumer takes answers this large.
 RECEIVE_MAX_BYTES = 1_000_000_000
+# the floor's loops sign and check as a signing mesh does (`sign`): a throwaway key, public
+# on purpose (what is measured is the cost of an HMAC per record, not a secret)
+FLOOR_SIGNING_KEY = b"agentmesh-bench-floor"
 
 
 def default_envelope() -> bytes:
@@ -220,7 +224,7 @@ def _raw_consumer(settings: dict[str, Any]) -> None:
 # floor ----------------------------------------------------------------------------------
 def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int = 100,
           envelope: bytes | None = None, linger_ms: float | None = None,
-          fetch_wait: float | None = None) -> dict[str, Any]:
+          fetch_wait: float | None = None, sign: bool = False) -> dict[str, Any]:
     """`loops` bare loops (processes, one partition each) passing the envelope on, each to
     the others in turn (the relays' traffic: a loop's sends spread over every other
     partition, and every partition costs the broker a produce request per flush), each
@@ -229,7 +233,8 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
 
     The loops use the clients' settings an agent of this mesh gets (`linger.ms` from
     `kafka.client`, else 0 as the agents' Bus; `kafka.fetch_wait`), so the floor differs
-    from an agent by the framework only; `linger_ms` / `fetch_wait` override them."""
+    from an agent by the framework only; `linger_ms` / `fetch_wait` override them. `sign`:
+    each record is signed and each one read checked, as in a mesh that signs (the default)."""
     if loops < 2:
         raise BenchError("the floor needs at least 2 loops")
     template = envelope or default_envelope()
@@ -242,7 +247,7 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
                 "peers": [j for j in range(loops) if j != i], "window": window,
                 "seconds": seconds, "warmup": FLOOR_WARMUP_S, "template": template.decode(),
                 "linger_ms": linger(kafka) if linger_ms is None else linger_ms,
-                "fetch_wait": fetch_wait}))
+                "fetch_wait": fetch_wait, "sign": sign}))
         for worker in workers:
             _wait_ready(worker, "a floor loop")
         for worker in workers:  # all go at once; each counts its own window
@@ -263,7 +268,8 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             "latency": percentiles(hops_ms) if hops_ms else {},
             "cpu_share": round(cpu / seconds, 2),  # of one core, all loops together
             "cpu_us_per_reply": round(cpu / max(1, replies) * 1e6, 1),
-            "loops": loops, "window": window, "envelope_bytes": len(template), "seconds": seconds}
+            "loops": loops, "window": window, "envelope_bytes": len(template), "seconds": seconds,
+            "signed": sign}
 
 
 def poll_values(consumer: Consumer, max_records: int, timeout: float) -> list[bytes]:
@@ -274,6 +280,16 @@ def poll_values(consumer: Consumer, max_records: int, timeout: float) -> list[by
         return []
     return [value for msg in (first, *consumer.consume(max_records - 1, 0))
             if msg.error() is None and (value := msg.value()) is not None]
+
+
+def poll_checked(consumer: Consumer, max_records: int, timeout: float, signer: Signer) -> list[bytes]:
+    """poll_values, keeping only the records whose signature checks (Reader's check)."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [value for msg in (first, *consumer.consume(max_records - 1, 0))
+            if msg.error() is None and (value := msg.value()) is not None
+            and signer.check(msg.topic() or "", value, msg.headers()) is None]
 
 
 def worker_ready(producer: Producer, consumer: Consumer, topic: str, partition: int) -> bool:
@@ -306,16 +322,18 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     base = uuid.uuid4().hex[:23]
     consumer = _consumer(kafka, f"bench-floor-{me}", topic, me, settings["fetch_wait"])
     producer = _producer(kafka, f"bench-floor-{me}", linger_ms=settings["linger_ms"])
+    signer = Signer(FLOOR_SIGNING_KEY) if settings.get("sign") else None
 
     def send(n: int, hops: int) -> None:
         nonlocal turn
         partition, recipient, key = targets[turn]
         turn = (turn + 1) % len(targets)
-        producer.produce(topic, orjson.dumps({
+        value = orjson.dumps({
             **template, "id": f"{base}-{n:012x}", "from_agent_id": name, "to_agent_id": recipient,
             "ts": time.time_ns() // 1_000_000,
-            "payload": {**template["payload"], "sent_ns": time.time_ns(), "hops": hops}}),
-            key=key, partition=partition)
+            "payload": {**template["payload"], "sent_ns": time.time_ns(), "hops": hops}})
+        extra: dict[str, Any] = {} if signer is None else {"headers": signer.headers(topic, value)}
+        producer.produce(topic, value, key=key, partition=partition, **extra)
 
     try:
         if not worker_ready(producer, consumer, topic, me):
@@ -332,7 +350,8 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         while (now := time.monotonic()) < end:
             if not counting and now >= start:
                 counting, cpu_start = True, time.process_time()
-            batch = poll_values(consumer, 500, 0.1)
+            batch = (poll_values(consumer, 500, 0.1) if signer is None
+                     else poll_checked(consumer, 500, 0.1, signer))
             for value in batch:
                 data = orjson.loads(value)
                 payload = data["payload"]

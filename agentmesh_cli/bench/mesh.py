@@ -388,7 +388,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             baseline_s = min(2.0, duration)
             raw = {"throughput": baselines.raw_throughput(cfg.kafka, baseline_s, value=envelope),
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
-            floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope)
+            floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope,
+                                    sign=cfg.security.sign_envelopes)
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
             redis_port = urlsplit(bm.mesh.redis_url).port or 0
@@ -467,7 +468,9 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
         "figures move with what else runs)",
         f"floor: {floor['loops']} bare loops, each passing messages to the others in turn as the relays "
         f"do, window {window} each, linger.ms {floor['linger_ms']:g} and a flush per batch, fetch wait "
-        f"{floor['fetch_wait_ms']:g} ms (the agents' settings)",
+        f"{floor['fetch_wait_ms']:g} ms (the agents' settings), " +
+        ("signing and checking every record, as the mesh does" if floor["signed"]
+         else "unsigned, as the mesh"),
         "topology_backlog: records on `messages` not yet read by the topology manager at its snapshots at "
         "the start, middle and end of the peak window (produced counts interpolated from the relays' flushes "
         "to the snapshot's time); it keeps up when the backlog grows by at most 0.25 s of traffic and ends "
