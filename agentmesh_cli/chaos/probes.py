@@ -87,12 +87,17 @@ class ProbeSender:
         self._held: set[str] = set()
         self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos", signer=signer)
         self._bus.on_delivered = self._confirm
-        if store is not None:
-            ringing(self._bus, store)  # a sleeping agent is rung (dozing.py)
+        # a sleeping agent is rung (dozing.py)
+        self._bell = ringing(self._bus, store) if store is not None else None
         self._watch = None if store is None else BrokerWatch(self._bus, store, store.kafka_epoch() or "",
                                                              topics_every=5.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-probes", daemon=True)
+
+    @property
+    def hears_sleepers(self) -> bool:
+        """Its doorbell follows who sleeps (it rings what it sends to a sleeping agent)."""
+        return self._bell is not None and self._bell.listening
 
     def agent_of(self, seq: int) -> str:
         return self.agents[seq % len(self.agents)]
