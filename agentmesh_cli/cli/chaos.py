@@ -67,8 +67,8 @@ def chaos(
 
     Exit code 0 only when no probe was lost, none was handled twice, every ask was
     answered, none twice (through the gateway too: each handled once by its agent; each
-    chat of the llm fault answered once, its tool asked once), and no proposal was decided
-    twice (docs/reliability.md).
+    chat of the llm fault answered once, its tool asked once; every sleeping agent of the doze
+    fault woken), and no proposal was decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json

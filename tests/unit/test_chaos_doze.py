@@ -1,14 +1,20 @@
-"""`agentmesh chaos`, the doze fault's pure parts: its plan, its row (judged), its note."""
+"""`agentmesh chaos`, the doze fault's pure parts: its plan, its row (judged), its note, the
+figures summed over its rows, the summary lines and the verdict."""
 
 from __future__ import annotations
 
+import io
 import math
 from array import array
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from agentmesh_cli.chaos.faults import DOZE, KILL, STALL, Fault, plan_faults
+from agentmesh_cli.chaos.figures import doze_figures
+from agentmesh_cli.chaos.figures import judge as judge_result
+from agentmesh_cli.chaos.report import chaos_table
 from agentmesh_cli.chaos.sleep_tally import (
     doze_note,
     doze_row,
@@ -17,10 +23,11 @@ from agentmesh_cli.chaos.sleep_tally import (
     wake_summary,
 )
 from agentmesh_cli.errors import ConfigError
-from tests.helpers.tables import CHAOS_AGENTS
+from tests.helpers.tables import CHAOS_AGENTS, quiet_chaos_result
 
 PROGRAMS = sorted(["kafka", "redis", "memory", "cognition", "metrics", "topology-manager",
                    "consensus-manager", *(f"agent-{a}" for a in CHAOS_AGENTS)])
+COUNTERS = {"doze_sleeps": 12, "doze_rung": 11, "doze_probe_found": 0, "doze_deaf": 4}
 
 
 @pytest.mark.parametrize(("spec", "programs", "expected"), [
@@ -102,3 +109,30 @@ def test_doze_row_and_note() -> None:
         "handled twice unknown; probe stream's longest gap 24 ms")
     assert doze_note(row(woke={})).startswith(
         "all asleep after 1.8 s; none of 3 sleepers woke; [red]not woken")
+
+
+def test_doze_figures_lines_and_verdict() -> None:
+    assert doze_figures([], COUNTERS) is None
+    redis = row(None, {a: 40.0 + i for i, a in enumerate(CHAOS_AGENTS)})
+    figures = doze_figures([row(), redis], COUNTERS)
+    assert figures == {"rows": 2, "woken": 7, "not_woken": 0, "wake_p50_ms": 40.0, "wake_max_ms": 43.0,
+                       "handled_twice": 0, "counters": COUNTERS, "ok": True}
+    fault = {"fault": "kill -9 agent-Sales asleep, probes to every agent", "phase": "sequence",
+             "detect_s": 0.21, "recover_s": 3.45, "lost": 0, "note": doze_note(row()),
+             "recovered_by": "new pid ready", "doze": row()}
+    result = quiet_chaos_result(fault, CHAOS_AGENTS, 21.0, doze=figures)
+    result["ok"] = judge_result(result)
+    assert result["ok"]
+    out = io.StringIO()
+    Console(file=out, width=320, color_system=None).print(chaos_table(result))
+    text = out.getvalue()
+    assert "kill -9 agent-Sales asleep, probes to every agent" in text
+    assert "ok: all asleep after 1.8 s" in text
+    assert "sleeping agents woken (doze)" in text
+    assert ("first probe sent to first handled: p50 40 ms, max 43 ms; over the run 12 sleeps, woken 11 by a "
+            "ring, 0 by their probe, 4 deaf (Redis away)") in text
+    assert "sleeping agents not woken" in text and "must be 0: ok" in text
+    # a sleeper never woken fails the run, as a lost probe would
+    failed = doze_figures([row(woke={"Support": 12.0})], COUNTERS)
+    assert failed is not None and failed["not_woken"] == 2 and not failed["ok"]
+    assert not judge_result({**result, "doze": failed})
