@@ -86,11 +86,12 @@ class Sleepers:
         except AgentMeshError:
             pass  # judged as not asleep until the quiet's timeout
 
-    def awake(self) -> list[str]:
-        return [a for a in self.agents if a not in self.asleep]
+    def not_asleep(self, now: float) -> list[str]:
+        """The agents that did not say they sleep, or said so less than ASLEEP_AFTER_S ago."""
+        return [a for a in self.agents if now - self.asleep.get(a, now) < ASLEEP_AFTER_S]
 
     def all_asleep(self, now: float) -> bool:
-        return not self.awake() and now - max(self.asleep.values()) >= ASLEEP_AFTER_S
+        return not self.not_asleep(now)
 
     def close(self) -> None:
         try:
@@ -226,9 +227,9 @@ class DozeWatch(Watch):
         if not self.sleepers.all_asleep(now):
             if now - self.quiet_started <= self.ctx.timeout:
                 return False
-            awake = ", ".join(self.sleepers.awake()) or "none"
+            awake = ", ".join(self.sleepers.not_asleep(now))
             self.outcome.note = (f"not run: the agents were not all asleep within {self.ctx.timeout:.0f} s "
-                                 f"(awake: {awake})")
+                                 f"(not asleep: {awake})")
             return self._give_up()
         state, pid = states.get(self.fault.target, ("UNKNOWN", 0))
         if state != RUNNING or not pid:
