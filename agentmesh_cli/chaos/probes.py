@@ -190,19 +190,19 @@ class ProbeSender:
         return self._bus.flush(flush_timeout)
 
 
-def newest_probe(store: Store, agent: str, probes: ProbeSender) -> int:
-    """The newest probe seq to the agent among its ledger's most recently handled ids (-1:
-    none); a group's ledger holds every replica's, so more of them are read."""
-    ids, _score = store.handled_ids(probes.ledger_of(agent), RECENT_IDS * probes.sharing(agent))
+def newest_probe(store: Store, agent: str, probes: ProbeSender, recent: int = RECENT_IDS) -> int:
+    """The newest probe seq to the agent among its ledger's `recent` most recently handled
+    ids (-1: none); a group's ledger holds every replica's, so more of them are read."""
+    ids, _score = store.handled_ids(probes.ledger_of(agent), recent * probes.sharing(agent))
     seqs = [s for s in map(probes.seq_of, ids) if s is not None and probes.agent_of(s) == agent]
     return max(seqs, default=-1)
 
 
-def handled_after(store: Store, agent: str, probes: ProbeSender, seq: int) -> bool:
+def handled_after(store: Store, agent: str, probes: ProbeSender, seq: int, recent: int = RECENT_IDS) -> bool:
     """Has the agent handled a probe newer than `seq`? (Its inbox is one partition, read in
     order, so a newer probe handled means everything it was sent before was read.)"""
     try:
-        return newest_probe(store, agent, probes) > seq
+        return newest_probe(store, agent, probes, recent) > seq
     except AgentMeshError:
         return False
 

@@ -23,11 +23,12 @@ def wake_summary(wake_ms: dict[str, float]) -> tuple[float | None, float | None]
 
 
 def doze_row(victim: str | None, asleep_after_s: float, sleepers: list[str], woke: dict[str, float],
-             twice: int | None, back: bool, believed: list[str], gap_ms: float) -> dict[str, Any]:
+             twice: int | None, back: bool, believed: list[str], gap: tuple[float, float]) -> dict[str, Any]:
     """A doze row, judged (pure): ok when every sleeper woke, none handled twice (unknown
     when Redis could not be read: the run's own figure judges it), and the killed agent is
     back. `victim`: the agent killed asleep (None: Redis); `believed`: the agents the
-    `asleep` hash lists (at the row's end; for Redis's, when the probes resumed)."""
+    `asleep` hash lists (at the row's end; for Redis's, when the probes resumed); `gap`: the
+    probe stream's longest, and when (longest_gap)."""
     p50, top = wake_summary(woke)
     not_woken = [a for a in sleepers if a not in woke]
     return {
@@ -36,7 +37,7 @@ def doze_row(victim: str | None, asleep_after_s: float, sleepers: list[str], wok
         "not_woken": not_woken, "handled_twice": twice,
         "stale_entry": victim is not None and victim in believed,
         "believed_asleep": believed if victim is None else None,
-        "sender_gap_ms": gap_ms,
+        "sender_gap_ms": gap[0], "sender_gap_at_s": gap[1],
         "ok": not not_woken and twice in (0, None) and back,
     }
 
@@ -57,12 +58,17 @@ def doze_note(row: dict[str, Any]) -> str:
         parts.append(f"{len(row['believed_asleep'])} of {len(row['sleepers'])} in the asleep hash "
                      "when the probes resumed")
     twice = "unknown" if row["handled_twice"] is None else f"{row['handled_twice']}"
-    parts.append(f"handled twice {twice}; probe stream's longest gap {row['sender_gap_ms']:.0f} ms")
+    parts.append(f"handled twice {twice}; probe stream's longest gap {row['sender_gap_ms']:.0f} ms "
+                 f"(+{row['sender_gap_at_s']:.1f} s)")
     return "; ".join(parts)
 
 
-def longest_gap_ms(produced_at: Any, start: int, end: int) -> float:
-    """The longest time between two probes produced one after the other (seqs start..end-1):
-    did a sender wait on a ring?"""
+def longest_gap(produced_at: Any, start: int, end: int) -> tuple[float, float]:
+    """The longest time between two probes produced one after the other (seqs start..end-1),
+    in ms, and when it began (s after the first): did the sender wait on a ring (at once), or
+    was it the machine (a restart's CPU)?"""
     times = [t for t in produced_at[start:end] if not math.isnan(t)]
-    return round(max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0) * 1000, 1)
+    if len(times) < 2:
+        return 0.0, 0.0
+    width, at = max((b - a, a) for a, b in zip(times, times[1:], strict=False))
+    return round(width * 1000, 1), round(at - times[0], 2)

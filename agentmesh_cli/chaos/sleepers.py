@@ -36,7 +36,7 @@ from agentmesh_cli import doze
 from agentmesh_cli.chaos.faults import Context, Fault
 from agentmesh_cli.chaos.observe import ProgramStates
 from agentmesh_cli.chaos.probes import ProbeSender, handled_after
-from agentmesh_cli.chaos.sleep_tally import doze_note, doze_row, first_probe_after, longest_gap_ms
+from agentmesh_cli.chaos.sleep_tally import doze_note, doze_row, first_probe_after, longest_gap
 from agentmesh_cli.chaos.watches import RUNNING, Watch
 from agentmesh_cli.doorbell import parse_asleep
 from agentmesh_cli.errors import AgentMeshError, FaultSkipped, WaitTimeout
@@ -48,6 +48,9 @@ ASLEEP_AFTER_S = doze.GRACE_S + 0.2  # announced this long ago: past its grace (
 # the doorbells listen again: an agent that woke deaf announces after IDLE_AFTER_S, sleeps GRACE_S later
 RESETTLE_S = doze.IDLE_AFTER_S + doze.GRACE_S + 0.5
 CLOCK_EVERY_S = 0.01  # how often the wake clock reads the ledgers
+# ... their newest ids this many: a sleeper's ledger ends with probes from before the quiet
+# and a few demo messages, and the first probe handled after it is among the newest
+CLOCK_IDS = 20
 CONFIRM_S = 2.0  # for the feed's subscription to be confirmed
 
 
@@ -122,7 +125,7 @@ class WakeClock:
     def _run(self) -> None:
         while self._pending and not self._stop.is_set():
             for agent in list(self._pending):
-                if handled_after(self._store, agent, self.probes, self.marks[agent]):
+                if handled_after(self._store, agent, self.probes, self.marks[agent], CLOCK_IDS):
                     self.woke[agent] = self._since_first(agent, time.monotonic())
                     self._pending.remove(agent)
             self._stop.wait(CLOCK_EVERY_S)
@@ -332,7 +335,7 @@ class DozeWatch(Watch):
         row = doze_row(self.victim, self.asleep_after_s, sleepers, woke, twice,
                        back=self.victim is None or self.outcome.recover_s is not None,
                        believed=self._believed() if self.victim is not None else self.believed,
-                       gap_ms=longest_gap_ms(probes.produced_at, self.first_seq, probes.produced))
+                       gap=longest_gap(probes.produced_at, self.first_seq, probes.produced))
         self.outcome.doze = row
         self.outcome.note = "; ".join(n for n in (self.outcome.note, doze_note(row)) if n)
         self._resumed_at_last()

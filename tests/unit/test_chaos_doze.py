@@ -19,7 +19,7 @@ from agentmesh_cli.chaos.sleep_tally import (
     doze_note,
     doze_row,
     first_probe_after,
-    longest_gap_ms,
+    longest_gap,
     wake_summary,
 )
 from agentmesh_cli.errors import ConfigError
@@ -67,9 +67,9 @@ def test_wake_summary_and_the_longest_gap() -> None:
     assert wake_summary({"Fraud": 30.0, "Inventory": 10.0, "Support": 20.0}) == (20.0, 30.0)
     assert wake_summary({"Fraud": 30.0, "Inventory": 10.0}) == (20.0, 30.0)
     produced = array("d", [1.000, 1.005, math.nan, 1.010, 1.060, 1.065])
-    assert longest_gap_ms(produced, 0, 6) == 50.0  # a refused probe (nan) is no gap of its own
-    assert longest_gap_ms(produced, 0, 3) == 5.0
-    assert longest_gap_ms(produced, 5, 6) == 0.0
+    assert longest_gap(produced, 0, 6) == (50.0, 0.01)  # a refused probe (nan) is no gap of its own
+    assert longest_gap(produced, 0, 3) == (5.0, 0.0)
+    assert longest_gap(produced, 5, 6) == (0.0, 0.0)
 
 
 def row(victim: str | None = "Sales", woke: dict[str, float] | None = None, twice: int | None = 0,
@@ -77,7 +77,7 @@ def row(victim: str | None = "Sales", woke: dict[str, float] | None = None, twic
     sleepers = [a for a in CHAOS_AGENTS if a != victim]
     woke = {"Support": 12.0, "Inventory": 20.0, "Fraud": 31.0} if woke is None else woke
     return doze_row(victim, 1.8, sleepers, woke, twice, back,
-                    ["Sales"] if believed is None else believed, gap_ms=24.0)
+                    ["Sales"] if believed is None else believed, gap=(24.0, 0.02))
 
 
 @pytest.mark.parametrize(("kwargs", "ok"), [
@@ -100,13 +100,13 @@ def test_doze_row_and_note() -> None:
     assert doze_note(killed) == (
         "all asleep after 1.8 s; 3 of 3 sleepers woke, first probe to handled p50 20 ms, max 31 ms; "
         "Sales killed asleep, its stale asleep entry rung in vain; handled twice 0; probe stream's "
-        "longest gap 24 ms")
+        "longest gap 24 ms (+0.0 s)")
     redis = row(None, {"Sales": 40.0, "Support": 52.0}, twice=None, believed=["Sales", "Support"])
     assert redis["killed"] == "redis" and redis["not_woken"] == ["Inventory", "Fraud"]
     assert doze_note(redis) == (
         "all asleep after 1.8 s; 2 of 4 sleepers woke, first probe to handled p50 46 ms, max 52 ms; "
         "[red]not woken: Inventory, Fraud[/]; 2 of 4 in the asleep hash when the probes resumed; "
-        "handled twice unknown; probe stream's longest gap 24 ms")
+        "handled twice unknown; probe stream's longest gap 24 ms (+0.0 s)")
     assert doze_note(row(woke={})).startswith(
         "all asleep after 1.8 s; none of 3 sleepers woke; [red]not woken")
 
