@@ -89,7 +89,8 @@ class Doze:
                 return NOTHING
             self._enter(State.AWAKE, now)
             if state is not State.DROWSY:
-                self.counts[COUNTER_RUNG if rung else COUNTER_DEAF if not can_sleep
+                # deaf first: a doorbell that stops listening rings its reader awake as well
+                self.counts[COUNTER_DEAF if not can_sleep else COUNTER_RUNG if rung
                             else COUNTER_PROBE_FOUND] += 1
             # the senders may believe it sleeps (told so, or some never heard it woke)
             return Action(assign=state is State.ASLEEP, announce_awake=can_sleep)

@@ -137,9 +137,20 @@ class Reader:
             self._consumer.unassign()
         except KafkaException as exc:
             raise BusError(f"cannot stop fetching: {exc}") from exc
-        # a partition nothing was read from yet starts as it was told at first
-        self._paused = [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, start)
-                        for tp, start in zip(positions, self._starts, strict=True)]
+        # a partition that gave nothing since it was last assigned (the client knows no position:
+        # a wake that found nothing, as every idle probe) goes on where the reader got to; one
+        # never read from starts as it was told at first. (It was `start` alone: each probe
+        # sent a manager back to where it started, to fetch all since then again at its next wake.)
+        self._paused = [
+            tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition,
+                                                     self._expected.get((tp.topic, tp.partition), start))
+            for tp, start in zip(positions, self._starts, strict=True)]
+
+    @property
+    def resumes_at(self) -> dict[tuple[str, int], int]:
+        """Asleep: (short topic, partition) -> the offset it fetches from when it wakes
+        (negative: a logical offset, as the client's OFFSET_STORED); awake: empty."""
+        return {(tp.topic.removeprefix(self._prefix), tp.partition): tp.offset for tp in self._paused or []}
 
     def wake(self) -> None:
         """Fetch again from where `sleep` stopped."""

@@ -12,7 +12,9 @@ replayed), `gateway` (kill -9 of the gateway while asks go through it over HTTP,
 retried with its `Idempotency-Key`: chaos/gateway.py), `llm` (kill -9 of the embedded
 mesh's llm agent mid-answer while it answers chats over HTTP: chaos/llm.py), `replicas`
 (kill -9 of a replica group's replicas mid-work, and the group scaled down and up, under
-asks to the group over HTTP: chaos/replicas.py).
+asks to the group over HTTP: chaos/replicas.py), `doze` (on a quiet mesh whose agents all
+sleep: kill -9 of a sleeping agent as the probes resume to every agent, and kill -9 of
+Redis, the probes resuming once the agents sleep again: chaos/sleepers.py).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
 KILL, STALL, GARBAGE, RESTART, GATEWAY, LLM = "kill", "stall", "garbage", "restart", "gateway", "llm"
-REPLICAS = "replicas"
+REPLICAS, DOZE = "replicas", "doze"
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
-GROUPS = ("all, agents, managers, services, gateway, llm, replicas, infra, stall[:Agent], garbage, "
-          "restart, or program names")
+GROUPS = ("all, agents, managers, services, gateway, llm, replicas, infra, doze[:Agent], stall[:Agent], "
+          "garbage, restart, or program names")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Fault:
             return f"kill -9 {self.target} mid-answer (chats over HTTP)"
         if self.kind == REPLICAS:
             return f"kill -9 {self.target} replicas mid-work, scale down and up (asks over HTTP)"
+        if self.kind == DOZE and self.target == C.PROGRAM_REDIS:
+            return "restart redis while the agents sleep (kill -9)"
+        if self.kind == DOZE:
+            return f"kill -9 {self.target} asleep, probes to every agent"
         if self.target == C.PROGRAM_REDIS:
             return "restart redis (kill -9)"
         if self.target == C.PROGRAM_KAFKA:
@@ -72,11 +78,13 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
                 llm_agent: str | None = None, replica_group: str | None = None) -> list[Fault]:
     """The faults named by `--faults` (comma-separated, in order), against the programs
     supervisord runs. `all` is every program in turn (agents, managers, services, the gateway
-    with asks over HTTP, the llm agent mid-answer, Redis, the broker), then a stalled agent,
-    then garbage, then a restart of the whole mesh. `gateway` is the gateway fault (a kill
-    under asks), not a bare kill; `llm` the llm fault against `llm_agent` (the embedded
+    with asks over HTTP, the llm agent mid-answer, Redis, the broker), then the doze fault,
+    a stalled agent, garbage, and a restart of the whole mesh. `gateway` is the gateway fault
+    (a kill under asks), not a bare kill; `llm` the llm fault against `llm_agent` (the embedded
     mesh's, whose model the run scripts), which `all` kills in no other way; `replicas` the
-    replicas fault against `replica_group` (the embedded mesh's, after the llm fault)."""
+    replicas fault against `replica_group` (the embedded mesh's, after the llm fault);
+    `doze[:Agent]` the doze fault against that agent (by default the first but the llm agent)
+    and, when the mesh runs its own, Redis."""
     llm = [Fault(LLM, C.agent_program(llm_agent))] if llm_agent is not None else []
     replicas = [Fault(REPLICAS, replica_group)] if replica_group is not None else []
     order = ([C.agent_program(a) for a in agents if a != llm_agent] + list(C.MANAGER_PROGRAMS)
@@ -87,6 +95,7 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
         "services": list(SERVICES),
         "infra": list(INFRA),
     }
+    sleeper = next((a for a in agents if a != llm_agent), agents[0])  # the doze fault's, by default
     faults: list[Fault] = []
     for word in (w.strip() for w in spec.split(",")):
         if not word:
@@ -97,6 +106,7 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
             faults += llm if C.PROGRAM_GATEWAY in programs else []
             faults += replicas if C.PROGRAM_GATEWAY in programs else []
             faults += [Fault(KILL, p) for p in INFRA if p in programs]
+            faults += doze_faults(sleeper, programs)
             faults += [Fault(STALL, agents[-1]), Fault(GARBAGE), Fault(RESTART)]
         elif word == GATEWAY:
             if C.PROGRAM_GATEWAY not in programs:
@@ -124,6 +134,11 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
             faults.append(Fault(GARBAGE))
         elif word == RESTART:
             faults.append(Fault(RESTART))
+        elif word == DOZE or word.startswith(DOZE + ":"):
+            agent = word.partition(":")[2] or sleeper
+            if agent not in agents:
+                raise ConfigError(f"--faults: {word}: no agent {agent!r} (agents: {', '.join(agents)})")
+            faults += doze_faults(agent, programs)
         elif word == STALL or word.startswith(STALL + ":"):
             agent = word.partition(":")[2] or agents[-1]
             if agent not in agents:
@@ -137,6 +152,13 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
     if not faults:
         raise ConfigError(f"--faults: no fault named: use {GROUPS}")
     return faults
+
+
+def doze_faults(agent: str, programs: list[str]) -> list[Fault]:
+    """The doze fault: the agent killed asleep, then Redis killed while the agents sleep
+    (when the mesh runs its own)."""
+    return [Fault(DOZE, C.agent_program(agent))] + (
+        [Fault(DOZE, C.PROGRAM_REDIS)] if C.PROGRAM_REDIS in programs else [])
 
 
 @dataclass
@@ -158,6 +180,7 @@ class Outcome:
     asks: dict[str, Any] | None = None  # the gateway fault: its HTTP asks, judged (chaos/gateway.py)
     chats: dict[str, Any] | None = None  # the llm fault: its chats, judged (chaos/llm.py)
     replicas: dict[str, Any] | None = None  # the replicas fault: its asks, judged (chaos/replicas.py)
+    doze: dict[str, Any] | None = None  # the doze fault: its sleepers' wakes, judged (chaos/sleepers.py)
     started: float = field(default=0.0, repr=False)  # monotonic
 
     def as_dict(self) -> dict[str, Any]:
@@ -175,7 +198,8 @@ class Context:
         self.mesh = mesh
         self.ask_rate = ask_rate  # asks per second, the gateway fault's over HTTP too
         self.probes = probes
-        # set while the mesh restarts: the probes, the asks and the status check pause
+        # set while the mesh restarts or goes quiet for the doze fault: the probes, the asks
+        # and the status check pause
         self.paused = paused or threading.Event()
         self.run_started = run_started
         self.timeout = timeout  # a fault not recovered from by then is reported as such

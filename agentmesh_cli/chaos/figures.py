@@ -8,7 +8,7 @@ Asks (chaos/asks.py): sent, answered, lost (never answered), answered twice (two
 with different ids for one request), and the round trip.
 The gateway fault's asks over HTTP (chaos/gateway.py): summed over its rows in `gateway`;
 the llm fault's chats (chaos/llm.py) likewise in `llm`, the replicas fault's asks
-(chaos/replicas.py) in `replicas`.
+(chaos/replicas.py) in `replicas`, the doze fault's sleepers (chaos/sleepers.py) in `doze`.
 Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
 many were broadcast more than once; Redis's records of the run's proposals must all be
 decided, or pending and not yet past their `expires_at`.
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli import constants as C
+from agentmesh_cli import doze
 from agentmesh_cli.chaos.probes import handled_seqs
 from agentmesh_cli.envelope import now_ms
 
@@ -84,6 +86,9 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "gateway": gateway_figures([o.asks for o in run.outcomes if o.asks is not None]),
         "llm": llm_figures([o.chats for o in run.outcomes if o.chats is not None]),
         "replicas": replicas_figures([o.replicas for o in run.outcomes if o.replicas is not None]),
+        "doze": doze_figures([o.doze for o in run.outcomes if o.doze is not None],
+                             {name: sum(_delta(counters, baseline, a, name) for a in agents)
+                              for name in DOZE_COUNTERS}),
         "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
                    "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
                    "examples": run.truth.examples},
@@ -95,13 +100,14 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
 def judge(result: dict[str, Any]) -> bool:
     """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
     undecided past its time, every ask answered, none twice (through the gateway too, every
-    chat of the llm fault and every ask to the replica group)."""
+    chat of the llm fault and every ask to the replica group), every sleeper of the doze
+    fault woken."""
     p, asks, gateway, llm = result["proposals"], result["asks"], result.get("gateway"), result.get("llm")
-    replicas = result.get("replicas")
+    replicas, dozing = result.get("replicas"), result.get("doze")
     return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
             and asks["lost"] == 0 and asks["answered_twice"] == 0
             and (gateway is None or gateway["ok"]) and (llm is None or llm["ok"])
-            and (replicas is None or replicas["ok"])
+            and (replicas is None or replicas["ok"]) and (dozing is None or dozing["ok"])
             and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
             and p["overdue"] == 0)
 
@@ -153,6 +159,25 @@ def replicas_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     summed["scaled"] = all(r["scale"]["done"] for r in rows)
     summed["ok"] = all(r["ok"] for r in rows)
     return summed
+
+
+DOZE_COUNTERS = (doze.COUNTER_SLEEPS, doze.COUNTER_RUNG, doze.COUNTER_PROBE_FOUND, doze.COUNTER_DEAF)
+
+
+def doze_figures(rows: list[dict[str, Any]], counters: dict[str, int]) -> dict[str, Any] | None:
+    """The doze faults' sleepers summed (None: no doze fault ran), with the agents' doze
+    counters over the whole run (`counters`: how every agent fell asleep and woke); ok
+    when every row is."""
+    if not rows:
+        return None
+    wakes = sorted(ms for r in rows for ms in r["wake_ms"].values())
+    return {
+        "rows": len(rows), "woken": len(wakes), "not_woken": sum(len(r["not_woken"]) for r in rows),
+        "wake_p50_ms": statistics.median(wakes) if wakes else None,
+        "wake_max_ms": wakes[-1] if wakes else None,
+        "handled_twice": sum(r["handled_twice"] or 0 for r in rows),
+        "counters": counters, "ok": all(r["ok"] for r in rows),
+    }
 
 
 def _charge_lost(run: ChaosRun) -> int:

@@ -87,12 +87,17 @@ class ProbeSender:
         self._held: set[str] = set()
         self._bus = Bus(quiet(kafka), client_id="agentmesh-chaos", signer=signer)
         self._bus.on_delivered = self._confirm
-        if store is not None:
-            ringing(self._bus, store)  # a sleeping agent is rung (dozing.py)
+        # a sleeping agent is rung (dozing.py)
+        self._bell = ringing(self._bus, store) if store is not None else None
         self._watch = None if store is None else BrokerWatch(self._bus, store, store.kafka_epoch() or "",
                                                              topics_every=5.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-probes", daemon=True)
+
+    @property
+    def hears_sleepers(self) -> bool:
+        """Its doorbell follows who sleeps (it rings what it sends to a sleeping agent)."""
+        return self._bell is not None and self._bell.listening
 
     def agent_of(self, seq: int) -> str:
         return self.agents[seq % len(self.agents)]
@@ -187,19 +192,19 @@ class ProbeSender:
         return left
 
 
-def newest_probe(store: Store, agent: str, probes: ProbeSender) -> int:
-    """The newest probe seq to the agent among its ledger's most recently handled ids (-1:
-    none); a group's ledger holds every replica's, so more of them are read."""
-    ids, _score = store.handled_ids(probes.ledger_of(agent), RECENT_IDS * probes.sharing(agent))
+def newest_probe(store: Store, agent: str, probes: ProbeSender, recent: int = RECENT_IDS) -> int:
+    """The newest probe seq to the agent among its ledger's `recent` most recently handled
+    ids (-1: none); a group's ledger holds every replica's, so more of them are read."""
+    ids, _score = store.handled_ids(probes.ledger_of(agent), recent * probes.sharing(agent))
     seqs = [s for s in map(probes.seq_of, ids) if s is not None and probes.agent_of(s) == agent]
     return max(seqs, default=-1)
 
 
-def handled_after(store: Store, agent: str, probes: ProbeSender, seq: int) -> bool:
+def handled_after(store: Store, agent: str, probes: ProbeSender, seq: int, recent: int = RECENT_IDS) -> bool:
     """Has the agent handled a probe newer than `seq`? (Its inbox is one partition, read in
     order, so a newer probe handled means everything it was sent before was read.)"""
     try:
-        return newest_probe(store, agent, probes) > seq
+        return newest_probe(store, agent, probes, recent) > seq
     except AgentMeshError:
         return False
 

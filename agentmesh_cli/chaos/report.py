@@ -28,8 +28,8 @@ def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, s
     for f in faults:
         if f["phase"] == "sequence":
             note = f["note"] or f["recovered_by"]
-            # the gateway, llm and replicas faults: their verdict first
-            judged = f.get("asks") or f.get("chats") or f.get("replicas")
+            # the gateway, llm, replicas and doze faults: their verdict first
+            judged = f.get("asks") or f.get("chats") or f.get("replicas") or f.get("doze")
             if judged is not None:
                 note = f"{OK if judged['ok'] else BAD}: {note}"
             rows.append((f["fault"], _s(f["detect_s"]), _s(f["recover_s"]), str(f["lost"]), note))
@@ -107,6 +107,22 @@ def replicas_lines(replicas: dict[str, Any] | None) -> list[tuple[str, int, str]
     ]
 
 
+def doze_lines(dozing: dict[str, Any] | None) -> list[tuple[str, int, str]]:
+    """The summary lines of the doze fault's sleepers (none when it did not run)."""
+    if dozing is None:
+        return []
+    c = dozing["counters"]
+    trip = ("" if dozing["wake_p50_ms"] is None else
+            f"first probe sent to first handled: p50 {dozing['wake_p50_ms']:.0f} ms, "
+            f"max {dozing['wake_max_ms']:.0f} ms; ")
+    return [
+        ("sleeping agents woken (doze)", dozing["woken"],
+         f"{trip}over the run {c['doze_sleeps']:,} sleeps, woken {c['doze_rung']:,} by a ring, "
+         f"{c['doze_probe_found']:,} by their probe, {c['doze_deaf']:,} deaf (Redis away)"),
+        ("sleeping agents not woken", dozing["not_woken"], _check(dozing["not_woken"] == 0, "must be 0")),
+    ]
+
+
 def chaos_table(result: dict[str, Any]) -> Table:
     s, probes, props, status = result["settings"], result["probes"], result["proposals"], result["status"]
     where = "embedded mesh" if result["embedded"] else f"mesh {result['mesh']}"
@@ -141,6 +157,7 @@ def chaos_table(result: dict[str, Any]) -> Table:
         *gateway_lines(result.get("gateway")),
         *llm_lines(result.get("llm")),
         *replicas_lines(result.get("replicas")),
+        *doze_lines(result.get("doze")),
         ("proposals opened", props["opened"],
          _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
         ("proposals decided", props["decided"],

@@ -14,7 +14,8 @@ A restart (`down` with its drain, then `up`) is detected when `down` has returne
 recovered when `up` has, and every agent handled a probe sent after it. The gateway fault
 (a kill under asks over HTTP) is watched in chaos/gateway.py, the llm fault (kills of the
 llm agent mid-answer) in chaos/llm.py, the replicas fault (kills of a group's replicas, the
-group scaled down and up) in chaos/replicas.py.
+group scaled down and up) in chaos/replicas.py, the doze fault (an agent and Redis killed
+while the agents sleep) in chaos/sleepers.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli import events, lifecycle
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.chaos.faults import (
+    DOZE,
     GARBAGE,
     GATEWAY,
     KILL,
@@ -325,12 +327,13 @@ class RestartWatch(Watch):
 
 
 def inject(ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> Watch:
-    # chaos/gateway.py, llm.py and replicas.py build on Watch, so they are imported here
+    # chaos/gateway.py, llm.py, replicas.py and sleepers.py build on Watch, so they are imported here
     from agentmesh_cli.chaos.gateway import GatewayWatch
     from agentmesh_cli.chaos.llm import LlmWatch
     from agentmesh_cli.chaos.replicas import ReplicasWatch
+    from agentmesh_cli.chaos.sleepers import DozeWatch
 
     kinds: dict[str, Callable[[Context, Fault, str, ProgramStates], Watch]] = {
         KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch,
-        GATEWAY: GatewayWatch, LLM: LlmWatch, REPLICAS: ReplicasWatch}
+        GATEWAY: GatewayWatch, LLM: LlmWatch, REPLICAS: ReplicasWatch, DOZE: DozeWatch}
     return kinds[fault.kind](ctx, fault, phase, states)

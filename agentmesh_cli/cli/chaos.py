@@ -15,7 +15,7 @@ from agentmesh_cli.cli import printer
 from agentmesh_cli.cli.common import ConfigOption
 
 QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.reader", "agentmesh_cli.broker",
-                 "agentmesh_cli.recovery")  # faults make them talk
+                 "agentmesh_cli.recovery", "agentmesh_cli.doorbell")  # faults make them talk
 
 
 def chaos(
@@ -25,9 +25,11 @@ def chaos(
              "of an llm agent mid-answer under chats over HTTP; the embedded mesh then runs one, "
              "its model a scripted server), replicas (kill -9 of replicas of the group Support "
              "mid-work and a scale down and up, under asks to the group over HTTP; the embedded "
-             "mesh then runs Support as 3 replicas), infra, stall[:Agent], garbage, restart (down with its "
-             "drain, then up), or program names (agent-Sales, topology-manager, redis, kafka, "
-             "...).")] = "all",
+             "mesh then runs Support as 3 replicas), infra, doze[:Agent] (on a quiet mesh whose agents "
+             "all sleep: kill -9 of a sleeping agent, the first by default, as probes go to every "
+             "agent; then kill -9 of redis, probes once they sleep again), stall[:Agent], garbage, "
+             "restart (down with its drain, then up), or program names (agent-Sales, "
+             "topology-manager, redis, kafka, ...).")] = "all",
     rate: Annotated[float, typer.Option(help="Probe messages per second, over all agents.", min=1)] = 200,
     ask_rate: Annotated[float, typer.Option(
         help="Asks per second (request and reply), over the agents whose roles answer one "
@@ -56,7 +58,8 @@ def chaos(
 
     Runs a workload while killing each kind of program in turn (the gateway while asks go
     through it over HTTP, an llm agent while it streams answers to chats), restarting Redis
-    and the broker, stalling an agent and writing garbage to every topic; prints what was
+    and the broker, killing an agent and Redis while the agents sleep, stalling an agent and
+    writing garbage to every topic; prints what was
     lost, handled twice and decided twice, and how fast each fault was detected and
     recovered from.
 
@@ -65,8 +68,8 @@ def chaos(
 
     Exit code 0 only when no probe was lost, none was handled twice, every ask was
     answered, none twice (through the gateway too: each handled once by its agent; each
-    chat of the llm fault answered once, its tool asked once), and no proposal was decided
-    twice (docs/reliability.md).
+    chat of the llm fault answered once, its tool asked once; every sleeping agent of the doze
+    fault woken), and no proposal was decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
@@ -74,6 +77,7 @@ def chaos(
     Example: agentmesh chaos --faults gateway
     Example: agentmesh chaos --faults llm
     Example: agentmesh chaos --faults replicas
+    Example: agentmesh chaos --faults doze:Fraud
     """
     from agentmesh_cli.chaos.report import chaos_table
     from agentmesh_cli.chaos.runner import Settings, run

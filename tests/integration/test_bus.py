@@ -137,6 +137,44 @@ def test_a_reader_started_at_an_offset_reads_from_there_without_gaps(broker: str
         assert (reader.gaps_reread, reader.gaps_accepted) == (0, 0)
 
 
+def test_a_sleeping_reader_woken_for_nothing_sleeps_on_where_it_got_to(broker: str) -> None:
+    # An idle probe (doze.py) wakes a sleeping reader, which finds nothing and sleeps again:
+    # it goes on from where it got to, not from where it was told to start (the managers start
+    # at their snapshot's offsets, an agent after a broker restart at the beginning: each wake
+    # fetched everything since then again)
+    cfg = kafka(broker, partitions=1)
+    ensure_topics(cfg)
+    bus = Bus(cfg, "test")
+    for i in range(5):
+        bus.produce_raw(C.TOPIC_MESSAGES, str(i).encode(), partition=0)
+    bus.flush()
+    reader = Reader(cfg, f"r-{uuid.uuid4().hex}", [(C.TOPIC_MESSAGES, 0, beginning())])
+    try:
+        got: list[Record] = []
+        for _ in range(100):
+            got += reader.poll_batch(timeout=0.1)
+            if len(got) >= 5:
+                break
+        assert len(got) == 5 and reader.resumes_at == {}
+        reader.sleep()
+        assert reader.resumes_at == {(C.TOPIC_MESSAGES, 0): 5}
+        reader.wake()  # the probe
+        assert reader.poll_batch(timeout=0.2) == []
+        reader.sleep()
+        assert reader.resumes_at == {(C.TOPIC_MESSAGES, 0): 5}
+        bus.produce_raw(C.TOPIC_MESSAGES, b"5", partition=0)
+        bus.flush()
+        reader.wake()  # the ring
+        new: list[Record] = []
+        for _ in range(100):
+            new += reader.poll_batch(timeout=0.1)
+            if new:
+                break
+        assert [(r.offset, r.value) for r in new] == [(5, b"5")]
+    finally:
+        reader.close()
+
+
 def test_dead_letter_carries_reason_and_origin(broker: str) -> None:
     cfg = kafka(broker)
     ensure_topics(cfg)

@@ -139,6 +139,32 @@ def test_chaos_kills_replicas_mid_work_and_scales_the_group_under_asks(workdir: 
     assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []
 
 
+def test_chaos_kills_a_sleeping_agent_and_redis_while_the_agents_sleep(workdir: Path) -> None:
+    result = agentmesh("chaos", "--faults", "doze", "--pause", "1", "--drain", "30",
+                       "--workdir", str(workdir), "--json", timeout=170)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["agents"] == CHAOS_AGENTS
+    assert [(f["kind"], f["target"]) for f in data["faults"]] == [("doze", "agent-Sales"), ("doze", "redis")]
+    killed, redis = (f["doze"] for f in data["faults"])
+    for fault in data["faults"]:
+        # every agent fell asleep first, then every sleeper woke for its probes: none lost, none twice
+        assert fault["doze"] is not None, fault["note"]
+        assert fault["doze"]["ok"] and fault["doze"]["not_woken"] == [], fault["note"]
+        assert fault["doze"]["handled_twice"] == 0 and fault["lost"] == 0
+        assert fault["detect_s"] is not None and fault["recover_s"] is not None, fault["note"]
+    # Sales killed asleep, back with the probes sent to it meanwhile; the others rung awake
+    assert killed["killed"] == "Sales" and set(killed["wake_ms"]) == {"Support", "Inventory", "Fraud"}
+    assert data["faults"][0]["recovered_by"] == "new pid ready, probes sent after the kill handled"
+    # Redis restarted under sleeping agents: they woke deaf (counted so), slept again once their
+    # doorbells listened again, and each woke for its probes
+    assert redis["killed"] == "redis" and set(redis["wake_ms"]) == set(CHAOS_AGENTS)
+    assert data["doze"]["counters"]["doze_deaf"] >= 1
+    probes = data["probes"]
+    assert probes["lost"] == 0 and data["duplicates_handled"] == 0 and probes["handled"] == probes["sent"] > 0
+    assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []
+
+
 def test_the_scripted_model_server_starts_counts_and_stops(tmp_path: Path) -> None:
     script = {"scenarios": [{"steps": [{"text": "hi there"}]}]}
     server = start_scripted(script, tmp_path)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from agentmesh_cli.chaos.faults import GARBAGE, GATEWAY, KILL, RESTART, STALL, Fault, plan_faults
+from agentmesh_cli.chaos.faults import DOZE, GARBAGE, GATEWAY, KILL, RESTART, STALL, Fault, plan_faults
 from agentmesh_cli.chaos.figures import gateway_figures
 from agentmesh_cli.chaos.figures import judge as judge_result
 from agentmesh_cli.chaos.gateway import asks_note, judge_asks
@@ -32,6 +32,7 @@ PROGRAMS = sorted(["kafka", "redis", "memory", "cognition", "metrics", "topology
     ("all", [*(Fault(KILL, f"agent-{a}") for a in CHAOS_AGENTS),
              *(Fault(KILL, p) for p in ("topology-manager", "consensus-manager", "memory",
                                         "cognition", "metrics", "redis", "kafka")),
+             Fault(DOZE, "agent-Sales"), Fault(DOZE, "redis"),
              Fault(STALL, "Fraud"), Fault(GARBAGE), Fault(RESTART)]),
     ("restart,agent-Sales", [Fault(RESTART), Fault(KILL, "agent-Sales")]),
 ])

@@ -12,6 +12,7 @@ from rich.console import Console
 from agentmesh_cli.agent.roles import InventoryRole
 from agentmesh_cli.chaos.chats import conversation_tally, heard_delta, mid_stream, restreamed, streaming_at
 from agentmesh_cli.chaos.faults import (
+    DOZE,
     GARBAGE,
     GATEWAY,
     KILL,
@@ -45,7 +46,8 @@ def test_all_kills_the_llm_agent_mid_answer_and_in_no_other_way() -> None:
         *(Fault(KILL, p) for p in ("topology-manager", "consensus-manager", "memory", "cognition",
                                    "metrics")),
         Fault(GATEWAY, "gateway"), Fault(LLM, "agent-Concierge"), Fault(KILL, "redis"), Fault(KILL, "kafka"),
-        Fault(STALL, "Fraud"), Fault(GARBAGE), Fault(RESTART)]
+        Fault(DOZE, "agent-Sales"), Fault(DOZE, "redis"), Fault(STALL, "Fraud"), Fault(GARBAGE),
+        Fault(RESTART)]
     assert plan_faults("llm,agent-Concierge", PROGRAMS, AGENTS, "Concierge") == [
         Fault(LLM, "agent-Concierge"), Fault(KILL, "agent-Concierge")]
     assert Fault(KILL, "agent-Concierge") in plan_faults("agents", PROGRAMS, AGENTS, "Concierge")

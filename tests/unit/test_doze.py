@@ -45,12 +45,21 @@ DEAF = [
     ((5.25, False, False, True), (State.DROWSY, Action(announce_asleep=True))),
 ]
 
+# ... as the doorbell tells it: its listening thread rings the reader as it stops listening
+DEAF_AND_RUNG = [
+    ((0.25, False, False, True), (State.DROWSY, Action(announce_asleep=True))),
+    ((0.75, False, False, True), (State.ASLEEP, Action(unassign=True))),
+    ((1.00, False, True, False), (State.AWAKE, Action(assign=True))),
+    ((5.00, False, False, False), (State.AWAKE, NOTHING)),
+]
+
 
 @pytest.mark.parametrize(("steps", "counts"), [
     (QUIET_THEN_RING, {"doze_sleeps": 1, "doze_rung": 1}),
     (PROBE_FINDS_RECORDS, {"doze_sleeps": 1, "doze_probe_found": 1}),
     (DEAF, {"doze_sleeps": 1, "doze_deaf": 1}),
-], ids=["quiet-then-ring", "probe-finds-records", "deaf"])
+    (DEAF_AND_RUNG, {"doze_sleeps": 1, "doze_deaf": 1}),
+], ids=["quiet-then-ring", "probe-finds-records", "deaf", "deaf-and-rung"])
 def test_doze_steps(steps: list[tuple[tuple[float, bool, bool, bool], tuple[State, Action]]],
                     counts: dict[str, int]) -> None:
     doze = Doze(POLICY, now=0.0)
