@@ -67,6 +67,10 @@ class Settlement:
         self._durable_next: dict[Partition, int] = {}  # of confirmed, recorded turns
         self._next_settle = -math.inf
         self._next_commit = -math.inf
+        # a commit put off (at most one per COMMIT_EVERY_S) and still owed: settled when due
+        # even if nothing else comes (an agent that went idle, or to sleep, would keep its
+        # last offsets uncommitted until its next record, and read them again after a kill)
+        self._commit_owed = False
 
     # what is read and finished -------------------------------------------------------------
     def read(self, where: Partition, offset: int) -> Finished:
@@ -101,7 +105,7 @@ class Settlement:
         self._turns.append((self.bus.close_generation(), self.ledger.mark(), finished, offsets))
 
     def due(self, now: float) -> bool:
-        return bool(self._turns or (self._confirmed and now >= self._next_settle))
+        return bool(self._turns or ((self._confirmed or self._commit_owed) and now >= self._next_settle))
 
     def settle(self, reader: Reader, now: float, final: bool = False) -> None:
         """Make confirmed turns durable (see the module's docstring)."""
@@ -135,14 +139,17 @@ class Settlement:
         self._confirmed_next.clear()
         if now < self._next_commit and not final:
             self._next_settle = self._next_commit
+            self._commit_owed = True
             return
         try:
             # not waited for but when leaving: the ledger, not the offset, keeps a message
             # from being handled twice, and the next commit covers one that was lost
             reader.commit({**self._durable_next, **self.book.committable()}, wait=final)
             self._next_commit = now + COMMIT_EVERY_S
+            self._commit_owed = False
         except BusError as exc:
             self._next_settle = now + SETTLE_RETRY_S
+            self._commit_owed = True
             self.log.warning("offsets not committed yet: %s", exc)
 
     def new_epoch(self) -> None:

@@ -5,6 +5,7 @@ ring) is found by the agent's next probe; nothing is handled twice."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from agentmesh_cli.bus import Bus
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.envelope import Envelope
+from agentmesh_cli.reader import committed_offsets
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import wait_until
 from tests.helpers.agents import agents
@@ -86,3 +88,26 @@ def test_a_closed_doorbell_stops_listening_at_once(broker: str, valkey: str) -> 
         assert not thread.is_alive() and bus.doorbell is None
     finally:
         store.close()
+
+
+def test_an_agent_that_goes_quiet_commits_its_last_offsets(external_mesh: Any, tmp_path: Path) -> None:
+    """A commit put off (one per 0.2 s at most) is made when due even if nothing else comes:
+    an agent that went quiet, or to sleep, used to keep its last offsets uncommitted until
+    its next record, and read them again after a kill (the ledger skipped them)."""
+    mesh = external_mesh(agents=[{"name": "W", "role": ROLE}])
+    log = tmp_path / "work.log"
+    cfg = mesh.config.kafka
+    partition = C.inbox_partition("W", cfg.partitions)
+    with agents(mesh, tmp_path) as store:
+        bus = mesh_bus(mesh)
+        for i in range(30):  # in three bursts: the last commit of each is put off
+            bus.send_message(work(f"t{i}", log))
+            if i % 10 == 9:
+                bus.flush(10)
+                time.sleep(0.05)
+        bus.flush(10)
+        wait_until(lambda: counter(store, "W", C.COUNTER_IN) >= 30, 30, "30 handled")
+        end = bus.delivered[(C.TOPIC_MESSAGES, partition)] + 1
+        group = C.agent_group(cfg.topic_prefix, "W")
+        wait_until(lambda: committed_offsets(cfg, group, [(C.TOPIC_MESSAGES, partition)]).get(
+            (C.TOPIC_MESSAGES, partition)) == end, 10, f"offset {end} committed")
