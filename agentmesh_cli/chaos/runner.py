@@ -33,7 +33,8 @@ from agentmesh_cli.supervisor.control import Supervisor
 from agentmesh_cli.waiting import wait_until
 
 POLL_S = 0.2
-WARM_UP_S = 60.0
+WARM_UP_S = 60.0  # plus WARM_UP_PER_AGENT_S each: at 64 agents the broker is slow to start with
+WARM_UP_PER_AGENT_S = 1.0
 FLUSH_S = 30.0
 
 Say = Callable[[str], None]
@@ -146,13 +147,16 @@ class ChaosRun:
     def _warm_up(self) -> None:
         """Every agent handles probes before the first fault (else the figures mean nothing)."""
         start = {a: -1 for a in self.ctx.agents}
+        warm_up = WARM_UP_S + WARM_UP_PER_AGENT_S * len(self.ctx.agents)
         try:
-            wait_until(lambda: self.ctx.handled_since(start), WARM_UP_S, "the first probes handled",
+            wait_until(lambda: self.ctx.handled_since(start), warm_up, "the first probes handled",
                        interval=POLL_S)
         except WaitTimeout as exc:
+            silent = [a for a in self.ctx.agents if not self.ctx.handled_since(start, [a])]
             raise AgentMeshError(
-                f"agents handled no probe within {WARM_UP_S:.0f} s: do they record handled ids "
-                "(the ledger) and accept the operator sender 'chaos'?") from exc
+                f"{len(silent)} of {len(self.ctx.agents)} agents handled no probe within "
+                f"{warm_up:.0f} s ({', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''}): do "
+                "they record handled ids (the ledger) and accept the operator sender 'chaos'?") from exc
         self.say(f"probes flowing at {self.settings.rate:g}/s to {len(self.ctx.agents)} agents"
                  + (f", asks at {self.settings.ask_rate:g}/s to {', '.join(self.asks.targets)}"
                     if self.asks.targets and self.settings.ask_rate > 0 else ""))
