@@ -27,8 +27,9 @@ from agentmesh_cli.waiting import Clock, wait_until
 log = logging.getLogger(__name__)
 
 WAIT_LOG_EVERY_S = 5.0
-# a sleeping reader (dozing.py) looks for a new broker epoch this seldom, and at once on
-# waking: it reads nothing meanwhile, so nothing is read from a lost position either
+# a sleeping manager (dozing.py) looks for a new broker epoch this seldom, and at once on
+# waking: it reads nothing meanwhile, so nothing is read from a lost position either (an
+# agent looks every second even asleep: see AgentRuntime's loop)
 ASLEEP_WATCH_S = 5.0
 
 

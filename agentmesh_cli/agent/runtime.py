@@ -419,7 +419,9 @@ class AgentRuntime:
                     self.settlement.end_turn()
                 if self.settlement.due(now):
                     self.settlement.settle(reader, now)
-                if watch.check(now, dozer.asleep) is not None:
+                # every second even asleep: after a broker restart nothing rings an agent,
+                # and its `joined` on the new broker is how the topology learns it is there
+                if watch.check(now) is not None:
                     self._new_epoch(reader)
                 if now >= next_flush:
                     next_flush = now + COUNTER_FLUSH_S
