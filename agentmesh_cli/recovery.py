@@ -27,10 +27,6 @@ from agentmesh_cli.waiting import Clock, wait_until
 log = logging.getLogger(__name__)
 
 WAIT_LOG_EVERY_S = 5.0
-# a sleeping manager (dozing.py) looks for a new broker epoch this seldom, and at once on
-# waking: it reads nothing meanwhile, so nothing is read from a lost position either (an
-# agent looks every second even asleep: see AgentRuntime's loop)
-ASLEEP_WATCH_S = 5.0
 
 
 def wait_for_infra(kafka: KafkaConfig, store: Store, who: str, timeout: float | None = None,
@@ -78,7 +74,6 @@ class BrokerWatch:
         self.clock = clock  # `check(now)` takes a time of this clock
         self._topology_topic = f"{self.kafka.topic_prefix}.{C.TOPIC_TOPOLOGY}"
         self._next = clock() + every
-        self._asleep = False  # at the last look
         self._next_topics = clock() + topics_every
         self._next_recreate = -math.inf
         bus.on_missing_topic = self.recreate  # a send that finds its topic gone waits on this
@@ -94,14 +89,13 @@ class BrokerWatch:
         except AgentMeshError as exc:
             log.warning("could not re-create the topics yet: %s", exc)
 
-    def check(self, now: float, asleep: bool = False) -> str | None:
+    def check(self, now: float) -> str | None:
         """The new epoch when the broker changed since the last call, else None (cheap:
-        one Redis GET a second, a metadata request every `topics_every`). `asleep`: the
-        caller's reader sleeps: a look every ASLEEP_WATCH_S, and one at once on waking."""
-        if now < self._next and (asleep or not self._asleep):
+        one Redis GET a second, a metadata request every `topics_every`). Every second
+        even while the caller's reader sleeps: after a broker restart nothing rings it."""
+        if now < self._next:
             return None
-        self._asleep = asleep
-        self._next = now + (max(self.every, ASLEEP_WATCH_S) if asleep else self.every)
+        self._next = now + self.every
         try:
             if now >= self._next_topics:
                 self._next_topics = now + self.topics_every

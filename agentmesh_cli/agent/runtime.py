@@ -419,8 +419,6 @@ class AgentRuntime:
                     self.settlement.end_turn()
                 if self.settlement.due(now):
                     self.settlement.settle(reader, now)
-                # every second even asleep: after a broker restart nothing rings an agent,
-                # and its `joined` on the new broker is how the topology learns it is there
                 if watch.check(now) is not None:
                     self._new_epoch(reader)
                 if now >= next_flush:

@@ -119,7 +119,7 @@ class ConsensusManager:
                 for proposal in self.book.expire(now_ms()):
                     self._decided(proposal)
                 self.bus.poll()
-                if (epoch := watch.check(self.clock(), reader.asleep)) is not None:
+                if (epoch := watch.check(self.clock())) is not None:
                     self._new_epoch(epoch)
                     reader.rewind()
                 if self.decided or len(self.dirty) >= DIRTY_BATCH:

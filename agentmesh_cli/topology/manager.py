@@ -120,7 +120,7 @@ class TopologyManager:
                 # in one call: its messages' reinforcements are applied as one array update
                 state.apply_batch(reader.poll_batch(max_records=2000, timeout=0.1), now_ms())
                 now = self.clock()
-                if (new_epoch := watch.check(now, reader.asleep)) is not None:
+                if (new_epoch := watch.check(now)) is not None:
                     state.new_epoch(new_epoch)
                     reader.rewind()
                     next_snapshot = now
