@@ -174,8 +174,8 @@ class Doorbell:
         if self._thread is not None:
             with suppress(redis.RedisError):  # the listening thread's wait ends at once
                 self.client.publish(self._own, "")
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(RETRY_S)
+            if self._thread is not threading.current_thread():
+                self._thread.join(RETRY_S)
 
     # listening ----------------------------------------------------------------------
     def _rang(self) -> None:
