@@ -141,7 +141,9 @@ class MeshConfig(Section):
     def _scaled_fetch_wait(self) -> MeshConfig:
         kafka = self.kafka
         # every agent process fetches: a replica group's replicas as mesh.yaml declares
-        processes = sum(agent.declared_replicas for agent in self.agents)
+        # (with kafka.inbox_reader: host, none does: the host's reader fetches for them)
+        fetching = kafka.inbox_reader == "agent"
+        processes = sum(agent.declared_replicas for agent in self.agents) if fetching else 0
         scaled = min(MAX_SCALED_FETCH_WAIT_S, kafka.fetch_wait_per_agent * processes)
         if scaled > kafka.fetch_wait:
             # frozen model: the validated section is replaced, as pydantic itself would

@@ -41,6 +41,10 @@ class KafkaConfig(Section):
     # often a sleeping reader fetches anyway (a ring lost with its sender's crash)
     idle_sleep: bool = True
     idle_probe: Duration = Field(5.0, gt=0, le=60)
+    # who fetches the agents' inboxes: `agent`, each agent its own (one fetching consumer
+    # per agent); `host`, one reader per host (program `inbox-reader`) that fetches them
+    # once and hands each agent its records over a local socket (inbox_wire.py)
+    inbox_reader: Literal["agent", "host"] = "agent"
     # a record bigger than this is a dead letter, never handed to a role
     max_record_bytes: int = Field(262_144, ge=1024)
     client: dict[str, str | int | float | bool] = {}  # passed to librdkafka as is

@@ -9,6 +9,7 @@ waits on its own event, calls `step` after each poll and asks `asleep` before th
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from agentmesh_cli.bus import Bus
@@ -92,6 +93,16 @@ class Dozer:
             self.reader.wake()
         if action.announce_awake:
             self.doorbell.announce(False)
+
+    def arm(self, loop: object, wake: Callable[[], None]) -> None:
+        """(A host inbox's, inbox_client.HostIdle: a ring calls `on_ring` here.)"""
+
+    def disarm(self) -> None:
+        """(See `arm`.)"""
+
+    def take_counts(self) -> Counter[str]:
+        counts, self.doze.counts = self.doze.counts, Counter()
+        return counts
 
     def poll_batch(self, max_records: int = 500, timeout: float = 0.1,
                    asleep_wait: float = ASLEEP_WAIT_S) -> list[Record]:

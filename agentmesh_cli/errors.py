@@ -7,8 +7,9 @@ here, and drawn below (tests/unit/test_errors.py holds the two to each other).
     ├── SupervisorError            supervisord cannot be started or reached
     │   └── NotReadyError          a program failed or was not ready in time
     ├── BusError                   the Kafka layer (confluent-kafka errors, wrapped)
-    │   └── InvalidEnvelope        a record that does not parse or fit the schema
-    │       └── WrongSender        a vote or proposal naming another author than its sender
+    │   ├── InvalidEnvelope        a record that does not parse or fit the schema
+    │   │   └── WrongSender        a vote or proposal naming another author than its sender
+    │   └── WireError              a broken stream between the host's inbox reader and an agent
     ├── StoreError                 the Redis layer (redis-py errors, wrapped)
     ├── RoleError                  a role cannot be found, imported or built
     ├── TopologyError              a graph query that has no answer (unknown agent, no route)
@@ -119,6 +120,11 @@ class InvalidEnvelope(BusError):
 
 class WrongSender(InvalidEnvelope):
     """A vote or proposal whose payload names someone else than the envelope's sender."""
+
+
+class WireError(BusError):
+    """The host's inbox reader and an agent (inbox_wire.py): a stream that does not hold
+    the frames they write."""
 
 
 class StoreError(AgentMeshError):

@@ -24,6 +24,9 @@ EXTERNAL_NEEDED = ("several hosts need an external Kafka and Redis: set kafka.bo
 # programs that may run on any number of hosts, none included: the gateway keeps nothing of
 # its own (several processes serve one mesh), so a host that names it runs one
 ANY_HOSTS = frozenset({C.PROGRAM_GATEWAY})
+# programs that run on every host that runs an agent, without being named there: the
+# inbox reader reads for its host's agents (kafka.inbox_reader: host)
+WITH_AGENTS = frozenset({C.PROGRAM_INBOX})
 
 
 def program_names(config: MeshConfig, scale: dict[str, int] | None = None) -> list[str]:
@@ -39,6 +42,8 @@ def program_names(config: MeshConfig, scale: dict[str, int] | None = None) -> li
     if config.gateway.enabled:
         names.append(C.PROGRAM_GATEWAY)
     names += list(C.MANAGER_PROGRAMS)
+    if config.kafka.inbox_reader == "host":
+        names.append(C.PROGRAM_INBOX)
     if any(not isinstance(a.replicas, int | None) for a in config.agents):
         names.append(C.PROGRAM_AUTOSCALER)
     return names + [C.agent_program(name) for name, _ in config.concrete_agents(scale)]
@@ -51,7 +56,11 @@ def _is_glob(pattern: str) -> bool:
 def programs_on(config: MeshConfig, host: str, scale: dict[str, int] | None = None) -> list[str]:
     """The programs that `hosts.<host>` names (exactly or by an fnmatch glob like agent-*)."""
     patterns = config.hosts.get(host, [])
-    return [name for name in program_names(config, scale) if any(fnmatchcase(name, p) for p in patterns)]
+    names = program_names(config, scale)
+    mine = [name for name in names if any(fnmatchcase(name, p) for p in patterns)]
+    if any(name.startswith(C.AGENT_PROGRAM_PREFIX) for name in mine):
+        mine += [name for name in names if name in WITH_AGENTS and name not in mine]
+    return [name for name in names if name in mine]
 
 
 def check_hosts(config: MeshConfig) -> list[str]:
@@ -79,7 +88,7 @@ def check_hosts(config: MeshConfig) -> list[str]:
                 if host not in owner.setdefault(name, []):
                     owner[name].append(host)
     for name in known:
-        if name in ANY_HOSTS:
+        if name in ANY_HOSTS or name in WITH_AGENTS:
             continue
         hosts = owner.get(name, [])
         if len(hosts) > 1:

@@ -74,13 +74,21 @@ class Mesh:
 
     @property
     def socket(self) -> Path:
-        path = self.state_dir / C.SUPERVISOR_SOCKET
+        return self._socket(C.SUPERVISOR_SOCKET, "")
+
+    @property
+    def inbox_socket(self) -> Path:
+        """Where the host's inbox reader listens (kafka.inbox_reader: host)."""
+        return self._socket(C.INBOX_SOCKET, "-inbox")
+
+    def _socket(self, name: str, suffix: str) -> Path:
+        path = self.state_dir / name
         if len(str(path)) <= MAX_SOCKET_PATH:
             return path
         # unix socket paths are limited to ~107 bytes: use a short one, unique per mesh folder
         where = str(self.root) + (f"/{self.host}" if self.host else "")
         digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"agentmesh-{digest}.sock"
+        return Path(tempfile.gettempdir()) / f"agentmesh-{digest}{suffix}.sock"
 
     @property
     def keys(self) -> C.Keys:

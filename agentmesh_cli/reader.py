@@ -52,6 +52,7 @@ class Reader:
         queued_kbytes: int | None = None,
         track_ends: bool = False,
         only_keys: dict[str, bytes] | None = None,
+        keep_headers: bool = False,
     ) -> None:
         """`assignments`: (short topic, partition, start offset); None = committed, else earliest.
         `queued_kbytes`: the most librdkafka fetches ahead per partition (its default, 64 MB,
@@ -61,8 +62,11 @@ class Reader:
         `track_ends`: `at_end` holds the partitions whose last fetch found nothing more.
         `only_keys`: short topic -> the key this reader wants; a record of it with another
         key comes out `Record.foreign`, unchecked (an agent on a shared inbox partition: at
-        128 agents on 16 partitions, 7 of 8 records are another's)."""
+        128 agents on 16 partitions, 7 of 8 records are another's).
+        `keep_headers`: every record keeps its headers (`Record.headers`; the host's inbox
+        reader hands them on, for its agents to check)."""
         self.signer = signer
+        self._keep_headers = keep_headers
         self._only_keys = {kafka.topic_prefix + "." + t: k for t, k in (only_keys or {}).items()}
         # (short topic, partition): the broker said there is no more (partition EOF) and no
         # record came since. A hint, not the end: the embedded broker's watermarks, which
@@ -131,20 +135,61 @@ class Reader:
         first fetch, measured; an assignment at an offset fetches at once.)"""
         if self._paused is not None:
             return
-        where = [TopicPartition(self._prefix + short, partition) for short, partition in self._assigned]
         try:
-            positions = self._consumer.position(where)
+            positions = self._positions()
             self._consumer.unassign()
         except KafkaException as exc:
             raise BusError(f"cannot stop fetching: {exc}") from exc
-        # a partition that gave nothing since it was last assigned (the client knows no position:
-        # a wake that found nothing, as every idle probe) goes on where the reader got to; one
-        # never read from starts as it was told at first. (It was `start` alone: each probe
-        # sent a manager back to where it started, to fetch all since then again at its next wake.)
-        self._paused = [
-            tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition,
-                                                     self._expected.get((tp.topic, tp.partition), start))
-            for tp, start in zip(positions, self._starts, strict=True)]
+        self._paused = positions
+
+    def _positions(self) -> list[TopicPartition]:
+        """Where each assigned partition goes on from. One that gave nothing since it was
+        last assigned (the client knows no position: a wake that found nothing, as every
+        idle probe) goes on where the reader got to; one never read from starts as it was
+        told at first. (It was `start` alone: each probe sent a manager back to where it
+        started, to fetch all since then again at its next wake.)"""
+        if self._paused is not None:
+            return list(self._paused)
+        where = [TopicPartition(self._prefix + short, partition) for short, partition in self._assigned]
+        positions = self._consumer.position(where) if where else []
+        return [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition,
+                                                         self._expected.get((tp.topic, tp.partition), start))
+                for tp, start in zip(positions, self._starts, strict=True)]
+
+    def move(self, starts: dict[tuple[str, int], int]) -> None:
+        """Read these (short topic, partition)s from these offsets (OFFSET_BEGINNING: from
+        the first record), assigning those not read yet; the rest go on where they are.
+        Asleep, the reader stays asleep and fetches from there when it wakes."""
+        try:
+            positions = {(tp.topic, tp.partition): tp for tp in self._positions()}
+        except KafkaException as exc:
+            raise BusError(f"cannot find where the reader is: {exc}") from exc
+        for (short, partition), offset in starts.items():
+            where = (self._prefix + short, partition)
+            if (short, partition) not in self._assigned:
+                self._assigned.append((short, partition))
+                self._starts.append(offset)
+            else:
+                self._starts[self._assigned.index((short, partition))] = offset
+            self._rereads.pop(where, None)
+            if offset >= 0 or offset == OFFSET_BEGINNING:
+                self._seeds[where] = self._expected[where] = max(offset, 0)
+            else:
+                self._seeds.pop(where, None)
+                self._expected.pop(where, None)
+            positions[where] = TopicPartition(*where, offset)
+        assignment = [positions[(self._prefix + short, partition)] for short, partition in self._assigned]
+        if self._paused is not None:
+            self._paused = assignment
+            return
+        try:
+            self._consumer.assign(assignment)
+        except KafkaException as exc:
+            raise BusError(f"cannot move the reader: {exc}") from exc
+
+    def next_offset(self, short: str, partition: int) -> int | None:
+        """The offset the next record of this partition must have (None: not known yet)."""
+        return self._expected.get((self._prefix + short, partition))
 
     @property
     def resumes_at(self) -> dict[tuple[str, int], int]:
@@ -236,7 +281,8 @@ class Reader:
             # headers are fetched only to be checked: unsigned meshes never pay for them
             forged = None if check is None else check(topic, value, msg.headers())
             records.append(Record(topic.removeprefix(self._prefix), partition, offset,
-                                  msg.key(), value, forged))
+                                  msg.key(), value, forged, False,
+                                  msg.headers() if self._keep_headers else None))
         return records
 
     def _gap(self, topic: str, partition: int, want: int, got: int) -> bool:

@@ -29,6 +29,7 @@ class Record(NamedTuple):
     value: bytes | None
     forged: str | None = None
     foreign: bool = False
+    headers: Any = None  # the client's headers, kept only when asked (Reader keep_headers)
 
 
 def offsets_to_json(offsets: Offsets) -> dict[str, dict[str, int]]:

@@ -42,6 +42,7 @@ kafka:
   topology_fetch_wait: {kafka[topology_fetch_wait]} # the topology manager's: it reads every message, nothing waits on it
   idle_sleep: {kafka[idle_sleep]} # a reader idle for a moment stops fetching until a sender rings it (via Redis)
   idle_probe: {kafka[idle_probe]} # ... and fetches this often anyway (a ring lost with a crashed sender)
+  inbox_reader: {kafka[inbox_reader]} # agent: each agent fetches its inbox; host: one reader per host for all
   max_record_bytes: {kafka[max_record_bytes]} # a bigger record goes to the dlq topic, never to a role
   client: {kafka[client]} # passed to librdkafka as is (security.protocol, sasl.*, ssl.*)
 

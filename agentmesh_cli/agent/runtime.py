@@ -64,6 +64,7 @@ from agentmesh_cli.errors import (
     InvalidEnvelope,
     RoutingError,
 )
+from agentmesh_cli.inbox_client import HostIdle, HostInbox
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.reader import Reader
 from agentmesh_cli.records import Record
@@ -149,7 +150,7 @@ class AgentRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
         self._wake: asyncio.Event | None = None
-        self.dozer: dozing.Dozer | None = None  # the inbox reader, asleep when idle
+        self.dozer: dozing.Dozer | HostIdle | None = None  # the inbox reader, asleep when idle
         # the main task runs a turn (from a poll's result to the next await): sends leave at
         # its end, no kick needed (and asyncio.current_task() on every send cost 5% of a relay)
         self._main_turn = False
@@ -345,16 +346,26 @@ class AgentRuntime:
         watch = BrokerWatch(self.bus, self.store, epoch, topics_every=topics_every, clock=self.clock)
         loaded = self.ledger.load()
         group = C.agent_group(cfg.kafka.topic_prefix, self.name)
-        reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
-                                           (C.TOPIC_CONSENSUS, 0, None)], self.program,
-                        signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES,
-                        only_keys={C.TOPIC_MESSAGES: self.key})
-        # idle, it stops fetching until a sender rings it (dozing.py)
         wake = self._wake
-        bell = dozing.doorbell(self.store, cfg, self.name, (C.TOPIC_MESSAGES, C.TOPIC_CONSENSUS),
-                               lambda: self.on_loop(wake.set))
+        reader: Reader | HostInbox
+        dozer: dozing.Dozer | HostIdle
+        if cfg.kafka.inbox_reader == "host":  # the host's inbox reader fetches for it (inbox_host.py)
+            reader = HostInbox(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition), (C.TOPIC_CONSENSUS, 0)],
+                               self.program, self.mesh.inbox_socket, self.name, self.key, self.signer,
+                               self.clock)
+            bell = dozing.doorbell(self.store, cfg)  # it rings others; its host reader is rung for it
+            dozer = HostIdle(reader, bell, self.clock)
+        else:
+            reader = Reader(cfg.kafka, group, [(C.TOPIC_MESSAGES, self.partition, None),
+                                               (C.TOPIC_CONSENSUS, 0, None)], self.program,
+                            signer=self.signer, queued_kbytes=C.AGENT_QUEUED_KBYTES,
+                            only_keys={C.TOPIC_MESSAGES: self.key})
+            # idle, it stops fetching until a sender rings it (dozing.py)
+            bell = dozing.doorbell(self.store, cfg, self.name, (C.TOPIC_MESSAGES, C.TOPIC_CONSENSUS),
+                                   lambda: self.on_loop(wake.set))
+            dozer = dozing.Dozer(reader, bell, dozing.policy(cfg, cfg.kafka.fetch_wait), self.clock)
         self.bus.doorbell = bell
-        dozer = self.dozer = dozing.Dozer(reader, bell, dozing.policy(cfg, cfg.kafka.fetch_wait), self.clock)
+        self.dozer = dozer
         io = ThreadPoolExecutor(1, f"{self.name}-poll")  # the blocking polls, one at a time
         self.store.register_agent(self.name, self._record())
         self.store.set_accepts(self.name, accepts_schemas(self.role))
@@ -381,10 +392,13 @@ class AgentRuntime:
                 if room > 0 and dozer.asleep:  # nothing fetched: wait for a ring (or the tick)
                     wake.clear()
                     if not bell.rung.is_set() and not self.stopping:
+                        dozer.arm(loop, wake.set)
                         try:
                             await asyncio.wait_for(wake.wait(), dozer.wait_for(TICK_ASLEEP_S))
                         except TimeoutError:
                             pass
+                        finally:
+                            dozer.disarm()
                     dozer.step(0)
                     self._lag.paused = dozer.asleep
                     self._main_turn = True
@@ -480,7 +494,7 @@ class AgentRuntime:
         self.store.cache_replies(self.shared, self.exchange.answered.unsaved, window)
         self.exchange.answered.unsaved.clear()
 
-    def _new_epoch(self, reader: Reader) -> None:
+    def _new_epoch(self, reader: Reader | HostInbox) -> None:
         """The broker restarted empty: read from its beginning again, announce ourselves."""
         self.settlement.new_epoch()
         reader.rewind()
@@ -492,7 +506,7 @@ class AgentRuntime:
         except AgentMeshError as exc:
             self.log.warning("registry not updated: %s", exc)
 
-    async def _leave(self, reader: Reader) -> None:
+    async def _leave(self, reader: Reader | HostInbox) -> None:
         running = [t for t in self._tasks if t not in (self._tick_task, self._voting_task)]
         if running:  # handlers get a moment; what they leave unfinished is read again
             _, pending = await asyncio.wait(running, timeout=STOP_GRACE_S)
@@ -713,9 +727,8 @@ class AgentRuntime:
         self.counts.update(self.services.take_counts())
         self.counts.update(self._lag.take_counts())
         self.counts.update(self.public.take_counts())
-        if self.dozer is not None and self.dozer.doze.counts:
-            self.counts.update(self.dozer.doze.counts)
-            self.dozer.doze.counts.clear()
+        if self.dozer is not None:
+            self.counts.update(self.dozer.take_counts())
         if self.bus.delivered_to:
             for recipient, n in self.bus.delivered_to.items():
                 self.counts[C.sent_to_counter(recipient)] += n  # backlog in status

@@ -22,12 +22,12 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from agentmesh_cli.agent.ledger import Ledger
 from agentmesh_cli.agent.schedule import OffsetBook
 from agentmesh_cli.bus import Bus
 from agentmesh_cli.errors import AgentMeshError, BusError
-from agentmesh_cli.reader import Reader
 
 SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
 TURNS_AHEAD = 8  # loop turns the agent may run ahead of the broker's confirmations
@@ -39,6 +39,14 @@ SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried
 COMMIT_EVERY_S = 0.2
 
 Partition = tuple[str, int]
+
+
+class Committer(Protocol):
+    """What commits an agent's offsets: its Reader, or its HostInbox (inbox_client.py)."""
+
+    def commit(self, next_offsets: dict[Partition, int], wait: bool = True) -> None: ...
+
+
 # one finished record of the book: (the book's epoch, (short topic, partition), offset)
 Finished = tuple[int, Partition, int]
 
@@ -107,7 +115,7 @@ class Settlement:
     def due(self, now: float) -> bool:
         return bool(self._turns or ((self._confirmed or self._commit_owed) and now >= self._next_settle))
 
-    def settle(self, reader: Reader, now: float, final: bool = False) -> None:
+    def settle(self, reader: Committer, now: float, final: bool = False) -> None:
         """Make confirmed turns durable (see the module's docstring)."""
         if final or len(self._turns) > TURNS_AHEAD:
             undelivered = self.bus.flush(SETTLE_FLUSH_S)  # wait for the answers

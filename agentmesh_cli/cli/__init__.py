@@ -38,6 +38,8 @@ COMMANDS: dict[str, Entry] = {name: Entry(module, summary) for name, module, sum
      "Run N replicas of a group in the running mesh (mesh.yaml stays the declared default)."),
     ("autoscale", "scale",
      "Run the autoscaler (supervisord runs one when a group has replicas: {min, max, ...})."),
+    ("inbox-reader", "scale",
+     "Run the host's inbox reader (supervisord runs one per host with kafka.inbox_reader: host)."),
     ("send", "mesh",
      "Inject one agent-to-agent message (for demos and scripts)."),
     ("ask", "ask",

@@ -58,6 +58,23 @@ def autoscale(config: ConfigOption = None) -> None:
     raise typer.Exit(Autoscaler(mesh).run())
 
 
+def inbox_reader(config: ConfigOption = None) -> None:
+    """Run the host's inbox reader (supervisord runs one per host with kafka.inbox_reader: host).
+
+    It fetches the inboxes of this host's agents once and hands each agent its records
+    over a local socket (docs/architecture.md, Inbox readers).
+
+    Example: agentmesh inbox-reader --config mesh.yaml
+    """
+    from agentmesh_cli.cli.common import role_logging
+    from agentmesh_cli.inbox_host import InboxHost
+
+    mesh = mesh_from(config).for_host(None, required=False)[0]
+    role_logging(mesh, C.PROGRAM_INBOX)
+    raise typer.Exit(InboxHost(mesh).run())
+
+
 def register(app: typer.Typer) -> None:
     app.command()(scale)
     app.command()(autoscale)
+    app.command("inbox-reader")(inbox_reader)

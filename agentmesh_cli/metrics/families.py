@@ -40,7 +40,8 @@ DECIDED = ("accepted", "rejected", "expired")
 # votes it held before their proposal opened)
 VOTE_RESULTS = ("counted", "replaced", "not_member", "unknown", "late", "early")
 BREAKER_STATES = ("closed", "open", "half_open")
-NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.PROGRAM_AUTOSCALER, C.CLI_COUNTER_OWNER, C.GATEWAY_SENDER})
+NOT_AGENTS = frozenset({*C.MANAGER_PROGRAMS, C.PROGRAM_AUTOSCALER, C.PROGRAM_INBOX, C.CLI_COUNTER_OWNER,
+                        C.GATEWAY_SENDER})
 # gauges of an agent's registry record: (family, field, help)
 LOAD_GAUGES = (
     ("agent_in_flight", "in_flight", "Messages the agent read and has not finished (queued or "

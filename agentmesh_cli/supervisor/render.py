@@ -136,6 +136,9 @@ def _all_specs(mesh: Mesh, python: str, tansu: str, valkey: str,
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     specs.append(ProgramSpec(C.PROGRAM_CONSENSUS, [*me, "consensus", *config_arg],
                              C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
+    if cfg.kafka.inbox_reader == "host":  # before the agents it reads for
+        specs.append(ProgramSpec(C.PROGRAM_INBOX, [*me, "inbox-reader", *config_arg],
+                                 C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
     if any(not isinstance(a.replicas, int | None) for a in cfg.agents):  # a group autoscales
         specs.append(ProgramSpec(C.PROGRAM_AUTOSCALER, [*me, "autoscale", *config_arg],
                                  C.PRIORITY_MANAGERS, dict(AGENTMESH_ENV)))
