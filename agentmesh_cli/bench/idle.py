@@ -81,19 +81,23 @@ def _ask(asker: Asker, to: str = "Inventory") -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _quiet_mesh(template: Path, root: Path, sleep: bool, notes: list[str]) -> Mesh:
+def _quiet_mesh(template: Path, root: Path, sleep: bool, notes: list[str],
+                inbox_reader: str | None = None) -> Mesh:
     mesh = mesh_copy(template, root, notes)
     data = yaml.safe_load(mesh.config_file.read_text(encoding="utf-8"))
     data["workload"] = {**(data.get("workload") or {}), "order_rate": 0, "lead_rate": 0, "refund_rate": 0}
     data["kafka"]["idle_sleep"] = sleep
+    if inbox_reader is not None:
+        data["kafka"]["inbox_reader"] = inbox_reader
     mesh.config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return load_mesh(mesh.config_file)
 
 
-def one_mesh(template: Path, sleep: bool, window: float, gap: float, notes: list[str]) -> dict[str, Any]:
+def one_mesh(template: Path, sleep: bool, window: float, gap: float, notes: list[str],
+             inbox_reader: str | None = None) -> dict[str, Any]:
     """`up` the quiet mesh, measure it, `down` it (also on error)."""
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-idle-") as tmp:
-        mesh = _quiet_mesh(template, Path(tmp), sleep, notes)
+        mesh = _quiet_mesh(template, Path(tmp), sleep, notes, inbox_reader)
         cycle = Cycle(mesh, _env())
         try:
             cycle.up()
@@ -150,11 +154,13 @@ def raw(window: float) -> dict[str, Any]:
     return {"broker_cpu_pct": cpu.get("kafka", 0.0), "redis_cpu_pct": cpu.get("redis", 0.0)}
 
 
-def run(window: float = 60.0, gap: float = 3.0, config: str | None = None) -> dict[str, Any]:
+def run(window: float = 60.0, gap: float = 3.0, config: str | None = None,
+        inbox_reader: str | None = None) -> dict[str, Any]:
+    """`inbox_reader`: kafka.inbox_reader of both meshes (default: as the template says)."""
     notes: list[str] = []
     template = Path(config) if config else REPO_MESH
-    dozing = one_mesh(template, True, window, gap, notes)
-    fetching = one_mesh(template, False, window, gap, notes)
+    dozing = one_mesh(template, True, window, gap, notes, inbox_reader)
+    fetching = one_mesh(template, False, window, gap, notes, inbox_reader)
     baseline = raw(window)
     first = max(dozing["ask_after_quiet_window_ms"], dozing["ask_after_gap_ms"])
     targets = {
@@ -170,7 +176,8 @@ def run(window: float = 60.0, gap: float = 3.0, config: str | None = None) -> di
                  "and its reply to the asker's reader (always fetching)")
     return {
         "scenario": "idle",
-        "settings": {"window_s": window, "gap_s": gap, "asks": ASKS, "gaps": GAPS, "mesh": template.name},
+        "settings": {"window_s": window, "gap_s": gap, "asks": ASKS, "gaps": GAPS, "mesh": template.name,
+                     "inbox_reader": inbox_reader or "as the mesh says"},
         "figures": {"sleeping": dozing, "always_fetching": fetching},
         "raw": baseline,
         "floor": {},

@@ -232,8 +232,9 @@ class Backlog:
 
 @contextmanager
 def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None,
-          sign: bool | None = None, broker: BrokerKind = "tansu") -> Iterator[BenchMesh]:
-    kafka: dict[str, Any] = {"partitions": partitions}
+          sign: bool | None = None, broker: BrokerKind = "tansu", inbox_reader: str = "agent"
+          ) -> Iterator[BenchMesh]:
+    kafka: dict[str, Any] = {"partitions": partitions, "inbox_reader": inbox_reader}
     if linger_ms is not None:
         kafka["client"] = {"linger.ms": linger_ms}
     sections: dict[str, Any] = {
@@ -277,11 +278,14 @@ def _base_client(config: str) -> dict[str, Any]:
 
 
 def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
-    """Start the topology manager and the relays; wait until they are ready and the
-    manager's graph holds every relay. Returns the processes by kind."""
+    """Start the topology manager (and the host's inbox reader, kafka.inbox_reader: host)
+    and the relays; wait until they are ready and the manager's graph holds every relay.
+    Returns the processes by kind."""
     manager = bm.spawn("topology", name=C.PROGRAM_TOPOLOGY)
+    host = [bm.spawn("inbox-reader", name=C.PROGRAM_INBOX)] if bm.mesh.config.kafka.inbox_reader == "host" \
+        else []
     agents = [bm.spawn_agent(name, RELAY_ROLE) for name in names]
-    programs = {C.PROGRAM_TOPOLOGY: manager,
+    programs = {C.PROGRAM_TOPOLOGY: manager, **({C.PROGRAM_INBOX: host[0]} if host else {}),
                 **{C.agent_program(n): p for n, p in zip(names, agents, strict=True)}}
     waiting: list[str] = []
 
@@ -297,7 +301,7 @@ def _start(bm: BenchMesh, store: Store, names: list[str]) -> dict[str, Any]:
 
     wait_until(started, START_TIMEOUT_S,
                lambda: f"the bench mesh to start ({', '.join(waiting) or 'the graph'}); logs in {bm.root}")
-    return {"manager": manager, "agents": agents}
+    return {"manager": manager, "agents": agents, "host": host}
 
 
 def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
@@ -354,7 +358,8 @@ def _rss_mb(pids: list[int]) -> dict[str, float]:
 
 def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
         config: str | None = None, linger_ms: float | None = None,
-        sign: bool | None = None, broker: BrokerKind = "tansu") -> dict[str, Any]:
+        sign: bool | None = None, broker: BrokerKind = "tansu", inbox_reader: str = "agent"
+        ) -> dict[str, Any]:
     """Run the mesh scenario; one dict in the bench result shape (see cli/bench.py).
 
     `config`: the mesh.yaml of a running mesh whose broker and Redis are used, under a
@@ -362,14 +367,16 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     (mesh.yaml `kafka.client` `linger.ms`) of the bench mesh, to measure its effect. `sign`:
     whether the bench mesh signs its records (security.sign_envelopes); None: as `config`'s
     mesh, else as mesh.yaml's default (on). True and False side by side show what signing
-    costs. `broker`: the throwaway broker (embedded.BROKER_KINDS) when there is no `config`."""
+    costs. `broker`: the throwaway broker (embedded.BROKER_KINDS) when there is no `config`.
+    `inbox_reader`: kafka.inbox_reader, `agent` (each relay fetches its inbox) or `host` (one
+    inbox reader fetches for them all)."""
     partitions = partitions or agents
     names = relay_names(agents, partitions)
     notes: list[str] = []
     load_start = round(os.getloadavg()[0], 2)
     tag = uuid.uuid4().hex[:6]
     runs = {phase: f"{phase}-{tag}" for phase in ("peak", "paced", "idle")}
-    with _mesh(names, partitions, config, linger_ms, sign, broker) as bm:
+    with _mesh(names, partitions, config, linger_ms, sign, broker, inbox_reader) as bm:
         cfg = bm.mesh.config
         if config is not None:
             notes.append(f"on the broker and Redis of {config}, as mesh {cfg.mesh} with topic prefix "
@@ -394,7 +401,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
             redis_port = urlsplit(bm.mesh.redis_url).port or 0
             valkey_pid = bm.procs[1].pid if config is None else listener_pid(redis_port)
-            pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid]}
+            pids = {"agents": [p.pid for p in procs["agents"]], "topology": [procs["manager"].pid],
+                    "inbox_reader": [p.pid for p in procs["host"]]}
             for kind, pid in (("broker", broker_pid), ("valkey", valkey_pid)):
                 if pid is not None:
                     pids[kind] = [pid]
@@ -431,6 +439,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             drained = _drain(store, relays, list(runs.values()), injected)
             if not drained["drained"]:
                 notes.append(f"traffic did not drain within {DRAIN_TIMEOUT_S:.0f}s: {drained}")
+            time.sleep(2.5 if procs["host"] else 0)  # its counters are written every 2 s
+            inbox_counts = store.counters(C.PROGRAM_INBOX) if procs["host"] else {}
         finally:
             bus.flush(5)
             stop_ringing(bus)
@@ -457,6 +467,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
         "broker_cpu_share": shares.get("broker", 0.0),
         "valkey_cpu_share": shares.get("valkey", 0.0),
         "agents_cpu_share": shares["agents"],
+        "inbox_reader_cpu_share": shares.get("inbox_reader", 0.0),
+        "inbox_reader_counters": inbox_counts,
         "agent_rss_mb": rss,
     }
     one_hop_p50 = raw["one_hop"]["p50_ms"]
@@ -483,7 +495,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
                      "mesh": cfg.mesh, "envelope_bytes": len(envelope),
                      "fetch_wait_ms": cfg.kafka.fetch_wait * 1000,
                      "linger_ms": baselines.linger(cfg.kafka), "warmup_s": WARMUP_S,
-                     "sign_envelopes": cfg.security.sign_envelopes,
+                     "sign_envelopes": cfg.security.sign_envelopes, "inbox_reader": cfg.kafka.inbox_reader,
                      "idle_rate": IDLE_RATE, "relays": names},
         "figures": figures,
         "raw": raw,

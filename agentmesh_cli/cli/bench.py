@@ -146,6 +146,9 @@ def bench(
     broker: Annotated[str | None, typer.Option(
         help="mesh: the throwaway broker, tansu (the mesh's own, default) or noida (noida-db: "
              "answers a waiting fetch at once, as a real Kafka does).")] = None,
+    inbox_reader: Annotated[str | None, typer.Option(
+        help="mesh, idle: kafka.inbox_reader of the bench mesh, agent (each agent fetches its inbox, "
+             "default) or host (one inbox reader fetches for them all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON to this file.")] = None,
 ) -> None:
@@ -169,12 +172,16 @@ def bench(
     if broker is not None and broker not in ("tansu", "noida"):
         printer.error(f"unknown broker {broker!r}; use tansu or noida")
         raise typer.Exit(2)
+    if inbox_reader is not None and inbox_reader not in ("agent", "host"):
+        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent or host")
+        raise typer.Exit(2)
     if scenario != ALL and scenario not in SCENARIOS:
         printer.error(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)} or {ALL}")
         raise typer.Exit(2)
     options: dict[str, dict[str, Any]] = {
         "mesh": {"agents": agents, "duration": duration,
-                 "config": None if config is None else str(config), "sign": sign, "broker": broker},
+                 "config": None if config is None else str(config), "sign": sign, "broker": broker,
+                 "inbox_reader": inbox_reader},
         "topology": {"events": events, "full_mesh_agents": full_mesh},
         "consensus": {"proposals": proposals, "samples": samples, "voters": voters, "duration": duration},
         "services": {"duration": duration, "concurrency": concurrency, "rate": rate,
@@ -187,7 +194,8 @@ def bench(
         "llm": {"repeats": repeats, "samples": samples},
         "routing": {"repeats": repeats, "duration": duration, "quick": quick or None,
                     "kill_replica": kill_replica},
-        "idle": {"window": duration, "config": None if config is None else str(config)},
+        "idle": {"window": duration, "config": None if config is None else str(config),
+                 "inbox_reader": inbox_reader},
     }
     chosen = tuple(s for s in SCENARIOS if s not in NOT_IN_ALL) if scenario == ALL else (scenario,)
     results: dict[str, dict[str, Any]] = {}
