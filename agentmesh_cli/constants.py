@@ -300,6 +300,13 @@ class Keys:
         when it wakes (the senders' view of `asleep`)."""
         return self.prefix + "asleep-feed"
 
+    @property
+    def mesh_channel(self) -> str:
+        """Pub/sub channel: `epoch <id>` when a new broker epoch is written, `draining 1` /
+        `draining 0` when the draining mark is set or cleared (doorbells follow it, so that
+        an idle role need not read them from Redis every second)."""
+        return self.prefix + "mesh-feed"
+
     def wake(self, reader: str) -> str:
         """Pub/sub channel: a sender wrote to a reader that sleeps (its doorbell)."""
         return self.prefix + "wake:" + reader

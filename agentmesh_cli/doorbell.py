@@ -74,6 +74,10 @@ class Doorbell:
         self.on_ring = on_ring
         self.rung = threading.Event()
         self.listening = False  # subscribed and the sleepers read: rings can be heard
+        # the broker epoch and the draining mark, as the mesh feed says (read when the
+        # thread subscribes, then followed): valid while `listening`
+        self.epoch: str | None = None
+        self.draining = False
         # reader -> topics, for every reader believed asleep; replaced whole, never changed
         # in place (the listening thread and the sender read it without a lock)
         self.asleep: dict[str, frozenset[str]] = {}
@@ -184,7 +188,7 @@ class Doorbell:
             self.on_ring()
 
     def _listen(self) -> None:
-        channels = [self.keys.asleep_channel, self._own]
+        channels = [self.keys.asleep_channel, self._own, self.keys.mesh_channel]
         while not self._stop.is_set():
             pubsub = self.client.pubsub()
             try:
@@ -202,6 +206,8 @@ class Doorbell:
                     elif kind == "message":
                         if channel == channels[0]:
                             self._feed(message["data"])
+                        elif channel == channels[2]:
+                            self._news(message["data"])
                         elif not self._stop.is_set():
                             self._rang()
             except Exception as exc:  # Redis gone, or anything else: the thread must live on
@@ -228,11 +234,26 @@ class Doorbell:
         return asleep
 
     def _seed(self) -> None:
-        """Subscribed: who sleeps now (anything said from now on comes on the feed)."""
+        """Subscribed: who sleeps now, the epoch and the draining mark (anything said from
+        now on comes on the feeds)."""
         asleep = self._read_asleep()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.kafka_epoch)
+        pipe.exists(self.keys.draining)
+        epoch, draining = pipe.execute()
         with self._lock:
             self.asleep = asleep
+        self.epoch = None if epoch is None else str(epoch)
+        self.draining = bool(draining)
         self.listening = True
+
+    def _news(self, data: str) -> None:
+        """A message of the mesh feed (Keys.mesh_channel)."""
+        kind, _, value = data.partition(" ")
+        if kind == "epoch" and value:
+            self.epoch = value
+        elif kind == "draining":
+            self.draining = value == "1"
 
     def _feed(self, data: str) -> None:
         parsed = parse_asleep(data)

@@ -20,6 +20,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.broker import broker_reachable, prepare_topics
 from agentmesh_cli.bus import REPLAY_S, Bus
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.doorbell import Doorbell
 from agentmesh_cli.errors import AgentMeshError, WaitTimeout
 from agentmesh_cli.store import Store
 from agentmesh_cli.waiting import Clock, wait_until
@@ -91,8 +92,10 @@ class BrokerWatch:
 
     def check(self, now: float) -> str | None:
         """The new epoch when the broker changed since the last call, else None (cheap:
-        one Redis GET a second, a metadata request every `topics_every`). Every second
-        even while the caller's reader sleeps: after a broker restart nothing rings it."""
+        a metadata request every `topics_every`, and the epoch as the Bus's doorbell
+        heard it on the mesh feed, or, when it does not listen, one Redis GET a second).
+        Every second even while the caller's reader sleeps: after a broker restart
+        nothing rings it."""
         if now < self._next:
             return None
         self._next = now + self.every
@@ -103,7 +106,11 @@ class BrokerWatch:
                 if topics is not None and self._topology_topic not in topics:
                     log.warning("the broker lost the mesh's topics (restarted empty): creating them")
                     self.recreate()
-            epoch = self.store.kafka_epoch()
+            bell = self.bus.doorbell
+            if isinstance(bell, Doorbell) and bell.listening and bell.epoch is not None:
+                epoch: str | None = bell.epoch
+            else:
+                epoch = self.store.kafka_epoch()
         except AgentMeshError as exc:
             log.warning("broker watch: %s", exc)
             return None

@@ -55,6 +55,7 @@ _NEW_EPOCH = """
 local current = redis.call('GET', KEYS[1])
 if current == false or current == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('PUBLISH', KEYS[2], 'epoch ' .. ARGV[2])
   return ARGV[2]
 end
 return current
@@ -226,7 +227,13 @@ class Store:
     def set_draining(self, on: bool) -> None:
         """Mark the mesh as draining (`agentmesh down`), or clear the mark (`up`)."""
         key = self.keys.draining
-        self._call("set draining", lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
+
+        def write() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(key, "1") if on else pipe.delete(key)
+            pipe.publish(self.keys.mesh_channel, f"draining {int(on)}")  # the doorbells follow it
+            pipe.execute()
+        self._call("set draining", write)
 
     def draining(self) -> bool:
         return bool(self._call("read draining", lambda: self.redis.exists(self.keys.draining)))
@@ -240,8 +247,8 @@ class Store:
         """A new epoch in place of `seen`, the one read before the topics were made. When
         another process replaced it meanwhile (roles starting at once on an empty broker
         each made the topics), theirs: one epoch, not one each, or each would rewind."""
-        key, new = self.keys.kafka_epoch, uuid.uuid4().hex
-        return str(self._call("write epoch", lambda: self._new_epoch(keys=[key], args=[seen or "", new])))
+        keys, new = [self.keys.kafka_epoch, self.keys.mesh_channel], uuid.uuid4().hex
+        return str(self._call("write epoch", lambda: self._new_epoch(keys=keys, args=[seen or "", new])))
 
     # counters ------------------------------------------------------------------
     def add_counters(self, owner: str, counts: Counter[str]) -> None:

@@ -58,6 +58,7 @@ from agentmesh_cli.agent.settle import Finished, Settlement
 from agentmesh_cli.agent.voting import Voting
 from agentmesh_cli.bus import Bus, hostname
 from agentmesh_cli.config import AgentSpec, group_of
+from agentmesh_cli.doorbell import Doorbell
 from agentmesh_cli.envelope import Envelope, now_ms, shown
 from agentmesh_cli.errors import (
     AgentMeshError,
@@ -240,8 +241,13 @@ class AgentRuntime:
 
     def _draining(self) -> bool:
         """For the heartbeat thread: the mesh drains (`down`), or this replica retires
-        (scaled down: it takes no new work, finishes what it has)."""
-        if self.store.draining():
+        (scaled down: it takes no new work, finishes what it has). The mark as the doorbell
+        heard it on the mesh feed, or, when it does not listen, read from Redis."""
+        bell = self.bus.doorbell
+        if isinstance(bell, Doorbell) and bell.listening:
+            if bell.draining:
+                return True
+        elif self.store.draining():
             return True
         return self.group is not None and self.name in self.groups.retiring()
 
