@@ -60,7 +60,9 @@ class Heartbeat(threading.Thread):
         next_beat = time.monotonic() + self.interval
         published = self.load()
         next_look = 0.0
-        while not self._stop_event.wait(min(DRAINING_EVERY_S, self.interval)):
+        # asleep, it turns only as often as it looks at the mark (nothing else changes then)
+        while not self._stop_event.wait(min(DRAINING_ASLEEP_S if self.asleep() else DRAINING_EVERY_S,
+                                            self.interval)):
             now = time.monotonic()
             if now >= next_look or not self.asleep():
                 next_look = now + DRAINING_ASLEEP_S
