@@ -82,18 +82,21 @@ def encode_headers(headers: Any) -> bytes | None:
 def decode_headers(blob: bytes) -> Headers:
     headers: Headers = []
     at, end = 0, len(blob)
-    while at < end:
-        (size,) = _HEADER_NAME.unpack_from(blob, at)
-        at += _HEADER_NAME.size
-        name = blob[at:at + size].decode("utf-8")
-        at += size
-        (size,) = _HEADER_VALUE.unpack_from(blob, at)
-        at += _HEADER_VALUE.size
-        if size < 0:
-            headers.append((name, None))
-        else:
-            headers.append((name, blob[at:at + size]))
+    try:
+        while at < end:
+            (size,) = _HEADER_NAME.unpack_from(blob, at)
+            at += _HEADER_NAME.size
+            name = blob[at:at + size].decode("utf-8")
             at += size
+            (size,) = _HEADER_VALUE.unpack_from(blob, at)
+            at += _HEADER_VALUE.size
+            if size < 0:
+                headers.append((name, None))
+            else:
+                headers.append((name, blob[at:at + size]))
+                at += size
+    except (struct.error, UnicodeDecodeError) as exc:  # a length past the end, a broken name
+        raise WireError(f"broken headers: {exc}") from exc
     if at != end:
         raise WireError("headers run past their frame")
     return headers
@@ -133,15 +136,21 @@ class Subscription:
 
 
 def parse_subscribe(frame: bytes | memoryview) -> Subscription:
+    if len(frame) < _GEN.size:
+        raise WireError(f"a subscription of {len(frame)} bytes")
     kind, gen = _GEN.unpack_from(frame, 0)
     if kind != KIND_SUBSCRIBE:
         raise WireError(f"expected a subscription, got a frame of kind {kind}")
     try:
         data = orjson.loads(bytes(frame[_GEN.size:]))
-        return Subscription(gen, str(data["name"]), bytes.fromhex(data["key"]),
-                            {(str(t), int(p)): int(o) for t, p, o in data["starts"]})
+        sub = Subscription(gen, str(data["name"]), bytes.fromhex(data["key"]),
+                           {(str(t), int(p)): int(o) for t, p, o in data["starts"]})
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise WireError(f"a broken subscription: {exc}") from exc
+    for topic, partition in sub.starts:  # the host reader reads no other (a frame names its topic)
+        if topic not in TOPIC_INDEX or partition < 0:
+            raise WireError(f"a subscription of {topic}/{partition}")
+    return sub
 
 
 # One frame read: ("record", topic index, partition, offset, key, value, headers blob),
@@ -197,7 +206,14 @@ class FrameReader:
                 break
             kind = buf[start]
             if kind == KIND_RECORD:
+                if size < _RECORD.size:
+                    raise WireError(f"a record frame of {size} bytes")
                 _, topic, partition, offset, klen, vlen, hlen = _RECORD.unpack_from(buf, start)
+                # its parts fill it exactly: none is read from the frame after it
+                if min(klen, vlen, hlen) < -1 or topic >= len(TOPICS) or \
+                        _RECORD.size + max(klen, 0) + max(vlen, 0) + max(hlen, 0) != size:
+                    raise WireError(f"a record frame of {size} bytes that holds topic {topic}, "
+                                    f"key {klen}, value {vlen} and headers {hlen} bytes")
                 pos = start + _RECORD.size
                 key = None if klen < 0 else bytes(buf[pos:pos + klen])
                 pos += max(klen, 0)
@@ -206,9 +222,15 @@ class FrameReader:
                 headers = None if hlen < 0 else bytes(buf[pos:pos + hlen])
                 out.append(("record", topic, partition, offset, key, value, headers))
             elif kind == KIND_SKIPPED:
+                if size != _SKIPPED.size:
+                    raise WireError(f"a skipped frame of {size} bytes")
                 _, topic, partition, offset = _SKIPPED.unpack_from(buf, start)
+                if topic >= len(TOPICS):
+                    raise WireError(f"a skipped frame of topic {topic}")
                 out.append(("skipped", topic, partition, offset))
             elif kind == KIND_SUBSCRIBED:
+                if size != _GEN.size:
+                    raise WireError(f"a subscribed frame of {size} bytes")
                 out.append(("subscribed", _GEN.unpack_from(buf, start)[1]))
             else:
                 raise WireError(f"a frame of unknown kind {kind}")
