@@ -245,7 +245,7 @@ class Client:
     """One agent of the host, as the host reader sees it."""
 
     key: bytes  # its inbox records carry this key
-    keyed: frozenset[str]  # the topics where only records with `key` are its own
+    keyed: frozenset[str]  # the topics where a record with another key is not its own
     next: dict[Partition, int] = field(default_factory=dict)  # the next offset it wants
     # the last offset of another's records it passed over and was not told of (SKIPPED)
     passed: dict[Partition, int] = field(default_factory=dict)
@@ -264,8 +264,10 @@ class Fanout:
     """Per partition read, the clients reading it and the next offset each wants.
 
     A record at offset o goes to each client of its partition that wants o (and is not
-    full), when the record is its own: a keyed topic's record with its key, any other
-    topic's record. A client passes over another's record (wanting o + 1 after it). A
+    full), when the record is its own: a keyed topic's record with its key or with none
+    (as a Reader's `only_keys`: an unkeyed record is every reader's, each agent then looks
+    at its recipient, or refuses it), any other topic's record. A client passes over
+    another's record (wanting o + 1 after it). A
     client that is full, or wants an offset below what was read, falls behind: `moves`
     says where the reading must go back to, so each client gets every offset in order.
     """
@@ -309,7 +311,7 @@ class Fanout:
                 client = clients[cid]
                 if client.next[where] != offset:
                     continue  # behind (the reading comes back for it) or ahead of this record
-                if topic in client.keyed and key != client.key:
+                if topic in client.keyed and key is not None and key != client.key:
                     client.next[where] = offset + 1
                     client.passed[where] = offset
                     continue
