@@ -28,7 +28,7 @@ them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,13 +300,28 @@ class Fanout:
         return sorted(self._of)
 
     def route(self, batch: Sequence[tuple[str, int, int, bytes | None]],
-              full: frozenset[int] | set[int] = frozenset()) -> dict[int, Route]:
+              full: frozenset[int] | set[int] = frozenset(),
+              reading: Mapping[Partition, int | None] | None = None) -> dict[int, Route]:
         """`batch`: (short topic, partition, offset, key) of each record read, in order per
-        partition. Per client, what it gets."""
+        partition. Per client, what it gets.
+
+        `reading`: per partition, the offset the reader was to read next before this batch
+        (the positions `moves` was given, moved). A record past it (or past the record
+        before it) means the reader took the offsets between as a gap that is real (the
+        log starts later, a transaction's marker: Reader GAP_REREADS): a client that wants
+        one of them wants this record (else reading would go back for it again and again)."""
         routes: dict[int, Route] = {}
         clients, of = self.clients, self._of
+        expect: dict[Partition, int | None] = dict(reading) if reading else {}
         for index, (topic, partition, offset, key) in enumerate(batch):
             where = (topic, partition)
+            want = expect.get(where)
+            if want is not None and offset > want:  # a gap
+                for cid in of.get(where, ()):
+                    nexts = clients[cid].next
+                    if want <= nexts[where] < offset:
+                        nexts[where] = offset
+            expect[where] = offset + 1
             for cid in of.get(where, ()):
                 client = clients[cid]
                 if client.next[where] != offset:
