@@ -123,13 +123,17 @@ class Programs:
         self.gone.append(proc)
 
     def stop(self, *programs: str) -> None:
-        """TERM, all at once (each takes a moment to leave), then wait for each."""
+        """One TERM each, all at once (each takes a moment to leave), then wait for each to
+        leave cleanly (a second TERM could meet a process already past its handler)."""
         procs = [self.procs.pop(p) for p in programs if p in self.procs]
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in procs:
-            stop(proc)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                stop(proc)
             assert proc.returncode == 0, proc.args
 
     def close(self) -> None:
@@ -496,4 +500,46 @@ def test_records_an_agent_took_off_its_socket_are_handled_after_a_slow_handler(
         assert bus.flush(10) == 0
         wait_until(lambda: handled(run, "B") == 600, 20, lambda: f"600 handled, not {handled(run, 'B')}")
         assert runs(tmp_path, "B")["finish B599"] == 1
+        del bus
+
+
+# -- f: an agent that does not take what it is handed -------------------------------------------
+
+def test_an_agent_that_falls_behind_blocks_nobody_and_gets_everything_after(
+        external_mesh: Any, tmp_path: Path) -> None:
+    """A handler that blocks its agent's loop: the reader's bytes for it pile up past
+    OUT_HIGH, it falls behind, and the agent beside it on the same partition gets its
+    records meanwhile; when it takes them again, the reader goes back for it."""
+    agents = {"A": SYNC, "B": SYNC}  # one inbox partition
+    mesh = host_mesh(external_mesh, agents)
+    big = "x" * 100_000
+    with programs(mesh, tmp_path) as run:
+        run.start_reader()
+        for name in agents:
+            run.start_agent(name)
+        bus = mesh_bus(mesh)
+        first = work("A", "A0", tmp_path)
+        first.payload["sleep"] = 5.0  # A's loop does nothing else meanwhile: it reads nothing
+        bus.send_message(first)
+        for i in range(1, 121):  # 12 MB for A, more than the reader keeps for one agent
+            message = work("A", f"A{i}", tmp_path)
+            message.payload["pad"] = big
+            bus.send_message(message)
+            for j in (2 * i, 2 * i + 1):
+                bus.send_message(work("B", f"B{j}", tmp_path))
+        assert bus.flush(30) == 0
+        wait_until(lambda: handled(run, "B") == 240, 20, "B's messages handled")
+        assert handled(run, "A") == 0 and runs(tmp_path, "A") == {"start A0": 1}  # while A was busy
+        wait_until(lambda: handled(run, "A") == 121, 30, lambda: f"A's 121 handled, not {handled(run, 'A')}")
+        wait_committed(mesh, partition_ends(bus), list(agents))
+        run.stop(*[C.agent_program(name) for name in agents], INBOX)
+        # each once, in order (a sync handler at concurrency 1 handles in order)
+        assert (tmp_path / "work-A.log").read_text().splitlines() == [
+            f"{what} A{i}" for i in range(121) for what in ("start", "finish")]
+        assert runs(tmp_path, "B") == Counter({f"{what} B{j}": 1 for j in range(2, 242)
+                                               for what in ("start", "finish")})
+        for name in agents:
+            assert run.counters(name).get(C.COUNTER_DUPLICATES, 0) == 0, name
+        reader = run.counters(INBOX)
+        assert reader.get("agents_behind", 0) >= 1 and reader.get("moves", 0) >= 1, reader
         del bus
