@@ -91,6 +91,12 @@ class HostInbox:
     def fileno(self) -> int | None:
         return None if self._sock is None else self._sock.fileno()
 
+    @property
+    def buffered(self) -> bool:
+        """Whole frames were taken off the socket and not read yet (a poll read fewer
+        than had come): nothing on the socket will say so."""
+        return self._frames.pending
+
     def _connect(self) -> bool:
         now = self.clock()
         if now < self._next_connect:
@@ -237,7 +243,8 @@ class HostIdle:
 
     @property
     def asleep(self) -> bool:
-        return self.reader.connected and self.clock() - self._last >= QUIET_AFTER_S
+        return (self.reader.connected and self.clock() - self._last >= QUIET_AFTER_S
+                and not self.reader.buffered)
 
     def step(self, records: int) -> None:
         if records or self._readable():

@@ -88,6 +88,9 @@ class InboxHost:
         self.conns: dict[int, Conn] = {}
         self._ids = itertools.count(1)
         self.counts: Counter[str] = Counter()
+        # per partition, the offset the reader reads next (as `move` left it): a record past
+        # it is past a gap the reader took as real (Fanout.route)
+        self.reading: dict[tuple[str, int], int | None] = {}
         self.sel = selectors.DefaultSelector()
         self._poke_r, self._poke_w = os.pipe()
         os.set_blocking(self._poke_r, False)
@@ -182,7 +185,8 @@ class InboxHost:
         """One batch read: each agent's share appended to what it is sent."""
         self.counts["records_read"] += len(records)
         full = {cid for cid, conn in self.conns.items() if conn.full}
-        routes = self.fanout.route([(r.topic, r.partition, r.offset, r.key) for r in records], full)
+        routes = self.fanout.route([(r.topic, r.partition, r.offset, r.key) for r in records], full,
+                                   self.reading)
         frames: dict[int, bytes] = {}  # a record handed to several agents (consensus) is framed once
         for cid, route in routes.items():
             conn = self.conns[cid]
@@ -209,6 +213,7 @@ class InboxHost:
         full = {cid for cid, conn in self.conns.items() if conn.full}
         positions = {where: self.reader.next_offset(*where) for where in self.fanout.partitions}
         moves = self.fanout.moves(positions, full)
+        self.reading = {**positions, **moves}
         if not moves:
             return
         self.reader.move(moves)

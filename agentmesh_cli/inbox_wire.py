@@ -28,7 +28,7 @@ them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,18 +82,21 @@ def encode_headers(headers: Any) -> bytes | None:
 def decode_headers(blob: bytes) -> Headers:
     headers: Headers = []
     at, end = 0, len(blob)
-    while at < end:
-        (size,) = _HEADER_NAME.unpack_from(blob, at)
-        at += _HEADER_NAME.size
-        name = blob[at:at + size].decode("utf-8")
-        at += size
-        (size,) = _HEADER_VALUE.unpack_from(blob, at)
-        at += _HEADER_VALUE.size
-        if size < 0:
-            headers.append((name, None))
-        else:
-            headers.append((name, blob[at:at + size]))
+    try:
+        while at < end:
+            (size,) = _HEADER_NAME.unpack_from(blob, at)
+            at += _HEADER_NAME.size
+            name = blob[at:at + size].decode("utf-8")
             at += size
+            (size,) = _HEADER_VALUE.unpack_from(blob, at)
+            at += _HEADER_VALUE.size
+            if size < 0:
+                headers.append((name, None))
+            else:
+                headers.append((name, blob[at:at + size]))
+                at += size
+    except (struct.error, UnicodeDecodeError) as exc:  # a length past the end, a broken name
+        raise WireError(f"broken headers: {exc}") from exc
     if at != end:
         raise WireError("headers run past their frame")
     return headers
@@ -133,15 +136,21 @@ class Subscription:
 
 
 def parse_subscribe(frame: bytes | memoryview) -> Subscription:
+    if len(frame) < _GEN.size:
+        raise WireError(f"a subscription of {len(frame)} bytes")
     kind, gen = _GEN.unpack_from(frame, 0)
     if kind != KIND_SUBSCRIBE:
         raise WireError(f"expected a subscription, got a frame of kind {kind}")
     try:
         data = orjson.loads(bytes(frame[_GEN.size:]))
-        return Subscription(gen, str(data["name"]), bytes.fromhex(data["key"]),
-                            {(str(t), int(p)): int(o) for t, p, o in data["starts"]})
+        sub = Subscription(gen, str(data["name"]), bytes.fromhex(data["key"]),
+                           {(str(t), int(p)): int(o) for t, p, o in data["starts"]})
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise WireError(f"a broken subscription: {exc}") from exc
+    for topic, partition in sub.starts:  # the host reader reads no other (a frame names its topic)
+        if topic not in TOPIC_INDEX or partition < 0:
+            raise WireError(f"a subscription of {topic}/{partition}")
+    return sub
 
 
 # One frame read: ("record", topic index, partition, offset, key, value, headers blob),
@@ -197,7 +206,14 @@ class FrameReader:
                 break
             kind = buf[start]
             if kind == KIND_RECORD:
+                if size < _RECORD.size:
+                    raise WireError(f"a record frame of {size} bytes")
                 _, topic, partition, offset, klen, vlen, hlen = _RECORD.unpack_from(buf, start)
+                # its parts fill it exactly: none is read from the frame after it
+                if min(klen, vlen, hlen) < -1 or topic >= len(TOPICS) or \
+                        _RECORD.size + max(klen, 0) + max(vlen, 0) + max(hlen, 0) != size:
+                    raise WireError(f"a record frame of {size} bytes that holds topic {topic}, "
+                                    f"key {klen}, value {vlen} and headers {hlen} bytes")
                 pos = start + _RECORD.size
                 key = None if klen < 0 else bytes(buf[pos:pos + klen])
                 pos += max(klen, 0)
@@ -206,9 +222,15 @@ class FrameReader:
                 headers = None if hlen < 0 else bytes(buf[pos:pos + hlen])
                 out.append(("record", topic, partition, offset, key, value, headers))
             elif kind == KIND_SKIPPED:
+                if size != _SKIPPED.size:
+                    raise WireError(f"a skipped frame of {size} bytes")
                 _, topic, partition, offset = _SKIPPED.unpack_from(buf, start)
+                if topic >= len(TOPICS):
+                    raise WireError(f"a skipped frame of topic {topic}")
                 out.append(("skipped", topic, partition, offset))
             elif kind == KIND_SUBSCRIBED:
+                if size != _GEN.size:
+                    raise WireError(f"a subscribed frame of {size} bytes")
                 out.append(("subscribed", _GEN.unpack_from(buf, start)[1]))
             else:
                 raise WireError(f"a frame of unknown kind {kind}")
@@ -223,7 +245,7 @@ class Client:
     """One agent of the host, as the host reader sees it."""
 
     key: bytes  # its inbox records carry this key
-    keyed: frozenset[str]  # the topics where only records with `key` are its own
+    keyed: frozenset[str]  # the topics where a record with another key is not its own
     next: dict[Partition, int] = field(default_factory=dict)  # the next offset it wants
     # the last offset of another's records it passed over and was not told of (SKIPPED)
     passed: dict[Partition, int] = field(default_factory=dict)
@@ -242,8 +264,10 @@ class Fanout:
     """Per partition read, the clients reading it and the next offset each wants.
 
     A record at offset o goes to each client of its partition that wants o (and is not
-    full), when the record is its own: a keyed topic's record with its key, any other
-    topic's record. A client passes over another's record (wanting o + 1 after it). A
+    full), when the record is its own: a keyed topic's record with its key or with none
+    (as a Reader's `only_keys`: an unkeyed record is every reader's, each agent then looks
+    at its recipient, or refuses it), any other topic's record. A client passes over
+    another's record (wanting o + 1 after it). A
     client that is full, or wants an offset below what was read, falls behind: `moves`
     says where the reading must go back to, so each client gets every offset in order.
     """
@@ -276,18 +300,33 @@ class Fanout:
         return sorted(self._of)
 
     def route(self, batch: Sequence[tuple[str, int, int, bytes | None]],
-              full: frozenset[int] | set[int] = frozenset()) -> dict[int, Route]:
+              full: frozenset[int] | set[int] = frozenset(),
+              reading: Mapping[Partition, int | None] | None = None) -> dict[int, Route]:
         """`batch`: (short topic, partition, offset, key) of each record read, in order per
-        partition. Per client, what it gets."""
+        partition. Per client, what it gets.
+
+        `reading`: per partition, the offset the reader was to read next before this batch
+        (the positions `moves` was given, moved). A record past it (or past the record
+        before it) means the reader took the offsets between as a gap that is real (the
+        log starts later, a transaction's marker: Reader GAP_REREADS): a client that wants
+        one of them wants this record (else reading would go back for it again and again)."""
         routes: dict[int, Route] = {}
         clients, of = self.clients, self._of
+        expect: dict[Partition, int | None] = dict(reading) if reading else {}
         for index, (topic, partition, offset, key) in enumerate(batch):
             where = (topic, partition)
+            want = expect.get(where)
+            if want is not None and offset > want:  # a gap
+                for cid in of.get(where, ()):
+                    nexts = clients[cid].next
+                    if want <= nexts[where] < offset:
+                        nexts[where] = offset
+            expect[where] = offset + 1
             for cid in of.get(where, ()):
                 client = clients[cid]
                 if client.next[where] != offset:
                     continue  # behind (the reading comes back for it) or ahead of this record
-                if topic in client.keyed and key != client.key:
+                if topic in client.keyed and key is not None and key != client.key:
                     client.next[where] = offset + 1
                     client.passed[where] = offset
                     continue
