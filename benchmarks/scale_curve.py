@@ -2,7 +2,7 @@
 the topology core alone at 1,000 and 10,000 agents. Writes one JSON and draws one PNG.
 
     .venv/bin/python benchmarks/scale_curve.py [--sizes 4,16,64,128] [--runs 5] [--duration S]
-        [--sign/--no-sign] [--broker tansu|noida] [--skip-decay] [--skip-status]
+        [--sign/--no-sign] [--broker tansu|noida] [--inbox-reader agent|host] [--skip-decay] [--skip-status]
         [--skip-simulate] [--mesh-only] [--out docs/scale-curve.json]
         [--png docs/scale-curve.png] [--plot-only]
 
@@ -162,7 +162,7 @@ MeshPoint = tuple[dict[str, Any] | None, dict[str, dict[str, float]], str]
 
 
 def mesh_point(agents: int, duration: float, sign: bool | None = None,
-               broker: BrokerKind = "tansu") -> MeshPoint:
+               broker: BrokerKind = "tansu", inbox_reader: str = "agent") -> MeshPoint:
     """The mesh scenario at `agents` (None and the error's text when it failed), and the
     peak RSS of its processes by kind (also of a failed run: how far it got)."""
     from agentmesh_cli.bench import mesh
@@ -170,7 +170,7 @@ def mesh_point(agents: int, duration: float, sign: bool | None = None,
     with RssWatch() as watch:
         try:
             result: dict[str, Any] | None = mesh.run(agents=agents, duration=duration, sign=sign,
-                                                     broker=broker)
+                                                     broker=broker, inbox_reader=inbox_reader)
             error = ""
         except Exception as exc:  # a size the machine cannot carry is a point of the curve
             result, error = None, f"{type(exc).__name__}: {exc}"
@@ -319,6 +319,7 @@ class Plan:
     events: int = SIMULATE_EVENTS
     sign: bool | None = None  # None: as mesh.yaml's default (on)
     broker: BrokerKind = "tansu"
+    inbox_reader: str = "agent"  # kafka.inbox_reader of the bench meshes
 
 
 def _mesh_runs(plan: Plan, agents: int, data: dict[str, Any], index: int,
@@ -330,7 +331,7 @@ def _mesh_runs(plan: Plan, agents: int, data: dict[str, Any], index: int,
         if n > 1:
             time.sleep(SETTLE_S)
         load, started = round(os.getloadavg()[0], 2), time.perf_counter()
-        mesh, rss, mesh_error = mesh_point(agents, plan.duration, plan.sign, plan.broker)
+        mesh, rss, mesh_error = mesh_point(agents, plan.duration, plan.sign, plan.broker, plan.inbox_reader)
         run = {"run": n, **run_record(agents, mesh, mesh_error, rss),
                "elapsed_s": round(time.perf_counter() - started, 1),
                "load_average": [load, round(os.getloadavg()[0], 2)]}
@@ -353,7 +354,7 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
         "settings": {"sizes": plan.sizes, "runs": plan.runs, "duration_s": plan.duration,
                      "decay": plan.decay, "status": plan.status, "simulate_agents": plan.simulate,
                      "simulate_events": plan.events, "status_repeats": STATUS_REPEATS,
-                     "sign_envelopes": plan.sign, "broker": plan.broker,
+                     "sign_envelopes": plan.sign, "broker": plan.broker, "inbox_reader": plan.inbox_reader,
                      "rss_sample_s": RSS_SAMPLE_S, "settle_s": SETTLE_S,
                      "command": " ".join(["benchmarks/scale_curve.py", *sys.argv[1:]])},
         "sizes": [],
@@ -419,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 1000,10000)")
     parser.add_argument("--events", type=int, default=SIMULATE_EVENTS,
                         help=f"messages of each simulation (default {SIMULATE_EVENTS:,})")
+    parser.add_argument("--inbox-reader", choices=("agent", "host"), default="agent",
+                        help="kafka.inbox_reader of the bench meshes")
     parser.add_argument("--skip-decay", action="store_true", help="skip decay + prune of a full mesh")
     parser.add_argument("--skip-status", "--no-status", action="store_true",
                         help="skip the supervised mesh (status refresh, idle CPU and RSS, up/down times)")
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(args.sizes, args.duration, args.runs, decay=not (args.skip_decay or args.mesh_only),
                     status=not (args.skip_status or args.mesh_only),
                     simulate=[] if args.skip_simulate or args.mesh_only else args.simulate,
-                    events=args.events, sign=args.sign, broker=args.broker)
+                    events=args.events, sign=args.sign, broker=args.broker, inbox_reader=args.inbox_reader)
         data = measure(plan, args.out)
     plot(data, args.png)
     print(f"wrote {args.out} and {args.png}")

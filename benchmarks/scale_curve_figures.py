@@ -22,7 +22,7 @@ from agentmesh_cli.bench.mesh import TARGETS
 MEDIAN_KEYS = ("msgs_per_s", "floor_replies_per_s", "raw_records_per_s", "ratios", "peak_latency", "paced",
                "one_hop_p50_ms", "raw_one_hop_p50_ms", "floor_latency", "cpu_share", "agent_rss_mb",
                "peak_rss_mb")
-CPU_KINDS = ("topology", "broker", "valkey", "agents")
+CPU_KINDS = ("topology", "broker", "valkey", "agents", "inbox_reader")
 
 
 def run_record(agents: int, mesh: dict[str, Any] | None, mesh_error: str,
@@ -106,8 +106,8 @@ def size_record(agents: int, runs: list[dict[str, Any]], decay: dict[str, Any] |
 # -- the table ---------------------------------------------------------------------------
 
 COLUMNS = ("agents", "msg/s", "floor/s", "ratio", "p99 peak", "p99 paced", "p50 1hop", "raw p50",
-           "topo CPU", "broker", "valkey", "agents", "per agent", "decay ms", "agent RSS", "topo RSS",
-           "status ms")
+           "topo CPU", "broker", "valkey", "agents", "inbox rdr", "per agent", "decay ms", "agent RSS",
+           "topo RSS", "status ms")
 WIDTH = 9
 
 

@@ -51,7 +51,7 @@ RSS = {"agent": {"processes": 4, "max": 80.0, "mean": 70.0}}
 def test_a_run_record_has_the_cpu_of_every_program() -> None:
     run = run_record(4, _mesh(1000, 2000, 50.0, (0.1, 0.8, 0.2, 0.6)), "", RSS)
     assert run["cpu_share"] == {"topology": 0.1, "broker": 0.8, "valkey": 0.2, "agents": 0.6,
-                                "per_agent": 0.15, "total": 1.7}
+                                "inbox_reader": 0.0, "per_agent": 0.15, "total": 1.7}
     assert (run["msgs_per_s"], run["floor_replies_per_s"], run["raw_records_per_s"]) == (1000, 2000, 6000)
     assert (run["one_hop_p50_ms"], run["raw_one_hop_p50_ms"]) == (1.0, 0.5)
     assert run["ratios"] == {"msgs_per_s_to_floor": 0.5}
@@ -71,7 +71,7 @@ def test_a_size_record_holds_the_medians_of_the_runs_that_succeeded() -> None:
     assert record["paced"]["latency"]["p99_ms"] == 12.5
     # each figure's own median: the total's (of 1.7, 2.5, 2.3) is not the sum of the others'
     assert record["cpu_share"] == {"topology": 0.2, "broker": 0.9, "valkey": 0.2, "agents": 0.8,
-                                   "per_agent": 0.2, "total": 2.3}
+                                   "inbox_reader": 0.0, "per_agent": 0.2, "total": 2.3}
     assert record["targets"] == {"msgs_per_s_to_floor": {"value": 0.8, "met_runs": 2, "runs": 3}}
     assert record["topology_keeps_up"] is False  # not in every run
     assert (record["decay_error"], "status" in record, "mesh_error" in record) == ("RuntimeError: no", False,
