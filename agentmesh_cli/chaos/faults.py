@@ -31,7 +31,8 @@ from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
 KILL, STALL, GARBAGE, RESTART, GATEWAY, LLM = "kill", "stall", "garbage", "restart", "gateway", "llm"
-REPLICAS, DOZE = "replicas", "doze"
+REPLICAS, DOZE, INBOX = "replicas", "doze", "inbox"
+INBOX_READERS = ("agent", "host")  # kafka.inbox_reader
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
@@ -72,6 +73,22 @@ class Fault:
 def wants_llm(spec: str) -> bool:
     """Does `--faults` name the llm fault (the embedded mesh then runs its llm agent)?"""
     return bool({w.strip() for w in spec.split(",")} & {"all", LLM})
+
+
+def wants_inbox(spec: str) -> bool:
+    """Does `--faults` name the inbox fault (the embedded mesh then runs kafka.inbox_reader: host)?"""
+    return INBOX in {w.strip() for w in spec.split(",")}
+
+
+def inbox_reader_for(choice: str | None, spec: str) -> str:
+    """kafka.inbox_reader of the embedded mesh: `--inbox-reader` as given, else `host` when
+    `--faults` names the inbox fault (it needs one), else `agent` (mesh.yaml's default)."""
+    if choice is not None and choice not in INBOX_READERS:
+        raise ConfigError(f"--inbox-reader: {choice!r}: use agent or host")
+    if choice == "agent" and wants_inbox(spec):
+        raise ConfigError("--faults: inbox: kills the host's inbox reader, and --inbox-reader agent "
+                          "runs none: leave out --inbox-reader, or give host")
+    return choice or ("host" if wants_inbox(spec) else "agent")
 
 
 def plan_faults(spec: str, programs: list[str], agents: list[str],

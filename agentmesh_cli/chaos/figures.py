@@ -61,7 +61,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "duration_s": round(time.monotonic() - run.started, 1),
         "settings": {k: getattr(run.settings, k) for k in (
             "rate", "pause", "faults", "rounds", "duration", "every", "seed", "timeout", "drain",
-            "ask_rate")},
+            "ask_rate")} | {"inbox_reader": run.mesh.config.kafka.inbox_reader},
         "agents": agents,
         "faults": [o.as_dict() for o in run.outcomes],
         "probes": {

@@ -126,6 +126,8 @@ def doze_lines(dozing: dict[str, Any] | None) -> list[tuple[str, int, str]]:
 def chaos_table(result: dict[str, Any]) -> Table:
     s, probes, props, status = result["settings"], result["probes"], result["proposals"], result["status"]
     where = "embedded mesh" if result["embedded"] else f"mesh {result['mesh']}"
+    if s.get("inbox_reader") == "host":
+        where += " (one inbox reader per host)"
     table = Table(title=f"agentmesh chaos: {where}, {len(result['agents'])} agents, probes at "
                   f"{s['rate']:g}/s, {result['duration_s']:.0f} s", title_justify="left")
     table.add_column("fault / figure")

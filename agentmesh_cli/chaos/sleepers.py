@@ -149,6 +149,9 @@ class DozeWatch(Watch):
     def __init__(self, ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> None:
         if not ctx.mesh.config.kafka.idle_sleep:
             raise FaultSkipped("kafka.idle_sleep: false: no reader sleeps")
+        if ctx.mesh.config.kafka.inbox_reader == "host":
+            raise FaultSkipped("kafka.inbox_reader: host: the agents do not sleep, their host's inbox "
+                               "reader does")
         state, pid = states.get(fault.target, ("UNKNOWN", 0))
         if state != RUNNING or not pid:
             raise FaultSkipped(f"{fault.target} is {state}")

@@ -49,6 +49,11 @@ def chaos(
     agents: Annotated[int, typer.Option(help="Agents of the embedded mesh (demo roles); 64 or "
                                         "128 for a kill loop at scale (allow 2 s per agent to start).",
                                         min=4, max=128)] = 4,
+    inbox_reader: Annotated[str | None, typer.Option(
+        help="kafka.inbox_reader of the embedded mesh: agent (each agent fetches its own inbox) or "
+             "host (one inbox reader fetches for every agent, and every fault runs over it). "
+             "Default: agent. With --config the mesh's own setting counts (a different one here "
+             "is an error).", show_default=False)] = None,
     workdir: Annotated[Path | None, typer.Option(
         help="Run the embedded mesh in this folder and keep it (logs) instead of a temporary one.")] = None,
     config: ConfigOption = None,
@@ -78,16 +83,20 @@ def chaos(
     Example: agentmesh chaos --faults llm
     Example: agentmesh chaos --faults replicas
     Example: agentmesh chaos --faults doze:Fraud
+    Example: agentmesh chaos --inbox-reader host
     """
     from agentmesh_cli.chaos.report import chaos_table
     from agentmesh_cli.chaos.runner import Settings, run
 
+    if inbox_reader is not None and inbox_reader not in ("agent", "host"):
+        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent or host")
+        raise typer.Exit(2)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)  # tear the mesh down as on Ctrl+C
     settings = Settings(rate=rate, pause=pause, faults=faults, rounds=rounds, duration=duration,
                         every=every, seed=seed, timeout=timeout, drain=drain, agents=agents,
-                        ask_rate=ask_rate)
+                        ask_rate=ask_rate, inbox_reader=inbox_reader)
     try:
         result = run(settings, config, workdir, _say)
     except KeyboardInterrupt:
