@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh_cli.chaos.asks import AskStream
-from agentmesh_cli.chaos.faults import KILL, Context, Fault, Outcome, inbox_reader_for, plan_faults, wants_llm
+from agentmesh_cli.chaos.faults import (
+    INBOX,
+    KILL,
+    Context,
+    Fault,
+    Outcome,
+    inbox_reader_for,
+    plan_faults,
+    wants_llm,
+)
 from agentmesh_cli.chaos.figures import summarise
 from agentmesh_cli.chaos.llm import CONCIERGE
 from agentmesh_cli.chaos.mesh import embedded_mesh
@@ -99,7 +108,7 @@ class ChaosRun:
                               Store(mesh.redis_url, mesh.config.mesh), mesh_signer(mesh),
                               deadline_s=2 * settings.timeout, paused=self.paused)
         self.ctx = Context(mesh, self.probes, self.started, settings.timeout, self.paused,
-                           settings.ask_rate)
+                           settings.ask_rate, self.asks)
         self.tally = ConsensusTally(mesh, self.started_ms)
         self.truth = StatusTruth(mesh, self.ctx.frozen, self.paused)
         self.outcomes: list[Outcome] = []
@@ -204,8 +213,9 @@ class ChaosRun:
 
     def _random(self, plan: list[Fault]) -> None:
         """Kill a random running program every `every` seconds for `duration` seconds;
-        faults overlap, each watched until it is recovered from."""
-        targets = sorted({f.target for f in plan if f.kind == KILL}) or sorted(self.states())
+        faults overlap, each watched until it is recovered from. The inbox fault's program is
+        one of them (a plain kill: chaos/watches.py)."""
+        targets = sorted({f.target for f in plan if f.kind in (KILL, INBOX)}) or sorted(self.states())
         self.say(f"random phase: kill -9 of one of {len(targets)} programs every "
                  f"{self.settings.every:g} s for {self.settings.duration:g} s")
         end = time.monotonic() + self.settings.duration

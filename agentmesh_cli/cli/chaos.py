@@ -20,7 +20,10 @@ QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.reader", "agentmesh_cli.bro
 
 def chaos(
     faults: Annotated[str, typer.Option(
-        help="Comma-separated, in order: all, agents, managers, services, gateway (kill -9 of "
+        help="Comma-separated, in order: all, agents, managers, services, inbox (kill -9 of the "
+             "host's inbox reader, program inbox-reader, under probes and asks: every agent timed "
+             "until it is served again; the embedded mesh then runs kafka.inbox_reader: host, and "
+             "`all` includes it whenever the mesh runs one), gateway (kill -9 of "
              "the gateway under asks over HTTP, retried with their Idempotency-Key), llm (kill -9 "
              "of an llm agent mid-answer under chats over HTTP; the embedded mesh then runs one, "
              "its model a scripted server), replicas (kill -9 of replicas of the group Support "
@@ -52,8 +55,8 @@ def chaos(
     inbox_reader: Annotated[str | None, typer.Option(
         help="kafka.inbox_reader of the embedded mesh: agent (each agent fetches its own inbox) or "
              "host (one inbox reader fetches for every agent, and every fault runs over it). "
-             "Default: agent. With --config the mesh's own setting counts (a different one here "
-             "is an error).", show_default=False)] = None,
+             "Default: host when --faults names inbox, else agent. With --config the mesh's own "
+             "setting counts (a different one here is an error).", show_default=False)] = None,
     workdir: Annotated[Path | None, typer.Option(
         help="Run the embedded mesh in this folder and keep it (logs) instead of a temporary one.")] = None,
     config: ConfigOption = None,
@@ -62,7 +65,8 @@ def chaos(
     """Inject faults under load; report what was lost or doubled and how fast the mesh recovered.
 
     Runs a workload while killing each kind of program in turn (the gateway while asks go
-    through it over HTTP, an llm agent while it streams answers to chats), restarting Redis
+    through it over HTTP, an llm agent while it streams answers to chats, the host's inbox
+    reader while every agent reads through it), restarting Redis
     and the broker, killing an agent and Redis while the agents sleep, stalling an agent and
     writing garbage to every topic; prints what was
     lost, handled twice and decided twice, and how fast each fault was detected and
@@ -74,7 +78,8 @@ def chaos(
     Exit code 0 only when no probe was lost, none was handled twice, every ask was
     answered, none twice (through the gateway too: each handled once by its agent; each
     chat of the llm fault answered once, its tool asked once; every sleeping agent of the doze
-    fault woken), and no proposal was decided twice (docs/reliability.md).
+    fault woken; every agent served again after the inbox fault, none down with its reader),
+    and no proposal was decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
@@ -83,6 +88,7 @@ def chaos(
     Example: agentmesh chaos --faults llm
     Example: agentmesh chaos --faults replicas
     Example: agentmesh chaos --faults doze:Fraud
+    Example: agentmesh chaos --faults inbox,agents --duration 30
     Example: agentmesh chaos --inbox-reader host
     """
     from agentmesh_cli.chaos.report import chaos_table
