@@ -58,6 +58,9 @@ log = logging.getLogger("inbox-reader")
 KEYED = frozenset({C.TOPIC_MESSAGES})  # an agent's own records of these carry its key
 POLL_MAX = 2000
 FETCH_TICK_S = 0.05  # awake with nothing read: the sockets are looked at this often
+# an agent's socket is full (it takes less than it is handed): wait this long at most for it
+# to take more before the next fetch (not 0: the loop spun a core while any agent lagged)
+SEND_WAIT_S = 0.01
 OUT_HIGH = 8 * 1024 * 1024  # bytes waiting for one agent: past this it falls behind
 OUT_LOW = 2 * 1024 * 1024  # ... and it takes records again below this
 RECV_BYTES = 256 * 1024
@@ -145,7 +148,7 @@ class InboxHost:
                     self.serve(self.dozer.wait_for(dozing.ASLEEP_WAIT_S))
                     self.dozer.step(0)
                 else:
-                    records = self.reader.poll_batch(POLL_MAX, 0 if self._sending() else FETCH_TICK_S)
+                    records = self.fetch()
                     self.dozer.step(len(records))
                     if records:
                         self.hand(records)
@@ -179,6 +182,15 @@ class InboxHost:
 
     def _sending(self) -> bool:
         return any(conn.out for conn in self.conns.values())
+
+    def fetch(self) -> list[Record]:
+        """The next batch read, awake. Records left after a flush wait on a full socket: the
+        wait is then for an agent to take more (at most SEND_WAIT_S), and the fetch takes
+        what is there; else the fetch itself waits (at most FETCH_TICK_S)."""
+        if self._sending():
+            self.serve(SEND_WAIT_S)
+            return self.reader.poll_batch(POLL_MAX, 0)
+        return self.reader.poll_batch(POLL_MAX, FETCH_TICK_S)
 
     # what is read --------------------------------------------------------------------
     def hand(self, records: list[Record]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.chaos.inbox_tally import asks_in
 from agentmesh_cli.chaos.probes import Pace, quiet
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.dozing import ringing, stop_ringing
@@ -186,6 +187,12 @@ class AskStream:
             self._receiver.join(5)
         self._reader.close()
         stop_ringing(self._bus)
+
+    def window(self, since: float, until: float) -> dict[str, int]:
+        """The asks produced in [since, until] (monotonic) and confirmed: sent, answered,
+        answered twice (chaos/inbox_tally.asks_in)."""
+        with self._lock:
+            return asks_in(self.sent_at, self.replies, since, until)
 
     def figures(self) -> dict[str, Any]:
         with self._lock:

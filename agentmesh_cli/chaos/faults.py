@@ -14,14 +14,16 @@ mesh's llm agent mid-answer while it answers chats over HTTP: chaos/llm.py), `re
 (kill -9 of a replica group's replicas mid-work, and the group scaled down and up, under
 asks to the group over HTTP: chaos/replicas.py), `doze` (on a quiet mesh whose agents all
 sleep: kill -9 of a sleeping agent as the probes resume to every agent, and kill -9 of
-Redis, the probes resuming once the agents sleep again: chaos/sleepers.py).
+Redis, the probes resuming once the agents sleep again: chaos/sleepers.py), `inbox` (with
+`kafka.inbox_reader: host`: kill -9 of the host's inbox reader under the probes and asks,
+every agent timed until it is served again: chaos/inbox.py).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentmesh_cli import constants as C
 from agentmesh_cli.chaos.probes import ProbeSender, handled_after
@@ -30,13 +32,17 @@ from agentmesh_cli.lifecycle import Readiness
 from agentmesh_cli.mesh import Mesh
 from agentmesh_cli.store import Store
 
+if TYPE_CHECKING:
+    from agentmesh_cli.chaos.asks import AskStream
+
 KILL, STALL, GARBAGE, RESTART, GATEWAY, LLM = "kill", "stall", "garbage", "restart", "gateway", "llm"
-REPLICAS, DOZE = "replicas", "doze"
+REPLICAS, DOZE, INBOX = "replicas", "doze", "inbox"
+INBOX_READERS = ("agent", "host")  # kafka.inbox_reader
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
-GROUPS = ("all, agents, managers, services, gateway, llm, replicas, infra, doze[:Agent], stall[:Agent], "
-          "garbage, restart, or program names")
+GROUPS = ("all, agents, managers, services, inbox, gateway, llm, replicas, infra, doze[:Agent], "
+          "stall[:Agent], garbage, restart, or program names")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Fault:
             return "restart redis while the agents sleep (kill -9)"
         if self.kind == DOZE:
             return f"kill -9 {self.target} asleep, probes to every agent"
+        if self.kind == INBOX:
+            return f"kill -9 {self.target} (every agent's inbox) under load"
         if self.target == C.PROGRAM_REDIS:
             return "restart redis (kill -9)"
         if self.target == C.PROGRAM_KAFKA:
@@ -74,15 +82,34 @@ def wants_llm(spec: str) -> bool:
     return bool({w.strip() for w in spec.split(",")} & {"all", LLM})
 
 
+def wants_inbox(spec: str) -> bool:
+    """Does `--faults` name the inbox fault (the embedded mesh then runs kafka.inbox_reader: host)?"""
+    return INBOX in {w.strip() for w in spec.split(",")}
+
+
+def inbox_reader_for(choice: str | None, spec: str) -> str:
+    """kafka.inbox_reader of the embedded mesh: `--inbox-reader` as given, else `host` when
+    `--faults` names the inbox fault (it needs one), else `agent` (mesh.yaml's default)."""
+    if choice is not None and choice not in INBOX_READERS:
+        raise ConfigError(f"--inbox-reader: {choice!r}: use agent or host")
+    if choice == "agent" and wants_inbox(spec):
+        raise ConfigError("--faults: inbox: kills the host's inbox reader, and --inbox-reader agent "
+                          "runs none: leave out --inbox-reader, or give host")
+    return choice or ("host" if wants_inbox(spec) else "agent")
+
+
 def plan_faults(spec: str, programs: list[str], agents: list[str],
                 llm_agent: str | None = None, replica_group: str | None = None) -> list[Fault]:
     """The faults named by `--faults` (comma-separated, in order), against the programs
     supervisord runs. `all` is every program in turn (agents, managers, services, the gateway
     with asks over HTTP, the llm agent mid-answer, Redis, the broker), then the doze fault,
-    a stalled agent, garbage, and a restart of the whole mesh. `gateway` is the gateway fault
-    (a kill under asks), not a bare kill; `llm` the llm fault against `llm_agent` (the embedded
-    mesh's, whose model the run scripts), which `all` kills in no other way; `replicas` the
-    replicas fault against `replica_group` (the embedded mesh's, after the llm fault);
+    a stalled agent, garbage, and a restart of the whole mesh; when the mesh runs the host's
+    inbox reader (kafka.inbox_reader: host), the inbox fault after the services. `gateway` is
+    the gateway fault (a kill under asks), not a bare kill; `llm` the llm fault against
+    `llm_agent` (the embedded mesh's, whose model the run scripts), which `all` kills in no
+    other way; `inbox` the inbox fault against the program inbox-reader (a bare
+    `inbox-reader` is a plain kill); `replicas` the replicas fault against `replica_group`
+    (the embedded mesh's, after the llm fault);
     `doze[:Agent]` the doze fault against that agent (by default the first but the llm agent)
     and, when the mesh runs its own, Redis."""
     llm = [Fault(LLM, C.agent_program(llm_agent))] if llm_agent is not None else []
@@ -102,6 +129,7 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
             continue
         if word == "all":
             faults += [Fault(KILL, p) for p in order if p in programs]
+            faults += [Fault(INBOX, C.PROGRAM_INBOX)] if C.PROGRAM_INBOX in programs else []
             faults += [Fault(GATEWAY, C.PROGRAM_GATEWAY)] if C.PROGRAM_GATEWAY in programs else []
             faults += llm if C.PROGRAM_GATEWAY in programs else []
             faults += replicas if C.PROGRAM_GATEWAY in programs else []
@@ -112,6 +140,11 @@ def plan_faults(spec: str, programs: list[str], agents: list[str],
             if C.PROGRAM_GATEWAY not in programs:
                 raise ConfigError("--faults: gateway: the mesh runs no gateway (gateway.enabled)")
             faults.append(Fault(GATEWAY, C.PROGRAM_GATEWAY))
+        elif word == INBOX:
+            if C.PROGRAM_INBOX not in programs:
+                raise ConfigError("--faults: inbox: the mesh runs no inbox reader (kafka.inbox_reader: "
+                                  "host; the embedded mesh runs one with --inbox-reader host)")
+            faults.append(Fault(INBOX, C.PROGRAM_INBOX))
         elif word == LLM:
             if not llm:
                 raise ConfigError("--faults: llm: runs on the embedded mesh only (its model is the "
@@ -181,6 +214,7 @@ class Outcome:
     chats: dict[str, Any] | None = None  # the llm fault: its chats, judged (chaos/llm.py)
     replicas: dict[str, Any] | None = None  # the replicas fault: its asks, judged (chaos/replicas.py)
     doze: dict[str, Any] | None = None  # the doze fault: its sleepers' wakes, judged (chaos/sleepers.py)
+    inbox: dict[str, Any] | None = None  # the inbox fault: its agents served again, judged (chaos/inbox.py)
     started: float = field(default=0.0, repr=False)  # monotonic
 
     def as_dict(self) -> dict[str, Any]:
@@ -194,8 +228,10 @@ class Context:
     and the agents that are stopped right now (status must not show them alive)."""
 
     def __init__(self, mesh: Mesh, probes: ProbeSender, run_started: float, timeout: float,
-                 paused: threading.Event | None = None, ask_rate: float = 20.0) -> None:
+                 paused: threading.Event | None = None, ask_rate: float = 20.0,
+                 asks: AskStream | None = None) -> None:
         self.mesh = mesh
+        self.asks = asks  # the run's asks straight to the agents' inboxes (chaos/asks.py)
         self.ask_rate = ask_rate  # asks per second, the gateway fault's over HTTP too
         self.probes = probes
         # set while the mesh restarts or goes quiet for the doze fault: the probes, the asks

@@ -8,7 +8,8 @@ Asks (chaos/asks.py): sent, answered, lost (never answered), answered twice (two
 with different ids for one request), and the round trip.
 The gateway fault's asks over HTTP (chaos/gateway.py): summed over its rows in `gateway`;
 the llm fault's chats (chaos/llm.py) likewise in `llm`, the replicas fault's asks
-(chaos/replicas.py) in `replicas`, the doze fault's sleepers (chaos/sleepers.py) in `doze`.
+(chaos/replicas.py) in `replicas`, the doze fault's sleepers (chaos/sleepers.py) in `doze`, the
+inbox fault's agents served again (chaos/inbox.py) in `inbox`.
 Proposals: opened and decided = proposal ids broadcast on the consensus topic, and how
 many were broadcast more than once; Redis's records of the run's proposals must all be
 decided, or pending and not yet past their `expires_at`.
@@ -61,7 +62,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "duration_s": round(time.monotonic() - run.started, 1),
         "settings": {k: getattr(run.settings, k) for k in (
             "rate", "pause", "faults", "rounds", "duration", "every", "seed", "timeout", "drain",
-            "ask_rate")},
+            "ask_rate")} | {"inbox_reader": run.mesh.config.kafka.inbox_reader},
         "agents": agents,
         "faults": [o.as_dict() for o in run.outcomes],
         "probes": {
@@ -89,6 +90,7 @@ def summarise(run: ChaosRun, baseline: dict[str, dict[str, int]], unconfirmed: i
         "doze": doze_figures([o.doze for o in run.outcomes if o.doze is not None],
                              {name: sum(_delta(counters, baseline, a, name) for a in agents)
                               for name in DOZE_COUNTERS}),
+        "inbox": inbox_figures([o.inbox for o in run.outcomes if o.inbox is not None]),
         "status": {"samples": run.truth.samples, "disagreements": run.truth.disagreements,
                    "failed": run.truth.failures, "slowest_s": round(run.truth.slowest_s, 2),
                    "examples": run.truth.examples},
@@ -101,13 +103,15 @@ def judge(result: dict[str, Any]) -> bool:
     """0 lost, 0 handled twice, no proposal opened or decided more than once, none left
     undecided past its time, every ask answered, none twice (through the gateway too, every
     chat of the llm fault and every ask to the replica group), every sleeper of the doze
-    fault woken."""
+    fault woken, every row of the inbox fault ok (every agent served again, no agent down with
+    its reader)."""
     p, asks, gateway, llm = result["proposals"], result["asks"], result.get("gateway"), result.get("llm")
-    replicas, dozing = result.get("replicas"), result.get("doze")
+    replicas, dozing, inbox = result.get("replicas"), result.get("doze"), result.get("inbox")
     return (result["probes"]["lost"] == 0 and result["duplicates_handled"] == 0
             and asks["lost"] == 0 and asks["answered_twice"] == 0
             and (gateway is None or gateway["ok"]) and (llm is None or llm["ok"])
             and (replicas is None or replicas["ok"]) and (dozing is None or dozing["ok"])
+            and (inbox is None or inbox["ok"])
             and p["decided_more_than_once"] == 0 and p["opened_more_than_once"] == 0
             and p["overdue"] == 0)
 
@@ -177,6 +181,30 @@ def doze_figures(rows: list[dict[str, Any]], counters: dict[str, int]) -> dict[s
         "wake_max_ms": wakes[-1] if wakes else None,
         "handled_twice": sum(r["handled_twice"] or 0 for r in rows),
         "counters": counters, "ok": all(r["ok"] for r in rows),
+    }
+
+
+def inbox_figures(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The inbox faults' rows summed (None: no inbox fault ran): the agents served again after
+    each kill and how long it took, the asks around the outages, what was handled twice, and
+    the restarts supervisord logged (None: unknown); ok when every row is."""
+    if not rows:
+        return None
+    served = sorted(ms for r in rows for ms in r["served_ms"].values())
+    restarts = [r["restarts"] for r in rows]
+    again = [r["agents_restarted"] for r in rows]
+    return {
+        "kills": len(rows), "served": len(served), "not_served": sum(len(r["not_served"]) for r in rows),
+        "served_p50_ms": statistics.median(served) if served else None,
+        "served_max_ms": served[-1] if served else None,
+        "back_max_s": max((r["back_s"] for r in rows if r["back_s"] is not None), default=None),
+        **{f"asks_{name}": sum(r["asks"][name] for r in rows)
+           for name in ("sent", "answered", "answered_twice")},
+        "handled_twice": sum(r["handled_twice"] or 0 for r in rows),
+        "duplicates": sum(r["duplicates"] or 0 for r in rows),
+        "restarts": None if None in restarts else sum(r or 0 for r in restarts),
+        "agents_restarted": None if None in again else sum(len(a or []) for a in again),
+        "ok": all(r["ok"] for r in rows),
     }
 
 

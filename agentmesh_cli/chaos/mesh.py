@@ -2,7 +2,8 @@
 supervisord of its own in a temporary folder, on free loopback ports, with heartbeats
 short enough that a dead agent is noticed in about 3 s. Torn down by pid, also on Ctrl+C.
 For the llm fault it also runs the Concierge (role llm) and its scripted model server; for
-the replicas fault its Support runs as a replica group."""
+the replicas fault its Support runs as a replica group; with `inbox_reader: host` (the
+inbox fault, or --inbox-reader host) one inbox reader fetches for every agent."""
 
 from __future__ import annotations
 
@@ -44,15 +45,18 @@ def agent_list(count: int) -> list[dict[str, str]]:
     return agents
 
 
-def mesh_data(agents: int, llm_url: str | None = None, replicas: bool = False) -> dict[str, Any]:
+def mesh_data(agents: int, llm_url: str | None = None, replicas: bool = False,
+              inbox_reader: str = "agent") -> dict[str, Any]:
     """mesh.yaml of a chaos mesh: free ports, heartbeat 1 s x 3, proposals time out in 10 s;
     with `llm_url` (the scripted model server) the Concierge first (the last agent stays
-    the one a plain `stall` stops); with `replicas`, Support as a replica group."""
+    the one a plain `stall` stops); with `replicas`, Support as a replica group;
+    `inbox_reader`: kafka.inbox_reader."""
     concierge = [concierge_agent(llm_url)] if llm_url is not None else []
     demo = [group_agent() if replicas and a["name"] == GROUP else a for a in agent_list(agents)]
     return {
         "mesh": "chaos",
-        "kafka": {"port": free_port(), "topic_prefix": "chaos", "partitions": 8},
+        "kafka": {"port": free_port(), "topic_prefix": "chaos", "partitions": 8,
+                  "inbox_reader": inbox_reader},
         "redis": {"port": free_port()},
         "services": {"memory": {"port": free_port()}, "cognition": {"port": free_port()}},
         "metrics": {"port": free_port()},
@@ -65,32 +69,33 @@ def mesh_data(agents: int, llm_url: str | None = None, replicas: bool = False) -
 
 @contextmanager
 def embedded_mesh(agents: int, say: Callable[[str], None], workdir: Path | None = None,
-                  llm: bool = False, replicas: bool = False) -> Iterator[Mesh]:
+                  llm: bool = False, replicas: bool = False, inbox_reader: str = "agent") -> Iterator[Mesh]:
     """`up` a chaos mesh in `workdir` (kept afterwards) or a temporary folder; `down` it at
     the end, and end supervisord by its pid if `down` could not. With `llm`, the scripted
     model server runs first (its script and log in the same folder) and is stopped last.
-    With `replicas`, Support runs as a replica group (the replicas fault)."""
+    With `replicas`, Support runs as a replica group (the replicas fault). `inbox_reader`:
+    kafka.inbox_reader (host: the program inbox-reader fetches for every agent)."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        with _mesh_in(workdir, agents, say, llm, replicas) as mesh:
+        with _mesh_in(workdir, agents, say, llm, replicas, inbox_reader) as mesh:
             yield mesh
         return
     with (tempfile.TemporaryDirectory(prefix="agentmesh-chaos-") as tmp,
-          _mesh_in(Path(tmp), agents, say, llm, replicas) as mesh):
+          _mesh_in(Path(tmp), agents, say, llm, replicas, inbox_reader) as mesh):
         yield mesh
 
 
 @contextmanager
 def _mesh_in(root: Path, agents: int, say: Callable[[str], None], llm: bool,
-             replicas: bool) -> Iterator[Mesh]:
+             replicas: bool, inbox_reader: str) -> Iterator[Mesh]:
     if not llm:
-        with _mesh_up(root, mesh_data(agents, replicas=replicas), say) as mesh:
+        with _mesh_up(root, mesh_data(agents, replicas=replicas, inbox_reader=inbox_reader), say) as mesh:
             yield mesh
         return
     server = start_scripted(SCRIPT, root)
     try:
         say(f"scripted model server at {server.base_url} (pid {server.pid})")
-        with _mesh_up(root, mesh_data(agents, server.base_url, replicas), say) as mesh:
+        with _mesh_up(root, mesh_data(agents, server.base_url, replicas, inbox_reader), say) as mesh:
             yield mesh
     finally:
         server.stop()
@@ -102,7 +107,8 @@ def _mesh_up(root: Path, data: dict[str, Any], say: Callable[[str], None]) -> It
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     agents = len(data["agents"])
     mesh = load_mesh(path)
-    say(f"starting a mesh of {agents} agents in {root} ...")
+    reader = " (one inbox reader for them all)" if data["kafka"].get("inbox_reader") == "host" else ""
+    say(f"starting a mesh of {agents} agents{reader} in {root} ...")
     started = time.monotonic()
     try:
         lifecycle.up(mesh, UP_TIMEOUT_S + UP_PER_AGENT_S * agents, lambda _states: None)

@@ -28,8 +28,8 @@ def fault_rows(faults: list[dict[str, Any]]) -> list[tuple[str, str, str, str, s
     for f in faults:
         if f["phase"] == "sequence":
             note = f["note"] or f["recovered_by"]
-            # the gateway, llm, replicas and doze faults: their verdict first
-            judged = f.get("asks") or f.get("chats") or f.get("replicas") or f.get("doze")
+            # the gateway, llm, replicas, doze and inbox faults: their verdict first
+            judged = f.get("asks") or f.get("chats") or f.get("replicas") or f.get("doze") or f.get("inbox")
             if judged is not None:
                 note = f"{OK if judged['ok'] else BAD}: {note}"
             rows.append((f["fault"], _s(f["detect_s"]), _s(f["recover_s"]), str(f["lost"]), note))
@@ -123,9 +123,34 @@ def doze_lines(dozing: dict[str, Any] | None) -> list[tuple[str, int, str]]:
     ]
 
 
+def inbox_lines(inbox: dict[str, Any] | None) -> list[tuple[str, int, str]]:
+    """The summary lines of the inbox fault's kills of the host's inbox reader (none when it
+    did not run)."""
+    if inbox is None:
+        return []
+    trip = ("" if inbox["served_p50_ms"] is None else
+            f"; kill to a later probe handled: p50 {inbox['served_p50_ms']:.0f} ms, "
+            f"max {inbox['served_max_ms']:.0f} ms")
+    restarts = "unknown" if inbox["restarts"] is None else f"{inbox['restarts']:,}"
+    again = inbox["agents_restarted"]
+    return [
+        ("agents served again (inbox reader killed)", inbox["served"],
+         f"{inbox['kills']} kills, {restarts} restarts of it per supervisord's log{trip}"),
+        ("agents not served again", inbox["not_served"], _check(inbox["not_served"] == 0, "must be 0")),
+        ("asks around an inbox reader's kill", inbox["asks_sent"],
+         _check(inbox["asks_answered"] == inbox["asks_sent"] and inbox["asks_answered_twice"] == 0,
+                f"each answered once ({inbox['asks_answered']:,} answered, "
+                f"{inbox['asks_answered_twice']:,} twice)")),
+        *([] if again is None else [
+            ("agents down with their inbox reader", again, _check(again == 0, "must be 0"))]),
+    ]
+
+
 def chaos_table(result: dict[str, Any]) -> Table:
     s, probes, props, status = result["settings"], result["probes"], result["proposals"], result["status"]
     where = "embedded mesh" if result["embedded"] else f"mesh {result['mesh']}"
+    if s.get("inbox_reader") == "host":
+        where += " (one inbox reader per host)"
     table = Table(title=f"agentmesh chaos: {where}, {len(result['agents'])} agents, probes at "
                   f"{s['rate']:g}/s, {result['duration_s']:.0f} s", title_justify="left")
     table.add_column("fault / figure")
@@ -158,6 +183,7 @@ def chaos_table(result: dict[str, Any]) -> Table:
         *llm_lines(result.get("llm")),
         *replicas_lines(result.get("replicas")),
         *doze_lines(result.get("doze")),
+        *inbox_lines(result.get("inbox")),
         ("proposals opened", props["opened"],
          _check(props["opened_more_than_once"] == 0, f"{props['opened_more_than_once']} opened twice")),
         ("proposals decided", props["decided"],

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh_cli.chaos.asks import AskStream
-from agentmesh_cli.chaos.faults import KILL, Context, Fault, Outcome, plan_faults, wants_llm
+from agentmesh_cli.chaos.faults import (
+    INBOX,
+    KILL,
+    Context,
+    Fault,
+    Outcome,
+    inbox_reader_for,
+    plan_faults,
+    wants_llm,
+)
 from agentmesh_cli.chaos.figures import summarise
 from agentmesh_cli.chaos.llm import CONCIERGE
 from agentmesh_cli.chaos.mesh import embedded_mesh
@@ -23,7 +32,7 @@ from agentmesh_cli.chaos.probes import ProbeSender
 from agentmesh_cli.chaos.replicas import replica_group, wants_replicas
 from agentmesh_cli.chaos.watches import Watch, inject
 from agentmesh_cli.envelope import now_ms
-from agentmesh_cli.errors import AgentMeshError, FaultSkipped, SupervisorError, WaitTimeout
+from agentmesh_cli.errors import AgentMeshError, ConfigError, FaultSkipped, SupervisorError, WaitTimeout
 from agentmesh_cli.mesh import Mesh, load_mesh
 from agentmesh_cli.replica_view import groups_of
 from agentmesh_cli.replicas import Groups, running_agents
@@ -53,18 +62,25 @@ class Settings:
     drain: float = 60.0  # at the end, how long to wait for every probe to be handled
     agents: int = 4  # agents of the embedded mesh
     ask_rate: float = 20.0  # asks per second, over the agents whose roles answer (chaos/asks.py)
+    # kafka.inbox_reader of the embedded mesh; None: host when `faults` names inbox, else agent
+    inbox_reader: str | None = None
 
 
 def run(settings: Settings, config: Path | None, workdir: Path | None, say: Say) -> dict[str, Any]:
     """Run against the mesh of `config` (already up), or a throwaway embedded mesh."""
     if config is not None:
         mesh = load_mesh(config)
+        own = mesh.config.kafka.inbox_reader
+        if settings.inbox_reader is not None and settings.inbox_reader != own:
+            raise ConfigError(f"--inbox-reader {settings.inbox_reader}: the mesh of {config} runs "
+                              f"kafka.inbox_reader: {own} (--inbox-reader sets the embedded mesh's)")
         with Supervisor(mesh) as sup:
             if not sup.is_running():
                 raise SupervisorError(f"the mesh of {config} is not running: run agentmesh up first")
         return ChaosRun(mesh, settings, say, embedded=False).execute()
+    inbox_reader = inbox_reader_for(settings.inbox_reader, settings.faults)  # before a mesh starts
     with embedded_mesh(settings.agents, say, workdir, llm=wants_llm(settings.faults),
-                       replicas=wants_replicas(settings.faults)) as mesh:
+                       replicas=wants_replicas(settings.faults), inbox_reader=inbox_reader) as mesh:
         return ChaosRun(mesh, settings, say, embedded=True).execute()
 
 
@@ -92,7 +108,7 @@ class ChaosRun:
                               Store(mesh.redis_url, mesh.config.mesh), mesh_signer(mesh),
                               deadline_s=2 * settings.timeout, paused=self.paused)
         self.ctx = Context(mesh, self.probes, self.started, settings.timeout, self.paused,
-                           settings.ask_rate)
+                           settings.ask_rate, self.asks)
         self.tally = ConsensusTally(mesh, self.started_ms)
         self.truth = StatusTruth(mesh, self.ctx.frozen, self.paused)
         self.outcomes: list[Outcome] = []
@@ -197,8 +213,9 @@ class ChaosRun:
 
     def _random(self, plan: list[Fault]) -> None:
         """Kill a random running program every `every` seconds for `duration` seconds;
-        faults overlap, each watched until it is recovered from."""
-        targets = sorted({f.target for f in plan if f.kind == KILL}) or sorted(self.states())
+        faults overlap, each watched until it is recovered from. The inbox fault's program is
+        one of them (a plain kill: chaos/watches.py)."""
+        targets = sorted({f.target for f in plan if f.kind in (KILL, INBOX)}) or sorted(self.states())
         self.say(f"random phase: kill -9 of one of {len(targets)} programs every "
                  f"{self.settings.every:g} s for {self.settings.duration:g} s")
         end = time.monotonic() + self.settings.duration

@@ -105,11 +105,13 @@ class Sleepers:
 
 
 class WakeClock:
-    """Per agent, the milliseconds from its first probe produced after `marks` to the first
-    moment its ledger holds one (read every CLOCK_EVERY_S, in a thread)."""
+    """Per agent, the milliseconds from its first probe produced after `marks` (or from
+    `since`, monotonic) to the first moment its ledger holds one (read every CLOCK_EVERY_S,
+    in a thread)."""
 
-    def __init__(self, mesh: Mesh, probes: ProbeSender, agents: list[str], marks: dict[str, int]) -> None:
-        self.probes, self.marks = probes, marks
+    def __init__(self, mesh: Mesh, probes: ProbeSender, agents: list[str], marks: dict[str, int],
+                 since: float | None = None) -> None:
+        self.probes, self.marks, self.since = probes, marks, since
         self.started = time.monotonic()
         self.woke: dict[str, float] = {}
         self._pending = list(agents)
@@ -131,6 +133,8 @@ class WakeClock:
             self._stop.wait(CLOCK_EVERY_S)
 
     def _since_first(self, agent: str, now: float) -> float:
+        if self.since is not None:
+            return round((now - self.since) * 1000, 1)
         seq = first_probe_after(self.probes.agents, agent, self.marks[agent])
         at = self.probes.produced_at[seq] if seq < self.probes.produced else math.nan
         return round((now - (self.started if math.isnan(at) else at)) * 1000, 1)
@@ -149,6 +153,9 @@ class DozeWatch(Watch):
     def __init__(self, ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> None:
         if not ctx.mesh.config.kafka.idle_sleep:
             raise FaultSkipped("kafka.idle_sleep: false: no reader sleeps")
+        if ctx.mesh.config.kafka.inbox_reader == "host":
+            raise FaultSkipped("kafka.inbox_reader: host: the agents do not sleep, their host's inbox "
+                               "reader does (the inbox fault kills it under load)")
         state, pid = states.get(fault.target, ("UNKNOWN", 0))
         if state != RUNNING or not pid:
             raise FaultSkipped(f"{fault.target} is {state}")

@@ -5,6 +5,8 @@ phase) with one reading of supervisord per tick.
 Recovered means the program runs again under a new pid AND does its job:
 - an agent: its ready record carries the new pid and it handled a probe sent after the kill;
 - a manager: its ready record carries the new pid;
+- the host's inbox reader: its ready record carries the new pid and every agent handled a
+  probe sent after the kill (each reads through it);
 - memory, cognition: GET /health answers 200; metrics: GET /metrics answers 200;
 - Redis: it answers PING and every agent handled a probe sent after the kill;
 - the broker: it answers a metadata request and every agent handled a probe sent after the
@@ -15,7 +17,8 @@ recovered when `up` has, and every agent handled a probe sent after it. The gate
 (a kill under asks over HTTP) is watched in chaos/gateway.py, the llm fault (kills of the
 llm agent mid-answer) in chaos/llm.py, the replicas fault (kills of a group's replicas, the
 group scaled down and up) in chaos/replicas.py, the doze fault (an agent and Redis killed
-while the agents sleep) in chaos/sleepers.py.
+while the agents sleep) in chaos/sleepers.py, the inbox fault (the host's inbox reader killed
+under load, every agent timed) in chaos/inbox.py.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from agentmesh_cli.chaos.faults import (
     DOZE,
     GARBAGE,
     GATEWAY,
+    INBOX,
     KILL,
     LLM,
     REPLICAS,
@@ -137,7 +141,7 @@ class KillWatch(Watch):
     def _works(self) -> bool:
         if self.agent is not None:
             return self.ctx.handled_since(self.marks, [self.agent])
-        if self.fault.target in (C.PROGRAM_KAFKA, C.PROGRAM_REDIS):
+        if self.fault.target in (C.PROGRAM_KAFKA, C.PROGRAM_REDIS, C.PROGRAM_INBOX):
             return self.ctx.handled_since(self.marks)
         return True
 
@@ -149,6 +153,8 @@ class KillWatch(Watch):
             return "metadata answers, every agent handled a probe sent after the kill"
         if target == C.PROGRAM_REDIS:
             return "PING answers, every agent handled a probe sent after the kill"
+        if target == C.PROGRAM_INBOX:
+            return "ready record carries the new pid, every agent handled a probe sent after the kill"
         if target in C.SERVICE_PROGRAMS:
             return "GET /health answers 200"
         if target == C.PROGRAM_METRICS:
@@ -327,13 +333,16 @@ class RestartWatch(Watch):
 
 
 def inject(ctx: Context, fault: Fault, phase: str, states: ProgramStates) -> Watch:
-    # chaos/gateway.py, llm.py, replicas.py and sleepers.py build on Watch, so they are imported here
+    # chaos/gateway.py, llm.py, replicas.py, sleepers.py and inbox.py build on Watch, so they are
+    # imported here
     from agentmesh_cli.chaos.gateway import GatewayWatch
+    from agentmesh_cli.chaos.inbox import InboxWatch
     from agentmesh_cli.chaos.llm import LlmWatch
     from agentmesh_cli.chaos.replicas import ReplicasWatch
     from agentmesh_cli.chaos.sleepers import DozeWatch
 
     kinds: dict[str, Callable[[Context, Fault, str, ProgramStates], Watch]] = {
         KILL: KillWatch, STALL: StallWatch, GARBAGE: GarbageWatch, RESTART: RestartWatch,
-        GATEWAY: GatewayWatch, LLM: LlmWatch, REPLICAS: ReplicasWatch, DOZE: DozeWatch}
+        GATEWAY: GatewayWatch, LLM: LlmWatch, REPLICAS: ReplicasWatch, DOZE: DozeWatch,
+        INBOX: InboxWatch}
     return kinds[fault.kind](ctx, fault, phase, states)

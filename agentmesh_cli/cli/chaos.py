@@ -20,7 +20,10 @@ QUIET_LOGGERS = ("agentmesh_cli.bus", "agentmesh_cli.reader", "agentmesh_cli.bro
 
 def chaos(
     faults: Annotated[str, typer.Option(
-        help="Comma-separated, in order: all, agents, managers, services, gateway (kill -9 of "
+        help="Comma-separated, in order: all, agents, managers, services, inbox (kill -9 of the "
+             "host's inbox reader, program inbox-reader, under probes and asks: every agent timed "
+             "until it is served again; the embedded mesh then runs kafka.inbox_reader: host, and "
+             "`all` includes it whenever the mesh runs one), gateway (kill -9 of "
              "the gateway under asks over HTTP, retried with their Idempotency-Key), llm (kill -9 "
              "of an llm agent mid-answer under chats over HTTP; the embedded mesh then runs one, "
              "its model a scripted server), replicas (kill -9 of replicas of the group Support "
@@ -49,6 +52,11 @@ def chaos(
     agents: Annotated[int, typer.Option(help="Agents of the embedded mesh (demo roles); 64 or "
                                         "128 for a kill loop at scale (allow 2 s per agent to start).",
                                         min=4, max=128)] = 4,
+    inbox_reader: Annotated[str | None, typer.Option(
+        help="kafka.inbox_reader of the embedded mesh: agent (each agent fetches its own inbox) or "
+             "host (one inbox reader fetches for every agent, and every fault runs over it). "
+             "Default: host when --faults names inbox, else agent. With --config the mesh's own "
+             "setting counts (a different one here is an error).", show_default=False)] = None,
     workdir: Annotated[Path | None, typer.Option(
         help="Run the embedded mesh in this folder and keep it (logs) instead of a temporary one.")] = None,
     config: ConfigOption = None,
@@ -57,7 +65,8 @@ def chaos(
     """Inject faults under load; report what was lost or doubled and how fast the mesh recovered.
 
     Runs a workload while killing each kind of program in turn (the gateway while asks go
-    through it over HTTP, an llm agent while it streams answers to chats), restarting Redis
+    through it over HTTP, an llm agent while it streams answers to chats, the host's inbox
+    reader while every agent reads through it), restarting Redis
     and the broker, killing an agent and Redis while the agents sleep, stalling an agent and
     writing garbage to every topic; prints what was
     lost, handled twice and decided twice, and how fast each fault was detected and
@@ -69,7 +78,8 @@ def chaos(
     Exit code 0 only when no probe was lost, none was handled twice, every ask was
     answered, none twice (through the gateway too: each handled once by its agent; each
     chat of the llm fault answered once, its tool asked once; every sleeping agent of the doze
-    fault woken), and no proposal was decided twice (docs/reliability.md).
+    fault woken; every agent served again after the inbox fault, none down with its reader),
+    and no proposal was decided twice (docs/reliability.md).
 
     Example: agentmesh chaos
     Example: agentmesh chaos --faults agent-Sales,topology-manager --pause 2 --json
@@ -78,16 +88,21 @@ def chaos(
     Example: agentmesh chaos --faults llm
     Example: agentmesh chaos --faults replicas
     Example: agentmesh chaos --faults doze:Fraud
+    Example: agentmesh chaos --faults inbox,agents --duration 30
+    Example: agentmesh chaos --inbox-reader host
     """
     from agentmesh_cli.chaos.report import chaos_table
     from agentmesh_cli.chaos.runner import Settings, run
 
+    if inbox_reader is not None and inbox_reader not in ("agent", "host"):
+        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent or host")
+        raise typer.Exit(2)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)  # tear the mesh down as on Ctrl+C
     settings = Settings(rate=rate, pause=pause, faults=faults, rounds=rounds, duration=duration,
                         every=every, seed=seed, timeout=timeout, drain=drain, agents=agents,
-                        ask_rate=ask_rate)
+                        ask_rate=ask_rate, inbox_reader=inbox_reader)
     try:
         result = run(settings, config, workdir, _say)
     except KeyboardInterrupt:

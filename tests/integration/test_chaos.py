@@ -2,8 +2,9 @@
 topology manager killed with SIGKILL under a probe stream, every figure reported, none lost
 or handled twice; the llm agent killed mid-answer, every chat answered once and its tool
 asked once; a replica group's replicas killed mid-work and the group scaled down and up,
-every ask to it answered and handled once; Ctrl+C tears the mesh down. And the scripted
-model server the llm fault runs."""
+every ask to it answered and handled once; the host's inbox reader killed under load, every
+agent served again, none down with it; Ctrl+C tears the mesh down. And the scripted model
+server the llm fault runs."""
 
 from __future__ import annotations
 
@@ -162,6 +163,35 @@ def test_chaos_kills_a_sleeping_agent_and_redis_while_the_agents_sleep(workdir: 
     assert data["doze"]["counters"]["doze_deaf"] >= 1
     probes = data["probes"]
     assert probes["lost"] == 0 and data["duplicates_handled"] == 0 and probes["handled"] == probes["sent"] > 0
+    assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []
+
+
+def test_chaos_kills_the_hosts_inbox_reader_under_load(workdir: Path) -> None:
+    result = agentmesh("chaos", "--faults", "inbox", "--rounds", "1", "--pause", "0", "--rate", "100",
+                       "--drain", "20", "--workdir", str(workdir), "--json", timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    # --faults inbox ran the embedded mesh with kafka.inbox_reader: host
+    assert data["ok"] and data["agents"] == CHAOS_AGENTS and data["settings"]["inbox_reader"] == "host"
+    assert [(f["kind"], f["target"]) for f in data["faults"]] == [("inbox", "inbox-reader")]
+    fault = data["faults"][0]
+    row = fault["inbox"]
+    assert row is not None and row["ok"], fault["note"]
+    assert fault["detect_s"] is not None and fault["recover_s"] is not None, fault["note"]
+    # a new reader ready, every agent subscribed again and served again, timed from the kill
+    assert row["back_s"] is not None and row["subscribed"] >= row["local_agents"] == 4
+    assert set(row["served_ms"]) == set(CHAOS_AGENTS) and row["not_served"] == []
+    assert all(ms > 0 for ms in row["served_ms"].values())
+    # the asks in flight and sent while it was away each answered once; no probe lost or handled twice
+    asks = row["asks"]
+    assert asks["sent"] > 0 and asks["answered"] == asks["sent"] and asks["answered_twice"] == 0
+    assert row["handled_twice"] == 0 and fault["lost"] == 0
+    # supervisord restarted it once, and no agent went down with it
+    assert row["restarts"] == 1 and row["agents_restarted"] == []
+    assert data["inbox"]["ok"] and data["inbox"]["kills"] == 1
+    probes = data["probes"]
+    assert probes["lost"] == 0 and data["duplicates_handled"] == 0 and probes["handled"] == probes["sent"] > 0
+    assert data["asks"]["lost"] == 0 and data["asks"]["answered_twice"] == 0
     assert not _alive(supervisord_pid(workdir)) and mesh_processes(workdir) == []
 
 
