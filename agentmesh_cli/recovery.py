@@ -100,14 +100,16 @@ class BrokerWatch:
             return None
         self._next = now + self.every
         try:
+            made = False
             if now >= self._next_topics:
                 self._next_topics = now + self.topics_every
                 topics = self.bus.topics(0.5)
                 if topics is not None and self._topology_topic not in topics:
                     log.warning("the broker lost the mesh's topics (restarted empty): creating them")
                     self.recreate()
+                    made = True  # the epoch it may have written is not on the feed yet: read it
             bell = self.bus.doorbell
-            if isinstance(bell, Doorbell) and bell.listening and bell.epoch is not None:
+            if not made and isinstance(bell, Doorbell) and bell.listening and bell.epoch is not None:
                 epoch: str | None = bell.epoch
             else:
                 epoch = self.store.kafka_epoch()

@@ -60,9 +60,10 @@ class Heartbeat(threading.Thread):
         next_beat = time.monotonic() + self.interval
         published = self.load()
         next_look = 0.0
-        # asleep, it turns only as often as it looks at the mark (nothing else changes then)
-        while not self._stop_event.wait(min(DRAINING_ASLEEP_S if self.asleep() else DRAINING_EVERY_S,
-                                            self.interval)):
+        # asleep, it turns only as often as it looks at the mark (nothing else changes then),
+        # and always when a beat is due: a turn that came just before it would put the beat
+        # off by a whole turn (heartbeats 2 s apart at a 1 s interval: an agent taken for dead)
+        while not self._stop_event.wait(self._turn(next_beat)):
             now = time.monotonic()
             if now >= next_look or not self.asleep():
                 next_look = now + DRAINING_ASLEEP_S
@@ -80,6 +81,10 @@ class Heartbeat(threading.Thread):
                 published = load
             except Exception:  # the thread must outlive any failure of one beat
                 self.log.exception("heartbeat failed")
+
+    def _turn(self, next_beat: float) -> float:
+        cadence = DRAINING_ASLEEP_S if self.asleep() else DRAINING_EVERY_S
+        return max(0.01, min(cadence, next_beat - time.monotonic()))
 
     def stop(self) -> None:
         self._stop_event.set()

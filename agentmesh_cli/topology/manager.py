@@ -76,7 +76,7 @@ class TopologyManager:
             log.info("snapshot is from an earlier broker (epoch %s, now %s): keeping its graph of "
                      "%d agents, reading the new topics from the beginning", data.get("epoch"),
                      epoch, len(state.graph))
-            state.new_epoch(epoch)
+            state.new_epoch(epoch, now_ms())
             return state
         log.info("resumed from snapshot of %d agents, %d edges at offsets %s",
                  len(state.graph), state.graph.stats().edges, data.get("offsets"))
@@ -121,7 +121,7 @@ class TopologyManager:
                 state.apply_batch(reader.poll_batch(max_records=2000, timeout=0.1), now_ms())
                 now = self.clock()
                 if (new_epoch := watch.check(now)) is not None:
-                    state.new_epoch(new_epoch)
+                    state.new_epoch(new_epoch, now_ms())
                     reader.rewind()
                     next_snapshot = now
                 if now >= next_decay:

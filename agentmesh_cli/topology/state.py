@@ -419,11 +419,16 @@ class TopologyState:
         for m in due:
             self._resolve(m)
 
-    def new_epoch(self, epoch: str) -> None:
-        """The broker restarted empty: keep the graph and who was seen when, forget the
-        offsets (the new topics are read from their beginning); held records are settled."""
+    def new_epoch(self, epoch: str, now: int | None = None) -> None:
+        """The broker restarted empty: keep the graph, forget the offsets (the new topics
+        are read from their beginning); held records are settled. `now`: every agent counts
+        as seen then: while the broker was away none could be heard, so its silence says
+        nothing (the liveness check took them all for dead before their joins on the new
+        broker were read: test_recovery's rebuilt graph held one agent of three)."""
         self.epoch = epoch
         self.offsets = {}
+        if now is not None:
+            self.last_seen = {agent: max(seen, now) for agent, seen in self.last_seen.items()}
         held = [m for book in (self.held, self.held_invalid) for ms in book.values() for m in ms]
         self.held, self.held_invalid, self.held_count = {}, {}, 0
         for m in held:

@@ -246,6 +246,21 @@ def test_a_new_broker_epoch_settles_what_was_held() -> None:
     assert reasons(state) == ["unknown recipient Ghost"]
 
 
+def test_a_new_broker_epoch_counts_every_agent_as_seen_then() -> None:
+    """Nobody could be heard while the broker was away: the liveness check gives every
+    agent a whole timeout from the new epoch to be heard on the new broker."""
+    state = mesh_of("A", "B")
+    state.last_seen = {"A": T0, "B": T0 + 5}
+    state.new_epoch("e2", T0 + TIMEOUT_MS + 100)
+    assert state.last_seen == {"A": T0 + TIMEOUT_MS + 100, "B": T0 + TIMEOUT_MS + 100}
+    assert state.drop_silent(T0 + 2 * TIMEOUT_MS) == []
+    assert state.drop_silent(T0 + 2 * TIMEOUT_MS + 101) == ["A", "B"]
+    state = mesh_of("A")
+    state.last_seen = {"A": T0}
+    state.new_epoch("e3")  # without a time: seen as before
+    assert state.last_seen == {"A": T0}
+
+
 def test_holding_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_module, "MAX_HELD", 2)
     state = mesh_of("A", "B")
