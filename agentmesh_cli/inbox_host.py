@@ -171,9 +171,7 @@ class InboxHost:
         return 0
 
     def _flush_counts(self, store: Store) -> None:
-        if self.dozer.doze.counts:
-            self.counts.update(self.dozer.doze.counts)
-            self.dozer.doze.counts.clear()
+        self.counts.update(self.dozer.take_counts())
         try:
             store.add_counters(C.PROGRAM_INBOX, self.counts)
             self.counts.clear()
