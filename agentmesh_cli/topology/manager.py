@@ -126,10 +126,10 @@ class TopologyManager:
                     next_snapshot = now
                 if now >= next_decay:
                     next_decay += self.cfg.decay_interval
-                    state.tick(now_ms())
+                    state.tick(now_ms(), registry_beats(store, state))
                 elif now >= next_liveness:  # failure detection does not wait for the decay
                     next_liveness = now + LIVENESS_CHECK_S
-                    state.drop_silent(now_ms())
+                    state.drop_silent(now_ms(), registry_beats(store, state))
                 if state.membership_changes != members_before:
                     next_snapshot = now  # joins, leaves and timeouts show up in status at once
                 for record, reason, size in state.take_letters():
@@ -157,6 +157,24 @@ class TopologyManager:
                 self._next_point = self.clock() + C.TOPOLOGY_HISTORY_EVERY_S
         except AgentMeshError as exc:
             log.warning("snapshot not saved, will retry: %s", exc)
+
+
+def registry_beats(store: Any, state: TopologyState) -> dict[str, int]:
+    """When some agent was not heard from on the broker for the heartbeat timeout: every
+    agent's last heartbeat in the registry (agent -> ms). The heartbeat thread writes it to
+    Redis as it sends it to the broker, so an agent silent on the broker but beating there
+    is alive and the broker is what failed (away, restarting, slow under load): it is not
+    dropped (test_recovery's broker restart lost every agent of the graph when the restart
+    took longer than the timeout). Nothing is read while everyone is heard."""
+    if not state.silent(now_ms()):
+        return {}
+    try:
+        records = store.agents()
+    except AgentMeshError as exc:
+        log.warning("registry not read for the liveness check: %s", exc)
+        return {}
+    return {name: beat for name, record in records.items()
+            if isinstance(beat := record.get("last_heartbeat"), int)}
 
 
 def apply_safely(state: TopologyState, record: Record) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -443,22 +443,34 @@ class TopologyState:
         self.roles.pop(agent, None)
 
     # time ------------------------------------------------------------------------------
-    def tick(self, now: int) -> int:
-        """One decay interval: decay and prune, then drop agents whose heartbeats stopped."""
+    def tick(self, now: int, beats: Mapping[str, int] | None = None) -> int:
+        """One decay interval: decay and prune, then drop agents whose heartbeats stopped
+        (`drop_silent`)."""
         pruned = self.graph.decay()
         self.counts["prunes"] += pruned
-        self.drop_silent(now)
+        self.drop_silent(now, beats)
         return pruned
 
-    def drop_silent(self, now: int) -> list[str]:
+    def silent(self, now: int) -> list[str]:
+        """The agents not heard from for over `heartbeat_timeout_ms` (on the broker)."""
+        return [agent for agent, seen in self.last_seen.items() if now - seen > self.heartbeat_timeout_ms]
+
+    def drop_silent(self, now: int, beats: Mapping[str, int] | None = None) -> list[str]:
         """Settle held records older than `heartbeat_timeout_ms`, and remove the agents whose
-        heartbeats stopped that long ago."""
+        heartbeats stopped that long ago. `beats`: agent -> its last heartbeat as written in
+        the registry (Redis), when it was read: an agent that beat there lately is alive,
+        only the broker did not carry its heartbeat (it was away, or restarting)."""
         self._expire_held(now)
-        silent = [agent for agent, seen in self.last_seen.items()
-                  if now - seen > self.heartbeat_timeout_ms]
-        for agent in silent:
+        beats = beats or {}
+        removed = []
+        for agent in self.silent(now):
+            beat = min(beats.get(agent, 0), now)
+            if now - beat <= self.heartbeat_timeout_ms:
+                self.last_seen[agent] = max(beat, self.last_seen[agent])
+                continue
             self._remove(agent, "timeout", now)
-        return silent
+            removed.append(agent)
+        return removed
 
     # snapshots -------------------------------------------------------------------------
     def snapshot(self, now: int) -> dict[str, Any]:

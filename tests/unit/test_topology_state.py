@@ -357,3 +357,20 @@ def test_the_agents_the_topology_manager_expects(counts: dict[str, int], expecte
     assert expected_agents(EXPECTED_CONFIG, counts) == expected
     alone = parse_config({"mesh": "m", "agents": [{"name": "A", "role": "sales"}]})
     assert expected_agents(alone, {}) == {"A"}  # no group: mesh.yaml's agents
+
+
+@pytest.mark.parametrize(("beats", "dropped", "seen_after"), [
+    ({}, ["A", "B"], {}),  # nothing in the registry: both silent, both dropped
+    ({"A": LATER - 10}, ["B"], {"A": LATER - 10}),  # A beat in Redis lately: alive, seen then
+    ({"A": LATER - TIMEOUT_MS - 1, "B": LATER}, ["A"], {"B": LATER}),  # A's beat is too old
+    ({"A": LATER + 50_000}, ["B"], {"A": LATER}),  # a beat from a clock ahead counts as now
+    ({"C": LATER}, ["A", "B"], {}),  # a beat of an agent not in the graph changes nothing
+])
+def test_an_agent_silent_on_the_broker_but_beating_in_the_registry_is_kept(
+        beats: dict[str, int], dropped: list[str], seen_after: dict[str, int]) -> None:
+    state = mesh_of("A", "B")
+    state.last_seen = {"A": T0, "B": T0}
+    assert state.silent(LATER) == ["A", "B"]
+    assert state.drop_silent(LATER, beats) == dropped
+    assert state.last_seen == seen_after
+    assert sorted(state.graph.agents()) == sorted(seen_after)
