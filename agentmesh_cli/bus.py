@@ -41,12 +41,12 @@ log = logging.getLogger(__name__)
 
 MISSING_TOPIC_WAIT_S = 30.0  # how long a send waits for a lost topic to be re-created
 MAX_SENT_AGAIN = 100_000  # records kept to send again after their topic was lost
-# What the broker confirmed this recently (at most this many bytes) is sent again when it
-# restarted empty (`replay`): an in-memory broker loses what nobody had read yet.
 KICK_S = 0.001  # (Bus.kick) how long a flush runs to make the queued records leave
 # a record for a reader that sleeps: wait this long at most for the broker's confirmation
 # before ringing it (doorbell.py), so that the reader's first fetch finds it
 RING_FLUSH_S = 0.05
+# What the broker confirmed this recently (at most this many bytes) is sent again when it
+# restarted empty (`replay`): an in-memory broker loses what nobody had read yet.
 REPLAY_S = 10.0
 REPLAY_BYTES = 4 << 20
 REPLAYED_TOPICS = (C.TOPIC_MESSAGES, C.TOPIC_PROPOSALS, C.TOPIC_VOTES, C.TOPIC_CONSENSUS, C.TOPIC_REPLIES)
@@ -96,6 +96,10 @@ class Bus:
         self._recent: deque[tuple[float, str, bytes, bytes | None, int]] = deque()
         self._recent_bytes = 0
         self._replayed = {self.topic(t) for t in REPLAYED_TOPICS}
+        # sends held back while `holding` (an agent's loop turn), produced together by
+        # `release`: (topic, produce kwargs, partition)
+        self.holding = False
+        self._held: list[tuple[str, dict[str, Any], int | None]] = []
         conf = client_config(kafka, client_id)
         # no lingering: a lone record leaves at once; under load librdkafka still batches
         # whatever queues while a request is in flight
@@ -133,10 +137,34 @@ class Bus:
         self._in_flight.pop(generation, None)
         return True
 
+    def hold(self) -> None:
+        """Hold sends back until `release`: a loop turn's sends are produced together, in a
+        burst of microseconds, so that the producer's short linger puts them in one request
+        per partition, however long the turn's handlers took (no flush to wait in)."""
+        self.holding = True
+
+    def release(self) -> int:
+        """Produce what was held (in order), and stop holding. A send that fails for good
+        (BusError) is raised with it and what follows it stays held: the turn it belongs to
+        is never confirmed, so the records that made it are read again, not lost."""
+        self.holding = False
+        if not self._held:
+            return 0
+        held, self._held = self._held, []
+        for i, (topic, kwargs, partition) in enumerate(held):
+            try:
+                self._produce(topic, kwargs, partition)
+            except BusError:
+                self._held = held[i:] + self._held
+                raise
+        self._producer.poll(0)
+        return len(held)
+
     def kick(self) -> None:
         """Send what is queued now rather than after `linger.ms`, waiting at most a
         millisecond (a flush that does not wait for the answers: librdkafka's flush makes
-        its broker threads send at once while it runs)."""
+        its broker threads send at once while it runs). It blocks the caller that long at
+        most: for a lone record (an ask, a turn of one message), not for a busy loop's."""
         self._producer.flush(KICK_S)
         if self.doorbell is not None and self.doorbell.due:
             self._ring()
@@ -195,6 +223,20 @@ class Bus:
             # signed here, where every record passes: sends, dead letters, and the records
             # sent again after a broker restart (signed again, as the same bytes)
             kwargs["headers"] = self.signer.headers(topic, value)
+        self._in_flight[generation] += 1
+        if self.doorbell is not None:
+            self.doorbell.note(short_topic, key)
+        if self.holding:
+            self._held.append((topic, kwargs, partition))
+            return
+        try:
+            self._produce(topic, kwargs, partition)
+        except BusError:
+            self._in_flight[generation] -= 1
+            raise
+        self._producer.poll(0)
+
+    def _produce(self, topic: str, kwargs: dict[str, Any], partition: int | None) -> None:
         missing_since: float | None = None
         while True:
             try:
@@ -203,7 +245,7 @@ class Bus:
                 except BufferError:
                     self._producer.poll(0.5)  # queue full: let deliveries drain, then try once more
                     self._producer.produce(topic, **kwargs)
-                break
+                return
             except BufferError as exc:
                 raise BusError(f"cannot produce to {topic}: {exc}") from exc
             except KafkaException as exc:
@@ -224,10 +266,6 @@ class Bus:
                 except KafkaException:
                     pass
                 self._producer.poll(0.2)
-        self._in_flight[generation] += 1
-        if self.doorbell is not None:
-            self.doorbell.note(short_topic, key)
-        self._producer.poll(0)
 
     def send_detached(self, short_topic: str, envelope: Envelope, key: str | None = None) -> bool:
         """Send from any thread (the agent's heartbeat thread): counted in no generation,
@@ -275,6 +313,7 @@ class Bus:
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for queued records; return how many are still undelivered."""
         deadline = Deadline(timeout, self.clock)
+        self.release()
         left = int(self._producer.flush(timeout))
         # more than a wait: what a lost topic refused is sent again, while time is left
         while self._again and not deadline.passed():

@@ -414,10 +414,13 @@ BUILTIN_ROLES = ("sales", "support", "inventory", "fraud", ROLE_LLM)
 REPLICABLE_ROLES = ("support", ROLE_LLM)
 
 # What a role sends waits up to this long in the producer to leave with others in one
-# request; a batch's sends do not wait (the settle step flushes them at once). Without it
-# every send is a request of its own and the broker, not Python, limits the mesh (about 4x
-# fewer messages/s on two cores, see docs/performance.md).
-AGENT_LINGER_MS = 5.0
+# request. A loop turn's sends are held back and produced together at its end (Bus.hold,
+# Bus.release), in a burst far shorter than this, so a turn is one request per partition
+# however long its handlers ran; the linger only gathers the sends of tasks and threads.
+# Without it every send is a request of its own and the broker, not Python, limits the
+# mesh (about 4x fewer messages/s on two cores, see docs/performance.md). Kept short: a
+# lone message pays it on every hop, on a broker that answers at once (noida, Kafka) too.
+AGENT_LINGER_MS = 1.0
 # The consensus manager's broadcasts (an opening, a decision) wait up to this long to leave
 # together: at a millisecond's cost to a lone decision, a loop turn's broadcasts are one
 # request, not one each (paced at 4 voters, the broker's CPU went from 84% to 40%).

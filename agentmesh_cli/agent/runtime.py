@@ -255,7 +255,8 @@ class AgentRuntime:
         """Something was sent from a task (an async handler, an ask, a reply): it leaves
         once this turn of the event loop ends, in one request per partition with whatever
         else the loop's tasks sent meanwhile, rather than after the producer's linger
-        (5 ms). Sends of the main task (the sync fast path) leave when its turn ends."""
+        (C.AGENT_LINGER_MS). Sends of the main task (the sync fast path) leave when its
+        turn ends (Settlement.end_turn)."""
         if self._main_turn or self._kick_due or self.loop is None:
             return
         self._kick_due = True
@@ -394,6 +395,7 @@ class AgentRuntime:
             while not self.stopping:
                 room = self._room()
                 self._main_turn = False
+                self.bus.release()  # (end_turn has, unless the turn sent nothing)
                 turn_started: float | None = None  # a turn of the fast path: from its poll's answer
                 if room > 0 and dozer.asleep:  # nothing fetched: wait for a ring (or the tick)
                     wake.clear()
@@ -421,6 +423,7 @@ class AgentRuntime:
                         records = reader.poll_batch(min(POLL_MAX, room), 0) or await loop.run_in_executor(
                             io, reader.poll_batch, min(POLL_MAX, room), TICK_S)
                     self._main_turn = True  # until the next await: nothing else runs meanwhile
+                    self.bus.hold()  # the turn's sends leave together (end_turn)
                     dozer.step(len(records))
                     for record in records:
                         if self.stopping and self.inline:

@@ -1,14 +1,14 @@
 """When an agent is durably done with what it read, and which offsets it may commit.
 
-The loop turn (agent/runtime.py) ends with `end_turn`: what the turn sent leaves at once
-(one request per partition) and the records it finished wait, with the bus generation of
-its sends, until the broker has confirmed them. `settle` then, in the order that neither
-loses nor doubles: takes the confirmed turns, records their ids in the ledger (the
-replies sent so far are cached first, so a repeated request finds its reply once its id
-is in the ledger), and only then commits offsets (every COMMIT_EVERY_S, and when the agent
-leaves), never past a record not durably done. The loop does not wait for the broker's
-answers: it runs at most TURNS_AHEAD turns ahead of them. While Redis is down the offsets
-wait.
+The loop turn (agent/runtime.py) ends with `end_turn`: what the turn sent, held back by
+the bus meanwhile, leaves at once (one request per partition) and the records it finished
+wait, with the bus generation of its sends, until the broker has confirmed them. `settle`
+then, in the order that neither loses nor doubles: takes the confirmed turns, records
+their ids in the ledger (the replies sent so far are cached first, so a repeated request
+finds its reply once its id is in the ledger), and only then commits offsets (every
+COMMIT_EVERY_S, and when the agent leaves), never past a record not durably done. The
+loop does not wait for the broker's answers: it runs at most TURNS_AHEAD turns ahead of
+them. While Redis is down the offsets wait.
 
 Two kinds of records: the fast path's (a sync handler at concurrency 1) finish in read
 order within their turn, so a turn keeps each partition's next offset; every other record
@@ -30,6 +30,7 @@ from agentmesh_cli.bus import Bus
 from agentmesh_cli.errors import AgentMeshError, BusError
 
 SETTLE_FLUSH_S = 10.0  # how long a batch waits for the delivery of what its handlers sent
+KICK_MAX_SENDS = 4  # a turn that sent this many records or fewer is kicked (Bus.kick, <= 1 ms)
 TURNS_AHEAD = 8  # loop turns the agent may run ahead of the broker's confirmations
 SETTLE_RETRY_S = 1.0  # while Redis is down, how often the ledger write is tried again
 # Offsets are committed at most this often, not after every batch: each commit is a
@@ -105,8 +106,11 @@ class Settlement:
         return bool(self._finished or self._turn_next or self.bus.sent_unconfirmed())
 
     def end_turn(self) -> None:
-        """What the turn sent leaves now; its records wait for the broker's confirmation."""
-        if self.bus.sent_unconfirmed():
+        """What the turn sent leaves now; its records wait for the broker's confirmation.
+        A turn's sends are produced together (Bus.release), so the producer's linger puts
+        them in one request per partition without a wait; a turn of few sends (a lone
+        message, a light load) is also kicked, so that it does not wait out the linger."""
+        if 0 < self.bus.release() <= KICK_MAX_SENDS:
             self.bus.kick()
         finished, self._finished = self._finished, []
         offsets, self._turn_next = self._turn_next, {}

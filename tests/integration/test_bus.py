@@ -88,6 +88,39 @@ def test_message_lands_in_recipient_partition(broker: str) -> None:
     assert records[0].key == b"Inventory"
 
 
+def test_held_sends_leave_in_order_on_release_and_count_in_their_generation(broker: str) -> None:
+    cfg = kafka(broker, partitions=2)
+    ensure_topics(cfg)
+    bus = Bus(cfg, "test")
+    sent = [Envelope(type="hello", from_agent_id="A", to_agent_id="Inventory", payload={"n": n})
+            for n in range(3)]
+    bus.hold()
+    for env in sent:
+        bus.send_message(env)
+    generation = bus.close_generation()
+    assert bus.holding and bus.sent_unconfirmed() == 0  # the closed generation holds them
+    bus.poll()
+    time.sleep(0.3)
+    bus.poll()
+    assert not bus.confirmed(generation)  # held: not produced, so not answered either
+    bus.release()
+    assert not bus.holding
+    assert bus.flush() == 0 and bus.confirmed(generation) and bus.delivery_failures == 0
+    partition = C.inbox_partition("Inventory", 2)
+    assert [Envelope.decode(r.value) for r in read_all(cfg, C.TOPIC_MESSAGES, partition, 3)] == sent
+
+
+def test_flush_releases_what_is_held(broker: str) -> None:
+    cfg = kafka(broker, partitions=1)
+    ensure_topics(cfg)
+    bus = Bus(cfg, "test")
+    bus.hold()
+    env = Envelope(type="hello", from_agent_id="A", to_agent_id="B", payload={})
+    bus.send_message(env)
+    assert bus.flush() == 0 and not bus.holding
+    assert [Envelope.decode(r.value) for r in read_all(cfg, C.TOPIC_MESSAGES, 0, 1)] == [env]
+
+
 def test_commit_resumes_after_restart(broker: str) -> None:
     cfg = kafka(broker, partitions=1)
     ensure_topics(cfg)
