@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # two workers (the suite waits on real processes more than it computes); a test file stays
 # on one worker, so its module fixtures (a running mesh) start once. PYTEST_ARGS= runs serially.
-PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 .PHONY: up down status install test test-unit lint clean
 

@@ -24,3 +24,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker is not None:
         lane = int(str(worker["workerid"]).removeprefix("gw") or 0)
         os.environ[environment.PORT_LANE] = f"{lane}/{worker['workercount']}"
+
+
+# The files that take longest, heaviest first (seconds of one worker, `make test`'s
+# --durations on a 2-core machine, December 2026). Two workers share the files
+# (--dist loadfile): started first, the long ones do not end the run with one worker idle.
+# A file not listed runs after these, integration before unit (`--no-loadscope-reorder`
+# keeps this order; xdist's own puts the files with the most tests, the unit tables, first).
+LONGEST_FIRST = (
+    "test_chaos.py", "test_drain.py", "test_bench_routing.py", "test_scale.py",
+    "test_chaos_readers.py", "test_recovery.py", "test_poison.py", "test_mesh_e2e.py",
+    "test_inbox_host.py", "test_consensus.py", "test_gateway_crash.py", "test_multihost.py",
+    "test_roles.py", "test_status_mesh.py", "test_autoscale.py", "test_bench_mesh.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def weight(item: pytest.Item) -> tuple[int, int]:
+        path = item.path
+        if path.parent.name == "integration" and path.name in LONGEST_FIRST:
+            return (0, LONGEST_FIRST.index(path.name))
+        return (1 if path.parent.name == "integration" else 2, 0)
+
+    items.sort(key=weight)  # stable: a file's tests keep their order

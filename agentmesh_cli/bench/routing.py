@@ -8,7 +8,7 @@ arrivals, each ask a new conversation, timed from its scheduled time to its repl
 
 - Latency: per run a fresh broker, Valkey and agents; at each load (50%, 80%, 95% of 175
   msg/s) each model in turn (the order rotated per run) runs one job of `seconds`, its
-  first WARMUP_S not counted; the same seed gives every model of a run the same arrivals.
+  first `Plan.warmup_s` not counted; the same seed gives every model of a run the same arrivals.
   p50 / p99 per model and load are the medians over the runs; the ratio physarum p99 /
   p2c_ewma p99 is taken from those medians.
 - Kill: per run another fresh mesh; each kill model in turn runs a job at 80% load; at
@@ -54,7 +54,6 @@ DEFAULT_MODELS = ("physarum", "p2c_ewma", "round_robin")
 KILL_MODELS = ("physarum", "p2c_ewma")
 LOADS = (0.5, 0.8, 0.95)
 KILL_LOAD = 0.8
-WARMUP_S = 2.0
 ASK_TIMEOUT_S = 60.0
 TARGET_P99_RATIO, TARGET_DEAD_SHARE, TARGET_BACK_S = 1.1, 0.02, 30.0
 SUMMED = ("asks", "failed", "handled", "handled_twice", "duplicates", "late_replies", "expired_requests")
@@ -71,10 +70,12 @@ class Plan:
     cpu_messages: int = 20_000
     cpu_repeats: int = 5
     probe_s: float = 3.0  # each replica asked alone at twice its capacity: its measured capacity
+    warmup_s: float = 2.0  # the start of each job not counted
 
 
-QUICK = Plan(runs=1, seconds=3.0, before_s=4.0, dead_s=3.0, after_s=6.0, cpu_messages=2000, cpu_repeats=1,
-             probe_s=1.5)
+# a check that it all works (make test runs it), not figures: each latency job counts 1 s
+QUICK = Plan(runs=1, seconds=2.0, before_s=3.0, dead_s=3.0, after_s=6.0, cpu_messages=2000, cpu_repeats=1,
+             probe_s=1.0, warmup_s=1.0)
 
 
 def load_key(load: float) -> str:
@@ -102,7 +103,7 @@ def _latency_run(jobs: Jobs, run: int, models: tuple[str, ...], loads: tuple[flo
     for load in loads:
         for model in _rotated(models, run):
             job = jobs.run(model, load * CAPACITY, plan.seconds, f"latency:{run}:{load}", service)
-            out[f"{load_key(load)}/{model}"] = {**latency(job.log, WARMUP_S, REPLICAS), **job.counted}
+            out[f"{load_key(load)}/{model}"] = {**latency(job.log, plan.warmup_s, REPLICAS), **job.counted}
     return out
 
 
@@ -117,18 +118,19 @@ def _kill_run(jobs: Jobs, run: int, models: tuple[str, ...], plan: Plan, service
         if trial.killed is None or trial.restarted is None:
             raise BenchError(f"the kill trial of {model} ended before its kill and restart")
         jobs.running.wait_ready(replica)  # before the next trial
-        out[model] = (_trial_figures(job, trial, replica, seconds),
+        out[model] = (_trial_figures(job, trial, replica, seconds, plan.warmup_s),
                       {"run": run, "kill_s": round(trial.killed, 3), "restart_s": round(trial.restarted, 3),
                        "ready_s": trial.ready, "seconds": seconds,
                        "per_second": series(job.log, seconds, REPLICAS), "snapshots": trial.snapshots})
     return out
 
 
-def _trial_figures(job: Job, trial: KillTrial, replica: str, seconds: float) -> dict[str, Any]:
+def _trial_figures(job: Job, trial: KillTrial, replica: str, seconds: float,
+                   warmup_s: float) -> dict[str, Any]:
     assert trial.killed is not None and trial.restarted is not None
-    figures = kill_trial(job.log, replica, FAIR[replica], trial.killed, trial.restarted, seconds, WARMUP_S,
+    figures = kill_trial(job.log, replica, FAIR[replica], trial.killed, trial.restarted, seconds, warmup_s,
                          REPLICAS)
-    answered = latency(job.log, WARMUP_S, REPLICAS)
+    answered = latency(job.log, warmup_s, REPLICAS)
     return {**figures, "restart_ready_s": trial.ready, "p50_ms": answered["p50_ms"],
             "p99_ms": answered["p99_ms"], "asks": len(job.log), "failed": job.log.failed(), **job.counted}
 
@@ -251,7 +253,8 @@ def _result(plan: Plan, models: tuple[str, ...], kill_models: tuple[str, ...], l
         f"service ({service}), concurrency 1: capacity {CAPACITY:g} msg/s; fair share = capacity share "
         f"({', '.join(f'{n} {s:.3f}' for n, s in FAIR.items())})",
         f"latency: median of {plan.runs} runs, each on a fresh mesh, each model {plan.seconds:g} s per load "
-        f"in turn (first {WARMUP_S:g} s not counted), open-loop Poisson asks timed from their scheduled time",
+        f"in turn (first {plan.warmup_s:g} s not counted), open-loop Poisson asks timed from their "
+        "scheduled time",
         f"kill: {replica} killed -9 {plan.before_s:g} s into a {KILL_LOAD:.0%} load job, spawned again "
         f"{plan.dead_s:g} s later, {plan.after_s:g} s more; dead share from 2 s after the kill to the "
         "restart; back = end of the first 5 s window (from the restart) with a share >= 0.9 x the aim",
@@ -263,7 +266,8 @@ def _result(plan: Plan, models: tuple[str, ...], kill_models: tuple[str, ...], l
               for name, t in targets.items()]
     return {
         "scenario": "routing",
-        "settings": {"runs": plan.runs, "seconds": plan.seconds, "warmup_s": WARMUP_S, "loads": list(loads),
+        "settings": {"runs": plan.runs, "seconds": plan.seconds, "warmup_s": plan.warmup_s,
+                     "loads": list(loads),
                      "rates_msg_s": [round(load * CAPACITY, 2) for load in loads], "models": list(models),
                      "routing": {m: MODELS[m] for m in models}, "service_ms": list(SERVICE_MS),
                      "service": service, "capacity_msg_s": CAPACITY, "fair_shares": FAIR,
