@@ -27,7 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # The files that take longest, heaviest first (seconds of one worker, `make test`'s
-# --durations on a 2-core machine, December 2026). Two workers share the files
+# --durations on a 2-core machine, December 2026). The workers share the files
 # (--dist loadfile): started first, the long ones do not end the run with one worker idle.
 # A file not listed runs after these, integration before unit (`--no-loadscope-reorder`
 # keeps this order; xdist's own puts the files with the most tests, the unit tables, first).
