@@ -395,7 +395,9 @@ class AgentRuntime:
             while not self.stopping:
                 room = self._room()
                 self._main_turn = False
-                self.bus.release()  # (end_turn has, unless the turn sent nothing)
+                # a turn that finished nothing and sent nothing ends without end_turn: stop
+                # holding before the next await, where tasks send and must not be held
+                self.bus.release()
                 turn_started: float | None = None  # a turn of the fast path: from its poll's answer
                 if room > 0 and dozer.asleep:  # nothing fetched: wait for a ring (or the tick)
                     wake.clear()
