@@ -208,6 +208,41 @@ def test_a_sleeping_reader_woken_for_nothing_sleeps_on_where_it_got_to(broker: s
         reader.close()
 
 
+def test_a_sleeping_reader_resumes_a_partition_never_read_at_an_offset_not_a_logical_start(
+        broker: str) -> None:
+    # An agent's inbox never written to starts at its committed offset (none: the log's start),
+    # beside a partition read to its end. Woken with the logical start, the client fetched the
+    # other partition first, and the broker held that fetch a whole fetch wait before the
+    # inbox's first fetch went (the first message came 10 ms late). Asleep, both are offsets.
+    cfg = kafka(broker, partitions=2)
+    ensure_topics(cfg)
+    bus = Bus(cfg, "test")
+    for i in range(3):
+        bus.produce_raw(C.TOPIC_MESSAGES, str(i).encode(), partition=0)
+    bus.flush()
+    group = f"r-{uuid.uuid4().hex}"
+    committer = Reader(cfg, group, [(C.TOPIC_MESSAGES, 0, None), (C.TOPIC_MESSAGES, 1, None)])
+    committer.commit({(C.TOPIC_MESSAGES, 0): 2})  # partition 0 committed at 2, partition 1 never
+    committer.close()
+    reader = Reader(cfg, group, [(C.TOPIC_MESSAGES, 0, None), (C.TOPIC_MESSAGES, 1, None)])
+    try:
+        reader.sleep()
+        assert reader.resumes_at == {(C.TOPIC_MESSAGES, 0): 2, (C.TOPIC_MESSAGES, 1): 0}
+        bus.produce_raw(C.TOPIC_MESSAGES, b"x", partition=1)
+        bus.flush()
+        reader.wake()
+        got: list[Record] = []
+        for _ in range(100):
+            got += reader.poll_batch(timeout=0.1)
+            if len(got) >= 2:
+                break
+        assert sorted((r.partition, r.offset) for r in got) == [(0, 2), (1, 0)]
+        reader.sleep()  # read from both now: where it got to
+        assert reader.resumes_at == {(C.TOPIC_MESSAGES, 0): 3, (C.TOPIC_MESSAGES, 1): 1}
+    finally:
+        reader.close()
+
+
 def test_dead_letter_carries_reason_and_origin(broker: str) -> None:
     cfg = kafka(broker)
     ensure_topics(cfg)
