@@ -146,36 +146,31 @@ class Reader:
         self._paused = positions
 
     def _explicit(self, positions: list[TopicPartition]) -> list[TopicPartition]:
-        """The positions with each logical start (a partition never read from: its
-        committed offset, or the log's start) looked up and made an offset, and kept as its
-        start. Woken with a logical offset beside an explicit one, the client fetched the
-        explicit partition first; at the log's end the broker held that fetch for a whole
-        fetch wait, and the other partition's first fetch waited behind it (an agent's
-        first message, to a partition never read, came 10 ms late: `bench idle`'s first
-        ask after the quiet window)."""
-        logical = [tp for tp in positions if tp.offset in (OFFSET_STORED, OFFSET_BEGINNING)]
-        if not logical:
+        """Each logical start (a partition never read from) looked up, made an offset and
+        kept as its start: woken beside an offset at the log's end, whose fetch the broker
+        holds a whole fetch wait, a logical start's first fetch waited behind that one."""
+        stored = [tp for tp in positions if tp.offset == OFFSET_STORED]
+        beginning = [tp for tp in positions if tp.offset == OFFSET_BEGINNING]
+        if not stored and not beginning:
             return positions
+        found: dict[tuple[str, int], int] = {}
         try:
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in self._consumer.committed(logical, timeout=RESOLVE_TIMEOUT_S)}
-            found: dict[tuple[str, int], int] = {}
-            for tp in logical:
-                offset = committed.get((tp.topic, tp.partition), -1) if tp.offset == OFFSET_STORED else -1
-                if offset < 0:  # nothing committed: from the log's start (auto.offset.reset)
+            for tp in self._consumer.committed(stored, timeout=RESOLVE_TIMEOUT_S) if stored else []:
+                if tp.offset >= 0:
+                    found[(tp.topic, tp.partition)] = tp.offset
+            for tp in stored + beginning:  # nothing committed: the log's start (auto.offset.reset)
+                if (tp.topic, tp.partition) not in found:
                     marks = self._consumer.get_watermark_offsets(
                         TopicPartition(tp.topic, tp.partition), timeout=RESOLVE_TIMEOUT_S, cached=False)
-                    offset = -1 if marks is None else marks[0]
-                found[(tp.topic, tp.partition)] = offset
+                    if marks is not None and marks[0] >= 0:
+                        found[(tp.topic, tp.partition)] = marks[0]
         except KafkaException as exc:
             log.debug("logical starts left to the client: %s", exc)
             return positions
         for i, (short, partition) in enumerate(self._assigned):
-            start = found.get((self._prefix + short, partition), -1)
-            if start >= 0:
-                self._starts[i] = start
-        return [TopicPartition(tp.topic, tp.partition, found[(tp.topic, tp.partition)])
-                if found.get((tp.topic, tp.partition), -1) >= 0 else tp for tp in positions]
+            self._starts[i] = found.get((self._prefix + short, partition), self._starts[i])
+        return [TopicPartition(*where, found[where]) if (where := (tp.topic, tp.partition)) in found
+                else tp for tp in positions]
 
     def _positions(self) -> list[TopicPartition]:
         """Where each assigned partition goes on from. One that gave nothing since it was
