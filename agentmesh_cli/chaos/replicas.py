@@ -12,8 +12,9 @@ on its replica.
 
 Once `WARM_UP_ASKS` are answered, a running replica is killed every `KILL_EVERY_S` (`KILLS`
 in all; one with an ask of its conversations in flight when one comes within `MID_WORK_S`),
-and supervisord restarts it. After the `SCALE_DOWN_AFTER`-th kill the group is scaled down by
-one (scaling.scale in a thread, drain timeout `SCALE_DRAIN_S`) and the leaving replica killed
+and supervisord restarts it. After the `SCALE_DOWN_AFTER`-th kill, once an ask of the leaving
+replica's conversations is in flight (within `MID_WORK_S`), the group is scaled down by one
+(scaling.scale in a thread, drain timeout `SCALE_DRAIN_S`) and the leaving replica killed
 as soon as it is marked retiring, and again each time supervisord restarts it, until it is
 stopped: what its conversations sent it is left unread and handed over to the group;
 after the `SCALE_UP_AFTER`-th kill and the scale-down, back up. Probes to the leaving replica
@@ -118,6 +119,7 @@ class ReplicasWatch(Watch):
         self.kills: list[ReplicaKill] = []
         self.probes_left = 0  # probes the leaving replica had not handled when it was scaled away
         self.retire_kills: list[ReplicaKill] = []  # of the leaving replica, each new pid as it retires
+        self.scale_due: float | None = None  # when it could first scale down
         self.down_step: ScaleStep | None = None
         self.up_step: ScaleStep | None = None
         tag = f"chaos-rep-{os.getpid()}-{time.time_ns()}-"
@@ -160,7 +162,7 @@ class ReplicasWatch(Watch):
         for kill in self.kills:
             if not kill.settled:
                 self._watch_restart(kill, now, states)
-        self._scale(states)
+        self._scale(now, states)
         if len(self.kills) < KILLS and now >= self.next_kill:
             self._kill_one(now, states)
         self._summarise_kills()
@@ -228,12 +230,18 @@ class ReplicasWatch(Watch):
             out.recover_s, out.recovered_by = max(recovers), "new pid ready, it handled messages again"
 
     # scaling ----------------------------------------------------------------------------
-    def _scale(self, states: ProgramStates) -> None:
+    def _scale(self, now: float, states: ProgramStates) -> None:
         if self.down_step is None:
             leaving = self.spec.replica_names(self.count)[-1]
             back = all(k.settled for k in self.kills if k.replica == leaving)
             if len(self.kills) >= SCALE_DOWN_AFTER and back and states.get(
                     C.agent_program(leaving), ("", 0))[0] == RUNNING:
+                # scaled down while an ask of its conversations is in flight (waiting up to
+                # MID_WORK_S for one): those conversations go on asking it as it is killed
+                self.scale_due = now if self.scale_due is None else self.scale_due
+                if (in_flight_by_replica(self._answers())[leaving] == 0
+                        and now < self.scale_due + MID_WORK_S):
+                    return
                 self.leaving, self.count = leaving, self.count - 1
                 self.down_step = ScaleStep(self.ctx.mesh, self.group, self.count, SCALE_DRAIN_S,
                                            self.ctx.timeout, before=lambda: self._hold(leaving))
