@@ -20,6 +20,7 @@ from pydantic import (
 from agentmesh_cli import constants as C
 from agentmesh_cli.config_llm import Llm, LlmSettings, tool_ref
 from agentmesh_cli.config_sections import (  # noqa: F401  (re-exported: the sections' one home is config_sections)
+    AUTO_HOST_AGENTS,
     EMBEDDED,
     ENVELOPE_ROOM,
     MAX_REPLICAS,
@@ -136,6 +137,16 @@ class MeshConfig(Section):
     agents: list[AgentSpec] = []
     # host name -> the programs it runs (names or fnmatch globs like agent-*); see hosts.py
     hosts: dict[str, list[str]] = {}
+
+    @model_validator(mode="after")
+    def _resolved_inbox_reader(self) -> MeshConfig:
+        """kafka.inbox_reader: auto, made agent or host by the agent processes declared."""
+        kafka = self.kafka
+        if kafka.inbox_reader == "auto":
+            processes = sum(agent.declared_replicas for agent in self.agents)
+            chosen = "host" if processes >= AUTO_HOST_AGENTS else "agent"
+            object.__setattr__(self, "kafka", kafka.model_copy(update={"inbox_reader": chosen}))
+        return self
 
     @model_validator(mode="after")
     def _scaled_fetch_wait(self) -> MeshConfig:

@@ -17,6 +17,10 @@ class Section(BaseModel):
 
 
 MAX_SCALED_FETCH_WAIT_S = 0.2  # (MeshConfig) the fetch wait the agent count raises it to, at most
+# (MeshConfig) kafka.inbox_reader: auto is `host` from this many agent processes up: each
+# agent fetching its own inbox costs the machine a consumer's fixed CPU, and at 128 agents
+# under load those took both cores and stalled the broker (docs/performance.md)
+AUTO_HOST_AGENTS = 16
 
 
 class KafkaConfig(Section):
@@ -43,8 +47,10 @@ class KafkaConfig(Section):
     idle_probe: Duration = Field(5.0, gt=0, le=60)
     # who fetches the agents' inboxes: `agent`, each agent its own (one fetching consumer
     # per agent); `host`, one reader per host (program `inbox-reader`) that fetches them
-    # once and hands each agent its records over a local socket (inbox_wire.py)
-    inbox_reader: Literal["agent", "host"] = "agent"
+    # once and hands each agent its records over a local socket (inbox_wire.py); `auto`,
+    # host when the mesh declares AUTO_HOST_AGENTS agent processes or more (MeshConfig
+    # resolves it: a mesh's config never says auto once loaded)
+    inbox_reader: Literal["agent", "host", "auto"] = "auto"
     # a record bigger than this is a dead letter, never handed to a role
     max_record_bytes: int = Field(262_144, ge=1024)
     client: dict[str, str | int | float | bool] = {}  # passed to librdkafka as is

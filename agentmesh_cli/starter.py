@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, BeforeValidator
 
-from agentmesh_cli.config import MeshConfig
+from agentmesh_cli.config import KafkaConfig, MeshConfig
 from agentmesh_cli.config_values import parse_duration
 from agentmesh_cli.errors import AgentMeshError
 
@@ -42,7 +42,7 @@ kafka:
   topology_fetch_wait: {kafka[topology_fetch_wait]} # the topology manager's: it reads every message, nothing waits on it
   idle_sleep: {kafka[idle_sleep]} # a reader idle for a moment stops fetching until a sender rings it (via Redis)
   idle_probe: {kafka[idle_probe]} # ... and fetches this often anyway (a ring lost with a crashed sender)
-  inbox_reader: {kafka[inbox_reader]} # agent: each agent fetches its inbox; host: one reader per host for all
+  inbox_reader: {kafka[inbox_reader]} # agent: each agent fetches its inbox; host: one reader per host for all; auto: host from 16 agents up
   max_record_bytes: {kafka[max_record_bytes]} # a bigger record goes to the dlq topic, never to a role
   client: {kafka[client]} # passed to librdkafka as is (security.protocol, sasl.*, ssl.*)
 
@@ -200,8 +200,9 @@ def _aligned(line: str) -> str:
 def render_starter() -> str:
     """The starter mesh.yaml with every default taken from the model."""
     config = MeshConfig(mesh="shop")
-    sections = {name: _defaults(getattr(config, name)) for name in (
-        "kafka", "redis", "topology", "consensus", "heartbeat", "recovery", "supervisor",
+    # the kafka section as written, not as the mesh resolves it (inbox_reader: auto)
+    sections = {"kafka": _defaults(KafkaConfig())} | {name: _defaults(getattr(config, name)) for name in (
+        "redis", "topology", "consensus", "heartbeat", "recovery", "supervisor",
         "services", "metrics", "security", "workload", "logging", "gateway", "routing")}
     sections["memory"] = _defaults(config.services.memory)
     sections["cognition"] = _defaults(config.services.cognition)

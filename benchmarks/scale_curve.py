@@ -162,7 +162,7 @@ MeshPoint = tuple[dict[str, Any] | None, dict[str, dict[str, float]], str]
 
 
 def mesh_point(agents: int, duration: float, sign: bool | None = None,
-               broker: BrokerKind = "tansu", inbox_reader: str = "agent") -> MeshPoint:
+               broker: BrokerKind = "tansu", inbox_reader: str = "auto") -> MeshPoint:
     """The mesh scenario at `agents` (None and the error's text when it failed), and the
     peak RSS of its processes by kind (also of a failed run: how far it got)."""
     from agentmesh_cli.bench import mesh
@@ -319,7 +319,7 @@ class Plan:
     events: int = SIMULATE_EVENTS
     sign: bool | None = None  # None: as mesh.yaml's default (on)
     broker: BrokerKind = "tansu"
-    inbox_reader: str = "agent"  # kafka.inbox_reader of the bench meshes
+    inbox_reader: str = "auto"  # kafka.inbox_reader of the bench meshes
 
 
 def _mesh_runs(plan: Plan, agents: int, data: dict[str, Any], index: int,
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 1000,10000)")
     parser.add_argument("--events", type=int, default=SIMULATE_EVENTS,
                         help=f"messages of each simulation (default {SIMULATE_EVENTS:,})")
-    parser.add_argument("--inbox-reader", choices=("agent", "host"), default="agent",
+    parser.add_argument("--inbox-reader", choices=("agent", "host", "auto"), default="auto",
                         help="kafka.inbox_reader of the bench meshes")
     parser.add_argument("--skip-decay", action="store_true", help="skip decay + prune of a full mesh")
     parser.add_argument("--skip-status", "--no-status", action="store_true",

@@ -369,6 +369,9 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         print(json.dumps({"replies": replies, "latencies_us": latencies, "cpu_s": cpu}), flush=True)
     finally:
         consumer.close()
+        # what is still on its way once the run is counted matters to nobody: dropped, not
+        # waited for (at 128 loops a second was not enough, and librdkafka warned of it)
+        producer.purge()
         producer.flush(1)
 
 

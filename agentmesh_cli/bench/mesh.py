@@ -232,7 +232,7 @@ class Backlog:
 
 @contextmanager
 def _mesh(names: list[str], partitions: int, config: str | None, linger_ms: float | None,
-          sign: bool | None = None, broker: BrokerKind = "tansu", inbox_reader: str = "agent"
+          sign: bool | None = None, broker: BrokerKind = "tansu", inbox_reader: str = "auto"
           ) -> Iterator[BenchMesh]:
     kafka: dict[str, Any] = {"partitions": partitions, "inbox_reader": inbox_reader}
     if linger_ms is not None:
@@ -358,7 +358,7 @@ def _rss_mb(pids: list[int]) -> dict[str, float]:
 
 def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, partitions: int | None = None,
         config: str | None = None, linger_ms: float | None = None,
-        sign: bool | None = None, broker: BrokerKind = "tansu", inbox_reader: str = "agent"
+        sign: bool | None = None, broker: BrokerKind = "tansu", inbox_reader: str = "auto"
         ) -> dict[str, Any]:
     """Run the mesh scenario; one dict in the bench result shape (see cli/bench.py).
 
@@ -368,8 +368,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     whether the bench mesh signs its records (security.sign_envelopes); None: as `config`'s
     mesh, else as mesh.yaml's default (on). True and False side by side show what signing
     costs. `broker`: the throwaway broker (embedded.BROKER_KINDS) when there is no `config`.
-    `inbox_reader`: kafka.inbox_reader, `agent` (each relay fetches its inbox) or `host` (one
-    inbox reader fetches for them all)."""
+    `inbox_reader`: kafka.inbox_reader, `agent` (each relay fetches its inbox), `host` (one
+    inbox reader fetches for them all) or `auto` (host from AUTO_HOST_AGENTS relays up)."""
     partitions = partitions or agents
     names = relay_names(agents, partitions)
     notes: list[str] = []

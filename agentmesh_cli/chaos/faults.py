@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 KILL, STALL, GARBAGE, RESTART, GATEWAY, LLM = "kill", "stall", "garbage", "restart", "gateway", "llm"
 REPLICAS, DOZE, INBOX = "replicas", "doze", "inbox"
-INBOX_READERS = ("agent", "host")  # kafka.inbox_reader
+INBOX_READERS = ("agent", "host", "auto")  # kafka.inbox_reader
 RESTART_DRAIN_S = 10.0  # the drain timeout of the restart fault's `down`
 SERVICES = (C.PROGRAM_MEMORY, C.PROGRAM_COGNITION, C.PROGRAM_METRICS)
 INFRA = (C.PROGRAM_REDIS, C.PROGRAM_KAFKA)
@@ -89,13 +89,14 @@ def wants_inbox(spec: str) -> bool:
 
 def inbox_reader_for(choice: str | None, spec: str) -> str:
     """kafka.inbox_reader of the embedded mesh: `--inbox-reader` as given, else `host` when
-    `--faults` names the inbox fault (it needs one), else `agent` (mesh.yaml's default)."""
+    `--faults` names the inbox fault (it needs one), else `auto` (mesh.yaml's default: host
+    from AUTO_HOST_AGENTS agents up)."""
     if choice is not None and choice not in INBOX_READERS:
-        raise ConfigError(f"--inbox-reader: {choice!r}: use agent or host")
+        raise ConfigError(f"--inbox-reader: {choice!r}: use agent, host or auto")
     if choice == "agent" and wants_inbox(spec):
         raise ConfigError("--faults: inbox: kills the host's inbox reader, and --inbox-reader agent "
                           "runs none: leave out --inbox-reader, or give host")
-    return choice or ("host" if wants_inbox(spec) else "agent")
+    return choice or ("host" if wants_inbox(spec) else "auto")
 
 
 def plan_faults(spec: str, programs: list[str], agents: list[str],

@@ -46,7 +46,7 @@ def agent_list(count: int) -> list[dict[str, str]]:
 
 
 def mesh_data(agents: int, llm_url: str | None = None, replicas: bool = False,
-              inbox_reader: str = "agent") -> dict[str, Any]:
+              inbox_reader: str = "auto") -> dict[str, Any]:
     """mesh.yaml of a chaos mesh: free ports, heartbeat 1 s x 3, proposals time out in 10 s;
     with `llm_url` (the scripted model server) the Concierge first (the last agent stays
     the one a plain `stall` stops); with `replicas`, Support as a replica group;
@@ -69,7 +69,7 @@ def mesh_data(agents: int, llm_url: str | None = None, replicas: bool = False,
 
 @contextmanager
 def embedded_mesh(agents: int, say: Callable[[str], None], workdir: Path | None = None,
-                  llm: bool = False, replicas: bool = False, inbox_reader: str = "agent") -> Iterator[Mesh]:
+                  llm: bool = False, replicas: bool = False, inbox_reader: str = "auto") -> Iterator[Mesh]:
     """`up` a chaos mesh in `workdir` (kept afterwards) or a temporary folder; `down` it at
     the end, and end supervisord by its pid if `down` could not. With `llm`, the scripted
     model server runs first (its script and log in the same folder) and is stopped last.

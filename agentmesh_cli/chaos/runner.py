@@ -62,7 +62,7 @@ class Settings:
     drain: float = 60.0  # at the end, how long to wait for every probe to be handled
     agents: int = 4  # agents of the embedded mesh
     ask_rate: float = 20.0  # asks per second, over the agents whose roles answer (chaos/asks.py)
-    # kafka.inbox_reader of the embedded mesh; None: host when `faults` names inbox, else agent
+    # kafka.inbox_reader of the embedded mesh; None: host when `faults` names inbox, else auto
     inbox_reader: str | None = None
 
 
@@ -71,7 +71,7 @@ def run(settings: Settings, config: Path | None, workdir: Path | None, say: Say)
     if config is not None:
         mesh = load_mesh(config)
         own = mesh.config.kafka.inbox_reader
-        if settings.inbox_reader is not None and settings.inbox_reader != own:
+        if settings.inbox_reader not in (None, "auto", own):
             raise ConfigError(f"--inbox-reader {settings.inbox_reader}: the mesh of {config} runs "
                               f"kafka.inbox_reader: {own} (--inbox-reader sets the embedded mesh's)")
         with Supervisor(mesh) as sup:

@@ -147,8 +147,9 @@ def bench(
         help="mesh: the throwaway broker, tansu (the mesh's own, default) or noida (noida-db: "
              "answers a waiting fetch at once, as a real Kafka does).")] = None,
     inbox_reader: Annotated[str | None, typer.Option(
-        help="mesh, idle: kafka.inbox_reader of the bench mesh, agent (each agent fetches its inbox, "
-             "default) or host (one inbox reader fetches for them all).")] = None,
+        help="mesh, idle: kafka.inbox_reader of the bench mesh: agent (each agent fetches its inbox), "
+             "host (one inbox reader fetches for them all) or auto (host from 16 agents up; "
+             "the default).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON to this file.")] = None,
 ) -> None:
@@ -172,8 +173,8 @@ def bench(
     if broker is not None and broker not in ("tansu", "noida"):
         printer.error(f"unknown broker {broker!r}; use tansu or noida")
         raise typer.Exit(2)
-    if inbox_reader is not None and inbox_reader not in ("agent", "host"):
-        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent or host")
+    if inbox_reader is not None and inbox_reader not in ("agent", "host", "auto"):
+        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent, host or auto")
         raise typer.Exit(2)
     if scenario != ALL and scenario not in SCENARIOS:
         printer.error(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)} or {ALL}")

@@ -53,10 +53,11 @@ def chaos(
                                         "128 for a kill loop at scale (allow 2 s per agent to start).",
                                         min=4, max=128)] = 4,
     inbox_reader: Annotated[str | None, typer.Option(
-        help="kafka.inbox_reader of the embedded mesh: agent (each agent fetches its own inbox) or "
-             "host (one inbox reader fetches for every agent, and every fault runs over it). "
-             "Default: host when --faults names inbox, else agent. With --config the mesh's own "
-             "setting counts (a different one here is an error).", show_default=False)] = None,
+        help="kafka.inbox_reader of the embedded mesh: agent (each agent fetches its own inbox), "
+             "host (one inbox reader fetches for every agent, and every fault runs over it) or auto "
+             "(host from 16 agents up). Default: host when --faults names inbox, else auto. With "
+             "--config the mesh's own setting counts (a different one here is an error).",
+        show_default=False)] = None,
     workdir: Annotated[Path | None, typer.Option(
         help="Run the embedded mesh in this folder and keep it (logs) instead of a temporary one.")] = None,
     config: ConfigOption = None,
@@ -94,8 +95,8 @@ def chaos(
     from agentmesh_cli.chaos.report import chaos_table
     from agentmesh_cli.chaos.runner import Settings, run
 
-    if inbox_reader is not None and inbox_reader not in ("agent", "host"):
-        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent or host")
+    if inbox_reader is not None and inbox_reader not in ("agent", "host", "auto"):
+        printer.error(f"unknown inbox reader {inbox_reader!r}; use agent, host or auto")
         raise typer.Exit(2)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -27,11 +27,12 @@ HOST = sorted([*PROGRAMS, "inbox-reader"])  # kafka.inbox_reader: host
 
 
 @pytest.mark.parametrize(("choice", "spec", "expected"), [
-    (None, "all", "agent"),  # mesh.yaml's default: `all` runs the inbox fault only over a host reader
-    (None, "agents", "agent"),
+    (None, "all", "auto"),  # mesh.yaml's default: `all` runs the inbox fault only over a host reader
+    (None, "agents", "auto"),  # (host from 16 agents up)
     (None, "inbox", "host"),  # the inbox fault needs one
     (None, "agents, inbox ", "host"),
-    (None, "inbox-reader", "agent"),  # a program name, not the fault
+    (None, "inbox-reader", "auto"),  # a program name, not the fault
+    ("auto", "inbox", "auto"),  # the plan finds out whether the mesh it made runs a reader
     ("host", "agents", "host"),  # every fault over the host's reader
     ("host", "all", "host"),
     ("agent", "agents", "agent"),
@@ -44,7 +45,7 @@ def test_the_embedded_meshs_inbox_reader(choice: str | None, spec: str, expected
 def test_an_inbox_reader_that_cannot_be() -> None:
     with pytest.raises(ConfigError, match="--inbox-reader agent runs none"):
         inbox_reader_for("agent", "agents,inbox")
-    with pytest.raises(ConfigError, match="--inbox-reader: 'hub': use agent or host"):
+    with pytest.raises(ConfigError, match="--inbox-reader: 'hub': use agent, host or auto"):
         inbox_reader_for("hub", "all")
 
 
@@ -54,6 +55,7 @@ def test_the_chaos_mesh_runs_its_inbox_reader(reader: str) -> None:
     assert config.kafka.inbox_reader == reader
     assert ("inbox-reader" in program_names(config)) is (reader == "host")
     assert parse_config(mesh_data(4), "chaos mesh").kafka.inbox_reader == "agent"
+    assert parse_config(mesh_data(64), "chaos mesh").kafka.inbox_reader == "host"  # auto, 64 agents
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

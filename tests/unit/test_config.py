@@ -11,6 +11,7 @@ from agentmesh_cli import environment
 from agentmesh_cli.config import parse_config
 from agentmesh_cli.config_values import parse_duration
 from agentmesh_cli.errors import ConfigError
+from agentmesh_cli.hosts import program_names
 from agentmesh_cli.mesh import Mesh, load_mesh
 from tests.helpers.tables import BAD_CASES, GOOD
 
@@ -110,7 +111,7 @@ def test_every_problem_is_reported_in_one_run() -> None:
 def test_the_fetch_wait_grows_with_the_agents(agents: int, kafka: dict[str, object], wait: float) -> None:
     # each idle agent costs the embedded broker a fetch per wait: the total stays bounded
     names = [{"name": f"a{i}", "role": "sales"} for i in range(agents)]
-    cfg = parse_config({"mesh": "m", "kafka": kafka, "agents": names})
+    cfg = parse_config({"mesh": "m", "kafka": {"inbox_reader": "agent", **kafka}, "agents": names})
     assert cfg.kafka.fetch_wait == pytest.approx(wait)
 
 
@@ -118,5 +119,27 @@ def test_the_fetch_wait_grows_with_the_agents(agents: int, kafka: dict[str, obje
 def test_a_groups_replicas_count_in_the_fetch_wait(replicas: object, wait: float) -> None:
     # each replica is an agent process of its own (autoscaled: as many as it starts with)
     agents = [{"name": "Sales", "role": "sales"}, {"name": "Help", "role": "support", "replicas": replicas}]
-    cfg = parse_config({"mesh": "m", "agents": [*agents, {"name": "Fraud", "role": "fraud"}]})
+    cfg = parse_config({"mesh": "m", "kafka": {"inbox_reader": "agent"},
+                        "agents": [*agents, {"name": "Fraud", "role": "fraud"}]})
     assert cfg.kafka.fetch_wait == pytest.approx(wait)
+
+
+@pytest.mark.parametrize(("agents", "replicas", "reader", "resolved", "wait"), [
+    (4, None, None, "agent", 0.01),  # the default is auto: a small mesh's agents fetch their own
+    (15, None, None, "agent", 0.015),
+    (16, None, None, "host", 0.01),  # from AUTO_HOST_AGENTS processes up: one reader per host
+    (128, None, "auto", "host", 0.01),  # (no agent fetches: the wait is not raised)
+    (2, 15, None, "host", 0.01),  # a group's replicas are processes too: 1 + 15
+    (2, 14, None, "agent", 0.015),
+    (2, {"min": 2, "max": 64}, None, "agent", 0.01),  # autoscaled: as many as it starts with
+    (64, None, "agent", "agent", 0.064),  # said in mesh.yaml: kept
+    (2, None, "host", "host", 0.01),
+])
+def test_auto_picks_the_inbox_reader_by_the_agent_processes(agents: int, replicas: object, reader: str | None,
+                                                            resolved: str, wait: float) -> None:
+    names: list[dict[str, object]] = [{"name": f"a{i}", "role": "sales"} for i in range(agents - 1)]
+    names.append({"name": "Help", "role": "support", **({} if replicas is None else {"replicas": replicas})})
+    kafka = {} if reader is None else {"inbox_reader": reader}
+    cfg = parse_config({"mesh": "m", "kafka": kafka, "agents": names})
+    assert (cfg.kafka.inbox_reader, cfg.kafka.fetch_wait) == (resolved, pytest.approx(wait))
+    assert ("inbox-reader" in program_names(cfg)) is (resolved == "host")
