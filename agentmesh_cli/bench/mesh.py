@@ -73,6 +73,8 @@ START_TIMEOUT_S = 60.0
 INJECT_TIMEOUT_S = 180.0
 FOLLOW_TIMEOUT_S = 15.0  # relays read their settings about once a second
 DRAIN_TIMEOUT_S = 30.0
+FLUSH_GRACE_S = 10.0  # how long past its time a relay's figures may come (RelayStats.flushed_after)
+FLUSH_GRACE_PER_RELAY_S = 0.3  # ... or this per relay, when more
 SNAPSHOT_INTERVAL = "1s"  # the topology manager's snapshots: its backlog is sampled from them
 TARGETS = {"msgs_per_s": 50_000, "floor_ratio": 0.7, "p50_to_raw": 1.5, "paced_p99_ms": 10.0}
 
@@ -131,8 +133,11 @@ class Relays:
                     got[name] = data
             return len(got) == len(self.names)
 
-        # the relays' times are their wall clocks: wait until 10 s past the latest
-        wait_until(flushed, max(after.values(), default=0) - time.time() + 10,
+        # the relays' times are their wall clocks: wait until FLUSH_GRACE_S (more with many
+        # relays: at 128 on two cores a relay's loop waits seconds for the broker's answers,
+        # p99 16-21 s, and 10 s lost one run in two) past the latest
+        grace = max(FLUSH_GRACE_S, FLUSH_GRACE_PER_RELAY_S * len(self.names))
+        wait_until(flushed, max(after.values(), default=0) - time.time() + grace,
                    lambda: f"relays {sorted(set(self.names) - set(got))} to flush", interval=0.05)
         return got
 
