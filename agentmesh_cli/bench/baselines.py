@@ -11,14 +11,17 @@ broker in the same run:
 Each baseline creates its own topics (named `bench.baseline.<kind>-<tag>`, so a running
 mesh's topics are never touched), deletes them after, and stops every process it started.
 The worker processes run this module: `python -m agentmesh_cli.bench.baselines
-floor-worker|raw-consumer '<json settings>'`.
+floor-worker|floor-fetcher|raw-consumer '<json settings>'`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from agentmesh_cli import environment, events
+from agentmesh_cli.bench.host_floor import SocketSource, fetcher, loop_ready
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.constants import AGENT_LINGER_MS
@@ -79,15 +83,18 @@ def _producer(kafka: KafkaConfig, client_id: str, linger_ms: float) -> Producer:
                      "queue.buffering.max.messages": 1_000_000})
 
 
+def _consumer_config(kafka: KafkaConfig, client_id: str, fetch_wait: float | None = None) -> dict[str, Any]:
+    wait = kafka.fetch_wait if fetch_wait is None else fetch_wait
+    return {**_client(kafka, client_id), "group.id": f"{client_id}-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "enable.partition.eof": False, "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": max(1, round(wait * 1000)), "receive.message.max.bytes": RECEIVE_MAX_BYTES}
+
+
 def _consumer(kafka: KafkaConfig, client_id: str, topic: str, partition: int,
               fetch_wait: float | None = None) -> Consumer:
     """Manually assigned from the beginning, like every agentmesh reader (no group joins)."""
-    wait = kafka.fetch_wait if fetch_wait is None else fetch_wait
-    consumer = Consumer({**_client(kafka, client_id), "group.id": f"{client_id}-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "enable.auto.offset.store": False,
-                         "enable.partition.eof": False, "auto.offset.reset": "earliest",
-                         "fetch.wait.max.ms": max(1, round(wait * 1000)),
-                         "receive.message.max.bytes": RECEIVE_MAX_BYTES})
+    consumer = Consumer(_consumer_config(kafka, client_id, fetch_wait))
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     return consumer
 
@@ -127,6 +134,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
+    for pipe in (proc.stdin, proc.stdout):  # (communicate closed a worker's; a fetcher's are open)
+        if pipe is not None:
+            pipe.close()
 
 
 # raw ------------------------------------------------------------------------------------
@@ -224,7 +234,7 @@ def _raw_consumer(settings: dict[str, Any]) -> None:
 # floor ----------------------------------------------------------------------------------
 def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int = 100,
           envelope: bytes | None = None, linger_ms: float | None = None,
-          fetch_wait: float | None = None, sign: bool = False) -> dict[str, Any]:
+          fetch_wait: float | None = None, sign: bool = False, host: bool = False) -> dict[str, Any]:
     """`loops` bare loops (processes, one partition each) passing the envelope on, each to
     the others in turn (the relays' traffic: a loop's sends spread over every other
     partition, and every partition costs the broker a produce request per flush), each
@@ -234,20 +244,30 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
     The loops use the clients' settings an agent of this mesh gets (`linger.ms` from
     `kafka.client`, else 0 as the agents' Bus; `kafka.fetch_wait`), so the floor differs
     from an agent by the framework only; `linger_ms` / `fetch_wait` override them. `sign`:
-    each record is signed and each one read checked, as in a mesh that signs (the default)."""
+    each record is signed and each one read checked, as in a mesh that signs (the default).
+    `host`: the architecture of `kafka.inbox_reader: host`, one fetching loop for all
+    (bench/host_floor.py); else each loop fetches its own partition."""
     if loops < 2:
         raise BenchError("the floor needs at least 2 loops")
     template = envelope or default_envelope()
     name = create_topic(kafka, "floor", partitions=loops)
     workers: list[subprocess.Popen[str]] = []
+    fetcher: list[subprocess.Popen[str]] = []
+    folder = tempfile.mkdtemp(prefix="agentmesh-floor-") if host else None
+    via = None if folder is None else os.path.join(folder, "s")
     try:
+        if via is not None:
+            fetcher.append(_start_worker("floor-fetcher", {
+                "kafka": kafka.model_dump(), "topic": name, "loops": loops, "path": via,
+                "fetch_wait": fetch_wait, "max_s": seconds + FLOOR_WARMUP_S + 90}))
+            _wait_ready(fetcher[0], "the floor's fetcher")
         for i in range(loops):
             workers.append(_start_worker("floor-worker", {
                 "kafka": kafka.model_dump(), "topic": name, "me": i,
                 "peers": [j for j in range(loops) if j != i], "window": window,
                 "seconds": seconds, "warmup": FLOOR_WARMUP_S, "template": template.decode(),
                 "linger_ms": linger(kafka) if linger_ms is None else linger_ms,
-                "fetch_wait": fetch_wait, "sign": sign}))
+                "fetch_wait": fetch_wait, "sign": sign, "via": via}))
         for worker in workers:
             _wait_ready(worker, "a floor loop")
         for worker in workers:  # all go at once; each counts its own window
@@ -256,9 +276,11 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             worker.stdin.flush()
         results = [json.loads(worker.communicate(timeout=seconds + 60)[0]) for worker in workers]
     finally:
-        for worker in workers:
+        for worker in [*workers, *fetcher]:
             _stop(worker)
         delete_topic(kafka, name)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     replies = sum(r["replies"] for r in results)
     hops_ms = [us / 1000 for r in results for us in r["latencies_us"]]
     cpu = sum(r["cpu_s"] for r in results)
@@ -269,7 +291,7 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             "cpu_share": round(cpu / seconds, 2),  # of one core, all loops together
             "cpu_us_per_reply": round(cpu / max(1, replies) * 1e6, 1),
             "loops": loops, "window": window, "envelope_bytes": len(template), "seconds": seconds,
-            "signed": sign}
+            "signed": sign, "fetching": "one fetcher for all loops" if host else "each loop its own"}
 
 
 def poll_values(consumer: Consumer, max_records: int, timeout: float) -> list[bytes]:
@@ -320,9 +342,18 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     template = orjson.loads(settings["template"])
     # an id as long as a uuid4 (36 characters), unique without uuid4's cost per message
     base = uuid.uuid4().hex[:23]
-    consumer = _consumer(kafka, f"bench-floor-{me}", topic, me, settings["fetch_wait"])
     producer = _producer(kafka, f"bench-floor-{me}", linger_ms=settings["linger_ms"])
     signer = Signer(FLOOR_SIGNING_KEY) if settings.get("sign") else None
+    # its partition read by the one fetcher (`via`, the host architecture), or fetched itself
+    source = None if settings.get("via") is None else SocketSource(settings["via"], me, topic, signer)
+    consumer = None if source is not None else _consumer(kafka, f"bench-floor-{me}", topic, me,
+                                                         settings["fetch_wait"])
+
+    def poll() -> list[bytes]:
+        if source is not None:
+            return source.poll(500, 0.1)
+        assert consumer is not None
+        return poll_values(consumer, 500, 0.1) if signer is None else poll_checked(consumer, 500, 0.1, signer)
 
     def send(n: int, hops: int) -> None:
         nonlocal turn
@@ -336,7 +367,8 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         producer.produce(topic, value, key=key, partition=partition, **extra)
 
     try:
-        if not worker_ready(producer, consumer, topic, me):
+        if not (worker_ready(producer, consumer, topic, me) if consumer is not None
+                else source is not None and loop_ready(producer, source, topic, me, signer, READY_TIMEOUT_S)):
             return
         sys.stdin.readline()  # "go"
         sent = 0
@@ -350,8 +382,7 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         while (now := time.monotonic()) < end:
             if not counting and now >= start:
                 counting, cpu_start = True, time.process_time()
-            batch = (poll_values(consumer, 500, 0.1) if signer is None
-                     else poll_checked(consumer, 500, 0.1, signer))
+            batch = poll()
             for value in batch:
                 data = orjson.loads(value)
                 payload = data["payload"]
@@ -368,7 +399,10 @@ def _floor_worker(settings: dict[str, Any]) -> None:
         cpu = time.process_time() - cpu_start
         print(json.dumps({"replies": replies, "latencies_us": latencies, "cpu_s": cpu}), flush=True)
     finally:
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
+        if source is not None:
+            source.close()
         # what is still on its way once the run is counted matters to nobody: dropped, not
         # waited for (at 128 loops a second was not enough, and librdkafka warned of it)
         producer.purge()
@@ -389,8 +423,15 @@ def run_worker(workers: dict[str, Callable[[dict[str, Any]], None]], argv: list[
     return 0
 
 
+def _floor_fetcher(settings: dict[str, Any]) -> None:
+    """Worker: the host architecture's one fetching loop (bench/host_floor.py)."""
+    kafka = KafkaConfig(**settings["kafka"])
+    fetcher(settings, _consumer_config(kafka, "bench-floor-fetcher", settings["fetch_wait"]))
+
+
 def main(argv: list[str]) -> int:
-    return run_worker({"floor-worker": _floor_worker, "raw-consumer": _raw_consumer}, argv)
+    return run_worker({"floor-worker": _floor_worker, "floor-fetcher": _floor_fetcher,
+                       "raw-consumer": _raw_consumer}, argv)
 
 
 if __name__ == "__main__":

@@ -400,8 +400,9 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             baseline_s = min(2.0, duration)
             raw = {"throughput": baselines.raw_throughput(cfg.kafka, baseline_s, value=envelope),
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
+            # the floor of the mesh's architecture: with the host's inbox reader, one fetcher for all
             floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope,
-                                    sign=cfg.security.sign_envelopes)
+                                    sign=cfg.security.sign_envelopes, host=cfg.kafka.inbox_reader == "host")
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
             redis_port = urlsplit(bm.mesh.redis_url).port or 0
@@ -484,7 +485,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
         f"load average {load_start} at start, {round(os.getloadavg()[0], 2)} at end (2-core machine: "
         "figures move with what else runs)",
         f"floor: {floor['loops']} bare loops, each passing messages to the others in turn as the relays "
-        f"do, window {window} each, linger.ms {floor['linger_ms']:g} and a flush per batch, fetch wait "
+        f"do (fetching: {floor['fetching']}, as the mesh's inbox readers), window {window} each, "
+        f"linger.ms {floor['linger_ms']:g} and a flush per batch, fetch wait "
         f"{floor['fetch_wait_ms']:g} ms (the agents' settings), " +
         ("signing and checking every record, as the mesh does" if floor["signed"]
          else "unsigned, as the mesh"),

@@ -4,9 +4,12 @@ as processes) whose result has every field with consistent values. Nothing here 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from agentmesh_cli.bench import mesh
+from agentmesh_cli.bench import baselines, mesh
+from agentmesh_cli.config import KafkaConfig
 
 
 def _percentiles(value: Any) -> None:
@@ -50,3 +53,16 @@ def test_a_short_mesh_run_has_every_field() -> None:
         assert isinstance(target["target"], str) and isinstance(target["met"], bool)
     assert all(isinstance(note, str) for note in result["notes"])
     assert not any("did not drain" in note for note in result["notes"])
+
+
+def test_the_floor_of_the_host_architecture_passes_every_record_through_one_fetcher(broker: str) -> None:
+    """`kafka.inbox_reader: host`'s floor: one fetching loop hands each loop its records over a
+    unix socket, signatures checked by the loops; its temp folder and processes are gone after."""
+    kafka = KafkaConfig(bootstrap_servers=broker)
+    before = set(Path(tempfile.gettempdir()).glob("agentmesh-floor-*"))
+    result = baselines.floor(kafka, 1.0, loops=3, window=20, sign=True, host=True)
+    assert result["fetching"] == "one fetcher for all loops" and result["loops"] == 3 and result["signed"]
+    assert result["replies_per_s"] > 0 and result["replies"] > 0
+    _percentiles(result["latency"])
+    assert set(Path(tempfile.gettempdir()).glob("agentmesh-floor-*")) == before
+    assert baselines.floor(kafka, 0.5, loops=2, window=10)["fetching"] == "each loop its own"
