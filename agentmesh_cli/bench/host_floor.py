@@ -56,21 +56,23 @@ def fetcher(settings: dict[str, Any], consumer_config: dict[str, Any]) -> None:
     deadline = time.monotonic() + settings["max_s"]
     try:
         while hung_up < loops and time.monotonic() < deadline:
-            try:
-                conn, _ = listener.accept()
+            out: dict[int, list[bytes]] = {}
+            while len(conns) + hung_up < loops:  # the loops that connected since the last look
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
                 conn.setblocking(True)
                 (partition,) = PARTITION.unpack(conn.recv(PARTITION.size, socket.MSG_WAITALL))
                 conns[partition] = conn
-                out = {partition: pending.pop(partition, [])}  # what came before it did
-            except BlockingIOError:
-                out = {}
+                out[partition] = pending.pop(partition, [])  # what came before it did
             first = consumer.poll(0.05)  # (consume(n, t) would wait out t for n records)
             for msg in () if first is None else (first, *consumer.consume(BATCH - 1, 0)):
-                value = msg.value()
-                if msg.error() is not None or value is None:
+                value, partition = msg.value(), msg.partition()
+                if msg.error() is not None or value is None or partition is None:
                     continue
                 sig = _signature(msg.headers())
-                out.setdefault(msg.partition(), []).append(FRAME.pack(len(value), len(sig)) + value + sig)
+                out.setdefault(partition, []).append(FRAME.pack(len(value), len(sig)) + value + sig)
             for partition, frames in out.items():
                 conn_of = conns.get(partition)
                 if conn_of is None:
