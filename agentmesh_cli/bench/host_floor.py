@@ -1,7 +1,7 @@
 """The floor of the host architecture (`kafka.inbox_reader: host`): one bare fetching loop
 (`floor-fetcher`, a process) reads every partition of the floor topic and hands each
 record, as it came (value and signature), to the bare loop of its partition over a unix
-socket; the loops (baselines' `floor-worker` with `via`) read there instead of fetching,
+socket; the loops (mesh_floor's `floor-worker` with `via`) read there instead of fetching,
 and produce their replies to the broker themselves, as the host's agents do. The broker
 then sees one fetcher however many loops there are, as it sees the host's inbox reader.
 

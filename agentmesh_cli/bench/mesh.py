@@ -37,7 +37,7 @@ import redis
 
 from agentmesh_cli import constants as C
 from agentmesh_cli import events
-from agentmesh_cli.bench import baselines
+from agentmesh_cli.bench import baselines, mesh_floor
 from agentmesh_cli.bench.infra import (
     BenchMesh,
     bench_mesh,
@@ -401,7 +401,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             raw = {"throughput": baselines.raw_throughput(cfg.kafka, baseline_s, value=envelope),
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
             # the floor of the mesh's architecture: with the host's inbox reader, one fetcher for all
-            floor = baselines.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope,
+            floor = mesh_floor.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope,
                                     sign=cfg.security.sign_envelopes, host=cfg.kafka.inbox_reader == "host")
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agentmesh_cli.bench import baselines, mesh
+from agentmesh_cli.bench import mesh, mesh_floor
 from agentmesh_cli.config import KafkaConfig
 
 
@@ -60,9 +60,9 @@ def test_the_floor_of_the_host_architecture_passes_every_record_through_one_fetc
     unix socket, signatures checked by the loops; its temp folder and processes are gone after."""
     kafka = KafkaConfig(bootstrap_servers=broker)
     before = set(Path(tempfile.gettempdir()).glob("agentmesh-floor-*"))
-    result = baselines.floor(kafka, 1.0, loops=3, window=20, sign=True, host=True)
+    result = mesh_floor.floor(kafka, 1.0, loops=3, window=20, sign=True, host=True)
     assert result["fetching"] == "one fetcher for all loops" and result["loops"] == 3 and result["signed"]
     assert result["replies_per_s"] > 0 and result["replies"] > 0
     _percentiles(result["latency"])
     assert set(Path(tempfile.gettempdir()).glob("agentmesh-floor-*")) == before
-    assert baselines.floor(kafka, 0.5, loops=2, window=10)["fetching"] == "each loop its own"
+    assert mesh_floor.floor(kafka, 0.5, loops=2, window=10)["fetching"] == "each loop its own"
