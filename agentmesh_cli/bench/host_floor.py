@@ -1,14 +1,17 @@
 """The floor of the host architecture (`kafka.inbox_reader: host`): one bare fetching loop
 (`floor-fetcher`, a process) reads every partition of the floor topic and hands each
-record, as it came (value and signature), to the bare loop of its partition over a unix
+record, as it came (value and signature), to the bare loop its key names over a unix
 socket; the loops (mesh_floor's `floor-worker` with `via`) read there instead of fetching,
 and produce their replies to the broker themselves, as the host's agents do. The broker
-then sees one fetcher however many loops there are, as it sees the host's inbox reader.
+then sees one fetcher however many loops there are, as it sees the host's inbox reader,
+and loops may share a partition, as the host's agents do (mesh.yaml's 16 partitions for
+more agents).
 
 A frame: value length and signature length (network order, 4 bytes each), the value, the
-signature (empty when the floor does not sign). A loop connects, sends its partition (4
-bytes), and reads frames; the fetcher keeps what comes for a loop not yet connected. The
-fetcher ends once every loop has hung up, or after `max_s`.
+signature (empty when the floor does not sign). A record's key is its loop's name
+(`floor-<n>`); a loop connects, sends its number n (4 bytes), and reads frames; the
+fetcher keeps what comes for a loop not yet connected. The fetcher ends once every loop
+has hung up, or after `max_s`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from agentmesh_cli.signing import HEADER, Signer
 
 FRAME = struct.Struct("!II")
-PARTITION = struct.Struct("!I")
+LOOP = struct.Struct("!I")
+KEY_PREFIX = b"floor-"
 BATCH = 500  # records the fetcher takes per poll
 READ_BYTES = 1 << 20
 HELLO = b"hello"
@@ -39,16 +43,32 @@ def _signature(headers: Any) -> bytes:
     return b""
 
 
+def loop_key(loop: int) -> bytes:
+    """The key of the records for loop `loop` (its name, as an agent's records carry its)."""
+    return KEY_PREFIX + str(loop).encode()
+
+
+def _loop_of(key: bytes | None) -> int | None:
+    if key is None or not key.startswith(KEY_PREFIX):
+        return None
+    try:
+        return int(key[len(KEY_PREFIX):])
+    except ValueError:
+        return None
+
+
 def fetcher(settings: dict[str, Any], consumer_config: dict[str, Any]) -> None:
-    """Worker: the one fetching loop. `settings`: topic, loops, path (of the socket), max_s;
-    `consumer_config`: the librdkafka settings the loops' own consumers would have."""
+    """Worker: the one fetching loop. `settings`: topic, loops, partitions (of the topic; the
+    loops' count when absent), path (of the socket), max_s; `consumer_config`: the
+    librdkafka settings the loops' own consumers would have."""
     topic, loops = settings["topic"], settings["loops"]
+    partitions = settings.get("partitions") or loops
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(settings["path"])
     listener.listen(loops)
     listener.setblocking(False)
     consumer = Consumer(consumer_config)
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(loops)])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     print("ready", flush=True)
     conns: dict[int, socket.socket] = {}
     pending: dict[int, list[bytes]] = defaultdict(list)
@@ -63,25 +83,25 @@ def fetcher(settings: dict[str, Any], consumer_config: dict[str, Any]) -> None:
                 except BlockingIOError:
                     break
                 conn.setblocking(True)
-                (partition,) = PARTITION.unpack(conn.recv(PARTITION.size, socket.MSG_WAITALL))
-                conns[partition] = conn
-                out[partition] = pending.pop(partition, [])  # what came before it did
+                (loop,) = LOOP.unpack(conn.recv(LOOP.size, socket.MSG_WAITALL))
+                conns[loop] = conn
+                out[loop] = pending.pop(loop, [])  # what came before it did
             first = consumer.poll(0.05)  # (consume(n, t) would wait out t for n records)
             for msg in () if first is None else (first, *consumer.consume(BATCH - 1, 0)):
-                value, partition = msg.value(), msg.partition()
-                if msg.error() is not None or value is None or partition is None:
+                value, loop = msg.value(), _loop_of(msg.key())
+                if msg.error() is not None or value is None or loop is None:
                     continue
                 sig = _signature(msg.headers())
-                out.setdefault(partition, []).append(FRAME.pack(len(value), len(sig)) + value + sig)
-            for partition, frames in out.items():
-                conn_of = conns.get(partition)
+                out.setdefault(loop, []).append(FRAME.pack(len(value), len(sig)) + value + sig)
+            for loop, frames in out.items():
+                conn_of = conns.get(loop)
                 if conn_of is None:
-                    pending[partition].extend(frames)
+                    pending[loop].extend(frames)
                     continue
                 try:
                     conn_of.sendall(b"".join(frames))
                 except OSError:  # the loop is done
-                    conns.pop(partition).close()
+                    conns.pop(loop).close()
                     hung_up += 1
     finally:
         consumer.close()
@@ -93,10 +113,10 @@ def fetcher(settings: dict[str, Any], consumer_config: dict[str, Any]) -> None:
 class SocketSource:
     """A loop's records, from the fetcher: what `baselines.poll_values` is for a consumer."""
 
-    def __init__(self, path: str, partition: int, topic: str, signer: Signer | None) -> None:
+    def __init__(self, path: str, loop: int, topic: str, signer: Signer | None) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
-        self.sock.sendall(PARTITION.pack(partition))
+        self.sock.sendall(LOOP.pack(loop))
         self.topic, self.signer = topic, signer
         self.buffer = bytearray()
 
@@ -133,12 +153,13 @@ class SocketSource:
         self.sock.close()
 
 
-def loop_ready(producer: Producer, source: SocketSource, topic: str, partition: int,
+def loop_ready(producer: Producer, source: SocketSource, topic: str, partition: int, loop: int,
                signer: Signer | None, timeout: float) -> bool:
-    """A loop's start over the fetcher (baselines.worker_ready's twin): a record to its own
-    partition, handed back by the fetcher, then "ready" on stdout for the parent."""
+    """A loop's start over the fetcher (baselines.worker_ready's twin): a record to itself
+    (its partition, its key), handed back by the fetcher, then "ready" on stdout for the
+    parent."""
     extra: dict[str, Any] = {} if signer is None else {"headers": signer.headers(topic, HELLO)}
-    producer.produce(topic, HELLO, partition=partition, **extra)
+    producer.produce(topic, HELLO, key=loop_key(loop), partition=partition, **extra)
     producer.flush(10)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -2,7 +2,8 @@
 real agent processes, next to the raw and floor baselines taken on the same broker.
 
 The mesh: the topology manager (`agentmesh topology`) and N agents (`agentmesh agent`)
-with the bench role `Relay` (bench/relay.py), each reading its own inbox partition. The
+with the bench role `Relay` (bench/relay.py), each on an inbox partition of its own, or,
+under the host's inbox reader, on mesh.yaml's 16 when they are more (`bench_partitions`). The
 bench steers the relays through one Redis key and reads their figures (exact counts, a
 latency histogram) from Redis; nothing is measured in the bench process but CPU and RSS.
 
@@ -16,6 +17,9 @@ Phases, each measured over a window that starts after a warm-up:
 - one hop at a low rate (IDLE_RATE across the mesh): the p50 compared with the raw
   one-hop latency.
 
+Each phase starts once the relays have handled what the one before sent (`_settle`): a
+backlog left by one phase is not measured as the next one's latency.
+
 Then the traffic stops and the bench waits until the topology manager has read every
 message, to compare its reinforcements with the messages the relays sent.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +62,7 @@ from agentmesh_cli.bench.relay import (
 )
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
+from agentmesh_cli.config_sections import AUTO_HOST_AGENTS, KafkaConfig
 from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.embedded import BrokerKind
 from agentmesh_cli.errors import BenchError, WaitTimeout
@@ -73,25 +79,38 @@ START_TIMEOUT_S = 60.0
 INJECT_TIMEOUT_S = 180.0
 FOLLOW_TIMEOUT_S = 15.0  # relays read their settings about once a second
 DRAIN_TIMEOUT_S = 30.0
+SETTLE_TIMEOUT_S = 60.0  # between two phases, for what the first left queued
+SETTLE_NOTED_S = 3.0  # a longer wait than this for it is noted
 FLUSH_GRACE_S = 10.0  # how long past its time a relay's figures may come (RelayStats.flushed_after)
 FLUSH_GRACE_PER_RELAY_S = 0.3  # ... or this per relay, when more
 SNAPSHOT_INTERVAL = "1s"  # the topology manager's snapshots: its backlog is sampled from them
 TARGETS = {"msgs_per_s": 50_000, "floor_ratio": 0.7, "p50_to_raw": 1.5, "paced_p99_ms": 10.0}
 
 
+def bench_partitions(agents: int, inbox_reader: str) -> int:
+    """The bench mesh's inbox partitions. Relays that fetch for themselves (`agent`) get one
+    each: on a shared partition each would read the others' records too. Under the host's
+    inbox reader (`host`, or `auto` from AUTO_HOST_AGENTS relays) a partition's records are
+    handed to the agents they are keyed to, so the mesh keeps mesh.yaml's default count
+    (16) for more relays, as a user's mesh of 64 or 128 agents does: the broker then takes
+    a relay's sends in 16 batches a turn, not one per agent."""
+    host = inbox_reader == "host" or (inbox_reader == "auto" and agents >= AUTO_HOST_AGENTS)
+    return min(agents, KafkaConfig().partitions) if host else agents
+
+
 def relay_names(agents: int, partitions: int) -> list[str]:
-    """`agents` names whose inbox partitions differ (crc32 % partitions), so that every
-    agent reads a partition of its own."""
-    if partitions < agents:
-        raise BenchError(f"{agents} agents need at least {agents} partitions (got {partitions})")
+    """`agents` names spread evenly over the inbox partitions (crc32 % partitions): each
+    agent reads a partition of its own when there are enough, else as few share one as
+    can."""
+    per_partition = -(-agents // partitions)
     names: list[str] = []
-    used: set[int] = set()
+    taken: Counter[int] = Counter()
     i = 0
     while len(names) < agents:
         name, i = f"relay-{i}", i + 1
         partition = C.inbox_partition(name, partitions)
-        if partition not in used:
-            used.add(partition)
+        if taken[partition] < per_partition:
+            taken[partition] += 1
             names.append(name)
     return names
 
@@ -329,6 +348,31 @@ def _paced(relays: Relays, run: str, seconds: float, rate: float) -> dict[str, A
     return _window_figures(start, end)
 
 
+def _settle(relays: Relays, runs: list[str], notes: list[str]) -> None:
+    """Between two phases: stop the traffic and wait until the relays have handled all that
+    was sent, so that what one phase left queued (the peak's window, a paced rate the mesh
+    could not keep) is not measured as the next one's latency. A note when it did not."""
+    relays.steer(None)
+    counts = {"sent": 0, "handled": 0}
+
+    def settled() -> bool:
+        figures = [relays.read(run) for run in runs]
+        counts["sent"] = sum(d["sent"] for f in figures for d in f.values())
+        counts["handled"] = sum(d["handled"] for f in figures for d in f.values())
+        return counts["handled"] >= counts["sent"]
+
+    started = time.monotonic()
+    try:
+        wait_until(settled, SETTLE_TIMEOUT_S, "the relays to handle what was sent", interval=0.1)
+    except WaitTimeout:
+        notes.append(f"after run {runs[-1]}: {counts['sent'] - counts['handled']} messages still "
+                     f"unhandled after {SETTLE_TIMEOUT_S:.0f}s; the next phase began on them")
+        return
+    if (waited := time.monotonic() - started) > SETTLE_NOTED_S:
+        notes.append(f"after run {runs[-1]}: {waited:.1f}s until its {counts['sent']} messages "
+                     "were handled (its backlog)")
+
+
 def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict[str, Any]:
     """Stop the traffic; wait until every relay has handled all that was sent and the
     topology manager has read all of it; its counters then."""
@@ -375,7 +419,7 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
     costs. `broker`: the throwaway broker (embedded.BROKER_KINDS) when there is no `config`.
     `inbox_reader`: kafka.inbox_reader, `agent` (each relay fetches its inbox), `host` (one
     inbox reader fetches for them all) or `auto` (host from AUTO_HOST_AGENTS relays up)."""
-    partitions = partitions or agents
+    partitions = partitions or bench_partitions(agents, inbox_reader)
     names = relay_names(agents, partitions)
     notes: list[str] = []
     load_start = round(os.getloadavg()[0], 2)
@@ -402,7 +446,8 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
             # the floor of the mesh's architecture: with the host's inbox reader, one fetcher for all
             floor = mesh_floor.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope,
-                                    sign=cfg.security.sign_envelopes, host=cfg.kafka.inbox_reader == "host")
+                                    sign=cfg.security.sign_envelopes, host=cfg.kafka.inbox_reader == "host",
+                                    partitions=partitions if cfg.kafka.inbox_reader == "host" else None)
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
             redis_port = urlsplit(bm.mesh.redis_url).port or 0
@@ -437,9 +482,12 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             rss = _rss_mb(pids["agents"])
             peak = _window_figures(start, end)
 
-            # (b) paced at half the peak rate, (c) one hop at a low rate
+            # (b) paced at half the peak rate, (c) one hop at a low rate; each phase starts
+            # once the one before is handled
             paced_rate = max(1.0, peak["msgs_per_s"] / 2)
+            _settle(relays, [runs["peak"]], notes)
             paced = _paced(relays, runs["paced"], duration, paced_rate / agents)
+            _settle(relays, [runs["peak"], runs["paced"]], notes)
             idle = _paced(relays, runs["idle"], duration, IDLE_RATE / agents)
 
             drained = _drain(store, relays, list(runs.values()), injected)

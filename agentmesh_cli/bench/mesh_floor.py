@@ -26,7 +26,7 @@ import orjson
 
 from agentmesh_cli import events
 from agentmesh_cli.bench import baselines
-from agentmesh_cli.bench.host_floor import SocketSource, fetcher, loop_ready
+from agentmesh_cli.bench.host_floor import SocketSource, fetcher, loop_key, loop_ready
 from agentmesh_cli.bench.infra import percentiles
 from agentmesh_cli.config import KafkaConfig
 from agentmesh_cli.errors import BenchError
@@ -49,7 +49,8 @@ def default_envelope() -> bytes:
 
 def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int = 100,
           envelope: bytes | None = None, linger_ms: float | None = None,
-          fetch_wait: float | None = None, sign: bool = False, host: bool = False) -> dict[str, Any]:
+          fetch_wait: float | None = None, sign: bool = False, host: bool = False,
+          partitions: int | None = None) -> dict[str, Any]:
     """`loops` bare loops (processes, one partition each) passing the envelope on, each to
     the others in turn (the relays' traffic: a loop's sends spread over every other
     partition, and every partition costs the broker a produce request per flush), each
@@ -61,11 +62,18 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
     from an agent by the framework only; `linger_ms` / `fetch_wait` override them. `sign`:
     each record is signed and each one read checked, as in a mesh that signs (the default).
     `host`: the architecture of `kafka.inbox_reader: host`, one fetching loop for all
-    (bench/host_floor.py); else each loop fetches its own partition."""
+    (bench/host_floor.py); else each loop fetches its own partition. `partitions`: of the
+    floor topic, one per loop when None; fewer (loop n on partition n % partitions) only
+    with `host`, whose fetcher hands each loop the records keyed to it, as the host's inbox
+    reader does for agents that share a partition."""
     if loops < 2:
         raise BenchError("the floor needs at least 2 loops")
+    partitions = partitions or loops
+    if partitions < loops and not host:
+        raise BenchError(f"{loops} loops that fetch for themselves need {loops} partitions "
+                         f"(got {partitions})")
     template = envelope or default_envelope()
-    name = baselines.create_topic(kafka, "floor", partitions=loops)
+    name = baselines.create_topic(kafka, "floor", partitions=partitions)
     workers: list[subprocess.Popen[str]] = []
     fetcher: list[subprocess.Popen[str]] = []
     folder = tempfile.mkdtemp(prefix="agentmesh-floor-") if host else None
@@ -73,12 +81,13 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
     try:
         if via is not None:
             fetcher.append(baselines._start_worker("floor-fetcher", {
-                "kafka": kafka.model_dump(), "topic": name, "loops": loops, "path": via,
+                "kafka": kafka.model_dump(), "topic": name, "loops": loops, "partitions": partitions,
+                "path": via,
                 "fetch_wait": fetch_wait, "max_s": seconds + FLOOR_WARMUP_S + 90}, MODULE))
             baselines._wait_ready(fetcher[0], "the floor's fetcher")
         for i in range(loops):
             workers.append(baselines._start_worker("floor-worker", {
-                "kafka": kafka.model_dump(), "topic": name, "me": i,
+                "kafka": kafka.model_dump(), "topic": name, "me": i, "partitions": partitions,
                 "peers": [j for j in range(loops) if j != i], "window": window,
                 "seconds": seconds, "warmup": FLOOR_WARMUP_S, "template": template.decode(),
                 "linger_ms": baselines.linger(kafka) if linger_ms is None else linger_ms,
@@ -105,7 +114,8 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             "latency": percentiles(hops_ms) if hops_ms else {},
             "cpu_share": round(cpu / seconds, 2),  # of one core, all loops together
             "cpu_us_per_reply": round(cpu / max(1, replies) * 1e6, 1),
-            "loops": loops, "window": window, "envelope_bytes": len(template), "seconds": seconds,
+            "loops": loops, "partitions": partitions, "window": window, "envelope_bytes": len(template),
+            "seconds": seconds,
             "signed": sign, "fetching": "one fetcher for all loops" if host else "each loop its own"}
 
 
@@ -115,9 +125,10 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     and send time to the next of its peers in turn: what an agent must do at the least."""
     kafka = KafkaConfig(**settings["kafka"])
     topic, me, peers = settings["topic"], settings["me"], settings["peers"]
-    name = f"floor-{me}"
+    partitions = settings.get("partitions") or len(peers) + 1
+    name, mine = f"floor-{me}", me % partitions
     # (partition, recipient, key) of each peer, taken in turn
-    targets = [(p, f"floor-{p}", f"floor-{p}".encode()) for p in peers]
+    targets = [(p % partitions, f"floor-{p}", loop_key(p)) for p in peers]
     turn = 0
     template = orjson.loads(settings["template"])
     # an id as long as a uuid4 (36 characters), unique without uuid4's cost per message
@@ -126,7 +137,7 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     signer = Signer(FLOOR_SIGNING_KEY) if settings.get("sign") else None
     # its partition read by the one fetcher (`via`, the host architecture), or fetched itself
     source = None if settings.get("via") is None else SocketSource(settings["via"], me, topic, signer)
-    consumer = None if source is not None else baselines._consumer(kafka, f"bench-floor-{me}", topic, me,
+    consumer = None if source is not None else baselines._consumer(kafka, f"bench-floor-{me}", topic, mine,
                                                          settings["fetch_wait"])
 
     def poll() -> list[bytes]:
@@ -150,9 +161,9 @@ def _floor_worker(settings: dict[str, Any]) -> None:
 
     try:
         if consumer is not None:
-            ready = baselines.worker_ready(producer, consumer, topic, me)
+            ready = baselines.worker_ready(producer, consumer, topic, mine)
         else:
-            ready = source is not None and loop_ready(producer, source, topic, me, signer,
+            ready = source is not None and loop_ready(producer, source, topic, mine, me, signer,
                                                       baselines.READY_TIMEOUT_S)
         if not ready:
             return

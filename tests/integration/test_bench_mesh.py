@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agentmesh_cli.bench import mesh, mesh_floor
 from agentmesh_cli.config import KafkaConfig
+from agentmesh_cli.errors import BenchError
 
 
 def _percentiles(value: Any) -> None:
@@ -66,3 +69,16 @@ def test_the_floor_of_the_host_architecture_passes_every_record_through_one_fetc
     _percentiles(result["latency"])
     assert set(Path(tempfile.gettempdir()).glob("agentmesh-floor-*")) == before
     assert mesh_floor.floor(kafka, 0.5, loops=2, window=10)["fetching"] == "each loop its own"
+
+
+def test_the_host_floors_loops_share_partitions_as_the_hosts_agents_do(broker: str) -> None:
+    """Fewer partitions than loops (a mesh of more agents than mesh.yaml's 16 partitions):
+    the fetcher hands each loop the records keyed to it, so every loop gets its traffic;
+    loops that fetch for themselves need a partition each."""
+    kafka = KafkaConfig(bootstrap_servers=broker)
+    result = mesh_floor.floor(kafka, 1.0, loops=4, window=20, sign=True, host=True, partitions=2)
+    assert (result["loops"], result["partitions"]) == (4, 2)
+    assert result["replies_per_s"] > 0 and result["replies"] > 0
+    _percentiles(result["latency"])
+    with pytest.raises(BenchError, match="4 loops that fetch for themselves need 4 partitions"):
+        mesh_floor.floor(kafka, 0.5, loops=4, window=10, partitions=2)

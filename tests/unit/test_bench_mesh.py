@@ -4,6 +4,7 @@ the relays' inbox partitions, and the Redis URL a relay connects with."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -11,7 +12,7 @@ from agentmesh_cli import constants as C
 from agentmesh_cli.bench import mesh
 from agentmesh_cli.bench.relay import BOUNDS_NS, Histogram, relay_redis_url
 from agentmesh_cli.config import parse_config
-from agentmesh_cli.errors import BenchError, ConfigError
+from agentmesh_cli.errors import ConfigError
 from tests.helpers.tables import GOOD
 
 MS = 1_000_000  # ns
@@ -56,12 +57,21 @@ def test_histogram_buckets_and_arithmetic() -> None:
     assert Histogram().percentiles()["count"] == 0
 
 
-def test_relay_names_read_distinct_partitions() -> None:
-    for agents, partitions in ((2, 2), (4, 4), (16, 16), (4, 16)):
+def test_relay_names_read_distinct_partitions_or_share_them_evenly() -> None:
+    # (agents, partitions) -> relays per partition, from the most shared to the least
+    table = {(2, 2): [1, 1], (4, 4): [1] * 4, (16, 16): [1] * 16, (4, 16): [1] * 4,
+             (4, 2): [2, 2], (5, 2): [3, 2], (64, 16): [4] * 16, (128, 16): [8] * 16}
+    for (agents, partitions), shares in table.items():
         names = mesh.relay_names(agents, partitions)
-        assert len({C.inbox_partition(n, partitions) for n in names}) == agents
-    with pytest.raises(BenchError, match="partitions"):
-        mesh.relay_names(4, 2)
+        assert len(set(names)) == agents
+        counts = Counter(C.inbox_partition(n, partitions) for n in names)
+        assert sorted(counts.values(), reverse=True) == shares, (agents, partitions)
+
+
+def test_bench_partitions_share_only_under_the_hosts_inbox_reader() -> None:
+    table = {("agent", 4): 4, ("agent", 64): 64, ("auto", 4): 4, ("auto", 15): 15, ("auto", 16): 16,
+             ("auto", 64): 16, ("auto", 128): 16, ("host", 4): 4, ("host", 16): 16, ("host", 64): 16}
+    assert {key: mesh.bench_partitions(key[1], key[0]) for key in table} == table
 
 
 # a bench mesh names its Redis by URL; a supervised mesh's relays (benchmarks/scale_curve.py's
