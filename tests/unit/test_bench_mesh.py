@@ -4,6 +4,7 @@ the relays' inbox partitions, and the Redis URL a relay connects with."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -93,3 +94,48 @@ def test_relay_redis_url_needs_the_embedded_password() -> None:
     cfg = parse_config(GOOD)
     with pytest.raises(ConfigError, match=r"\$AGENTMESH_REDIS_PASSWORD"):
         relay_redis_url(cfg, {})
+
+
+class _Relays:
+    """The bench's view of the relays: each read gives the next of `reads` (the last one
+    again once they run out), as (sent, handled) of one relay per run."""
+
+    def __init__(self, reads: list[dict[str, tuple[int, int]]]) -> None:
+        self.reads = reads
+        self.steered: list[str | None] = []
+        self.at = -1
+
+    def steer(self, run: str | None, rate: float = 0.0) -> None:
+        self.steered.append(run)
+
+    def read(self, run: str) -> dict[str, dict[str, int]]:
+        if run == next(iter(self.reads[0])):  # a new look starts with the first run
+            self.at = min(self.at + 1, len(self.reads) - 1)
+        sent, handled = self.reads[self.at].get(run, (0, 0))
+        return {"relay-0": {"sent": sent, "handled": handled}}
+
+
+@pytest.mark.parametrize(("reads", "noted_s", "note"), [
+    # handled at the first look: the traffic is stopped, nothing is noted
+    ([{"peak": (10, 10)}], 3.0, None),
+    # the paced run's backlog is handled on the third look; a wait past SETTLE_NOTED_S is noted
+    ([{"peak": (10, 10), "paced": (50, 20)}, {"peak": (10, 10), "paced": (50, 40)},
+      {"peak": (10, 10), "paced": (50, 50)}], 0.0,
+     "after run paced: Ns until its 60 messages were handled (its backlog)"),
+    # ... and not when it was shorter
+    ([{"peak": (10, 10), "paced": (50, 20)}, {"peak": (10, 10), "paced": (50, 50)}], 3.0, None),
+    # never handled within SETTLE_TIMEOUT_S: the next phase begins, with a note
+    ([{"peak": (10, 10), "paced": (50, 20)}], 3.0,
+     "after run paced: 30 messages still unhandled after 0s; the next phase began on them"),
+])
+def test_a_phase_starts_once_the_one_before_is_handled(
+        reads: list[dict[str, tuple[int, int]]], noted_s: float, note: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mesh, "SETTLE_TIMEOUT_S", 0.25)
+    monkeypatch.setattr(mesh, "SETTLE_NOTED_S", noted_s)
+    relays = _Relays(reads)
+    notes: list[str] = []
+    mesh._settle(relays, list(reads[0]), notes)  # type: ignore[arg-type]
+    assert relays.steered == [None]
+    # the seconds waited vary: shown as N
+    assert [re.sub(r"\d+\.\ds until", "Ns until", n) for n in notes] == ([] if note is None else [note])
