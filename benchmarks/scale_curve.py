@@ -197,7 +197,8 @@ def decay_point(agents: int) -> dict[str, Any]:
 def _status_mesh(root: Path, agents: int, notes: list[str]) -> Any:
     """mesh.yaml of the repo's mesh with `agents` idle relay agents instead of its four,
     no demo workload, on free ports and embedded infra in `root`."""
-    from agentmesh_cli.bench.mesh import RELAY_ROLE, relay_names
+    from agentmesh_cli.bench.mesh import RELAY_ROLE
+    from agentmesh_cli.bench.mesh_relays import relay_names
     from agentmesh_cli.bench.startup import mesh_copy
 
     data = yaml.safe_load((REPO / "mesh.yaml").read_text(encoding="utf-8"))

@@ -29,14 +29,12 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 import psutil
 import redis
 
@@ -47,22 +45,27 @@ from agentmesh_cli.bench.infra import (
     BenchMesh,
     bench_mesh,
     bench_mesh_on,
-    cpu_seconds,
     free_port,
     listener_pid,
     ratio,
 )
+from agentmesh_cli.bench.mesh_relays import (
+    WARMUP_S,
+    Relays,
+    bench_partitions,
+    paced_window,
+    relay_names,
+    settle,
+    window_figures,
+)
+from agentmesh_cli.bench.mesh_watch import Backlog, Sampler, topology_read
 from agentmesh_cli.bench.relay import (
     BENCH_TYPE,
-    Histogram,
     bench_payload,
     sample_envelope,
-    settings_key,
-    stats_key,
 )
 from agentmesh_cli.broker import prepare_topics
 from agentmesh_cli.bus import Bus
-from agentmesh_cli.config_sections import AUTO_HOST_AGENTS, KafkaConfig
 from agentmesh_cli.dozing import ringing, stop_ringing
 from agentmesh_cli.embedded import BrokerKind
 from agentmesh_cli.errors import BenchError, WaitTimeout
@@ -74,184 +77,11 @@ RELAY_ROLE = "agentmesh_cli.bench.relay:Relay"
 DEFAULT_WINDOW = 100  # messages in flight per agent in the peak phase
 HOPS = 10**9  # a peak message circulates until its run ends
 IDLE_RATE = 200  # messages/s across the mesh in the one-hop phase
-WARMUP_S = 1.0
 START_TIMEOUT_S = 60.0
 INJECT_TIMEOUT_S = 180.0
-FOLLOW_TIMEOUT_S = 15.0  # relays read their settings about once a second
 DRAIN_TIMEOUT_S = 30.0
-SETTLE_TIMEOUT_S = 60.0  # between two phases, for what the first left queued
-SETTLE_NOTED_S = 3.0  # a longer wait than this for it is noted
-FLUSH_GRACE_S = 10.0  # how long past its time a relay's figures may come (RelayStats.flushed_after)
-FLUSH_GRACE_PER_RELAY_S = 0.3  # ... or this per relay, when more
 SNAPSHOT_INTERVAL = "1s"  # the topology manager's snapshots: its backlog is sampled from them
 TARGETS = {"msgs_per_s": 50_000, "floor_ratio": 0.7, "p50_to_raw": 1.5, "paced_p99_ms": 10.0}
-
-
-def bench_partitions(agents: int, inbox_reader: str) -> int:
-    """The bench mesh's inbox partitions. Relays that fetch for themselves (`agent`) get one
-    each: on a shared partition each would read the others' records too. Under the host's
-    inbox reader (`host`, or `auto` from AUTO_HOST_AGENTS relays) a partition's records are
-    handed to the agents they are keyed to, so the mesh keeps mesh.yaml's default count
-    (16) for more relays, as a user's mesh of 64 or 128 agents does: the broker then takes
-    a relay's sends in 16 batches a turn, not one per agent."""
-    host = inbox_reader == "host" or (inbox_reader == "auto" and agents >= AUTO_HOST_AGENTS)
-    return min(agents, KafkaConfig().partitions) if host else agents
-
-
-def relay_names(agents: int, partitions: int) -> list[str]:
-    """`agents` names spread evenly over the inbox partitions (crc32 % partitions): each
-    agent reads a partition of its own when there are enough, else as few share one as
-    can."""
-    per_partition = -(-agents // partitions)
-    names: list[str] = []
-    taken: Counter[int] = Counter()
-    i = 0
-    while len(names) < agents:
-        name, i = f"relay-{i}", i + 1
-        partition = C.inbox_partition(name, partitions)
-        if taken[partition] < per_partition:
-            taken[partition] += 1
-            names.append(name)
-    return names
-
-
-class Relays:
-    """The bench's side of the relays: their settings key and their figures."""
-
-    def __init__(self, client: redis.Redis, mesh: str, names: list[str]) -> None:
-        self.client, self.mesh, self.names = client, mesh, names
-
-    def steer(self, run: str | None, rate: float = 0.0) -> None:
-        """Every relay follows this run (and emits `rate`/s each) from its next flush."""
-        self.client.set(settings_key(self.mesh), orjson.dumps({"run": run, "rate": rate}))
-
-    def read(self, run: str) -> dict[str, dict[str, Any]]:
-        raw: dict[bytes, bytes] = self.client.hgetall(stats_key(self.mesh, run))  # type: ignore[assignment]
-        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
-
-    def wait_following(self, run: str) -> dict[str, dict[str, Any]]:
-        """Until every relay reports that it follows `run` and knows all its peers."""
-        stats: dict[str, dict[str, Any]] = {}
-
-        def following() -> dict[str, dict[str, Any]] | None:
-            nonlocal stats
-            stats = self.read(run)
-            return stats if all(stats.get(n, {}).get("current") and stats[n]["peers"] == len(self.names) - 1
-                                for n in self.names) else None
-
-        return wait_until(following, FOLLOW_TIMEOUT_S, lambda: f"the relays to follow run {run} (peers: "
-                          f"{ {n: stats.get(n, {}).get('peers') for n in self.names} })", interval=0.05)
-
-    def flushed_after(self, run: str, after: dict[str, float]) -> dict[str, dict[str, Any]]:
-        """Each relay's first figures flushed at or after its time in `after` (its own clock)."""
-        got: dict[str, dict[str, Any]] = {}
-
-        def flushed() -> bool:
-            for name, data in self.read(run).items():
-                if name not in got and name in after and data["ts"] >= after[name]:
-                    got[name] = data
-            return len(got) == len(self.names)
-
-        # the relays' times are their wall clocks: wait until FLUSH_GRACE_S (more with many
-        # relays: at 128 on two cores a relay's loop waits seconds for the broker's answers,
-        # p99 16-21 s, and 10 s lost one run in two) past the latest
-        grace = max(FLUSH_GRACE_S, FLUSH_GRACE_PER_RELAY_S * len(self.names))
-        wait_until(flushed, max(after.values(), default=0) - time.time() + grace,
-                   lambda: f"relays {sorted(set(self.names) - set(got))} to flush", interval=0.05)
-        return got
-
-
-def _window_figures(start: dict[str, dict[str, Any]], end: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Messages/s and latency between two flushes of every relay (each over its own span)."""
-    rate, handled, turns, windows = 0.0, 0, 0, []
-    for name, last in end.items():
-        first = start[name]
-        span = max(1e-6, last["ts"] - first["ts"])
-        rate += (last["handled"] - first["handled"]) / span
-        handled += last["handled"] - first["handled"]
-        turns += last["ticks"] - first["ticks"]
-        window_max = max((m for ts, m in last["maxes"] if first["ts"] < ts <= last["ts"]), default=0)
-        windows.append(Histogram.from_dict(last["latency"]).minus(Histogram.from_dict(first["latency"]),
-                                                                  window_max))
-    return {"msgs_per_s": round(rate), "handled": handled,
-            # messages an agent handles per turn of its loop (one poll, one flush, one
-            # ledger write): the batch size that sets how many requests the broker serves
-            "msgs_per_loop_turn": round(handled / max(1, turns), 1),
-            "latency": Histogram.merged(windows).percentiles()}
-
-
-class Sampler:
-    """CPU shares of the processes, and the topology manager's backlog, over a window."""
-
-    def __init__(self, pids: dict[str, list[int]]) -> None:
-        self.pids = pids  # kind -> pids
-        self._cpu: dict[str, float] = {}
-        self._t = 0.0
-
-    def _cpu_now(self) -> dict[str, float]:
-        out = {}
-        for kind, pids in self.pids.items():
-            out[kind] = sum(cpu_seconds(pid) for pid in pids)
-        return out
-
-    def start(self) -> None:
-        self._t, self._cpu = time.monotonic(), self._cpu_now()
-
-    def shares(self) -> dict[str, float]:
-        """Share of one core per kind since `start`."""
-        elapsed = max(1e-6, time.monotonic() - self._t)
-        now = self._cpu_now()
-        return {kind: round((now[kind] - self._cpu[kind]) / elapsed, 3) for kind in now}
-
-
-def _produced_at(series: dict[str, list[tuple[float, int]]], ts: float) -> float:
-    """Messages the relays had sent at wall time `ts`, from each one's (flush time, sent
-    so far) points: linear between the points around `ts`, the last slope beyond them."""
-    total = 0.0
-    for points in series.values():
-        if not points:
-            continue
-        before = [p for p in points if p[0] <= ts]
-        after = [p for p in points if p[0] > ts]
-        if before and after:
-            (t0, n0), (t1, n1) = before[-1], after[0]
-        elif len(points) >= 2:
-            (t0, n0), (t1, n1) = (points[-2], points[-1]) if not after else (points[0], points[1])
-        else:
-            total += points[0][1]
-            continue
-        total += n0 + (n1 - n0) * (ts - t0) / max(1e-6, t1 - t0)
-    return total
-
-
-def _topology_read(store: Store) -> tuple[float, int]:
-    """(wall time of the manager's last snapshot, `messages` records it had read)."""
-    snapshot = store.load_snapshot() or {}
-    offsets = snapshot.get("offsets", {}).get(C.TOPIC_MESSAGES, {})
-    return snapshot.get("ts", 0) / 1000, sum(int(o) for o in offsets.values())
-
-
-class Backlog:
-    """The topology manager's backlog on `messages`: records produced up to the time of its
-    last snapshot (from the relays' counts, plus the injected ones) minus the records that
-    snapshot covers (its offsets; the topic is fresh, so offsets count records). The
-    embedded broker's high watermarks are wrong, so they are not used."""
-
-    def __init__(self, store: Store, relays: Relays, injected: int) -> None:
-        self.store, self.relays, self.injected = store, relays, injected
-        self.series: dict[str, list[tuple[float, int]]] = {n: [] for n in relays.names}
-
-    def note(self, stats: dict[str, dict[str, Any]]) -> None:
-        for name, data in stats.items():
-            points = self.series.setdefault(name, [])
-            if not points or data["ts"] > points[-1][0]:
-                points.append((data["ts"], data["sent_total"]))
-
-    def sample(self, run: str) -> int:
-        # the relays' next flush brackets the snapshot's time: wait for it
-        snapshot_ts, consumed = _topology_read(self.store)
-        self.note(self.relays.flushed_after(run, dict.fromkeys(self.relays.names, snapshot_ts)))
-        return max(0, round(self.injected + _produced_at(self.series, snapshot_ts) - consumed))
 
 
 @contextmanager
@@ -338,41 +168,6 @@ def _inject(bus: Bus, names: list[str], run: str, window: int) -> int:
     return window * len(names)
 
 
-def _paced(relays: Relays, run: str, seconds: float, rate: float) -> dict[str, Any]:
-    """Steer the relays to `run` at `rate`/s each; after the warm-up, the figures of a
-    window of `seconds`."""
-    relays.steer(run, rate)
-    following = relays.wait_following(run)
-    start = relays.flushed_after(run, {n: d["ts"] + WARMUP_S for n, d in following.items()})
-    end = relays.flushed_after(run, {n: d["ts"] + seconds for n, d in start.items()})
-    return _window_figures(start, end)
-
-
-def _settle(relays: Relays, runs: list[str], notes: list[str]) -> None:
-    """Between two phases: stop the traffic and wait until the relays have handled all that
-    was sent, so that what one phase left queued (the peak's window, a paced rate the mesh
-    could not keep) is not measured as the next one's latency. A note when it did not."""
-    relays.steer(None)
-    counts = {"sent": 0, "handled": 0}
-
-    def settled() -> bool:
-        figures = [relays.read(run) for run in runs]
-        counts["sent"] = sum(d["sent"] for f in figures for d in f.values())
-        counts["handled"] = sum(d["handled"] for f in figures for d in f.values())
-        return counts["handled"] >= counts["sent"]
-
-    started = time.monotonic()
-    try:
-        wait_until(settled, SETTLE_TIMEOUT_S, "the relays to handle what was sent", interval=0.1)
-    except WaitTimeout:
-        notes.append(f"after run {runs[-1]}: {counts['sent'] - counts['handled']} messages still "
-                     f"unhandled after {SETTLE_TIMEOUT_S:.0f}s; the next phase began on them")
-        return
-    if (waited := time.monotonic() - started) > SETTLE_NOTED_S:
-        notes.append(f"after run {runs[-1]}: {waited:.1f}s until its {counts['sent']} messages "
-                     "were handled (its backlog)")
-
-
 def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict[str, Any]:
     """Stop the traffic; wait until every relay has handled all that was sent and the
     topology manager has read all of it; its counters then."""
@@ -384,7 +179,7 @@ def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict
         figures = [relays.read(run) for run in runs]
         sent = sum(d["sent"] for f in figures for d in f.values())
         handled = sum(d["handled"] for f in figures for d in f.values())
-        _, consumed = _topology_read(store)
+        _, consumed = topology_read(store)
         counters = store.counters(C.PROGRAM_TOPOLOGY)
         if sent == handled and consumed == sent + injected and counters.get(
                 C.records_counter(C.TOPIC_MESSAGES)) == consumed:
@@ -480,15 +275,15 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             shares = sampler.shares()
             topology_backlog.append(backlog.sample(runs["peak"]))
             rss = _rss_mb(pids["agents"])
-            peak = _window_figures(start, end)
+            peak = window_figures(start, end)
 
             # (b) paced at half the peak rate, (c) one hop at a low rate; each phase starts
             # once the one before is handled
             paced_rate = max(1.0, peak["msgs_per_s"] / 2)
-            _settle(relays, [runs["peak"]], notes)
-            paced = _paced(relays, runs["paced"], duration, paced_rate / agents)
-            _settle(relays, [runs["peak"], runs["paced"]], notes)
-            idle = _paced(relays, runs["idle"], duration, IDLE_RATE / agents)
+            settle(relays, [runs["peak"]], notes)
+            paced = paced_window(relays, runs["paced"], duration, paced_rate / agents)
+            settle(relays, [runs["peak"], runs["paced"]], notes)
+            idle = paced_window(relays, runs["idle"], duration, IDLE_RATE / agents)
 
             drained = _drain(store, relays, list(runs.values()), injected)
             if not drained["drained"]:

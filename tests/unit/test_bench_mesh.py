@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from agentmesh_cli import constants as C
-from agentmesh_cli.bench import mesh
+from agentmesh_cli.bench import mesh_relays
 from agentmesh_cli.bench.relay import BOUNDS_NS, Histogram, relay_redis_url
 from agentmesh_cli.config import parse_config
 from agentmesh_cli.errors import ConfigError
@@ -63,7 +63,7 @@ def test_relay_names_read_distinct_partitions_or_share_them_evenly() -> None:
     table = {(2, 2): [1, 1], (4, 4): [1] * 4, (16, 16): [1] * 16, (4, 16): [1] * 4,
              (4, 2): [2, 2], (5, 2): [3, 2], (64, 16): [4] * 16, (128, 16): [8] * 16}
     for (agents, partitions), shares in table.items():
-        names = mesh.relay_names(agents, partitions)
+        names = mesh_relays.relay_names(agents, partitions)
         assert len(set(names)) == agents
         counts = Counter(C.inbox_partition(n, partitions) for n in names)
         assert sorted(counts.values(), reverse=True) == shares, (agents, partitions)
@@ -72,7 +72,7 @@ def test_relay_names_read_distinct_partitions_or_share_them_evenly() -> None:
 def test_bench_partitions_share_only_under_the_hosts_inbox_reader() -> None:
     table = {("agent", 4): 4, ("agent", 64): 64, ("auto", 4): 4, ("auto", 15): 15, ("auto", 16): 16,
              ("auto", 64): 16, ("auto", 128): 16, ("host", 4): 4, ("host", 16): 16, ("host", 64): 16}
-    assert {key: mesh.bench_partitions(key[1], key[0]) for key in table} == table
+    assert {key: mesh_relays.bench_partitions(key[1], key[0]) for key in table} == table
 
 
 # a bench mesh names its Redis by URL; a supervised mesh's relays (benchmarks/scale_curve.py's
@@ -131,11 +131,11 @@ class _Relays:
 def test_a_phase_starts_once_the_one_before_is_handled(
         reads: list[dict[str, tuple[int, int]]], noted_s: float, note: str | None,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mesh, "SETTLE_TIMEOUT_S", 0.25)
-    monkeypatch.setattr(mesh, "SETTLE_NOTED_S", noted_s)
+    monkeypatch.setattr(mesh_relays, "SETTLE_TIMEOUT_S", 0.25)
+    monkeypatch.setattr(mesh_relays, "SETTLE_NOTED_S", noted_s)
     relays = _Relays(reads)
     notes: list[str] = []
-    mesh._settle(relays, list(reads[0]), notes)  # type: ignore[arg-type]
+    mesh_relays.settle(relays, list(reads[0]), notes)  # type: ignore[arg-type]
     assert relays.steered == [None]
     # the seconds waited vary: shown as N
     assert [re.sub(r"\d+\.\ds until", "Ns until", n) for n in notes] == ([] if note is None else [note])
