@@ -17,7 +17,7 @@ Phases, each measured over a window that starts after a warm-up:
 - one hop at a low rate (IDLE_RATE across the mesh): the p50 compared with the raw
   one-hop latency.
 
-Each phase starts once the relays have handled what the one before sent (`_settle`): a
+Each phase starts once the relays have handled what the one before sent (`mesh_relays.settle`): a
 backlog left by one phase is not measured as the next one's latency.
 
 Then the traffic stops and the bench waits until the topology manager has read every
@@ -55,6 +55,7 @@ from agentmesh_cli.bench.mesh_relays import (
     bench_partitions,
     paced_window,
     relay_names,
+    sent_and_handled,
     settle,
     window_figures,
 )
@@ -176,9 +177,7 @@ def _drain(store: Store, relays: Relays, runs: list[str], injected: int) -> dict
 
     def drained() -> dict[str, Any] | None:
         nonlocal sent, handled, consumed
-        figures = [relays.read(run) for run in runs]
-        sent = sum(d["sent"] for f in figures for d in f.values())
-        handled = sum(d["handled"] for f in figures for d in f.values())
+        sent, handled = sent_and_handled(relays, runs)
         _, consumed = topology_read(store)
         counters = store.counters(C.PROGRAM_TOPOLOGY)
         if sent == handled and consumed == sent + injected and counters.get(
@@ -239,10 +238,12 @@ def run(agents: int = 4, duration: float = 5.0, window: int = DEFAULT_WINDOW, pa
             baseline_s = min(2.0, duration)
             raw = {"throughput": baselines.raw_throughput(cfg.kafka, baseline_s, value=envelope),
                    "one_hop": baselines.raw_latency(cfg.kafka, 300 if duration >= 2 else 100, value=envelope)}
-            # the floor of the mesh's architecture: with the host's inbox reader, one fetcher for all
+            # the floor of the mesh's architecture: with the host's inbox reader, one fetcher for
+            # all, on the mesh's partitions
+            host = cfg.kafka.inbox_reader == "host"
             floor = mesh_floor.floor(cfg.kafka, baseline_s, loops=agents, window=window, envelope=envelope,
-                                    sign=cfg.security.sign_envelopes, host=cfg.kafka.inbox_reader == "host",
-                                    partitions=partitions if cfg.kafka.inbox_reader == "host" else None)
+                                    sign=cfg.security.sign_envelopes, host=host,
+                                    partitions=partitions if host else None)
             port = int(cfg.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
             broker_pid = bm.procs[0].pid if config is None else listener_pid(port)
             redis_port = urlsplit(bm.mesh.redis_url).port or 0

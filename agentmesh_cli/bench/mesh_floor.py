@@ -51,7 +51,7 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
           envelope: bytes | None = None, linger_ms: float | None = None,
           fetch_wait: float | None = None, sign: bool = False, host: bool = False,
           partitions: int | None = None) -> dict[str, Any]:
-    """`loops` bare loops (processes, one partition each) passing the envelope on, each to
+    """`loops` bare loops (processes) passing the envelope on, each to
     the others in turn (the relays' traffic: a loop's sends spread over every other
     partition, and every partition costs the broker a produce request per flush), each
     loop keeping `window` messages in flight: replies/s of all loops together over
@@ -75,16 +75,15 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
     template = envelope or default_envelope()
     name = baselines.create_topic(kafka, "floor", partitions=partitions)
     workers: list[subprocess.Popen[str]] = []
-    fetcher: list[subprocess.Popen[str]] = []
+    fetchers: list[subprocess.Popen[str]] = []  # the host architecture's one
     folder = tempfile.mkdtemp(prefix="agentmesh-floor-") if host else None
     via = None if folder is None else os.path.join(folder, "s")
     try:
         if via is not None:
-            fetcher.append(baselines._start_worker("floor-fetcher", {
+            fetchers.append(baselines._start_worker("floor-fetcher", {
                 "kafka": kafka.model_dump(), "topic": name, "loops": loops, "partitions": partitions,
-                "path": via,
-                "fetch_wait": fetch_wait, "max_s": seconds + FLOOR_WARMUP_S + 90}, MODULE))
-            baselines._wait_ready(fetcher[0], "the floor's fetcher")
+                "path": via, "fetch_wait": fetch_wait, "max_s": seconds + FLOOR_WARMUP_S + 90}, MODULE))
+            baselines._wait_ready(fetchers[0], "the floor's fetcher")
         for i in range(loops):
             workers.append(baselines._start_worker("floor-worker", {
                 "kafka": kafka.model_dump(), "topic": name, "me": i, "partitions": partitions,
@@ -100,7 +99,7 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             worker.stdin.flush()
         results = [json.loads(worker.communicate(timeout=seconds + 60)[0]) for worker in workers]
     finally:
-        for worker in [*workers, *fetcher]:
+        for worker in [*workers, *fetchers]:
             baselines._stop(worker)
         baselines.delete_topic(kafka, name)
         if folder is not None:
@@ -115,14 +114,15 @@ def floor(kafka: KafkaConfig, seconds: float = 2.0, loops: int = 2, window: int 
             "cpu_share": round(cpu / seconds, 2),  # of one core, all loops together
             "cpu_us_per_reply": round(cpu / max(1, replies) * 1e6, 1),
             "loops": loops, "partitions": partitions, "window": window, "envelope_bytes": len(template),
-            "seconds": seconds,
-            "signed": sign, "fetching": "one fetcher for all loops" if host else "each loop its own"}
+            "seconds": seconds, "signed": sign,
+            "fetching": "one fetcher for all loops" if host else "each loop its own"}
 
 
 def _floor_worker(settings: dict[str, Any]) -> None:
-    """Worker: one bare loop. It reads its own partition, decodes every record with orjson,
-    takes the hop's latency from `payload.sent_ns`, and passes on a copy with a fresh id
-    and send time to the next of its peers in turn: what an agent must do at the least."""
+    """Worker: one bare loop. It reads its records (its own partition, or what the fetcher
+    hands it), decodes every record with orjson, takes the hop's latency from
+    `payload.sent_ns`, and passes on a copy with a fresh id and send time to the next of its
+    peers in turn: what an agent must do at the least."""
     kafka = KafkaConfig(**settings["kafka"])
     topic, me, peers = settings["topic"], settings["me"], settings["peers"]
     partitions = settings.get("partitions") or len(peers) + 1
@@ -135,7 +135,7 @@ def _floor_worker(settings: dict[str, Any]) -> None:
     base = uuid.uuid4().hex[:23]
     producer = baselines._producer(kafka, f"bench-floor-{me}", linger_ms=settings["linger_ms"])
     signer = Signer(FLOOR_SIGNING_KEY) if settings.get("sign") else None
-    # its partition read by the one fetcher (`via`, the host architecture), or fetched itself
+    # its records handed over by the one fetcher (`via`, the host architecture), or fetched itself
     source = None if settings.get("via") is None else SocketSource(settings["via"], me, topic, signer)
     consumer = None if source is not None else baselines._consumer(kafka, f"bench-floor-{me}", topic, mine,
                                                          settings["fetch_wait"])

@@ -119,6 +119,13 @@ def window_figures(start: dict[str, dict[str, Any]], end: dict[str, dict[str, An
             "latency": Histogram.merged(windows).percentiles()}
 
 
+def sent_and_handled(relays: Relays, runs: list[str]) -> tuple[int, int]:
+    """Messages the relays sent and handled in `runs`, all together (injected ones aside)."""
+    figures = [relays.read(run) for run in runs]
+    return (sum(d["sent"] for f in figures for d in f.values()),
+            sum(d["handled"] for f in figures for d in f.values()))
+
+
 def paced_window(relays: Relays, run: str, seconds: float, rate: float) -> dict[str, Any]:
     """Steer the relays to `run` at `rate`/s each; after the warm-up, the figures of a
     window of `seconds`."""
@@ -137,9 +144,7 @@ def settle(relays: Relays, runs: list[str], notes: list[str]) -> None:
     counts = {"sent": 0, "handled": 0}
 
     def settled() -> bool:
-        figures = [relays.read(run) for run in runs]
-        counts["sent"] = sum(d["sent"] for f in figures for d in f.values())
-        counts["handled"] = sum(d["handled"] for f in figures for d in f.values())
+        counts["sent"], counts["handled"] = sent_and_handled(relays, runs)
         return counts["handled"] >= counts["sent"]
 
     started = time.monotonic()

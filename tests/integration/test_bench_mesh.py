@@ -73,8 +73,8 @@ def test_the_floor_of_the_host_architecture_passes_every_record_through_one_fetc
 
 def test_the_host_floors_loops_share_partitions_as_the_hosts_agents_do(broker: str) -> None:
     """Fewer partitions than loops (a mesh of more agents than mesh.yaml's 16 partitions):
-    the fetcher hands each loop the records keyed to it, so every loop gets its traffic;
-    loops that fetch for themselves need a partition each."""
+    the fetcher hands each loop the records keyed to it, and the loops' replies flow; loops
+    that fetch for themselves need a partition each."""
     kafka = KafkaConfig(bootstrap_servers=broker)
     result = mesh_floor.floor(kafka, 1.0, loops=4, window=20, sign=True, host=True, partitions=2)
     assert (result["loops"], result["partitions"]) == (4, 2)
